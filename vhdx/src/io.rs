@@ -1,0 +1,161 @@
+//! The I/O seam: everything the reader needs from storage is [`ReadAt`]. Parsing never
+//! touches a file directly, so fuzzers and tests feed bytes, and the CLI feeds a memory map.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Positional, exact reads from something with a fixed length.
+pub trait ReadAt: Send + Sync {
+    /// Fill all of `buf` from `offset`; reading past [`ReadAt::len`] is an error.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Length in bytes.
+    fn len(&self) -> u64;
+    /// True when empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn past_end(offset: u64, len: usize, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("read of {len} bytes at {offset:#x} ends past the end ({size} bytes)"),
+    )
+}
+
+/// Bounds-checked copy out of an in-memory image.
+fn read_slice(bytes: &[u8], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let end = offset.checked_add(buf.len() as u64);
+    match end {
+        Some(end) if end <= bytes.len() as u64 => {
+            buf.copy_from_slice(&bytes[offset as usize..end as usize]);
+            Ok(())
+        }
+        _ => Err(past_end(offset, buf.len(), bytes.len() as u64)),
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        read_slice(self, offset, buf)
+    }
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        read_slice(self, offset, buf)
+    }
+    fn len(&self) -> u64 {
+        Vec::len(self) as u64
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+}
+
+/// A read-only file mapped into memory; reads are bounds-checked copies out of the map.
+#[derive(Debug)]
+pub struct MappedFile {
+    map: Option<memmap2::Mmap>,
+}
+
+impl MappedFile {
+    /// Map `path` read-only. An empty file is allowed (it maps nothing).
+    pub fn open(path: &Path) -> io::Result<MappedFile> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(MappedFile { map: None });
+        }
+        // SAFETY: the map is read-only and we never hand out references that outlive a read;
+        // if another process truncates the file underneath us, accesses may fault (SIGBUS) —
+        // the usual, documented caveat of memory-mapped reading, accepted for speed.
+        let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
+        #[cfg(unix)]
+        {
+            let _ = map.advise(memmap2::Advice::Sequential);
+        }
+        Ok(MappedFile { map: Some(map) })
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+impl ReadAt for MappedFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        read_slice(self.bytes(), offset, buf)
+    }
+    fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+}
+
+/// A file read with `pread`; for callers that must not map (e.g. files that may shrink).
+#[derive(Debug)]
+pub struct PositionalFile {
+    file: File,
+    len: u64,
+}
+
+impl PositionalFile {
+    pub fn open(path: &Path) -> io::Result<PositionalFile> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(PositionalFile { file, len })
+    }
+}
+
+impl ReadAt for PositionalFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match offset.checked_add(buf.len() as u64) {
+            Some(end) if end <= self.len => {}
+            _ => return Err(past_end(offset, buf.len(), self.len)),
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.file.read_exact_at(buf, offset)
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::fs::FileExt;
+            let mut done = 0;
+            while done < buf.len() {
+                let n = self
+                    .file
+                    .seek_read(&mut buf[done..], offset + done as u64)?;
+                if n == 0 {
+                    return Err(past_end(offset, buf.len(), self.len));
+                }
+                done += n;
+            }
+            Ok(())
+        }
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}

@@ -1,0 +1,84 @@
+//! The file as the rest of the reader sees it: the raw bytes with the replayed log laid over
+//! them and, if the log says so, extended with zeros to its LastFileOffset.
+
+use std::io;
+
+use crate::io::ReadAt;
+use crate::log_replay::Overlay;
+
+/// A read-only view of one image file after in-memory log replay.
+pub struct FileView {
+    base: Box<dyn ReadAt>,
+    overlay: Option<Overlay>,
+    len: u64,
+}
+
+impl std::fmt::Debug for FileView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileView")
+            .field("len", &self.len)
+            .field(
+                "overlay_runs",
+                &self.overlay.as_ref().map(Overlay::run_count),
+            )
+            .finish()
+    }
+}
+
+impl FileView {
+    pub fn new(base: Box<dyn ReadAt>) -> FileView {
+        let len = base.len();
+        FileView {
+            base,
+            overlay: None,
+            len,
+        }
+    }
+
+    /// Lay a replayed log over the file.
+    pub fn set_overlay(&mut self, overlay: Overlay) {
+        self.len = self.len.max(overlay.replayed_len);
+        self.overlay = Some(overlay);
+    }
+
+    pub fn has_overlay(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// Length of the underlying file, before any log extension.
+    pub fn file_len(&self) -> u64 {
+        self.base.len()
+    }
+}
+
+impl ReadAt for FileView {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "read of {} bytes at {offset:#x} ends past the end ({} bytes)",
+                        buf.len(),
+                        self.len
+                    ),
+                )
+            })?;
+        let base_len = self.base.len();
+        let from_base = end.min(base_len).saturating_sub(offset) as usize;
+        if from_base > 0 {
+            self.base.read_at(offset, &mut buf[..from_base])?;
+        }
+        buf[from_base..].fill(0);
+        if let Some(o) = &self.overlay {
+            o.apply(offset, buf);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}

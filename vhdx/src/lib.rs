@@ -20,6 +20,7 @@ pub mod bat;
 pub mod checksum;
 pub mod disk;
 pub mod error;
+pub mod export;
 pub mod file_identifier;
 pub mod guid;
 pub mod header;

@@ -1,0 +1,275 @@
+//! `drplane vhdx info|check|export`.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use serde_json::{json, Value};
+use vhdx::export::{export_raw, RawTarget};
+use vhdx::{Disk, LogState};
+
+use crate::progress::bytes_bar;
+
+#[derive(Debug, Subcommand)]
+pub enum VhdxCommand {
+    /// Format, geometry, identity, parent, log state and allocation of an image.
+    Info {
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Full structural validation; exits 0 only when no problem is found.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the virtual disk as a raw image (sparse); never modifies the input.
+    Export {
+        file: PathBuf,
+        /// Output path, or `-` for standard output.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+pub fn run(command: VhdxCommand) -> Result<ExitCode> {
+    match command {
+        VhdxCommand::Info { file, json } => info(&file, json),
+        VhdxCommand::Check { file, json } => check(&file, json),
+        VhdxCommand::Export { file, output } => export(&file, &output),
+    }
+}
+
+fn open(file: &Path) -> Result<Disk> {
+    Disk::open(file).with_context(|| format!("{}", file.display()))
+}
+
+fn log_state_json(state: &LogState) -> Value {
+    match state {
+        LogState::Clean => json!({"state": "clean"}),
+        LogState::Replayed {
+            entries,
+            first_sequence,
+            last_sequence,
+        } => json!({
+            "state": "dirty", "replayed_in_memory": true, "entries": entries,
+            "first_sequence": first_sequence, "last_sequence": last_sequence,
+        }),
+        LogState::DirtyWithoutEntries => json!({"state": "dirty-without-entries", "entries": 0}),
+    }
+}
+
+fn info_json(disk: &Disk, file: &Path) -> Value {
+    let top = disk.top();
+    let md = &top.metadata;
+    let stats = top.bat_stats();
+    let parents: Vec<Value> = disk.layers()[1..]
+        .iter()
+        .map(|l| json!({"path": l.name, "disk_id": l.file.metadata.disk_id.to_string(), "kind": l.file.kind()}))
+        .collect();
+    let locator = md.parent_locator.as_ref().map(|p| {
+        p.entries
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<serde_json::Map<_, _>>()
+    });
+    json!({
+        "file": file.display().to_string(),
+        "format": "vhdx",
+        "kind": top.kind(),
+        "file_size": top.view().file_len(),
+        "virtual_size": md.virtual_size,
+        "block_size": md.file_parameters.block_size,
+        "logical_sector_size": md.logical_sector_size,
+        "physical_sector_size": md.physical_sector_size,
+        "disk_id": md.disk_id.to_string(),
+        "data_write_guid": top.header.data_write_guid.to_string(),
+        "creator": top.identifier.creator,
+        "header_sequence_number": top.header.sequence_number,
+        "log": log_state_json(&top.log_state),
+        "log_offset": top.header.log_offset,
+        "log_length": top.header.log_length,
+        "bat": {
+            "payload_blocks": top.geometry.payload_blocks,
+            "chunk_ratio": top.geometry.chunk_ratio,
+            "states": stats.payload_states.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "sector_bitmaps_present": stats.sector_bitmaps_present,
+        },
+        "allocated_bytes": stats.allocated_bytes,
+        "parent_locator": locator,
+        "parents": parents,
+    })
+}
+
+fn info(file: &Path, as_json: bool) -> Result<ExitCode> {
+    let disk = open(file)?;
+    let v = info_json(&disk, file);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let top = disk.top();
+    println!("file:                 {}", file.display());
+    println!("format:               vhdx ({})", top.kind());
+    println!(
+        "virtual size:         {} ({})",
+        human(top.metadata.virtual_size),
+        top.metadata.virtual_size
+    );
+    println!("file size:            {}", human(top.view().file_len()));
+    println!(
+        "block size:           {}",
+        human(top.metadata.file_parameters.block_size.into())
+    );
+    println!(
+        "sector size:          {} logical, {} physical",
+        top.metadata.logical_sector_size, top.metadata.physical_sector_size
+    );
+    println!("disk id:              {}", top.metadata.disk_id);
+    println!("creator:              {}", top.identifier.creator);
+    let log = match &top.log_state {
+        LogState::Clean => "clean".to_string(),
+        LogState::Replayed {
+            entries,
+            first_sequence,
+            last_sequence,
+        } => {
+            format!("dirty: {entries} entries (sequence {first_sequence}..={last_sequence}) replayed in memory")
+        }
+        LogState::DirtyWithoutEntries => {
+            "dirty flag set, no valid entries (nothing to replay)".into()
+        }
+    };
+    println!("log:                  {log}");
+    let stats = top.bat_stats();
+    let states: Vec<String> = stats
+        .payload_states
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!(
+        "blocks:               {} ({})",
+        top.geometry.payload_blocks,
+        states.join(", ")
+    );
+    println!("allocated:            {}", human(stats.allocated_bytes));
+    for layer in &disk.layers()[1..] {
+        println!(
+            "parent:               {} ({})",
+            layer.name,
+            layer.file.kind()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(file: &Path, as_json: bool) -> Result<ExitCode> {
+    let report = Disk::check(file);
+    let f = &report.findings;
+    if as_json {
+        let v = json!({
+            "file": file.display().to_string(),
+            "clean": report.is_clean(),
+            "errors": f.errors.iter().map(|e| json!({"offset": e.offset(), "message": e.to_string()})).collect::<Vec<_>>(),
+            "errors_not_listed": f.errors_not_kept,
+            "warnings": f.warnings,
+            "layers": report.layers,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for e in &f.errors {
+            println!("error: {e}");
+        }
+        if f.errors_not_kept > 0 {
+            println!("error: ... and {} more", f.errors_not_kept);
+        }
+        for w in &f.warnings {
+            println!("warning: {w}");
+        }
+        if report.is_clean() {
+            println!(
+                "{}: no errors found ({} image(s) in the chain)",
+                file.display(),
+                report.layers.len()
+            );
+        } else {
+            println!(
+                "{}: {} error(s) found",
+                file.display(),
+                f.errors.len() + f.errors_not_kept
+            );
+        }
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn export(file: &Path, output: &Path) -> Result<ExitCode> {
+    let disk = open(file)?;
+    let size = disk.virtual_size();
+    let bar = bytes_bar(size, "export");
+    let mut tick = |done| bar.set_position(done);
+    let stats = if output == Path::new("-") {
+        let stdout = io::stdout();
+        let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
+        export_raw(&disk, RawTarget::Stream(&mut w), &mut tick)?
+    } else {
+        if same_file(file, output) {
+            anyhow::bail!("{}: output is the input image", output.display());
+        }
+        let out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(output)
+            .with_context(|| format!("{}", output.display()))?;
+        let is_regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if is_regular {
+            export_raw(&disk, RawTarget::File(&out), &mut tick)?
+        } else {
+            let mut w = BufWriter::with_capacity(1 << 20, out);
+            export_raw(&disk, RawTarget::Stream(&mut w), &mut tick)?
+        }
+    };
+    bar.finish_and_clear();
+    eprintln!(
+        "exported {} ({} data, {} holes) to {}",
+        human(stats.virtual_size),
+        human(stats.data_bytes),
+        human(stats.hole_bytes),
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Sizes in binary units with two decimals.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}

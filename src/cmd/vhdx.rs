@@ -176,8 +176,9 @@ fn check(file: &Path, as_json: bool) -> Result<ExitCode> {
         let v = json!({
             "file": file.display().to_string(),
             "clean": report.is_clean(),
-            "errors": f.errors.iter().map(|e| json!({"offset": e.offset(), "message": e.to_string()})).collect::<Vec<_>>(),
-            "errors_not_listed": f.errors_not_kept,
+            "errors": f.errors.iter().chain(&f.recovered).map(|e| json!({"offset": e.offset(), "message": e.to_string()})).collect::<Vec<_>>(),
+            "unreadable": !f.errors.is_empty(),
+            "errors_not_listed": f.not_kept,
             "warnings": f.warnings,
             "layers": report.layers,
         });
@@ -186,8 +187,11 @@ fn check(file: &Path, as_json: bool) -> Result<ExitCode> {
         for e in &f.errors {
             println!("error: {e}");
         }
-        if f.errors_not_kept > 0 {
-            println!("error: ... and {} more", f.errors_not_kept);
+        for e in &f.recovered {
+            println!("error: {e} (worked around when reading)");
+        }
+        if f.not_kept > 0 {
+            println!("error: ... and {} more", f.not_kept);
         }
         for w in &f.warnings {
             println!("warning: {w}");
@@ -202,7 +206,7 @@ fn check(file: &Path, as_json: bool) -> Result<ExitCode> {
             println!(
                 "{}: {} error(s) found",
                 file.display(),
-                f.errors.len() + f.errors_not_kept
+                f.errors.len() + f.recovered.len() + f.not_kept
             );
         }
     }

@@ -18,7 +18,7 @@ pub(crate) fn verify(structure: &'static str, bytes: &[u8], field_at: usize) -> 
     if stored != actual {
         return Err(Error::BadChecksum {
             structure,
-            offset: 0,
+            offset: field_at as u64,
             stored,
             actual,
         });

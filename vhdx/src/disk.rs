@@ -198,7 +198,7 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub fn is_clean(&self) -> bool {
-        self.findings.errors.is_empty()
+        self.findings.is_clean()
     }
 }
 
@@ -260,6 +260,10 @@ impl Disk {
         match Disk::open_chain(source, name, resolver, &mut report.findings) {
             Ok(disk) => {
                 report.layers = disk.layers.iter().map(|l| l.name.clone()).collect();
+                // Reads are only worth trying when the BAT itself passed.
+                if !report.findings.errors.is_empty() {
+                    return report;
+                }
                 if let Err(e) = disk.check_reads() {
                     report.findings.error(e);
                 }

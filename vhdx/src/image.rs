@@ -44,24 +44,40 @@ pub enum RegionTableSlot {
     SecondAfterFirstFailed,
 }
 
-/// Non-fatal findings of an open, and (in a check) every problem found.
+/// What an open found besides the image itself; a check reports all of it.
 #[derive(Debug, Default)]
 pub struct Findings {
-    /// Problems that make the image not clean.
+    /// Problems that make the image unreadable as it is: a strict open fails on the first.
     pub errors: Vec<Error>,
+    /// Damage the reader worked around by design (an invalid region table 1 with a good copy,
+    /// an invalid non-current header): the image reads, but it is not clean.
+    pub recovered: Vec<Error>,
     /// Problems beyond `MAX_REPORTED_PROBLEMS` that were counted but not kept.
-    pub errors_not_kept: usize,
-    /// Things worth knowing that the reader handled by design.
+    pub not_kept: usize,
+    /// Things worth knowing that are not damage (a replayed log, state 5 blocks).
     pub warnings: Vec<String>,
 }
 
 impl Findings {
     pub(crate) fn error(&mut self, e: Error) {
-        if self.errors.len() < MAX_REPORTED_PROBLEMS {
+        if self.errors.len() + self.recovered.len() < MAX_REPORTED_PROBLEMS {
             self.errors.push(e);
         } else {
-            self.errors_not_kept += 1;
+            self.not_kept += 1;
         }
+    }
+
+    pub(crate) fn recovered(&mut self, e: Error) {
+        if self.errors.len() + self.recovered.len() < MAX_REPORTED_PROBLEMS {
+            self.recovered.push(e);
+        } else {
+            self.not_kept += 1;
+        }
+    }
+
+    /// True when nothing at all is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty() && self.recovered.is_empty() && self.not_kept == 0
     }
 }
 
@@ -90,6 +106,7 @@ pub struct VhdxFile {
     bat: Vec<BatEntry>,
 }
 
+/// Read `len` bytes into a new buffer. Never allocates more than `view` really holds.
 fn read(view: &dyn ReadAt, structure: &'static str, offset: u64, len: u64) -> Result<Vec<u8>> {
     let available = view.len();
     if offset.checked_add(len).is_none_or(|end| end > available) {
@@ -168,9 +185,7 @@ impl VhdxFile {
             HeaderSlot::Second => (h2?, h1),
         };
         if let Err(e) = other {
-            findings.warnings.push(format!(
-                "the non-current header copy is invalid ({e}); the current copy is used"
-            ));
+            findings.recovered(e);
         }
         let header_offset = match header_slot {
             HeaderSlot::First => HEADER_1_OFFSET,
@@ -230,18 +245,18 @@ impl VhdxFile {
         let (regions, region_table) = match (table_1, table_2) {
             (Ok((t1, k)), t2) => {
                 match t2 {
-                    Ok((t2, _)) if t2 != t1 => findings.error(Error::invalid(
+                    Ok((t2, _)) if t2 != t1 => findings.recovered(Error::invalid(
                         "region table",
                         REGION_TABLE_2_OFFSET,
                         "differs from region table 1",
                     )),
                     Ok(_) => {}
-                    Err(e) => findings.error(e),
+                    Err(e) => findings.recovered(e),
                 }
                 (k, RegionTableSlot::First)
             }
             (Err(e1), Ok((_, k))) => {
-                findings.error(e1);
+                findings.recovered(e1);
                 (k, RegionTableSlot::SecondAfterFirstFailed)
             }
             (Err(e1), Err(_)) => return Err(e1),

@@ -1,0 +1,116 @@
+//! Helpers shared by the integration tests: the built binary, qemu tools, temp files.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn drplane() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_drplane"))
+}
+
+/// Run a command, panicking with its stderr if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (qemu-utils installed? .ci/run installs it)")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+pub fn qemu_img(args: &[&str]) -> Output {
+    run_ok(Command::new("qemu-img").args(args))
+}
+
+/// `qemu-io -c CMD... FILE` (the file argument may be a json: blkdebug spec).
+pub fn qemu_io(target: &str, commands: &[String]) -> Output {
+    let mut c = Command::new("qemu-io");
+    for cmd in commands {
+        c.arg("-c").arg(cmd);
+    }
+    c.arg(target);
+    c.output().expect("cannot run qemu-io (install qemu-utils)")
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// `drplane vhdx export IMAGE -o OUT` then `qemu-img convert -O raw` and compare bytes.
+pub fn assert_export_matches_qemu(dir: &Path, image: &Path) {
+    let ours = dir.join("ours.raw");
+    let theirs = dir.join("qemu.raw");
+    run_ok(drplane().args(["vhdx", "export", path_str(image), "-o", path_str(&ours)]));
+    qemu_img(&[
+        "convert",
+        "-f",
+        "vhdx",
+        "-O",
+        "raw",
+        path_str(image),
+        path_str(&theirs),
+    ]);
+    assert_files_equal(&ours, &theirs);
+}
+
+/// Compare two (possibly large, sparse) files in chunks.
+pub fn assert_files_equal(a: &Path, b: &Path) {
+    use std::io::Read;
+    let (la, lb) = (
+        std::fs::metadata(a).unwrap().len(),
+        std::fs::metadata(b).unwrap().len(),
+    );
+    assert_eq!(
+        la,
+        lb,
+        "{} and {} differ in length",
+        a.display(),
+        b.display()
+    );
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
+    let mut done = 0u64;
+    while done < la {
+        let n = (la - done).min(x.len() as u64) as usize;
+        fa.read_exact(&mut x[..n]).unwrap();
+        fb.read_exact(&mut y[..n]).unwrap();
+        if x[..n] != y[..n] {
+            let i = x[..n]
+                .iter()
+                .zip(&y[..n])
+                .position(|(p, q)| p != q)
+                .unwrap();
+            panic!(
+                "{} and {} differ first at byte {:#x}",
+                a.display(),
+                b.display(),
+                done + i as u64
+            );
+        }
+        done += n as u64;
+    }
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn file_in(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// A blkdebug wrapper that fails the first write touching `sector` (512-byte units) with EIO.
+pub fn blkdebug_failing_write(image: &Path, sector: u64) -> String {
+    format!(
+        r#"json:{{"driver":"vhdx","file":{{"driver":"blkdebug","inject-error":[{{"event":"pwritev","sector":{sector},"iotype":"write","errno":5,"once":true}}],"image":{{"driver":"file","filename":"{}"}}}}}}"#,
+        path_str(image)
+    )
+}

@@ -14,23 +14,31 @@ fn differencing_chain_on_disk_resolves_relative_paths_and_exports_the_merged_dis
     let dir = temp_dir();
     std::fs::create_dir(dir.path().join("parents")).unwrap();
     let mut base = ImageBuilder::new(4 * MIB);
-    base.data_write_guid(Guid([1; 16])).write(0, &pattern(1, 4 * MIB as usize));
+    base.data_write_guid(Guid([1; 16]))
+        .write(0, &pattern(1, 4 * MIB as usize));
     let mut top = ImageBuilder::new(4 * MIB);
     // Windows-style relative path into a subfolder, as Hyper-V writes it.
-    top.parent(Guid([1; 16]), ".\\parents\\base.vhdx").write(MIB + 512, &pattern(2, 1024));
+    top.parent(Guid([1; 16]), ".\\parents\\base.vhdx")
+        .write(MIB + 512, &pattern(2, 1024));
     std::fs::write(dir.path().join("parents/base.vhdx"), base.build()).unwrap();
     let top_path = dir.path().join("top.vhdx");
     std::fs::write(&top_path, top.build()).unwrap();
 
     let out = dir.path().join("top.raw");
     run_ok(drplane().args(["vhdx", "export", path_str(&top_path), "-o", path_str(&out)]));
-    assert_eq!(std::fs::read(&out).unwrap(), top.expected_content(Some(&base.expected_content(None))));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        top.expected_content(Some(&base.expected_content(None)))
+    );
 
     let info = run_ok(drplane().args(["vhdx", "info", "--json", path_str(&top_path)]));
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(v["kind"], "differencing");
     assert_eq!(v["parents"].as_array().unwrap().len(), 1);
-    assert!(v["parent_locator"]["relative_path"].as_str().unwrap().contains("base.vhdx"));
+    assert!(v["parent_locator"]["relative_path"]
+        .as_str()
+        .unwrap()
+        .contains("base.vhdx"));
     run_ok(drplane().args(["vhdx", "check", path_str(&top_path)]));
 }
 
@@ -41,24 +49,40 @@ fn missing_parent_is_one_clear_error_line() {
     top.parent(Guid([1; 16]), "gone.vhdx");
     let top_path = dir.path().join("orphan.vhdx");
     std::fs::write(&top_path, top.build()).unwrap();
-    let out = drplane().args(["vhdx", "export", path_str(&top_path), "-o", path_str(&dir.path().join("x.raw"))]).output().unwrap();
+    let out = drplane()
+        .args([
+            "vhdx",
+            "export",
+            path_str(&top_path),
+            "-o",
+            path_str(&dir.path().join("x.raw")),
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("drplane: error:") && err.contains("gone.vhdx"), "{err}");
+    assert!(
+        err.starts_with("drplane: error:") && err.contains("gone.vhdx"),
+        "{err}"
+    );
 }
 
 #[test]
 fn four_kib_sector_image_exports_and_reports_its_sector_size() {
     let dir = temp_dir();
     let mut b = ImageBuilder::new(8 * MIB);
-    b.logical_sector_size(4096).block_size(2 * MIB as u32).write(3 * MIB, &pattern(3, 8192));
+    b.logical_sector_size(4096)
+        .block_size(2 * MIB as u32)
+        .write(3 * MIB, &pattern(3, 8192));
     let path = dir.path().join("4k.vhdx");
     std::fs::write(&path, b.build()).unwrap();
     let out = run_ok(drplane().args(["vhdx", "export", path_str(&path), "-o", "-"]));
     assert_eq!(out.stdout, b.expected_content(None));
     let info = run_ok(drplane().args(["vhdx", "info", path_str(&path)]));
-    assert!(String::from_utf8(info.stdout).unwrap().contains("4096 logical"));
+    assert!(String::from_utf8(info.stdout)
+        .unwrap()
+        .contains("4096 logical"));
 }
 
 #[test]
@@ -70,11 +94,19 @@ fn check_exits_non_zero_and_lists_problems_with_offsets() {
     bytes[192 * 1024 + 100] ^= 1; // region table 1 damaged; its copy still works
     let path = dir.path().join("bad.vhdx");
     std::fs::write(&path, &bytes).unwrap();
-    let out = drplane().args(["vhdx", "check", "--json", path_str(&path)]).output().unwrap();
+    let out = drplane()
+        .args(["vhdx", "check", "--json", path_str(&path)])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["clean"], false);
-    let offsets: Vec<u64> = v["errors"].as_array().unwrap().iter().map(|e| e["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
     assert!(offsets.contains(&(bat as u64 + 8)), "{v}");
     assert!(offsets.contains(&(192 * 1024 + 4)), "{v}");
 }
@@ -89,9 +121,14 @@ fn not_a_vhdx_file_is_an_error_not_a_panic() {
         assert!(!out.status.success());
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     }
-    let out = drplane().args(["vhdx", "info", "/nonexistent/x.vhdx"]).output().unwrap();
+    let out = drplane()
+        .args(["vhdx", "info", "/nonexistent/x.vhdx"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("/nonexistent/x.vhdx"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("/nonexistent/x.vhdx"));
 }
 
 #[test]
@@ -100,7 +137,10 @@ fn export_refuses_to_overwrite_its_input() {
     let path = dir.path().join("self.vhdx");
     let bytes = ImageBuilder::new(2 * MIB).build();
     std::fs::write(&path, &bytes).unwrap();
-    let out = drplane().args(["vhdx", "export", path_str(&path), "-o", path_str(&path)]).output().unwrap();
+    let out = drplane()
+        .args(["vhdx", "export", path_str(&path), "-o", path_str(&path)])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }

@@ -34,6 +34,9 @@ pub enum VhdxCommand {
         /// Output path, or `-` for standard output.
         #[arg(short, long)]
         output: PathBuf,
+        /// Copy threads (file output only).
+        #[arg(long, default_value_t = vhdx::export::DEFAULT_EXPORT_THREADS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
     },
 }
 
@@ -41,7 +44,11 @@ pub fn run(command: VhdxCommand) -> Result<ExitCode> {
     match command {
         VhdxCommand::Info { file, json } => info(&file, json),
         VhdxCommand::Check { file, json } => check(&file, json),
-        VhdxCommand::Export { file, output } => export(&file, &output),
+        VhdxCommand::Export {
+            file,
+            output,
+            threads,
+        } => export(&file, &output, threads.into()),
     }
 }
 
@@ -217,15 +224,15 @@ fn check(file: &Path, as_json: bool) -> Result<ExitCode> {
     })
 }
 
-fn export(file: &Path, output: &Path) -> Result<ExitCode> {
+fn export(file: &Path, output: &Path, threads: usize) -> Result<ExitCode> {
     let disk = open(file)?;
     let size = disk.virtual_size();
     let bar = bytes_bar(size, "export");
-    let mut tick = |done| bar.set_position(done);
+    let tick = |done| bar.inc(done);
     let stats = if output == Path::new("-") {
         let stdout = io::stdout();
         let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
-        export_raw(&disk, RawTarget::Stream(&mut w), &mut tick)?
+        export_raw(&disk, RawTarget::Stream(&mut w), 1, &tick)?
     } else {
         if same_file(file, output) {
             anyhow::bail!("{}: output is the input image", output.display());
@@ -238,10 +245,10 @@ fn export(file: &Path, output: &Path) -> Result<ExitCode> {
             .with_context(|| format!("{}", output.display()))?;
         let is_regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
         if is_regular {
-            export_raw(&disk, RawTarget::File(&out), &mut tick)?
+            export_raw(&disk, RawTarget::File(&out), threads, &tick)?
         } else {
             let mut w = BufWriter::with_capacity(1 << 20, out);
-            export_raw(&disk, RawTarget::Stream(&mut w), &mut tick)?
+            export_raw(&disk, RawTarget::Stream(&mut w), 1, &tick)?
         }
     };
     bar.finish_and_clear();

@@ -153,6 +153,17 @@ impl ExtentKind {
     }
 }
 
+/// Where one part of a virtual range is stored: for `Data`, in layer `layer` at
+/// `file_offset` (bytes of that layer's file after log replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub offset: u64,
+    pub len: u64,
+    pub kind: ExtentKind,
+    pub layer: usize,
+    pub file_offset: u64,
+}
+
 /// A run of the virtual disk with one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -454,6 +465,80 @@ impl Disk {
             }
         }
         Ok(())
+    }
+
+    /// Map `[offset, offset+len)` to segments in offset order: where each part's bytes are.
+    pub fn map(&self, offset: u64, len: u64) -> Result<Vec<Segment>> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.virtual_size())
+        {
+            return Err(Error::OutOfRange {
+                offset,
+                len,
+                size: self.virtual_size(),
+            });
+        }
+        let mut pieces = Vec::new();
+        self.resolve(offset, len, &mut pieces)?;
+        pieces.sort_unstable_by_key(|p| p.offset);
+        Ok(pieces
+            .into_iter()
+            .map(|p| match p.source {
+                Source::Data { layer, file_offset } => Segment {
+                    offset: p.offset,
+                    len: p.len,
+                    kind: ExtentKind::Data,
+                    layer,
+                    file_offset,
+                },
+                Source::Zero => Segment {
+                    offset: p.offset,
+                    len: p.len,
+                    kind: ExtentKind::Zero,
+                    layer: 0,
+                    file_offset: 0,
+                },
+                Source::Unallocated => Segment {
+                    offset: p.offset,
+                    len: p.len,
+                    kind: ExtentKind::Unallocated,
+                    layer: 0,
+                    file_offset: 0,
+                },
+            })
+            .collect())
+    }
+
+    /// The file holding a data segment's bytes verbatim, if any (no replayed log over it).
+    pub fn segment_file(&self, segment: &Segment) -> Option<(&std::fs::File, u64)> {
+        if segment.kind != ExtentKind::Data {
+            return None;
+        }
+        self.layers[segment.layer]
+            .file
+            .view()
+            .file_range(segment.file_offset, segment.len)
+    }
+
+    /// Read a data segment's bytes.
+    pub fn read_segment(&self, segment: &Segment, buf: &mut [u8]) -> Result<()> {
+        assert_eq!(buf.len() as u64, segment.len);
+        match segment.kind {
+            ExtentKind::Data => self.layers[segment.layer]
+                .file
+                .view()
+                .read_at(segment.file_offset, buf)
+                .map_err(|source| Error::Io {
+                    structure: "payload block",
+                    offset: segment.file_offset,
+                    source,
+                }),
+            ExtentKind::Zero | ExtentKind::Unallocated => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
     }
 
     /// Read `buf.len()` bytes at virtual `offset`.

@@ -1,14 +1,23 @@
 //! Writing a virtual disk out as a raw image: sparse into a file (holes are never written),
 //! or as a full stream (holes become zeros) for pipes.
+//!
+//! Into a file, chunks are copied by worker threads at their own offsets, so the output bytes
+//! do not depend on scheduling. Data stored verbatim in a file moves with `copy_file_range`
+//! (no trip through user memory); anything else (replayed-log overlays, in-memory sources) is
+//! read and written.
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
-use crate::disk::{Disk, ExtentKind};
+use crate::disk::{Disk, ExtentKind, Segment};
 use crate::error::{Error, Result};
 
-/// Largest read issued per step: big enough to amortise calls, small enough to stay in cache.
+/// Virtual bytes per work item: big enough to amortise calls, small enough to balance threads.
 pub const EXPORT_CHUNK_BYTES: usize = 4 << 20;
+/// Copy threads used by default: the machines we target have two cores.
+pub const DEFAULT_EXPORT_THREADS: usize = 2;
 
 /// Where the raw bytes go.
 #[allow(missing_debug_implementations)]
@@ -37,11 +46,24 @@ fn output_error(offset: u64, source: std::io::Error) -> Error {
     }
 }
 
-/// Export `disk` as raw bytes. `progress` is told the virtual bytes done after each step.
+/// Export `disk` as raw bytes with `threads` copy threads (file targets only).
+/// `progress` receives the number of virtual bytes finished, as they finish.
 pub fn export_raw(
     disk: &Disk,
     target: RawTarget<'_>,
-    progress: &mut dyn FnMut(u64),
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ExportStats> {
+    match target {
+        RawTarget::File(f) => export_to_file(disk, f, threads.max(1), progress),
+        RawTarget::Stream(w) => export_to_stream(disk, w, progress),
+    }
+}
+
+fn export_to_stream(
+    disk: &Disk,
+    w: &mut dyn Write,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ExportStats> {
     let size = disk.virtual_size();
     let mut stats = ExportStats {
@@ -49,46 +71,157 @@ pub fn export_raw(
         ..Default::default()
     };
     let mut buf = vec![0u8; EXPORT_CHUNK_BYTES];
-    let zeros = vec![0u8; EXPORT_CHUNK_BYTES];
-    let mut target = target;
-    if let RawTarget::File(f) = &target {
-        f.set_len(0).map_err(|e| output_error(0, e))?;
-        f.set_len(size).map_err(|e| output_error(0, e))?;
+    let mut pos = 0;
+    while pos < size {
+        let n = (size - pos).min(EXPORT_CHUNK_BYTES as u64);
+        for seg in disk.map(pos, n)? {
+            let dst = &mut buf[..seg.len as usize];
+            disk.read_segment(&seg, dst)?;
+            w.write_all(dst).map_err(|e| output_error(seg.offset, e))?;
+            match seg.kind {
+                ExtentKind::Data => stats.data_bytes += seg.len,
+                _ => stats.hole_bytes += seg.len,
+            }
+        }
+        pos += n;
+        progress(n);
     }
-    for extent in disk.extents() {
-        let extent = extent?;
-        let mut pos = extent.offset;
-        let end = extent.offset + extent.len;
-        while pos < end {
-            let n = (end - pos).min(EXPORT_CHUNK_BYTES as u64 - pos % EXPORT_CHUNK_BYTES as u64)
-                as usize;
-            match (extent.kind, &mut target) {
-                (ExtentKind::Data, t) => {
-                    disk.read_at(pos, &mut buf[..n])?;
-                    match t {
-                        RawTarget::File(f) => {
-                            write_all_at(f, &buf[..n], pos).map_err(|e| output_error(pos, e))?
-                        }
-                        RawTarget::Stream(w) => {
-                            w.write_all(&buf[..n]).map_err(|e| output_error(pos, e))?
-                        }
-                    }
-                    stats.data_bytes += n as u64;
-                }
-                (_, RawTarget::File(_)) => stats.hole_bytes += n as u64,
-                (_, RawTarget::Stream(w)) => {
-                    w.write_all(&zeros[..n]).map_err(|e| output_error(pos, e))?;
-                    stats.hole_bytes += n as u64;
+    w.flush().map_err(|e| output_error(size, e))?;
+    Ok(stats)
+}
+
+fn export_to_file(
+    disk: &Disk,
+    out: &File,
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ExportStats> {
+    let size = disk.virtual_size();
+    // Old contents must go so holes read as zeros; but truncating an empty file would make
+    // ext4 (auto_da_alloc) flush everything on close, so only truncate when there is data.
+    let existing = out.metadata().map_err(|e| output_error(0, e))?.len();
+    if existing != 0 {
+        out.set_len(0).map_err(|e| output_error(0, e))?;
+    }
+    out.set_len(size).map_err(|e| output_error(0, e))?;
+    let chunks = size.div_ceil(EXPORT_CHUNK_BYTES as u64);
+    let next = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let data_bytes = AtomicU64::new(0);
+    let worker = || {
+        let mut buf = Vec::new();
+        let mut copier = Copier::default();
+        while !failed.load(Ordering::Relaxed) {
+            let chunk = next.fetch_add(1, Ordering::Relaxed);
+            if chunk >= chunks {
+                break;
+            }
+            let pos = chunk * EXPORT_CHUNK_BYTES as u64;
+            let n = (size - pos).min(EXPORT_CHUNK_BYTES as u64);
+            let result = disk.map(pos, n).and_then(|segments| {
+                segments
+                    .iter()
+                    .filter(|s| s.kind == ExtentKind::Data)
+                    .try_for_each(|s| {
+                        copier.copy(disk, s, out, &mut buf).map(|()| {
+                            data_bytes.fetch_add(s.len, Ordering::Relaxed);
+                        })
+                    })
+            });
+            if let Err(e) = result {
+                failed.store(true, Ordering::Relaxed);
+                first_error
+                    .lock()
+                    .expect("no panics while held")
+                    .get_or_insert(e);
+                break;
+            }
+            progress(n);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(worker);
+        }
+        worker();
+    });
+    if let Some(e) = first_error.into_inner().expect("no panics while held") {
+        return Err(e);
+    }
+    let data_bytes = data_bytes.into_inner();
+    Ok(ExportStats {
+        virtual_size: size,
+        data_bytes,
+        hole_bytes: size - data_bytes,
+    })
+}
+
+/// Copies one data segment into the output at its virtual offset.
+#[derive(Default)]
+struct Copier {
+    /// Set once the kernel refused copy_file_range (other file system, old kernel).
+    no_kernel_copy: bool,
+}
+
+impl Copier {
+    fn copy(&mut self, disk: &Disk, seg: &Segment, out: &File, buf: &mut Vec<u8>) -> Result<()> {
+        if !self.no_kernel_copy {
+            if let Some((file, file_offset)) = disk.segment_file(seg) {
+                match kernel_copy(file, file_offset, out, seg.offset, seg.len) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => self.no_kernel_copy = true,
+                    Err(e) => return Err(output_error(seg.offset, e)),
                 }
             }
-            pos += n as u64;
-            progress(pos);
+        }
+        buf.resize(seg.len as usize, 0);
+        disk.read_segment(seg, buf)?;
+        write_all_at(out, buf, seg.offset).map_err(|e| output_error(seg.offset, e))
+    }
+}
+
+/// copy_file_range the whole range; `Ok(false)` when the kernel cannot do it here (nothing
+/// was copied, so the caller falls back to read + write).
+#[cfg(target_os = "linux")]
+fn kernel_copy(
+    src: &File,
+    mut src_offset: u64,
+    dst: &File,
+    mut dst_offset: u64,
+    len: u64,
+) -> std::io::Result<bool> {
+    use rustix::io::Errno;
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(
+            src,
+            Some(&mut src_offset),
+            dst,
+            Some(&mut dst_offset),
+            want,
+        ) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "source file shrank during the copy",
+                ));
+            }
+            Ok(n) => left -= n as u64,
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL) if left == len => {
+                return Ok(false)
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    if let RawTarget::Stream(w) = &mut target {
-        w.flush().map_err(|e| output_error(size, e))?;
-    }
-    Ok(stats)
+    Ok(true)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kernel_copy(_: &File, _: u64, _: &File, _: u64, _: u64) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 #[cfg(unix)]

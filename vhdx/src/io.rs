@@ -16,6 +16,11 @@ pub trait ReadAt: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// When `[offset, offset+len)` is stored verbatim in a file, that file and the offset in
+    /// it: lets callers copy without passing the bytes through memory (copy_file_range).
+    fn file_range(&self, _offset: u64, _len: u64) -> Option<(&File, u64)> {
+        None
+    }
 }
 
 fn past_end(offset: u64, len: usize, size: u64) -> io::Error {
@@ -62,6 +67,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     fn len(&self) -> u64 {
         (**self).len()
     }
+    fn file_range(&self, offset: u64, len: u64) -> Option<(&File, u64)> {
+        (**self).file_range(offset, len)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -71,11 +79,15 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     fn len(&self) -> u64 {
         (**self).len()
     }
+    fn file_range(&self, offset: u64, len: u64) -> Option<(&File, u64)> {
+        (**self).file_range(offset, len)
+    }
 }
 
 /// A read-only file mapped into memory; reads are bounds-checked copies out of the map.
 #[derive(Debug)]
 pub struct MappedFile {
+    file: File,
     map: Option<memmap2::Mmap>,
 }
 
@@ -85,7 +97,7 @@ impl MappedFile {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         if len == 0 {
-            return Ok(MappedFile { map: None });
+            return Ok(MappedFile { file, map: None });
         }
         // SAFETY: the map is read-only and we never hand out references that outlive a read;
         // if another process truncates the file underneath us, accesses may fault (SIGBUS) —
@@ -95,7 +107,10 @@ impl MappedFile {
         {
             let _ = map.advise(memmap2::Advice::Sequential);
         }
-        Ok(MappedFile { map: Some(map) })
+        Ok(MappedFile {
+            file,
+            map: Some(map),
+        })
     }
 
     /// The mapped bytes.
@@ -104,12 +119,19 @@ impl MappedFile {
     }
 }
 
+fn within(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
 impl ReadAt for MappedFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         read_slice(self.bytes(), offset, buf)
     }
     fn len(&self) -> u64 {
         self.bytes().len() as u64
+    }
+    fn file_range(&self, offset: u64, len: u64) -> Option<(&File, u64)> {
+        within(offset, len, self.len()).then_some((&self.file, offset))
     }
 }
 
@@ -157,5 +179,8 @@ impl ReadAt for PositionalFile {
     }
     fn len(&self) -> u64 {
         self.len
+    }
+    fn file_range(&self, offset: u64, len: u64) -> Option<(&File, u64)> {
+        within(offset, len, self.len).then_some((&self.file, offset))
     }
 }

@@ -265,6 +265,15 @@ impl Overlay {
         self.runs.insert(start, run);
     }
 
+    /// True when a replayed run overlaps `[offset, offset+len)`.
+    pub fn intersects(&self, offset: u64, len: u64) -> bool {
+        let end = offset.saturating_add(len);
+        self.runs
+            .range(..end)
+            .next_back()
+            .is_some_and(|(s, r)| r.end(*s) > offset)
+    }
+
     /// Patch `buf` (file bytes at `offset`) with the replayed runs it intersects.
     pub fn apply(&self, offset: u64, buf: &mut [u8]) {
         let end = offset + buf.len() as u64;

@@ -81,4 +81,15 @@ impl ReadAt for FileView {
     fn len(&self) -> u64 {
         self.len
     }
+
+    fn file_range(&self, offset: u64, len: u64) -> Option<(&std::fs::File, u64)> {
+        if self
+            .overlay
+            .as_ref()
+            .is_some_and(|o| o.intersects(offset, len))
+        {
+            return None;
+        }
+        self.base.file_range(offset, len)
+    }
 }

@@ -22,6 +22,8 @@ pub mod disk;
 pub mod error;
 pub mod export;
 pub mod file_identifier;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzz_targets;
 pub mod guid;
 pub mod header;
 pub mod image;

@@ -276,7 +276,7 @@ impl Overlay {
 
     /// Patch `buf` (file bytes at `offset`) with the replayed runs it intersects.
     pub fn apply(&self, offset: u64, buf: &mut [u8]) {
-        let end = offset + buf.len() as u64;
+        let end = offset.saturating_add(buf.len() as u64);
         let first = self
             .runs
             .range(..=offset)

@@ -164,9 +164,10 @@ impl Geometry {
     }
 
     /// Bytes of payload block `block` that lie inside the virtual disk.
+    /// Zero for the padding entries of a differencing BAT's last chunk (past the disk).
     pub fn block_len(&self, block: u64) -> u64 {
-        let start = block * self.block_size;
-        self.block_size.min(self.virtual_size - start)
+        let start = block.saturating_mul(self.block_size);
+        self.block_size.min(self.virtual_size.saturating_sub(start))
     }
 
     pub fn sectors_per_block(&self) -> u64 {

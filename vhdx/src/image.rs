@@ -357,6 +357,15 @@ impl VhdxFile {
                 continue;
             }
             let block = index - index / (g.chunk_ratio + 1);
+            if block >= g.payload_blocks {
+                // Padding of a differencing BAT's last chunk: describes nothing, never read.
+                if entry.state() != BlockState::NotPresent {
+                    findings.warnings.push(format!(
+                        "BAT entry {index} lies past the last payload block but is not empty"
+                    ));
+                }
+                continue;
+            }
             if entry.reserved_bits() != 0 {
                 findings
                     .warnings

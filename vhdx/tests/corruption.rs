@@ -460,3 +460,24 @@ fn random_structural_mutations_never_panic() {
         let _ = check(&b);
     }
 }
+
+// Found by fuzzing (open_image): a non-empty padding entry after the last payload block of a
+// differencing BAT made the block-length arithmetic underflow.
+#[test]
+fn differencing_bat_padding_entry_past_the_last_block_is_ignored_not_a_panic() {
+    let mut b = ImageBuilder::new(2 * MIB);
+    b.parent(vhdx::Guid([1; 16]), "base.vhdx");
+    let mut bytes = b.build();
+    // 2 payload blocks; the chunk holds 4096 payload entries, so entry 100 is padding.
+    bat_entry(&mut bytes, 100, 6 | (4 << 20));
+    let report = check(&bytes);
+    assert!(
+        report
+            .findings
+            .warnings
+            .iter()
+            .any(|w| w.contains("past the last payload block")),
+        "{:?}",
+        report.findings
+    );
+}

@@ -144,3 +144,40 @@ fn export_refuses_to_overwrite_its_input() {
     assert!(!out.status.success());
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
+
+#[test]
+fn parent_found_by_absolute_path_when_relative_path_is_stale() {
+    let dir = temp_dir();
+    let mut base = ImageBuilder::new(2 * MIB);
+    base.data_write_guid(Guid([7; 16]))
+        .write(0, &pattern(5, 4096));
+    let base_path = dir.path().join("elsewhere-base.vhdx");
+    std::fs::write(&base_path, base.build()).unwrap();
+    let mut top = ImageBuilder::new(2 * MIB);
+    top.parent(Guid([7; 16]), "moved-away.vhdx");
+    top.extra_locator_entries
+        .push(("absolute_win32_path".into(), path_str(&base_path).into()));
+    let top_path = dir.path().join("top.vhdx");
+    std::fs::write(&top_path, top.build()).unwrap();
+    let out = run_ok(drplane().args(["vhdx", "export", path_str(&top_path), "-o", "-"]));
+    assert_eq!(out.stdout, base.expected_content(None));
+}
+
+#[test]
+fn sparse_64_tib_disk_opens_and_reports_its_size() {
+    let dir = temp_dir();
+    let size = 64u64 << 40;
+    let mut b = ImageBuilder::new(size);
+    b.block_size(256 << 20)
+        .write(size - 4096, &pattern(6, 4096));
+    let path = dir.path().join("huge.vhdx");
+    std::fs::write(&path, b.build()).unwrap();
+    let info = run_ok(drplane().args(["vhdx", "info", "--json", path_str(&path)]));
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["virtual_size"], size);
+    assert_eq!(v["bat"]["states"]["fully_present"], 1);
+    let disk = vhdx::Disk::open(&path).unwrap();
+    let mut buf = vec![0u8; 4096];
+    disk.read_at(size - 4096, &mut buf).unwrap();
+    assert_eq!(buf, pattern(6, 4096));
+}

@@ -56,6 +56,8 @@ pub struct ImageBuilder {
     pub file_write_guid: Guid,
     /// `(parent DataWriteGuid, relative_path)` for a differencing disk.
     pub parent: Option<(Guid, String)>,
+    /// Extra parent locator entries (e.g. `absolute_win32_path`), after the builder's own.
+    pub extra_locator_entries: Vec<(String, String)>,
     pub dirty_log: Option<DirtyLog>,
     pub creator: String,
     blocks: BTreeMap<u64, BlockSpec>,
@@ -79,6 +81,7 @@ impl ImageBuilder {
             data_write_guid: Guid([0xDA; 16]),
             file_write_guid: Guid([0xF1; 16]),
             parent: None,
+            extra_locator_entries: Vec::new(),
             dirty_log: None,
             creator: "drplane test builder".into(),
             blocks: BTreeMap::new(),
@@ -376,12 +379,14 @@ impl ImageBuilder {
             ),
         ];
         if let Some((linkage, rel)) = &self.parent {
+            let mut entries = vec![("parent_linkage".to_string(), format!("{{{linkage}}}"))];
+            if !rel.is_empty() {
+                entries.push(("relative_path".into(), rel.replace('/', "\\")));
+            }
+            entries.extend(self.extra_locator_entries.iter().cloned());
             let locator = ParentLocator {
                 locator_type: VHDX_LOCATOR_TYPE,
-                entries: vec![
-                    ("parent_linkage".into(), format!("{{{linkage}}}")),
-                    ("relative_path".into(), rel.replace('/', "\\")),
-                ],
+                entries,
             };
             items.push((metadata::PARENT_LOCATOR, locator.encode(), false));
         }

@@ -84,9 +84,9 @@ pub struct MetadataEntry {
 
 impl MetadataEntry {
     fn flags(&self) -> u32 {
-        u32::from(self.is_user) * FLAG_IS_USER
-            | u32::from(self.is_virtual_disk) * FLAG_IS_VIRTUAL_DISK
-            | u32::from(self.is_required) * FLAG_IS_REQUIRED
+        (u32::from(self.is_user) * FLAG_IS_USER)
+            | (u32::from(self.is_virtual_disk) * FLAG_IS_VIRTUAL_DISK)
+            | (u32::from(self.is_required) * FLAG_IS_REQUIRED)
     }
 }
 

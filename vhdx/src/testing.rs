@@ -274,7 +274,7 @@ impl ImageBuilder {
                 }
             }
         }
-        for (&chunk, _) in &bitmaps {
+        for &chunk in bitmaps.keys() {
             bat[g.sector_bitmap_index(chunk) as usize] =
                 BatEntry::new(BlockState::FullyPresent, next);
             next += SECTOR_BITMAP_BLOCK_SIZE;

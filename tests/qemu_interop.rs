@@ -142,15 +142,7 @@ fn assert_dirty_export_matches_repaired_qemu(
     std::fs::copy(image, &copy).unwrap();
     qemu_img(&["check", "-q", "-r", "all", path_str(&copy)]);
     let theirs = dir.join("dirty-qemu.raw");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "vhdx",
-        "-O",
-        "raw",
-        path_str(&copy),
-        path_str(&theirs),
-    ]);
+    qemu_convert_to_raw(&copy, &theirs);
     assert_files_equal(&ours, &theirs);
 }
 

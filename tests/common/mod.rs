@@ -46,15 +46,7 @@ pub fn assert_export_matches_qemu(dir: &Path, image: &Path) {
     let ours = dir.join("ours.raw");
     let theirs = dir.join("qemu.raw");
     run_ok(drplane().args(["vhdx", "export", path_str(image), "-o", path_str(&ours)]));
-    qemu_img(&[
-        "convert",
-        "-f",
-        "vhdx",
-        "-O",
-        "raw",
-        path_str(image),
-        path_str(&theirs),
-    ]);
+    qemu_convert_to_raw(image, &theirs);
     assert_files_equal(&ours, &theirs);
 }
 
@@ -113,4 +105,16 @@ pub fn blkdebug_failing_write(image: &Path, sector: u64) -> String {
         r#"json:{{"driver":"vhdx","file":{{"driver":"blkdebug","inject-error":[{{"event":"pwritev","sector":{sector},"iotype":"write","errno":5,"once":true}}],"image":{{"driver":"file","filename":"{}"}}}}}}"#,
         path_str(image)
     )
+}
+
+pub fn qemu_convert_to_raw(image: &Path, raw: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        "vhdx",
+        "-O",
+        "raw",
+        path_str(image),
+        path_str(raw),
+    ]);
 }

@@ -543,35 +543,9 @@ impl Disk {
 
     /// Read `buf.len()` bytes at virtual `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let len = buf.len() as u64;
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.virtual_size())
-        {
-            return Err(Error::OutOfRange {
-                offset,
-                len,
-                size: self.virtual_size(),
-            });
-        }
-        let mut pieces = Vec::new();
-        self.resolve(offset, len, &mut pieces)?;
-        for p in pieces {
-            let dst = &mut buf[(p.offset - offset) as usize..(p.offset - offset + p.len) as usize];
-            match p.source {
-                Source::Data { layer, file_offset } => {
-                    self.layers[layer]
-                        .file
-                        .view()
-                        .read_at(file_offset, dst)
-                        .map_err(|source| Error::Io {
-                            structure: "payload block",
-                            offset: file_offset,
-                            source,
-                        })?;
-                }
-                Source::Zero | Source::Unallocated => dst.fill(0),
-            }
+        for seg in self.map(offset, buf.len() as u64)? {
+            let at = (seg.offset - offset) as usize;
+            self.read_segment(&seg, &mut buf[at..at + seg.len as usize])?;
         }
         Ok(())
     }
@@ -640,24 +614,17 @@ impl Iterator for Extents<'_> {
             // Classify one block of the top image at a time.
             let block_size = self.disk.top().geometry.block_size;
             let chunk_end = ((self.next / block_size + 1) * block_size).min(self.end);
-            let mut pieces = Vec::new();
-            if let Err(e) = self
-                .disk
-                .resolve(self.next, chunk_end - self.next, &mut pieces)
-            {
-                self.failed = true;
-                return Some(Err(e));
+            match self.disk.map(self.next, chunk_end - self.next) {
+                Ok(segments) => self.pending.extend(segments.into_iter().map(|s| Extent {
+                    offset: s.offset,
+                    len: s.len,
+                    kind: s.kind,
+                })),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
             }
-            pieces.sort_unstable_by_key(|p| p.offset);
-            self.pending.extend(pieces.into_iter().map(|p| Extent {
-                offset: p.offset,
-                len: p.len,
-                kind: match p.source {
-                    Source::Data { .. } => ExtentKind::Data,
-                    Source::Zero => ExtentKind::Zero,
-                    Source::Unallocated => ExtentKind::Unallocated,
-                },
-            }));
             self.next = chunk_end;
         }
     }

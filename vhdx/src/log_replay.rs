@@ -436,4 +436,21 @@ mod tests {
         assert_eq!(&buf[8188..8192], &[2; 4]);
         assert!(buf[8192..].iter().all(|&b| b == 0));
     }
+
+    #[test]
+    fn intersects_sees_only_runs_overlapping_the_range() {
+        let mut o = Overlay {
+            replayed_len: MIB,
+            ..Default::default()
+        };
+        o.insert(8192, 16384, Run::Zero { end: 16384 });
+        assert!(!o.intersects(0, 8192));
+        assert!(o.intersects(0, 8193));
+        assert!(o.intersects(16383, 1));
+        assert!(!o.intersects(16384, 4096));
+        // Ranges ending at the top of the address space do not overflow.
+        let mut buf = [1u8; 16];
+        o.apply(u64::MAX - 8, &mut buf);
+        assert_eq!(buf, [1u8; 16]);
+    }
 }

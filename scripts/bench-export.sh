@@ -26,7 +26,7 @@ for i in $(seq "$runs"); do
   rm -f "$work/ours.raw" "$work/qemu.raw"; sync
   qemu+=("$(time_one qemu-img convert -f vhdx -O raw "$img" "$work/qemu.raw")")
   sync
-  ours+=("$(time_one "$bin" vhdx export "$img" -o "$work/ours.raw")")
+  ours+=("$(time_one "$bin" vhdx export ${EXPORT_ARGS:-} "$img" -o "$work/ours.raw")")
 done
 cmp "$work/ours.raw" "$work/qemu.raw"
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -521,6 +521,17 @@ impl Disk {
             .file_range(segment.file_offset, segment.len)
     }
 
+    /// A data segment's bytes in place, when its file is memory-mapped (no replayed log over it).
+    pub fn segment_bytes(&self, segment: &Segment) -> Option<&[u8]> {
+        if segment.kind != ExtentKind::Data {
+            return None;
+        }
+        self.layers[segment.layer]
+            .file
+            .view()
+            .mapped(segment.file_offset, segment.len)
+    }
+
     /// Read a data segment's bytes.
     pub fn read_segment(&self, segment: &Segment, buf: &mut [u8]) -> Result<()> {
         assert_eq!(buf.len() as u64, segment.len);

@@ -21,6 +21,10 @@ pub trait ReadAt: Send + Sync {
     fn file_range(&self, _offset: u64, _len: u64) -> Option<(&File, u64)> {
         None
     }
+    /// When `[offset, offset+len)` is in memory already (a map), the bytes themselves.
+    fn mapped(&self, _offset: u64, _len: u64) -> Option<&[u8]> {
+        None
+    }
 }
 
 fn past_end(offset: u64, len: usize, size: u64) -> io::Error {
@@ -70,6 +74,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     fn file_range(&self, offset: u64, len: u64) -> Option<(&File, u64)> {
         (**self).file_range(offset, len)
     }
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        (**self).mapped(offset, len)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -81,6 +88,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     }
     fn file_range(&self, offset: u64, len: u64) -> Option<(&File, u64)> {
         (**self).file_range(offset, len)
+    }
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        (**self).mapped(offset, len)
     }
 }
 
@@ -132,6 +142,10 @@ impl ReadAt for MappedFile {
     }
     fn file_range(&self, offset: u64, len: u64) -> Option<(&File, u64)> {
         within(offset, len, self.len()).then_some((&self.file, offset))
+    }
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        within(offset, len, self.len())
+            .then(|| &self.bytes()[offset as usize..(offset + len) as usize])
     }
 }
 

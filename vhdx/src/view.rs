@@ -92,4 +92,15 @@ impl ReadAt for FileView {
         }
         self.base.file_range(offset, len)
     }
+
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        if self
+            .overlay
+            .as_ref()
+            .is_some_and(|o| o.intersects(offset, len))
+        {
+            return None;
+        }
+        self.base.mapped(offset, len)
+    }
 }

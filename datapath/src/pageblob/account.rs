@@ -1,0 +1,1019 @@
+//! The semantics of a storage account's page blobs, with no I/O: requests are checked against
+//! the state and turned into [`Effect`]s; applying an effect is the only way state changes.
+//! The emulator logs each effect before applying it, and replays the log on open, so the
+//! state after a crash is exactly the state of the acknowledged effects.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{ErrorCode, StoreError, StoreResult};
+use super::extent_map::ExtentMap;
+use super::timestamp::{parse_snapshot_id, snapshot_id};
+use super::types::*;
+
+/// A state change, as logged. Data bytes are not here: `WritePages` names where the data log
+/// stored them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    CreateContainer {
+        name: String,
+        time: u64,
+    },
+    /// Create or replace a blob (a new incarnation; existing snapshots stay).
+    CreateBlob {
+        path: BlobPath,
+        size: u64,
+        sequence_number: u64,
+        time: u64,
+    },
+    /// Write data stored at `data`, or clear when `data` is `None`.
+    WritePages {
+        path: BlobPath,
+        offset: u64,
+        len: u64,
+        data: Option<u64>,
+        time: u64,
+    },
+    Resize {
+        path: BlobPath,
+        size: u64,
+        time: u64,
+    },
+    SetSequenceNumber {
+        path: BlobPath,
+        value: u64,
+        time: u64,
+    },
+    Snapshot {
+        path: BlobPath,
+        id: u64,
+        time: u64,
+    },
+    /// Delete the blob (`base`), its snapshots (`snapshots`), or one snapshot.
+    Delete {
+        path: BlobPath,
+        snapshot: Option<u64>,
+        base: bool,
+        snapshots: bool,
+    },
+    Lease {
+        path: BlobPath,
+        lease: Lease,
+        time: u64,
+    },
+}
+
+/// Lease state as stored (times in nanoseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Lease {
+    #[default]
+    Available,
+    Leased {
+        id: String,
+        expires: Option<u64>,
+    },
+    Breaking {
+        id: String,
+        broken_at: u64,
+    },
+    Broken,
+    Released,
+}
+
+impl Lease {
+    /// The lease as it stands at `now` (leases expire and breaks complete with time).
+    fn at(&self, now: u64) -> Lease {
+        match self {
+            Lease::Leased {
+                expires: Some(t), ..
+            } if now >= *t => Lease::Released,
+            Lease::Breaking { broken_at, .. } if now >= *broken_at => Lease::Broken,
+            other => other.clone(),
+        }
+    }
+
+    fn state_name(&self, now: u64) -> LeaseStateName {
+        match (self, self.at(now)) {
+            (Lease::Leased { .. }, Lease::Released) => LeaseStateName::Expired,
+            (_, Lease::Available | Lease::Released) => LeaseStateName::Available,
+            (_, Lease::Leased { .. }) => LeaseStateName::Leased,
+            (_, Lease::Breaking { .. }) => LeaseStateName::Breaking,
+            (_, Lease::Broken) => LeaseStateName::Broken,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Version {
+    size: u64,
+    map: ExtentMap,
+    /// Effect number of the last change (ETag source).
+    changed_at: u64,
+    last_modified: u64,
+    sequence_number: u64,
+    /// Effect number that created the blob this version belongs to.
+    incarnation: u64,
+    /// Effect number when a snapshot was taken (diff baseline).
+    taken_at: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Blob {
+    /// `None` when only snapshots remain (the base was deleted with `only`… never; or after
+    /// a base delete that kept none). Kept for clarity of listing.
+    base: Option<Version>,
+    snapshots: BTreeMap<u64, Version>,
+    lease: Lease,
+}
+
+/// All containers and blobs of one account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    profile: Profile,
+    containers: BTreeMap<String, BTreeMap<String, Blob>>,
+    /// Effects applied so far: the store-wide write sequence.
+    applied: u64,
+}
+
+fn err<T>(code: ErrorCode, message: impl Into<String>) -> StoreResult<T> {
+    Err(StoreError::service(code, message))
+}
+
+fn etag(changed_at: u64) -> String {
+    format!("\"0x8D{changed_at:014X}\"")
+}
+
+/// Check `offset`/`len` are page aligned and inside `size` (416 InvalidPageRange otherwise).
+fn check_page_range(path: &BlobPath, offset: u64, len: u64, size: u64) -> StoreResult<()> {
+    let end = offset.checked_add(len);
+    if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || end.is_none_or(|e| e > size) {
+        return err(
+            ErrorCode::InvalidPageRange,
+            format!(
+                "{path}: range {offset}+{len} is not 512-byte aligned inside the {size}-byte blob"
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn check_size(size: u64) -> StoreResult<()> {
+    if size % PAGE_SIZE != 0 || size > MAX_BLOB_SIZE {
+        return err(
+            ErrorCode::InvalidHeaderValue,
+            format!("blob size {size} is not a multiple of 512 up to 8 TiB"),
+        );
+    }
+    Ok(())
+}
+
+impl Account {
+    pub fn new(profile: Profile) -> Account {
+        Account {
+            profile,
+            containers: BTreeMap::new(),
+            applied: 0,
+        }
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// Apply an effect (checked before, or read back from the log).
+    pub fn apply(&mut self, effect: &Effect) {
+        self.applied += 1;
+        let seq = self.applied;
+        match effect {
+            Effect::CreateContainer { name, .. } => {
+                self.containers.entry(name.clone()).or_default();
+            }
+            Effect::CreateBlob {
+                path,
+                size,
+                sequence_number,
+                time,
+            } => {
+                let container = self.containers.entry(path.container.clone()).or_default();
+                let blob = container.entry(path.blob.clone()).or_insert_with(|| Blob {
+                    base: None,
+                    snapshots: BTreeMap::new(),
+                    lease: Lease::Available,
+                });
+                blob.base = Some(Version {
+                    size: *size,
+                    map: ExtentMap::default(),
+                    changed_at: seq,
+                    last_modified: *time,
+                    sequence_number: *sequence_number,
+                    incarnation: seq,
+                    taken_at: 0,
+                });
+            }
+            Effect::WritePages {
+                path,
+                offset,
+                len,
+                data,
+                time,
+            } => {
+                if let Some(v) = self.base_mut(path) {
+                    v.map.insert(*offset, *len, seq, *data);
+                    v.changed_at = seq;
+                    v.last_modified = *time;
+                }
+            }
+            Effect::Resize { path, size, time } => {
+                if let Some(v) = self.base_mut(path) {
+                    if *size < v.size {
+                        v.map.truncate(*size);
+                    }
+                    v.size = *size;
+                    v.changed_at = seq;
+                    v.last_modified = *time;
+                }
+            }
+            Effect::SetSequenceNumber { path, value, time } => {
+                if let Some(v) = self.base_mut(path) {
+                    v.sequence_number = *value;
+                    v.changed_at = seq;
+                    v.last_modified = *time;
+                }
+            }
+            Effect::Snapshot { path, id, .. } => {
+                if let Some(blob) = self.blob_mut(path) {
+                    if let Some(base) = &blob.base {
+                        let mut v = base.clone();
+                        v.taken_at = seq;
+                        blob.snapshots.insert(*id, v);
+                    }
+                }
+            }
+            Effect::Delete {
+                path,
+                snapshot,
+                base,
+                snapshots,
+            } => {
+                let mut remove_blob = false;
+                if let Some(blob) = self.blob_mut(path) {
+                    if let Some(id) = snapshot {
+                        blob.snapshots.remove(id);
+                    }
+                    if *snapshots {
+                        blob.snapshots.clear();
+                    }
+                    if *base {
+                        blob.base = None;
+                        blob.lease = Lease::Available;
+                    }
+                    remove_blob = blob.base.is_none() && blob.snapshots.is_empty();
+                }
+                if remove_blob {
+                    if let Some(c) = self.containers.get_mut(&path.container) {
+                        c.remove(&path.blob);
+                    }
+                }
+            }
+            Effect::Lease { path, lease, .. } => {
+                if let Some(blob) = self.blob_mut(path) {
+                    blob.lease = lease.clone();
+                }
+            }
+        }
+    }
+
+    fn blob_mut(&mut self, path: &BlobPath) -> Option<&mut Blob> {
+        self.containers
+            .get_mut(&path.container)?
+            .get_mut(&path.blob)
+    }
+
+    fn base_mut(&mut self, path: &BlobPath) -> Option<&mut Version> {
+        self.blob_mut(path)?.base.as_mut()
+    }
+
+    fn container(&self, name: &str) -> StoreResult<&BTreeMap<String, Blob>> {
+        self.containers.get(name).ok_or_else(|| {
+            StoreError::service(
+                ErrorCode::ContainerNotFound,
+                format!("container {name} does not exist"),
+            )
+        })
+    }
+
+    fn blob(&self, path: &BlobPath) -> StoreResult<&Blob> {
+        self.container(&path.container)?
+            .get(&path.blob)
+            .ok_or_else(|| {
+                StoreError::service(
+                    ErrorCode::BlobNotFound,
+                    format!("blob {path} does not exist"),
+                )
+            })
+    }
+
+    fn base(&self, path: &BlobPath) -> StoreResult<&Version> {
+        self.blob(path)?.base.as_ref().ok_or_else(|| {
+            StoreError::service(
+                ErrorCode::BlobNotFound,
+                format!("blob {path} does not exist"),
+            )
+        })
+    }
+
+    /// The base blob or one of its snapshots.
+    fn version(&self, path: &BlobPath, snapshot: Option<&str>) -> StoreResult<&Version> {
+        match snapshot {
+            None => self.base(path),
+            Some(id) => {
+                let nanos = parse_snapshot_id(id).ok_or_else(|| {
+                    StoreError::service(
+                        ErrorCode::InvalidQueryParameterValue,
+                        format!("snapshot {id:?} is not a snapshot time"),
+                    )
+                })?;
+                self.blob(path)?.snapshots.get(&nanos).ok_or_else(|| {
+                    StoreError::service(
+                        ErrorCode::BlobNotFound,
+                        format!("snapshot {id} of {path} does not exist"),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Conditions on ETag, dates, sequence numbers and the lease, for an operation that writes.
+    fn check_write(&self, path: &BlobPath, cond: &Conditions, now: u64) -> StoreResult<&Version> {
+        let blob = self.blob(path)?;
+        let v = self.base(path)?;
+        check_etag_and_dates(v, cond)?;
+        let seq = v.sequence_number;
+        let seq_ok = cond.if_sequence_number_le.is_none_or(|n| seq <= n)
+            && cond.if_sequence_number_lt.is_none_or(|n| seq < n)
+            && cond.if_sequence_number_eq.is_none_or(|n| seq == n);
+        if !seq_ok {
+            return err(
+                ErrorCode::SequenceNumberConditionNotMet,
+                format!("{path}: sequence number is {seq}"),
+            );
+        }
+        check_lease_for_write(path, &blob.lease, cond, now)?;
+        Ok(v)
+    }
+
+    pub fn create_container(&self, name: &str, now: u64) -> StoreResult<Effect> {
+        if !valid_container_name(name) {
+            return err(
+                ErrorCode::InvalidInput,
+                format!(
+                    "container name {name:?}: 3-63 lower-case letters, digits and single hyphens"
+                ),
+            );
+        }
+        if self.containers.contains_key(name) {
+            return err(
+                ErrorCode::ContainerAlreadyExists,
+                format!("container {name} already exists"),
+            );
+        }
+        Ok(Effect::CreateContainer {
+            name: name.into(),
+            time: now,
+        })
+    }
+
+    pub fn create_blob(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        self.container(&path.container)?;
+        if !valid_blob_name(&path.blob) {
+            return err(
+                ErrorCode::InvalidInput,
+                format!(
+                    "blob name {:?} is empty or longer than 1024 characters",
+                    path.blob
+                ),
+            );
+        }
+        check_size(size)?;
+        if sequence_number > MAX_SEQUENCE_NUMBER {
+            return err(
+                ErrorCode::InvalidHeaderValue,
+                format!("sequence number {sequence_number} exceeds 2^63-1"),
+            );
+        }
+        if let Ok(blob) = self.blob(path) {
+            if let Some(v) = &blob.base {
+                check_etag_and_dates(v, cond)?;
+                check_lease_for_write(path, &blob.lease, cond, now)?;
+            }
+        } else if cond.if_match.is_some() {
+            return err(
+                ErrorCode::ConditionNotMet,
+                format!("{path} does not exist (If-Match)"),
+            );
+        }
+        Ok(Effect::CreateBlob {
+            path: path.clone(),
+            size,
+            sequence_number,
+            time: now,
+        })
+    }
+
+    /// Check a put or clear; `data` is filled in by the store once the bytes are stored.
+    pub fn write_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        len: u64,
+        clear: bool,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        if !clear && len > MAX_PUT_PAGES_BYTES {
+            return err(
+                ErrorCode::RequestBodyTooLarge,
+                format!("{path}: {len} bytes in one Put Page (at most 4 MiB)"),
+            );
+        }
+        let v = self.check_write(path, cond, now)?;
+        check_page_range(path, offset, len, v.size)?;
+        Ok(Effect::WritePages {
+            path: path.clone(),
+            offset,
+            len,
+            data: None,
+            time: now,
+        })
+    }
+
+    pub fn resize(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        check_size(size)?;
+        self.check_write(path, cond, now)?;
+        Ok(Effect::Resize {
+            path: path.clone(),
+            size,
+            time: now,
+        })
+    }
+
+    pub fn set_sequence_number(
+        &self,
+        path: &BlobPath,
+        action: SequenceNumberAction,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        let v = self.check_write(path, cond, now)?;
+        let value = match action {
+            SequenceNumberAction::Max(n) => v.sequence_number.max(n),
+            SequenceNumberAction::Update(n) => n,
+            SequenceNumberAction::Increment => {
+                if v.sequence_number >= MAX_SEQUENCE_NUMBER {
+                    return err(
+                        ErrorCode::SequenceNumberIncrementTooLarge,
+                        format!("{path}: sequence number is already 2^63-1"),
+                    );
+                }
+                v.sequence_number + 1
+            }
+        };
+        if value > MAX_SEQUENCE_NUMBER {
+            return err(
+                ErrorCode::InvalidHeaderValue,
+                format!("sequence number {value} exceeds 2^63-1"),
+            );
+        }
+        Ok(Effect::SetSequenceNumber {
+            path: path.clone(),
+            value,
+            time: now,
+        })
+    }
+
+    pub fn snapshot(&self, path: &BlobPath, cond: &Conditions, now: u64) -> StoreResult<Effect> {
+        let blob = self.blob(path)?;
+        let v = self.base(path)?;
+        check_etag_and_dates(v, cond)?;
+        if let Some(id) = &cond.lease_id {
+            check_lease_for_write(
+                path,
+                &blob.lease,
+                &Conditions {
+                    lease_id: Some(id.clone()),
+                    ..Default::default()
+                },
+                now,
+            )?;
+        }
+        if let Some(max) = self.profile.max_snapshots_per_blob() {
+            if blob.snapshots.len() >= max {
+                return err(
+                    ErrorCode::SnapshotCountExceeded,
+                    format!(
+                        "{path} already has {} snapshots; the premium profile allows {max}",
+                        blob.snapshots.len()
+                    ),
+                );
+            }
+        }
+        if let (Some(spacing), Some((&last, _))) = (
+            self.profile.min_snapshot_spacing_nanos(),
+            blob.snapshots.last_key_value(),
+        ) {
+            if now < last.saturating_add(spacing) {
+                return err(
+                    ErrorCode::SnapshotOperationRateExceeded,
+                    format!("{path}: one snapshot per 10 minutes on premium"),
+                );
+            }
+        }
+        // Snapshot times are unique per blob: a second snapshot in the same 100 ns tick moves on.
+        let mut id = now / 100 * 100;
+        if let Some((&last, _)) = blob.snapshots.last_key_value() {
+            id = id.max(last + 100);
+        }
+        Ok(Effect::Snapshot {
+            path: path.clone(),
+            id,
+            time: now,
+        })
+    }
+
+    pub fn delete(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        mode: Option<DeleteSnapshots>,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        let blob = self.blob(path)?;
+        if let Some(id) = snapshot {
+            if mode.is_some() {
+                return err(
+                    ErrorCode::InvalidQueryParameterValue,
+                    "x-ms-delete-snapshots cannot be given when deleting a snapshot",
+                );
+            }
+            self.version(path, Some(id))?;
+            let nanos = parse_snapshot_id(id).expect("version() parsed it");
+            return Ok(Effect::Delete {
+                path: path.clone(),
+                snapshot: Some(nanos),
+                base: false,
+                snapshots: false,
+            });
+        }
+        let v = self.base(path)?;
+        check_etag_and_dates(v, cond)?;
+        check_lease_for_write(path, &blob.lease, cond, now)?;
+        match mode {
+            None if !blob.snapshots.is_empty() => err(
+                ErrorCode::SnapshotsPresent,
+                format!(
+                    "{path} has {} snapshots: say include or only",
+                    blob.snapshots.len()
+                ),
+            ),
+            None => Ok(Effect::Delete {
+                path: path.clone(),
+                snapshot: None,
+                base: true,
+                snapshots: false,
+            }),
+            Some(DeleteSnapshots::Include) => Ok(Effect::Delete {
+                path: path.clone(),
+                snapshot: None,
+                base: true,
+                snapshots: true,
+            }),
+            Some(DeleteSnapshots::Only) => Ok(Effect::Delete {
+                path: path.clone(),
+                snapshot: None,
+                base: false,
+                snapshots: true,
+            }),
+        }
+    }
+
+    pub fn lease(
+        &self,
+        path: &BlobPath,
+        action: &LeaseAction,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<(Effect, LeaseAnswer)> {
+        let blob = self.blob(path)?;
+        let v = self.base(path)?;
+        check_etag_and_dates(v, cond)?;
+        let current = blob.lease.at(now);
+        let secs = 1_000_000_000u64;
+        let mismatch = |what: &str| {
+            err(
+                ErrorCode::LeaseIdMismatchWithLeaseOperation,
+                format!("{path}: {what}"),
+            )
+        };
+        let (lease, answer_id, time_left) = match action {
+            LeaseAction::Acquire {
+                proposed_id,
+                duration_secs,
+            } => {
+                if let Some(d) = duration_secs {
+                    if !(15..=60).contains(d) {
+                        return err(
+                            ErrorCode::InvalidHeaderValue,
+                            format!("lease duration {d}: 15 to 60 seconds, or -1"),
+                        );
+                    }
+                }
+                match &current {
+                    Lease::Leased { id, .. } if id != proposed_id => {
+                        return err(ErrorCode::LeaseAlreadyPresent, format!("{path} is leased"))
+                    }
+                    Lease::Breaking { .. } => {
+                        return err(
+                            ErrorCode::LeaseIsBreakingAndCannotBeAcquired,
+                            format!("{path}: lease is breaking"),
+                        )
+                    }
+                    _ => {}
+                }
+                let expires = duration_secs.map(|d| now + u64::from(d) * secs);
+                (
+                    Lease::Leased {
+                        id: proposed_id.clone(),
+                        expires,
+                    },
+                    Some(proposed_id.clone()),
+                    None,
+                )
+            }
+            LeaseAction::Renew { id } => match (&blob.lease, &current) {
+                (Lease::Leased { id: held, expires }, _) if held == id => {
+                    let duration = expires.map(|_| 60 * secs);
+                    (
+                        Lease::Leased {
+                            id: id.clone(),
+                            expires: duration.map(|d| now + d),
+                        },
+                        Some(id.clone()),
+                        None,
+                    )
+                }
+                (_, Lease::Broken | Lease::Breaking { .. }) => {
+                    return err(
+                        ErrorCode::LeaseIsBrokenAndCannotBeRenewed,
+                        format!("{path}: lease was broken"),
+                    )
+                }
+                (_, Lease::Available) => {
+                    return err(
+                        ErrorCode::LeaseNotPresentWithLeaseOperation,
+                        format!("{path} has no lease"),
+                    )
+                }
+                _ => return mismatch("lease id does not match"),
+            },
+            LeaseAction::Release { id } => match &blob.lease {
+                Lease::Leased { id: held, .. } | Lease::Breaking { id: held, .. } if held == id => {
+                    (Lease::Available, None, None)
+                }
+                Lease::Available | Lease::Released | Lease::Broken => {
+                    return err(
+                        ErrorCode::LeaseNotPresentWithLeaseOperation,
+                        format!("{path} has no lease"),
+                    )
+                }
+                _ => return mismatch("lease id does not match"),
+            },
+            LeaseAction::Change { id, proposed_id } => match &current {
+                Lease::Leased { id: held, expires } if held == id || held == proposed_id => (
+                    Lease::Leased {
+                        id: proposed_id.clone(),
+                        expires: *expires,
+                    },
+                    Some(proposed_id.clone()),
+                    None,
+                ),
+                Lease::Breaking { .. } => {
+                    return err(
+                        ErrorCode::LeaseIsBreakingAndCannotBeChanged,
+                        format!("{path}: lease is breaking"),
+                    )
+                }
+                Lease::Leased { .. } => return mismatch("lease id does not match"),
+                _ => {
+                    return err(
+                        ErrorCode::LeaseNotPresentWithLeaseOperation,
+                        format!("{path} has no lease"),
+                    )
+                }
+            },
+            LeaseAction::Break { period_secs } => match &current {
+                Lease::Leased { id, expires } => {
+                    let remaining = expires.map_or(0, |e| e.saturating_sub(now));
+                    let period = period_secs.map_or(remaining, |p| {
+                        (u64::from(p) * secs).min(if expires.is_some() {
+                            remaining
+                        } else {
+                            u64::MAX
+                        })
+                    });
+                    if period == 0 {
+                        (Lease::Broken, None, Some(0))
+                    } else {
+                        (
+                            Lease::Breaking {
+                                id: id.clone(),
+                                broken_at: now + period,
+                            },
+                            None,
+                            Some(period.div_ceil(secs)),
+                        )
+                    }
+                }
+                Lease::Breaking { broken_at, .. } => (
+                    blob.lease.clone(),
+                    None,
+                    Some(broken_at.saturating_sub(now).div_ceil(secs)),
+                ),
+                Lease::Broken => (Lease::Broken, None, Some(0)),
+                _ => {
+                    return err(
+                        ErrorCode::LeaseNotPresentWithLeaseOperation,
+                        format!("{path} has no lease"),
+                    )
+                }
+            },
+        };
+        let answer = LeaseAnswer {
+            lease_id: answer_id,
+            lease_time_secs: time_left,
+            etag: etag(v.changed_at),
+        };
+        Ok((
+            Effect::Lease {
+                path: path.clone(),
+                lease,
+                time: now,
+            },
+            answer,
+        ))
+    }
+
+    /// Properties of the blob or a snapshot.
+    pub fn properties(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        now: u64,
+    ) -> StoreResult<Properties> {
+        let v = self.version(path, snapshot)?;
+        let lease = &self.blob(path)?.lease;
+        Ok(Properties {
+            size: v.size,
+            etag: etag(v.changed_at),
+            last_modified: v.last_modified,
+            sequence_number: v.sequence_number,
+            snapshot: snapshot.map(str::to_string),
+            lease_state: if snapshot.is_some() {
+                LeaseStateName::Available
+            } else {
+                lease.state_name(now)
+            },
+        })
+    }
+
+    /// Where the bytes of `[offset, offset+len)` are: `(offset, len, data location)` runs; the
+    /// caller fills the rest with zeros.
+    pub fn read_plan(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> StoreResult<Vec<(u64, u64, u64)>> {
+        let v = self.version(path, snapshot)?;
+        if offset.checked_add(len).is_none_or(|e| e > v.size) {
+            return err(
+                ErrorCode::InvalidRange,
+                format!(
+                    "{path}: range {offset}+{len} ends past the {}-byte blob",
+                    v.size
+                ),
+            );
+        }
+        Ok(v.map
+            .clipped(offset, offset + len)
+            .into_iter()
+            .filter_map(|(s, e)| e.data.map(|d| (s, e.len, d)))
+            .collect())
+    }
+
+    /// Get Page Ranges, optionally as a diff against `prev_snapshot`, paged.
+    pub fn page_ranges(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        prev_snapshot: Option<&str>,
+        range: Option<(u64, u64)>,
+        marker: Option<u64>,
+        max_results: Option<usize>,
+    ) -> StoreResult<PageRangeList> {
+        let v = self.version(path, snapshot)?;
+        let (mut start, end) = match range {
+            Some((s, e)) => {
+                if s % PAGE_SIZE != 0 || (e + 1) % PAGE_SIZE != 0 || e < s {
+                    return err(
+                        ErrorCode::InvalidPageRange,
+                        format!("{path}: range {s}-{e} is not 512-byte aligned"),
+                    );
+                }
+                (s, (e + 1).min(v.size))
+            }
+            None => (0, v.size),
+        };
+        if let Some(m) = marker {
+            start = start.max(m);
+        }
+        let mut ranges = match prev_snapshot {
+            None => v.map.valid_ranges(start, end),
+            Some(prev_id) => {
+                let prev = match self.version(path, Some(prev_id)) {
+                    Ok(p) => p,
+                    Err(StoreError::Service {
+                        code: ErrorCode::BlobNotFound,
+                        ..
+                    }) => {
+                        return err(
+                            ErrorCode::PreviousSnapshotNotFound,
+                            format!("{path}: previous snapshot {prev_id} does not exist"),
+                        )
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(cur) = snapshot.and_then(parse_snapshot_id) {
+                    if parse_snapshot_id(prev_id).is_some_and(|p| p > cur) {
+                        return err(
+                            ErrorCode::PreviousSnapshotCannotBeNewer,
+                            format!(
+                                "{path}: {prev_id} is newer than {}",
+                                snapshot.unwrap_or_default()
+                            ),
+                        );
+                    }
+                }
+                if prev.incarnation != v.incarnation {
+                    return err(
+                        ErrorCode::BlobOverwritten,
+                        format!("{path} was recreated after snapshot {prev_id}"),
+                    );
+                }
+                let mut changed = v.map.changed_since(prev.taken_at, start, end);
+                // Pages past a shrunken size are gone; pages past the old size read as zeros:
+                // report the difference in size as cleared when the blob shrank.
+                if prev.size > v.size && end == v.size {
+                    changed.push(super::extent_map::PageRange {
+                        start: v.size,
+                        end: prev.size - 1,
+                        cleared: true,
+                    });
+                }
+                changed
+            }
+        };
+        let max = max_results
+            .unwrap_or(MAX_RANGES_PER_ANSWER)
+            .clamp(1, MAX_RANGES_PER_ANSWER);
+        let next_marker = if ranges.len() > max {
+            ranges.truncate(max);
+            ranges.last().map(|r| r.end + 1)
+        } else {
+            None
+        };
+        Ok(PageRangeList {
+            ranges,
+            next_marker,
+        })
+    }
+
+    pub fn list_blobs(
+        &self,
+        container: &str,
+        include_snapshots: bool,
+        now: u64,
+    ) -> StoreResult<Vec<BlobListing>> {
+        let mut out = Vec::new();
+        for (name, blob) in self.container(container)? {
+            let path = BlobPath::new(container, name);
+            if include_snapshots {
+                for id in blob.snapshots.keys() {
+                    let sid = snapshot_id(*id);
+                    out.push(BlobListing {
+                        name: name.clone(),
+                        properties: self.properties(&path, Some(&sid), now)?,
+                    });
+                }
+            }
+            if blob.base.is_some() {
+                out.push(BlobListing {
+                    name: name.clone(),
+                    properties: self.properties(&path, None, now)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn list_containers(&self) -> Vec<String> {
+        self.containers.keys().cloned().collect()
+    }
+
+    /// Snapshot ids of a blob, oldest first.
+    pub fn snapshots(&self, path: &BlobPath) -> StoreResult<Vec<String>> {
+        Ok(self
+            .blob(path)?
+            .snapshots
+            .keys()
+            .map(|&id| snapshot_id(id))
+            .collect())
+    }
+}
+
+fn check_etag_and_dates(v: &Version, cond: &Conditions) -> StoreResult<()> {
+    let tag = etag(v.changed_at);
+    let matches =
+        |want: &str| want == "*" || want == tag || want.trim_matches('"') == tag.trim_matches('"');
+    if cond.if_match.as_deref().is_some_and(|m| !matches(m))
+        || cond.if_none_match.as_deref().is_some_and(matches)
+        || cond
+            .if_modified_since
+            .is_some_and(|t| v.last_modified / 1_000_000_000 <= t / 1_000_000_000)
+        || cond
+            .if_unmodified_since
+            .is_some_and(|t| v.last_modified / 1_000_000_000 > t / 1_000_000_000)
+    {
+        return err(
+            ErrorCode::ConditionNotMet,
+            format!("condition not met (ETag is {tag})"),
+        );
+    }
+    Ok(())
+}
+
+fn check_lease_for_write(
+    path: &BlobPath,
+    lease: &Lease,
+    cond: &Conditions,
+    now: u64,
+) -> StoreResult<()> {
+    let held = match lease.at(now) {
+        Lease::Leased { id, .. } | Lease::Breaking { id, .. } => Some(id),
+        _ => None,
+    };
+    match (held, &cond.lease_id) {
+        (Some(_), None) => err(
+            ErrorCode::LeaseIdMissing,
+            format!("{path} is leased: send x-ms-lease-id"),
+        ),
+        (Some(id), Some(given)) if id != *given => err(
+            ErrorCode::LeaseIdMismatchWithBlobOperation,
+            format!("{path}: lease id does not match"),
+        ),
+        (None, Some(_)) => err(
+            ErrorCode::LeaseNotPresentWithBlobOperation,
+            format!("{path} has no active lease"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn valid_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+fn valid_blob_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().count() <= 1024
+}

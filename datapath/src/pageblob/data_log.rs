@@ -1,0 +1,248 @@
+//! The emulator's persistence: append-only segment files of checksummed records, each an
+//! [`Effect`] plus (for page writes) its data. A record is acknowledged only after it is
+//! written; on open every segment is read back in order and a torn record at the very end
+//! (a crash mid-append) is cut off. Anything else that fails its checksum is corruption.
+//!
+//! Record layout (version 1, little-endian; see docs/pageblob-store.md):
+//! `magic "DPLR" | version u8 | kind u8 | reserved u16 | meta_len u32 | data_len u32 |
+//!  crc32c u32 (over the record with this field zero) | reserved u32 | meta (JSON) | data`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::account::Effect;
+use super::error::{StoreError, StoreResult};
+
+const MAGIC: &[u8; 4] = b"DPLR";
+pub const RECORD_VERSION: u8 = 1;
+const KIND_EFFECT: u8 = 1;
+const HEADER_SIZE: u64 = 24;
+const CRC_AT: usize = 16;
+/// A segment is closed once it passes this size; addresses are `segment << 40 | offset`.
+pub const SEGMENT_TARGET_BYTES: u64 = 1 << 30;
+const SEGMENT_SHIFT: u32 = 40;
+/// Largest metadata part of a record (an effect is a few hundred bytes of JSON).
+const MAX_META_BYTES: u32 = 1 << 20;
+/// Largest data part (one Put Page).
+const MAX_DATA_BYTES: u32 = 4 << 20;
+
+/// When to force records to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written to the OS before acknowledging: survives the process being killed.
+    Process,
+    /// `fdatasync` before acknowledging: survives power loss too.
+    Power,
+}
+
+/// Append-only record log over numbered segment files.
+#[derive(Debug)]
+pub struct DataLog {
+    dir: PathBuf,
+    segments: Vec<Arc<File>>,
+    /// Bytes used in the last segment.
+    tail: u64,
+    durability: Durability,
+}
+
+fn io_err(path: &Path, source: io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn segment_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("segment-{n:06}.log"))
+}
+
+/// Address of byte `offset` of segment `segment`.
+fn address(segment: usize, offset: u64) -> u64 {
+    (segment as u64) << SEGMENT_SHIFT | offset
+}
+
+impl DataLog {
+    /// Open (or start) the log in `dir`, calling `apply` for every intact record in order with
+    /// the effect and the address of its data.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        mut apply: impl FnMut(Effect, Option<u64>),
+    ) -> StoreResult<DataLog> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let mut segments = Vec::new();
+        while segment_path(dir, segments.len()).exists() {
+            let p = segment_path(dir, segments.len());
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .map_err(|e| io_err(&p, e))?;
+            segments.push(Arc::new(f));
+        }
+        if segments.is_empty() {
+            let p = segment_path(dir, 0);
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&p)
+                .map_err(|e| io_err(&p, e))?;
+            segments.push(Arc::new(f));
+        }
+        let mut tail = 0;
+        let last = segments.len() - 1;
+        for (n, file) in segments.iter().enumerate() {
+            let path = segment_path(dir, n);
+            let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+            let mut pos = 0u64;
+            while pos < len {
+                match read_record(file, pos, len) {
+                    Ok((effect, data_at, next)) => {
+                        apply(effect, data_at.map(|d| address(n, d)));
+                        pos = next;
+                    }
+                    Err(why) if n == last => {
+                        // A crash mid-append leaves a torn tail: it was never acknowledged.
+                        file.set_len(pos).map_err(|e| io_err(&path, e))?;
+                        let _ = why;
+                        break;
+                    }
+                    Err(why) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "{} at {pos}: {why}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            tail = pos;
+        }
+        Ok(DataLog {
+            dir: dir.to_path_buf(),
+            segments,
+            tail,
+            durability,
+        })
+    }
+
+    /// Append a record; returns the address of `data` in the log (when there is data).
+    pub fn append(&mut self, effect: &Effect, data: &[u8]) -> StoreResult<Option<u64>> {
+        let meta = serde_json::to_vec(effect).expect("effects serialize");
+        assert!(
+            meta.len() as u64 <= u64::from(MAX_META_BYTES)
+                && data.len() as u64 <= u64::from(MAX_DATA_BYTES)
+        );
+        if self.tail >= SEGMENT_TARGET_BYTES {
+            let n = self.segments.len();
+            let p = segment_path(&self.dir, n);
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .map_err(|e| io_err(&p, e))?;
+            self.segments.push(Arc::new(f));
+            self.tail = 0;
+        }
+        let mut head = Vec::with_capacity(HEADER_SIZE as usize + meta.len());
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&[RECORD_VERSION, KIND_EFFECT, 0, 0]);
+        head.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        head.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        head.extend_from_slice(&[0; 8]);
+        head.extend_from_slice(&meta);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&head), data);
+        head[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        let n = self.segments.len() - 1;
+        let file = &self.segments[n];
+        let path = segment_path(&self.dir, n);
+        let start = self.tail;
+        file.write_all_at(&head, start)
+            .map_err(|e| io_err(&path, e))?;
+        let data_at = start + head.len() as u64;
+        if !data.is_empty() {
+            file.write_all_at(data, data_at)
+                .map_err(|e| io_err(&path, e))?;
+        }
+        if self.durability == Durability::Power {
+            file.sync_data().map_err(|e| io_err(&path, e))?;
+        }
+        self.tail = data_at + data.len() as u64;
+        Ok((!data.is_empty()).then(|| address(n, data_at)))
+    }
+
+    /// A handle that can read data at log addresses without holding the log.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            segments: self.segments.clone(),
+        }
+    }
+}
+
+/// Reads data by address; cheap to clone, valid while the log only grows.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    segments: Vec<Arc<File>>,
+}
+
+impl LogReader {
+    pub fn read(&self, address: u64, buf: &mut [u8]) -> StoreResult<()> {
+        let n = (address >> SEGMENT_SHIFT) as usize;
+        let offset = address & ((1 << SEGMENT_SHIFT) - 1);
+        let file = self.segments.get(n).ok_or_else(|| {
+            StoreError::Corrupt(format!("data address {address:#x} names no segment"))
+        })?;
+        file.read_exact_at(buf, offset).map_err(|e| StoreError::Io {
+            path: format!("segment {n} at {offset}"),
+            source: e,
+        })
+    }
+}
+
+/// Read and verify the record at `pos`: `(effect, data offset, next record)`.
+fn read_record(file: &File, pos: u64, len: u64) -> Result<(Effect, Option<u64>, u64), String> {
+    if len - pos < HEADER_SIZE {
+        return Err("header cut short".into());
+    }
+    let mut head = [0u8; HEADER_SIZE as usize];
+    file.read_exact_at(&mut head, pos)
+        .map_err(|e| e.to_string())?;
+    if &head[..4] != MAGIC {
+        return Err("bad magic".into());
+    }
+    if head[4] != RECORD_VERSION || head[5] != KIND_EFFECT {
+        return Err(format!(
+            "unknown record version {} kind {}",
+            head[4], head[5]
+        ));
+    }
+    let meta_len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+    let data_len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
+    let stored = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
+    if meta_len > MAX_META_BYTES || data_len > MAX_DATA_BYTES {
+        return Err(format!(
+            "record lengths {meta_len}+{data_len} over the limits"
+        ));
+    }
+    let end = pos + HEADER_SIZE + u64::from(meta_len) + u64::from(data_len);
+    if end > len {
+        return Err("record cut short".into());
+    }
+    let mut body = vec![0u8; meta_len as usize + data_len as usize];
+    file.read_exact_at(&mut body, pos + HEADER_SIZE)
+        .map_err(|e| e.to_string())?;
+    head[16..20].fill(0);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head), &body);
+    if crc != stored {
+        return Err(format!("checksum {crc:#010x}, stored {stored:#010x}"));
+    }
+    let effect: Effect = serde_json::from_slice(&body[..meta_len as usize])
+        .map_err(|e| format!("record meta: {e}"))?;
+    let data_at = (data_len > 0).then_some(pos + HEADER_SIZE + u64::from(meta_len));
+    Ok((effect, data_at, end))
+}

@@ -1,0 +1,326 @@
+//! The embedded page-blob store: Azure semantics from [`Account`], persisted by [`DataLog`].
+//! Every mutating call is checked, logged, then applied, all under one lock, so the log order
+//! is the order operations took effect. Reads plan under the lock and copy outside it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use super::account::{Account, Effect};
+use super::data_log::{DataLog, Durability};
+use super::error::{StoreError, StoreResult};
+use super::types::*;
+use super::PageBlobStore;
+use crate::clock::Clock;
+
+/// Format version of `store.json`.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+/// The store's fixed settings, written once when the directory is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct StoreFile {
+    format_version: u32,
+    profile: Profile,
+}
+
+struct Inner {
+    account: Account,
+    log: DataLog,
+}
+
+/// A persistent page-blob store under a directory.
+pub struct Emulator {
+    inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator").field("dir", &self.dir).finish()
+    }
+}
+
+impl Emulator {
+    /// Open the store in `dir`, creating it with `profile` if it is new. An existing store
+    /// keeps the profile it was created with (a different one is an error).
+    pub fn open(
+        dir: &Path,
+        profile: Profile,
+        durability: Durability,
+        clock: Arc<dyn Clock>,
+    ) -> StoreResult<Emulator> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+        let settings_path = dir.join("store.json");
+        let settings = match std::fs::read(&settings_path) {
+            Ok(bytes) => {
+                let s: StoreFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    StoreError::Corrupt(format!("{}: {e}", settings_path.display()))
+                })?;
+                if s.format_version != STORE_FORMAT_VERSION {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: format version {} (this build reads {STORE_FORMAT_VERSION})",
+                        settings_path.display(),
+                        s.format_version
+                    )));
+                }
+                if s.profile != profile {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} was created with profile {:?}, not {profile:?}",
+                        dir.display(),
+                        s.profile
+                    )));
+                }
+                s
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let s = StoreFile {
+                    format_version: STORE_FORMAT_VERSION,
+                    profile,
+                };
+                write_atomically(
+                    &settings_path,
+                    &serde_json::to_vec_pretty(&s).expect("serializes"),
+                )?;
+                s
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: settings_path.display().to_string(),
+                    source: e,
+                })
+            }
+        };
+        let mut account = Account::new(settings.profile);
+        let log = DataLog::open(&dir.join("log"), durability, |mut effect, data| {
+            if let Effect::WritePages { data: d, .. } = &mut effect {
+                *d = data;
+            }
+            account.apply(&effect);
+        })?;
+        Ok(Emulator {
+            inner: Mutex::new(Inner { account, log }),
+            clock,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Log and apply an effect; `data` are the bytes of a page write.
+    fn commit(inner: &mut Inner, mut effect: Effect, data: &[u8]) -> StoreResult<()> {
+        let address = inner.log.append(&effect, data)?;
+        if let Effect::WritePages { data: d, .. } = &mut effect {
+            *d = address;
+        }
+        inner.account.apply(&effect);
+        Ok(())
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> StoreResult<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |e| StoreError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let f = std::fs::File::create(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut &f, bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+impl PageBlobStore for Emulator {
+    fn create_container(&self, name: &str) -> StoreResult<()> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let effect = inner.account.create_container(name, now)?;
+        Emulator::commit(&mut inner, effect, &[])
+    }
+
+    fn list_containers(&self) -> StoreResult<Vec<String>> {
+        Ok(self.lock().account.list_containers())
+    }
+
+    fn create_page_blob(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let effect = inner
+            .account
+            .create_blob(path, size, sequence_number, cond, now)?;
+        Emulator::commit(&mut inner, effect, &[])?;
+        inner.account.properties(path, None, now)
+    }
+
+    fn put_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let effect =
+            inner
+                .account
+                .write_pages(path, offset, data.len() as u64, false, cond, now)?;
+        Emulator::commit(&mut inner, effect, data)?;
+        inner.account.properties(path, None, now)
+    }
+
+    fn clear_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        len: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let effect = inner
+            .account
+            .write_pages(path, offset, len, true, cond, now)?;
+        Emulator::commit(&mut inner, effect, &[])?;
+        inner.account.properties(path, None, now)
+    }
+
+    fn read(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> StoreResult<()> {
+        let (plan, reader) = {
+            let inner = self.lock();
+            (
+                inner
+                    .account
+                    .read_plan(path, snapshot, offset, buf.len() as u64)?,
+                inner.log.reader(),
+            )
+        };
+        buf.fill(0);
+        for (start, len, address) in plan {
+            let at = (start - offset) as usize;
+            reader.read(address, &mut buf[at..at + len as usize])?;
+        }
+        Ok(())
+    }
+
+    fn page_ranges(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        prev_snapshot: Option<&str>,
+        range: Option<(u64, u64)>,
+        marker: Option<u64>,
+        max_results: Option<usize>,
+    ) -> StoreResult<PageRangeList> {
+        self.lock()
+            .account
+            .page_ranges(path, snapshot, prev_snapshot, range, marker, max_results)
+    }
+
+    fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let effect = inner.account.snapshot(path, cond, now)?;
+        let Effect::Snapshot { id, .. } = &effect else {
+            unreachable!("snapshot() returns a snapshot effect")
+        };
+        let id = super::timestamp::snapshot_id(*id);
+        Emulator::commit(&mut inner, effect, &[])?;
+        Ok(id)
+    }
+
+    fn list_blobs(
+        &self,
+        container: &str,
+        include_snapshots: bool,
+    ) -> StoreResult<Vec<BlobListing>> {
+        let now = self.now();
+        self.lock()
+            .account
+            .list_blobs(container, include_snapshots, now)
+    }
+
+    fn delete_blob(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        delete_snapshots: Option<DeleteSnapshots>,
+        cond: &Conditions,
+    ) -> StoreResult<()> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let effect = inner
+            .account
+            .delete(path, snapshot, delete_snapshots, cond, now)?;
+        Emulator::commit(&mut inner, effect, &[])
+    }
+
+    fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let effect = inner.account.resize(path, size, cond, now)?;
+        Emulator::commit(&mut inner, effect, &[])?;
+        inner.account.properties(path, None, now)
+    }
+
+    fn set_sequence_number(
+        &self,
+        path: &BlobPath,
+        action: SequenceNumberAction,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let effect = inner.account.set_sequence_number(path, action, cond, now)?;
+        Emulator::commit(&mut inner, effect, &[])?;
+        inner.account.properties(path, None, now)
+    }
+
+    fn properties(&self, path: &BlobPath, snapshot: Option<&str>) -> StoreResult<Properties> {
+        let now = self.now();
+        self.lock().account.properties(path, snapshot, now)
+    }
+
+    fn lease(
+        &self,
+        path: &BlobPath,
+        action: &LeaseAction,
+        cond: &Conditions,
+    ) -> StoreResult<LeaseAnswer> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let (effect, answer) = inner.account.lease(path, action, cond, now)?;
+        Emulator::commit(&mut inner, effect, &[])?;
+        Ok(answer)
+    }
+}

@@ -1,0 +1,248 @@
+//! The page map of one blob version: which byte ranges hold data (and where it is stored),
+//! which were cleared, and the write sequence number of each — enough to answer Get Page
+//! Ranges and its `prevsnapshot` diff in O(ranges) and to take a snapshot by cloning metadata.
+
+use std::collections::BTreeMap;
+
+/// Where an extent's bytes live in the store's data log (opaque to the map; shifted when an
+/// extent is split). `None`: the range was cleared.
+pub type DataLocation = Option<u64>;
+
+/// One run of pages written (or cleared) by a single operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    /// The store-wide operation number that wrote it; diffs compare against a snapshot's.
+    pub seq: u64,
+    pub data: DataLocation,
+}
+
+/// Page ranges of a blob version: non-overlapping extents keyed by start offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtentMap {
+    extents: BTreeMap<u64, Extent>,
+}
+
+/// A range reported by Get Page Ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRange {
+    pub start: u64,
+    /// Inclusive end, as Azure reports it.
+    pub end: u64,
+    /// True for a `ClearRange` (only in diffs).
+    pub cleared: bool,
+}
+
+impl ExtentMap {
+    pub fn len(&self) -> usize {
+        self.extents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
+    /// Record a write (data) or clear (`None`) of `[start, start+len)` by operation `seq`.
+    pub fn insert(&mut self, start: u64, len: u64, seq: u64, data: DataLocation) {
+        assert!(len > 0);
+        let end = start + len;
+        self.cut(start, end);
+        self.extents.insert(start, Extent { len, seq, data });
+    }
+
+    /// Remove everything at or past `size` (a shrinking resize).
+    pub fn truncate(&mut self, size: u64) {
+        self.cut(size, u64::MAX);
+    }
+
+    /// Drop the parts of extents inside `[start, end)`, keeping what sticks out on each side.
+    fn cut(&mut self, start: u64, end: u64) {
+        let overlapping: Vec<(u64, Extent)> = self
+            .extents
+            .range(..end)
+            .rev()
+            .take_while(|(s, e)| **s + e.len > start)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for (s, e) in overlapping {
+            self.extents.remove(&s);
+            let e_end = s + e.len;
+            if s < start {
+                self.extents.insert(
+                    s,
+                    Extent {
+                        len: start - s,
+                        ..e
+                    },
+                );
+            }
+            if e_end > end {
+                let shift = end - s;
+                self.extents.insert(
+                    end,
+                    Extent {
+                        len: e_end - end,
+                        seq: e.seq,
+                        data: e.data.map(|d| d + shift),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Extents intersecting `[start, end)`, clipped to it, in order.
+    pub fn clipped(&self, start: u64, end: u64) -> Vec<(u64, Extent)> {
+        let first = self
+            .extents
+            .range(..=start)
+            .next_back()
+            .map_or(start, |(s, _)| *s);
+        self.extents
+            .range(first..end)
+            .filter(|(s, e)| **s + e.len > start)
+            .map(|(&s, e)| {
+                let lo = s.max(start);
+                let hi = (s + e.len).min(end);
+                (
+                    lo,
+                    Extent {
+                        len: hi - lo,
+                        seq: e.seq,
+                        data: e.data.map(|d| d + (lo - s)),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Valid (written, not cleared) ranges within `[start, end)`, adjacent ones merged.
+    pub fn valid_ranges(&self, start: u64, end: u64) -> Vec<PageRange> {
+        merge(
+            self.clipped(start, end)
+                .into_iter()
+                .filter(|(_, e)| e.data.is_some())
+                .map(|(s, e)| (s, e.len, false)),
+        )
+    }
+
+    /// Ranges changed after operation `since` (the previous snapshot's): written ones as page
+    /// ranges, cleared ones as clear ranges, adjacent ones of the same kind merged.
+    pub fn changed_since(&self, since: u64, start: u64, end: u64) -> Vec<PageRange> {
+        merge(
+            self.clipped(start, end)
+                .into_iter()
+                .filter(|(_, e)| e.seq > since)
+                .map(|(s, e)| (s, e.len, e.data.is_none())),
+        )
+    }
+}
+
+fn merge(parts: impl Iterator<Item = (u64, u64, bool)>) -> Vec<PageRange> {
+    let mut out: Vec<PageRange> = Vec::new();
+    for (s, len, cleared) in parts {
+        match out.last_mut() {
+            Some(last) if last.end + 1 == s && last.cleared == cleared => last.end = s + len - 1,
+            _ => out.push(PageRange {
+                start: s,
+                end: s + len - 1,
+                cleared,
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overwrite_splits_and_shifts_data_locations() {
+        let mut m = ExtentMap::default();
+        m.insert(0, 4096, 1, Some(1000));
+        m.insert(1024, 512, 2, Some(9000));
+        let parts = m.clipped(0, 4096);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts[0],
+            (
+                0,
+                Extent {
+                    len: 1024,
+                    seq: 1,
+                    data: Some(1000)
+                }
+            )
+        );
+        assert_eq!(
+            parts[1],
+            (
+                1024,
+                Extent {
+                    len: 512,
+                    seq: 2,
+                    data: Some(9000)
+                }
+            )
+        );
+        assert_eq!(
+            parts[2],
+            (
+                1536,
+                Extent {
+                    len: 2560,
+                    seq: 1,
+                    data: Some(2536)
+                }
+            )
+        );
+        assert_eq!(
+            m.valid_ranges(0, 1 << 20),
+            vec![PageRange {
+                start: 0,
+                end: 4095,
+                cleared: false
+            }]
+        );
+    }
+
+    #[test]
+    fn diff_reports_writes_and_clears_after_the_snapshot_only() {
+        let mut m = ExtentMap::default();
+        m.insert(0, 8192, 1, Some(0));
+        let snapshot_seq = 1;
+        m.insert(512, 512, 2, None);
+        m.insert(4096, 1024, 3, Some(50_000));
+        assert_eq!(
+            m.changed_since(snapshot_seq, 0, 8192),
+            vec![
+                PageRange {
+                    start: 512,
+                    end: 1023,
+                    cleared: true
+                },
+                PageRange {
+                    start: 4096,
+                    end: 5119,
+                    cleared: false
+                }
+            ]
+        );
+        assert_eq!(m.valid_ranges(0, 8192).len(), 2);
+    }
+
+    #[test]
+    fn truncate_drops_the_tail() {
+        let mut m = ExtentMap::default();
+        m.insert(0, 8192, 1, Some(0));
+        m.truncate(1024);
+        assert_eq!(
+            m.valid_ranges(0, u64::MAX),
+            vec![PageRange {
+                start: 0,
+                end: 1023,
+                cleared: false
+            }]
+        );
+    }
+}

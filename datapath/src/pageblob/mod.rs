@@ -1,0 +1,95 @@
+//! Page blobs as Azure defines them: the [`PageBlobStore`] trait every replica target
+//! implements, the account semantics behind it ([`account`]), and the embedded emulator
+//! ([`emulator`]) that persists them crash-safely under a directory.
+//!
+//! Errors carry Azure's status codes and error-code names ([`error`]), so callers handle the
+//! embedded store, the served store and a real account alike.
+
+pub mod account;
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+pub mod data_log;
+pub mod emulator;
+pub mod error;
+pub mod extent_map;
+pub mod timestamp;
+pub mod types;
+
+pub use emulator::Emulator;
+pub use error::{ErrorCode, StoreError, StoreResult};
+pub use extent_map::PageRange;
+pub use types::*;
+
+/// Azure page-blob operations (the subset drplane replicates with).
+pub trait PageBlobStore: Send + Sync {
+    fn create_container(&self, name: &str) -> StoreResult<()>;
+    fn list_containers(&self) -> StoreResult<Vec<String>>;
+    /// Put Blob with `x-ms-blob-type: PageBlob`: create or replace.
+    fn create_page_blob(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties>;
+    /// Put Page, `update`: 512-aligned, at most 4 MiB.
+    fn put_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<Properties>;
+    /// Put Page, `clear`.
+    fn clear_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        len: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties>;
+    /// Get Blob with a range, from the blob or a snapshot.
+    fn read(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> StoreResult<()>;
+    /// Get Page Ranges, optionally the diff against `prev_snapshot`, paged by `marker`.
+    fn page_ranges(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        prev_snapshot: Option<&str>,
+        range: Option<(u64, u64)>,
+        marker: Option<u64>,
+        max_results: Option<usize>,
+    ) -> StoreResult<PageRangeList>;
+    /// Snapshot Blob: returns the snapshot id.
+    fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String>;
+    fn list_blobs(&self, container: &str, include_snapshots: bool)
+        -> StoreResult<Vec<BlobListing>>;
+    fn delete_blob(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        delete_snapshots: Option<DeleteSnapshots>,
+        cond: &Conditions,
+    ) -> StoreResult<()>;
+    /// Set Blob Properties with `x-ms-blob-content-length`.
+    fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties>;
+    fn set_sequence_number(
+        &self,
+        path: &BlobPath,
+        action: SequenceNumberAction,
+        cond: &Conditions,
+    ) -> StoreResult<Properties>;
+    fn properties(&self, path: &BlobPath, snapshot: Option<&str>) -> StoreResult<Properties>;
+    fn lease(
+        &self,
+        path: &BlobPath,
+        action: &LeaseAction,
+        cond: &Conditions,
+    ) -> StoreResult<LeaseAnswer>;
+}

@@ -20,12 +20,16 @@ enum Command {
     /// Inspect, check and export VHDX virtual disks.
     #[command(subcommand)]
     Vhdx(cmd::vhdx::VhdxCommand),
+    /// Page-blob store: serve it over the Azure Blob REST API.
+    #[command(subcommand)]
+    Blob(cmd::blob::BlobCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Vhdx(c) => cmd::vhdx::run(c),
+        Command::Blob(c) => cmd::blob::run(c),
     };
     match result {
         Ok(code) => code,

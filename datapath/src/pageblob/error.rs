@@ -37,6 +37,10 @@ pub enum ErrorCode {
     OperationTimedOut,
     InternalError,
     InvalidInput,
+    AuthenticationFailed,
+    InvalidUri,
+    UnsupportedHttpVerb,
+    InvalidXmlDocument,
 }
 
 impl ErrorCode {
@@ -48,7 +52,11 @@ impl ErrorCode {
             | InvalidQueryParameterValue
             | MissingRequiredHeader
             | PreviousSnapshotCannotBeNewer
-            | InvalidInput => 400,
+            | InvalidInput
+            | InvalidUri
+            | InvalidXmlDocument => 400,
+            AuthenticationFailed => 403,
+            UnsupportedHttpVerb => 405,
             ContainerNotFound | BlobNotFound => 404,
             ContainerAlreadyExists
             | BlobAlreadyExists
@@ -114,6 +122,10 @@ impl ErrorCode {
             OperationTimedOut => "OperationTimedOut",
             InternalError => "InternalError",
             InvalidInput => "InvalidInput",
+            AuthenticationFailed => "AuthenticationFailed",
+            InvalidUri => "InvalidUri",
+            UnsupportedHttpVerb => "UnsupportedHttpVerb",
+            InvalidXmlDocument => "InvalidXmlDocument",
         }
     }
 }

@@ -96,6 +96,36 @@ pub fn http_date(nanos: u64) -> String {
     )
 }
 
+/// Parse an RFC 1123 date (`Wed, 09 Mar 2011 01:42:34 GMT`) to nanoseconds.
+pub fn parse_http_date(s: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: u32 = parts[1].parse().ok()?;
+    let month = MONTHS.iter().position(|m| *m == parts[2])? as u32 + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<u64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3
+        || hms[0] > 23
+        || hms[1] > 59
+        || hms[2] > 60
+        || !(1..=31).contains(&day)
+        || year < 1970
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days as u64 * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
+    secs.checked_mul(NANOS_PER_SEC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +140,10 @@ mod tests {
             Some(nanos)
         );
         assert_eq!(http_date(nanos), "Wed, 09 Mar 2011 01:42:34 GMT");
+        assert_eq!(
+            parse_http_date("Wed, 09 Mar 2011 01:42:34 GMT"),
+            Some(nanos / NANOS_PER_SEC * NANOS_PER_SEC)
+        );
     }
 
     #[test]

@@ -1,0 +1,759 @@
+//! An HTTP server speaking the Azure Blob REST API for page blobs, over any
+//! [`PageBlobStore`]: path-style URLs (`/ACCOUNT/CONTAINER/BLOB`), Shared Key authentication,
+//! `x-ms-*` headers, XML bodies, and Azure's status codes with `x-ms-error-code`.
+//! Store calls are blocking and run on tokio's blocking pool.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use percent_encoding::percent_decode_str;
+
+use super::super::error::{ErrorCode, StoreError};
+use super::super::timestamp::{http_date, parse_http_date};
+use super::super::types::*;
+use super::super::PageBlobStore;
+use super::shared_key;
+use super::xml;
+use crate::clock::Clock;
+
+/// Largest request body read: a 4 MiB Put Page plus room to answer 413 ourselves.
+pub const MAX_BODY_BYTES: usize = (4 << 20) + (64 << 10);
+/// Largest Get Blob answer held in memory; larger reads must use ranges.
+pub const MAX_READ_BYTES: u64 = 256 << 20;
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Version reported when the request names none.
+const DEFAULT_VERSION: &str = "2021-08-06";
+
+/// Account and key the server authenticates against.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub account: String,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+struct AppState {
+    store: Arc<dyn PageBlobStore>,
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    requests: AtomicU64,
+}
+
+/// Serve until `shutdown` completes, then finish in-flight requests and return.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn PageBlobStore>,
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = Arc::new(AppState {
+        store,
+        config,
+        clock,
+        requests: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .fallback(handle)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let request_id = state.requests.fetch_add(1, Ordering::Relaxed);
+    let version = parts
+        .headers
+        .get("x-ms-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(DEFAULT_VERSION)
+        .to_string();
+    let too_large = || {
+        finish(
+            error_response(&StoreError::service(
+                ErrorCode::RequestBodyTooLarge,
+                "request body over 4 MiB",
+            )),
+            request_id,
+            &version,
+            &state,
+        )
+    };
+    let declared = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large(); // answer before waiting for a body we will not read
+    }
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return finish(
+                error_response(&StoreError::service(
+                    ErrorCode::OperationTimedOut,
+                    "request body not received in time",
+                )),
+                request_id,
+                &version,
+                &state,
+            )
+        }
+    };
+    let st = Arc::clone(&state);
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+    let headers = parts.headers.clone();
+    let response =
+        tokio::task::spawn_blocking(move || dispatch(&st, &method, &uri, &headers, body))
+            .await
+            .unwrap_or_else(|_| {
+                error_response(&StoreError::service(
+                    ErrorCode::InternalError,
+                    "request handler failed",
+                ))
+            });
+    finish(response, request_id, &version, &state)
+}
+
+fn finish(mut r: Response, request_id: u64, version: &str, state: &AppState) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        "x-ms-request-id",
+        format!("{request_id:08x}-0000-0000-0000-000000000000")
+            .parse()
+            .expect("ascii"),
+    );
+    if let Ok(v) = version.parse() {
+        h.insert("x-ms-version", v);
+    }
+    h.insert(
+        "date",
+        http_date(state.clock.now_nanos()).parse().expect("ascii"),
+    );
+    h.insert("server", "drplane-blob".parse().expect("ascii"));
+    r
+}
+
+fn error_response(e: &StoreError) -> Response {
+    let (code, message) = match e {
+        StoreError::Service { code, message } => (*code, message.clone()),
+        other => (ErrorCode::InternalError, other.to_string()),
+    };
+    let body = xml::error(code.as_str(), &message);
+    Response::builder()
+        .status(code.status())
+        .header("x-ms-error-code", code.as_str())
+        .header("content-type", "application/xml")
+        .body(Body::from(body))
+        .expect("valid response")
+}
+
+fn bad(code: ErrorCode, message: impl Into<String>) -> StoreError {
+    StoreError::service(code, message)
+}
+
+/// Everything about one request the operations need.
+struct Req<'a> {
+    headers: &'a HeaderMap,
+    query: Vec<(String, String)>,
+}
+
+impl Req<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn q(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn u64_header(&self, name: &'static str) -> Result<Option<u64>, StoreError> {
+        self.header(name)
+            .map(|v| {
+                v.trim().parse::<u64>().map_err(|_| {
+                    bad(
+                        ErrorCode::InvalidHeaderValue,
+                        format!("{name}: {v:?} is not a number"),
+                    )
+                })
+            })
+            .transpose()
+    }
+    fn date_header(&self, name: &'static str) -> Result<Option<u64>, StoreError> {
+        self.header(name)
+            .map(|v| {
+                parse_http_date(v).ok_or_else(|| {
+                    bad(
+                        ErrorCode::InvalidHeaderValue,
+                        format!("{name}: {v:?} is not an HTTP date"),
+                    )
+                })
+            })
+            .transpose()
+    }
+    fn conditions(&self) -> Result<Conditions, StoreError> {
+        Ok(Conditions {
+            if_match: self.header("if-match").map(str::to_string),
+            if_none_match: self.header("if-none-match").map(str::to_string),
+            if_modified_since: self.date_header("if-modified-since")?,
+            if_unmodified_since: self.date_header("if-unmodified-since")?,
+            if_sequence_number_le: self.u64_header("x-ms-if-sequence-number-le")?,
+            if_sequence_number_lt: self.u64_header("x-ms-if-sequence-number-lt")?,
+            if_sequence_number_eq: self.u64_header("x-ms-if-sequence-number-eq")?,
+            lease_id: self.header("x-ms-lease-id").map(str::to_string),
+        })
+    }
+    /// `x-ms-range` (preferred) or `Range`: `bytes=start-end` (end optional).
+    fn range(&self) -> Result<Option<(u64, Option<u64>)>, StoreError> {
+        let Some(v) = self.header("x-ms-range").or_else(|| self.header("range")) else {
+            return Ok(None);
+        };
+        let invalid = || {
+            bad(
+                ErrorCode::InvalidHeaderValue,
+                format!("range {v:?} is not bytes=START-END"),
+            )
+        };
+        let spec = v.trim().strip_prefix("bytes=").ok_or_else(invalid)?;
+        let (a, b) = spec.split_once('-').ok_or_else(invalid)?;
+        let start = a.parse().map_err(|_| invalid())?;
+        let end = if b.is_empty() {
+            None
+        } else {
+            Some(b.parse::<u64>().map_err(|_| invalid())?)
+        };
+        if end.is_some_and(|e| e < start) {
+            return Err(invalid());
+        }
+        Ok(Some((start, end)))
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_decode_str(&s.replace('+', "%20"))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn authenticate(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    req: &Req<'_>,
+) -> Result<(), StoreError> {
+    let auth = req.header("authorization").ok_or_else(|| {
+        bad(
+            ErrorCode::AuthenticationFailed,
+            "no Authorization header (Shared Key required)",
+        )
+    })?;
+    let (scheme, rest) = auth.split_once(' ').unwrap_or(("", ""));
+    let (account, signature) = rest.split_once(':').unwrap_or(("", ""));
+    if scheme != "SharedKey" || account != state.config.account {
+        return Err(bad(
+            ErrorCode::AuthenticationFailed,
+            format!(
+                "Authorization must be SharedKey {}:SIGNATURE",
+                state.config.account
+            ),
+        ));
+    }
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .filter_map(|(n, v)| {
+            Some((
+                n.as_str().to_ascii_lowercase(),
+                v.to_str().ok()?.to_string(),
+            ))
+        })
+        .collect();
+    let sts = shared_key::string_to_sign(
+        method.as_str(),
+        &state.config.account,
+        path,
+        &req.query,
+        &headers,
+    );
+    if !shared_key::verify(&state.config.key, &sts, signature) {
+        return Err(bad(
+            ErrorCode::AuthenticationFailed,
+            "the request signature does not match (check the account key)",
+        ));
+    }
+    Ok(())
+}
+
+fn dispatch(
+    state: &AppState,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query: Vec<(String, String)> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(n), decode(v))
+        })
+        .collect();
+    let req = Req { headers, query };
+    match route(state, method, uri.path(), &req, body) {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn ok(status: u16) -> axum::http::response::Builder {
+    Response::builder().status(StatusCode::from_u16(status).expect("valid status"))
+}
+
+fn with_properties(
+    b: axum::http::response::Builder,
+    p: &Properties,
+) -> axum::http::response::Builder {
+    b.header("etag", &p.etag)
+        .header("last-modified", http_date(p.last_modified))
+        .header("x-ms-blob-sequence-number", p.sequence_number.to_string())
+}
+
+fn route(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    req: &Req<'_>,
+    body: Bytes,
+) -> Result<Response, StoreError> {
+    authenticate(state, method, path, req)?;
+    let segments: Vec<&str> = path.trim_start_matches('/').splitn(3, '/').collect();
+    if segments.first().copied() != Some(state.config.account.as_str()) {
+        return Err(bad(
+            ErrorCode::InvalidUri,
+            format!(
+                "path {path:?} does not start with /{}",
+                state.config.account
+            ),
+        ));
+    }
+    let container = segments.get(1).map(|c| decode(c)).filter(|c| !c.is_empty());
+    let blob = segments.get(2).map(|b| decode(b)).filter(|b| !b.is_empty());
+    let store = &*state.store;
+    let comp = req.q("comp");
+    let snapshot = req.q("snapshot").map(str::to_string);
+    let empty = || Body::empty();
+    let built =
+        |b: axum::http::response::Builder, body: Body| b.body(body).expect("valid response");
+    let service_url = format!("/{}", state.config.account);
+
+    let Some(container) = container else {
+        return match (method, comp) {
+            (&Method::GET, Some("list")) => {
+                let xml = xml::container_list(&service_url, &store.list_containers()?);
+                Ok(built(
+                    ok(200).header("content-type", "application/xml"),
+                    Body::from(xml),
+                ))
+            }
+            _ => Err(bad(
+                ErrorCode::UnsupportedHttpVerb,
+                format!("{method} on the account is not supported"),
+            )),
+        };
+    };
+
+    let Some(blob) = blob else {
+        return match (method, req.q("restype"), comp) {
+            (&Method::PUT, Some("container"), None) => {
+                store.create_container(&container)?;
+                Ok(built(ok(201), empty()))
+            }
+            (&Method::GET, Some("container"), Some("list")) => {
+                let snapshots = req
+                    .q("include")
+                    .is_some_and(|i| i.split(',').any(|x| x == "snapshots"));
+                let blobs = store.list_blobs(&container, snapshots)?;
+                let xml = xml::blob_list(&service_url, &container, &blobs);
+                Ok(built(
+                    ok(200).header("content-type", "application/xml"),
+                    Body::from(xml),
+                ))
+            }
+            (&Method::GET | &Method::HEAD, Some("container"), None) => {
+                if store.list_containers()?.contains(&container) {
+                    Ok(built(ok(200), empty()))
+                } else {
+                    Err(bad(
+                        ErrorCode::ContainerNotFound,
+                        format!("container {container} does not exist"),
+                    ))
+                }
+            }
+            _ => Err(bad(
+                ErrorCode::UnsupportedHttpVerb,
+                format!("{method} {path} is not supported"),
+            )),
+        };
+    };
+
+    let p = BlobPath { container, blob };
+    let cond = req.conditions()?;
+    let refuse_snapshot = || -> Result<(), StoreError> {
+        if snapshot.is_some() {
+            return Err(bad(
+                ErrorCode::InvalidQueryParameterValue,
+                format!("{p}: a snapshot is read-only"),
+            ));
+        }
+        Ok(())
+    };
+    match (method, comp) {
+        (&Method::PUT, None) => {
+            refuse_snapshot()?;
+            match req.header("x-ms-blob-type") {
+                Some("PageBlob") => {}
+                Some(other) => {
+                    return Err(bad(
+                        ErrorCode::InvalidHeaderValue,
+                        format!("x-ms-blob-type {other}: only PageBlob is supported"),
+                    ))
+                }
+                None => {
+                    return Err(bad(
+                        ErrorCode::MissingRequiredHeader,
+                        "x-ms-blob-type is required",
+                    ))
+                }
+            }
+            let size = req.u64_header("x-ms-blob-content-length")?.ok_or_else(|| {
+                bad(
+                    ErrorCode::MissingRequiredHeader,
+                    "x-ms-blob-content-length is required for a page blob",
+                )
+            })?;
+            let seq = req.u64_header("x-ms-blob-sequence-number")?.unwrap_or(0);
+            let props = store.create_page_blob(&p, size, seq, &cond)?;
+            Ok(built(
+                with_properties(ok(201), &props).header("x-ms-request-server-encrypted", "false"),
+                empty(),
+            ))
+        }
+        (&Method::PUT, Some("page")) => {
+            refuse_snapshot()?;
+            let (start, end) = req.range()?.ok_or_else(|| {
+                bad(
+                    ErrorCode::MissingRequiredHeader,
+                    "x-ms-range or Range is required",
+                )
+            })?;
+            let end = end
+                .ok_or_else(|| bad(ErrorCode::InvalidHeaderValue, "the page range needs an end"))?;
+            let len = end - start + 1;
+            let props = match req.header("x-ms-page-write") {
+                Some("update") => {
+                    if body.len() as u64 != len {
+                        return Err(bad(
+                            ErrorCode::InvalidHeaderValue,
+                            format!("{} body bytes for a {len}-byte range", body.len()),
+                        ));
+                    }
+                    store.put_pages(&p, start, &body, &cond)?
+                }
+                Some("clear") => store.clear_pages(&p, start, len, &cond)?,
+                Some(other) => {
+                    return Err(bad(
+                        ErrorCode::InvalidHeaderValue,
+                        format!("x-ms-page-write {other}: update or clear"),
+                    ))
+                }
+                None => {
+                    return Err(bad(
+                        ErrorCode::MissingRequiredHeader,
+                        "x-ms-page-write is required",
+                    ))
+                }
+            };
+            Ok(built(
+                with_properties(ok(201), &props).header("x-ms-request-server-encrypted", "false"),
+                empty(),
+            ))
+        }
+        (&Method::GET, Some("pagelist")) => {
+            let range = req.range()?.map(|(s, e)| (s, e.unwrap_or(u64::MAX - 1)));
+            let marker = req
+                .q("marker")
+                .map(|m| {
+                    m.parse::<u64>()
+                        .map_err(|_| bad(ErrorCode::InvalidQueryParameterValue, "marker"))
+                })
+                .transpose()?;
+            let max = req
+                .q("maxresults")
+                .map(|m| {
+                    m.parse::<usize>()
+                        .map_err(|_| bad(ErrorCode::InvalidQueryParameterValue, "maxresults"))
+                })
+                .transpose()?;
+            let prev = req.q("prevsnapshot");
+            let list = store.page_ranges(&p, snapshot.as_deref(), prev, range, marker, max)?;
+            let props = store.properties(&p, snapshot.as_deref())?;
+            let b = ok(200)
+                .header("content-type", "application/xml")
+                .header("x-ms-blob-content-length", props.size.to_string());
+            Ok(built(
+                with_properties(b, &props),
+                Body::from(xml::page_list(&list)),
+            ))
+        }
+        (&Method::PUT, Some("snapshot")) => {
+            refuse_snapshot()?;
+            let id = store.snapshot(&p, &cond)?;
+            let props = store.properties(&p, None)?;
+            Ok(built(
+                with_properties(ok(201), &props).header("x-ms-snapshot", id),
+                empty(),
+            ))
+        }
+        (&Method::PUT, Some("properties")) => {
+            refuse_snapshot()?;
+            let mut props = None;
+            if let Some(size) = req.u64_header("x-ms-blob-content-length")? {
+                props = Some(store.resize(&p, size, &cond)?);
+            }
+            if let Some(action) = req.header("x-ms-sequence-number-action") {
+                let value = req.u64_header("x-ms-blob-sequence-number")?;
+                let need = |v: Option<u64>| {
+                    v.ok_or_else(|| {
+                        bad(
+                            ErrorCode::MissingRequiredHeader,
+                            "x-ms-blob-sequence-number is required",
+                        )
+                    })
+                };
+                let action = match action {
+                    "max" => SequenceNumberAction::Max(need(value)?),
+                    "update" => SequenceNumberAction::Update(need(value)?),
+                    "increment" => SequenceNumberAction::Increment,
+                    other => {
+                        return Err(bad(
+                            ErrorCode::InvalidHeaderValue,
+                            format!("x-ms-sequence-number-action {other}"),
+                        ))
+                    }
+                };
+                props = Some(store.set_sequence_number(&p, action, &cond)?);
+            }
+            let props = match props {
+                Some(p) => p,
+                None => store.properties(&p, None)?,
+            };
+            Ok(built(with_properties(ok(200), &props), empty()))
+        }
+        (&Method::PUT, Some("lease")) => {
+            refuse_snapshot()?;
+            let id = || {
+                req.header("x-ms-lease-id")
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        bad(
+                            ErrorCode::MissingRequiredHeader,
+                            "x-ms-lease-id is required",
+                        )
+                    })
+            };
+            let proposed = || {
+                req.header("x-ms-proposed-lease-id")
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        bad(
+                            ErrorCode::MissingRequiredHeader,
+                            "x-ms-proposed-lease-id is required",
+                        )
+                    })
+            };
+            let secs = |name: &'static str| -> Result<Option<i64>, StoreError> {
+                req.header(name)
+                    .map(|v| {
+                        v.trim().parse::<i64>().map_err(|_| {
+                            bad(ErrorCode::InvalidHeaderValue, format!("{name}: {v:?}"))
+                        })
+                    })
+                    .transpose()
+            };
+            let (action, status) = match req.header("x-ms-lease-action") {
+                Some("acquire") => {
+                    let d = secs("x-ms-lease-duration")?.unwrap_or(-1);
+                    let duration_secs = if d == -1 {
+                        None
+                    } else {
+                        Some(u32::try_from(d).map_err(|_| {
+                            bad(ErrorCode::InvalidHeaderValue, "x-ms-lease-duration")
+                        })?)
+                    };
+                    (
+                        LeaseAction::Acquire {
+                            proposed_id: proposed()?,
+                            duration_secs,
+                        },
+                        201,
+                    )
+                }
+                Some("renew") => (LeaseAction::Renew { id: id()? }, 200),
+                Some("release") => (LeaseAction::Release { id: id()? }, 200),
+                Some("change") => (
+                    LeaseAction::Change {
+                        id: id()?,
+                        proposed_id: proposed()?,
+                    },
+                    200,
+                ),
+                Some("break") => {
+                    let period = secs("x-ms-lease-break-period")?
+                        .map(|v| u32::try_from(v.clamp(0, 60)).unwrap_or(0));
+                    (
+                        LeaseAction::Break {
+                            period_secs: period,
+                        },
+                        202,
+                    )
+                }
+                _ => {
+                    return Err(bad(
+                        ErrorCode::InvalidHeaderValue,
+                        "x-ms-lease-action must be acquire, renew, release, change or break",
+                    ))
+                }
+            };
+            let lease_cond = Conditions {
+                lease_id: None,
+                ..cond
+            };
+            let answer = store.lease(&p, &action, &lease_cond)?;
+            let mut b = ok(status).header("etag", &answer.etag);
+            if let Some(id) = &answer.lease_id {
+                b = b.header("x-ms-lease-id", id);
+            }
+            if let Some(t) = answer.lease_time_secs {
+                b = b.header("x-ms-lease-time", t.to_string());
+            }
+            Ok(built(b, empty()))
+        }
+        (&Method::HEAD, None) | (&Method::GET, None) => {
+            let props = store.properties(&p, snapshot.as_deref())?;
+            let base = with_properties(ok(200), &props)
+                .header("x-ms-blob-type", "PageBlob")
+                .header("content-type", "application/octet-stream")
+                .header("accept-ranges", "bytes")
+                .header("x-ms-lease-state", props.lease_state.as_str())
+                .header(
+                    "x-ms-lease-status",
+                    if props.lease_state == LeaseStateName::Leased {
+                        "locked"
+                    } else {
+                        "unlocked"
+                    },
+                )
+                .header("x-ms-server-encrypted", "false");
+            let base = match &props.snapshot {
+                Some(s) => base.header("x-ms-snapshot", s),
+                None => base,
+            };
+            if method == Method::HEAD {
+                return Ok(built(
+                    base.header("content-length", props.size.to_string()),
+                    empty(),
+                ));
+            }
+            let (start, end, partial) = match req.range()? {
+                Some((s, e)) => {
+                    if s >= props.size {
+                        return Err(bad(
+                            ErrorCode::InvalidRange,
+                            format!(
+                                "{p}: range starts at {s}, past the {}-byte blob",
+                                props.size
+                            ),
+                        ));
+                    }
+                    (s, e.unwrap_or(u64::MAX).min(props.size - 1), true)
+                }
+                None if props.size == 0 => {
+                    return Ok(built(base.header("content-length", "0"), empty()))
+                }
+                None => (0, props.size - 1, false),
+            };
+            let len = end - start + 1;
+            if len > MAX_READ_BYTES {
+                return Err(bad(
+                    ErrorCode::InvalidRange,
+                    format!("{p}: {len} bytes in one read; use ranges of at most {MAX_READ_BYTES}"),
+                ));
+            }
+            let mut buf = vec![0u8; len as usize];
+            store.read(&p, snapshot.as_deref(), start, &mut buf)?;
+            let b = if partial {
+                base.status(206).header(
+                    "content-range",
+                    format!("bytes {start}-{end}/{}", props.size),
+                )
+            } else {
+                base
+            };
+            Ok(built(
+                b.header("content-length", len.to_string()),
+                Body::from(buf),
+            ))
+        }
+        (&Method::DELETE, None) => {
+            let mode = match req.header("x-ms-delete-snapshots") {
+                None => None,
+                Some("include") => Some(DeleteSnapshots::Include),
+                Some("only") => Some(DeleteSnapshots::Only),
+                Some(other) => {
+                    return Err(bad(
+                        ErrorCode::InvalidHeaderValue,
+                        format!("x-ms-delete-snapshots {other}: include or only"),
+                    ))
+                }
+            };
+            store.delete_blob(&p, snapshot.as_deref(), mode, &cond)?;
+            Ok(built(ok(202), empty()))
+        }
+        _ => Err(bad(
+            ErrorCode::UnsupportedHttpVerb,
+            format!(
+                "{method} {path} (comp={}) is not supported",
+                comp.unwrap_or("")
+            ),
+        )),
+    }
+}

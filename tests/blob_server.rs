@@ -1,0 +1,175 @@
+//! `drplane blob serve` against the official Azure SDK for Python (azure-storage-blob, installed
+//! into a venv under target/ on first use), across restarts — graceful and `kill -9` — and
+//! against hostile requests.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+/// A venv with azure-storage-blob, made once per target directory.
+fn python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("pyenv");
+    let py = root.join("bin/python");
+    let has_sdk = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import azure.storage.blob"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_sdk(&py) {
+        run_ok(Command::new("python3").args(["-m", "venv"]).arg(&root));
+        run_ok(Command::new(&py).args(["-m", "pip", "install", "-q", "azure-storage-blob"]));
+    }
+    py
+}
+
+struct Server {
+    child: Child,
+    endpoint: String,
+}
+
+fn start(data: &Path, profile: &str) -> Server {
+    let mut child = drplane()
+        .args([
+            "blob",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--profile",
+            profile,
+            "--data",
+        ])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let endpoint = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, endpoint }
+}
+
+impl Server {
+    fn addr(&self) -> String {
+        self.endpoint
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+    fn stop(mut self, signal: &str) {
+        run_ok(Command::new("kill").args([signal, &self.child.id().to_string()]));
+        let status = self.child.wait().unwrap();
+        if signal == "-TERM" {
+            assert!(status.success(), "graceful shutdown exited with {status}");
+        }
+    }
+}
+
+fn sdk(py: &Path, endpoint: &str, phase: &str, profile: &str, input: Option<&[u8]>) -> Vec<u8> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_pageblob.py");
+    let mut child = Command::new(py)
+        .arg(script)
+        .args([endpoint, phase, profile])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.unwrap_or_default())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "SDK {phase} ({profile}) failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn python_sdk_round_trip_survives_graceful_restart_on_standard() {
+    let py = python();
+    let dir = temp_dir();
+    let server = start(dir.path(), "standard");
+    let summary = sdk(&py, &server.endpoint, "write", "standard", None);
+    server.stop("-TERM");
+    let server = start(dir.path(), "standard");
+    sdk(&py, &server.endpoint, "verify", "standard", Some(&summary));
+    server.stop("-TERM");
+}
+
+#[test]
+fn python_sdk_sees_premium_snapshot_limit_and_data_survives_kill_9() {
+    let py = python();
+    let dir = temp_dir();
+    let server = start(dir.path(), "premium");
+    let summary = sdk(&py, &server.endpoint, "write", "premium", None);
+    server.stop("-KILL");
+    let server = start(dir.path(), "premium");
+    sdk(&py, &server.endpoint, "verify", "premium", Some(&summary));
+    server.stop("-TERM");
+}
+
+fn raw(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn bad_signatures_and_garbage_requests_are_refused_and_the_server_stays_up() {
+    let dir = temp_dir();
+    let server = start(dir.path(), "standard");
+    let addr = server.addr();
+    let unsigned = raw(&addr, b"PUT /devstoreaccount1/c1?restype=container HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert!(
+        unsigned.starts_with("HTTP/1.1 403")
+            && unsigned.contains("x-ms-error-code: AuthenticationFailed"),
+        "{unsigned}"
+    );
+    let forged = raw(
+        &addr,
+        b"PUT /devstoreaccount1/abc?restype=container HTTP/1.1\r\nHost: x\r\nx-ms-date: Wed, 09 Mar 2011 01:42:34 GMT\r\nAuthorization: SharedKey devstoreaccount1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        forged.starts_with("HTTP/1.1 403") && forged.contains("AuthenticationFailed"),
+        "{forged}"
+    );
+    let _ = raw(&addr, b"\x00\x01garbage\r\n\r\n");
+    let _ = raw(&addr, b"GET /devstoreaccount1/%ff%fe/%00?comp=pagelist&marker=zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let huge = raw(&addr, b"PUT /devstoreaccount1/c/b?comp=page HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\nConnection: close\r\n\r\n");
+    assert!(huge.starts_with("HTTP/1.1 4"), "{huge}");
+    let again = raw(
+        &addr,
+        b"GET /devstoreaccount1?comp=list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        again.starts_with("HTTP/1.1 403"),
+        "server no longer answers: {again}"
+    );
+    server.stop("-TERM");
+}

@@ -41,6 +41,7 @@ pub enum ErrorCode {
     InvalidUri,
     UnsupportedHttpVerb,
     InvalidXmlDocument,
+    ContainerBeingDeleted,
 }
 
 impl ErrorCode {
@@ -56,6 +57,7 @@ impl ErrorCode {
             | InvalidUri
             | InvalidXmlDocument => 400,
             AuthenticationFailed => 403,
+            ContainerBeingDeleted => 409,
             UnsupportedHttpVerb => 405,
             ContainerNotFound | BlobNotFound => 404,
             ContainerAlreadyExists
@@ -126,7 +128,60 @@ impl ErrorCode {
             InvalidUri => "InvalidUri",
             UnsupportedHttpVerb => "UnsupportedHttpVerb",
             InvalidXmlDocument => "InvalidXmlDocument",
+            ContainerBeingDeleted => "ContainerBeingDeleted",
         }
+    }
+}
+
+impl ErrorCode {
+    /// Every code, for parsing answers.
+    pub const ALL: [ErrorCode; 38] = {
+        use ErrorCode::*;
+        [
+            ContainerNotFound,
+            ContainerAlreadyExists,
+            BlobNotFound,
+            BlobAlreadyExists,
+            InvalidHeaderValue,
+            InvalidQueryParameterValue,
+            MissingRequiredHeader,
+            InvalidPageRange,
+            InvalidRange,
+            RequestBodyTooLarge,
+            SnapshotsPresent,
+            SnapshotCountExceeded,
+            SnapshotOperationRateExceeded,
+            OperationNotAllowedOnSnapshot,
+            PreviousSnapshotNotFound,
+            PreviousSnapshotCannotBeNewer,
+            BlobOverwritten,
+            SequenceNumberConditionNotMet,
+            SequenceNumberIncrementTooLarge,
+            ConditionNotMet,
+            LeaseIdMissing,
+            LeaseIdMismatchWithBlobOperation,
+            LeaseIdMismatchWithLeaseOperation,
+            LeaseAlreadyPresent,
+            LeaseNotPresentWithBlobOperation,
+            LeaseNotPresentWithLeaseOperation,
+            LeaseIsBrokenAndCannotBeRenewed,
+            LeaseIsBreakingAndCannotBeAcquired,
+            LeaseIsBreakingAndCannotBeChanged,
+            ServerBusy,
+            OperationTimedOut,
+            InternalError,
+            InvalidInput,
+            AuthenticationFailed,
+            InvalidUri,
+            UnsupportedHttpVerb,
+            InvalidXmlDocument,
+            ContainerBeingDeleted,
+        ]
+    };
+
+    /// The code named by an `x-ms-error-code` value.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
@@ -166,3 +221,21 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_parses_back_from_its_name_and_names_are_unique() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert!((400..=503).contains(&code.status()));
+        }
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert_eq!(ErrorCode::parse("NoSuchCode"), None);
+    }
+}

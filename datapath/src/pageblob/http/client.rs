@@ -1,0 +1,767 @@
+//! A [`PageBlobStore`] over HTTP: talks to `drplane blob serve`, Azurite or a real Azure
+//! account with Shared Key signing, and retries 500/503 answers with exponential backoff.
+
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use quick_xml::events::Event;
+
+use super::super::error::{ErrorCode, StoreError, StoreResult};
+use super::super::extent_map::PageRange;
+use super::super::timestamp::{http_date, parse_http_date};
+use super::super::types::*;
+use super::super::PageBlobStore;
+use super::shared_key;
+use crate::clock::{Clock, SystemClock};
+
+/// API version we send.
+pub const API_VERSION: &str = "2021-08-06";
+/// Attempts per request when the service answers 500 or 503 (ServerBusy, OperationTimedOut).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// First retry delay; doubled per attempt.
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Largest answer body read (a Get Blob of up to 256 MiB, or a long page list).
+const MAX_RESPONSE_BYTES: u64 = 257 << 20;
+
+/// Path characters left as they are (Azure's blob names may contain `/`).
+const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+/// Query values: everything but unreserved characters is escaped.
+const QUERY_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// An HTTP page-blob client for one account.
+pub struct HttpStore {
+    /// `http://host:port/account` (path style) — the account is the first path segment.
+    endpoint: String,
+    account: String,
+    key: Vec<u8>,
+    agent: ureq::Agent,
+    clock: SystemClock,
+}
+
+impl std::fmt::Debug for HttpStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpStore")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn properties(&self, snapshot: Option<&str>) -> Properties {
+        let num = |n| self.header(n).and_then(|v| v.parse::<u64>().ok());
+        Properties {
+            size: num("x-ms-blob-content-length")
+                .or_else(|| num("content-length"))
+                .unwrap_or(0),
+            etag: self.header("etag").unwrap_or_default().to_string(),
+            last_modified: self
+                .header("last-modified")
+                .and_then(parse_http_date)
+                .unwrap_or(0),
+            sequence_number: num("x-ms-blob-sequence-number").unwrap_or(0),
+            snapshot: snapshot.map(str::to_string),
+            lease_state: match self.header("x-ms-lease-state") {
+                Some("leased") => LeaseStateName::Leased,
+                Some("expired") => LeaseStateName::Expired,
+                Some("breaking") => LeaseStateName::Breaking,
+                Some("broken") => LeaseStateName::Broken,
+                _ => LeaseStateName::Available,
+            },
+        }
+    }
+}
+
+fn transport(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        path: what.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl HttpStore {
+    /// `endpoint`: e.g. `http://127.0.0.1:10000/devstoreaccount1`; `key`: the account key.
+    pub fn new(endpoint: &str, account: &str, key: &[u8]) -> HttpStore {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .max_idle_connections_per_host(64)
+            .build()
+            .into();
+        HttpStore {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            account: account.into(),
+            key: key.to_vec(),
+            agent,
+            clock: SystemClock,
+        }
+    }
+
+    /// Send one request, signed, retrying 500/503. `query` values are unencoded.
+    fn send(
+        &self,
+        method: &str,
+        resource: &str,
+        query: &[(&str, String)],
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> StoreResult<Answer> {
+        let mut delay = FIRST_RETRY_DELAY;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let answer = self.send_once(method, resource, query, headers, body)?;
+            let retry = matches!(answer.status, 500 | 503) && attempt < MAX_ATTEMPTS;
+            if !retry {
+                return self.check(answer);
+            }
+            std::thread::sleep(delay);
+            delay *= 2;
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn send_once(
+        &self,
+        method: &str,
+        resource: &str,
+        query: &[(&str, String)],
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> StoreResult<Answer> {
+        let encoded_path = utf8_percent_encode(resource, PATH_SET).to_string();
+        let base_path = self
+            .endpoint
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .split_once('/')
+            .map_or("", |(_, p)| p);
+        let path = format!("/{base_path}{encoded_path}");
+        let mut url = format!("{}{}", self.endpoint, encoded_path);
+        for (i, (n, v)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(n);
+            url.push('=');
+            url.push_str(&utf8_percent_encode(v, QUERY_SET).to_string());
+        }
+        let mut all: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        all.push(("x-ms-date".into(), http_date(self.clock.now_nanos())));
+        all.push(("x-ms-version".into(), API_VERSION.into()));
+        if !body.is_empty() || method == "PUT" {
+            all.push(("content-length".into(), body.len().to_string()));
+        }
+        if !body.is_empty() {
+            all.push(("content-type".into(), "application/octet-stream".into()));
+        }
+        let q: Vec<(String, String)> = query
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        let sts = shared_key::string_to_sign(method, &self.account, &path, &q, &all);
+        let auth = format!(
+            "SharedKey {}:{}",
+            self.account,
+            shared_key::sign(&self.key, &sts)
+        );
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", auth);
+        for (n, v) in &all {
+            if n != "content-length" {
+                builder = builder.header(n.as_str(), v.as_str());
+            }
+        }
+        let request = builder
+            .body(body.to_vec())
+            .map_err(|e| transport(&url, e))?;
+        let mut response = self.agent.run(request).map_err(|e| transport(&url, e))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| {
+                Some((
+                    n.as_str().to_ascii_lowercase(),
+                    v.to_str().ok()?.to_string(),
+                ))
+            })
+            .collect();
+        let body = if method == "HEAD" {
+            Vec::new()
+        } else {
+            response
+                .body_mut()
+                .with_config()
+                .limit(MAX_RESPONSE_BYTES)
+                .read_to_vec()
+                .map_err(|e| transport(&url, e))?
+        };
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn check(&self, a: Answer) -> StoreResult<Answer> {
+        if a.status < 300 {
+            return Ok(a);
+        }
+        let code_name = a
+            .header("x-ms-error-code")
+            .map(str::to_string)
+            .or_else(|| xml_text(&a.body, "Code"));
+        let message = xml_text(&a.body, "Message").unwrap_or_else(|| format!("HTTP {}", a.status));
+        let code = code_name
+            .as_deref()
+            .and_then(ErrorCode::parse)
+            .unwrap_or(ErrorCode::InternalError);
+        Err(StoreError::service(
+            code,
+            format!("{message} ({} {})", a.status, code_name.unwrap_or_default()),
+        ))
+    }
+
+    fn blob_resource(path: &BlobPath) -> String {
+        format!("/{}/{}", path.container, path.blob)
+    }
+}
+
+fn cond_headers(cond: &Conditions) -> Vec<(&'static str, String)> {
+    let mut h = Vec::new();
+    if let Some(v) = &cond.if_match {
+        h.push(("if-match", v.clone()));
+    }
+    if let Some(v) = &cond.if_none_match {
+        h.push(("if-none-match", v.clone()));
+    }
+    if let Some(v) = cond.if_modified_since {
+        h.push(("if-modified-since", http_date(v)));
+    }
+    if let Some(v) = cond.if_unmodified_since {
+        h.push(("if-unmodified-since", http_date(v)));
+    }
+    if let Some(v) = cond.if_sequence_number_le {
+        h.push(("x-ms-if-sequence-number-le", v.to_string()));
+    }
+    if let Some(v) = cond.if_sequence_number_lt {
+        h.push(("x-ms-if-sequence-number-lt", v.to_string()));
+    }
+    if let Some(v) = cond.if_sequence_number_eq {
+        h.push(("x-ms-if-sequence-number-eq", v.to_string()));
+    }
+    if let Some(v) = &cond.lease_id {
+        h.push(("x-ms-lease-id", v.clone()));
+    }
+    h
+}
+
+/// Text of the first `<tag>` element.
+fn xml_text(body: &[u8], tag: &str) -> Option<String> {
+    let mut found = None;
+    xml_walk(body, |path, text| {
+        if found.is_none() && path.last().map(String::as_str) == Some(tag) && !text.is_empty() {
+            found = Some(text.to_string());
+        }
+    })
+    .ok()?;
+    found
+}
+
+fn entity(name: &[u8]) -> Option<char> {
+    Some(match name {
+        b"amp" => '&',
+        b"lt" => '<',
+        b"gt" => '>',
+        b"quot" => '"',
+        b"apos" => '\'',
+        _ => return None,
+    })
+}
+
+/// Walk an XML document, calling `on` with (path of element names, text) at each element
+/// start (empty text) and with each element's whole text (entities resolved) at its end.
+fn xml_walk(body: &[u8], mut on: impl FnMut(&[String], &str)) -> StoreResult<()> {
+    let bad = |e: String| StoreError::service(ErrorCode::InvalidXmlDocument, e);
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut stack: Vec<String> = Vec::new();
+    let mut text = String::new();
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => {
+                stack.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+                text.clear();
+                on(&stack, "");
+            }
+            Ok(Event::End(_)) => {
+                if !text.is_empty() {
+                    on(&stack, &text);
+                    text.clear();
+                }
+                stack.pop();
+            }
+            Ok(Event::Text(t)) => text.push_str(&t.decode().map_err(|e| bad(e.to_string()))?),
+            Ok(Event::GeneralRef(r)) => {
+                if let Some(c) = entity(r.as_ref()) {
+                    text.push(c);
+                }
+            }
+            Ok(Event::Eof) => return Ok(()),
+            Err(e) => return Err(bad(e.to_string())),
+            _ => {}
+        }
+        buf.clear();
+    }
+}
+
+fn parse_page_list(body: &[u8]) -> StoreResult<PageRangeList> {
+    let mut ranges = Vec::new();
+    let mut next_marker = None;
+    xml_walk(body, |path, text| {
+        let n = path.len();
+        if n >= 2 && (path[n - 2] == "PageRange" || path[n - 2] == "ClearRange") {
+            let cleared = path[n - 2] == "ClearRange";
+            match (path[n - 1].as_str(), text.parse::<u64>()) {
+                ("Start", Ok(v)) => ranges.push(PageRange {
+                    start: v,
+                    end: v,
+                    cleared,
+                }),
+                ("End", Ok(v)) => {
+                    if let Some(r) = ranges.last_mut() {
+                        r.end = v;
+                    }
+                }
+                _ => {}
+            }
+        } else if path.last().map(String::as_str) == Some("NextMarker") && !text.is_empty() {
+            next_marker = text.parse().ok();
+        }
+    })?;
+    Ok(PageRangeList {
+        ranges,
+        next_marker,
+    })
+}
+
+impl PageBlobStore for HttpStore {
+    fn create_container(&self, name: &str) -> StoreResult<()> {
+        self.send(
+            "PUT",
+            &format!("/{name}"),
+            &[("restype", "container".into())],
+            &[],
+            &[],
+        )
+        .map(|_| ())
+    }
+
+    fn list_containers(&self) -> StoreResult<Vec<String>> {
+        let a = self.send("GET", "/", &[("comp", "list".into())], &[], &[])?;
+        let mut out = Vec::new();
+        xml_walk(&a.body, |path, text| {
+            if path.ends_with(&["Container".to_string(), "Name".to_string()]) && !text.is_empty() {
+                out.push(text.to_string());
+            }
+        })?;
+        Ok(out)
+    }
+
+    fn create_page_blob(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let mut h = cond_headers(cond);
+        h.push(("x-ms-blob-type", "PageBlob".into()));
+        h.push(("x-ms-blob-content-length", size.to_string()));
+        h.push(("x-ms-blob-sequence-number", sequence_number.to_string()));
+        self.send("PUT", &Self::blob_resource(path), &[], &h, &[])?;
+        self.properties(path, None)
+    }
+
+    fn put_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        if data.is_empty() {
+            return Err(StoreError::service(
+                ErrorCode::InvalidPageRange,
+                "empty Put Page",
+            ));
+        }
+        let mut h = cond_headers(cond);
+        h.push(("x-ms-page-write", "update".into()));
+        h.push((
+            "x-ms-range",
+            format!("bytes={offset}-{}", offset + data.len() as u64 - 1),
+        ));
+        let a = self.send(
+            "PUT",
+            &Self::blob_resource(path),
+            &[("comp", "page".into())],
+            &h,
+            data,
+        )?;
+        Ok(a.properties(None))
+    }
+
+    fn clear_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        len: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        if len == 0 {
+            return Err(StoreError::service(
+                ErrorCode::InvalidPageRange,
+                "empty clear",
+            ));
+        }
+        let mut h = cond_headers(cond);
+        h.push(("x-ms-page-write", "clear".into()));
+        h.push(("x-ms-range", format!("bytes={offset}-{}", offset + len - 1)));
+        let a = self.send(
+            "PUT",
+            &Self::blob_resource(path),
+            &[("comp", "page".into())],
+            &h,
+            &[],
+        )?;
+        Ok(a.properties(None))
+    }
+
+    fn read(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> StoreResult<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let size = self.properties(path, snapshot)?.size;
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > size)
+        {
+            return Err(StoreError::service(
+                ErrorCode::InvalidRange,
+                format!(
+                    "{path}: range {offset}+{} ends past the {size}-byte blob",
+                    buf.len()
+                ),
+            ));
+        }
+        let q: Vec<(&str, String)> = snapshot
+            .map(|s| ("snapshot", s.to_string()))
+            .into_iter()
+            .collect();
+        let h = [(
+            "x-ms-range",
+            format!("bytes={offset}-{}", offset + buf.len() as u64 - 1),
+        )];
+        let a = self.send("GET", &Self::blob_resource(path), &q, &h, &[])?;
+        if a.body.len() != buf.len() {
+            return Err(transport(
+                "Get Blob",
+                format!("{} bytes for a {}-byte range", a.body.len(), buf.len()),
+            ));
+        }
+        buf.copy_from_slice(&a.body);
+        Ok(())
+    }
+
+    fn page_ranges(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        prev_snapshot: Option<&str>,
+        range: Option<(u64, u64)>,
+        marker: Option<u64>,
+        max_results: Option<usize>,
+    ) -> StoreResult<PageRangeList> {
+        let mut q = vec![("comp", "pagelist".to_string())];
+        if let Some(s) = snapshot {
+            q.push(("snapshot", s.into()));
+        }
+        if let Some(p) = prev_snapshot {
+            q.push(("prevsnapshot", p.into()));
+        }
+        if let Some(m) = marker {
+            q.push(("marker", m.to_string()));
+        }
+        if let Some(m) = max_results {
+            q.push(("maxresults", m.to_string()));
+        }
+        let h: Vec<(&str, String)> = range
+            .map(|(s, e)| ("x-ms-range", format!("bytes={s}-{e}")))
+            .into_iter()
+            .collect();
+        let a = self.send("GET", &Self::blob_resource(path), &q, &h, &[])?;
+        parse_page_list(&a.body)
+    }
+
+    fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
+        let a = self.send(
+            "PUT",
+            &Self::blob_resource(path),
+            &[("comp", "snapshot".into())],
+            &cond_headers(cond),
+            &[],
+        )?;
+        a.header("x-ms-snapshot")
+            .map(str::to_string)
+            .ok_or_else(|| transport("Snapshot Blob", "no x-ms-snapshot header"))
+    }
+
+    fn list_blobs(
+        &self,
+        container: &str,
+        include_snapshots: bool,
+    ) -> StoreResult<Vec<BlobListing>> {
+        let mut q = vec![
+            ("restype", "container".to_string()),
+            ("comp", "list".to_string()),
+        ];
+        if include_snapshots {
+            q.push(("include", "snapshots".into()));
+        }
+        let a = self.send("GET", &format!("/{container}"), &q, &[], &[])?;
+        let mut out: Vec<BlobListing> = Vec::new();
+        xml_walk(&a.body, |path, text| {
+            let Some(last) = path.last().map(String::as_str) else {
+                return;
+            };
+            let in_blob = path.len() >= 2 && path[path.len() - 2] == "Blob";
+            let in_props = path.len() >= 2 && path[path.len() - 2] == "Properties";
+            if last == "Blob" && text.is_empty() {
+                out.push(BlobListing {
+                    name: String::new(),
+                    properties: Properties {
+                        size: 0,
+                        etag: String::new(),
+                        last_modified: 0,
+                        sequence_number: 0,
+                        snapshot: None,
+                        lease_state: LeaseStateName::Available,
+                    },
+                });
+                return;
+            }
+            let Some(b) = out.last_mut() else { return };
+            match (in_blob, in_props, last) {
+                (true, _, "Name") => b.name.push_str(text),
+                (true, _, "Snapshot") if !text.is_empty() => {
+                    b.properties.snapshot = Some(text.to_string())
+                }
+                (_, true, "Content-Length") => b.properties.size = text.parse().unwrap_or(0),
+                (_, true, "Etag") => b.properties.etag.push_str(text),
+                (_, true, "Last-Modified") => {
+                    b.properties.last_modified = parse_http_date(text).unwrap_or(0)
+                }
+                (_, true, "x-ms-blob-sequence-number") => {
+                    b.properties.sequence_number = text.parse().unwrap_or(0)
+                }
+                _ => {}
+            }
+        })?;
+        Ok(out)
+    }
+
+    fn delete_blob(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        delete_snapshots: Option<DeleteSnapshots>,
+        cond: &Conditions,
+    ) -> StoreResult<()> {
+        let q: Vec<(&str, String)> = snapshot
+            .map(|s| ("snapshot", s.to_string()))
+            .into_iter()
+            .collect();
+        let mut h = cond_headers(cond);
+        match delete_snapshots {
+            Some(DeleteSnapshots::Include) => h.push(("x-ms-delete-snapshots", "include".into())),
+            Some(DeleteSnapshots::Only) => h.push(("x-ms-delete-snapshots", "only".into())),
+            None => {}
+        }
+        self.send("DELETE", &Self::blob_resource(path), &q, &h, &[])
+            .map(|_| ())
+    }
+
+    fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
+        let mut h = cond_headers(cond);
+        h.push(("x-ms-blob-content-length", size.to_string()));
+        self.send(
+            "PUT",
+            &Self::blob_resource(path),
+            &[("comp", "properties".into())],
+            &h,
+            &[],
+        )?;
+        self.properties(path, None)
+    }
+
+    fn set_sequence_number(
+        &self,
+        path: &BlobPath,
+        action: SequenceNumberAction,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let mut h = cond_headers(cond);
+        match action {
+            SequenceNumberAction::Max(n) => h.extend([
+                ("x-ms-sequence-number-action", "max".into()),
+                ("x-ms-blob-sequence-number", n.to_string()),
+            ]),
+            SequenceNumberAction::Update(n) => h.extend([
+                ("x-ms-sequence-number-action", "update".into()),
+                ("x-ms-blob-sequence-number", n.to_string()),
+            ]),
+            SequenceNumberAction::Increment => {
+                h.push(("x-ms-sequence-number-action", "increment".into()))
+            }
+        }
+        let a = self.send(
+            "PUT",
+            &Self::blob_resource(path),
+            &[("comp", "properties".into())],
+            &h,
+            &[],
+        )?;
+        Ok(a.properties(None))
+    }
+
+    fn properties(&self, path: &BlobPath, snapshot: Option<&str>) -> StoreResult<Properties> {
+        let q: Vec<(&str, String)> = snapshot
+            .map(|s| ("snapshot", s.to_string()))
+            .into_iter()
+            .collect();
+        let a = self.send("HEAD", &Self::blob_resource(path), &q, &[], &[])?;
+        Ok(a.properties(snapshot))
+    }
+
+    fn lease(
+        &self,
+        path: &BlobPath,
+        action: &LeaseAction,
+        cond: &Conditions,
+    ) -> StoreResult<LeaseAnswer> {
+        let mut h = cond_headers(cond);
+        match action {
+            LeaseAction::Acquire {
+                proposed_id,
+                duration_secs,
+            } => h.extend([
+                ("x-ms-lease-action", "acquire".into()),
+                ("x-ms-proposed-lease-id", proposed_id.clone()),
+                (
+                    "x-ms-lease-duration",
+                    duration_secs.map_or("-1".to_string(), |d| d.to_string()),
+                ),
+            ]),
+            LeaseAction::Renew { id } => h.extend([
+                ("x-ms-lease-action", "renew".into()),
+                ("x-ms-lease-id", id.clone()),
+            ]),
+            LeaseAction::Release { id } => h.extend([
+                ("x-ms-lease-action", "release".into()),
+                ("x-ms-lease-id", id.clone()),
+            ]),
+            LeaseAction::Change { id, proposed_id } => h.extend([
+                ("x-ms-lease-action", "change".into()),
+                ("x-ms-lease-id", id.clone()),
+                ("x-ms-proposed-lease-id", proposed_id.clone()),
+            ]),
+            LeaseAction::Break { period_secs } => {
+                h.push(("x-ms-lease-action", "break".into()));
+                if let Some(p) = period_secs {
+                    h.push(("x-ms-lease-break-period", p.to_string()));
+                }
+            }
+        }
+        let a = self.send(
+            "PUT",
+            &Self::blob_resource(path),
+            &[("comp", "lease".into())],
+            &h,
+            &[],
+        )?;
+        Ok(LeaseAnswer {
+            lease_id: a.header("x-ms-lease-id").map(str::to_string),
+            lease_time_secs: a.header("x-ms-lease-time").and_then(|v| v.parse().ok()),
+            etag: a.header("etag").unwrap_or_default().to_string(),
+        })
+    }
+}
+
+/// Upload `data` at `offset` in Put Page calls of at most 4 MiB, `threads` at a time
+/// (ASR's UploadThreadsPerVM: default 4, at most 32). Works with any store.
+pub fn upload_parallel(
+    store: &dyn PageBlobStore,
+    path: &BlobPath,
+    offset: u64,
+    data: &[u8],
+    threads: usize,
+) -> StoreResult<()> {
+    let threads = threads.clamp(1, 32);
+    let chunks: Vec<(u64, &[u8])> = data
+        .chunks(MAX_PUT_PAGES_BYTES as usize)
+        .enumerate()
+        .map(|(i, c)| (offset + i as u64 * MAX_PUT_PAGES_BYTES, c))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let first_error = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(chunks.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((at, chunk)) = chunks.get(i) else {
+                    break;
+                };
+                if let Err(e) = store.put_pages(path, *at, chunk, &Conditions::default()) {
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                    break;
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -12,8 +12,8 @@ use super::extent_map::ExtentMap;
 use super::timestamp::{parse_snapshot_id, snapshot_id};
 use super::types::*;
 
-/// A state change, as logged. Data bytes are not here: `WritePages` names where the data log
-/// stored them.
+/// A state change, as logged. Data bytes are not here: page writes go to the blob's home file
+/// (`WritePages` records where), and copy-on-write copies to the data log (`Relocate`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     CreateContainer {
@@ -27,7 +27,7 @@ pub enum Effect {
         sequence_number: u64,
         time: u64,
     },
-    /// Write data stored at `data`, or clear when `data` is `None`.
+    /// Write data (stored at home location `data`), or clear when `data` is `None`.
     WritePages {
         path: BlobPath,
         offset: u64,
@@ -61,6 +61,15 @@ pub enum Effect {
         path: BlobPath,
         lease: Lease,
         time: u64,
+    },
+    /// Copy-on-write: the home bytes `[offset, offset+len)` of the blob's current incarnation
+    /// were copied to the data log at `data`; the listed snapshots now read them from there.
+    Relocate {
+        path: BlobPath,
+        snapshots: Vec<u64>,
+        offset: u64,
+        len: u64,
+        data: Option<u64>,
     },
 }
 
@@ -281,7 +290,56 @@ impl Account {
                     blob.lease = lease.clone();
                 }
             }
+            Effect::Relocate {
+                path,
+                snapshots,
+                offset,
+                len,
+                data,
+            } => {
+                let address = data.expect("a relocation carries its data");
+                if let Some(blob) = self.blob_mut(path) {
+                    for id in snapshots {
+                        if let Some(v) = blob.snapshots.get_mut(id) {
+                            v.map.relocate_home(*offset, *len, address);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Snapshots of `path`'s current incarnation that still read `[offset, offset+len)` from
+    /// the blob's home file: they must be relocated before the home bytes are overwritten.
+    pub fn snapshots_sharing_home(&self, path: &BlobPath, offset: u64, len: u64) -> Vec<u64> {
+        let Ok(blob) = self.blob(path) else {
+            return Vec::new();
+        };
+        let Some(base) = &blob.base else {
+            return Vec::new();
+        };
+        blob.snapshots
+            .iter()
+            .filter(|(_, v)| {
+                v.incarnation == base.incarnation && v.map.has_home_data(offset, offset + len)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The incarnation (home file) of the base blob.
+    pub fn incarnation(&self, path: &BlobPath) -> StoreResult<u64> {
+        Ok(self.base(path)?.incarnation)
+    }
+
+    /// Incarnations still referenced by any version (home files to keep).
+    pub fn live_incarnations(&self) -> std::collections::BTreeSet<u64> {
+        self.containers
+            .values()
+            .flat_map(|c| c.values())
+            .flat_map(|b| b.base.iter().chain(b.snapshots.values()))
+            .map(|v| v.incarnation)
+            .collect()
     }
 
     fn blob_mut(&mut self, path: &BlobPath) -> Option<&mut Blob> {
@@ -446,11 +504,13 @@ impl Account {
         }
         let v = self.check_write(path, cond, now)?;
         check_page_range(path, offset, len, v.size)?;
+        // The base blob's data lives at its own offset in the blob's home file.
+        let data = (!clear).then(|| super::extent_map::home(offset));
         Ok(Effect::WritePages {
             path: path.clone(),
             offset,
             len,
-            data: None,
+            data,
             time: now,
         })
     }
@@ -800,15 +860,15 @@ impl Account {
         })
     }
 
-    /// Where the bytes of `[offset, offset+len)` are: `(offset, len, data location)` runs; the
-    /// caller fills the rest with zeros.
+    /// Where the bytes of `[offset, offset+len)` are: the version's incarnation (home file)
+    /// and `(offset, len, location)` runs; the caller fills the rest with zeros.
     pub fn read_plan(
         &self,
         path: &BlobPath,
         snapshot: Option<&str>,
         offset: u64,
         len: u64,
-    ) -> StoreResult<Vec<(u64, u64, u64)>> {
+    ) -> StoreResult<(u64, Vec<(u64, u64, u64)>)> {
         let v = self.version(path, snapshot)?;
         if offset.checked_add(len).is_none_or(|e| e > v.size) {
             return err(
@@ -819,11 +879,13 @@ impl Account {
                 ),
             );
         }
-        Ok(v.map
+        let runs = v
+            .map
             .clipped(offset, offset + len)
             .into_iter()
             .filter_map(|(s, e)| e.data.map(|d| (s, e.len, d)))
-            .collect())
+            .collect();
+        Ok((v.incarnation, runs))
     }
 
     /// Get Page Ranges, optionally as a diff against `prev_snapshot`, paged.

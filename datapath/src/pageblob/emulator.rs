@@ -1,6 +1,12 @@
-//! The embedded page-blob store: Azure semantics from [`Account`], persisted by [`DataLog`].
-//! Every mutating call is checked, logged, then applied, all under one lock, so the log order
-//! is the order operations took effect. Reads plan under the lock and copy outside it.
+//! The embedded page-blob store: Azure semantics from [`Account`], persisted by [`DataLog`]
+//! and per-blob home files.
+//!
+//! Page data is written in place into the blob's sparse home file (`homes/<incarnation>.data`,
+//! at the blob offset), so rewriting a block costs one copy into pages the OS already holds.
+//! Snapshots share the home bytes until the base overwrites them: before such a write the old
+//! bytes are copied to the data log (a `Relocate` record) and the snapshots repointed —
+//! copy-on-write, once per range per snapshot generation. Every mutating call is checked,
+//! logged, then applied under one lock; reads plan under the lock and copy outside it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::account::{Account, Effect};
 use super::data_log::{DataLog, Durability};
 use super::error::{StoreError, StoreResult};
+use super::extent_map::home_offset;
 use super::types::*;
 use super::PageBlobStore;
 use crate::clock::Clock;
@@ -27,6 +34,54 @@ struct StoreFile {
 struct Inner {
     account: Account,
     log: DataLog,
+    homes: Homes,
+}
+
+/// Home files by incarnation, opened on first use.
+struct Homes {
+    dir: PathBuf,
+    files: std::collections::BTreeMap<u64, Arc<std::fs::File>>,
+    durability: Durability,
+}
+
+impl Homes {
+    fn path(&self, incarnation: u64) -> PathBuf {
+        self.dir.join(format!("{incarnation:016}.data"))
+    }
+
+    fn file(&mut self, incarnation: u64) -> StoreResult<Arc<std::fs::File>> {
+        if let Some(f) = self.files.get(&incarnation) {
+            return Ok(Arc::clone(f));
+        }
+        let path = self.path(incarnation);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::Io {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+        let f = Arc::new(f);
+        self.files.insert(incarnation, Arc::clone(&f));
+        Ok(f)
+    }
+
+    /// Remove home files no version refers to any more.
+    fn collect(&mut self, live: &std::collections::BTreeSet<u64>) {
+        let dead: Vec<u64> = self
+            .files
+            .keys()
+            .filter(|i| !live.contains(i))
+            .copied()
+            .collect();
+        for i in dead {
+            self.files.remove(&i);
+            let _ = std::fs::remove_file(self.path(i));
+        }
+    }
 }
 
 /// A persistent page-blob store under a directory.
@@ -97,13 +152,40 @@ impl Emulator {
         };
         let mut account = Account::new(settings.profile);
         let log = DataLog::open(&dir.join("log"), durability, |mut effect, data| {
-            if let Effect::WritePages { data: d, .. } = &mut effect {
+            if let Effect::Relocate { data: d, .. } = &mut effect {
                 *d = data;
             }
             account.apply(&effect);
         })?;
+        let homes_dir = dir.join("homes");
+        std::fs::create_dir_all(&homes_dir).map_err(|e| StoreError::Io {
+            path: homes_dir.display().to_string(),
+            source: e,
+        })?;
+        // Home files of blobs whose deletion was logged but not yet carried out.
+        let live = account.live_incarnations();
+        if let Ok(entries) = std::fs::read_dir(&homes_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let incarnation = name
+                    .strip_suffix(".data")
+                    .and_then(|n| n.parse::<u64>().ok());
+                if incarnation.is_some_and(|i| !live.contains(&i)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let homes = Homes {
+            dir: homes_dir,
+            files: Default::default(),
+            durability,
+        };
         Ok(Emulator {
-            inner: Mutex::new(Inner { account, log }),
+            inner: Mutex::new(Inner {
+                account,
+                log,
+                homes,
+            }),
             clock,
             dir: dir.to_path_buf(),
         })
@@ -115,19 +197,76 @@ impl Emulator {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Log and apply an effect; `data` are the bytes of a page write.
+    /// Log and apply an effect; `data` are the bytes a relocation copies into the log.
     fn commit(inner: &mut Inner, mut effect: Effect, data: &[u8]) -> StoreResult<()> {
         let address = inner.log.append(&effect, data)?;
-        if let Effect::WritePages { data: d, .. } = &mut effect {
+        if let Effect::Relocate { data: d, .. } = &mut effect {
             *d = address;
         }
+        let deletes = matches!(effect, Effect::Delete { .. } | Effect::CreateBlob { .. });
         inner.account.apply(&effect);
+        if deletes {
+            let live = inner.account.live_incarnations();
+            inner.homes.collect(&live);
+        }
+        Ok(())
+    }
+
+    /// Write page data in place, first moving any snapshot's view of those home bytes to the
+    /// log (copy-on-write). The write record follows the data, so a crash in between leaves an
+    /// unacknowledged write that may or may not show — never a snapshot that changed.
+    fn write_home(inner: &mut Inner, path: &BlobPath, offset: u64, data: &[u8]) -> StoreResult<()> {
+        let incarnation = inner.account.incarnation(path)?;
+        let file = inner.homes.file(incarnation)?;
+        let len = data.len() as u64;
+        let sharing = inner.account.snapshots_sharing_home(path, offset, len);
+        if !sharing.is_empty() {
+            let mut old = vec![0u8; data.len()];
+            read_home(&file, offset, &mut old)?;
+            let relocate = Effect::Relocate {
+                path: path.clone(),
+                snapshots: sharing,
+                offset,
+                len,
+                data: None,
+            };
+            Emulator::commit(inner, relocate, &old)?;
+        }
+        use std::os::unix::fs::FileExt;
+        let io = |e| StoreError::Io {
+            path: format!("home file of {path}"),
+            source: e,
+        };
+        file.write_all_at(data, offset).map_err(io)?;
+        if inner.homes.durability == Durability::Power {
+            file.sync_data().map_err(io)?;
+        }
         Ok(())
     }
 
     fn now(&self) -> u64 {
         self.clock.now_nanos()
     }
+}
+
+/// Read home bytes; past the file's end (never written) they are zeros.
+fn read_home(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> StoreResult<()> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file
+            .read_at(&mut buf[done..], offset + done as u64)
+            .map_err(|e| StoreError::Io {
+                path: "home file".into(),
+                source: e,
+            })?;
+        if n == 0 {
+            buf[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> StoreResult<()> {
@@ -189,7 +328,8 @@ impl PageBlobStore for Emulator {
             inner
                 .account
                 .write_pages(path, offset, data.len() as u64, false, cond, now)?;
-        Emulator::commit(&mut inner, effect, data)?;
+        Emulator::write_home(&mut inner, path, offset, data)?;
+        Emulator::commit(&mut inner, effect, &[])?;
         inner.account.properties(path, None, now)
     }
 
@@ -216,19 +356,27 @@ impl PageBlobStore for Emulator {
         offset: u64,
         buf: &mut [u8],
     ) -> StoreResult<()> {
-        let (plan, reader) = {
-            let inner = self.lock();
-            (
+        let (plan, reader, home) = {
+            let mut inner = self.lock();
+            let (incarnation, plan) =
                 inner
                     .account
-                    .read_plan(path, snapshot, offset, buf.len() as u64)?,
-                inner.log.reader(),
-            )
+                    .read_plan(path, snapshot, offset, buf.len() as u64)?;
+            let home = if plan.iter().any(|(_, _, l)| home_offset(*l).is_some()) {
+                Some(inner.homes.file(incarnation)?)
+            } else {
+                None
+            };
+            (plan, inner.log.reader(), home)
         };
         buf.fill(0);
-        for (start, len, address) in plan {
+        for (start, len, location) in plan {
             let at = (start - offset) as usize;
-            reader.read(address, &mut buf[at..at + len as usize])?;
+            let dst = &mut buf[at..at + len as usize];
+            match (home_offset(location), &home) {
+                (Some(h), Some(file)) => read_home(file, h, dst)?,
+                _ => reader.read(location, dst)?,
+            }
         }
         Ok(())
     }

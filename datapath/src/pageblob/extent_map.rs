@@ -4,9 +4,24 @@
 
 use std::collections::BTreeMap;
 
-/// Where an extent's bytes live in the store's data log (opaque to the map; shifted when an
-/// extent is split). `None`: the range was cleared.
+/// Where an extent's bytes live (opaque to the map; shifted when an extent is split):
+/// a [`home`] offset in the blob's own data file, or an address in the store's data log.
+/// `None`: the range was cleared.
 pub type DataLocation = Option<u64>;
+
+/// Marks a location as an offset in the blob's home file rather than a log address.
+pub const HOME_BIT: u64 = 1 << 63;
+
+/// The location of byte `offset` of the blob's home file.
+pub fn home(offset: u64) -> u64 {
+    assert!(offset < HOME_BIT);
+    HOME_BIT | offset
+}
+
+/// `Some(offset)` when `location` is in the home file.
+pub fn home_offset(location: u64) -> Option<u64> {
+    (location & HOME_BIT != 0).then_some(location & !HOME_BIT)
+}
 
 /// One run of pages written (or cleared) by a single operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +128,27 @@ impl ExtentMap {
                 )
             })
             .collect()
+    }
+
+    /// Point the parts of `[start, start+len)` whose data is in the home file at `log_address`
+    /// instead (the home bytes `start..` were copied there), keeping their sequence numbers.
+    pub fn relocate_home(&mut self, start: u64, len: u64, log_address: u64) {
+        for (s, e) in self.clipped(start, start + len) {
+            if let Some(h) = e.data.and_then(home_offset) {
+                assert!(
+                    h >= start && h + e.len <= start + len,
+                    "home data sits at its own offset"
+                );
+                self.insert(s, e.len, e.seq, Some(log_address + (h - start)));
+            }
+        }
+    }
+
+    /// True when any part of `[start, end)` has its data in the home file.
+    pub fn has_home_data(&self, start: u64, end: u64) -> bool {
+        self.clipped(start, end)
+            .iter()
+            .any(|(_, e)| e.data.and_then(home_offset).is_some())
     }
 
     /// Valid (written, not cleared) ranges within `[start, end)`, adjacent ones merged.
@@ -229,6 +265,73 @@ mod tests {
             ]
         );
         assert_eq!(m.valid_ranges(0, 8192).len(), 2);
+    }
+
+    #[test]
+    fn relocation_moves_only_home_data_and_keeps_sequence_numbers() {
+        let mut m = ExtentMap::default();
+        m.insert(0, 4096, 1, Some(home(0)));
+        m.insert(1024, 1024, 2, Some(777));
+        m.insert(3072, 512, 3, None);
+        assert!(m.has_home_data(0, 1024));
+        m.relocate_home(0, 4096, 10_000);
+        assert!(!m.has_home_data(0, 4096));
+        let parts = m.clipped(0, 4096);
+        assert_eq!(
+            parts[0],
+            (
+                0,
+                Extent {
+                    len: 1024,
+                    seq: 1,
+                    data: Some(10_000)
+                }
+            )
+        );
+        assert_eq!(
+            parts[1],
+            (
+                1024,
+                Extent {
+                    len: 1024,
+                    seq: 2,
+                    data: Some(777)
+                }
+            )
+        );
+        assert_eq!(
+            parts[2],
+            (
+                2048,
+                Extent {
+                    len: 1024,
+                    seq: 1,
+                    data: Some(12_048)
+                }
+            )
+        );
+        assert_eq!(
+            parts[3],
+            (
+                3072,
+                Extent {
+                    len: 512,
+                    seq: 3,
+                    data: None
+                }
+            )
+        );
+        assert_eq!(
+            parts[4],
+            (
+                3584,
+                Extent {
+                    len: 512,
+                    seq: 1,
+                    data: Some(13_584)
+                }
+            )
+        );
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub enum Effect {
     },
 }
 
+/// `(virtual offset, length, data location)` runs of a read.
+pub type ReadRuns = Vec<(u64, u64, u64)>;
+
 /// Lease state as stored (times in nanoseconds).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Lease {
@@ -868,7 +871,7 @@ impl Account {
         snapshot: Option<&str>,
         offset: u64,
         len: u64,
-    ) -> StoreResult<(u64, Vec<(u64, u64, u64)>)> {
+    ) -> StoreResult<(u64, ReadRuns)> {
         let v = self.version(path, snapshot)?;
         if offset.checked_add(len).is_none_or(|e| e > v.size) {
             return err(

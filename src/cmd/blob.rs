@@ -1,17 +1,26 @@
-//! `drplane blob serve`: the embedded page-blob store over the Azure Blob REST API.
+//! `drplane blob serve|upload|ls|ranges|snapshots`: the page-blob store from the command line.
+//! Every command but `serve` works on a store directory or an endpoint URL.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use datapath::clock::SystemClock;
 use datapath::pageblob::data_log::Durability;
+use datapath::pageblob::http::client::{upload_parallel, HttpStore};
 use datapath::pageblob::http::server::{serve, ServerConfig};
 use datapath::pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
-use datapath::pageblob::{Emulator, Profile};
+use datapath::pageblob::timestamp::http_date;
+use datapath::pageblob::{
+    BlobPath, Conditions, Emulator, PageBlobStore, Profile, MAX_PUT_PAGES_BYTES, PAGE_SIZE,
+};
+use serde_json::json;
+
+use crate::progress::bytes_bar;
 
 #[derive(Debug, Subcommand)]
 pub enum BlobCommand {
@@ -36,6 +45,92 @@ pub enum BlobCommand {
         #[arg(long, default_value = "process")]
         durability: String,
     },
+    /// Upload a raw file as a page blob (size rounded up to 512; zero pages skipped).
+    Upload {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        name: String,
+        /// Parallel Put Page calls (1–32, like UploadThreadsPerVM).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+        threads: u16,
+    },
+    /// List containers, or the blobs (and snapshots) of one container.
+    Ls {
+        #[command(flatten)]
+        target: Target,
+        container: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Page ranges of a blob or snapshot, or the diff against a previous snapshot.
+    Ranges {
+        #[command(flatten)]
+        target: Target,
+        container: String,
+        name: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        prev_snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Snapshots of a blob.
+    Snapshots {
+        #[command(flatten)]
+        target: Target,
+        container: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the store is.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// A store directory, or an endpoint such as http://127.0.0.1:10000/devstoreaccount1.
+    #[arg(long)]
+    store: String,
+    /// Account for an endpoint (default: from the URL path).
+    #[arg(long)]
+    account: Option<String>,
+    /// Base64 key for an endpoint (default: the development key; or DRPLANE_ACCOUNT_KEY).
+    #[arg(long, env = "DRPLANE_ACCOUNT_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+impl Target {
+    fn open(&self) -> Result<Box<dyn PageBlobStore>> {
+        if self.store.starts_with("http://") || self.store.starts_with("https://") {
+            let account = match &self.account {
+                Some(a) => a.clone(),
+                None => self
+                    .store
+                    .split("://")
+                    .nth(1)
+                    .and_then(|r| r.split('/').nth(1))
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or(DEV_ACCOUNT)
+                    .to_string(),
+            };
+            let key = decode_key(self.key.as_deref().unwrap_or(DEV_KEY))
+                .context("--key is not base64")?;
+            Ok(Box::new(HttpStore::new(&self.store, &account, &key)))
+        } else {
+            let store = Emulator::open_existing(
+                std::path::Path::new(&self.store),
+                Durability::Process,
+                Arc::new(SystemClock),
+            )
+            .with_context(|| format!("store {}", self.store))?;
+            Ok(Box::new(store))
+        }
+    }
 }
 
 pub fn run(command: BlobCommand) -> Result<ExitCode> {
@@ -47,40 +142,216 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
             key,
             profile,
             durability,
+        } => run_serve(listen, data, account, key, profile, durability),
+        BlobCommand::Upload {
+            file,
+            target,
+            container,
+            name,
+            threads,
+        } => upload(&file, &target, &container, &name, threads.into()),
+        BlobCommand::Ls {
+            target,
+            container,
+            json,
+        } => ls(&target, container.as_deref(), json),
+        BlobCommand::Ranges {
+            target,
+            container,
+            name,
+            snapshot,
+            prev_snapshot,
+            json,
         } => {
-            let profile = Profile::parse(&profile).with_context(|| {
-                format!("--profile {profile}: standard, premium or premium-spaced")
-            })?;
-            let durability = match durability.as_str() {
-                "process" => Durability::Process,
-                "power" => Durability::Power,
-                other => bail!("--durability {other}: process or power"),
-            };
-            let key = decode_key(&key).context("--key is not base64")?;
-            let store = Emulator::open(&data, profile, durability, Arc::new(SystemClock))
-                .with_context(|| format!("store {}", data.display()))?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
-                let addr = listener.local_addr()?;
-                println!("listening on http://{addr}/{account}");
-                eprintln!(
-                    "connection string: DefaultEndpointsProtocol=http;AccountName={account};AccountKey=<key>;BlobEndpoint=http://{addr}/{account};"
-                );
-                let shutdown = async {
-                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                };
-                serve(listener, Arc::new(store), ServerConfig { account, key }, Arc::new(SystemClock), shutdown).await?;
-                eprintln!("stopped");
-                anyhow::Ok(())
-            })?;
+            let store = target.open()?;
+            let p = BlobPath::new(&container, &name);
+            let mut all = Vec::new();
+            let mut marker = None;
+            loop {
+                let page = store.page_ranges(
+                    &p,
+                    snapshot.as_deref(),
+                    prev_snapshot.as_deref(),
+                    None,
+                    marker,
+                    None,
+                )?;
+                all.extend(page.ranges);
+                match page.next_marker {
+                    Some(m) => marker = Some(m),
+                    None => break,
+                }
+            }
+            if json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|r| json!({"start": r.start, "end": r.end, "cleared": r.cleared}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for r in &all {
+                    println!(
+                        "{} {}-{} ({} bytes)",
+                        if r.cleared { "clear" } else { "page " },
+                        r.start,
+                        r.end,
+                        r.end - r.start + 1
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BlobCommand::Snapshots {
+            target,
+            container,
+            name,
+            json,
+        } => {
+            let store = target.open()?;
+            let snaps: Vec<String> = store
+                .list_blobs(&container, true)?
+                .into_iter()
+                .filter(|b| b.name == name)
+                .filter_map(|b| b.properties.snapshot)
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snaps)?);
+            } else {
+                for s in snaps {
+                    println!("{s}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn ls(target: &Target, container: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let store = target.open()?;
+    match container {
+        None => {
+            let names = store.list_containers()?;
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&names)?);
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+        }
+        Some(c) => {
+            let blobs = store.list_blobs(c, true)?;
+            if as_json {
+                let v: Vec<_> = blobs
+                    .iter()
+                    .map(|b| json!({"name": b.name, "snapshot": b.properties.snapshot, "size": b.properties.size, "etag": b.properties.etag, "sequence_number": b.properties.sequence_number, "last_modified": http_date(b.properties.last_modified)}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for b in blobs {
+                    println!(
+                        "{:<40} {:>16} {}",
+                        b.name,
+                        b.properties.size,
+                        b.properties.snapshot.as_deref().unwrap_or("(base)")
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn upload(
+    file: &std::path::Path,
+    target: &Target,
+    container: &str,
+    name: &str,
+    threads: usize,
+) -> Result<ExitCode> {
+    let store = target.open()?;
+    let len = std::fs::metadata(file)
+        .with_context(|| file.display().to_string())?
+        .len();
+    let size = len.next_multiple_of(PAGE_SIZE);
+    match store.create_container(container) {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(datapath::pageblob::ErrorCode::ContainerAlreadyExists) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let p = BlobPath::new(container, name);
+    store.create_page_blob(&p, size, 0, &Conditions::default())?;
+    let bar = bytes_bar(size, "upload");
+    let mut f = std::fs::File::open(file).with_context(|| file.display().to_string())?;
+    // Read a batch of pages, skip all-zero ones, send the rest in parallel.
+    let batch = MAX_PUT_PAGES_BYTES as usize * threads;
+    let mut buf = vec![0u8; batch];
+    let mut offset = 0u64;
+    let start = std::time::Instant::now();
+    let mut sent = 0u64;
+    while offset < size {
+        let n = ((size - offset) as usize).min(batch);
+        buf[..n].fill(0);
+        let mut got = 0;
+        while got < n {
+            let r = f.read(&mut buf[got..n])?;
+            if r == 0 {
+                break;
+            }
+            got += r;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            upload_parallel(&*store, &p, offset, &buf[..n], threads)?;
+            sent += n as u64;
+        }
+        offset += n as u64;
+        bar.set_position(offset);
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "uploaded {name}: {size} bytes ({sent} sent) in {secs:.2} s ({:.1} MiB/s)",
+        sent as f64 / secs / 1048576.0
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_serve(
+    listen: SocketAddr,
+    data: PathBuf,
+    account: String,
+    key: String,
+    profile: String,
+    durability: String,
+) -> Result<ExitCode> {
+    let profile = Profile::parse(&profile)
+        .with_context(|| format!("--profile {profile}: standard, premium or premium-spaced"))?;
+    let durability = match durability.as_str() {
+        "process" => Durability::Process,
+        "power" => Durability::Power,
+        other => bail!("--durability {other}: process or power"),
+    };
+    let key = decode_key(&key).context("--key is not base64")?;
+    let store = Emulator::open(&data, profile, durability, Arc::new(SystemClock))
+        .with_context(|| format!("store {}", data.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        println!("listening on http://{addr}/{account}");
+        eprintln!("connection string: DefaultEndpointsProtocol=http;AccountName={account};AccountKey=<key>;BlobEndpoint=http://{addr}/{account};");
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        serve(listener, Arc::new(store), ServerConfig { account, key }, Arc::new(SystemClock), shutdown).await?;
+        eprintln!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -100,6 +100,22 @@ impl std::fmt::Debug for Emulator {
 impl Emulator {
     /// Open the store in `dir`, creating it with `profile` if it is new. An existing store
     /// keeps the profile it was created with (a different one is an error).
+    /// Open an existing store with the profile it was created with.
+    pub fn open_existing(
+        dir: &Path,
+        durability: Durability,
+        clock: Arc<dyn Clock>,
+    ) -> StoreResult<Emulator> {
+        let settings_path = dir.join("store.json");
+        let bytes = std::fs::read(&settings_path).map_err(|e| StoreError::Io {
+            path: settings_path.display().to_string(),
+            source: e,
+        })?;
+        let settings: StoreFile = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", settings_path.display())))?;
+        Emulator::open(dir, settings.profile, durability, clock)
+    }
+
     pub fn open(
         dir: &Path,
         profile: Profile,

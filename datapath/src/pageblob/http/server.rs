@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
@@ -47,6 +47,7 @@ impl std::fmt::Debug for ServerConfig {
 }
 
 struct AppState {
+    buffers: BufferPool,
     store: Arc<dyn PageBlobStore>,
     config: ServerConfig,
     clock: Arc<dyn Clock>,
@@ -62,6 +63,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = Arc::new(AppState {
+        buffers: BufferPool {
+            free: std::sync::Mutex::new(Vec::new()),
+        },
         store,
         config,
         clock,
@@ -71,6 +75,11 @@ pub async fn serve(
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
+    use axum::serve::ListenerExt;
+    // Small answers after big uploads must not wait for delayed ACKs (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -85,12 +94,9 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .unwrap_or(DEFAULT_VERSION)
         .to_string();
-    let too_large = || {
+    let refuse = |code: ErrorCode, message: &str| {
         finish(
-            error_response(&StoreError::service(
-                ErrorCode::RequestBodyTooLarge,
-                "request body over 4 MiB",
-            )),
+            error_response(&StoreError::service(code, message)),
             request_id,
             &version,
             &state,
@@ -102,42 +108,85 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_large(); // answer before waiting for a body we will not read
+        // Answer before waiting for a body we will not read.
+        return refuse(ErrorCode::RequestBodyTooLarge, "request body over 4 MiB");
     }
-    let body = match tokio::time::timeout(
-        BODY_READ_TIMEOUT,
-        axum::body::to_bytes(body, MAX_BODY_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => return too_large(),
+    let mut buf = state.buffers.take(declared.unwrap_or(0) as usize);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, &mut buf)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(BodyError::TooLarge)) => {
+            return refuse(ErrorCode::RequestBodyTooLarge, "request body over 4 MiB")
+        }
+        Ok(Err(BodyError::Broken)) => {
+            return refuse(ErrorCode::InvalidInput, "request body could not be read")
+        }
         Err(_) => {
-            return finish(
-                error_response(&StoreError::service(
-                    ErrorCode::OperationTimedOut,
-                    "request body not received in time",
-                )),
-                request_id,
-                &version,
-                &state,
+            return refuse(
+                ErrorCode::OperationTimedOut,
+                "request body not received in time",
             )
         }
-    };
+    }
     let st = Arc::clone(&state);
-    let method = parts.method.clone();
-    let uri = parts.uri.clone();
-    let headers = parts.headers.clone();
-    let response =
-        tokio::task::spawn_blocking(move || dispatch(&st, &method, &uri, &headers, body))
-            .await
-            .unwrap_or_else(|_| {
-                error_response(&StoreError::service(
-                    ErrorCode::InternalError,
-                    "request handler failed",
-                ))
-            });
+    let response = tokio::task::spawn_blocking(move || {
+        let response = dispatch(&st, &parts.method, &parts.uri, &parts.headers, &buf);
+        st.buffers.give(buf);
+        response
+    })
+    .await
+    .unwrap_or_else(|_| {
+        error_response(&StoreError::service(
+            ErrorCode::InternalError,
+            "request handler failed",
+        ))
+    });
     finish(response, request_id, &version, &state)
+}
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// Read a request body into `buf`, refusing more than `MAX_BODY_BYTES`.
+async fn read_body(mut body: Body, buf: &mut Vec<u8>) -> Result<(), BodyError> {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Broken)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY_BYTES {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(())
+}
+
+/// Request-body buffers kept for reuse: a 4 MiB upload then lands in memory the process has
+/// already touched instead of freshly zeroed pages.
+struct BufferPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers kept at most (one per concurrent upload is plenty).
+const POOLED_BUFFERS: usize = 32;
+
+impl BufferPool {
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = free.pop().unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity.min(MAX_BODY_BYTES));
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < POOLED_BUFFERS && buf.capacity() <= MAX_BODY_BYTES {
+            free.push(buf);
+        }
+    }
 }
 
 fn finish(mut r: Response, request_id: u64, version: &str, state: &AppState) -> Response {
@@ -315,7 +364,7 @@ fn dispatch(
     method: &Method,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
-    body: Bytes,
+    body: &[u8],
 ) -> Response {
     let query: Vec<(String, String)> = uri
         .query()
@@ -352,7 +401,7 @@ fn route(
     method: &Method,
     path: &str,
     req: &Req<'_>,
-    body: Bytes,
+    body: &[u8],
 ) -> Result<Response, StoreError> {
     authenticate(state, method, path, req)?;
     let segments: Vec<&str> = path.trim_start_matches('/').splitn(3, '/').collect();
@@ -486,7 +535,7 @@ fn route(
                             format!("{} body bytes for a {len}-byte range", body.len()),
                         ));
                     }
-                    store.put_pages(&p, start, &body, &cond)?
+                    store.put_pages(&p, start, body, &cond)?
                 }
                 Some("clear") => store.clear_pages(&p, start, len, &cond)?,
                 Some(other) => {

@@ -122,3 +122,79 @@ fn parallel_upload_with_many_threads_lands_every_page() {
         (1, 1 << 20, (1 << 20) + data.len() as u64 - 1)
     );
 }
+
+#[test]
+fn client_retries_through_injected_server_busy_and_the_suite_still_holds() {
+    use datapath::pageblob::faults::{FaultConfig, FaultyStore};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let emulator = Emulator::open(
+        dir.path(),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap();
+    let faulty = Arc::new(FaultyStore::new(
+        emulator,
+        FaultConfig {
+            seed: 7,
+            server_busy: 0.1,
+            ..Default::default()
+        },
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let config = ServerConfig {
+        account: DEV_ACCOUNT.into(),
+        key: decode_key(DEV_KEY).unwrap(),
+    };
+    let dyn_clock: Arc<dyn datapath::clock::Clock> = clock.clone();
+    let served: Arc<dyn PageBlobStore> = faulty.clone();
+    runtime.spawn(serve(listener, served, config, dyn_clock, async {
+        let _ = rx.await;
+    }));
+    let c = HttpStore::new(
+        &format!("http://{addr}/{DEV_ACCOUNT}"),
+        DEV_ACCOUNT,
+        &decode_key(DEV_KEY).unwrap(),
+    );
+    conformance::standard_suite(&c, &clock, "faulty");
+    assert!(
+        faulty.injected() > 10,
+        "only {} faults injected",
+        faulty.injected()
+    );
+    let _ = tx.send(());
+}
+
+#[test]
+fn injected_faults_are_the_same_for_the_same_seed() {
+    use datapath::pageblob::faults::{FaultConfig, FaultyStore};
+    let run = |seed| {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(START));
+        let e = Emulator::open(dir.path(), Profile::Standard, Durability::Process, clock).unwrap();
+        let f = FaultyStore::new(
+            e,
+            FaultConfig {
+                seed,
+                server_busy: 0.3,
+                ..Default::default()
+            },
+        );
+        (0..200)
+            .map(|_| f.list_containers().is_err())
+            .collect::<Vec<bool>>()
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+}

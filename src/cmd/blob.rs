@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use datapath::clock::SystemClock;
 use datapath::pageblob::data_log::Durability;
+use datapath::pageblob::faults::{FaultConfig, FaultyStore};
 use datapath::pageblob::http::client::{upload_parallel, HttpStore};
 use datapath::pageblob::http::server::{serve, ServerConfig};
 use datapath::pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
@@ -44,6 +45,8 @@ pub enum BlobCommand {
         /// process: acknowledged writes survive a killed server; power: fdatasync each write.
         #[arg(long, default_value = "process")]
         durability: String,
+        #[command(flatten)]
+        faults: FaultArgs,
     },
     /// Upload a raw file as a page blob (size rounded up to 512; zero pages skipped).
     Upload {
@@ -88,6 +91,50 @@ pub enum BlobCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Seeded fault and throttle injection (all off by default).
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Chance (0–1) of 503 ServerBusy per request, before it is applied.
+    #[arg(long, default_value_t = 0.0)]
+    fault_busy: f64,
+    /// Chance (0–1) of 500 OperationTimedOut after a write was applied.
+    #[arg(long, default_value_t = 0.0)]
+    fault_timeout: f64,
+    /// Seed of the fault draws.
+    #[arg(long, default_value_t = 0)]
+    fault_seed: u64,
+    /// Latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Bandwidth cap in MiB/s for request and answer bodies.
+    #[arg(long)]
+    bandwidth_mib: Option<u64>,
+}
+
+impl FaultArgs {
+    fn config(&self) -> Result<Option<FaultConfig>> {
+        for (name, p) in [
+            ("--fault-busy", self.fault_busy),
+            ("--fault-timeout", self.fault_timeout),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("{name} {p}: a chance between 0 and 1");
+            }
+        }
+        let active = self.fault_busy > 0.0
+            || self.fault_timeout > 0.0
+            || self.latency_ms > 0
+            || self.bandwidth_mib.is_some();
+        Ok(active.then(|| FaultConfig {
+            seed: self.fault_seed,
+            server_busy: self.fault_busy,
+            timeout_after_write: self.fault_timeout,
+            latency: std::time::Duration::from_millis(self.latency_ms),
+            bandwidth_bytes_per_sec: self.bandwidth_mib.map(|m| m.saturating_mul(1 << 20)),
+        }))
+    }
 }
 
 /// Where the store is.
@@ -142,7 +189,8 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
             key,
             profile,
             durability,
-        } => run_serve(listen, data, account, key, profile, durability),
+            faults,
+        } => run_serve(listen, data, account, key, profile, durability, &faults),
         BlobCommand::Upload {
             file,
             target,
@@ -323,6 +371,7 @@ fn run_serve(
     key: String,
     profile: String,
     durability: String,
+    faults: &FaultArgs,
 ) -> Result<ExitCode> {
     let profile = Profile::parse(&profile)
         .with_context(|| format!("--profile {profile}: standard, premium or premium-spaced"))?;
@@ -332,8 +381,12 @@ fn run_serve(
         other => bail!("--durability {other}: process or power"),
     };
     let key = decode_key(&key).context("--key is not base64")?;
-    let store = Emulator::open(&data, profile, durability, Arc::new(SystemClock))
+    let emulator = Emulator::open(&data, profile, durability, Arc::new(SystemClock))
         .with_context(|| format!("store {}", data.display()))?;
+    let store: Arc<dyn PageBlobStore> = match faults.config()? {
+        Some(config) => Arc::new(FaultyStore::new(emulator, config)),
+        None => Arc::new(emulator),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -349,7 +402,7 @@ fn run_serve(
                 _ = term.recv() => {}
             }
         };
-        serve(listener, Arc::new(store), ServerConfig { account, key }, Arc::new(SystemClock), shutdown).await?;
+        serve(listener, store, ServerConfig { account, key }, Arc::new(SystemClock), shutdown).await?;
         eprintln!("stopped");
         anyhow::Ok(())
     })?;

@@ -472,6 +472,13 @@ impl Account {
         }
         if let Ok(blob) = self.blob(path) {
             if let Some(v) = &blob.base {
+                // Put Blob with If-None-Match: * means "only if absent": 409, not 412.
+                if cond.if_none_match.as_deref() == Some("*") {
+                    return err(
+                        ErrorCode::BlobAlreadyExists,
+                        format!("{path} already exists (If-None-Match: *)"),
+                    );
+                }
                 check_etag_and_dates(v, cond)?;
                 check_lease_for_write(path, &blob.lease, cond, now)?;
             }

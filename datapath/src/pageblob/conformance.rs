@@ -320,7 +320,7 @@ pub fn conditions_and_sequence_numbers(store: &dyn PageBlobStore, container: &st
     };
     assert_eq!(
         code(store.create_page_blob(&p, 4096, 0, &star)),
-        ErrorCode::ConditionNotMet
+        ErrorCode::BlobAlreadyExists
     );
     for (cond, ok) in [
         (

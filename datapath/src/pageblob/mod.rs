@@ -12,6 +12,7 @@ pub mod data_log;
 pub mod emulator;
 pub mod error;
 pub mod extent_map;
+pub mod faults;
 pub mod http;
 pub mod timestamp;
 pub mod types;

@@ -1,0 +1,328 @@
+//! Seeded fault and throttle injection around any [`PageBlobStore`]: 503 ServerBusy before an
+//! operation (nothing applied), 500 OperationTimedOut after a write was applied (the caller
+//! cannot tell), added latency and a bandwidth cap. Off unless configured; the same seed and
+//! call sequence always draw the same faults.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use super::error::{ErrorCode, StoreError, StoreResult};
+use super::types::*;
+use super::PageBlobStore;
+
+/// What to inject.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaultConfig {
+    pub seed: u64,
+    /// Chance per call of 503 ServerBusy before the operation.
+    pub server_busy: f64,
+    /// Chance per write of 500 OperationTimedOut after the write was applied.
+    pub timeout_after_write: f64,
+    /// Added to every call.
+    pub latency: Duration,
+    /// Bytes per second moved by reads and writes; `None`: no cap.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+/// A store that misbehaves on purpose.
+pub struct FaultyStore<S> {
+    inner: S,
+    config: FaultConfig,
+    rng: Mutex<ChaCha8Rng>,
+    injected: std::sync::atomic::AtomicU64,
+}
+
+impl<S> std::fmt::Debug for FaultyStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: PageBlobStore> FaultyStore<S> {
+    pub fn new(inner: S, config: FaultConfig) -> FaultyStore<S> {
+        let rng = Mutex::new(ChaCha8Rng::seed_from_u64(config.seed));
+        FaultyStore {
+            inner,
+            config,
+            rng,
+            injected: Default::default(),
+        }
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn draw(&self, chance: f64) -> bool {
+        if chance <= 0.0 {
+            return false;
+        }
+        let x = self
+            .rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_u64();
+        let hit = ((x >> 11) as f64) < chance * (1u64 << 53) as f64;
+        if hit {
+            self.injected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// Before a call: latency, bandwidth, maybe 503.
+    fn before(&self, bytes: usize) -> StoreResult<()> {
+        let mut wait = self.config.latency;
+        if let Some(bps) = self.config.bandwidth_bytes_per_sec.filter(|b| *b > 0) {
+            wait += Duration::from_secs_f64(bytes as f64 / bps as f64);
+        }
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        if self.draw(self.config.server_busy) {
+            return Err(StoreError::service(
+                ErrorCode::ServerBusy,
+                "Ingress is over the account limit. (injected)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a write: maybe 500 although it was applied.
+    fn after_write<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        if result.is_ok() && self.draw(self.config.timeout_after_write) {
+            return Err(StoreError::service(
+                ErrorCode::OperationTimedOut,
+                "Operation could not be completed within the specified time. (injected)",
+            ));
+        }
+        result
+    }
+}
+
+impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
+    fn create_container(&self, name: &str) -> StoreResult<()> {
+        self.before(0)?;
+        self.inner.create_container(name)
+    }
+    fn list_containers(&self) -> StoreResult<Vec<String>> {
+        self.before(0)?;
+        self.inner.list_containers()
+    }
+    fn create_page_blob(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.before(0)?;
+        let r = self
+            .inner
+            .create_page_blob(path, size, sequence_number, cond);
+        self.after_write(r)
+    }
+    fn put_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.before(data.len())?;
+        let r = self.inner.put_pages(path, offset, data, cond);
+        self.after_write(r)
+    }
+    fn clear_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        len: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.before(0)?;
+        let r = self.inner.clear_pages(path, offset, len, cond);
+        self.after_write(r)
+    }
+    fn read(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> StoreResult<()> {
+        self.before(buf.len())?;
+        self.inner.read(path, snapshot, offset, buf)
+    }
+    fn page_ranges(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        prev_snapshot: Option<&str>,
+        range: Option<(u64, u64)>,
+        marker: Option<u64>,
+        max_results: Option<usize>,
+    ) -> StoreResult<PageRangeList> {
+        self.before(0)?;
+        self.inner
+            .page_ranges(path, snapshot, prev_snapshot, range, marker, max_results)
+    }
+    fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
+        self.before(0)?;
+        let r = self.inner.snapshot(path, cond);
+        self.after_write(r)
+    }
+    fn list_blobs(
+        &self,
+        container: &str,
+        include_snapshots: bool,
+    ) -> StoreResult<Vec<BlobListing>> {
+        self.before(0)?;
+        self.inner.list_blobs(container, include_snapshots)
+    }
+    fn delete_blob(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        delete_snapshots: Option<DeleteSnapshots>,
+        cond: &Conditions,
+    ) -> StoreResult<()> {
+        self.before(0)?;
+        let r = self
+            .inner
+            .delete_blob(path, snapshot, delete_snapshots, cond);
+        self.after_write(r)
+    }
+    fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
+        self.before(0)?;
+        let r = self.inner.resize(path, size, cond);
+        self.after_write(r)
+    }
+    fn set_sequence_number(
+        &self,
+        path: &BlobPath,
+        action: SequenceNumberAction,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.before(0)?;
+        let r = self.inner.set_sequence_number(path, action, cond);
+        self.after_write(r)
+    }
+    fn properties(&self, path: &BlobPath, snapshot: Option<&str>) -> StoreResult<Properties> {
+        self.before(0)?;
+        self.inner.properties(path, snapshot)
+    }
+    fn lease(
+        &self,
+        path: &BlobPath,
+        action: &LeaseAction,
+        cond: &Conditions,
+    ) -> StoreResult<LeaseAnswer> {
+        self.before(0)?;
+        let r = self.inner.lease(path, action, cond);
+        self.after_write(r)
+    }
+}
+
+impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
+    fn create_container(&self, name: &str) -> StoreResult<()> {
+        (**self).create_container(name)
+    }
+    fn list_containers(&self) -> StoreResult<Vec<String>> {
+        (**self).list_containers()
+    }
+    fn create_page_blob(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        (**self).create_page_blob(path, size, sequence_number, cond)
+    }
+    fn put_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        (**self).put_pages(path, offset, data, cond)
+    }
+    fn clear_pages(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        len: u64,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        (**self).clear_pages(path, offset, len, cond)
+    }
+    fn read(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> StoreResult<()> {
+        (**self).read(path, snapshot, offset, buf)
+    }
+    fn page_ranges(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        prev_snapshot: Option<&str>,
+        range: Option<(u64, u64)>,
+        marker: Option<u64>,
+        max_results: Option<usize>,
+    ) -> StoreResult<PageRangeList> {
+        (**self).page_ranges(path, snapshot, prev_snapshot, range, marker, max_results)
+    }
+    fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
+        (**self).snapshot(path, cond)
+    }
+    fn list_blobs(
+        &self,
+        container: &str,
+        include_snapshots: bool,
+    ) -> StoreResult<Vec<BlobListing>> {
+        (**self).list_blobs(container, include_snapshots)
+    }
+    fn delete_blob(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        delete_snapshots: Option<DeleteSnapshots>,
+        cond: &Conditions,
+    ) -> StoreResult<()> {
+        (**self).delete_blob(path, snapshot, delete_snapshots, cond)
+    }
+    fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
+        (**self).resize(path, size, cond)
+    }
+    fn set_sequence_number(
+        &self,
+        path: &BlobPath,
+        action: SequenceNumberAction,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        (**self).set_sequence_number(path, action, cond)
+    }
+    fn properties(&self, path: &BlobPath, snapshot: Option<&str>) -> StoreResult<Properties> {
+        (**self).properties(path, snapshot)
+    }
+    fn lease(
+        &self,
+        path: &BlobPath,
+        action: &LeaseAction,
+        cond: &Conditions,
+    ) -> StoreResult<LeaseAnswer> {
+        (**self).lease(path, action, cond)
+    }
+}

@@ -62,6 +62,12 @@ pub enum Effect {
         lease: Lease,
         time: u64,
     },
+    /// An incremental copy into `path` started (`done` false) or finished (`done` true).
+    Copy {
+        path: BlobPath,
+        info: CopyInfo,
+        done: bool,
+    },
     /// Copy-on-write: the home bytes `[offset, offset+len)` of the blob's current incarnation
     /// were copied to the data log at `data`; the listed snapshots now read them from there.
     Relocate {
@@ -132,11 +138,12 @@ struct Version {
 
 #[derive(Debug, Clone)]
 struct Blob {
-    /// `None` when only snapshots remain (the base was deleted with `only`… never; or after
-    /// a base delete that kept none). Kept for clarity of listing.
+    /// `None` when only snapshots remain.
     base: Option<Version>,
     snapshots: BTreeMap<u64, Version>,
     lease: Lease,
+    /// Set when the blob is the destination of incremental copies.
+    copy: Option<CopyInfo>,
 }
 
 /// All containers and blobs of one account.
@@ -189,6 +196,11 @@ impl Account {
         }
     }
 
+    /// Effects applied so far.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
     pub fn profile(&self) -> Profile {
         self.profile
     }
@@ -209,6 +221,7 @@ impl Account {
             } => {
                 let container = self.containers.entry(path.container.clone()).or_default();
                 let blob = container.entry(path.blob.clone()).or_insert_with(|| Blob {
+                    copy: None,
                     base: None,
                     snapshots: BTreeMap::new(),
                     lease: Lease::Available,
@@ -279,6 +292,7 @@ impl Account {
                     if *base {
                         blob.base = None;
                         blob.lease = Lease::Available;
+                        blob.copy = None;
                     }
                     remove_blob = blob.base.is_none() && blob.snapshots.is_empty();
                 }
@@ -291,6 +305,13 @@ impl Account {
             Effect::Lease { path, lease, .. } => {
                 if let Some(blob) = self.blob_mut(path) {
                     blob.lease = lease.clone();
+                }
+            }
+            Effect::Copy { path, info, done } => {
+                if let Some(blob) = self.blob_mut(path) {
+                    let mut info = info.clone();
+                    info.status = if *done { "success" } else { "pending" }.into();
+                    blob.copy = Some(info);
                 }
             }
             Effect::Relocate {
@@ -308,6 +329,71 @@ impl Account {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Mark copies that were running when the store went down as failed (derived at open).
+    pub fn fail_interrupted_copies(&mut self) {
+        for blob in self.containers.values_mut().flat_map(|c| c.values_mut()) {
+            if let Some(c) = &mut blob.copy {
+                if c.status == "pending" {
+                    c.status = "failed".into();
+                }
+            }
+        }
+    }
+
+    /// Check an incremental copy of `source` at `snapshot` into `dest`. Returns the snapshot
+    /// time to copy and the previously copied one (none for the first copy).
+    pub fn check_incremental_copy(
+        &self,
+        dest: &BlobPath,
+        source: &BlobPath,
+        snapshot: Option<&str>,
+    ) -> StoreResult<(u64, Option<String>)> {
+        let Some(snapshot) = snapshot else {
+            return err(
+                ErrorCode::IncrementalCopySourceMustBeSnapshot,
+                format!("copy source {source} must name a snapshot"),
+            );
+        };
+        self.version(source, Some(snapshot))?;
+        let new = parse_snapshot_id(snapshot).expect("version() parsed it");
+        self.container(&dest.container)?;
+        match self
+            .blob(dest)
+            .ok()
+            .and_then(|b| b.base.as_ref().map(|_| b))
+        {
+            None => Ok((new, None)),
+            Some(blob) => {
+                let Some(copy) = &blob.copy else {
+                    return err(
+                        ErrorCode::IncrementalCopyBlobMismatch,
+                        format!("{dest} exists and is not an incremental copy"),
+                    );
+                };
+                if copy.source != source.to_string() {
+                    return err(
+                        ErrorCode::IncrementalCopyBlobMismatch,
+                        format!("{dest} copies {}, not {source}", copy.source),
+                    );
+                }
+                let prev = parse_snapshot_id(&copy.source_snapshot).unwrap_or(0);
+                if new <= prev {
+                    return err(
+                        ErrorCode::IncrementalCopyOfEarlierSnapshotNotAllowed,
+                        format!(
+                            "{snapshot} is not newer than the last copied {}",
+                            copy.source_snapshot
+                        ),
+                    );
+                }
+                // A source snapshot deleted since the last copy leaves nothing to diff against:
+                // copy everything again.
+                let prev_live = self.version(source, Some(&copy.source_snapshot)).is_ok();
+                Ok((new, prev_live.then(|| copy.source_snapshot.clone())))
             }
         }
     }
@@ -408,6 +494,12 @@ impl Account {
     /// Conditions on ETag, dates, sequence numbers and the lease, for an operation that writes.
     fn check_write(&self, path: &BlobPath, cond: &Conditions, now: u64) -> StoreResult<&Version> {
         let blob = self.blob(path)?;
+        if blob.copy.is_some() {
+            return err(
+                ErrorCode::OperationNotAllowedOnIncrementalCopyBlob,
+                format!("{path} is an incremental copy destination: only copies write it"),
+            );
+        }
         let v = self.base(path)?;
         check_etag_and_dates(v, cond)?;
         let seq = v.sequence_number;
@@ -867,6 +959,7 @@ impl Account {
             } else {
                 lease.state_name(now)
             },
+            copy: self.blob(path)?.copy.clone(),
         })
     }
 

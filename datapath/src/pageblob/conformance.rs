@@ -76,6 +76,68 @@ pub fn standard_suite(store: &dyn PageBlobStore, clock: &ManualClock, container:
     conditions_and_sequence_numbers(store, container);
     leases(store, clock, container);
     resize(store, container);
+    incremental_copy(store, container);
+}
+
+pub fn incremental_copy(store: &dyn PageBlobStore, container: &str) {
+    let src = BlobPath::new(container, "copy-source");
+    let dst = BlobPath::new(container, "copy-dest");
+    store.create_page_blob(&src, 1 << 20, 0, &none()).unwrap();
+    store.put_pages(&src, 0, &bytes(1, 8192), &none()).unwrap();
+    assert_eq!(
+        code(store.incremental_copy(&dst, &src, None)),
+        ErrorCode::IncrementalCopySourceMustBeSnapshot
+    );
+    let s1 = store.snapshot(&src, &none()).unwrap();
+    let info = store.incremental_copy(&dst, &src, Some(&s1)).unwrap();
+    assert!(
+        info.status == "success" || info.status == "pending",
+        "{info:?}"
+    );
+    assert_eq!(read(store, &dst, None, 0, 8192), bytes(1, 8192));
+    assert_eq!(
+        code(store.put_pages(&dst, 0, &[1; 512], &none())),
+        ErrorCode::OperationNotAllowedOnIncrementalCopyBlob
+    );
+    store
+        .put_pages(&src, 4096, &bytes(2, 512), &none())
+        .unwrap();
+    store.clear_pages(&src, 0, 512, &none()).unwrap();
+    store
+        .put_pages(&src, 65536, &bytes(3, 1024), &none())
+        .unwrap();
+    let s2 = store.snapshot(&src, &none()).unwrap();
+    store.incremental_copy(&dst, &src, Some(&s2)).unwrap();
+    assert_eq!(
+        read(store, &dst, None, 0, 70_000 / 512 * 512),
+        read(store, &src, Some(&s2), 0, 70_000 / 512 * 512)
+    );
+    assert_eq!(
+        code(store.incremental_copy(&dst, &src, Some(&s1))),
+        ErrorCode::IncrementalCopyOfEarlierSnapshotNotAllowed
+    );
+    let copy = store
+        .properties(&dst, None)
+        .unwrap()
+        .copy
+        .expect("copy state on the destination");
+    assert_eq!(
+        (copy.status.as_str(), copy.source_snapshot.as_str()),
+        ("success", s2.as_str())
+    );
+    let dest_snapshots = store
+        .list_blobs(container, true)
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.name == "copy-dest" && b.properties.snapshot.is_some())
+        .count();
+    assert_eq!(dest_snapshots, 2, "one destination snapshot per copy");
+    let other = BlobPath::new(container, "not-a-copy");
+    store.create_page_blob(&other, 4096, 0, &none()).unwrap();
+    assert_eq!(
+        code(store.incremental_copy(&other, &src, Some(&s2))),
+        ErrorCode::IncrementalCopyBlobMismatch
+    );
 }
 
 pub fn containers_and_creation(store: &dyn PageBlobStore, container: &str) {

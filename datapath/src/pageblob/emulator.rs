@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use super::account::{Account, Effect};
-use super::data_log::{DataLog, Durability};
+use super::data_log::{DataLog, Durability, LogReader};
 use super::error::{StoreError, StoreResult};
 use super::extent_map::home_offset;
 use super::types::*;
@@ -173,6 +173,7 @@ impl Emulator {
             }
             account.apply(&effect);
         })?;
+        account.fail_interrupted_copies();
         let homes_dir = dir.join("homes");
         std::fs::create_dir_all(&homes_dir).map_err(|e| StoreError::Io {
             path: homes_dir.display().to_string(),
@@ -228,6 +229,26 @@ impl Emulator {
         Ok(())
     }
 
+    /// Plan a read under the lock: runs, a log reader and the home file they need.
+    #[allow(clippy::type_complexity)]
+    fn plan_read(
+        inner: &mut Inner,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        len: usize,
+    ) -> StoreResult<(Vec<(u64, u64, u64)>, LogReader, Option<Arc<std::fs::File>>)> {
+        let (incarnation, plan) = inner
+            .account
+            .read_plan(path, snapshot, offset, len as u64)?;
+        let home = if plan.iter().any(|(_, _, l)| home_offset(*l).is_some()) {
+            Some(inner.homes.file(incarnation)?)
+        } else {
+            None
+        };
+        Ok((plan, inner.log.reader(), home))
+    }
+
     /// Write page data in place, first moving any snapshot's view of those home bytes to the
     /// log (copy-on-write). The write record follows the data, so a crash in between leaves an
     /// unacknowledged write that may or may not show — never a snapshot that changed.
@@ -263,6 +284,26 @@ impl Emulator {
     fn now(&self) -> u64 {
         self.clock.now_nanos()
     }
+}
+
+/// Copy planned runs into `buf` (zeros elsewhere).
+fn execute_read(
+    plan: &[(u64, u64, u64)],
+    reader: &LogReader,
+    home: Option<&std::fs::File>,
+    offset: u64,
+    buf: &mut [u8],
+) -> StoreResult<()> {
+    buf.fill(0);
+    for &(start, len, location) in plan {
+        let at = (start - offset) as usize;
+        let dst = &mut buf[at..at + len as usize];
+        match (home_offset(location), home) {
+            (Some(h), Some(file)) => read_home(file, h, dst)?,
+            _ => reader.read(location, dst)?,
+        }
+    }
+    Ok(())
 }
 
 /// Read home bytes; past the file's end (never written) they are zeros.
@@ -372,29 +413,11 @@ impl PageBlobStore for Emulator {
         offset: u64,
         buf: &mut [u8],
     ) -> StoreResult<()> {
-        let (plan, reader, home) = {
-            let mut inner = self.lock();
-            let (incarnation, plan) =
-                inner
-                    .account
-                    .read_plan(path, snapshot, offset, buf.len() as u64)?;
-            let home = if plan.iter().any(|(_, _, l)| home_offset(*l).is_some()) {
-                Some(inner.homes.file(incarnation)?)
-            } else {
-                None
-            };
-            (plan, inner.log.reader(), home)
-        };
-        buf.fill(0);
-        for (start, len, location) in plan {
-            let at = (start - offset) as usize;
-            let dst = &mut buf[at..at + len as usize];
-            match (home_offset(location), &home) {
-                (Some(h), Some(file)) => read_home(file, h, dst)?,
-                _ => reader.read(location, dst)?,
-            }
-        }
-        Ok(())
+        let mut inner = self.lock();
+        let (plan, reader, home) =
+            Emulator::plan_read(&mut inner, path, snapshot, offset, buf.len())?;
+        drop(inner);
+        execute_read(&plan, &reader, home.as_deref(), offset, buf)
     }
 
     fn page_ranges(
@@ -486,5 +509,117 @@ impl PageBlobStore for Emulator {
         let (effect, answer) = inner.account.lease(path, action, cond, now)?;
         Emulator::commit(&mut inner, effect, &[])?;
         Ok(answer)
+    }
+
+    fn incremental_copy(
+        &self,
+        dest: &BlobPath,
+        source: &BlobPath,
+        snapshot: Option<&str>,
+    ) -> StoreResult<CopyInfo> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let (new, prev) = inner
+            .account
+            .check_incremental_copy(dest, source, snapshot)?;
+        let snapshot = super::timestamp::snapshot_id(new);
+        let size = inner.account.properties(source, Some(&snapshot), now)?.size;
+        let info = CopyInfo {
+            id: format!("{:016x}-{new:x}", inner.account.applied()),
+            source: source.to_string(),
+            source_snapshot: snapshot.clone(),
+            status: "pending".into(),
+        };
+        let none = Conditions::default();
+        let first = prev.is_none();
+        if first {
+            // First copy, or the previous source snapshot is gone: start from an empty blob.
+            let effect = Effect::CreateBlob {
+                path: dest.clone(),
+                size,
+                sequence_number: 0,
+                time: now,
+            };
+            Emulator::commit(&mut inner, effect, &[])?;
+        }
+        Emulator::commit(
+            &mut inner,
+            Effect::Copy {
+                path: dest.clone(),
+                info: info.clone(),
+                done: false,
+            },
+            &[],
+        )?;
+        if !first && inner.account.properties(dest, None, now)?.size != size {
+            Emulator::commit(
+                &mut inner,
+                Effect::Resize {
+                    path: dest.clone(),
+                    size,
+                    time: now,
+                },
+                &[],
+            )?;
+        }
+        // Changed pages (all valid pages on a first copy), in Put Page sized pieces.
+        let mut marker = None;
+        let mut buf = Vec::new();
+        loop {
+            let list = inner.account.page_ranges(
+                source,
+                Some(&snapshot),
+                prev.as_deref(),
+                None,
+                marker,
+                None,
+            )?;
+            for r in &list.ranges {
+                let mut pos = r.start;
+                while pos <= r.end {
+                    let n = (r.end + 1 - pos).min(MAX_PUT_PAGES_BYTES);
+                    let effect = Effect::WritePages {
+                        path: dest.clone(),
+                        offset: pos,
+                        len: n,
+                        data: (!r.cleared).then(|| super::extent_map::home(pos)),
+                        time: now,
+                    };
+                    if !r.cleared {
+                        buf.resize(n as usize, 0);
+                        let (plan, reader, home) = Emulator::plan_read(
+                            &mut inner,
+                            source,
+                            Some(&snapshot),
+                            pos,
+                            n as usize,
+                        )?;
+                        execute_read(&plan, &reader, home.as_deref(), pos, &mut buf)?;
+                        Emulator::write_home(&mut inner, dest, pos, &buf)?;
+                    }
+                    Emulator::commit(&mut inner, effect, &[])?;
+                    pos += n;
+                }
+            }
+            match list.next_marker {
+                Some(m) => marker = Some(m),
+                None => break,
+            }
+        }
+        let snap = inner.account.snapshot(dest, &none, now)?;
+        Emulator::commit(&mut inner, snap, &[])?;
+        Emulator::commit(
+            &mut inner,
+            Effect::Copy {
+                path: dest.clone(),
+                info: info.clone(),
+                done: true,
+            },
+            &[],
+        )?;
+        Ok(CopyInfo {
+            status: "success".into(),
+            ..info
+        })
     }
 }

@@ -42,6 +42,10 @@ pub enum ErrorCode {
     UnsupportedHttpVerb,
     InvalidXmlDocument,
     ContainerBeingDeleted,
+    IncrementalCopySourceMustBeSnapshot,
+    IncrementalCopyBlobMismatch,
+    IncrementalCopyOfEarlierSnapshotNotAllowed,
+    OperationNotAllowedOnIncrementalCopyBlob,
 }
 
 impl ErrorCode {
@@ -57,7 +61,11 @@ impl ErrorCode {
             | InvalidUri
             | InvalidXmlDocument => 400,
             AuthenticationFailed => 403,
-            ContainerBeingDeleted => 409,
+            ContainerBeingDeleted
+            | IncrementalCopySourceMustBeSnapshot
+            | IncrementalCopyBlobMismatch
+            | IncrementalCopyOfEarlierSnapshotNotAllowed
+            | OperationNotAllowedOnIncrementalCopyBlob => 409,
             UnsupportedHttpVerb => 405,
             ContainerNotFound | BlobNotFound => 404,
             ContainerAlreadyExists
@@ -129,13 +137,19 @@ impl ErrorCode {
             UnsupportedHttpVerb => "UnsupportedHttpVerb",
             InvalidXmlDocument => "InvalidXmlDocument",
             ContainerBeingDeleted => "ContainerBeingDeleted",
+            IncrementalCopySourceMustBeSnapshot => "IncrementalCopySourceMustBeSnapshot",
+            IncrementalCopyBlobMismatch => "IncrementalCopyBlobMismatch",
+            IncrementalCopyOfEarlierSnapshotNotAllowed => {
+                "IncrementalCopyOfEarlierSnapshotNotAllowed"
+            }
+            OperationNotAllowedOnIncrementalCopyBlob => "OperationNotAllowedOnIncrementalCopyBlob",
         }
     }
 }
 
 impl ErrorCode {
     /// Every code, for parsing answers.
-    pub const ALL: [ErrorCode; 38] = {
+    pub const ALL: [ErrorCode; 42] = {
         use ErrorCode::*;
         [
             ContainerNotFound,
@@ -176,6 +190,10 @@ impl ErrorCode {
             UnsupportedHttpVerb,
             InvalidXmlDocument,
             ContainerBeingDeleted,
+            IncrementalCopySourceMustBeSnapshot,
+            IncrementalCopyBlobMismatch,
+            IncrementalCopyOfEarlierSnapshotNotAllowed,
+            OperationNotAllowedOnIncrementalCopyBlob,
         ]
     };
 

@@ -228,101 +228,14 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         let r = self.inner.lease(path, action, cond);
         self.after_write(r)
     }
-}
-
-impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
-    fn create_container(&self, name: &str) -> StoreResult<()> {
-        (**self).create_container(name)
-    }
-    fn list_containers(&self) -> StoreResult<Vec<String>> {
-        (**self).list_containers()
-    }
-    fn create_page_blob(
+    fn incremental_copy(
         &self,
-        path: &BlobPath,
-        size: u64,
-        sequence_number: u64,
-        cond: &Conditions,
-    ) -> StoreResult<Properties> {
-        (**self).create_page_blob(path, size, sequence_number, cond)
-    }
-    fn put_pages(
-        &self,
-        path: &BlobPath,
-        offset: u64,
-        data: &[u8],
-        cond: &Conditions,
-    ) -> StoreResult<Properties> {
-        (**self).put_pages(path, offset, data, cond)
-    }
-    fn clear_pages(
-        &self,
-        path: &BlobPath,
-        offset: u64,
-        len: u64,
-        cond: &Conditions,
-    ) -> StoreResult<Properties> {
-        (**self).clear_pages(path, offset, len, cond)
-    }
-    fn read(
-        &self,
-        path: &BlobPath,
+        dest: &BlobPath,
+        source: &BlobPath,
         snapshot: Option<&str>,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> StoreResult<()> {
-        (**self).read(path, snapshot, offset, buf)
-    }
-    fn page_ranges(
-        &self,
-        path: &BlobPath,
-        snapshot: Option<&str>,
-        prev_snapshot: Option<&str>,
-        range: Option<(u64, u64)>,
-        marker: Option<u64>,
-        max_results: Option<usize>,
-    ) -> StoreResult<PageRangeList> {
-        (**self).page_ranges(path, snapshot, prev_snapshot, range, marker, max_results)
-    }
-    fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
-        (**self).snapshot(path, cond)
-    }
-    fn list_blobs(
-        &self,
-        container: &str,
-        include_snapshots: bool,
-    ) -> StoreResult<Vec<BlobListing>> {
-        (**self).list_blobs(container, include_snapshots)
-    }
-    fn delete_blob(
-        &self,
-        path: &BlobPath,
-        snapshot: Option<&str>,
-        delete_snapshots: Option<DeleteSnapshots>,
-        cond: &Conditions,
-    ) -> StoreResult<()> {
-        (**self).delete_blob(path, snapshot, delete_snapshots, cond)
-    }
-    fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
-        (**self).resize(path, size, cond)
-    }
-    fn set_sequence_number(
-        &self,
-        path: &BlobPath,
-        action: SequenceNumberAction,
-        cond: &Conditions,
-    ) -> StoreResult<Properties> {
-        (**self).set_sequence_number(path, action, cond)
-    }
-    fn properties(&self, path: &BlobPath, snapshot: Option<&str>) -> StoreResult<Properties> {
-        (**self).properties(path, snapshot)
-    }
-    fn lease(
-        &self,
-        path: &BlobPath,
-        action: &LeaseAction,
-        cond: &Conditions,
-    ) -> StoreResult<LeaseAnswer> {
-        (**self).lease(path, action, cond)
+    ) -> StoreResult<CopyInfo> {
+        self.before(0)?;
+        let r = self.inner.incremental_copy(dest, source, snapshot);
+        self.after_write(r)
     }
 }

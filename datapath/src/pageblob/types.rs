@@ -49,6 +49,20 @@ pub struct Properties {
     /// Snapshot id when these are a snapshot's properties.
     pub snapshot: Option<String>,
     pub lease_state: LeaseStateName,
+    /// Set on the destination of an incremental copy.
+    pub copy: Option<CopyInfo>,
+}
+
+/// State of an incremental copy, as Get Blob Properties reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyInfo {
+    pub id: String,
+    /// `container/blob` of the source.
+    pub source: String,
+    /// The source snapshot copied last (or being copied).
+    pub source_snapshot: String,
+    /// `pending`, `success` or `failed`.
+    pub status: String,
 }
 
 /// `x-ms-lease-state` values.

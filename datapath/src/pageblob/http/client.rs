@@ -88,6 +88,21 @@ impl Answer {
                 Some("broken") => LeaseStateName::Broken,
                 _ => LeaseStateName::Available,
             },
+            copy: self.header("x-ms-copy-id").map(|id| CopyInfo {
+                id: id.to_string(),
+                source: self
+                    .header("x-ms-copy-source")
+                    .unwrap_or_default()
+                    .to_string(),
+                source_snapshot: self
+                    .header("x-ms-copy-source-snapshot")
+                    .unwrap_or_default()
+                    .to_string(),
+                status: self
+                    .header("x-ms-copy-status")
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
         }
     }
 }
@@ -575,6 +590,7 @@ impl PageBlobStore for HttpStore {
                         sequence_number: 0,
                         snapshot: None,
                         lease_state: LeaseStateName::Available,
+                        copy: None,
                     },
                 });
                 return;
@@ -722,6 +738,36 @@ impl PageBlobStore for HttpStore {
             lease_id: a.header("x-ms-lease-id").map(str::to_string),
             lease_time_secs: a.header("x-ms-lease-time").and_then(|v| v.parse().ok()),
             etag: a.header("etag").unwrap_or_default().to_string(),
+        })
+    }
+
+    fn incremental_copy(
+        &self,
+        dest: &BlobPath,
+        source: &BlobPath,
+        snapshot: Option<&str>,
+    ) -> StoreResult<CopyInfo> {
+        let mut url = format!(
+            "{}{}",
+            self.endpoint,
+            utf8_percent_encode(&Self::blob_resource(source), PATH_SET)
+        );
+        if let Some(s) = snapshot {
+            url.push_str("?snapshot=");
+            url.push_str(&utf8_percent_encode(s, QUERY_SET).to_string());
+        }
+        let a = self.send(
+            "PUT",
+            &Self::blob_resource(dest),
+            &[("comp", "incrementalcopy".into())],
+            &[("x-ms-copy-source", url)],
+            &[],
+        )?;
+        Ok(CopyInfo {
+            id: a.header("x-ms-copy-id").unwrap_or_default().to_string(),
+            source: source.to_string(),
+            source_snapshot: snapshot.unwrap_or_default().to_string(),
+            status: a.header("x-ms-copy-status").unwrap_or_default().to_string(),
         })
     }
 }

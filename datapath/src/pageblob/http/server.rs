@@ -396,6 +396,37 @@ fn with_properties(
         .header("x-ms-blob-sequence-number", p.sequence_number.to_string())
 }
 
+/// Split a copy-source URL (`http://host/ACCOUNT/CONTAINER/BLOB?snapshot=T`) of this account.
+fn parse_copy_source(account: &str, url: &str) -> Result<(BlobPath, Option<String>), StoreError> {
+    let invalid = || {
+        bad(
+            ErrorCode::InvalidHeaderValue,
+            format!("x-ms-copy-source {url:?} is not a blob URL of account {account}"),
+        )
+    };
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path_and_query = rest.find('/').map_or("", |i| &rest[i..]);
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let parts: Vec<&str> = path.trim_start_matches('/').splitn(3, '/').collect();
+    if parts.len() != 3 || parts[0] != account || parts[1].is_empty() || parts[2].is_empty() {
+        return Err(invalid());
+    }
+    let snapshot = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "snapshot")
+        .map(|(_, v)| decode(v));
+    Ok((
+        BlobPath {
+            container: decode(parts[1]),
+            blob: decode(parts[2]),
+        },
+        snapshot,
+    ))
+}
+
 fn route(
     state: &AppState,
     method: &Method,
@@ -583,6 +614,23 @@ fn route(
                 Body::from(xml::page_list(&list)),
             ))
         }
+        (&Method::PUT, Some("incrementalcopy")) => {
+            refuse_snapshot()?;
+            let source = req.header("x-ms-copy-source").ok_or_else(|| {
+                bad(
+                    ErrorCode::MissingRequiredHeader,
+                    "x-ms-copy-source is required",
+                )
+            })?;
+            let (source, source_snapshot) = parse_copy_source(&state.config.account, source)?;
+            let info = store.incremental_copy(&p, &source, source_snapshot.as_deref())?;
+            Ok(built(
+                ok(202)
+                    .header("x-ms-copy-id", &info.id)
+                    .header("x-ms-copy-status", &info.status),
+                empty(),
+            ))
+        }
         (&Method::PUT, Some("snapshot")) => {
             refuse_snapshot()?;
             let id = store.snapshot(&p, &cond)?;
@@ -734,6 +782,15 @@ fn route(
                 .header("x-ms-server-encrypted", "false");
             let base = match &props.snapshot {
                 Some(s) => base.header("x-ms-snapshot", s),
+                None => base,
+            };
+            let base = match &props.copy {
+                Some(c) => base
+                    .header("x-ms-copy-id", &c.id)
+                    .header("x-ms-copy-status", &c.status)
+                    .header("x-ms-copy-source", &c.source)
+                    .header("x-ms-copy-source-snapshot", &c.source_snapshot)
+                    .header("x-ms-incremental-copy", "true"),
                 None => base,
             };
             if method == Method::HEAD {

@@ -73,6 +73,9 @@ def write(endpoint, profile):
     assert pages == [(512, 1023)], pages
     assert clears == [(2 * 1024 * 1024, 2 * 1024 * 1024 + 4095)], clears
     snap_blob = cont.get_blob_client("disk.bin", snapshot=snap1)
+    managed = blob.get_page_range_diff_for_managed_disk(snap_blob.url)
+    assert [(r["start"], r["end"]) for r in managed[0]] == pages, managed
+    assert [(r["start"], r["end"]) for r in managed[1]] == clears, managed
     assert snap_blob.download_blob(offset=512, length=512).readall() == data[512:1024]
     # Writes to a snapshot are refused, not applied to the base.
     try:

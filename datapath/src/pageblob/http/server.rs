@@ -603,7 +603,12 @@ fn route(
                         .map_err(|_| bad(ErrorCode::InvalidQueryParameterValue, "maxresults"))
                 })
                 .transpose()?;
-            let prev = req.q("prevsnapshot");
+            // The managed-disk form names the previous snapshot by URL instead.
+            let prev_from_url = match req.header("x-ms-previous-snapshot-url") {
+                Some(url) => parse_copy_source(&state.config.account, url)?.1,
+                None => None,
+            };
+            let prev = req.q("prevsnapshot").or(prev_from_url.as_deref());
             let list = store.page_ranges(&p, snapshot.as_deref(), prev, range, marker, max)?;
             let props = store.properties(&p, snapshot.as_deref())?;
             let b = ok(200)

@@ -21,7 +21,8 @@ fn main() {
     let clock = ManualClock::new(0);
     let tag = std::process::id();
     type Check = fn(&dyn PageBlobStore, &str);
-    let checks: [(&str, Check); 8] = [
+    let checks: [(&str, Check); 9] = [
+        ("incremental_copy", c::incremental_copy),
         ("put_clear_read_and_ranges", c::put_clear_read_and_ranges),
         ("page_range_paging", c::page_range_paging),
         ("snapshots_and_diffs", c::snapshots_and_diffs),

@@ -7,11 +7,11 @@
 //! `magic "DPLR" | version u8 | kind u8 | reserved u16 | meta_len u32 | data_len u32 |
 //!  crc32c u32 (over the record with this field zero) | reserved u32 | meta (JSON) | data`.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use super::fs::{StoreFile, StoreFs};
 
 use super::account::Effect;
 use super::error::{StoreError, StoreResult};
@@ -39,10 +39,10 @@ pub enum Durability {
 }
 
 /// Append-only record log over numbered segment files.
-#[derive(Debug)]
 pub struct DataLog {
     dir: PathBuf,
-    segments: Vec<Arc<File>>,
+    fs: Arc<dyn StoreFs>,
+    segments: Vec<Arc<dyn StoreFile>>,
     /// Bytes used in the last segment.
     tail: u64,
     durability: Durability,
@@ -64,44 +64,51 @@ fn address(segment: usize, offset: u64) -> u64 {
     (segment as u64) << SEGMENT_SHIFT | offset
 }
 
+impl std::fmt::Debug for DataLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataLog")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("tail", &self.tail)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader")
+            .field("segments", &self.segments.len())
+            .finish()
+    }
+}
+
 impl DataLog {
     /// Open (or start) the log in `dir`, calling `apply` for every intact record in order with
     /// the effect and the address of its data.
     pub fn open(
+        fs: Arc<dyn StoreFs>,
         dir: &Path,
         durability: Durability,
         mut apply: impl FnMut(Effect, Option<u64>),
     ) -> StoreResult<DataLog> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        fs.create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut segments = Vec::new();
-        while segment_path(dir, segments.len()).exists() {
+        while fs.exists(&segment_path(dir, segments.len())) {
             let p = segment_path(dir, segments.len());
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&p)
-                .map_err(|e| io_err(&p, e))?;
-            segments.push(Arc::new(f));
+            segments.push(fs.open(&p, false).map_err(|e| io_err(&p, e))?);
         }
         if segments.is_empty() {
             let p = segment_path(dir, 0);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&p)
-                .map_err(|e| io_err(&p, e))?;
-            segments.push(Arc::new(f));
+            segments.push(fs.open(&p, true).map_err(|e| io_err(&p, e))?);
         }
         let mut tail = 0;
         let last = segments.len() - 1;
         for (n, file) in segments.iter().enumerate() {
             let path = segment_path(dir, n);
-            let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+            let len = file.len().map_err(|e| io_err(&path, e))?;
             let mut pos = 0u64;
             while pos < len {
-                match read_record(file, pos, len) {
+                match read_record(&**file, pos, len) {
                     Ok((effect, data_at, next)) => {
                         apply(effect, data_at.map(|d| address(n, d)));
                         pos = next;
@@ -124,6 +131,7 @@ impl DataLog {
         }
         Ok(DataLog {
             dir: dir.to_path_buf(),
+            fs,
             segments,
             tail,
             durability,
@@ -140,13 +148,8 @@ impl DataLog {
         if self.tail >= SEGMENT_TARGET_BYTES {
             let n = self.segments.len();
             let p = segment_path(&self.dir, n);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&p)
-                .map_err(|e| io_err(&p, e))?;
-            self.segments.push(Arc::new(f));
+            let f = self.fs.open(&p, true).map_err(|e| io_err(&p, e))?;
+            self.segments.push(f);
             self.tail = 0;
         }
         let mut head = Vec::with_capacity(HEADER_SIZE as usize + meta.len());
@@ -185,9 +188,9 @@ impl DataLog {
 }
 
 /// Reads data by address; cheap to clone, valid while the log only grows.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LogReader {
-    segments: Vec<Arc<File>>,
+    segments: Vec<Arc<dyn StoreFile>>,
 }
 
 impl LogReader {
@@ -205,7 +208,11 @@ impl LogReader {
 }
 
 /// Read and verify the record at `pos`: `(effect, data offset, next record)`.
-fn read_record(file: &File, pos: u64, len: u64) -> Result<(Effect, Option<u64>, u64), String> {
+fn read_record(
+    file: &dyn StoreFile,
+    pos: u64,
+    len: u64,
+) -> Result<(Effect, Option<u64>, u64), String> {
     if len - pos < HEADER_SIZE {
         return Err("header cut short".into());
     }

@@ -17,6 +17,7 @@ use super::account::{Account, Effect};
 use super::data_log::{DataLog, Durability, LogReader};
 use super::error::{StoreError, StoreResult};
 use super::extent_map::home_offset;
+use super::fs::{RealFs, StoreFile, StoreFs};
 use super::types::*;
 use super::PageBlobStore;
 use crate::clock::Clock;
@@ -26,7 +27,7 @@ pub const STORE_FORMAT_VERSION: u32 = 1;
 
 /// The store's fixed settings, written once when the directory is created.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct StoreFile {
+struct StoreSettings {
     format_version: u32,
     profile: Profile,
 }
@@ -39,8 +40,9 @@ struct Inner {
 
 /// Home files by incarnation, opened on first use.
 struct Homes {
+    fs: Arc<dyn StoreFs>,
     dir: PathBuf,
-    files: std::collections::BTreeMap<u64, Arc<std::fs::File>>,
+    files: std::collections::BTreeMap<u64, Arc<dyn StoreFile>>,
     durability: Durability,
 }
 
@@ -49,38 +51,34 @@ impl Homes {
         self.dir.join(format!("{incarnation:016}.data"))
     }
 
-    fn file(&mut self, incarnation: u64) -> StoreResult<Arc<std::fs::File>> {
+    fn file(&mut self, incarnation: u64) -> StoreResult<Arc<dyn StoreFile>> {
         if let Some(f) = self.files.get(&incarnation) {
             return Ok(Arc::clone(f));
         }
         let path = self.path(incarnation);
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| StoreError::Io {
-                path: path.display().to_string(),
-                source: e,
-            })?;
-        let f = Arc::new(f);
+        let f = self.fs.open(&path, true).map_err(|e| io_error(&path, e))?;
         self.files.insert(incarnation, Arc::clone(&f));
         Ok(f)
     }
 
-    /// Remove home files no version refers to any more.
+    /// Remove home files no version refers to any more (also ones left by a crash).
     fn collect(&mut self, live: &std::collections::BTreeSet<u64>) {
-        let dead: Vec<u64> = self
-            .files
-            .keys()
-            .filter(|i| !live.contains(i))
-            .copied()
-            .collect();
-        for i in dead {
-            self.files.remove(&i);
-            let _ = std::fs::remove_file(self.path(i));
+        self.files.retain(|i, _| live.contains(i));
+        for name in self.fs.list(&self.dir).unwrap_or_default() {
+            let incarnation = name
+                .strip_suffix(".data")
+                .and_then(|n| n.parse::<u64>().ok());
+            if incarnation.is_some_and(|i| !live.contains(&i)) {
+                let _ = self.fs.remove(&self.dir.join(name));
+            }
         }
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
     }
 }
 
@@ -98,8 +96,6 @@ impl std::fmt::Debug for Emulator {
 }
 
 impl Emulator {
-    /// Open the store in `dir`, creating it with `profile` if it is new. An existing store
-    /// keeps the profile it was created with (a different one is an error).
     /// Open an existing store with the profile it was created with.
     pub fn open_existing(
         dir: &Path,
@@ -107,29 +103,38 @@ impl Emulator {
         clock: Arc<dyn Clock>,
     ) -> StoreResult<Emulator> {
         let settings_path = dir.join("store.json");
-        let bytes = std::fs::read(&settings_path).map_err(|e| StoreError::Io {
-            path: settings_path.display().to_string(),
-            source: e,
-        })?;
-        let settings: StoreFile = serde_json::from_slice(&bytes)
+        let bytes = RealFs
+            .read(&settings_path)
+            .map_err(|e| io_error(&settings_path, e))?;
+        let settings: StoreSettings = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", settings_path.display())))?;
         Emulator::open(dir, settings.profile, durability, clock)
     }
 
+    /// Open the store in `dir`, creating it with `profile` if it is new. An existing store
+    /// keeps the profile it was created with (a different one is an error).
     pub fn open(
         dir: &Path,
         profile: Profile,
         durability: Durability,
         clock: Arc<dyn Clock>,
     ) -> StoreResult<Emulator> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
-            path: dir.display().to_string(),
-            source: e,
-        })?;
+        Emulator::open_with_fs(Arc::new(RealFs), dir, profile, durability, clock)
+    }
+
+    /// Open over any file system (tests pass a crash-simulating one).
+    pub fn open_with_fs(
+        fs: Arc<dyn StoreFs>,
+        dir: &Path,
+        profile: Profile,
+        durability: Durability,
+        clock: Arc<dyn Clock>,
+    ) -> StoreResult<Emulator> {
+        fs.create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let settings_path = dir.join("store.json");
-        let settings = match std::fs::read(&settings_path) {
+        let settings = match fs.read(&settings_path) {
             Ok(bytes) => {
-                let s: StoreFile = serde_json::from_slice(&bytes).map_err(|e| {
+                let s: StoreSettings = serde_json::from_slice(&bytes).map_err(|e| {
                     StoreError::Corrupt(format!("{}: {e}", settings_path.display()))
                 })?;
                 if s.format_version != STORE_FORMAT_VERSION {
@@ -149,54 +154,41 @@ impl Emulator {
                 s
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let s = StoreFile {
+                let s = StoreSettings {
                     format_version: STORE_FORMAT_VERSION,
                     profile,
                 };
-                write_atomically(
-                    &settings_path,
-                    &serde_json::to_vec_pretty(&s).expect("serializes"),
-                )?;
+                let bytes = serde_json::to_vec_pretty(&s).expect("serializes");
+                fs.write_atomic(&settings_path, &bytes)
+                    .map_err(|e| io_error(&settings_path, e))?;
                 s
             }
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: settings_path.display().to_string(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(io_error(&settings_path, e)),
         };
         let mut account = Account::new(settings.profile);
-        let log = DataLog::open(&dir.join("log"), durability, |mut effect, data| {
-            if let Effect::Relocate { data: d, .. } = &mut effect {
-                *d = data;
-            }
-            account.apply(&effect);
-        })?;
+        let log = DataLog::open(
+            Arc::clone(&fs),
+            &dir.join("log"),
+            durability,
+            |mut effect, data| {
+                if let Effect::Relocate { data: d, .. } = &mut effect {
+                    *d = data;
+                }
+                account.apply(&effect);
+            },
+        )?;
         account.fail_interrupted_copies();
         let homes_dir = dir.join("homes");
-        std::fs::create_dir_all(&homes_dir).map_err(|e| StoreError::Io {
-            path: homes_dir.display().to_string(),
-            source: e,
-        })?;
-        // Home files of blobs whose deletion was logged but not yet carried out.
-        let live = account.live_incarnations();
-        if let Ok(entries) = std::fs::read_dir(&homes_dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let incarnation = name
-                    .strip_suffix(".data")
-                    .and_then(|n| n.parse::<u64>().ok());
-                if incarnation.is_some_and(|i| !live.contains(&i)) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let homes = Homes {
+        fs.create_dir_all(&homes_dir)
+            .map_err(|e| io_error(&homes_dir, e))?;
+        let mut homes = Homes {
+            fs,
             dir: homes_dir,
             files: Default::default(),
             durability,
         };
+        // Home files of blobs whose deletion was logged but not yet carried out.
+        homes.collect(&account.live_incarnations());
         Ok(Emulator {
             inner: Mutex::new(Inner {
                 account,
@@ -237,7 +229,7 @@ impl Emulator {
         snapshot: Option<&str>,
         offset: u64,
         len: usize,
-    ) -> StoreResult<(Vec<(u64, u64, u64)>, LogReader, Option<Arc<std::fs::File>>)> {
+    ) -> StoreResult<(Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>)> {
         let (incarnation, plan) = inner
             .account
             .read_plan(path, snapshot, offset, len as u64)?;
@@ -259,7 +251,7 @@ impl Emulator {
         let sharing = inner.account.snapshots_sharing_home(path, offset, len);
         if !sharing.is_empty() {
             let mut old = vec![0u8; data.len()];
-            read_home(&file, offset, &mut old)?;
+            read_home(&*file, offset, &mut old)?;
             let relocate = Effect::Relocate {
                 path: path.clone(),
                 snapshots: sharing,
@@ -269,7 +261,6 @@ impl Emulator {
             };
             Emulator::commit(inner, relocate, &old)?;
         }
-        use std::os::unix::fs::FileExt;
         let io = |e| StoreError::Io {
             path: format!("home file of {path}"),
             source: e,
@@ -290,7 +281,7 @@ impl Emulator {
 fn execute_read(
     plan: &[(u64, u64, u64)],
     reader: &LogReader,
-    home: Option<&std::fs::File>,
+    home: Option<&dyn StoreFile>,
     offset: u64,
     buf: &mut [u8],
 ) -> StoreResult<()> {
@@ -307,8 +298,7 @@ fn execute_read(
 }
 
 /// Read home bytes; past the file's end (never written) they are zeros.
-fn read_home(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> StoreResult<()> {
-    use std::os::unix::fs::FileExt;
+fn read_home(file: &dyn StoreFile, offset: u64, buf: &mut [u8]) -> StoreResult<()> {
     let mut done = 0;
     while done < buf.len() {
         let n = file
@@ -322,24 +312,6 @@ fn read_home(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> StoreResult<(
             break;
         }
         done += n;
-    }
-    Ok(())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> StoreResult<()> {
-    let tmp = path.with_extension("tmp");
-    let io = |e| StoreError::Io {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let f = std::fs::File::create(&tmp).map_err(io)?;
-    std::io::Write::write_all(&mut &f, bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
     }
     Ok(())
 }

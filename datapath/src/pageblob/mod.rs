@@ -13,6 +13,7 @@ pub mod emulator;
 pub mod error;
 pub mod extent_map;
 pub mod faults;
+pub mod fs;
 pub mod http;
 pub mod timestamp;
 pub mod types;

@@ -1,0 +1,307 @@
+//! The emulator's file-system seam: everything it stores goes through [`StoreFs`], so tests can
+//! swap the real file system for [`CrashFs`], which dies at a chosen write (leaving that write
+//! torn) the way a killed process would.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// One open file.
+pub trait StoreFile: Send + Sync {
+    /// Read up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    fn sync_data(&self) -> io::Result<()>;
+
+    /// Fill `buf` exactly.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past the end of the file",
+                ));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Files and folders of a store.
+pub trait StoreFs: Send + Sync {
+    /// Open a file for reading and writing, creating it when `create`.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StoreFile>>;
+    fn exists(&self, path: &Path) -> bool;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// File names in a folder, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Replace `path` with `bytes` so that a crash leaves the old or the new content.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// The operating system's file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+impl StoreFile for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        std::fs::File::set_len(self, len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        std::fs::File::sync_data(self)
+    }
+}
+
+impl StoreFs for RealFs {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StoreFile>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(f))
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let f = std::fs::File::create(&tmp)?;
+        FileExt::write_all_at(&f, bytes, 0)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent() {
+            if let Ok(d) = std::fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An in-memory file system that crashes on purpose: after `writes_before_crash` writes, the
+/// next write lands only its first `torn_bytes` bytes and every later call fails, like a
+/// process killed mid-`pwrite`. [`CrashFs::restart`] brings it back with the files as left.
+#[derive(Debug, Default)]
+pub struct CrashFs {
+    state: Mutex<CrashState>,
+}
+
+#[derive(Debug, Default)]
+struct CrashState {
+    files: BTreeMap<PathBuf, Arc<Mutex<Vec<u8>>>>,
+    writes_before_crash: Option<u64>,
+    torn_bytes: usize,
+    crashed: bool,
+    writes: u64,
+}
+
+fn crashed() -> io::Error {
+    io::Error::other("simulated crash: the process is gone")
+}
+
+struct CrashFile {
+    fs: Arc<CrashFs>,
+    data: Arc<Mutex<Vec<u8>>>,
+}
+
+impl CrashFs {
+    pub fn new() -> Arc<CrashFs> {
+        Arc::new(CrashFs::default())
+    }
+
+    /// Crash at the write after `writes` more successful ones, keeping `torn_bytes` of it.
+    pub fn crash_after(&self, writes: u64, torn_bytes: usize) {
+        let mut s = self.state.lock().expect("not poisoned");
+        s.writes_before_crash = Some(writes);
+        s.torn_bytes = torn_bytes;
+    }
+
+    /// Writes done since the last restart.
+    pub fn writes(&self) -> u64 {
+        self.state.lock().expect("not poisoned").writes
+    }
+
+    pub fn has_crashed(&self) -> bool {
+        self.state.lock().expect("not poisoned").crashed
+    }
+
+    /// Come back up after a crash with whatever the files hold.
+    pub fn restart(&self) {
+        let mut s = self.state.lock().expect("not poisoned");
+        s.crashed = false;
+        s.writes_before_crash = None;
+        s.writes = 0;
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.state.lock().expect("not poisoned").crashed {
+            return Err(crashed());
+        }
+        Ok(())
+    }
+
+    /// Account for one write; `Some(n)`: this write is the fatal one, keep `n` bytes.
+    fn count_write(&self, len: usize) -> io::Result<Option<usize>> {
+        let mut s = self.state.lock().expect("not poisoned");
+        if s.crashed {
+            return Err(crashed());
+        }
+        s.writes += 1;
+        if s.writes_before_crash.is_some_and(|n| s.writes > n) {
+            s.crashed = true;
+            return Ok(Some(s.torn_bytes.min(len)));
+        }
+        Ok(None)
+    }
+}
+
+impl StoreFile for CrashFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.fs.check()?;
+        let data = self.data.lock().expect("not poisoned");
+        let start = (offset as usize).min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let keep = self.fs.count_write(buf.len())?;
+        let n = keep.unwrap_or(buf.len());
+        let mut data = self.data.lock().expect("not poisoned");
+        let end = offset as usize + n;
+        if data.len() < end {
+            data.resize(end, 0);
+        }
+        data[offset as usize..end].copy_from_slice(&buf[..n]);
+        match keep {
+            Some(_) => Err(crashed()),
+            None => Ok(()),
+        }
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.fs.check()?;
+        Ok(self.data.lock().expect("not poisoned").len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.fs.check()?;
+        self.data
+            .lock()
+            .expect("not poisoned")
+            .resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.fs.check()
+    }
+}
+
+/// `CrashFs` is used through an `Arc` so its files can reach back to it.
+impl StoreFs for Arc<CrashFs> {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StoreFile>> {
+        self.check()?;
+        let mut s = self.state.lock().expect("not poisoned");
+        let data = match s.files.get(path) {
+            Some(d) => Arc::clone(d),
+            None if create => {
+                let d = Arc::new(Mutex::new(Vec::new()));
+                s.files.insert(path.to_path_buf(), Arc::clone(&d));
+                d
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} not found", path.display()),
+                ))
+            }
+        };
+        Ok(Arc::new(CrashFile {
+            fs: Arc::clone(self),
+            data,
+        }))
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.state
+            .lock()
+            .expect("not poisoned")
+            .files
+            .contains_key(path)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.check()?;
+        self.state.lock().expect("not poisoned").files.remove(path);
+        Ok(())
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.check()?;
+        let s = self.state.lock().expect("not poisoned");
+        Ok(s.files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+    fn create_dir_all(&self, _: &Path) -> io::Result<()> {
+        self.check()
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.check()?;
+        let s = self.state.lock().expect("not poisoned");
+        match s.files.get(path) {
+            Some(d) => Ok(d.lock().expect("not poisoned").clone()),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} not found", path.display()),
+            )),
+        }
+    }
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        // A rename is atomic: the crash happens before it or after it, never inside.
+        if self.count_write(bytes.len())?.is_some() {
+            return Err(crashed());
+        }
+        self.state
+            .lock()
+            .expect("not poisoned")
+            .files
+            .insert(path.to_path_buf(), Arc::new(Mutex::new(bytes.to_vec())));
+        Ok(())
+    }
+}

@@ -72,9 +72,12 @@ fn open(fs: &Arc<CrashFs>) -> datapath::pageblob::StoreResult<Emulator> {
     )
 }
 
-/// Run the workload until the first failure; returns (acknowledged ops, snapshots taken with
-/// the model content at each, the failed op).
-fn run(fs: &Arc<CrashFs>) -> (Vec<u8>, Vec<(String, Vec<u8>)>, Option<Op>, bool) {
+/// What a run acknowledged: base content, snapshots with their content, the failed operation,
+/// and whether the blob got created at all.
+type Outcome = (Vec<u8>, Vec<(String, Vec<u8>)>, Option<Op>, bool);
+
+/// Run the workload until the first failure.
+fn run(fs: &Arc<CrashFs>) -> Outcome {
     let mut model = vec![0u8; SIZE as usize];
     let mut snaps = Vec::new();
     let store = match open(fs) {

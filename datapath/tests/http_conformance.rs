@@ -30,6 +30,11 @@ impl Drop for Served {
 
 fn served(dir: &std::path::Path, profile: Profile, clock: &Arc<ManualClock>) -> Served {
     let store = Emulator::open(dir, profile, Durability::Process, clock.clone()).unwrap();
+    serve_store(Arc::new(store), clock)
+}
+
+/// Serve any store on a free loopback port until the returned handle drops.
+fn serve_store(store: Arc<dyn PageBlobStore>, clock: &Arc<ManualClock>) -> Served {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -45,7 +50,7 @@ fn served(dir: &std::path::Path, profile: Profile, clock: &Arc<ManualClock>) -> 
         key: decode_key(DEV_KEY).unwrap(),
     };
     let clock: Arc<dyn datapath::clock::Clock> = clock.clone();
-    runtime.spawn(serve(listener, Arc::new(store), config, clock, async {
+    runtime.spawn(serve(listener, store, config, clock, async {
         let _ = rx.await;
     }));
     Served {
@@ -135,45 +140,19 @@ fn client_retries_through_injected_server_busy_and_the_suite_still_holds() {
         clock.clone(),
     )
     .unwrap();
-    let faulty = Arc::new(FaultyStore::new(
-        emulator,
-        FaultConfig {
-            seed: 7,
-            server_busy: 0.1,
-            ..Default::default()
-        },
-    ));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let config = ServerConfig {
-        account: DEV_ACCOUNT.into(),
-        key: decode_key(DEV_KEY).unwrap(),
+    let config = FaultConfig {
+        seed: 7,
+        server_busy: 0.1,
+        ..Default::default()
     };
-    let dyn_clock: Arc<dyn datapath::clock::Clock> = clock.clone();
-    let served: Arc<dyn PageBlobStore> = faulty.clone();
-    runtime.spawn(serve(listener, served, config, dyn_clock, async {
-        let _ = rx.await;
-    }));
-    let c = HttpStore::new(
-        &format!("http://{addr}/{DEV_ACCOUNT}"),
-        DEV_ACCOUNT,
-        &decode_key(DEV_KEY).unwrap(),
-    );
-    conformance::standard_suite(&c, &clock, "faulty");
+    let faulty = Arc::new(FaultyStore::new(emulator, config));
+    let s = serve_store(faulty.clone(), &clock);
+    conformance::standard_suite(&client(&s, DEV_KEY), &clock, "faulty");
     assert!(
         faulty.injected() > 10,
         "only {} faults injected",
         faulty.injected()
     );
-    let _ = tx.send(());
 }
 
 #[test]

@@ -1,205 +1,86 @@
 //! Store errors carry Azure's HTTP status and error code, so every implementation (embedded,
 //! served over HTTP, or a real account through the client) fails the same way.
 
-/// Azure Blob service error codes used by page-blob operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    ContainerNotFound,
-    ContainerAlreadyExists,
-    BlobNotFound,
-    BlobAlreadyExists,
-    InvalidHeaderValue,
-    InvalidQueryParameterValue,
-    MissingRequiredHeader,
-    InvalidPageRange,
-    InvalidRange,
-    RequestBodyTooLarge,
-    SnapshotsPresent,
-    SnapshotCountExceeded,
-    SnapshotOperationRateExceeded,
-    OperationNotAllowedOnSnapshot,
-    PreviousSnapshotNotFound,
-    PreviousSnapshotCannotBeNewer,
-    BlobOverwritten,
-    SequenceNumberConditionNotMet,
-    SequenceNumberIncrementTooLarge,
-    ConditionNotMet,
-    LeaseIdMissing,
-    LeaseIdMismatchWithBlobOperation,
-    LeaseIdMismatchWithLeaseOperation,
-    LeaseAlreadyPresent,
-    LeaseNotPresentWithBlobOperation,
-    LeaseNotPresentWithLeaseOperation,
-    LeaseIsBrokenAndCannotBeRenewed,
-    LeaseIsBreakingAndCannotBeAcquired,
-    LeaseIsBreakingAndCannotBeChanged,
-    ServerBusy,
-    OperationTimedOut,
-    InternalError,
-    InvalidInput,
-    AuthenticationFailed,
-    InvalidUri,
-    UnsupportedHttpVerb,
-    InvalidXmlDocument,
-    ContainerBeingDeleted,
-    IncrementalCopySourceMustBeSnapshot,
-    IncrementalCopyBlobMismatch,
-    IncrementalCopyOfEarlierSnapshotNotAllowed,
-    OperationNotAllowedOnIncrementalCopyBlob,
-}
-
-impl ErrorCode {
-    /// HTTP status Azure answers with.
-    pub fn status(self) -> u16 {
-        use ErrorCode::*;
-        match self {
-            InvalidHeaderValue
-            | InvalidQueryParameterValue
-            | MissingRequiredHeader
-            | PreviousSnapshotCannotBeNewer
-            | InvalidInput
-            | InvalidUri
-            | InvalidXmlDocument => 400,
-            AuthenticationFailed => 403,
-            ContainerBeingDeleted
-            | IncrementalCopySourceMustBeSnapshot
-            | IncrementalCopyBlobMismatch
-            | IncrementalCopyOfEarlierSnapshotNotAllowed
-            | OperationNotAllowedOnIncrementalCopyBlob => 409,
-            UnsupportedHttpVerb => 405,
-            ContainerNotFound | BlobNotFound => 404,
-            ContainerAlreadyExists
-            | BlobAlreadyExists
-            | SnapshotsPresent
-            | SnapshotCountExceeded
-            | SnapshotOperationRateExceeded
-            | OperationNotAllowedOnSnapshot
-            | PreviousSnapshotNotFound
-            | BlobOverwritten
-            | SequenceNumberIncrementTooLarge
-            | LeaseAlreadyPresent
-            | LeaseNotPresentWithLeaseOperation
-            | LeaseIdMismatchWithLeaseOperation
-            | LeaseIsBrokenAndCannotBeRenewed
-            | LeaseIsBreakingAndCannotBeAcquired
-            | LeaseIsBreakingAndCannotBeChanged => 409,
-            SequenceNumberConditionNotMet
-            | ConditionNotMet
-            | LeaseIdMissing
-            | LeaseIdMismatchWithBlobOperation
-            | LeaseNotPresentWithBlobOperation => 412,
-            RequestBodyTooLarge => 413,
-            InvalidPageRange | InvalidRange => 416,
-            InternalError | OperationTimedOut => 500,
-            ServerBusy => 503,
+/// Defines [`ErrorCode`] from one table of `Code = HTTP status`: the enum, its status, its
+/// name (the variant's own name, as Azure spells it) and the list of all codes.
+macro_rules! error_codes {
+    ($($code:ident = $status:literal,)+) => {
+        /// Azure Blob service error codes used by page-blob operations.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($code,)+
         }
-    }
 
-    /// The code string of `x-ms-error-code`.
-    pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            ContainerNotFound => "ContainerNotFound",
-            ContainerAlreadyExists => "ContainerAlreadyExists",
-            BlobNotFound => "BlobNotFound",
-            BlobAlreadyExists => "BlobAlreadyExists",
-            InvalidHeaderValue => "InvalidHeaderValue",
-            InvalidQueryParameterValue => "InvalidQueryParameterValue",
-            MissingRequiredHeader => "MissingRequiredHeader",
-            InvalidPageRange => "InvalidPageRange",
-            InvalidRange => "InvalidRange",
-            RequestBodyTooLarge => "RequestBodyTooLarge",
-            SnapshotsPresent => "SnapshotsPresent",
-            SnapshotCountExceeded => "SnapshotCountExceeded",
-            SnapshotOperationRateExceeded => "SnapshotOperationRateExceeded",
-            OperationNotAllowedOnSnapshot => "OperationNotAllowedOnSnapshot",
-            PreviousSnapshotNotFound => "PreviousSnapshotNotFound",
-            PreviousSnapshotCannotBeNewer => "PreviousSnapshotCannotBeNewer",
-            BlobOverwritten => "BlobOverwritten",
-            SequenceNumberConditionNotMet => "SequenceNumberConditionNotMet",
-            SequenceNumberIncrementTooLarge => "SequenceNumberIncrementTooLarge",
-            ConditionNotMet => "ConditionNotMet",
-            LeaseIdMissing => "LeaseIdMissing",
-            LeaseIdMismatchWithBlobOperation => "LeaseIdMismatchWithBlobOperation",
-            LeaseIdMismatchWithLeaseOperation => "LeaseIdMismatchWithLeaseOperation",
-            LeaseAlreadyPresent => "LeaseAlreadyPresent",
-            LeaseNotPresentWithBlobOperation => "LeaseNotPresentWithBlobOperation",
-            LeaseNotPresentWithLeaseOperation => "LeaseNotPresentWithLeaseOperation",
-            LeaseIsBrokenAndCannotBeRenewed => "LeaseIsBrokenAndCannotBeRenewed",
-            LeaseIsBreakingAndCannotBeAcquired => "LeaseIsBreakingAndCannotBeAcquired",
-            LeaseIsBreakingAndCannotBeChanged => "LeaseIsBreakingAndCannotBeChanged",
-            ServerBusy => "ServerBusy",
-            OperationTimedOut => "OperationTimedOut",
-            InternalError => "InternalError",
-            InvalidInput => "InvalidInput",
-            AuthenticationFailed => "AuthenticationFailed",
-            InvalidUri => "InvalidUri",
-            UnsupportedHttpVerb => "UnsupportedHttpVerb",
-            InvalidXmlDocument => "InvalidXmlDocument",
-            ContainerBeingDeleted => "ContainerBeingDeleted",
-            IncrementalCopySourceMustBeSnapshot => "IncrementalCopySourceMustBeSnapshot",
-            IncrementalCopyBlobMismatch => "IncrementalCopyBlobMismatch",
-            IncrementalCopyOfEarlierSnapshotNotAllowed => {
-                "IncrementalCopyOfEarlierSnapshotNotAllowed"
+        impl ErrorCode {
+            /// Every code, for parsing answers.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$code,)+];
+
+            /// HTTP status Azure answers with.
+            pub fn status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$code => $status,)+
+                }
             }
-            OperationNotAllowedOnIncrementalCopyBlob => "OperationNotAllowedOnIncrementalCopyBlob",
+
+            /// The code string of `x-ms-error-code`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => stringify!($code),)+
+                }
+            }
         }
-    }
+    };
+}
+
+error_codes! {
+    ContainerNotFound = 404,
+    ContainerAlreadyExists = 409,
+    ContainerBeingDeleted = 409,
+    BlobNotFound = 404,
+    BlobAlreadyExists = 409,
+    InvalidHeaderValue = 400,
+    InvalidQueryParameterValue = 400,
+    MissingRequiredHeader = 400,
+    InvalidInput = 400,
+    InvalidUri = 400,
+    InvalidXmlDocument = 400,
+    InvalidPageRange = 416,
+    InvalidRange = 416,
+    RequestBodyTooLarge = 413,
+    SnapshotsPresent = 409,
+    SnapshotCountExceeded = 409,
+    SnapshotOperationRateExceeded = 409,
+    OperationNotAllowedOnSnapshot = 409,
+    PreviousSnapshotNotFound = 409,
+    PreviousSnapshotCannotBeNewer = 400,
+    BlobOverwritten = 409,
+    SequenceNumberConditionNotMet = 412,
+    SequenceNumberIncrementTooLarge = 409,
+    ConditionNotMet = 412,
+    LeaseIdMissing = 412,
+    LeaseIdMismatchWithBlobOperation = 412,
+    LeaseIdMismatchWithLeaseOperation = 409,
+    LeaseAlreadyPresent = 409,
+    LeaseNotPresentWithBlobOperation = 412,
+    LeaseNotPresentWithLeaseOperation = 409,
+    LeaseIsBrokenAndCannotBeRenewed = 409,
+    LeaseIsBreakingAndCannotBeAcquired = 409,
+    LeaseIsBreakingAndCannotBeChanged = 409,
+    IncrementalCopySourceMustBeSnapshot = 409,
+    IncrementalCopyBlobMismatch = 409,
+    IncrementalCopyOfEarlierSnapshotNotAllowed = 409,
+    OperationNotAllowedOnIncrementalCopyBlob = 409,
+    AuthenticationFailed = 403,
+    UnsupportedHttpVerb = 405,
+    ServerBusy = 503,
+    OperationTimedOut = 500,
+    InternalError = 500,
 }
 
 impl ErrorCode {
-    /// Every code, for parsing answers.
-    pub const ALL: [ErrorCode; 42] = {
-        use ErrorCode::*;
-        [
-            ContainerNotFound,
-            ContainerAlreadyExists,
-            BlobNotFound,
-            BlobAlreadyExists,
-            InvalidHeaderValue,
-            InvalidQueryParameterValue,
-            MissingRequiredHeader,
-            InvalidPageRange,
-            InvalidRange,
-            RequestBodyTooLarge,
-            SnapshotsPresent,
-            SnapshotCountExceeded,
-            SnapshotOperationRateExceeded,
-            OperationNotAllowedOnSnapshot,
-            PreviousSnapshotNotFound,
-            PreviousSnapshotCannotBeNewer,
-            BlobOverwritten,
-            SequenceNumberConditionNotMet,
-            SequenceNumberIncrementTooLarge,
-            ConditionNotMet,
-            LeaseIdMissing,
-            LeaseIdMismatchWithBlobOperation,
-            LeaseIdMismatchWithLeaseOperation,
-            LeaseAlreadyPresent,
-            LeaseNotPresentWithBlobOperation,
-            LeaseNotPresentWithLeaseOperation,
-            LeaseIsBrokenAndCannotBeRenewed,
-            LeaseIsBreakingAndCannotBeAcquired,
-            LeaseIsBreakingAndCannotBeChanged,
-            ServerBusy,
-            OperationTimedOut,
-            InternalError,
-            InvalidInput,
-            AuthenticationFailed,
-            InvalidUri,
-            UnsupportedHttpVerb,
-            InvalidXmlDocument,
-            ContainerBeingDeleted,
-            IncrementalCopySourceMustBeSnapshot,
-            IncrementalCopyBlobMismatch,
-            IncrementalCopyOfEarlierSnapshotNotAllowed,
-            OperationNotAllowedOnIncrementalCopyBlob,
-        ]
-    };
-
     /// The code named by an `x-ms-error-code` value.
     pub fn parse(s: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == s)
     }
 }
 
@@ -246,7 +127,7 @@ mod tests {
 
     #[test]
     fn every_code_parses_back_from_its_name_and_names_are_unique() {
-        for code in ErrorCode::ALL {
+        for &code in ErrorCode::ALL {
             assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
             assert!((400..=503).contains(&code.status()));
         }

@@ -1,11 +1,12 @@
 //! `datapath`: keys, change tracking, the block pipeline, the replica layout, the page-blob
 //! store, the replicator and restore.
 //!
-//! Landed so far: the injected [`clock`] and the [`pageblob`] store (Azure page-blob
-//! semantics, the embedded crash-safe emulator). Keys, tracking, pipeline and replicator
-//! follow with issue 4.
+//! Landed so far: the injected [`clock`], the [`pageblob`] store (Azure page-blob semantics,
+//! the crash-safe emulator, the REST server and client) and [`keys`] (.pfx loading and key
+//! derivation). Change tracking, the block pipeline and the replicator follow with issue 4.
 
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod keys;
 pub mod pageblob;

@@ -1,0 +1,150 @@
+//! `.pfx` files made by `openssl pkcs12` (modern PBES2/AES and `-legacy` RC2/3DES) load, give
+//! the same keys, and fail with distinct errors for a wrong password or a missing key.
+
+use std::path::Path;
+use std::process::Command;
+
+use datapath::keys::{Identity, KeyError};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key and self-signed certificate, exported as modern, legacy and key-less `.pfx` files.
+fn make(dir: &Path, name: &str) {
+    let key = format!("{name}.key");
+    let cert = format!("{name}.crt");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=drplane-test",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &key,
+            "-in",
+            &cert,
+            "-out",
+            &format!("{name}-modern.pfx"),
+            "-passout",
+            "pass:s3cret",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-legacy",
+            "-inkey",
+            &key,
+            "-in",
+            &cert,
+            "-out",
+            &format!("{name}-legacy.pfx"),
+            "-passout",
+            "pass:s3cret",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-nokeys",
+            "-in",
+            &cert,
+            "-out",
+            &format!("{name}-nokey.pfx"),
+            "-passout",
+            "pass:s3cret",
+        ],
+    );
+}
+
+fn load(dir: &Path, file: &str, password: &str) -> Result<Identity, KeyError> {
+    Identity::from_pfx(&std::fs::read(dir.join(file)).unwrap(), password)
+}
+
+fn fingerprint(dir: &Path, cert: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha1", "-in", cert])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+}
+
+#[test]
+fn modern_and_legacy_pfx_of_one_key_give_the_same_identity_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    make(dir.path(), "a");
+    let modern = load(dir.path(), "a-modern.pfx", "s3cret").unwrap();
+    let legacy = load(dir.path(), "a-legacy.pfx", "s3cret").unwrap();
+    assert_eq!(modern.key_id, legacy.key_id);
+    assert_eq!(
+        modern.key_id.to_string(),
+        fingerprint(dir.path(), "a.crt"),
+        "key id is the SHA-1 thumbprint"
+    );
+    assert_eq!(modern.disk_keys("disk-1"), legacy.disk_keys("disk-1"));
+    let k1 = modern.disk_keys("disk-1");
+    let k2 = modern.disk_keys("disk-2");
+    assert_ne!(k1.data, k2.data);
+    assert_ne!(k1.data, k1.digest);
+}
+
+#[test]
+fn another_certificate_gives_other_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    make(dir.path(), "a");
+    make(dir.path(), "b");
+    let a = load(dir.path(), "a-modern.pfx", "s3cret").unwrap();
+    let b = load(dir.path(), "b-modern.pfx", "s3cret").unwrap();
+    assert_ne!(a.key_id, b.key_id);
+    assert_ne!(a.disk_keys("d").data, b.disk_keys("d").data);
+}
+
+#[test]
+fn wrong_password_and_missing_key_are_distinct_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    make(dir.path(), "a");
+    for file in ["a-modern.pfx", "a-legacy.pfx"] {
+        let err = load(dir.path(), file, "wrong").unwrap_err();
+        assert!(matches!(err, KeyError::WrongPassword), "{file}: {err}");
+    }
+    let err = load(dir.path(), "a-nokey.pfx", "s3cret").unwrap_err();
+    assert!(matches!(err, KeyError::NoPrivateKey), "{err}");
+}

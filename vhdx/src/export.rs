@@ -172,6 +172,7 @@ struct Copier {
 
 /// True when `out` lives on a file system where copy_file_range reflinks (XFS, Btrfs).
 #[cfg(target_os = "linux")]
+#[allow(clippy::unnecessary_cast)] // f_type's width differs between Linux targets
 fn reflinking_fs(out: &File) -> bool {
     const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
     const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;

@@ -65,6 +65,13 @@ impl fmt::Debug for Secret32 {
     }
 }
 
+impl Secret32 {
+    /// Wrap key bytes (for tests, golden files and keys carried in from elsewhere).
+    pub fn from_bytes(bytes: [u8; 32]) -> Secret32 {
+        Secret32(bytes)
+    }
+}
+
 /// The keys of one protected disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskKeys {

@@ -10,3 +10,4 @@
 pub mod clock;
 pub mod keys;
 pub mod pageblob;
+pub mod replica;

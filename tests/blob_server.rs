@@ -11,23 +11,29 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 
-/// A venv with azure-storage-blob, made once per target directory.
+/// A venv with azure-storage-blob, made once per target directory (tests in this binary run
+/// in parallel: only the first caller builds it, the others wait for it).
 fn python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("pyenv");
-    let py = root.join("bin/python");
-    let has_sdk = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import azure.storage.blob"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has_sdk(&py) {
-        run_ok(Command::new("python3").args(["-m", "venv"]).arg(&root));
-        run_ok(Command::new(&py).args(["-m", "pip", "install", "-q", "azure-storage-blob"]));
-    }
-    py
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("pyenv");
+        let py = root.join("bin/python");
+        let has_sdk = |py: &Path| {
+            Command::new(py)
+                .args(["-c", "import azure.storage.blob"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !has_sdk(&py) {
+            let _ = std::fs::remove_dir_all(&root); // a half-made venv from an interrupted run
+            run_ok(Command::new("python3").args(["-m", "venv"]).arg(&root));
+            run_ok(Command::new(&py).args(["-m", "pip", "install", "-q", "azure-storage-blob"]));
+        }
+        py
+    })
+    .clone()
 }
 
 struct Server {

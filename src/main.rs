@@ -20,6 +20,8 @@ enum Command {
     /// Inspect, check and export VHDX virtual disks.
     #[command(subcommand)]
     Vhdx(cmd::vhdx::VhdxCommand),
+    /// Create vault credentials (valid 5 days) and the data-encryption certificate (.pfx).
+    Register(cmd::register::RegisterArgs),
     /// Page-blob store: serve it over the Azure Blob REST API.
     #[command(subcommand)]
     Blob(cmd::blob::BlobCommand),
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Vhdx(c) => cmd::vhdx::run(c),
         Command::Blob(c) => cmd::blob::run(c),
+        Command::Register(a) => cmd::register::run(a),
     };
     match result {
         Ok(code) => code,

@@ -10,4 +10,5 @@
 pub mod clock;
 pub mod keys;
 pub mod pageblob;
+pub mod registration;
 pub mod replica;

@@ -1,4 +1,5 @@
 //! One module per command group.
 
 pub mod blob;
+pub mod register;
 pub mod vhdx;

@@ -10,5 +10,6 @@
 pub mod clock;
 pub mod keys;
 pub mod pageblob;
+pub mod policy;
 pub mod registration;
 pub mod replica;

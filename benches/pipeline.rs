@@ -6,7 +6,11 @@ use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use datapath::keys::{DiskKeys, Secret32};
+use datapath::replica::batch::encode_batch;
 use datapath::replica::block_record::BlockCodec;
+use datapath::replica::nonce::NonceSource;
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
 
 const BLOCK: usize = 64 * 1024;
 const BLOCKS: usize = 64;
@@ -108,6 +112,15 @@ fn pipeline(c: &mut Criterion) {
                     .enumerate()
                     .map(|(i, blk)| codec.encode(i as u64, 1, blk, [4; 12]).digest()[0])
                     .fold(0u8, |a, v| a ^ v)
+            })
+        });
+        let blocks: Vec<&[u8]> = input.chunks(BLOCK).collect();
+        group.bench_function("pipeline_encode_parallel_all_cores", |b| {
+            b.iter(|| {
+                let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(1));
+                encode_batch(&codec, 0, 1, &blocks, &mut nonces)
+                    .unwrap()
+                    .len()
             })
         });
         group.finish();

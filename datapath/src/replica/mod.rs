@@ -3,6 +3,7 @@
 //! zero detection, zstd, AES-256-GCM, CRC-32C), and where the GCM nonces come from ([`nonce`]).
 //! Format: docs/replica-format.md.
 
+pub mod batch;
 pub mod block_record;
 pub mod nonce;
 pub mod slot_header;

@@ -1,9 +1,11 @@
 //! `datapath`: keys, change tracking, the block pipeline, the replica layout, the page-blob
 //! store, the replicator and restore.
 //!
-//! Landed so far: the injected [`clock`], the [`pageblob`] store (Azure page-blob semantics,
-//! the crash-safe emulator, the REST server and client) and [`keys`] (.pfx loading and key
-//! derivation). Change tracking, the block pipeline and the replicator follow with issue 4.
+//! Landed so far: the injected [`clock`]; the [`pageblob`] store (Azure page-blob semantics,
+//! the crash-safe emulator, the REST server and client); [`registration`] and [`keys`] (.pfx
+//! and key derivation); [`policy`]; [`tracking`] (the persistent change bitmap); and
+//! [`replica`] (the block pipeline and slot record). The replicator, recovery points and
+//! restore follow with issue 4.
 
 #![forbid(unsafe_code)]
 
@@ -13,3 +15,4 @@ pub mod pageblob;
 pub mod policy;
 pub mod registration;
 pub mod replica;
+pub mod tracking;

@@ -5,5 +5,6 @@
 
 pub mod batch;
 pub mod block_record;
+pub mod manifest;
 pub mod nonce;
 pub mod slot_header;

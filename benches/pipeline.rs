@@ -115,10 +115,11 @@ fn pipeline(c: &mut Criterion) {
             })
         });
         let blocks: Vec<&[u8]> = input.chunks(BLOCK).collect();
+        let indices: Vec<u64> = (0..blocks.len() as u64).collect();
         group.bench_function("pipeline_encode_parallel_all_cores", |b| {
             b.iter(|| {
                 let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(1));
-                encode_batch(&codec, 0, 1, &blocks, &mut nonces)
+                encode_batch(&codec, &indices, 1, &blocks, &mut nonces)
                     .unwrap()
                     .len()
             })

@@ -12,22 +12,23 @@ use super::nonce::NonceSource;
 #[error("the nonce epoch is used up: start a new epoch before encoding more blocks")]
 pub struct EpochExhausted;
 
-/// Encode `blocks` (block `first_index + i` is `blocks[i]`) for cycle `generation`.
+/// Encode `blocks[i]` as block `indices[i]` of cycle `generation`.
 pub fn encode_batch(
     codec: &BlockCodec,
-    first_index: u64,
+    indices: &[u64],
     generation: u64,
     blocks: &[&[u8]],
     nonces: &mut NonceSource,
 ) -> Result<Vec<Encoded>, EpochExhausted> {
+    assert_eq!(indices.len(), blocks.len());
     let assigned: Vec<[u8; 12]> = (0..blocks.len())
         .map(|_| nonces.next_nonce().ok_or(EpochExhausted))
         .collect::<Result<_, _>>()?;
     Ok(blocks
         .par_iter()
         .zip(assigned.par_iter())
-        .enumerate()
-        .map(|(i, (block, nonce))| codec.encode(first_index + i as u64, generation, block, *nonce))
+        .zip(indices.par_iter())
+        .map(|((block, nonce), index)| codec.encode(*index, generation, block, *nonce))
         .collect())
 }
 
@@ -67,8 +68,9 @@ mod tests {
                 .build()
                 .unwrap();
             let mut n = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(5));
+            let indices: Vec<u64> = (100..100 + blocks.len() as u64).collect();
             let parallel = pool
-                .install(|| encode_batch(&codec, 100, 3, &blocks, &mut n))
+                .install(|| encode_batch(&codec, &indices, 3, &blocks, &mut n))
                 .unwrap();
             assert!(
                 parallel == sequential,

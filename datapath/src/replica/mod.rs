@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod block_record;
+pub mod disk_replica;
 pub mod manifest;
 pub mod nonce;
 pub mod slot_header;

@@ -22,6 +22,12 @@ enum Command {
     Vhdx(cmd::vhdx::VhdxCommand),
     /// Create vault credentials (valid 5 days) and the data-encryption certificate (.pfx).
     Register(cmd::register::RegisterArgs),
+    /// Replicate a disk file into a store as the next recovery point.
+    Replicate(cmd::replicate::ReplicateArgs),
+    /// List the recovery points of a replica.
+    Points(cmd::replicate::PointsArgs),
+    /// Restore a recovery point byte-exact to a raw file.
+    Restore(cmd::replicate::RestoreArgs),
     /// Page-blob store: serve it over the Azure Blob REST API.
     #[command(subcommand)]
     Blob(cmd::blob::BlobCommand),
@@ -33,6 +39,9 @@ fn main() -> ExitCode {
         Command::Vhdx(c) => cmd::vhdx::run(c),
         Command::Blob(c) => cmd::blob::run(c),
         Command::Register(a) => cmd::register::run(a),
+        Command::Replicate(a) => cmd::replicate::replicate(a),
+        Command::Points(a) => cmd::replicate::points(a),
+        Command::Restore(a) => cmd::replicate::restore(a),
     };
     match result {
         Ok(code) => code,

@@ -15,4 +15,5 @@ pub mod pageblob;
 pub mod policy;
 pub mod registration;
 pub mod replica;
+pub mod replicate;
 pub mod tracking;

@@ -152,7 +152,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn open(&self) -> Result<Box<dyn PageBlobStore>> {
+    pub fn open(&self) -> Result<Box<dyn PageBlobStore>> {
         if self.store.starts_with("http://") || self.store.starts_with("https://") {
             let account = match &self.account {
                 Some(a) => a.clone(),
@@ -169,6 +169,18 @@ impl Target {
                 .context("--key is not base64")?;
             Ok(Box::new(HttpStore::new(&self.store, &account, &key)))
         } else {
+            let dir = std::path::Path::new(&self.store);
+            if !dir.join("store.json").exists() {
+                // A new directory becomes a standard store.
+                let store = Emulator::open(
+                    dir,
+                    Profile::Standard,
+                    Durability::Process,
+                    Arc::new(SystemClock),
+                )
+                .with_context(|| format!("store {}", self.store))?;
+                return Ok(Box::new(store));
+            }
             let store = Emulator::open_existing(
                 std::path::Path::new(&self.store),
                 Durability::Process,

@@ -2,4 +2,5 @@
 
 pub mod blob;
 pub mod register;
+pub mod replicate;
 pub mod vhdx;

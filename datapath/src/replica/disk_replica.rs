@@ -132,6 +132,17 @@ impl<'a> DiskReplica<'a> {
         Ok(())
     }
 
+    /// The current slot header bytes of `block` (all zero for a cleared or never-written slot).
+    pub fn read_slot_header(&self, block: u64, head: &mut [u8]) -> Result<(), ReplicaError> {
+        self.store.read(
+            &self.data,
+            None,
+            self.layout.slot_offset(block),
+            &mut head[..HEADER_SIZE],
+        )?;
+        Ok(())
+    }
+
     /// Read and decode block `block` from the blob or a point's snapshot. A cleared slot reads
     /// as a zero block.
     pub fn read_block(

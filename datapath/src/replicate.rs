@@ -5,6 +5,8 @@
 
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::keys::{DiskKeys, Identity};
 use crate::replica::batch::encode_batch;
 use crate::replica::block_record::BlockCodec;
@@ -101,33 +103,49 @@ pub fn replicate_once(
             Ok(())
         };
     let mut head = vec![0u8; HEADER_SIZE];
-    for block in 0..layout.blocks() {
-        let offset = block * u64::from(layout.block_size);
-        let len = layout.block_len(block);
-        let mut data = vec![0u8; len as usize];
-        if !source.is_unallocated(offset, len) {
-            source
-                .read_at(offset, &mut data)
-                .map_err(|e| CycleError::Source { offset, source: e })?;
-            read += len;
+    let full_zero_digest = codec.digest(&vec![0u8; layout.block_size as usize]);
+    let blocks = layout.blocks();
+    let mut group_start = 0;
+    while group_start < blocks {
+        let group_end = (group_start + BATCH_BLOCKS as u64).min(blocks);
+        // Read the group (unallocated extents are never read), hash it on all cores.
+        let mut datas = Vec::with_capacity((group_end - group_start) as usize);
+        for block in group_start..group_end {
+            let offset = block * u64::from(layout.block_size);
+            let len = layout.block_len(block);
+            let mut data = vec![0u8; len as usize];
+            if !source.is_unallocated(offset, len) {
+                source
+                    .read_at(offset, &mut data)
+                    .map_err(|e| CycleError::Source { offset, source: e })?;
+                read += len;
+            }
+            datas.push(data);
         }
-        let digest = codec.digest(&data);
-        digests.push(digest);
-        // The digest stored in the slot tells whether the replica already holds this block.
-        replica.read_slot_header(block, &mut head)?;
-        let current = if head.iter().all(|&b| b == 0) {
-            Some(codec.digest(&vec![0u8; len as usize]))
-        } else {
-            SlotHeader::decode(&head).ok().map(|h| h.digest)
-        };
-        if current != Some(digest) {
-            changed += 1;
-            batch_idx.push(block);
-            batch_data.push(data);
-            if batch_idx.len() == BATCH_BLOCKS {
-                flush(&mut batch_idx, &mut batch_data, &mut stored)?;
+        let group_digests: Vec<[u8; 32]> = datas.par_iter().map(|d| codec.digest(d)).collect();
+        for ((block, data), digest) in (group_start..group_end).zip(datas).zip(group_digests) {
+            digests.push(digest);
+            // The digest stored in the slot tells whether the replica already holds this block.
+            replica.read_slot_header(block, &mut head)?;
+            let current = if head.iter().all(|&b| b == 0) {
+                Some(if data.len() == layout.block_size as usize {
+                    full_zero_digest
+                } else {
+                    codec.digest(&vec![0u8; data.len()])
+                })
+            } else {
+                SlotHeader::decode(&head).ok().map(|h| h.digest)
+            };
+            if current != Some(digest) {
+                changed += 1;
+                batch_idx.push(block);
+                batch_data.push(data);
             }
         }
+        if batch_idx.len() >= BATCH_BLOCKS {
+            flush(&mut batch_idx, &mut batch_data, &mut stored)?;
+        }
+        group_start = group_end;
     }
     flush(&mut batch_idx, &mut batch_data, &mut stored)?;
     let point = replica.commit_point(

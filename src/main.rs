@@ -28,6 +28,8 @@ enum Command {
     Points(cmd::replicate::PointsArgs),
     /// Restore a recovery point byte-exact to a raw file.
     Restore(cmd::replicate::RestoreArgs),
+    /// Check every recovery point of a replica decrypts and matches its Merkle root.
+    Verify(cmd::replicate::VerifyArgs),
     /// Page-blob store: serve it over the Azure Blob REST API.
     #[command(subcommand)]
     Blob(cmd::blob::BlobCommand),
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Replicate(a) => cmd::replicate::replicate(a),
         Command::Points(a) => cmd::replicate::points(a),
         Command::Restore(a) => cmd::replicate::restore(a),
+        Command::Verify(a) => cmd::replicate::verify(a),
     };
     match result {
         Ok(code) => code,

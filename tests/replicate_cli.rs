@@ -93,6 +93,11 @@ fn qemu_disk_replicated_over_cycles_restores_every_point_byte_exact() {
             std::path::Path::new(&p(&format!("expected-{cycle}.raw"))),
         );
     }
+    let verified = dp(&[
+        "verify", "--store", &store, "--pfx", &pfx, "--name", "disk1", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert!(v.as_array().unwrap().iter().all(|p| p["ok"] == true), "{v}");
     // Another certificate cannot restore, and says why.
     dp(&["register", "--vault", "w", "--out", &p("reg2")]);
     let other = drplane()

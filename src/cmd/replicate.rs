@@ -212,6 +212,62 @@ pub fn points(args: PointsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    keys: Keys,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Check that every point decrypts, decompresses and matches its Merkle root.
+pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    let identity = args.keys.load()?;
+    let store = args.target.open()?;
+    let provisional = open_replica(&*store, &args.name)?;
+    let keys = identity.disk_keys(&args.name);
+    let points = provisional.points(keys.digest.expose())?;
+    let codec = BlockCodec::new(&keys, 1, true);
+    let mut results = Vec::new();
+    let mut bad = 0;
+    for manifest in &points {
+        let layout = Layout {
+            disk_size: manifest.disk_size,
+            block_size: manifest.block_size,
+        };
+        let replica = DiskReplica::open(&*store, REPLICA_CONTAINER, &args.name, layout)?;
+        let outcome = replica.restore(&codec, manifest, keys.digest.expose(), |_, _| Ok(()));
+        if outcome.is_err() {
+            bad += 1;
+        }
+        results.push((manifest.sequence, outcome.err().map(|e| e.to_string())));
+    }
+    if args.json {
+        let v: Vec<_> = results
+            .iter()
+            .map(|(p, e)| json!({"point": p, "ok": e.is_none(), "error": e}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (p, e) in &results {
+            match e {
+                None => println!("point {p}: ok"),
+                Some(e) => println!("point {p}: {e}"),
+            }
+        }
+        println!("{} point(s) verified, {bad} failed", results.len());
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
     let store = args.target.open()?;

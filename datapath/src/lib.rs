@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzz_targets;
 pub mod keys;
 pub mod pageblob;
 pub mod policy;

@@ -1004,13 +1004,17 @@ impl Account {
         let v = self.version(path, snapshot)?;
         let (mut start, end) = match range {
             Some((s, e)) => {
-                if s % PAGE_SIZE != 0 || (e + 1) % PAGE_SIZE != 0 || e < s {
+                // `e` is inclusive and comes from a client: `e + 1` must not overflow.
+                let end = e
+                    .checked_add(1)
+                    .filter(|end| *end > s && s % PAGE_SIZE == 0 && end % PAGE_SIZE == 0);
+                let Some(end) = end else {
                     return err(
                         ErrorCode::InvalidPageRange,
                         format!("{path}: range {s}-{e} is not 512-byte aligned"),
                     );
-                }
-                (s, (e + 1).min(v.size))
+                };
+                (s, end.min(v.size))
             }
             None => (0, v.size),
         };

@@ -235,6 +235,24 @@ pub fn put_clear_read_and_ranges(store: &dyn PageBlobStore, container: &str) {
         code(store.read(&p, None, 64 * 1024 - 512, &mut [0; 1024])),
         ErrorCode::InvalidRange
     );
+    // Ranges at the edges of the number space and past the blob are answered, not crashed on.
+    assert_eq!(
+        code(store.page_ranges(&p, None, None, Some((0, u64::MAX)), None, None)),
+        ErrorCode::InvalidPageRange
+    );
+    let empty = BlobPath::new(container, "pages-empty");
+    store.create_page_blob(&empty, 4096, 0, &none()).unwrap();
+    let past = store.page_ranges(
+        &empty,
+        None,
+        None,
+        Some((1 << 20, (2 << 20) - 1)),
+        None,
+        None,
+    );
+    assert!(past.unwrap().ranges.is_empty());
+    let marker_past = store.page_ranges(&empty, None, None, None, Some(1 << 40), None);
+    assert!(marker_past.unwrap().ranges.is_empty());
     // A clear may span the whole blob.
     store.clear_pages(&p, 0, 64 * 1024, &none()).unwrap();
     assert!(ranges(store, &p, None, None).is_empty());

@@ -107,6 +107,9 @@ impl ExtentMap {
 
     /// Extents intersecting `[start, end)`, clipped to it, in order.
     pub fn clipped(&self, start: u64, end: u64) -> Vec<(u64, Extent)> {
+        if start >= end {
+            return Vec::new(); // e.g. a marker or range past the blob's end
+        }
         let first = self
             .extents
             .range(..=start)
@@ -332,6 +335,14 @@ mod tests {
                 }
             )
         );
+    }
+
+    #[test]
+    fn empty_or_inverted_ranges_clip_to_nothing() {
+        let mut m = ExtentMap::default();
+        m.insert(0, 4096, 1, Some(0));
+        assert!(m.clipped(8192, 4096).is_empty());
+        assert!(m.valid_ranges(4096, 4096).is_empty());
     }
 
     #[test]

@@ -557,7 +557,13 @@ fn route(
             })?;
             let end = end
                 .ok_or_else(|| bad(ErrorCode::InvalidHeaderValue, "the page range needs an end"))?;
-            let len = end - start + 1;
+            // `req.range()` ensures end >= start; only `+ 1` can overflow (end = 2^64 - 1).
+            let len = (end - start).checked_add(1).ok_or_else(|| {
+                bad(
+                    ErrorCode::InvalidPageRange,
+                    format!("range {start}-{end} is too long"),
+                )
+            })?;
             let props = match req.header("x-ms-page-write") {
                 Some("update") => {
                     if body.len() as u64 != len {

@@ -1,15 +1,19 @@
 //! `datapath`: keys, change tracking, the block pipeline, the replica layout, the page-blob
 //! store, the replicator and restore.
 //!
-//! Landed so far: the injected [`clock`]; the [`pageblob`] store (Azure page-blob semantics,
-//! the crash-safe emulator, the REST server and client); [`registration`] and [`keys`] (.pfx
-//! and key derivation); [`policy`]; [`tracking`] (the persistent change bitmap); and
-//! [`replica`] (the block pipeline and slot record). The replicator, recovery points and
-//! restore follow with issue 4.
+//! - [`clock`]: injected time; [`registration`] and [`keys`]: vault credentials, .pfx, key
+//!   derivation; [`policy`]: replication policies validated against the store profile.
+//! - [`pageblob`]: the store (Azure page-blob semantics, crash-safe emulator, REST server and
+//!   client).
+//! - [`replica`]: block pipeline, slot records, manifests, the replica blobs and restore.
+//! - [`tracking`]: the persistent change bitmap; [`cycle`]: one replication cycle;
+//!   [`retention`]: which points to keep; [`replicator`]: the sans-IO state machine that
+//!   schedules cycles; [`throttle`]: upload pacing for the real driver.
 
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod cycle;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzz_targets;
 pub mod keys;
@@ -17,5 +21,7 @@ pub mod pageblob;
 pub mod policy;
 pub mod registration;
 pub mod replica;
-pub mod replicate;
+pub mod replicator;
+pub mod retention;
+pub mod throttle;
 pub mod tracking;

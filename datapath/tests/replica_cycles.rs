@@ -65,7 +65,7 @@ fn cycle(
         .collect();
     let encoded = encode_batch(codec, blocks, sequence, &slices, nonces).unwrap();
     for (&b, rec) in blocks.iter().zip(&encoded) {
-        replica.write_block(b, rec).unwrap();
+        replica.write_block(b, rec.clone()).unwrap();
         digests[b as usize] = rec.digest();
     }
     replica

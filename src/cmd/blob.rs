@@ -153,6 +153,11 @@ pub struct Target {
 
 impl Target {
     pub fn open(&self) -> Result<Box<dyn PageBlobStore>> {
+        Ok(self.open_with_profile()?.0)
+    }
+
+    /// The store and, for a store directory, the profile it was created with.
+    pub fn open_with_profile(&self) -> Result<(Box<dyn PageBlobStore>, Option<Profile>)> {
         if self.store.starts_with("http://") || self.store.starts_with("https://") {
             let account = match &self.account {
                 Some(a) => a.clone(),
@@ -167,7 +172,7 @@ impl Target {
             };
             let key = decode_key(self.key.as_deref().unwrap_or(DEV_KEY))
                 .context("--key is not base64")?;
-            Ok(Box::new(HttpStore::new(&self.store, &account, &key)))
+            Ok((Box::new(HttpStore::new(&self.store, &account, &key)), None))
         } else {
             let dir = std::path::Path::new(&self.store);
             if !dir.join("store.json").exists() {
@@ -179,7 +184,8 @@ impl Target {
                     Arc::new(SystemClock),
                 )
                 .with_context(|| format!("store {}", self.store))?;
-                return Ok(Box::new(store));
+                let profile = store.profile();
+                return Ok((Box::new(store), Some(profile)));
             }
             let store = Emulator::open_existing(
                 std::path::Path::new(&self.store),
@@ -187,7 +193,8 @@ impl Target {
                 Arc::new(SystemClock),
             )
             .with_context(|| format!("store {}", self.store))?;
-            Ok(Box::new(store))
+            let profile = store.profile();
+            Ok((Box::new(store), Some(profile)))
         }
     }
 }

@@ -8,18 +8,25 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use datapath::clock::{Clock, SystemClock};
+use datapath::cycle::{run_cycle, BlockSource, CycleOptions, CycleReport, RawSource, Selection};
 use datapath::keys::Identity;
 use datapath::pageblob::timestamp::http_date;
+use datapath::pageblob::{PageBlobStore, Profile};
+use datapath::policy::Policy;
+use datapath::registration::VaultCredentials;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
+use datapath::replica::manifest::{Consistency, Manifest};
 use datapath::replica::nonce::NonceSource;
-use datapath::replicate::{replicate_once, BlockSource, RawSource};
+use datapath::replicator::{Action, CycleKind, CycleOutcome, Replicator, Resume};
+use datapath::retention::PointInfo;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
 
 use super::blob::Target;
 use super::register::pfx_password;
+use crate::progress::bytes_bar;
 
 /// Container that holds replicas.
 const REPLICA_CONTAINER: &str = "replicas";
@@ -51,18 +58,43 @@ pub struct ReplicateArgs {
     target: Target,
     #[command(flatten)]
     keys: Keys,
+    /// Vault credentials from `drplane register` (default: VAULT.VaultCredentials next to
+    /// the .pfx, when there is one); expired credentials are refused.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
     /// Replica name (default: the VHDX Virtual Disk ID, or the file name).
     #[arg(long)]
     name: Option<String>,
-    /// Replication block size in KiB (power of two, 4–4096); fixed for a replica.
-    #[arg(long, default_value_t = 64)]
-    block_size_kib: u32,
-    #[arg(long, default_value_t = 1)]
-    zstd_level: i32,
+    /// Replication policy (TOML); default: ASR's defaults.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Profile of a store given by URL, for policy checks: standard, premium, premium-spaced.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Replication block size in KiB (overrides the policy); fixed for a replica.
+    #[arg(long)]
+    block_size_kib: Option<u32>,
+    /// zstd level (overrides the policy).
+    #[arg(long, allow_negative_numbers = true)]
+    zstd_level: Option<i32>,
+    /// Upload threads (overrides the policy).
+    #[arg(long)]
+    upload_threads: Option<u32>,
+    /// The disk is quiescent (VM stopped or file system frozen): points are app-consistent.
+    #[arg(long)]
+    app_consistent: bool,
+    /// Keep replicating on the policy's schedule until interrupted (default: one cycle now).
+    #[arg(long, conflicts_with = "once")]
+    watch: bool,
+    /// One cycle now, then retention, then exit (the default).
+    #[arg(long)]
+    once: bool,
+    /// With --watch: stop after this many cycles.
+    #[arg(long, requires = "watch")]
+    cycles: Option<u64>,
     #[arg(long)]
     json: bool,
 }
-
 #[derive(Debug, Args)]
 pub struct PointsArgs {
     #[command(flatten)]
@@ -83,7 +115,7 @@ pub struct RestoreArgs {
     keys: Keys,
     #[arg(long)]
     name: String,
-    /// Point sequence number, or `latest`.
+    /// Point sequence number, `latest`, or `latest-app` (newest app-consistent point).
     #[arg(long, default_value = "latest")]
     point: String,
     /// Raw output file.
@@ -100,73 +132,372 @@ fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"))
     {
-        let disk = vhdx::Disk::open(path).with_context(|| path.display().to_string())?;
+        // Read with pread, not a map: a large disk must not inflate the resident set.
+        let file = vhdx::PositionalFile::open(path).with_context(|| path.display().to_string())?;
+        let disk = vhdx::Disk::open_with(
+            Box::new(file),
+            &path.display().to_string(),
+            &vhdx::FileSystemResolver,
+        )
+        .with_context(|| path.display().to_string())?;
         let id = disk.top().metadata.disk_id.to_string();
         Ok((Box::new(disk), id))
     } else {
-        let file = vhdx::MappedFile::open(path).with_context(|| path.display().to_string())?;
-        Ok((Box::new(RawSource(file)), stem))
+        let raw = RawSource::open(path).with_context(|| path.display().to_string())?;
+        Ok((Box::new(raw), stem))
     }
 }
 
-/// The layout of an existing replica (from its blob size) or of a new one.
-fn layout_for(disk_size: u64, block_size_kib: u32) -> Result<Layout> {
-    let block_size = block_size_kib
-        .checked_mul(1024)
-        .filter(|b| b.is_power_of_two() && (4096..=4 << 20).contains(b));
-    let Some(block_size) = block_size else {
-        bail!("--block-size-kib {block_size_kib}: a power of two from 4 to 4096")
+/// Check the vault credentials that belong to this .pfx, if any.
+fn check_credentials(args: &ReplicateArgs, identity: &Identity, now: u64) -> Result<()> {
+    let path = match &args.credentials {
+        Some(p) => p.clone(),
+        None => {
+            let sibling = args.keys.pfx.with_extension("VaultCredentials");
+            if !sibling.exists() {
+                return Ok(());
+            }
+            sibling
+        }
     };
-    Ok(Layout {
-        disk_size: disk_size.next_multiple_of(512),
-        block_size,
-    })
+    let text = std::fs::read(&path).with_context(|| path.display().to_string())?;
+    let creds: VaultCredentials = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not vault credentials", path.display()))?;
+    creds
+        .check(&creds.vault, now)
+        .with_context(|| path.display().to_string())?;
+    if creds.certificate_thumbprint != identity.key_id.to_string() {
+        bail!(
+            "{}: the credentials name certificate {}, the .pfx holds {}",
+            path.display(),
+            creds.certificate_thumbprint,
+            identity.key_id
+        );
+    }
+    Ok(())
+}
+
+fn load_policy(args: &ReplicateArgs, profile: Profile) -> Result<Policy> {
+    let text = match &args.policy {
+        Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+        None => String::new(),
+    };
+    let mut policy = Policy::from_toml(&text, profile).with_context(|| match &args.policy {
+        Some(p) => p.display().to_string(),
+        None => "default policy".into(),
+    })?;
+    // Flags override the file; validated by the same rules.
+    let mut overrides = Vec::new();
+    if let Some(b) = args.block_size_kib {
+        overrides.push(format!("block_size_kib = {b}"));
+    }
+    if let Some(z) = args.zstd_level {
+        overrides.push(format!("zstd_level = {z}"));
+    }
+    if let Some(u) = args.upload_threads {
+        overrides.push(format!("upload_threads = {u}"));
+    }
+    if !overrides.is_empty() {
+        let checked = Policy::from_toml(&overrides.join("\n"), profile)?;
+        if args.block_size_kib.is_some() {
+            policy.block_size = checked.block_size;
+        }
+        if args.zstd_level.is_some() {
+            policy.zstd_level = checked.zstd_level;
+        }
+        if args.upload_threads.is_some() {
+            policy.upload_threads = checked.upload_threads;
+        }
+    }
+    Ok(policy)
+}
+
+/// Everything a cycle of one disk needs, held by the driver.
+struct Session<'a> {
+    name: String,
+    source: Box<dyn BlockSource>,
+    replica: DiskReplica<'a>,
+    identity: Identity,
+    keys: datapath::keys::DiskKeys,
+    policy: Policy,
+    nonces: NonceSource,
+    app_consistent: bool,
+    json: bool,
+}
+
+impl Session<'_> {
+    fn points(&self) -> Result<Vec<Manifest>> {
+        Ok(self.replica.points(self.keys.digest.expose())?)
+    }
+
+    fn run(&mut self, kind: CycleKind, throttle: Option<u64>) -> Result<CycleReport> {
+        let now = SystemClock.now_nanos();
+        let options = CycleOptions {
+            selection: Selection::Scan,
+            consistency: if self.app_consistent {
+                Consistency::Application
+            } else {
+                Consistency::Crash
+            },
+            zstd_level: self.policy.zstd_level,
+            encrypt: self.policy.encrypt_at_rest,
+            upload_threads: self.policy.upload_threads as usize,
+            throttle_bytes_per_sec: throttle,
+            now_nanos: now,
+        };
+        let what = match kind {
+            CycleKind::Initial => "initial replication",
+            CycleKind::Delta => "delta cycle",
+            CycleKind::Resync => "resync",
+        };
+        let bar = bytes_bar(self.source.disk_size(), what);
+        let report = run_cycle(
+            &self.replica,
+            &*self.source,
+            &self.identity,
+            &self.keys,
+            &options,
+            &mut self.nonces,
+            &|p| {
+                bar.set_length(p.bytes_total);
+                bar.set_position(p.bytes_done);
+                if p.bytes_sent > 0 {
+                    bar.set_message(format!(
+                        "{what} (sent {})",
+                        indicatif::HumanBytes(p.bytes_sent)
+                    ));
+                }
+            },
+        )?;
+        bar.finish_and_clear();
+        Ok(report)
+    }
+
+    /// Delete the points retention lets go; returns their sequences.
+    fn apply_retention(&self, machine: &Replicator) -> Result<Vec<u64>> {
+        let points = self.points()?;
+        let infos: Vec<PointInfo> = points
+            .iter()
+            .map(|p| PointInfo {
+                sequence: p.sequence,
+                time_nanos: p.time_nanos,
+                consistency: p.consistency,
+            })
+            .collect();
+        let doomed = machine.retention(SystemClock.now_nanos(), &infos);
+        for p in points.iter().filter(|p| doomed.contains(&p.sequence)) {
+            self.replica.delete_point(p)?;
+        }
+        Ok(doomed)
+    }
+
+    fn print(&self, kind: CycleKind, report: &CycleReport, deleted: &[u64]) -> Result<()> {
+        let ratio = if report.bytes_sent > 0 {
+            report.bytes_changed as f64 / report.bytes_sent as f64
+        } else {
+            0.0
+        };
+        let rpo = SystemClock
+            .now_nanos()
+            .saturating_sub(report.point.time_nanos) as f64
+            / 1e9;
+        let kind = format!("{kind:?}").to_lowercase();
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string(&json!({
+                    "name": self.name, "kind": kind, "point": report.point.sequence,
+                    "snapshot": report.point.snapshot,
+                    "consistency": consistency_name(report.point.consistency),
+                    "blocks": report.blocks, "blocks_examined": report.blocks_examined,
+                    "blocks_changed": report.blocks_changed, "bytes_read": report.bytes_read,
+                    "bytes_changed": report.bytes_changed, "bytes_sent": report.bytes_sent,
+                    "compression_ratio": ratio, "seconds": report.seconds,
+                    "rpo_seconds": rpo, "table_rebuilt": report.table_rebuilt,
+                    "points_deleted": deleted,
+                }))?
+            );
+        } else {
+            println!(
+                "{}: {kind} point {} committed ({}, {}): {} of {} blocks changed; read {}, changed {}, sent {} (ratio {ratio:.2}); {:.2} s; RPO {rpo:.1} s{}",
+                self.name,
+                report.point.sequence,
+                report.point.snapshot,
+                consistency_name(report.point.consistency),
+                report.blocks_changed,
+                report.blocks,
+                indicatif::HumanBytes(report.bytes_read),
+                indicatif::HumanBytes(report.bytes_changed),
+                indicatif::HumanBytes(report.bytes_sent),
+                report.seconds,
+                if deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!("; retention deleted point(s) {deleted:?}")
+                }
+            );
+        }
+        Ok(())
+    }
+}
+
+fn consistency_name(c: Consistency) -> &'static str {
+    match c {
+        Consistency::Crash => "crash-consistent",
+        Consistency::Application => "app-consistent",
+    }
 }
 
 pub fn replicate(args: ReplicateArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
+    let now = SystemClock.now_nanos();
+    check_credentials(&args, &identity, now)?;
     let (source, default_name) = open_source(&args.disk)?;
-    let name = args.name.unwrap_or(default_name);
-    let store = args.target.open()?;
-    let layout = layout_for(source.disk_size(), args.block_size_kib)?;
-    let replica = DiskReplica::open(&*store, REPLICA_CONTAINER, &name, layout)?;
-    let keys = identity.disk_keys(&name);
-    let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::from_os_rng());
-    let report = replicate_once(
-        &replica,
-        &*source,
-        &identity,
-        &keys,
-        args.zstd_level,
-        &mut nonces,
-        SystemClock.now_nanos(),
-    )?;
-    let ratio = if report.bytes_stored > 0 {
-        report.bytes_read as f64 / report.bytes_stored as f64
-    } else {
-        0.0
+    let name = args.name.clone().unwrap_or(default_name);
+    let (store, store_profile) = args.target.open_with_profile()?;
+    let profile = match (&args.profile, store_profile) {
+        (Some(p), _) => Profile::parse(p)
+            .with_context(|| format!("--profile {p}: standard, premium or premium-spaced"))?,
+        (None, Some(p)) => p,
+        (None, None) => Profile::Standard,
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "name": name, "point": report.point.sequence, "snapshot": report.point.snapshot,
-                "blocks": report.blocks, "blocks_changed": report.blocks_changed,
-                "bytes_read": report.bytes_read, "bytes_stored": report.bytes_stored,
-                "seconds": report.seconds,
-            }))?
-        );
-    } else {
-        println!(
-            "{name}: point {} committed ({}), {} of {} blocks changed, {} bytes read, {} stored (ratio {ratio:.2}), {:.2} s",
-            report.point.sequence, report.point.snapshot, report.blocks_changed, report.blocks, report.bytes_read, report.bytes_stored, report.seconds
-        );
+    let mut policy = load_policy(&args, profile)?;
+    let keys = identity.disk_keys(&name);
+    // An existing replica keeps its block size.
+    let disk_size = source.disk_size().next_multiple_of(512);
+    let probe = DiskReplica::open(
+        &*store,
+        REPLICA_CONTAINER,
+        &name,
+        Layout {
+            disk_size,
+            block_size: policy.block_size,
+        },
+    );
+    let existing = match &probe {
+        Ok(r) => r.points(keys.digest.expose())?,
+        Err(_) => Vec::new(),
+    };
+    if let Some(last) = existing.last() {
+        if args.block_size_kib.is_some() && last.block_size != policy.block_size {
+            bail!(
+                "replica {name} uses {} KiB blocks; --block-size-kib {} cannot change it",
+                last.block_size / 1024,
+                policy.block_size / 1024
+            );
+        }
+        policy.block_size = last.block_size;
     }
-    Ok(ExitCode::SUCCESS)
+    drop(probe);
+    let layout = Layout {
+        disk_size,
+        block_size: policy.block_size,
+    };
+    let replica = DiskReplica::open(&*store, REPLICA_CONTAINER, &name, layout)?;
+    let swept = replica.sweep_orphans(&existing)?;
+    if swept > 0 {
+        eprintln!("{name}: removed {swept} snapshot(s) left by an interrupted commit");
+    }
+    let resume = Resume {
+        last_point_nanos: existing.last().map(|p| p.time_nanos),
+        last_app_point_nanos: existing
+            .iter()
+            .rev()
+            .find(|p| p.consistency == Consistency::Application)
+            .map(|p| p.time_nanos),
+        tracking_untrusted: None,
+    };
+    let mut machine = Replicator::new(
+        policy.clone(),
+        profile.max_snapshots_per_blob(),
+        now,
+        resume,
+    );
+    let mut session = Session {
+        name,
+        source,
+        replica,
+        identity,
+        keys,
+        policy,
+        nonces: NonceSource::new_epoch(&mut ChaCha8Rng::from_os_rng()),
+        app_consistent: args.app_consistent,
+        json: args.json,
+    };
+    if !args.watch {
+        let kind = machine.phase();
+        let report = session.run(kind, machine.throttle_at(now))?;
+        let deleted = session.apply_retention(&machine)?;
+        session.print(kind, &report, &deleted)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    watch(&mut machine, &mut session, args.cycles)
+}
+
+/// The tokio driver: sleep until the machine wants a cycle, run it, report, repeat; Ctrl-C
+/// stops between cycles.
+fn watch(machine: &mut Replicator, session: &mut Session<'_>, cycles: Option<u64>) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .build()?;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut done = 0u64;
+    loop {
+        if cycles.is_some_and(|n| done >= n) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let now = SystemClock.now_nanos();
+        match machine.poll(now) {
+            Action::Wait { until_nanos } => {
+                let wait = std::time::Duration::from_nanos(until_nanos.saturating_sub(now));
+                let stop = runtime.block_on(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => false,
+                        _ = &mut interrupted => true,
+                    }
+                });
+                if stop {
+                    eprintln!("{}: stopped", session.name);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Action::RunCycle(plan) => {
+                let outcome = session.run(plan.kind, plan.throttle_bytes_per_sec);
+                let finished = SystemClock.now_nanos();
+                match outcome {
+                    Ok(report) => {
+                        machine.cycle_finished(
+                            finished,
+                            &CycleOutcome::Committed {
+                                point_time_nanos: report.point.time_nanos,
+                            },
+                        );
+                        let deleted = session.apply_retention(machine)?;
+                        session.print(plan.kind, &report, &deleted)?;
+                        let health = machine.health(finished);
+                        for w in &health.warnings {
+                            eprintln!("{}: health warning: {w}", session.name);
+                        }
+                        done += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("{}: cycle failed, will retry: {e:#}", session.name);
+                        machine.cycle_finished(
+                            finished,
+                            &CycleOutcome::Failed {
+                                reason: format!("{e:#}"),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn open_replica<'a>(
-    store: &'a dyn datapath::pageblob::PageBlobStore,
+    store: &'a dyn PageBlobStore,
     name: &str,
 ) -> Result<DiskReplica<'a>> {
     let path = datapath::pageblob::BlobPath::new(REPLICA_CONTAINER, &format!("{name}.replica"));
@@ -279,10 +610,16 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
             .last()
             .context("the replica has no recovery point")?
             .clone(),
+        "latest-app" => points
+            .iter()
+            .rev()
+            .find(|p| p.consistency == Consistency::Application)
+            .context("the replica has no app-consistent recovery point")?
+            .clone(),
         n => {
             let seq: u64 = n
                 .parse()
-                .with_context(|| format!("--point {n}: a number or latest"))?;
+                .with_context(|| format!("--point {n}: a number, latest or latest-app"))?;
             points
                 .iter()
                 .find(|p| p.sequence == seq)

@@ -200,6 +200,11 @@ impl Emulator {
         })
     }
 
+    /// The profile the store was created with.
+    pub fn profile(&self) -> Profile {
+        self.lock().account.profile()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()

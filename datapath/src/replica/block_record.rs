@@ -21,6 +21,15 @@ pub enum Encoded {
 }
 
 impl Encoded {
+    /// Bytes written to the store: the record padded with zeros to whole 512-byte pages
+    /// (0 for a zero block, whose slot is cleared instead).
+    pub fn stored_bytes(&self) -> u64 {
+        match self {
+            Encoded::Zero { .. } => 0,
+            Encoded::Record { bytes, .. } => bytes.len().next_multiple_of(PAGE) as u64,
+        }
+    }
+
     pub fn digest(&self) -> [u8; 32] {
         match self {
             Encoded::Zero { digest } => *digest,
@@ -50,6 +59,23 @@ pub enum RecordError {
     Length { expected: u32, actual: usize },
     #[error("digest of the decoded block does not match the record's")]
     Digest,
+}
+
+/// Page granularity records are padded to.
+const PAGE: usize = 512;
+
+thread_local! {
+    /// A zstd context per thread, reused across blocks (creating one per block costs more
+    /// than compressing a 64 KiB block).
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// True when every byte is zero (branch-free inner loop, so it vectorizes).
+pub fn is_zero(block: &[u8]) -> bool {
+    let mut chunks = block.chunks_exact(64);
+    let body = chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0);
+    body && chunks.remainder().iter().all(|&b| b == 0)
 }
 
 /// Encodes and decodes blocks of one disk.
@@ -94,45 +120,71 @@ impl BlockCodec {
     /// Encode `block` (1 byte to 4 MiB) as block `index` of cycle `generation`. `nonce` must
     /// be fresh (from a `NonceSource`) when encrypting.
     pub fn encode(&self, index: u64, generation: u64, block: &[u8], nonce: [u8; 12]) -> Encoded {
+        self.encode_digested(index, generation, block, self.digest(block), nonce)
+    }
+
+    /// [`encode`](Self::encode) for a block whose keyed digest the caller already has.
+    pub fn encode_digested(
+        &self,
+        index: u64,
+        generation: u64,
+        block: &[u8],
+        digest: [u8; 32],
+        nonce: [u8; 12],
+    ) -> Encoded {
         assert!(!block.is_empty() && block.len() as u64 <= u64::from(MAX_BLOCK_BYTES));
-        let digest = self.digest(block);
-        if block.iter().all(|&b| b == 0) {
+        if is_zero(block) {
             return Encoded::Zero { digest };
         }
-        let compressed = zstd::bulk::compress(block, self.zstd_level)
-            .ok()
-            .filter(|c| c.len() < block.len());
-        let (mut payload, mut flags) = match compressed {
-            Some(c) => (c, FLAG_COMPRESSED),
-            None => (block.to_vec(), 0),
+        // One buffer: header space, then the payload, with room to pad to whole pages.
+        let mut bytes = vec![0u8; (HEADER_SIZE + block.len()).next_multiple_of(PAGE)];
+        // zstd is kept only when it saves at least a byte: the destination is one byte short.
+        let compressed = COMPRESSOR.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.as_ref().is_none_or(|(level, _)| *level != self.zstd_level) {
+                *slot = zstd::bulk::Compressor::new(self.zstd_level)
+                    .ok()
+                    .map(|c| (self.zstd_level, c));
+            }
+            let (_, compressor) = slot.as_mut()?;
+            compressor
+                .compress_to_buffer(block, &mut bytes[HEADER_SIZE..HEADER_SIZE + block.len() - 1])
+                .ok()
+        });
+        let (stored_len, mut flags) = match compressed {
+            Some(n) => (n, FLAG_COMPRESSED),
+            None => {
+                bytes[HEADER_SIZE..HEADER_SIZE + block.len()].copy_from_slice(block);
+                (block.len(), 0)
+            }
         };
+        bytes.truncate(HEADER_SIZE + stored_len);
         let mut header = SlotHeader {
             flags: 0,
             block_index: index,
             generation,
-            stored_len: payload.len() as u32,
+            stored_len: stored_len as u32,
             plain_len: block.len() as u32,
             nonce: [0; 12],
             tag: [0; 16],
             digest,
             payload_crc: 0,
         };
+        let payload = &mut bytes[HEADER_SIZE..];
         if let Some(cipher) = &self.cipher {
             flags |= FLAG_ENCRYPTED;
             header.flags = flags;
             header.nonce = nonce;
             let aad = header.associated_data();
             let tag = cipher
-                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut payload)
+                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, payload)
                 .expect("AES-GCM encrypts any length we use");
             header.tag = tag.into();
         } else {
             header.flags = flags;
         }
-        header.payload_crc = crc32c::crc32c(&payload);
-        let mut bytes = Vec::with_capacity(HEADER_SIZE + payload.len());
-        bytes.extend_from_slice(&header.encode());
-        bytes.extend_from_slice(&payload);
+        header.payload_crc = crc32c::crc32c(payload);
+        bytes[..HEADER_SIZE].copy_from_slice(&header.encode());
         Encoded::Record { header, bytes }
     }
 

@@ -1,8 +1,16 @@
-//! A disk's replica in a page-blob store: the **data blob** of fixed slots (slot *i* holds
-//! block *i*: a 512-byte header and up to a block of payload, so rewriting a block always hits
-//! the same pages) and the **journal blob** of 4 KiB manifest slots, one per recovery point.
-//! A point commits in this order: slots written → data blob snapshotted → manifest written.
-//! A crash before the manifest leaves earlier points intact; the cycle is simply redone.
+//! A disk's replica in a page-blob store, three page blobs:
+//! - the **data blob** `NAME.replica` of fixed slots (slot *i* holds block *i*: a 512-byte
+//!   header and up to a block of payload, so rewriting a block always hits the same pages);
+//! - the **digest table** `NAME.digests`: 32 bytes per block, the keyed digest of what the slot
+//!   holds (all zero for a zero block), so a cycle knows the replica without reading every slot;
+//! - the **journal** `NAME.journal`: a ring of 4 KiB manifest slots, point *n* in slot
+//!   *n mod 8192*; a deleted point's slot is cleared, so Get Page Ranges lists the live points.
+//!
+//! A point commits in this order: digest-table entries of a batch → its slots → (all batches)
+//! → data blob snapshotted → manifest written. A crash before the manifest leaves earlier points
+//! intact; the cycle is redone. Because table entries are written before their slots, the table
+//! is trusted only when its Merkle root equals the last manifest's; otherwise a crash interrupted
+//! a cycle and the table is rebuilt from the slot headers.
 
 use super::block_record::{BlockCodec, Encoded, RecordError};
 use super::manifest::{merkle_root, Consistency, Manifest, ManifestError};
@@ -13,8 +21,10 @@ use crate::pageblob::{
 
 /// Bytes per journal slot (a manifest is ~160 bytes).
 pub const JOURNAL_SLOT: u64 = 4096;
-/// Points a journal can hold before it must be rotated.
+/// Slots in the journal ring: live points must stay fewer (retention keeps them far fewer).
 pub const JOURNAL_SLOTS: u64 = 8192;
+/// Bytes of one digest-table entry.
+pub const DIGEST_ENTRY: u64 = 32;
 
 /// What went wrong with a replica.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +41,8 @@ pub enum ReplicaError {
     Manifest { point: u64, source: ManifestError },
     #[error("point {point}: Merkle root of the restored blocks does not match the manifest")]
     MerkleMismatch { point: String },
-    #[error("journal is full ({JOURNAL_SLOTS} points)")]
-    JournalFull,
+    #[error("journal is full: point {sequence} would overwrite live point {live}")]
+    JournalFull { sequence: u64, live: u64 },
 }
 
 /// Slot geometry of a disk.
@@ -62,6 +72,7 @@ impl Layout {
 pub struct DiskReplica<'a> {
     store: &'a dyn PageBlobStore,
     pub data: BlobPath,
+    pub digests: BlobPath,
     pub journal: BlobPath,
     pub layout: Layout,
 }
@@ -80,7 +91,8 @@ fn none() -> Conditions {
 }
 
 impl<'a> DiskReplica<'a> {
-    /// Open (creating if needed) the replica blobs `NAME.replica` and `NAME.journal`.
+    /// Open (creating if needed) the replica blobs `NAME.replica`, `NAME.digests` and
+    /// `NAME.journal`.
     pub fn open(
         store: &'a dyn PageBlobStore,
         container: &str,
@@ -95,12 +107,17 @@ impl<'a> DiskReplica<'a> {
         let r = DiskReplica {
             store,
             data: BlobPath::new(container, &format!("{name}.replica")),
+            digests: BlobPath::new(container, &format!("{name}.digests")),
             journal: BlobPath::new(container, &format!("{name}.journal")),
             layout,
         };
         let absent = |path: &BlobPath| matches!(store.properties(path, None), Err(e) if e.code() == Some(ErrorCode::BlobNotFound));
         if absent(&r.data) {
             store.create_page_blob(&r.data, layout.blocks() * layout.slot_size(), 0, &none())?;
+        }
+        if absent(&r.digests) {
+            let size = (layout.blocks() * DIGEST_ENTRY).next_multiple_of(PAGE_SIZE);
+            store.create_page_blob(&r.digests, size, 0, &none())?;
         }
         if absent(&r.journal) {
             store.create_page_blob(&r.journal, JOURNAL_SLOTS * JOURNAL_SLOT, 0, &none())?;
@@ -109,17 +126,16 @@ impl<'a> DiskReplica<'a> {
     }
 
     /// Write a block's record into its slot (only the pages it occupies), or clear the slot.
-    pub fn write_block(&self, block: u64, encoded: &Encoded) -> Result<(), ReplicaError> {
+    pub fn write_block(&self, block: u64, encoded: Encoded) -> Result<(), ReplicaError> {
         let at = self.layout.slot_offset(block);
         match encoded {
             Encoded::Zero { .. } => {
                 self.store
                     .clear_pages(&self.data, at, self.layout.slot_size(), &none())?;
             }
-            Encoded::Record { bytes, .. } => {
-                let mut padded = bytes.clone();
-                padded.resize(bytes.len().next_multiple_of(PAGE_SIZE as usize), 0);
-                for (i, chunk) in padded.chunks(MAX_PUT_PAGES_BYTES as usize).enumerate() {
+            Encoded::Record { mut bytes, .. } => {
+                bytes.resize(bytes.len().next_multiple_of(PAGE_SIZE as usize), 0);
+                for (i, chunk) in bytes.chunks(MAX_PUT_PAGES_BYTES as usize).enumerate() {
                     self.store.put_pages(
                         &self.data,
                         at + (i as u64) * MAX_PUT_PAGES_BYTES,
@@ -130,6 +146,102 @@ impl<'a> DiskReplica<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The digest table as stored: entry *i* is block *i*'s keyed digest, or `None` for a zero
+    /// block (an all-zero entry). Reads only the pages that were ever written.
+    pub fn load_digest_table(&self) -> Result<Vec<Option<[u8; 32]>>, ReplicaError> {
+        let blocks = self.layout.blocks() as usize;
+        let mut raw = vec![0u8; blocks * DIGEST_ENTRY as usize];
+        for (start, end) in self.written_ranges(&self.digests)? {
+            let end = end.min(raw.len() as u64);
+            if start >= end {
+                continue;
+            }
+            self.store.read(
+                &self.digests,
+                None,
+                start,
+                &mut raw[start as usize..end as usize],
+            )?;
+        }
+        Ok(raw
+            .chunks_exact(DIGEST_ENTRY as usize)
+            .map(|e| {
+                let e: [u8; 32] = e.try_into().expect("32 bytes");
+                (e != [0; 32]).then_some(e)
+            })
+            .collect())
+    }
+
+    /// Write the table pages holding entries `first..first + entries.len()`.
+    pub fn store_digest_entries(
+        &self,
+        first: u64,
+        entries: &[Option<[u8; 32]>],
+    ) -> Result<(), ReplicaError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Whole pages: the entries plus their page neighbours, which the caller's table must
+        // supply; so callers pass page-aligned runs (see `digest_pages`).
+        let mut bytes = Vec::with_capacity(entries.len() * DIGEST_ENTRY as usize);
+        for e in entries {
+            bytes.extend_from_slice(&e.unwrap_or([0; 32]));
+        }
+        let at = first * DIGEST_ENTRY;
+        assert!(at % PAGE_SIZE == 0, "digest runs start on a page");
+        bytes.resize(bytes.len().next_multiple_of(PAGE_SIZE as usize), 0);
+        for (i, chunk) in bytes.chunks(MAX_PUT_PAGES_BYTES as usize).enumerate() {
+            self.store.put_pages(
+                &self.digests,
+                at + (i as u64) * MAX_PUT_PAGES_BYTES,
+                chunk,
+                &none(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Rebuild the digest table from the slot headers (after an interrupted cycle): slots
+    /// never written or cleared are zero blocks; only written slots are read.
+    pub fn rebuild_digest_table(&self) -> Result<Vec<Option<[u8; 32]>>, ReplicaError> {
+        let mut table = vec![None; self.layout.blocks() as usize];
+        let slot = self.layout.slot_size();
+        let mut head = vec![0u8; HEADER_SIZE];
+        for (start, end) in self.written_ranges(&self.data)? {
+            let first = start / slot;
+            let last = (end - 1) / slot;
+            for block in first..=last.min(self.layout.blocks() - 1) {
+                if table[block as usize].is_some() {
+                    continue;
+                }
+                self.read_slot_header(block, &mut head)?;
+                if head.iter().any(|&b| b != 0) {
+                    // A damaged header is "unknown": a digest nothing matches, so the block
+                    // is sent again.
+                    table[block as usize] =
+                        Some(SlotHeader::decode(&head).map_or([0xFF; 32], |h| h.digest));
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// Written ranges of a blob as half-open `(start, end)` byte pairs, all pages of them.
+    fn written_ranges(&self, path: &BlobPath) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        let mut out = Vec::new();
+        let mut marker = None;
+        loop {
+            let list = self
+                .store
+                .page_ranges(path, None, None, None, marker, None)?;
+            out.extend(list.ranges.iter().map(|r| (r.start, r.end + 1)));
+            match list.next_marker {
+                Some(m) => marker = Some(m),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// The current slot header bytes of `block` (all zero for a cleared or never-written slot).
@@ -194,8 +306,14 @@ impl<'a> DiskReplica<'a> {
         digests: &[[u8; 32]],
         digest_key: &[u8; 32],
     ) -> Result<Manifest, ReplicaError> {
-        if sequence >= JOURNAL_SLOTS {
-            return Err(ReplicaError::JournalFull);
+        let slot_at = (sequence % JOURNAL_SLOTS) * JOURNAL_SLOT;
+        let mut occupant = [0u8; 4];
+        self.store.read(&self.journal, None, slot_at, &mut occupant)?;
+        if occupant != [0; 4] {
+            return Err(ReplicaError::JournalFull {
+                sequence,
+                live: sequence - JOURNAL_SLOTS,
+            });
         }
         let snapshot = self.store.snapshot(&self.data, &none())?;
         let manifest = Manifest {
@@ -215,26 +333,71 @@ impl<'a> DiskReplica<'a> {
         bytes.extend_from_slice(&encoded);
         bytes.resize(JOURNAL_SLOT as usize, 0);
         self.store
-            .put_pages(&self.journal, sequence * JOURNAL_SLOT, &bytes, &none())?;
+            .put_pages(&self.journal, slot_at, &bytes, &none())?;
         Ok(manifest)
     }
 
-    /// Every committed point, oldest first (journal slots up to the first empty one).
+    /// Delete a point: its journal slot is cleared first (the point is gone), then its
+    /// snapshot. A crash in between leaves an orphan snapshot that `sweep_orphans` removes.
+    pub fn delete_point(&self, manifest: &Manifest) -> Result<(), ReplicaError> {
+        let slot_at = (manifest.sequence % JOURNAL_SLOTS) * JOURNAL_SLOT;
+        self.store
+            .clear_pages(&self.journal, slot_at, JOURNAL_SLOT, &none())?;
+        self.delete_snapshot(&manifest.snapshot)
+    }
+
+    fn delete_snapshot(&self, snapshot: &str) -> Result<(), ReplicaError> {
+        match self.store.delete_blob(&self.data, Some(snapshot), None, &none()) {
+            Err(e) if e.code() == Some(ErrorCode::BlobNotFound) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Delete snapshots of the data blob that no live point references (left by a crash
+    /// during a cycle's commit or a point's deletion). Returns how many were deleted.
+    pub fn sweep_orphans(&self, live: &[Manifest]) -> Result<usize, ReplicaError> {
+        let referenced: std::collections::BTreeSet<&str> =
+            live.iter().map(|m| m.snapshot.as_str()).collect();
+        let mut swept = 0;
+        for listing in self.store.list_blobs(&self.data.container, true)? {
+            let Some(snapshot) = listing.properties.snapshot.as_deref() else {
+                continue;
+            };
+            if listing.name == self.data.blob && !referenced.contains(snapshot) {
+                self.delete_snapshot(snapshot)?;
+                swept += 1;
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Every live point, oldest first: the journal slots Get Page Ranges reports.
     pub fn points(&self, digest_key: &[u8; 32]) -> Result<Vec<Manifest>, ReplicaError> {
         let mut out = Vec::new();
         let mut slot = vec![0u8; JOURNAL_SLOT as usize];
-        for seq in 0..JOURNAL_SLOTS {
-            self.store
-                .read(&self.journal, None, seq * JOURNAL_SLOT, &mut slot)?;
-            if slot.iter().all(|&b| b == 0) {
-                break;
+        let mut seen = std::collections::BTreeSet::new();
+        for (start, end) in self.written_ranges(&self.journal)? {
+            for index in start / JOURNAL_SLOT..end.div_ceil(JOURNAL_SLOT).min(JOURNAL_SLOTS) {
+                if !seen.insert(index) {
+                    continue;
+                }
+                self.store
+                    .read(&self.journal, None, index * JOURNAL_SLOT, &mut slot)?;
+                if slot.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                let len = (u32::from_le_bytes(slot[..4].try_into().expect("4 bytes")) as usize)
+                    .min(slot.len() - 4);
+                let manifest = Manifest::decode(&slot[4..4 + len], digest_key).map_err(
+                    |source| ReplicaError::Manifest {
+                        point: index,
+                        source,
+                    },
+                )?;
+                out.push(manifest);
             }
-            let len = (u32::from_le_bytes(slot[..4].try_into().expect("4 bytes")) as usize)
-                .min(slot.len() - 4);
-            let manifest = Manifest::decode(&slot[4..4 + len], digest_key)
-                .map_err(|source| ReplicaError::Manifest { point: seq, source })?;
-            out.push(manifest);
         }
+        out.sort_by_key(|m| m.sequence);
         Ok(out)
     }
 

@@ -1,0 +1,471 @@
+//! One replication cycle: read the blocks a cycle must look at, find those that differ from
+//! the replica, push them through the block pipeline into their slots, and commit a recovery
+//! point. It is the I/O step the replicator state machine asks its driver to run.
+//!
+//! - Which blocks: every block (`Selection::Scan`: initial replication, resync, or a disk we do
+//!   not track) or the blocks a change tracker reported (`Selection::Blocks`). Blocks the source
+//!   reports unallocated are never read.
+//! - What differs: each block's keyed digest against the replica's digest table (rebuilt from
+//!   the slot headers when an interrupted cycle left it untrusted, see `disk_replica`).
+//! - Parallelism: groups of blocks are read and hashed on all cores (rayon), changed blocks are
+//!   encoded in block order with nonces assigned before the work starts, and `upload_threads`
+//!   writers store records while the next group is read. Bytes written never depend on thread
+//!   scheduling; memory is bounded by the group size and the writers' queue (backpressure).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::keys::{DiskKeys, Identity};
+use crate::replica::block_record::{is_zero, BlockCodec, Encoded};
+use crate::replica::disk_replica::{DiskReplica, ReplicaError};
+use crate::replica::manifest::{merkle_root, Consistency, Manifest};
+use crate::replica::nonce::NonceSource;
+use crate::throttle::RateLimit;
+
+/// Bytes of source data in flight per group (read, hashed and encoded together).
+pub const GROUP_BYTES: u64 = 4 << 20;
+
+/// Where a cycle reads the disk from.
+pub trait BlockSource: Sync {
+    fn disk_size(&self) -> u64;
+    /// True when `[offset, offset+len)` is known to read as zeros without reading it.
+    fn is_unallocated(&self, offset: u64, len: u64) -> bool;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+/// Which blocks a cycle examines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every block (initial replication, resync, untracked disks).
+    Scan,
+    /// Only these blocks (ascending), from a trusted change tracker.
+    Blocks(Vec<u64>),
+}
+
+/// How to run a cycle.
+#[derive(Debug, Clone)]
+pub struct CycleOptions {
+    pub selection: Selection,
+    pub consistency: Consistency,
+    pub zstd_level: i32,
+    pub encrypt: bool,
+    pub upload_threads: usize,
+    /// Upload limit in bytes per second (`None`: unthrottled).
+    pub throttle_bytes_per_sec: Option<u64>,
+    /// The point's time.
+    pub now_nanos: u64,
+}
+
+impl CycleOptions {
+    /// A crash-consistent scan with the policy defaults.
+    pub fn scan(now_nanos: u64) -> CycleOptions {
+        CycleOptions {
+            selection: Selection::Scan,
+            consistency: Consistency::Crash,
+            zstd_level: 1,
+            encrypt: true,
+            upload_threads: 4,
+            throttle_bytes_per_sec: None,
+            now_nanos,
+        }
+    }
+}
+
+/// Running totals, reported to the progress callback after each group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the disk examined so far (read or known zero).
+    pub bytes_done: u64,
+    /// Bytes the cycle will examine.
+    pub bytes_total: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Bytes handed to the store.
+    pub bytes_sent: u64,
+}
+
+/// What a cycle did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleReport {
+    pub point: Manifest,
+    pub blocks: u64,
+    pub blocks_examined: u64,
+    pub blocks_changed: u64,
+    pub bytes_read: u64,
+    /// Bytes of changed blocks (their plain size).
+    pub bytes_changed: u64,
+    /// Bytes written to the store (records padded to pages; cleared slots count 0).
+    pub bytes_sent: u64,
+    /// The digest table did not match the last point (an interrupted cycle) and was rebuilt.
+    pub table_rebuilt: bool,
+    pub seconds: f64,
+}
+
+/// Failures of a cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error("reading the source disk at {offset:#x}: {source}")]
+    Source { offset: u64, source: std::io::Error },
+    #[error("this replica was written with certificate {found}; the .pfx given is {given}")]
+    OtherCertificate { found: String, given: String },
+    #[error("the disk is {disk} bytes but the replica was made for {replica}")]
+    DiskSize { disk: u64, replica: u64 },
+    #[error("tracked block {block} is past the end of the disk ({blocks} blocks)")]
+    BlockOutOfRange { block: u64, blocks: u64 },
+    #[error("the nonce epoch is used up")]
+    Nonces,
+}
+
+fn hex(id: &[u8; 20]) -> String {
+    id.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Blocks per digest-table page.
+const ENTRIES_PER_PAGE: u64 = 512 / crate::replica::disk_replica::DIGEST_ENTRY;
+
+/// The live points and the trusted digest table of a replica, as a cycle starts.
+fn replica_state(
+    replica: &DiskReplica<'_>,
+    identity: &Identity,
+    codec: &BlockCodec,
+    digest_key: &[u8; 32],
+) -> Result<(Vec<Manifest>, Vec<[u8; 32]>, bool), CycleError> {
+    let layout = replica.layout;
+    // A replica written with another certificate fails here: its manifests do not
+    // authenticate under this key.
+    let points = replica.points(digest_key)?;
+    if let Some(last) = points.last() {
+        if last.key_id != identity.key_id.0 {
+            return Err(CycleError::OtherCertificate {
+                found: hex(&last.key_id),
+                given: identity.key_id.to_string(),
+            });
+        }
+        if last.disk_size != layout.disk_size {
+            return Err(CycleError::DiskSize {
+                disk: layout.disk_size,
+                replica: last.disk_size,
+            });
+        }
+    }
+    let zero = zero_digests(codec, layout.blocks(), layout.block_size, layout.disk_size);
+    let resolve = |table: Vec<Option<[u8; 32]>>| -> Vec<[u8; 32]> {
+        table
+            .into_iter()
+            .enumerate()
+            .map(|(b, d)| d.unwrap_or_else(|| zero(b as u64)))
+            .collect()
+    };
+    let stored = resolve(replica.load_digest_table()?);
+    let trusted = points
+        .last()
+        .is_some_and(|last| merkle_root(digest_key, &stored) == last.merkle_root);
+    if trusted {
+        return Ok((points, stored, false));
+    }
+    let rebuilt = resolve(replica.rebuild_digest_table()?);
+    Ok((points, rebuilt, true))
+}
+
+/// Digest of a zero block, by block index (only the last block may be short).
+fn zero_digests(
+    codec: &BlockCodec,
+    blocks: u64,
+    block_size: u32,
+    disk_size: u64,
+) -> impl Fn(u64) -> [u8; 32] {
+    let full = codec.digest(&vec![0u8; block_size as usize]);
+    let tail_len = disk_size - (blocks.saturating_sub(1)) * u64::from(block_size);
+    let tail = codec.digest(&vec![0u8; tail_len as usize]);
+    move |b| if b + 1 == blocks { tail } else { full }
+}
+
+/// A record on its way to the writers.
+struct Job {
+    block: u64,
+    encoded: Encoded,
+}
+
+/// Replicate `source` into `replica` as the next recovery point.
+#[allow(clippy::too_many_arguments)]
+pub fn run_cycle(
+    replica: &DiskReplica<'_>,
+    source: &dyn BlockSource,
+    identity: &Identity,
+    keys: &DiskKeys,
+    options: &CycleOptions,
+    nonces: &mut NonceSource,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<CycleReport, CycleError> {
+    let started = Instant::now();
+    let layout = replica.layout;
+    if source.disk_size().next_multiple_of(512) != layout.disk_size {
+        return Err(CycleError::DiskSize {
+            disk: source.disk_size(),
+            replica: layout.disk_size,
+        });
+    }
+    let digest_key = keys.digest.expose();
+    let codec = BlockCodec::new(keys, options.zstd_level, options.encrypt);
+    let (points, mut table, table_rebuilt) =
+        replica_state(replica, identity, &codec, digest_key)?;
+    let sequence = points.last().map_or(0, |p| p.sequence + 1);
+    let blocks = layout.blocks();
+    let zero = zero_digests(&codec, blocks, layout.block_size, layout.disk_size);
+
+    let selected: Vec<u64> = match &options.selection {
+        Selection::Scan => (0..blocks).collect(),
+        Selection::Blocks(list) => {
+            if let Some(&bad) = list.iter().find(|&&b| b >= blocks) {
+                return Err(CycleError::BlockOutOfRange { block: bad, blocks });
+            }
+            list.clone()
+        }
+    };
+    let group_len = (GROUP_BYTES / u64::from(layout.block_size)).clamp(2, 64) as usize;
+    let totals = Progress {
+        bytes_total: selected.iter().map(|&b| layout.block_len(b)).sum(),
+        ..Progress::default()
+    };
+    let mut done = totals;
+    let sent = AtomicU64::new(0);
+    let mut changed = 0u64;
+    let mut bytes_changed = 0u64;
+
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<ReplicaError>> = Mutex::new(None);
+    let limiter = options.throttle_bytes_per_sec.map(RateLimit::new);
+    let writers = options.upload_threads.max(1);
+    let (tx, rx) = mpsc::sync_channel::<Job>(group_len * 2);
+    let rx = Mutex::new(rx);
+    let outcome: Result<(), CycleError> = std::thread::scope(|scope| {
+        for _ in 0..writers {
+            scope.spawn(|| loop {
+                let job = match rx.lock().expect("writer queue").recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                };
+                if failed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let bytes = job.encoded.stored_bytes();
+                if let Some(limit) = &limiter {
+                    limit.acquire(bytes);
+                }
+                match replica.write_block(job.block, job.encoded) {
+                    Ok(()) => {
+                        sent.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error.lock().expect("error slot").get_or_insert(e);
+                    }
+                }
+            });
+        }
+        let mut produce = || -> Result<(), CycleError> {
+            for group in selected.chunks(group_len) {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                // Read and hash the group on all cores; unallocated blocks are never read.
+                let read: Vec<Result<(Option<Vec<u8>>, [u8; 32], u64), CycleError>> = group
+                    .par_iter()
+                    .map(|&block| {
+                        let offset = block * u64::from(layout.block_size);
+                        let len = layout.block_len(block);
+                        if source.is_unallocated(offset, len) {
+                            return Ok((None, zero(block), 0));
+                        }
+                        let mut data = vec![0u8; len as usize];
+                        source
+                            .read_at(offset, &mut data)
+                            .map_err(|e| CycleError::Source { offset, source: e })?;
+                        if is_zero(&data) {
+                            return Ok((None, zero(block), len));
+                        }
+                        let digest = codec.digest(&data);
+                        Ok((Some(data), digest, len))
+                    })
+                    .collect();
+                let mut work: Vec<(u64, Option<Vec<u8>>, [u8; 32])> = Vec::new();
+                let mut dirty_pages = BTreeSet::new();
+                for (&block, result) in group.iter().zip(read) {
+                    let (data, digest, read_len) = result?;
+                    done.bytes_done += layout.block_len(block);
+                    done.bytes_read += read_len;
+                    if table[block as usize] != digest {
+                        table[block as usize] = digest;
+                        dirty_pages.insert(block / ENTRIES_PER_PAGE);
+                        changed += 1;
+                        bytes_changed += layout.block_len(block);
+                        work.push((block, data, digest));
+                    }
+                }
+                // Table entries first, then the slots (see `disk_replica`).
+                write_table_pages(replica, &table, &dirty_pages, &zero)?;
+                let assigned: Vec<[u8; 12]> = work
+                    .iter()
+                    .map(|(_, data, _)| match data {
+                        Some(_) => nonces.next_nonce().ok_or(CycleError::Nonces),
+                        None => Ok([0; 12]),
+                    })
+                    .collect::<Result<_, _>>()?;
+                let encoded: Vec<Encoded> = work
+                    .par_iter()
+                    .zip(assigned.par_iter())
+                    .map(|((block, data, digest), nonce)| match data {
+                        Some(data) => codec.encode_digested(*block, sequence, data, *digest, *nonce),
+                        None => Encoded::Zero { digest: *digest },
+                    })
+                    .collect();
+                let blocks_of_work: Vec<u64> = work.iter().map(|(b, _, _)| *b).collect();
+                drop(work);
+                for (block, encoded) in blocks_of_work.into_iter().zip(encoded) {
+                    if tx.send(Job { block, encoded }).is_err() {
+                        break;
+                    }
+                }
+                done.bytes_sent = sent.load(Ordering::Relaxed);
+                progress(&done);
+            }
+            Ok(())
+        };
+        let produced = produce();
+        drop(tx);
+        produced
+    });
+    outcome?;
+    if let Some(e) = first_error.into_inner().expect("error slot") {
+        return Err(e.into());
+    }
+    let point = replica.commit_point(
+        sequence,
+        sequence,
+        options.now_nanos,
+        options.consistency,
+        identity.key_id.0,
+        &table,
+        digest_key,
+    )?;
+    Ok(CycleReport {
+        point,
+        blocks,
+        blocks_examined: selected.len() as u64,
+        blocks_changed: changed,
+        bytes_read: done.bytes_read,
+        bytes_changed,
+        bytes_sent: sent.into_inner(),
+        table_rebuilt,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Write the digest-table pages in `pages` from `table` (zero blocks as all-zero entries).
+fn write_table_pages(
+    replica: &DiskReplica<'_>,
+    table: &[[u8; 32]],
+    pages: &BTreeSet<u64>,
+    zero: &impl Fn(u64) -> [u8; 32],
+) -> Result<(), CycleError> {
+    let mut pages = pages.iter().copied().peekable();
+    while let Some(first) = pages.next() {
+        let mut last = first;
+        while pages.peek() == Some(&(last + 1)) {
+            last = pages.next().expect("peeked");
+        }
+        let start = first * ENTRIES_PER_PAGE;
+        let end = ((last + 1) * ENTRIES_PER_PAGE).min(table.len() as u64);
+        let entries: Vec<Option<[u8; 32]>> = (start..end)
+            .map(|b| {
+                let d = table[b as usize];
+                (d != zero(b)).then_some(d)
+            })
+            .collect();
+        replica.store_digest_entries(start, &entries)?;
+    }
+    Ok(())
+}
+
+/// A VHDX disk (or chain) as a source: unallocated and zero extents are never read.
+impl BlockSource for vhdx::Disk {
+    fn disk_size(&self) -> u64 {
+        self.virtual_size()
+    }
+    fn is_unallocated(&self, offset: u64, len: u64) -> bool {
+        self.map(offset, len)
+            .is_ok_and(|segs| segs.iter().all(|s| s.kind != vhdx::ExtentKind::Data))
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        vhdx::Disk::read_at(self, offset, buf).map_err(std::io::Error::other)
+    }
+}
+
+/// A raw image file as a source, read with `pread` (so a big disk does not fill the address
+/// space or the resident set); holes of a sparse file are found with `SEEK_DATA`/`SEEK_HOLE`
+/// when it is opened and are never read.
+#[derive(Debug)]
+pub struct RawSource {
+    file: vhdx::PositionalFile,
+    size: u64,
+    /// Data extents `[start, end)`, ascending.
+    data: Vec<(u64, u64)>,
+}
+
+/// Data extents listed per raw file before falling back to "all data".
+const MAX_RAW_EXTENTS: usize = 1 << 20;
+
+impl RawSource {
+    pub fn open(path: &std::path::Path) -> std::io::Result<RawSource> {
+        let file = vhdx::PositionalFile::open(path)?;
+        let size = vhdx::ReadAt::len(&file);
+        let data = data_extents(path, size)?;
+        Ok(RawSource { file, size, data })
+    }
+}
+
+/// The data extents of a file; the whole file when the file system cannot tell.
+fn data_extents(path: &std::path::Path, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    let whole = vec![(0, size)];
+    let fd = std::fs::File::open(path)?;
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        let start = match rustix::fs::seek(&fd, SeekFrom::Data(at)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return Ok(whole),
+        };
+        let end = match rustix::fs::seek(&fd, SeekFrom::Hole(start)) {
+            Ok(e) => e.min(size),
+            Err(_) => return Ok(whole),
+        };
+        if end <= start || out.len() >= MAX_RAW_EXTENTS {
+            return Ok(whole);
+        }
+        out.push((start, end));
+        at = end;
+    }
+    Ok(out)
+}
+
+impl BlockSource for RawSource {
+    fn disk_size(&self) -> u64 {
+        self.size
+    }
+    fn is_unallocated(&self, offset: u64, len: u64) -> bool {
+        // The first extent ending after `offset` must start at or past the range's end.
+        let i = self.data.partition_point(|&(_, end)| end <= offset);
+        self.data.get(i).is_none_or(|&(start, _)| start >= offset + len)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        vhdx::ReadAt::read_at(&self.file, offset, buf)
+    }
+}

@@ -1,0 +1,169 @@
+//! Which recovery points to keep, as a pure function of the points, the time and the policy:
+//! every point of the last hour; one per clock hour (UTC) for the rest of the retention window,
+//! the newest app-consistent point of the hour when there is one, else the newest point; nothing
+//! older than the window; the newest point always. When a store profile caps snapshots per blob,
+//! the oldest points go until the live ones leave room for the next cycle's snapshot.
+
+use std::collections::BTreeMap;
+
+use crate::replica::manifest::Consistency;
+
+const HOUR_NANOS: u64 = 3_600_000_000_000;
+
+/// What retention needs to know about a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointInfo {
+    pub sequence: u64,
+    pub time_nanos: u64,
+    pub consistency: Consistency,
+}
+
+/// Sequences of the points to delete, ascending. `points` may be in any order.
+pub fn points_to_delete(
+    points: &[PointInfo],
+    now_nanos: u64,
+    retention_hours: u32,
+    snapshot_limit: Option<usize>,
+) -> Vec<u64> {
+    let mut sorted: Vec<PointInfo> = points.to_vec();
+    sorted.sort_by_key(|p| p.sequence);
+    let Some(newest) = sorted.last().copied() else {
+        return Vec::new();
+    };
+    let window_start = now_nanos.saturating_sub(u64::from(retention_hours) * HOUR_NANOS);
+    let last_hour = now_nanos.saturating_sub(HOUR_NANOS);
+    // Per clock hour, the point that represents it.
+    let mut hourly: BTreeMap<u64, PointInfo> = BTreeMap::new();
+    for p in sorted
+        .iter()
+        .filter(|p| p.time_nanos >= window_start && p.time_nanos < last_hour)
+    {
+        let slot = hourly.entry(p.time_nanos / HOUR_NANOS).or_insert(*p);
+        let app = |q: &PointInfo| q.consistency == Consistency::Application;
+        // Prefer app-consistent, then newer.
+        if (app(p), p.sequence) > (app(slot), slot.sequence) {
+            *slot = *p;
+        }
+    }
+    let mut keep: Vec<u64> = sorted
+        .iter()
+        .filter(|p| {
+            p.sequence == newest.sequence
+                || p.time_nanos >= last_hour
+                || hourly
+                    .get(&(p.time_nanos / HOUR_NANOS))
+                    .is_some_and(|h| h.sequence == p.sequence && p.time_nanos >= window_start)
+        })
+        .map(|p| p.sequence)
+        .collect();
+    if let Some(limit) = snapshot_limit {
+        // Leave room for the next cycle's snapshot; the newest point always stays.
+        let room = limit.saturating_sub(1).max(1);
+        if keep.len() > room {
+            keep.drain(..keep.len() - room);
+        }
+    }
+    sorted
+        .iter()
+        .map(|p| p.sequence)
+        .filter(|s| keep.binary_search(s).is_err())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIN: u64 = 60_000_000_000;
+
+    fn every(seconds: u64, count: u64, app_every: u64) -> Vec<PointInfo> {
+        (0..count)
+            .map(|i| PointInfo {
+                sequence: i,
+                time_nanos: 1_000 * HOUR_NANOS + i * seconds * MIN / 60,
+                consistency: if app_every > 0 && i % app_every == 0 {
+                    Consistency::Application
+                } else {
+                    Consistency::Crash
+                },
+            })
+            .collect()
+    }
+
+    fn kept(points: &[PointInfo], deleted: &[u64]) -> Vec<PointInfo> {
+        points
+            .iter()
+            .filter(|p| !deleted.contains(&p.sequence))
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn last_hour_kept_whole_older_thinned_to_hourly_window_enforced() {
+        // Five-minute points over 30 hours; retention 24 h.
+        let points = every(300, 360, 0);
+        let now = points.last().unwrap().time_nanos;
+        let deleted = points_to_delete(&points, now, 24, None);
+        let live = kept(&points, &deleted);
+        let recent = live
+            .iter()
+            .filter(|p| p.time_nanos >= now - HOUR_NANOS)
+            .count();
+        assert_eq!(recent, 13, "every point of the last hour (inclusive ends)");
+        assert!(live.iter().all(|p| p.time_nanos >= now - 24 * HOUR_NANOS));
+        // At most one point per older clock hour.
+        let mut hours = std::collections::BTreeSet::new();
+        for p in live.iter().filter(|p| p.time_nanos < now - HOUR_NANOS) {
+            assert!(hours.insert(p.time_nanos / HOUR_NANOS), "two points in one hour");
+        }
+        assert!(hours.len() >= 22, "{} hourly points", hours.len());
+    }
+
+    #[test]
+    fn app_consistent_points_are_preferred_in_an_hour() {
+        let points = every(300, 60, 7);
+        let now = points.last().unwrap().time_nanos + 2 * HOUR_NANOS;
+        let deleted = points_to_delete(&points, now, 24, None);
+        for p in kept(&points, &deleted) {
+            if p.sequence != 59 {
+                assert_eq!(p.consistency, Consistency::Application, "point {}", p.sequence);
+            }
+        }
+    }
+
+    #[test]
+    fn premium_limit_leaves_room_for_the_next_snapshot() {
+        // 20-second points: 181 of them in the last hour, more than premium allows.
+        let points = every(20, 200, 0);
+        let now = points.last().unwrap().time_nanos;
+        let deleted = points_to_delete(&points, now, 24, Some(100));
+        let live = kept(&points, &deleted);
+        assert_eq!(live.len(), 99);
+        assert_eq!(live.last().unwrap().sequence, 199);
+    }
+
+    proptest! {
+        #[test]
+        fn newest_point_always_survives_and_nothing_is_invented(
+            gaps in proptest::collection::vec(1u64..300, 1..80),
+            retention in 1u32..25,
+            limit in proptest::option::of(2usize..120),
+            later in 0u64..100,
+        ) {
+            let mut t = 5_000 * HOUR_NANOS;
+            let points: Vec<PointInfo> = gaps.iter().enumerate().map(|(i, g)| {
+                t += g * MIN;
+                PointInfo { sequence: i as u64, time_nanos: t, consistency: Consistency::Crash }
+            }).collect();
+            let now = t + later * MIN;
+            let deleted = points_to_delete(&points, now, retention, limit);
+            prop_assert!(!deleted.contains(&(points.len() as u64 - 1)));
+            prop_assert!(deleted.iter().all(|s| (*s as usize) < points.len()));
+            prop_assert!(deleted.windows(2).all(|w| w[0] < w[1]));
+            if let Some(limit) = limit {
+                prop_assert!(points.len() - deleted.len() < limit.max(2));
+            }
+        }
+    }
+}

@@ -130,12 +130,27 @@ fn hex(id: &[u8; 20]) -> String {
 const ENTRIES_PER_PAGE: u64 = 512 / crate::replica::disk_replica::DIGEST_ENTRY;
 
 /// The live points and the trusted digest table of a replica, as a cycle starts.
+struct ReplicaState {
+    points: Vec<Manifest>,
+    table: Vec<[u8; 32]>,
+    /// The stored table was not trusted and was rebuilt from the slot headers.
+    rebuilt: bool,
+}
+
+/// A block as read: its bytes (`None` for a zero block), digest, and bytes read from the source.
+struct ReadBlock {
+    data: Option<Vec<u8>>,
+    digest: [u8; 32],
+    read_len: u64,
+}
+
+/// The live points and the trusted digest table of a replica, as a cycle starts.
 fn replica_state(
     replica: &DiskReplica<'_>,
     identity: &Identity,
     codec: &BlockCodec,
     digest_key: &[u8; 32],
-) -> Result<(Vec<Manifest>, Vec<[u8; 32]>, bool), CycleError> {
+) -> Result<ReplicaState, CycleError> {
     let layout = replica.layout;
     // A replica written with another certificate fails here: its manifests do not
     // authenticate under this key.
@@ -167,10 +182,20 @@ fn replica_state(
         .last()
         .is_some_and(|last| merkle_root(digest_key, &stored) == last.merkle_root);
     if trusted {
-        return Ok((points, stored, false));
+        return Ok(ReplicaState {
+            points,
+            table: stored,
+            rebuilt: false,
+        });
     }
-    let rebuilt = resolve(replica.rebuild_digest_table()?);
-    Ok((points, rebuilt, true))
+    let rebuilt = replica.rebuild_digest_table()?;
+    // Without points, a rebuild only matters when an interrupted first cycle wrote slots.
+    let repaired = !points.is_empty() || rebuilt.iter().any(Option::is_some);
+    Ok(ReplicaState {
+        points,
+        table: resolve(rebuilt),
+        rebuilt: repaired,
+    })
 }
 
 /// Digest of a zero block, by block index (only the last block may be short).
@@ -213,8 +238,11 @@ pub fn run_cycle(
     }
     let digest_key = keys.digest.expose();
     let codec = BlockCodec::new(keys, options.zstd_level, options.encrypt);
-    let (points, mut table, table_rebuilt) =
-        replica_state(replica, identity, &codec, digest_key)?;
+    let ReplicaState {
+        points,
+        mut table,
+        rebuilt: table_rebuilt,
+    } = replica_state(replica, identity, &codec, digest_key)?;
     let sequence = points.last().map_or(0, |p| p.sequence + 1);
     let blocks = layout.blocks();
     let zero = zero_digests(&codec, blocks, layout.block_size, layout.disk_size);
@@ -275,29 +303,44 @@ pub fn run_cycle(
                     return Ok(());
                 }
                 // Read and hash the group on all cores; unallocated blocks are never read.
-                let read: Vec<Result<(Option<Vec<u8>>, [u8; 32], u64), CycleError>> = group
+                let read: Vec<Result<ReadBlock, CycleError>> = group
                     .par_iter()
                     .map(|&block| {
                         let offset = block * u64::from(layout.block_size);
                         let len = layout.block_len(block);
                         if source.is_unallocated(offset, len) {
-                            return Ok((None, zero(block), 0));
+                            return Ok(ReadBlock {
+                                data: None,
+                                digest: zero(block),
+                                read_len: 0,
+                            });
                         }
                         let mut data = vec![0u8; len as usize];
                         source
                             .read_at(offset, &mut data)
                             .map_err(|e| CycleError::Source { offset, source: e })?;
                         if is_zero(&data) {
-                            return Ok((None, zero(block), len));
+                            return Ok(ReadBlock {
+                                data: None,
+                                digest: zero(block),
+                                read_len: len,
+                            });
                         }
-                        let digest = codec.digest(&data);
-                        Ok((Some(data), digest, len))
+                        Ok(ReadBlock {
+                            digest: codec.digest(&data),
+                            data: Some(data),
+                            read_len: len,
+                        })
                     })
                     .collect();
                 let mut work: Vec<(u64, Option<Vec<u8>>, [u8; 32])> = Vec::new();
                 let mut dirty_pages = BTreeSet::new();
                 for (&block, result) in group.iter().zip(read) {
-                    let (data, digest, read_len) = result?;
+                    let ReadBlock {
+                        data,
+                        digest,
+                        read_len,
+                    } = result?;
                     done.bytes_done += layout.block_len(block);
                     done.bytes_read += read_len;
                     if table[block as usize] != digest {

@@ -7,6 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc keeps freed block buffers in per-thread heaps: the pipeline allocates and frees a
+/// block-sized buffer per block on several threads, which glibc's allocator answers with fresh,
+/// page-faulting memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Block-level disaster-recovery data plane and deterministic DR simulator.
 #[derive(Debug, Parser)]
 #[command(name = "drplane", version, about, propagate_version = true)]

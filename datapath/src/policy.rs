@@ -8,6 +8,8 @@ use crate::pageblob::Profile;
 
 /// Copy frequencies ASR offers.
 pub const COPY_FREQUENCIES_SECS: [u32; 3] = [30, 300, 900];
+/// Fastest zstd mode offered (`--fast=7`).
+pub const MIN_ZSTD_LEVEL: i32 = -7;
 /// Bandwidth throttle bounds: 512 Kbps to 102 Mbps.
 pub const MIN_THROTTLE_KBPS: u32 = 512;
 pub const MAX_THROTTLE_KBPS: u32 = 102 * 1024;
@@ -139,8 +141,14 @@ impl Policy {
             ));
         }
         let zstd_level = f.zstd_level.unwrap_or(1);
-        if !(1..=19).contains(&zstd_level) {
-            return Err(invalid("zstd_level", zstd_level, "1 to 19"));
+        // Negative levels are zstd's fast modes (less compression, more speed); 0 would mean
+        // "zstd's default" (3), which is spelled 3.
+        if !(MIN_ZSTD_LEVEL..=19).contains(&zstd_level) || zstd_level == 0 {
+            return Err(invalid(
+                "zstd_level",
+                zstd_level,
+                format!("{MIN_ZSTD_LEVEL} to -1 (fast modes) or 1 to 19"),
+            ));
         }
         let upload_threads = f.upload_threads.unwrap_or(4);
         if !(1..=32).contains(&upload_threads) {

@@ -122,3 +122,74 @@ fn qemu_disk_replicated_over_cycles_restores_every_point_byte_exact() {
         String::from_utf8_lossy(&other.stderr)
     );
 }
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = drplane()
+        .args(args)
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn policies_watch_mode_app_points_and_refusals() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    dp(&["register", "--vault", "v", "--out", &p("reg")]);
+    let pfx = p("reg/v.pfx");
+    let disk = p("disk.raw");
+    let mut bytes: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&disk, &bytes).unwrap();
+    let store = p("store");
+    let (fast, bad_policy, ok) = (p("fast.toml"), p("bad.toml"), p("ok.toml"));
+    // 30-second copies on premium: refused, saying why.
+    std::fs::write(&fast, "copy_frequency_secs = 30\n").unwrap();
+    let base = [
+        "replicate", "--disk", &disk, "--store", &store, "--pfx", &pfx, "--name", "d",
+    ];
+    let mut premium = base.to_vec();
+    premium.extend(["--policy", &fast, "--profile", "premium"]);
+    fails_with(&premium, "premium allows 100");
+    // A bad policy field is named.
+    std::fs::write(&bad_policy, "upload_threads = 64\n").unwrap();
+    let mut bad = base.to_vec();
+    bad.extend(["--policy", &bad_policy]);
+    fails_with(&bad, "upload_threads = 64");
+    // The watch driver runs the machine's first cycle (initial replication) and stops.
+    std::fs::write(&ok, "copy_frequency_secs = 900\nblock_size_kib = 128\n").unwrap();
+    let mut watch = base.to_vec();
+    watch.extend(["--policy", &ok, "--watch", "--cycles", "1", "--json"]);
+    let out = dp(&watch);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "initial");
+    assert_eq!(v["blocks"], 24, "128 KiB blocks from the policy");
+    // A quiescent disk makes an app-consistent point; latest-app restores it.
+    let app_image = bytes.clone();
+    let mut once = base.to_vec();
+    once.extend(["--app-consistent", "--json"]);
+    bytes[70_000..80_000].fill(7);
+    std::fs::write(&disk, &bytes).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&dp(&once).stdout).unwrap();
+    assert_eq!(v["kind"], "delta");
+    assert_eq!(v["consistency"], "app-consistent");
+    assert_eq!(v["blocks_changed"], 1);
+    let app_bytes = bytes.clone();
+    bytes[2_000_000] ^= 1;
+    std::fs::write(&disk, &bytes).unwrap();
+    dp(&base);
+    dp(&[
+        "restore", "--store", &store, "--pfx", &pfx, "--name", "d", "--point", "latest-app", "-o",
+        &p("app.raw"),
+    ]);
+    assert!(std::fs::read(p("app.raw")).unwrap() == app_bytes);
+    assert!(app_bytes != app_image);
+    // The block size of an existing replica cannot change.
+    let mut other_block = base.to_vec();
+    other_block.extend(["--block-size-kib", "64"]);
+    fails_with(&other_block, "uses 128 KiB blocks");
+}

@@ -8,10 +8,12 @@
 //! - [`replica`]: block pipeline, slot records, manifests, the replica blobs and restore.
 //! - [`tracking`]: the persistent change bitmap; [`cycle`]: one replication cycle;
 //!   [`retention`]: which points to keep; [`replicator`]: the sans-IO state machine that
-//!   schedules cycles; [`throttle`]: upload pacing for the real driver.
+//!   schedules cycles; [`agent`]: carries out its plans for one disk; [`throttle`]: upload
+//!   pacing for the real driver.
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod clock;
 pub mod cycle;
 #[cfg(any(test, feature = "testing"))]

@@ -23,6 +23,17 @@ pub enum Untrusted {
     UncleanStop,
 }
 
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Untrusted::NoBitmap => f.write_str("no change-tracking bitmap"),
+            Untrusted::Damaged(why) => write!(f, "change-tracking bitmap damaged: {why}"),
+            Untrusted::OtherDisk => f.write_str("change-tracking bitmap belongs to another disk"),
+            Untrusted::UncleanStop => f.write_str("tracking stopped uncleanly"),
+        }
+    }
+}
+
 /// A tracker for one disk.
 #[derive(Debug)]
 pub struct ChangeTracker {

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use datapath::clock::{Clock, SystemClock};
-use datapath::cycle::{run_cycle, BlockSource, CycleOptions, CycleReport, RawSource, Selection};
+use datapath::agent::{AgentTarget, DiskAgent};
+use datapath::cycle::{BlockSource, CycleReport, RawSource};
 use datapath::keys::Identity;
 use datapath::pageblob::timestamp::http_date;
 use datapath::pageblob::{PageBlobStore, Profile};
@@ -16,10 +17,8 @@ use datapath::policy::Policy;
 use datapath::registration::VaultCredentials;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
-use datapath::replica::manifest::{Consistency, Manifest};
-use datapath::replica::nonce::NonceSource;
-use datapath::replicator::{Action, CycleKind, CycleOutcome, Replicator, Resume};
-use datapath::retention::PointInfo;
+use datapath::replica::manifest::Consistency;
+use datapath::replicator::{Action, CycleKind, CycleOutcome, CyclePlan, Replicator};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
@@ -212,86 +211,47 @@ fn load_policy(args: &ReplicateArgs, profile: Profile) -> Result<Policy> {
     Ok(policy)
 }
 
-/// Everything a cycle of one disk needs, held by the driver.
+/// What the driver holds for one disk.
 struct Session<'a> {
-    name: String,
+    agent: DiskAgent<'a>,
     source: Box<dyn BlockSource>,
-    replica: DiskReplica<'a>,
-    identity: Identity,
-    keys: datapath::keys::DiskKeys,
-    policy: Policy,
-    nonces: NonceSource,
     app_consistent: bool,
     json: bool,
 }
 
 impl Session<'_> {
-    fn points(&self) -> Result<Vec<Manifest>> {
-        Ok(self.replica.points(self.keys.digest.expose())?)
-    }
-
-    fn run(&mut self, kind: CycleKind, throttle: Option<u64>) -> Result<CycleReport> {
-        let now = SystemClock.now_nanos();
-        let options = CycleOptions {
-            selection: Selection::Scan,
+    fn run(&mut self, plan: &CyclePlan) -> Result<CycleReport> {
+        // Without a freeze of the disk there is no app consistency, whatever the schedule says.
+        let plan = CyclePlan {
             consistency: if self.app_consistent {
                 Consistency::Application
             } else {
                 Consistency::Crash
             },
-            zstd_level: self.policy.zstd_level,
-            encrypt: self.policy.encrypt_at_rest,
-            upload_threads: self.policy.upload_threads as usize,
-            throttle_bytes_per_sec: throttle,
-            now_nanos: now,
+            ..*plan
         };
-        let what = match kind {
+        let what = match plan.kind {
             CycleKind::Initial => "initial replication",
             CycleKind::Delta => "delta cycle",
             CycleKind::Resync => "resync",
         };
         let bar = bytes_bar(self.source.disk_size(), what);
-        let report = run_cycle(
-            &self.replica,
-            &*self.source,
-            &self.identity,
-            &self.keys,
-            &options,
-            &mut self.nonces,
-            &|p| {
-                bar.set_length(p.bytes_total);
-                bar.set_position(p.bytes_done);
-                if p.bytes_sent > 0 {
-                    bar.set_message(format!(
-                        "{what} (sent {})",
-                        indicatif::HumanBytes(p.bytes_sent)
-                    ));
-                }
-            },
-        )?;
+        let report = self.agent.run(&plan, &*self.source, SystemClock.now_nanos(), &|p| {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            if p.bytes_sent > 0 {
+                bar.set_message(format!(
+                    "{what} (sent {})",
+                    indicatif::HumanBytes(p.bytes_sent)
+                ));
+            }
+        })?;
         bar.finish_and_clear();
         Ok(report)
     }
 
-    /// Delete the points retention lets go; returns their sequences.
-    fn apply_retention(&self, machine: &Replicator) -> Result<Vec<u64>> {
-        let points = self.points()?;
-        let infos: Vec<PointInfo> = points
-            .iter()
-            .map(|p| PointInfo {
-                sequence: p.sequence,
-                time_nanos: p.time_nanos,
-                consistency: p.consistency,
-            })
-            .collect();
-        let doomed = machine.retention(SystemClock.now_nanos(), &infos);
-        for p in points.iter().filter(|p| doomed.contains(&p.sequence)) {
-            self.replica.delete_point(p)?;
-        }
-        Ok(doomed)
-    }
-
     fn print(&self, kind: CycleKind, report: &CycleReport, deleted: &[u64]) -> Result<()> {
+        let name = &self.agent.name;
         let ratio = if report.bytes_sent > 0 {
             report.bytes_changed as f64 / report.bytes_sent as f64
         } else {
@@ -306,7 +266,7 @@ impl Session<'_> {
             println!(
                 "{}",
                 serde_json::to_string(&json!({
-                    "name": self.name, "kind": kind, "point": report.point.sequence,
+                    "name": name, "kind": kind, "point": report.point.sequence,
                     "snapshot": report.point.snapshot,
                     "consistency": consistency_name(report.point.consistency),
                     "blocks": report.blocks, "blocks_examined": report.blocks_examined,
@@ -319,8 +279,7 @@ impl Session<'_> {
             );
         } else {
             println!(
-                "{}: {kind} point {} committed ({}, {}): {} of {} blocks changed; read {}, changed {}, sent {} (ratio {ratio:.2}); {:.2} s; RPO {rpo:.1} s{}",
-                self.name,
+                "{name}: {kind} point {} committed ({}, {}): {} of {} blocks changed; read {}, changed {}, sent {} (ratio {ratio:.2}); {:.2} s; RPO {rpo:.1} s{}",
                 report.point.sequence,
                 report.point.snapshot,
                 consistency_name(report.point.consistency),
@@ -361,74 +320,45 @@ pub fn replicate(args: ReplicateArgs) -> Result<ExitCode> {
         (None, Some(p)) => p,
         (None, None) => Profile::Standard,
     };
-    let mut policy = load_policy(&args, profile)?;
-    let keys = identity.disk_keys(&name);
-    // An existing replica keeps its block size.
-    let disk_size = source.disk_size().next_multiple_of(512);
-    let probe = DiskReplica::open(
-        &*store,
-        REPLICA_CONTAINER,
-        &name,
-        Layout {
-            disk_size,
-            block_size: policy.block_size,
+    let policy = load_policy(&args, profile)?;
+    let (agent, resume) = DiskAgent::open(
+        AgentTarget {
+            store: &*store,
+            container: REPLICA_CONTAINER,
+            name: &name,
         },
-    );
-    let existing = match &probe {
-        Ok(r) => r.points(keys.digest.expose())?,
-        Err(_) => Vec::new(),
-    };
-    if let Some(last) = existing.last() {
-        if args.block_size_kib.is_some() && last.block_size != policy.block_size {
-            bail!(
-                "replica {name} uses {} KiB blocks; --block-size-kib {} cannot change it",
-                last.block_size / 1024,
-                policy.block_size / 1024
-            );
-        }
-        policy.block_size = last.block_size;
-    }
-    drop(probe);
-    let layout = Layout {
-        disk_size,
-        block_size: policy.block_size,
-    };
-    let replica = DiskReplica::open(&*store, REPLICA_CONTAINER, &name, layout)?;
-    let swept = replica.sweep_orphans(&existing)?;
-    if swept > 0 {
-        eprintln!("{name}: removed {swept} snapshot(s) left by an interrupted commit");
-    }
-    let resume = Resume {
-        last_point_nanos: existing.last().map(|p| p.time_nanos),
-        last_app_point_nanos: existing
-            .iter()
-            .rev()
-            .find(|p| p.consistency == Consistency::Application)
-            .map(|p| p.time_nanos),
-        tracking_untrusted: None,
-    };
-    let mut machine = Replicator::new(
+        &identity,
         policy.clone(),
+        source.disk_size(),
+        None,
+        args.block_size_kib.is_some(),
+        Box::new(ChaCha8Rng::from_os_rng()),
+    )?;
+    let mut machine = Replicator::new(
+        agent.policy().clone(),
         profile.max_snapshots_per_blob(),
         now,
         resume,
     );
     let mut session = Session {
-        name,
+        agent,
         source,
-        replica,
-        identity,
-        keys,
-        policy,
-        nonces: NonceSource::new_epoch(&mut ChaCha8Rng::from_os_rng()),
         app_consistent: args.app_consistent,
         json: args.json,
     };
     if !args.watch {
-        let kind = machine.phase();
-        let report = session.run(kind, machine.throttle_at(now))?;
-        let deleted = session.apply_retention(&machine)?;
-        session.print(kind, &report, &deleted)?;
+        // One cycle now, whatever the schedule says.
+        let plan = CyclePlan {
+            kind: machine.phase(),
+            consistency: Consistency::Crash,
+            throttle_bytes_per_sec: machine.throttle_at(now),
+            due_nanos: now,
+        };
+        let report = session.run(&plan)?;
+        let deleted = session
+            .agent
+            .apply_retention(&machine, SystemClock.now_nanos())?;
+        session.print(plan.kind, &report, &deleted)?;
         return Ok(ExitCode::SUCCESS);
     }
     watch(&mut machine, &mut session, args.cycles)
@@ -458,12 +388,12 @@ fn watch(machine: &mut Replicator, session: &mut Session<'_>, cycles: Option<u64
                     }
                 });
                 if stop {
-                    eprintln!("{}: stopped", session.name);
+                    eprintln!("{}: stopped", session.agent.name);
                     return Ok(ExitCode::SUCCESS);
                 }
             }
             Action::RunCycle(plan) => {
-                let outcome = session.run(plan.kind, plan.throttle_bytes_per_sec);
+                let outcome = session.run(&plan);
                 let finished = SystemClock.now_nanos();
                 match outcome {
                     Ok(report) => {
@@ -473,16 +403,16 @@ fn watch(machine: &mut Replicator, session: &mut Session<'_>, cycles: Option<u64
                                 point_time_nanos: report.point.time_nanos,
                             },
                         );
-                        let deleted = session.apply_retention(machine)?;
+                        let deleted = session.agent.apply_retention(machine, finished)?;
                         session.print(plan.kind, &report, &deleted)?;
                         let health = machine.health(finished);
                         for w in &health.warnings {
-                            eprintln!("{}: health warning: {w}", session.name);
+                            eprintln!("{}: health warning: {w}", session.agent.name);
                         }
                         done += 1;
                     }
                     Err(e) => {
-                        eprintln!("{}: cycle failed, will retry: {e:#}", session.name);
+                        eprintln!("{}: cycle failed, will retry: {e:#}", session.agent.name);
                         machine.cycle_finished(
                             finished,
                             &CycleOutcome::Failed {

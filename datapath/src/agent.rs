@@ -1,0 +1,249 @@
+//! The replication agent of one disk: it carries out the replicator's plans. It opens the
+//! replica (an existing one keeps its block size; orphan snapshots are swept), tells the state
+//! machine where replication stands, turns a plan into a cycle (a tracked delta reads only the
+//! tracker's blocks; initial replication and resync scan every block), settles the tracker when
+//! the point commits or the cycle fails, renews the nonce epoch when one runs out, and deletes
+//! the points retention lets go. The CLI's driver and the simulator both use it.
+
+use rand_core::RngCore;
+
+use crate::cycle::{run_cycle, BlockSource, CycleError, CycleOptions, CycleReport, Progress, Selection};
+use crate::keys::{DiskKeys, Identity};
+use crate::pageblob::PageBlobStore;
+use crate::policy::Policy;
+use crate::replica::disk_replica::{DiskReplica, Layout, ReplicaError};
+use crate::replica::manifest::{Consistency, Manifest};
+use crate::replica::nonce::NonceSource;
+use crate::replicator::{CycleKind, CyclePlan, Replicator, Resume};
+use crate::retention::PointInfo;
+use crate::tracking::{ChangeTracker, Untrusted};
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error("change-tracking bitmap: {0}")]
+    Tracker(std::io::Error),
+    #[error("replica {name} uses {existing} KiB blocks; the policy asks for {asked} KiB")]
+    BlockSize {
+        name: String,
+        existing: u32,
+        asked: u32,
+    },
+}
+
+/// The agent of one disk.
+pub struct DiskAgent<'a> {
+    pub name: String,
+    pub replica: DiskReplica<'a>,
+    identity: &'a Identity,
+    keys: DiskKeys,
+    policy: Policy,
+    tracker: Option<ChangeTracker>,
+    nonces: NonceSource,
+    rng: Box<dyn RngCore + Send + 'a>,
+}
+
+impl std::fmt::Debug for DiskAgent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskAgent")
+            .field("name", &self.name)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where to open an agent.
+#[derive(Clone, Copy)]
+pub struct AgentTarget<'a> {
+    pub store: &'a dyn PageBlobStore,
+    pub container: &'a str,
+    pub name: &'a str,
+}
+
+impl std::fmt::Debug for AgentTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.container, self.name)
+    }
+}
+
+impl<'a> DiskAgent<'a> {
+    /// Open the replica of a disk of `disk_size` bytes. `tracker` is the disk's change tracker
+    /// with the reason it is untrusted, if it is; `strict_block_size` refuses a policy block
+    /// size that differs from an existing replica's (otherwise the replica's wins). `rng` draws
+    /// nonce epochs (the OS RNG in production, a seeded stream in the simulator).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        target: AgentTarget<'a>,
+        identity: &'a Identity,
+        mut policy: Policy,
+        disk_size: u64,
+        tracker: Option<(ChangeTracker, Option<Untrusted>)>,
+        strict_block_size: bool,
+        mut rng: Box<dyn RngCore + Send + 'a>,
+    ) -> Result<(DiskAgent<'a>, Resume), AgentError> {
+        let keys = identity.disk_keys(target.name);
+        let disk_size = disk_size.next_multiple_of(512);
+        let layout = |block_size| Layout {
+            disk_size,
+            block_size,
+        };
+        let probe = DiskReplica::open(
+            target.store,
+            target.container,
+            target.name,
+            layout(policy.block_size),
+        )?;
+        let existing = probe.points(keys.digest.expose())?;
+        if let Some(last) = existing.last() {
+            if strict_block_size && last.block_size != policy.block_size {
+                return Err(AgentError::BlockSize {
+                    name: target.name.into(),
+                    existing: last.block_size / 1024,
+                    asked: policy.block_size / 1024,
+                });
+            }
+            policy.block_size = last.block_size;
+        }
+        let replica = DiskReplica::open(
+            target.store,
+            target.container,
+            target.name,
+            layout(policy.block_size),
+        )?;
+        replica.sweep_orphans(&existing)?;
+        let (tracker, untrusted) = match tracker {
+            Some((t, why)) => (Some(t), why),
+            None => (None, None),
+        };
+        let resume = Resume {
+            last_point_nanos: existing.last().map(|p| p.time_nanos),
+            last_app_point_nanos: existing
+                .iter()
+                .rev()
+                .find(|p| p.consistency == Consistency::Application)
+                .map(|p| p.time_nanos),
+            tracking_untrusted: untrusted.map(|u| u.to_string()),
+        };
+        let nonces = NonceSource::new_epoch(&mut rng);
+        Ok((
+            DiskAgent {
+                name: target.name.into(),
+                replica,
+                identity,
+                keys,
+                policy,
+                tracker,
+                nonces,
+                rng,
+            },
+            resume,
+        ))
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Record a write to the disk (the writer's change-tracking hook).
+    pub fn track_write(&mut self, offset: u64, len: u64) {
+        if let Some(t) = &mut self.tracker {
+            t.mark(offset, len);
+        }
+    }
+
+    /// The live points, oldest first.
+    pub fn points(&self) -> Result<Vec<Manifest>, ReplicaError> {
+        self.replica.points(self.keys.digest.expose())
+    }
+
+    /// Run `plan` against `source` at `now_nanos`.
+    pub fn run(
+        &mut self,
+        plan: &CyclePlan,
+        source: &dyn BlockSource,
+        now_nanos: u64,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<CycleReport, AgentError> {
+        let selection = match (&mut self.tracker, plan.kind) {
+            (Some(t), CycleKind::Delta) => Selection::Blocks(t.begin_cycle()),
+            (Some(t), _) => {
+                // Everything is compared; what was tracked so far is covered by the scan.
+                t.begin_cycle();
+                Selection::Scan
+            }
+            (None, _) => Selection::Scan,
+        };
+        let options = CycleOptions {
+            selection,
+            consistency: plan.consistency,
+            zstd_level: self.policy.zstd_level,
+            encrypt: self.policy.encrypt_at_rest,
+            upload_threads: self.policy.upload_threads as usize,
+            throttle_bytes_per_sec: plan.throttle_bytes_per_sec,
+            now_nanos,
+        };
+        let mut outcome = self.cycle(source, &options, progress);
+        if matches!(outcome, Err(CycleError::Nonces)) {
+            // The epoch's 2^32 nonces are used: a fresh epoch, and the cycle again.
+            self.nonces = NonceSource::new_epoch(&mut self.rng);
+            outcome = self.cycle(source, &options, progress);
+        }
+        match (&mut self.tracker, &outcome) {
+            (Some(t), Ok(_)) => t.commit_cycle().map_err(AgentError::Tracker)?,
+            (Some(t), Err(_)) => t.abort_cycle(),
+            (None, _) => {}
+        }
+        Ok(outcome?)
+    }
+
+    fn cycle(
+        &mut self,
+        source: &dyn BlockSource,
+        options: &CycleOptions,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<CycleReport, CycleError> {
+        run_cycle(
+            &self.replica,
+            source,
+            self.identity,
+            &self.keys,
+            options,
+            &mut self.nonces,
+            progress,
+        )
+    }
+
+    /// Delete the points retention lets go at `now`; returns their sequences.
+    pub fn apply_retention(
+        &self,
+        machine: &Replicator,
+        now_nanos: u64,
+    ) -> Result<Vec<u64>, ReplicaError> {
+        let points = self.points()?;
+        let infos: Vec<PointInfo> = points
+            .iter()
+            .map(|p| PointInfo {
+                sequence: p.sequence,
+                time_nanos: p.time_nanos,
+                consistency: p.consistency,
+            })
+            .collect();
+        let doomed = machine.retention(now_nanos, &infos);
+        for p in points.iter().filter(|p| doomed.contains(&p.sequence)) {
+            self.replica.delete_point(p)?;
+        }
+        Ok(doomed)
+    }
+
+    /// Stop: the tracker is persisted with a clean-shutdown mark.
+    pub fn close(self) -> Result<(), AgentError> {
+        match self.tracker {
+            Some(t) => t.close().map_err(AgentError::Tracker),
+            None => Ok(()),
+        }
+    }
+}

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -34,57 +34,6 @@ fn python() -> PathBuf {
         py
     })
     .clone()
-}
-
-struct Server {
-    child: Child,
-    endpoint: String,
-}
-
-fn start(data: &Path, profile: &str) -> Server {
-    let mut child = drplane()
-        .args([
-            "blob",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--profile",
-            profile,
-            "--data",
-        ])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Server { child, endpoint }
-}
-
-impl Server {
-    fn addr(&self) -> String {
-        self.endpoint
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    }
-    fn stop(mut self, signal: &str) {
-        run_ok(Command::new("kill").args([signal, &self.child.id().to_string()]));
-        let status = self.child.wait().unwrap();
-        if signal == "-TERM" {
-            assert!(status.success(), "graceful shutdown exited with {status}");
-        }
-    }
 }
 
 fn sdk(py: &Path, endpoint: &str, phase: &str, profile: &str, input: Option<&[u8]>) -> Vec<u8> {
@@ -116,10 +65,10 @@ fn sdk(py: &Path, endpoint: &str, phase: &str, profile: &str, input: Option<&[u8
 fn python_sdk_round_trip_survives_graceful_restart_on_standard() {
     let py = python();
     let dir = temp_dir();
-    let server = start(dir.path(), "standard");
+    let server = start_server(dir.path(), "standard");
     let summary = sdk(&py, &server.endpoint, "write", "standard", None);
     server.stop("-TERM");
-    let server = start(dir.path(), "standard");
+    let server = start_server(dir.path(), "standard");
     sdk(&py, &server.endpoint, "verify", "standard", Some(&summary));
     server.stop("-TERM");
 }
@@ -128,10 +77,10 @@ fn python_sdk_round_trip_survives_graceful_restart_on_standard() {
 fn python_sdk_sees_premium_snapshot_limit_and_data_survives_kill_9() {
     let py = python();
     let dir = temp_dir();
-    let server = start(dir.path(), "premium");
+    let server = start_server(dir.path(), "premium");
     let summary = sdk(&py, &server.endpoint, "write", "premium", None);
     server.stop("-KILL");
-    let server = start(dir.path(), "premium");
+    let server = start_server(dir.path(), "premium");
     sdk(&py, &server.endpoint, "verify", "premium", Some(&summary));
     server.stop("-TERM");
 }
@@ -149,7 +98,7 @@ fn raw(addr: &str, request: &[u8]) -> String {
 #[test]
 fn bad_signatures_and_garbage_requests_are_refused_and_the_server_stays_up() {
     let dir = temp_dir();
-    let server = start(dir.path(), "standard");
+    let server = start_server(dir.path(), "standard");
     let addr = server.addr();
     let unsigned = raw(&addr, b"PUT /devstoreaccount1/c1?restype=container HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert!(

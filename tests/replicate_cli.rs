@@ -14,9 +14,21 @@ fn dp(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn qemu_disk_replicated_over_cycles_restores_every_point_byte_exact() {
+    qemu_cycles(false);
+}
+
+#[test]
+fn qemu_disk_replicated_through_blob_serve_restores_every_point_byte_exact() {
+    qemu_cycles(true);
+}
+
+/// Three cycles of a qemu-made, qemu-changed VHDX into a store directory, or into
+/// `drplane blob serve` over HTTP.
+fn qemu_cycles(over_http: bool) {
     let dir = temp_dir();
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let server = over_http.then(|| start_server(&d.join("served"), "standard"));
     dp(&["register", "--vault", "v", "--out", &p("reg")]);
     let pfx = p("reg/v.pfx");
     let disk = p("disk.vhdx");
@@ -39,7 +51,10 @@ fn qemu_disk_replicated_over_cycles_restores_every_point_byte_exact() {
         ],
         &["write -P 0x65 10M 4M"],
     ];
-    let store = p("store");
+    let store = match &server {
+        Some(s) => s.endpoint.clone(),
+        None => p("store"),
+    };
     for (cycle, edit) in edits.iter().enumerate() {
         let cmds: Vec<String> = edit.iter().map(|s| s.to_string()).collect();
         assert!(qemu_io(&disk, &cmds).status.success());
@@ -121,6 +136,9 @@ fn qemu_disk_replicated_over_cycles_restores_every_point_byte_exact() {
         "{}",
         String::from_utf8_lossy(&other.stderr)
     );
+    if let Some(server) = server {
+        server.stop("-TERM");
+    }
 }
 
 fn fails_with(args: &[&str], needle: &str) {

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
 
 pub fn drplane() -> Command {
     Command::new(env!("CARGO_BIN_EXE_drplane"))
@@ -118,3 +119,56 @@ pub fn qemu_convert_to_raw(image: &Path, raw: &Path) {
         path_str(raw),
     ]);
 }
+
+/// A `drplane blob serve` on a free loopback port.
+pub struct Server {
+    pub child: Child,
+    pub endpoint: String,
+}
+
+pub fn start_server(data: &Path, profile: &str) -> Server {
+    let mut child = drplane()
+        .args([
+            "blob",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--profile",
+            profile,
+            "--data",
+        ])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let endpoint = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, endpoint }
+}
+
+impl Server {
+    pub fn addr(&self) -> String {
+        self.endpoint
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+    pub fn stop(mut self, signal: &str) {
+        run_ok(Command::new("kill").args([signal, &self.child.id().to_string()]));
+        let status = self.child.wait().unwrap();
+        if signal == "-TERM" {
+            assert!(status.success(), "graceful shutdown exited with {status}");
+        }
+    }
+}
+

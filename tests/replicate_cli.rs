@@ -170,9 +170,26 @@ fn policies_watch_mode_app_points_and_refusals() {
     let base = [
         "replicate", "--disk", &disk, "--store", &store, "--pfx", &pfx, "--name", "d",
     ];
-    let mut premium = base.to_vec();
-    premium.extend(["--policy", &fast, "--profile", "premium"]);
-    fails_with(&premium, "premium allows 100");
+    let (premium_store, log_store) = (p("premium"), p("log"));
+    let premium = [
+        "replicate", "--disk", &disk, "--store", &premium_store, "--pfx", &pfx, "--name", "d",
+        "--profile", "premium",
+    ];
+    let mut too_fast = premium.to_vec();
+    too_fast.extend(["--policy", &fast]);
+    fails_with(&too_fast, "premium allows 100");
+    // Premium cycles are staged in a log on a standard store.
+    fails_with(&premium, "needs --log-store");
+    let mut staged = premium.to_vec();
+    staged.extend(["--log-store", &log_store, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&dp(&staged).stdout).unwrap();
+    assert_eq!(v["point"], 0);
+    assert!(std::path::Path::new(&log_store).join("store.json").exists());
+    dp(&[
+        "restore", "--store", &premium_store, "--pfx", &pfx, "--name", "d", "-o",
+        &p("premium.raw"),
+    ]);
+    assert!(std::fs::read(p("premium.raw")).unwrap() == bytes);
     // A bad policy field is named.
     std::fs::write(&bad_policy, "upload_threads = 64\n").unwrap();
     let mut bad = base.to_vec();

@@ -62,7 +62,12 @@ pub struct AgentTarget<'a> {
     pub store: &'a dyn PageBlobStore,
     pub container: &'a str,
     pub name: &'a str,
+    /// Premium targets: the standard store holding the replication (staging) log.
+    pub log_store: Option<&'a dyn PageBlobStore>,
 }
+
+/// Container of staging logs on the log store.
+pub const LOG_CONTAINER: &str = "replication-log";
 
 impl std::fmt::Debug for AgentTarget<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +119,10 @@ impl<'a> DiskAgent<'a> {
             target.name,
             layout(policy.block_size),
         )?;
+        let replica = match target.log_store {
+            Some(log) => replica.with_staging(log, LOG_CONTAINER, target.name)?,
+            None => replica,
+        };
         replica.sweep_orphans(&existing)?;
         let (tracker, untrusted) = match tracker {
             Some((t, why)) => (Some(t), why),

@@ -24,6 +24,7 @@ use crate::replica::block_record::{is_zero, BlockCodec, Encoded};
 use crate::replica::disk_replica::{DiskReplica, ReplicaError};
 use crate::replica::manifest::{merkle_root, Consistency, Manifest};
 use crate::replica::nonce::NonceSource;
+use crate::replica::staging_log::{LogHeader, StagingLog};
 use crate::throttle::RateLimit;
 
 /// Bytes of source data in flight per group (read, hashed and encoded together).
@@ -191,9 +192,15 @@ fn replica_state(
     let rebuilt = replica.rebuild_digest_table()?;
     // Without points, a rebuild only matters when an interrupted first cycle wrote slots.
     let repaired = !points.is_empty() || rebuilt.iter().any(Option::is_some);
+    let table = resolve(rebuilt);
+    if repaired {
+        // Store the whole rebuilt table, so the next point's table matches it again.
+        let pages: BTreeSet<u64> = (0..layout.blocks().div_ceil(ENTRIES_PER_PAGE)).collect();
+        write_table_pages(replica, &table, &pages, &zero)?;
+    }
     Ok(ReplicaState {
         points,
-        table: resolve(rebuilt),
+        table,
         rebuilt: repaired,
     })
 }
@@ -215,6 +222,8 @@ fn zero_digests(
 struct Job {
     block: u64,
     encoded: Encoded,
+    /// Offset in the staging log (premium targets).
+    log_offset: u64,
 }
 
 /// Replicate `source` into `replica` as the next recovery point.
@@ -238,6 +247,9 @@ pub fn run_cycle(
     }
     let digest_key = keys.digest.expose();
     let codec = BlockCodec::new(keys, options.zstd_level, options.encrypt);
+    if let Some(log) = &replica.staging {
+        recover_staged_cycle(replica, log, identity, &codec, digest_key)?;
+    }
     let ReplicaState {
         points,
         mut table,
@@ -263,6 +275,9 @@ pub fn run_cycle(
     };
     let mut done = totals;
     let sent = AtomicU64::new(0);
+    let staging = replica.staging.as_ref();
+    let mut log_end = StagingLog::first_entry();
+    let mut log_entries = 0u64;
     let mut changed = 0u64;
     let mut bytes_changed = 0u64;
 
@@ -286,7 +301,11 @@ pub fn run_cycle(
                 if let Some(limit) = &limiter {
                     limit.acquire(bytes);
                 }
-                match replica.write_block(job.block, job.encoded) {
+                let written = match staging {
+                    Some(log) => log.write_entry(job.log_offset, job.block, job.encoded),
+                    None => replica.write_block(job.block, job.encoded),
+                };
+                match written {
                     Ok(()) => {
                         sent.fetch_add(bytes, Ordering::Relaxed);
                     }
@@ -371,7 +390,15 @@ pub fn run_cycle(
                 let blocks_of_work: Vec<u64> = work.iter().map(|(b, _, _)| *b).collect();
                 drop(work);
                 for (block, encoded) in blocks_of_work.into_iter().zip(encoded) {
-                    if tx.send(Job { block, encoded }).is_err() {
+                    let log_offset = log_end;
+                    log_end += StagingLog::entry_len(&encoded);
+                    log_entries += 1;
+                    let job = Job {
+                        block,
+                        encoded,
+                        log_offset,
+                    };
+                    if tx.send(job).is_err() {
                         break;
                     }
                 }
@@ -388,6 +415,18 @@ pub fn run_cycle(
     if let Some(e) = first_error.into_inner().expect("error slot") {
         return Err(e.into());
     }
+    if let Some(log) = staging {
+        // The cycle is in the log: commit it there, then apply it to the premium blob.
+        let header = LogHeader {
+            sequence,
+            time_nanos: options.now_nanos,
+            consistency: options.consistency,
+            entries: log_entries,
+            end: log_end,
+        };
+        log.commit(&header)?;
+        log.for_each_entry(&header, |block, record| apply_entry(replica, block, record))?;
+    }
     let point = replica.commit_point(
         sequence,
         sequence,
@@ -397,6 +436,9 @@ pub fn run_cycle(
         &table,
         digest_key,
     )?;
+    if let Some(log) = staging {
+        log.clear(log_end)?;
+    }
     Ok(CycleReport {
         point,
         blocks,
@@ -408,6 +450,67 @@ pub fn run_cycle(
         table_rebuilt,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Write one staged entry into its slot.
+fn apply_entry(
+    replica: &DiskReplica<'_>,
+    block: u64,
+    record: Option<Encoded>,
+) -> Result<(), ReplicaError> {
+    if block >= replica.layout.blocks() {
+        return Err(ReplicaError::StagingLog {
+            path: "staging log".into(),
+            offset: 0,
+            why: format!("entry for block {block}, past the disk's end"),
+        });
+    }
+    replica.write_block(
+        block,
+        record.unwrap_or(Encoded::Zero { digest: [0; 32] }),
+    )
+}
+
+/// A premium replica's start: a cycle committed to the staging log but not yet to the replica
+/// is applied and its point committed; anything else in the log is discarded.
+fn recover_staged_cycle(
+    replica: &DiskReplica<'_>,
+    log: &StagingLog<'_>,
+    identity: &Identity,
+    codec: &BlockCodec,
+    digest_key: &[u8; 32],
+) -> Result<(), CycleError> {
+    let Some(header) = log.committed()? else {
+        let end = log.used_end()?;
+        if end > 0 {
+            log.clear(end)?;
+        }
+        return Ok(());
+    };
+    let points = replica.points(digest_key)?;
+    let next = points.last().map_or(0, |p| p.sequence + 1);
+    if header.sequence == next {
+        log.for_each_entry(&header, |block, record| apply_entry(replica, block, record))?;
+        let layout = replica.layout;
+        let zero = zero_digests(codec, layout.blocks(), layout.block_size, layout.disk_size);
+        let table: Vec<[u8; 32]> = replica
+            .rebuild_digest_table()?
+            .into_iter()
+            .enumerate()
+            .map(|(b, d)| d.unwrap_or_else(|| zero(b as u64)))
+            .collect();
+        replica.commit_point(
+            header.sequence,
+            header.sequence,
+            header.time_nanos,
+            header.consistency,
+            identity.key_id.0,
+            &table,
+            digest_key,
+        )?;
+    }
+    log.clear(header.end)?;
+    Ok(())
 }
 
 /// Write the digest-table pages in `pages` from `table` (zero blocks as all-zero entries).

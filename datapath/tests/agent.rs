@@ -100,10 +100,18 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
     )
     .unwrap();
     let bitmap = dir.path().join("vm-disk.ctb");
+    let log_store = Emulator::open(
+        &dir.path().join("log"),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap();
     let target = AgentTarget {
         store: &store,
         container: "replicas",
         name: "vm-disk",
+        log_store: Some(&log_store),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let mut disk = Disk {

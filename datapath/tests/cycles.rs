@@ -325,3 +325,105 @@ fn deleted_points_leave_the_journal_and_their_snapshots_go() {
     .unwrap();
     assert_eq!(r.point.sequence, 5);
 }
+
+fn staged<'a>(store: &'a dyn PageBlobStore, log: &'a dyn PageBlobStore) -> DiskReplica<'a> {
+    DiskReplica::open(store, "replicas", "disk", layout())
+        .unwrap()
+        .with_staging(log, "replication-log", "disk")
+        .unwrap()
+}
+
+#[test]
+fn premium_cycles_go_through_the_staging_log_and_a_committed_log_survives_a_crash() {
+    let id = identity();
+    let keys = id.disk_keys("disk");
+    let premium = Profile::Premium {
+        snapshot_spacing: false,
+    };
+    let (mut completed, mut discarded) = (0, 0);
+    for seed in 0..16u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let fast =
+            Emulator::open(&dir.path().join("p"), premium, Durability::Process, clock.clone())
+                .unwrap();
+        let fast = Arc::new(fast);
+        let log_store = store(&dir.path().join("s"));
+        let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(seed));
+        let mut rng = ChaCha8Rng::seed_from_u64(500 + seed);
+        let mut disk = MemDisk {
+            bytes: vec![0; SIZE as usize],
+            reads: Default::default(),
+        };
+        let replica = staged(&*fast, &*log_store);
+        let mut images = Vec::new();
+        for t in 0..2 {
+            churn(&mut disk, &mut rng, 10);
+            run_cycle(
+                &replica,
+                &disk,
+                &id,
+                &keys,
+                &options(Selection::Scan, t),
+                &mut nonces,
+                &|_| {},
+            )
+            .unwrap();
+            images.push(disk.bytes.clone());
+            let log = replica.staging.as_ref().unwrap();
+            assert_eq!(log.used_end().unwrap(), 0, "an applied log is cleared");
+        }
+        // The premium store fails part-way through the next cycle.
+        churn(&mut disk, &mut rng, 10);
+        let at_crash = disk.bytes.clone();
+        let faulty = FaultyStore::new(
+            fast.clone(),
+            FaultConfig {
+                seed,
+                timeout_after_write: 0.12,
+                ..FaultConfig::default()
+            },
+        );
+        let broken = staged(&faulty, &*log_store);
+        let failed = run_cycle(
+            &broken,
+            &disk,
+            &id,
+            &keys,
+            &options(Selection::Scan, 2),
+            &mut nonces,
+            &|_| {},
+        );
+        if failed.is_ok() {
+            continue;
+        }
+        let committed_log = replica.staging.as_ref().unwrap().committed().unwrap();
+        // The next cycle completes a committed log as point 2 (the disk at the crash), then
+        // makes its own point from the disk as it is now.
+        churn(&mut disk, &mut rng, 4);
+        let report = run_cycle(
+            &replica,
+            &disk,
+            &id,
+            &keys,
+            &options(Selection::Scan, 3),
+            &mut nonces,
+            &|_| {},
+        )
+        .unwrap();
+        let points = replica.points(keys.digest.expose()).unwrap();
+        if committed_log.is_some() {
+            completed += 1;
+            assert_eq!(report.point.sequence, 3);
+            assert!(restore(&replica, &id, &points[2]) == at_crash[..], "seed {seed}");
+        } else {
+            discarded += 1;
+            assert_eq!(report.point.sequence, 2);
+        }
+        assert!(restore(&replica, &id, points.last().unwrap()) == disk.bytes[..]);
+        for (p, image) in points.iter().zip(&images) {
+            assert!(restore(&replica, &id, p) == image[..], "seed {seed}");
+        }
+    }
+    assert!(completed > 0 && discarded > 0, "{completed} completed, {discarded} discarded");
+}

@@ -152,12 +152,26 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn open(&self) -> Result<Box<dyn PageBlobStore>> {
-        Ok(self.open_with_profile()?.0)
+    /// The same account and key, another store.
+    pub fn with_store(&self, store: &str) -> Target {
+        Target {
+            store: store.to_string(),
+            account: self.account.clone(),
+            key: self.key.clone(),
+        }
     }
 
-    /// The store and, for a store directory, the profile it was created with.
-    pub fn open_with_profile(&self) -> Result<(Box<dyn PageBlobStore>, Option<Profile>)> {
+    pub fn open(&self) -> Result<Box<dyn PageBlobStore>> {
+        Ok(self.open_with_profile(None)?.0)
+    }
+
+    /// The store and, for a store directory, the profile it was created with. A new
+    /// directory is created with `new_profile` (default standard); an existing one must
+    /// have been created with it, when given.
+    pub fn open_with_profile(
+        &self,
+        new_profile: Option<Profile>,
+    ) -> Result<(Box<dyn PageBlobStore>, Option<Profile>)> {
         if self.store.starts_with("http://") || self.store.starts_with("https://") {
             let account = match &self.account {
                 Some(a) => a.clone(),
@@ -176,10 +190,9 @@ impl Target {
         } else {
             let dir = std::path::Path::new(&self.store);
             if !dir.join("store.json").exists() {
-                // A new directory becomes a standard store.
                 let store = Emulator::open(
                     dir,
-                    Profile::Standard,
+                    new_profile.unwrap_or(Profile::Standard),
                     Durability::Process,
                     Arc::new(SystemClock),
                 )
@@ -194,6 +207,12 @@ impl Target {
             )
             .with_context(|| format!("store {}", self.store))?;
             let profile = store.profile();
+            if let Some(wanted) = new_profile.filter(|w| *w != profile) {
+                bail!(
+                    "store {} was created with profile {profile:?}, not {wanted:?}",
+                    self.store
+                );
+            }
             Ok((Box::new(store), Some(profile)))
         }
     }

@@ -67,7 +67,12 @@ pub struct ReplicateArgs {
     /// Replication policy (TOML); default: ASR's defaults.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Profile of a store given by URL, for policy checks: standard, premium, premium-spaced.
+    /// Standard store (directory or URL) for the replication log; required for premium
+    /// targets, whose cycles are staged there and applied from it.
+    #[arg(long)]
+    log_store: Option<String>,
+    /// Store profile: standard, premium, premium-spaced. A new store directory is created with
+    /// it; for a URL it is what the policy is checked against (default standard).
     #[arg(long)]
     profile: Option<String>,
     /// Replication block size in KiB (overrides the policy); fixed for a replica.
@@ -313,19 +318,38 @@ pub fn replicate(args: ReplicateArgs) -> Result<ExitCode> {
     check_credentials(&args, &identity, now)?;
     let (source, default_name) = open_source(&args.disk)?;
     let name = args.name.clone().unwrap_or(default_name);
-    let (store, store_profile) = args.target.open_with_profile()?;
-    let profile = match (&args.profile, store_profile) {
-        (Some(p), _) => Profile::parse(p)
-            .with_context(|| format!("--profile {p}: standard, premium or premium-spaced"))?,
-        (None, Some(p)) => p,
-        (None, None) => Profile::Standard,
+    let asked = match &args.profile {
+        Some(p) => Some(
+            Profile::parse(p)
+                .with_context(|| format!("--profile {p}: standard, premium or premium-spaced"))?,
+        ),
+        None => None,
     };
+    let (store, store_profile) = args.target.open_with_profile(asked)?;
+    let profile = asked.or(store_profile).unwrap_or(Profile::Standard);
     let policy = load_policy(&args, profile)?;
+    let log_store = match (&args.log_store, profile) {
+        (Some(s), _) => {
+            let (log, log_profile) = args
+                .target
+                .with_store(s)
+                .open_with_profile(Some(Profile::Standard))?;
+            if log_profile.is_some_and(|p| p != Profile::Standard) {
+                bail!("--log-store {s}: the replication log belongs on a standard store");
+            }
+            Some(log)
+        }
+        (None, Profile::Standard) => None,
+        (None, _) => bail!(
+            "a premium target needs --log-store: a standard store for the replication log"
+        ),
+    };
     let (agent, resume) = DiskAgent::open(
         AgentTarget {
             store: &*store,
             container: REPLICA_CONTAINER,
             name: &name,
+            log_store: log_store.as_deref(),
         },
         &identity,
         policy.clone(),

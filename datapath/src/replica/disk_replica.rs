@@ -15,6 +15,7 @@
 use super::block_record::{BlockCodec, Encoded, RecordError};
 use super::manifest::{merkle_root, Consistency, Manifest, ManifestError};
 use super::slot_header::{SlotHeader, HEADER_SIZE};
+use super::staging_log::StagingLog;
 use crate::pageblob::{
     BlobPath, Conditions, ErrorCode, PageBlobStore, StoreError, MAX_PUT_PAGES_BYTES, PAGE_SIZE,
 };
@@ -41,6 +42,12 @@ pub enum ReplicaError {
     Manifest { point: u64, source: ManifestError },
     #[error("point {point}: Merkle root of the restored blocks does not match the manifest")]
     MerkleMismatch { point: String },
+    #[error("staging log {path} at {offset:#x}: {why}")]
+    StagingLog {
+        path: String,
+        offset: u64,
+        why: String,
+    },
     #[error("journal is full: point {sequence} would overwrite live point {live}")]
     JournalFull { sequence: u64, live: u64 },
 }
@@ -75,6 +82,8 @@ pub struct DiskReplica<'a> {
     pub digests: BlobPath,
     pub journal: BlobPath,
     pub layout: Layout,
+    /// Premium targets: the staging log on a standard store that cycles go through.
+    pub staging: Option<StagingLog<'a>>,
 }
 
 impl std::fmt::Debug for DiskReplica<'_> {
@@ -110,6 +119,7 @@ impl<'a> DiskReplica<'a> {
             digests: BlobPath::new(container, &format!("{name}.digests")),
             journal: BlobPath::new(container, &format!("{name}.journal")),
             layout,
+            staging: None,
         };
         let absent = |path: &BlobPath| matches!(store.properties(path, None), Err(e) if e.code() == Some(ErrorCode::BlobNotFound));
         if absent(&r.data) {
@@ -123,6 +133,24 @@ impl<'a> DiskReplica<'a> {
             store.create_page_blob(&r.journal, JOURNAL_SLOTS * JOURNAL_SLOT, 0, &none())?;
         }
         Ok(r)
+    }
+
+    /// Stage this replica's cycles in a log on `store` (a standard store for a premium target).
+    pub fn with_staging(
+        mut self,
+        store: &'a dyn PageBlobStore,
+        container: &str,
+        name: &str,
+    ) -> Result<DiskReplica<'a>, ReplicaError> {
+        let log = StagingLog::open(
+            store,
+            container,
+            name,
+            self.layout.blocks(),
+            self.layout.slot_size(),
+        )?;
+        self.staging = Some(log);
+        Ok(self)
     }
 
     /// Write a block's record into its slot (only the pages it occupies), or clear the slot.

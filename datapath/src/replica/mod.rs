@@ -1,7 +1,8 @@
-//! The replica's block records: how one block of a disk is stored in its slot of the replica
-//! page blob ([`slot_header`]), how it gets there and back ([`block_record`]: keyed digest,
-//! zero detection, zstd, AES-256-GCM, CRC-32C), and where the GCM nonces come from ([`nonce`]).
-//! Format: docs/replica-format.md.
+//! The replica of a disk in page blobs: how one block is stored in its slot ([`slot_header`]),
+//! how it gets there and back ([`block_record`]: keyed digest, zero detection, zstd,
+//! AES-256-GCM, CRC-32C), where the GCM nonces come from ([`nonce`]), the recovery-point
+//! [`manifest`], the replica's blobs and restore ([`disk_replica`]), and the premium
+//! [`staging_log`]. Format: docs/replica-format.md.
 
 pub mod batch;
 pub mod block_record;
@@ -9,3 +10,4 @@ pub mod disk_replica;
 pub mod manifest;
 pub mod nonce;
 pub mod slot_header;
+pub mod staging_log;

@@ -28,7 +28,7 @@ use crate::replica::staging_log::{LogHeader, StagingLog};
 use crate::throttle::RateLimit;
 
 /// Bytes of source data in flight per group (read, hashed and encoded together).
-pub const GROUP_BYTES: u64 = 4 << 20;
+pub const GROUP_BYTES: u64 = 8 << 20;
 
 /// Where a cycle reads the disk from.
 pub trait BlockSource: Sync {
@@ -143,6 +143,49 @@ struct ReadBlock {
     data: Option<Vec<u8>>,
     digest: [u8; 32],
     read_len: u64,
+}
+
+/// A block after the parallel pass: its record when it differs from the replica.
+struct Examined {
+    block: u64,
+    digest: [u8; 32],
+    read_len: u64,
+    encoded: Option<Encoded>,
+}
+
+/// Read block `block` (not at all when the source says it is unallocated) and hash it.
+fn read_block(
+    source: &dyn BlockSource,
+    layout: &crate::replica::disk_replica::Layout,
+    block: u64,
+    zero: &(impl Fn(u64) -> [u8; 32] + Sync),
+    codec: &BlockCodec,
+) -> Result<ReadBlock, CycleError> {
+    let offset = block * u64::from(layout.block_size);
+    let len = layout.block_len(block);
+    if source.is_unallocated(offset, len) {
+        return Ok(ReadBlock {
+            data: None,
+            digest: zero(block),
+            read_len: 0,
+        });
+    }
+    let mut data = vec![0u8; len as usize];
+    source
+        .read_at(offset, &mut data)
+        .map_err(|e| CycleError::Source { offset, source: e })?;
+    if is_zero(&data) {
+        return Ok(ReadBlock {
+            data: None,
+            digest: zero(block),
+            read_len: len,
+        });
+    }
+    Ok(ReadBlock {
+        digest: codec.digest(&data),
+        data: Some(data),
+        read_len: len,
+    })
 }
 
 /// The live points and the trusted digest table of a replica, as a cycle starts.
@@ -268,7 +311,7 @@ pub fn run_cycle(
             list.clone()
         }
     };
-    let group_len = (GROUP_BYTES / u64::from(layout.block_size)).clamp(2, 64) as usize;
+    let group_len = (GROUP_BYTES / u64::from(layout.block_size)).clamp(2, 128) as usize;
     let totals = Progress {
         bytes_total: selected.iter().map(|&b| layout.block_len(b)).sum(),
         ..Progress::default()
@@ -321,75 +364,58 @@ pub fn run_cycle(
                 if failed.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                // Read and hash the group on all cores; unallocated blocks are never read.
-                let read: Vec<Result<ReadBlock, CycleError>> = group
+                // One pass on all cores: read (unallocated blocks never), hash, compare with
+                // the table, encode what changed. Nonces are handed out per position before
+                // the pass, so the bytes do not depend on scheduling (unused ones are skipped).
+                let group_nonces: Vec<[u8; 12]> = group
+                    .iter()
+                    .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
+                    .collect::<Result<_, _>>()?;
+                let known = &table;
+                let examined: Vec<Result<Examined, CycleError>> = group
                     .par_iter()
-                    .map(|&block| {
-                        let offset = block * u64::from(layout.block_size);
-                        let len = layout.block_len(block);
-                        if source.is_unallocated(offset, len) {
-                            return Ok(ReadBlock {
-                                data: None,
-                                digest: zero(block),
-                                read_len: 0,
-                            });
-                        }
-                        let mut data = vec![0u8; len as usize];
-                        source
-                            .read_at(offset, &mut data)
-                            .map_err(|e| CycleError::Source { offset, source: e })?;
-                        if is_zero(&data) {
-                            return Ok(ReadBlock {
-                                data: None,
-                                digest: zero(block),
-                                read_len: len,
-                            });
-                        }
-                        Ok(ReadBlock {
-                            digest: codec.digest(&data),
-                            data: Some(data),
-                            read_len: len,
+                    .zip(group_nonces.par_iter())
+                    .map(|(&block, nonce)| {
+                        let read = read_block(source, &layout, block, &zero, &codec)?;
+                        let encoded = (known[block as usize] != read.digest).then(|| {
+                            match &read.data {
+                                Some(data) => codec.encode_digested(
+                                    block,
+                                    sequence,
+                                    data,
+                                    read.digest,
+                                    *nonce,
+                                ),
+                                None => Encoded::Zero {
+                                    digest: read.digest,
+                                },
+                            }
+                        });
+                        Ok(Examined {
+                            block,
+                            digest: read.digest,
+                            read_len: read.read_len,
+                            encoded,
                         })
                     })
                     .collect();
-                let mut work: Vec<(u64, Option<Vec<u8>>, [u8; 32])> = Vec::new();
+                let mut jobs = Vec::new();
                 let mut dirty_pages = BTreeSet::new();
-                for (&block, result) in group.iter().zip(read) {
-                    let ReadBlock {
-                        data,
-                        digest,
-                        read_len,
-                    } = result?;
-                    done.bytes_done += layout.block_len(block);
-                    done.bytes_read += read_len;
-                    if table[block as usize] != digest {
-                        table[block as usize] = digest;
-                        dirty_pages.insert(block / ENTRIES_PER_PAGE);
+                for result in examined {
+                    let e = result?;
+                    done.bytes_done += layout.block_len(e.block);
+                    done.bytes_read += e.read_len;
+                    if let Some(encoded) = e.encoded {
+                        table[e.block as usize] = e.digest;
+                        dirty_pages.insert(e.block / ENTRIES_PER_PAGE);
                         changed += 1;
-                        bytes_changed += layout.block_len(block);
-                        work.push((block, data, digest));
+                        bytes_changed += layout.block_len(e.block);
+                        jobs.push((e.block, encoded));
                     }
                 }
                 // Table entries first, then the slots (see `disk_replica`).
                 write_table_pages(replica, &table, &dirty_pages, &zero)?;
-                let assigned: Vec<[u8; 12]> = work
-                    .iter()
-                    .map(|(_, data, _)| match data {
-                        Some(_) => nonces.next_nonce().ok_or(CycleError::Nonces),
-                        None => Ok([0; 12]),
-                    })
-                    .collect::<Result<_, _>>()?;
-                let encoded: Vec<Encoded> = work
-                    .par_iter()
-                    .zip(assigned.par_iter())
-                    .map(|((block, data, digest), nonce)| match data {
-                        Some(data) => codec.encode_digested(*block, sequence, data, *digest, *nonce),
-                        None => Encoded::Zero { digest: *digest },
-                    })
-                    .collect();
-                let blocks_of_work: Vec<u64> = work.iter().map(|(b, _, _)| *b).collect();
-                drop(work);
-                for (block, encoded) in blocks_of_work.into_iter().zip(encoded) {
+                for (block, encoded) in jobs {
                     let log_offset = log_end;
                     log_end += StagingLog::entry_len(&encoded);
                     log_entries += 1;
@@ -612,6 +638,13 @@ impl BlockSource for RawSource {
         self.data.get(i).is_none_or(|&(start, _)| start >= offset + len)
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        vhdx::ReadAt::read_at(&self.file, offset, buf)
+        // The replica covers the size rounded up to 512 bytes; past the end reads as zeros.
+        let inside = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let (head, tail) = buf.split_at_mut(inside);
+        tail.fill(0);
+        if head.is_empty() {
+            return Ok(());
+        }
+        vhdx::ReadAt::read_at(&self.file, offset, head)
     }
 }

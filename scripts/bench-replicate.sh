@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Reproduce the replication figures of issue 4 on this machine:
+#   1. initial replication of a 1 GiB realistic disk (raw and VHDX) vs `zstd -1 -T2` on it;
+#   2. a tracked delta cycle at 1% churn as a share of the initial replication time;
+#   3. a digest-scan delta (untracked file) at 1% churn, for comparison;
+#   4. peak RSS replicating a 64 GiB sparse disk.
+# Usage: scripts/bench-replicate.sh [WORKDIR] [RUNS]   (needs zstd, qemu-img, /usr/bin/time)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-/tmp/drplane-bench}
+runs=${2:-3}
+mkdir -p "$work"
+cargo build -q --release -j2
+cargo build -q --release -j2 -p datapath --example realistic_disk --example tracked_delta
+bin=$PWD/target/release/drplane
+ex=$PWD/target/release/examples
+export DRPLANE_PFX_PASSWORD=bench
+cd "$work"
+[ -f real.raw ] || "$ex/realistic_disk" real.raw 1024 1
+[ -f real.vhdx ] || qemu-img convert -f raw -O vhdx -o subformat=dynamic real.raw real.vhdx
+[ -f reg/bench.pfx ] || "$bin" register --vault bench --out reg >/dev/null
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+secs() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -1; }
+
+# Warm the page cache so every contender reads from memory.
+cat real.raw real.vhdx >/dev/null
+zstd_s=$(for _ in $(seq "$runs"); do secs zstd -q -1 -T2 -f real.raw -o real.zst; done | median)
+raw_s=$(for _ in $(seq "$runs"); do rm -rf st; secs "$bin" replicate --disk real.raw --store st --pfx reg/bench.pfx --name d; done | median)
+vhdx_s=$(for _ in $(seq "$runs"); do rm -rf st; secs "$bin" replicate --disk real.vhdx --store st --pfx reg/bench.pfx --name d; done | median)
+echo "initial replication, 1 GiB realistic disk (median of $runs):"
+echo "  zstd -1 -T2 (raw)        ${zstd_s} s"
+echo "  drplane replicate raw    ${raw_s} s   ($(echo "$zstd_s / $raw_s" | bc -l | cut -c1-4)x zstd)"
+echo "  drplane replicate vhdx   ${vhdx_s} s   ($(echo "$zstd_s / $vhdx_s" | bc -l | cut -c1-4)x zstd)"
+
+echo "tracked delta at 1% churn (agent + change tracker, embedded store):"
+for _ in $(seq "$runs"); do
+  cp real.raw churn.raw && sync && rm -rf tst
+  "$ex/tracked_delta" churn.raw tst 1 | tail -1
+done
+
+echo "digest-scan delta at 1% churn (an untracked file on the CLI):"
+rm -rf st && cp real.raw churn.raw
+"$bin" replicate --disk churn.raw --store st --pfx reg/bench.pfx --name d >/dev/null
+python3 - <<'PY'
+import random
+random.seed(7)
+with open("churn.raw", "r+b") as f:
+    for _ in range(164):
+        f.seek(random.randrange(16384) * 65536)
+        f.write(bytes(random.getrandbits(8) if i % 4 == 0 else 97 + i % 26 for i in range(65536)))
+PY
+scan_s=$(secs "$bin" replicate --disk churn.raw --store st --pfx reg/bench.pfx --name d)
+echo "  ${scan_s} s ($(echo "100 * $scan_s / $raw_s" | bc -l | cut -c1-4)% of the initial replication)"
+
+echo "peak RSS replicating a 64 GiB sparse disk (256 MiB of data spread over it):"
+rm -f sparse.raw && truncate -s 64G sparse.raw
+for i in $(seq 0 63); do
+  dd if=real.raw of=sparse.raw bs=1M count=4 skip=$((i * 16)) seek=$((i * 1024)) conv=notrunc status=none
+done
+rm -rf st
+/usr/bin/time -f "  initial: %e s, max RSS %M KiB" "$bin" replicate --disk sparse.raw --store st --pfx reg/bench.pfx --name s >/dev/null
+/usr/bin/time -f "  delta:   %e s, max RSS %M KiB" "$bin" replicate --disk sparse.raw --store st --pfx reg/bench.pfx --name s >/dev/null
+rm -f sparse.raw churn.raw real.zst

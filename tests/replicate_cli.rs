@@ -223,6 +223,14 @@ fn policies_watch_mode_app_points_and_refusals() {
     ]);
     assert!(std::fs::read(p("app.raw")).unwrap() == app_bytes);
     assert!(app_bytes != app_image);
+    // A raw file whose size is not a multiple of 512 restores to exactly its bytes.
+    let odd = p("odd.raw");
+    std::fs::write(&odd, &bytes[..70_001]).unwrap();
+    dp(&["replicate", "--disk", &odd, "--store", &store, "--pfx", &pfx, "--name", "odd"]);
+    dp(&[
+        "restore", "--store", &store, "--pfx", &pfx, "--name", "odd", "-o", &p("odd.out"),
+    ]);
+    assert!(std::fs::read(p("odd.out")).unwrap() == bytes[..70_001]);
     // The block size of an existing replica cannot change.
     let mut other_block = base.to_vec();
     other_block.extend(["--block-size-kib", "64"]);

@@ -91,7 +91,6 @@ impl<'a> DiskAgent<'a> {
         mut rng: Box<dyn RngCore + Send + 'a>,
     ) -> Result<(DiskAgent<'a>, Resume), AgentError> {
         let keys = identity.disk_keys(target.name);
-        let disk_size = disk_size.next_multiple_of(512);
         let layout = |block_size| Layout {
             disk_size,
             block_size,

@@ -282,7 +282,7 @@ pub fn run_cycle(
 ) -> Result<CycleReport, CycleError> {
     let started = Instant::now();
     let layout = replica.layout;
-    if source.disk_size().next_multiple_of(512) != layout.disk_size {
+    if source.disk_size() != layout.disk_size {
         return Err(CycleError::DiskSize {
             disk: source.disk_size(),
             replica: layout.disk_size,
@@ -638,7 +638,7 @@ impl BlockSource for RawSource {
         self.data.get(i).is_none_or(|&(start, _)| start >= offset + len)
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        // The replica covers the size rounded up to 512 bytes; past the end reads as zeros.
+        // Past the end reads as zeros (a caller may round the size up).
         let inside = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
         let (head, tail) = buf.split_at_mut(inside);
         tail.fill(0);

@@ -81,3 +81,51 @@ fn register_without_a_password_source_fails_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("DRPLANE_PFX_PASSWORD"));
 }
+
+/// Run drplane on a pseudo-terminal, typing `password` at its prompts.
+fn on_terminal(args: &[&str], password: &str) -> (bool, String) {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/prompt.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_drplane"))
+        .args(args)
+        .env_remove("DRPLANE_PFX_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn password_prompt_on_a_terminal_is_not_echoed_and_never_in_the_process_list() {
+    let dir = temp_dir();
+    let d = dir.path().to_str().unwrap();
+    let secret = "s3cret-Typed-At-Prompt";
+    let (ok, shown) = on_terminal(&["register", "--vault", "tty", "--out", d], secret);
+    assert!(ok, "{shown}");
+    assert!(shown.contains(".pfx password: "), "{shown}");
+    assert!(shown.contains("again: "), "asks twice when creating: {shown}");
+    assert!(!shown.contains(secret), "the password was echoed: {shown}");
+    // The prompted password opens the .pfx; the command line never held it.
+    let pfx = format!("{d}/tty.pfx");
+    let raw = format!("{d}/disk.raw");
+    std::fs::write(&raw, vec![7u8; 8192]).unwrap();
+    let store = format!("{d}/store");
+    let args = [
+        "replicate", "--disk", &raw, "--store", &store, "--pfx", &pfx, "--name", "t",
+    ];
+    let (ok, shown) = on_terminal(&args, secret);
+    assert!(ok, "{shown}");
+    assert!(!shown.contains(secret));
+    assert!(args.iter().all(|a| !a.contains(secret)));
+    let (ok, shown) = on_terminal(&args, "wrong password");
+    assert!(!ok);
+    assert!(shown.contains("password"), "{shown}");
+}

@@ -31,6 +31,8 @@ echo "initial replication, 1 GiB realistic disk (median of $runs):"
 echo "  zstd -1 -T2 (raw)        ${zstd_s} s"
 echo "  drplane replicate raw    ${raw_s} s   ($(echo "$zstd_s / $raw_s" | bc -l | cut -c1-4)x zstd)"
 echo "  drplane replicate vhdx   ${vhdx_s} s   ($(echo "$zstd_s / $vhdx_s" | bc -l | cut -c1-4)x zstd)"
+fast_s=$(for _ in $(seq "$runs"); do rm -rf st; secs "$bin" replicate --disk real.raw --store st --pfx reg/bench.pfx --name d --zstd-level=-3; done | median)
+echo "  drplane raw, zstd -3     ${fast_s} s   ($(echo "$zstd_s / $fast_s" | bc -l | cut -c1-4)x zstd)"
 
 echo "tracked delta at 1% churn (agent + change tracker, embedded store):"
 for _ in $(seq "$runs"); do

@@ -111,7 +111,10 @@ fn password_prompt_on_a_terminal_is_not_echoed_and_never_in_the_process_list() {
     let (ok, shown) = on_terminal(&["register", "--vault", "tty", "--out", d], secret);
     assert!(ok, "{shown}");
     assert!(shown.contains(".pfx password: "), "{shown}");
-    assert!(shown.contains("again: "), "asks twice when creating: {shown}");
+    assert!(
+        shown.contains("again: "),
+        "asks twice when creating: {shown}"
+    );
     assert!(!shown.contains(secret), "the password was echoed: {shown}");
     // The prompted password opens the .pfx; the command line never held it.
     let pfx = format!("{d}/tty.pfx");
@@ -119,7 +122,15 @@ fn password_prompt_on_a_terminal_is_not_echoed_and_never_in_the_process_list() {
     std::fs::write(&raw, vec![7u8; 8192]).unwrap();
     let store = format!("{d}/store");
     let args = [
-        "replicate", "--disk", &raw, "--store", &store, "--pfx", &pfx, "--name", "t",
+        "replicate",
+        "--disk",
+        &raw,
+        "--store",
+        &store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "t",
     ];
     let (ok, shown) = on_terminal(&args, secret);
     assert!(ok, "{shown}");

@@ -168,12 +168,29 @@ fn policies_watch_mode_app_points_and_refusals() {
     // 30-second copies on premium: refused, saying why.
     std::fs::write(&fast, "copy_frequency_secs = 30\n").unwrap();
     let base = [
-        "replicate", "--disk", &disk, "--store", &store, "--pfx", &pfx, "--name", "d",
+        "replicate",
+        "--disk",
+        &disk,
+        "--store",
+        &store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "d",
     ];
     let (premium_store, log_store) = (p("premium"), p("log"));
     let premium = [
-        "replicate", "--disk", &disk, "--store", &premium_store, "--pfx", &pfx, "--name", "d",
-        "--profile", "premium",
+        "replicate",
+        "--disk",
+        &disk,
+        "--store",
+        &premium_store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "d",
+        "--profile",
+        "premium",
     ];
     let mut too_fast = premium.to_vec();
     too_fast.extend(["--policy", &fast]);
@@ -186,7 +203,14 @@ fn policies_watch_mode_app_points_and_refusals() {
     assert_eq!(v["point"], 0);
     assert!(std::path::Path::new(&log_store).join("store.json").exists());
     dp(&[
-        "restore", "--store", &premium_store, "--pfx", &pfx, "--name", "d", "-o",
+        "restore",
+        "--store",
+        &premium_store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "d",
+        "-o",
         &p("premium.raw"),
     ]);
     assert!(std::fs::read(p("premium.raw")).unwrap() == bytes);
@@ -218,7 +242,16 @@ fn policies_watch_mode_app_points_and_refusals() {
     std::fs::write(&disk, &bytes).unwrap();
     dp(&base);
     dp(&[
-        "restore", "--store", &store, "--pfx", &pfx, "--name", "d", "--point", "latest-app", "-o",
+        "restore",
+        "--store",
+        &store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "d",
+        "--point",
+        "latest-app",
+        "-o",
         &p("app.raw"),
     ]);
     assert!(std::fs::read(p("app.raw")).unwrap() == app_bytes);
@@ -226,13 +259,62 @@ fn policies_watch_mode_app_points_and_refusals() {
     // A raw file whose size is not a multiple of 512 restores to exactly its bytes.
     let odd = p("odd.raw");
     std::fs::write(&odd, &bytes[..70_001]).unwrap();
-    dp(&["replicate", "--disk", &odd, "--store", &store, "--pfx", &pfx, "--name", "odd"]);
     dp(&[
-        "restore", "--store", &store, "--pfx", &pfx, "--name", "odd", "-o", &p("odd.out"),
+        "replicate",
+        "--disk",
+        &odd,
+        "--store",
+        &store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "odd",
+    ]);
+    dp(&[
+        "restore",
+        "--store",
+        &store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "odd",
+        "-o",
+        &p("odd.out"),
     ]);
     assert!(std::fs::read(p("odd.out")).unwrap() == bytes[..70_001]);
     // The block size of an existing replica cannot change.
     let mut other_block = base.to_vec();
     other_block.extend(["--block-size-kib", "64"]);
     fails_with(&other_block, "uses 128 KiB blocks");
+}
+
+#[test]
+fn expired_vault_credentials_are_refused_with_a_clear_message() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    dp(&["register", "--vault", "v", "--out", &p("reg")]);
+    std::fs::write(p("disk.raw"), vec![1u8; 65536]).unwrap();
+    let args = [
+        "replicate",
+        "--disk",
+        &p("disk.raw"),
+        "--store",
+        &p("store"),
+        "--pfx",
+        &p("reg/v.pfx"),
+    ];
+    // The credentials next to the .pfx are checked: valid now.
+    dp(&args);
+    let creds = p("reg/v.VaultCredentials");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    v["expires_at"] = serde_json::json!(1_000_000_000u64);
+    std::fs::write(&creds, serde_json::to_vec(&v).unwrap()).unwrap();
+    fails_with(&args, "expired");
+    // Credentials of another certificate are refused too.
+    dp(&["register", "--vault", "w", "--out", &p("reg2")]);
+    let mut other = args.to_vec();
+    let other_creds = p("reg2/w.VaultCredentials");
+    other.extend(["--credentials", &other_creds]);
+    fails_with(&other, "the credentials name certificate");
 }

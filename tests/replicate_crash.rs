@@ -24,7 +24,11 @@ fn churn(disk: &mut [u8], rng: &mut ChaCha8Rng, count: usize) {
         let block = (rng.next_u64() as usize % (SIZE / 65536)) * 65536;
         let fill = rng.next_u32() as u8;
         for (i, v) in disk[block..block + 65536].iter_mut().enumerate() {
-            *v = if i % 3 == 0 { rng.next_u32() as u8 } else { fill };
+            *v = if i % 3 == 0 {
+                rng.next_u32() as u8
+            } else {
+                fill
+            };
         }
     }
 }
@@ -37,7 +41,15 @@ fn killed_cycles_never_damage_committed_points_and_the_rerun_completes() {
     dp(&["register", "--vault", "v", "--out", &p("reg")]);
     let (pfx, store, disk_path) = (p("reg/v.pfx"), p("store"), p("disk.raw"));
     let replicate = [
-        "replicate", "--disk", &disk_path, "--store", &store, "--pfx", &pfx, "--name", "d",
+        "replicate",
+        "--disk",
+        &disk_path,
+        "--store",
+        &store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "d",
         "--json",
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(0xC0FFEE);
@@ -76,20 +88,42 @@ fn killed_cycles_never_damage_committed_points_and_the_rerun_completes() {
             "verify", "--store", &store, "--pfx", &pfx, "--name", "d", "--json",
         ]);
         let v: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
-        assert!(v.as_array().unwrap().iter().all(|p| p["ok"] == true), "round {round}: {v}");
+        assert!(
+            v.as_array().unwrap().iter().all(|p| p["ok"] == true),
+            "round {round}: {v}"
+        );
         // The rerun completes the cycle and the new point is the disk.
         let out = dp(&replicate);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         committed.push(disk.clone());
-        assert_eq!(v["point"].as_u64().unwrap() as usize, committed.len() - 1, "{v}");
+        assert_eq!(
+            v["point"].as_u64().unwrap() as usize,
+            committed.len() - 1,
+            "{v}"
+        );
     }
-    assert!(kills >= 3, "only {kills} runs were killed mid-cycle: the test proves little");
+    assert!(
+        kills >= 3,
+        "only {kills} runs were killed mid-cycle: the test proves little"
+    );
     for (seq, image) in committed.iter().enumerate() {
         let out = p(&format!("restored-{seq}.raw"));
         dp(&[
-            "restore", "--store", &store, "--pfx", &pfx, "--name", "d", "--point",
-            &seq.to_string(), "-o", &out,
+            "restore",
+            "--store",
+            &store,
+            "--pfx",
+            &pfx,
+            "--name",
+            "d",
+            "--point",
+            &seq.to_string(),
+            "-o",
+            &out,
         ]);
-        assert!(std::fs::read(&out).unwrap() == *image, "point {seq} differs");
+        assert!(
+            std::fs::read(&out).unwrap() == *image,
+            "point {seq} differs"
+        );
     }
 }

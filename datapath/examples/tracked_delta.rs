@@ -43,12 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let policy = Policy::from_toml("", Profile::Standard)?;
     let size = RawSource::open(disk_path)?.disk_size();
-    let tracker = ChangeTracker::open(
-        &store_dir.join("disk.ctb"),
-        "disk",
-        size,
-        policy.block_size,
-    )?;
+    let tracker =
+        ChangeTracker::open(&store_dir.join("disk.ctb"), "disk", size, policy.block_size)?;
     let (mut agent, resume) = DiskAgent::open(
         AgentTarget {
             store: &store,
@@ -105,7 +101,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..count {
         let block = rng.next_u64() % blocks;
         for (i, v) in buf.iter_mut().enumerate() {
-            *v = if i % 4 == 0 { rng.next_u32() as u8 } else { b'a' + (i % 26) as u8 };
+            *v = if i % 4 == 0 {
+                rng.next_u32() as u8
+            } else {
+                b'a' + (i % 26) as u8
+            };
         }
         let offset = block * u64::from(policy.block_size);
         file.write_all_at(&buf, offset)?;

@@ -7,7 +7,9 @@
 
 use rand_core::RngCore;
 
-use crate::cycle::{run_cycle, BlockSource, CycleError, CycleOptions, CycleReport, Progress, Selection};
+use crate::cycle::{
+    run_cycle, BlockSource, CycleError, CycleOptions, CycleReport, Progress, Selection,
+};
 use crate::keys::{DiskKeys, Identity};
 use crate::pageblob::PageBlobStore;
 use crate::policy::Policy;

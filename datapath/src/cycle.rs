@@ -377,8 +377,8 @@ pub fn run_cycle(
                     .zip(group_nonces.par_iter())
                     .map(|(&block, nonce)| {
                         let read = read_block(source, &layout, block, &zero, &codec)?;
-                        let encoded = (known[block as usize] != read.digest).then(|| {
-                            match &read.data {
+                        let encoded =
+                            (known[block as usize] != read.digest).then(|| match &read.data {
                                 Some(data) => codec.encode_digested(
                                     block,
                                     sequence,
@@ -389,8 +389,7 @@ pub fn run_cycle(
                                 None => Encoded::Zero {
                                     digest: read.digest,
                                 },
-                            }
-                        });
+                            });
                         Ok(Examined {
                             block,
                             digest: read.digest,
@@ -491,10 +490,7 @@ fn apply_entry(
             why: format!("entry for block {block}, past the disk's end"),
         });
     }
-    replica.write_block(
-        block,
-        record.unwrap_or(Encoded::Zero { digest: [0; 32] }),
-    )
+    replica.write_block(block, record.unwrap_or(Encoded::Zero { digest: [0; 32] }))
 }
 
 /// A premium replica's start: a cycle committed to the staging log but not yet to the replica
@@ -635,7 +631,9 @@ impl BlockSource for RawSource {
     fn is_unallocated(&self, offset: u64, len: u64) -> bool {
         // The first extent ending after `offset` must start at or past the range's end.
         let i = self.data.partition_point(|&(_, end)| end <= offset);
-        self.data.get(i).is_none_or(|&(start, _)| start >= offset + len)
+        self.data
+            .get(i)
+            .is_none_or(|&(start, _)| start >= offset + len)
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         // Past the end reads as zeros (a caller may round the size up).

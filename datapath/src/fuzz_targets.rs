@@ -1,5 +1,5 @@
 //! Bodies of the cargo-fuzz targets for decoders of stored bytes (slot records, manifests,
-//! change-tracking bitmaps), shared with the stable corpus replay test.
+//! change-tracking bitmaps, staging-log pages), shared with the stable corpus replay test.
 
 use crate::keys::{DiskKeys, Secret32};
 use crate::replica::block_record::{BlockCodec, Encoded};
@@ -41,13 +41,34 @@ pub fn tracking_bitmap(data: &[u8]) {
     }
 }
 
-pub const TARGETS: [&str; 3] = ["slot_record", "manifest", "tracking_bitmap"];
+/// Decode arbitrary bytes as a staging log: header page, then entry pages with their records.
+pub fn staging_log(data: &[u8]) {
+    use crate::replica::slot_header::SlotHeader;
+    use crate::replica::staging_log::{EntryHeader, LogHeader};
+    let page = |at: usize| data.get(at..(at + 512).min(data.len())).unwrap_or(&[]);
+    let _ = LogHeader::decode(page(0));
+    let mut at = 512;
+    while at < data.len() {
+        let Ok(entry) = EntryHeader::decode(page(at)) else {
+            break;
+        };
+        let len = entry.record_len as usize;
+        let record = data.get(at + 512..).map(|r| &r[..len.min(r.len())]);
+        if let Some(record) = record.filter(|_| entry.has_record) {
+            let _ = SlotHeader::decode(record);
+        }
+        at = at + 512 + len.next_multiple_of(512);
+    }
+}
+
+pub const TARGETS: [&str; 4] = ["slot_record", "manifest", "tracking_bitmap", "staging_log"];
 
 pub fn run(name: &str, data: &[u8]) {
     match name {
         "slot_record" => slot_record(data),
         "manifest" => manifest(data),
         "tracking_bitmap" => tracking_bitmap(data),
+        "staging_log" => staging_log(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -62,9 +83,24 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .copied()
         .collect();
     let mut out = Vec::new();
-    if let Encoded::Record { bytes, .. } = codec.encode(0, 1, &text, [3; 12]) {
-        out.push(("slot_record", "text".to_string(), bytes));
+    let record = codec.encode(0, 1, &text, [3; 12]);
+    if let Encoded::Record { bytes, .. } = &record {
+        out.push(("slot_record", "text".to_string(), bytes.clone()));
     }
+    let mut log = crate::replica::staging_log::LogHeader {
+        sequence: 4,
+        time_nanos: 5,
+        consistency: Consistency::Crash,
+        entries: 2,
+        end: 0,
+    }
+    .encode();
+    log.extend(crate::replica::staging_log::entry_bytes(0, record));
+    log.extend(crate::replica::staging_log::entry_bytes(
+        1,
+        Encoded::Zero { digest: [0; 32] },
+    ));
+    out.push(("staging_log", "two-entries".to_string(), log));
     let m = Manifest {
         sequence: 1,
         time_nanos: 2,

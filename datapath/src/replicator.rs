@@ -43,7 +43,9 @@ pub struct CyclePlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Nothing until this time (or until something is reported).
-    Wait { until_nanos: u64 },
+    Wait {
+        until_nanos: u64,
+    },
     RunCycle(CyclePlan),
 }
 
@@ -487,7 +489,10 @@ mod tests {
         assert_eq!(m.phase(), CycleKind::Resync);
         let health = m.health(t0 + 41 * SEC);
         assert!(health.warnings.iter().any(|w| w.contains("bitmap damaged")));
-        assert_eq!(health.cycles_missed, 0, "retries of one interval are not misses");
+        assert_eq!(
+            health.cycles_missed, 0,
+            "retries of one interval are not misses"
+        );
     }
 
     #[test]

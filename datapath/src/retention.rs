@@ -115,7 +115,10 @@ mod tests {
         // At most one point per older clock hour.
         let mut hours = std::collections::BTreeSet::new();
         for p in live.iter().filter(|p| p.time_nanos < now - HOUR_NANOS) {
-            assert!(hours.insert(p.time_nanos / HOUR_NANOS), "two points in one hour");
+            assert!(
+                hours.insert(p.time_nanos / HOUR_NANOS),
+                "two points in one hour"
+            );
         }
         assert!(hours.len() >= 22, "{} hourly points", hours.len());
     }
@@ -127,7 +130,12 @@ mod tests {
         let deleted = points_to_delete(&points, now, 24, None);
         for p in kept(&points, &deleted) {
             if p.sequence != 59 {
-                assert_eq!(p.consistency, Consistency::Application, "point {}", p.sequence);
+                assert_eq!(
+                    p.consistency,
+                    Consistency::Application,
+                    "point {}",
+                    p.sequence
+                );
             }
         }
     }

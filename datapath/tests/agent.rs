@@ -195,13 +195,14 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
         }
     }
     assert_eq!(kinds[0], CycleKind::Initial);
-    assert_eq!(
-        kinds.iter().filter(|k| **k == CycleKind::Resync).count(),
-        1
-    );
+    assert_eq!(kinds.iter().filter(|k| **k == CycleKind::Resync).count(), 1);
     assert!(kinds.len() >= 47, "{} cycles in 4 hours", kinds.len());
     let now = clock.now_nanos();
-    assert!(machine.health(now).is_healthy(), "{:?}", machine.health(now));
+    assert!(
+        machine.health(now).is_healthy(),
+        "{:?}",
+        machine.health(now)
+    );
     let points = agent.points().unwrap();
     // Retention: the last hour whole (12-13 points) plus one per older hour within 3 hours.
     assert!(

@@ -82,7 +82,11 @@ fn churn(disk: &mut MemDisk, rng: &mut ChaCha8Rng, count: usize) -> Vec<u64> {
             disk.bytes[start..end].fill(0);
         } else {
             for (i, v) in disk.bytes[start..end].iter_mut().enumerate() {
-                *v = if i % 5 == 0 { rng.next_u32() as u8 } else { b'x' };
+                *v = if i % 5 == 0 {
+                    rng.next_u32() as u8
+                } else {
+                    b'x'
+                };
             }
         }
         changed.insert(b);
@@ -165,7 +169,10 @@ fn scans_and_tracked_cycles_restore_every_point_and_find_exactly_the_changes() {
         assert!(report.blocks_changed + 2 >= changed.len() as u64);
         let reads = disk.reads.load(std::sync::atomic::Ordering::Relaxed) - before;
         if tracked {
-            assert!(reads <= changed.len() as u64, "a tracked cycle read {reads}");
+            assert!(
+                reads <= changed.len() as u64,
+                "a tracked cycle read {reads}"
+            );
         } else {
             // Unallocated blocks (the first 8 here) are never read.
             assert!(reads <= 33, "a scan read {reads} blocks");
@@ -174,7 +181,11 @@ fn scans_and_tracked_cycles_restore_every_point_and_find_exactly_the_changes() {
     let points = replica.points(keys.digest.expose()).unwrap();
     assert_eq!(points.len(), 6);
     for (p, image) in points.iter().zip(&images) {
-        assert!(restore(&replica, &id, p) == image[..], "point {}", p.sequence);
+        assert!(
+            restore(&replica, &id, p) == image[..],
+            "point {}",
+            p.sequence
+        );
     }
 }
 
@@ -226,7 +237,11 @@ fn interrupted_cycles_keep_earlier_points_and_the_next_cycle_repairs_the_replica
         );
         assert!(matches!(failed, Err(CycleError::Replica(_))), "seed {seed}");
         let points = replica.points(keys.digest.expose()).unwrap();
-        assert_eq!(points.len(), 1, "seed {seed}: the failed cycle left no point");
+        assert_eq!(
+            points.len(),
+            1,
+            "seed {seed}: the failed cycle left no point"
+        );
         assert!(restore(&replica, &id, &points[0]) == image0[..]);
         // The source changes again; a tracked cycle would miss nothing because the
         // replicator resends a failed cycle's blocks, but here a scan repairs everything.
@@ -307,9 +322,7 @@ fn deleted_points_leave_the_journal_and_their_snapshots_go() {
         assert!(restore(&replica, &id, p) == images[p.sequence as usize][..]);
     }
     // An orphan snapshot (a crash between snapshot and manifest) is swept.
-    store
-        .snapshot(&replica.data, &Default::default())
-        .unwrap();
+    store.snapshot(&replica.data, &Default::default()).unwrap();
     assert_eq!(replica.sweep_orphans(&live).unwrap(), 1);
     // The next point continues the sequence.
     churn(&mut disk, &mut rng, 2);
@@ -344,9 +357,13 @@ fn premium_cycles_go_through_the_staging_log_and_a_committed_log_survives_a_cras
     for seed in 0..16u64 {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
-        let fast =
-            Emulator::open(&dir.path().join("p"), premium, Durability::Process, clock.clone())
-                .unwrap();
+        let fast = Emulator::open(
+            &dir.path().join("p"),
+            premium,
+            Durability::Process,
+            clock.clone(),
+        )
+        .unwrap();
         let fast = Arc::new(fast);
         let log_store = store(&dir.path().join("s"));
         let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(seed));
@@ -415,7 +432,10 @@ fn premium_cycles_go_through_the_staging_log_and_a_committed_log_survives_a_cras
         if committed_log.is_some() {
             completed += 1;
             assert_eq!(report.point.sequence, 3);
-            assert!(restore(&replica, &id, &points[2]) == at_crash[..], "seed {seed}");
+            assert!(
+                restore(&replica, &id, &points[2]) == at_crash[..],
+                "seed {seed}"
+            );
         } else {
             discarded += 1;
             assert_eq!(report.point.sequence, 2);
@@ -425,5 +445,8 @@ fn premium_cycles_go_through_the_staging_log_and_a_committed_log_survives_a_cras
             assert!(restore(&replica, &id, p) == image[..], "seed {seed}");
         }
     }
-    assert!(completed > 0 && discarded > 0, "{completed} completed, {discarded} discarded");
+    assert!(
+        completed > 0 && discarded > 0,
+        "{completed} completed, {discarded} discarded"
+    );
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use datapath::clock::{Clock, SystemClock};
 use datapath::agent::{AgentTarget, DiskAgent};
+use datapath::clock::{Clock, SystemClock};
 use datapath::cycle::{BlockSource, CycleReport, RawSource};
 use datapath::keys::Identity;
 use datapath::pageblob::timestamp::http_date;
@@ -241,16 +241,18 @@ impl Session<'_> {
             CycleKind::Resync => "resync",
         };
         let bar = bytes_bar(self.source.disk_size(), what);
-        let report = self.agent.run(&plan, &*self.source, SystemClock.now_nanos(), &|p| {
-            bar.set_length(p.bytes_total);
-            bar.set_position(p.bytes_done);
-            if p.bytes_sent > 0 {
-                bar.set_message(format!(
-                    "{what} (sent {})",
-                    indicatif::HumanBytes(p.bytes_sent)
-                ));
-            }
-        })?;
+        let report = self
+            .agent
+            .run(&plan, &*self.source, SystemClock.now_nanos(), &|p| {
+                bar.set_length(p.bytes_total);
+                bar.set_position(p.bytes_done);
+                if p.bytes_sent > 0 {
+                    bar.set_message(format!(
+                        "{what} (sent {})",
+                        indicatif::HumanBytes(p.bytes_sent)
+                    ));
+                }
+            })?;
         bar.finish_and_clear();
         Ok(report)
     }
@@ -340,9 +342,9 @@ pub fn replicate(args: ReplicateArgs) -> Result<ExitCode> {
             Some(log)
         }
         (None, Profile::Standard) => None,
-        (None, _) => bail!(
-            "a premium target needs --log-store: a standard store for the replication log"
-        ),
+        (None, _) => {
+            bail!("a premium target needs --log-store: a standard store for the replication log")
+        }
     };
     let (agent, resume) = DiskAgent::open(
         AgentTarget {
@@ -390,7 +392,11 @@ pub fn replicate(args: ReplicateArgs) -> Result<ExitCode> {
 
 /// The tokio driver: sleep until the machine wants a cycle, run it, report, repeat; Ctrl-C
 /// stops between cycles.
-fn watch(machine: &mut Replicator, session: &mut Session<'_>, cycles: Option<u64>) -> Result<ExitCode> {
+fn watch(
+    machine: &mut Replicator,
+    session: &mut Session<'_>,
+    cycles: Option<u64>,
+) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .enable_io()
@@ -450,10 +456,7 @@ fn watch(machine: &mut Replicator, session: &mut Session<'_>, cycles: Option<u64
     }
 }
 
-fn open_replica<'a>(
-    store: &'a dyn PageBlobStore,
-    name: &str,
-) -> Result<DiskReplica<'a>> {
+fn open_replica<'a>(store: &'a dyn PageBlobStore, name: &str) -> Result<DiskReplica<'a>> {
     let path = datapath::pageblob::BlobPath::new(REPLICA_CONTAINER, &format!("{name}.replica"));
     let size = store
         .properties(&path, None)

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 pub fn drplane() -> Command {
@@ -171,4 +171,3 @@ impl Server {
         }
     }
 }
-

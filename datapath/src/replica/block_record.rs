@@ -141,14 +141,20 @@ impl BlockCodec {
         // zstd is kept only when it saves at least a byte: the destination is one byte short.
         let compressed = COMPRESSOR.with(|slot| {
             let mut slot = slot.borrow_mut();
-            if slot.as_ref().is_none_or(|(level, _)| *level != self.zstd_level) {
+            if slot
+                .as_ref()
+                .is_none_or(|(level, _)| *level != self.zstd_level)
+            {
                 *slot = zstd::bulk::Compressor::new(self.zstd_level)
                     .ok()
                     .map(|c| (self.zstd_level, c));
             }
             let (_, compressor) = slot.as_mut()?;
             compressor
-                .compress_to_buffer(block, &mut bytes[HEADER_SIZE..HEADER_SIZE + block.len() - 1])
+                .compress_to_buffer(
+                    block,
+                    &mut bytes[HEADER_SIZE..HEADER_SIZE + block.len() - 1],
+                )
                 .ok()
         });
         let (stored_len, mut flags) = match compressed {

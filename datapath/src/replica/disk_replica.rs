@@ -336,7 +336,8 @@ impl<'a> DiskReplica<'a> {
     ) -> Result<Manifest, ReplicaError> {
         let slot_at = (sequence % JOURNAL_SLOTS) * JOURNAL_SLOT;
         let mut occupant = [0u8; 4];
-        self.store.read(&self.journal, None, slot_at, &mut occupant)?;
+        self.store
+            .read(&self.journal, None, slot_at, &mut occupant)?;
         if occupant != [0; 4] {
             return Err(ReplicaError::JournalFull {
                 sequence,
@@ -375,7 +376,10 @@ impl<'a> DiskReplica<'a> {
     }
 
     fn delete_snapshot(&self, snapshot: &str) -> Result<(), ReplicaError> {
-        match self.store.delete_blob(&self.data, Some(snapshot), None, &none()) {
+        match self
+            .store
+            .delete_blob(&self.data, Some(snapshot), None, &none())
+        {
             Err(e) if e.code() == Some(ErrorCode::BlobNotFound) => Ok(()),
             other => Ok(other?),
         }
@@ -416,12 +420,13 @@ impl<'a> DiskReplica<'a> {
                 }
                 let len = (u32::from_le_bytes(slot[..4].try_into().expect("4 bytes")) as usize)
                     .min(slot.len() - 4);
-                let manifest = Manifest::decode(&slot[4..4 + len], digest_key).map_err(
-                    |source| ReplicaError::Manifest {
-                        point: index,
-                        source,
-                    },
-                )?;
+                let manifest =
+                    Manifest::decode(&slot[4..4 + len], digest_key).map_err(|source| {
+                        ReplicaError::Manifest {
+                            point: index,
+                            source,
+                        }
+                    })?;
                 out.push(manifest);
             }
         }

@@ -110,7 +110,7 @@ fn pipeline(c: &mut Criterion) {
                     .iter()
                     .map(|blk| {
                         compressor
-                            .compress_to_buffer(*blk, &mut out[..BLOCK - 1])
+                            .compress_to_buffer(blk, &mut out[..BLOCK - 1])
                             .unwrap_or(0)
                     })
                     .sum::<usize>()
@@ -145,7 +145,9 @@ fn pipeline(c: &mut Criterion) {
                     .enumerate()
                     .map(|(i, blk)| {
                         let digest = codec.digest(blk);
-                        codec.encode_digested(i as u64, 1, blk, digest, [4; 12]).digest()[0]
+                        codec
+                            .encode_digested(i as u64, 1, blk, digest, [4; 12])
+                            .digest()[0]
                     })
                     .fold(0u8, |a, v| a ^ v)
             })

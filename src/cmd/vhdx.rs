@@ -1,4 +1,4 @@
-//! `drplane vhdx info|check|export`.
+//! `drplane vhdx info|check|export|create|import`.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
@@ -38,6 +38,77 @@ pub enum VhdxCommand {
         #[arg(long, default_value_t = vhdx::export::DEFAULT_EXPORT_THREADS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
     },
+    /// Create a dynamic, fixed or differencing disk.
+    Create {
+        file: PathBuf,
+        /// Virtual size, e.g. 64G, 512M, 1T (binary units); a differencing disk takes its
+        /// parent's when omitted.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        #[command(flatten)]
+        format: FormatArgs,
+        /// Make a differencing disk of this parent.
+        #[arg(long)]
+        parent: Option<PathBuf>,
+    },
+    /// Convert a raw image to VHDX; all-zero blocks stay unallocated.
+    Import {
+        raw: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        format: FormatArgs,
+    },
+}
+
+/// Layout options of a new disk.
+#[derive(Debug, clap::Args)]
+pub struct FormatArgs {
+    /// Allocate every block up front.
+    #[arg(long)]
+    fixed: bool,
+    /// Block size, 1M to 256M (power of two).
+    #[arg(long, value_parser = parse_size, default_value = "32M")]
+    block_size: u64,
+    /// Logical sector size: 512 or 4096.
+    #[arg(long, default_value_t = 512)]
+    logical_sector: u32,
+}
+
+impl FormatArgs {
+    pub fn options(&self, virtual_size: u64) -> Result<vhdx::CreateOptions> {
+        let block_size = u32::try_from(self.block_size)
+            .ok()
+            .context("--block-size: at most 256M")?;
+        Ok(vhdx::CreateOptions {
+            block_size,
+            logical_sector_size: self.logical_sector,
+            fixed: self.fixed,
+            ..vhdx::CreateOptions::dynamic(virtual_size)
+        })
+    }
+}
+
+/// `64G`, `512M`, `4096`, `1T`: binary units.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: a number with an optional K, M, G or T"))?;
+    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?}: too large"))
 }
 
 pub fn run(command: VhdxCommand) -> Result<ExitCode> {
@@ -49,7 +120,143 @@ pub fn run(command: VhdxCommand) -> Result<ExitCode> {
             output,
             threads,
         } => export(&file, &output, threads.into()),
+        VhdxCommand::Create {
+            file,
+            size,
+            format,
+            parent,
+        } => create(&file, size, &format, parent.as_deref()),
+        VhdxCommand::Import {
+            raw,
+            output,
+            format,
+        } => import(&raw, &output, &format),
     }
+}
+
+fn os_rng() -> Box<dyn rand_core::RngCore + Send> {
+    use rand_core::SeedableRng;
+    Box::new(rand_chacha::ChaCha8Rng::from_os_rng())
+}
+
+/// A new output file (an existing one is refused, never overwritten).
+pub fn new_vhdx_file(path: &Path) -> Result<vhdx::ReadWriteFile> {
+    vhdx::ReadWriteFile::create_new(path).with_context(|| format!("{}", path.display()))
+}
+
+fn create(
+    file: &Path,
+    size: Option<u64>,
+    format: &FormatArgs,
+    parent: Option<&Path>,
+) -> Result<ExitCode> {
+    let mut options = match (size, parent) {
+        (Some(s), _) => format.options(s)?,
+        (None, Some(p)) => format.options(open(p)?.virtual_size())?,
+        (None, None) => anyhow::bail!("--size is required (or --parent)"),
+    };
+    if let Some(p) = parent {
+        let parent_disk = open(p)?;
+        let top = parent_disk.top();
+        if format.fixed {
+            anyhow::bail!("a differencing disk cannot be --fixed");
+        }
+        options.logical_sector_size = top.metadata.logical_sector_size;
+        let child_dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let parent_abs = std::fs::canonicalize(p).with_context(|| p.display().to_string())?;
+        let dir_abs =
+            std::fs::canonicalize(child_dir).with_context(|| child_dir.display().to_string())?;
+        options.parent = Some(vhdx::writer::ParentLink {
+            data_write_guid: top.header.data_write_guid,
+            relative_path: relative_path(&dir_abs, &parent_abs),
+            absolute_path: Some(parent_abs.display().to_string()),
+        });
+    }
+    let writer = vhdx::VhdxWriter::create(new_vhdx_file(file)?, &options, os_rng())
+        .with_context(|| file.display().to_string())?;
+    writer.close()?;
+    eprintln!(
+        "created {} ({} bytes{})",
+        file.display(),
+        options.virtual_size,
+        if parent.is_some() {
+            ", differencing"
+        } else if format.fixed {
+            ", fixed"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `target` relative to directory `from` (both absolute).
+fn relative_path(from: &Path, target: &Path) -> String {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = target.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".into(); from.len() - common];
+    parts.extend(
+        to[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    parts.join("/")
+}
+
+fn import(raw: &Path, output: &Path, format: &FormatArgs) -> Result<ExitCode> {
+    let source = vhdx::PositionalFile::open(raw).with_context(|| raw.display().to_string())?;
+    let size = vhdx::ReadAt::len(&source);
+    let virtual_size = size.next_multiple_of(u64::from(format.logical_sector));
+    let options = format.options(virtual_size)?;
+    let mut writer = vhdx::VhdxWriter::create(new_vhdx_file(output)?, &options, os_rng())
+        .with_context(|| output.display().to_string())?;
+    writer.set_bulk(true);
+    let bar = bytes_bar(size, "import");
+    copy_nonzero(&source, size, &mut writer, &|done| bar.set_position(done))
+        .with_context(|| format!("importing {} into {}", raw.display(), output.display()))?;
+    writer.close()?;
+    bar.finish_and_clear();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copy `size` bytes of `source` into `writer`, leaving all-zero stretches unwritten (so their
+/// blocks stay unallocated). Runs of data are written in calls of up to 64 MiB.
+pub fn copy_nonzero<W: vhdx::WriteAt>(
+    source: &dyn vhdx::ReadAt,
+    size: u64,
+    writer: &mut vhdx::VhdxWriter<W>,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
+    const CHUNK: u64 = 64 << 20;
+    const GRAIN: usize = 64 << 10;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(CHUNK) as usize;
+        let buf = &mut buf[..n];
+        source.read_at(at, buf)?;
+        // Write each maximal run of non-zero 64 KiB grains.
+        let mut i = 0;
+        while i < n {
+            let grain_end = |i: usize| (i + GRAIN).min(n);
+            if buf[i..grain_end(i)].iter().all(|&b| b == 0) {
+                i = grain_end(i);
+                continue;
+            }
+            let start = i;
+            while i < n && buf[i..grain_end(i)].iter().any(|&b| b != 0) {
+                i = grain_end(i);
+            }
+            writer.write_at(at + start as u64, &buf[start..i])?;
+        }
+        at += n as u64;
+        progress(at);
+    }
+    Ok(())
 }
 
 fn open(file: &Path) -> Result<Disk> {

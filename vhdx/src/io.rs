@@ -198,3 +198,93 @@ impl ReadAt for PositionalFile {
         within(offset, len, self.len).then_some((&self.file, offset))
     }
 }
+
+/// The write side of the I/O seam: what the VHDX writer needs from a file. Reads (through
+/// [`ReadAt`]) see every write made so far; `flush` makes them durable.
+pub trait WriteAt: ReadAt {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Make every write so far durable (`fdatasync` for files).
+    fn flush(&self) -> io::Result<()>;
+    /// Grow (or shrink) the file; new bytes read as zeros.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+}
+
+impl<T: WriteAt + ?Sized> WriteAt for Arc<T> {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        (**self).write_at(offset, data)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+}
+
+/// A file opened for reading and writing with positional I/O.
+#[derive(Debug)]
+pub struct ReadWriteFile {
+    file: File,
+    len: std::sync::atomic::AtomicU64,
+}
+
+impl ReadWriteFile {
+    /// Open an existing file for writing.
+    pub fn open(path: &Path) -> io::Result<ReadWriteFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        Ok(ReadWriteFile {
+            file,
+            len: len.into(),
+        })
+    }
+
+    /// Create a new file (an existing one is refused).
+    pub fn create_new(path: &Path) -> io::Result<ReadWriteFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(ReadWriteFile {
+            file,
+            len: 0.into(),
+        })
+    }
+}
+
+impl ReadAt for ReadWriteFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let len = ReadAt::len(self);
+        match offset.checked_add(buf.len() as u64) {
+            Some(end) if end <= len => {}
+            _ => return Err(past_end(offset, buf.len(), len)),
+        }
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+    fn len(&self) -> u64 {
+        self.len.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl WriteAt for ReadWriteFile {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, data, offset)?;
+        self.len.fetch_max(
+            offset + data.len() as u64,
+            std::sync::atomic::Ordering::AcqRel,
+        );
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.len.store(len, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,4 +1,4 @@
-//! `vhdx`: the MS-VHDX virtual disk format, read side.
+//! `vhdx`: the MS-VHDX virtual disk format, read and write.
 //!
 //! This crate owns everything about the format and nothing else: pure decoders for every
 //! on-disk structure (one module each), log replay into an in-memory overlay, differencing
@@ -9,7 +9,8 @@
 //!   [`parent_locator`], [`bat`], [`log_entry`] — each `decode(&[u8]) -> Result` and `encode`;
 //! - [`log_replay`]: active sequence search and the replay overlay;
 //! - [`image`]: one file opened and validated; [`disk`]: a chain read at virtual offsets;
-//! - [`io`]: the `ReadAt` seam (memory-mapped files, `pread`, bytes).
+//! - [`io`]: the `ReadAt`/`WriteAt` seam (memory-mapped files, `pread`/`pwrite`, bytes);
+//! - [`create`]: laying out a new file; [`writer`]: writing through the log.
 //!
 //! Hostile input is an `Err` naming the structure and file offset: every count and size read
 //! from a file is checked against the file before anything is allocated from it.
@@ -18,6 +19,7 @@
 
 pub mod bat;
 pub mod checksum;
+pub mod create;
 pub mod disk;
 pub mod error;
 pub mod export;
@@ -38,6 +40,7 @@ pub mod region_table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod view;
+pub mod writer;
 
 pub use disk::{
     CheckReport, Disk, Extent, ExtentKind, FileSystemResolver, MemoryResolver, NoParents,
@@ -46,4 +49,5 @@ pub use disk::{
 pub use error::{Error, Result};
 pub use guid::Guid;
 pub use image::{LogState, VhdxFile};
-pub use io::{MappedFile, PositionalFile, ReadAt};
+pub use io::{MappedFile, PositionalFile, ReadAt, ReadWriteFile, WriteAt};
+pub use writer::{CreateOptions, VhdxWriter};

@@ -11,8 +11,6 @@ use crate::guid::Guid;
 use crate::header::Header;
 use crate::layout::*;
 use crate::log_entry::{EntryHeader, LogEntry, LogWrite};
-use crate::metadata::{self, FileParameters, MetadataEntry, MetadataTable};
-use crate::parent_locator::{ParentLocator, VHDX_LOCATOR_TYPE};
 use crate::region_table::{RegionEntry, RegionTable, BAT_REGION, METADATA_REGION};
 
 /// What a payload block holds.
@@ -350,63 +348,23 @@ impl ImageBuilder {
     }
 
     fn metadata_region(&self) -> Vec<u8> {
-        let mut items: Vec<(Guid, Vec<u8>, bool)> = vec![
-            (
-                metadata::FILE_PARAMETERS,
-                FileParameters {
-                    block_size: self.block_size,
-                    leave_block_allocated: self.fixed,
-                    has_parent: self.parent.is_some(),
-                }
-                .encode(),
-                false,
-            ),
-            (
-                metadata::VIRTUAL_DISK_SIZE,
-                self.virtual_size.to_le_bytes().to_vec(),
-                true,
-            ),
-            (metadata::VIRTUAL_DISK_ID, self.disk_id.0.to_vec(), true),
-            (
-                metadata::LOGICAL_SECTOR_SIZE,
-                self.logical_sector_size.to_le_bytes().to_vec(),
-                true,
-            ),
-            (
-                metadata::PHYSICAL_SECTOR_SIZE,
-                self.physical_sector_size.to_le_bytes().to_vec(),
-                true,
-            ),
-        ];
-        if let Some((linkage, rel)) = &self.parent {
+        let parent_locator = self.parent.as_ref().map(|(linkage, rel)| {
             let mut entries = vec![("parent_linkage".to_string(), format!("{{{linkage}}}"))];
             if !rel.is_empty() {
                 entries.push(("relative_path".into(), rel.replace('/', "\\")));
             }
             entries.extend(self.extra_locator_entries.iter().cloned());
-            let locator = ParentLocator {
-                locator_type: VHDX_LOCATOR_TYPE,
-                entries,
-            };
-            items.push((metadata::PARENT_LOCATOR, locator.encode(), false));
-        }
-        let mut region = vec![0u8; MIB as usize];
-        let mut entries = Vec::new();
-        let mut at = metadata::TABLE_SIZE as u32;
-        for (id, bytes, is_virtual_disk) in items {
-            region[at as usize..at as usize + bytes.len()].copy_from_slice(&bytes);
-            entries.push(MetadataEntry {
-                item_id: id,
-                offset: at,
-                length: bytes.len() as u32,
-                is_user: false,
-                is_virtual_disk,
-                is_required: true,
-            });
-            at += (bytes.len() as u32).next_multiple_of(4096);
-        }
-        region[..metadata::TABLE_SIZE].copy_from_slice(&MetadataTable { entries }.encode());
-        region
+            entries
+        });
+        crate::create::metadata_region(&crate::create::DiskParameters {
+            virtual_size: self.virtual_size,
+            block_size: self.block_size,
+            logical_sector_size: self.logical_sector_size,
+            physical_sector_size: self.physical_sector_size,
+            fixed: self.fixed,
+            disk_id: self.disk_id,
+            parent_locator,
+        })
     }
 }
 
@@ -509,4 +467,135 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A file in memory that models a disk with a volatile write cache, for crash tests of the
+/// writer: reads see every write; `flush` makes the writes so far durable; `crash` returns
+/// what survives a power loss — the durable bytes plus, for each write since the last flush in
+/// order, either nothing, all of it, or a torn subset of its 512-byte sectors (seeded). It can
+/// also fail the n-th write with an I/O error.
+#[derive(Debug, Default)]
+pub struct CrashFile {
+    state: std::sync::Mutex<CrashState>,
+}
+
+#[derive(Debug, Default)]
+struct CrashState {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    /// Writes since the last flush: offset and bytes, or a length change (`None` bytes).
+    pending: Vec<(u64, Option<Vec<u8>>)>,
+    writes: u64,
+    fail_write: Option<u64>,
+}
+
+impl CrashFile {
+    pub fn new() -> CrashFile {
+        CrashFile::default()
+    }
+
+    /// Start from existing bytes (all durable).
+    pub fn from_bytes(bytes: Vec<u8>) -> CrashFile {
+        CrashFile {
+            state: std::sync::Mutex::new(CrashState {
+                durable: bytes.clone(),
+                current: bytes,
+                ..CrashState::default()
+            }),
+        }
+    }
+
+    /// Make write number `n` (counting from 0, from now on) fail.
+    pub fn fail_write(&self, n: u64) {
+        let mut s = self.state.lock().expect("crash file");
+        s.fail_write = Some(s.writes + n);
+    }
+
+    /// What reads see now.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.state.lock().expect("crash file").current.clone()
+    }
+
+    /// The bytes a power loss now would leave, choices drawn from `seed`.
+    pub fn crash(&self, seed: u64) -> Vec<u8> {
+        let s = self.state.lock().expect("crash file");
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut out = s.durable.clone();
+        for (offset, bytes) in &s.pending {
+            match bytes {
+                None => {
+                    // Length changes are metadata the file system journals: they survive.
+                    out.resize(*offset as usize, 0);
+                }
+                Some(bytes) => {
+                    let end = *offset as usize + bytes.len();
+                    if out.len() < end {
+                        out.resize(end, 0);
+                    }
+                    match next() % 3 {
+                        0 => {}
+                        1 => out[*offset as usize..end].copy_from_slice(bytes),
+                        _ => {
+                            for (i, sector) in bytes.chunks(512).enumerate() {
+                                if next() % 2 == 0 {
+                                    let at = *offset as usize + i * 512;
+                                    out[at..at + sector.len()].copy_from_slice(sector);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl crate::io::ReadAt for CrashFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.state
+            .lock()
+            .expect("crash file")
+            .current
+            .read_at(offset, buf)
+    }
+    fn len(&self) -> u64 {
+        self.state.lock().expect("crash file").current.len() as u64
+    }
+}
+
+impl crate::io::WriteAt for CrashFile {
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut s = self.state.lock().expect("crash file");
+        let n = s.writes;
+        s.writes += 1;
+        if s.fail_write == Some(n) {
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        let end = offset as usize + data.len();
+        if s.current.len() < end {
+            s.current.resize(end, 0);
+        }
+        s.current[offset as usize..end].copy_from_slice(data);
+        s.pending.push((offset, Some(data.to_vec())));
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        let mut s = self.state.lock().expect("crash file");
+        s.durable = s.current.clone();
+        s.pending.clear();
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let mut s = self.state.lock().expect("crash file");
+        s.current.resize(len as usize, 0);
+        s.pending.push((len, None));
+        Ok(())
+    }
 }

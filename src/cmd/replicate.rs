@@ -122,7 +122,7 @@ pub struct RestoreArgs {
     /// Point sequence number, `latest`, or `latest-app` (newest app-consistent point).
     #[arg(long, default_value = "latest")]
     point: String,
-    /// Raw output file.
+    /// Output file: raw, or a dynamic VHDX when the name ends in `.vhdx` (must not exist).
     #[arg(short, long)]
     output: PathBuf,
 }
@@ -590,13 +590,40 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
     };
     let replica = DiskReplica::open(&*store, REPLICA_CONTAINER, &args.name, layout)?;
     let codec = BlockCodec::new(&keys, 1, true);
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&args.output).with_context(|| args.output.display().to_string())?,
-    );
-    replica.restore(&codec, &manifest, keys.digest.expose(), |_, block| {
-        out.write_all(block)
-    })?;
-    out.flush()?;
+    let as_vhdx = args
+        .output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"));
+    if as_vhdx {
+        // A dynamic VHDX: zero blocks stay unallocated.
+        let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
+        let file = super::vhdx::new_vhdx_file(&args.output)?;
+        let mut writer =
+            vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
+                .with_context(|| args.output.display().to_string())?;
+        writer.set_bulk(true);
+        let block_size = u64::from(manifest.block_size);
+        replica.restore(&codec, &manifest, keys.digest.expose(), |block, data| {
+            if datapath::replica::block_record::is_zero(data) {
+                return Ok(());
+            }
+            writer
+                .write_at(block * block_size, data)
+                .map_err(std::io::Error::other)
+        })?;
+        writer
+            .close()
+            .with_context(|| args.output.display().to_string())?;
+    } else {
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&args.output)
+                .with_context(|| args.output.display().to_string())?,
+        );
+        replica.restore(&codec, &manifest, keys.digest.expose(), |_, block| {
+            out.write_all(block)
+        })?;
+        out.flush()?;
+    }
     eprintln!(
         "restored point {} ({}) to {}",
         manifest.sequence,

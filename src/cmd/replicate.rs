@@ -612,7 +612,8 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
                 .map_err(std::io::Error::other)
         })?;
         writer
-            .close()
+            .flush()
+            .and_then(|()| writer.close())
             .with_context(|| args.output.display().to_string())?;
     } else {
         let mut out = std::io::BufWriter::new(

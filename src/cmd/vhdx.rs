@@ -58,6 +58,10 @@ pub enum VhdxCommand {
         output: PathBuf,
         #[command(flatten)]
         format: FormatArgs,
+        /// Flush the output to stable storage before returning (default: like `cp` and
+        /// `qemu-img convert`, leave that to the page cache).
+        #[arg(long)]
+        sync: bool,
     },
 }
 
@@ -130,7 +134,8 @@ pub fn run(command: VhdxCommand) -> Result<ExitCode> {
             raw,
             output,
             format,
-        } => import(&raw, &output, &format),
+            sync,
+        } => import(&raw, &output, &format, sync),
     }
 }
 
@@ -207,7 +212,7 @@ fn relative_path(from: &Path, target: &Path) -> String {
     parts.join("/")
 }
 
-fn import(raw: &Path, output: &Path, format: &FormatArgs) -> Result<ExitCode> {
+fn import(raw: &Path, output: &Path, format: &FormatArgs, sync: bool) -> Result<ExitCode> {
     let source = vhdx::PositionalFile::open(raw).with_context(|| raw.display().to_string())?;
     let size = vhdx::ReadAt::len(&source);
     let virtual_size = size.next_multiple_of(u64::from(format.logical_sector));
@@ -218,45 +223,70 @@ fn import(raw: &Path, output: &Path, format: &FormatArgs) -> Result<ExitCode> {
     let bar = bytes_bar(size, "import");
     copy_nonzero(&source, size, &mut writer, &|done| bar.set_position(done))
         .with_context(|| format!("importing {} into {}", raw.display(), output.display()))?;
+    if sync {
+        writer.flush()?;
+    }
     writer.close()?;
     bar.finish_and_clear();
     Ok(ExitCode::SUCCESS)
 }
 
 /// Copy `size` bytes of `source` into `writer`, leaving all-zero stretches unwritten (so their
-/// blocks stay unallocated). Runs of data are written in calls of up to 64 MiB.
+/// blocks stay unallocated). A reader thread fills the next 64 MiB chunk while this one is
+/// written; runs of data are written in one call each.
 pub fn copy_nonzero<W: vhdx::WriteAt>(
-    source: &dyn vhdx::ReadAt,
+    source: &(dyn vhdx::ReadAt + Sync),
     size: u64,
     writer: &mut vhdx::VhdxWriter<W>,
     progress: &dyn Fn(u64),
 ) -> Result<()> {
     const CHUNK: u64 = 64 << 20;
     const GRAIN: usize = 64 << 10;
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut at = 0u64;
-    while at < size {
-        let n = (size - at).min(CHUNK) as usize;
-        let buf = &mut buf[..n];
-        source.read_at(at, buf)?;
-        // Write each maximal run of non-zero 64 KiB grains.
-        let mut i = 0;
-        while i < n {
-            let grain_end = |i: usize| (i + GRAIN).min(n);
-            if buf[i..grain_end(i)].iter().all(|&b| b == 0) {
-                i = grain_end(i);
-                continue;
-            }
-            let start = i;
-            while i < n && buf[i..grain_end(i)].iter().any(|&b| b != 0) {
-                i = grain_end(i);
-            }
-            writer.write_at(at + start as u64, &buf[start..i])?;
-        }
-        at += n as u64;
-        progress(at);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<io::Result<(u64, Vec<u8>)>>(1);
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        free_tx
+            .send(vec![0u8; CHUNK as usize])
+            .expect("room for two buffers");
     }
-    Ok(())
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            let mut at = 0u64;
+            while at < size {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let n = (size - at).min(CHUNK) as usize;
+                buf.resize(n, 0);
+                let read = source.read_at(at, &mut buf).map(|()| (at, buf));
+                let failed = read.is_err();
+                if full_tx.send(read).is_err() || failed {
+                    return;
+                }
+                at += n as u64;
+            }
+        });
+        while let Ok(chunk) = full_rx.recv() {
+            let (at, buf) = chunk?;
+            let n = buf.len();
+            // Write each maximal run of non-zero 64 KiB grains.
+            let grain_end = |i: usize| (i + GRAIN).min(n);
+            let mut i = 0;
+            while i < n {
+                if buf[i..grain_end(i)].iter().all(|&b| b == 0) {
+                    i = grain_end(i);
+                    continue;
+                }
+                let start = i;
+                while i < n && buf[i..grain_end(i)].iter().any(|&b| b != 0) {
+                    i = grain_end(i);
+                }
+                writer.write_at(at + start as u64, &buf[start..i])?;
+            }
+            progress(at + n as u64);
+            // The reader may have stopped (end of input): a refused buffer is fine.
+            let _ = free_tx.send(buf);
+        }
+        Ok(())
+    })
 }
 
 fn open(file: &Path) -> Result<Disk> {

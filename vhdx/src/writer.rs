@@ -246,9 +246,9 @@ impl<W: WriteAt> VhdxWriter<W> {
         self.on_write = Some(Box::new(hook));
     }
 
-    /// Bulk mode, for a file that is useless until it is complete (import, restore): the
-    /// ordering flushes are skipped and `close` flushes once. A crash leaves a file to delete,
-    /// not one to trust.
+    /// Bulk mode, for a file that is useless until it is complete (import, restore): no
+    /// ordering flushes, and `close` does not flush either (call `flush` for durability). A
+    /// crash leaves a file to delete, not one to trust.
     pub fn set_bulk(&mut self, bulk: bool) {
         self.bulk = bulk;
     }
@@ -590,12 +590,14 @@ impl<W: WriteAt> VhdxWriter<W> {
     }
 
     /// Flush and mark the file clean (LogGuid cleared).
+    /// In bulk mode nothing is flushed (like `cp` or `qemu-img convert`); call `flush` first
+    /// for a durable file.
     pub fn close(mut self) -> Result<Guid> {
-        self.flush()?;
+        self.barrier("file")?;
         if self.session_started {
             self.update_header(|h| h.log_guid = Guid::ZERO)?;
         }
-        self.flush()?;
+        self.barrier("file")?;
         Ok(self.header.data_write_guid)
     }
 }

@@ -226,3 +226,29 @@ fn restore_to_vhdx_is_read_by_qemu_as_the_point() {
     );
     check_and_compare(&out, &raw);
 }
+
+#[test]
+fn a_64_tib_disk_is_created_sparse_and_qemu_accepts_it() {
+    let dir = temp_dir();
+    let big = file_in(dir.path(), "big.vhdx");
+    run_ok(drplane().args(["vhdx", "create", path_str(&big), "--size", "64T"]));
+    let info = qemu_img(&["info", "--output=json", path_str(&big)]);
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["virtual-size"], 64u64 << 40);
+    assert!(qemu_img(&["check", path_str(&big)]).status.success());
+    assert!(qemu_io(path_str(&big), &["write -P 0x42 63T 1M".into()])
+        .status
+        .success());
+    assert!(qemu_img(&["check", path_str(&big)]).status.success());
+    let file = vhdx::ReadWriteFile::open(&big).unwrap();
+    let mut w = vhdx::VhdxWriter::open(file, Box::new(ChaCha8Rng::seed_from_u64(3))).unwrap();
+    w.write_at((64 << 40) - 4096, &[7; 4096]).unwrap();
+    w.close().unwrap();
+    let disk = vhdx::Disk::open(&big).unwrap();
+    let mut buf = vec![0u8; 4096];
+    disk.read_at((64 << 40) - 4096, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 7));
+    disk.read_at(63 << 40, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x42));
+    assert!(std::fs::metadata(&big).unwrap().len() < 200 * MIB);
+}

@@ -359,6 +359,20 @@ mod tests {
         Policy::from_toml(text, Profile::Standard).unwrap()
     }
 
+    /// A machine for a replica whose newest point is at `last` (and `untrusted` tracking).
+    fn resumed(text: &str, now: u64, last: u64, untrusted: Option<&str>) -> Replicator {
+        Replicator::new(
+            policy(text),
+            None,
+            now,
+            Resume {
+                last_point_nanos: Some(last),
+                tracking_untrusted: untrusted.map(str::to_string),
+                ..Resume::default()
+            },
+        )
+    }
+
     fn run(machine: &mut Replicator, now: u64) -> CyclePlan {
         match machine.poll(now) {
             Action::RunCycle(plan) => plan,
@@ -408,17 +422,8 @@ mod tests {
 
     #[test]
     fn missed_cycles_and_old_points_raise_warnings() {
-        let p = policy("copy_frequency_secs = 300");
         let t0 = 100 * DAY;
-        let mut m = Replicator::new(
-            p,
-            None,
-            t0,
-            Resume {
-                last_point_nanos: Some(t0),
-                ..Resume::default()
-            },
-        );
+        let mut m = resumed("copy_frequency_secs = 300", t0, t0, None);
         // The host was off for 2 hours: 23 intervals missed, RPO over an hour.
         let late = t0 + 2 * HOUR;
         let plan = run(&mut m, late);
@@ -437,17 +442,12 @@ mod tests {
 
     #[test]
     fn failures_retry_with_backoff_and_tracking_loss_means_resync() {
-        let p = policy("copy_frequency_secs = 900");
         let t0 = 5 * DAY;
-        let mut m = Replicator::new(
-            p,
-            None,
+        let mut m = resumed(
+            "copy_frequency_secs = 900",
             t0,
-            Resume {
-                last_point_nanos: Some(t0 - 20 * MIN),
-                tracking_untrusted: Some("unclean stop".into()),
-                ..Resume::default()
-            },
+            t0 - 20 * MIN,
+            Some("unclean stop"),
         );
         let plan = run(&mut m, t0);
         assert_eq!(plan.kind, CycleKind::Resync);
@@ -497,19 +497,13 @@ mod tests {
 
     #[test]
     fn app_consistent_points_at_their_frequency_and_throttle_by_work_hours() {
-        let p = policy(
+        let t0 = 3 * DAY + 8 * HOUR;
+        let mut m = resumed(
             "copy_frequency_secs = 900\nretention_hours = 4\napp_consistent_hours = 1\n\
              [throttle]\nwork_hours_kbps = 8000\nwork_start_hour = 9\nwork_end_hour = 18",
-        );
-        let t0 = 3 * DAY + 8 * HOUR;
-        let mut m = Replicator::new(
-            p,
-            None,
             t0,
-            Resume {
-                last_point_nanos: Some(t0),
-                ..Resume::default()
-            },
+            t0,
+            None,
         );
         let mut apps = 0;
         let mut t = t0;

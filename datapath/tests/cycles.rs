@@ -107,6 +107,27 @@ fn restore(replica: &DiskReplica<'_>, identity: &Identity, point: &Manifest) -> 
     out
 }
 
+/// One cycle of `disk` into `replica` with the test options.
+fn cycle_on(
+    replica: &DiskReplica<'_>,
+    disk: &MemDisk,
+    id: &Identity,
+    nonces: &mut NonceSource,
+    selection: Selection,
+    t: u64,
+) -> Result<datapath::cycle::CycleReport, CycleError> {
+    let keys = id.disk_keys("disk");
+    run_cycle(
+        replica,
+        disk,
+        id,
+        &keys,
+        &options(selection, t),
+        nonces,
+        &|_| {},
+    )
+}
+
 fn options(selection: Selection, t: u64) -> CycleOptions {
     CycleOptions {
         selection,
@@ -130,16 +151,7 @@ fn scans_and_tracked_cycles_restore_every_point_and_find_exactly_the_changes() {
     };
     churn(&mut disk, &mut rng, 30);
     let mut images = Vec::new();
-    let first = run_cycle(
-        &replica,
-        &disk,
-        &id,
-        &keys,
-        &options(Selection::Scan, 0),
-        &mut nonces,
-        &|_| {},
-    )
-    .unwrap();
+    let first = cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 0).unwrap();
     assert!(!first.table_rebuilt, "a new replica has nothing to rebuild");
     images.push(disk.bytes.clone());
     for cycle in 1..6u64 {
@@ -151,16 +163,7 @@ fn scans_and_tracked_cycles_restore_every_point_and_find_exactly_the_changes() {
             Selection::Scan
         };
         let tracked = matches!(selection, Selection::Blocks(_));
-        let report = run_cycle(
-            &replica,
-            &disk,
-            &id,
-            &keys,
-            &options(selection, cycle),
-            &mut nonces,
-            &|_| {},
-        )
-        .unwrap();
+        let report = cycle_on(&replica, &disk, &id, &mut nonces, selection, cycle).unwrap();
         images.push(disk.bytes.clone());
         assert_eq!(report.point.sequence, cycle);
         assert!(!report.table_rebuilt);
@@ -204,16 +207,7 @@ fn interrupted_cycles_keep_earlier_points_and_the_next_cycle_repairs_the_replica
         };
         churn(&mut disk, &mut rng, 25);
         let replica = DiskReplica::open(&*store, "replicas", "disk", layout()).unwrap();
-        run_cycle(
-            &replica,
-            &disk,
-            &id,
-            &keys,
-            &options(Selection::Scan, 0),
-            &mut nonces,
-            &|_| {},
-        )
-        .unwrap();
+        cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 0).unwrap();
         let image0 = disk.bytes.clone();
         churn(&mut disk, &mut rng, 12);
         // Writes applied but answered 500: the cycle fails part-way.
@@ -226,15 +220,7 @@ fn interrupted_cycles_keep_earlier_points_and_the_next_cycle_repairs_the_replica
             },
         );
         let broken = DiskReplica::open(&faulty, "replicas", "disk", layout()).unwrap();
-        let failed = run_cycle(
-            &broken,
-            &disk,
-            &id,
-            &keys,
-            &options(Selection::Scan, 1),
-            &mut nonces,
-            &|_| {},
-        );
+        let failed = cycle_on(&broken, &disk, &id, &mut nonces, Selection::Scan, 1);
         assert!(matches!(failed, Err(CycleError::Replica(_))), "seed {seed}");
         let points = replica.points(keys.digest.expose()).unwrap();
         assert_eq!(
@@ -246,31 +232,13 @@ fn interrupted_cycles_keep_earlier_points_and_the_next_cycle_repairs_the_replica
         // The source changes again; a tracked cycle would miss nothing because the
         // replicator resends a failed cycle's blocks, but here a scan repairs everything.
         churn(&mut disk, &mut rng, 3);
-        let report = run_cycle(
-            &replica,
-            &disk,
-            &id,
-            &keys,
-            &options(Selection::Scan, 2),
-            &mut nonces,
-            &|_| {},
-        )
-        .unwrap();
+        let report = cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 2).unwrap();
         assert_eq!(report.point.sequence, 1);
         let points = replica.points(keys.digest.expose()).unwrap();
         assert!(restore(&replica, &id, &points[0]) == image0[..]);
         assert!(restore(&replica, &id, &points[1]) == disk.bytes[..]);
         // The table written by this cycle is trusted again.
-        let report = run_cycle(
-            &replica,
-            &disk,
-            &id,
-            &keys,
-            &options(Selection::Scan, 3),
-            &mut nonces,
-            &|_| {},
-        )
-        .unwrap();
+        let report = cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 3).unwrap();
         assert!(!report.table_rebuilt);
         assert_eq!(report.blocks_changed, 0);
     }
@@ -292,16 +260,7 @@ fn deleted_points_leave_the_journal_and_their_snapshots_go() {
     let mut images = Vec::new();
     for t in 0..5 {
         churn(&mut disk, &mut rng, 6);
-        run_cycle(
-            &replica,
-            &disk,
-            &id,
-            &keys,
-            &options(Selection::Scan, t),
-            &mut nonces,
-            &|_| {},
-        )
-        .unwrap();
+        cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, t).unwrap();
         images.push(disk.bytes.clone());
     }
     let points = replica.points(keys.digest.expose()).unwrap();
@@ -326,16 +285,7 @@ fn deleted_points_leave_the_journal_and_their_snapshots_go() {
     assert_eq!(replica.sweep_orphans(&live).unwrap(), 1);
     // The next point continues the sequence.
     churn(&mut disk, &mut rng, 2);
-    let r = run_cycle(
-        &replica,
-        &disk,
-        &id,
-        &keys,
-        &options(Selection::Scan, 9),
-        &mut nonces,
-        &|_| {},
-    )
-    .unwrap();
+    let r = cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 9).unwrap();
     assert_eq!(r.point.sequence, 5);
 }
 
@@ -376,16 +326,7 @@ fn premium_cycles_go_through_the_staging_log_and_a_committed_log_survives_a_cras
         let mut images = Vec::new();
         for t in 0..2 {
             churn(&mut disk, &mut rng, 10);
-            run_cycle(
-                &replica,
-                &disk,
-                &id,
-                &keys,
-                &options(Selection::Scan, t),
-                &mut nonces,
-                &|_| {},
-            )
-            .unwrap();
+            cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, t).unwrap();
             images.push(disk.bytes.clone());
             let log = replica.staging.as_ref().unwrap();
             assert_eq!(log.used_end().unwrap(), 0, "an applied log is cleared");
@@ -402,15 +343,7 @@ fn premium_cycles_go_through_the_staging_log_and_a_committed_log_survives_a_cras
             },
         );
         let broken = staged(&faulty, &*log_store);
-        let failed = run_cycle(
-            &broken,
-            &disk,
-            &id,
-            &keys,
-            &options(Selection::Scan, 2),
-            &mut nonces,
-            &|_| {},
-        );
+        let failed = cycle_on(&broken, &disk, &id, &mut nonces, Selection::Scan, 2);
         if failed.is_ok() {
             continue;
         }
@@ -418,16 +351,7 @@ fn premium_cycles_go_through_the_staging_log_and_a_committed_log_survives_a_cras
         // The next cycle completes a committed log as point 2 (the disk at the crash), then
         // makes its own point from the disk as it is now.
         churn(&mut disk, &mut rng, 4);
-        let report = run_cycle(
-            &replica,
-            &disk,
-            &id,
-            &keys,
-            &options(Selection::Scan, 3),
-            &mut nonces,
-            &|_| {},
-        )
-        .unwrap();
+        let report = cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 3).unwrap();
         let points = replica.points(keys.digest.expose()).unwrap();
         if committed_log.is_some() {
             completed += 1;

@@ -599,3 +599,39 @@ impl crate::io::WriteAt for CrashFile {
         Ok(())
     }
 }
+
+/// xorshift64: a tiny deterministic generator for tests (positions, patterns, GUIDs), also
+/// usable where a `RngCore` is injected.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn draw(&mut self) -> u64 {
+        // Zero is a fixed point of xorshift; never start there.
+        if self.0 == 0 {
+            self.0 = 0x9E37_79B9_7F4A_7C15;
+        }
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform-enough in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.draw() % n
+    }
+}
+
+impl rand_core::RngCore for XorShift {
+    fn next_u32(&mut self) -> u32 {
+        XorShift::draw(self) as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        XorShift::draw(self)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for b in dest {
+            *b = XorShift::draw(self) as u8;
+        }
+    }
+}

@@ -420,19 +420,7 @@ fn log_length_over_the_limit_is_refused_without_allocating() {
     assert!(matches!(open(&b), Err(Error::Unsupported { .. })));
 }
 
-/// xorshift64: deterministic mutation positions without a rand dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use vhdx::testing::XorShift as Rng;
 
 #[test]
 fn random_structural_mutations_never_panic() {
@@ -442,8 +430,9 @@ fn random_structural_mutations_never_panic() {
     for _ in 0..400 {
         let mut b = base.clone();
         for _ in 0..1 + rng.below(6) {
-            let at = structures[rng.below(structures.len())] + rng.below(256);
-            b[at] = rng.next() as u8;
+            let at =
+                structures[rng.below(structures.len() as u64) as usize] + rng.below(256) as usize;
+            b[at] = rng.draw() as u8;
         }
         if rng.below(2) == 0 {
             reseal_header(&mut b, H1);

@@ -13,37 +13,11 @@ use vhdx::{CreateOptions, Disk, MemoryResolver, NoParents, VhdxWriter};
 
 const MIB: u64 = 1 << 20;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use vhdx::testing::XorShift as Rng;
 
 /// A seeded stand-in for the OS RNG (GUIDs).
 fn guids(seed: u64) -> Box<dyn rand_core::RngCore + Send> {
-    struct G(Rng);
-    impl rand_core::RngCore for G {
-        fn next_u32(&mut self) -> u32 {
-            self.0.next() as u32
-        }
-        fn next_u64(&mut self) -> u64 {
-            self.0.next()
-        }
-        fn fill_bytes(&mut self, dest: &mut [u8]) {
-            for b in dest {
-                *b = self.0.next() as u8;
-            }
-        }
-    }
-    Box::new(G(Rng(seed | 1)))
+    Box::new(Rng(seed | 1))
 }
 
 fn read_all(disk: &Disk) -> Vec<u8> {
@@ -74,7 +48,7 @@ fn random_op(rng: &mut Rng, size: u64, sector: u64) -> Op {
         _ => {
             let off = rng.below(size / sector) * sector;
             let len = ((rng.below(40) + 1) * sector).min(size - off);
-            let fill = rng.next() as u8;
+            let fill = rng.draw() as u8;
             let data = (0..len)
                 .map(|i| fill.wrapping_add((i / 512) as u8))
                 .collect();

@@ -26,6 +26,9 @@ enum Command {
     /// Inspect, check and export VHDX virtual disks.
     #[command(subcommand)]
     Vhdx(cmd::vhdx::VhdxCommand),
+    /// The deterministic DR simulator.
+    #[command(subcommand)]
+    Sim(cmd::sim::SimCommand),
     /// Create vault credentials (valid 5 days) and the data-encryption certificate (.pfx).
     Register(cmd::register::RegisterArgs),
     /// Replicate a disk file into a store as the next recovery point.
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Vhdx(c) => cmd::vhdx::run(c),
+        Command::Sim(c) => cmd::sim::run(c),
         Command::Blob(c) => cmd::blob::run(c),
         Command::Register(a) => cmd::register::run(a),
         Command::Replicate(a) => cmd::replicate::replicate(a),

@@ -60,10 +60,10 @@ impl std::fmt::Debug for DiskAgent<'_> {
 
 /// Where to open an agent.
 #[derive(Clone, Copy)]
-pub struct AgentTarget<'a> {
+pub struct AgentTarget<'a, 'n> {
     pub store: &'a dyn PageBlobStore,
-    pub container: &'a str,
-    pub name: &'a str,
+    pub container: &'n str,
+    pub name: &'n str,
     /// Premium targets: the standard store holding the replication (staging) log.
     pub log_store: Option<&'a dyn PageBlobStore>,
 }
@@ -71,7 +71,7 @@ pub struct AgentTarget<'a> {
 /// Container of staging logs on the log store.
 pub const LOG_CONTAINER: &str = "replication-log";
 
-impl std::fmt::Debug for AgentTarget<'_> {
+impl std::fmt::Debug for AgentTarget<'_, '_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.container, self.name)
     }
@@ -84,7 +84,7 @@ impl<'a> DiskAgent<'a> {
     /// nonce epochs (the OS RNG in production, a seeded stream in the simulator).
     #[allow(clippy::too_many_arguments)]
     pub fn open(
-        target: AgentTarget<'a>,
+        target: AgentTarget<'a, '_>,
         identity: &'a Identity,
         mut policy: Policy,
         disk_size: u64,

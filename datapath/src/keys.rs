@@ -113,12 +113,21 @@ impl Identity {
             .first()
             .ok_or_else(|| KeyError::Malformed("the private key has no certificate".into()))?;
         let key_id = KeyId(Sha1::digest(cert.as_der()).into());
-        let master = Secret32(blake3::derive_key(MASTER_KEY_CONTEXT, chain.key().as_der()));
-        Ok(Identity {
+        Ok(Identity::from_key_material(
             key_id,
-            subject: cert.subject().to_string(),
-            master,
-        })
+            cert.subject().to_string(),
+            chain.key().as_der(),
+        ))
+    }
+
+    /// An identity from its parts: the certificate's key id and the private key's DER bytes
+    /// (the simulator's certificates are seeded bytes).
+    pub fn from_key_material(key_id: KeyId, subject: String, private_key_der: &[u8]) -> Identity {
+        Identity {
+            key_id,
+            subject,
+            master: Secret32(blake3::derive_key(MASTER_KEY_CONTEXT, private_key_der)),
+        }
     }
 
     /// Keys of the disk named `disk` (its stable id, e.g. the VHDX Virtual Disk ID).

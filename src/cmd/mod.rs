@@ -3,4 +3,5 @@
 pub mod blob;
 pub mod register;
 pub mod replicate;
+pub mod sim;
 pub mod vhdx;

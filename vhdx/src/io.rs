@@ -288,3 +288,52 @@ impl WriteAt for ReadWriteFile {
         Ok(())
     }
 }
+
+/// A growable file in memory (the simulator's VM disks, tests).
+#[derive(Debug, Default)]
+pub struct MemoryFile {
+    bytes: std::sync::RwLock<Vec<u8>>,
+}
+
+impl MemoryFile {
+    pub fn new() -> MemoryFile {
+        MemoryFile::default()
+    }
+
+    /// A copy of the contents.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.bytes.read().expect("memory file").clone()
+    }
+}
+
+impl ReadAt for MemoryFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.bytes.read().expect("memory file").read_at(offset, buf)
+    }
+    fn len(&self) -> u64 {
+        self.bytes.read().expect("memory file").len() as u64
+    }
+}
+
+impl WriteAt for MemoryFile {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut bytes = self.bytes.write().expect("memory file");
+        let end = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(data.len()))
+            .ok_or_else(|| io::Error::other("write past the addressable end"))?;
+        if bytes.len() < end {
+            bytes.resize(end, 0);
+        }
+        bytes[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| io::Error::other("length too large"))?;
+        self.bytes.write().expect("memory file").resize(len, 0);
+        Ok(())
+    }
+}

@@ -49,5 +49,5 @@ pub use disk::{
 pub use error::{Error, Result};
 pub use guid::Guid;
 pub use image::{LogState, VhdxFile};
-pub use io::{MappedFile, PositionalFile, ReadAt, ReadWriteFile, WriteAt};
+pub use io::{MappedFile, MemoryFile, PositionalFile, ReadAt, ReadWriteFile, WriteAt};
 pub use writer::{CreateOptions, VhdxWriter};

@@ -1,0 +1,348 @@
+//! Scenario files (TOML): the world to build (VMs, disks, workload), the replication policy,
+//! the storage profile and network, and the faults to inject. Everything read from the file is
+//! checked against limits, and a bad field is named with the rule it breaks.
+
+use serde::Deserialize;
+
+use datapath::pageblob::Profile;
+use datapath::policy::Policy;
+
+/// Limits on what a scenario may ask for (a hostile file must not exhaust the machine).
+pub const MAX_VMS: usize = 64;
+pub const MAX_DISKS_PER_VM: usize = 16;
+pub const MAX_DISK_MIB: u64 = 4096;
+pub const MAX_TOTAL_DISK_MIB: u64 = 8192;
+pub const MAX_DURATION_HOURS: u64 = 7 * 24;
+pub const MAX_FAULTS: usize = 1000;
+
+/// Why a scenario was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("scenario TOML: {0}")]
+    Syntax(String),
+    #[error("scenario: {field} = {value}: {rule}")]
+    Invalid {
+        field: String,
+        value: String,
+        rule: String,
+    },
+    #[error("scenario policy: {0}")]
+    Policy(#[from] datapath::policy::PolicyError),
+}
+
+fn invalid(
+    field: impl Into<String>,
+    value: impl ToString,
+    rule: impl Into<String>,
+) -> ScenarioError {
+    ScenarioError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        rule: rule.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    name: String,
+    seed: Option<u64>,
+    duration_hours: u64,
+    start_unix: Option<u64>,
+    storage: Option<StorageFile>,
+    network: Option<NetworkFile>,
+    policy: Option<toml::Table>,
+    #[serde(default)]
+    vm: Vec<VmFile>,
+    #[serde(default)]
+    fault: Vec<FaultFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    profile: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    bandwidth_mbps: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmFile {
+    name: String,
+    #[serde(default)]
+    disk: Vec<DiskFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiskFile {
+    name: String,
+    size_mib: u64,
+    churn_mib_per_hour: u64,
+    hot_spot: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultFile {
+    kind: String,
+    at_minutes: u64,
+    minutes: Option<u64>,
+}
+
+/// A disk of a VM and its workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskSpec {
+    pub name: String,
+    pub size_bytes: u64,
+    pub churn_bytes_per_hour: u64,
+    /// Share of writes that land in the hottest 10% of the disk.
+    pub hot_spot: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    pub name: String,
+    pub disks: Vec<DiskSpec>,
+}
+
+/// A fault and when it strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The WAN to Azure is down for a while: uploads fail.
+    WanDown { minutes: u64 },
+    /// The Hyper-V host crashes and restarts: agents stop without a clean shutdown.
+    HostCrash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub at_minutes: u64,
+    pub kind: FaultKind,
+}
+
+/// A validated scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub seed: u64,
+    pub duration_hours: u64,
+    pub start_nanos: u64,
+    pub profile: Profile,
+    pub bandwidth_bytes_per_sec: u64,
+    pub policy: Policy,
+    pub vms: Vec<VmSpec>,
+    pub faults: Vec<Fault>,
+    /// BLAKE3 of the file's bytes.
+    pub hash: String,
+}
+
+impl Scenario {
+    pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        let f: File = toml::from_str(text).map_err(|e| ScenarioError::Syntax(e.to_string()))?;
+        if f.name.is_empty() || f.name.len() > 128 {
+            return Err(invalid("name", &f.name, "1 to 128 characters"));
+        }
+        if !(1..=MAX_DURATION_HOURS).contains(&f.duration_hours) {
+            return Err(invalid(
+                "duration_hours",
+                f.duration_hours,
+                format!("1 to {MAX_DURATION_HOURS}"),
+            ));
+        }
+        let profile_name = f
+            .storage
+            .and_then(|s| s.profile)
+            .unwrap_or_else(|| "standard".into());
+        let profile = Profile::parse(&profile_name).ok_or_else(|| {
+            invalid(
+                "storage.profile",
+                &profile_name,
+                "standard, premium or premium-spaced",
+            )
+        })?;
+        let mbps = f.network.and_then(|n| n.bandwidth_mbps).unwrap_or(100);
+        if !(1..=100_000).contains(&mbps) {
+            return Err(invalid("network.bandwidth_mbps", mbps, "1 to 100000"));
+        }
+        let policy_text = toml::to_string(&f.policy.unwrap_or_default())
+            .map_err(|e| ScenarioError::Syntax(e.to_string()))?;
+        let policy = Policy::from_toml(&policy_text, profile)?;
+        if f.vm.is_empty() || f.vm.len() > MAX_VMS {
+            return Err(invalid("vm", f.vm.len(), format!("1 to {MAX_VMS} VMs")));
+        }
+        let mut total = 0u64;
+        let mut names = std::collections::BTreeSet::new();
+        let mut vms = Vec::new();
+        for (i, vm) in f.vm.into_iter().enumerate() {
+            let at = format!("vm[{i}]");
+            if !names.insert(vm.name.clone()) || vm.name.is_empty() || vm.name.len() > 64 {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    &vm.name,
+                    "unique, 1 to 64 characters",
+                ));
+            }
+            if vm.disk.is_empty() || vm.disk.len() > MAX_DISKS_PER_VM {
+                return Err(invalid(
+                    format!("{at}.disk"),
+                    vm.disk.len(),
+                    format!("1 to {MAX_DISKS_PER_VM} disks"),
+                ));
+            }
+            let mut disks = Vec::new();
+            let mut disk_names = std::collections::BTreeSet::new();
+            for (j, d) in vm.disk.into_iter().enumerate() {
+                let at = format!("{at}.disk[{j}]");
+                if !disk_names.insert(d.name.clone()) || d.name.is_empty() || d.name.len() > 64 {
+                    return Err(invalid(
+                        format!("{at}.name"),
+                        &d.name,
+                        "unique in the VM, 1 to 64 characters",
+                    ));
+                }
+                if !(1..=MAX_DISK_MIB).contains(&d.size_mib) {
+                    return Err(invalid(
+                        format!("{at}.size_mib"),
+                        d.size_mib,
+                        format!("1 to {MAX_DISK_MIB}"),
+                    ));
+                }
+                total += d.size_mib;
+                if d.churn_mib_per_hour > 100 * d.size_mib {
+                    return Err(invalid(
+                        format!("{at}.churn_mib_per_hour"),
+                        d.churn_mib_per_hour,
+                        "at most 100 times the disk size per hour",
+                    ));
+                }
+                let hot = d.hot_spot.unwrap_or(0.0);
+                if !(0.0..=1.0).contains(&hot) {
+                    return Err(invalid(format!("{at}.hot_spot"), hot, "0 to 1"));
+                }
+                disks.push(DiskSpec {
+                    name: d.name,
+                    size_bytes: d.size_mib << 20,
+                    churn_bytes_per_hour: d.churn_mib_per_hour << 20,
+                    hot_spot: hot,
+                });
+            }
+            vms.push(VmSpec {
+                name: vm.name,
+                disks,
+            });
+        }
+        if total > MAX_TOTAL_DISK_MIB {
+            return Err(invalid(
+                "vm[*].disk[*].size_mib",
+                total,
+                format!("at most {MAX_TOTAL_DISK_MIB} MiB in all"),
+            ));
+        }
+        if f.fault.len() > MAX_FAULTS {
+            return Err(invalid(
+                "fault",
+                f.fault.len(),
+                format!("at most {MAX_FAULTS}"),
+            ));
+        }
+        let mut faults = Vec::new();
+        for (i, fault) in f.fault.into_iter().enumerate() {
+            let at = format!("fault[{i}]");
+            if fault.at_minutes >= f.duration_hours * 60 {
+                return Err(invalid(
+                    format!("{at}.at_minutes"),
+                    fault.at_minutes,
+                    "inside the scenario's duration",
+                ));
+            }
+            let kind = match fault.kind.as_str() {
+                "wan_down" => {
+                    let minutes = fault.minutes.ok_or_else(|| {
+                        invalid(format!("{at}.minutes"), "missing", "wan_down needs minutes")
+                    })?;
+                    if !(1..=MAX_DURATION_HOURS * 60).contains(&minutes) {
+                        return Err(invalid(
+                            format!("{at}.minutes"),
+                            minutes,
+                            "1 minute to the scenario's maximum",
+                        ));
+                    }
+                    FaultKind::WanDown { minutes }
+                }
+                "host_crash" => FaultKind::HostCrash,
+                other => {
+                    return Err(invalid(
+                        format!("{at}.kind"),
+                        other,
+                        "wan_down or host_crash",
+                    ))
+                }
+            };
+            faults.push(Fault {
+                at_minutes: fault.at_minutes,
+                kind,
+            });
+        }
+        faults.sort_by_key(|f| f.at_minutes);
+        Ok(Scenario {
+            name: f.name,
+            seed: f.seed.unwrap_or(1),
+            duration_hours: f.duration_hours,
+            start_nanos: f
+                .start_unix
+                .unwrap_or(1_795_651_200)
+                .saturating_mul(1_000_000_000),
+            profile,
+            bandwidth_bytes_per_sec: mbps * 1_000_000 / 8,
+            policy,
+            vms,
+            faults,
+            hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICKSTART: &str = include_str!("../../scenarios/quickstart.toml");
+
+    #[test]
+    fn the_quickstart_parses() {
+        let s = Scenario::parse(QUICKSTART).unwrap();
+        assert_eq!(s.vms.len(), 2);
+        assert_eq!(s.faults.len(), 2);
+        assert_eq!(s.policy.copy_frequency_secs, 300);
+    }
+
+    #[test]
+    fn hostile_or_wrong_scenarios_are_refused_naming_the_field() {
+        for (text, needle) in [
+            ("name = \"x\"\nduration_hours = 0", "duration_hours"),
+            ("name = \"x\"\nduration_hours = 1", "vm"),
+            (
+                "name = \"x\"\nduration_hours = 1\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 999999\nchurn_mib_per_hour = 1",
+                "vm[0].disk[0].size_mib",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[storage]\nprofile = \"premium\"\n[policy]\ncopy_frequency_secs = 30\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\nchurn_mib_per_hour = 1",
+                "premium allows 100",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\nchurn_mib_per_hour = 1\n[[fault]]\nkind = \"meteor\"\nat_minutes = 1",
+                "fault[0].kind",
+            ),
+            ("name = \"x\"\nbogus = 1", "unknown field"),
+        ] {
+            let err = Scenario::parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! The simulated world and its event loop. A Hyper-V host runs the scenario's VMs; each VM disk
+//! is a real VHDX (the `vhdx` writer over an in-memory file) written by a workload generator,
+//! whose write hook feeds the disk's real change tracker. Each disk has the real replication
+//! agent and replicator state machine, replicating into the real page-blob emulator. Time is a
+//! virtual clock that jumps from event to event (events ordered by time, then by the order they
+//! were scheduled); randomness comes from per-component ChaCha8 streams of the seed. Cycles run
+//! the real pipeline the moment they start; how long they take is charged from a cost model
+//! (CPU bytes/s and the network's or throttle's bandwidth), and the state machine hears of the
+//! result that much later.
+//!
+//! Limitation: a host crash never interrupts a cycle's storage writes (the cycle has committed
+//! when it starts); interrupted cycles are covered by the data path's own crash tests.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::{Arc, Mutex};
+
+use datapath::agent::{AgentTarget, DiskAgent};
+use datapath::clock::{Clock, ManualClock};
+use datapath::keys::{Identity, KeyId};
+use datapath::pageblob::data_log::Durability;
+use datapath::pageblob::{Emulator, PageBlobStore, Profile};
+use datapath::replica::block_record::BlockCodec;
+use datapath::replicator::{Action, CycleOutcome, CyclePlan, Replicator};
+use datapath::tracking::ChangeTracker;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::Serialize;
+use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
+
+use crate::scenario::{DiskSpec, FaultKind, Scenario};
+
+const SEC: u64 = 1_000_000_000;
+const MIN: u64 = 60 * SEC;
+/// Cost model: bytes the host examines (reads, hashes, compresses) per second.
+const CPU_BYTES_PER_SEC: u64 = 400_000_000;
+/// A cycle that cannot reach storage fails after this long.
+const UPLOAD_TIMEOUT: u64 = 30 * SEC;
+const CONTAINER: &str = "replicas";
+
+/// Why a run failed to start or broke an invariant it cannot report.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("simulator work directory: {0}")]
+    WorkDir(std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One checked invariant.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What happened to one disk.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct DiskReport {
+    pub vm: String,
+    pub disk: String,
+    pub cycles: u64,
+    pub failed_cycles: u64,
+    pub resyncs: u64,
+    pub points_live: usize,
+    pub points_verified: usize,
+    pub app_consistent_points: usize,
+    pub bytes_written_by_workload: u64,
+    pub bytes_sent: u64,
+    pub max_rpo_secs: f64,
+    /// Largest RPO at least two copy intervals after any fault.
+    pub max_steady_rpo_secs: f64,
+    pub health_warnings: Vec<String>,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub scenario: String,
+    pub scenario_hash: String,
+    pub seed: u64,
+    pub simulated_hours: u64,
+    pub events: u64,
+    pub trace_hash: String,
+    pub disks: Vec<DiskReport>,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Workload {
+        disk: usize,
+    },
+    Poll {
+        disk: usize,
+        epoch: u64,
+    },
+    CycleDone {
+        disk: usize,
+        epoch: u64,
+        outcome: CycleOutcome,
+    },
+    WanDown {
+        minutes: u64,
+    },
+    WanUp,
+    HostCrash,
+}
+
+/// Events ordered by (time, sequence).
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Event>,
+    next: u64,
+}
+
+impl Queue {
+    fn push(&mut self, at: u64, event: Event) {
+        self.heap.push(Reverse((at, self.next)));
+        self.events.insert(self.next, event);
+        self.next += 1;
+    }
+    fn pop(&mut self) -> Option<(u64, Event)> {
+        let Reverse((at, seq)) = self.heap.pop()?;
+        Some((at, self.events.remove(&seq).expect("queued event")))
+    }
+}
+
+/// Per-component random streams: each is ChaCha8 keyed by BLAKE3 of the seed and its label.
+fn stream(seed: u64, label: &str) -> ChaCha8Rng {
+    let mut material = seed.to_le_bytes().to_vec();
+    material.extend_from_slice(label.as_bytes());
+    ChaCha8Rng::from_seed(blake3::derive_key("drplane sim stream v1", &material))
+}
+
+struct SimDisk<'a> {
+    spec: DiskSpec,
+    replica_name: String,
+    file: Arc<MemoryFile>,
+    writer: VhdxWriter<Arc<MemoryFile>>,
+    /// Writes the hook saw, waiting to be fed to the agent's tracker.
+    marks: Arc<Mutex<Vec<(u64, u64)>>>,
+    agent: DiskAgent<'a>,
+    machine: Replicator,
+    workload: ChaCha8Rng,
+    /// Bumped by a host crash: events of an older epoch are stale.
+    epoch: u64,
+    /// Content hash of the disk at each point, by sequence.
+    images: BTreeMap<u64, [u8; 32]>,
+    report: DiskReport,
+}
+
+/// Run `scenario` with `seed` in `workdir` (the stores and tracker files live there).
+pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<Report, SimError> {
+    let clock = Arc::new(ManualClock::new(scenario.start_nanos));
+    let store = Emulator::open(
+        &workdir.join("store"),
+        scenario.profile,
+        Durability::Process,
+        clock.clone(),
+    )
+    .map_err(|e| SimError::Setup(format!("store: {e}")))?;
+    let premium = scenario.profile != Profile::Standard;
+    let log_store = if premium {
+        Some(
+            Emulator::open(
+                &workdir.join("log-store"),
+                Profile::Standard,
+                Durability::Process,
+                clock.clone(),
+            )
+            .map_err(|e| SimError::Setup(format!("log store: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let trackers = workdir.join("trackers");
+    std::fs::create_dir_all(&trackers).map_err(SimError::WorkDir)?;
+    // The registration certificate: seeded key material (the real .pfx path is tested apart).
+    let mut cert = stream(seed, "certificate");
+    let mut key_der = [0u8; 64];
+    cert.fill_bytes(&mut key_der);
+    let mut key_id = [0u8; 20];
+    cert.fill_bytes(&mut key_id);
+    let identity = Identity::from_key_material(KeyId(key_id), "CN=simulated host".into(), &key_der);
+    let limit = scenario.profile.max_snapshots_per_blob();
+
+    let open_agent = |name: &str, size: u64, epoch: u64| {
+        let tracker_path = trackers.join(format!("{name}.ctb"));
+        let tracker = ChangeTracker::open(&tracker_path, name, size, scenario.policy.block_size)
+            .map_err(|e| SimError::Setup(format!("tracker {name}: {e}")))?;
+        let (agent, resume) = DiskAgent::open(
+            AgentTarget {
+                store: &store,
+                container: CONTAINER,
+                name,
+                log_store: log_store.as_ref().map(|s| s as &dyn PageBlobStore),
+            },
+            &identity,
+            scenario.policy.clone(),
+            size,
+            Some(tracker),
+            true,
+            Box::new(stream(seed, &format!("nonces/{name}/{epoch}"))),
+        )
+        .map_err(|e| SimError::Setup(format!("agent {name}: {e}")))?;
+        let machine = Replicator::new(scenario.policy.clone(), limit, clock.now_nanos(), resume);
+        Ok::<_, SimError>((agent, machine))
+    };
+
+    let mut disks = Vec::new();
+    for vm in &scenario.vms {
+        for spec in &vm.disks {
+            let name = format!("{}-{}", vm.name, spec.name);
+            let file = Arc::new(MemoryFile::new());
+            let options = CreateOptions {
+                block_size: 1 << 20,
+                ..CreateOptions::dynamic(spec.size_bytes)
+            };
+            let mut writer = VhdxWriter::create(
+                Arc::clone(&file),
+                &options,
+                Box::new(stream(seed, &format!("guids/{name}"))),
+            )
+            .map_err(|e| SimError::Setup(format!("disk {name}: {e}")))?;
+            let marks = Arc::new(Mutex::new(Vec::new()));
+            let hook_marks = Arc::clone(&marks);
+            writer.set_write_hook(move |o, l| hook_marks.lock().expect("marks").push((o, l)));
+            let (agent, machine) = open_agent(&name, spec.size_bytes, 0)?;
+            disks.push(SimDisk {
+                spec: spec.clone(),
+                replica_name: name,
+                file,
+                writer,
+                marks,
+                agent,
+                machine,
+                workload: stream(seed, &format!("workload/{}/{}", vm.name, spec.name)),
+                epoch: 0,
+                images: BTreeMap::new(),
+                report: DiskReport {
+                    vm: vm.name.clone(),
+                    disk: spec.name.clone(),
+                    ..DiskReport::default()
+                },
+            });
+        }
+    }
+
+    let start = scenario.start_nanos;
+    let end = start + scenario.duration_hours * 3600 * SEC;
+    let mut queue = Queue::default();
+    for i in 0..disks.len() {
+        queue.push(start, Event::Workload { disk: i });
+        queue.push(start, Event::Poll { disk: i, epoch: 0 });
+    }
+    for f in &scenario.faults {
+        let at = start + f.at_minutes * MIN;
+        match f.kind {
+            FaultKind::WanDown { minutes } => queue.push(at, Event::WanDown { minutes }),
+            FaultKind::HostCrash => queue.push(at, Event::HostCrash),
+        }
+    }
+    let mut wan_up = true;
+    let mut last_fault = None::<u64>;
+    let mut trace = blake3::Hasher::new();
+    let mut events = 0u64;
+    let freq = u64::from(scenario.policy.copy_frequency_secs) * SEC;
+    let mut snapshot_limit_ok = true;
+
+    while let Some((now, event)) = queue.pop() {
+        if now >= end {
+            break;
+        }
+        clock.set(now);
+        events += 1;
+        let line = format!("{now} {event:?}\n");
+        trace.update(line.as_bytes());
+        match event {
+            Event::Workload { disk } => {
+                let d = &mut disks[disk];
+                let written =
+                    workload_minute(d).map_err(|e| SimError::Setup(format!("workload: {e}")))?;
+                d.report.bytes_written_by_workload += written;
+                // The tracker hears of every write the VHDX writer made.
+                for (o, l) in d.marks.lock().expect("marks").drain(..) {
+                    d.agent.track_write(o, l);
+                }
+                queue.push(now + MIN, Event::Workload { disk });
+            }
+            Event::Poll { disk, epoch } => {
+                let d = &mut disks[disk];
+                if epoch != d.epoch {
+                    continue;
+                }
+                if let Some(t) = d
+                    .agent
+                    .points()
+                    .ok()
+                    .and_then(|p| p.last().map(|p| p.time_nanos))
+                {
+                    let rpo = (now - t) as f64 / 1e9;
+                    d.report.max_rpo_secs = d.report.max_rpo_secs.max(rpo);
+                    if last_fault.is_none_or(|f| now > f + 2 * freq) && wan_up {
+                        d.report.max_steady_rpo_secs = d.report.max_steady_rpo_secs.max(rpo);
+                    }
+                }
+                match d.machine.poll(now) {
+                    Action::Wait { until_nanos } => {
+                        if until_nanos < end {
+                            queue.push(until_nanos, Event::Poll { disk, epoch });
+                        }
+                    }
+                    Action::RunCycle(plan) => {
+                        let (done_at, outcome) = if wan_up {
+                            let (done_at, outcome, detail) =
+                                run_cycle(d, &plan, now, scenario.bandwidth_bytes_per_sec);
+                            trace.update(detail.as_bytes());
+                            (done_at, outcome)
+                        } else {
+                            d.report.failed_cycles += 1;
+                            (
+                                now + UPLOAD_TIMEOUT,
+                                CycleOutcome::Failed {
+                                    reason: "WAN down: storage unreachable".into(),
+                                },
+                            )
+                        };
+                        queue.push(
+                            done_at,
+                            Event::CycleDone {
+                                disk,
+                                epoch,
+                                outcome,
+                            },
+                        );
+                    }
+                }
+            }
+            Event::CycleDone {
+                disk,
+                epoch,
+                outcome,
+            } => {
+                let d = &mut disks[disk];
+                if epoch != d.epoch {
+                    continue;
+                }
+                d.machine.cycle_finished(now, &outcome);
+                if let CycleOutcome::Committed { .. } = outcome {
+                    let deleted = d
+                        .agent
+                        .apply_retention(&d.machine, now)
+                        .map_err(|e| SimError::Setup(format!("retention: {e}")))?;
+                    for s in deleted {
+                        d.images.remove(&s);
+                    }
+                    if let Some(limit) = limit {
+                        let live = d.agent.points().map(|p| p.len()).unwrap_or(usize::MAX);
+                        snapshot_limit_ok &= live < limit;
+                    }
+                }
+                queue.push(now, Event::Poll { disk, epoch });
+            }
+            Event::WanDown { minutes } => {
+                wan_up = false;
+                last_fault = Some(now + minutes * MIN);
+                queue.push(now + minutes * MIN, Event::WanUp);
+            }
+            Event::WanUp => wan_up = true,
+            Event::HostCrash => {
+                last_fault = Some(now);
+                for (i, d) in disks.iter_mut().enumerate() {
+                    // The agent dies without a clean stop; it comes back with an untrusted
+                    // tracker and a fresh nonce epoch.
+                    d.epoch += 1;
+                    let (agent, machine) = open_agent(&d.replica_name, d.spec.size_bytes, d.epoch)?;
+                    // Replace: the old agent is dropped without `close`.
+                    d.agent = agent;
+                    d.machine = machine;
+                    d.marks.lock().expect("marks").clear();
+                    queue.push(
+                        now + MIN,
+                        Event::Poll {
+                            disk: i,
+                            epoch: d.epoch,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    clock.set(end);
+
+    // Checkers.
+    let mut checks = Vec::new();
+    let mut all_restored = true;
+    let mut detail = String::new();
+    for d in &mut disks {
+        d.report.health_warnings = d.machine.health(end).warnings;
+        let points = d
+            .agent
+            .points()
+            .map_err(|e| SimError::Setup(e.to_string()))?;
+        d.report.points_live = points.len();
+        d.report.app_consistent_points = points
+            .iter()
+            .filter(|p| p.consistency == datapath::replica::manifest::Consistency::Application)
+            .count();
+        let keys = identity.disk_keys(&d.replica_name);
+        let codec = BlockCodec::new(&keys, 1, true);
+        for p in &points {
+            let mut hasher = blake3::Hasher::new();
+            let restored = d
+                .agent
+                .replica
+                .restore(&codec, p, keys.digest.expose(), |_, b| {
+                    hasher.update(b);
+                    Ok(())
+                });
+            let ok =
+                restored.is_ok() && d.images.get(&p.sequence) == Some(hasher.finalize().as_bytes());
+            if ok {
+                d.report.points_verified += 1;
+            } else {
+                all_restored = false;
+                detail.push_str(&format!("{} point {}; ", d.replica_name, p.sequence));
+            }
+        }
+    }
+    checks.push(Check {
+        name: "every retained recovery point restores byte-exact".into(),
+        ok: all_restored,
+        detail: if detail.is_empty() {
+            format!(
+                "{} points",
+                disks
+                    .iter()
+                    .map(|d| d.report.points_verified)
+                    .sum::<usize>()
+            )
+        } else {
+            detail
+        },
+    });
+    checks.push(Check {
+        name: "live snapshots within the profile limit".into(),
+        ok: snapshot_limit_ok,
+        detail: format!("limit {limit:?}"),
+    });
+    let steady = disks
+        .iter()
+        .map(|d| d.report.max_steady_rpo_secs)
+        .fold(0.0, f64::max);
+    checks.push(Check {
+        name: "RPO within two copy intervals while the network is up".into(),
+        ok: steady <= 2.0 * scenario.policy.copy_frequency_secs as f64,
+        detail: format!("largest steady RPO {steady:.0} s"),
+    });
+    Ok(Report {
+        scenario: scenario.name.clone(),
+        scenario_hash: scenario.hash.clone(),
+        seed,
+        simulated_hours: scenario.duration_hours,
+        events,
+        trace_hash: trace.finalize().to_hex().to_string(),
+        disks: disks.into_iter().map(|d| d.report).collect(),
+        checks,
+    })
+}
+
+/// A minute of the disk's workload: writes of 4–256 KiB, a share of them in the hot tenth.
+fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
+    let budget = d.spec.churn_bytes_per_hour / 60;
+    let size = d.spec.size_bytes;
+    let mut written = 0;
+    while written < budget {
+        let len = ((1 + d.workload.next_u64() % 64) * 4096).min(size);
+        let hot = (d.workload.next_u32() as f64 / u32::MAX as f64) < d.spec.hot_spot;
+        let span = if hot { (size / 10).max(len) } else { size };
+        let offset = (d.workload.next_u64() % (span - len + 1)) / 4096 * 4096;
+        let fill = d.workload.next_u32() as u8;
+        let data: Vec<u8> = (0..len)
+            .map(|i| {
+                if i % 64 == 0 {
+                    d.workload.next_u32() as u8
+                } else {
+                    fill
+                }
+            })
+            .collect();
+        d.writer.write_at(offset, &data)?;
+        written += len;
+    }
+    Ok(written)
+}
+
+/// Run the planned cycle now (VSS: the writer flushes first), remember the disk's content for
+/// the checker, and say when it is done by the cost model.
+fn run_cycle(
+    d: &mut SimDisk<'_>,
+    plan: &CyclePlan,
+    now: u64,
+    bandwidth: u64,
+) -> (u64, CycleOutcome, String) {
+    let failed = |now: u64, reason: String| {
+        let detail = format!("{now} cycle failed: {reason}\n");
+        (now, CycleOutcome::Failed { reason }, detail)
+    };
+    if let Err(e) = d.writer.flush() {
+        return failed(now, e.to_string());
+    }
+    let source =
+        match vhdx::Disk::open_with(Box::new(Arc::clone(&d.file)), &d.replica_name, &NoParents) {
+            Ok(s) => s,
+            Err(e) => return failed(now, e.to_string()),
+        };
+    let mut image = vec![0u8; d.spec.size_bytes as usize];
+    if let Err(e) = source.read_at(0, &mut image) {
+        return failed(now, e.to_string());
+    }
+    let content = *blake3::hash(&image).as_bytes();
+    drop(image);
+    if plan.kind == datapath::replicator::CycleKind::Resync {
+        d.report.resyncs += 1;
+    }
+    match d.agent.run(plan, &source, now, &|_| {}) {
+        Ok(report) => {
+            d.report.cycles += 1;
+            d.report.bytes_sent += report.bytes_sent;
+            d.images.insert(report.point.sequence, content);
+            let rate = plan
+                .throttle_bytes_per_sec
+                .map_or(bandwidth, |t| t.min(bandwidth))
+                .max(1);
+            let cost = report.bytes_read * SEC / CPU_BYTES_PER_SEC + report.bytes_sent * SEC / rate;
+            let detail = format!(
+                "{now} {} point {} {:?} examined {} changed {} sent {} content {}\n",
+                d.replica_name,
+                report.point.sequence,
+                plan.kind,
+                report.blocks_examined,
+                report.blocks_changed,
+                report.bytes_sent,
+                blake3::Hash::from(content).to_hex()
+            );
+            (
+                now + cost.max(SEC),
+                CycleOutcome::Committed {
+                    point_time_nanos: report.point.time_nanos,
+                },
+                detail,
+            )
+        }
+        Err(e) => {
+            d.report.failed_cycles += 1;
+            failed(now + SEC, e.to_string())
+        }
+    }
+}

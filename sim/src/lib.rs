@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+mod flows;
 pub mod scenario;
 pub mod world;
 

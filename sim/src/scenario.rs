@@ -56,6 +56,17 @@ struct File {
     vm: Vec<VmFile>,
     #[serde(default)]
     fault: Vec<FaultFile>,
+    #[serde(default)]
+    step: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    action: String,
+    at_minutes: u64,
+    vm: String,
+    point: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +137,38 @@ pub struct Fault {
     pub kind: FaultKind,
 }
 
+/// Which recovery point a failover uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointChoice {
+    Latest,
+    LatestAppConsistent,
+    Sequence(u64),
+}
+
+/// A DR operation on a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Bring up a copy from a point in an isolated network; replication goes on.
+    TestFailover(PointChoice),
+    /// Remove the test failover's copy.
+    CleanupTestFailover,
+    /// Shut the VM down, replicate the last changes, fail over to them (no data loss).
+    PlannedFailover,
+    /// The site is lost: fail over to a chosen point.
+    UnplannedFailover(PointChoice),
+    /// Make the failover final.
+    Commit,
+    /// Bring the VM home: only blocks that differ are copied back; protection resumes.
+    Failback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub at_minutes: u64,
+    pub vm: String,
+    pub action: Action,
+}
+
 /// A validated scenario.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -138,6 +181,7 @@ pub struct Scenario {
     pub policy: Policy,
     pub vms: Vec<VmSpec>,
     pub faults: Vec<Fault>,
+    pub steps: Vec<Step>,
     /// BLAKE3 of the file's bytes.
     pub hash: String,
 }
@@ -290,6 +334,59 @@ impl Scenario {
             });
         }
         faults.sort_by_key(|f| f.at_minutes);
+        if f.step.len() > MAX_FAULTS {
+            return Err(invalid(
+                "step",
+                f.step.len(),
+                format!("at most {MAX_FAULTS}"),
+            ));
+        }
+        let mut steps = Vec::new();
+        for (i, st) in f.step.into_iter().enumerate() {
+            let at = format!("step[{i}]");
+            if st.at_minutes >= f.duration_hours * 60 {
+                return Err(invalid(
+                    format!("{at}.at_minutes"),
+                    st.at_minutes,
+                    "inside the scenario's duration",
+                ));
+            }
+            if !names.contains(&st.vm) {
+                return Err(invalid(format!("{at}.vm"), &st.vm, "a VM of the scenario"));
+            }
+            let point = match st.point.as_deref() {
+                None | Some("latest") => PointChoice::Latest,
+                Some("latest-app") => PointChoice::LatestAppConsistent,
+                Some(n) => PointChoice::Sequence(n.parse().map_err(|_| {
+                    invalid(
+                        format!("{at}.point"),
+                        n,
+                        "latest, latest-app or a point number",
+                    )
+                })?),
+            };
+            let action = match st.action.as_str() {
+                "test_failover" => Action::TestFailover(point),
+                "cleanup_test_failover" => Action::CleanupTestFailover,
+                "planned_failover" => Action::PlannedFailover,
+                "unplanned_failover" => Action::UnplannedFailover(point),
+                "commit" => Action::Commit,
+                "failback" => Action::Failback,
+                other => {
+                    return Err(invalid(
+                        format!("{at}.action"),
+                        other,
+                        "test_failover, cleanup_test_failover, planned_failover, unplanned_failover, commit or failback",
+                    ))
+                }
+            };
+            steps.push(Step {
+                at_minutes: st.at_minutes,
+                vm: st.vm,
+                action,
+            });
+        }
+        steps.sort_by_key(|s| s.at_minutes);
         Ok(Scenario {
             name: f.name,
             seed: f.seed.unwrap_or(1),
@@ -303,6 +400,7 @@ impl Scenario {
             policy,
             vms,
             faults,
+            steps,
             hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
         })
     }

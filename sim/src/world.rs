@@ -30,7 +30,7 @@ use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
 use crate::scenario::{DiskSpec, FaultKind, Scenario};
 
-const SEC: u64 = 1_000_000_000;
+pub(crate) const SEC: u64 = 1_000_000_000;
 const MIN: u64 = 60 * SEC;
 /// Cost model: bytes the host examines (reads, hashes, compresses) per second.
 const CPU_BYTES_PER_SEC: u64 = 400_000_000;
@@ -84,7 +84,20 @@ pub struct Report {
     pub events: u64,
     pub trace_hash: String,
     pub disks: Vec<DiskReport>,
+    /// The vault's jobs, in order.
+    pub jobs: Vec<Job>,
     pub checks: Vec<Check>,
+}
+
+/// A vault job (ASR: enable protection, test failover, failover, commit, ...).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Job {
+    pub name: String,
+    pub vm: String,
+    pub started_minute: u64,
+    pub seconds: u64,
+    pub succeeded: bool,
+    pub detail: String,
 }
 
 impl Report {
@@ -112,6 +125,9 @@ enum Event {
     },
     WanUp,
     HostCrash,
+    Step {
+        index: usize,
+    },
 }
 
 /// Events ordered by (time, sequence).
@@ -141,21 +157,32 @@ fn stream(seed: u64, label: &str) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(blake3::derive_key("drplane sim stream v1", &material))
 }
 
-struct SimDisk<'a> {
-    spec: DiskSpec,
-    replica_name: String,
-    file: Arc<MemoryFile>,
-    writer: VhdxWriter<Arc<MemoryFile>>,
+/// A disk's copy in Azure: a VHDX restored from a point, written by the VM once failed over.
+pub(crate) struct AzureDisk {
+    pub(crate) file: Arc<MemoryFile>,
+    pub(crate) writer: VhdxWriter<Arc<MemoryFile>>,
+}
+
+pub(crate) struct SimDisk<'a> {
+    pub(crate) vm: String,
+    pub(crate) spec: DiskSpec,
+    /// Failed over: the VM runs on this copy; replication from the host is stopped.
+    pub(crate) azure: Option<AzureDisk>,
+    /// A test failover's copy (isolated network), until cleaned up.
+    pub(crate) test_copy: Option<AzureDisk>,
+    pub(crate) replica_name: String,
+    pub(crate) file: Arc<MemoryFile>,
+    pub(crate) writer: VhdxWriter<Arc<MemoryFile>>,
     /// Writes the hook saw, waiting to be fed to the agent's tracker.
-    marks: Arc<Mutex<Vec<(u64, u64)>>>,
-    agent: DiskAgent<'a>,
-    machine: Replicator,
+    pub(crate) marks: Arc<Mutex<Vec<(u64, u64)>>>,
+    pub(crate) agent: DiskAgent<'a>,
+    pub(crate) machine: Replicator,
     workload: ChaCha8Rng,
     /// Bumped by a host crash: events of an older epoch are stale.
-    epoch: u64,
+    pub(crate) epoch: u64,
     /// Content hash of the disk at each point, by sequence.
-    images: BTreeMap<u64, [u8; 32]>,
-    report: DiskReport,
+    pub(crate) images: BTreeMap<u64, [u8; 32]>,
+    pub(crate) report: DiskReport,
 }
 
 /// Run `scenario` with `seed` in `workdir` (the stores and tracker files live there).
@@ -236,6 +263,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             writer.set_write_hook(move |o, l| hook_marks.lock().expect("marks").push((o, l)));
             let (agent, machine) = open_agent(&name, spec.size_bytes, 0)?;
             disks.push(SimDisk {
+                vm: vm.name.clone(),
+                azure: None,
+                test_copy: None,
                 spec: spec.clone(),
                 replica_name: name,
                 file,
@@ -269,8 +299,14 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             FaultKind::HostCrash => queue.push(at, Event::HostCrash),
         }
     }
+    for (index, st) in scenario.steps.iter().enumerate() {
+        queue.push(start + st.at_minutes * MIN, Event::Step { index });
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut flow_checks: Vec<Check> = Vec::new();
     let mut wan_up = true;
-    let mut last_fault = None::<u64>;
+    // RPO counts as steady for a disk from this time on (faults and failbacks push it out).
+    let mut steady_from = vec![start; disks.len()];
     let mut trace = blake3::Hasher::new();
     let mut events = 0u64;
     let freq = u64::from(scenario.policy.copy_frequency_secs) * SEC;
@@ -289,6 +325,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 let d = &mut disks[disk];
                 let written =
                     workload_minute(d).map_err(|e| SimError::Setup(format!("workload: {e}")))?;
+                if d.azure.is_some() {
+                    // The VM runs in Azure: nothing to track on the host.
+                    d.marks.lock().expect("marks").clear();
+                }
                 d.report.bytes_written_by_workload += written;
                 // The tracker hears of every write the VHDX writer made.
                 for (o, l) in d.marks.lock().expect("marks").drain(..) {
@@ -298,7 +338,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
             Event::Poll { disk, epoch } => {
                 let d = &mut disks[disk];
-                if epoch != d.epoch {
+                if epoch != d.epoch || d.azure.is_some() {
                     continue;
                 }
                 if let Some(t) = d
@@ -309,7 +349,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 {
                     let rpo = (now - t) as f64 / 1e9;
                     d.report.max_rpo_secs = d.report.max_rpo_secs.max(rpo);
-                    if last_fault.is_none_or(|f| now > f + 2 * freq) && wan_up {
+                    if now > steady_from[disk] && wan_up {
                         d.report.max_steady_rpo_secs = d.report.max_steady_rpo_secs.max(rpo);
                     }
                 }
@@ -372,12 +412,56 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
             Event::WanDown { minutes } => {
                 wan_up = false;
-                last_fault = Some(now + minutes * MIN);
+                steady_from.fill(now + minutes * MIN + 2 * freq);
                 queue.push(now + minutes * MIN, Event::WanUp);
             }
             Event::WanUp => wan_up = true,
+            Event::Step { index } => {
+                let st = &scenario.steps[index];
+                let members: Vec<usize> =
+                    (0..disks.len()).filter(|&i| disks[i].vm == st.vm).collect();
+                let (job, checks) = crate::flows::perform(
+                    st,
+                    &mut disks,
+                    &members,
+                    &identity,
+                    now,
+                    scenario.bandwidth_bytes_per_sec,
+                    wan_up,
+                );
+                trace.update(format!("{now} job {job:?}\n").as_bytes());
+                let resumed =
+                    job.succeeded && matches!(st.action, crate::scenario::Action::Failback);
+                jobs.push(Job {
+                    started_minute: (now - start) / MIN,
+                    ..job
+                });
+                flow_checks.extend(checks);
+                if resumed {
+                    // Re-protection: a fresh schedule whose first cycle compares every block
+                    // with the replica (sending only what differs); the points are kept.
+                    for &i in &members {
+                        let d = &mut disks[i];
+                        d.machine = Replicator::new(
+                            scenario.policy.clone(),
+                            limit,
+                            now,
+                            datapath::replicator::Resume::default(),
+                        );
+                        d.epoch += 1;
+                        steady_from[i] = now + 2 * freq;
+                        queue.push(
+                            now,
+                            Event::Poll {
+                                disk: i,
+                                epoch: d.epoch,
+                            },
+                        );
+                    }
+                }
+            }
             Event::HostCrash => {
-                last_fault = Some(now);
+                steady_from.fill(now + 2 * freq);
                 for (i, d) in disks.iter_mut().enumerate() {
                     // The agent dies without a clean stop; it comes back with an untrusted
                     // tracker and a fresh nonce epoch.
@@ -436,6 +520,19 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
         }
     }
+    checks.extend(flow_checks);
+    let leftovers = disks.iter().filter(|d| d.test_copy.is_some()).count();
+    let cleaned = scenario
+        .steps
+        .iter()
+        .any(|s| s.action == crate::scenario::Action::CleanupTestFailover);
+    if cleaned {
+        checks.push(Check {
+            name: "test failover cleanup leaves nothing behind".into(),
+            ok: leftovers == 0,
+            detail: format!("{leftovers} test disks left"),
+        });
+    }
     checks.push(Check {
         name: "every retained recovery point restores byte-exact".into(),
         ok: all_restored,
@@ -473,11 +570,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         events,
         trace_hash: trace.finalize().to_hex().to_string(),
         disks: disks.into_iter().map(|d| d.report).collect(),
+        jobs,
         checks,
     })
 }
 
-/// A minute of the disk's workload: writes of 4–256 KiB, a share of them in the hot tenth.
+/// A minute of the disk's workload: writes of 4–256 KiB, a share of them in the hot tenth, to
+/// the host's disk or, once failed over, to the Azure copy.
 fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
     let budget = d.spec.churn_bytes_per_hour / 60;
     let size = d.spec.size_bytes;
@@ -497,7 +596,10 @@ fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
                 }
             })
             .collect();
-        d.writer.write_at(offset, &data)?;
+        match &mut d.azure {
+            Some(azure) => azure.writer.write_at(offset, &data)?,
+            None => d.writer.write_at(offset, &data)?,
+        }
         written += len;
     }
     Ok(written)
@@ -505,7 +607,7 @@ fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
 
 /// Run the planned cycle now (VSS: the writer flushes first), remember the disk's content for
 /// the checker, and say when it is done by the cost model.
-fn run_cycle(
+pub(crate) fn run_cycle(
     d: &mut SimDisk<'_>,
     plan: &CyclePlan,
     now: u64,

@@ -1,6 +1,7 @@
 //! A small drill runs twice with one seed and gives the same report and trace hash; another
 //! seed gives another trace; every invariant holds, including across a WAN outage (cycles fail
-//! and are retried) and a host crash (the agents come back untrusted and resync).
+//! and are retried), a host crash (the agents come back untrusted and resync), a test failover
+//! and its cleanup, an unplanned failover, commit and failback.
 
 const DRILL: &str = r#"
 name = "ci-drill"
@@ -30,6 +31,28 @@ minutes = 25
 [[fault]]
 kind = "host_crash"
 at_minutes = 110
+[[step]]
+action = "test_failover"
+at_minutes = 90
+vm = "vm1"
+point = "latest-app"
+[[step]]
+action = "cleanup_test_failover"
+at_minutes = 100
+vm = "vm1"
+[[step]]
+action = "unplanned_failover"
+at_minutes = 130
+vm = "vm1"
+point = "latest"
+[[step]]
+action = "commit"
+at_minutes = 131
+vm = "vm1"
+[[step]]
+action = "failback"
+at_minutes = 150
+vm = "vm1"
 "#;
 
 fn run(seed: u64) -> sim::Report {
@@ -47,9 +70,28 @@ fn same_seed_same_trace_and_every_invariant_holds() {
     for d in &a.disks {
         assert!(d.failed_cycles > 0, "the WAN outage failed no cycle: {d:?}");
         assert_eq!(d.resyncs, 1, "the host crash forces one resync: {d:?}");
-        assert!(d.points_verified >= 12, "{d:?}");
+        assert!(d.points_verified >= 8, "{d:?}");
         assert!(d.app_consistent_points >= 1, "{d:?}");
     }
+    let jobs: Vec<(&str, bool)> = a
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.succeeded))
+        .collect();
+    assert_eq!(
+        jobs,
+        [
+            ("test failover", true),
+            ("cleanup test failover", true),
+            ("unplanned failover", true),
+            ("commit", true),
+            ("failback", true)
+        ]
+    );
+    assert!(a
+        .checks
+        .iter()
+        .any(|c| c.name.contains("cleanup leaves nothing")));
     let c = run(8);
     assert_ne!(a.trace_hash, c.trace_hash, "the seed changes nothing");
     assert!(c.passed(), "{:#?}", c.checks);

@@ -86,6 +86,17 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
                 }
             );
         }
+        for j in &report.jobs {
+            println!(
+                "  job {} {} at minute {} ({} s): {} — {}",
+                j.name,
+                j.vm,
+                j.started_minute,
+                j.seconds,
+                if j.succeeded { "succeeded" } else { "failed" },
+                j.detail
+            );
+        }
         for c in &report.checks {
             println!(
                 "  [{}] {} ({})",

@@ -47,6 +47,8 @@ pub struct DiskAgent<'a> {
     tracker: Option<ChangeTracker>,
     nonces: NonceSource,
     rng: Box<dyn RngCore + Send + 'a>,
+    /// Store records from the cycle's own thread (see `CycleOptions::upload_threads`).
+    inline_uploads: bool,
 }
 
 impl std::fmt::Debug for DiskAgent<'_> {
@@ -149,6 +151,7 @@ impl<'a> DiskAgent<'a> {
                 tracker,
                 nonces,
                 rng,
+                inline_uploads: false,
             },
             resume,
         ))
@@ -156,6 +159,11 @@ impl<'a> DiskAgent<'a> {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Make every store call from the cycle's thread in block order (deterministic runs).
+    pub fn set_inline_uploads(&mut self, inline: bool) {
+        self.inline_uploads = inline;
     }
 
     /// Record a write to the disk (the writer's change-tracking hook).
@@ -192,7 +200,11 @@ impl<'a> DiskAgent<'a> {
             consistency: plan.consistency,
             zstd_level: self.policy.zstd_level,
             encrypt: self.policy.encrypt_at_rest,
-            upload_threads: self.policy.upload_threads as usize,
+            upload_threads: if self.inline_uploads {
+                0
+            } else {
+                self.policy.upload_threads as usize
+            },
             throttle_bytes_per_sec: plan.throttle_bytes_per_sec,
             now_nanos,
         };

@@ -54,6 +54,8 @@ pub struct CycleOptions {
     pub consistency: Consistency,
     pub zstd_level: i32,
     pub encrypt: bool,
+    /// Writer threads; 0 stores every record from the calling thread, in block order (the
+    /// simulator's choice: store calls in a fixed order keep fault draws deterministic).
     pub upload_threads: usize,
     /// Upload limit in bytes per second (`None`: unthrottled).
     pub throttle_bytes_per_sec: Option<u64>,
@@ -327,36 +329,41 @@ pub fn run_cycle(
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<ReplicaError>> = Mutex::new(None);
     let limiter = options.throttle_bytes_per_sec.map(RateLimit::new);
-    let writers = options.upload_threads.max(1);
+    // Store one record (on a writer thread, or inline when there are none).
+    let store_record = |job: Job| {
+        if failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let bytes = job.encoded.stored_bytes();
+        if let Some(limit) = &limiter {
+            limit.acquire(bytes);
+        }
+        let written = match staging {
+            Some(log) => log.write_entry(job.log_offset, job.block, job.encoded),
+            None => replica.write_block(job.block, job.encoded),
+        };
+        match written {
+            Ok(()) => {
+                sent.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                failed.store(true, Ordering::Relaxed);
+                first_error.lock().expect("error slot").get_or_insert(e);
+            }
+        }
+    };
+    // No writer threads: every store call is made by this thread, in block order.
+    let inline = options.upload_threads == 0;
     let (tx, rx) = mpsc::sync_channel::<Job>(group_len * 2);
     let rx = Mutex::new(rx);
     let outcome: Result<(), CycleError> = std::thread::scope(|scope| {
-        for _ in 0..writers {
+        for _ in 0..options.upload_threads {
             scope.spawn(|| loop {
                 let job = match rx.lock().expect("writer queue").recv() {
                     Ok(job) => job,
                     Err(_) => return,
                 };
-                if failed.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let bytes = job.encoded.stored_bytes();
-                if let Some(limit) = &limiter {
-                    limit.acquire(bytes);
-                }
-                let written = match staging {
-                    Some(log) => log.write_entry(job.log_offset, job.block, job.encoded),
-                    None => replica.write_block(job.block, job.encoded),
-                };
-                match written {
-                    Ok(()) => {
-                        sent.fetch_add(bytes, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error.lock().expect("error slot").get_or_insert(e);
-                    }
-                }
+                store_record(job);
             });
         }
         let mut produce = || -> Result<(), CycleError> {
@@ -423,7 +430,9 @@ pub fn run_cycle(
                         encoded,
                         log_offset,
                     };
-                    if tx.send(job).is_err() {
+                    if inline {
+                        store_record(job);
+                    } else if tx.send(job).is_err() {
                         break;
                     }
                 }

@@ -104,6 +104,9 @@ struct FaultFile {
     kind: String,
     at_minutes: u64,
     minutes: Option<u64>,
+    /// storage_storm: chance per call of 503 ServerBusy, and of 500 after a write applied.
+    busy: Option<f64>,
+    timeouts: Option<f64>,
 }
 
 /// A disk of a VM and its workload.
@@ -123,15 +126,24 @@ pub struct VmSpec {
 }
 
 /// A fault and when it strikes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FaultKind {
     /// The WAN to Azure is down for a while: uploads fail.
     WanDown { minutes: u64 },
     /// The Hyper-V host crashes and restarts: agents stop without a clean shutdown.
     HostCrash,
+    /// The storage account answers 503 ServerBusy and 500 OperationTimedOut (after applying a
+    /// write) at these rates for a while.
+    StorageStorm {
+        minutes: u64,
+        busy: f64,
+        timeouts: f64,
+    },
+    /// The next failover is attempted with another certificate: it must be refused.
+    WrongCertificate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fault {
     pub at_minutes: u64,
     pub kind: FaultKind,
@@ -320,11 +332,41 @@ impl Scenario {
                     FaultKind::WanDown { minutes }
                 }
                 "host_crash" => FaultKind::HostCrash,
+                "wrong_certificate" => FaultKind::WrongCertificate,
+                "storage_storm" => {
+                    let minutes = fault.minutes.ok_or_else(|| {
+                        invalid(
+                            format!("{at}.minutes"),
+                            "missing",
+                            "storage_storm needs minutes",
+                        )
+                    })?;
+                    if !(1..=MAX_DURATION_HOURS * 60).contains(&minutes) {
+                        return Err(invalid(
+                            format!("{at}.minutes"),
+                            minutes,
+                            "1 minute to the scenario's maximum",
+                        ));
+                    }
+                    let rate = |field: &str, v: Option<f64>, default: f64| {
+                        let v = v.unwrap_or(default);
+                        if (0.0..=0.5).contains(&v) {
+                            Ok(v)
+                        } else {
+                            Err(invalid(format!("{at}.{field}"), v, "0 to 0.5"))
+                        }
+                    };
+                    FaultKind::StorageStorm {
+                        minutes,
+                        busy: rate("busy", fault.busy, 0.05)?,
+                        timeouts: rate("timeouts", fault.timeouts, 0.02)?,
+                    }
+                }
                 other => {
                     return Err(invalid(
                         format!("{at}.kind"),
                         other,
-                        "wan_down or host_crash",
+                        "wan_down, host_crash, storage_storm or wrong_certificate",
                     ))
                 }
             };
@@ -416,7 +458,8 @@ mod tests {
     fn the_quickstart_parses() {
         let s = Scenario::parse(QUICKSTART).unwrap();
         assert_eq!(s.vms.len(), 2);
-        assert_eq!(s.faults.len(), 2);
+        assert_eq!(s.faults.len(), 4);
+        assert_eq!(s.steps.len(), 8);
         assert_eq!(s.policy.copy_frequency_secs, 300);
     }
 

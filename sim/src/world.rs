@@ -19,6 +19,7 @@ use datapath::agent::{AgentTarget, DiskAgent};
 use datapath::clock::{Clock, ManualClock};
 use datapath::keys::{Identity, KeyId};
 use datapath::pageblob::data_log::Durability;
+use datapath::pageblob::faults::{FaultConfig, FaultyStore};
 use datapath::pageblob::{Emulator, PageBlobStore, Profile};
 use datapath::replica::block_record::BlockCodec;
 use datapath::replicator::{Action, CycleOutcome, CyclePlan, Replicator};
@@ -125,6 +126,11 @@ enum Event {
     },
     WanUp,
     HostCrash,
+    Storm {
+        busy: f64,
+        timeouts: f64,
+    },
+    WrongCertificate,
     Step {
         index: usize,
     },
@@ -182,19 +188,27 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) epoch: u64,
     /// Content hash of the disk at each point, by sequence.
     pub(crate) images: BTreeMap<u64, [u8; 32]>,
+    /// The last failed cycle's sequence and content (it may still become a point).
+    failed_attempt: Option<(u64, [u8; 32])>,
     pub(crate) report: DiskReport,
 }
 
 /// Run `scenario` with `seed` in `workdir` (the stores and tracker files live there).
 pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<Report, SimError> {
     let clock = Arc::new(ManualClock::new(scenario.start_nanos));
-    let store = Emulator::open(
+    let emulator = Emulator::open(
         &workdir.join("store"),
         scenario.profile,
         Durability::Process,
         clock.clone(),
     )
     .map_err(|e| SimError::Setup(format!("store: {e}")))?;
+    // The storage account, with storms injected when the scenario says so.
+    let calm = FaultConfig {
+        seed: stream(seed, "storage faults").next_u64(),
+        ..FaultConfig::default()
+    };
+    let store = FaultyStore::new(Arc::new(emulator), calm);
     let premium = scenario.profile != Profile::Standard;
     let log_store = if premium {
         Some(
@@ -239,6 +253,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             Box::new(stream(seed, &format!("nonces/{name}/{epoch}"))),
         )
         .map_err(|e| SimError::Setup(format!("agent {name}: {e}")))?;
+        let mut agent = agent;
+        // Store calls in a fixed order: fault draws do not depend on thread scheduling.
+        agent.set_inline_uploads(true);
         let machine = Replicator::new(scenario.policy.clone(), limit, clock.now_nanos(), resume);
         Ok::<_, SimError>((agent, machine))
     };
@@ -276,6 +293,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 workload: stream(seed, &format!("workload/{}/{}", vm.name, spec.name)),
                 epoch: 0,
                 images: BTreeMap::new(),
+                failed_attempt: None,
                 report: DiskReport {
                     vm: vm.name.clone(),
                     disk: spec.name.clone(),
@@ -297,12 +315,34 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         match f.kind {
             FaultKind::WanDown { minutes } => queue.push(at, Event::WanDown { minutes }),
             FaultKind::HostCrash => queue.push(at, Event::HostCrash),
+            FaultKind::StorageStorm {
+                minutes,
+                busy,
+                timeouts,
+            } => {
+                queue.push(at, Event::Storm { busy, timeouts });
+                queue.push(
+                    at + minutes * MIN,
+                    Event::Storm {
+                        busy: 0.0,
+                        timeouts: 0.0,
+                    },
+                );
+            }
+            FaultKind::WrongCertificate => queue.push(at, Event::WrongCertificate),
         }
     }
     for (index, st) in scenario.steps.iter().enumerate() {
         queue.push(start + st.at_minutes * MIN, Event::Step { index });
     }
     let mut jobs: Vec<Job> = Vec::new();
+    let mut wrong_certificate_next = false;
+    let wrong_identity = {
+        let mut other = stream(seed, "another certificate");
+        let mut der = [0u8; 64];
+        other.fill_bytes(&mut der);
+        Identity::from_key_material(KeyId([0xEE; 20]), "CN=another host".into(), &der)
+    };
     let mut flow_checks: Vec<Check> = Vec::new();
     let mut wan_up = true;
     // RPO counts as steady for a disk from this time on (faults and failbacks push it out).
@@ -364,6 +404,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                             let (done_at, outcome, detail) =
                                 run_cycle(d, &plan, now, scenario.bandwidth_bytes_per_sec);
                             trace.update(detail.as_bytes());
+                            if std::env::var_os("DRPLANE_SIM_DEBUG").is_some() {
+                                eprint!("{detail}");
+                            }
                             (done_at, outcome)
                         } else {
                             d.report.failed_cycles += 1;
@@ -416,19 +459,53 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 queue.push(now + minutes * MIN, Event::WanUp);
             }
             Event::WanUp => wan_up = true,
+            Event::Storm { busy, timeouts } => {
+                if busy > 0.0 || timeouts > 0.0 {
+                    for s in steady_from.iter_mut() {
+                        *s = u64::MAX;
+                    }
+                } else {
+                    steady_from.fill(now + 2 * freq);
+                }
+                store.set_config(FaultConfig {
+                    server_busy: busy,
+                    timeout_after_write: timeouts,
+                    ..store.config()
+                });
+            }
+            Event::WrongCertificate => wrong_certificate_next = true,
             Event::Step { index } => {
                 let st = &scenario.steps[index];
                 let members: Vec<usize> =
                     (0..disks.len()).filter(|&i| disks[i].vm == st.vm).collect();
-                let (job, checks) = crate::flows::perform(
+                let restores = matches!(
+                    st.action,
+                    crate::scenario::Action::TestFailover(_)
+                        | crate::scenario::Action::UnplannedFailover(_)
+                        | crate::scenario::Action::PlannedFailover
+                );
+                let wrong = wrong_certificate_next && restores;
+                let (job, mut checks) = crate::flows::perform(
                     st,
                     &mut disks,
                     &members,
-                    &identity,
+                    if wrong { &wrong_identity } else { &identity },
                     now,
                     scenario.bandwidth_bytes_per_sec,
                     wan_up,
                 );
+                if wrong {
+                    wrong_certificate_next = false;
+                    // Refused, and nothing was brought up from undecryptable data.
+                    let nothing_up = members
+                        .iter()
+                        .all(|&i| disks[i].test_copy.is_none() && disks[i].azure.is_none());
+                    checks = vec![Check {
+                        name: format!("{} with the wrong certificate is refused", job.name),
+                        ok: !job.succeeded && nothing_up,
+                        detail: job.detail.clone(),
+                    }];
+                }
                 trace.update(format!("{now} job {job:?}\n").as_bytes());
                 let resumed =
                     job.succeeded && matches!(st.action, crate::scenario::Action::Failback);
@@ -483,6 +560,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         }
     }
     clock.set(end);
+    store.set_config(calm);
 
     // Checkers.
     let mut checks = Vec::new();
@@ -510,13 +588,19 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     hasher.update(b);
                     Ok(())
                 });
-            let ok =
-                restored.is_ok() && d.images.get(&p.sequence) == Some(hasher.finalize().as_bytes());
-            if ok {
-                d.report.points_verified += 1;
-            } else {
-                all_restored = false;
-                detail.push_str(&format!("{} point {}; ", d.replica_name, p.sequence));
+            let why = match restored {
+                Err(e) => Some(e.to_string()),
+                Ok(()) if d.images.get(&p.sequence) != Some(hasher.finalize().as_bytes()) => {
+                    Some("content differs from the disk at that point".to_string())
+                }
+                Ok(()) => None,
+            };
+            match why {
+                None => d.report.points_verified += 1,
+                Some(why) => {
+                    all_restored = false;
+                    detail.push_str(&format!("{} point {}: {why}; ", d.replica_name, p.sequence));
+                }
             }
         }
     }
@@ -631,14 +715,40 @@ pub(crate) fn run_cycle(
     }
     let content = *blake3::hash(&image).as_bytes();
     drop(image);
+    // The point this cycle makes if it commits. Two storage outcomes make points the cycle does
+    // not report: a 500 that hides an applied manifest (the cycle "failed", the point exists),
+    // and a premium cycle whose staging log committed before the failure (the next run applies
+    // it first, as the point before its own). So a failed attempt's content is kept for its
+    // sequence, and a run that commits past it credits the attempt with that point.
+    let next_sequence = match d.agent.points() {
+        Ok(points) => points.last().map_or(0, |p| p.sequence + 1),
+        Err(e) => return failed(now, e.to_string()),
+    };
+    let staged_log = |d: &SimDisk<'_>| {
+        d.agent
+            .replica
+            .staging
+            .as_ref()
+            .and_then(|log| log.committed().ok().flatten())
+            .map(|h| h.sequence)
+    };
+    let log_before = staged_log(d);
     if plan.kind == datapath::replicator::CycleKind::Resync {
         d.report.resyncs += 1;
     }
     match d.agent.run(plan, &source, now, &|_| {}) {
         Ok(report) => {
+            if report.point.sequence > next_sequence {
+                if let Some((sequence, earlier)) = d.failed_attempt.take() {
+                    if sequence == next_sequence {
+                        d.images.insert(sequence, earlier);
+                    }
+                }
+            }
+            d.failed_attempt = None;
+            d.images.insert(report.point.sequence, content);
             d.report.cycles += 1;
             d.report.bytes_sent += report.bytes_sent;
-            d.images.insert(report.point.sequence, content);
             let rate = plan
                 .throttle_bytes_per_sec
                 .map_or(bandwidth, |t| t.min(bandwidth))
@@ -664,6 +774,11 @@ pub(crate) fn run_cycle(
         }
         Err(e) => {
             d.report.failed_cycles += 1;
+            // A staging log committed by an earlier attempt still holds that attempt's point.
+            if log_before.is_none() {
+                d.images.insert(next_sequence, content);
+                d.failed_attempt = Some((next_sequence, content));
+            }
             failed(now + SEC, e.to_string())
         }
     }

@@ -30,7 +30,7 @@ pub struct FaultConfig {
 /// A store that misbehaves on purpose.
 pub struct FaultyStore<S> {
     inner: S,
-    config: FaultConfig,
+    config: Mutex<FaultConfig>,
     rng: Mutex<ChaCha8Rng>,
     injected: std::sync::atomic::AtomicU64,
 }
@@ -48,10 +48,20 @@ impl<S: PageBlobStore> FaultyStore<S> {
         let rng = Mutex::new(ChaCha8Rng::seed_from_u64(config.seed));
         FaultyStore {
             inner,
-            config,
+            config: Mutex::new(config),
             rng,
             injected: Default::default(),
         }
+    }
+
+    /// The faults now in force.
+    pub fn config(&self) -> FaultConfig {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Change the faults in force (a storm starts or ends); the random stream goes on.
+    pub fn set_config(&self, config: FaultConfig) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// Faults injected so far.
@@ -78,14 +88,15 @@ impl<S: PageBlobStore> FaultyStore<S> {
 
     /// Before a call: latency, bandwidth, maybe 503.
     fn before(&self, bytes: usize) -> StoreResult<()> {
-        let mut wait = self.config.latency;
-        if let Some(bps) = self.config.bandwidth_bytes_per_sec.filter(|b| *b > 0) {
+        let config = self.config();
+        let mut wait = config.latency;
+        if let Some(bps) = config.bandwidth_bytes_per_sec.filter(|b| *b > 0) {
             wait += Duration::from_secs_f64(bytes as f64 / bps as f64);
         }
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
-        if self.draw(self.config.server_busy) {
+        if self.draw(config.server_busy) {
             return Err(StoreError::service(
                 ErrorCode::ServerBusy,
                 "Ingress is over the account limit. (injected)",
@@ -96,7 +107,7 @@ impl<S: PageBlobStore> FaultyStore<S> {
 
     /// After a write: maybe 500 although it was applied.
     fn after_write<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
-        if result.is_ok() && self.draw(self.config.timeout_after_write) {
+        if result.is_ok() && self.draw(self.config().timeout_after_write) {
             return Err(StoreError::service(
                 ErrorCode::OperationTimedOut,
                 "Operation could not be completed within the specified time. (injected)",

@@ -156,6 +156,11 @@ pub(crate) fn perform(
                 if failed_over {
                     return Err("the VM is failed over".into());
                 }
+                if members.iter().any(|&i| disks[i].agent_down) {
+                    return Err(
+                        "the host's agent is not running: a planned failover needs it".into(),
+                    );
+                }
                 if !wan_up {
                     return Err("storage unreachable: a planned failover needs the network".into());
                 }

@@ -14,6 +14,7 @@
 
 mod flows;
 pub mod scenario;
+pub mod swarm;
 pub mod world;
 
 pub use scenario::Scenario;

@@ -126,6 +126,10 @@ enum Event {
     },
     WanUp,
     HostCrash,
+    AgentStart {
+        disk: usize,
+        epoch: u64,
+    },
     Storm {
         busy: f64,
         timeouts: f64,
@@ -186,6 +190,8 @@ pub(crate) struct SimDisk<'a> {
     workload: ChaCha8Rng,
     /// Bumped by a host crash: events of an older epoch are stale.
     pub(crate) epoch: u64,
+    /// The agent crashed and has not started again (its object must not be used).
+    pub(crate) agent_down: bool,
     /// Content hash of the disk at each point, by sequence.
     pub(crate) images: BTreeMap<u64, [u8; 32]>,
     /// The last failed cycle's sequence and content (it may still become a point).
@@ -294,6 +300,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 epoch: 0,
                 images: BTreeMap::new(),
                 failed_attempt: None,
+                agent_down: false,
                 report: DiskReport {
                     vm: vm.name.clone(),
                     disk: spec.name.clone(),
@@ -347,6 +354,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut wan_up = true;
     // RPO counts as steady for a disk from this time on (faults and failbacks push it out).
     let mut steady_from = vec![start; disks.len()];
+    // Outages and storms in progress; RPO is "steady" only with none, two intervals after.
+    let mut disturbances = 0u32;
+    let calm_after = |steady_from: &mut Vec<u64>, at: u64| {
+        for s in steady_from.iter_mut() {
+            *s = (*s).max(at);
+        }
+    };
     let mut trace = blake3::Hasher::new();
     let mut events = 0u64;
     let freq = u64::from(scenario.policy.copy_frequency_secs) * SEC;
@@ -389,7 +403,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 {
                     let rpo = (now - t) as f64 / 1e9;
                     d.report.max_rpo_secs = d.report.max_rpo_secs.max(rpo);
-                    if now > steady_from[disk] && wan_up {
+                    if now > steady_from[disk] && disturbances == 0 {
                         d.report.max_steady_rpo_secs = d.report.max_steady_rpo_secs.max(rpo);
                     }
                 }
@@ -455,17 +469,20 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
             Event::WanDown { minutes } => {
                 wan_up = false;
-                steady_from.fill(now + minutes * MIN + 2 * freq);
+                disturbances += 1;
                 queue.push(now + minutes * MIN, Event::WanUp);
             }
-            Event::WanUp => wan_up = true,
+            Event::WanUp => {
+                wan_up = true;
+                disturbances -= 1;
+                calm_after(&mut steady_from, now + 2 * freq);
+            }
             Event::Storm { busy, timeouts } => {
                 if busy > 0.0 || timeouts > 0.0 {
-                    for s in steady_from.iter_mut() {
-                        *s = u64::MAX;
-                    }
+                    disturbances += 1;
                 } else {
-                    steady_from.fill(now + 2 * freq);
+                    disturbances -= 1;
+                    calm_after(&mut steady_from, now + 2 * freq);
                 }
                 store.set_config(FaultConfig {
                     server_busy: busy,
@@ -526,7 +543,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                             datapath::replicator::Resume::default(),
                         );
                         d.epoch += 1;
-                        steady_from[i] = now + 2 * freq;
+                        steady_from[i] = steady_from[i].max(now + 2 * freq);
                         queue.push(
                             now,
                             Event::Poll {
@@ -538,23 +555,40 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 }
             }
             Event::HostCrash => {
-                steady_from.fill(now + 2 * freq);
+                calm_after(&mut steady_from, now + 2 * freq);
                 for (i, d) in disks.iter_mut().enumerate() {
-                    // The agent dies without a clean stop; it comes back with an untrusted
-                    // tracker and a fresh nonce epoch.
+                    // The agent dies without a clean stop (its tracker is left untrusted).
                     d.epoch += 1;
-                    let (agent, machine) = open_agent(&d.replica_name, d.spec.size_bytes, d.epoch)?;
-                    // Replace: the old agent is dropped without `close`.
-                    d.agent = agent;
-                    d.machine = machine;
-                    d.marks.lock().expect("marks").clear();
+                    d.agent_down = true;
                     queue.push(
                         now + MIN,
-                        Event::Poll {
+                        Event::AgentStart {
                             disk: i,
                             epoch: d.epoch,
                         },
                     );
+                }
+            }
+            Event::AgentStart { disk, epoch } => {
+                let d = &mut disks[disk];
+                if epoch != d.epoch {
+                    continue;
+                }
+                // It comes back with an untrusted tracker and a fresh nonce epoch; opening the
+                // replica needs the storage account, so a storm may make it try again.
+                match open_agent(&d.replica_name, d.spec.size_bytes, d.epoch) {
+                    Ok((agent, machine)) => {
+                        // Replace: the old agent is dropped without `close`.
+                        d.agent = agent;
+                        d.machine = machine;
+                        d.agent_down = false;
+                        d.marks.lock().expect("marks").clear();
+                        queue.push(now, Event::Poll { disk, epoch });
+                    }
+                    Err(e) => {
+                        trace.update(format!("{now} agent start failed: {e}\n").as_bytes());
+                        queue.push(now + MIN, Event::AgentStart { disk, epoch });
+                    }
                 }
             }
         }

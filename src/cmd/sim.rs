@@ -21,15 +21,35 @@ pub enum SimCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Swarm: every seed draws its own scenario (profile, policy, VMs, faults, DR operations);
+    /// a failing seed's scenario is written out to reproduce with `sim run`.
+    Swarm {
+        /// How many seeds.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Where failing scenarios are written.
+        #[arg(long, default_value = ".")]
+        failures: PathBuf,
+    },
 }
 
 pub fn run(command: SimCommand) -> Result<ExitCode> {
-    let SimCommand::Run {
-        scenario,
-        seed,
-        workdir,
-        json,
-    } = command;
+    let (scenario, seed, workdir, json) = match command {
+        SimCommand::Run {
+            scenario,
+            seed,
+            workdir,
+            json,
+        } => (scenario, seed, workdir, json),
+        SimCommand::Swarm {
+            seeds,
+            start,
+            failures,
+        } => return swarm(start, seeds, &failures),
+    };
     let text = match &scenario {
         Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
         None => sim::QUICKSTART.to_string(),
@@ -108,6 +128,50 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
         println!("trace hash {}", report.trace_hash);
     }
     Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn swarm(start: u64, seeds: u64, failures: &std::path::Path) -> Result<ExitCode> {
+    let mut failed = 0;
+    for seed in start..start.saturating_add(seeds) {
+        let text = sim::swarm::scenario_for(seed);
+        let scenario = sim::Scenario::parse(&text).with_context(|| format!("swarm seed {seed}"))?;
+        let dir = tempfile::tempdir().context("temporary work directory")?;
+        let report = sim::run(&scenario, seed, dir.path());
+        match report {
+            Ok(r) if r.passed() => println!(
+                "seed {seed}: ok ({} disks, {} jobs, {} checks) trace {}",
+                r.disks.len(),
+                r.jobs.len(),
+                r.checks.len(),
+                &r.trace_hash[..16]
+            ),
+            other => {
+                failed += 1;
+                let why = match other {
+                    Ok(r) => r
+                        .checks
+                        .iter()
+                        .filter(|c| !c.ok)
+                        .map(|c| format!("{} ({})", c.name, c.detail))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    Err(e) => e.to_string(),
+                };
+                let path = failures.join(format!("swarm-{seed}.toml"));
+                std::fs::write(&path, &text).with_context(|| path.display().to_string())?;
+                println!(
+                    "seed {seed}: FAILED: {why}; reproduce: drplane sim run {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    println!("{seeds} seeds, {failed} failed");
+    Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

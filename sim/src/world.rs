@@ -638,6 +638,52 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
         }
     }
+    // No GCM nonce is used for two different records under one disk's key: every record in
+    // the replica and in every retained snapshot is audited.
+    let mut reuse = Vec::new();
+    let mut audited = 0usize;
+    for d in &disks {
+        let mut seen: BTreeMap<[u8; 12], (u64, u64)> = BTreeMap::new();
+        let points = d
+            .agent
+            .points()
+            .map_err(|e| SimError::Setup(e.to_string()))?;
+        let snapshots = points
+            .iter()
+            .map(|p| Some(p.snapshot.as_str()))
+            .chain([None]);
+        for snapshot in snapshots {
+            let headers = d
+                .agent
+                .replica
+                .slot_headers(snapshot)
+                .map_err(|e| SimError::Setup(e.to_string()))?;
+            for (block, h) in headers {
+                if h.nonce == [0; 12] {
+                    continue;
+                }
+                audited += 1;
+                let record = (block, h.generation);
+                if let Some(other) = seen.insert(h.nonce, record) {
+                    if other != record {
+                        reuse.push(format!(
+                            "{}: blocks {other:?} and {record:?}",
+                            d.replica_name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    checks.push(Check {
+        name: "no AES-GCM nonce is used twice under one key".into(),
+        ok: reuse.is_empty(),
+        detail: if reuse.is_empty() {
+            format!("{audited} record headers audited")
+        } else {
+            reuse.join("; ")
+        },
+    });
     checks.extend(flow_checks);
     let leftovers = disks.iter().filter(|d| d.test_copy.is_some()).count();
     let cleaned = scenario

@@ -258,18 +258,52 @@ impl<'a> DiskReplica<'a> {
 
     /// Written ranges of a blob as half-open `(start, end)` byte pairs, all pages of them.
     fn written_ranges(&self, path: &BlobPath) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        self.written_ranges_at(path, None)
+    }
+
+    fn written_ranges_at(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+    ) -> Result<Vec<(u64, u64)>, ReplicaError> {
         let mut out = Vec::new();
         let mut marker = None;
         loop {
             let list = self
                 .store
-                .page_ranges(path, None, None, None, marker, None)?;
+                .page_ranges(path, snapshot, None, None, marker, None)?;
             out.extend(list.ranges.iter().map(|r| (r.start, r.end + 1)));
             match list.next_marker {
                 Some(m) => marker = Some(m),
                 None => return Ok(out),
             }
         }
+    }
+
+    /// The decodable slot headers of the data blob (or one of its snapshots), by block: only
+    /// written slots are read. For audits (the simulator's nonce-reuse checker).
+    pub fn slot_headers(
+        &self,
+        snapshot: Option<&str>,
+    ) -> Result<Vec<(u64, SlotHeader)>, ReplicaError> {
+        let slot = self.layout.slot_size();
+        let mut out = Vec::new();
+        let mut head = vec![0u8; HEADER_SIZE];
+        let mut last = None;
+        for (start, end) in self.written_ranges_at(&self.data, snapshot)? {
+            for block in start / slot..=((end - 1) / slot).min(self.layout.blocks() - 1) {
+                if last.is_some_and(|l| l >= block) {
+                    continue;
+                }
+                last = Some(block);
+                self.store
+                    .read(&self.data, snapshot, block * slot, &mut head)?;
+                if let Ok(h) = SlotHeader::decode(&head) {
+                    out.push((block, h));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The current slot header bytes of `block` (all zero for a cleared or never-written slot).

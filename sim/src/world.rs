@@ -214,7 +214,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         seed: stream(seed, "storage faults").next_u64(),
         ..FaultConfig::default()
     };
-    let store = FaultyStore::new(Arc::new(emulator), calm);
+    let emulator = Arc::new(emulator);
+    let store = FaultyStore::new(Arc::clone(&emulator), calm);
     let premium = scenario.profile != Profile::Standard;
     let log_store = if premium {
         Some(
@@ -453,16 +454,30 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 }
                 d.machine.cycle_finished(now, &outcome);
                 if let CycleOutcome::Committed { .. } = outcome {
-                    let deleted = d
-                        .agent
-                        .apply_retention(&d.machine, now)
-                        .map_err(|e| SimError::Setup(format!("retention: {e}")))?;
-                    for s in deleted {
-                        d.images.remove(&s);
+                    // Retention needs the store too; in a storm it may fail and runs again
+                    // after the next commit.
+                    match d.agent.apply_retention(&d.machine, now) {
+                        Ok(deleted) => {
+                            for s in deleted {
+                                d.images.remove(&s);
+                            }
+                        }
+                        Err(e) => {
+                            trace.update(format!("{now} retention failed: {e}\n").as_bytes());
+                        }
                     }
                     if let Some(limit) = limit {
-                        let live = d.agent.points().map(|p| p.len()).unwrap_or(usize::MAX);
-                        snapshot_limit_ok &= live < limit;
+                        // Counted on the account itself (orphans included), not through faults.
+                        let snapshots = emulator
+                            .list_blobs(CONTAINER, true)
+                            .map_err(|e| SimError::Setup(e.to_string()))?
+                            .into_iter()
+                            .filter(|b| {
+                                b.properties.snapshot.is_some()
+                                    && b.name == format!("{}.replica", d.replica_name)
+                            })
+                            .count();
+                        snapshot_limit_ok &= snapshots < limit;
                     }
                 }
                 queue.push(now, Event::Poll { disk, epoch });

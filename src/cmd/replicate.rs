@@ -433,7 +433,17 @@ fn watch(
                                 point_time_nanos: report.point.time_nanos,
                             },
                         );
-                        let deleted = session.agent.apply_retention(machine, finished)?;
+                        // A retention failure (storage busy) is retried after the next commit.
+                        let deleted = match session.agent.apply_retention(machine, finished) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                eprintln!(
+                                    "{}: retention failed, will retry: {e}",
+                                    session.agent.name
+                                );
+                                Vec::new()
+                            }
+                        };
                         session.print(plan.kind, &report, &deleted)?;
                         let health = machine.health(finished);
                         for w in &health.warnings {

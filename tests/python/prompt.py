@@ -3,6 +3,8 @@ given on stdin, and print everything the terminal showed. Usage: prompt.py ARGV.
 import os
 import pty
 import sys
+import termios
+import time
 
 password = sys.stdin.readline().rstrip("\n").encode()
 pid, fd = pty.fork()
@@ -21,6 +23,11 @@ while True:
     # Answer each prompt once ("password: " and "again: ").
     prompts = seen.count(b"password: ") + seen.count(b"again: ")
     while answered < prompts:
+        # Type only once the program has turned echo off (as a person would see no echo):
+        # typing earlier would be echoed by the terminal, not by the program.
+        deadline = time.monotonic() + 10
+        while termios.tcgetattr(fd)[3] & termios.ECHO and time.monotonic() < deadline:
+            time.sleep(0.005)
         os.write(fd, password + b"\n")
         answered += 1
 _, status = os.waitpid(pid, 0)

@@ -15,6 +15,7 @@
 mod flows;
 pub mod scenario;
 pub mod swarm;
+pub mod timeline;
 pub mod world;
 
 pub use scenario::Scenario;

@@ -73,6 +73,8 @@ pub struct DiskReport {
     /// Largest RPO at least two copy intervals after any fault.
     pub max_steady_rpo_secs: f64,
     pub health_warnings: Vec<String>,
+    /// (simulated minute, RPO in seconds) at each poll, for the timeline.
+    pub rpo_samples: Vec<(f64, f64)>,
 }
 
 /// The result of a run.
@@ -87,6 +89,8 @@ pub struct Report {
     pub disks: Vec<DiskReport>,
     /// The vault's jobs, in order.
     pub jobs: Vec<Job>,
+    /// Faults as they happened: (kind, first minute, last minute).
+    pub faults: Vec<(String, f64, f64)>,
     pub checks: Vec<Check>,
 }
 
@@ -404,6 +408,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 {
                     let rpo = (now - t) as f64 / 1e9;
                     d.report.max_rpo_secs = d.report.max_rpo_secs.max(rpo);
+                    d.report
+                        .rpo_samples
+                        .push(((now - start) as f64 / MIN as f64, rpo));
                     if now > steady_from[disk] && disturbances == 0 {
                         d.report.max_steady_rpo_secs = d.report.max_steady_rpo_secs.max(rpo);
                     }
@@ -750,6 +757,21 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         trace_hash: trace.finalize().to_hex().to_string(),
         disks: disks.into_iter().map(|d| d.report).collect(),
         jobs,
+        faults: scenario
+            .faults
+            .iter()
+            .map(|f| {
+                let at = f.at_minutes as f64;
+                match f.kind {
+                    FaultKind::WanDown { minutes } => ("WAN down".into(), at, at + minutes as f64),
+                    FaultKind::HostCrash => ("host crash".into(), at, at),
+                    FaultKind::StorageStorm { minutes, .. } => {
+                        ("storage storm".into(), at, at + minutes as f64)
+                    }
+                    FaultKind::WrongCertificate => ("wrong certificate".into(), at, at),
+                }
+            })
+            .collect(),
         checks,
     })
 }

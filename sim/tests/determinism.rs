@@ -103,3 +103,15 @@ fn same_seed_same_trace_and_every_invariant_holds() {
     assert_ne!(a.trace_hash, c.trace_hash, "the seed changes nothing");
     assert!(c.passed(), "{:#?}", c.checks);
 }
+
+#[test]
+fn the_timeline_draws_every_disk_fault_and_job() {
+    let report = run(7);
+    let svg = sim::timeline::svg(&report);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), report.disks.len());
+    assert_eq!(svg.matches("<circle").count(), report.jobs.len());
+    // Outages and storms are bands; crashes are instants.
+    assert_eq!(svg.matches("<rect").count(), 2);
+    assert!(svg.contains("<title>host crash</title>"));
+}

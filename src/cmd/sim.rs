@@ -20,6 +20,9 @@ pub enum SimCommand {
         workdir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Also write an SVG timeline (RPO over time, faults, jobs) here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Swarm: every seed draws its own scenario (profile, policy, VMs, faults, DR operations);
     /// a failing seed's scenario is written out to reproduce with `sim run`.
@@ -37,13 +40,14 @@ pub enum SimCommand {
 }
 
 pub fn run(command: SimCommand) -> Result<ExitCode> {
-    let (scenario, seed, workdir, json) = match command {
+    let (scenario, seed, workdir, json, svg) = match command {
         SimCommand::Run {
             scenario,
             seed,
             workdir,
             json,
-        } => (scenario, seed, workdir, json),
+            svg,
+        } => (scenario, seed, workdir, json, svg),
         SimCommand::Swarm {
             seeds,
             start,
@@ -75,6 +79,10 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let report = sim::run(&parsed, seed, &dir)?;
     let wall = started.elapsed().as_secs_f64();
+    if let Some(path) = &svg {
+        std::fs::write(path, sim::timeline::svg(&report))
+            .with_context(|| path.display().to_string())?;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

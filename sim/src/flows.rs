@@ -12,8 +12,78 @@ use datapath::replica::manifest::{Consistency, Manifest};
 use datapath::replicator::{CycleKind, CycleOutcome, CyclePlan};
 use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
-use crate::scenario::{Action, PointChoice, Step};
+use crate::scenario::{Action, PointChoice, Scenario, Step, VmSpec};
 use crate::world::{run_cycle, AzureDisk, Check, Job, SimDisk, SEC};
+
+/// Target IPs in use in Azure: (VNet, subnet, address) → VM.
+pub(crate) type UsedIps = std::collections::BTreeMap<(String, String, String), String>;
+
+/// Where a failed-over VM's NICs land (ASR's network mapping rules): the VNet its VM network
+/// maps to; per NIC the subnet of the same name, else the first; as many NICs as the size
+/// allows; a target IP must be free (in a test failover's isolated network it need not be).
+fn place(
+    vm: &VmSpec,
+    scenario: &Scenario,
+    used: &UsedIps,
+    isolated: bool,
+) -> Result<Vec<(String, String, Option<String>)>, String> {
+    let Some(first) = vm.nics.first() else {
+        return Ok(Vec::new());
+    };
+    let vnet_name = scenario
+        .network_mapping
+        .get(&first.network)
+        .ok_or_else(|| {
+            format!(
+                "VM network {} is not mapped to an Azure network",
+                first.network
+            )
+        })?;
+    let vnet = scenario
+        .vnets
+        .iter()
+        .find(|v| &v.name == vnet_name)
+        .ok_or("mapped VNet missing")?;
+    let mut out = Vec::new();
+    for nic in vm.nics.iter().take(vm.max_nics) {
+        let subnet = if vnet.subnets.contains(&nic.subnet) {
+            nic.subnet.clone()
+        } else {
+            vnet.subnets[0].clone()
+        };
+        if let (Some(ip), false) = (&nic.target_ip, isolated) {
+            let key = (vnet.name.clone(), subnet.clone(), ip.clone());
+            if let Some(other) = used.get(&key).filter(|o| **o != vm.name) {
+                return Err(format!(
+                    "target IP {ip} in {}/{subnet} is not available (VM {other} has it)",
+                    vnet.name
+                ));
+            }
+        }
+        out.push((vnet.name.clone(), subnet, nic.target_ip.clone()));
+    }
+    Ok(out)
+}
+
+fn describe(nics: &[(String, String, Option<String>)], source_nics: usize) -> String {
+    if nics.is_empty() {
+        return "no NICs".into();
+    }
+    let list: Vec<String> = nics
+        .iter()
+        .map(|(v, s, ip)| {
+            format!(
+                "{v}/{s}{}",
+                ip.as_ref().map_or(String::new(), |i| format!(" {i}"))
+            )
+        })
+        .collect();
+    format!(
+        "{} of {source_nics} NICs on {}",
+        nics.len(),
+        list.join(", ")
+    )
+}
 
 /// Restore throughput charged to a job (bytes per second).
 const RESTORE_BYTES_PER_SEC: u64 = 200_000_000;
@@ -91,8 +161,11 @@ fn content_hash(file: &Arc<MemoryFile>, name: &str) -> Result<[u8; 32], String> 
 }
 
 /// Carry out `step` on the VM whose disks are `members`; returns its job and the checks it made.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn perform(
     step: &Step,
+    scenario: &Scenario,
+    used_ips: &mut UsedIps,
     disks: &mut [SimDisk<'_>],
     members: &[usize],
     identity: &Identity,
@@ -100,6 +173,11 @@ pub(crate) fn perform(
     bandwidth: u64,
     wan_up: bool,
 ) -> (Job, Vec<Check>) {
+    let vm = scenario
+        .vms
+        .iter()
+        .find(|v| v.name == step.vm)
+        .expect("steps name VMs of the scenario");
     let mut checks = Vec::new();
     let mut bytes = 0u64;
     let name = match step.action {
@@ -118,6 +196,7 @@ pub(crate) fn perform(
                 if failed_over {
                     return Err("the VM is failed over".into());
                 }
+                let nics = place(vm, scenario, used_ips, test)?;
                 let mut used = Vec::new();
                 for &i in members {
                     let points = disks[i].agent.points().map_err(|e| e.to_string())?;
@@ -143,7 +222,13 @@ pub(crate) fn perform(
                         disks[i].azure = Some(copy);
                     }
                 }
-                Ok(format!("points {used:?}"))
+                if !test {
+                    reserve(used_ips, vm, &nics);
+                }
+                Ok(format!(
+                    "points {used:?}; {}",
+                    describe(&nics, vm.nics.len())
+                ))
             }
             Action::CleanupTestFailover => {
                 let removed = members
@@ -161,6 +246,7 @@ pub(crate) fn perform(
                         "the host's agent is not running: a planned failover needs it".into(),
                     );
                 }
+                let nics = place(vm, scenario, used_ips, false)?;
                 if !wan_up {
                     return Err("storage unreachable: a planned failover needs the network".into());
                 }
@@ -191,7 +277,11 @@ pub(crate) fn perform(
                     });
                     disks[i].azure = Some(copy);
                 }
-                Ok("failed over with no data loss".into())
+                reserve(used_ips, vm, &nics);
+                Ok(format!(
+                    "failed over with no data loss; {}",
+                    describe(&nics, vm.nics.len())
+                ))
             }
             Action::Commit => {
                 if !failed_over {
@@ -224,6 +314,7 @@ pub(crate) fn perform(
                         d.agent.track_write(o, l);
                     }
                 }
+                used_ips.retain(|_, owner| *owner != vm.name);
                 Ok(format!("{copied} bytes of differing blocks copied home"))
             }
         }
@@ -244,6 +335,14 @@ pub(crate) fn perform(
         },
         checks,
     )
+}
+
+fn reserve(used: &mut UsedIps, vm: &VmSpec, nics: &[(String, String, Option<String>)]) {
+    for (vnet, subnet, ip) in nics {
+        if let Some(ip) = ip {
+            used.insert((vnet.clone(), subnet.clone(), ip.clone()), vm.name.clone());
+        }
+    }
 }
 
 /// Copy the blocks of `azure` that differ from the host's disk back home (64 KiB grains).

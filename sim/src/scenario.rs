@@ -58,6 +58,34 @@ struct File {
     fault: Vec<FaultFile>,
     #[serde(default)]
     step: Vec<StepFile>,
+    #[serde(default)]
+    vm_network: Vec<NetworkFile2>,
+    #[serde(default)]
+    vnet: Vec<NetworkFile2>,
+    #[serde(default)]
+    network_mapping: Vec<MappingFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile2 {
+    name: String,
+    subnets: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingFile {
+    vm_network: String,
+    vnet: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NicFile {
+    network: String,
+    subnet: String,
+    target_ip: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +113,9 @@ struct NetworkFile {
 #[serde(deny_unknown_fields)]
 struct VmFile {
     name: String,
+    size: Option<String>,
+    #[serde(default)]
+    nic: Vec<NicFile>,
     #[serde(default)]
     disk: Vec<DiskFile>,
 }
@@ -96,6 +127,8 @@ struct DiskFile {
     size_mib: u64,
     churn_mib_per_hour: u64,
     hot_spot: Option<f64>,
+    #[serde(default)]
+    exclude: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,8 +155,40 @@ pub struct DiskSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmSpec {
     pub name: String,
+    /// Azure VM size of the replica, and how many NICs it may have.
+    pub size: String,
+    pub max_nics: usize,
+    pub nics: Vec<Nic>,
+    /// Replicated disks; the first is the OS disk.
     pub disks: Vec<DiskSpec>,
+    /// Disks excluded from replication (never the OS disk).
+    pub excluded: Vec<String>,
 }
+
+/// A NIC of a VM on a VMM VM network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub network: String,
+    pub subnet: String,
+    pub target_ip: Option<String>,
+}
+
+/// An Azure VNet and its subnets, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vnet {
+    pub name: String,
+    pub subnets: Vec<String>,
+}
+
+/// Azure VM sizes the simulator knows, with their NIC limits.
+pub const VM_SIZES: [(&str, usize); 6] = [
+    ("Standard_A1_v2", 2),
+    ("Standard_D2s_v3", 2),
+    ("Standard_D4s_v3", 2),
+    ("Standard_D8s_v3", 4),
+    ("Standard_D16s_v3", 8),
+    ("Standard_F2s_v2", 2),
+];
 
 /// A fault and when it strikes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -194,6 +259,9 @@ pub struct Scenario {
     pub vms: Vec<VmSpec>,
     pub faults: Vec<Fault>,
     pub steps: Vec<Step>,
+    pub vnets: Vec<Vnet>,
+    /// VMM VM network → Azure VNet.
+    pub network_mapping: std::collections::BTreeMap<String, String>,
     /// BLAKE3 of the file's bytes.
     pub hash: String,
 }
@@ -229,6 +297,42 @@ impl Scenario {
         let policy_text = toml::to_string(&f.policy.unwrap_or_default())
             .map_err(|e| ScenarioError::Syntax(e.to_string()))?;
         let policy = Policy::from_toml(&policy_text, profile)?;
+        let vm_networks = f.vm_network;
+        for (i, n) in vm_networks.iter().chain(&f.vnet).enumerate() {
+            if n.name.is_empty() || n.subnets.is_empty() || n.subnets.len() > 64 {
+                return Err(invalid(
+                    format!("network[{i}]"),
+                    &n.name,
+                    "a name and 1 to 64 subnets",
+                ));
+            }
+        }
+        let vnets: Vec<Vnet> = f
+            .vnet
+            .into_iter()
+            .map(|v| Vnet {
+                name: v.name,
+                subnets: v.subnets,
+            })
+            .collect();
+        let mut network_mapping = std::collections::BTreeMap::new();
+        for (i, m) in f.network_mapping.into_iter().enumerate() {
+            if !vm_networks.iter().any(|n| n.name == m.vm_network) {
+                return Err(invalid(
+                    format!("network_mapping[{i}].vm_network"),
+                    &m.vm_network,
+                    "a vm_network of the scenario",
+                ));
+            }
+            if !vnets.iter().any(|n| n.name == m.vnet) {
+                return Err(invalid(
+                    format!("network_mapping[{i}].vnet"),
+                    &m.vnet,
+                    "a vnet of the scenario",
+                ));
+            }
+            network_mapping.insert(m.vm_network, m.vnet);
+        }
         if f.vm.is_empty() || f.vm.len() > MAX_VMS {
             return Err(invalid("vm", f.vm.len(), format!("1 to {MAX_VMS} VMs")));
         }
@@ -251,10 +355,75 @@ impl Scenario {
                     format!("1 to {MAX_DISKS_PER_VM} disks"),
                 ));
             }
+            let size = vm.size.unwrap_or_else(|| "Standard_D2s_v3".into());
+            let max_nics = VM_SIZES
+                .iter()
+                .find(|(n, _)| *n == size)
+                .map(|(_, nics)| *nics)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = VM_SIZES.iter().map(|(n, _)| *n).collect();
+                    invalid(
+                        format!("{at}.size"),
+                        &size,
+                        format!("one of {}", known.join(", ")),
+                    )
+                })?;
+            if vm.nic.len() > 8 {
+                return Err(invalid(format!("{at}.nic"), vm.nic.len(), "at most 8 NICs"));
+            }
+            let mut nics = Vec::new();
+            for (k, n) in vm.nic.into_iter().enumerate() {
+                let known = vm_networks
+                    .iter()
+                    .find(|v: &&NetworkFile2| v.name == n.network)
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("{at}.nic[{k}].network"),
+                            &n.network,
+                            "a vm_network of the scenario",
+                        )
+                    })?;
+                if !known.subnets.contains(&n.subnet) {
+                    return Err(invalid(
+                        format!("{at}.nic[{k}].subnet"),
+                        &n.subnet,
+                        format!("a subnet of VM network {}", n.network),
+                    ));
+                }
+                if let Some(ip) = &n.target_ip {
+                    if ip.parse::<std::net::Ipv4Addr>().is_err() {
+                        return Err(invalid(
+                            format!("{at}.nic[{k}].target_ip"),
+                            ip,
+                            "an IPv4 address",
+                        ));
+                    }
+                }
+                nics.push(Nic {
+                    network: n.network,
+                    subnet: n.subnet,
+                    target_ip: n.target_ip,
+                });
+            }
             let mut disks = Vec::new();
+            let mut excluded = Vec::new();
             let mut disk_names = std::collections::BTreeSet::new();
             for (j, d) in vm.disk.into_iter().enumerate() {
                 let at = format!("{at}.disk[{j}]");
+                if d.exclude {
+                    if j == 0 {
+                        return Err(invalid(
+                            format!("{at}.exclude"),
+                            true,
+                            "the OS disk (the VM's first disk) can never be excluded",
+                        ));
+                    }
+                    if !disk_names.insert(d.name.clone()) {
+                        return Err(invalid(format!("{at}.name"), &d.name, "unique in the VM"));
+                    }
+                    excluded.push(d.name);
+                    continue;
+                }
                 if !disk_names.insert(d.name.clone()) || d.name.is_empty() || d.name.len() > 64 {
                     return Err(invalid(
                         format!("{at}.name"),
@@ -290,7 +459,11 @@ impl Scenario {
             }
             vms.push(VmSpec {
                 name: vm.name,
+                size,
+                max_nics,
+                nics,
                 disks,
+                excluded,
             });
         }
         if total > MAX_TOTAL_DISK_MIB {
@@ -443,6 +616,8 @@ impl Scenario {
             vms,
             faults,
             steps,
+            vnets,
+            network_mapping,
             hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
         })
     }

@@ -89,6 +89,8 @@ pub struct Report {
     pub disks: Vec<DiskReport>,
     /// The vault's jobs, in order.
     pub jobs: Vec<Job>,
+    /// Disks excluded from replication ("vm/disk").
+    pub excluded_disks: Vec<String>,
     /// Faults as they happened: (kind, first minute, last minute).
     pub faults: Vec<(String, f64, f64)>,
     pub checks: Vec<Check>,
@@ -349,6 +351,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     }
     let mut jobs: Vec<Job> = Vec::new();
     let mut wrong_certificate_next = false;
+    let mut used_ips = crate::flows::UsedIps::new();
     let wrong_identity = {
         let mut other = stream(seed, "another certificate");
         let mut der = [0u8; 64];
@@ -526,6 +529,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 let wrong = wrong_certificate_next && restores;
                 let (job, mut checks) = crate::flows::perform(
                     st,
+                    scenario,
+                    &mut used_ips,
                     &mut disks,
                     &members,
                     if wrong { &wrong_identity } else { &identity },
@@ -757,6 +762,11 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         trace_hash: trace.finalize().to_hex().to_string(),
         disks: disks.into_iter().map(|d| d.report).collect(),
         jobs,
+        excluded_disks: scenario
+            .vms
+            .iter()
+            .flat_map(|v| v.excluded.iter().map(move |d| format!("{}/{d}", v.name)))
+            .collect(),
         faults: scenario
             .faults
             .iter()

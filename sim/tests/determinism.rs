@@ -115,3 +115,94 @@ fn the_timeline_draws_every_disk_fault_and_job() {
     assert_eq!(svg.matches("<rect").count(), 2);
     assert!(svg.contains("<title>host crash</title>"));
 }
+
+#[test]
+fn an_unavailable_target_ip_fails_the_failover_and_nics_follow_the_size() {
+    let text = r#"
+name = "ip-conflict"
+duration_hours = 1
+[[vm_network]]
+name = "corp"
+subnets = ["app"]
+[[vnet]]
+name = "dr"
+subnets = ["default"]
+[[network_mapping]]
+vm_network = "corp"
+vnet = "dr"
+[[vm]]
+name = "a"
+size = "Standard_D2s_v3"
+[[vm.nic]]
+network = "corp"
+subnet = "app"
+target_ip = "10.0.0.5"
+[[vm.nic]]
+network = "corp"
+subnet = "app"
+[[vm.nic]]
+network = "corp"
+subnet = "app"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 2
+[[vm.disk]]
+name = "swap"
+size_mib = 4
+churn_mib_per_hour = 50
+exclude = true
+[[vm]]
+name = "b"
+[[vm.nic]]
+network = "corp"
+subnet = "app"
+target_ip = "10.0.0.5"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 2
+[[step]]
+action = "unplanned_failover"
+at_minutes = 30
+vm = "a"
+[[step]]
+action = "test_failover"
+at_minutes = 31
+vm = "b"
+[[step]]
+action = "unplanned_failover"
+at_minutes = 32
+vm = "b"
+"#;
+    let scenario = sim::Scenario::parse(text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = sim::run(&scenario, 1, dir.path()).unwrap();
+    let jobs: Vec<(&str, bool, &str)> = report
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.succeeded, j.detail.as_str()))
+        .collect();
+    assert!(
+        jobs[0].1 && jobs[0].2.contains("2 of 3 NICs on dr/default 10.0.0.5"),
+        "{jobs:?}"
+    );
+    assert!(
+        jobs[1].1,
+        "a test failover may reuse the IP in its isolated network: {jobs:?}"
+    );
+    assert!(
+        !jobs[2].1 && jobs[2].2.contains("10.0.0.5") && jobs[2].2.contains("not available"),
+        "{jobs:?}"
+    );
+    assert_eq!(report.excluded_disks, ["a/swap"]);
+    assert_eq!(report.disks.len(), 2, "the excluded disk is not replicated");
+    // The OS disk can never be excluded.
+    let os_excluded = text.replacen(
+        "churn_mib_per_hour = 2\n",
+        "churn_mib_per_hour = 2\nexclude = true\n",
+        1,
+    );
+    let err = sim::Scenario::parse(&os_excluded).unwrap_err().to_string();
+    assert!(err.contains("OS disk"), "{err}");
+}

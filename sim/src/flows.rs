@@ -187,6 +187,7 @@ pub(crate) fn perform(
         Action::UnplannedFailover(_) => "unplanned failover",
         Action::Commit => "commit",
         Action::Failback => "failback",
+        Action::AddDisk => "add disk",
     };
     let outcome: Result<String, String> = (|| {
         let failed_over = members.iter().any(|&i| disks[i].azure.is_some());
@@ -283,6 +284,11 @@ pub(crate) fn perform(
                     describe(&nics, vm.nics.len())
                 ))
             }
+            Action::AddDisk => Err(
+                "disks cannot be added after replication is enabled: disable replication, add \
+                 the disk, and enable it again"
+                    .into(),
+            ),
             Action::Commit => {
                 if !failed_over {
                     return Err("nothing to commit: the VM is not failed over".into());

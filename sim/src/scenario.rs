@@ -64,6 +64,7 @@ struct File {
     vnet: Vec<NetworkFile2>,
     #[serde(default)]
     network_mapping: Vec<MappingFile>,
+    registration: Option<RegistrationFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,8 +94,17 @@ struct NicFile {
 struct StepFile {
     action: String,
     at_minutes: u64,
-    vm: String,
+    /// The VM (or, for a recovery plan, `vms` in order).
+    vm: Option<String>,
+    vms: Option<Vec<String>>,
     point: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrationFile {
+    /// How long before the scenario starts the vault credentials were downloaded.
+    issued_hours_before_start: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +245,8 @@ pub enum Action {
     UnplannedFailover(PointChoice),
     /// Make the failover final.
     Commit,
+    /// Add a disk to a protected VM: refused (disable and re-enable replication instead).
+    AddDisk,
     /// Bring the VM home: only blocks that differ are copied back; protection resumes.
     Failback,
 }
@@ -260,6 +272,8 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     pub steps: Vec<Step>,
     pub vnets: Vec<Vnet>,
+    /// When the provider's vault credentials were issued (they expire five days later).
+    pub credentials_issued_nanos: u64,
     /// VMM VM network → Azure VNet.
     pub network_mapping: std::collections::BTreeMap<String, String>,
     /// BLAKE3 of the file's bytes.
@@ -566,9 +580,6 @@ impl Scenario {
                     "inside the scenario's duration",
                 ));
             }
-            if !names.contains(&st.vm) {
-                return Err(invalid(format!("{at}.vm"), &st.vm, "a VM of the scenario"));
-            }
             let point = match st.point.as_deref() {
                 None | Some("latest") => PointChoice::Latest,
                 Some("latest-app") => PointChoice::LatestAppConsistent,
@@ -580,28 +591,55 @@ impl Scenario {
                     )
                 })?),
             };
-            let action = match st.action.as_str() {
-                "test_failover" => Action::TestFailover(point),
-                "cleanup_test_failover" => Action::CleanupTestFailover,
-                "planned_failover" => Action::PlannedFailover,
-                "unplanned_failover" => Action::UnplannedFailover(point),
-                "commit" => Action::Commit,
-                "failback" => Action::Failback,
+            // A recovery plan fails its VMs over in order, one step each at the same minute.
+            let (vms_of_step, action) = match st.action.as_str() {
+                "recovery_plan_failover" => (
+                    st.vms.clone().unwrap_or_default(),
+                    Action::UnplannedFailover(point),
+                ),
                 other => {
-                    return Err(invalid(
-                        format!("{at}.action"),
-                        other,
-                        "test_failover, cleanup_test_failover, planned_failover, unplanned_failover, commit or failback",
-                    ))
+                    let action = match other {
+                        "test_failover" => Action::TestFailover(point),
+                        "cleanup_test_failover" => Action::CleanupTestFailover,
+                        "planned_failover" => Action::PlannedFailover,
+                        "unplanned_failover" => Action::UnplannedFailover(point),
+                        "commit" => Action::Commit,
+                        "failback" => Action::Failback,
+                        "add_disk" => Action::AddDisk,
+                        other => {
+                            return Err(invalid(
+                                format!("{at}.action"),
+                                other,
+                                "test_failover, cleanup_test_failover, planned_failover, unplanned_failover, recovery_plan_failover, commit, failback or add_disk",
+                            ))
+                        }
+                    };
+                    (st.vm.clone().into_iter().collect(), action)
                 }
             };
-            steps.push(Step {
-                at_minutes: st.at_minutes,
-                vm: st.vm,
-                action,
-            });
+            if vms_of_step.is_empty() {
+                return Err(invalid(
+                    format!("{at}.vm"),
+                    "missing",
+                    "a VM (or `vms` for a recovery plan)",
+                ));
+            }
+            for vm in vms_of_step {
+                if !names.contains(&vm) {
+                    return Err(invalid(format!("{at}.vm"), &vm, "a VM of the scenario"));
+                }
+                steps.push(Step {
+                    at_minutes: st.at_minutes,
+                    vm,
+                    action,
+                });
+            }
         }
         steps.sort_by_key(|s| s.at_minutes);
+        let start_nanos = f
+            .start_unix
+            .unwrap_or(1_795_651_200)
+            .saturating_mul(1_000_000_000);
         Ok(Scenario {
             name: f.name,
             seed: f.seed.unwrap_or(1),
@@ -617,6 +655,11 @@ impl Scenario {
             faults,
             steps,
             vnets,
+            credentials_issued_nanos: start_nanos.saturating_sub(
+                f.registration
+                    .map_or(0, |r| r.issued_hours_before_start.min(10_000))
+                    .saturating_mul(3_600_000_000_000),
+            ),
             network_mapping,
             hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
         })

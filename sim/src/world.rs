@@ -319,8 +319,19 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
 
     let start = scenario.start_nanos;
     let end = start + scenario.duration_hours * 3600 * SEC;
+    // The provider registers with the vault: its credentials must not have expired.
+    let credentials = datapath::registration::VaultCredentials {
+        format_version: 1,
+        vault: "sim-vault".into(),
+        server_name: "hyperv-host".into(),
+        issued_at: scenario.credentials_issued_nanos,
+        expires_at: scenario.credentials_issued_nanos + 5 * 24 * 3600 * SEC,
+        certificate_thumbprint: identity.key_id.to_string(),
+    };
+    let registration = credentials.check("sim-vault", start);
     let mut queue = Queue::default();
-    for i in 0..disks.len() {
+    let registered = registration.is_ok();
+    for i in (0..disks.len()).filter(|_| registered) {
         queue.push(start, Event::Workload { disk: i });
         queue.push(start, Event::Poll { disk: i, epoch: 0 });
     }
@@ -349,7 +360,17 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     for (index, st) in scenario.steps.iter().enumerate() {
         queue.push(start + st.at_minutes * MIN, Event::Step { index });
     }
-    let mut jobs: Vec<Job> = Vec::new();
+    let mut jobs: Vec<Job> = vec![Job {
+        name: "register".into(),
+        vm: "hyperv-host".into(),
+        started_minute: 0,
+        seconds: 1,
+        succeeded: registered,
+        detail: match &registration {
+            Ok(()) => "provider registered with the vault".into(),
+            Err(e) => e.to_string(),
+        },
+    }];
     let mut wrong_certificate_next = false;
     let mut used_ips = crate::flows::UsedIps::new();
     let wrong_identity = {

@@ -88,6 +88,7 @@ fn same_seed_same_trace_and_every_invariant_holds() {
     assert_eq!(
         jobs,
         [
+            ("register", true),
             ("test failover", true),
             ("cleanup test failover", true),
             ("unplanned failover", true),
@@ -184,15 +185,15 @@ vm = "b"
         .map(|j| (j.name.as_str(), j.succeeded, j.detail.as_str()))
         .collect();
     assert!(
-        jobs[0].1 && jobs[0].2.contains("2 of 3 NICs on dr/default 10.0.0.5"),
+        jobs[1].1 && jobs[1].2.contains("2 of 3 NICs on dr/default 10.0.0.5"),
         "{jobs:?}"
     );
     assert!(
-        jobs[1].1,
+        jobs[2].1,
         "a test failover may reuse the IP in its isolated network: {jobs:?}"
     );
     assert!(
-        !jobs[2].1 && jobs[2].2.contains("10.0.0.5") && jobs[2].2.contains("not available"),
+        !jobs[3].1 && jobs[3].2.contains("10.0.0.5") && jobs[3].2.contains("not available"),
         "{jobs:?}"
     );
     assert_eq!(report.excluded_disks, ["a/swap"]);
@@ -205,4 +206,62 @@ vm = "b"
     );
     let err = sim::Scenario::parse(&os_excluded).unwrap_err().to_string();
     assert!(err.contains("OS disk"), "{err}");
+}
+
+#[test]
+fn recovery_plans_run_in_order_disks_cannot_be_added_and_expired_credentials_stop_registration() {
+    let base = r#"
+name = "plans"
+duration_hours = 1
+[[vm]]
+name = "db"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 2
+[[vm]]
+name = "app"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 2
+[[step]]
+action = "add_disk"
+at_minutes = 20
+vm = "app"
+[[step]]
+action = "recovery_plan_failover"
+at_minutes = 40
+vms = ["db", "app"]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let report = sim::run(&sim::Scenario::parse(base).unwrap(), 1, dir.path()).unwrap();
+    let jobs: Vec<(&str, &str, bool)> = report
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.vm.as_str(), j.succeeded))
+        .collect();
+    assert_eq!(
+        jobs,
+        [
+            ("register", "hyperv-host", true),
+            ("add disk", "app", false),
+            ("unplanned failover", "db", true),
+            ("unplanned failover", "app", true)
+        ]
+    );
+    assert!(report.jobs[1].detail.contains("disable replication"));
+    assert!(report.passed(), "{:#?}", report.checks);
+
+    // Credentials downloaded six days before: the provider cannot register.
+    let expired = format!("{base}\n[registration]\nissued_hours_before_start = 144\n");
+    let dir = tempfile::tempdir().unwrap();
+    let report = sim::run(&sim::Scenario::parse(&expired).unwrap(), 1, dir.path()).unwrap();
+    assert!(!report.jobs[0].succeeded);
+    assert!(
+        report.jobs[0].detail.contains("expired"),
+        "{}",
+        report.jobs[0].detail
+    );
+    assert!(report.disks.iter().all(|d| d.cycles == 0));
 }

@@ -18,6 +18,14 @@ use crate::world::{run_cycle, AzureDisk, Check, Job, SimDisk, SEC};
 /// Target IPs in use in Azure: (VNet, subnet, address) → VM.
 pub(crate) type UsedIps = std::collections::BTreeMap<(String, String, String), String>;
 
+/// Per-VM settings and state the vault keeps beyond the scenario: "use managed disks" (it can
+/// be changed), and whether the VM's replica runs on managed disks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct VmSettings {
+    pub managed_disks: std::collections::BTreeMap<String, bool>,
+    pub on_managed_disks: std::collections::BTreeSet<String>,
+}
+
 /// Where a failed-over VM's NICs land (ASR's network mapping rules): the VNet its VM network
 /// maps to; per NIC the subnet of the same name, else the first; as many NICs as the size
 /// allows; a target IP must be free (in a test failover's isolated network it need not be).
@@ -166,6 +174,7 @@ pub(crate) fn perform(
     step: &Step,
     scenario: &Scenario,
     used_ips: &mut UsedIps,
+    settings: &mut VmSettings,
     disks: &mut [SimDisk<'_>],
     members: &[usize],
     identity: &Identity,
@@ -188,6 +197,7 @@ pub(crate) fn perform(
         Action::Commit => "commit",
         Action::Failback => "failback",
         Action::AddDisk => "add disk",
+        Action::UseManagedDisks(_) => "update replicated item",
     };
     let outcome: Result<String, String> = (|| {
         let failed_over = members.iter().any(|&i| disks[i].azure.is_some());
@@ -198,6 +208,9 @@ pub(crate) fn perform(
                     return Err("the VM is failed over".into());
                 }
                 let nics = place(vm, scenario, used_ips, test)?;
+                if !test {
+                    managed_disks_allowed(vm, scenario, settings)?;
+                }
                 let mut used = Vec::new();
                 for &i in members {
                     let points = disks[i].agent.points().map_err(|e| e.to_string())?;
@@ -225,6 +238,7 @@ pub(crate) fn perform(
                 }
                 if !test {
                     reserve(used_ips, vm, &nics);
+                    mark_managed(vm, settings);
                 }
                 Ok(format!(
                     "points {used:?}; {}",
@@ -248,6 +262,7 @@ pub(crate) fn perform(
                     );
                 }
                 let nics = place(vm, scenario, used_ips, false)?;
+                managed_disks_allowed(vm, scenario, settings)?;
                 if !wan_up {
                     return Err("storage unreachable: a planned failover needs the network".into());
                 }
@@ -279,9 +294,17 @@ pub(crate) fn perform(
                     disks[i].azure = Some(copy);
                 }
                 reserve(used_ips, vm, &nics);
+                mark_managed(vm, settings);
                 Ok(format!(
                     "failed over with no data loss; {}",
                     describe(&nics, vm.nics.len())
+                ))
+            }
+            Action::UseManagedDisks(on) => {
+                settings.managed_disks.insert(vm.name.clone(), on);
+                Ok(format!(
+                    "use managed disks: {}",
+                    if on { "yes" } else { "no" }
                 ))
             }
             Action::AddDisk => Err(
@@ -298,6 +321,11 @@ pub(crate) fn perform(
             Action::Failback => {
                 if !failed_over {
                     return Err("the VM is not failed over".into());
+                }
+                if settings.on_managed_disks.contains(&vm.name) {
+                    return Err(
+                        "failback is not supported for a VM failed over to managed disks".into(),
+                    );
                 }
                 let mut copied = 0u64;
                 for &i in members {
@@ -341,6 +369,41 @@ pub(crate) fn perform(
         },
         checks,
     )
+}
+
+/// Managed disks are created at failover; not from a storage account that was ever
+/// SSE-encrypted (the user sets "use managed disks" to no and retries).
+fn managed_disks_allowed(
+    vm: &VmSpec,
+    scenario: &Scenario,
+    settings: &VmSettings,
+) -> Result<(), String> {
+    let managed = settings
+        .managed_disks
+        .get(&vm.name)
+        .copied()
+        .unwrap_or(vm.managed_disks);
+    if managed && scenario.sse_encrypted_ever {
+        return Err(
+            "managed disks cannot be created: the storage account was encrypted with \
+                    SSE; set \"use managed disks\" to no and retry"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn mark_managed(vm: &VmSpec, settings: &mut VmSettings) {
+    if settings
+        .managed_disks
+        .get(&vm.name)
+        .copied()
+        .unwrap_or(vm.managed_disks)
+    {
+        settings.on_managed_disks.insert(vm.name.clone());
+    } else {
+        settings.on_managed_disks.remove(&vm.name);
+    }
 }
 
 fn reserve(used: &mut UsedIps, vm: &VmSpec, nics: &[(String, String, Option<String>)]) {

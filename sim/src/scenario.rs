@@ -111,6 +111,8 @@ struct RegistrationFile {
 #[serde(deny_unknown_fields)]
 struct StorageFile {
     profile: Option<String>,
+    /// The target storage account was ever encrypted with SSE (managed disks cannot be made).
+    sse_encrypted_ever: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +126,11 @@ struct NetworkFile {
 struct VmFile {
     name: String,
     size: Option<String>,
+    /// "Use managed disks" for the replica.
+    #[serde(default)]
+    managed_disks: bool,
+    /// The target availability set's kind: "managed" or "unmanaged" (must match).
+    availability_set: Option<String>,
     #[serde(default)]
     nic: Vec<NicFile>,
     #[serde(default)]
@@ -173,6 +180,8 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// Disks excluded from replication (never the OS disk).
     pub excluded: Vec<String>,
+    /// "Use managed disks": created only at failover.
+    pub managed_disks: bool,
 }
 
 /// A NIC of a VM on a VMM VM network.
@@ -247,6 +256,8 @@ pub enum Action {
     Commit,
     /// Add a disk to a protected VM: refused (disable and re-enable replication instead).
     AddDisk,
+    /// Change the VM's "use managed disks" setting.
+    UseManagedDisks(bool),
     /// Bring the VM home: only blocks that differ are copied back; protection resumes.
     Failback,
 }
@@ -272,6 +283,8 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     pub steps: Vec<Step>,
     pub vnets: Vec<Vnet>,
+    /// The storage account was ever SSE-encrypted: managed disks cannot be created from it.
+    pub sse_encrypted_ever: bool,
     /// When the provider's vault credentials were issued (they expire five days later).
     pub credentials_issued_nanos: u64,
     /// VMM VM network → Azure VNet.
@@ -293,6 +306,11 @@ impl Scenario {
                 format!("1 to {MAX_DURATION_HOURS}"),
             ));
         }
+        let sse_encrypted_ever = f
+            .storage
+            .as_ref()
+            .and_then(|s| s.sse_encrypted_ever)
+            .unwrap_or(false);
         let profile_name = f
             .storage
             .and_then(|s| s.profile)
@@ -471,8 +489,36 @@ impl Scenario {
                     hot_spot: hot,
                 });
             }
+            if let Some(set) = &vm.availability_set {
+                let managed_set = match set.as_str() {
+                    "managed" => true,
+                    "unmanaged" => false,
+                    other => {
+                        return Err(invalid(
+                            format!("{at}.availability_set"),
+                            other,
+                            "managed or unmanaged",
+                        ))
+                    }
+                };
+                if managed_set != vm.managed_disks {
+                    return Err(invalid(
+                        format!("{at}.availability_set"),
+                        set,
+                        format!(
+                            "must match \"use managed disks\" ({})",
+                            if vm.managed_disks {
+                                "yes: a managed availability set"
+                            } else {
+                                "no: an unmanaged availability set"
+                            }
+                        ),
+                    ));
+                }
+            }
             vms.push(VmSpec {
                 name: vm.name,
+                managed_disks: vm.managed_disks,
                 size,
                 max_nics,
                 nics,
@@ -606,11 +652,13 @@ impl Scenario {
                         "commit" => Action::Commit,
                         "failback" => Action::Failback,
                         "add_disk" => Action::AddDisk,
+                        "use_managed_disks_no" => Action::UseManagedDisks(false),
+                        "use_managed_disks_yes" => Action::UseManagedDisks(true),
                         other => {
                             return Err(invalid(
                                 format!("{at}.action"),
                                 other,
-                                "test_failover, cleanup_test_failover, planned_failover, unplanned_failover, recovery_plan_failover, commit, failback or add_disk",
+                                "test_failover, cleanup_test_failover, planned_failover, unplanned_failover, recovery_plan_failover, commit, failback, add_disk, use_managed_disks_no or use_managed_disks_yes",
                             ))
                         }
                     };
@@ -655,6 +703,7 @@ impl Scenario {
             faults,
             steps,
             vnets,
+            sse_encrypted_ever,
             credentials_issued_nanos: start_nanos.saturating_sub(
                 f.registration
                     .map_or(0, |r| r.issued_hours_before_start.min(10_000))

@@ -373,6 +373,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     }];
     let mut wrong_certificate_next = false;
     let mut used_ips = crate::flows::UsedIps::new();
+    let mut vm_settings = crate::flows::VmSettings::default();
     let wrong_identity = {
         let mut other = stream(seed, "another certificate");
         let mut der = [0u8; 64];
@@ -552,6 +553,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     st,
                     scenario,
                     &mut used_ips,
+                    &mut vm_settings,
                     &mut disks,
                     &members,
                     if wrong { &wrong_identity } else { &identity },

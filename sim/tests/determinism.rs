@@ -265,3 +265,81 @@ vms = ["db", "app"]
     );
     assert!(report.disks.iter().all(|d| d.cycles == 0));
 }
+
+#[test]
+fn managed_disks_follow_asrs_rules() {
+    let base = r#"
+name = "managed"
+duration_hours = 1
+[storage]
+sse_encrypted_ever = true
+[[vm]]
+name = "vm"
+managed_disks = true
+availability_set = "managed"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 2
+[[step]]
+action = "unplanned_failover"
+at_minutes = 30
+vm = "vm"
+[[step]]
+action = "use_managed_disks_no"
+at_minutes = 31
+vm = "vm"
+[[step]]
+action = "unplanned_failover"
+at_minutes = 32
+vm = "vm"
+[[step]]
+action = "failback"
+at_minutes = 50
+vm = "vm"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let report = sim::run(&sim::Scenario::parse(base).unwrap(), 1, dir.path()).unwrap();
+    let jobs: Vec<(&str, bool)> = report
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.succeeded))
+        .collect();
+    assert_eq!(
+        jobs,
+        [
+            ("register", true),
+            ("unplanned failover", false),
+            ("update replicated item", true),
+            ("unplanned failover", true),
+            ("failback", true)
+        ],
+        "{:#?}",
+        report.jobs
+    );
+    assert!(report.jobs[1].detail.contains("SSE"));
+    // Without SSE, managed disks are made at failover, and such a VM cannot fail back.
+    let clean = base
+        .replace("sse_encrypted_ever = true", "sse_encrypted_ever = false")
+        .replace(
+            "action = \"use_managed_disks_no\"",
+            "action = \"use_managed_disks_yes\"",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let report = sim::run(&sim::Scenario::parse(&clean).unwrap(), 1, dir.path()).unwrap();
+    let last = report.jobs.last().unwrap();
+    assert!(
+        !last.succeeded && last.detail.contains("managed disks"),
+        "{last:?}"
+    );
+    // The availability set must match the setting.
+    let mismatch = base.replace(
+        "availability_set = \"managed\"",
+        "availability_set = \"unmanaged\"",
+    );
+    let err = sim::Scenario::parse(&mismatch).unwrap_err().to_string();
+    assert!(
+        err.contains("availability_set") && err.contains("must match"),
+        "{err}"
+    );
+}

@@ -46,7 +46,8 @@ fn a_scenario_runs_reproducibly_and_a_hostile_one_is_refused() {
             .all(|c| c["ok"] == true),
         "{a}"
     );
-    assert_eq!(a["jobs"].as_array().unwrap().len(), 2);
+    // register, test failover, cleanup.
+    assert_eq!(a["jobs"].as_array().unwrap().len(), 3);
 
     std::fs::write(&file, SMALL.replace("size_mib = 4", "size_mib = 99999999")).unwrap();
     let out = drplane()

@@ -61,10 +61,24 @@ at_minutes = 150
 vm = "vm1"
 "#;
 
-fn run(seed: u64) -> sim::Report {
-    let scenario = sim::Scenario::parse(DRILL).unwrap();
+/// Run scenario `text` with `seed` in a fresh work directory.
+fn run_text(text: &str, seed: u64) -> sim::Report {
+    let scenario = sim::Scenario::parse(text).unwrap();
     let dir = tempfile::tempdir().unwrap();
     sim::run(&scenario, seed, dir.path()).unwrap()
+}
+
+/// The jobs as (name, succeeded).
+fn outcomes(report: &sim::Report) -> Vec<(&str, bool)> {
+    report
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.succeeded))
+        .collect()
+}
+
+fn run(seed: u64) -> sim::Report {
+    run_text(DRILL, seed)
 }
 
 #[test]
@@ -80,11 +94,7 @@ fn same_seed_same_trace_and_every_invariant_holds() {
         assert_eq!(d.points_verified, d.points_live, "{d:?}");
         assert!(d.app_consistent_points >= 1, "{d:?}");
     }
-    let jobs: Vec<(&str, bool)> = a
-        .jobs
-        .iter()
-        .map(|j| (j.name.as_str(), j.succeeded))
-        .collect();
+    let jobs = outcomes(&a);
     assert_eq!(
         jobs,
         [
@@ -176,9 +186,7 @@ action = "unplanned_failover"
 at_minutes = 32
 vm = "b"
 "#;
-    let scenario = sim::Scenario::parse(text).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let report = sim::run(&scenario, 1, dir.path()).unwrap();
+    let report = run_text(text, 1);
     let jobs: Vec<(&str, bool, &str)> = report
         .jobs
         .iter()
@@ -234,8 +242,7 @@ action = "recovery_plan_failover"
 at_minutes = 40
 vms = ["db", "app"]
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    let report = sim::run(&sim::Scenario::parse(base).unwrap(), 1, dir.path()).unwrap();
+    let report = run_text(base, 1);
     let jobs: Vec<(&str, &str, bool)> = report
         .jobs
         .iter()
@@ -255,8 +262,7 @@ vms = ["db", "app"]
 
     // Credentials downloaded six days before: the provider cannot register.
     let expired = format!("{base}\n[registration]\nissued_hours_before_start = 144\n");
-    let dir = tempfile::tempdir().unwrap();
-    let report = sim::run(&sim::Scenario::parse(&expired).unwrap(), 1, dir.path()).unwrap();
+    let report = run_text(&expired, 1);
     assert!(!report.jobs[0].succeeded);
     assert!(
         report.jobs[0].detail.contains("expired"),
@@ -298,13 +304,8 @@ action = "failback"
 at_minutes = 50
 vm = "vm"
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    let report = sim::run(&sim::Scenario::parse(base).unwrap(), 1, dir.path()).unwrap();
-    let jobs: Vec<(&str, bool)> = report
-        .jobs
-        .iter()
-        .map(|j| (j.name.as_str(), j.succeeded))
-        .collect();
+    let report = run_text(base, 1);
+    let jobs = outcomes(&report);
     assert_eq!(
         jobs,
         [
@@ -325,8 +326,7 @@ vm = "vm"
             "action = \"use_managed_disks_no\"",
             "action = \"use_managed_disks_yes\"",
         );
-    let dir = tempfile::tempdir().unwrap();
-    let report = sim::run(&sim::Scenario::parse(&clean).unwrap(), 1, dir.path()).unwrap();
+    let report = run_text(&clean, 1);
     let last = report.jobs.last().unwrap();
     assert!(
         !last.succeeded && last.detail.contains("managed disks"),

@@ -173,6 +173,13 @@ impl Replicator {
                 until_nanos: u64::MAX,
             };
         }
+        // A clock that went back (an NTP correction, a skewed host) must not stall replication
+        // until it catches up: the schedule is never more than one interval ahead of the clock.
+        let freq = self.frequency();
+        if self.has_point && self.next_due > now_nanos.saturating_add(freq) {
+            self.next_due = now_nanos.saturating_add(freq);
+            self.retry_at = self.retry_at.min(self.next_due);
+        }
         let start_at = self.next_due.max(self.retry_at);
         if now_nanos < start_at {
             return Action::Wait {
@@ -181,7 +188,6 @@ impl Replicator {
         }
         // Whole intervals that went by since the cycle was due were missed; the cycle
         // starting now serves the latest one.
-        let freq = self.frequency();
         if self.has_point {
             let skipped = (now_nanos - self.next_due) / freq;
             let first = self.next_due.max(self.counted_to);
@@ -493,6 +499,22 @@ mod tests {
             health.cycles_missed, 0,
             "retries of one interval are not misses"
         );
+    }
+
+    #[test]
+    fn a_clock_that_jumps_back_does_not_stall_the_schedule() {
+        let t0 = 20 * DAY;
+        let mut m = resumed("copy_frequency_secs = 300", t0, t0, None);
+        // Due at t0 + 5 min; the clock is set back an hour.
+        let back = t0 - HOUR;
+        assert_eq!(
+            m.poll(back),
+            Action::Wait {
+                until_nanos: back + 5 * MIN
+            }
+        );
+        let plan = run(&mut m, back + 5 * MIN);
+        assert_eq!(plan.kind, CycleKind::Delta);
     }
 
     #[test]

@@ -154,6 +154,8 @@ struct FaultFile {
     kind: String,
     at_minutes: u64,
     minutes: Option<u64>,
+    /// clock_skew: the host clock's offset from true time.
+    seconds: Option<i64>,
     /// storage_storm: chance per call of 503 ServerBusy, and of 500 after a write applied.
     busy: Option<f64>,
     timeouts: Option<f64>,
@@ -225,6 +227,8 @@ pub enum FaultKind {
     },
     /// The next failover is attempted with another certificate: it must be refused.
     WrongCertificate,
+    /// The host's clock jumps to this offset from true time (seconds, either way).
+    ClockSkew { seconds: i64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -566,6 +570,23 @@ impl Scenario {
                 }
                 "host_crash" => FaultKind::HostCrash,
                 "wrong_certificate" => FaultKind::WrongCertificate,
+                "clock_skew" => {
+                    let seconds = fault.seconds.ok_or_else(|| {
+                        invalid(
+                            format!("{at}.seconds"),
+                            "missing",
+                            "clock_skew needs seconds",
+                        )
+                    })?;
+                    if seconds.unsigned_abs() > 7 * 24 * 3600 {
+                        return Err(invalid(
+                            format!("{at}.seconds"),
+                            seconds,
+                            "at most a week either way",
+                        ));
+                    }
+                    FaultKind::ClockSkew { seconds }
+                }
                 "storage_storm" => {
                     let minutes = fault.minutes.ok_or_else(|| {
                         invalid(
@@ -599,7 +620,7 @@ impl Scenario {
                     return Err(invalid(
                         format!("{at}.kind"),
                         other,
-                        "wan_down, host_crash, storage_storm or wrong_certificate",
+                        "wan_down, host_crash, storage_storm, wrong_certificate or clock_skew",
                     ))
                 }
             };

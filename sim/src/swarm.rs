@@ -1,6 +1,7 @@
 //! Swarm testing: each seed draws its own scenario — storage profile, policy (copy frequency,
 //! retention, app-consistent frequency, block size), VMs and disks, workload, faults (WAN
-//! outages, host crashes, storage storms, a wrong certificate) and DR operations — as TOML text,
+//! outages, host crashes, storage storms, a wrong certificate, host clock skew) and DR
+//! operations — as TOML text,
 //! so a failing seed is reproduced with `drplane sim run` on the text it prints.
 
 use std::fmt::Write as _;
@@ -69,7 +70,7 @@ pub fn scenario_for(seed: u64) -> String {
     let minutes = hours * 60;
     for _ in 0..between(rng, 0, 3) {
         let at = between(rng, 10, minutes - 10);
-        match rng.next_u64() % 4 {
+        match rng.next_u64() % 5 {
             0 => {
                 let _ = writeln!(
                     s,

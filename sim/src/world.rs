@@ -141,6 +141,9 @@ enum Event {
         timeouts: f64,
     },
     WrongCertificate,
+    ClockSkew {
+        seconds: i64,
+    },
     Step {
         index: usize,
     },
@@ -355,6 +358,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 );
             }
             FaultKind::WrongCertificate => queue.push(at, Event::WrongCertificate),
+            FaultKind::ClockSkew { seconds } => queue.push(at, Event::ClockSkew { seconds }),
         }
     }
     for (index, st) in scenario.steps.iter().enumerate() {
@@ -382,6 +386,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     };
     let mut flow_checks: Vec<Check> = Vec::new();
     let mut wan_up = true;
+    // The host's clock offset from true time (the agent and its state machine read the host's
+    // clock; the storage account keeps true time).
+    let mut skew: i64 = 0;
     // RPO counts as steady for a disk from this time on (faults and failbacks push it out).
     let mut steady_from = vec![start; disks.len()];
     // Outages and storms in progress; RPO is "steady" only with none, two intervals after.
@@ -431,7 +438,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     .ok()
                     .and_then(|p| p.last().map(|p| p.time_nanos))
                 {
-                    let rpo = (now - t) as f64 / 1e9;
+                    // As the host sees it: its points carry its clock's times.
+                    let rpo = now.saturating_add_signed(skew).saturating_sub(t) as f64 / 1e9;
                     d.report.max_rpo_secs = d.report.max_rpo_secs.max(rpo);
                     d.report
                         .rpo_samples
@@ -440,16 +448,21 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         d.report.max_steady_rpo_secs = d.report.max_steady_rpo_secs.max(rpo);
                     }
                 }
-                match d.machine.poll(now) {
+                let host_now = now.saturating_add_signed(skew);
+                match d.machine.poll(host_now) {
                     Action::Wait { until_nanos } => {
-                        if until_nanos < end {
-                            queue.push(until_nanos, Event::Poll { disk, epoch });
+                        // Host time back to true time; never in the past.
+                        let at = until_nanos.saturating_add_signed(-skew).max(now + 1);
+                        if at < end {
+                            queue.push(at, Event::Poll { disk, epoch });
                         }
                     }
                     Action::RunCycle(plan) => {
                         let (done_at, outcome) = if wan_up {
                             let (done_at, outcome, detail) =
-                                run_cycle(d, &plan, now, scenario.bandwidth_bytes_per_sec);
+                                run_cycle(d, &plan, host_now, scenario.bandwidth_bytes_per_sec);
+                            // The cost model runs in true time.
+                            let done_at = now + done_at.saturating_sub(host_now);
                             trace.update(detail.as_bytes());
                             if std::env::var_os("DRPLANE_SIM_DEBUG").is_some() {
                                 eprint!("{detail}");
@@ -484,11 +497,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 if epoch != d.epoch {
                     continue;
                 }
-                d.machine.cycle_finished(now, &outcome);
+                let host_now = now.saturating_add_signed(skew);
+                d.machine.cycle_finished(host_now, &outcome);
                 if let CycleOutcome::Committed { .. } = outcome {
                     // Retention needs the store too; in a storm it may fail and runs again
                     // after the next commit.
-                    match d.agent.apply_retention(&d.machine, now) {
+                    match d.agent.apply_retention(&d.machine, host_now) {
                         Ok(deleted) => {
                             for s in deleted {
                                 d.images.remove(&s);
@@ -538,6 +552,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 });
             }
             Event::WrongCertificate => wrong_certificate_next = true,
+            Event::ClockSkew { seconds } => {
+                skew = seconds.saturating_mul(SEC as i64);
+                calm_after(
+                    &mut steady_from,
+                    now + 2 * freq + seconds.unsigned_abs() * SEC,
+                );
+            }
             Event::Step { index } => {
                 let st = &scenario.steps[index];
                 let members: Vec<usize> =
@@ -557,7 +578,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     &mut disks,
                     &members,
                     if wrong { &wrong_identity } else { &identity },
-                    now,
+                    now.saturating_add_signed(skew),
                     scenario.bandwidth_bytes_per_sec,
                     wan_up,
                 );
@@ -802,6 +823,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         ("storage storm".into(), at, at + minutes as f64)
                     }
                     FaultKind::WrongCertificate => ("wrong certificate".into(), at, at),
+                    FaultKind::ClockSkew { seconds } => (format!("clock skew {seconds} s"), at, at),
                 }
             })
             .collect(),

@@ -343,3 +343,45 @@ vm = "vm"
         "{err}"
     );
 }
+
+#[test]
+fn a_host_clock_skewed_either_way_breaks_nothing() {
+    let text = r#"
+name = "skew"
+duration_hours = 3
+[policy]
+copy_frequency_secs = 300
+retention_hours = 2
+[[vm]]
+name = "vm"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 6
+[[fault]]
+kind = "clock_skew"
+at_minutes = 40
+seconds = 1800
+[[fault]]
+kind = "clock_skew"
+at_minutes = 90
+seconds = -2400
+[[fault]]
+kind = "clock_skew"
+at_minutes = 140
+seconds = 0
+[[step]]
+action = "unplanned_failover"
+at_minutes = 170
+vm = "vm"
+point = "latest"
+"#;
+    let report = run_text(text, 5);
+    assert!(report.passed(), "{:#?}", report.checks);
+    assert!(
+        report.jobs.iter().all(|j| j.succeeded),
+        "{:#?}",
+        report.jobs
+    );
+    assert!(report.disks[0].cycles >= 25, "{:?}", report.disks[0]);
+}

@@ -261,6 +261,19 @@ impl<'a> DiskAgent<'a> {
         Ok(doomed)
     }
 
+    /// A clean stop of the service without giving the agent up: a running cycle's blocks go
+    /// back to the tracker, which is persisted with a clean-shutdown mark, so the agent that
+    /// starts next trusts it (no resync).
+    pub fn stop_cleanly(&mut self) -> Result<(), AgentError> {
+        match &mut self.tracker {
+            Some(t) => {
+                t.abort_cycle();
+                t.persist(true).map_err(AgentError::Tracker)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Stop: the tracker is persisted with a clean-shutdown mark.
     pub fn close(self) -> Result<(), AgentError> {
         match self.tracker {

@@ -229,6 +229,8 @@ pub enum FaultKind {
     WrongCertificate,
     /// The host's clock jumps to this offset from true time (seconds, either way).
     ClockSkew { seconds: i64 },
+    /// The agent service restarts cleanly (tracking goes on: no resync).
+    AgentRestart,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -570,6 +572,7 @@ impl Scenario {
                 }
                 "host_crash" => FaultKind::HostCrash,
                 "wrong_certificate" => FaultKind::WrongCertificate,
+                "agent_restart" => FaultKind::AgentRestart,
                 "clock_skew" => {
                     let seconds = fault.seconds.ok_or_else(|| {
                         invalid(
@@ -620,7 +623,7 @@ impl Scenario {
                     return Err(invalid(
                         format!("{at}.kind"),
                         other,
-                        "wan_down, host_crash, storage_storm, wrong_certificate or clock_skew",
+                        "wan_down, host_crash, agent_restart, storage_storm, wrong_certificate or clock_skew",
                     ))
                 }
             };

@@ -132,6 +132,7 @@ enum Event {
     },
     WanUp,
     HostCrash,
+    AgentRestart,
     AgentStart {
         disk: usize,
         epoch: u64,
@@ -359,6 +360,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
             FaultKind::WrongCertificate => queue.push(at, Event::WrongCertificate),
             FaultKind::ClockSkew { seconds } => queue.push(at, Event::ClockSkew { seconds }),
+            FaultKind::AgentRestart => queue.push(at, Event::AgentRestart),
         }
     }
     for (index, st) in scenario.steps.iter().enumerate() {
@@ -421,9 +423,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     d.marks.lock().expect("marks").clear();
                 }
                 d.report.bytes_written_by_workload += written;
-                // The tracker hears of every write the VHDX writer made.
-                for (o, l) in d.marks.lock().expect("marks").drain(..) {
-                    d.agent.track_write(o, l);
+                // The tracker hears of every write the VHDX writer made (kept for the next
+                // agent while the service is down).
+                if !d.agent_down {
+                    for (o, l) in d.marks.lock().expect("marks").drain(..) {
+                        d.agent.track_write(o, l);
+                    }
                 }
                 queue.push(now + MIN, Event::Workload { disk });
             }
@@ -625,6 +630,27 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     }
                 }
             }
+            Event::AgentRestart => {
+                calm_after(&mut steady_from, now + 2 * freq);
+                for (i, d) in disks.iter_mut().enumerate() {
+                    if d.agent_down {
+                        continue;
+                    }
+                    // The service stops cleanly; the tracking driver keeps recording writes.
+                    if let Err(e) = d.agent.stop_cleanly() {
+                        trace.update(format!("{now} clean stop failed: {e}\n").as_bytes());
+                    }
+                    d.epoch += 1;
+                    d.agent_down = true;
+                    queue.push(
+                        now + MIN,
+                        Event::AgentStart {
+                            disk: i,
+                            epoch: d.epoch,
+                        },
+                    );
+                }
+            }
             Event::HostCrash => {
                 calm_after(&mut steady_from, now + 2 * freq);
                 for (i, d) in disks.iter_mut().enumerate() {
@@ -653,7 +679,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         d.agent = agent;
                         d.machine = machine;
                         d.agent_down = false;
-                        d.marks.lock().expect("marks").clear();
+                        // Writes recorded while the service was down reach the new tracker.
+                        for (o, l) in d.marks.lock().expect("marks").drain(..) {
+                            d.agent.track_write(o, l);
+                        }
                         queue.push(now, Event::Poll { disk, epoch });
                     }
                     Err(e) => {
@@ -824,6 +853,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     }
                     FaultKind::WrongCertificate => ("wrong certificate".into(), at, at),
                     FaultKind::ClockSkew { seconds } => (format!("clock skew {seconds} s"), at, at),
+                    FaultKind::AgentRestart => ("agent restart".into(), at, at),
                 }
             })
             .collect(),

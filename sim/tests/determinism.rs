@@ -385,3 +385,31 @@ point = "latest"
     );
     assert!(report.disks[0].cycles >= 25, "{:?}", report.disks[0]);
 }
+
+#[test]
+fn a_clean_agent_restart_keeps_tracking_without_a_resync() {
+    let text = r#"
+name = "restart"
+duration_hours = 2
+[[vm]]
+name = "vm"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 30
+[[fault]]
+kind = "agent_restart"
+at_minutes = 50
+"#;
+    let report = run_text(text, 2);
+    assert!(report.passed(), "{:#?}", report.checks);
+    let d = &report.disks[0];
+    assert_eq!(
+        d.resyncs, 0,
+        "a clean restart must not force a resync: {d:?}"
+    );
+    assert!(d.points_verified >= 12, "{d:?}");
+    // A crash at the same moment does force one.
+    let crash = text.replace("agent_restart", "host_crash");
+    assert_eq!(run_text(&crash, 2).disks[0].resyncs, 1);
+}

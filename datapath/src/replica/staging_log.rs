@@ -15,7 +15,7 @@
 use super::block_record::Encoded;
 use super::disk_replica::ReplicaError;
 use super::manifest::Consistency;
-use super::slot_header::SlotHeader;
+use super::slot_header::{SlotHeader, HEADER_SIZE, MAX_BLOCK_BYTES};
 use crate::pageblob::{
     BlobPath, Conditions, ErrorCode, PageBlobStore, MAX_PUT_PAGES_BYTES, PAGE_SIZE,
 };
@@ -288,8 +288,13 @@ impl<'a> StagingLog<'a> {
             self.store.read(&self.path, None, at, &mut page)?;
             let entry = EntryHeader::decode(&page).map_err(|why| damaged(&self.path, at, why))?;
             let len = u64::from(entry.record_len);
+            // A record is a slot header and at most one block: anything longer is damage, and
+            // is refused before a buffer is allocated for it.
+            if len > (HEADER_SIZE + MAX_BLOCK_BYTES as usize) as u64 {
+                return Err(damaged(&self.path, at, "record longer than a slot"));
+            }
             let padded = len.next_multiple_of(PAGE_SIZE);
-            if at + PAGE_SIZE + padded > header.end {
+            if at + PAGE_SIZE + padded > header.end.min(self.capacity) {
                 return Err(damaged(
                     &self.path,
                     at,

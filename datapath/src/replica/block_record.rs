@@ -2,7 +2,7 @@
 //! only when it saves space) → AES-256-GCM with the slot header as associated data → CRC-32C
 //! of the stored payload. Decoding checks all of it in the opposite order and names what failed.
 
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use thiserror::Error;
 
@@ -136,9 +136,12 @@ impl BlockCodec {
         if is_zero(block) {
             return Encoded::Zero { digest };
         }
-        // One buffer: header space, then the payload, with room to pad to whole pages.
-        let mut bytes = vec![0u8; (HEADER_SIZE + block.len()).next_multiple_of(PAGE)];
-        // zstd is kept only when it saves at least a byte: the destination is one byte short.
+        // One buffer: header space, then the payload, with room to pad to whole pages. Only the
+        // header space is initialised here: zstd writes into the spare capacity (no memset of a
+        // block-sized buffer per block).
+        let mut bytes = Vec::with_capacity((HEADER_SIZE + block.len()).next_multiple_of(PAGE));
+        bytes.resize(HEADER_SIZE, 0);
+        // zstd is kept only when it saves at least a byte.
         let compressed = COMPRESSOR.with(|slot| {
             let mut slot = slot.borrow_mut();
             if slot
@@ -150,21 +153,25 @@ impl BlockCodec {
                     .map(|c| (self.zstd_level, c));
             }
             let (_, compressor) = slot.as_mut()?;
-            compressor
-                .compress_to_buffer(
-                    block,
-                    &mut bytes[HEADER_SIZE..HEADER_SIZE + block.len() - 1],
-                )
-                .ok()
+            let mut cursor = std::io::Cursor::new(&mut bytes);
+            cursor.set_position(HEADER_SIZE as u64);
+            let n = compressor.compress_to_buffer(block, &mut cursor).ok()?;
+            (n < block.len()).then_some(n)
         });
-        let (stored_len, mut flags) = match compressed {
-            Some(n) => (n, FLAG_COMPRESSED),
+        let stored_len = match compressed {
+            Some(n) => n,
             None => {
-                bytes[HEADER_SIZE..HEADER_SIZE + block.len()].copy_from_slice(block);
-                (block.len(), 0)
+                bytes.truncate(HEADER_SIZE);
+                bytes.extend_from_slice(block);
+                block.len()
             }
         };
-        bytes.truncate(HEADER_SIZE + stored_len);
+        let mut flags = if compressed.is_some() {
+            FLAG_COMPRESSED
+        } else {
+            0
+        };
+        debug_assert_eq!(bytes.len(), HEADER_SIZE + stored_len);
         let mut header = SlotHeader {
             flags: 0,
             block_index: index,
@@ -183,7 +190,7 @@ impl BlockCodec {
             header.nonce = nonce;
             let aad = header.associated_data();
             let tag = cipher
-                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, payload)
+                .encrypt_inout_detached(&Nonce::from(nonce), &aad, payload.into())
                 .expect("AES-GCM encrypts any length we use");
             header.tag = tag.into();
         } else {
@@ -222,11 +229,11 @@ impl BlockCodec {
             let cipher = self.cipher.as_ref().ok_or(RecordError::NoKey)?;
             let aad = header.associated_data();
             cipher
-                .decrypt_in_place_detached(
-                    Nonce::from_slice(&header.nonce),
+                .decrypt_inout_detached(
+                    &Nonce::from(header.nonce),
                     &aad,
-                    &mut payload,
-                    Tag::from_slice(&header.tag),
+                    payload.as_mut_slice().into(),
+                    &Tag::from(header.tag),
                 )
                 .map_err(|_| RecordError::Authentication)?;
         }

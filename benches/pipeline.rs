@@ -4,7 +4,7 @@
 //! zstd kept), and every throughput counts input bytes, so the stage times add up to the
 //! pipeline's single-core bound: pipeline time / sum of stage times is its efficiency.
 
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use datapath::keys::{DiskKeys, Secret32};
@@ -124,7 +124,7 @@ fn pipeline(c: &mut Criterion) {
                     buf.copy_from_slice(blk);
                     std::hint::black_box(
                         cipher
-                            .encrypt_in_place_detached(Nonce::from_slice(&[3; 12]), b"", buf)
+                            .encrypt_inout_detached(&Nonce::from([3; 12]), b"", buf.into())
                             .unwrap(),
                     );
                 }

@@ -245,6 +245,50 @@ fn interrupted_cycles_keep_earlier_points_and_the_next_cycle_repairs_the_replica
 }
 
 #[test]
+fn a_torn_record_left_by_a_cut_write_is_found_and_sent_again() {
+    // A Put Page cut short leaves a new slot header over partial payload. The next cycle
+    // rebuilds the digest table; were the torn header's digest trusted, the block would never
+    // be sent again and the next point would not restore.
+    let id = identity();
+    let keys = id.disk_keys("disk");
+    let mut torn_seen = 0;
+    for seed in 0..8u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(seed));
+        let mut rng = ChaCha8Rng::seed_from_u64(200 + seed);
+        let mut disk = MemDisk {
+            bytes: vec![0; SIZE as usize],
+            reads: Default::default(),
+        };
+        churn(&mut disk, &mut rng, 25);
+        let replica = DiskReplica::open(&*store, "replicas", "disk", layout()).unwrap();
+        cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 0).unwrap();
+        churn(&mut disk, &mut rng, 12);
+        let faulty = FaultyStore::new(
+            store.clone(),
+            FaultConfig {
+                seed,
+                torn_write: 0.3,
+                ..FaultConfig::default()
+            },
+        );
+        let broken = DiskReplica::open(&faulty, "replicas", "disk", layout()).unwrap();
+        if cycle_on(&broken, &disk, &id, &mut nonces, Selection::Scan, 1).is_err() {
+            torn_seen += 1;
+        }
+        let report = cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 2).unwrap();
+        let points = replica.points(keys.digest.expose()).unwrap();
+        assert!(
+            restore(&replica, &id, &points[points.len() - 1]) == disk.bytes[..],
+            "seed {seed}: point {} restores the disk",
+            report.point.sequence
+        );
+    }
+    assert!(torn_seen >= 4, "torn writes broke {torn_seen} of 8 cycles");
+}
+
+#[test]
 fn deleted_points_leave_the_journal_and_their_snapshots_go() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());

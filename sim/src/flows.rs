@@ -12,6 +12,7 @@ use datapath::replica::manifest::{Consistency, Manifest};
 use datapath::replicator::{CycleKind, CycleOutcome, CyclePlan};
 use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
+use crate::content::ContentModel;
 use crate::scenario::{Action, PointChoice, Scenario, Step, VmSpec};
 use crate::world::{run_cycle, AzureDisk, Check, Job, SimDisk, SEC};
 
@@ -129,12 +130,12 @@ fn restore(
     )
     .map_err(|e| e.to_string())?;
     writer.set_bulk(true);
-    let mut hasher = blake3::Hasher::new();
+    let mut model = d.model.zeroed_like();
     let block_size = u64::from(point.block_size);
     d.agent
         .replica
         .restore(&codec, point, keys.digest.expose(), |block, data| {
-            hasher.update(data);
+            model.set(block, data);
             if data.iter().all(|&b| b == 0) {
                 return Ok(());
             }
@@ -143,7 +144,7 @@ fn restore(
                 .map_err(std::io::Error::other)
         })
         .map_err(|e| e.to_string())?;
-    Ok((AzureDisk { file, writer }, *hasher.finalize().as_bytes()))
+    Ok((AzureDisk { file, writer }, model.root()))
 }
 
 /// Seeded GUIDs for restored disks, from the disk's name and the point.
@@ -159,13 +160,13 @@ impl FromSeedLabel for rand_chacha::ChaCha8Rng {
     }
 }
 
-/// The content hash of a VHDX in memory.
-fn content_hash(file: &Arc<MemoryFile>, name: &str) -> Result<[u8; 32], String> {
+/// The content hash (a [`ContentModel`] root) of a VHDX in memory.
+fn content_hash(file: &Arc<MemoryFile>, name: &str, block_size: u32) -> Result<[u8; 32], String> {
     let disk = vhdx::Disk::open_with(Box::new(Arc::clone(file)), name, &NoParents)
         .map_err(|e| e.to_string())?;
-    let mut bytes = vec![0u8; disk.virtual_size() as usize];
-    disk.read_at(0, &mut bytes).map_err(|e| e.to_string())?;
-    Ok(*blake3::hash(&bytes).as_bytes())
+    ContentModel::of_disk(&disk, block_size)
+        .map(|m| m.root())
+        .map_err(|e| e.to_string())
 }
 
 /// Carry out `step` on the VM whose disks are `members`; returns its job and the checks it made.
@@ -226,7 +227,8 @@ pub(crate) fn perform(
                             "{name} of {} to point {} restores the disk as it was",
                             disks[i].replica_name, point.sequence
                         ),
-                        ok: disks[i].images.get(&point.sequence) == Some(&hash),
+                        ok: disks[i].images.get(&point.sequence).map(ContentModel::root)
+                            == Some(hash),
                         detail: format!("{:?}", point.consistency),
                     });
                     used.push(point.sequence);
@@ -278,7 +280,11 @@ pub(crate) fn perform(
                     if let CycleOutcome::Failed { reason } = outcome {
                         return Err(format!("final cycle: {reason}"));
                     }
-                    let source = content_hash(&disks[i].file, &disks[i].replica_name)?;
+                    let source = content_hash(
+                        &disks[i].file,
+                        &disks[i].replica_name,
+                        scenario.policy.block_size,
+                    )?;
                     let points = disks[i].agent.points().map_err(|e| e.to_string())?;
                     let point = points.last().ok_or("no recovery point")?.clone();
                     let (copy, hash) = restore(&disks[i], identity, &point)?;

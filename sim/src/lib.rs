@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
+mod content;
 mod flows;
 pub mod scenario;
 pub mod swarm;

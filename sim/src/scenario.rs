@@ -159,6 +159,7 @@ struct FaultFile {
     /// storage_storm: chance per call of 503 ServerBusy, and of 500 after a write applied.
     busy: Option<f64>,
     timeouts: Option<f64>,
+    torn: Option<f64>,
 }
 
 /// A disk of a VM and its workload.
@@ -224,6 +225,8 @@ pub enum FaultKind {
         minutes: u64,
         busy: f64,
         timeouts: f64,
+        /// Chance per multi-page Put Page of a torn write (a prefix applied, then 500).
+        torn: f64,
     },
     /// The next failover is attempted with another certificate: it must be refused.
     WrongCertificate,
@@ -617,6 +620,7 @@ impl Scenario {
                         minutes,
                         busy: rate("busy", fault.busy, 0.05)?,
                         timeouts: rate("timeouts", fault.timeouts, 0.02)?,
+                        torn: rate("torn", fault.torn, 0.0)?,
                     }
                 }
                 other => {

@@ -84,10 +84,11 @@ pub fn scenario_for(seed: u64) -> String {
             2 => {
                 let _ = writeln!(
                     s,
-                    "[[fault]]\nkind = \"storage_storm\"\nat_minutes = {at}\nminutes = {}\nbusy = 0.{:02}\ntimeouts = 0.{:02}",
+                    "[[fault]]\nkind = \"storage_storm\"\nat_minutes = {at}\nminutes = {}\nbusy = 0.{:02}\ntimeouts = 0.{:02}\ntorn = 0.{:02}",
                     between(rng, 5, 30),
                     between(rng, 1, 15),
-                    between(rng, 0, 8)
+                    between(rng, 0, 8),
+                    between(rng, 0, 10)
                 );
             }
             _ => {

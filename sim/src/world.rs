@@ -29,6 +29,8 @@ use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
+use crate::audit::PointAudit;
+use crate::content::ContentModel;
 use crate::scenario::{DiskSpec, FaultKind, Scenario};
 
 pub(crate) const SEC: u64 = 1_000_000_000;
@@ -140,6 +142,7 @@ enum Event {
     Storm {
         busy: f64,
         timeouts: f64,
+        torn: f64,
     },
     WrongCertificate,
     ClockSkew {
@@ -202,10 +205,17 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) epoch: u64,
     /// The agent crashed and has not started again (its object must not be used).
     pub(crate) agent_down: bool,
-    /// Content hash of the disk at each point, by sequence.
-    pub(crate) images: BTreeMap<u64, [u8; 32]>,
+    /// The disk's content at each point, by sequence.
+    pub(crate) images: BTreeMap<u64, ContentModel>,
     /// The last failed cycle's sequence and content (it may still become a point).
-    failed_attempt: Option<(u64, [u8; 32])>,
+    failed_attempt: Option<(u64, ContentModel)>,
+    /// The host disk's content as of the last cycle; `touched` lists writes since.
+    pub(crate) model: ContentModel,
+    pub(crate) touched: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// Proves each point as it appears (see `audit`).
+    pub(crate) audit: PointAudit,
+    /// Decodes the replica's records (the registration certificate's keys).
+    pub(crate) codec: BlockCodec,
     pub(crate) report: DiskReport,
 }
 
@@ -293,9 +303,14 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             )
             .map_err(|e| SimError::Setup(format!("disk {name}: {e}")))?;
             let marks = Arc::new(Mutex::new(Vec::new()));
-            let hook_marks = Arc::clone(&marks);
-            writer.set_write_hook(move |o, l| hook_marks.lock().expect("marks").push((o, l)));
+            let touched = Arc::new(Mutex::new(Vec::new()));
+            let (hook_marks, hook_touched) = (Arc::clone(&marks), Arc::clone(&touched));
+            writer.set_write_hook(move |o, l| {
+                hook_marks.lock().expect("marks").push((o, l));
+                hook_touched.lock().expect("touched").push((o, l));
+            });
             let (agent, machine) = open_agent(&name, spec.size_bytes, 0)?;
+            let codec = BlockCodec::new(&identity.disk_keys(&name), 1, true);
             disks.push(SimDisk {
                 vm: vm.name.clone(),
                 azure: None,
@@ -311,6 +326,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 epoch: 0,
                 images: BTreeMap::new(),
                 failed_attempt: None,
+                model: ContentModel::zeroed(spec.size_bytes, scenario.policy.block_size),
+                touched,
+                audit: PointAudit::default(),
+                codec,
                 agent_down: false,
                 report: DiskReport {
                     vm: vm.name.clone(),
@@ -348,13 +367,22 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 minutes,
                 busy,
                 timeouts,
+                torn,
             } => {
-                queue.push(at, Event::Storm { busy, timeouts });
+                queue.push(
+                    at,
+                    Event::Storm {
+                        busy,
+                        timeouts,
+                        torn,
+                    },
+                );
                 queue.push(
                     at + minutes * MIN,
                     Event::Storm {
                         busy: 0.0,
                         timeouts: 0.0,
+                        torn: 0.0,
                     },
                 );
             }
@@ -543,8 +571,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 disturbances -= 1;
                 calm_after(&mut steady_from, now + 2 * freq);
             }
-            Event::Storm { busy, timeouts } => {
-                if busy > 0.0 || timeouts > 0.0 {
+            Event::Storm {
+                busy,
+                timeouts,
+                torn,
+            } => {
+                if busy > 0.0 || timeouts > 0.0 || torn > 0.0 {
                     disturbances += 1;
                 } else {
                     disturbances -= 1;
@@ -553,6 +585,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 store.set_config(FaultConfig {
                     server_busy: busy,
                     timeout_after_write: timeouts,
+                    torn_write: torn,
                     ..store.config()
                 });
             }
@@ -612,6 +645,11 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     // with the replica (sending only what differs); the points are kept.
                     for &i in &members {
                         let d = &mut disks[i];
+                        if d.agent_down {
+                            // The host is down (a crash): the agent that starts again brings
+                            // a fresh schedule whose first cycle is a resync anyway.
+                            continue;
+                        }
                         d.machine = Replicator::new(
                             scenario.policy.clone(),
                             limit,
@@ -700,81 +738,96 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut checks = Vec::new();
     let mut all_restored = true;
     let mut detail = String::new();
+    let mut restored_in_full = 0usize;
     for d in &mut disks {
         d.report.health_warnings = d.machine.health(end).warnings;
         let points = d
             .agent
             .points()
             .map_err(|e| SimError::Setup(e.to_string()))?;
+        // Every point was proven as it appeared (points a failed attempt left are proven here).
+        d.audit
+            .catch_up(&d.agent.replica, &d.codec, &points, &d.images);
+        if let Err(e) = d.audit.audit_live_blob(&d.agent.replica) {
+            d.audit.failures.push(format!("live blob: {e}"));
+        }
         d.report.points_live = points.len();
         d.report.app_consistent_points = points
             .iter()
             .filter(|p| p.consistency == datapath::replica::manifest::Consistency::Application)
             .count();
-        let keys = identity.disk_keys(&d.replica_name);
-        let codec = BlockCodec::new(&keys, 1, true);
-        for p in &points {
-            let mut hasher = blake3::Hasher::new();
-            let restored = d
+        // The oldest and the newest point are also restored in full through the replica's own
+        // restore (every record, and the manifest's Merkle root).
+        let ends: BTreeMap<u64, &datapath::replica::manifest::Manifest> =
+            [points.first(), points.last()]
+                .into_iter()
+                .flatten()
+                .map(|p| (p.sequence, p))
+                .collect();
+        let mut full_failures = Vec::new();
+        for p in ends.values() {
+            let mut restored = d.model.zeroed_like();
+            let digest_key = *identity.disk_keys(&d.replica_name).digest.expose();
+            let outcome = d
                 .agent
                 .replica
-                .restore(&codec, p, keys.digest.expose(), |_, b| {
-                    hasher.update(b);
+                .restore(&d.codec, p, &digest_key, |block, b| {
+                    restored.set(block, b);
                     Ok(())
                 });
-            let why = match restored {
+            restored_in_full += 1;
+            let why = match outcome {
                 Err(e) => Some(e.to_string()),
-                Ok(()) if d.images.get(&p.sequence) != Some(hasher.finalize().as_bytes()) => {
+                Ok(())
+                    if d.images.get(&p.sequence).map(ContentModel::root)
+                        != Some(restored.root()) =>
+                {
                     Some("content differs from the disk at that point".to_string())
                 }
                 Ok(()) => None,
             };
-            match why {
-                None => d.report.points_verified += 1,
-                Some(why) => {
-                    all_restored = false;
-                    detail.push_str(&format!("{} point {}: {why}; ", d.replica_name, p.sequence));
-                }
+            if let Some(why) = why {
+                full_failures.push(format!("point {} (full restore): {why}", p.sequence));
             }
         }
-    }
-    // No GCM nonce is used for two different records under one disk's key: every record in
-    // the replica and in every retained snapshot is audited.
-    let mut reuse = Vec::new();
-    let mut audited = 0usize;
-    for d in &disks {
-        let mut seen: BTreeMap<[u8; 12], (u64, u64)> = BTreeMap::new();
-        let points = d
-            .agent
-            .points()
-            .map_err(|e| SimError::Setup(e.to_string()))?;
-        let snapshots = points
+        d.report.points_verified = points
             .iter()
-            .map(|p| Some(p.snapshot.as_str()))
-            .chain([None]);
-        for snapshot in snapshots {
-            let headers = d
-                .agent
-                .replica
-                .slot_headers(snapshot)
-                .map_err(|e| SimError::Setup(e.to_string()))?;
-            for (block, h) in headers {
-                if h.nonce == [0; 12] {
-                    continue;
-                }
-                audited += 1;
-                let record = (block, h.generation);
-                if let Some(other) = seen.insert(h.nonce, record) {
-                    if other != record {
-                        reuse.push(format!(
-                            "{}: blocks {other:?} and {record:?}",
-                            d.replica_name
-                        ));
-                    }
-                }
-            }
+            .filter(|p| d.audit.verified.contains(&p.sequence))
+            .count();
+        let failures: Vec<&String> = d.audit.failures.iter().chain(&full_failures).collect();
+        for why in failures.iter().take(5) {
+            detail.push_str(&format!("{} {why}; ", d.replica_name));
+        }
+        if failures.len() > 5 {
+            detail.push_str(&format!(
+                "{}: {} more; ",
+                d.replica_name,
+                failures.len() - 5
+            ));
+        }
+        all_restored &= failures.is_empty();
+        if d.report.points_verified != points.len() {
+            all_restored = false;
+            detail.push_str(&format!(
+                "{}: {} of {} points verified; ",
+                d.replica_name,
+                d.report.points_verified,
+                points.len()
+            ));
         }
     }
+    // No GCM nonce is used for two different records under one disk's key: every record of
+    // every retained snapshot and of the blob itself was audited where it first appeared.
+    let reuse: Vec<String> = disks
+        .iter()
+        .flat_map(|d| {
+            d.audit
+                .reuse
+                .iter()
+                .map(move |r| format!("{}: {r}", d.replica_name))
+        })
+        .collect();
+    let audited: usize = disks.iter().map(|d| d.audit.records).sum();
     checks.push(Check {
         name: "no AES-GCM nonce is used twice under one key".into(),
         ok: reuse.is_empty(),
@@ -802,7 +855,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         ok: all_restored,
         detail: if detail.is_empty() {
             format!(
-                "{} points",
+                "{} points, each verified against the disk as it appeared; {restored_in_full} also restored in full",
                 disks
                     .iter()
                     .map(|d| d.report.points_verified)
@@ -911,12 +964,19 @@ pub(crate) fn run_cycle(
             Ok(s) => s,
             Err(e) => return failed(now, e.to_string()),
         };
-    let mut image = vec![0u8; d.spec.size_bytes as usize];
-    if let Err(e) = source.read_at(0, &mut image) {
+    // The checker's model of the disk catches up with the writes made since the last cycle.
+    let touched: std::collections::BTreeSet<u64> = d
+        .touched
+        .lock()
+        .expect("touched")
+        .drain(..)
+        .flat_map(|(o, l)| d.model.blocks_of(o, l))
+        .collect();
+    if let Err(e) = d.model.refresh(&source, touched) {
         return failed(now, e.to_string());
     }
-    let content = *blake3::hash(&image).as_bytes();
-    drop(image);
+    let content = d.model.clone();
+    let content_root = content.root();
     // The point this cycle makes if it commits. Two storage outcomes make points the cycle does
     // not report: a 500 that hides an applied manifest (the cycle "failed", the point exists),
     // and a premium cycle whose staging log committed before the failure (the next run applies
@@ -949,6 +1009,13 @@ pub(crate) fn run_cycle(
             }
             d.failed_attempt = None;
             d.images.insert(report.point.sequence, content);
+            // Prove the new point (and any a failed attempt left) restores as the disk was.
+            match d.agent.points() {
+                Ok(points) => d
+                    .audit
+                    .catch_up(&d.agent.replica, &d.codec, &points, &d.images),
+                Err(e) => d.audit.failures.push(format!("listing points: {e}")),
+            }
             d.report.cycles += 1;
             d.report.bytes_sent += report.bytes_sent;
             let rate = plan
@@ -964,7 +1031,7 @@ pub(crate) fn run_cycle(
                 report.blocks_examined,
                 report.blocks_changed,
                 report.bytes_sent,
-                blake3::Hash::from(content).to_hex()
+                blake3::Hash::from(content_root).to_hex()
             );
             (
                 now + cost.max(SEC),
@@ -978,7 +1045,7 @@ pub(crate) fn run_cycle(
             d.report.failed_cycles += 1;
             // A staging log committed by an earlier attempt still holds that attempt's point.
             if log_before.is_none() {
-                d.images.insert(next_sequence, content);
+                d.images.insert(next_sequence, content.clone());
                 d.failed_attempt = Some((next_sequence, content));
             }
             failed(now + SEC, e.to_string())

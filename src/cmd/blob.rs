@@ -102,6 +102,9 @@ pub struct FaultArgs {
     /// Chance (0–1) of 500 OperationTimedOut after a write was applied.
     #[arg(long, default_value_t = 0.0)]
     fault_timeout: f64,
+    /// Chance (0–1) that a Put Page of several pages is torn: a prefix applied, then 500.
+    #[arg(long, default_value_t = 0.0)]
+    fault_torn: f64,
     /// Seed of the fault draws.
     #[arg(long, default_value_t = 0)]
     fault_seed: u64,
@@ -118,6 +121,7 @@ impl FaultArgs {
         for (name, p) in [
             ("--fault-busy", self.fault_busy),
             ("--fault-timeout", self.fault_timeout),
+            ("--fault-torn", self.fault_torn),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 bail!("{name} {p}: a chance between 0 and 1");
@@ -125,12 +129,14 @@ impl FaultArgs {
         }
         let active = self.fault_busy > 0.0
             || self.fault_timeout > 0.0
+            || self.fault_torn > 0.0
             || self.latency_ms > 0
             || self.bandwidth_mib.is_some();
         Ok(active.then(|| FaultConfig {
             seed: self.fault_seed,
             server_busy: self.fault_busy,
             timeout_after_write: self.fault_timeout,
+            torn_write: self.fault_torn,
             latency: std::time::Duration::from_millis(self.latency_ms),
             bandwidth_bytes_per_sec: self.bandwidth_mib.map(|m| m.saturating_mul(1 << 20)),
         }))

@@ -1,6 +1,7 @@
 //! Seeded fault and throttle injection around any [`PageBlobStore`]: 503 ServerBusy before an
 //! operation (nothing applied), 500 OperationTimedOut after a write was applied (the caller
-//! cannot tell), added latency and a bandwidth cap. Off unless configured; the same seed and
+//! cannot tell), torn Put Page writes (a prefix of the pages applied, then 500), added latency
+//! and a bandwidth cap. Off unless configured; the same seed and
 //! call sequence always draw the same faults.
 
 use std::sync::Mutex;
@@ -21,6 +22,9 @@ pub struct FaultConfig {
     pub server_busy: f64,
     /// Chance per write of 500 OperationTimedOut after the write was applied.
     pub timeout_after_write: f64,
+    /// Chance per Put Page of more than one page that the connection drops mid-body: only a
+    /// prefix of whole pages (at least one, not all) is applied, then 500 OperationTimedOut.
+    pub torn_write: f64,
     /// Added to every call.
     pub latency: Duration,
     /// Bytes per second moved by reads and writes; `None`: no cap.
@@ -86,6 +90,15 @@ impl<S: PageBlobStore> FaultyStore<S> {
         hit
     }
 
+    /// A number in `0..n` from the fault stream.
+    fn pick(&self, n: u64) -> u64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_u64()
+            % n.max(1)
+    }
+
     /// Before a call: latency, bandwidth, maybe 503.
     fn before(&self, bytes: usize) -> StoreResult<()> {
         let config = self.config();
@@ -147,6 +160,16 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         self.before(data.len())?;
+        let pages = data.len() / PAGE_SIZE as usize;
+        if pages > 1 && self.draw(self.config().torn_write) {
+            let kept = 1 + self.pick(pages as u64 - 1) as usize;
+            self.inner
+                .put_pages(path, offset, &data[..kept * PAGE_SIZE as usize], cond)?;
+            return Err(StoreError::service(
+                ErrorCode::OperationTimedOut,
+                "Operation could not be completed within the specified time. (injected: torn write)",
+            ));
+        }
         let r = self.inner.put_pages(path, offset, data, cond);
         self.after_write(r)
     }

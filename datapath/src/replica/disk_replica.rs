@@ -232,11 +232,25 @@ impl<'a> DiskReplica<'a> {
     }
 
     /// Rebuild the digest table from the slot headers (after an interrupted cycle): slots
-    /// never written or cleared are zero blocks; only written slots are read.
-    pub fn rebuild_digest_table(&self) -> Result<Vec<Option<[u8; 32]>>, ReplicaError> {
+    /// never written or cleared are zero blocks; only written slots are read. Slots that differ
+    /// from the last point's snapshot `last_snapshot` (all of them when there is none) were
+    /// written by the interrupted cycle, and a write cut short may have left a new header over
+    /// old or partial payload (a torn write): their whole record is read and its payload
+    /// checksum verified, and a damaged record gets a digest nothing matches, so the block is
+    /// sent again. Other slots hold committed records, exactly as in that snapshot.
+    pub fn rebuild_digest_table(
+        &self,
+        last_snapshot: Option<&str>,
+    ) -> Result<Vec<Option<[u8; 32]>>, ReplicaError> {
+        const UNKNOWN: [u8; 32] = [0xFF; 32];
+        let suspect: std::collections::BTreeSet<u64> = match last_snapshot {
+            Some(s) => self.changed_blocks(Some(s), None)?.into_iter().collect(),
+            None => Default::default(),
+        };
         let mut table = vec![None; self.layout.blocks() as usize];
         let slot = self.layout.slot_size();
         let mut head = vec![0u8; HEADER_SIZE];
+        let mut payload = Vec::new();
         for (start, end) in self.written_ranges(&self.data)? {
             let first = start / slot;
             let last = (end - 1) / slot;
@@ -245,12 +259,27 @@ impl<'a> DiskReplica<'a> {
                     continue;
                 }
                 self.read_slot_header(block, &mut head)?;
-                if head.iter().any(|&b| b != 0) {
-                    // A damaged header is "unknown": a digest nothing matches, so the block
-                    // is sent again.
-                    table[block as usize] =
-                        Some(SlotHeader::decode(&head).map_or([0xFF; 32], |h| h.digest));
+                if head.iter().all(|&b| b == 0) {
+                    continue;
                 }
+                let Ok(header) = SlotHeader::decode(&head) else {
+                    table[block as usize] = Some(UNKNOWN);
+                    continue;
+                };
+                let check = last_snapshot.is_none() || suspect.contains(&block);
+                let stored = u64::from(header.stored_len);
+                let intact = !check
+                    || (stored <= u64::from(self.layout.block_size) && {
+                        payload.resize(stored as usize, 0);
+                        self.store.read(
+                            &self.data,
+                            None,
+                            self.layout.slot_offset(block) + HEADER_SIZE as u64,
+                            &mut payload,
+                        )?;
+                        crc32c::crc32c(&payload) == header.payload_crc
+                    });
+                table[block as usize] = Some(if intact { header.digest } else { UNKNOWN });
             }
         }
         Ok(table)
@@ -278,6 +307,39 @@ impl<'a> DiskReplica<'a> {
                 None => return Ok(out),
             }
         }
+    }
+
+    /// Blocks whose slots differ between point snapshot `prev` (none: an empty blob) and
+    /// `snapshot` (none: the blob as it is now) — written or cleared — in order, from the
+    /// store's page-range diff. What an auditor reads to check a point incrementally.
+    pub fn changed_blocks(
+        &self,
+        prev: Option<&str>,
+        snapshot: Option<&str>,
+    ) -> Result<Vec<u64>, ReplicaError> {
+        let slot = self.layout.slot_size();
+        let mut out: Vec<u64> = Vec::new();
+        let mut marker = None;
+        loop {
+            let list = self
+                .store
+                .page_ranges(&self.data, snapshot, prev, None, marker, None)?;
+            for r in &list.ranges {
+                let last = (r.end / slot).min(self.layout.blocks().saturating_sub(1));
+                for block in r.start / slot..=last {
+                    if out.last().is_none_or(|&l| l < block) {
+                        out.push(block);
+                    }
+                }
+            }
+            match list.next_marker {
+                Some(m) => marker = Some(m),
+                None => break,
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 
     /// The decodable slot headers of the data blob (or one of its snapshots), by block: only
@@ -325,12 +387,26 @@ impl<'a> DiskReplica<'a> {
         snapshot: Option<&str>,
         block: u64,
     ) -> Result<Vec<u8>, ReplicaError> {
+        Ok(self.read_record(codec, snapshot, block)?.map_or_else(
+            || vec![0; self.layout.block_len(block) as usize],
+            |(_, b)| b,
+        ))
+    }
+
+    /// [`read_block`](Self::read_block) with the record's header, or `None` for a cleared
+    /// slot (a zero block).
+    pub fn read_record(
+        &self,
+        codec: &BlockCodec,
+        snapshot: Option<&str>,
+        block: u64,
+    ) -> Result<Option<(SlotHeader, Vec<u8>)>, ReplicaError> {
         let at = self.layout.slot_offset(block);
         let point = snapshot.unwrap_or("(current)").to_string();
         let mut head = vec![0u8; HEADER_SIZE];
         self.store.read(&self.data, snapshot, at, &mut head)?;
         if head.iter().all(|&b| b == 0) {
-            return Ok(vec![0; self.layout.block_len(block) as usize]);
+            return Ok(None);
         }
         let header = SlotHeader::decode(&head).map_err(|e| ReplicaError::Block {
             point: point.clone(),
@@ -348,6 +424,7 @@ impl<'a> DiskReplica<'a> {
         )?;
         codec
             .decode(&record, block)
+            .map(|data| Some((header, data)))
             .map_err(|source| ReplicaError::Block {
                 point,
                 block,
@@ -478,10 +555,27 @@ impl<'a> DiskReplica<'a> {
         mut sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), ReplicaError> {
         let mut digests = Vec::with_capacity(self.layout.blocks() as usize);
+        // Cleared slots (zero blocks) are common: one zero buffer and its digest serve them all.
+        let mut zero: Option<(Vec<u8>, [u8; 32])> = None;
         for block in 0..self.layout.blocks() {
-            let data = self.read_block(codec, Some(&manifest.snapshot), block)?;
-            digests.push(codec.digest(&data));
-            sink(block, &data).map_err(|e| StoreError::Io {
+            let len = self.layout.block_len(block) as usize;
+            let sunk = match self.read_record(codec, Some(&manifest.snapshot), block)? {
+                Some((_, data)) => {
+                    digests.push(codec.digest(&data));
+                    sink(block, &data)
+                }
+                None => {
+                    if zero.as_ref().is_none_or(|(z, _)| z.len() != len) {
+                        let z = vec![0u8; len];
+                        let d = codec.digest(&z);
+                        zero = Some((z, d));
+                    }
+                    let (z, d) = zero.as_ref().expect("just set");
+                    digests.push(*d);
+                    sink(block, z)
+                }
+            };
+            sunk.map_err(|e| StoreError::Io {
                 path: "restore output".into(),
                 source: e,
             })?;

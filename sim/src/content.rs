@@ -1,0 +1,213 @@
+//! What a disk held, block by block, without keeping its bytes: the checker's model of every VM
+//! disk and of every recovery point. A model is the BLAKE3 hash of each replication block, kept
+//! copy-on-write in chunks, so remembering the disk as it was at each point costs the chunks that
+//! changed since the previous point, not the disk. Its root (a hash over the chunk hashes) stands
+//! for the whole content: two models with equal roots hold the same bytes.
+
+use std::sync::{Arc, OnceLock};
+
+/// Block hashes per copy-on-write chunk.
+const CHUNK_BLOCKS: usize = 256;
+
+type BlockHash = [u8; 32];
+
+#[derive(Debug, Clone)]
+struct Chunk {
+    hashes: Vec<BlockHash>,
+    /// Hash of `hashes`, computed when first asked for (cleared by a change).
+    digest: OnceLock<BlockHash>,
+}
+
+impl Chunk {
+    fn digest(&self) -> BlockHash {
+        *self.digest.get_or_init(|| {
+            let mut h = blake3::Hasher::new();
+            for b in &self.hashes {
+                h.update(b);
+            }
+            *h.finalize().as_bytes()
+        })
+    }
+}
+
+/// The content of a disk of `disk_size` bytes as per-block hashes.
+#[derive(Debug, Clone)]
+pub struct ContentModel {
+    disk_size: u64,
+    block_size: u64,
+    chunks: Vec<Arc<Chunk>>,
+    /// Hashes of an all-zero block and of an all-zero last block (which may be short).
+    zero: [BlockHash; 2],
+}
+
+/// BLAKE3 of a block's bytes (all-zero blocks hash like any other).
+pub fn block_hash(data: &[u8]) -> BlockHash {
+    *blake3::hash(data).as_bytes()
+}
+
+impl ContentModel {
+    /// An all-zero disk.
+    pub fn zeroed(disk_size: u64, block_size: u32) -> ContentModel {
+        let block_size = u64::from(block_size);
+        let blocks = disk_size.div_ceil(block_size) as usize;
+        let full = block_hash(&vec![0u8; block_size as usize]);
+        let tail = disk_size % block_size;
+        let mut hashes = vec![full; blocks];
+        if tail != 0 {
+            hashes[blocks - 1] = block_hash(&vec![0u8; tail as usize]);
+        }
+        let zero = [full, hashes.last().copied().unwrap_or(full)];
+        let chunks = hashes
+            .chunks(CHUNK_BLOCKS)
+            .map(|c| {
+                Arc::new(Chunk {
+                    hashes: c.to_vec(),
+                    digest: OnceLock::new(),
+                })
+            })
+            .collect();
+        ContentModel {
+            disk_size,
+            block_size,
+            chunks,
+            zero,
+        }
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.disk_size.div_ceil(self.block_size)
+    }
+
+    /// Bytes in block `block` (the last may be short).
+    pub fn block_len(&self, block: u64) -> usize {
+        (self.disk_size - block * self.block_size).min(self.block_size) as usize
+    }
+
+    pub fn get(&self, block: u64) -> BlockHash {
+        let b = block as usize;
+        self.chunks[b / CHUNK_BLOCKS].hashes[b % CHUNK_BLOCKS]
+    }
+
+    /// The same geometry, all zero.
+    pub fn zeroed_like(&self) -> ContentModel {
+        ContentModel::zeroed(self.disk_size, self.block_size as u32)
+    }
+
+    /// Block `block` now holds `data`.
+    pub fn set(&mut self, block: u64, data: &[u8]) {
+        debug_assert_eq!(data.len(), self.block_len(block));
+        let hash = if data.iter().all(|&b| b == 0) {
+            self.zero_hash(block)
+        } else {
+            block_hash(data)
+        };
+        self.set_hash(block, hash);
+    }
+
+    /// The hash block `block` has when it is all zero.
+    pub fn zero_hash(&self, block: u64) -> BlockHash {
+        self.zero[usize::from(block + 1 == self.blocks())]
+    }
+
+    /// Block `block` now holds bytes hashing to `hash`.
+    pub fn set_hash(&mut self, block: u64, hash: BlockHash) {
+        let b = block as usize;
+        if self.get(block) == hash {
+            return;
+        }
+        let chunk = Arc::make_mut(&mut self.chunks[b / CHUNK_BLOCKS]);
+        chunk.hashes[b % CHUNK_BLOCKS] = hash;
+        chunk.digest = OnceLock::new();
+    }
+
+    /// Blocks `first..=last` covering the byte range `offset..offset+len`.
+    pub fn blocks_of(&self, offset: u64, len: u64) -> std::ops::RangeInclusive<u64> {
+        let last = (offset + len.max(1) - 1).min(self.disk_size.saturating_sub(1));
+        offset / self.block_size..=last / self.block_size
+    }
+
+    /// Read blocks `blocks` from `disk` into the model.
+    pub fn refresh(
+        &mut self,
+        disk: &vhdx::Disk,
+        blocks: impl IntoIterator<Item = u64>,
+    ) -> vhdx::Result<()> {
+        let mut buf = vec![0u8; self.block_size as usize];
+        for block in blocks {
+            let len = self.block_len(block);
+            disk.read_at(block * self.block_size, &mut buf[..len])?;
+            self.set(block, &buf[..len]);
+        }
+        Ok(())
+    }
+
+    /// The model of everything `disk` holds.
+    pub fn of_disk(disk: &vhdx::Disk, block_size: u32) -> vhdx::Result<ContentModel> {
+        let mut model = ContentModel::zeroed(disk.virtual_size(), block_size);
+        let blocks = model.blocks();
+        model.refresh(disk, 0..blocks)?;
+        Ok(model)
+    }
+
+    /// A hash of the whole content.
+    pub fn root(&self) -> BlockHash {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.disk_size.to_le_bytes());
+        h.update(&self.block_size.to_le_bytes());
+        for c in &self.chunks {
+            h.update(&c.digest());
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Blocks whose content differs between `self` and `other` (same geometry), in order;
+    /// chunks shared by both are skipped without looking inside.
+    pub fn differing_blocks(&self, other: &ContentModel) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, (a, b)) in self.chunks.iter().zip(&other.chunks).enumerate() {
+            if Arc::ptr_eq(a, b) {
+                continue;
+            }
+            for (j, (x, y)) in a.hashes.iter().zip(&b.hashes).enumerate() {
+                if x != y {
+                    out.push((i * CHUNK_BLOCKS + j) as u64);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_follow_content_and_snapshots_share_chunks() {
+        let mut a = ContentModel::zeroed(1000 * 4096 + 100, 4096);
+        assert_eq!(a.blocks(), 1001);
+        assert_eq!(a.block_len(1000), 100);
+        let zero_root = a.root();
+        let before = a.clone();
+        a.set(700, &[1u8; 4096]);
+        assert_ne!(a.root(), zero_root);
+        assert_eq!(before.root(), zero_root, "a kept version does not change");
+        assert_eq!(a.differing_blocks(&before), vec![700]);
+        // Only the changed chunk was copied.
+        let shared = a
+            .chunks
+            .iter()
+            .zip(&before.chunks)
+            .filter(|(x, y)| Arc::ptr_eq(x, y))
+            .count();
+        assert_eq!(shared, a.chunks.len() - 1);
+        a.set(700, &[0u8; 4096]);
+        assert_eq!(
+            a.root(),
+            zero_root,
+            "writing the old bytes back restores the root"
+        );
+        assert_eq!(a.blocks_of(4095, 2), 0..=1);
+        assert_eq!(a.blocks_of(1000 * 4096, 1 << 20), 1000..=1000);
+    }
+}

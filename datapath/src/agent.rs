@@ -8,7 +8,7 @@
 use rand_core::RngCore;
 
 use crate::cycle::{
-    run_cycle, BlockSource, CycleError, CycleOptions, CycleReport, Progress, Selection,
+    run_cycle_cached, BlockSource, CycleError, CycleOptions, CycleReport, Progress, Selection,
 };
 use crate::keys::{DiskKeys, Identity};
 use crate::pageblob::PageBlobStore;
@@ -49,6 +49,8 @@ pub struct DiskAgent<'a> {
     rng: Box<dyn RngCore + Send + 'a>,
     /// Store records from the cycle's own thread (see `CycleOptions::upload_threads`).
     inline_uploads: bool,
+    /// The digest table and Merkle tree of the last cycle this agent committed.
+    table: Option<crate::replica::merkle::MerkleTree>,
 }
 
 impl std::fmt::Debug for DiskAgent<'_> {
@@ -152,6 +154,7 @@ impl<'a> DiskAgent<'a> {
                 nonces,
                 rng,
                 inline_uploads: false,
+                table: None,
             },
             resume,
         ))
@@ -228,7 +231,7 @@ impl<'a> DiskAgent<'a> {
         options: &CycleOptions,
         progress: &(dyn Fn(&Progress) + Sync),
     ) -> Result<CycleReport, CycleError> {
-        run_cycle(
+        run_cycle_cached(
             &self.replica,
             source,
             self.identity,
@@ -236,6 +239,7 @@ impl<'a> DiskAgent<'a> {
             options,
             &mut self.nonces,
             progress,
+            &mut self.table,
         )
     }
 

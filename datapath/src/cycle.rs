@@ -22,7 +22,8 @@ use rayon::prelude::*;
 use crate::keys::{DiskKeys, Identity};
 use crate::replica::block_record::{is_zero, BlockCodec, Encoded};
 use crate::replica::disk_replica::{DiskReplica, ReplicaError};
-use crate::replica::manifest::{merkle_root, Consistency, Manifest};
+use crate::replica::manifest::{Consistency, Manifest};
+use crate::replica::merkle::{merkle_root, MerkleTree};
 use crate::replica::nonce::NonceSource;
 use crate::replica::staging_log::{LogHeader, StagingLog};
 use crate::throttle::RateLimit;
@@ -135,7 +136,8 @@ const ENTRIES_PER_PAGE: u64 = 512 / crate::replica::disk_replica::DIGEST_ENTRY;
 /// The live points and the trusted digest table of a replica, as a cycle starts.
 struct ReplicaState {
     points: Vec<Manifest>,
-    table: Vec<[u8; 32]>,
+    /// The digest table (the tree's leaves) and its Merkle tree.
+    table: MerkleTree,
     /// The stored table was not trusted and was rebuilt from the slot headers.
     rebuilt: bool,
 }
@@ -196,6 +198,7 @@ fn replica_state(
     identity: &Identity,
     codec: &BlockCodec,
     digest_key: &[u8; 32],
+    cached: Option<MerkleTree>,
 ) -> Result<ReplicaState, CycleError> {
     let layout = replica.layout;
     // A replica written with another certificate fails here: its manifests do not
@@ -215,6 +218,17 @@ fn replica_state(
             });
         }
     }
+    // The table this process committed with the last point is that point's table: no need to
+    // read it back.
+    if let (Some(tree), Some(last)) = (cached, points.last()) {
+        if tree.root() == last.merkle_root && tree.leaves().len() as u64 == layout.blocks() {
+            return Ok(ReplicaState {
+                points,
+                table: tree,
+                rebuilt: false,
+            });
+        }
+    }
     let zero = zero_digests(codec, layout.blocks(), layout.block_size, layout.disk_size);
     let resolve = |table: Vec<Option<[u8; 32]>>| -> Vec<[u8; 32]> {
         table
@@ -223,10 +237,10 @@ fn replica_state(
             .map(|(b, d)| d.unwrap_or_else(|| zero(b as u64)))
             .collect()
     };
-    let stored = resolve(replica.load_digest_table()?);
+    let stored = MerkleTree::new(digest_key, resolve(replica.load_digest_table()?));
     let trusted = points
         .last()
-        .is_some_and(|last| merkle_root(digest_key, &stored) == last.merkle_root);
+        .is_some_and(|last| stored.root() == last.merkle_root);
     if trusted {
         return Ok(ReplicaState {
             points,
@@ -245,7 +259,7 @@ fn replica_state(
     }
     Ok(ReplicaState {
         points,
-        table,
+        table: MerkleTree::new(digest_key, table),
         rebuilt: repaired,
     })
 }
@@ -259,7 +273,11 @@ fn zero_digests(
 ) -> impl Fn(u64) -> [u8; 32] {
     let full = codec.digest(&vec![0u8; block_size as usize]);
     let tail_len = disk_size - (blocks.saturating_sub(1)) * u64::from(block_size);
-    let tail = codec.digest(&vec![0u8; tail_len as usize]);
+    let tail = if tail_len == u64::from(block_size) {
+        full
+    } else {
+        codec.digest(&vec![0u8; tail_len as usize])
+    };
     move |b| if b + 1 == blocks { tail } else { full }
 }
 
@@ -282,6 +300,47 @@ pub fn run_cycle(
     nonces: &mut NonceSource,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<CycleReport, CycleError> {
+    let mut cache = None;
+    run_cycle_cached(
+        replica, source, identity, keys, options, nonces, progress, &mut cache,
+    )
+}
+
+/// [`run_cycle`] for a process that runs cycle after cycle on one replica (the agent): `cache`
+/// keeps the digest table and its Merkle tree from the last committed cycle, so a delta cycle
+/// neither reads the table back nor rehashes the whole tree — its cost follows the blocks it
+/// examines, not the disk's size. The cache is used only when its root is the last point's,
+/// and is emptied by a cycle that fails.
+#[allow(clippy::too_many_arguments)]
+pub fn run_cycle_cached(
+    replica: &DiskReplica<'_>,
+    source: &dyn BlockSource,
+    identity: &Identity,
+    keys: &DiskKeys,
+    options: &CycleOptions,
+    nonces: &mut NonceSource,
+    progress: &(dyn Fn(&Progress) + Sync),
+    cache: &mut Option<MerkleTree>,
+) -> Result<CycleReport, CycleError> {
+    let cached = cache.take();
+    let (report, table) = cycle_inner(
+        replica, source, identity, keys, options, nonces, progress, cached,
+    )?;
+    *cache = Some(table);
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cycle_inner(
+    replica: &DiskReplica<'_>,
+    source: &dyn BlockSource,
+    identity: &Identity,
+    keys: &DiskKeys,
+    options: &CycleOptions,
+    nonces: &mut NonceSource,
+    progress: &(dyn Fn(&Progress) + Sync),
+    cached: Option<MerkleTree>,
+) -> Result<(CycleReport, MerkleTree), CycleError> {
     let started = Instant::now();
     let layout = replica.layout;
     if source.disk_size() != layout.disk_size {
@@ -299,7 +358,7 @@ pub fn run_cycle(
         points,
         mut table,
         rebuilt: table_rebuilt,
-    } = replica_state(replica, identity, &codec, digest_key)?;
+    } = replica_state(replica, identity, &codec, digest_key, cached)?;
     let sequence = points.last().map_or(0, |p| p.sequence + 1);
     let blocks = layout.blocks();
     let zero = zero_digests(&codec, blocks, layout.block_size, layout.disk_size);
@@ -378,33 +437,35 @@ pub fn run_cycle(
                     .iter()
                     .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
                     .collect::<Result<_, _>>()?;
-                let known = &table;
-                let examined: Vec<Result<Examined, CycleError>> = group
-                    .par_iter()
-                    .zip(group_nonces.par_iter())
-                    .map(|(&block, nonce)| {
-                        let read = read_block(source, &layout, block, &zero, &codec)?;
-                        let encoded =
-                            (known[block as usize] != read.digest).then(|| match &read.data {
-                                Some(data) => codec.encode_digested(
-                                    block,
-                                    sequence,
-                                    data,
-                                    read.digest,
-                                    *nonce,
-                                ),
-                                None => Encoded::Zero {
-                                    digest: read.digest,
-                                },
-                            });
-                        Ok(Examined {
-                            block,
-                            digest: read.digest,
-                            read_len: read.read_len,
-                            encoded,
-                        })
+                let known = table.leaves();
+                let examine = |(&block, nonce): (&u64, &[u8; 12])| -> Result<Examined, CycleError> {
+                    let read = read_block(source, &layout, block, &zero, &codec)?;
+                    let encoded =
+                        (known[block as usize] != read.digest).then(|| match &read.data {
+                            Some(data) => {
+                                codec.encode_digested(block, sequence, data, read.digest, *nonce)
+                            }
+                            None => Encoded::Zero {
+                                digest: read.digest,
+                            },
+                        });
+                    Ok(Examined {
+                        block,
+                        digest: read.digest,
+                        read_len: read.read_len,
+                        encoded,
                     })
-                    .collect();
+                };
+                // Small groups (a delta of a few blocks) are not worth waking the pool for.
+                let examined: Vec<Result<Examined, CycleError>> = if group.len() >= 8 {
+                    group
+                        .par_iter()
+                        .zip(group_nonces.par_iter())
+                        .map(examine)
+                        .collect()
+                } else {
+                    group.iter().zip(group_nonces.iter()).map(examine).collect()
+                };
                 let mut jobs = Vec::new();
                 let mut dirty_pages = BTreeSet::new();
                 for result in examined {
@@ -412,7 +473,7 @@ pub fn run_cycle(
                     done.bytes_done += layout.block_len(e.block);
                     done.bytes_read += e.read_len;
                     if let Some(encoded) = e.encoded {
-                        table[e.block as usize] = e.digest;
+                        table.set(e.block as usize, e.digest);
                         dirty_pages.insert(e.block / ENTRIES_PER_PAGE);
                         changed += 1;
                         bytes_changed += layout.block_len(e.block);
@@ -420,7 +481,7 @@ pub fn run_cycle(
                     }
                 }
                 // Table entries first, then the slots (see `disk_replica`).
-                write_table_pages(replica, &table, &dirty_pages, &zero)?;
+                write_table_pages(replica, table.leaves(), &dirty_pages, &zero)?;
                 for (block, encoded) in jobs {
                     let log_offset = log_end;
                     log_end += StagingLog::entry_len(&encoded);
@@ -467,13 +528,13 @@ pub fn run_cycle(
         options.now_nanos,
         options.consistency,
         identity.key_id.0,
-        &table,
+        table.root(),
         digest_key,
     )?;
     if let Some(log) = staging {
         log.clear(log_end)?;
     }
-    Ok(CycleReport {
+    let report = CycleReport {
         point,
         blocks,
         blocks_examined: selected.len() as u64,
@@ -483,7 +544,8 @@ pub fn run_cycle(
         bytes_sent: sent.into_inner(),
         table_rebuilt,
         seconds: started.elapsed().as_secs_f64(),
-    })
+    };
+    Ok((report, table))
 }
 
 /// Write one staged entry into its slot.
@@ -537,7 +599,7 @@ fn recover_staged_cycle(
             header.time_nanos,
             header.consistency,
             identity.key_id.0,
-            &table,
+            merkle_root(digest_key, &table),
             digest_key,
         )?;
     }

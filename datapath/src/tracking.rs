@@ -46,6 +46,9 @@ pub struct ChangeTracker {
     active: Vec<u8>,
     /// Blocks the running cycle is replicating (cleared when its point commits).
     in_flight: Vec<u8>,
+    /// fsync each bitmap update (survives power loss); off, an update survives the process
+    /// being killed only.
+    power_safe: bool,
 }
 
 fn blocks_of(disk_size: u64, block_size: u32) -> u64 {
@@ -97,6 +100,7 @@ impl ChangeTracker {
             generation: generation + 1,
             active: bitmap,
             in_flight: vec![0; bytes_needed],
+            power_safe: true,
         };
         tracker.persist(false)?;
         Ok((tracker, untrusted))
@@ -165,6 +169,16 @@ impl ChangeTracker {
 
     /// Write the bitmap (active ∪ in flight) atomically: temp file, fsync, rename.
     pub fn persist(&mut self, clean: bool) -> std::io::Result<()> {
+        self.write_bitmap(clean)
+    }
+
+    /// Whether bitmap updates are fsynced (the default). The simulator turns it off: its host
+    /// crash kills processes, not the OS's page cache, like the emulator's `Durability::Process`.
+    pub fn set_power_safe(&mut self, on: bool) {
+        self.power_safe = on;
+    }
+
+    fn write_bitmap(&self, clean: bool) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(40 + self.identity.len() + self.active.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -182,7 +196,9 @@ impl ChangeTracker {
         {
             let f = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(&mut &f, &out)?;
-            f.sync_all()?;
+            if self.power_safe {
+                f.sync_all()?;
+            }
         }
         std::fs::rename(&tmp, &self.path)
     }

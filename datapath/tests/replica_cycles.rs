@@ -75,7 +75,7 @@ fn cycle(
             1_700_000_000_000_000_000 + sequence,
             Consistency::Crash,
             [0xAA; 20],
-            digests,
+            datapath::replica::merkle::merkle_root(keys.digest.expose(), digests),
             keys.digest.expose(),
         )
         .unwrap();

@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 /// Block hashes per copy-on-write chunk.
-const CHUNK_BLOCKS: usize = 256;
+const CHUNK_BLOCKS: usize = 64;
 
 type BlockHash = [u8; 32];
 

@@ -134,11 +134,13 @@ fn restore(
     let block_size = u64::from(point.block_size);
     d.agent
         .replica
-        .restore(&codec, point, keys.digest.expose(), |block, data| {
-            model.set(block, data);
-            if data.iter().all(|&b| b == 0) {
+        .restore_blocks(&codec, point, keys.digest.expose(), |block, data| {
+            let Some(data) = data else {
+                // A zero block: nothing to write into the new disk.
+                model.set_hash(block, model.zero_hash(block));
                 return Ok(());
-            }
+            };
+            model.set(block, data);
             writer
                 .write_at(block * block_size, data)
                 .map_err(std::io::Error::other)

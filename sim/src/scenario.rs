@@ -11,7 +11,8 @@ use datapath::policy::Policy;
 pub const MAX_VMS: usize = 64;
 pub const MAX_DISKS_PER_VM: usize = 16;
 pub const MAX_DISK_MIB: u64 = 4096;
-pub const MAX_TOTAL_DISK_MIB: u64 = 8192;
+/// Disks are sparse in memory (a VHDX holds what was written), so this bounds metadata, not RAM.
+pub const MAX_TOTAL_DISK_MIB: u64 = 64 * 1024;
 pub const MAX_DURATION_HOURS: u64 = 7 * 24;
 pub const MAX_FAULTS: usize = 1000;
 

@@ -201,6 +201,8 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) agent: DiskAgent<'a>,
     pub(crate) machine: Replicator,
     workload: ChaCha8Rng,
+    /// Churn bytes the workload owes (positive) or wrote ahead (negative).
+    churn_carry: i64,
     /// Bumped by a host crash: events of an older epoch are stale.
     pub(crate) epoch: u64,
     /// The agent crashed and has not started again (its object must not be used).
@@ -263,8 +265,11 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
 
     let open_agent = |name: &str, size: u64, epoch: u64| {
         let tracker_path = trackers.join(format!("{name}.ctb"));
-        let tracker = ChangeTracker::open(&tracker_path, name, size, scenario.policy.block_size)
-            .map_err(|e| SimError::Setup(format!("tracker {name}: {e}")))?;
+        let mut tracker =
+            ChangeTracker::open(&tracker_path, name, size, scenario.policy.block_size)
+                .map_err(|e| SimError::Setup(format!("tracker {name}: {e}")))?;
+        // A simulated host crash kills the agent, not the OS: no fsync needed (or charged).
+        tracker.0.set_power_safe(false);
         let (agent, resume) = DiskAgent::open(
             AgentTarget {
                 store: &store,
@@ -323,6 +328,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 agent,
                 machine,
                 workload: stream(seed, &format!("workload/{}/{}", vm.name, spec.name)),
+                churn_carry: 0,
                 epoch: 0,
                 images: BTreeMap::new(),
                 failed_attempt: None,
@@ -771,8 +777,11 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             let outcome = d
                 .agent
                 .replica
-                .restore(&d.codec, p, &digest_key, |block, b| {
-                    restored.set(block, b);
+                .restore_blocks(&d.codec, p, &digest_key, |block, b| {
+                    match b {
+                        Some(b) => restored.set(block, b),
+                        None => restored.set_hash(block, restored.zero_hash(block)),
+                    }
                     Ok(())
                 });
             restored_in_full += 1;
@@ -917,30 +926,28 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
 /// A minute of the disk's workload: writes of 4–256 KiB, a share of them in the hot tenth, to
 /// the host's disk or, once failed over, to the Azure copy.
 fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
-    let budget = d.spec.churn_bytes_per_hour / 60;
+    // The minute's share of the hourly churn, plus what earlier minutes under- or overshot
+    // (writes come in whole pieces), so the churn over hours is what the scenario says.
+    let budget = (d.spec.churn_bytes_per_hour / 60) as i64 + d.churn_carry;
     let size = d.spec.size_bytes;
-    let mut written = 0;
-    while written < budget {
+    let mut written = 0u64;
+    while (written as i64) < budget {
         let len = ((1 + d.workload.next_u64() % 64) * 4096).min(size);
         let hot = (d.workload.next_u32() as f64 / u32::MAX as f64) < d.spec.hot_spot;
         let span = if hot { (size / 10).max(len) } else { size };
         let offset = (d.workload.next_u64() % (span - len + 1)) / 4096 * 4096;
         let fill = d.workload.next_u32() as u8;
-        let data: Vec<u8> = (0..len)
-            .map(|i| {
-                if i % 64 == 0 {
-                    d.workload.next_u32() as u8
-                } else {
-                    fill
-                }
-            })
-            .collect();
+        let mut data = vec![fill; len as usize];
+        for byte in data.iter_mut().step_by(64) {
+            *byte = d.workload.next_u32() as u8;
+        }
         match &mut d.azure {
             Some(azure) => azure.writer.write_at(offset, &data)?,
             None => d.writer.write_at(offset, &data)?,
         }
         written += len;
     }
+    d.churn_carry = budget - written as i64;
     Ok(written)
 }
 

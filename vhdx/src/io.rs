@@ -289,11 +289,21 @@ impl WriteAt for ReadWriteFile {
     }
 }
 
-/// A growable file in memory (the simulator's VM disks, tests).
+/// A sparse file in memory (the simulator's VM disks, tests): 64 KiB pages held only once
+/// something other than zeros is written to them, so a disk costs what was written, like a
+/// sparse file on disk. Holes read as zeros.
 #[derive(Debug, Default)]
 pub struct MemoryFile {
-    bytes: std::sync::RwLock<Vec<u8>>,
+    inner: std::sync::RwLock<SparsePages>,
 }
+
+#[derive(Debug, Default)]
+struct SparsePages {
+    len: u64,
+    pages: std::collections::BTreeMap<u64, Box<[u8]>>,
+}
+
+const MEMORY_PAGE: u64 = 64 << 10;
 
 impl MemoryFile {
     pub fn new() -> MemoryFile {
@@ -302,38 +312,141 @@ impl MemoryFile {
 
     /// A copy of the contents.
     pub fn to_vec(&self) -> Vec<u8> {
-        self.bytes.read().expect("memory file").clone()
+        let inner = self.inner.read().expect("memory file");
+        let mut out = vec![0u8; inner.len as usize];
+        for (&page, data) in &inner.pages {
+            let at = (page * MEMORY_PAGE) as usize;
+            let n = <[u8]>::len(data).min(out.len().saturating_sub(at));
+            out[at..at + n].copy_from_slice(&data[..n]);
+        }
+        out
     }
+
+    /// Bytes held in memory (pages with data).
+    pub fn resident_bytes(&self) -> u64 {
+        self.inner.read().expect("memory file").pages.len() as u64 * MEMORY_PAGE
+    }
+}
+
+/// Each page touched by `offset..offset+len`: (page, offset in page, offset in the caller's
+/// buffer, length).
+fn page_spans(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize, usize)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = offset + done as u64;
+        let page = at / MEMORY_PAGE;
+        let within = (at % MEMORY_PAGE) as usize;
+        let n = (MEMORY_PAGE as usize - within).min(len - done);
+        let span = (page, within, done, n);
+        done += n;
+        Some(span)
+    })
 }
 
 impl ReadAt for MemoryFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.bytes.read().expect("memory file").read_at(offset, buf)
+        let inner = self.inner.read().expect("memory file");
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= inner.len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("read of {} bytes at {offset} past the end", buf.len()),
+                )
+            })?;
+        debug_assert!(end <= inner.len);
+        for (page, within, at, n) in page_spans(offset, buf.len()) {
+            match inner.pages.get(&page) {
+                Some(data) => buf[at..at + n].copy_from_slice(&data[within..within + n]),
+                None => buf[at..at + n].fill(0),
+            }
+        }
+        Ok(())
     }
     fn len(&self) -> u64 {
-        self.bytes.read().expect("memory file").len() as u64
+        self.inner.read().expect("memory file").len
     }
 }
 
 impl WriteAt for MemoryFile {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut bytes = self.bytes.write().expect("memory file");
-        let end = usize::try_from(offset)
-            .ok()
-            .and_then(|o| o.checked_add(data.len()))
+        let mut inner = self.inner.write().expect("memory file");
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| usize::try_from(e).is_ok())
             .ok_or_else(|| io::Error::other("write past the addressable end"))?;
-        if bytes.len() < end {
-            bytes.resize(end, 0);
+        for (page, within, at, n) in page_spans(offset, data.len()) {
+            let part = &data[at..at + n];
+            match inner.pages.get_mut(&page) {
+                Some(bytes) => bytes[within..within + n].copy_from_slice(part),
+                None if part.iter().all(|&b| b == 0) => {}
+                None => {
+                    let mut bytes = vec![0u8; MEMORY_PAGE as usize].into_boxed_slice();
+                    bytes[within..within + n].copy_from_slice(part);
+                    inner.pages.insert(page, bytes);
+                }
+            }
         }
-        bytes[offset as usize..end].copy_from_slice(data);
+        inner.len = inner.len.max(end);
         Ok(())
     }
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let len = usize::try_from(len).map_err(|_| io::Error::other("length too large"))?;
-        self.bytes.write().expect("memory file").resize(len, 0);
+        usize::try_from(len).map_err(|_| io::Error::other("length too large"))?;
+        let mut inner = self.inner.write().expect("memory file");
+        if len < inner.len {
+            // Whole pages past the end go; the tail of the last one is zeroed.
+            let first_gone = len.div_ceil(MEMORY_PAGE);
+            let _ = inner.pages.split_off(&first_gone);
+            if len % MEMORY_PAGE != 0 {
+                if let Some(last) = inner.pages.get_mut(&(len / MEMORY_PAGE)) {
+                    last[(len % MEMORY_PAGE) as usize..].fill(0);
+                }
+            }
+        }
+        inner.len = len;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_file_is_sparse_and_reads_like_a_vector() {
+        let f = MemoryFile::new();
+        let mut model = Vec::new();
+        let mut write = |offset: u64, data: &[u8]| {
+            f.write_at(offset, data).unwrap();
+            let end = offset as usize + data.len();
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[offset as usize..end].copy_from_slice(data);
+        };
+        write(10, &[7; 100]);
+        write(MEMORY_PAGE * 3 - 5, &[9; 20]); // spans two pages
+        write(MEMORY_PAGE * 10, &vec![0; 3 * MEMORY_PAGE as usize]); // zeros: no pages
+        assert_eq!(f.len(), model.len() as u64);
+        assert_eq!(f.resident_bytes(), 3 * MEMORY_PAGE);
+        assert_eq!(f.to_vec(), model);
+        let mut buf = vec![1u8; 300];
+        f.read_at(MEMORY_PAGE * 3 - 100, &mut buf).unwrap();
+        assert_eq!(buf[..], model[(MEMORY_PAGE * 3 - 100) as usize..][..300]);
+        assert!(f.read_at(f.len() - 1, &mut [0; 2]).is_err());
+        // Shrinking drops pages and zeroes the cut tail; growing reads zeros.
+        f.set_len(MEMORY_PAGE * 3 - 1).unwrap();
+        f.set_len(MEMORY_PAGE * 4).unwrap();
+        assert_eq!(f.resident_bytes(), 2 * MEMORY_PAGE);
+        let mut tail = [1u8; 2];
+        f.read_at(MEMORY_PAGE * 3 - 1, &mut tail).unwrap();
+        assert_eq!(tail, [0, 0]);
     }
 }

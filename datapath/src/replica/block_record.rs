@@ -69,6 +69,9 @@ thread_local! {
     /// than compressing a 64 KiB block).
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
+    /// Likewise for decoding (restore, verify).
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// True when every byte is zero (branch-free inner loop, so it vectorizes).
@@ -239,7 +242,16 @@ impl BlockCodec {
         }
         let block = if header.flags & FLAG_COMPRESSED != 0 {
             // Bounded by plain_len (≤ 4 MiB, checked by the header decoder).
-            zstd::bulk::decompress(&payload, header.plain_len as usize)
+            DECOMPRESSOR
+                .with(|slot| {
+                    let mut slot = slot.borrow_mut();
+                    if slot.is_none() {
+                        *slot = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    slot.as_mut()
+                        .expect("just set")
+                        .decompress(&payload, header.plain_len as usize)
+                })
                 .map_err(|e| RecordError::Decompress(e.to_string()))?
         } else {
             payload

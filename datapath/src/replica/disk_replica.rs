@@ -13,7 +13,8 @@
 //! a cycle and the table is rebuilt from the slot headers.
 
 use super::block_record::{BlockCodec, Encoded, RecordError};
-use super::manifest::{merkle_root, Consistency, Manifest, ManifestError};
+use super::manifest::{Consistency, Manifest, ManifestError};
+use super::merkle::merkle_root;
 use super::slot_header::{SlotHeader, HEADER_SIZE};
 use super::staging_log::StagingLog;
 use crate::pageblob::{
@@ -84,7 +85,13 @@ pub struct DiskReplica<'a> {
     pub layout: Layout,
     /// Premium targets: the staging log on a standard store that cycles go through.
     pub staging: Option<StagingLog<'a>>,
+    /// The points as last read, with the journal's ETag and the key they were verified with:
+    /// while the journal is unchanged, listing them costs one Get Blob Properties.
+    points_cache: std::sync::Mutex<Option<CachedPoints>>,
 }
+
+/// Journal ETag, digest key, points.
+type CachedPoints = (String, [u8; 32], Vec<Manifest>);
 
 impl std::fmt::Debug for DiskReplica<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +127,7 @@ impl<'a> DiskReplica<'a> {
             journal: BlobPath::new(container, &format!("{name}.journal")),
             layout,
             staging: None,
+            points_cache: Default::default(),
         };
         let absent = |path: &BlobPath| matches!(store.properties(path, None), Err(e) if e.code() == Some(ErrorCode::BlobNotFound));
         if absent(&r.data) {
@@ -433,7 +441,8 @@ impl<'a> DiskReplica<'a> {
     }
 
     /// Commit a point: snapshot the data blob, then write its manifest into journal slot
-    /// `sequence`. Returns the manifest.
+    /// `sequence`, recording `merkle_root` (of the digest table as the point holds it).
+    /// Returns the manifest.
     #[allow(clippy::too_many_arguments)]
     pub fn commit_point(
         &self,
@@ -442,7 +451,7 @@ impl<'a> DiskReplica<'a> {
         time_nanos: u64,
         consistency: Consistency,
         key_id: [u8; 20],
-        digests: &[[u8; 32]],
+        merkle_root: [u8; 32],
         digest_key: &[u8; 32],
     ) -> Result<Manifest, ReplicaError> {
         let slot_at = (sequence % JOURNAL_SLOTS) * JOURNAL_SLOT;
@@ -464,7 +473,7 @@ impl<'a> DiskReplica<'a> {
             disk_size: self.layout.disk_size,
             block_size: self.layout.block_size,
             key_id,
-            merkle_root: merkle_root(digest_key, digests),
+            merkle_root,
             snapshot,
         };
         // A journal slot: manifest length (u32) then the manifest.
@@ -516,6 +525,22 @@ impl<'a> DiskReplica<'a> {
 
     /// Every live point, oldest first: the journal slots Get Page Ranges reports.
     pub fn points(&self, digest_key: &[u8; 32]) -> Result<Vec<Manifest>, ReplicaError> {
+        let etag = self.store.properties(&self.journal, None)?.etag;
+        let mut cache = self.points_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tag, key, points)) = cache.as_ref() {
+            if *tag == etag && key == digest_key {
+                return Ok(points.clone());
+            }
+        }
+        let points = self.read_points(digest_key)?;
+        // Kept only if the journal did not change while it was read.
+        if self.store.properties(&self.journal, None)?.etag == etag {
+            *cache = Some((etag, *digest_key, points.clone()));
+        }
+        Ok(points)
+    }
+
+    fn read_points(&self, digest_key: &[u8; 32]) -> Result<Vec<Manifest>, ReplicaError> {
         let mut out = Vec::new();
         let mut slot = vec![0u8; JOURNAL_SLOT as usize];
         let mut seen = std::collections::BTreeSet::new();
@@ -554,25 +579,41 @@ impl<'a> DiskReplica<'a> {
         digest_key: &[u8; 32],
         mut sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), ReplicaError> {
+        let mut zero = Vec::new();
+        self.restore_blocks(codec, manifest, digest_key, |block, data| match data {
+            Some(data) => sink(block, data),
+            None => {
+                zero.resize(self.layout.block_len(block) as usize, 0);
+                sink(block, &zero)
+            }
+        })
+    }
+
+    /// [`restore`](Self::restore), telling zero blocks (cleared slots) apart: `sink` gets
+    /// `None` for them, so a caller can skip them without looking at their bytes.
+    pub fn restore_blocks(
+        &self,
+        codec: &BlockCodec,
+        manifest: &Manifest,
+        digest_key: &[u8; 32],
+        mut sink: impl FnMut(u64, Option<&[u8]>) -> std::io::Result<()>,
+    ) -> Result<(), ReplicaError> {
         let mut digests = Vec::with_capacity(self.layout.blocks() as usize);
-        // Cleared slots (zero blocks) are common: one zero buffer and its digest serve them all.
-        let mut zero: Option<(Vec<u8>, [u8; 32])> = None;
+        // Cleared slots (zero blocks) are common: their digest is computed once per length.
+        let mut zero: Option<(u64, [u8; 32])> = None;
         for block in 0..self.layout.blocks() {
-            let len = self.layout.block_len(block) as usize;
+            let len = self.layout.block_len(block);
             let sunk = match self.read_record(codec, Some(&manifest.snapshot), block)? {
                 Some((_, data)) => {
                     digests.push(codec.digest(&data));
-                    sink(block, &data)
+                    sink(block, Some(&data))
                 }
                 None => {
-                    if zero.as_ref().is_none_or(|(z, _)| z.len() != len) {
-                        let z = vec![0u8; len];
-                        let d = codec.digest(&z);
-                        zero = Some((z, d));
+                    if zero.is_none_or(|(l, _)| l != len) {
+                        zero = Some((len, codec.digest(&vec![0u8; len as usize])));
                     }
-                    let (z, d) = zero.as_ref().expect("just set");
-                    digests.push(*d);
-                    sink(block, z)
+                    digests.push(zero.expect("just set").1);
+                    sink(block, None)
                 }
             };
             sunk.map_err(|e| StoreError::Io {

@@ -130,34 +130,10 @@ impl Manifest {
     }
 }
 
-/// Merkle root over block digests in block order: pairs hashed with the digest key, an odd
-/// node carried up, the empty list hashing to the key's hash of nothing. Iterative.
-pub fn merkle_root(digest_key: &[u8; 32], leaves: &[[u8; 32]]) -> [u8; 32] {
-    if leaves.is_empty() {
-        return *blake3::keyed_hash(digest_key, b"").as_bytes();
-    }
-    let mut level: Vec<[u8; 32]> = leaves.to_vec();
-    while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|pair| match pair {
-                [a, b] => {
-                    let mut h = blake3::Hasher::new_keyed(digest_key);
-                    h.update(a);
-                    h.update(b);
-                    *h.finalize().as_bytes()
-                }
-                [a] => *a,
-                _ => unreachable!("chunks(2)"),
-            })
-            .collect();
-    }
-    level[0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replica::merkle::merkle_root;
 
     const KEY: [u8; 32] = [9; 32];
 

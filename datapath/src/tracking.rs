@@ -192,6 +192,11 @@ impl ChangeTracker {
         out.extend(self.active.iter().zip(&self.in_flight).map(|(a, f)| a | f));
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
+        if !self.power_safe {
+            // No power loss to survive: rewrite in place (a kill mid-write leaves a bitmap
+            // whose checksum fails, which opens as damaged: a resync, never a wrong answer).
+            return std::fs::write(&self.path, &out);
+        }
         let tmp = self.path.with_extension("tmp");
         {
             let f = std::fs::File::create(&tmp)?;

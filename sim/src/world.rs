@@ -209,8 +209,6 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) agent_down: bool,
     /// The disk's content at each point, by sequence.
     pub(crate) images: BTreeMap<u64, ContentModel>,
-    /// The last failed cycle's sequence and content (it may still become a point).
-    failed_attempt: Option<(u64, ContentModel)>,
     /// The host disk's content as of the last cycle; `touched` lists writes since.
     pub(crate) model: ContentModel,
     pub(crate) touched: Arc<Mutex<Vec<(u64, u64)>>>,
@@ -218,6 +216,10 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) audit: PointAudit,
     /// Decodes the replica's records (the registration certificate's keys).
     pub(crate) codec: BlockCodec,
+    /// The checker's view of the replica: straight on the storage account, so its reads are
+    /// never faulted and never draw from the fault stream the agents see.
+    pub(crate) observer: datapath::replica::disk_replica::DiskReplica<'a>,
+    pub(crate) digest_key: [u8; 32],
     pub(crate) report: DiskReport,
 }
 
@@ -316,6 +318,14 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             });
             let (agent, machine) = open_agent(&name, spec.size_bytes, 0)?;
             let codec = BlockCodec::new(&identity.disk_keys(&name), 1, true);
+            let observer = datapath::replica::disk_replica::DiskReplica::open(
+                &*emulator,
+                CONTAINER,
+                &name,
+                agent.replica.layout,
+            )
+            .map_err(|e| SimError::Setup(format!("replica {name}: {e}")))?;
+            let digest_key = *identity.disk_keys(&name).digest.expose();
             disks.push(SimDisk {
                 vm: vm.name.clone(),
                 azure: None,
@@ -331,11 +341,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 churn_carry: 0,
                 epoch: 0,
                 images: BTreeMap::new(),
-                failed_attempt: None,
                 model: ContentModel::zeroed(spec.size_bytes, scenario.policy.block_size),
                 touched,
                 audit: PointAudit::default(),
                 codec,
+                observer,
+                digest_key,
                 agent_down: false,
                 report: DiskReport {
                     vm: vm.name.clone(),
@@ -472,8 +483,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     continue;
                 }
                 if let Some(t) = d
-                    .agent
-                    .points()
+                    .observer
+                    .points(&d.digest_key)
                     .ok()
                     .and_then(|p| p.last().map(|p| p.time_nanos))
                 {
@@ -748,13 +759,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     for d in &mut disks {
         d.report.health_warnings = d.machine.health(end).warnings;
         let points = d
-            .agent
-            .points()
+            .observer
+            .points(&d.digest_key)
             .map_err(|e| SimError::Setup(e.to_string()))?;
         // Every point was proven as it appeared (points a failed attempt left are proven here).
-        d.audit
-            .catch_up(&d.agent.replica, &d.codec, &points, &d.images);
-        if let Err(e) = d.audit.audit_live_blob(&d.agent.replica) {
+        d.audit.catch_up(&d.observer, &d.codec, &points, &d.images);
+        if let Err(e) = d.audit.audit_live_blob(&d.observer) {
             d.audit.failures.push(format!("live blob: {e}"));
         }
         d.report.points_live = points.len();
@@ -775,8 +785,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             let mut restored = d.model.zeroed_like();
             let digest_key = *identity.disk_keys(&d.replica_name).digest.expose();
             let outcome = d
-                .agent
-                .replica
+                .observer
                 .restore_blocks(&d.codec, p, &digest_key, |block, b| {
                     match b {
                         Some(b) => restored.set(block, b),
@@ -984,43 +993,43 @@ pub(crate) fn run_cycle(
     }
     let content = d.model.clone();
     let content_root = content.root();
-    // The point this cycle makes if it commits. Two storage outcomes make points the cycle does
-    // not report: a 500 that hides an applied manifest (the cycle "failed", the point exists),
-    // and a premium cycle whose staging log committed before the failure (the next run applies
-    // it first, as the point before its own). So a failed attempt's content is kept for its
-    // sequence, and a run that commits past it credits the attempt with that point.
-    let next_sequence = match d.agent.points() {
+    // The point this attempt makes if it commits — recorded before it runs, because two
+    // storage outcomes make points an attempt does not report: a 500 that hides an applied
+    // manifest (the cycle "failed", the point exists), and a premium cycle whose staging log
+    // committed before the failure (the next run applies it first, as the point before its
+    // own). A later attempt sees such a point (or the committed log) and takes the next
+    // sequence; one that sees nothing takes the same sequence and overwrites the record.
+    let next_sequence = match d.observer.points(&d.digest_key) {
         Ok(points) => points.last().map_or(0, |p| p.sequence + 1),
         Err(e) => return failed(now, e.to_string()),
     };
-    let staged_log = |d: &SimDisk<'_>| {
-        d.agent
-            .replica
-            .staging
-            .as_ref()
-            .and_then(|log| log.committed().ok().flatten())
-            .map(|h| h.sequence)
+    let staged = d
+        .agent
+        .replica
+        .staging
+        .as_ref()
+        .and_then(|log| log.committed().ok().flatten())
+        .map(|h| h.sequence);
+    let own_sequence = if staged == Some(next_sequence) {
+        next_sequence + 1
+    } else {
+        next_sequence
     };
-    let log_before = staged_log(d);
+    d.images.insert(own_sequence, content);
     if plan.kind == datapath::replicator::CycleKind::Resync {
         d.report.resyncs += 1;
     }
     match d.agent.run(plan, &source, now, &|_| {}) {
         Ok(report) => {
-            if report.point.sequence > next_sequence {
-                if let Some((sequence, earlier)) = d.failed_attempt.take() {
-                    if sequence == next_sequence {
-                        d.images.insert(sequence, earlier);
-                    }
-                }
+            if report.point.sequence != own_sequence {
+                d.audit.failures.push(format!(
+                    "the cycle committed point {} where the checker expected {own_sequence}",
+                    report.point.sequence
+                ));
             }
-            d.failed_attempt = None;
-            d.images.insert(report.point.sequence, content);
             // Prove the new point (and any a failed attempt left) restores as the disk was.
-            match d.agent.points() {
-                Ok(points) => d
-                    .audit
-                    .catch_up(&d.agent.replica, &d.codec, &points, &d.images),
+            match d.observer.points(&d.digest_key) {
+                Ok(points) => d.audit.catch_up(&d.observer, &d.codec, &points, &d.images),
                 Err(e) => d.audit.failures.push(format!("listing points: {e}")),
             }
             d.report.cycles += 1;
@@ -1050,11 +1059,6 @@ pub(crate) fn run_cycle(
         }
         Err(e) => {
             d.report.failed_cycles += 1;
-            // A staging log committed by an earlier attempt still holds that attempt's point.
-            if log_before.is_none() {
-                d.images.insert(next_sequence, content.clone());
-                d.failed_attempt = Some((next_sequence, content));
-            }
             failed(now + SEC, e.to_string())
         }
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -15,7 +15,7 @@ pub enum SimCommand {
         /// Seed (default: the scenario's).
         #[arg(long)]
         seed: Option<u64>,
-        /// Keep the stores here instead of a temporary directory.
+        /// Keep the stores here (a new or empty directory) instead of a temporary one.
         #[arg(long)]
         workdir: Option<PathBuf>,
         #[arg(long)]
@@ -23,6 +23,9 @@ pub enum SimCommand {
         /// Also write an SVG timeline (RPO over time, faults, jobs) here.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// Write a report here: summary.txt, report.json and timeline.svg.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Swarm: every seed draws its own scenario (profile, policy, VMs, faults, DR operations);
     /// a failing seed's scenario is written out to reproduce with `sim run`.
@@ -33,26 +36,83 @@ pub enum SimCommand {
         /// First seed.
         #[arg(long, default_value_t = 0)]
         start: u64,
+        /// Seeds run at once (each run is itself deterministic).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+        jobs: u64,
+        /// Run every seed twice and fail on any trace-hash difference.
+        #[arg(long)]
+        check_determinism: bool,
+        /// Run only shard K of N (seeds whose index mod N is K-1), e.g. `--shard 2/4` in a CI
+        /// matrix.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<(u64, u64)>,
         /// Where failing scenarios are written.
         #[arg(long, default_value = ".")]
         failures: PathBuf,
     },
 }
 
+/// `K/N` with 1 ≤ K ≤ N.
+fn parse_shard(text: &str) -> std::result::Result<(u64, u64), String> {
+    let (k, n) = text
+        .split_once('/')
+        .ok_or_else(|| format!("shard {text:?}: expected K/N, e.g. 1/4"))?;
+    let k: u64 = k
+        .trim()
+        .parse()
+        .map_err(|_| format!("shard {text:?}: K is not a number"))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("shard {text:?}: N is not a number"))?;
+    if n == 0 || k == 0 || k > n {
+        return Err(format!("shard {text:?}: need 1 <= K <= N"));
+    }
+    Ok((k, n))
+}
+
+/// A scratch directory for a run's stores, in memory when the machine has `/dev/shm` (the
+/// stores are thrown away; a disk-backed directory only adds I/O noise to the timing).
+fn scratch_dir() -> Result<tempfile::TempDir> {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("drplane-sim")
+            .tempdir_in(shm)
+        {
+            return Ok(dir);
+        }
+    }
+    tempfile::tempdir().context("temporary work directory")
+}
+
 pub fn run(command: SimCommand) -> Result<ExitCode> {
-    let (scenario, seed, workdir, json, svg) = match command {
+    let (scenario, seed, workdir, json, svg, report_dir) = match command {
         SimCommand::Run {
             scenario,
             seed,
             workdir,
             json,
             svg,
-        } => (scenario, seed, workdir, json, svg),
+            report,
+        } => (scenario, seed, workdir, json, svg, report),
         SimCommand::Swarm {
             seeds,
             start,
+            jobs,
+            check_determinism,
+            shard,
             failures,
-        } => return swarm(start, seeds, &failures),
+        } => {
+            return swarm(&SwarmOptions {
+                start,
+                seeds,
+                jobs,
+                check_determinism,
+                shard,
+                failures,
+            })
+        }
     };
     let text = match &scenario {
         Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
@@ -69,71 +129,54 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
     let dir = match &workdir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
+            let used = std::fs::read_dir(d)
+                .with_context(|| d.display().to_string())?
+                .next()
+                .is_some();
+            if used {
+                bail!(
+                    "work directory {} is not empty: a run starts from empty stores",
+                    d.display()
+                );
+            }
             d.clone()
         }
         None => {
-            temp = tempfile::tempdir().context("temporary work directory")?;
+            temp = scratch_dir()?;
             temp.path().to_path_buf()
         }
     };
     let started = std::time::Instant::now();
     let report = sim::run(&parsed, seed, &dir)?;
     let wall = started.elapsed().as_secs_f64();
+    let text = summary(&report, wall);
     if let Some(path) = &svg {
         std::fs::write(path, sim::timeline::svg(&report))
             .with_context(|| path.display().to_string())?;
     }
+    if let Some(dir) = &report_dir {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).with_context(|| path.display().to_string())
+        };
+        write("summary.txt", text.as_bytes())?;
+        write(
+            "report.json",
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        write("timeline.svg", sim::timeline::svg(&report).as_bytes())?;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "scenario {} (sha {}), seed {seed}: {} simulated hours, {} events in {wall:.1} s",
-            report.scenario,
-            &report.scenario_hash[..16],
-            report.simulated_hours,
-            report.events
-        );
-        for d in &report.disks {
+        print!("{text}");
+        if let Some(dir) = &report_dir {
             println!(
-                "  {}/{}: {} cycles ({} failed, {} resync), {} points live ({} app-consistent, {} verified), sent {}, max RPO {:.0} s (steady {:.0} s){}",
-                d.vm,
-                d.disk,
-                d.cycles,
-                d.failed_cycles,
-                d.resyncs,
-                d.points_live,
-                d.app_consistent_points,
-                d.points_verified,
-                indicatif::HumanBytes(d.bytes_sent),
-                d.max_rpo_secs,
-                d.max_steady_rpo_secs,
-                if d.health_warnings.is_empty() {
-                    String::new()
-                } else {
-                    format!("; health: {}", d.health_warnings.join("; "))
-                }
+                "report: {0}/summary.txt, {0}/report.json, {0}/timeline.svg",
+                dir.display()
             );
         }
-        for j in &report.jobs {
-            println!(
-                "  job {} {} at minute {} ({} s): {} — {}",
-                j.name,
-                j.vm,
-                j.started_minute,
-                j.seconds,
-                if j.succeeded { "succeeded" } else { "failed" },
-                j.detail
-            );
-        }
-        for c in &report.checks {
-            println!(
-                "  [{}] {} ({})",
-                if c.ok { "ok" } else { "FAILED" },
-                c.name,
-                c.detail
-            );
-        }
-        println!("trace hash {}", report.trace_hash);
     }
     Ok(if report.passed() {
         ExitCode::SUCCESS
@@ -142,43 +185,196 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
     })
 }
 
-fn swarm(start: u64, seeds: u64, failures: &std::path::Path) -> Result<ExitCode> {
-    let mut failed = 0;
-    for seed in start..start.saturating_add(seeds) {
-        let text = sim::swarm::scenario_for(seed);
-        let scenario = sim::Scenario::parse(&text).with_context(|| format!("swarm seed {seed}"))?;
-        let dir = tempfile::tempdir().context("temporary work directory")?;
-        let report = sim::run(&scenario, seed, dir.path());
-        match report {
-            Ok(r) if r.passed() => println!(
+/// The readable report: the run, a table of disks, the jobs, the checks, the trace hash.
+fn summary(report: &sim::Report, wall: f64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let simulated = report.simulated_hours as f64 * 3600.0;
+    let churn: u64 = report
+        .disks
+        .iter()
+        .map(|d| d.bytes_written_by_workload)
+        .sum();
+    let _ = writeln!(
+        out,
+        "scenario {} (sha {}), seed {}: {} simulated hours, {} events in {wall:.1} s",
+        report.scenario,
+        &report.scenario_hash[..16],
+        report.seed,
+        report.simulated_hours,
+        report.events
+    );
+    let _ = writeln!(
+        out,
+        "speed: {:.0}x real time ({:.0} simulated s per wall s), churn {}/s through the pipeline",
+        simulated / wall.max(1e-9),
+        simulated / wall.max(1e-9),
+        indicatif::HumanBytes((churn as f64 / wall.max(1e-9)) as u64)
+    );
+    let _ = writeln!(
+        out,
+        "  {:<20} {:>7} {:>7} {:>7} {:>6} {:>9} {:>10} {:>9} {:>9}",
+        "disk", "cycles", "failed", "resyncs", "points", "verified", "sent", "max RPO", "steady"
+    );
+    for d in &report.disks {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7} {:>7} {:>7} {:>6} {:>9} {:>10} {:>8.0}s {:>8.0}s",
+            format!("{}/{}", d.vm, d.disk),
+            d.cycles,
+            d.failed_cycles,
+            d.resyncs,
+            d.points_live,
+            d.points_verified,
+            indicatif::HumanBytes(d.bytes_sent).to_string(),
+            d.max_rpo_secs,
+            d.max_steady_rpo_secs,
+        );
+        if !d.health_warnings.is_empty() {
+            let _ = writeln!(out, "    health: {}", d.health_warnings.join("; "));
+        }
+    }
+    for j in &report.jobs {
+        let _ = writeln!(
+            out,
+            "  job {} {} at minute {} ({} s): {} — {}",
+            j.name,
+            j.vm,
+            j.started_minute,
+            j.seconds,
+            if j.succeeded { "succeeded" } else { "failed" },
+            j.detail
+        );
+    }
+    for c in &report.checks {
+        let _ = writeln!(
+            out,
+            "  [{}] {} ({})",
+            if c.ok { "ok" } else { "FAILED" },
+            c.name,
+            c.detail
+        );
+    }
+    let _ = writeln!(out, "trace hash {}", report.trace_hash);
+    out
+}
+
+struct SwarmOptions {
+    start: u64,
+    seeds: u64,
+    jobs: u64,
+    check_determinism: bool,
+    shard: Option<(u64, u64)>,
+    failures: PathBuf,
+}
+
+/// What one swarm seed gave: a line to print and whether it passed.
+fn swarm_seed(seed: u64, options: &SwarmOptions) -> Result<(String, bool)> {
+    let text = sim::swarm::scenario_for(seed);
+    let scenario = sim::Scenario::parse(&text).with_context(|| format!("swarm seed {seed}"))?;
+    let run_once = || -> Result<std::result::Result<sim::Report, String>> {
+        let dir = scratch_dir()?;
+        Ok(sim::run(&scenario, seed, dir.path()).map_err(|e| e.to_string()))
+    };
+    let first = run_once()?;
+    let mut why = match &first {
+        Ok(r) => r
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{} ({})", c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => e.clone(),
+    };
+    if options.check_determinism {
+        if let (Ok(a), Ok(b)) = (&first, &run_once()?) {
+            if a.trace_hash != b.trace_hash || a != b {
+                if !why.is_empty() {
+                    why.push_str("; ");
+                }
+                why.push_str(&format!(
+                    "not deterministic: trace {} then {}",
+                    &a.trace_hash[..16],
+                    &b.trace_hash[..16]
+                ));
+            }
+        }
+    }
+    match first {
+        Ok(r) if why.is_empty() => Ok((
+            format!(
                 "seed {seed}: ok ({} disks, {} jobs, {} checks) trace {}",
                 r.disks.len(),
                 r.jobs.len(),
                 r.checks.len(),
                 &r.trace_hash[..16]
             ),
-            other => {
-                failed += 1;
-                let why = match other {
-                    Ok(r) => r
-                        .checks
-                        .iter()
-                        .filter(|c| !c.ok)
-                        .map(|c| format!("{} ({})", c.name, c.detail))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    Err(e) => e.to_string(),
-                };
-                let path = failures.join(format!("swarm-{seed}.toml"));
-                std::fs::write(&path, &text).with_context(|| path.display().to_string())?;
-                println!(
-                    "seed {seed}: FAILED: {why}; reproduce: drplane sim run {}",
+            true,
+        )),
+        _ => {
+            let path = options.failures.join(format!("swarm-{seed}.toml"));
+            std::fs::create_dir_all(&options.failures)
+                .with_context(|| options.failures.display().to_string())?;
+            std::fs::write(&path, &text).with_context(|| path.display().to_string())?;
+            Ok((
+                format!(
+                    "seed {seed}: FAILED: {why}; reproduce: drplane sim run {} --seed {seed}",
                     path.display()
-                );
-            }
+                ),
+                false,
+            ))
         }
     }
-    println!("{seeds} seeds, {failed} failed");
+}
+
+fn swarm(options: &SwarmOptions) -> Result<ExitCode> {
+    let seeds: Vec<u64> = (options.start..options.start.saturating_add(options.seeds))
+        .enumerate()
+        .filter(|(i, _)| options.shard.is_none_or(|(k, n)| (*i as u64) % n == k - 1))
+        .map(|(_, s)| s)
+        .collect();
+    // Workers take seeds in order; lines are printed in seed order as they complete.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<std::collections::BTreeMap<usize, Result<(String, bool)>>> =
+        Default::default();
+    let ready = std::sync::Condvar::new();
+    let mut failed = 0usize;
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..options.jobs.min(seeds.len() as u64) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { return };
+                let outcome = swarm_seed(seed, options);
+                done.lock().expect("swarm results").insert(i, outcome);
+                ready.notify_all();
+            });
+        }
+        for i in 0..seeds.len() {
+            let mut results = done.lock().expect("swarm results");
+            while !results.contains_key(&i) {
+                results = ready.wait(results).expect("swarm results");
+            }
+            let outcome = results.remove(&i).expect("present");
+            drop(results);
+            let (line, ok) = outcome?;
+            println!("{line}");
+            failed += usize::from(!ok);
+        }
+        Ok(())
+    })?;
+    println!(
+        "{} seeds{}, {failed} failed{}",
+        seeds.len(),
+        options
+            .shard
+            .map_or(String::new(), |(k, n)| format!(" (shard {k}/{n})")),
+        if options.check_determinism {
+            " (each run twice: trace hashes compared)"
+        } else {
+            ""
+        }
+    );
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

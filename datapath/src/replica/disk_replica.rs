@@ -599,11 +599,25 @@ impl<'a> DiskReplica<'a> {
         mut sink: impl FnMut(u64, Option<&[u8]>) -> std::io::Result<()>,
     ) -> Result<(), ReplicaError> {
         let mut digests = Vec::with_capacity(self.layout.blocks() as usize);
-        // Cleared slots (zero blocks) are common: their digest is computed once per length.
+        // Cleared slots (zero blocks) are common: their digest is computed once per length,
+        // and slots outside the snapshot's written page ranges are not read at all.
         let mut zero: Option<(u64, [u8; 32])> = None;
+        let written = self.written_ranges_at(&self.data, Some(&manifest.snapshot))?;
+        let mut next_range = written.iter().peekable();
+        let slot = self.layout.slot_size();
         for block in 0..self.layout.blocks() {
             let len = self.layout.block_len(block);
-            let sunk = match self.read_record(codec, Some(&manifest.snapshot), block)? {
+            let (start, end) = (block * slot, (block + 1) * slot);
+            while next_range.peek().is_some_and(|&&(_, e)| e <= start) {
+                next_range.next();
+            }
+            let maybe_written = next_range.peek().is_some_and(|&&(s, _)| s < end);
+            let record = if maybe_written {
+                self.read_record(codec, Some(&manifest.snapshot), block)?
+            } else {
+                None
+            };
+            let sunk = match record {
                 Some((_, data)) => {
                     digests.push(codec.digest(&data));
                     sink(block, Some(&data))

@@ -145,3 +145,87 @@ impl PointAudit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datapath::cycle::{run_cycle, CycleOptions};
+    use datapath::keys::{Identity, KeyId};
+    use datapath::pageblob::data_log::Durability;
+    use datapath::pageblob::{Emulator, Profile};
+    use datapath::replica::disk_replica::Layout;
+    use datapath::replica::nonce::NonceSource;
+    use rand_core::SeedableRng;
+    use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
+
+    use super::*;
+
+    const BLOCK: u32 = 64 << 10;
+    const SIZE: u64 = 4 << 20;
+
+    fn disk_of(file: &Arc<MemoryFile>) -> vhdx::Disk {
+        vhdx::Disk::open_with(Box::new(Arc::clone(file)), "d", &NoParents).unwrap()
+    }
+
+    #[test]
+    fn points_that_match_the_disk_pass_and_a_lost_write_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(datapath::clock::ManualClock::new(1_700_000_000_000_000_000));
+        let store =
+            Emulator::open(dir.path(), Profile::Standard, Durability::Process, clock).unwrap();
+        let identity = Identity::from_key_material(KeyId([1; 20]), "CN=t".into(), &[7; 64]);
+        let keys = identity.disk_keys("d");
+        let codec = BlockCodec::new(&keys, 1, true);
+        let layout = Layout {
+            disk_size: SIZE,
+            block_size: BLOCK,
+        };
+        let replica = DiskReplica::open(&store, "replicas", "d", layout).unwrap();
+        let file = Arc::new(MemoryFile::new());
+        let mut writer = VhdxWriter::create(
+            Arc::clone(&file),
+            &CreateOptions::dynamic(SIZE),
+            Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(1)),
+        )
+        .unwrap();
+        let mut nonces = NonceSource::new_epoch(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
+        let mut models = BTreeMap::new();
+        let mut audit = PointAudit::default();
+        let cycle = |nonces: &mut NonceSource, t: u64| {
+            let disk = disk_of(&file);
+            let mut options = CycleOptions::scan(t);
+            options.upload_threads = 0;
+            run_cycle(&replica, &disk, &identity, &keys, &options, nonces, &|_| {}).unwrap();
+            ContentModel::of_disk(&disk, BLOCK).unwrap()
+        };
+        writer.write_at(0, &[1; 100_000]).unwrap();
+        writer.flush().unwrap();
+        models.insert(0, cycle(&mut nonces, 10));
+        writer.write_at(3 << 20, &[2; 70_000]).unwrap();
+        writer.zero(0, 65536).unwrap();
+        writer.flush().unwrap();
+        models.insert(1, cycle(&mut nonces, 20));
+        let points = replica.points(keys.digest.expose()).unwrap();
+        audit.catch_up(&replica, &codec, &points, &models);
+        assert!(audit.failures.is_empty(), "{:?}", audit.failures);
+        assert_eq!(audit.verified.len(), 2);
+        assert!(audit.records >= 3 && audit.reuse.is_empty());
+
+        // The disk gets a write the next point does not hold (as if the data path dropped it):
+        // the checker's model says otherwise, and the audit names the block.
+        let replicated = cycle(&mut nonces, 30);
+        writer.write_at(2 << 20, &[3; 4096]).unwrap();
+        writer.flush().unwrap();
+        let mut claimed = replicated.clone();
+        claimed.refresh(&disk_of(&file), [32]).unwrap();
+        models.insert(2, claimed);
+        let points = replica.points(keys.digest.expose()).unwrap();
+        audit.catch_up(&replica, &codec, &points, &models);
+        assert_eq!(
+            audit.failures,
+            vec!["point 2: block 32 differs from the disk at that point".to_string()]
+        );
+        assert!(!audit.verified.contains(&2));
+    }
+}

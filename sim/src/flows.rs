@@ -97,14 +97,44 @@ fn describe(nics: &[(String, String, Option<String>)], source_nics: usize) -> St
 /// Restore throughput charged to a job (bytes per second).
 const RESTORE_BYTES_PER_SEC: u64 = 200_000_000;
 
-fn choose(points: &[Manifest], choice: PointChoice) -> Option<&Manifest> {
-    match choice {
-        PointChoice::Latest => points.last(),
-        PointChoice::LatestAppConsistent => points
-            .iter()
+/// The recovery point of each of a VM's disks (`points[i]` are disk *i*'s) for `choice`. A
+/// VM's point is one instant for all its disks: "latest" is the newest time every disk has a
+/// point at or before (the oldest of the disks' latest points), and each disk uses its newest
+/// point up to that time; likewise for app-consistent points. `Sequence(n)` names point *n*
+/// of every disk.
+fn choose(points: &[Vec<Manifest>], choice: PointChoice) -> Option<Vec<&Manifest>> {
+    fn app(p: &&Manifest) -> bool {
+        p.consistency == Consistency::Application
+    }
+    fn at_or_before(disk: &[Manifest], t: u64, app_only: bool) -> Option<&Manifest> {
+        disk.iter()
             .rev()
-            .find(|p| p.consistency == Consistency::Application),
-        PointChoice::Sequence(n) => points.iter().find(|p| p.sequence == n),
+            .find(|p| p.time_nanos <= t && (!app_only || app(p)))
+    }
+    match choice {
+        PointChoice::Sequence(n) => points
+            .iter()
+            .map(|disk| disk.iter().find(|p| p.sequence == n))
+            .collect(),
+        PointChoice::Latest | PointChoice::LatestAppConsistent => {
+            let app_only = choice == PointChoice::LatestAppConsistent;
+            let newest = |disk: &[Manifest]| {
+                disk.iter()
+                    .rev()
+                    .find(|p| !app_only || app(p))
+                    .map(|p| p.time_nanos)
+            };
+            let t = points
+                .iter()
+                .map(|d| newest(d))
+                .collect::<Option<Vec<u64>>>()?
+                .into_iter()
+                .min()?;
+            points
+                .iter()
+                .map(|disk| at_or_before(disk, t, app_only))
+                .collect()
+        }
     }
 }
 
@@ -132,8 +162,7 @@ fn restore(
     writer.set_bulk(true);
     let mut model = d.model.zeroed_like();
     let block_size = u64::from(point.block_size);
-    d.agent
-        .replica
+    d.azure_view
         .restore_blocks(&codec, point, keys.digest.expose(), |block, data| {
             let Some(data) = data else {
                 // A zero block: nothing to write into the new disk.
@@ -215,13 +244,22 @@ pub(crate) fn perform(
                     managed_disks_allowed(vm, scenario, settings)?;
                 }
                 let mut used = Vec::new();
-                for &i in members {
-                    let points = disks[i].agent.points().map_err(|e| e.to_string())?;
-                    let point = choose(&points, choice)
-                        .ok_or_else(|| {
-                            format!("{}: no such recovery point", disks[i].replica_name)
-                        })?
-                        .clone();
+                let mut taken_at = 0u64;
+                let all_points = members
+                    .iter()
+                    .map(|&i| {
+                        disks[i]
+                            .azure_view
+                            .points(&disks[i].digest_key)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                let chosen: Vec<Manifest> = choose(&all_points, choice)
+                    .ok_or_else(|| format!("{}: no such recovery point on every disk", vm.name))?
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                for (&i, point) in members.iter().zip(chosen) {
                     let (copy, hash) = restore(&disks[i], identity, &point)?;
                     bytes += disks[i].spec.size_bytes;
                     checks.push(Check {
@@ -234,6 +272,7 @@ pub(crate) fn perform(
                         detail: format!("{:?}", point.consistency),
                     });
                     used.push(point.sequence);
+                    taken_at = taken_at.max(point.time_nanos);
                     if test {
                         disks[i].test_copy = Some(copy);
                     } else {
@@ -245,7 +284,8 @@ pub(crate) fn perform(
                     mark_managed(vm, settings);
                 }
                 Ok(format!(
-                    "points {used:?}; {}",
+                    "points {used:?} (taken by minute {:.1}); {}",
+                    taken_at.saturating_sub(scenario.start_nanos) as f64 / 60e9,
                     describe(&nics, vm.nics.len())
                 ))
             }
@@ -287,7 +327,10 @@ pub(crate) fn perform(
                         &disks[i].replica_name,
                         scenario.policy.block_size,
                     )?;
-                    let points = disks[i].agent.points().map_err(|e| e.to_string())?;
+                    let points = disks[i]
+                        .azure_view
+                        .points(&disks[i].digest_key)
+                        .map_err(|e| e.to_string())?;
                     let point = points.last().ok_or("no recovery point")?.clone();
                     let (copy, hash) = restore(&disks[i], identity, &point)?;
                     bytes += disks[i].spec.size_bytes;

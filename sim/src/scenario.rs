@@ -66,6 +66,19 @@ struct File {
     #[serde(default)]
     network_mapping: Vec<MappingFile>,
     registration: Option<RegistrationFile>,
+    #[serde(default)]
+    expect: Vec<ExpectFile>,
+}
+
+/// An assertion about the run: a job's outcome.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectFile {
+    job: String,
+    vm: String,
+    at_minutes: Option<u64>,
+    succeeded: bool,
+    detail_contains: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +285,30 @@ pub enum Action {
     Failback,
 }
 
+/// A scenario's assertion: the vault job `job` of `vm` (at `at_minutes`, or any) ends as
+/// `succeeded`, with `detail_contains` in its detail when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    pub job: String,
+    pub vm: String,
+    pub at_minutes: Option<u64>,
+    pub succeeded: bool,
+    pub detail_contains: Option<String>,
+}
+
+/// Job names a scenario may expect.
+pub const JOB_NAMES: &[&str] = &[
+    "register",
+    "test failover",
+    "cleanup test failover",
+    "planned failover",
+    "unplanned failover",
+    "commit",
+    "failback",
+    "add disk",
+    "update replicated item",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub at_minutes: u64,
@@ -299,6 +336,8 @@ pub struct Scenario {
     pub credentials_issued_nanos: u64,
     /// VMM VM network → Azure VNet.
     pub network_mapping: std::collections::BTreeMap<String, String>,
+    /// Assertions checked after the run.
+    pub expectations: Vec<Expectation>,
     /// BLAKE3 of the file's bytes.
     pub hash: String,
 }
@@ -717,6 +756,37 @@ impl Scenario {
             .start_unix
             .unwrap_or(1_795_651_200)
             .saturating_mul(1_000_000_000);
+        if f.expect.len() > MAX_FAULTS {
+            return Err(invalid(
+                "expect",
+                f.expect.len(),
+                format!("at most {MAX_FAULTS}"),
+            ));
+        }
+        let mut expectations = Vec::new();
+        for (i, e) in f.expect.into_iter().enumerate() {
+            let at = format!("expect[{i}]");
+            if !JOB_NAMES.contains(&e.job.as_str()) {
+                return Err(invalid(format!("{at}.job"), &e.job, JOB_NAMES.join(", ")));
+            }
+            if e.job != "register" && !names.contains(&e.vm) {
+                return Err(invalid(format!("{at}.vm"), &e.vm, "a VM of the scenario"));
+            }
+            if e.detail_contains.as_ref().is_some_and(|d| d.len() > 256) {
+                return Err(invalid(
+                    format!("{at}.detail_contains"),
+                    "(long)",
+                    "at most 256 characters",
+                ));
+            }
+            expectations.push(Expectation {
+                job: e.job,
+                vm: e.vm,
+                at_minutes: e.at_minutes,
+                succeeded: e.succeeded,
+                detail_contains: e.detail_contains,
+            });
+        }
         Ok(Scenario {
             name: f.name,
             seed: f.seed.unwrap_or(1),
@@ -739,6 +809,7 @@ impl Scenario {
                     .saturating_mul(3_600_000_000_000),
             ),
             network_mapping,
+            expectations,
             hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
         })
     }

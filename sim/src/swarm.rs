@@ -2,9 +2,12 @@
 //! retention, app-consistent frequency, block size), VMs and disks, workload, faults (WAN
 //! outages, host crashes, storage storms, a wrong certificate, host clock skew) and DR
 //! operations — as TOML text,
-//! so a failing seed is reproduced with `drplane sim run` on the text it prints.
+//! so a failing seed is reproduced with `drplane sim run` on the text it prints. [`run`] runs
+//! a range of seeds on worker threads (optionally each twice, comparing the runs), reporting
+//! in seed order.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use rand_core::RngCore;
 
@@ -127,6 +130,134 @@ pub fn scenario_for(seed: u64) -> String {
         step(&mut s, "failback", t + between(rng, 10, 25), None);
     }
     s
+}
+
+/// A scratch directory for a run's stores, in memory when the machine has `/dev/shm` (the
+/// stores are thrown away; a disk-backed directory only adds I/O noise to the timing).
+pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("drplane-sim")
+            .tempdir_in(shm)
+        {
+            return Ok(dir);
+        }
+    }
+    tempfile::tempdir()
+}
+
+/// Which seeds to run and how.
+#[derive(Debug, Clone)]
+pub struct SwarmOptions {
+    pub start: u64,
+    pub seeds: u64,
+    /// Seeds run at once.
+    pub jobs: u64,
+    /// Run each seed twice; a trace-hash (or report) difference fails it.
+    pub check_determinism: bool,
+    /// Only shard K of N (1-based): seeds whose index mod N is K-1.
+    pub shard: Option<(u64, u64)>,
+}
+
+/// What one seed gave.
+#[derive(Debug, Clone)]
+pub struct SeedOutcome {
+    pub seed: u64,
+    /// The seed's scenario, to write out and reproduce a failure.
+    pub scenario: String,
+    /// The run's report (the first run's), unless it could not run.
+    pub report: Result<crate::Report, String>,
+    /// Every reason the seed failed (broken checks, an error, nondeterminism); empty: passed.
+    pub failures: Vec<String>,
+}
+
+impl SeedOutcome {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Run one seed (twice when checking determinism).
+pub fn run_seed(seed: u64, check_determinism: bool) -> SeedOutcome {
+    let scenario = scenario_for(seed);
+    let run_once = || -> Result<crate::Report, String> {
+        let parsed = crate::Scenario::parse(&scenario).map_err(|e| e.to_string())?;
+        let dir = scratch_dir().map_err(|e| format!("scratch directory: {e}"))?;
+        crate::run(&parsed, seed, dir.path()).map_err(|e| e.to_string())
+    };
+    let report = run_once();
+    let mut failures: Vec<String> = match &report {
+        Ok(r) => r
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{} ({})", c.name, c.detail))
+            .collect(),
+        Err(e) => vec![e.clone()],
+    };
+    if check_determinism {
+        if let (Ok(a), Ok(b)) = (&report, &run_once()) {
+            if a != b {
+                failures.push(format!(
+                    "not deterministic: trace {} then {}",
+                    &a.trace_hash[..16],
+                    &b.trace_hash[..16]
+                ));
+            }
+        }
+    }
+    SeedOutcome {
+        seed,
+        scenario,
+        report,
+        failures,
+    }
+}
+
+/// The seeds `options` selects, in order.
+pub fn seeds(options: &SwarmOptions) -> Vec<u64> {
+    (options.start..options.start.saturating_add(options.seeds))
+        .enumerate()
+        .filter(|(i, _)| {
+            options
+                .shard
+                .is_none_or(|(k, n)| n > 0 && (*i as u64) % n == k.saturating_sub(1))
+        })
+        .map(|(_, s)| s)
+        .collect()
+}
+
+/// Run the selected seeds on `options.jobs` threads; `report` hears of each outcome in seed
+/// order, as soon as it and every earlier seed are done.
+pub fn run(options: &SwarmOptions, mut report: impl FnMut(SeedOutcome)) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seeds = seeds(options);
+    let next = AtomicUsize::new(0);
+    let done: std::sync::Mutex<std::collections::BTreeMap<usize, SeedOutcome>> = Default::default();
+    let ready = std::sync::Condvar::new();
+    std::thread::scope(|scope| {
+        for _ in 0..options.jobs.clamp(1, 64).min(seeds.len() as u64) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { return };
+                let outcome = run_seed(seed, options.check_determinism);
+                done.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(i, outcome);
+                ready.notify_all();
+            });
+        }
+        for i in 0..seeds.len() {
+            let mut results = done.lock().unwrap_or_else(|p| p.into_inner());
+            while !results.contains_key(&i) {
+                results = ready.wait(results).unwrap_or_else(|p| p.into_inner());
+            }
+            let outcome = results.remove(&i).expect("present");
+            drop(results);
+            report(outcome);
+        }
+    });
 }
 
 #[cfg(test)]

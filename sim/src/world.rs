@@ -20,6 +20,7 @@ use datapath::clock::{Clock, ManualClock};
 use datapath::keys::{Identity, KeyId};
 use datapath::pageblob::data_log::Durability;
 use datapath::pageblob::faults::{FaultConfig, FaultyStore};
+use datapath::pageblob::read_retry::ReadRetry;
 use datapath::pageblob::{Emulator, PageBlobStore, Profile};
 use datapath::replica::block_record::BlockCodec;
 use datapath::replicator::{Action, CycleOutcome, CyclePlan, Replicator};
@@ -220,6 +221,9 @@ pub(crate) struct SimDisk<'a> {
     /// never faulted and never draw from the fault stream the agents see.
     pub(crate) observer: datapath::replica::disk_replica::DiskReplica<'a>,
     pub(crate) digest_key: [u8; 32],
+    /// The replica as failover jobs read it: through the storage account's faults, retrying
+    /// transient errors.
+    pub(crate) azure_view: datapath::replica::disk_replica::DiskReplica<'a>,
     pub(crate) report: DiskReport,
 }
 
@@ -239,7 +243,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         ..FaultConfig::default()
     };
     let emulator = Arc::new(emulator);
-    let store = FaultyStore::new(Arc::clone(&emulator), calm);
+    let store = Arc::new(FaultyStore::new(Arc::clone(&emulator), calm));
+    // Failover jobs read the account from inside Azure: transient errors are retried.
+    let azure_side = ReadRetry::new(Arc::clone(&store), 16);
     let premium = scenario.profile != Profile::Standard;
     let log_store = if premium {
         Some(
@@ -274,7 +280,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         tracker.0.set_power_safe(false);
         let (agent, resume) = DiskAgent::open(
             AgentTarget {
-                store: &store,
+                store: &*store,
                 container: CONTAINER,
                 name,
                 log_store: log_store.as_ref().map(|s| s as &dyn PageBlobStore),
@@ -326,6 +332,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             )
             .map_err(|e| SimError::Setup(format!("replica {name}: {e}")))?;
             let digest_key = *identity.disk_keys(&name).digest.expose();
+            let azure_view = datapath::replica::disk_replica::DiskReplica::open(
+                &azure_side,
+                CONTAINER,
+                &name,
+                agent.replica.layout,
+            )
+            .map_err(|e| SimError::Setup(format!("replica {name}: {e}")))?;
             disks.push(SimDisk {
                 vm: vm.name.clone(),
                 azure: None,
@@ -347,6 +360,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 codec,
                 observer,
                 digest_key,
+                azure_view,
                 agent_down: false,
                 report: DiskReport {
                     vm: vm.name.clone(),
@@ -883,6 +897,37 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             detail
         },
     });
+    for e in &scenario.expectations {
+        let matching: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| {
+                j.name == e.job
+                    && (e.job == "register" || j.vm == e.vm)
+                    && e.at_minutes.is_none_or(|m| j.started_minute == m)
+            })
+            .collect();
+        let fits = |j: &&Job| {
+            j.succeeded == e.succeeded
+                && e.detail_contains
+                    .as_ref()
+                    .is_none_or(|d| j.detail.contains(d.as_str()))
+        };
+        checks.push(Check {
+            name: format!(
+                "expected: {} of {}{} {}",
+                e.job,
+                e.vm,
+                e.at_minutes
+                    .map_or(String::new(), |m| format!(" at minute {m}")),
+                if e.succeeded { "succeeds" } else { "fails" }
+            ),
+            ok: matching.iter().any(fits),
+            detail: match matching.first() {
+                None => "no such job ran".into(),
+                Some(j) => j.detail.clone(),
+            },
+        });
+    }
     checks.push(Check {
         name: "live snapshots within the profile limit".into(),
         ok: snapshot_limit_ok,

@@ -71,19 +71,8 @@ fn parse_shard(text: &str) -> std::result::Result<(u64, u64), String> {
     Ok((k, n))
 }
 
-/// A scratch directory for a run's stores, in memory when the machine has `/dev/shm` (the
-/// stores are thrown away; a disk-backed directory only adds I/O noise to the timing).
 fn scratch_dir() -> Result<tempfile::TempDir> {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
-            .prefix("drplane-sim")
-            .tempdir_in(shm)
-        {
-            return Ok(dir);
-        }
-    }
-    tempfile::tempdir().context("temporary work directory")
+    sim::swarm::scratch_dir().context("temporary work directory")
 }
 
 pub fn run(command: SimCommand) -> Result<ExitCode> {
@@ -104,14 +93,16 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
             shard,
             failures,
         } => {
-            return swarm(&SwarmOptions {
-                start,
-                seeds,
-                jobs,
-                check_determinism,
-                shard,
-                failures,
-            })
+            return swarm(
+                &sim::swarm::SwarmOptions {
+                    start,
+                    seeds,
+                    jobs,
+                    check_determinism,
+                    shard,
+                },
+                &failures,
+            )
         }
     };
     let text = match &scenario {
@@ -259,118 +250,49 @@ fn summary(report: &sim::Report, wall: f64) -> String {
     out
 }
 
-struct SwarmOptions {
-    start: u64,
-    seeds: u64,
-    jobs: u64,
-    check_determinism: bool,
-    shard: Option<(u64, u64)>,
-    failures: PathBuf,
-}
-
-/// What one swarm seed gave: a line to print and whether it passed.
-fn swarm_seed(seed: u64, options: &SwarmOptions) -> Result<(String, bool)> {
-    let text = sim::swarm::scenario_for(seed);
-    let scenario = sim::Scenario::parse(&text).with_context(|| format!("swarm seed {seed}"))?;
-    let run_once = || -> Result<std::result::Result<sim::Report, String>> {
-        let dir = scratch_dir()?;
-        Ok(sim::run(&scenario, seed, dir.path()).map_err(|e| e.to_string()))
-    };
-    let first = run_once()?;
-    let mut why = match &first {
-        Ok(r) => r
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{} ({})", c.name, c.detail))
-            .collect::<Vec<_>>()
-            .join("; "),
-        Err(e) => e.clone(),
-    };
-    if options.check_determinism {
-        if let (Ok(a), Ok(b)) = (&first, &run_once()?) {
-            if a.trace_hash != b.trace_hash || a != b {
-                if !why.is_empty() {
-                    why.push_str("; ");
-                }
-                why.push_str(&format!(
-                    "not deterministic: trace {} then {}",
-                    &a.trace_hash[..16],
-                    &b.trace_hash[..16]
-                ));
-            }
-        }
-    }
-    match first {
-        Ok(r) if why.is_empty() => Ok((
-            format!(
-                "seed {seed}: ok ({} disks, {} jobs, {} checks) trace {}",
-                r.disks.len(),
-                r.jobs.len(),
-                r.checks.len(),
-                &r.trace_hash[..16]
-            ),
-            true,
-        )),
-        _ => {
-            let path = options.failures.join(format!("swarm-{seed}.toml"));
-            std::fs::create_dir_all(&options.failures)
-                .with_context(|| options.failures.display().to_string())?;
-            std::fs::write(&path, &text).with_context(|| path.display().to_string())?;
-            Ok((
-                format!(
-                    "seed {seed}: FAILED: {why}; reproduce: drplane sim run {} --seed {seed}",
-                    path.display()
-                ),
-                false,
-            ))
-        }
-    }
-}
-
-fn swarm(options: &SwarmOptions) -> Result<ExitCode> {
-    let seeds: Vec<u64> = (options.start..options.start.saturating_add(options.seeds))
-        .enumerate()
-        .filter(|(i, _)| options.shard.is_none_or(|(k, n)| (*i as u64) % n == k - 1))
-        .map(|(_, s)| s)
-        .collect();
-    // Workers take seeds in order; lines are printed in seed order as they complete.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done: std::sync::Mutex<std::collections::BTreeMap<usize, Result<(String, bool)>>> =
-        Default::default();
-    let ready = std::sync::Condvar::new();
+fn swarm(options: &sim::swarm::SwarmOptions, failures: &std::path::Path) -> Result<ExitCode> {
     let mut failed = 0usize;
-    std::thread::scope(|scope| -> Result<()> {
-        for _ in 0..options.jobs.min(seeds.len() as u64) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&seed) = seeds.get(i) else { return };
-                let outcome = swarm_seed(seed, options);
-                done.lock().expect("swarm results").insert(i, outcome);
-                ready.notify_all();
-            });
-        }
-        for i in 0..seeds.len() {
-            let mut results = done.lock().expect("swarm results");
-            while !results.contains_key(&i) {
-                results = ready.wait(results).expect("swarm results");
+    let mut total = 0usize;
+    let mut write_error = None;
+    sim::swarm::run(options, |outcome| {
+        total += 1;
+        let seed = outcome.seed;
+        if outcome.passed() {
+            if let Ok(r) = &outcome.report {
+                println!(
+                    "seed {seed}: ok ({} disks, {} jobs, {} checks) trace {}",
+                    r.disks.len(),
+                    r.jobs.len(),
+                    r.checks.len(),
+                    &r.trace_hash[..16]
+                );
             }
-            let outcome = results.remove(&i).expect("present");
-            drop(results);
-            let (line, ok) = outcome?;
-            println!("{line}");
-            failed += usize::from(!ok);
+            return;
         }
-        Ok(())
-    })?;
+        failed += 1;
+        let path = failures.join(format!("swarm-{seed}.toml"));
+        let written = std::fs::create_dir_all(failures)
+            .and_then(|()| std::fs::write(&path, &outcome.scenario))
+            .with_context(|| path.display().to_string());
+        if let Err(e) = written {
+            write_error.get_or_insert(e);
+        }
+        println!(
+            "seed {seed}: FAILED: {}; reproduce: drplane sim run {} --seed {seed}",
+            outcome.failures.join("; "),
+            path.display()
+        );
+    });
+    if let Some(e) = write_error {
+        return Err(e);
+    }
     println!(
-        "{} seeds{}, {failed} failed{}",
-        seeds.len(),
+        "{total} seeds{}, {failed} failed{}",
         options
             .shard
             .map_or(String::new(), |(k, n)| format!(" (shard {k}/{n})")),
         if options.check_determinism {
-            " (each run twice: trace hashes compared)"
+            " (each run twice: reports and trace hashes compared)"
         } else {
             ""
         }

@@ -15,6 +15,7 @@ pub mod extent_map;
 pub mod faults;
 pub mod fs;
 pub mod http;
+pub mod read_retry;
 pub mod timestamp;
 pub mod types;
 

@@ -1,0 +1,104 @@
+//! Every scenario in `scenarios/` passes, and a swarm of 200 seeds passes with each seed run
+//! twice and its two reports (trace hashes included) identical — what CI promises.
+
+use std::path::PathBuf;
+
+fn scenarios() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_scenario_passes() {
+    let files = scenarios();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for required in [
+        "quickstart",
+        "premium",
+        "host-crash-resync",
+        "wan-outage-failover",
+        "failback-round-trip",
+        "recovery-plan",
+        "reference",
+    ] {
+        assert!(
+            names.iter().any(|n| n == required),
+            "scenarios/{required}.toml"
+        );
+    }
+    let mut failed = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let scenario =
+            sim::Scenario::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let dir = sim::swarm::scratch_dir().unwrap();
+        let report = sim::run(&scenario, scenario.seed, dir.path())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(
+            report.checks.len() >= 4,
+            "{}: the standing checks ran",
+            file.display()
+        );
+        for c in report.checks.iter().filter(|c| !c.ok) {
+            failed.push(format!("{}: {} ({})", file.display(), c.name, c.detail));
+        }
+        // Scenario assertions became checks.
+        let expected = report
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("expected: "))
+            .count();
+        assert_eq!(expected, scenario.expectations.len(), "{}", file.display());
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn a_swarm_of_200_seeds_passes_and_every_seed_runs_the_same_twice() {
+    let options = sim::swarm::SwarmOptions {
+        start: 0,
+        seeds: 200,
+        jobs: 2,
+        check_determinism: true,
+        shard: None,
+    };
+    let mut ran = 0;
+    let mut failed = Vec::new();
+    sim::swarm::run(&options, |outcome| {
+        ran += 1;
+        if !outcome.passed() {
+            failed.push(format!(
+                "seed {}: {}\n{}",
+                outcome.seed,
+                outcome.failures.join("; "),
+                outcome.scenario
+            ));
+        }
+    });
+    assert_eq!(ran, 200);
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+#[test]
+fn shards_split_the_seeds_between_them() {
+    let shard = |k| sim::swarm::SwarmOptions {
+        start: 10,
+        seeds: 11,
+        jobs: 1,
+        check_determinism: false,
+        shard: Some((k, 3)),
+    };
+    let mut all: Vec<u64> = (1..=3).flat_map(|k| sim::swarm::seeds(&shard(k))).collect();
+    assert_eq!(sim::swarm::seeds(&shard(2)), vec![11, 14, 17, 20]);
+    all.sort_unstable();
+    assert_eq!(all, (10..21).collect::<Vec<_>>());
+}

@@ -51,6 +51,10 @@ pub struct DiskAgent<'a> {
     inline_uploads: bool,
     /// The digest table and Merkle tree of the last cycle this agent committed.
     table: Option<crate::replica::merkle::MerkleTree>,
+    /// The tracker was untrusted when the agent started and no full comparison (initial
+    /// replication or resync) has committed since: until one does, a clean stop must not mark
+    /// the tracker trusted, or the writes it never saw would never be sent.
+    resync_owed: bool,
 }
 
 impl std::fmt::Debug for DiskAgent<'_> {
@@ -133,6 +137,7 @@ impl<'a> DiskAgent<'a> {
             Some((t, why)) => (Some(t), why),
             None => (None, None),
         };
+        let resync_owed = untrusted.is_some();
         let resume = Resume {
             last_point_nanos: existing.last().map(|p| p.time_nanos),
             last_app_point_nanos: existing
@@ -155,6 +160,7 @@ impl<'a> DiskAgent<'a> {
                 rng,
                 inline_uploads: false,
                 table: None,
+                resync_owed,
             },
             resume,
         ))
@@ -217,6 +223,10 @@ impl<'a> DiskAgent<'a> {
             self.nonces = NonceSource::new_epoch(&mut self.rng);
             outcome = self.cycle(source, &options, progress);
         }
+        if outcome.is_ok() && plan.kind != CycleKind::Delta {
+            // Every block was compared with the replica: nothing the tracker missed is owed.
+            self.resync_owed = false;
+        }
         match (&mut self.tracker, &outcome) {
             (Some(t), Ok(_)) => t.commit_cycle().map_err(AgentError::Tracker)?,
             (Some(t), Err(_)) => t.abort_cycle(),
@@ -267,22 +277,23 @@ impl<'a> DiskAgent<'a> {
 
     /// A clean stop of the service without giving the agent up: a running cycle's blocks go
     /// back to the tracker, which is persisted with a clean-shutdown mark, so the agent that
-    /// starts next trusts it (no resync).
+    /// starts next trusts it (no resync) — unless a resync is still owed (the tracker was
+    /// untrusted at start and no full comparison has committed since): then the mark stays
+    /// unclean and the next agent resyncs.
     pub fn stop_cleanly(&mut self) -> Result<(), AgentError> {
+        let clean = !self.resync_owed;
         match &mut self.tracker {
             Some(t) => {
                 t.abort_cycle();
-                t.persist(true).map_err(AgentError::Tracker)
+                t.persist(clean).map_err(AgentError::Tracker)
             }
             None => Ok(()),
         }
     }
 
-    /// Stop: the tracker is persisted with a clean-shutdown mark.
-    pub fn close(self) -> Result<(), AgentError> {
-        match self.tracker {
-            Some(t) => t.close().map_err(AgentError::Tracker),
-            None => Ok(()),
-        }
+    /// Stop: the tracker is persisted with a clean-shutdown mark (unless a resync is owed,
+    /// as for [`stop_cleanly`](Self::stop_cleanly)).
+    pub fn close(mut self) -> Result<(), AgentError> {
+        self.stop_cleanly()
     }
 }

@@ -225,3 +225,83 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
     let (_, why) = ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
     assert_eq!(why, None, "a clean close leaves a trusted bitmap");
 }
+
+#[test]
+fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
+    // A host crash loses the tracker's unsaved bits; the agent that starts next owes a resync.
+    // If its service is stopped cleanly before that resync ran, the stop must not mark the
+    // tracker trusted: the writes it never saw would never be sent.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Emulator::open(
+        &dir.path().join("store"),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap();
+    let id = identity(&clock);
+    let policy = Policy::from_toml("copy_frequency_secs = 300", Profile::Standard).unwrap();
+    let bitmap = dir.path().join("vm-disk.ctb");
+    let target = AgentTarget {
+        store: &store,
+        container: "replicas",
+        name: "vm-disk",
+        log_store: None,
+    };
+    let open = || {
+        let tracker = ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
+        DiskAgent::open(
+            target,
+            &id,
+            policy.clone(),
+            SIZE,
+            Some(tracker),
+            true,
+            Box::new(ChaCha8Rng::seed_from_u64(clock.now_nanos())),
+        )
+        .unwrap()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut disk = Disk {
+        bytes: vec![0; SIZE as usize],
+        reads: AtomicU64::new(0),
+    };
+    workload(&mut disk, &mut rng, 10);
+    let (mut first, resume) = open();
+    let mut machine = Replicator::new(policy.clone(), None, T0, resume);
+    let Action::RunCycle(plan) = machine.poll(T0) else {
+        panic!("initial replication is due")
+    };
+    first.run(&plan, &disk, T0, &|_| {}).unwrap();
+    // Writes the tracker hears of, then a crash before they are persisted.
+    for (o, l) in workload(&mut disk, &mut rng, 5) {
+        first.track_write(o, l);
+    }
+    drop(first);
+    let (mut second, resume) = open();
+    assert_eq!(
+        resume.tracking_untrusted.as_deref(),
+        Some("tracking stopped uncleanly")
+    );
+    second.stop_cleanly().unwrap();
+    drop(second);
+    let (third, resume) = open();
+    assert!(
+        resume.tracking_untrusted.is_some(),
+        "the resync is still owed after a clean stop"
+    );
+    let mut third = third;
+    let mut machine = Replicator::new(policy.clone(), None, T0 + 10 * MIN, resume);
+    let Action::RunCycle(plan) = machine.poll(T0 + 10 * MIN) else {
+        panic!("a cycle is due")
+    };
+    assert_eq!(plan.kind, CycleKind::Resync);
+    let report = third.run(&plan, &disk, T0 + 10 * MIN, &|_| {}).unwrap();
+    assert!(restore_point(&third, &id, report.point.sequence) == disk.bytes);
+    // With the resync done, a clean stop is trusted again.
+    third.stop_cleanly().unwrap();
+    drop(third);
+    let (_, resume) = open();
+    assert_eq!(resume.tracking_untrusted, None);
+}

@@ -174,6 +174,8 @@ struct FaultFile {
     busy: Option<f64>,
     timeouts: Option<f64>,
     torn: Option<f64>,
+    /// wan_degraded: the bandwidth meanwhile.
+    bandwidth_mbps: Option<u64>,
 }
 
 /// A disk of a VM and its workload.
@@ -231,6 +233,8 @@ pub const VM_SIZES: [(&str, usize); 6] = [
 pub enum FaultKind {
     /// The WAN to Azure is down for a while: uploads fail.
     WanDown { minutes: u64 },
+    /// The WAN runs at `mbps` (instead of the scenario's bandwidth) for `minutes`.
+    WanDegraded { minutes: u64, mbps: u64 },
     /// The Hyper-V host crashes and restarts: agents stop without a clean shutdown.
     HostCrash,
     /// The storage account answers 503 ServerBusy and 500 OperationTimedOut (after applying a
@@ -613,6 +617,15 @@ impl Scenario {
                     }
                     FaultKind::WanDown { minutes }
                 }
+                "wan_degraded" => {
+                    let minutes = fault.minutes.filter(|m| (1..=MAX_DURATION_HOURS * 60).contains(m)).ok_or_else(|| {
+                        invalid(format!("{at}.minutes"), fault.minutes.map_or("missing".into(), |m| m.to_string()), "1 minute to the scenario's maximum")
+                    })?;
+                    let mbps = fault.bandwidth_mbps.filter(|b| (1..=100_000).contains(b)).ok_or_else(|| {
+                        invalid(format!("{at}.bandwidth_mbps"), fault.bandwidth_mbps.map_or("missing".into(), |m| m.to_string()), "1 to 100000 (Mbit/s)")
+                    })?;
+                    FaultKind::WanDegraded { minutes, mbps }
+                }
                 "host_crash" => FaultKind::HostCrash,
                 "wrong_certificate" => FaultKind::WrongCertificate,
                 "agent_restart" => FaultKind::AgentRestart,
@@ -667,7 +680,7 @@ impl Scenario {
                     return Err(invalid(
                         format!("{at}.kind"),
                         other,
-                        "wan_down, host_crash, agent_restart, storage_storm, wrong_certificate or clock_skew",
+                        "wan_down, wan_degraded, host_crash, agent_restart, storage_storm, wrong_certificate or clock_skew",
                     ))
                 }
             };

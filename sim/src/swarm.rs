@@ -1,7 +1,7 @@
 //! Swarm testing: each seed draws its own scenario — storage profile, policy (copy frequency,
 //! retention, app-consistent frequency, block size), VMs and disks, workload, faults (WAN
-//! outages, host crashes, storage storms, a wrong certificate, host clock skew) and DR
-//! operations — as TOML text,
+//! outages and slow WANs, host crashes, agent restarts, storage storms with torn writes, a wrong
+//! certificate, host clock skew) and DR operations — as TOML text,
 //! so a failing seed is reproduced with `drplane sim run` on the text it prints. [`run`] runs
 //! a range of seeds on worker threads (optionally each twice, comparing the runs), reporting
 //! in seed order.
@@ -73,7 +73,7 @@ pub fn scenario_for(seed: u64) -> String {
     let minutes = hours * 60;
     for _ in 0..between(rng, 0, 3) {
         let at = between(rng, 10, minutes - 10);
-        match rng.next_u64() % 5 {
+        match rng.next_u64() % 8 {
             0 => {
                 let _ = writeln!(
                     s,
@@ -94,10 +94,30 @@ pub fn scenario_for(seed: u64) -> String {
                     between(rng, 0, 10)
                 );
             }
-            _ => {
+            3 => {
                 let _ = writeln!(
                     s,
                     "[[fault]]\nkind = \"wrong_certificate\"\nat_minutes = {at}"
+                );
+            }
+            4 => {
+                let seconds = between(rng, 60, 3600) as i64;
+                let sign = if rng.next_u64() % 2 == 0 { 1 } else { -1 };
+                let _ = writeln!(
+                    s,
+                    "[[fault]]\nkind = \"clock_skew\"\nat_minutes = {at}\nseconds = {}",
+                    sign * seconds
+                );
+            }
+            5 => {
+                let _ = writeln!(s, "[[fault]]\nkind = \"agent_restart\"\nat_minutes = {at}");
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    "[[fault]]\nkind = \"wan_degraded\"\nat_minutes = {at}\nminutes = {}\nbandwidth_mbps = {}",
+                    between(rng, 10, 90),
+                    between(rng, 1, 4)
                 );
             }
         }

@@ -134,6 +134,10 @@ enum Event {
         minutes: u64,
     },
     WanUp,
+    /// The WAN's bandwidth (bytes per second) from now on.
+    Bandwidth {
+        bytes_per_sec: u64,
+    },
     HostCrash,
     AgentRestart,
     AgentStart {
@@ -393,6 +397,20 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         let at = start + f.at_minutes * MIN;
         match f.kind {
             FaultKind::WanDown { minutes } => queue.push(at, Event::WanDown { minutes }),
+            FaultKind::WanDegraded { minutes, mbps } => {
+                queue.push(
+                    at,
+                    Event::Bandwidth {
+                        bytes_per_sec: (mbps * 1_000_000 / 8).max(1),
+                    },
+                );
+                queue.push(
+                    at + minutes * MIN,
+                    Event::Bandwidth {
+                        bytes_per_sec: scenario.bandwidth_bytes_per_sec,
+                    },
+                );
+            }
             FaultKind::HostCrash => queue.push(at, Event::HostCrash),
             FaultKind::StorageStorm {
                 minutes,
@@ -447,6 +465,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     };
     let mut flow_checks: Vec<Check> = Vec::new();
     let mut wan_up = true;
+    let mut bandwidth = scenario.bandwidth_bytes_per_sec;
     // The host's clock offset from true time (the agent and its state machine read the host's
     // clock; the storage account keeps true time).
     let mut skew: i64 = 0;
@@ -524,7 +543,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     Action::RunCycle(plan) => {
                         let (done_at, outcome) = if wan_up {
                             let (done_at, outcome, detail) =
-                                run_cycle(d, &plan, host_now, scenario.bandwidth_bytes_per_sec);
+                                run_cycle(d, &plan, host_now, bandwidth);
                             // The cost model runs in true time.
                             let done_at = now + done_at.saturating_sub(host_now);
                             trace.update(detail.as_bytes());
@@ -597,6 +616,16 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 disturbances += 1;
                 queue.push(now + minutes * MIN, Event::WanUp);
             }
+            Event::Bandwidth { bytes_per_sec } => {
+                // A slow WAN is a disturbance: cycles take longer and RPO grows meanwhile.
+                if bytes_per_sec < scenario.bandwidth_bytes_per_sec {
+                    disturbances += 1;
+                } else {
+                    disturbances = disturbances.saturating_sub(1);
+                    calm_after(&mut steady_from, now + 2 * freq);
+                }
+                bandwidth = bytes_per_sec;
+            }
             Event::WanUp => {
                 wan_up = true;
                 disturbances -= 1;
@@ -648,7 +677,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     &members,
                     if wrong { &wrong_identity } else { &identity },
                     now.saturating_add_signed(skew),
-                    scenario.bandwidth_bytes_per_sec,
+                    bandwidth,
                     wan_up,
                 );
                 if wrong {
@@ -681,11 +710,28 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                             // a fresh schedule whose first cycle is a resync anyway.
                             continue;
                         }
+                        // The host's schedule runs on the host's clock; the first cycle is a
+                        // resync against the points already there.
+                        let points = d.observer.points(&d.digest_key).unwrap_or_default();
+                        let resume = datapath::replicator::Resume {
+                            last_point_nanos: points.last().map(|p| p.time_nanos),
+                            last_app_point_nanos: points
+                                .iter()
+                                .rev()
+                                .find(|p| {
+                                    p.consistency
+                                        == datapath::replica::manifest::Consistency::Application
+                                })
+                                .map(|p| p.time_nanos),
+                            tracking_untrusted: Some(
+                                "re-protection after failback: every block is compared".into(),
+                            ),
+                        };
                         d.machine = Replicator::new(
                             scenario.policy.clone(),
                             limit,
-                            now,
-                            datapath::replicator::Resume::default(),
+                            now.saturating_add_signed(skew),
+                            resume,
                         );
                         d.epoch += 1;
                         steady_from[i] = steady_from[i].max(now + 2 * freq);
@@ -963,6 +1009,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 let at = f.at_minutes as f64;
                 match f.kind {
                     FaultKind::WanDown { minutes } => ("WAN down".into(), at, at + minutes as f64),
+                    FaultKind::WanDegraded { minutes, mbps } => {
+                        (format!("WAN at {mbps} Mbit/s"), at, at + minutes as f64)
+                    }
                     FaultKind::HostCrash => ("host crash".into(), at, at),
                     FaultKind::StorageStorm { minutes, .. } => {
                         ("storage storm".into(), at, at + minutes as f64)

@@ -146,6 +146,7 @@ impl<'a> DiskAgent<'a> {
                 .find(|p| p.consistency == Consistency::Application)
                 .map(|p| p.time_nanos),
             tracking_untrusted: untrusted.map(|u| u.to_string()),
+            paused_until_nanos: None,
         };
         let nonces = NonceSource::new_epoch(&mut rng);
         Ok((

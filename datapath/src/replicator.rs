@@ -63,6 +63,9 @@ pub struct Resume {
     pub last_app_point_nanos: Option<u64>,
     /// `Some(reason)`: the change tracker cannot be trusted (the first cycle is a resync).
     pub tracking_untrusted: Option<String>,
+    /// Replication was off on purpose until this time (the VM ran in Azure after a failover):
+    /// cycles that fell due before it are not counted as missed.
+    pub paused_until_nanos: Option<u64>,
 }
 
 /// Replication health, as ASR reports it for a replicated item.
@@ -138,7 +141,7 @@ impl Replicator {
             has_point: resume.last_point_nanos.is_some(),
             next_due,
             retry_at: 0,
-            counted_to: 0,
+            counted_to: resume.paused_until_nanos.unwrap_or(0),
             running: None,
             last_point: resume.last_point_nanos,
             last_app: resume.last_app_point_nanos,
@@ -383,6 +386,34 @@ mod tests {
         match machine.poll(now) {
             Action::RunCycle(plan) => plan,
             other => panic!("expected a cycle at {now}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pause_on_purpose_is_not_counted_as_missed_cycles() {
+        let now = 10 * DAY;
+        let last = now - 2 * HOUR;
+        for (paused, warned) in [(None, true), (Some(now), false)] {
+            let mut m = Replicator::new(
+                policy("copy_frequency_secs = 300"),
+                None,
+                now,
+                Resume {
+                    last_point_nanos: Some(last),
+                    paused_until_nanos: paused,
+                    ..Resume::default()
+                },
+            );
+            run(&mut m, now);
+            m.cycle_finished(
+                now + MIN,
+                &CycleOutcome::Committed {
+                    point_time_nanos: now,
+                },
+            );
+            let health = m.health(now + MIN);
+            let missed = health.warnings.iter().any(|w| w.contains("missed"));
+            assert_eq!(missed, warned, "{paused:?}: {health:?}");
         }
     }
 

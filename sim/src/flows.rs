@@ -492,3 +492,127 @@ fn failback_disk(d: &mut SimDisk<'_>, azure: &AzureDisk) -> Result<(u64, bool), 
     let ok = read(&d.file)? == there;
     Ok((sent, ok))
 }
+
+/// A replicated item as the vault shows it: state, health, and the properties of its replica
+/// (compute, network, disks).
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct ReplicatedItem {
+    pub vm: String,
+    /// "Protected", "Test failover in progress", "Failed over", "Failover committed".
+    pub state: String,
+    /// "Normal", or the disks' warnings.
+    pub health: String,
+    /// The Azure VM size and the NICs it allows.
+    pub compute: String,
+    /// Per source NIC: where it lands at failover, or why it does not.
+    pub network: Vec<String>,
+    pub use_managed_disks: bool,
+    pub disks: Vec<ItemDisk>,
+}
+
+/// A disk of a replicated item.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct ItemDisk {
+    pub name: String,
+    /// `None` for an excluded disk (the vault does not track it).
+    pub size_mib: Option<u64>,
+    /// False for a disk excluded from replication.
+    pub replicated: bool,
+    pub points_live: usize,
+}
+
+/// The vault's replicated items at the end of a run.
+pub(crate) fn replicated_items(
+    scenario: &Scenario,
+    disks: &[SimDisk<'_>],
+    settings: &VmSettings,
+    jobs: &[Job],
+) -> Vec<ReplicatedItem> {
+    scenario
+        .vms
+        .iter()
+        .map(|vm| {
+            let own: Vec<&SimDisk<'_>> = disks.iter().filter(|d| d.vm == vm.name).collect();
+            let last_job = jobs.iter().rev().find(|j| {
+                j.vm == vm.name
+                    && j.succeeded
+                    && matches!(
+                        j.name.as_str(),
+                        "planned failover"
+                            | "unplanned failover"
+                            | "commit"
+                            | "failback"
+                            | "test failover"
+                            | "cleanup test failover"
+                    )
+            });
+            let state = match last_job.map(|j| j.name.as_str()) {
+                Some("planned failover" | "unplanned failover") => "Failed over",
+                Some("commit") => "Failover committed",
+                Some("test failover") => "Test failover in progress",
+                _ => "Protected",
+            };
+            let warnings: Vec<String> = own
+                .iter()
+                .flat_map(|d| {
+                    d.report
+                        .health_warnings
+                        .iter()
+                        .map(move |w| format!("{}: {w}", d.spec.name))
+                })
+                .collect();
+            let network = match place(vm, scenario, &UsedIps::new(), true) {
+                Err(why) => vec![why],
+                Ok(placed) => vm
+                    .nics
+                    .iter()
+                    .enumerate()
+                    .map(|(i, nic)| match placed.get(i) {
+                        Some((vnet, subnet, ip)) => format!(
+                            "{}/{} -> {vnet}/{subnet}{}",
+                            nic.network,
+                            nic.subnet,
+                            ip.as_ref().map_or(String::new(), |ip| format!(" {ip}"))
+                        ),
+                        None => format!(
+                            "{}/{}: not brought up ({} allows {} NICs)",
+                            nic.network, nic.subnet, vm.size, vm.max_nics
+                        ),
+                    })
+                    .collect(),
+            };
+            let mut item_disks: Vec<ItemDisk> = own
+                .iter()
+                .map(|d| ItemDisk {
+                    name: d.spec.name.clone(),
+                    size_mib: Some(d.spec.size_bytes >> 20),
+                    replicated: true,
+                    points_live: d.report.points_live,
+                })
+                .collect();
+            item_disks.extend(vm.excluded.iter().map(|name| ItemDisk {
+                name: name.clone(),
+                size_mib: None,
+                replicated: false,
+                points_live: 0,
+            }));
+            ReplicatedItem {
+                vm: vm.name.clone(),
+                state: state.into(),
+                health: if warnings.is_empty() {
+                    "Normal".into()
+                } else {
+                    format!("Warning: {}", warnings.join("; "))
+                },
+                compute: format!("{} ({} NICs at most)", vm.size, vm.max_nics),
+                network,
+                use_managed_disks: settings
+                    .managed_disks
+                    .get(&vm.name)
+                    .copied()
+                    .unwrap_or(vm.managed_disks),
+                disks: item_disks,
+            }
+        })
+        .collect()
+}

@@ -20,8 +20,9 @@ pub mod swarm;
 pub mod timeline;
 pub mod world;
 
+pub use flows::{ItemDisk, ReplicatedItem};
 pub use scenario::Scenario;
-pub use world::{run, Report};
+pub use world::{run, HealthEvent, Report};
 
 /// The scenario `drplane sim run` uses when given none.
 pub const QUICKSTART: &str = include_str!("../../scenarios/quickstart.toml");

@@ -96,7 +96,22 @@ pub struct Report {
     pub excluded_disks: Vec<String>,
     /// Faults as they happened: (kind, first minute, last minute).
     pub faults: Vec<(String, f64, f64)>,
+    /// The vault's health events of the run's last 24 hours, in order.
+    pub health_events: Vec<HealthEvent>,
+    /// The vault's replicated items as the run ends.
+    pub replicated_items: Vec<crate::flows::ReplicatedItem>,
     pub checks: Vec<Check>,
+}
+
+/// A health event of a replicated disk: it turned to a warning (and why) or back to healthy.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HealthEvent {
+    pub minute: u64,
+    /// "vm/disk".
+    pub item: String,
+    /// "warning" or "healthy".
+    pub severity: String,
+    pub message: String,
 }
 
 /// A vault job (ASR: enable protection, test failover, failover, commit, ...).
@@ -219,6 +234,8 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) touched: Arc<Mutex<Vec<(u64, u64)>>>,
     /// Proves each point as it appears (see `audit`).
     pub(crate) audit: PointAudit,
+    /// The health warnings last reported to the vault.
+    pub(crate) warnings: Vec<String>,
     /// Decodes the replica's records (the registration certificate's keys).
     pub(crate) codec: BlockCodec,
     /// The checker's view of the replica: straight on the storage account, so its reads are
@@ -356,6 +373,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 machine,
                 workload: stream(seed, &format!("workload/{}/{}", vm.name, spec.name)),
                 churn_carry: 0,
+                warnings: Vec::new(),
                 epoch: 0,
                 images: BTreeMap::new(),
                 model: ContentModel::zeroed(spec.size_bytes, scenario.policy.block_size),
@@ -465,6 +483,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     };
     let mut flow_checks: Vec<Check> = Vec::new();
     let mut wan_up = true;
+    let mut health_events: Vec<HealthEvent> = Vec::new();
     let mut bandwidth = scenario.bandwidth_bytes_per_sec;
     // The host's clock offset from true time (the agent and its state machine read the host's
     // clock; the storage account keeps true time).
@@ -532,6 +551,40 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     }
                 }
                 let host_now = now.saturating_add_signed(skew);
+                // The vault hears of health changes as the agent reports them.
+                let warnings = d.machine.health(host_now).warnings;
+                // A warning whose figures change ("7 of the last 10 cycles...") is one event.
+                let kinds = |ws: &[String]| -> Vec<String> {
+                    ws.iter()
+                        .map(|w| w.chars().filter(|c| !c.is_ascii_digit()).collect())
+                        .collect()
+                };
+                if kinds(&warnings) != kinds(&d.warnings) {
+                    let item = format!("{}/{}", d.vm, d.spec.name);
+                    let minute = (now - start) / MIN;
+                    if warnings.is_empty() {
+                        health_events.push(HealthEvent {
+                            minute,
+                            item,
+                            severity: "healthy".into(),
+                            message: "replication health is normal again".into(),
+                        });
+                    } else {
+                        let before = kinds(&d.warnings);
+                        for w in warnings
+                            .iter()
+                            .filter(|w| !before.contains(&kinds(&[(*w).clone()])[0]))
+                        {
+                            health_events.push(HealthEvent {
+                                minute,
+                                item: item.clone(),
+                                severity: "warning".into(),
+                                message: w.clone(),
+                            });
+                        }
+                    }
+                }
+                d.warnings = warnings;
                 match d.machine.poll(host_now) {
                     Action::Wait { until_nanos } => {
                         // Host time back to true time; never in the past.
@@ -726,6 +779,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                             tracking_untrusted: Some(
                                 "re-protection after failback: every block is compared".into(),
                             ),
+                            // Failed over, the host was not meant to replicate.
+                            paused_until_nanos: Some(now.saturating_add_signed(skew)),
                         };
                         d.machine = Replicator::new(
                             scenario.policy.clone(),
@@ -995,6 +1050,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         simulated_hours: scenario.duration_hours,
         events,
         trace_hash: trace.finalize().to_hex().to_string(),
+        health_events: {
+            // The vault keeps the last 24 hours.
+            let from = scenario.duration_hours.saturating_sub(24) * 60;
+            health_events.retain(|e| e.minute >= from);
+            health_events
+        },
+        replicated_items: crate::flows::replicated_items(scenario, &disks, &vm_settings, &jobs),
         disks: disks.into_iter().map(|d| d.report).collect(),
         jobs,
         excluded_disks: scenario

@@ -115,6 +115,25 @@ fn same_seed_same_trace_and_every_invariant_holds() {
         .checks
         .iter()
         .any(|c| c.name.contains("cleanup leaves nothing")));
+    // The vault's health events: the crash's resync warning, and health back to normal.
+    assert!(a.health_events.iter().any(|e| e.severity == "warning"
+        && e.message
+            .contains("resynchronization required: tracking stopped uncleanly")));
+    assert!(a.health_events.iter().any(|e| e.severity == "healthy"));
+    assert!(a
+        .health_events
+        .windows(2)
+        .all(|w| w[0].minute <= w[1].minute));
+    // Replicated items: one per VM; the failed-back VM is protected again.
+    let vms: std::collections::BTreeSet<&str> = a.disks.iter().map(|d| d.vm.as_str()).collect();
+    assert_eq!(a.replicated_items.len(), vms.len());
+    for item in &a.replicated_items {
+        assert_eq!(item.state, "Protected", "{item:?}");
+        assert!(item
+            .disks
+            .iter()
+            .all(|d| d.replicated && d.points_live >= 5));
+    }
     let c = run(8);
     assert_ne!(a.trace_hash, c.trace_hash, "the seed changes nothing");
     assert!(c.passed(), "{:#?}", c.checks);

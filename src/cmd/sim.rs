@@ -237,6 +237,48 @@ fn summary(report: &sim::Report, wall: f64) -> String {
             j.detail
         );
     }
+    for item in &report.replicated_items {
+        let _ = writeln!(
+            out,
+            "  item {}: {}, health {}; {}; use managed disks: {}",
+            item.vm,
+            item.state,
+            item.health,
+            item.compute,
+            if item.use_managed_disks { "yes" } else { "no" }
+        );
+        for n in &item.network {
+            let _ = writeln!(out, "    nic {n}");
+        }
+        for d in &item.disks {
+            let _ = writeln!(
+                out,
+                "    disk {}: {}",
+                d.name,
+                match (d.replicated, d.size_mib) {
+                    (true, Some(mib)) => format!("{mib} MiB, {} points", d.points_live),
+                    _ => "excluded from replication".into(),
+                }
+            );
+        }
+    }
+    const SHOWN_EVENTS: usize = 12;
+    let _ = writeln!(
+        out,
+        "  health events (last 24 h): {}",
+        report.health_events.len()
+    );
+    let skipped = report.health_events.len().saturating_sub(SHOWN_EVENTS);
+    if skipped > 0 {
+        let _ = writeln!(out, "    ... {skipped} earlier (all in the JSON report)");
+    }
+    for e in report.health_events.iter().skip(skipped) {
+        let _ = writeln!(
+            out,
+            "    minute {} {} {}: {}",
+            e.minute, e.item, e.severity, e.message
+        );
+    }
     for c in &report.checks {
         let _ = writeln!(
             out,

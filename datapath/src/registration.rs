@@ -26,6 +26,10 @@ pub struct VaultCredentials {
     pub expires_at: u64,
     /// Thumbprint of the data-encryption certificate.
     pub certificate_thumbprint: String,
+    /// The proxy the server reaches the service through, when registration was given one
+    /// (its password is never recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::pageblob::http::proxy::ProxyRecord>,
 }
 
 /// Why registration or a credentials check failed.
@@ -99,6 +103,7 @@ pub fn register(
         issued_at: now,
         expires_at: now.saturating_add(CREDENTIALS_VALID_NANOS),
         certificate_thumbprint: identity.key_id.to_string(),
+        proxy: None,
     };
     Ok((credentials, pfx))
 }

@@ -403,6 +403,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         issued_at: scenario.credentials_issued_nanos,
         expires_at: scenario.credentials_issued_nanos + 5 * 24 * 3600 * SEC,
         certificate_thumbprint: identity.key_id.to_string(),
+        proxy: None,
     };
     let registration = credentials.check("sim-vault", start);
     let mut queue = Queue::default();

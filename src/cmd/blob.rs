@@ -155,15 +155,33 @@ pub struct Target {
     /// Base64 key for an endpoint (default: the development key; or DRPLANE_ACCOUNT_KEY).
     #[arg(long, env = "DRPLANE_ACCOUNT_KEY", hide_env_values = true)]
     key: Option<String>,
+    #[command(flatten)]
+    pub proxy: super::proxy::ProxyArgs,
+    /// The proxy registration recorded (used when `--proxy` is not given).
+    #[arg(skip)]
+    pub recorded_proxy: Option<datapath::pageblob::http::proxy::ProxyRecord>,
 }
 
 impl Target {
+    /// An account at `url` (its account from the path), reached through `proxy`.
+    pub fn url(url: &str, key: Option<String>, proxy: super::proxy::ProxyArgs) -> Target {
+        Target {
+            store: url.to_string(),
+            account: None,
+            key,
+            proxy,
+            recorded_proxy: None,
+        }
+    }
+
     /// The same account and key, another store.
     pub fn with_store(&self, store: &str) -> Target {
         Target {
             store: store.to_string(),
             account: self.account.clone(),
             key: self.key.clone(),
+            proxy: self.proxy.clone(),
+            recorded_proxy: self.recorded_proxy.clone(),
         }
     }
 
@@ -192,7 +210,11 @@ impl Target {
             };
             let key = decode_key(self.key.as_deref().unwrap_or(DEV_KEY))
                 .context("--key is not base64")?;
-            Ok((Box::new(HttpStore::new(&self.store, &account, &key)), None))
+            let store = match self.proxy.settings(self.recorded_proxy.as_ref())? {
+                Some(proxy) => HttpStore::with_proxy(&self.store, &account, &key, &proxy)?,
+                None => HttpStore::new(&self.store, &account, &key),
+            };
+            Ok((Box::new(store), None))
         } else {
             let dir = std::path::Path::new(&self.store);
             if !dir.join("store.json").exists() {

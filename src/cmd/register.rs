@@ -24,6 +24,16 @@ pub struct RegisterArgs {
     /// File holding the .pfx password (else DRPLANE_PFX_PASSWORD, else a prompt).
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// The proxy this server reaches the service through: recorded in the credentials (not
+    /// its password) for the agent to use.
+    #[command(flatten)]
+    proxy: super::proxy::ProxyArgs,
+    /// Check that this storage account (URL) answers, through the proxy when there is one.
+    #[arg(long, value_name = "URL")]
+    check_store: Option<String>,
+    /// Account key for --check-store (default: the development key; or DRPLANE_ACCOUNT_KEY).
+    #[arg(long, env = "DRPLANE_ACCOUNT_KEY", hide_env_values = true)]
+    key: Option<String>,
 }
 
 /// The .pfx password from a file, the environment or the terminal — never from the command line.
@@ -62,11 +72,28 @@ pub fn run(args: RegisterArgs) -> Result<ExitCode> {
             bail!("{} exists: registering again would replace the key that decrypts existing replicas (move it away first)", p.display());
         }
     }
+    let proxy = args.proxy.settings(None)?;
+    if let Some(url) = &args.check_store {
+        // Registration fails early, like the provider's, when the service is not reachable.
+        let target = super::blob::Target::url(url, args.key.clone(), args.proxy.clone());
+        let store = target.open()?;
+        store.list_containers().with_context(|| match &proxy {
+            Some(p) => format!("reaching {url} through proxy {p}"),
+            None => format!("reaching {url}"),
+        })?;
+        println!(
+            "reached {url}{}",
+            proxy
+                .as_ref()
+                .map_or(String::new(), |p| format!(" through proxy {p}"))
+        );
+    }
     let password = pfx_password(args.password_file.as_deref(), true)?;
     if password.is_empty() {
         bail!("the .pfx password is empty");
     }
-    let (credentials, pfx) = register(&args.vault, &server_name, &password, &SystemClock)?;
+    let (mut credentials, pfx) = register(&args.vault, &server_name, &password, &SystemClock)?;
+    credentials.proxy = proxy.as_ref().map(|p| p.record());
     std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
     std::fs::write(&pfx_path, &pfx).with_context(|| pfx_path.display().to_string())?;
     std::fs::write(&creds_path, serde_json::to_vec_pretty(&credentials)?)

@@ -152,14 +152,19 @@ fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
     }
 }
 
-/// Check the vault credentials that belong to this .pfx, if any.
-fn check_credentials(args: &ReplicateArgs, identity: &Identity, now: u64) -> Result<()> {
+/// Check the vault credentials that belong to this .pfx, if any; returns the proxy they
+/// were registered with.
+fn check_credentials(
+    args: &ReplicateArgs,
+    identity: &Identity,
+    now: u64,
+) -> Result<Option<datapath::pageblob::http::proxy::ProxyRecord>> {
     let path = match &args.credentials {
         Some(p) => p.clone(),
         None => {
             let sibling = args.keys.pfx.with_extension("VaultCredentials");
             if !sibling.exists() {
-                return Ok(());
+                return Ok(None);
             }
             sibling
         }
@@ -178,7 +183,7 @@ fn check_credentials(args: &ReplicateArgs, identity: &Identity, now: u64) -> Res
             identity.key_id
         );
     }
-    Ok(())
+    Ok(creds.proxy)
 }
 
 fn load_policy(args: &ReplicateArgs, profile: Profile) -> Result<Policy> {
@@ -314,10 +319,11 @@ fn consistency_name(c: Consistency) -> &'static str {
     }
 }
 
-pub fn replicate(args: ReplicateArgs) -> Result<ExitCode> {
+pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
     let now = SystemClock.now_nanos();
-    check_credentials(&args, &identity, now)?;
+    // The agent reaches the account through the proxy it was registered with (unless told).
+    args.target.recorded_proxy = check_credentials(&args, &identity, now)?;
     let (source, default_name) = open_source(&args.disk)?;
     let name = args.name.clone().unwrap_or(default_name);
     let asked = match &args.profile {

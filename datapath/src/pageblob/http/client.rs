@@ -117,12 +117,29 @@ fn transport(what: &str, e: impl std::fmt::Display) -> StoreError {
 impl HttpStore {
     /// `endpoint`: e.g. `http://127.0.0.1:10000/devstoreaccount1`; `key`: the account key.
     pub fn new(endpoint: &str, account: &str, key: &[u8]) -> HttpStore {
-        let agent = ureq::Agent::config_builder()
+        Self::build(endpoint, account, key, None)
+    }
+
+    /// [`new`](Self::new), reaching the account through `proxy` (a `CONNECT` tunnel).
+    pub fn with_proxy(
+        endpoint: &str,
+        account: &str,
+        key: &[u8],
+        proxy: &super::proxy::ProxySettings,
+    ) -> Result<HttpStore, super::proxy::ProxyError> {
+        Ok(Self::build(endpoint, account, key, Some(proxy.to_ureq()?)))
+    }
+
+    fn build(endpoint: &str, account: &str, key: &[u8], proxy: Option<ureq::Proxy>) -> HttpStore {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(300)))
-            .max_idle_connections_per_host(64)
-            .build()
-            .into();
+            .max_idle_connections_per_host(64);
+        // Without one given, ureq's default applies (HTTPS_PROXY / HTTP_PROXY / NO_PROXY).
+        if proxy.is_some() {
+            config = config.proxy(proxy);
+        }
+        let agent = config.build().into();
         HttpStore {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             account: account.into(),

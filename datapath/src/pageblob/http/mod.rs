@@ -2,6 +2,7 @@
 //! from any [`PageBlobStore`](super::PageBlobStore).
 
 pub mod client;
+pub mod proxy;
 pub mod server;
 pub mod shared_key;
 pub mod xml;

@@ -39,6 +39,9 @@ enum Command {
     Restore(cmd::replicate::RestoreArgs),
     /// Check every recovery point of a replica decrypts and matches its Merkle root.
     Verify(cmd::replicate::VerifyArgs),
+    /// Capacity planner: bandwidth, RPO, storage and limits for a workload (`--verify`
+    /// simulates it).
+    Plan(cmd::plan::PlanArgs),
     /// Page-blob store: serve it over the Azure Blob REST API.
     #[command(subcommand)]
     Blob(cmd::blob::BlobCommand),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Points(a) => cmd::replicate::points(a),
         Command::Restore(a) => cmd::replicate::restore(a),
         Command::Verify(a) => cmd::replicate::verify(a),
+        Command::Plan(a) => cmd::plan::run(a),
     };
     match result {
         Ok(code) => code,

@@ -59,3 +59,45 @@ fn a_scenario_runs_reproducibly_and_a_hostile_one_is_refused() {
     assert!(err.contains("vm[0].disk[0].size_mib"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn plan_reads_a_workload_file_and_flags_and_verifies_by_simulation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("workload.toml");
+    std::fs::write(
+        &file,
+        "vms = 2\ndisks_per_vm = 2\ndisk_gib = 64\nused_gib = 16\nchurn_gib_per_day = 8\nprofile = \"standard\"\nbandwidth_mbps = 50\n[policy]\ncopy_frequency_secs = 300\nretention_hours = 8\n",
+    )
+    .unwrap();
+    let out = drplane()
+        .arg("plan")
+        .arg(&file)
+        .args(["--vms", "3", "--verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["input"]["vms"], 3, "the flag overrides the file");
+    assert_eq!(v["plan"]["verdicts"].as_array().unwrap().len(), 3);
+    assert_eq!(v["plan"]["snapshots_per_blob"], 19);
+    let comparisons = v["verification"]["comparisons"].as_array().unwrap();
+    assert!(comparisons.len() >= 2);
+    for c in comparisons {
+        assert!(c["relative_error"].as_f64().unwrap() < 0.35, "{c}");
+    }
+    // A bad workload is named, not a panic.
+    let out = drplane()
+        .args(["plan", "--disk-gib", "10", "--used-gib", "20"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("used_gib") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -211,7 +211,7 @@ pub(crate) fn perform(
     members: &[usize],
     identity: &Identity,
     now: u64,
-    bandwidth: u64,
+    link: &mut crate::world::Link,
     wan_up: bool,
 ) -> (Job, Vec<Check>) {
     let vm = scenario
@@ -318,7 +318,8 @@ pub(crate) fn perform(
                         throttle_bytes_per_sec: None,
                         due_nanos: now,
                     };
-                    let (_, outcome, _) = run_cycle(&mut disks[i], &plan, now, bandwidth);
+                    let (_, outcome, _) =
+                        run_cycle(&mut disks[i], &plan, now, link, scenario.start_nanos);
                     if let CycleOutcome::Failed { reason } = outcome {
                         return Err(format!("final cycle: {reason}"));
                     }

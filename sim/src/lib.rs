@@ -15,6 +15,7 @@
 mod audit;
 mod content;
 mod flows;
+pub mod planner;
 pub mod scenario;
 pub mod swarm;
 pub mod timeline;

@@ -68,6 +68,7 @@ struct File {
     registration: Option<RegistrationFile>,
     #[serde(default)]
     expect: Vec<ExpectFile>,
+    workload: Option<WorkloadFile>,
 }
 
 /// An assertion about the run: a job's outcome.
@@ -133,6 +134,8 @@ struct StorageFile {
 #[serde(deny_unknown_fields)]
 struct NetworkFile {
     bandwidth_mbps: Option<u64>,
+    /// Finer than Mbit/s (the capacity planner's scaled runs); not with `bandwidth_mbps`.
+    bandwidth_kbps: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,10 +159,24 @@ struct VmFile {
 struct DiskFile {
     name: String,
     size_mib: u64,
+    #[serde(default)]
     churn_mib_per_hour: u64,
+    /// Finer than MiB per hour, added to it.
+    #[serde(default)]
+    churn_kib_per_hour: u64,
     hot_spot: Option<f64>,
     #[serde(default)]
     exclude: bool,
+    /// Data on the disk before replication starts (what initial replication sends).
+    used_mib: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadFile {
+    /// Written data is random (incompressible) rather than a compressible pattern.
+    #[serde(default)]
+    incompressible: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +200,8 @@ struct FaultFile {
 pub struct DiskSpec {
     pub name: String,
     pub size_bytes: u64,
+    /// Bytes written before replication starts (from offset 0).
+    pub used_bytes: u64,
     pub churn_bytes_per_hour: u64,
     /// Share of writes that land in the hottest 10% of the disk.
     pub hot_spot: f64,
@@ -342,6 +361,8 @@ pub struct Scenario {
     pub network_mapping: std::collections::BTreeMap<String, String>,
     /// Assertions checked after the run.
     pub expectations: Vec<Expectation>,
+    /// Written data is random (incompressible).
+    pub incompressible: bool,
     /// BLAKE3 of the file's bytes.
     pub hash: String,
 }
@@ -375,10 +396,32 @@ impl Scenario {
                 "standard, premium or premium-spaced",
             )
         })?;
-        let mbps = f.network.and_then(|n| n.bandwidth_mbps).unwrap_or(100);
-        if !(1..=100_000).contains(&mbps) {
-            return Err(invalid("network.bandwidth_mbps", mbps, "1 to 100000"));
-        }
+        let kbps = match f
+            .network
+            .as_ref()
+            .map(|n| (n.bandwidth_mbps, n.bandwidth_kbps))
+        {
+            Some((Some(_), Some(_))) => {
+                return Err(invalid(
+                    "network",
+                    "bandwidth_mbps and bandwidth_kbps",
+                    "one of them",
+                ))
+            }
+            Some((Some(mbps), None)) => {
+                if !(1..=100_000).contains(&mbps) {
+                    return Err(invalid("network.bandwidth_mbps", mbps, "1 to 100000"));
+                }
+                mbps * 1000
+            }
+            Some((None, Some(kbps))) => {
+                if !(1..=100_000_000).contains(&kbps) {
+                    return Err(invalid("network.bandwidth_kbps", kbps, "1 to 100000000"));
+                }
+                kbps
+            }
+            _ => 100_000,
+        };
         let policy_text = toml::to_string(&f.policy.unwrap_or_default())
             .map_err(|e| ScenarioError::Syntax(e.to_string()))?;
         let policy = Policy::from_toml(&policy_text, profile)?;
@@ -524,7 +567,9 @@ impl Scenario {
                     ));
                 }
                 total += d.size_mib;
-                if d.churn_mib_per_hour > 100 * d.size_mib {
+                let churn_bytes_per_hour = (d.churn_mib_per_hour << 20)
+                    .saturating_add(d.churn_kib_per_hour.saturating_mul(1024));
+                if churn_bytes_per_hour > 100 * (d.size_mib << 20) {
                     return Err(invalid(
                         format!("{at}.churn_mib_per_hour"),
                         d.churn_mib_per_hour,
@@ -535,10 +580,19 @@ impl Scenario {
                 if !(0.0..=1.0).contains(&hot) {
                     return Err(invalid(format!("{at}.hot_spot"), hot, "0 to 1"));
                 }
+                let used_mib = d.used_mib.unwrap_or(0);
+                if used_mib > d.size_mib {
+                    return Err(invalid(
+                        format!("{at}.used_mib"),
+                        used_mib,
+                        format!("at most the disk's {} MiB", d.size_mib),
+                    ));
+                }
                 disks.push(DiskSpec {
                     name: d.name,
                     size_bytes: d.size_mib << 20,
-                    churn_bytes_per_hour: d.churn_mib_per_hour << 20,
+                    used_bytes: used_mib << 20,
+                    churn_bytes_per_hour,
                     hot_spot: hot,
                 });
             }
@@ -809,7 +863,7 @@ impl Scenario {
                 .unwrap_or(1_795_651_200)
                 .saturating_mul(1_000_000_000),
             profile,
-            bandwidth_bytes_per_sec: mbps * 1_000_000 / 8,
+            bandwidth_bytes_per_sec: (kbps * 1000 / 8).max(1),
             policy,
             vms,
             faults,
@@ -823,6 +877,7 @@ impl Scenario {
             ),
             network_mapping,
             expectations,
+            incompressible: f.workload.is_some_and(|w| w.incompressible),
             hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
         })
     }

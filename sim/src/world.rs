@@ -76,6 +76,8 @@ pub struct DiskReport {
     /// Largest RPO at least two copy intervals after any fault.
     pub max_steady_rpo_secs: f64,
     pub health_warnings: Vec<String>,
+    /// When the first point (initial replication) finished, in simulated minutes.
+    pub first_point_minute: Option<f64>,
     /// (simulated minute, RPO in seconds) at each poll, for the timeline.
     pub rpo_samples: Vec<(f64, f64)>,
 }
@@ -223,6 +225,8 @@ pub(crate) struct SimDisk<'a> {
     workload: ChaCha8Rng,
     /// Churn bytes the workload owes (positive) or wrote ahead (negative).
     churn_carry: i64,
+    /// The scenario's written data is incompressible.
+    incompressible: bool,
     /// Bumped by a host crash: events of an older epoch are stale.
     pub(crate) epoch: u64,
     /// The agent crashed and has not started again (its object must not be used).
@@ -234,6 +238,8 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) touched: Arc<Mutex<Vec<(u64, u64)>>>,
     /// Proves each point as it appears (see `audit`).
     pub(crate) audit: PointAudit,
+    /// The newest point's time when the running cycle started (the RPO until it completes).
+    rpo_base: Option<u64>,
     /// The health warnings last reported to the vault.
     pub(crate) warnings: Vec<String>,
     /// Decodes the replica's records (the registration certificate's keys).
@@ -343,6 +349,20 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 hook_marks.lock().expect("marks").push((o, l));
                 hook_touched.lock().expect("touched").push((o, l));
             });
+            // The data already on the disk when replication is enabled.
+            let mut fill = stream(seed, &format!("fill/{name}"));
+            let mut at = 0u64;
+            while at < spec.used_bytes {
+                let len = (spec.used_bytes - at).min(1 << 20) as usize;
+                let data = workload_bytes(&mut fill, len, scenario.incompressible);
+                writer
+                    .write_at(at, &data)
+                    .map_err(|e| SimError::Setup(format!("disk {name}: {e}")))?;
+                at += len as u64;
+            }
+            writer
+                .flush()
+                .map_err(|e| SimError::Setup(format!("disk {name}: {e}")))?;
             let (agent, machine) = open_agent(&name, spec.size_bytes, 0)?;
             let codec = BlockCodec::new(&identity.disk_keys(&name), 1, true);
             let observer = datapath::replica::disk_replica::DiskReplica::open(
@@ -373,7 +393,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 machine,
                 workload: stream(seed, &format!("workload/{}/{}", vm.name, spec.name)),
                 churn_carry: 0,
+                incompressible: scenario.incompressible,
                 warnings: Vec::new(),
+                rpo_base: None,
                 epoch: 0,
                 images: BTreeMap::new(),
                 model: ContentModel::zeroed(spec.size_bytes, scenario.policy.block_size),
@@ -485,7 +507,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut flow_checks: Vec<Check> = Vec::new();
     let mut wan_up = true;
     let mut health_events: Vec<HealthEvent> = Vec::new();
-    let mut bandwidth = scenario.bandwidth_bytes_per_sec;
+    let mut link = Link {
+        bytes_per_sec: scenario.bandwidth_bytes_per_sec,
+        free_at: start,
+    };
     // The host's clock offset from true time (the agent and its state machine read the host's
     // clock; the storage account keeps true time).
     let mut skew: i64 = 0;
@@ -535,22 +560,18 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 if epoch != d.epoch || d.azure.is_some() {
                     continue;
                 }
-                if let Some(t) = d
+                let last_point = d
                     .observer
                     .points(&d.digest_key)
                     .ok()
-                    .and_then(|p| p.last().map(|p| p.time_nanos))
-                {
-                    // As the host sees it: its points carry its clock's times.
-                    let rpo = now.saturating_add_signed(skew).saturating_sub(t) as f64 / 1e9;
-                    d.report.max_rpo_secs = d.report.max_rpo_secs.max(rpo);
-                    d.report
-                        .rpo_samples
-                        .push(((now - start) as f64 / MIN as f64, rpo));
-                    if now > steady_from[disk] && disturbances == 0 {
-                        d.report.max_steady_rpo_secs = d.report.max_steady_rpo_secs.max(rpo);
-                    }
+                    .and_then(|p| p.last().map(|p| p.time_nanos));
+                if let Some(t) = last_point {
+                    let steady = now > steady_from[disk] && disturbances == 0;
+                    sample_rpo(&mut d.report, now, start, skew, t, steady);
                 }
+                // A cycle's point is recoverable only when the cycle completes: until then the
+                // RPO keeps growing from the point before it.
+                d.rpo_base = last_point;
                 let host_now = now.saturating_add_signed(skew);
                 // The vault hears of health changes as the agent reports them.
                 let warnings = d.machine.health(host_now).warnings;
@@ -597,7 +618,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     Action::RunCycle(plan) => {
                         let (done_at, outcome) = if wan_up {
                             let (done_at, outcome, detail) =
-                                run_cycle(d, &plan, host_now, bandwidth);
+                                run_cycle(d, &plan, host_now, &mut link, start);
                             // The cost model runs in true time.
                             let done_at = now + done_at.saturating_sub(host_now);
                             trace.update(detail.as_bytes());
@@ -635,6 +656,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     continue;
                 }
                 let host_now = now.saturating_add_signed(skew);
+                if let (CycleOutcome::Committed { .. }, Some(base)) = (&outcome, d.rpo_base) {
+                    let steady = now > steady_from[disk] && disturbances == 0;
+                    sample_rpo(&mut d.report, now, start, skew, base, steady);
+                }
                 d.machine.cycle_finished(host_now, &outcome);
                 if let CycleOutcome::Committed { .. } = outcome {
                     // Retention needs the store too; in a storm it may fail and runs again
@@ -678,7 +703,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     disturbances = disturbances.saturating_sub(1);
                     calm_after(&mut steady_from, now + 2 * freq);
                 }
-                bandwidth = bytes_per_sec;
+                link.bytes_per_sec = bytes_per_sec;
             }
             Event::WanUp => {
                 wan_up = true;
@@ -731,7 +756,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     &members,
                     if wrong { &wrong_identity } else { &identity },
                     now.saturating_add_signed(skew),
-                    bandwidth,
+                    &mut link,
                     wan_up,
                 );
                 if wrong {
@@ -1089,6 +1114,42 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     })
 }
 
+/// Record an RPO sample at `now`: the age of the point made at host time `point_nanos`, as the
+/// host sees it (its points carry its clock's times).
+fn sample_rpo(
+    report: &mut DiskReport,
+    now: u64,
+    start: u64,
+    skew: i64,
+    point_nanos: u64,
+    steady: bool,
+) {
+    let rpo = now.saturating_add_signed(skew).saturating_sub(point_nanos) as f64 / 1e9;
+    report.max_rpo_secs = report.max_rpo_secs.max(rpo);
+    report
+        .rpo_samples
+        .push(((now - start) as f64 / MIN as f64, rpo));
+    if steady {
+        report.max_steady_rpo_secs = report.max_steady_rpo_secs.max(rpo);
+    }
+}
+
+/// `len` bytes of written data: random (incompressible), or a fill byte with a random byte
+/// every 64 (compressible, like most real data).
+fn workload_bytes(rng: &mut ChaCha8Rng, len: usize, incompressible: bool) -> Vec<u8> {
+    if incompressible {
+        let mut data = vec![0u8; len];
+        rng.fill_bytes(&mut data);
+        return data;
+    }
+    let fill = rng.next_u32() as u8;
+    let mut data = vec![fill; len];
+    for byte in data.iter_mut().step_by(64) {
+        *byte = rng.next_u32() as u8;
+    }
+    data
+}
+
 /// A minute of the disk's workload: writes of 4–256 KiB, a share of them in the hot tenth, to
 /// the host's disk or, once failed over, to the Azure copy.
 fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
@@ -1102,11 +1163,7 @@ fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
         let hot = (d.workload.next_u32() as f64 / u32::MAX as f64) < d.spec.hot_spot;
         let span = if hot { (size / 10).max(len) } else { size };
         let offset = (d.workload.next_u64() % (span - len + 1)) / 4096 * 4096;
-        let fill = d.workload.next_u32() as u8;
-        let mut data = vec![fill; len as usize];
-        for byte in data.iter_mut().step_by(64) {
-            *byte = d.workload.next_u32() as u8;
-        }
+        let data = workload_bytes(&mut d.workload, len as usize, d.incompressible);
         match &mut d.azure {
             Some(azure) => azure.writer.write_at(offset, &data)?,
             None => d.writer.write_at(offset, &data)?,
@@ -1117,13 +1174,23 @@ fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
     Ok(written)
 }
 
+/// The host's WAN link: one at a time, in the order cycles get to it, at its bandwidth (the
+/// cost model's shared resource: disks replicating at once share the link).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Link {
+    pub bytes_per_sec: u64,
+    /// When the link finishes what it was given.
+    pub free_at: u64,
+}
+
 /// Run the planned cycle now (VSS: the writer flushes first), remember the disk's content for
 /// the checker, and say when it is done by the cost model.
 pub(crate) fn run_cycle(
     d: &mut SimDisk<'_>,
     plan: &CyclePlan,
     now: u64,
-    bandwidth: u64,
+    link: &mut Link,
+    start_nanos: u64,
 ) -> (u64, CycleOutcome, String) {
     let failed = |now: u64, reason: String| {
         let detail = format!("{now} cycle failed: {reason}\n");
@@ -1193,9 +1260,15 @@ pub(crate) fn run_cycle(
             d.report.bytes_sent += report.bytes_sent;
             let rate = plan
                 .throttle_bytes_per_sec
-                .map_or(bandwidth, |t| t.min(bandwidth))
+                .map_or(link.bytes_per_sec, |t| t.min(link.bytes_per_sec))
                 .max(1);
-            let cost = report.bytes_read * SEC / CPU_BYTES_PER_SEC + report.bytes_sent * SEC / rate;
+            // The host reads and encodes, then the records wait for the link.
+            let encoded = now + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
+            let sent = encoded.max(link.free_at) + report.bytes_sent * SEC / rate;
+            link.free_at = sent;
+            if d.report.first_point_minute.is_none() {
+                d.report.first_point_minute = Some(sent.saturating_sub(start_nanos) as f64 / 60e9);
+            }
             let detail = format!(
                 "{now} {} point {} {:?} examined {} changed {} sent {} content {}\n",
                 d.replica_name,
@@ -1207,7 +1280,7 @@ pub(crate) fn run_cycle(
                 blake3::Hash::from(content_root).to_hex()
             );
             (
-                now + cost.max(SEC),
+                sent.max(now + SEC),
                 CycleOutcome::Committed {
                     point_time_nanos: report.point.time_nanos,
                 },

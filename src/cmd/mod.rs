@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod blob;
+pub mod plan;
 pub mod proxy;
 pub mod register;
 pub mod replicate;

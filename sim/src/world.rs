@@ -516,6 +516,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut link = Link {
         bytes_per_sec: scenario.bandwidth_bytes_per_sec,
         free_at: start,
+        host_offset: 0,
     };
     // The host's clock offset from true time (the agent and its state machine read the host's
     // clock; the storage account keeps true time).
@@ -742,6 +743,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             Event::WrongCertificate => wrong_certificate_next = true,
             Event::ClockSkew { seconds } => {
                 skew = seconds.saturating_mul(SEC as i64);
+                link.host_offset = skew;
                 calm_after(
                     &mut steady_from,
                     now + 2 * freq + seconds.unsigned_abs() * SEC,
@@ -1210,8 +1212,10 @@ fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Link {
     pub bytes_per_sec: u64,
-    /// When the link finishes what it was given.
+    /// When the link finishes what it was given (true time).
     pub free_at: u64,
+    /// The host clock's offset from true time (cycles run on host time).
+    pub host_offset: i64,
 }
 
 /// Run the planned cycle now (VSS: the writer flushes first), remember the disk's content for
@@ -1295,10 +1299,13 @@ pub(crate) fn run_cycle(
                 .max(1);
             // The host reads and encodes, then the records wait for the link.
             let encoded = now + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
-            let sent = encoded.max(link.free_at) + report.bytes_sent * SEC / rate;
-            link.free_at = sent;
+            let free_at = link.free_at.saturating_add_signed(link.host_offset);
+            let sent = encoded.max(free_at) + report.bytes_sent * SEC / rate;
+            let sent_true = sent.saturating_add_signed(-link.host_offset);
+            link.free_at = sent_true;
             if d.report.first_point_minute.is_none() {
-                d.report.first_point_minute = Some(sent.saturating_sub(start_nanos) as f64 / 60e9);
+                d.report.first_point_minute =
+                    Some(sent_true.saturating_sub(start_nanos) as f64 / 60e9);
             }
             let detail = format!(
                 "{now} {} point {} {:?} examined {} changed {} sent {} content {}\n",

@@ -192,20 +192,36 @@ fn scans_and_tracked_cycles_restore_every_point_and_find_exactly_the_changes() {
     }
 }
 
+/// A store in a fresh folder, a nonce epoch from `seed`, and a disk with 25 random writes
+/// (more to come from the returned generator).
+fn churned(
+    seed: u64,
+    workload_seed: u64,
+) -> (
+    tempfile::TempDir,
+    Arc<Emulator>,
+    NonceSource,
+    ChaCha8Rng,
+    MemDisk,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(seed));
+    let mut rng = ChaCha8Rng::seed_from_u64(workload_seed);
+    let mut disk = MemDisk {
+        bytes: vec![0; SIZE as usize],
+        reads: Default::default(),
+    };
+    churn(&mut disk, &mut rng, 25);
+    (dir, store, nonces, rng, disk)
+}
+
 #[test]
 fn interrupted_cycles_keep_earlier_points_and_the_next_cycle_repairs_the_replica() {
     let id = identity();
     let keys = id.disk_keys("disk");
     for seed in 0..6u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
-        let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(seed));
-        let mut rng = ChaCha8Rng::seed_from_u64(100 + seed);
-        let mut disk = MemDisk {
-            bytes: vec![0; SIZE as usize],
-            reads: Default::default(),
-        };
-        churn(&mut disk, &mut rng, 25);
+        let (_dir, store, mut nonces, mut rng, mut disk) = churned(seed, 100 + seed);
         let replica = DiskReplica::open(&*store, "replicas", "disk", layout()).unwrap();
         cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 0).unwrap();
         let image0 = disk.bytes.clone();
@@ -253,15 +269,7 @@ fn a_torn_record_left_by_a_cut_write_is_found_and_sent_again() {
     let keys = id.disk_keys("disk");
     let mut torn_seen = 0;
     for seed in 0..8u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
-        let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(seed));
-        let mut rng = ChaCha8Rng::seed_from_u64(200 + seed);
-        let mut disk = MemDisk {
-            bytes: vec![0; SIZE as usize],
-            reads: Default::default(),
-        };
-        churn(&mut disk, &mut rng, 25);
+        let (_dir, store, mut nonces, mut rng, mut disk) = churned(seed, 200 + seed);
         let replica = DiskReplica::open(&*store, "replicas", "disk", layout()).unwrap();
         cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 0).unwrap();
         churn(&mut disk, &mut rng, 12);

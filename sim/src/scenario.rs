@@ -367,6 +367,26 @@ pub struct Scenario {
     pub hash: String,
 }
 
+/// A list no longer than `max`.
+fn at_most(field: &str, len: usize, max: usize) -> Result<(), ScenarioError> {
+    if len > max {
+        return Err(invalid(field, len, format!("at most {max}")));
+    }
+    Ok(())
+}
+
+/// An event minute inside the scenario's duration.
+fn inside_duration(at: &str, minute: u64, hours: u64) -> Result<(), ScenarioError> {
+    if minute >= hours * 60 {
+        return Err(invalid(
+            format!("{at}.at_minutes"),
+            minute,
+            "inside the scenario's duration",
+        ));
+    }
+    Ok(())
+}
+
 impl Scenario {
     pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         let f: File = toml::from_str(text).map_err(|e| ScenarioError::Syntax(e.to_string()))?;
@@ -640,23 +660,11 @@ impl Scenario {
                 format!("at most {MAX_TOTAL_DISK_MIB} MiB in all"),
             ));
         }
-        if f.fault.len() > MAX_FAULTS {
-            return Err(invalid(
-                "fault",
-                f.fault.len(),
-                format!("at most {MAX_FAULTS}"),
-            ));
-        }
+        at_most("fault", f.fault.len(), MAX_FAULTS)?;
         let mut faults = Vec::new();
         for (i, fault) in f.fault.into_iter().enumerate() {
             let at = format!("fault[{i}]");
-            if fault.at_minutes >= f.duration_hours * 60 {
-                return Err(invalid(
-                    format!("{at}.at_minutes"),
-                    fault.at_minutes,
-                    "inside the scenario's duration",
-                ));
-            }
+            inside_duration(&at, fault.at_minutes, f.duration_hours)?;
             let kind = match fault.kind.as_str() {
                 "wan_down" => {
                     let minutes = fault.minutes.ok_or_else(|| {
@@ -744,23 +752,11 @@ impl Scenario {
             });
         }
         faults.sort_by_key(|f| f.at_minutes);
-        if f.step.len() > MAX_FAULTS {
-            return Err(invalid(
-                "step",
-                f.step.len(),
-                format!("at most {MAX_FAULTS}"),
-            ));
-        }
+        at_most("step", f.step.len(), MAX_FAULTS)?;
         let mut steps = Vec::new();
         for (i, st) in f.step.into_iter().enumerate() {
             let at = format!("step[{i}]");
-            if st.at_minutes >= f.duration_hours * 60 {
-                return Err(invalid(
-                    format!("{at}.at_minutes"),
-                    st.at_minutes,
-                    "inside the scenario's duration",
-                ));
-            }
+            inside_duration(&at, st.at_minutes, f.duration_hours)?;
             let point = match st.point.as_deref() {
                 None | Some("latest") => PointChoice::Latest,
                 Some("latest-app") => PointChoice::LatestAppConsistent,
@@ -823,13 +819,7 @@ impl Scenario {
             .start_unix
             .unwrap_or(1_795_651_200)
             .saturating_mul(1_000_000_000);
-        if f.expect.len() > MAX_FAULTS {
-            return Err(invalid(
-                "expect",
-                f.expect.len(),
-                format!("at most {MAX_FAULTS}"),
-            ));
-        }
+        at_most("expect", f.expect.len(), MAX_FAULTS)?;
         let mut expectations = Vec::new();
         for (i, e) in f.expect.into_iter().enumerate() {
             let at = format!("expect[{i}]");

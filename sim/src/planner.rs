@@ -84,7 +84,9 @@ pub struct Plan {
     pub delta_bandwidth_needed_mbps: f64,
     /// Largest RPO at peak with the given bandwidth; `None`: it grows without bound.
     pub expected_max_rpo_secs: Option<f64>,
+    /// Replica storage when replication is enabled, and a day later.
     pub replica_storage_bytes: u64,
+    pub replica_storage_after_day_bytes: u64,
     pub snapshot_storage_bytes: u64,
     pub snapshots_per_blob: usize,
     pub snapshot_limit: Option<usize>,
@@ -232,6 +234,21 @@ impl Model {
         t - from_secs
     }
 
+    /// Replica storage `hours` after enabling: the used data, plus the blocks beyond it that
+    /// writes spread over the whole disk have reached by then (each write lands anywhere:
+    /// the share of fresh blocks reached after writing W is 1 − e^(−W/disk)).
+    fn replica_bytes_at(&self, hours: f64) -> u64 {
+        let block = u64::from(self.policy.block_size);
+        let disk = self.disk_bytes as f64;
+        let written =
+            self.churn_per_vm_day / f64::from(self.disks) * block_amplification(block) * hours
+                / 24.0;
+        let reached = (disk - self.used_bytes as f64).max(0.0) * (1.0 - (-written / disk).exp());
+        let per_disk =
+            (self.used_bytes as f64 + reached) * (1.0 / self.ratio + 512.0 / block as f64);
+        (per_disk * f64::from(self.vms) * f64::from(self.disks)) as u64
+    }
+
     /// Churn per VM per second at peak.
     fn peak_rate(&self) -> f64 {
         match self.peak {
@@ -281,9 +298,8 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
     let catch_up_hours =
         (mean_send_rate < link).then(|| backlog / (link - mean_send_rate) / 3600.0);
     // Storage: the replica holds the used data; retained points hold what changed since.
-    let slots_overhead = 512.0 / block as f64;
-    let replica_storage_bytes =
-        (disks_total as f64 * m.used_bytes as f64 * (1.0 / m.ratio + slots_overhead)) as u64;
+    let replica_storage_bytes = m.replica_bytes_at(0.0);
+    let replica_storage_after_day_bytes = m.replica_bytes_at(24.0);
     let retained_changes = (m.churn_per_vm_day * amp * f64::from(m.policy.retention_hours) / 24.0)
         .min(m.disk_bytes as f64 * f64::from(m.disks));
     let snapshot_storage_bytes = (retained_changes * f64::from(m.vms) / m.ratio) as u64;
@@ -333,6 +349,7 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
         delta_bandwidth_needed_mbps: peak_send_rate * 8.0 / 1e6,
         expected_max_rpo_secs,
         replica_storage_bytes,
+        replica_storage_after_day_bytes,
         snapshot_storage_bytes,
         snapshots_per_blob,
         snapshot_limit,
@@ -509,6 +526,12 @@ pub fn verify(
             bytes_sent as f64 / GIB,
         ),
     ];
+    let replica_bytes: u64 = report.disks.iter().map(|d| d.replica_bytes).sum();
+    comparisons.push(compare(
+        "replica storage (GiB)",
+        sm.replica_bytes_at(hours as f64) as f64 / GIB,
+        replica_bytes as f64 / GIB,
+    ));
     // Compared only when the run reached its steady state (a very long initial replication
     // can outlast the simulated hours).
     if let (Some(rpo), false) = (scaled_plan.expected_max_rpo_secs, steady.is_empty()) {

@@ -81,6 +81,8 @@ pub struct DiskReport {
     pub health_warnings: Vec<String>,
     /// When the first point (initial replication) finished, in simulated minutes.
     pub first_point_minute: Option<f64>,
+    /// Bytes the replica's data blob holds at the end.
+    pub replica_bytes: u64,
     /// (simulated minute, RPO in seconds) at each poll, for the timeline.
     pub rpo_samples: Vec<(f64, f64)>,
 }
@@ -924,6 +926,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             d.audit.failures.push(format!("live blob: {e}"));
         }
         d.report.points_live = points.len();
+        d.report.replica_bytes = d
+            .observer
+            .stored_bytes()
+            .map_err(|e| SimError::Setup(e.to_string()))?;
         d.report.app_consistent_points = points
             .iter()
             .filter(|p| p.consistency == datapath::replica::manifest::Consistency::Application)

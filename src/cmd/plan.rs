@@ -150,8 +150,9 @@ fn print_plan(p: &Plan) {
         None => println!("expected RPO at peak: grows without bound (the WAN is too slow)"),
     }
     println!(
-        "storage: replica {}, retained snapshots {}",
+        "storage: replica {} (growing to {} after a day), retained snapshots {}",
         gib(p.replica_storage_bytes),
+        gib(p.replica_storage_after_day_bytes),
         gib(p.snapshot_storage_bytes)
     );
     println!(

@@ -317,6 +317,15 @@ impl<'a> DiskReplica<'a> {
         }
     }
 
+    /// Bytes the data blob holds now (its written pages): what the replica costs in storage.
+    pub fn stored_bytes(&self) -> Result<u64, ReplicaError> {
+        Ok(self
+            .written_ranges(&self.data)?
+            .iter()
+            .map(|(start, end)| end - start)
+            .sum())
+    }
+
     /// Blocks whose slots differ between point snapshot `prev` (none: an empty blob) and
     /// `snapshot` (none: the blob as it is now) — written or cleared — in order, from the
     /// store's page-range diff. What an auditor reads to check a point incrementally.

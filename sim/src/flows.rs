@@ -326,7 +326,7 @@ pub(crate) fn perform(
                     let source = content_hash(
                         &disks[i].file,
                         &disks[i].replica_name,
-                        scenario.policy.block_size,
+                        disks[i].policy.block_size,
                     )?;
                     let points = disks[i]
                         .azure_view
@@ -499,6 +499,9 @@ fn failback_disk(d: &mut SimDisk<'_>, azure: &AzureDisk) -> Result<(u64, bool), 
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
 pub struct ReplicatedItem {
     pub vm: String,
+    /// The VMM cloud, and the replication policy associated with it (or the scenario's).
+    pub cloud: Option<String>,
+    pub policy: String,
     /// "Protected", "Test failover in progress", "Failed over", "Failover committed".
     pub state: String,
     /// "Normal", or the disks' warnings.
@@ -599,8 +602,15 @@ pub(crate) fn replicated_items(
             }));
             ReplicatedItem {
                 vm: vm.name.clone(),
+                cloud: vm.cloud.clone(),
+                policy: format!(
+                    "{} ({} s copy frequency, {} h retention)",
+                    vm.policy_name, vm.policy.copy_frequency_secs, vm.policy.retention_hours
+                ),
                 state: state.into(),
-                health: if warnings.is_empty() {
+                health: if matches!(state, "Failed over" | "Failover committed") {
+                    "Not replicating (the VM runs in Azure)".into()
+                } else if warnings.is_empty() {
                     "Normal".into()
                 } else {
                     format!("Warning: {}", warnings.join("; "))

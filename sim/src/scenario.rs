@@ -69,6 +69,32 @@ struct File {
     #[serde(default)]
     expect: Vec<ExpectFile>,
     workload: Option<WorkloadFile>,
+    /// Named replication policies, associated with clouds.
+    #[serde(default)]
+    replication_policy: Vec<toml::Table>,
+    #[serde(default)]
+    logical_network: Vec<LogicalNetworkFile>,
+    #[serde(default)]
+    cloud: Vec<CloudFile>,
+}
+
+/// A VMM logical network and the VM networks defined on it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogicalNetworkFile {
+    name: String,
+    vm_networks: Vec<String>,
+}
+
+/// A VMM cloud: the logical networks its VMs may use, and the replication policy associated
+/// with it (none: its VMs cannot be protected).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudFile {
+    name: String,
+    policy: Option<String>,
+    #[serde(default)]
+    logical_networks: Vec<String>,
 }
 
 /// An assertion about the run: a job's outcome.
@@ -148,6 +174,8 @@ struct VmFile {
     managed_disks: bool,
     /// The target availability set's kind: "managed" or "unmanaged" (must match).
     availability_set: Option<String>,
+    /// The VMM cloud the VM belongs to: its replication policy is the cloud's.
+    cloud: Option<String>,
     #[serde(default)]
     nic: Vec<NicFile>,
     #[serde(default)]
@@ -220,6 +248,11 @@ pub struct VmSpec {
     pub excluded: Vec<String>,
     /// "Use managed disks": created only at failover.
     pub managed_disks: bool,
+    /// The VMM cloud (none: a host outside any cloud, on the scenario's `[policy]`).
+    pub cloud: Option<String>,
+    /// The policy replicating this VM: its cloud's, or the scenario's.
+    pub policy_name: String,
+    pub policy: Policy,
 }
 
 /// A NIC of a VM on a VMM VM network.
@@ -445,7 +478,74 @@ impl Scenario {
         let policy_text = toml::to_string(&f.policy.unwrap_or_default())
             .map_err(|e| ScenarioError::Syntax(e.to_string()))?;
         let policy = Policy::from_toml(&policy_text, profile)?;
+        // Named policies, each validated against the target's profile (30 s on premium is
+        // refused here, with the policy's name).
+        let mut policies = std::collections::BTreeMap::new();
+        at_most("replication_policy", f.replication_policy.len(), 64)?;
+        for (i, mut table) in f.replication_policy.into_iter().enumerate() {
+            let at = format!("replication_policy[{i}]");
+            let name = match table.remove("name") {
+                Some(toml::Value::String(n)) if !n.is_empty() && n.len() <= 64 => n,
+                other => {
+                    return Err(invalid(
+                        format!("{at}.name"),
+                        format!("{other:?}"),
+                        "a name of 1 to 64 characters",
+                    ))
+                }
+            };
+            let text = toml::to_string(&table).map_err(|e| ScenarioError::Syntax(e.to_string()))?;
+            let p = Policy::from_toml(&text, profile).map_err(|e| {
+                invalid(
+                    format!("replication_policy {name}"),
+                    "(policy)",
+                    e.to_string(),
+                )
+            })?;
+            if policies.insert(name.clone(), p).is_some() {
+                return Err(invalid(format!("{at}.name"), &name, "unique"));
+            }
+        }
         let vm_networks = f.vm_network;
+        // VMM: logical networks carry VM networks; clouds offer logical networks and have a
+        // policy associated.
+        let mut logical = std::collections::BTreeMap::new();
+        at_most("logical_network", f.logical_network.len(), 64)?;
+        for (i, ln) in f.logical_network.into_iter().enumerate() {
+            for v in &ln.vm_networks {
+                if !vm_networks.iter().any(|n| &n.name == v) {
+                    return Err(invalid(
+                        format!("logical_network[{i}].vm_networks"),
+                        v,
+                        "a vm_network of the scenario",
+                    ));
+                }
+            }
+            logical.insert(ln.name, ln.vm_networks);
+        }
+        let mut clouds = std::collections::BTreeMap::new();
+        at_most("cloud", f.cloud.len(), 64)?;
+        for (i, c) in f.cloud.into_iter().enumerate() {
+            if let Some(p) = c.policy.as_ref().filter(|p| !policies.contains_key(*p)) {
+                return Err(invalid(
+                    format!("cloud[{i}].policy"),
+                    p,
+                    "a replication_policy of the scenario",
+                ));
+            }
+            let mut offered: Vec<String> = Vec::new();
+            for ln in &c.logical_networks {
+                let nets = logical.get(ln).ok_or_else(|| {
+                    invalid(
+                        format!("cloud[{i}].logical_networks"),
+                        ln,
+                        "a logical_network of the scenario",
+                    )
+                })?;
+                offered.extend(nets.iter().cloned());
+            }
+            clouds.insert(c.name, (c.policy, offered));
+        }
         for (i, n) in vm_networks.iter().chain(&f.vnet).enumerate() {
             if n.name.is_empty() || n.subnets.is_empty() || n.subnets.len() > 64 {
                 return Err(invalid(
@@ -643,8 +743,37 @@ impl Scenario {
                     ));
                 }
             }
+            let (cloud, policy_name, vm_policy) = match &vm.cloud {
+                None => (None, "default".to_string(), policy.clone()),
+                Some(c) => {
+                    let (assoc, offered) = clouds.get(c).ok_or_else(|| {
+                        invalid(format!("{at}.cloud"), c, "a cloud of the scenario")
+                    })?;
+                    let name = assoc.clone().ok_or_else(|| {
+                        invalid(
+                            format!("{at}.cloud"),
+                            c,
+                            "a cloud with a replication policy associated (it has no replication policy: its VMs cannot be protected)",
+                        )
+                    })?;
+                    for nic in &nics {
+                        if !offered.contains(&nic.network) {
+                            return Err(invalid(
+                                format!("{at}.nic"),
+                                &nic.network,
+                                format!("a VM network on one of cloud {c}'s logical networks"),
+                            ));
+                        }
+                    }
+                    let p = policies.get(&name).expect("checked above").clone();
+                    (Some(c.clone()), name, p)
+                }
+            };
             vms.push(VmSpec {
                 name: vm.name,
+                cloud,
+                policy_name,
+                policy: vm_policy,
                 managed_disks: vm.managed_disks,
                 size,
                 max_nics,

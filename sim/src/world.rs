@@ -243,6 +243,8 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) touched: Arc<Mutex<Vec<(u64, u64)>>>,
     /// Proves each point as it appears (see `audit`).
     pub(crate) audit: PointAudit,
+    /// The replication policy of the disk's VM (its cloud's, or the scenario's).
+    pub(crate) policy: datapath::policy::Policy,
     /// The newest point's time when the running cycle started (the RPO until it completes).
     rpo_base: Option<u64>,
     /// When the running cycle started (true time).
@@ -305,11 +307,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let identity = Identity::from_key_material(KeyId(key_id), "CN=simulated host".into(), &key_der);
     let limit = scenario.profile.max_snapshots_per_blob();
 
-    let open_agent = |name: &str, size: u64, epoch: u64| {
+    let open_agent = |name: &str, size: u64, epoch: u64, policy: &datapath::policy::Policy| {
         let tracker_path = trackers.join(format!("{name}.ctb"));
-        let mut tracker =
-            ChangeTracker::open(&tracker_path, name, size, scenario.policy.block_size)
-                .map_err(|e| SimError::Setup(format!("tracker {name}: {e}")))?;
+        let mut tracker = ChangeTracker::open(&tracker_path, name, size, policy.block_size)
+            .map_err(|e| SimError::Setup(format!("tracker {name}: {e}")))?;
         // A simulated host crash kills the agent, not the OS: no fsync needed (or charged).
         tracker.0.set_power_safe(false);
         let (agent, resume) = DiskAgent::open(
@@ -320,7 +321,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 log_store: log_store.as_ref().map(|s| s as &dyn PageBlobStore),
             },
             &identity,
-            scenario.policy.clone(),
+            policy.clone(),
             size,
             Some(tracker),
             true,
@@ -330,7 +331,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         let mut agent = agent;
         // Store calls in a fixed order: fault draws do not depend on thread scheduling.
         agent.set_inline_uploads(true);
-        let machine = Replicator::new(scenario.policy.clone(), limit, clock.now_nanos(), resume);
+        let machine = Replicator::new(policy.clone(), limit, clock.now_nanos(), resume);
         Ok::<_, SimError>((agent, machine))
     };
 
@@ -370,7 +371,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             writer
                 .flush()
                 .map_err(|e| SimError::Setup(format!("disk {name}: {e}")))?;
-            let (agent, machine) = open_agent(&name, spec.size_bytes, 0)?;
+            let (agent, machine) = open_agent(&name, spec.size_bytes, 0, &vm.policy)?;
             let codec = BlockCodec::new(&identity.disk_keys(&name), 1, true);
             let observer = datapath::replica::disk_replica::DiskReplica::open(
                 &*emulator,
@@ -406,7 +407,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 cycle_started: 0,
                 epoch: 0,
                 images: BTreeMap::new(),
-                model: ContentModel::zeroed(spec.size_bytes, scenario.policy.block_size),
+                model: ContentModel::zeroed(spec.size_bytes, vm.policy.block_size),
+                policy: vm.policy.clone(),
                 touched,
                 audit: PointAudit::default(),
                 codec,
@@ -527,14 +529,19 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut steady_from = vec![start; disks.len()];
     // Outages and storms in progress; RPO is "steady" only with none, two intervals after.
     let mut disturbances = 0u32;
+    // Each disk's copy interval (its VM's policy).
+    let freqs: Vec<u64> = disks
+        .iter()
+        .map(|d| u64::from(d.policy.copy_frequency_secs) * SEC)
+        .collect();
+    // Steady again two of each disk's intervals after `at`.
     let calm_after = |steady_from: &mut Vec<u64>, at: u64| {
-        for s in steady_from.iter_mut() {
-            *s = (*s).max(at);
+        for (s, f) in steady_from.iter_mut().zip(&freqs) {
+            *s = (*s).max(at + 2 * f);
         }
     };
     let mut trace = blake3::Hasher::new();
     let mut events = 0u64;
-    let freq = u64::from(scenario.policy.copy_frequency_secs) * SEC;
     let mut snapshot_limit_ok = true;
 
     while let Some((now, event)) = queue.pop() {
@@ -715,14 +722,14 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     disturbances += 1;
                 } else {
                     disturbances = disturbances.saturating_sub(1);
-                    calm_after(&mut steady_from, now + 2 * freq);
+                    calm_after(&mut steady_from, now);
                 }
                 link.bytes_per_sec = bytes_per_sec;
             }
             Event::WanUp => {
                 wan_up = true;
                 disturbances -= 1;
-                calm_after(&mut steady_from, now + 2 * freq);
+                calm_after(&mut steady_from, now);
             }
             Event::Storm {
                 busy,
@@ -733,7 +740,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     disturbances += 1;
                 } else {
                     disturbances -= 1;
-                    calm_after(&mut steady_from, now + 2 * freq);
+                    calm_after(&mut steady_from, now);
                 }
                 store.set_config(FaultConfig {
                     server_busy: busy,
@@ -746,10 +753,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             Event::ClockSkew { seconds } => {
                 skew = seconds.saturating_mul(SEC as i64);
                 link.host_offset = skew;
-                calm_after(
-                    &mut steady_from,
-                    now + 2 * freq + seconds.unsigned_abs() * SEC,
-                );
+                calm_after(&mut steady_from, now + seconds.unsigned_abs() * SEC);
             }
             Event::Step { index } => {
                 let st = &scenario.steps[index];
@@ -824,13 +828,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                             paused_until_nanos: Some(now.saturating_add_signed(skew)),
                         };
                         d.machine = Replicator::new(
-                            scenario.policy.clone(),
+                            d.policy.clone(),
                             limit,
                             now.saturating_add_signed(skew),
                             resume,
                         );
                         d.epoch += 1;
-                        steady_from[i] = steady_from[i].max(now + 2 * freq);
+                        steady_from[i] = steady_from[i].max(now + 2 * freqs[i]);
                         queue.push(
                             now,
                             Event::Poll {
@@ -843,7 +847,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
             Event::AgentRestart => {
                 // The agent is back a minute later; steady two intervals after that.
-                calm_after(&mut steady_from, now + MIN + 2 * freq);
+                calm_after(&mut steady_from, now + MIN);
                 for (i, d) in disks.iter_mut().enumerate() {
                     if d.agent_down {
                         continue;
@@ -865,7 +869,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
             Event::HostCrash => {
                 // The agent is back a minute later; steady two intervals after that.
-                calm_after(&mut steady_from, now + MIN + 2 * freq);
+                calm_after(&mut steady_from, now + MIN);
                 for (i, d) in disks.iter_mut().enumerate() {
                     // The agent dies without a clean stop (its tracker is left untrusted).
                     d.epoch += 1;
@@ -886,7 +890,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 }
                 // It comes back with an untrusted tracker and a fresh nonce epoch; opening the
                 // replica needs the storage account, so a storm may make it try again.
-                match open_agent(&d.replica_name, d.spec.size_bytes, d.epoch) {
+                match open_agent(&d.replica_name, d.spec.size_bytes, d.epoch, &d.policy) {
                     Ok((agent, machine)) => {
                         // Replace: the old agent is dropped without `close`.
                         d.agent = agent;
@@ -1083,10 +1087,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     });
     // A point becomes recoverable when its cycle completes: the RPO bound is two copy
     // intervals plus the disk's longest cycle (a busy shared link makes cycles longer).
-    let freq_secs = scenario.policy.copy_frequency_secs as f64;
     let over: Vec<String> = disks
         .iter()
-        .filter(|d| d.report.max_steady_rpo_secs > 2.0 * freq_secs + d.report.max_steady_cycle_secs)
+        .filter(|d| {
+            let freq_secs = f64::from(d.policy.copy_frequency_secs);
+            d.report.max_steady_rpo_secs > 2.0 * freq_secs + d.report.max_steady_cycle_secs
+        })
         .map(|d| {
             format!(
                 "{}/{}: {:.0} s with cycles of up to {:.0} s",

@@ -437,3 +437,92 @@ at_minutes = 50
     let crash = text.replace("agent_restart", "host_crash");
     assert_eq!(run_text(&crash, 2).disks[0].resyncs, 1);
 }
+
+#[test]
+fn clouds_give_their_vms_the_associated_policy_and_networks() {
+    let base = r#"
+name = "clouds"
+duration_hours = 3
+[storage]
+profile = "PROFILE"
+[policy]
+copy_frequency_secs = 300
+[[vm_network]]
+name = "corp"
+subnets = ["a"]
+[[vm_network]]
+name = "lab"
+subnets = ["a"]
+[[logical_network]]
+name = "dc"
+vm_networks = ["corp"]
+[[replication_policy]]
+name = "slow"
+copy_frequency_secs = FREQ
+retention_hours = 2
+[[cloud]]
+name = "gold"
+policy = "slow"
+logical_networks = ["dc"]
+[[cloud]]
+name = "bare"
+logical_networks = ["dc"]
+[[vm]]
+name = "in-cloud"
+cloud = "CLOUD"
+[[vm.nic]]
+network = "NET"
+subnet = "a"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 6
+[[vm]]
+name = "outside"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 6
+"#;
+    let text = |profile: &str, freq: &str, cloud: &str, net: &str| {
+        base.replace("PROFILE", profile)
+            .replace("FREQ", freq)
+            .replace("CLOUD", cloud)
+            .replace("NET", net)
+    };
+    let report = run_text(&text("standard", "900", "gold", "corp"), 4);
+    assert!(report.passed(), "{:#?}", report.checks);
+    let cycles = |vm: &str| report.disks.iter().find(|d| d.vm == vm).unwrap().cycles;
+    // Three hours: the cloud's 15-minute policy against the scenario's 5-minute one.
+    assert!(cycles("in-cloud") <= 13, "{}", cycles("in-cloud"));
+    assert!(cycles("outside") >= 35, "{}", cycles("outside"));
+    let item = &report.replicated_items[0];
+    assert_eq!(item.cloud.as_deref(), Some("gold"));
+    assert!(item.policy.starts_with("slow (900 s"), "{}", item.policy);
+    // What VMM and the vault refuse, each named.
+    for (scenario, needle) in [
+        (
+            text("premium", "30", "gold", "corp"),
+            "replication_policy slow",
+        ),
+        (
+            text("standard", "900", "bare", "corp"),
+            "no replication policy",
+        ),
+        (
+            text("standard", "900", "gold", "lab"),
+            "cloud gold's logical networks",
+        ),
+        (
+            text("standard", "900", "nowhere", "corp"),
+            "a cloud of the scenario",
+        ),
+    ] {
+        let err = sim::Scenario::parse(&scenario).unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let premium_30 = sim::Scenario::parse(&text("premium", "30", "gold", "corp"))
+        .unwrap_err()
+        .to_string();
+    assert!(premium_30.contains("100"), "{premium_30}");
+}

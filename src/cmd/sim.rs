@@ -240,9 +240,13 @@ fn summary(report: &sim::Report, wall: f64) -> String {
     for item in &report.replicated_items {
         let _ = writeln!(
             out,
-            "  item {}: {}, health {}; {}; use managed disks: {}",
+            "  item {}{}: {}, policy {}, health {}; {}; use managed disks: {}",
             item.vm,
+            item.cloud
+                .as_ref()
+                .map_or(String::new(), |c| format!(" (cloud {c})")),
             item.state,
+            item.policy,
             item.health,
             item.compute,
             if item.use_managed_disks { "yes" } else { "no" }

@@ -55,6 +55,10 @@ pub struct DiskAgent<'a> {
     /// replication or resync) has committed since: until one does, a clean stop must not mark
     /// the tracker trusted, or the writes it never saw would never be sent.
     resync_owed: bool,
+    /// A point deletion failed half-way (journal slot cleared, snapshot left) or the blob hit
+    /// its snapshot limit: unreferenced snapshots may be using up the limit, and the next
+    /// retention sweeps them (a running agent would otherwise never free them).
+    orphans_possible: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for DiskAgent<'_> {
@@ -162,6 +166,7 @@ impl<'a> DiskAgent<'a> {
                 inline_uploads: false,
                 table: None,
                 resync_owed,
+                orphans_possible: Default::default(),
             },
             resume,
         ))
@@ -224,6 +229,12 @@ impl<'a> DiskAgent<'a> {
             self.nonces = NonceSource::new_epoch(&mut self.rng);
             outcome = self.cycle(source, &options, progress);
         }
+        if let Err(CycleError::Replica(ReplicaError::Store(e))) = &outcome {
+            if e.code() == Some(crate::pageblob::ErrorCode::SnapshotCountExceeded) {
+                self.orphans_possible
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         if outcome.is_ok() && plan.kind != CycleKind::Delta {
             // Every block was compared with the replica: nothing the tracker missed is owed.
             self.resync_owed = false;
@@ -269,9 +280,21 @@ impl<'a> DiskAgent<'a> {
                 consistency: p.consistency,
             })
             .collect();
+        use std::sync::atomic::Ordering;
         let doomed = machine.retention(now_nanos, &infos);
         for p in points.iter().filter(|p| doomed.contains(&p.sequence)) {
-            self.replica.delete_point(p)?;
+            if let Err(e) = self.replica.delete_point(p) {
+                self.orphans_possible.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        if self.orphans_possible.load(Ordering::Relaxed) {
+            let live: Vec<Manifest> = points
+                .into_iter()
+                .filter(|p| !doomed.contains(&p.sequence))
+                .collect();
+            self.replica.sweep_orphans(&live)?;
+            self.orphans_possible.store(false, Ordering::Relaxed);
         }
         Ok(doomed)
     }

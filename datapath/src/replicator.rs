@@ -155,6 +155,12 @@ impl Replicator {
         &self.policy
     }
 
+    /// When the next cycle may start: the schedule's due time, or later while a failed one
+    /// backs off (1, 2, 4, 8, 10 minutes, then every 30).
+    pub fn next_attempt_nanos(&self) -> u64 {
+        self.next_due.max(self.retry_at)
+    }
+
     /// The kind the next cycle will be.
     pub fn phase(&self) -> CycleKind {
         self.phase

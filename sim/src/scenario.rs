@@ -285,6 +285,9 @@ pub const VM_SIZES: [(&str, usize); 6] = [
 pub enum FaultKind {
     /// The WAN to Azure is down for a while: uploads fail.
     WanDown { minutes: u64 },
+    /// The storage account refuses every delete for `minutes`: retention cannot free
+    /// snapshots, which pile up against the profile's limit.
+    SnapshotPressure { minutes: u64 },
     /// The WAN runs at `mbps` (instead of the scenario's bandwidth) for `minutes`.
     WanDegraded { minutes: u64, mbps: u64 },
     /// The Hyper-V host crashes and restarts: agents stop without a clean shutdown.
@@ -808,6 +811,19 @@ impl Scenario {
                     }
                     FaultKind::WanDown { minutes }
                 }
+                "snapshot_pressure" => {
+                    let minutes = fault
+                        .minutes
+                        .filter(|m| (1..=MAX_DURATION_HOURS * 60).contains(m))
+                        .ok_or_else(|| {
+                            invalid(
+                                format!("{at}.minutes"),
+                                fault.minutes.map_or("missing".into(), |m| m.to_string()),
+                                "1 minute to the scenario's maximum",
+                            )
+                        })?;
+                    FaultKind::SnapshotPressure { minutes }
+                }
                 "wan_degraded" => {
                     let minutes = fault.minutes.filter(|m| (1..=MAX_DURATION_HOURS * 60).contains(m)).ok_or_else(|| {
                         invalid(format!("{at}.minutes"), fault.minutes.map_or("missing".into(), |m| m.to_string()), "1 minute to the scenario's maximum")
@@ -871,7 +887,7 @@ impl Scenario {
                     return Err(invalid(
                         format!("{at}.kind"),
                         other,
-                        "wan_down, wan_degraded, host_crash, agent_restart, storage_storm, wrong_certificate or clock_skew",
+                        "wan_down, wan_degraded, host_crash, agent_restart, storage_storm, snapshot_pressure, wrong_certificate or clock_skew",
                     ))
                 }
             };

@@ -156,6 +156,10 @@ enum Event {
         minutes: u64,
     },
     WanUp,
+    /// Deletes refused by the storage account (snapshot pressure) from now on, or not.
+    DeletesRefused {
+        refused: bool,
+    },
     /// The WAN's bandwidth (bytes per second) from now on.
     Bandwidth {
         bytes_per_sec: u64,
@@ -448,6 +452,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         let at = start + f.at_minutes * MIN;
         match f.kind {
             FaultKind::WanDown { minutes } => queue.push(at, Event::WanDown { minutes }),
+            FaultKind::SnapshotPressure { minutes } => {
+                queue.push(at, Event::DeletesRefused { refused: true });
+                queue.push(at + minutes * MIN, Event::DeletesRefused { refused: false });
+            }
             FaultKind::WanDegraded { minutes, mbps } => {
                 queue.push(
                     at,
@@ -682,19 +690,20 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     }
                 }
                 d.machine.cycle_finished(host_now, &outcome);
-                if let CycleOutcome::Committed { .. } = outcome {
-                    // Retention needs the store too; in a storm it may fail and runs again
-                    // after the next commit.
-                    match d.agent.apply_retention(&d.machine, host_now) {
-                        Ok(deleted) => {
-                            for s in deleted {
-                                d.images.remove(&s);
-                            }
-                        }
-                        Err(e) => {
-                            trace.update(format!("{now} retention failed: {e}\n").as_bytes());
+                // Retention runs after every cycle, failed ones too: a cycle refused because
+                // the blob is at its snapshot limit must not keep retention from making room.
+                // In a storm it may fail itself and runs again after the next cycle.
+                match d.agent.apply_retention(&d.machine, host_now) {
+                    Ok(deleted) => {
+                        for s in deleted {
+                            d.images.remove(&s);
                         }
                     }
+                    Err(e) => {
+                        trace.update(format!("{now} retention failed: {e}\n").as_bytes());
+                    }
+                }
+                if let CycleOutcome::Committed { .. } = outcome {
                     if let Some(limit) = limit {
                         // Counted on the account itself (orphans included), not through faults.
                         let snapshots = emulator
@@ -706,7 +715,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                                     && b.name == format!("{}.replica", d.replica_name)
                             })
                             .count();
-                        snapshot_limit_ok &= snapshots < limit;
+                        snapshot_limit_ok &= snapshots <= limit;
                     }
                 }
                 queue.push(now, Event::Poll { disk, epoch });
@@ -716,20 +725,33 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 disturbances += 1;
                 queue.push(now + minutes * MIN, Event::WanUp);
             }
+            Event::DeletesRefused { refused } => {
+                // Cycles fail once the limit is reached: a disturbance while it lasts.
+                if refused {
+                    disturbances += 1;
+                } else {
+                    disturbances = disturbances.saturating_sub(1);
+                    calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
+                }
+                store.set_config(FaultConfig {
+                    refuse_deletes: refused,
+                    ..store.config()
+                });
+            }
             Event::Bandwidth { bytes_per_sec } => {
                 // A slow WAN is a disturbance: cycles take longer and RPO grows meanwhile.
                 if bytes_per_sec < scenario.bandwidth_bytes_per_sec {
                     disturbances += 1;
                 } else {
                     disturbances = disturbances.saturating_sub(1);
-                    calm_after(&mut steady_from, now);
+                    calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
                 }
                 link.bytes_per_sec = bytes_per_sec;
             }
             Event::WanUp => {
                 wan_up = true;
                 disturbances -= 1;
-                calm_after(&mut steady_from, now);
+                calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
             }
             Event::Storm {
                 busy,
@@ -740,7 +762,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     disturbances += 1;
                 } else {
                     disturbances -= 1;
-                    calm_after(&mut steady_from, now);
+                    calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
                 }
                 store.set_config(FaultConfig {
                     server_busy: busy,
@@ -1145,6 +1167,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     FaultKind::WanDegraded { minutes, mbps } => {
                         (format!("WAN at {mbps} Mbit/s"), at, at + minutes as f64)
                     }
+                    FaultKind::SnapshotPressure { minutes } => {
+                        ("deletes refused".into(), at, at + minutes as f64)
+                    }
                     FaultKind::HostCrash => ("host crash".into(), at, at),
                     FaultKind::StorageStorm { minutes, .. } => {
                         ("storage storm".into(), at, at + minutes as f64)
@@ -1157,6 +1182,21 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             .collect(),
         checks,
     })
+}
+
+/// After a fault heals, each disk is steady two of its intervals after `at` — or after its
+/// next attempt, when a long fault left its replicator backing off (every 30 minutes) past it.
+fn calm_after_heal(
+    steady_from: &mut [u64],
+    disks: &[SimDisk<'_>],
+    freqs: &[u64],
+    at: u64,
+    skew: i64,
+) {
+    for ((s, d), f) in steady_from.iter_mut().zip(disks).zip(freqs) {
+        let next = d.machine.next_attempt_nanos().saturating_add_signed(-skew);
+        *s = (*s).max(at.max(next) + 2 * f);
+    }
 }
 
 /// Record an RPO sample at `now`: the age of the point made at host time `point_nanos`, as the

@@ -28,6 +28,7 @@ fn every_scenario_passes() {
         "wan-outage-failover",
         "failback-round-trip",
         "recovery-plan",
+        "snapshot-pressure",
         "reference",
     ] {
         assert!(

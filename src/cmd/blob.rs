@@ -137,6 +137,7 @@ impl FaultArgs {
             server_busy: self.fault_busy,
             timeout_after_write: self.fault_timeout,
             torn_write: self.fault_torn,
+            refuse_deletes: false,
             latency: std::time::Duration::from_millis(self.latency_ms),
             bandwidth_bytes_per_sec: self.bandwidth_mib.map(|m| m.saturating_mul(1 << 20)),
         }))

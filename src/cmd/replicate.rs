@@ -465,6 +465,11 @@ fn watch(
                                 reason: format!("{e:#}"),
                             },
                         );
+                        // Retention runs after failed cycles too: a blob at its snapshot
+                        // limit needs room before any cycle can commit.
+                        if let Err(e) = session.agent.apply_retention(machine, finished) {
+                            eprintln!("{}: retention failed, will retry: {e}", session.agent.name);
+                        }
                     }
                 }
             }

@@ -25,6 +25,9 @@ pub struct FaultConfig {
     /// Chance per Put Page of more than one page that the connection drops mid-body: only a
     /// prefix of whole pages (at least one, not all) is applied, then 500 OperationTimedOut.
     pub torn_write: f64,
+    /// Every Delete Blob answered 503 ServerBusy (nothing deleted): retention cannot free
+    /// snapshots, so they pile up against the profile's limit.
+    pub refuse_deletes: bool,
     /// Added to every call.
     pub latency: Duration,
     /// Bytes per second moved by reads and writes; `None`: no cap.
@@ -228,6 +231,12 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         cond: &Conditions,
     ) -> StoreResult<()> {
         self.before(0)?;
+        if self.config().refuse_deletes {
+            return Err(StoreError::service(
+                ErrorCode::ServerBusy,
+                "The server is busy. (injected: deletes refused)",
+            ));
+        }
         let r = self
             .inner
             .delete_blob(path, snapshot, delete_snapshots, cond);

@@ -305,3 +305,103 @@ fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
     let (_, resume) = open();
     assert_eq!(resume.tracking_untrusted, None);
 }
+
+#[test]
+fn snapshots_orphaned_while_deletes_fail_are_swept_and_replication_resumes() {
+    use datapath::pageblob::faults::{FaultConfig, FaultyStore};
+    use datapath::pageblob::PageBlobStore;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let profile = Profile::Premium {
+        snapshot_spacing: false,
+    };
+    let emulator = Arc::new(
+        Emulator::open(
+            &dir.path().join("store"),
+            profile,
+            Durability::Process,
+            clock.clone(),
+        )
+        .unwrap(),
+    );
+    let store = FaultyStore::new(emulator.clone(), FaultConfig::default());
+    let log = Emulator::open(
+        &dir.path().join("log"),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap();
+    let id = identity(&clock);
+    let policy =
+        Policy::from_toml("copy_frequency_secs = 300\nretention_hours = 1", profile).unwrap();
+    let (mut agent, resume) = DiskAgent::open(
+        AgentTarget {
+            store: &store,
+            container: "replicas",
+            name: "vm-disk",
+            log_store: Some(&log),
+        },
+        &id,
+        policy.clone(),
+        SIZE,
+        None,
+        true,
+        Box::new(ChaCha8Rng::seed_from_u64(1)),
+    )
+    .unwrap();
+    let mut machine = Replicator::new(policy, profile.max_snapshots_per_blob(), T0, resume);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut disk = Disk {
+        bytes: vec![0; SIZE as usize],
+        reads: AtomicU64::new(0),
+    };
+    let snapshots = || {
+        emulator
+            .list_blobs("replicas", true)
+            .unwrap()
+            .iter()
+            .filter(|b| b.name == "vm-disk.replica" && b.properties.snapshot.is_some())
+            .count()
+    };
+    // Deletes refused for 10 simulated hours: 120 cycles against a limit of 100.
+    store.set_config(FaultConfig {
+        refuse_deletes: true,
+        ..FaultConfig::default()
+    });
+    let (mut refused_at_limit, mut committed_after) = (false, 0);
+    for minute in (0..14 * 60).step_by(5) {
+        if minute == 10 * 60 {
+            store.set_config(FaultConfig::default());
+        }
+        let now = T0 + minute * MIN;
+        clock.set(now);
+        workload(&mut disk, &mut rng, 3);
+        if let Action::RunCycle(plan) = machine.poll(now) {
+            let outcome = match agent.run(&plan, &disk, now, &|_| {}) {
+                Ok(r) => CycleOutcome::Committed {
+                    point_time_nanos: r.point.time_nanos,
+                },
+                Err(e) => {
+                    refused_at_limit |= e.to_string().contains("SnapshotCountExceeded");
+                    CycleOutcome::Failed {
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            if minute > 10 * 60 && matches!(outcome, CycleOutcome::Committed { .. }) {
+                committed_after += 1;
+            }
+            machine.cycle_finished(now, &outcome);
+            let _ = agent.apply_retention(&machine, now);
+        }
+        assert!(snapshots() <= 100, "minute {minute}: {}", snapshots());
+    }
+    assert!(refused_at_limit, "the blob reached its snapshot limit");
+    assert!(
+        committed_after >= 40,
+        "replication resumed: {committed_after}"
+    );
+    // No orphan is left: every snapshot is a live point's.
+    assert_eq!(snapshots(), agent.points().unwrap().len());
+}

@@ -96,6 +96,12 @@ fn describe(nics: &[(String, String, Option<String>)], source_nics: usize) -> St
 
 /// Restore throughput charged to a job (bytes per second).
 const RESTORE_BYTES_PER_SEC: u64 = 200_000_000;
+/// Fixed parts of a job's duration: creating and starting the replica VM in Azure, shutting a
+/// VM down, a commit, removing a test VM.
+const CREATE_VM_SECS: u64 = 120;
+const SHUTDOWN_SECS: u64 = 60;
+const COMMIT_SECS: u64 = 30;
+const CLEANUP_SECS: u64 = 60;
 
 /// The recovery point of each of a VM's disks (`points[i]` are disk *i*'s) for `choice`. A
 /// VM's point is one instant for all its disks: "latest" is the newest time every disk has a
@@ -221,6 +227,8 @@ pub(crate) fn perform(
         .expect("steps name VMs of the scenario");
     let mut checks = Vec::new();
     let mut bytes = 0u64;
+    // Seconds beyond the restore: VM creation, shutdowns, the WAN (final cycle, failback).
+    let mut fixed_secs = 0u64;
     let name = match step.action {
         Action::TestFailover(_) => "test failover",
         Action::CleanupTestFailover => "cleanup test failover",
@@ -318,8 +326,9 @@ pub(crate) fn perform(
                         throttle_bytes_per_sec: None,
                         due_nanos: now,
                     };
-                    let (_, outcome, _) =
+                    let (done, outcome, _) =
                         run_cycle(&mut disks[i], &plan, now, link, scenario.start_nanos);
+                    fixed_secs += done.saturating_sub(now) / SEC;
                     if let CycleOutcome::Failed { reason } = outcome {
                         return Err(format!("final cycle: {reason}"));
                     }
@@ -385,7 +394,8 @@ pub(crate) fn perform(
                     let azure = d.azure.take().ok_or("a disk is not failed over")?;
                     let (sent, ok) = failback_disk(d, &azure)?;
                     copied += sent;
-                    bytes += sent;
+                    // The differing blocks come home over the WAN.
+                    fixed_secs += sent / link.bytes_per_sec.max(1);
                     checks.push(Check {
                         name: format!(
                             "failback of {} copies only differing blocks and ends identical",
@@ -405,11 +415,21 @@ pub(crate) fn perform(
             }
         }
     })();
-    let seconds = (bytes * SEC / RESTORE_BYTES_PER_SEC / SEC).max(1);
     let (succeeded, detail) = match outcome {
         Ok(d) => (true, d),
         Err(e) => (false, e),
     };
+    // What the job's kind costs when it gets that far (a refused job fails in seconds).
+    let steps_secs = match step.action {
+        _ if !succeeded => 0,
+        Action::TestFailover(_) | Action::UnplannedFailover(_) => CREATE_VM_SECS,
+        Action::PlannedFailover => SHUTDOWN_SECS + CREATE_VM_SECS,
+        Action::Failback => 2 * SHUTDOWN_SECS,
+        Action::Commit => COMMIT_SECS,
+        Action::CleanupTestFailover => CLEANUP_SECS,
+        Action::AddDisk | Action::UseManagedDisks(_) => 0,
+    };
+    let seconds = (bytes / RESTORE_BYTES_PER_SEC + fixed_secs + steps_secs).max(1);
     (
         Job {
             name: name.into(),

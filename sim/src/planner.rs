@@ -281,8 +281,10 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
         Some(h) => (f64::from(h) * 3600.0 - start).rem_euclid(86400.0),
     };
     let initial_bytes = (m.used_bytes as f64 * disks_total as f64 / m.ratio) as u64;
+    // The host encodes one disk after another; the link starts with the first disk's data.
     let encode = m.used_bytes as f64 / m.host_bytes_per_sec;
-    let initial_secs = wait + encode + m.transfer_secs(initial_bytes as f64, start + wait + encode);
+    let transfer = m.transfer_secs(initial_bytes as f64, start + wait + encode);
+    let initial_secs = wait + (encode + transfer).max(encode * disks_total as f64);
     // Delta replication at peak.
     let freq = f64::from(m.policy.copy_frequency_secs);
     let peak_rate = m.peak_rate();

@@ -529,6 +529,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         bytes_per_sec: scenario.bandwidth_bytes_per_sec,
         free_at: start,
         host_offset: 0,
+        cpu_free_at: start,
     };
     // The host's clock offset from true time (the agent and its state machine read the host's
     // clock; the storage account keeps true time).
@@ -1259,8 +1260,9 @@ fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
     Ok(written)
 }
 
-/// The host's WAN link: one at a time, in the order cycles get to it, at its bandwidth (the
-/// cost model's shared resource: disks replicating at once share the link).
+/// The host's shared resources in the cost model: its CPU (reading and encoding, one cycle's
+/// work after another) and its WAN link (one transfer after another, at its bandwidth): disks
+/// replicating at once share both.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Link {
     pub bytes_per_sec: u64,
@@ -1268,6 +1270,9 @@ pub(crate) struct Link {
     pub free_at: u64,
     /// The host clock's offset from true time (cycles run on host time).
     pub host_offset: i64,
+    /// When the host's CPU finishes the reading and encoding it was given (true time): disks
+    /// cycling at once share it too.
+    pub cpu_free_at: u64,
 }
 
 /// Run the planned cycle now (VSS: the writer flushes first), remember the disk's content for
@@ -1350,7 +1355,9 @@ pub(crate) fn run_cycle(
                 .map_or(link.bytes_per_sec, |t| t.min(link.bytes_per_sec))
                 .max(1);
             // The host reads and encodes, then the records wait for the link.
-            let encoded = now + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
+            let cpu_free = link.cpu_free_at.saturating_add_signed(link.host_offset);
+            let encoded = now.max(cpu_free) + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
+            link.cpu_free_at = encoded.saturating_add_signed(-link.host_offset);
             let free_at = link.free_at.saturating_add_signed(link.host_offset);
             let sent = encoded.max(free_at) + report.bytes_sent * SEC / rate;
             let sent_true = sent.saturating_add_signed(-link.host_offset);

@@ -115,6 +115,17 @@ fn same_seed_same_trace_and_every_invariant_holds() {
         .checks
         .iter()
         .any(|c| c.name.contains("cleanup leaves nothing")));
+    // Job durations: a failover creates the VM in Azure (two minutes) after its restore.
+    for j in a.jobs.iter().filter(|j| j.succeeded) {
+        let least = match j.name.as_str() {
+            "test failover" | "unplanned failover" => 120,
+            "planned failover" => 180,
+            "failback" => 120,
+            "commit" => 30,
+            _ => 1,
+        };
+        assert!(j.seconds >= least, "{j:?}");
+    }
     // The vault's health events: the crash's resync warning, and health back to normal.
     assert!(a.health_events.iter().any(|e| e.severity == "warning"
         && e.message

@@ -221,6 +221,8 @@ struct FaultFile {
     torn: Option<f64>,
     /// wan_degraded: the bandwidth meanwhile.
     bandwidth_mbps: Option<u64>,
+    /// churn_burst: how many times the usual churn.
+    factor: Option<u32>,
 }
 
 /// A disk of a VM and its workload.
@@ -285,6 +287,8 @@ pub const VM_SIZES: [(&str, usize); 6] = [
 pub enum FaultKind {
     /// The WAN to Azure is down for a while: uploads fail.
     WanDown { minutes: u64 },
+    /// Every disk writes `factor` times its churn for `minutes` (a batch job, a backup).
+    ChurnBurst { minutes: u64, factor: u32 },
     /// The storage account refuses every delete for `minutes`: retention cannot free
     /// snapshots, which pile up against the profile's limit.
     SnapshotPressure { minutes: u64 },
@@ -811,6 +815,26 @@ impl Scenario {
                     }
                     FaultKind::WanDown { minutes }
                 }
+                "churn_burst" => {
+                    let minutes = fault
+                        .minutes
+                        .filter(|m| (1..=MAX_DURATION_HOURS * 60).contains(m))
+                        .ok_or_else(|| {
+                            invalid(
+                                format!("{at}.minutes"),
+                                fault.minutes.map_or("missing".into(), |m| m.to_string()),
+                                "1 minute to the scenario's maximum",
+                            )
+                        })?;
+                    let factor = fault.factor.filter(|f| (2..=100).contains(f)).ok_or_else(|| {
+                        invalid(
+                            format!("{at}.factor"),
+                            fault.factor.map_or("missing".into(), |f| f.to_string()),
+                            "2 to 100 (times the usual churn)",
+                        )
+                    })?;
+                    FaultKind::ChurnBurst { minutes, factor }
+                }
                 "snapshot_pressure" => {
                     let minutes = fault
                         .minutes
@@ -887,7 +911,7 @@ impl Scenario {
                     return Err(invalid(
                         format!("{at}.kind"),
                         other,
-                        "wan_down, wan_degraded, host_crash, agent_restart, storage_storm, snapshot_pressure, wrong_certificate or clock_skew",
+                        "wan_down, wan_degraded, host_crash, agent_restart, storage_storm, snapshot_pressure, churn_burst, wrong_certificate or clock_skew",
                     ))
                 }
             };

@@ -1,6 +1,6 @@
 //! Swarm testing: each seed draws its own scenario — storage profile, policy (copy frequency,
 //! retention, app-consistent frequency, block size), VMs and disks, workload, faults (WAN
-//! outages and slow WANs, host crashes, agent restarts, storage storms with torn writes, a wrong
+//! outages and slow WANs, host crashes, agent restarts, churn bursts, storage storms with torn writes, a wrong
 //! certificate, host clock skew) and DR operations — as TOML text,
 //! so a failing seed is reproduced with `drplane sim run` on the text it prints. [`run`] runs
 //! a range of seeds on worker threads (optionally each twice, comparing the runs), reporting
@@ -73,7 +73,7 @@ pub fn scenario_for(seed: u64) -> String {
     let minutes = hours * 60;
     for _ in 0..between(rng, 0, 3) {
         let at = between(rng, 10, minutes - 10);
-        match rng.next_u64() % 8 {
+        match rng.next_u64() % 9 {
             0 => {
                 let _ = writeln!(
                     s,
@@ -111,6 +111,14 @@ pub fn scenario_for(seed: u64) -> String {
             }
             5 => {
                 let _ = writeln!(s, "[[fault]]\nkind = \"agent_restart\"\nat_minutes = {at}");
+            }
+            6 => {
+                let _ = writeln!(
+                    s,
+                    "[[fault]]\nkind = \"churn_burst\"\nat_minutes = {at}\nminutes = {}\nfactor = {}",
+                    between(rng, 5, 60),
+                    between(rng, 2, 10)
+                );
             }
             _ => {
                 let _ = writeln!(

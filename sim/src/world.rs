@@ -156,6 +156,10 @@ enum Event {
         minutes: u64,
     },
     WanUp,
+    /// Every disk writes this many times its churn from now on (1: back to normal).
+    Burst {
+        factor: u32,
+    },
     /// Deletes refused by the storage account (snapshot pressure) from now on, or not.
     DeletesRefused {
         refused: bool,
@@ -236,6 +240,8 @@ pub(crate) struct SimDisk<'a> {
     churn_carry: i64,
     /// The scenario's written data is incompressible.
     incompressible: bool,
+    /// Churn multiplier of a burst in progress (1: none).
+    burst: u32,
     /// Bumped by a host crash: events of an older epoch are stale.
     pub(crate) epoch: u64,
     /// The agent crashed and has not started again (its object must not be used).
@@ -406,6 +412,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 workload: stream(seed, &format!("workload/{}/{}", vm.name, spec.name)),
                 churn_carry: 0,
                 incompressible: scenario.incompressible,
+                burst: 1,
                 warnings: Vec::new(),
                 rpo_base: None,
                 cycle_started: 0,
@@ -452,6 +459,10 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         let at = start + f.at_minutes * MIN;
         match f.kind {
             FaultKind::WanDown { minutes } => queue.push(at, Event::WanDown { minutes }),
+            FaultKind::ChurnBurst { minutes, factor } => {
+                queue.push(at, Event::Burst { factor });
+                queue.push(at + minutes * MIN, Event::Burst { factor: 1 });
+            }
             FaultKind::SnapshotPressure { minutes } => {
                 queue.push(at, Event::DeletesRefused { refused: true });
                 queue.push(at + minutes * MIN, Event::DeletesRefused { refused: false });
@@ -725,6 +736,18 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 wan_up = false;
                 disturbances += 1;
                 queue.push(now + minutes * MIN, Event::WanUp);
+            }
+            Event::Burst { factor } => {
+                // Bigger cycles for a while: a disturbance for the RPO bound until it ends.
+                if factor > 1 {
+                    disturbances += 1;
+                } else {
+                    disturbances = disturbances.saturating_sub(1);
+                    calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
+                }
+                for d in disks.iter_mut() {
+                    d.burst = factor;
+                }
             }
             Event::DeletesRefused { refused } => {
                 // Cycles fail once the limit is reached: a disturbance while it lasts.
@@ -1171,6 +1194,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     FaultKind::SnapshotPressure { minutes } => {
                         ("deletes refused".into(), at, at + minutes as f64)
                     }
+                    FaultKind::ChurnBurst { minutes, factor } => {
+                        (format!("churn x{factor}"), at, at + minutes as f64)
+                    }
                     FaultKind::HostCrash => ("host crash".into(), at, at),
                     FaultKind::StorageStorm { minutes, .. } => {
                         ("storage storm".into(), at, at + minutes as f64)
@@ -1241,7 +1267,7 @@ fn workload_bytes(rng: &mut ChaCha8Rng, len: usize, incompressible: bool) -> Vec
 fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
     // The minute's share of the hourly churn, plus what earlier minutes under- or overshot
     // (writes come in whole pieces), so the churn over hours is what the scenario says.
-    let budget = (d.spec.churn_bytes_per_hour / 60) as i64 + d.churn_carry;
+    let budget = (d.spec.churn_bytes_per_hour / 60 * u64::from(d.burst)) as i64 + d.churn_carry;
     let size = d.spec.size_bytes;
     let mut written = 0u64;
     while (written as i64) < budget {

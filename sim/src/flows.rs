@@ -519,6 +519,8 @@ fn failback_disk(d: &mut SimDisk<'_>, azure: &AzureDisk) -> Result<(u64, bool), 
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
 pub struct ReplicatedItem {
     pub vm: String,
+    /// The Hyper-V host it runs on.
+    pub host: String,
     /// The VMM cloud, and the replication policy associated with it (or the scenario's).
     pub cloud: Option<String>,
     pub policy: String,
@@ -622,6 +624,7 @@ pub(crate) fn replicated_items(
             }));
             ReplicatedItem {
                 vm: vm.name.clone(),
+                host: vm.host.clone(),
                 cloud: vm.cloud.clone(),
                 policy: format!(
                     "{} ({} s copy frequency, {} h retention)",

@@ -76,6 +76,15 @@ struct File {
     logical_network: Vec<LogicalNetworkFile>,
     #[serde(default)]
     cloud: Vec<CloudFile>,
+    /// Hyper-V hosts (default: one, "hyperv-host").
+    #[serde(default)]
+    host: Vec<HostFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    name: String,
 }
 
 /// A VMM logical network and the VM networks defined on it.
@@ -176,6 +185,8 @@ struct VmFile {
     availability_set: Option<String>,
     /// The VMM cloud the VM belongs to: its replication policy is the cloud's.
     cloud: Option<String>,
+    /// The Hyper-V host it runs on (default: the first).
+    host: Option<String>,
     #[serde(default)]
     nic: Vec<NicFile>,
     #[serde(default)]
@@ -223,6 +234,8 @@ struct FaultFile {
     bandwidth_mbps: Option<u64>,
     /// churn_burst: how many times the usual churn.
     factor: Option<u32>,
+    /// host_crash, agent_restart: which host (default: every host).
+    host: Option<String>,
 }
 
 /// A disk of a VM and its workload.
@@ -254,6 +267,8 @@ pub struct VmSpec {
     pub cloud: Option<String>,
     /// The policy replicating this VM: its cloud's, or the scenario's.
     pub policy_name: String,
+    /// The Hyper-V host the VM runs on.
+    pub host: String,
     pub policy: Policy,
 }
 
@@ -283,7 +298,7 @@ pub const VM_SIZES: [(&str, usize); 6] = [
 ];
 
 /// A fault and when it strikes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FaultKind {
     /// The WAN to Azure is down for a while: uploads fail.
     WanDown { minutes: u64 },
@@ -295,7 +310,8 @@ pub enum FaultKind {
     /// The WAN runs at `mbps` (instead of the scenario's bandwidth) for `minutes`.
     WanDegraded { minutes: u64, mbps: u64 },
     /// The Hyper-V host crashes and restarts: agents stop without a clean shutdown.
-    HostCrash,
+    /// `host`: one host; `None`: every host.
+    HostCrash { host: Option<String> },
     /// The storage account answers 503 ServerBusy and 500 OperationTimedOut (after applying a
     /// write) at these rates for a while.
     StorageStorm {
@@ -310,10 +326,10 @@ pub enum FaultKind {
     /// The host's clock jumps to this offset from true time (seconds, either way).
     ClockSkew { seconds: i64 },
     /// The agent service restarts cleanly (tracking goes on: no resync).
-    AgentRestart,
+    AgentRestart { host: Option<String> },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
     pub at_minutes: u64,
     pub kind: FaultKind,
@@ -401,10 +417,26 @@ pub struct Scenario {
     pub network_mapping: std::collections::BTreeMap<String, String>,
     /// Assertions checked after the run.
     pub expectations: Vec<Expectation>,
+    /// The Hyper-V hosts, in order.
+    pub hosts: Vec<String>,
     /// Written data is random (incompressible).
     pub incompressible: bool,
     /// BLAKE3 of the file's bytes.
     pub hash: String,
+}
+
+/// A fault's host: one of the scenario's, or none (every host).
+fn fault_host(
+    at: &str,
+    host: Option<String>,
+    hosts: &[String],
+) -> Result<Option<String>, ScenarioError> {
+    match host {
+        Some(h) if !hosts.contains(&h) => {
+            Err(invalid(format!("{at}.host"), &h, "a host of the scenario"))
+        }
+        other => Ok(other),
+    }
 }
 
 /// A list no longer than `max`.
@@ -587,6 +619,21 @@ impl Scenario {
                 ));
             }
             network_mapping.insert(m.vm_network, m.vnet);
+        }
+        at_most("host", f.host.len(), 64)?;
+        let mut hosts: Vec<String> = Vec::new();
+        for (i, h) in f.host.iter().enumerate() {
+            if h.name.is_empty() || h.name.len() > 64 || hosts.contains(&h.name) {
+                return Err(invalid(
+                    format!("host[{i}].name"),
+                    &h.name,
+                    "unique, 1 to 64 characters",
+                ));
+            }
+            hosts.push(h.name.clone());
+        }
+        if hosts.is_empty() {
+            hosts.push("hyperv-host".into());
         }
         if f.vm.is_empty() || f.vm.len() > MAX_VMS {
             return Err(invalid("vm", f.vm.len(), format!("1 to {MAX_VMS} VMs")));
@@ -776,8 +823,14 @@ impl Scenario {
                     (Some(c.clone()), name, p)
                 }
             };
+            let host = match &vm.host {
+                None => hosts[0].clone(),
+                Some(h) if hosts.contains(h) => h.clone(),
+                Some(h) => return Err(invalid(format!("{at}.host"), h, "a host of the scenario")),
+            };
             vms.push(VmSpec {
                 name: vm.name,
+                host,
                 cloud,
                 policy_name,
                 policy: vm_policy,
@@ -857,9 +910,13 @@ impl Scenario {
                     })?;
                     FaultKind::WanDegraded { minutes, mbps }
                 }
-                "host_crash" => FaultKind::HostCrash,
+                "host_crash" => FaultKind::HostCrash {
+                    host: fault_host(&at, fault.host.clone(), &hosts)?,
+                },
                 "wrong_certificate" => FaultKind::WrongCertificate,
-                "agent_restart" => FaultKind::AgentRestart,
+                "agent_restart" => FaultKind::AgentRestart {
+                    host: fault_host(&at, fault.host.clone(), &hosts)?,
+                },
                 "clock_skew" => {
                     let seconds = fault.seconds.ok_or_else(|| {
                         invalid(
@@ -1036,6 +1093,7 @@ impl Scenario {
             ),
             network_mapping,
             expectations,
+            hosts,
             incompressible: f.workload.is_some_and(|w| w.incompressible),
             hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
         })

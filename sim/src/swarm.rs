@@ -1,5 +1,5 @@
 //! Swarm testing: each seed draws its own scenario — storage profile, policy (copy frequency,
-//! retention, app-consistent frequency, block size), VMs and disks, workload, faults (WAN
+//! retention, app-consistent frequency, block size), one or two Hyper-V hosts, VMs and disks, workload, faults (WAN
 //! outages and slow WANs, host crashes, agent restarts, churn bursts, storage storms with torn writes, a wrong
 //! certificate, host clock skew) and DR operations — as TOML text,
 //! so a failing seed is reproduced with `drplane sim run` on the text it prints. [`run`] runs
@@ -58,8 +58,12 @@ pub fn scenario_for(seed: u64) -> String {
         );
     }
     let vms = between(rng, 1, 2);
+    let hosts = between(rng, 1, 2);
+    for h in 0..hosts {
+        let _ = writeln!(s, "[[host]]\nname = \"hv{h}\"");
+    }
     for v in 0..vms {
-        let _ = writeln!(s, "[[vm]]\nname = \"vm{v}\"");
+        let _ = writeln!(s, "[[vm]]\nname = \"vm{v}\"\nhost = \"hv{}\"", v % hosts);
         for d in 0..between(rng, 1, 2) {
             let size = between(rng, 4, 24);
             let _ = writeln!(
@@ -83,6 +87,9 @@ pub fn scenario_for(seed: u64) -> String {
             }
             1 => {
                 let _ = writeln!(s, "[[fault]]\nkind = \"host_crash\"\nat_minutes = {at}");
+                if hosts > 1 && rng.next_u64() % 2 == 0 {
+                    let _ = writeln!(s, "host = \"hv{}\"", rng.next_u64() % hosts);
+                }
             }
             2 => {
                 let _ = writeln!(

@@ -168,8 +168,13 @@ enum Event {
     Bandwidth {
         bytes_per_sec: u64,
     },
-    HostCrash,
-    AgentRestart,
+    /// One host (`Some`) or all of them.
+    HostCrash {
+        host: Option<String>,
+    },
+    AgentRestart {
+        host: Option<String>,
+    },
     AgentStart {
         disk: usize,
         epoch: u64,
@@ -253,6 +258,9 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) touched: Arc<Mutex<Vec<(u64, u64)>>>,
     /// Proves each point as it appears (see `audit`).
     pub(crate) audit: PointAudit,
+    /// The Hyper-V host the disk's VM runs on, and its index in the scenario's hosts.
+    pub(crate) host: String,
+    host_index: usize,
     /// The replication policy of the disk's VM (its cloud's, or the scenario's).
     pub(crate) policy: datapath::policy::Policy,
     /// The newest point's time when the running cycle started (the RPO until it completes).
@@ -420,6 +428,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 images: BTreeMap::new(),
                 model: ContentModel::zeroed(spec.size_bytes, vm.policy.block_size),
                 policy: vm.policy.clone(),
+                host: vm.host.clone(),
+                host_index: scenario
+                    .hosts
+                    .iter()
+                    .position(|h| *h == vm.host)
+                    .unwrap_or(0),
                 touched,
                 audit: PointAudit::default(),
                 codec,
@@ -457,7 +471,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     }
     for f in &scenario.faults {
         let at = start + f.at_minutes * MIN;
-        match f.kind {
+        match f.kind.clone() {
             FaultKind::WanDown { minutes } => queue.push(at, Event::WanDown { minutes }),
             FaultKind::ChurnBurst { minutes, factor } => {
                 queue.push(at, Event::Burst { factor });
@@ -481,7 +495,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     },
                 );
             }
-            FaultKind::HostCrash => queue.push(at, Event::HostCrash),
+            FaultKind::HostCrash { host } => queue.push(at, Event::HostCrash { host }),
             FaultKind::StorageStorm {
                 minutes,
                 busy,
@@ -507,23 +521,28 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
             FaultKind::WrongCertificate => queue.push(at, Event::WrongCertificate),
             FaultKind::ClockSkew { seconds } => queue.push(at, Event::ClockSkew { seconds }),
-            FaultKind::AgentRestart => queue.push(at, Event::AgentRestart),
+            FaultKind::AgentRestart { host } => queue.push(at, Event::AgentRestart { host }),
         }
     }
     for (index, st) in scenario.steps.iter().enumerate() {
         queue.push(start + st.at_minutes * MIN, Event::Step { index });
     }
-    let mut jobs: Vec<Job> = vec![Job {
-        name: "register".into(),
-        vm: "hyperv-host".into(),
-        started_minute: 0,
-        seconds: 1,
-        succeeded: registered,
-        detail: match &registration {
-            Ok(()) => "provider registered with the vault".into(),
-            Err(e) => e.to_string(),
-        },
-    }];
+    // Each host's agent registers with the vault.
+    let mut jobs: Vec<Job> = scenario
+        .hosts
+        .iter()
+        .map(|host| Job {
+            name: "register".into(),
+            vm: host.clone(),
+            started_minute: 0,
+            seconds: 1,
+            succeeded: registered,
+            detail: match &registration {
+                Ok(()) => "provider registered with the vault".into(),
+                Err(e) => e.to_string(),
+            },
+        })
+        .collect();
     let mut wrong_certificate_next = false;
     let mut used_ips = crate::flows::UsedIps::new();
     let mut vm_settings = crate::flows::VmSettings::default();
@@ -540,7 +559,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         bytes_per_sec: scenario.bandwidth_bytes_per_sec,
         free_at: start,
         host_offset: 0,
-        cpu_free_at: start,
+        cpu_free_at: vec![start; scenario.hosts.len()],
     };
     // The host's clock offset from true time (the agent and its state machine read the host's
     // clock; the storage account keeps true time).
@@ -891,11 +910,11 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     }
                 }
             }
-            Event::AgentRestart => {
+            Event::AgentRestart { host } => {
                 // The agent is back a minute later; steady two intervals after that.
                 calm_after(&mut steady_from, now + MIN);
                 for (i, d) in disks.iter_mut().enumerate() {
-                    if d.agent_down {
+                    if d.agent_down || host.as_ref().is_some_and(|h| *h != d.host) {
                         continue;
                     }
                     // The service stops cleanly; the tracking driver keeps recording writes.
@@ -913,10 +932,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     );
                 }
             }
-            Event::HostCrash => {
+            Event::HostCrash { host } => {
                 // The agent is back a minute later; steady two intervals after that.
                 calm_after(&mut steady_from, now + MIN);
                 for (i, d) in disks.iter_mut().enumerate() {
+                    if host.as_ref().is_some_and(|h| *h != d.host) {
+                        continue;
+                    }
                     // The agent dies without a clean stop (its tracker is left untrusted).
                     d.epoch += 1;
                     d.agent_down = true;
@@ -1186,7 +1208,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             .iter()
             .map(|f| {
                 let at = f.at_minutes as f64;
-                match f.kind {
+                match f.kind.clone() {
                     FaultKind::WanDown { minutes } => ("WAN down".into(), at, at + minutes as f64),
                     FaultKind::WanDegraded { minutes, mbps } => {
                         (format!("WAN at {mbps} Mbit/s"), at, at + minutes as f64)
@@ -1197,13 +1219,23 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     FaultKind::ChurnBurst { minutes, factor } => {
                         (format!("churn x{factor}"), at, at + minutes as f64)
                     }
-                    FaultKind::HostCrash => ("host crash".into(), at, at),
+                    FaultKind::HostCrash { host } => (
+                        host.as_ref()
+                            .map_or("host crash".into(), |h| format!("host crash {h}")),
+                        at,
+                        at,
+                    ),
                     FaultKind::StorageStorm { minutes, .. } => {
                         ("storage storm".into(), at, at + minutes as f64)
                     }
                     FaultKind::WrongCertificate => ("wrong certificate".into(), at, at),
                     FaultKind::ClockSkew { seconds } => (format!("clock skew {seconds} s"), at, at),
-                    FaultKind::AgentRestart => ("agent restart".into(), at, at),
+                    FaultKind::AgentRestart { host } => (
+                        host.as_ref()
+                            .map_or("agent restart".into(), |h| format!("agent restart {h}")),
+                        at,
+                        at,
+                    ),
                 }
             })
             .collect(),
@@ -1289,16 +1321,16 @@ fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
 /// The host's shared resources in the cost model: its CPU (reading and encoding, one cycle's
 /// work after another) and its WAN link (one transfer after another, at its bandwidth): disks
 /// replicating at once share both.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Link {
     pub bytes_per_sec: u64,
     /// When the link finishes what it was given (true time).
     pub free_at: u64,
     /// The host clock's offset from true time (cycles run on host time).
     pub host_offset: i64,
-    /// When the host's CPU finishes the reading and encoding it was given (true time): disks
-    /// cycling at once share it too.
-    pub cpu_free_at: u64,
+    /// When each host's CPU finishes the reading and encoding it was given (true time): disks
+    /// of one host cycling at once share it too.
+    pub cpu_free_at: Vec<u64>,
 }
 
 /// Run the planned cycle now (VSS: the writer flushes first), remember the disk's content for
@@ -1381,9 +1413,10 @@ pub(crate) fn run_cycle(
                 .map_or(link.bytes_per_sec, |t| t.min(link.bytes_per_sec))
                 .max(1);
             // The host reads and encodes, then the records wait for the link.
-            let cpu_free = link.cpu_free_at.saturating_add_signed(link.host_offset);
+            let cpu = &mut link.cpu_free_at[d.host_index];
+            let cpu_free = cpu.saturating_add_signed(link.host_offset);
             let encoded = now.max(cpu_free) + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
-            link.cpu_free_at = encoded.saturating_add_signed(-link.host_offset);
+            *cpu = encoded.saturating_add_signed(-link.host_offset);
             let free_at = link.free_at.saturating_add_signed(link.host_offset);
             let sent = encoded.max(free_at) + report.bytes_sent * SEC / rate;
             let sent_true = sent.saturating_add_signed(-link.host_offset);

@@ -537,3 +537,52 @@ churn_mib_per_hour = 6
         .to_string();
     assert!(premium_30.contains("100"), "{premium_30}");
 }
+
+#[test]
+fn a_host_crash_stops_only_the_agents_of_its_host() {
+    let text = r#"
+name = "hosts"
+duration_hours = 2
+[[host]]
+name = "hv01"
+[[host]]
+name = "hv02"
+[[vm]]
+name = "a"
+host = "hv01"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 6
+[[vm]]
+name = "b"
+host = "hv02"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 6
+[[fault]]
+kind = "host_crash"
+at_minutes = 40
+host = "hv01"
+"#;
+    let report = run_text(text, 3);
+    assert!(report.passed(), "{:#?}", report.checks);
+    let resyncs = |vm: &str| report.disks.iter().find(|d| d.vm == vm).unwrap().resyncs;
+    assert_eq!((resyncs("a"), resyncs("b")), (1, 0));
+    let registered: Vec<&str> = report
+        .jobs
+        .iter()
+        .filter(|j| j.name == "register")
+        .map(|j| j.vm.as_str())
+        .collect();
+    assert_eq!(registered, ["hv01", "hv02"]);
+    assert_eq!(report.replicated_items[1].host, "hv02");
+    let err = sim::Scenario::parse(&text.replace(
+        "at_minutes = 40\nhost = \"hv01\"",
+        "at_minutes = 40\nhost = \"hv09\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("a host of the scenario"), "{err}");
+}

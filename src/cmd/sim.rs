@@ -240,8 +240,9 @@ fn summary(report: &sim::Report, wall: f64) -> String {
     for item in &report.replicated_items {
         let _ = writeln!(
             out,
-            "  item {}{}: {}, policy {}, health {}; {}; use managed disks: {}",
+            "  item {} on {}{}: {}, policy {}, health {}; {}; use managed disks: {}",
             item.vm,
+            item.host,
             item.cloud
                 .as_ref()
                 .map_or(String::new(), |c| format!(" (cloud {c})")),

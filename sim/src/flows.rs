@@ -320,8 +320,14 @@ pub(crate) fn perform(
                 }
                 // The VM is shut down: the last changes replicate, then the failover uses them.
                 for &i in members {
+                    // The last cycle is whatever the schedule owes: a resync when the
+                    // tracker cannot be trusted (a crash just before), else a delta.
+                    let kind = match disks[i].machine.phase() {
+                        CycleKind::Delta => CycleKind::Delta,
+                        _ => CycleKind::Resync,
+                    };
                     let plan = CyclePlan {
-                        kind: CycleKind::Delta,
+                        kind,
                         consistency: Consistency::Application,
                         throttle_bytes_per_sec: None,
                         due_nanos: now,

@@ -236,6 +236,9 @@ struct FaultFile {
     factor: Option<u32>,
     /// host_crash, agent_restart: which host (default: every host).
     host: Option<String>,
+    /// host_crash: strike during each of the host's disks' next cycle, part-way through its
+    /// storage writes, rather than between cycles.
+    mid_cycle: Option<bool>,
 }
 
 /// A disk of a VM and its workload.
@@ -310,8 +313,11 @@ pub enum FaultKind {
     /// The WAN runs at `mbps` (instead of the scenario's bandwidth) for `minutes`.
     WanDegraded { minutes: u64, mbps: u64 },
     /// The Hyper-V host crashes and restarts: agents stop without a clean shutdown.
-    /// `host`: one host; `None`: every host.
-    HostCrash { host: Option<String> },
+    /// `host`: one host; `None`: every host. `mid_cycle`: during each disk's next cycle.
+    HostCrash {
+        host: Option<String>,
+        mid_cycle: bool,
+    },
     /// The storage account answers 503 ServerBusy and 500 OperationTimedOut (after applying a
     /// write) at these rates for a while.
     StorageStorm {
@@ -912,6 +918,7 @@ impl Scenario {
                 }
                 "host_crash" => FaultKind::HostCrash {
                     host: fault_host(&at, fault.host.clone(), &hosts)?,
+                    mid_cycle: fault.mid_cycle.unwrap_or(false),
                 },
                 "wrong_certificate" => FaultKind::WrongCertificate,
                 "agent_restart" => FaultKind::AgentRestart {

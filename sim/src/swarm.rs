@@ -90,6 +90,9 @@ pub fn scenario_for(seed: u64) -> String {
                 if hosts > 1 && rng.next_u64() % 2 == 0 {
                     let _ = writeln!(s, "host = \"hv{}\"", rng.next_u64() % hosts);
                 }
+                if rng.next_u64() % 2 == 0 {
+                    let _ = writeln!(s, "mid_cycle = true");
+                }
             }
             2 => {
                 let _ = writeln!(

@@ -83,6 +83,8 @@ pub struct DiskReport {
     pub first_point_minute: Option<f64>,
     /// Bytes the replica's data blob holds at the end.
     pub replica_bytes: u64,
+    /// Cycles a host crash cut short part-way through their storage writes.
+    pub crashed_cycles: u64,
     /// (simulated minute, RPO in seconds) at each poll, for the timeline.
     pub rpo_samples: Vec<(f64, f64)>,
 }
@@ -171,6 +173,7 @@ enum Event {
     /// One host (`Some`) or all of them.
     HostCrash {
         host: Option<String>,
+        mid_cycle: bool,
     },
     AgentRestart {
         host: Option<String>,
@@ -247,6 +250,10 @@ pub(crate) struct SimDisk<'a> {
     incompressible: bool,
     /// Churn multiplier of a burst in progress (1: none).
     burst: u32,
+    /// A mid-cycle host crash is due: it strikes during the next cycle.
+    crash_in_next_cycle: bool,
+    /// How far into a cycle's writes such a crash strikes.
+    crash_stream: ChaCha8Rng,
     /// Bumped by a host crash: events of an older epoch are stale.
     pub(crate) epoch: u64,
     /// The agent crashed and has not started again (its object must not be used).
@@ -391,6 +398,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 .map_err(|e| SimError::Setup(format!("disk {name}: {e}")))?;
             let (agent, machine) = open_agent(&name, spec.size_bytes, 0, &vm.policy)?;
             let codec = BlockCodec::new(&identity.disk_keys(&name), 1, true);
+            let crash_stream = stream(seed, &format!("mid-cycle crash/{name}"));
             let observer = datapath::replica::disk_replica::DiskReplica::open(
                 &*emulator,
                 CONTAINER,
@@ -421,6 +429,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 churn_carry: 0,
                 incompressible: scenario.incompressible,
                 burst: 1,
+                crash_in_next_cycle: false,
+                crash_stream,
                 warnings: Vec::new(),
                 rpo_base: None,
                 cycle_started: 0,
@@ -495,7 +505,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     },
                 );
             }
-            FaultKind::HostCrash { host } => queue.push(at, Event::HostCrash { host }),
+            FaultKind::HostCrash { host, mid_cycle } => {
+                queue.push(at, Event::HostCrash { host, mid_cycle })
+            }
             FaultKind::StorageStorm {
                 minutes,
                 busy,
@@ -666,6 +678,36 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         if at < end {
                             queue.push(at, Event::Poll { disk, epoch });
                         }
+                    }
+                    Action::RunCycle(plan) if d.crash_in_next_cycle && wan_up => {
+                        // The host dies part-way through this cycle's storage writes: after a
+                        // seeded number of them nothing more reaches the account, and the
+                        // agent is gone without a clean stop.
+                        d.crash_in_next_cycle = false;
+                        let writes = d.crash_stream.next_u64() % 48;
+                        let before = store.config();
+                        store.set_config(FaultConfig {
+                            kill_after_writes: Some(writes),
+                            ..before
+                        });
+                        let (_, outcome, detail) = run_cycle(d, &plan, host_now, &mut link, start);
+                        store.set_config(before);
+                        trace.update(
+                            format!("{now} crash after {writes} writes: {detail}").as_bytes(),
+                        );
+                        if let CycleOutcome::Failed { .. } = outcome {
+                            d.report.crashed_cycles += 1;
+                        }
+                        calm_after(&mut steady_from, now + MIN);
+                        d.epoch += 1;
+                        d.agent_down = true;
+                        queue.push(
+                            now + MIN,
+                            Event::AgentStart {
+                                disk,
+                                epoch: d.epoch,
+                            },
+                        );
                     }
                     Action::RunCycle(plan) => {
                         // A cycle's point is recoverable only when the cycle completes: until
@@ -932,11 +974,16 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     );
                 }
             }
-            Event::HostCrash { host } => {
+            Event::HostCrash { host, mid_cycle } => {
                 // The agent is back a minute later; steady two intervals after that.
                 calm_after(&mut steady_from, now + MIN);
                 for (i, d) in disks.iter_mut().enumerate() {
                     if host.as_ref().is_some_and(|h| *h != d.host) {
+                        continue;
+                    }
+                    if mid_cycle && !d.agent_down {
+                        // It strikes inside the disk's next cycle (see the Poll event).
+                        d.crash_in_next_cycle = true;
                         continue;
                     }
                     // The agent dies without a clean stop (its tracker is left untrusted).
@@ -1219,7 +1266,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     FaultKind::ChurnBurst { minutes, factor } => {
                         (format!("churn x{factor}"), at, at + minutes as f64)
                     }
-                    FaultKind::HostCrash { host } => (
+                    FaultKind::HostCrash { host, .. } => (
                         host.as_ref()
                             .map_or("host crash".into(), |h| format!("host crash {h}")),
                         at,

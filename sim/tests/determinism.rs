@@ -586,3 +586,39 @@ host = "hv01"
     .to_string();
     assert!(err.contains("a host of the scenario"), "{err}");
 }
+
+#[test]
+fn a_host_crash_inside_a_cycle_cuts_its_writes_and_nothing_is_lost() {
+    let text = r#"
+name = "mid-cycle"
+duration_hours = 2
+[storage]
+profile = "PROFILE"
+[policy]
+copy_frequency_secs = 300
+block_size_kib = 16
+[[vm]]
+name = "vm"
+[[vm.disk]]
+name = "os"
+size_mib = 8
+churn_mib_per_hour = 40
+[[fault]]
+kind = "host_crash"
+at_minutes = 31
+mid_cycle = true
+[[fault]]
+kind = "host_crash"
+at_minutes = 61
+mid_cycle = true
+"#;
+    for profile in ["standard", "premium"] {
+        for seed in 1..4 {
+            let report = run_text(&text.replace("PROFILE", profile), seed);
+            assert!(report.passed(), "{profile} {seed}: {:#?}", report.checks);
+            let d = &report.disks[0];
+            assert!(d.crashed_cycles >= 1, "{profile} {seed}: {d:?}");
+            assert!(d.resyncs >= 2, "{profile} {seed}: {d:?}");
+        }
+    }
+}

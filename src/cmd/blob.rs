@@ -138,6 +138,7 @@ impl FaultArgs {
             timeout_after_write: self.fault_timeout,
             torn_write: self.fault_torn,
             refuse_deletes: false,
+            kill_after_writes: None,
             latency: std::time::Duration::from_millis(self.latency_ms),
             bandwidth_bytes_per_sec: self.bandwidth_mib.map(|m| m.saturating_mul(1 << 20)),
         }))

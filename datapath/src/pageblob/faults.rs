@@ -28,6 +28,9 @@ pub struct FaultConfig {
     /// Every Delete Blob answered 503 ServerBusy (nothing deleted): retention cannot free
     /// snapshots, so they pile up against the profile's limit.
     pub refuse_deletes: bool,
+    /// The writer's process dies after this many more writes (counted from when this config
+    /// is set): every later call fails, nothing more is applied — a crash mid-cycle.
+    pub kill_after_writes: Option<u64>,
     /// Added to every call.
     pub latency: Duration,
     /// Bytes per second moved by reads and writes; `None`: no cap.
@@ -40,6 +43,8 @@ pub struct FaultyStore<S> {
     config: Mutex<FaultConfig>,
     rng: Mutex<ChaCha8Rng>,
     injected: std::sync::atomic::AtomicU64,
+    /// Writes since the config was last set (for `kill_after_writes`).
+    writes: std::sync::atomic::AtomicU64,
 }
 
 impl<S> std::fmt::Debug for FaultyStore<S> {
@@ -58,6 +63,7 @@ impl<S: PageBlobStore> FaultyStore<S> {
             config: Mutex::new(config),
             rng,
             injected: Default::default(),
+            writes: Default::default(),
         }
     }
 
@@ -69,6 +75,7 @@ impl<S: PageBlobStore> FaultyStore<S> {
     /// Change the faults in force (a storm starts or ends); the random stream goes on.
     pub fn set_config(&self, config: FaultConfig) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+        self.writes.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Faults injected so far.
@@ -102,9 +109,18 @@ impl<S: PageBlobStore> FaultyStore<S> {
             % n.max(1)
     }
 
-    /// Before a call: latency, bandwidth, maybe 503.
+    /// Before a call: latency, bandwidth, maybe 503; nothing at all once the process died.
     fn before(&self, bytes: usize) -> StoreResult<()> {
         let config = self.config();
+        if config
+            .kill_after_writes
+            .is_some_and(|n| self.writes.load(std::sync::atomic::Ordering::Relaxed) >= n)
+        {
+            return Err(StoreError::Io {
+                path: "(store)".into(),
+                source: std::io::Error::other("the process was killed (injected)"),
+            });
+        }
         let mut wait = config.latency;
         if let Some(bps) = config.bandwidth_bytes_per_sec.filter(|b| *b > 0) {
             wait += Duration::from_secs_f64(bytes as f64 / bps as f64);
@@ -123,6 +139,8 @@ impl<S: PageBlobStore> FaultyStore<S> {
 
     /// After a write: maybe 500 although it was applied.
     fn after_write<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if result.is_ok() && self.draw(self.config().timeout_after_write) {
             return Err(StoreError::service(
                 ErrorCode::OperationTimedOut,

@@ -991,13 +991,16 @@ impl Scenario {
             let at = format!("step[{i}]");
             inside_duration(&at, st.at_minutes, f.duration_hours)?;
             let point = match st.point.as_deref() {
-                None | Some("latest") => PointChoice::Latest,
+                // ASR's "latest" processes data the service has received first; "latest
+                // processed" takes the newest point already processed. The emulated service
+                // processes a cycle's data as it commits, so both are the newest point.
+                None | Some("latest") | Some("latest-processed") => PointChoice::Latest,
                 Some("latest-app") => PointChoice::LatestAppConsistent,
                 Some(n) => PointChoice::Sequence(n.parse().map_err(|_| {
                     invalid(
                         format!("{at}.point"),
                         n,
-                        "latest, latest-app or a point number",
+                        "latest, latest-processed, latest-app or a point number",
                     )
                 })?),
             };

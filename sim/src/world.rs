@@ -1064,10 +1064,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         let mut full_failures = Vec::new();
         for p in ends.values() {
             let mut restored = d.model.zeroed_like();
-            let digest_key = *identity.disk_keys(&d.replica_name).digest.expose();
             let outcome = d
                 .observer
-                .restore_blocks(&d.codec, p, &digest_key, |block, b| {
+                .restore_blocks(&d.codec, p, &d.digest_key, |block, b| {
                     match b {
                         Some(b) => restored.set(block, b),
                         None => restored.set_hash(block, restored.zero_hash(block)),

@@ -52,6 +52,30 @@ fn record(e: Encoded) -> (SlotHeader, Vec<u8>) {
     }
 }
 
+/// Fast levels use a smaller zstd hash table on blocks up to 128 KiB; blocks of every size on
+/// either side of that bound, and a disk's short last block, must still compress and round-trip,
+/// one thread switching between them.
+#[test]
+fn fast_levels_round_trip_across_block_sizes() {
+    for level in [-5, -1, 1, 2] {
+        let codec = BlockCodec::new(&keys(9), level, true);
+        for len in [4096, 65536, 131072, 131073, 262144, 1 << 20, 65536 + 512] {
+            let block = text_like(len);
+            let (header, bytes) = record(codec.encode(5, 2, &block, [3; 12]));
+            assert!(
+                (header.stored_len as usize) < len / 2,
+                "level {level}, {len} bytes: text stored in {} bytes",
+                header.stored_len
+            );
+            assert_eq!(
+                codec.decode(&bytes, 5).unwrap(),
+                block,
+                "level {level}, {len} bytes"
+            );
+        }
+    }
+}
+
 #[test]
 fn blocks_round_trip_encrypted_or_not() {
     for encrypt in [true, false] {

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use datapath::clock::ManualClock;
 use datapath::pageblob::conformance;
 use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::http::client::{upload_parallel, HttpStore};
+use datapath::pageblob::http::client::HttpStore;
 use datapath::pageblob::http::server::{serve, ServerConfig};
 use datapath::pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
+use datapath::pageblob::upload::upload_parallel;
 use datapath::pageblob::{BlobPath, Conditions, Emulator, ErrorCode, PageBlobStore, Profile};
 
 const START: u64 = 1_700_000_000_000_000_000;

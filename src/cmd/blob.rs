@@ -1,7 +1,6 @@
 //! `drplane blob serve|upload|ls|ranges|snapshots`: the page-blob store from the command line.
 //! Every command but `serve` works on a store directory or an endpoint URL.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,13 +11,12 @@ use clap::{Args, Subcommand};
 use datapath::clock::SystemClock;
 use datapath::pageblob::data_log::Durability;
 use datapath::pageblob::faults::{FaultConfig, FaultyStore};
-use datapath::pageblob::http::client::{upload_parallel, HttpStore};
+use datapath::pageblob::http::client::HttpStore;
 use datapath::pageblob::http::server::{serve, ServerConfig};
 use datapath::pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
 use datapath::pageblob::timestamp::http_date;
-use datapath::pageblob::{
-    BlobPath, Conditions, Emulator, PageBlobStore, Profile, MAX_PUT_PAGES_BYTES, PAGE_SIZE,
-};
+use datapath::pageblob::upload::upload_chunks;
+use datapath::pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile, PAGE_SIZE};
 use serde_json::json;
 
 use crate::progress::bytes_bar;
@@ -398,31 +396,19 @@ fn upload(
     let p = BlobPath::new(container, name);
     store.create_page_blob(&p, size, 0, &Conditions::default())?;
     let bar = bytes_bar(size, "upload");
-    let mut f = std::fs::File::open(file).with_context(|| file.display().to_string())?;
-    // Read a batch of pages, skip all-zero ones, send the rest in parallel.
-    let batch = MAX_PUT_PAGES_BYTES as usize * threads;
-    let mut buf = vec![0u8; batch];
-    let mut offset = 0u64;
+    let f = std::fs::File::open(file).with_context(|| file.display().to_string())?;
     let start = std::time::Instant::now();
-    let mut sent = 0u64;
-    while offset < size {
-        let n = ((size - offset) as usize).min(batch);
-        buf[..n].fill(0);
-        let mut got = 0;
-        while got < n {
-            let r = f.read(&mut buf[got..n])?;
-            if r == 0 {
-                break;
-            }
-            got += r;
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            upload_parallel(&*store, &p, offset, &buf[..n], threads)?;
-            sent += n as u64;
-        }
-        offset += n as u64;
-        bar.set_position(offset);
-    }
+    // Every worker reads its own chunk (past the end of the file: zeros, up to the last page)
+    // and sends it unless it is all zeros (the blob was just created).
+    let fill = |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
+        let inside = len.saturating_sub(at).min(buf.len() as u64) as usize;
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf[..inside], at)?;
+        buf[inside..].fill(0);
+        bar.inc(buf.len() as u64);
+        Ok(())
+    };
+    let sent = upload_chunks(&*store, &p, 0, size, threads, true, &fill)
+        .with_context(|| format!("uploading {}", file.display()))?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     eprintln!(

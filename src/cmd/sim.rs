@@ -46,8 +46,8 @@ pub enum SimCommand {
         /// matrix.
         #[arg(long, value_parser = parse_shard)]
         shard: Option<(u64, u64)>,
-        /// Where failing scenarios are written.
-        #[arg(long, default_value = ".")]
+        /// Directory failing scenarios are written to (created only when a seed fails).
+        #[arg(long, default_value = "swarm-failures")]
         failures: PathBuf,
     },
 }

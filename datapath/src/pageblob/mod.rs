@@ -18,6 +18,7 @@ pub mod http;
 pub mod read_retry;
 pub mod timestamp;
 pub mod types;
+pub mod upload;
 
 pub use emulator::Emulator;
 pub use error::{ErrorCode, StoreError, StoreResult};

@@ -67,11 +67,43 @@ const PAGE: usize = 512;
 thread_local! {
     /// A zstd context per thread, reused across blocks (creating one per block costs more
     /// than compressing a 64 KiB block).
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+    static COMPRESSOR: std::cell::RefCell<Option<(CompressorTuning, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
     /// Likewise for decoding (restore, verify).
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// The zstd settings a block is compressed with: the policy's level, and for the fast levels
+/// (1 and below) on blocks of at most 128 KiB a hash table of 2^12 entries (16 KiB, which stays
+/// in the L1 cache) instead of zstd's 2^13. On the realistic benchmark disk that compresses 7%
+/// faster for 2% more stored bytes (`scripts/bench-replicate.sh`). Decoding is unaffected: the
+/// frames are standard zstd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CompressorTuning {
+    level: i32,
+    small_table: bool,
+}
+
+impl CompressorTuning {
+    const SMALL_BLOCK: usize = 128 << 10;
+    const SMALL_HASH_LOG: u32 = 12;
+
+    fn for_block(level: i32, len: usize) -> CompressorTuning {
+        CompressorTuning {
+            level,
+            small_table: level <= 1 && len <= Self::SMALL_BLOCK,
+        }
+    }
+
+    fn compressor(self) -> Option<zstd::bulk::Compressor<'static>> {
+        let mut c = zstd::bulk::Compressor::new(self.level).ok()?;
+        if self.small_table {
+            c.set_parameter(zstd::zstd_safe::CParameter::HashLog(Self::SMALL_HASH_LOG))
+                .ok()?;
+        }
+        Some(c)
+    }
 }
 
 /// True when every byte is zero (branch-free inner loop, so it vectorizes).
@@ -147,13 +179,9 @@ impl BlockCodec {
         // zstd is kept only when it saves at least a byte.
         let compressed = COMPRESSOR.with(|slot| {
             let mut slot = slot.borrow_mut();
-            if slot
-                .as_ref()
-                .is_none_or(|(level, _)| *level != self.zstd_level)
-            {
-                *slot = zstd::bulk::Compressor::new(self.zstd_level)
-                    .ok()
-                    .map(|c| (self.zstd_level, c));
+            let tuning = CompressorTuning::for_block(self.zstd_level, block.len());
+            if slot.as_ref().is_none_or(|(t, _)| *t != tuning) {
+                *slot = tuning.compressor().map(|c| (tuning, c));
             }
             let (_, compressor) = slot.as_mut()?;
             let mut cursor = std::io::Cursor::new(&mut bytes);

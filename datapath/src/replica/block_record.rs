@@ -106,6 +106,12 @@ impl CompressorTuning {
     }
 }
 
+/// A zstd context set up as the pipeline sets it up for blocks of `block_len` bytes at `level`
+/// (benchmarks measure the compression stage with it).
+pub fn block_compressor(level: i32, block_len: usize) -> Option<zstd::bulk::Compressor<'static>> {
+    CompressorTuning::for_block(level, block_len).compressor()
+}
+
 /// True when every byte is zero (branch-free inner loop, so it vectorizes).
 pub fn is_zero(block: &[u8]) -> bool {
     let mut chunks = block.chunks_exact(64);

@@ -101,3 +101,33 @@ fn plan_reads_a_workload_file_and_flags_and_verifies_by_simulation() {
         "{err}"
     );
 }
+
+#[test]
+fn plan_takes_groups_of_different_vms_and_names_each_in_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mixed.toml");
+    std::fs::write(
+        &file,
+        "profile = \"standard\"\nbandwidth_mbps = 200\ndisk_gib = 40\nchurn_gib_per_day = 5\n\
+         [[group]]\nname = \"web\"\nvms = 2\n\
+         [[group]]\nname = \"db\"\ndisks_per_vm = 2\ndisk_gib = 100\nchurn_gib_per_day = 250\n",
+    )
+    .unwrap();
+    let out = run_ok(drplane().arg("plan").arg(&file).args(["--disk-gib", "30"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("churn per VM in web at peak"), "{text}");
+    assert!(text.contains("  web-2: fits"), "{text}");
+    assert!(
+        text.contains("  db-1: exceeds: churn 3.11 MB/s at peak is over the 2 MB/s"),
+        "{text}"
+    );
+    // The top-level VM count belongs to VMs alike, not to groups.
+    let out = drplane()
+        .arg("plan")
+        .arg(&file)
+        .args(["--vms", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("each group says how many VMs"));
+}

@@ -16,18 +16,22 @@ use datapath::pageblob::Profile;
 use datapath::policy::Policy;
 use serde::{Deserialize, Serialize};
 
-/// A workload to plan for (TOML, or built from `drplane plan` flags).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// A workload to plan for (TOML, or built from `drplane plan` flags). VMs are alike (the VM
+/// keys here), or come in `[[group]]`s that differ, each taking the VM keys it leaves out from
+/// here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PlanInput {
-    pub vms: u32,
-    pub disks_per_vm: u32,
+    /// VMs alike (default 1); not given with groups (each group counts its own).
+    pub vms: Option<u32>,
+    /// Disks per VM (default 1).
+    pub disks_per_vm: Option<u32>,
     /// Size of each disk.
-    pub disk_gib: f64,
+    pub disk_gib: Option<f64>,
     /// Data on each disk when replication is enabled (default: the whole disk).
     pub used_gib: Option<f64>,
     /// Data written per VM per day.
-    pub churn_gib_per_day: f64,
+    pub churn_gib_per_day: Option<f64>,
     /// Busy hours "H1-H2" (UTC) taking `peak_share` of the daily churn.
     pub peak_hours: Option<String>,
     pub peak_share: Option<f64>,
@@ -41,6 +45,27 @@ pub struct PlanInput {
     pub host_mb_per_s: Option<f64>,
     /// A replication policy (the keys of `--policy` files).
     pub policy: Option<toml::Table>,
+    /// VMs that differ: `[[group]]` tables.
+    #[serde(default, rename = "group", skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<VmGroup>,
+}
+
+/// A group of alike VMs in a workload of several kinds (`[[group]]`); a key left out is taken
+/// from the workload's top level.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmGroup {
+    /// Names the group's VMs: `NAME-1`, `NAME-2`, ...
+    pub name: String,
+    /// VMs in the group (default 1).
+    pub vms: Option<u32>,
+    pub disks_per_vm: Option<u32>,
+    pub disk_gib: Option<f64>,
+    pub used_gib: Option<f64>,
+    pub churn_gib_per_day: Option<f64>,
+    pub peak_hours: Option<String>,
+    pub peak_share: Option<f64>,
+    pub io_size_kib: Option<u32>,
 }
 
 /// Why a plan cannot be made.
@@ -62,6 +87,11 @@ fn bad(field: &str, why: impl Into<String>) -> PlanError {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct VmVerdict {
     pub vm: String,
+    /// Its `[[group]]` ("vm" when the VMs are alike).
+    pub group: String,
+    pub peak_churn_mb_per_s: f64,
+    /// The published per-VM churn limit for its storage and write size.
+    pub churn_limit_mb_per_s: f64,
     pub fits: bool,
     /// Each limit exceeded, said plainly.
     pub exceeds: Vec<String>,
@@ -77,6 +107,8 @@ pub struct Plan {
     /// After initial replication, how long sending what was written meanwhile takes, until
     /// cycles keep pace (`None`: they never do).
     pub catch_up_hours: Option<f64>,
+    /// The busiest VM's churn at peak, against its limit (the VM nearest its limit, when
+    /// groups differ).
     pub peak_churn_mb_per_s_per_vm: f64,
     pub churn_limit_mb_per_s: f64,
     /// Bytes a copy interval sends at peak (all VMs).
@@ -109,50 +141,50 @@ pub fn block_amplification(block: u64) -> f64 {
     sent / written
 }
 
-/// The validated inputs the model works from.
-struct Model {
+/// One group of alike VMs, validated.
+#[derive(Debug, Clone)]
+struct Group {
+    name: String,
     vms: u32,
     disks: u32,
     disk_bytes: u64,
     used_bytes: u64,
     churn_per_vm_day: f64,
     peak: Option<(u8, u8, f64)>,
+    io_size_kib: u32,
+}
+
+/// The validated inputs the model works from.
+struct Model {
+    groups: Vec<Group>,
     profile: Profile,
     link_bytes_per_sec: f64,
-    io_size_kib: u32,
     ratio: f64,
     host_bytes_per_sec: f64,
     policy: Policy,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
+/// Most VMs a plan takes (all groups together), and most groups.
+const MAX_VMS: u32 = 10_000;
+const MAX_GROUPS: usize = 1_000;
 
-fn model(input: &PlanInput) -> Result<Model, PlanError> {
-    let profile = Profile::parse(&input.profile)
-        .ok_or_else(|| bad("profile", "standard, premium or premium-spaced"))?;
-    let in_range = |field: &str, v: f64, lo: f64, hi: f64| {
-        if v.is_finite() && (lo..=hi).contains(&v) {
-            Ok(v)
-        } else {
-            Err(bad(field, format!("{v}: from {lo} to {hi}")))
-        }
-    };
-    if !(1..=10_000).contains(&input.vms) {
-        return Err(bad("vms", "1 to 10000"));
+fn in_range(field: &str, v: f64, lo: f64, hi: f64) -> Result<f64, PlanError> {
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(bad(field, format!("{v}: from {lo} to {hi}")))
     }
-    if !(1..=64).contains(&input.disks_per_vm) {
-        return Err(bad("disks_per_vm", "1 to 64"));
-    }
-    let disk_gib = in_range("disk_gib", input.disk_gib, 1.0 / 1024.0, 4096.0)?;
-    let used_gib = in_range(
-        "used_gib",
-        input.used_gib.unwrap_or(disk_gib),
-        0.0,
-        disk_gib,
-    )?;
-    let churn = in_range("churn_gib_per_day", input.churn_gib_per_day, 0.0, 1.0e5)?;
-    let peak = match (&input.peak_hours, input.peak_share) {
-        (None, None) => None,
+}
+
+/// Busy hours "H1-H2" and their share of the day's churn.
+fn peak_window(
+    field: &str,
+    hours: Option<&String>,
+    share: Option<f64>,
+) -> Result<Option<(u8, u8, f64)>, PlanError> {
+    match (hours, share) {
+        (None, None) => Ok(None),
         (Some(h), share) => {
             let (a, b) = h
                 .split_once('-')
@@ -160,11 +192,124 @@ fn model(input: &PlanInput) -> Result<Model, PlanError> {
                     Some((a.trim().parse::<u8>().ok()?, b.trim().parse::<u8>().ok()?))
                 })
                 .filter(|(a, b)| a < b && *b <= 24)
-                .ok_or_else(|| bad("peak_hours", format!("{h:?}: \"H1-H2\" with H1 < H2 <= 24")))?;
-            let share = in_range("peak_share", share.unwrap_or(0.7), 0.0, 1.0)?;
-            Some((a, b, share))
+                .ok_or_else(|| {
+                    bad(
+                        &format!("{field}peak_hours"),
+                        format!("{h:?}: \"H1-H2\" with H1 < H2 <= 24"),
+                    )
+                })?;
+            let share = in_range(
+                &format!("{field}peak_share"),
+                share.unwrap_or(0.7),
+                0.0,
+                1.0,
+            )?;
+            Ok(Some((a, b, share)))
         }
-        (None, Some(_)) => return Err(bad("peak_share", "needs peak_hours")),
+        (None, Some(_)) => Err(bad(&format!("{field}peak_share"), "needs peak_hours")),
+    }
+}
+
+/// A group from its own keys, falling back to the workload's top level. `field` prefixes
+/// error field names ("group db: " for a group, empty for VMs alike).
+fn group(field: &str, name: &str, own: &VmGroup, top: &PlanInput) -> Result<Group, PlanError> {
+    let vms = own.vms.unwrap_or(1);
+    if !(1..=MAX_VMS).contains(&vms) {
+        return Err(bad(&format!("{field}vms"), format!("1 to {MAX_VMS}")));
+    }
+    let disks = own.disks_per_vm.or(top.disks_per_vm).unwrap_or(1);
+    if !(1..=64).contains(&disks) {
+        return Err(bad(&format!("{field}disks_per_vm"), "1 to 64"));
+    }
+    let disk_gib = own
+        .disk_gib
+        .or(top.disk_gib)
+        .ok_or_else(|| bad(&format!("{field}disk_gib"), "missing"))?;
+    let disk_gib = in_range(&format!("{field}disk_gib"), disk_gib, 1.0 / 1024.0, 4096.0)?;
+    let used_gib = in_range(
+        &format!("{field}used_gib"),
+        own.used_gib.or(top.used_gib).unwrap_or(disk_gib),
+        0.0,
+        disk_gib,
+    )?;
+    let churn = own
+        .churn_gib_per_day
+        .or(top.churn_gib_per_day)
+        .ok_or_else(|| bad(&format!("{field}churn_gib_per_day"), "missing"))?;
+    let churn = in_range(&format!("{field}churn_gib_per_day"), churn, 0.0, 1.0e5)?;
+    let (hours, share) = if own.peak_hours.is_some() || own.peak_share.is_some() {
+        (own.peak_hours.as_ref(), own.peak_share)
+    } else {
+        (top.peak_hours.as_ref(), top.peak_share)
+    };
+    Ok(Group {
+        name: name.to_string(),
+        vms,
+        disks,
+        disk_bytes: (disk_gib * GIB) as u64,
+        used_bytes: (used_gib * GIB) as u64,
+        churn_per_vm_day: churn * GIB,
+        peak: peak_window(field, hours, share)?,
+        io_size_kib: own
+            .io_size_kib
+            .or(top.io_size_kib)
+            .unwrap_or(64)
+            .clamp(1, 4096),
+    })
+}
+
+fn model(input: &PlanInput) -> Result<Model, PlanError> {
+    let profile = Profile::parse(&input.profile)
+        .ok_or_else(|| bad("profile", "standard, premium or premium-spaced"))?;
+    let groups = if input.groups.is_empty() {
+        let alike = VmGroup {
+            vms: input.vms,
+            ..VmGroup::default()
+        };
+        vec![group("", "vm", &alike, input)?]
+    } else {
+        if input.vms.is_some() {
+            return Err(bad(
+                "vms",
+                "with [[group]]s, each group says how many VMs it has",
+            ));
+        }
+        if input.groups.len() > MAX_GROUPS {
+            return Err(bad("group", format!("at most {MAX_GROUPS} groups")));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut groups = Vec::with_capacity(input.groups.len());
+        for (i, g) in input.groups.iter().enumerate() {
+            let named = !g.name.is_empty()
+                && g.name.len() <= 32
+                && g.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !named {
+                return Err(bad(
+                    &format!("group {}: name", i + 1),
+                    format!(
+                        "{:?}: 1 to 32 letters, digits, '-' or '_' (it names the VMs)",
+                        g.name
+                    ),
+                ));
+            }
+            if !seen.insert(g.name.as_str()) {
+                return Err(bad(
+                    &format!("group {}: name", g.name),
+                    "two groups have this name",
+                ));
+            }
+            groups.push(group(&format!("group {}: ", g.name), &g.name, g, input)?);
+        }
+        let total: u64 = groups.iter().map(|g| u64::from(g.vms)).sum();
+        if total > u64::from(MAX_VMS) {
+            return Err(bad(
+                "group",
+                format!("{total} VMs in all: at most {MAX_VMS}"),
+            ));
+        }
+        groups
     };
     let bandwidth = in_range("bandwidth_mbps", input.bandwidth_mbps, 0.001, 1.0e6)?;
     let ratio = in_range(
@@ -184,19 +329,65 @@ fn model(input: &PlanInput) -> Result<Model, PlanError> {
     let policy =
         Policy::from_toml(&policy_text, profile).map_err(|e| bad("policy", e.to_string()))?;
     Ok(Model {
-        vms: input.vms,
-        disks: input.disks_per_vm,
-        disk_bytes: (disk_gib * GIB) as u64,
-        used_bytes: (used_gib * GIB) as u64,
-        churn_per_vm_day: churn * GIB,
-        peak,
+        groups,
         profile,
         link_bytes_per_sec: bandwidth * 1e6 / 8.0,
-        io_size_kib: input.io_size_kib.unwrap_or(64).clamp(1, 4096),
         ratio,
         host_bytes_per_sec: host * 1e6,
         policy,
     })
+}
+
+impl Group {
+    /// One VM's churn per second in hour-of-day `hour`.
+    fn rate_in_hour(&self, hour: u8) -> f64 {
+        match self.peak {
+            None => self.churn_per_vm_day / 86400.0,
+            Some((a, b, share)) => {
+                let peak_secs = f64::from(b - a) * 3600.0;
+                let rest_secs = 86400.0 - peak_secs;
+                if (a..b).contains(&hour) {
+                    self.churn_per_vm_day * share / peak_secs
+                } else if rest_secs > 0.0 {
+                    self.churn_per_vm_day * (1.0 - share) / rest_secs
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// One VM's churn per second at its peak.
+    fn peak_rate(&self) -> f64 {
+        (0..24).map(|h| self.rate_in_hour(h)).fold(0.0, f64::max)
+    }
+
+    fn disks_total(&self) -> u64 {
+        u64::from(self.vms) * u64::from(self.disks)
+    }
+
+    /// The group's replica storage `hours` after enabling: the used data, plus the blocks
+    /// beyond it that writes spread over the whole disk have reached by then (each write lands
+    /// anywhere: the share of fresh blocks reached after writing W is 1 − e^(−W/disk)).
+    fn replica_bytes_at(&self, hours: f64, block: u64, ratio: f64) -> f64 {
+        let disk = self.disk_bytes as f64;
+        let written =
+            self.churn_per_vm_day / f64::from(self.disks) * block_amplification(block) * hours
+                / 24.0;
+        let reached = (disk - self.used_bytes as f64).max(0.0) * (1.0 - (-written / disk).exp());
+        let per_disk = (self.used_bytes as f64 + reached) * (1.0 / ratio + 512.0 / block as f64);
+        per_disk * self.disks_total() as f64
+    }
+
+    /// The published Hyper-V churn limit per VM (MB/s): standard 2; premium 5 with small
+    /// writes (under 16 KiB), 20 with larger ones.
+    fn churn_limit(&self, profile: Profile) -> f64 {
+        match profile {
+            Profile::Standard => 2.0,
+            Profile::Premium { .. } if self.io_size_kib < 16 => 5.0,
+            Profile::Premium { .. } => 20.0,
+        }
+    }
 }
 
 impl Model {
@@ -234,37 +425,25 @@ impl Model {
         t - from_secs
     }
 
-    /// Replica storage `hours` after enabling: the used data, plus the blocks beyond it that
-    /// writes spread over the whole disk have reached by then (each write lands anywhere:
-    /// the share of fresh blocks reached after writing W is 1 − e^(−W/disk)).
+    /// Replica storage of every group `hours` after enabling.
     fn replica_bytes_at(&self, hours: f64) -> u64 {
         let block = u64::from(self.policy.block_size);
-        let disk = self.disk_bytes as f64;
-        let written =
-            self.churn_per_vm_day / f64::from(self.disks) * block_amplification(block) * hours
-                / 24.0;
-        let reached = (disk - self.used_bytes as f64).max(0.0) * (1.0 - (-written / disk).exp());
-        let per_disk =
-            (self.used_bytes as f64 + reached) * (1.0 / self.ratio + 512.0 / block as f64);
-        (per_disk * f64::from(self.vms) * f64::from(self.disks)) as u64
+        self.groups
+            .iter()
+            .map(|g| g.replica_bytes_at(hours, block, self.ratio))
+            .sum::<f64>() as u64
     }
 
-    /// Churn per VM per second at peak.
-    fn peak_rate(&self) -> f64 {
-        match self.peak {
-            None => self.churn_per_vm_day / 86400.0,
-            Some((a, b, share)) => {
-                let peak_secs = f64::from(b - a) * 3600.0;
-                let rest_secs = 86400.0 - peak_secs;
-                let peak = self.churn_per_vm_day * share / peak_secs;
-                let off = if rest_secs > 0.0 {
-                    self.churn_per_vm_day * (1.0 - share) / rest_secs
-                } else {
-                    0.0
-                };
-                peak.max(off)
-            }
-        }
+    /// All VMs' churn per second in the busiest hour of the day (groups may peak apart).
+    fn peak_rate_all(&self) -> f64 {
+        (0..24)
+            .map(|h| {
+                self.groups
+                    .iter()
+                    .map(|g| f64::from(g.vms) * g.rate_in_hour(h))
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max)
     }
 }
 
@@ -273,80 +452,112 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
     let m = model(input)?;
     let block = u64::from(m.policy.block_size);
     let amp = block_amplification(block);
-    let disks_total = u64::from(m.vms) * u64::from(m.disks);
     // Initial replication: each disk is read and encoded, then its data waits for the link.
     let start = start_secs_of_day as f64;
     let wait = match m.policy.initial_replication_hour {
         None => 0.0,
         Some(h) => (f64::from(h) * 3600.0 - start).rem_euclid(86400.0),
     };
-    let initial_bytes = (m.used_bytes as f64 * disks_total as f64 / m.ratio) as u64;
-    // The host encodes one disk after another; the link starts with the first disk's data.
-    let encode = m.used_bytes as f64 / m.host_bytes_per_sec;
-    let transfer = m.transfer_secs(initial_bytes as f64, start + wait + encode);
-    let initial_secs = wait + (encode + transfer).max(encode * disks_total as f64);
+    let used_total: f64 = m
+        .groups
+        .iter()
+        .map(|g| g.used_bytes as f64 * g.disks_total() as f64)
+        .sum();
+    let initial_bytes = (used_total / m.ratio) as u64;
+    // The host encodes one disk after another (group by group); the link starts with the
+    // first disk's data.
+    let encode_first = m.groups[0].used_bytes as f64 / m.host_bytes_per_sec;
+    let encode_all = used_total / m.host_bytes_per_sec;
+    let transfer = m.transfer_secs(initial_bytes as f64, start + wait + encode_first);
+    let initial_secs = wait + (encode_first + transfer).max(encode_all);
     // Delta replication at peak.
     let freq = f64::from(m.policy.copy_frequency_secs);
-    let peak_rate = m.peak_rate();
-    let peak_send_rate = peak_rate * f64::from(m.vms) * amp / m.ratio;
+    let peak_send_rate = m.peak_rate_all() * amp / m.ratio;
     let peak_cycle_bytes = (peak_send_rate * freq) as u64;
     let link = m.link_bytes_per_sec;
-    let cycle_secs = peak_cycle_bytes as f64 / link
-        + peak_rate * freq * amp / f64::from(m.disks.max(1)) / m.host_bytes_per_sec;
+    let encode_cycle = m
+        .groups
+        .iter()
+        .map(|g| g.peak_rate() * freq * amp / f64::from(g.disks) / m.host_bytes_per_sec)
+        .fold(0.0, f64::max);
+    let cycle_secs = peak_cycle_bytes as f64 / link + encode_cycle;
     let expected_max_rpo_secs = (peak_send_rate < link).then_some(freq + cycle_secs);
     // What was written during initial replication goes next, while writing goes on.
-    let mean_send_rate = m.churn_per_vm_day / 86400.0 * f64::from(m.vms) * amp / m.ratio;
+    let mean_send_rate = m
+        .groups
+        .iter()
+        .map(|g| g.churn_per_vm_day / 86400.0 * f64::from(g.vms))
+        .sum::<f64>()
+        * amp
+        / m.ratio;
     let backlog = mean_send_rate * (initial_secs - wait);
     let catch_up_hours =
         (mean_send_rate < link).then(|| backlog / (link - mean_send_rate) / 3600.0);
     // Storage: the replica holds the used data; retained points hold what changed since.
     let replica_storage_bytes = m.replica_bytes_at(0.0);
     let replica_storage_after_day_bytes = m.replica_bytes_at(24.0);
-    let retained_changes = (m.churn_per_vm_day * amp * f64::from(m.policy.retention_hours) / 24.0)
-        .min(m.disk_bytes as f64 * f64::from(m.disks));
-    let snapshot_storage_bytes = (retained_changes * f64::from(m.vms) / m.ratio) as u64;
+    let snapshot_storage_bytes = m
+        .groups
+        .iter()
+        .map(|g| {
+            let retained = (g.churn_per_vm_day * amp * f64::from(m.policy.retention_hours) / 24.0)
+                .min(g.disk_bytes as f64 * f64::from(g.disks));
+            retained * f64::from(g.vms) / m.ratio
+        })
+        .sum::<f64>() as u64;
     let snapshots_per_blob = m.policy.snapshots_needed();
     let snapshot_limit = m.profile.max_snapshots_per_blob();
-    // Published Hyper-V churn limits per VM: standard 2 MB/s; premium 5 MB/s with small I/O
-    // (8 KB) up to 20 MB/s with I/O of 16 KB or more.
-    let churn_limit = match m.profile {
-        Profile::Standard => 2.0,
-        Profile::Premium { .. } if m.io_size_kib < 16 => 5.0,
-        Profile::Premium { .. } => 20.0,
-    };
-    let peak_mb = peak_rate / 1e6;
-    let mut exceeds = Vec::new();
-    if peak_mb > churn_limit {
-        exceeds.push(format!(
-            "churn {peak_mb:.2} MB/s at peak is over the {churn_limit} MB/s per-VM limit of {} storage",
-            input.profile
-        ));
-    }
+    // Limits every VM shares: snapshots per blob, and the WAN.
+    let mut shared = Vec::new();
     if let Some(limit) = snapshot_limit.filter(|l| snapshots_per_blob > *l) {
-        exceeds.push(format!(
+        shared.push(format!(
             "the policy keeps {snapshots_per_blob} snapshots per blob, over the limit of {limit}"
         ));
     }
     if expected_max_rpo_secs.is_none() {
-        exceeds.push(format!(
+        shared.push(format!(
             "the WAN ({:.1} Mbit/s) is below the {:.1} Mbit/s delta replication needs at peak: RPO grows",
             link * 8.0 / 1e6,
             peak_send_rate * 8.0 / 1e6
         ));
     }
-    let verdicts = (0..m.vms)
-        .map(|v| VmVerdict {
-            vm: format!("vm{}", v + 1),
+    let alike = input.groups.is_empty();
+    let mut verdicts = Vec::new();
+    let mut busiest: Option<(f64, f64)> = None;
+    for g in &m.groups {
+        let peak_mb = g.peak_rate() / 1e6;
+        let limit = g.churn_limit(m.profile);
+        if busiest.is_none_or(|(c, l)| peak_mb / limit > c / l) {
+            busiest = Some((peak_mb, limit));
+        }
+        let mut exceeds = Vec::new();
+        if peak_mb > limit {
+            exceeds.push(format!(
+                "churn {peak_mb:.2} MB/s at peak is over the {limit} MB/s per-VM limit of {} storage",
+                input.profile
+            ));
+        }
+        exceeds.extend(shared.iter().cloned());
+        verdicts.extend((0..g.vms).map(|v| VmVerdict {
+            vm: if alike {
+                format!("vm{}", v + 1)
+            } else {
+                format!("{}-{}", g.name, v + 1)
+            },
+            group: g.name.clone(),
+            peak_churn_mb_per_s: peak_mb,
+            churn_limit_mb_per_s: limit,
             fits: exceeds.is_empty(),
             exceeds: exceeds.clone(),
-        })
-        .collect();
+        }));
+    }
+    let (peak_churn_mb_per_s_per_vm, churn_limit_mb_per_s) = busiest.unwrap_or((0.0, 0.0));
     Ok(Plan {
         initial_bytes,
         initial_replication_hours: initial_secs / 3600.0,
         catch_up_hours,
-        peak_churn_mb_per_s_per_vm: peak_mb,
-        churn_limit_mb_per_s: churn_limit,
+        peak_churn_mb_per_s_per_vm,
+        churn_limit_mb_per_s,
         peak_cycle_bytes,
         delta_bandwidth_needed_mbps: peak_send_rate * 8.0 / 1e6,
         expected_max_rpo_secs,
@@ -402,39 +613,110 @@ pub fn verify(
     workdir: &std::path::Path,
 ) -> Result<Verification, PlanError> {
     let m = model(input)?;
-    if m.disks > 16 {
+    if let Some(g) = m.groups.iter().find(|g| g.disks > 16) {
         return Err(bad(
-            "disks_per_vm",
+            &format!("group {}: disks_per_vm", g.name),
             "the simulator takes at most 16 disks per VM",
         ));
     }
-    // Many VMs: simulate 16 of them with their share of the link.
-    let vms = m.vms.min(16);
-    let vm_share = f64::from(vms) / f64::from(m.vms);
-    let disks_total = u64::from(vms) * u64::from(m.disks);
-    let total = m.disk_bytes.max(m.used_bytes) * disks_total;
-    let scale = (MAX_SIMULATED_BYTES as f64 / total as f64).min(1.0);
+    if m.groups.len() > 16 {
+        return Err(bad("group", "--verify simulates at most 16 groups"));
+    }
+    // Many VMs: simulate at most 16, each group keeping its share (at least one VM), with
+    // their share of the link.
+    let mut sim_vms: Vec<u32> = m.groups.iter().map(|g| g.vms).collect();
+    let total_vms: u32 = sim_vms.iter().sum();
+    if total_vms > 16 {
+        for (n, g) in sim_vms.iter_mut().zip(&m.groups) {
+            *n = (16 * u64::from(g.vms) / u64::from(total_vms)).max(1) as u32;
+        }
+        while sim_vms.iter().sum::<u32>() > 16 {
+            let largest = (0..sim_vms.len())
+                .max_by_key(|&k| sim_vms[k])
+                .expect("at least one group");
+            sim_vms[largest] -= 1;
+        }
+    }
+    let data = |counts: &[u32]| -> f64 {
+        counts
+            .iter()
+            .zip(&m.groups)
+            .map(|(&n, g)| f64::from(n) * f64::from(g.disks) * g.used_bytes as f64)
+            .sum()
+    };
+    let all: Vec<u32> = m.groups.iter().map(|g| g.vms).collect();
+    let vm_share = if data(&all) > 0.0 {
+        data(&sim_vms) / data(&all)
+    } else {
+        f64::from(sim_vms.iter().sum::<u32>()) / f64::from(total_vms)
+    };
+    let total: f64 = sim_vms
+        .iter()
+        .zip(&m.groups)
+        .map(|(&n, g)| f64::from(n) * f64::from(g.disks) * g.disk_bytes.max(g.used_bytes) as f64)
+        .sum();
+    let scale = (MAX_SIMULATED_BYTES as f64 / total).min(1.0);
     // The scenario takes whole MiB and Mbit/s: round first, then plan exactly what runs.
-    let used_mib = ((m.used_bytes as f64 * scale) / (1u64 << 20) as f64)
-        .round()
-        .max(1.0) as u64;
-    let disk_mib = ((m.disk_bytes as f64 * scale) / (1u64 << 20) as f64)
-        .round()
-        .max(used_mib as f64) as u64;
-    let churn_kib_hour =
-        (m.churn_per_vm_day * scale / 24.0 / f64::from(m.disks) / 1024.0).round() as u64;
+    struct Scaled {
+        used_mib: u64,
+        disk_mib: u64,
+        churn_kib_hour: u64,
+    }
+    let sizes: Vec<Scaled> = m
+        .groups
+        .iter()
+        .map(|g| {
+            let used_mib = ((g.used_bytes as f64 * scale) / (1u64 << 20) as f64)
+                .round()
+                .max(1.0) as u64;
+            let disk_mib = ((g.disk_bytes as f64 * scale) / (1u64 << 20) as f64)
+                .round()
+                .max(used_mib as f64) as u64;
+            let churn_kib_hour =
+                (g.churn_per_vm_day * scale / 24.0 / f64::from(g.disks) / 1024.0).round() as u64;
+            Scaled {
+                used_mib,
+                disk_mib,
+                churn_kib_hour,
+            }
+        })
+        .collect();
     let kbps = (input.bandwidth_mbps * 1000.0 * vm_share * scale)
         .round()
         .max(1.0) as u64;
+    let scaled_group = |k: usize| {
+        let (g, z) = (&m.groups[k], &sizes[k]);
+        VmGroup {
+            name: g.name.clone(),
+            vms: Some(sim_vms[k]),
+            disks_per_vm: Some(g.disks),
+            disk_gib: Some(z.disk_mib as f64 / 1024.0),
+            used_gib: Some(z.used_mib as f64 / 1024.0),
+            churn_gib_per_day: Some(
+                (z.churn_kib_hour * 24 * u64::from(g.disks)) as f64 / GIB * 1024.0,
+            ),
+            // The simulation writes at an even rate: no peak hours.
+            peak_hours: None,
+            peak_share: None,
+            io_size_kib: Some(g.io_size_kib),
+        }
+    };
+    let alike = input.groups.is_empty();
     let mut scaled = input.clone();
-    scaled.vms = vms;
-    scaled.disk_gib = disk_mib as f64 / 1024.0;
-    scaled.used_gib = Some(used_mib as f64 / 1024.0);
-    scaled.churn_gib_per_day = (churn_kib_hour * 24 * u64::from(m.disks)) as f64 / GIB * 1024.0;
+    if alike {
+        let g = scaled_group(0);
+        scaled.vms = g.vms;
+        scaled.disks_per_vm = g.disks_per_vm;
+        scaled.disk_gib = g.disk_gib;
+        scaled.used_gib = g.used_gib;
+        scaled.churn_gib_per_day = g.churn_gib_per_day;
+        scaled.io_size_kib = g.io_size_kib;
+    } else {
+        scaled.groups = (0..m.groups.len()).map(scaled_group).collect();
+    }
     scaled.bandwidth_mbps = kbps as f64 / 1000.0;
     scaled.host_mb_per_s = Some(400.0); // the simulator's host
-                                        // The simulation writes at an even rate: no peak hours, no throttle (the scaled link is
-                                        // the bottleneck).
+                                        // No peak hours, no throttle: the scaled link is the bottleneck.
     scaled.peak_hours = None;
     scaled.peak_share = None;
     if let Some(p) = scaled.policy.as_mut() {
@@ -460,13 +742,22 @@ pub fn verify(
         "[policy]\n{}",
         toml::to_string(&policy).map_err(|e| bad("policy", e.to_string()))?
     );
-    for v in 0..sm.vms {
-        let _ = writeln!(text, "[[vm]]\nname = \"vm{}\"", v + 1);
-        for d in 0..sm.disks {
-            let _ = writeln!(
-                text,
-                "[[vm.disk]]\nname = \"d{d}\"\nsize_mib = {disk_mib}\nused_mib = {used_mib}\nchurn_kib_per_hour = {churn_kib_hour}\nhot_spot = 0.0"
-            );
+    for (k, g) in sm.groups.iter().enumerate() {
+        let z = &sizes[k];
+        for v in 0..g.vms {
+            let name = if alike {
+                format!("vm{}", v + 1)
+            } else {
+                format!("{}-{}", g.name, v + 1)
+            };
+            let _ = writeln!(text, "[[vm]]\nname = \"{name}\"");
+            for d in 0..g.disks {
+                let _ = writeln!(
+                    text,
+                    "[[vm.disk]]\nname = \"d{d}\"\nsize_mib = {}\nused_mib = {}\nchurn_kib_per_hour = {}\nhot_spot = 0.0",
+                    z.disk_mib, z.used_mib, z.churn_kib_hour
+                );
+            }
         }
     }
     let scenario =
@@ -541,7 +832,7 @@ pub fn verify(
     }
     Ok(Verification {
         scale,
-        simulated_vms: vms,
+        simulated_vms: sim_vms.iter().sum(),
         simulated_hours: hours,
         scaled_plan,
         comparisons,

@@ -3,23 +3,19 @@
 //! (docs/planner.md): initial replication time within 10%, bytes sent and replica storage within
 //! 20%, the largest steady RPO within 35%.
 
-use sim::planner::{plan, verify, PlanInput};
+use sim::planner::{plan, verify, PlanInput, VmGroup};
 
 fn input(vms: u32, disks: u32, disk_gib: f64, used: f64, churn: f64, mbps: f64) -> PlanInput {
     PlanInput {
-        vms,
-        disks_per_vm: disks,
-        disk_gib,
+        vms: Some(vms),
+        disks_per_vm: Some(disks),
+        disk_gib: Some(disk_gib),
         used_gib: Some(used),
-        churn_gib_per_day: churn,
-        peak_hours: None,
-        peak_share: None,
+        churn_gib_per_day: Some(churn),
         profile: "standard".into(),
         bandwidth_mbps: mbps,
-        io_size_kib: None,
-        compression_ratio: None,
-        host_mb_per_s: None,
         policy: Some(toml::from_str("copy_frequency_secs = 300\nretention_hours = 12").unwrap()),
+        ..PlanInput::default()
     }
 }
 
@@ -60,6 +56,164 @@ fn predictions_match_the_simulation_within_bounds() {
     }
 }
 
+/// A workload of two kinds of VM (TOML `[[group]]`s; keys a group leaves out come from the top).
+fn grouped(web_vms: u32, db_vms: u32, db_churn: f64, mbps: f64) -> PlanInput {
+    let text = format!(
+        r#"
+profile = "standard"
+bandwidth_mbps = {mbps}
+disk_gib = 50
+churn_gib_per_day = 10
+[policy]
+copy_frequency_secs = 300
+retention_hours = 12
+[[group]]
+name = "web"
+vms = {web_vms}
+used_gib = 20
+[[group]]
+name = "db"
+vms = {db_vms}
+disks_per_vm = 3
+disk_gib = 200
+used_gib = 120
+churn_gib_per_day = {db_churn}
+"#
+    );
+    toml::from_str(&text).unwrap()
+}
+
+/// One group alone, as VMs alike.
+fn alone(input: &PlanInput, name: &str) -> PlanInput {
+    let g: &VmGroup = input.groups.iter().find(|g| g.name == name).unwrap();
+    PlanInput {
+        vms: g.vms,
+        disks_per_vm: g.disks_per_vm.or(input.disks_per_vm),
+        disk_gib: g.disk_gib.or(input.disk_gib),
+        used_gib: g.used_gib.or(input.used_gib),
+        churn_gib_per_day: g.churn_gib_per_day.or(input.churn_gib_per_day),
+        peak_hours: g.peak_hours.clone().or(input.peak_hours.clone()),
+        peak_share: g.peak_share.or(input.peak_share),
+        io_size_kib: g.io_size_kib.or(input.io_size_kib),
+        groups: Vec::new(),
+        ..input.clone()
+    }
+}
+
+#[test]
+fn groups_of_different_vms_get_their_own_verdicts_and_add_up() {
+    // db writes 300 GiB a day: 3.7 MB/s, over standard storage's 2 MB/s; web is light.
+    let w = grouped(3, 2, 300.0, 1000.0);
+    let p = plan(&w, 0).unwrap();
+    let names: Vec<&str> = p.verdicts.iter().map(|v| v.vm.as_str()).collect();
+    assert_eq!(names, ["web-1", "web-2", "web-3", "db-1", "db-2"]);
+    for v in &p.verdicts {
+        assert_eq!(v.fits, v.group == "web", "{v:?}");
+        if v.group == "db" {
+            assert!(v.exceeds[0].contains("2 MB/s per-VM limit"), "{v:?}");
+            assert!(v.peak_churn_mb_per_s > 3.0);
+        }
+    }
+    assert!(
+        p.peak_churn_mb_per_s_per_vm > 3.0,
+        "the busiest VM is reported"
+    );
+    // What adds up across VMs adds up across groups.
+    let (web, db) = (
+        plan(&alone(&w, "web"), 0).unwrap(),
+        plan(&alone(&w, "db"), 0).unwrap(),
+    );
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.max(1.0);
+    assert!(close(
+        p.initial_bytes as f64,
+        (web.initial_bytes + db.initial_bytes) as f64
+    ));
+    assert!(close(
+        p.replica_storage_after_day_bytes as f64,
+        (web.replica_storage_after_day_bytes + db.replica_storage_after_day_bytes) as f64
+    ));
+    assert!(close(
+        p.snapshot_storage_bytes as f64,
+        (web.snapshot_storage_bytes + db.snapshot_storage_bytes) as f64
+    ));
+    assert!(close(
+        p.delta_bandwidth_needed_mbps,
+        web.delta_bandwidth_needed_mbps + db.delta_bandwidth_needed_mbps
+    ));
+    // Groups busy at different hours need less at peak than their peaks added.
+    let mut apart = w.clone();
+    apart.groups[0].peak_hours = Some("8-12".into());
+    apart.groups[1].peak_hours = Some("20-24".into());
+    let (a, web_p, db_p) = (
+        plan(&apart, 0).unwrap(),
+        plan(&alone(&apart, "web"), 0).unwrap(),
+        plan(&alone(&apart, "db"), 0).unwrap(),
+    );
+    assert!(
+        a.delta_bandwidth_needed_mbps
+            < web_p.delta_bandwidth_needed_mbps + db_p.delta_bandwidth_needed_mbps
+    );
+    assert!(a.delta_bandwidth_needed_mbps >= db_p.delta_bandwidth_needed_mbps);
+    // Bad groups are named.
+    let mut twice = w.clone();
+    twice.groups[1].name = "web".into();
+    assert!(plan(&twice, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("two groups"));
+    let mut bad_name = w.clone();
+    bad_name.groups[0].name = "web server".into();
+    assert!(plan(&bad_name, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("group 1: name"));
+    let mut top_vms = w.clone();
+    top_vms.vms = Some(4);
+    assert!(plan(&top_vms, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("each group says"));
+    let mut no_size = w.clone();
+    no_size.disk_gib = None;
+    let err = plan(&no_size, 0).unwrap_err().to_string();
+    assert!(err.contains("group web: disk_gib"), "{err}");
+}
+
+#[test]
+fn grouped_predictions_match_the_simulation_within_bounds() {
+    // 8 VMs of two kinds, then 35 (simulated as 13 + 2 with their share of the link).
+    for (i, workload) in [grouped(6, 2, 60.0, 100.0), grouped(30, 5, 40.0, 400.0)]
+        .iter()
+        .enumerate()
+    {
+        let dir = sim::swarm::scratch_dir().unwrap();
+        let v = verify(workload, 3, dir.path()).unwrap();
+        assert!(
+            v.failed_checks.is_empty(),
+            "workload {i}: {:?}",
+            v.failed_checks
+        );
+        assert!(v.simulated_vms <= 16);
+        assert_eq!(v.scaled_plan.verdicts.last().unwrap().group, "db");
+        assert_eq!(v.comparisons.len(), 4, "workload {i}: the RPO is bounded");
+        for c in &v.comparisons {
+            let bound = match c.figure.as_str() {
+                "initial replication (hours)" => 0.10,
+                "bytes sent (GiB)" | "replica storage (GiB)" => 0.20,
+                _ => 0.35,
+            };
+            assert!(
+                c.relative_error <= bound,
+                "workload {i}: {} predicted {} simulated {} ({:.1}%)",
+                c.figure,
+                c.predicted,
+                c.simulated,
+                c.relative_error * 100.0
+            );
+        }
+    }
+}
+
 #[test]
 fn verdicts_name_each_limit_a_workload_breaks() {
     let fits = plan(&input(4, 2, 100.0, 50.0, 10.0, 100.0), 0).unwrap();
@@ -84,7 +238,7 @@ fn verdicts_name_each_limit_a_workload_breaks() {
     premium.profile = "premium".into();
     assert!(plan(&premium, 0).unwrap().verdicts[0].fits);
     premium.io_size_kib = Some(8);
-    premium.churn_gib_per_day = 500.0;
+    premium.churn_gib_per_day = Some(500.0);
     let small_io = plan(&premium, 0).unwrap();
     assert!(small_io.verdicts[0].exceeds[0].contains("5 MB/s"));
     // A 30-second policy on premium is refused (more than 100 snapshots per blob).

@@ -10,8 +10,9 @@ use sim::planner::{plan, verify, Plan, PlanInput, Verification};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// A workload file (TOML: the keys of the flags below, and a [policy] table); flags given
-    /// as well override it.
+    /// A workload file (TOML: the keys of the flags below, a [policy] table, and [[group]]
+    /// tables for VMs that differ); flags given as well override it (with groups, the VM flags
+    /// are the groups' defaults).
     file: Option<PathBuf>,
     #[arg(long)]
     vms: Option<u32>,
@@ -71,32 +72,34 @@ fn input(args: &PlanArgs) -> Result<PlanInput> {
             toml::from_str::<PlanInput>(&text).with_context(|| f.display().to_string())?
         }
         None => PlanInput {
-            vms: 1,
-            disks_per_vm: 1,
-            disk_gib: 128.0,
-            used_gib: None,
-            churn_gib_per_day: 10.0,
-            peak_hours: None,
-            peak_share: None,
+            disk_gib: Some(128.0),
+            churn_gib_per_day: Some(10.0),
             profile: "standard".into(),
             bandwidth_mbps: 100.0,
-            io_size_kib: None,
-            compression_ratio: None,
-            host_mb_per_s: None,
-            policy: None,
+            ..PlanInput::default()
         },
     };
-    macro_rules! take {
-        ($($field:ident),*) => {$(if let Some(v) = args.$field.clone() { input.$field = v.into(); })*};
+    if let Some(v) = &args.profile {
+        input.profile = v.clone();
     }
-    take!(
-        vms,
-        disks_per_vm,
-        disk_gib,
-        churn_gib_per_day,
-        bandwidth_mbps,
-        profile
-    );
+    if let Some(v) = args.bandwidth_mbps {
+        input.bandwidth_mbps = v;
+    }
+    // VM keys: with [[group]]s in the file they are the groups' defaults.
+    for (flag, value) in [
+        (&mut input.disk_gib, args.disk_gib),
+        (&mut input.churn_gib_per_day, args.churn_gib_per_day),
+    ] {
+        if value.is_some() {
+            *flag = value;
+        }
+    }
+    if args.vms.is_some() {
+        input.vms = args.vms;
+    }
+    if args.disks_per_vm.is_some() {
+        input.disks_per_vm = args.disks_per_vm;
+    }
     if args.used_gib.is_some() {
         input.used_gib = args.used_gib;
     }
@@ -161,10 +164,20 @@ fn print_plan(p: &Plan) {
         p.snapshot_limit
             .map_or(" (no limit)".to_string(), |l| format!(" of at most {l}"))
     );
-    println!(
-        "churn per VM at peak: {:.2} MB/s (limit {} MB/s)",
-        p.peak_churn_mb_per_s_per_vm, p.churn_limit_mb_per_s
-    );
+    let mut groups: Vec<&str> = p.verdicts.iter().map(|v| v.group.as_str()).collect();
+    groups.dedup();
+    for g in groups {
+        let first = p.verdicts.iter().find(|v| v.group == g).expect("listed");
+        let label = if g == "vm" {
+            String::new()
+        } else {
+            format!(" in {g}")
+        };
+        println!(
+            "churn per VM{label} at peak: {:.2} MB/s (limit {} MB/s)",
+            first.peak_churn_mb_per_s, first.churn_limit_mb_per_s
+        );
+    }
     for v in &p.verdicts {
         if v.fits {
             println!("  {}: fits", v.vm);

@@ -19,6 +19,35 @@ fn input(vms: u32, disks: u32, disk_gib: f64, used: f64, churn: f64, mbps: f64) 
     }
 }
 
+/// Simulate `workload` and hold each comparison to its documented bound.
+fn verify_within_bounds(i: usize, workload: &PlanInput) -> sim::planner::Verification {
+    let dir = sim::swarm::scratch_dir().unwrap();
+    let v = verify(workload, 3, dir.path()).unwrap();
+    assert!(
+        v.failed_checks.is_empty(),
+        "workload {i}: {:?}",
+        v.failed_checks
+    );
+    assert_eq!(v.comparisons.len(), 4, "workload {i}: the RPO is bounded");
+    for c in &v.comparisons {
+        let bound = match c.figure.as_str() {
+            "initial replication (hours)" => 0.10,
+            "bytes sent (GiB)" | "replica storage (GiB)" => 0.20,
+            _ => 0.35,
+        };
+        assert!(
+            c.relative_error <= bound,
+            "workload {i}: {} predicted {} simulated {} ({:.1}%)",
+            c.figure,
+            c.predicted,
+            c.simulated,
+            c.relative_error * 100.0
+        );
+    }
+    assert!(v.scale <= 1.0 && v.simulated_vms <= 16);
+    v
+}
+
 #[test]
 fn predictions_match_the_simulation_within_bounds() {
     for (i, workload) in [
@@ -29,30 +58,7 @@ fn predictions_match_the_simulation_within_bounds() {
     .iter()
     .enumerate()
     {
-        let dir = sim::swarm::scratch_dir().unwrap();
-        let v = verify(workload, 3, dir.path()).unwrap();
-        assert!(
-            v.failed_checks.is_empty(),
-            "workload {i}: {:?}",
-            v.failed_checks
-        );
-        let bound = |figure: &str| match figure {
-            "initial replication (hours)" => 0.10,
-            "bytes sent (GiB)" | "replica storage (GiB)" => 0.20,
-            _ => 0.35,
-        };
-        assert_eq!(v.comparisons.len(), 4, "workload {i}: the RPO is bounded");
-        for c in &v.comparisons {
-            assert!(
-                c.relative_error <= bound(&c.figure),
-                "workload {i}: {} predicted {} simulated {} ({:.1}%)",
-                c.figure,
-                c.predicted,
-                c.simulated,
-                c.relative_error * 100.0
-            );
-        }
-        assert!(v.scale <= 1.0 && v.simulated_vms <= 16);
+        verify_within_bounds(i, workload);
     }
 }
 
@@ -186,31 +192,8 @@ fn grouped_predictions_match_the_simulation_within_bounds() {
         .iter()
         .enumerate()
     {
-        let dir = sim::swarm::scratch_dir().unwrap();
-        let v = verify(workload, 3, dir.path()).unwrap();
-        assert!(
-            v.failed_checks.is_empty(),
-            "workload {i}: {:?}",
-            v.failed_checks
-        );
-        assert!(v.simulated_vms <= 16);
+        let v = verify_within_bounds(i, workload);
         assert_eq!(v.scaled_plan.verdicts.last().unwrap().group, "db");
-        assert_eq!(v.comparisons.len(), 4, "workload {i}: the RPO is bounded");
-        for c in &v.comparisons {
-            let bound = match c.figure.as_str() {
-                "initial replication (hours)" => 0.10,
-                "bytes sent (GiB)" | "replica storage (GiB)" => 0.20,
-                _ => 0.35,
-            };
-            assert!(
-                c.relative_error <= bound,
-                "workload {i}: {} predicted {} simulated {} ({:.1}%)",
-                c.figure,
-                c.predicted,
-                c.simulated,
-                c.relative_error * 100.0
-            );
-        }
     }
 }
 

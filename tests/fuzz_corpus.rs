@@ -30,6 +30,20 @@ fn datapath_seeds_run_through_every_target() {
 }
 
 #[test]
+fn simulator_seeds_run_through_every_target() {
+    let seeds = sim::fuzz_targets::seeds();
+    for target in sim::fuzz_targets::TARGETS {
+        assert!(
+            seeds.iter().any(|(t, _, _)| *t == target),
+            "no seed for {target}"
+        );
+    }
+    for (target, _, bytes) in &seeds {
+        sim::fuzz_targets::run(target, bytes);
+    }
+}
+
+#[test]
 fn committed_regressions_and_local_corpus_replay_without_panic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut replayed = 0;
@@ -37,6 +51,7 @@ fn committed_regressions_and_local_corpus_replay_without_panic() {
         for target in TARGETS
             .iter()
             .chain(datapath::fuzz_targets::TARGETS.iter())
+            .chain(sim::fuzz_targets::TARGETS.iter())
             .copied()
         {
             let dir = root.join(folder).join(target);
@@ -49,6 +64,8 @@ fn committed_regressions_and_local_corpus_replay_without_panic() {
                 let bytes = std::fs::read(&f).unwrap();
                 if TARGETS.contains(&target) {
                     run(target, &bytes);
+                } else if sim::fuzz_targets::TARGETS.contains(&target) {
+                    sim::fuzz_targets::run(target, &bytes);
                 } else {
                     datapath::fuzz_targets::run(target, &bytes);
                 }

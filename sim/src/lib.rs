@@ -15,6 +15,7 @@
 mod audit;
 mod content;
 mod flows;
+pub mod fuzz_targets;
 pub mod planner;
 pub mod scenario;
 pub mod swarm;

@@ -54,6 +54,20 @@ struct AppState {
     requests: AtomicU64,
 }
 
+impl AppState {
+    fn new(store: Arc<dyn PageBlobStore>, config: ServerConfig, clock: Arc<dyn Clock>) -> Self {
+        AppState {
+            buffers: BufferPool {
+                free: std::sync::Mutex::new(Vec::new()),
+            },
+            store,
+            config,
+            clock,
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Serve until `shutdown` completes, then finish in-flight requests and return.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -62,15 +76,7 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = Arc::new(AppState {
-        buffers: BufferPool {
-            free: std::sync::Mutex::new(Vec::new()),
-        },
-        store,
-        config,
-        clock,
-        requests: AtomicU64::new(0),
-    });
+    let state = Arc::new(AppState::new(store, config, clock));
     let app = Router::new()
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -83,6 +89,23 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// One request through authentication, routing and the store, without a socket: what the
+/// server does once a request's body is in (the fuzz target drives the server through this).
+#[cfg(any(test, feature = "testing"))]
+pub fn handle_offline(
+    store: Arc<dyn PageBlobStore>,
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let state = AppState::new(store, config, clock);
+    let response = dispatch(&state, method, uri, headers, body);
+    finish(response, 0, DEFAULT_VERSION, &state)
 }
 
 async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -304,6 +327,18 @@ impl Req<'_> {
     }
 }
 
+/// A query string as decoded (name, value) pairs, in order (what Shared Key signs).
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(n), decode(v))
+        })
+        .collect()
+}
+
 fn decode(s: &str) -> String {
     percent_decode_str(&s.replace('+', "%20"))
         .decode_utf8_lossy()
@@ -366,17 +401,10 @@ fn dispatch(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let query: Vec<(String, String)> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (n, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(n), decode(v))
-        })
-        .collect();
-    let req = Req { headers, query };
+    let req = Req {
+        headers,
+        query: parse_query(uri.query().unwrap_or("")),
+    };
     match route(state, method, uri.path(), &req, body) {
         Ok(r) => r,
         Err(e) => error_response(&e),

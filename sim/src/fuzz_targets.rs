@@ -77,7 +77,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .map(|(name, text)| ("scenario", (*name).to_string(), text.as_bytes().to_vec()))
         .collect();
     let alike = "vms = 4\ndisks_per_vm = 2\ndisk_gib = 100\nused_gib = 40\nchurn_gib_per_day = 20\n\
-                 peak_hours = \"9-18\"\nprofile = \"premium\"\nbandwidth_mbps = 100\nio_size_kib = 8\n\
+                 peak_hours = \"9-18\"\nprofile = \"premium\"\nbandwidth_mbps = 100\nconnection_mbps = 20\nio_size_kib = 8\n\
                  [policy]\ncopy_frequency_secs = 300\nretention_hours = 24\ninitial_replication_start = \"22:00\"\n\
                  [policy.throttle]\nwork_hours_kbps = 20000\nwork_start_hour = 8\nwork_end_hour = 18\n";
     let groups = "profile = \"standard\"\nbandwidth_mbps = 50\ndisk_gib = 50\nchurn_gib_per_day = 10\n\

@@ -38,6 +38,10 @@ pub struct PlanInput {
     /// "standard" or "premium".
     pub profile: String,
     pub bandwidth_mbps: f64,
+    /// What one upload connection carries across the WAN (a single TCP stream: its window
+    /// over the round trip; `iperf3 -P 1` measures it). A disk's cycle uses the policy's
+    /// `upload_threads` connections. Default: no limit below the WAN's.
+    pub connection_mbps: Option<f64>,
     /// Typical write size (premium's churn limit depends on it).
     pub io_size_kib: Option<u32>,
     pub compression_ratio: Option<f64>,
@@ -159,6 +163,8 @@ struct Model {
     groups: Vec<Group>,
     profile: Profile,
     link_bytes_per_sec: f64,
+    /// The policy's upload threads times what one connection carries, when given.
+    connections_bytes_per_sec: Option<f64>,
     ratio: f64,
     host_bytes_per_sec: f64,
     policy: Policy,
@@ -312,6 +318,10 @@ fn model(input: &PlanInput) -> Result<Model, PlanError> {
         groups
     };
     let bandwidth = in_range("bandwidth_mbps", input.bandwidth_mbps, 0.001, 1.0e6)?;
+    let connection = input
+        .connection_mbps
+        .map(|c| in_range("connection_mbps", c, 0.001, 1.0e6))
+        .transpose()?;
     let ratio = in_range(
         "compression_ratio",
         input.compression_ratio.unwrap_or(1.0),
@@ -332,6 +342,8 @@ fn model(input: &PlanInput) -> Result<Model, PlanError> {
         groups,
         profile,
         link_bytes_per_sec: bandwidth * 1e6 / 8.0,
+        connections_bytes_per_sec: connection
+            .map(|c| c * 1e6 / 8.0 * f64::from(policy.upload_threads)),
         ratio,
         host_bytes_per_sec: host * 1e6,
         policy,
@@ -401,9 +413,18 @@ impl Model {
                 t.non_work_hours_kbps
             }
         });
-        throttle.map_or(self.link_bytes_per_sec, |kbps| {
-            (f64::from(kbps) * 1000.0 / 8.0).min(self.link_bytes_per_sec)
-        })
+        throttle
+            .map_or(self.link_bytes_per_sec, |kbps| {
+                (f64::from(kbps) * 1000.0 / 8.0).min(self.link_bytes_per_sec)
+            })
+            .min(self.connections_bytes_per_sec.unwrap_or(f64::INFINITY))
+    }
+
+    /// What a cycle's records cross the WAN at, throttles aside: the link, or the upload
+    /// connections when they carry less.
+    fn send_rate(&self) -> f64 {
+        self.link_bytes_per_sec
+            .min(self.connections_bytes_per_sec.unwrap_or(f64::INFINITY))
     }
 
     /// Seconds to send `bytes` starting at hour-of-day `from_hour` (0 = midnight UTC).
@@ -474,7 +495,7 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
     let freq = f64::from(m.policy.copy_frequency_secs);
     let peak_send_rate = m.peak_rate_all() * amp / m.ratio;
     let peak_cycle_bytes = (peak_send_rate * freq) as u64;
-    let link = m.link_bytes_per_sec;
+    let link = m.send_rate();
     let encode_cycle = m
         .groups
         .iter()
@@ -515,9 +536,17 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
         ));
     }
     if expected_max_rpo_secs.is_none() {
+        let what = if link < m.link_bytes_per_sec {
+            format!(
+                "the upload connections ({} × {:.1} Mbit/s) are",
+                m.policy.upload_threads,
+                link * 8.0 / 1e6 / f64::from(m.policy.upload_threads)
+            )
+        } else {
+            format!("the WAN ({:.1} Mbit/s) is", link * 8.0 / 1e6)
+        };
         shared.push(format!(
-            "the WAN ({:.1} Mbit/s) is below the {:.1} Mbit/s delta replication needs at peak: RPO grows",
-            link * 8.0 / 1e6,
+            "{what} below the {:.1} Mbit/s delta replication needs at peak: RPO grows",
             peak_send_rate * 8.0 / 1e6
         ));
     }
@@ -684,6 +713,10 @@ pub fn verify(
     let kbps = (input.bandwidth_mbps * 1000.0 * vm_share * scale)
         .round()
         .max(1.0) as u64;
+    // One connection's rate shrinks with the link, so the two keep their proportion.
+    let connection_kbps = input
+        .connection_mbps
+        .map(|c| (c * 1000.0 * vm_share * scale).round().max(1.0) as u64);
     let scaled_group = |k: usize| {
         let (g, z) = (&m.groups[k], &sizes[k]);
         VmGroup {
@@ -715,6 +748,7 @@ pub fn verify(
         scaled.groups = (0..m.groups.len()).map(scaled_group).collect();
     }
     scaled.bandwidth_mbps = kbps as f64 / 1000.0;
+    scaled.connection_mbps = connection_kbps.map(|c| c as f64 / 1000.0);
     scaled.host_mb_per_s = Some(400.0); // the simulator's host
                                         // No peak hours, no throttle: the scaled link is the bottleneck.
     scaled.peak_hours = None;
@@ -735,6 +769,9 @@ pub fn verify(
     );
     let _ = writeln!(text, "[storage]\nprofile = \"{}\"", input.profile);
     let _ = writeln!(text, "[network]\nbandwidth_kbps = {kbps}");
+    if let Some(c) = connection_kbps {
+        let _ = writeln!(text, "connection_kbps = {c}");
+    }
     let _ = writeln!(text, "[workload]\nincompressible = true");
     let policy = scaled.policy.clone().unwrap_or_default();
     let _ = writeln!(

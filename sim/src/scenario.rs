@@ -171,6 +171,9 @@ struct NetworkFile {
     bandwidth_mbps: Option<u64>,
     /// Finer than Mbit/s (the capacity planner's scaled runs); not with `bandwidth_mbps`.
     bandwidth_kbps: Option<u64>,
+    /// What one upload connection gets across the WAN (its TCP window over the round trip):
+    /// a disk's cycle sends at most `upload_threads` times this. None: no limit.
+    connection_kbps: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -410,6 +413,9 @@ pub struct Scenario {
     pub start_nanos: u64,
     pub profile: Profile,
     pub bandwidth_bytes_per_sec: u64,
+    /// What one upload connection carries (`[network] connection_kbps`); a cycle's records
+    /// go over the policy's `upload_threads` connections.
+    pub connection_bytes_per_sec: Option<u64>,
     pub policy: Policy,
     pub vms: Vec<VmSpec>,
     pub faults: Vec<Fault>,
@@ -520,6 +526,10 @@ impl Scenario {
             }
             _ => 100_000,
         };
+        let connection_kbps = f.network.as_ref().and_then(|n| n.connection_kbps);
+        if let Some(c) = connection_kbps.filter(|c| !(1..=100_000_000).contains(c)) {
+            return Err(invalid("network.connection_kbps", c, "1 to 100000000"));
+        }
         let policy_text = toml::to_string(&f.policy.unwrap_or_default())
             .map_err(|e| ScenarioError::Syntax(e.to_string()))?;
         let policy = Policy::from_toml(&policy_text, profile)?;
@@ -1090,6 +1100,7 @@ impl Scenario {
                 .saturating_mul(1_000_000_000),
             profile,
             bandwidth_bytes_per_sec: (kbps * 1000 / 8).max(1),
+            connection_bytes_per_sec: connection_kbps.map(|c| (c * 1000 / 8).max(1)),
             policy,
             vms,
             faults,
@@ -1141,6 +1152,10 @@ mod tests {
             (
                 "name = \"x\"\nduration_hours = 1\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\nchurn_mib_per_hour = 1\n[[fault]]\nkind = \"meteor\"\nat_minutes = 1",
                 "fault[0].kind",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[network]\nconnection_kbps = 0\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\nchurn_mib_per_hour = 1",
+                "network.connection_kbps",
             ),
             ("name = \"x\"\nbogus = 1", "unknown field"),
         ] {

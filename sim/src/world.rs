@@ -569,6 +569,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut health_events: Vec<HealthEvent> = Vec::new();
     let mut link = Link {
         bytes_per_sec: scenario.bandwidth_bytes_per_sec,
+        connection_bytes_per_sec: scenario.connection_bytes_per_sec,
         free_at: start,
         host_offset: 0,
         cpu_free_at: vec![start; scenario.hosts.len()],
@@ -1370,6 +1371,9 @@ fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
     pub bytes_per_sec: u64,
+    /// What one upload connection carries, if that is less than the link: a disk's records go
+    /// over its policy's `upload_threads` connections.
+    pub connection_bytes_per_sec: Option<u64>,
     /// When the link finishes what it was given (true time).
     pub free_at: u64,
     /// The host clock's offset from true time (cycles run on host time).
@@ -1454,9 +1458,13 @@ pub(crate) fn run_cycle(
             }
             d.report.cycles += 1;
             d.report.bytes_sent += report.bytes_sent;
+            let connections = link.connection_bytes_per_sec.map_or(u64::MAX, |c| {
+                c.saturating_mul(u64::from(d.agent.policy().upload_threads))
+            });
             let rate = plan
                 .throttle_bytes_per_sec
                 .map_or(link.bytes_per_sec, |t| t.min(link.bytes_per_sec))
+                .min(connections)
                 .max(1);
             // The host reads and encodes, then the records wait for the link.
             let cpu = &mut link.cpu_free_at[d.host_index];

@@ -259,3 +259,36 @@ fn an_off_peak_start_and_a_throttle_stretch_initial_replication() {
     let slow = plan(&throttled, 0).unwrap().initial_replication_hours;
     assert!(slow > plain * 9.0, "{plain} {slow}");
 }
+
+#[test]
+fn upload_threads_matter_when_one_connection_carries_less_than_the_wan() {
+    let mut w = input(2, 1, 100.0, 50.0, 20.0, 200.0);
+    let free = plan(&w, 0).unwrap();
+    // 10 Mbit/s per connection: 4 threads (the default) give 40 of the 200 Mbit/s.
+    w.connection_mbps = Some(10.0);
+    let four = plan(&w, 0).unwrap();
+    let ratio = four.initial_replication_hours / free.initial_replication_hours;
+    assert!(ratio > 4.5 && ratio < 5.5, "{ratio}");
+    let policy = w.policy.as_mut().unwrap();
+    policy.insert("upload_threads".into(), toml::Value::Integer(16));
+    let sixteen = plan(&w, 0).unwrap();
+    let ratio = sixteen.initial_replication_hours / free.initial_replication_hours;
+    assert!(ratio > 1.1 && ratio < 1.4, "{ratio}");
+    // One thread cannot keep up with the churn: named in the verdict.
+    w.policy
+        .as_mut()
+        .unwrap()
+        .insert("upload_threads".into(), toml::Value::Integer(1));
+    w.connection_mbps = Some(0.5);
+    let one = plan(&w, 0).unwrap();
+    assert!(one.expected_max_rpo_secs.is_none());
+    assert!(
+        one.verdicts[0].exceeds[0].contains("upload connections (1 × 0.5 Mbit/s) are below"),
+        "{:?}",
+        one.verdicts[0].exceeds
+    );
+    // And the simulation agrees on the capped workload.
+    let mut capped = input(4, 2, 100.0, 40.0, 20.0, 200.0);
+    capped.connection_mbps = Some(10.0);
+    verify_within_bounds(0, &capped);
+}

@@ -45,11 +45,24 @@ pub fn scenario_for(seed: u64) -> String {
         if premium { "premium" } else { "standard" }
     );
     let _ = writeln!(s, "[network]\nbandwidth_mbps = {}", between(rng, 5, 200));
+    // Upload connections slower than the link, for a third of the seeds: drawn from a stream
+    // of their own, so the rest of every seed's scenario stays what it was.
+    let mut net: rand_chacha::ChaCha8Rng = rand_core::SeedableRng::from_seed(blake3::derive_key(
+        "drplane sim swarm upload connections v1",
+        &seed.to_le_bytes(),
+    ));
+    let threads = (net.next_u64() % 3 == 0).then(|| {
+        let _ = writeln!(s, "connection_kbps = {}", between(&mut net, 1_000, 20_000));
+        between(&mut net, 1, 8)
+    });
     let _ = writeln!(
         s,
         "[policy]\ncopy_frequency_secs = {frequency}\nretention_hours = {retention}\nblock_size_kib = {}",
         pick(rng, &["16", "64", "256"])
     );
+    if let Some(threads) = threads {
+        let _ = writeln!(s, "upload_threads = {threads}");
+    }
     if rng.next_u64() % 2 == 0 {
         let _ = writeln!(
             s,

@@ -89,39 +89,27 @@ fn input(args: &PlanArgs) -> Result<PlanInput> {
     if let Some(v) = args.bandwidth_mbps {
         input.bandwidth_mbps = v;
     }
-    if args.connection_mbps.is_some() {
-        input.connection_mbps = args.connection_mbps;
+    // Optional keys given as flags replace the file's. VM keys: with [[group]]s in the file
+    // they are the groups' defaults.
+    macro_rules! flags_override {
+        ($($field:ident),*) => {$(
+            if args.$field.is_some() {
+                input.$field = args.$field.clone();
+            }
+        )*};
     }
-    // VM keys: with [[group]]s in the file they are the groups' defaults.
-    for (flag, value) in [
-        (&mut input.disk_gib, args.disk_gib),
-        (&mut input.churn_gib_per_day, args.churn_gib_per_day),
-    ] {
-        if value.is_some() {
-            *flag = value;
-        }
-    }
-    if args.vms.is_some() {
-        input.vms = args.vms;
-    }
-    if args.disks_per_vm.is_some() {
-        input.disks_per_vm = args.disks_per_vm;
-    }
-    if args.used_gib.is_some() {
-        input.used_gib = args.used_gib;
-    }
-    if args.peak_hours.is_some() {
-        input.peak_hours = args.peak_hours.clone();
-    }
-    if args.peak_share.is_some() {
-        input.peak_share = args.peak_share;
-    }
-    if args.io_size_kib.is_some() {
-        input.io_size_kib = args.io_size_kib;
-    }
-    if args.compression_ratio.is_some() {
-        input.compression_ratio = args.compression_ratio;
-    }
+    flags_override!(
+        connection_mbps,
+        vms,
+        disks_per_vm,
+        disk_gib,
+        used_gib,
+        churn_gib_per_day,
+        peak_hours,
+        peak_share,
+        io_size_kib,
+        compression_ratio
+    );
     let policy = input.policy.get_or_insert_with(toml::Table::new);
     for (key, value) in [
         ("copy_frequency_secs", args.copy_frequency),

@@ -43,6 +43,23 @@ fn invalid(
     }
 }
 
+/// A number the scenario must give, inside `range`: the value, or the error naming `field`
+/// ("missing" when absent).
+fn given_in<T: PartialOrd + ToString + Copy>(
+    field: String,
+    value: Option<T>,
+    range: std::ops::RangeInclusive<T>,
+    rule: &str,
+) -> Result<T, ScenarioError> {
+    value.filter(|v| range.contains(v)).ok_or_else(|| {
+        invalid(
+            field,
+            value.map_or("missing".into(), |v| v.to_string()),
+            rule,
+        )
+    })
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -870,60 +887,40 @@ impl Scenario {
         for (i, fault) in f.fault.into_iter().enumerate() {
             let at = format!("fault[{i}]");
             inside_duration(&at, fault.at_minutes, f.duration_hours)?;
+            // Faults that last take their length in minutes.
+            let minutes = || {
+                given_in(
+                    format!("{at}.minutes"),
+                    fault.minutes,
+                    1..=MAX_DURATION_HOURS * 60,
+                    "1 minute to the scenario's maximum",
+                )
+            };
             let kind = match fault.kind.as_str() {
-                "wan_down" => {
-                    let minutes = fault.minutes.ok_or_else(|| {
-                        invalid(format!("{at}.minutes"), "missing", "wan_down needs minutes")
-                    })?;
-                    if !(1..=MAX_DURATION_HOURS * 60).contains(&minutes) {
-                        return Err(invalid(
-                            format!("{at}.minutes"),
-                            minutes,
-                            "1 minute to the scenario's maximum",
-                        ));
-                    }
-                    FaultKind::WanDown { minutes }
-                }
+                "wan_down" => FaultKind::WanDown {
+                    minutes: minutes()?,
+                },
                 "churn_burst" => {
-                    let minutes = fault
-                        .minutes
-                        .filter(|m| (1..=MAX_DURATION_HOURS * 60).contains(m))
-                        .ok_or_else(|| {
-                            invalid(
-                                format!("{at}.minutes"),
-                                fault.minutes.map_or("missing".into(), |m| m.to_string()),
-                                "1 minute to the scenario's maximum",
-                            )
-                        })?;
-                    let factor = fault.factor.filter(|f| (2..=100).contains(f)).ok_or_else(|| {
-                        invalid(
-                            format!("{at}.factor"),
-                            fault.factor.map_or("missing".into(), |f| f.to_string()),
-                            "2 to 100 (times the usual churn)",
-                        )
-                    })?;
+                    let minutes = minutes()?;
+                    let factor = given_in(
+                        format!("{at}.factor"),
+                        fault.factor,
+                        2..=100,
+                        "2 to 100 (times the usual churn)",
+                    )?;
                     FaultKind::ChurnBurst { minutes, factor }
                 }
-                "snapshot_pressure" => {
-                    let minutes = fault
-                        .minutes
-                        .filter(|m| (1..=MAX_DURATION_HOURS * 60).contains(m))
-                        .ok_or_else(|| {
-                            invalid(
-                                format!("{at}.minutes"),
-                                fault.minutes.map_or("missing".into(), |m| m.to_string()),
-                                "1 minute to the scenario's maximum",
-                            )
-                        })?;
-                    FaultKind::SnapshotPressure { minutes }
-                }
+                "snapshot_pressure" => FaultKind::SnapshotPressure {
+                    minutes: minutes()?,
+                },
                 "wan_degraded" => {
-                    let minutes = fault.minutes.filter(|m| (1..=MAX_DURATION_HOURS * 60).contains(m)).ok_or_else(|| {
-                        invalid(format!("{at}.minutes"), fault.minutes.map_or("missing".into(), |m| m.to_string()), "1 minute to the scenario's maximum")
-                    })?;
-                    let mbps = fault.bandwidth_mbps.filter(|b| (1..=100_000).contains(b)).ok_or_else(|| {
-                        invalid(format!("{at}.bandwidth_mbps"), fault.bandwidth_mbps.map_or("missing".into(), |m| m.to_string()), "1 to 100000 (Mbit/s)")
-                    })?;
+                    let minutes = minutes()?;
+                    let mbps = given_in(
+                        format!("{at}.bandwidth_mbps"),
+                        fault.bandwidth_mbps,
+                        1..=100_000,
+                        "1 to 100000 (Mbit/s)",
+                    )?;
                     FaultKind::WanDegraded { minutes, mbps }
                 }
                 "host_crash" => FaultKind::HostCrash {
@@ -952,20 +949,7 @@ impl Scenario {
                     FaultKind::ClockSkew { seconds }
                 }
                 "storage_storm" => {
-                    let minutes = fault.minutes.ok_or_else(|| {
-                        invalid(
-                            format!("{at}.minutes"),
-                            "missing",
-                            "storage_storm needs minutes",
-                        )
-                    })?;
-                    if !(1..=MAX_DURATION_HOURS * 60).contains(&minutes) {
-                        return Err(invalid(
-                            format!("{at}.minutes"),
-                            minutes,
-                            "1 minute to the scenario's maximum",
-                        ));
-                    }
+                    let minutes = minutes()?;
                     let rate = |field: &str, v: Option<f64>, default: f64| {
                         let v = v.unwrap_or(default);
                         if (0.0..=0.5).contains(&v) {

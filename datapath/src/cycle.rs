@@ -37,6 +37,14 @@ pub trait BlockSource: Sync {
     /// True when `[offset, offset+len)` is known to read as zeros without reading it.
     fn is_unallocated(&self, offset: u64, len: u64) -> bool;
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// `[offset, offset+len)` in place, when the source has it in memory verbatim (a mapped
+    /// file): the cycle then hashes and encodes it without copying. `None`: use `read_at`.
+    fn lend(&self, _offset: u64, _len: u64) -> Option<&[u8]> {
+        None
+    }
+    /// The cycle is done with `[offset, offset+len)`: a mapped source drops those pages from
+    /// the process, so the resident set stays bounded however big the disk is.
+    fn release(&self, _offset: u64, _len: u64) {}
 }
 
 /// Which blocks a cycle examines.
@@ -142,13 +150,6 @@ struct ReplicaState {
     rebuilt: bool,
 }
 
-/// A block as read: its bytes (`None` for a zero block), digest, and bytes read from the source.
-struct ReadBlock {
-    data: Option<Vec<u8>>,
-    digest: [u8; 32],
-    read_len: u64,
-}
-
 /// A block after the parallel pass: its record when it differs from the replica.
 struct Examined {
     block: u64,
@@ -157,39 +158,72 @@ struct Examined {
     encoded: Option<Encoded>,
 }
 
-/// Read block `block` (not at all when the source says it is unallocated) and hash it.
-fn read_block(
-    source: &dyn BlockSource,
-    layout: &crate::replica::disk_replica::Layout,
-    block: u64,
-    zero: &(impl Fn(u64) -> [u8; 32] + Sync),
-    codec: &BlockCodec,
-) -> Result<ReadBlock, CycleError> {
-    let offset = block * u64::from(layout.block_size);
-    let len = layout.block_len(block);
-    if source.is_unallocated(offset, len) {
-        return Ok(ReadBlock {
-            data: None,
-            digest: zero(block),
-            read_len: 0,
-        });
+thread_local! {
+    /// Per-thread buffer for blocks a source cannot lend: reused, so reading a block costs
+    /// neither an allocation nor a memset.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What a cycle does with each block: read it (not at all when the source says it is
+/// unallocated; in place when the source lends it), hash it, and encode it when its digest
+/// differs from the replica's.
+struct BlockPass<'a, Z> {
+    source: &'a dyn BlockSource,
+    layout: &'a crate::replica::disk_replica::Layout,
+    zero: &'a Z,
+    codec: &'a BlockCodec,
+    sequence: u64,
+}
+
+impl<Z: Fn(u64) -> [u8; 32] + Sync> BlockPass<'_, Z> {
+    /// Examine `block`, whose digest in the replica is `known`; `nonce` encrypts its record.
+    fn examine(
+        &self,
+        block: u64,
+        known: &[u8; 32],
+        nonce: [u8; 12],
+    ) -> Result<Examined, CycleError> {
+        let offset = block * u64::from(self.layout.block_size);
+        let len = self.layout.block_len(block);
+        let zero_block = |read_len| {
+            let digest = (self.zero)(block);
+            Examined {
+                block,
+                digest,
+                read_len,
+                encoded: (*known != digest).then_some(Encoded::Zero { digest }),
+            }
+        };
+        if self.source.is_unallocated(offset, len) {
+            return Ok(zero_block(0));
+        }
+        let data_block = |data: &[u8]| {
+            if is_zero(data) {
+                return zero_block(len);
+            }
+            let digest = self.codec.digest(data);
+            Examined {
+                block,
+                digest,
+                read_len: len,
+                encoded: (*known != digest).then(|| {
+                    self.codec
+                        .encode_digested(block, self.sequence, data, digest, nonce)
+                }),
+            }
+        };
+        if let Some(data) = self.source.lend(offset, len) {
+            return Ok(data_block(data));
+        }
+        READ_BUFFER.with_borrow_mut(|buf| {
+            buf.resize(buf.len().max(len as usize), 0);
+            let data = &mut buf[..len as usize];
+            self.source
+                .read_at(offset, data)
+                .map_err(|e| CycleError::Source { offset, source: e })?;
+            Ok(data_block(data))
+        })
     }
-    let mut data = vec![0u8; len as usize];
-    source
-        .read_at(offset, &mut data)
-        .map_err(|e| CycleError::Source { offset, source: e })?;
-    if is_zero(&data) {
-        return Ok(ReadBlock {
-            data: None,
-            digest: zero(block),
-            read_len: len,
-        });
-    }
-    Ok(ReadBlock {
-        digest: codec.digest(&data),
-        data: Some(data),
-        read_len: len,
-    })
 }
 
 /// The live points and the trusted digest table of a replica, as a cycle starts.
@@ -413,6 +447,13 @@ fn cycle_inner(
     };
     // No writer threads: every store call is made by this thread, in block order.
     let inline = options.upload_threads == 0;
+    let pass = BlockPass {
+        source,
+        layout: &layout,
+        zero: &zero,
+        codec: &codec,
+        sequence,
+    };
     let (tx, rx) = mpsc::sync_channel::<Job>(group_len * 2);
     let rx = Mutex::new(rx);
     let outcome: Result<(), CycleError> = std::thread::scope(|scope| {
@@ -438,23 +479,8 @@ fn cycle_inner(
                     .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
                     .collect::<Result<_, _>>()?;
                 let known = table.leaves();
-                let examine = |(&block, nonce): (&u64, &[u8; 12])| -> Result<Examined, CycleError> {
-                    let read = read_block(source, &layout, block, &zero, &codec)?;
-                    let encoded =
-                        (known[block as usize] != read.digest).then(|| match &read.data {
-                            Some(data) => {
-                                codec.encode_digested(block, sequence, data, read.digest, *nonce)
-                            }
-                            None => Encoded::Zero {
-                                digest: read.digest,
-                            },
-                        });
-                    Ok(Examined {
-                        block,
-                        digest: read.digest,
-                        read_len: read.read_len,
-                        encoded,
-                    })
+                let examine = |(&block, nonce): (&u64, &[u8; 12])| {
+                    pass.examine(block, &known[block as usize], *nonce)
                 };
                 // Small groups (a delta of a few blocks) are not worth waking the pool for.
                 let examined: Vec<Result<Examined, CycleError>> = if group.len() >= 8 {
@@ -466,6 +492,11 @@ fn cycle_inner(
                 } else {
                     group.iter().zip(group_nonces.iter()).map(examine).collect()
                 };
+                if let (Some(&first), Some(&last)) = (group.iter().min(), group.iter().max()) {
+                    let start = first * u64::from(layout.block_size);
+                    let end = last * u64::from(layout.block_size) + layout.block_len(last);
+                    source.release(start, end - start);
+                }
                 let mut jobs = Vec::new();
                 let mut dirty_pages = BTreeSet::new();
                 for result in examined {
@@ -645,14 +676,25 @@ impl BlockSource for vhdx::Disk {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         vhdx::Disk::read_at(self, offset, buf).map_err(std::io::Error::other)
     }
+    fn lend(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        match self.map(offset, len).ok()?.as_slice() {
+            [whole] if whole.len == len => self.segment_bytes(whole),
+            _ => None,
+        }
+    }
+    fn release(&self, offset: u64, len: u64) {
+        vhdx::Disk::release(self, offset, len)
+    }
 }
 
-/// A raw image file as a source, read with `pread` (so a big disk does not fill the address
-/// space or the resident set); holes of a sparse file are found with `SEEK_DATA`/`SEEK_HOLE`
-/// when it is opened and are never read.
+/// A raw image file as a source, memory-mapped: blocks are hashed and encoded in place, and
+/// each group's pages are released once it is done, so a big disk neither copies every byte
+/// nor fills the resident set. Holes of a sparse file are found with `SEEK_DATA`/`SEEK_HOLE`
+/// when it is opened and are never read. As with every mapped read, a file truncated by
+/// another process while a cycle runs can fault (SIGBUS); disks being replicated do not shrink.
 #[derive(Debug)]
 pub struct RawSource {
-    file: vhdx::PositionalFile,
+    file: vhdx::MappedFile,
     size: u64,
     /// Data extents `[start, end)`, ascending.
     data: Vec<(u64, u64)>,
@@ -663,7 +705,7 @@ const MAX_RAW_EXTENTS: usize = 1 << 20;
 
 impl RawSource {
     pub fn open(path: &std::path::Path) -> std::io::Result<RawSource> {
-        let file = vhdx::PositionalFile::open(path)?;
+        let file = vhdx::MappedFile::open(path)?;
         let size = vhdx::ReadAt::len(&file);
         let data = data_extents(path, size)?;
         Ok(RawSource { file, size, data })
@@ -716,5 +758,12 @@ impl BlockSource for RawSource {
             return Ok(());
         }
         vhdx::ReadAt::read_at(&self.file, offset, head)
+    }
+    fn lend(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        vhdx::ReadAt::mapped(&self.file, offset, len)
+    }
+    fn release(&self, offset: u64, len: u64) {
+        let len = len.min(self.size.saturating_sub(offset));
+        vhdx::ReadAt::release(&self.file, offset, len)
     }
 }

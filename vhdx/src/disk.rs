@@ -532,6 +532,21 @@ impl Disk {
             .mapped(segment.file_offset, segment.len)
     }
 
+    /// The caller is done with virtual `[offset, offset+len)` for now: memory-mapped layers drop
+    /// those payload pages from the process, so one pass over a big disk keeps a bounded
+    /// resident set (see [`ReadAt::release`]). Ranges that cannot be mapped are ignored.
+    pub fn release(&self, offset: u64, len: u64) {
+        let Ok(segments) = self.map(offset, len) else {
+            return;
+        };
+        for seg in segments.iter().filter(|s| s.kind == ExtentKind::Data) {
+            self.layers[seg.layer]
+                .file
+                .view()
+                .release(seg.file_offset, seg.len);
+        }
+    }
+
     /// Read a data segment's bytes.
     pub fn read_segment(&self, segment: &Segment, buf: &mut [u8]) -> Result<()> {
         assert_eq!(buf.len() as u64, segment.len);

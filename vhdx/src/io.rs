@@ -25,6 +25,10 @@ pub trait ReadAt: Send + Sync {
     fn mapped(&self, _offset: u64, _len: u64) -> Option<&[u8]> {
         None
     }
+    /// The caller is done with `[offset, offset+len)` for now: a memory map drops those pages
+    /// from the process (they stay cached and read back the same), so a pass over a big file
+    /// does not grow the resident set. A hint; other sources ignore it.
+    fn release(&self, _offset: u64, _len: u64) {}
 }
 
 fn past_end(offset: u64, len: usize, size: u64) -> io::Error {
@@ -77,6 +81,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
         (**self).mapped(offset, len)
     }
+    fn release(&self, offset: u64, len: u64) {
+        (**self).release(offset, len)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -91,6 +98,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     }
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
         (**self).mapped(offset, len)
+    }
+    fn release(&self, offset: u64, len: u64) {
+        (**self).release(offset, len)
     }
 }
 
@@ -146,6 +156,23 @@ impl ReadAt for MappedFile {
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
         within(offset, len, self.len())
             .then(|| &self.bytes()[offset as usize..(offset + len) as usize])
+    }
+    #[cfg(unix)]
+    fn release(&self, offset: u64, len: u64) {
+        let (Some(map), true) = (&self.map, within(offset, len, self.len())) else {
+            return;
+        };
+        // SAFETY: a shared, read-only map of a file: MADV_DONTNEED only unmaps the pages, and
+        // the next access faults the same file bytes back in, so slices still held over the
+        // range keep reading what they read before (memmap2 marks it unchecked because on
+        // private or anonymous maps the bytes would change).
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                offset as usize,
+                len as usize,
+            )
+        };
     }
 }
 
@@ -448,5 +475,43 @@ mod tests {
         let mut tail = [1u8; 2];
         f.read_at(MEMORY_PAGE * 3 - 1, &mut tail).unwrap();
         assert_eq!(tail, [0, 0]);
+    }
+
+    /// Resident kB of the mapping that starts at `addr`, from /proc/self/smaps.
+    #[cfg(target_os = "linux")]
+    fn resident_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        let head = format!("{addr:x}-");
+        lines
+            .by_ref()
+            .find(|l| l.starts_with(&head))
+            .expect("the mapping is listed");
+        let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
+        rss.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn releasing_a_mapped_range_drops_it_from_the_resident_set_and_keeps_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let bytes: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = MappedFile::open(&path).unwrap();
+        let lent = file.mapped(1 << 20, 2 << 20).unwrap();
+        assert_eq!(lent, &bytes[1 << 20..3 << 20]);
+        let addr = file.bytes().as_ptr() as usize;
+        assert!(resident_kib(addr) >= 2048, "touched pages are resident");
+        file.release(0, 4 << 20);
+        assert_eq!(resident_kib(addr), 0, "released pages leave the process");
+        // The bytes read back the same, through the slice still held and through reads.
+        assert_eq!(lent, &bytes[1 << 20..3 << 20]);
+        let mut buf = vec![0u8; 4096];
+        file.read_at(3 << 20, &mut buf).unwrap();
+        assert_eq!(buf, bytes[3 << 20..(3 << 20) + 4096]);
+        // Out of range: ignored.
+        file.release(4 << 20, 1);
+        file.release(u64::MAX, 2);
     }
 }

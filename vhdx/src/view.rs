@@ -103,4 +103,8 @@ impl ReadAt for FileView {
         }
         self.base.mapped(offset, len)
     }
+
+    fn release(&self, offset: u64, len: u64) {
+        self.base.release(offset, len)
+    }
 }

@@ -24,14 +24,17 @@ secs() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -1; }
 
 # Warm the page cache so every contender reads from memory.
 cat real.raw real.vhdx >/dev/null
-zstd_s=$(for _ in $(seq "$runs"); do secs zstd -q -1 -T2 -f real.raw -o real.zst; done | median)
-raw_s=$(for _ in $(seq "$runs"); do rm -rf st; secs "$bin" replicate --disk real.raw --store st --pfx reg/bench.pfx --name d; done | median)
-vhdx_s=$(for _ in $(seq "$runs"); do rm -rf st; secs "$bin" replicate --disk real.vhdx --store st --pfx reg/bench.pfx --name d; done | median)
+# Every timed run starts with the previous run's output removed and written back (`sync`), so
+# no tool pays for another's writeback.
+fresh() { rm -rf "$@"; sync; }
+zstd_s=$(for _ in $(seq "$runs"); do fresh real.zst; secs zstd -q -1 -T2 -f real.raw -o real.zst; done | median)
+raw_s=$(for _ in $(seq "$runs"); do fresh st; secs "$bin" replicate --disk real.raw --store st --pfx reg/bench.pfx --name d; done | median)
+vhdx_s=$(for _ in $(seq "$runs"); do fresh st; secs "$bin" replicate --disk real.vhdx --store st --pfx reg/bench.pfx --name d; done | median)
 echo "initial replication, 1 GiB realistic disk (median of $runs):"
 echo "  zstd -1 -T2 (raw)        ${zstd_s} s"
 echo "  drplane replicate raw    ${raw_s} s   ($(echo "$zstd_s / $raw_s" | bc -l | cut -c1-4)x zstd)"
 echo "  drplane replicate vhdx   ${vhdx_s} s   ($(echo "$zstd_s / $vhdx_s" | bc -l | cut -c1-4)x zstd)"
-fast_s=$(for _ in $(seq "$runs"); do rm -rf st; secs "$bin" replicate --disk real.raw --store st --pfx reg/bench.pfx --name d --zstd-level=-3; done | median)
+fast_s=$(for _ in $(seq "$runs"); do fresh st; secs "$bin" replicate --disk real.raw --store st --pfx reg/bench.pfx --name d --zstd-level=-3; done | median)
 echo "  drplane raw, zstd -3     ${fast_s} s   ($(echo "$zstd_s / $fast_s" | bc -l | cut -c1-4)x zstd)"
 
 echo "tracked delta at 1% churn (agent + change tracker, embedded store):"

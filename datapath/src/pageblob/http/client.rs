@@ -20,6 +20,13 @@ pub const API_VERSION: &str = "2021-08-06";
 pub const MAX_ATTEMPTS: u32 = 5;
 /// First retry delay; doubled per attempt.
 pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Time to open a connection (the host name's lookup included).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request fails when a read or write on its connection makes no progress for this long (a
+/// cap on the whole exchange would fail big uploads on slow links).
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a host name's addresses are reused.
+const RESOLVE_TTL: Duration = Duration::from_secs(30);
 /// Largest answer body read (a Get Blob of up to 256 MiB, or a long page list).
 const MAX_RESPONSE_BYTES: u64 = 257 << 20;
 
@@ -52,6 +59,67 @@ impl std::fmt::Debug for HttpStore {
         f.debug_struct("HttpStore")
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
+    }
+}
+
+/// ureq looks the host up before every request, even one sent on a pooled connection, and its
+/// resolver spawns a thread per lookup when a timeout covers it: at thousands of Put Page calls
+/// per second that was a thread and a name lookup per call. This keeps each host's addresses
+/// for `ttl` and otherwise asks `inner` (ureq's own resolver).
+struct CachingResolver<R = ureq::unversioned::resolver::DefaultResolver> {
+    inner: R,
+    ttl: Duration,
+    /// (scheme://authority, looked up at, addresses): one entry per host the agent talks to.
+    cache: std::sync::Mutex<Vec<(String, std::time::Instant, ResolvedAddrs)>>,
+}
+
+type ResolvedAddrs = ureq::unversioned::resolver::ResolvedSocketAddrs;
+
+impl<R> CachingResolver<R> {
+    fn new(inner: R, ttl: Duration) -> CachingResolver<R> {
+        CachingResolver {
+            inner,
+            ttl,
+            cache: Default::default(),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for CachingResolver<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachingResolver")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: ureq::unversioned::resolver::Resolver> ureq::unversioned::resolver::Resolver
+    for CachingResolver<R>
+{
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ResolvedAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or_default(),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let now = std::time::Instant::now();
+        let fresh = |at: &std::time::Instant| now.duration_since(*at) < self.ttl;
+        {
+            let cache = self.cache.lock().expect("resolver cache");
+            if let Some((_, _, addrs)) = cache.iter().find(|(k, at, _)| *k == key && fresh(at)) {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        let mut cache = self.cache.lock().expect("resolver cache");
+        cache.retain(|(k, at, _)| *k != key && fresh(at));
+        cache.push((key, now, addrs.clone()));
+        Ok(addrs)
     }
 }
 
@@ -133,13 +201,22 @@ impl HttpStore {
     fn build(endpoint: &str, account: &str, key: &[u8], proxy: Option<ureq::Proxy>) -> HttpStore {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(300)))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_per_read(Some(STALL_TIMEOUT))
+            .timeout_per_write(Some(STALL_TIMEOUT))
             .max_idle_connections_per_host(64);
         // Without one given, ureq's default applies (HTTPS_PROXY / HTTP_PROXY / NO_PROXY).
         if proxy.is_some() {
             config = config.proxy(proxy);
         }
-        let agent = config.build().into();
+        let agent = ureq::Agent::with_parts(
+            config.build(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            CachingResolver::new(
+                ureq::unversioned::resolver::DefaultResolver::default(),
+                RESOLVE_TTL,
+            ),
+        );
         HttpStore {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             account: account.into(),
@@ -786,5 +863,60 @@ impl PageBlobStore for HttpStore {
             source_snapshot: snapshot.unwrap_or_default().to_string(),
             status: a.header("x-ms-copy-status").unwrap_or_default().to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ureq::unversioned::resolver::{DefaultResolver, Resolver};
+    use ureq::unversioned::transport::NextTimeout;
+
+    /// ureq's resolver, counting its lookups.
+    #[derive(Debug, Default)]
+    struct Counting {
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Resolver for Counting {
+        fn resolve(
+            &self,
+            uri: &ureq::http::Uri,
+            config: &ureq::config::Config,
+            timeout: NextTimeout,
+        ) -> Result<ResolvedAddrs, ureq::Error> {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            DefaultResolver::default().resolve(uri, config, timeout)
+        }
+    }
+
+    #[test]
+    fn a_host_is_looked_up_once_per_ttl_and_hosts_do_not_share_answers() {
+        let config = ureq::config::Config::default();
+        let resolve = |r: &CachingResolver<Counting>, uri: &str| {
+            let addrs = r
+                .resolve(&uri.parse().unwrap(), &config, NextTimeout::default())
+                .unwrap();
+            addrs.iter().map(|a| a.port()).collect::<Vec<_>>()
+        };
+        let lookups = |r: &CachingResolver<Counting>| {
+            r.inner.lookups.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let cached = CachingResolver::new(Counting::default(), Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(resolve(&cached, "http://127.0.0.1:10000/acct/c/b"), [10000]);
+        }
+        assert_eq!(lookups(&cached), 1, "one lookup for five requests");
+        assert_eq!(resolve(&cached, "http://127.0.0.1:10001/acct"), [10001]);
+        assert_eq!(resolve(&cached, "http://127.0.0.1:10000/other"), [10000]);
+        assert_eq!(lookups(&cached), 2, "another port is another host");
+        // A zero TTL: every request looks up again, and the cache does not grow.
+        let uncached = CachingResolver::new(Counting::default(), Duration::ZERO);
+        for _ in 0..3 {
+            resolve(&uncached, "http://127.0.0.1:10000/");
+        }
+        assert_eq!(lookups(&uncached), 3);
+        assert_eq!(uncached.cache.lock().unwrap().len(), 1);
     }
 }

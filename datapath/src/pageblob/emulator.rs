@@ -87,6 +87,7 @@ pub struct Emulator {
     inner: Mutex<Inner>,
     clock: Arc<dyn Clock>,
     dir: PathBuf,
+    durability: Durability,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -197,6 +198,7 @@ impl Emulator {
             }),
             clock,
             dir: dir.to_path_buf(),
+            durability,
         })
     }
 
@@ -322,6 +324,10 @@ fn read_home(file: &dyn StoreFile, offset: u64, buf: &mut [u8]) -> StoreResult<(
 }
 
 impl PageBlobStore for Emulator {
+    fn answers_promptly(&self) -> bool {
+        self.durability == Durability::Process
+    }
+
     fn create_container(&self, name: &str) -> StoreResult<()> {
         let now = self.now();
         let mut inner = self.lock();

@@ -152,6 +152,12 @@ impl<S: PageBlobStore> FaultyStore<S> {
 }
 
 impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
+    fn answers_promptly(&self) -> bool {
+        let config = self.config();
+        config.latency.is_zero()
+            && config.bandwidth_bytes_per_sec.is_none_or(|b| b == 0)
+            && self.inner.answers_promptly()
+    }
     fn create_container(&self, name: &str) -> StoreResult<()> {
         self.before(0)?;
         self.inner.create_container(name)
@@ -298,5 +304,58 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         self.before(0)?;
         let r = self.inner.incremental_copy(dest, source, snapshot);
         self.after_write(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::pageblob::data_log::Durability;
+    use crate::pageblob::{Emulator, Profile};
+
+    fn emulator(dir: &std::path::Path, durability: Durability) -> Emulator {
+        Emulator::open(
+            dir,
+            Profile::Standard,
+            durability,
+            Arc::new(ManualClock::new(0)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_store_without_syncs_latency_or_bandwidth_cap_answers_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = FaultyStore::new(
+            emulator(&dir.path().join("a"), Durability::Process),
+            FaultConfig {
+                server_busy: 0.5,
+                ..FaultConfig::default()
+            },
+        );
+        assert!(plain.answers_promptly(), "drawing 503s does not wait");
+        for slow in [
+            FaultConfig {
+                latency: Duration::from_millis(1),
+                ..FaultConfig::default()
+            },
+            FaultConfig {
+                bandwidth_bytes_per_sec: Some(1 << 20),
+                ..FaultConfig::default()
+            },
+        ] {
+            plain.set_config(slow);
+            assert!(!plain.answers_promptly(), "{slow:?}");
+        }
+        plain.set_config(FaultConfig::default());
+        assert!(plain.answers_promptly(), "the storm is over");
+        let synced = FaultyStore::new(
+            emulator(&dir.path().join("b"), Durability::Power),
+            FaultConfig::default(),
+        );
+        assert!(!synced.answers_promptly(), "every write is synced");
     }
 }

@@ -105,6 +105,12 @@ pub trait PageBlobStore: Send + Sync {
         source: &BlobPath,
         snapshot: Option<&str>,
     ) -> StoreResult<CopyInfo>;
+    /// True when a small write returns without waiting: no sync to the disk, no injected
+    /// latency or bandwidth cap, no network. A server may then make such calls on its async
+    /// worker instead of handing each to a blocking thread.
+    fn answers_promptly(&self) -> bool {
+        false
+    }
 }
 
 /// A shared store is a store.
@@ -210,5 +216,8 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
         snapshot: Option<&str>,
     ) -> StoreResult<CopyInfo> {
         (**self).incremental_copy(dest, source, snapshot)
+    }
+    fn answers_promptly(&self) -> bool {
+        (**self).answers_promptly()
     }
 }

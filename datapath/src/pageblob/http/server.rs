@@ -150,6 +150,11 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
             )
         }
     }
+    if is_small_put_page(&parts, buf.len()) && state.store.answers_promptly() {
+        let response = dispatch(&state, &parts.method, &parts.uri, &parts.headers, &buf);
+        state.buffers.give(buf);
+        return finish(response, request_id, &version, &state);
+    }
     let st = Arc::clone(&state);
     let response = tokio::task::spawn_blocking(move || {
         let response = dispatch(&st, &parts.method, &parts.uri, &parts.headers, &buf);
@@ -164,6 +169,21 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
         ))
     });
     finish(response, request_id, &version, &state)
+}
+
+/// Put Page calls up to this size are made on the async worker when the store answers
+/// promptly: a page-cache write of a replication record takes tens of microseconds, less than
+/// handing it to a blocking thread and back (one replication of 1 GiB through the server: 11,700
+/// such calls, 1.2 → 0.8 s of server CPU). Anything else, or bigger, goes to a blocking thread.
+const INLINE_PUT_PAGE_BYTES: usize = 1 << 20;
+
+fn is_small_put_page(parts: &axum::http::request::Parts, body_len: usize) -> bool {
+    parts.method == Method::PUT
+        && body_len <= INLINE_PUT_PAGE_BYTES
+        && parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "comp=page"))
 }
 
 enum BodyError {
@@ -900,5 +920,38 @@ fn route(
                 comp.unwrap_or("")
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str) -> axum::http::request::Parts {
+        let (parts, ()) = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    #[test]
+    fn only_small_put_pages_are_made_on_the_async_worker() {
+        let page = "/devstoreaccount1/c/b?comp=page";
+        assert!(is_small_put_page(&parts("PUT", page), 64 << 10));
+        assert!(is_small_put_page(
+            &parts("PUT", "/a/c/b?timeout=30&comp=page"),
+            INLINE_PUT_PAGE_BYTES
+        ));
+        assert!(!is_small_put_page(
+            &parts("PUT", page),
+            INLINE_PUT_PAGE_BYTES + 1
+        ));
+        assert!(!is_small_put_page(&parts("GET", page), 0));
+        assert!(!is_small_put_page(&parts("PUT", "/a/c/b?comp=pagelist"), 0));
+        assert!(!is_small_put_page(&parts("PUT", "/a/c/b?comp=snapshot"), 0));
+        assert!(!is_small_put_page(&parts("PUT", "/a/c/b"), 0));
     }
 }

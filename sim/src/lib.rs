@@ -16,6 +16,7 @@ mod audit;
 mod content;
 mod flows;
 pub mod fuzz_targets;
+pub mod peak_hours;
 pub mod planner;
 pub mod scenario;
 pub mod swarm;

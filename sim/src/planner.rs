@@ -12,6 +12,7 @@
 //! block amplification; data shrinks by `compression_ratio` (1 = incompressible, the safe
 //! assumption: ASR itself does not compress).
 
+use crate::peak_hours::PeakHours;
 use datapath::pageblob::Profile;
 use datapath::policy::Policy;
 use serde::{Deserialize, Serialize};
@@ -154,7 +155,7 @@ struct Group {
     disk_bytes: u64,
     used_bytes: u64,
     churn_per_vm_day: f64,
-    peak: Option<(u8, u8, f64)>,
+    peak: Option<PeakHours>,
     io_size_kib: u32,
 }
 
@@ -188,30 +189,18 @@ fn peak_window(
     field: &str,
     hours: Option<&String>,
     share: Option<f64>,
-) -> Result<Option<(u8, u8, f64)>, PlanError> {
+) -> Result<Option<PeakHours>, PlanError> {
     match (hours, share) {
         (None, None) => Ok(None),
-        (Some(h), share) => {
-            let (a, b) = h
-                .split_once('-')
-                .and_then(|(a, b)| {
-                    Some((a.trim().parse::<u8>().ok()?, b.trim().parse::<u8>().ok()?))
-                })
-                .filter(|(a, b)| a < b && *b <= 24)
-                .ok_or_else(|| {
-                    bad(
-                        &format!("{field}peak_hours"),
-                        format!("{h:?}: \"H1-H2\" with H1 < H2 <= 24"),
-                    )
-                })?;
-            let share = in_range(
-                &format!("{field}peak_share"),
-                share.unwrap_or(0.7),
-                0.0,
-                1.0,
-            )?;
-            Ok(Some((a, b, share)))
-        }
+        (Some(h), share) => PeakHours::parse(h, share)
+            .map(Some)
+            .map_err(|(which, rule)| {
+                let value = match which {
+                    "peak_hours" => format!("{h:?}"),
+                    _ => share.unwrap_or_default().to_string(),
+                };
+                bad(&format!("{field}{which}"), format!("{value}: {rule}"))
+            }),
         (None, Some(_)) => Err(bad(&format!("{field}peak_share"), "needs peak_hours")),
     }
 }
@@ -353,20 +342,7 @@ fn model(input: &PlanInput) -> Result<Model, PlanError> {
 impl Group {
     /// One VM's churn per second in hour-of-day `hour`.
     fn rate_in_hour(&self, hour: u8) -> f64 {
-        match self.peak {
-            None => self.churn_per_vm_day / 86400.0,
-            Some((a, b, share)) => {
-                let peak_secs = f64::from(b - a) * 3600.0;
-                let rest_secs = 86400.0 - peak_secs;
-                if (a..b).contains(&hour) {
-                    self.churn_per_vm_day * share / peak_secs
-                } else if rest_secs > 0.0 {
-                    self.churn_per_vm_day * (1.0 - share) / rest_secs
-                } else {
-                    0.0
-                }
-            }
-        }
+        self.churn_per_vm_day / 86400.0 * self.peak.map_or(1.0, |p| p.factor(hour))
     }
 
     /// One VM's churn per second at its peak.
@@ -455,15 +431,18 @@ impl Model {
             .sum::<f64>() as u64
     }
 
+    /// All VMs' churn per second in hour-of-day `hour`.
+    fn rate_all_in_hour(&self, hour: u8) -> f64 {
+        self.groups
+            .iter()
+            .map(|g| f64::from(g.vms) * g.rate_in_hour(hour))
+            .sum()
+    }
+
     /// All VMs' churn per second in the busiest hour of the day (groups may peak apart).
     fn peak_rate_all(&self) -> f64 {
         (0..24)
-            .map(|h| {
-                self.groups
-                    .iter()
-                    .map(|g| f64::from(g.vms) * g.rate_in_hour(h))
-                    .sum::<f64>()
-            })
+            .map(|h| self.rate_all_in_hour(h))
             .fold(0.0, f64::max)
     }
 }
@@ -728,9 +707,8 @@ pub fn verify(
             churn_gib_per_day: Some(
                 (z.churn_kib_hour * 24 * u64::from(g.disks)) as f64 / GIB * 1024.0,
             ),
-            // The simulation writes at an even rate: no peak hours.
-            peak_hours: None,
-            peak_share: None,
+            peak_hours: g.peak.map(|p| format!("{}-{}", p.start, p.end)),
+            peak_share: g.peak.map(|p| p.share),
             io_size_kib: Some(g.io_size_kib),
         }
     };
@@ -744,22 +722,28 @@ pub fn verify(
         scaled.used_gib = g.used_gib;
         scaled.churn_gib_per_day = g.churn_gib_per_day;
         scaled.io_size_kib = g.io_size_kib;
+        scaled.peak_hours = g.peak_hours;
+        scaled.peak_share = g.peak_share;
     } else {
         scaled.groups = (0..m.groups.len()).map(scaled_group).collect();
     }
     scaled.bandwidth_mbps = kbps as f64 / 1000.0;
     scaled.connection_mbps = connection_kbps.map(|c| c as f64 / 1000.0);
     scaled.host_mb_per_s = Some(400.0); // the simulator's host
-                                        // No peak hours, no throttle: the scaled link is the bottleneck.
-    scaled.peak_hours = None;
-    scaled.peak_share = None;
+                                        // No throttle: scaled down, it would fall under the policy's 512 Kbps floor.
     if let Some(p) = scaled.policy.as_mut() {
         p.remove("throttle");
     }
     let start_unix: u64 = 1_795_651_200; // midnight UTC
     let scaled_plan = plan(&scaled, 0)?;
     let settled = scaled_plan.initial_replication_hours + scaled_plan.catch_up_hours.unwrap_or(0.0);
-    let hours = ((settled.ceil() as u64) + delta_hours).clamp(1, 72);
+    // With busy hours, the steady state runs a whole day so it holds the busiest hour.
+    let steady_hours = if m.groups.iter().any(|g| g.peak.is_some()) {
+        delta_hours.max(24)
+    } else {
+        delta_hours
+    };
+    let hours = ((settled.ceil() as u64) + steady_hours).clamp(1, 72);
     let sm = model(&scaled)?;
     let mut text = String::new();
     use std::fmt::Write as _;
@@ -794,6 +778,13 @@ pub fn verify(
                     "[[vm.disk]]\nname = \"d{d}\"\nsize_mib = {}\nused_mib = {}\nchurn_kib_per_hour = {}\nhot_spot = 0.0",
                     z.disk_mib, z.used_mib, z.churn_kib_hour
                 );
+                if let Some(p) = g.peak {
+                    let _ = writeln!(
+                        text,
+                        "peak_hours = \"{}-{}\"\npeak_share = {}",
+                        p.start, p.end, p.share
+                    );
+                }
             }
         }
     }
@@ -840,6 +831,12 @@ pub fn verify(
         },
     };
     let bytes_sent: u64 = report.disks.iter().map(|d| d.bytes_sent).sum();
+    // Every hour's churn (busy hours included), as whole blocks, compressed.
+    let churn_sent = (0..hours)
+        .map(|h| sm.rate_all_in_hour((h % 24) as u8) * 3600.0)
+        .sum::<f64>()
+        * block_amplification(u64::from(sm.policy.block_size))
+        / sm.ratio;
     let mut comparisons = vec![
         compare(
             "initial replication (hours)",
@@ -848,11 +845,7 @@ pub fn verify(
         ),
         compare(
             "bytes sent (GiB)",
-            (scaled_plan.initial_bytes as f64
-                + scaled_plan.peak_cycle_bytes as f64 / f64::from(sm.policy.copy_frequency_secs)
-                    * hours as f64
-                    * 3600.0)
-                / GIB,
+            (scaled_plan.initial_bytes as f64 + churn_sent) / GIB,
             bytes_sent as f64 / GIB,
         ),
     ];

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use crate::peak_hours::PeakHours;
 use datapath::pageblob::Profile;
 use datapath::policy::Policy;
 
@@ -29,6 +30,26 @@ pub enum ScenarioError {
     },
     #[error("scenario policy: {0}")]
     Policy(#[from] datapath::policy::PolicyError),
+}
+
+/// Busy hours from a table's `peak_hours` and `peak_share` (`at`: the table's place).
+fn peak_hours(
+    at: &str,
+    hours: Option<&str>,
+    share: Option<f64>,
+) -> Result<Option<PeakHours>, ScenarioError> {
+    match (hours, share) {
+        (None, None) => Ok(None),
+        (None, Some(v)) => Err(invalid(format!("{at}.peak_share"), v, "needs peak_hours")),
+        (Some(h), share) => {
+            PeakHours::parse(h, share)
+                .map(Some)
+                .map_err(|(which, rule)| match which {
+                    "peak_hours" => invalid(format!("{at}.peak_hours"), h, rule),
+                    _ => invalid(format!("{at}.{which}"), share.unwrap_or_default(), rule),
+                })
+        }
+    }
 }
 
 fn invalid(
@@ -228,6 +249,10 @@ struct DiskFile {
     exclude: bool,
     /// Data on the disk before replication starts (what initial replication sends).
     used_mib: Option<u64>,
+    /// Busy hours of this disk's writes, "H1-H2" UTC (default: the workload's).
+    peak_hours: Option<String>,
+    /// Share of the day's writes in the busy hours (0 to 1, default 0.7).
+    peak_share: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +261,10 @@ struct WorkloadFile {
     /// Written data is random (incompressible) rather than a compressible pattern.
     #[serde(default)]
     incompressible: bool,
+    /// Busy hours of every disk's writes, "H1-H2" UTC (none: writes spread evenly).
+    peak_hours: Option<String>,
+    /// Share of the day's writes in the busy hours (0 to 1, default 0.7).
+    peak_share: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +300,8 @@ pub struct DiskSpec {
     pub churn_bytes_per_hour: u64,
     /// Share of writes that land in the hottest 10% of the disk.
     pub hot_spot: f64,
+    /// Busy hours: the churn of each hour follows them (none: even).
+    pub peak: Option<PeakHours>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -671,6 +702,10 @@ impl Scenario {
         if f.vm.is_empty() || f.vm.len() > MAX_VMS {
             return Err(invalid("vm", f.vm.len(), format!("1 to {MAX_VMS} VMs")));
         }
+        let workload_peak = match &f.workload {
+            Some(w) => peak_hours("workload", w.peak_hours.as_deref(), w.peak_share)?,
+            None => None,
+        };
         let mut total = 0u64;
         let mut names = std::collections::BTreeSet::new();
         let mut vms = Vec::new();
@@ -795,12 +830,18 @@ impl Scenario {
                         format!("at most the disk's {} MiB", d.size_mib),
                     ));
                 }
+                let peak = if d.peak_hours.is_some() || d.peak_share.is_some() {
+                    peak_hours(&at, d.peak_hours.as_deref(), d.peak_share)?
+                } else {
+                    workload_peak
+                };
                 disks.push(DiskSpec {
                     name: d.name,
                     size_bytes: d.size_mib << 20,
                     used_bytes: used_mib << 20,
                     churn_bytes_per_hour,
                     hot_spot: hot,
+                    peak,
                 });
             }
             if let Some(set) = &vm.availability_set {
@@ -1141,10 +1182,44 @@ mod tests {
                 "name = \"x\"\nduration_hours = 1\n[network]\nconnection_kbps = 0\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\nchurn_mib_per_hour = 1",
                 "network.connection_kbps",
             ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[workload]\npeak_hours = \"17-9\"\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8",
+                "workload.peak_hours",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\npeak_hours = \"9-17\"\npeak_share = 2.0",
+                "vm[0].disk[0].peak_share",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\npeak_share = 0.5",
+                "needs peak_hours",
+            ),
             ("name = \"x\"\nbogus = 1", "unknown field"),
         ] {
             let err = Scenario::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn a_disk_takes_its_own_busy_hours_or_else_the_workload_s() {
+        let text = "name = \"x\"\nduration_hours = 1\n[workload]\npeak_hours = \"9-17\"\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"os\"\nsize_mib = 8\n[[vm.disk]]\nname = \"db\"\nsize_mib = 8\npeak_hours = \"20-24\"\npeak_share = 0.5";
+        let s = Scenario::parse(text).unwrap();
+        let peaks: Vec<_> = s.vms[0].disks.iter().map(|d| d.peak).collect();
+        assert_eq!(
+            peaks,
+            [
+                Some(PeakHours {
+                    start: 9,
+                    end: 17,
+                    share: crate::peak_hours::DEFAULT_SHARE
+                }),
+                Some(PeakHours {
+                    start: 20,
+                    end: 24,
+                    share: 0.5
+                }),
+            ]
+        );
     }
 }

@@ -607,8 +607,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         match event {
             Event::Workload { disk } => {
                 let d = &mut disks[disk];
-                let written =
-                    workload_minute(d).map_err(|e| SimError::Setup(format!("workload: {e}")))?;
+                let hour_of_day = (now / (3600 * SEC) % 24) as u8;
+                let written = workload_minute(d, hour_of_day)
+                    .map_err(|e| SimError::Setup(format!("workload: {e}")))?;
                 if d.azure.is_some() {
                     // The VM runs in Azure: nothing to track on the host.
                     d.marks.lock().expect("marks").clear();
@@ -1341,12 +1342,17 @@ fn workload_bytes(rng: &mut ChaCha8Rng, len: usize, incompressible: bool) -> Vec
     data
 }
 
-/// A minute of the disk's workload: writes of 4–256 KiB, a share of them in the hot tenth, to
-/// the host's disk or, once failed over, to the Azure copy.
-fn workload_minute(d: &mut SimDisk<'_>) -> vhdx::Result<u64> {
-    // The minute's share of the hourly churn, plus what earlier minutes under- or overshot
-    // (writes come in whole pieces), so the churn over hours is what the scenario says.
-    let budget = (d.spec.churn_bytes_per_hour / 60 * u64::from(d.burst)) as i64 + d.churn_carry;
+/// A minute of the disk's workload in hour-of-day `hour` (UTC): writes of 4–256 KiB, a share
+/// of them in the hot tenth, to the host's disk or, once failed over, to the Azure copy.
+fn workload_minute(d: &mut SimDisk<'_>, hour: u8) -> vhdx::Result<u64> {
+    // The minute's share of the hourly churn (by the busy hours, if any), plus what earlier
+    // minutes under- or overshot (writes come in whole pieces), so the churn over hours is
+    // what the scenario says.
+    let hourly = match d.spec.peak {
+        Some(p) => (d.spec.churn_bytes_per_hour as f64 * p.factor(hour)) as u64,
+        None => d.spec.churn_bytes_per_hour,
+    };
+    let budget = (hourly / 60 * u64::from(d.burst)) as i64 + d.churn_carry;
     let size = d.spec.size_bytes;
     let mut written = 0u64;
     while (written as i64) < budget {

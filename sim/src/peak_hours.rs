@@ -15,9 +15,43 @@ pub struct PeakHours {
     pub share: f64,
 }
 
+/// A `peak_hours` or `peak_share` key that is wrong, for the caller to name with its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyError {
+    /// `peak_hours` or `peak_share`.
+    pub field: &'static str,
+    pub value: String,
+    pub rule: String,
+}
+
 impl PeakHours {
+    /// From a table's optional `peak_hours` and `peak_share` keys: none without `peak_hours`
+    /// (a share alone is an error).
+    pub fn from_keys(
+        hours: Option<&str>,
+        share: Option<f64>,
+    ) -> Result<Option<PeakHours>, KeyError> {
+        match (hours, share) {
+            (None, None) => Ok(None),
+            (None, Some(v)) => Err(KeyError {
+                field: "peak_share",
+                value: v.to_string(),
+                rule: "needs peak_hours".into(),
+            }),
+            (Some(h), share) => PeakHours::parse(h, share)
+                .map(Some)
+                .map_err(|(field, rule)| {
+                    let value = match field {
+                        "peak_hours" => format!("{h:?}"),
+                        _ => share.unwrap_or_default().to_string(),
+                    };
+                    KeyError { field, value, rule }
+                }),
+        }
+    }
+
     /// `hours` as `"H1-H2"` and `share` (0 to 1, default [`DEFAULT_SHARE`]). The error says
-    /// which of the two is wrong and why: `(field, rule)`, for the caller to name.
+    /// which of the two is wrong and why: `(field, rule)`.
     pub fn parse(hours: &str, share: Option<f64>) -> Result<PeakHours, (&'static str, String)> {
         let (start, end) = hours
             .split_once('-')

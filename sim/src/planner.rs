@@ -190,19 +190,12 @@ fn peak_window(
     hours: Option<&String>,
     share: Option<f64>,
 ) -> Result<Option<PeakHours>, PlanError> {
-    match (hours, share) {
-        (None, None) => Ok(None),
-        (Some(h), share) => PeakHours::parse(h, share)
-            .map(Some)
-            .map_err(|(which, rule)| {
-                let value = match which {
-                    "peak_hours" => format!("{h:?}"),
-                    _ => share.unwrap_or_default().to_string(),
-                };
-                bad(&format!("{field}{which}"), format!("{value}: {rule}"))
-            }),
-        (None, Some(_)) => Err(bad(&format!("{field}peak_share"), "needs peak_hours")),
-    }
+    PeakHours::from_keys(hours.map(String::as_str), share).map_err(|e| {
+        bad(
+            &format!("{field}{}", e.field),
+            format!("{}: {}", e.value, e.rule),
+        )
+    })
 }
 
 /// A group from its own keys, falling back to the workload's top level. `field` prefixes

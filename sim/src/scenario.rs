@@ -38,18 +38,8 @@ fn peak_hours(
     hours: Option<&str>,
     share: Option<f64>,
 ) -> Result<Option<PeakHours>, ScenarioError> {
-    match (hours, share) {
-        (None, None) => Ok(None),
-        (None, Some(v)) => Err(invalid(format!("{at}.peak_share"), v, "needs peak_hours")),
-        (Some(h), share) => {
-            PeakHours::parse(h, share)
-                .map(Some)
-                .map_err(|(which, rule)| match which {
-                    "peak_hours" => invalid(format!("{at}.peak_hours"), h, rule),
-                    _ => invalid(format!("{at}.{which}"), share.unwrap_or_default(), rule),
-                })
-        }
-    }
+    PeakHours::from_keys(hours, share)
+        .map_err(|e| invalid(format!("{at}.{}", e.field), e.value, e.rule))
 }
 
 fn invalid(

@@ -69,6 +69,18 @@ pub struct Throttle {
     pub work_end_hour: u8,
 }
 
+impl Throttle {
+    /// The limit in hour-of-day `hour` (UTC, 0–23), in bytes per second (`None`: none).
+    pub fn bytes_per_sec_in_hour(&self, hour: u8) -> Option<u64> {
+        let kbps = if (self.work_start_hour..self.work_end_hour).contains(&hour) {
+            self.work_hours_kbps
+        } else {
+            self.non_work_hours_kbps
+        }?;
+        Some(u64::from(kbps) * 1000 / 8)
+    }
+}
+
 /// A validated replication policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {

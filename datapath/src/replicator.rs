@@ -325,14 +325,8 @@ impl Replicator {
 
     /// The throttle limit at `now` (UTC hour of day), in bytes per second.
     pub fn throttle_at(&self, now_nanos: u64) -> Option<u64> {
-        let t = self.policy.throttle?;
         let hour = ((now_nanos / HOUR) % 24) as u8;
-        let kbps = if (t.work_start_hour..t.work_end_hour).contains(&hour) {
-            t.work_hours_kbps
-        } else {
-            t.non_work_hours_kbps
-        }?;
-        Some(u64::from(kbps) * 1000 / 8)
+        self.policy.throttle?.bytes_per_sec_in_hour(hour)
     }
 
     fn record(&mut self, due: u64, slot: Slot) {

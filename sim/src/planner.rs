@@ -374,17 +374,13 @@ impl Group {
 impl Model {
     /// The link's rate in hour-of-day `hour` (the policy's throttle, if lower).
     fn rate_at(&self, hour: u64) -> f64 {
-        let throttle = self.policy.throttle.and_then(|t| {
-            let h = (hour % 24) as u8;
-            if (t.work_start_hour..t.work_end_hour).contains(&h) {
-                t.work_hours_kbps
-            } else {
-                t.non_work_hours_kbps
-            }
-        });
+        let throttle = self
+            .policy
+            .throttle
+            .and_then(|t| t.bytes_per_sec_in_hour((hour % 24) as u8));
         throttle
-            .map_or(self.link_bytes_per_sec, |kbps| {
-                (f64::from(kbps) * 1000.0 / 8.0).min(self.link_bytes_per_sec)
+            .map_or(self.link_bytes_per_sec, |b| {
+                (b as f64).min(self.link_bytes_per_sec)
             })
             .min(self.connections_bytes_per_sec.unwrap_or(f64::INFINITY))
     }

@@ -1342,6 +1342,28 @@ fn workload_bytes(rng: &mut ChaCha8Rng, len: usize, incompressible: bool) -> Vec
     data
 }
 
+/// When `bytes` that start crossing the WAN at `start` (ns) are through, at `rate_in_hour` bytes
+/// per second in each hour of the day (it changes on the hour).
+fn transfer_end(start: u64, bytes: u64, rate_in_hour: impl Fn(u8) -> u64) -> u64 {
+    const HOUR: u64 = 3600 * SEC;
+    let rate = |t: u64| u128::from(rate_in_hour((t / HOUR % 24) as u8).max(1));
+    let day_bytes: u128 = (0..24u64).map(|h| rate(h * HOUR) * 3600).sum();
+    // Whole days first: any 24 hours hold every hour of the day once.
+    let days = u128::from(bytes) / day_bytes;
+    let mut t = start.saturating_add((days as u64).saturating_mul(24 * HOUR));
+    let mut left = u128::from(bytes) - days * day_bytes;
+    loop {
+        let hour_end = (t / HOUR + 1).saturating_mul(HOUR);
+        let can = rate(t) * u128::from(hour_end - t) / u128::from(SEC);
+        if can >= left || hour_end == u64::MAX {
+            let secs_ns = left * u128::from(SEC) / rate(t);
+            return t.saturating_add(secs_ns.min(u128::from(u64::MAX)) as u64);
+        }
+        left -= can;
+        t = hour_end;
+    }
+}
+
 /// A minute of the disk's workload in hour-of-day `hour` (UTC): writes of 4–256 KiB, a share
 /// of them in the hot tenth, to the host's disk or, once failed over, to the Azure copy.
 fn workload_minute(d: &mut SimDisk<'_>, hour: u8) -> vhdx::Result<u64> {
@@ -1467,18 +1489,22 @@ pub(crate) fn run_cycle(
             let connections = link.connection_bytes_per_sec.map_or(u64::MAX, |c| {
                 c.saturating_mul(u64::from(d.agent.policy().upload_threads))
             });
-            let rate = plan
-                .throttle_bytes_per_sec
-                .map_or(link.bytes_per_sec, |t| t.min(link.bytes_per_sec))
-                .min(connections)
-                .max(1);
+            // The link, the upload connections, and the policy's throttle of each hour (the
+            // host's clock decides the hour; a long transfer crosses throttle windows).
+            let throttle = d.agent.policy().throttle;
+            let rate_in_hour = |hour: u8| {
+                throttle
+                    .and_then(|t| t.bytes_per_sec_in_hour(hour))
+                    .map_or(link.bytes_per_sec, |t| t.min(link.bytes_per_sec))
+                    .min(connections)
+            };
             // The host reads and encodes, then the records wait for the link.
             let cpu = &mut link.cpu_free_at[d.host_index];
             let cpu_free = cpu.saturating_add_signed(link.host_offset);
             let encoded = now.max(cpu_free) + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
             *cpu = encoded.saturating_add_signed(-link.host_offset);
             let free_at = link.free_at.saturating_add_signed(link.host_offset);
-            let sent = encoded.max(free_at) + report.bytes_sent * SEC / rate;
+            let sent = transfer_end(encoded.max(free_at), report.bytes_sent, rate_in_hour);
             let sent_true = sent.saturating_add_signed(-link.host_offset);
             link.free_at = sent_true;
             if d.report.first_point_minute.is_none() {
@@ -1507,5 +1533,34 @@ pub(crate) fn run_cycle(
             d.report.failed_cycles += 1;
             failed(now + SEC, e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3600 * SEC;
+
+    #[test]
+    fn a_transfer_crosses_throttle_windows_at_each_hour_s_rate() {
+        let even = |_| 1_000;
+        assert_eq!(transfer_end(5 * SEC, 10_000, even), 15 * SEC);
+        // 1000 B/s until 09:00, 100 B/s from 09:00 to 17:00.
+        let office = |h: u8| if (9..17).contains(&h) { 100 } else { 1_000 };
+        let start = 8 * HOUR + 30 * MIN;
+        // 1.8 MB go by 09:00; the other 200 kB take 2000 s more.
+        assert_eq!(
+            transfer_end(start, 2_000_000, office),
+            9 * HOUR + 2_000 * SEC
+        );
+        // Whole days are skipped, not walked: a day carries 16 h x 3.6 MB + 8 h x 0.36 MB.
+        let day = 16 * 3_600_000 + 8 * 360_000;
+        assert_eq!(
+            transfer_end(start, 1_000 * day + 1_800_000, office),
+            start + 1_000 * 24 * HOUR + 1_800 * SEC
+        );
+        // A zero rate still ends (one byte a second).
+        assert_eq!(transfer_end(0, 60, |_| 0), MIN);
     }
 }

@@ -14,7 +14,7 @@
 
 use crate::peak_hours::PeakHours;
 use datapath::pageblob::Profile;
-use datapath::policy::Policy;
+use datapath::policy::{Policy, Throttle};
 use serde::{Deserialize, Serialize};
 
 /// A workload to plan for (TOML, or built from `drplane plan` flags). VMs are alike (the VM
@@ -172,6 +172,8 @@ struct Model {
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
+/// Replication health warns when the newest point is older than this (ASR's rule).
+const RPO_HEALTH_SECS: f64 = 3600.0;
 /// Most VMs a plan takes (all groups together), and most groups.
 const MAX_VMS: u32 = 10_000;
 const MAX_GROUPS: usize = 1_000;
@@ -352,12 +354,19 @@ impl Group {
     /// anywhere: the share of fresh blocks reached after writing W is 1 − e^(−W/disk)).
     fn replica_bytes_at(&self, hours: f64, block: u64, ratio: f64) -> f64 {
         let disk = self.disk_bytes as f64;
-        let written =
-            self.churn_per_vm_day / f64::from(self.disks) * block_amplification(block) * hours
-                / 24.0;
+        let written = self.churn_over(hours) / f64::from(self.disks) * block_amplification(block);
         let reached = (disk - self.used_bytes as f64).max(0.0) * (1.0 - (-written / disk).exp());
         let per_disk = (self.used_bytes as f64 + reached) * (1.0 / ratio + 512.0 / block as f64);
         per_disk * self.disks_total() as f64
+    }
+
+    /// What one VM writes in the first `hours` hours after midnight (UTC), hour by hour.
+    fn churn_over(&self, hours: f64) -> f64 {
+        let whole = hours.max(0.0).floor() as u64;
+        let full: f64 = (0..whole)
+            .map(|h| self.rate_in_hour((h % 24) as u8) * 3600.0)
+            .sum();
+        full + self.rate_in_hour((whole % 24) as u8) * 3600.0 * (hours - whole as f64).max(0.0)
     }
 
     /// The published Hyper-V churn limit per VM (MB/s): standard 2; premium 5 with small
@@ -428,6 +437,59 @@ impl Model {
             .sum()
     }
 
+    /// The largest RPO of a steady day of delta cycles every `freq` seconds, `send` bytes per
+    /// second of changes to send in each hour of the day, `encode` seconds to encode a cycle.
+    /// Each cycle's changes wait behind what earlier cycles left on the link — a backlog that
+    /// builds in hours whose changes outrun the hour's rate (busy hours, throttled work hours)
+    /// and drains in the others — then cross at each hour's rate. `None`: a day's changes need
+    /// more than a day of the link, so the backlog, and the RPO, grow without bound.
+    fn largest_rpo(&self, freq: f64, send: impl Fn(u8) -> f64, encode: f64) -> Option<f64> {
+        let day_in: f64 = (0..24).map(&send).sum::<f64>() * 3600.0;
+        let day_out: f64 = (0..24).map(|h| self.rate_at(h)).sum::<f64>() * 3600.0;
+        if day_in >= day_out {
+            return None;
+        }
+        // A fluid backlog in minute steps over three days; the third is the steady one.
+        const STEP: f64 = 60.0;
+        let mut backlog = 0.0f64;
+        let mut worst = 0.0f64;
+        for k in 0..(3 * 86400 / STEP as u64) {
+            let t = k as f64 * STEP;
+            let hour = (t / 3600.0) as u64;
+            let rate_in = send((hour % 24) as u8);
+            if t >= 2.0 * 86400.0 {
+                let waiting = backlog + rate_in * freq;
+                worst = worst.max(freq + self.transfer_secs(waiting, t) + encode);
+            }
+            backlog = (backlog + (rate_in - self.rate_at(hour)) * STEP).max(0.0);
+        }
+        Some(worst)
+    }
+
+    /// Seconds until a `backlog` of bytes waiting at `from_secs` (after midnight UTC) is sent
+    /// while `send` bytes per second of new changes join it in each hour of the day, at each
+    /// hour's rate; `None` when it never is (a day's changes need more than a day of the link).
+    fn drain_secs(&self, backlog: f64, from_secs: f64, send: impl Fn(u8) -> f64) -> Option<f64> {
+        let day_in: f64 = (0..24).map(&send).sum();
+        let day_out: f64 = (0..24).map(|h| self.rate_at(h)).sum();
+        if day_in >= day_out {
+            return None;
+        }
+        // Minute steps; the backlog shrinks by at least a day's spare capacity a day.
+        const STEP: f64 = 60.0;
+        let mut left = backlog;
+        let mut t = from_secs;
+        while left > 0.0 {
+            if t - from_secs > 366.0 * 86400.0 {
+                return None;
+            }
+            let hour = (t / 3600.0) as u64;
+            left += (send((hour % 24) as u8) - self.rate_at(hour)) * STEP;
+            t += STEP;
+        }
+        Some(t - from_secs)
+    }
+
     /// All VMs' churn per second in the busiest hour of the day (groups may peak apart).
     fn peak_rate_all(&self) -> f64 {
         (0..24)
@@ -438,7 +500,11 @@ impl Model {
 
 /// Plan `input`; `start_secs_of_day`: when replication is enabled (UTC seconds after midnight).
 pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError> {
-    let m = model(input)?;
+    plan_model(&model(input)?, input, start_secs_of_day)
+}
+
+/// [`plan`] from the validated model of `input`.
+fn plan_model(m: &Model, input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError> {
     let block = u64::from(m.policy.block_size);
     let amp = block_amplification(block);
     // Initial replication: each disk is read and encoded, then its data waits for the link.
@@ -469,8 +535,11 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
         .iter()
         .map(|g| g.peak_rate() * freq * amp / f64::from(g.disks) / m.host_bytes_per_sec)
         .fold(0.0, f64::max);
-    let cycle_secs = peak_cycle_bytes as f64 / link + encode_cycle;
-    let expected_max_rpo_secs = (peak_send_rate < link).then_some(freq + cycle_secs);
+    let expected_max_rpo_secs = m.largest_rpo(
+        freq,
+        |hour| m.rate_all_in_hour(hour) * amp / m.ratio,
+        encode_cycle,
+    );
     // What was written during initial replication goes next, while writing goes on.
     let mean_send_rate = m
         .groups
@@ -480,8 +549,11 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
         * amp
         / m.ratio;
     let backlog = mean_send_rate * (initial_secs - wait);
-    let catch_up_hours =
-        (mean_send_rate < link).then(|| backlog / (link - mean_send_rate) / 3600.0);
+    let catch_up_hours = m
+        .drain_secs(backlog, start + initial_secs, |hour| {
+            m.rate_all_in_hour(hour) * amp / m.ratio
+        })
+        .map(|secs| secs / 3600.0);
     // Storage: the replica holds the used data; retained points hold what changed since.
     let replica_storage_bytes = m.replica_bytes_at(0.0);
     let replica_storage_after_day_bytes = m.replica_bytes_at(24.0);
@@ -503,20 +575,35 @@ pub fn plan(input: &PlanInput, start_secs_of_day: u64) -> Result<Plan, PlanError
             "the policy keeps {snapshots_per_blob} snapshots per blob, over the limit of {limit}"
         ));
     }
-    if expected_max_rpo_secs.is_none() {
-        let what = if link < m.link_bytes_per_sec {
-            format!(
-                "the upload connections ({} × {:.1} Mbit/s) are",
-                m.policy.upload_threads,
-                link * 8.0 / 1e6 / f64::from(m.policy.upload_threads)
-            )
-        } else {
-            format!("the WAN ({:.1} Mbit/s) is", link * 8.0 / 1e6)
-        };
-        shared.push(format!(
-            "{what} below the {:.1} Mbit/s delta replication needs at peak: RPO grows",
-            peak_send_rate * 8.0 / 1e6
-        ));
+    let mbps = |bytes_per_sec: f64| bytes_per_sec * 8.0 / 1e6;
+    match expected_max_rpo_secs {
+        None => {
+            let day_mean = |rate: &dyn Fn(u8) -> f64| (0..24).map(rate).sum::<f64>() / 24.0;
+            let capacity = day_mean(&|h| m.rate_at(u64::from(h)));
+            let what = if link < m.link_bytes_per_sec {
+                format!(
+                    "the upload connections ({} × {:.1} Mbit/s) are",
+                    m.policy.upload_threads,
+                    mbps(link) / f64::from(m.policy.upload_threads)
+                )
+            } else if capacity < link {
+                format!(
+                    "the WAN under the policy's throttle ({:.1} Mbit/s over a day) is",
+                    mbps(capacity)
+                )
+            } else {
+                format!("the WAN ({:.1} Mbit/s) is", mbps(link))
+            };
+            shared.push(format!(
+                "{what} below the {:.1} Mbit/s delta replication needs over a day: RPO grows",
+                mbps(day_mean(&|h| m.rate_all_in_hour(h) * amp / m.ratio))
+            ));
+        }
+        Some(rpo) if rpo > RPO_HEALTH_SECS => shared.push(format!(
+            "RPO reaches {:.0} min in the busiest hours (more than an hour behind: replication health warns)",
+            rpo / 60.0
+        )),
+        Some(_) => {}
     }
     let alike = input.groups.is_empty();
     let mut verdicts = Vec::new();
@@ -719,21 +806,30 @@ pub fn verify(
     scaled.bandwidth_mbps = kbps as f64 / 1000.0;
     scaled.connection_mbps = connection_kbps.map(|c| c as f64 / 1000.0);
     scaled.host_mb_per_s = Some(400.0); // the simulator's host
-                                        // No throttle: scaled down, it would fall under the policy's 512 Kbps floor.
+                                        // The policy's throttle shrinks with the link, below the policy's 512 Kbps floor: the
+                                        // simulation takes it as the hosts' own throttle, the scaled model as it is.
+    let scale_kbps = |k: u32| (f64::from(k) * vm_share * scale).round().max(1.0) as u32;
+    let scaled_throttle = m.policy.throttle.map(|t| Throttle {
+        work_hours_kbps: t.work_hours_kbps.map(scale_kbps),
+        non_work_hours_kbps: t.non_work_hours_kbps.map(scale_kbps),
+        ..t
+    });
     if let Some(p) = scaled.policy.as_mut() {
         p.remove("throttle");
     }
     let start_unix: u64 = 1_795_651_200; // midnight UTC
-    let scaled_plan = plan(&scaled, 0)?;
+    let mut sm = model(&scaled)?;
+    sm.policy.throttle = scaled_throttle;
+    let scaled_plan = plan_model(&sm, &scaled, 0)?;
     let settled = scaled_plan.initial_replication_hours + scaled_plan.catch_up_hours.unwrap_or(0.0);
-    // With busy hours, the steady state runs a whole day so it holds the busiest hour.
-    let steady_hours = if m.groups.iter().any(|g| g.peak.is_some()) {
+    // With busy hours or a throttle, the steady state runs a whole day so it holds the
+    // busiest and the most throttled hours.
+    let steady_hours = if m.groups.iter().any(|g| g.peak.is_some()) || scaled_throttle.is_some() {
         delta_hours.max(24)
     } else {
         delta_hours
     };
     let hours = ((settled.ceil() as u64) + steady_hours).clamp(1, 72);
-    let sm = model(&scaled)?;
     let mut text = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(
@@ -744,6 +840,21 @@ pub fn verify(
     let _ = writeln!(text, "[network]\nbandwidth_kbps = {kbps}");
     if let Some(c) = connection_kbps {
         let _ = writeln!(text, "connection_kbps = {c}");
+    }
+    if let Some(t) = scaled_throttle {
+        let _ = writeln!(
+            text,
+            "[network.throttle]\nwork_start_hour = {}\nwork_end_hour = {}",
+            t.work_start_hour, t.work_end_hour
+        );
+        for (key, kbps) in [
+            ("work_hours_kbps", t.work_hours_kbps),
+            ("non_work_hours_kbps", t.non_work_hours_kbps),
+        ] {
+            if let Some(k) = kbps {
+                let _ = writeln!(text, "{key} = {k}");
+            }
+        }
     }
     let _ = writeln!(text, "[workload]\nincompressible = true");
     let policy = scaled.policy.clone().unwrap_or_default();
@@ -821,8 +932,10 @@ pub fn verify(
     };
     let bytes_sent: u64 = report.disks.iter().map(|d| d.bytes_sent).sum();
     // Every hour's churn (busy hours included), as whole blocks, compressed.
-    let churn_sent = (0..hours)
-        .map(|h| sm.rate_all_in_hour((h % 24) as u8) * 3600.0)
+    let churn_sent = sm
+        .groups
+        .iter()
+        .map(|g| f64::from(g.vms) * g.churn_over(hours as f64))
         .sum::<f64>()
         * block_amplification(u64::from(sm.policy.block_size))
         / sm.ratio;

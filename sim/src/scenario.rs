@@ -202,6 +202,29 @@ struct NetworkFile {
     /// What one upload connection gets across the WAN (its TCP window over the round trip):
     /// a disk's cycle sends at most `upload_threads` times this. None: no limit.
     connection_kbps: Option<u64>,
+    /// The hosts' own upload throttle (the Recovery Services agent's work-hours setting), on
+    /// top of the policy's; from 1 Kbps (the policy's floor of 512 does not apply), which is
+    /// what the capacity planner's scaled-down runs need.
+    throttle: Option<HostThrottleFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostThrottleFile {
+    work_hours_kbps: Option<u32>,
+    non_work_hours_kbps: Option<u32>,
+    #[serde(default = "default_work_start")]
+    work_start_hour: u8,
+    #[serde(default = "default_work_end")]
+    work_end_hour: u8,
+}
+
+fn default_work_start() -> u8 {
+    8
+}
+
+fn default_work_end() -> u8 {
+    18
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +477,8 @@ pub struct Scenario {
     /// What one upload connection carries (`[network] connection_kbps`); a cycle's records
     /// go over the policy's `upload_threads` connections.
     pub connection_bytes_per_sec: Option<u64>,
+    /// The hosts' own upload throttle (`[network.throttle]`), on top of the policy's.
+    pub host_throttle: Option<datapath::policy::Throttle>,
     pub policy: Policy,
     pub vms: Vec<VmSpec>,
     pub faults: Vec<Fault>,
@@ -568,6 +593,36 @@ impl Scenario {
         if let Some(c) = connection_kbps.filter(|c| !(1..=100_000_000).contains(c)) {
             return Err(invalid("network.connection_kbps", c, "1 to 100000000"));
         }
+        let host_throttle = match f.network.as_ref().and_then(|n| n.throttle.as_ref()) {
+            None => None,
+            Some(t) => {
+                for (field, kbps) in [
+                    ("work_hours_kbps", t.work_hours_kbps),
+                    ("non_work_hours_kbps", t.non_work_hours_kbps),
+                ] {
+                    if let Some(k) = kbps.filter(|k| !(1..=100_000_000).contains(k)) {
+                        return Err(invalid(
+                            format!("network.throttle.{field}"),
+                            k,
+                            "1 to 100000000",
+                        ));
+                    }
+                }
+                if t.work_start_hour >= t.work_end_hour || t.work_end_hour > 24 {
+                    return Err(invalid(
+                        "network.throttle.work_start_hour",
+                        format!("{}-{}", t.work_start_hour, t.work_end_hour),
+                        "work_start_hour < work_end_hour <= 24",
+                    ));
+                }
+                Some(datapath::policy::Throttle {
+                    work_hours_kbps: t.work_hours_kbps,
+                    non_work_hours_kbps: t.non_work_hours_kbps,
+                    work_start_hour: t.work_start_hour,
+                    work_end_hour: t.work_end_hour,
+                })
+            }
+        };
         let policy_text = toml::to_string(&f.policy.unwrap_or_default())
             .map_err(|e| ScenarioError::Syntax(e.to_string()))?;
         let policy = Policy::from_toml(&policy_text, profile)?;
@@ -1116,6 +1171,7 @@ impl Scenario {
             profile,
             bandwidth_bytes_per_sec: (kbps * 1000 / 8).max(1),
             connection_bytes_per_sec: connection_kbps.map(|c| (c * 1000 / 8).max(1)),
+            host_throttle,
             policy,
             vms,
             faults,
@@ -1183,6 +1239,14 @@ mod tests {
             (
                 "name = \"x\"\nduration_hours = 1\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\npeak_share = 0.5",
                 "needs peak_hours",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[network.throttle]\nwork_hours_kbps = 0\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8",
+                "network.throttle.work_hours_kbps",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[network.throttle]\nwork_hours_kbps = 5\nwork_start_hour = 18\nwork_end_hour = 8\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8",
+                "network.throttle.work_start_hour",
             ),
             ("name = \"x\"\nbogus = 1", "unknown field"),
         ] {

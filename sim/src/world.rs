@@ -570,6 +570,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut link = Link {
         bytes_per_sec: scenario.bandwidth_bytes_per_sec,
         connection_bytes_per_sec: scenario.connection_bytes_per_sec,
+        host_throttle: scenario.host_throttle,
         free_at: start,
         host_offset: 0,
         cpu_free_at: vec![start; scenario.hosts.len()],
@@ -1402,6 +1403,8 @@ pub(crate) struct Link {
     /// What one upload connection carries, if that is less than the link: a disk's records go
     /// over its policy's `upload_threads` connections.
     pub connection_bytes_per_sec: Option<u64>,
+    /// The hosts' own upload throttle by work hours.
+    pub host_throttle: Option<datapath::policy::Throttle>,
     /// When the link finishes what it was given (true time).
     pub free_at: u64,
     /// The host clock's offset from true time (cycles run on host time).
@@ -1489,13 +1492,15 @@ pub(crate) fn run_cycle(
             let connections = link.connection_bytes_per_sec.map_or(u64::MAX, |c| {
                 c.saturating_mul(u64::from(d.agent.policy().upload_threads))
             });
-            // The link, the upload connections, and the policy's throttle of each hour (the
-            // host's clock decides the hour; a long transfer crosses throttle windows).
-            let throttle = d.agent.policy().throttle;
+            // The link, the upload connections, and the policy's and the host's throttles of
+            // each hour (the host's clock decides the hour; a long transfer crosses windows).
+            let throttles = [d.agent.policy().throttle, link.host_throttle];
             let rate_in_hour = |hour: u8| {
-                throttle
-                    .and_then(|t| t.bytes_per_sec_in_hour(hour))
-                    .map_or(link.bytes_per_sec, |t| t.min(link.bytes_per_sec))
+                throttles
+                    .iter()
+                    .flatten()
+                    .filter_map(|t| t.bytes_per_sec_in_hour(hour))
+                    .fold(link.bytes_per_sec, u64::min)
                     .min(connections)
             };
             // The host reads and encodes, then the records wait for the link.

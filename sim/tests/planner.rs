@@ -309,7 +309,11 @@ fn busy_hour_predictions_match_the_simulation_within_bounds() {
     apart.groups[0].peak_hours = Some("8-12".into());
     apart.groups[1].peak_hours = Some("20-24".into());
     apart.groups[1].peak_share = Some(0.5);
-    for (i, workload) in [office, apart].iter().enumerate() {
+    // Busy hours over the link: a backlog builds for three hours and drains after.
+    let mut backlog = input(4, 1, 100.0, 20.0, 40.0, 50.0);
+    backlog.peak_hours = Some("9-12".into());
+    backlog.peak_share = Some(0.9);
+    for (i, workload) in [office, apart, backlog].iter().enumerate() {
         // At 55% of the link in the busy hours, cycles queue behind each other on the WAN
         // more than the model's one-cycle-of-every-disk allows: the simulated largest RPO is
         // up to 43% above the prediction (docs/planner.md).
@@ -342,4 +346,98 @@ fn busy_hour_predictions_match_the_simulation_within_bounds() {
             even.rpo_max_secs
         );
     }
+}
+
+#[test]
+fn busy_hours_over_the_link_build_a_backlog_the_quiet_hours_drain() {
+    // 8 VMs, 40 GiB a day each: ~5.9 MB/s to send on average against a 100 Mbit/s (12.5 MB/s)
+    // WAN. With 90% of it in 09:00-12:00 the busy hours need ~42 MB/s: the backlog builds for
+    // three hours and drains later, so the RPO is bounded but hours long.
+    let mut w = input(8, 1, 200.0, 50.0, 40.0, 100.0);
+    let even = plan(&w, 0).unwrap();
+    let even_rpo = even.expected_max_rpo_secs.unwrap();
+    assert!(even_rpo < 600.0, "{even_rpo}");
+    assert!(even.verdicts.iter().all(|v| v.fits));
+    w.peak_hours = Some("9-12".into());
+    w.peak_share = Some(0.9);
+    let busy = plan(&w, 0).unwrap();
+    let rpo = busy
+        .expected_max_rpo_secs
+        .expect("a day's changes fit in a day");
+    // The backlog at 12:00 is ~3 h x (42 - 12.5) MB/s ~ 320 GB: over seven hours of the link.
+    assert!(rpo > 6.0 * 3600.0 && rpo < 10.0 * 3600.0, "{rpo}");
+    assert!(
+        busy.verdicts[0]
+            .exceeds
+            .iter()
+            .any(|r| r.contains("RPO reaches")),
+        "{:?}",
+        busy.verdicts[0].exceeds
+    );
+    // A work-hours throttle under the even workload's needs: the backlog builds all day.
+    let mut throttled = input(8, 1, 200.0, 50.0, 40.0, 100.0);
+    throttled.policy = Some(
+        toml::from_str(
+            "copy_frequency_secs = 300\n[throttle]\nwork_hours_kbps = 20000\nwork_start_hour = 8\nwork_end_hour = 18",
+        )
+        .unwrap(),
+    );
+    let t = plan(&throttled, 0).unwrap();
+    let t_rpo = t.expected_max_rpo_secs.unwrap();
+    assert!(t_rpo > 3.0 * 3600.0, "{t_rpo}");
+    // Throttled all day below the average need: unbounded, and the throttle is named.
+    throttled.policy = Some(
+        toml::from_str(
+            "copy_frequency_secs = 300\n[throttle]\nwork_hours_kbps = 20000\nnon_work_hours_kbps = 20000\nwork_start_hour = 8\nwork_end_hour = 18",
+        )
+        .unwrap(),
+    );
+    let never = plan(&throttled, 0).unwrap();
+    assert_eq!(never.expected_max_rpo_secs, None);
+    assert!(
+        never.verdicts[0]
+            .exceeds
+            .iter()
+            .any(|r| r.contains("throttle") && r.contains("RPO grows")),
+        "{:?}",
+        never.verdicts[0].exceeds
+    );
+}
+
+#[test]
+fn a_work_hours_throttle_is_simulated_and_predicted_alike() {
+    // 8 VMs need ~24 Mbit/s on average; the policy throttles them to 50 Mbit/s from 08:00 to
+    // 18:00 on a 200 Mbit/s WAN. Scaled down, the throttle is far under the policy's 512 Kbps
+    // floor: the simulation takes it as the hosts' own throttle.
+    let mut w = input(8, 2, 100.0, 60.0, 20.0, 200.0);
+    let free = verify_within_bounds(0, &w);
+    w.policy = Some(
+        toml::from_str(
+            "copy_frequency_secs = 300\nretention_hours = 12\n[throttle]\nwork_hours_kbps = 50000\nwork_start_hour = 8\nwork_end_hour = 18",
+        )
+        .unwrap(),
+    );
+    // Initial replication, bytes sent and storage hold their bounds. The largest RPO does not:
+    // in the throttled hours (48% of the throttled link) the simulated disks' cycles queue
+    // behind each other on the WAN and the largest RPO comes out about twice the model's,
+    // which counts one cycle of every disk ahead (docs/planner.md). Held here: the model errs
+    // low, not high.
+    let throttled = verify_within(1, &w, f64::INFINITY);
+    let rpo = throttled
+        .comparisons
+        .iter()
+        .find(|c| c.figure.starts_with("largest steady RPO"))
+        .expect("a steady state");
+    assert!(rpo.simulated >= rpo.predicted, "{rpo:?}");
+    assert!(
+        throttled.scaled_plan.initial_replication_hours
+            > free.scaled_plan.initial_replication_hours * 1.2,
+        "the throttle stretches initial replication"
+    );
+    assert!(
+        throttled.rpo_max_secs > free.rpo_max_secs,
+        "throttled {} s, free {} s",
+        throttled.rpo_max_secs,
+        free.rpo_max_secs
+    );
 }

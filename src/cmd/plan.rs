@@ -144,8 +144,8 @@ fn print_plan(p: &Plan) {
         gib(p.peak_cycle_bytes)
     );
     match p.expected_max_rpo_secs {
-        Some(rpo) => println!("expected RPO at peak: at most {rpo:.0} s"),
-        None => println!("expected RPO at peak: grows without bound (delta replication cannot keep up: see the verdicts)"),
+        Some(rpo) => println!("expected largest RPO over a day: {rpo:.0} s"),
+        None => println!("expected largest RPO over a day: grows without bound (delta replication cannot keep up: see the verdicts)"),
     }
     println!(
         "storage: replica {} (growing to {} after a day), retained snapshots {}",

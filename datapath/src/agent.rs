@@ -47,8 +47,8 @@ pub struct DiskAgent<'a> {
     tracker: Option<ChangeTracker>,
     nonces: NonceSource,
     rng: Box<dyn RngCore + Send + 'a>,
-    /// Store records from the cycle's own thread (see `CycleOptions::upload_threads`).
-    inline_uploads: bool,
+    /// Driven by a simulator (see [`set_simulated`](Self::set_simulated)).
+    simulated: bool,
     /// The digest table and Merkle tree of the last cycle this agent committed.
     table: Option<crate::replica::merkle::MerkleTree>,
     /// The tracker was untrusted when the agent started and no full comparison (initial
@@ -163,7 +163,7 @@ impl<'a> DiskAgent<'a> {
                 tracker,
                 nonces,
                 rng,
-                inline_uploads: false,
+                simulated: false,
                 table: None,
                 resync_owed,
                 orphans_possible: Default::default(),
@@ -176,9 +176,12 @@ impl<'a> DiskAgent<'a> {
         &self.policy
     }
 
-    /// Make every store call from the cycle's thread in block order (deterministic runs).
-    pub fn set_inline_uploads(&mut self, inline: bool) {
-        self.inline_uploads = inline;
+    /// Driven by a simulator: every store call is made from the cycle's thread in block order
+    /// (deterministic runs), and uploads are not paced in real time — the simulator charges
+    /// the throttle in its own cost model (until session 5 a throttled policy made the
+    /// simulator sleep through every upload).
+    pub fn set_simulated(&mut self, simulated: bool) {
+        self.simulated = simulated;
     }
 
     /// Record a write to the disk (the writer's change-tracking hook).
@@ -215,12 +218,12 @@ impl<'a> DiskAgent<'a> {
             consistency: plan.consistency,
             zstd_level: self.policy.zstd_level,
             encrypt: self.policy.encrypt_at_rest,
-            upload_threads: if self.inline_uploads {
+            upload_threads: if self.simulated {
                 0
             } else {
                 self.policy.upload_threads as usize
             },
-            throttle_bytes_per_sec: plan.throttle_bytes_per_sec,
+            throttle_bytes_per_sec: plan.throttle_bytes_per_sec.filter(|_| !self.simulated),
             now_nanos,
         };
         let mut outcome = self.cycle(source, &options, progress);

@@ -355,7 +355,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         .map_err(|e| SimError::Setup(format!("agent {name}: {e}")))?;
         let mut agent = agent;
         // Store calls in a fixed order: fault draws do not depend on thread scheduling.
-        agent.set_inline_uploads(true);
+        agent.set_simulated(true);
         let machine = Replicator::new(policy.clone(), limit, clock.now_nanos(), resume);
         Ok::<_, SimError>((agent, machine))
     };

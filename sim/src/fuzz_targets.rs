@@ -44,7 +44,7 @@ pub fn plan_input(data: &[u8]) {
 
 /// Valid inputs to start from: the drills in `scenarios/` and planner workloads.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
-    let scenarios: [(&str, &str); 8] = [
+    let scenarios: [(&str, &str); 9] = [
         (
             "quickstart",
             include_str!("../../scenarios/quickstart.toml"),
@@ -71,6 +71,10 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             include_str!("../../scenarios/snapshot-pressure.toml"),
         ),
         ("reference", include_str!("../../scenarios/reference.toml")),
+        (
+            "office-hours",
+            include_str!("../../scenarios/office-hours.toml"),
+        ),
     ];
     let mut out: Vec<(&'static str, String, Vec<u8>)> = scenarios
         .iter()

@@ -39,6 +39,48 @@ pub fn scenario_for(seed: u64) -> String {
         s,
         "name = \"swarm-{seed}\"\nseed = {seed}\nduration_hours = {hours}"
     );
+    // The day's shape, for a third of the seeds: a start at any hour, busy hours, and the
+    // policy's and the host's throttles by work hours. Drawn from a stream of its own, so the
+    // rest of every seed's scenario stays what it was. The throttles stay at or above the
+    // slowest WAN the swarm draws (5 Mbit/s), so every scenario can keep its RPO.
+    let mut day: rand_chacha::ChaCha8Rng = rand_core::SeedableRng::from_seed(blake3::derive_key(
+        "drplane sim swarm day shape v1",
+        &seed.to_le_bytes(),
+    ));
+    let shaped = day.next_u64() % 3 == 0;
+    let work_hours = |day: &mut rand_chacha::ChaCha8Rng| {
+        let start = between(day, 0, 20);
+        (start, between(day, start + 1, 24))
+    };
+    let (policy_throttle, host_throttle, busy) = if shaped {
+        let _ = writeln!(
+            s,
+            "start_unix = {}",
+            1_795_651_200 + 3600 * between(&mut day, 0, 23)
+        );
+        let throttle = |day: &mut rand_chacha::ChaCha8Rng, (a, b): (u64, u64)| {
+            format!(
+                "work_hours_kbps = {}\nwork_start_hour = {a}\nwork_end_hour = {b}",
+                between(day, 5_000, 50_000)
+            )
+        };
+        let policy = (day.next_u64() % 2 == 0).then(|| {
+            let hours = work_hours(&mut day);
+            throttle(&mut day, hours)
+        });
+        let host = (day.next_u64() % 2 == 0).then(|| {
+            let hours = work_hours(&mut day);
+            throttle(&mut day, hours)
+        });
+        let (a, b) = work_hours(&mut day);
+        let busy = format!(
+            "[workload]\npeak_hours = \"{a}-{b}\"\npeak_share = 0.{}",
+            between(&mut day, 3, 9)
+        );
+        (policy, host, Some(busy))
+    } else {
+        (None, None, None)
+    };
     let _ = writeln!(
         s,
         "[storage]\nprofile = \"{}\"",
@@ -55,6 +97,9 @@ pub fn scenario_for(seed: u64) -> String {
         let _ = writeln!(s, "connection_kbps = {}", between(&mut net, 1_000, 20_000));
         between(&mut net, 1, 8)
     });
+    if let Some(t) = &host_throttle {
+        let _ = writeln!(s, "[network.throttle]\n{t}");
+    }
     let _ = writeln!(
         s,
         "[policy]\ncopy_frequency_secs = {frequency}\nretention_hours = {retention}\nblock_size_kib = {}",
@@ -69,6 +114,12 @@ pub fn scenario_for(seed: u64) -> String {
             "app_consistent_hours = {}",
             between(rng, 1, retention - 1)
         );
+    }
+    if let Some(t) = &policy_throttle {
+        let _ = writeln!(s, "[policy.throttle]\n{t}");
+    }
+    if let Some(b) = &busy {
+        let _ = writeln!(s, "{b}");
     }
     let vms = between(rng, 1, 2);
     let hosts = between(rng, 1, 2);
@@ -324,5 +375,26 @@ mod tests {
                 panic!("seed {seed}: {e}\n{text}");
             }
         }
+    }
+
+    #[test]
+    fn a_share_of_the_seeds_draws_busy_hours_and_throttles() {
+        let parsed: Vec<_> = (0..300)
+            .map(|seed| crate::Scenario::parse(&scenario_for(seed)).unwrap())
+            .collect();
+        let count = |f: &dyn Fn(&crate::Scenario) -> bool| parsed.iter().filter(|s| f(s)).count();
+        let busy = count(&|s| {
+            s.vms
+                .iter()
+                .any(|v| v.disks.iter().any(|d| d.peak.is_some()))
+        });
+        let policy = count(&|s| s.policy.throttle.is_some());
+        let host = count(&|s| s.host_throttle.is_some());
+        let off_midnight = count(&|s| s.start_nanos % (86_400 * 1_000_000_000) != 0);
+        // A third of the seeds are shaped; half of those draw each throttle.
+        assert!((80..=120).contains(&busy), "{busy}");
+        assert!((30..=70).contains(&policy), "{policy}");
+        assert!((30..=70).contains(&host), "{host}");
+        assert!(off_midnight >= busy * 9 / 10, "{off_midnight}");
     }
 }

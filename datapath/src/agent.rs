@@ -213,17 +213,15 @@ impl<'a> DiskAgent<'a> {
             }
             (None, _) => Selection::Scan,
         };
+        let (upload_threads, throttle_bytes_per_sec) =
+            upload_options(&self.policy, plan, self.simulated);
         let options = CycleOptions {
             selection,
             consistency: plan.consistency,
             zstd_level: self.policy.zstd_level,
             encrypt: self.policy.encrypt_at_rest,
-            upload_threads: if self.simulated {
-                0
-            } else {
-                self.policy.upload_threads as usize
-            },
-            throttle_bytes_per_sec: plan.throttle_bytes_per_sec.filter(|_| !self.simulated),
+            upload_threads,
+            throttle_bytes_per_sec,
             now_nanos,
         };
         let mut outcome = self.cycle(source, &options, progress);
@@ -322,5 +320,38 @@ impl<'a> DiskAgent<'a> {
     /// as for [`stop_cleanly`](Self::stop_cleanly)).
     pub fn close(mut self) -> Result<(), AgentError> {
         self.stop_cleanly()
+    }
+}
+
+/// How a cycle's records go to the store: its writer threads and its real-time upload limit.
+/// A simulated run stores from the cycle's thread (0 threads) and is never paced: the
+/// simulator charges the throttle in its cost model.
+fn upload_options(policy: &Policy, plan: &CyclePlan, simulated: bool) -> (usize, Option<u64>) {
+    if simulated {
+        (0, None)
+    } else {
+        (policy.upload_threads as usize, plan.throttle_bytes_per_sec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_simulated_run_stores_inline_and_is_never_paced_in_real_time() {
+        let policy = Policy::from_toml(
+            "upload_threads = 6\n[throttle]\nwork_hours_kbps = 512\nwork_start_hour = 0\nwork_end_hour = 24",
+            crate::pageblob::Profile::Standard,
+        )
+        .unwrap();
+        let plan = CyclePlan {
+            kind: CycleKind::Delta,
+            consistency: Consistency::Crash,
+            throttle_bytes_per_sec: Some(64_000),
+            due_nanos: 0,
+        };
+        assert_eq!(upload_options(&policy, &plan, false), (6, Some(64_000)));
+        assert_eq!(upload_options(&policy, &plan, true), (0, None));
     }
 }

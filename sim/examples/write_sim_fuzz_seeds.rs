@@ -1,7 +1,8 @@
 //! Write the seed inputs of the data path's and the simulator's fuzz targets into
 //! `fuzz/corpus/<target>/` (or the folder given); the VHDX targets' seeds come from
 //! `cargo run -p vhdx --features testing --example write_fuzz_seeds`.
-//! Run: `cargo run -p sim --example write_fuzz_seeds -- fuzz/corpus`
+//! Run: `cargo run -p sim --example write_sim_fuzz_seeds -- fuzz/corpus` (named apart from the
+//! vhdx example: two examples of one workspace with one name collide in `target/`)
 
 fn main() -> std::io::Result<()> {
     let root = std::env::args()

@@ -540,15 +540,16 @@ fn plan_model(m: &Model, input: &PlanInput, start_secs_of_day: u64) -> Result<Pl
         |hour| m.rate_all_in_hour(hour) * amp / m.ratio,
         encode_cycle,
     );
-    // What was written during initial replication goes next, while writing goes on.
-    let mean_send_rate = m
+    // What was written during initial replication (hour by hour: busy hours count) goes next,
+    // while writing goes on.
+    let (from_h, to_h) = ((start + wait) / 3600.0, (start + initial_secs) / 3600.0);
+    let backlog = m
         .groups
         .iter()
-        .map(|g| g.churn_per_vm_day / 86400.0 * f64::from(g.vms))
+        .map(|g| f64::from(g.vms) * (g.churn_over(to_h) - g.churn_over(from_h)))
         .sum::<f64>()
         * amp
         / m.ratio;
-    let backlog = mean_send_rate * (initial_secs - wait);
     let catch_up_hours = m
         .drain_secs(backlog, start + initial_secs, |hour| {
             m.rate_all_in_hour(hour) * amp / m.ratio

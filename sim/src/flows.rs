@@ -411,9 +411,14 @@ pub(crate) fn perform(
                         detail: format!("{sent} bytes copied home"),
                     });
                     // The host's tracker hears of the failback writes: the next cycle
-                    // replicates them (reverse replication back to protection).
-                    for (o, l) in d.marks.lock().expect("marks").drain(..) {
-                        d.agent.track_write(o, l);
+                    // replicates them (reverse replication back to protection). While the
+                    // agent is down (restarting) they wait for the next agent, as every other
+                    // write does: handed to the stopped agent, they were lost, and the next
+                    // tracked delta left them out of its point (swarm seed 1270).
+                    if !d.agent_down {
+                        for (o, l) in d.marks.lock().expect("marks").drain(..) {
+                            d.agent.track_write(o, l);
+                        }
                     }
                 }
                 used_ips.retain(|_, owner| *owner != vm.name);

@@ -65,15 +65,16 @@ impl PeakHours {
         Ok(PeakHours { start, end, share })
     }
 
-    /// The churn in hour-of-day `hour` (0–23) relative to the day's average hour.
+    /// The churn in hour-of-day `hour` (0–23) relative to the day's average hour. Busy hours
+    /// spanning the whole day leave no other hours for the rest: every hour is average.
     pub fn factor(&self, hour: u8) -> f64 {
         let busy = f64::from(self.end - self.start);
-        if (self.start..self.end).contains(&hour) {
+        if busy >= 24.0 {
+            1.0
+        } else if (self.start..self.end).contains(&hour) {
             self.share * 24.0 / busy
-        } else if busy < 24.0 {
-            (1.0 - self.share) * 24.0 / (24.0 - busy)
         } else {
-            0.0
+            (1.0 - self.share) * 24.0 / (24.0 - busy)
         }
     }
 }
@@ -91,6 +92,9 @@ mod tests {
             let busy: f64 = (p.start..p.end).map(|h| p.factor(h)).sum();
             assert!((busy / 24.0 - share).abs() < 1e-9, "{hours}");
         }
+        // The whole day busy: whatever the share, the day's writes are all there, evenly.
+        let all_day = PeakHours::parse("0-24", Some(0.3)).unwrap();
+        assert!((0..24).all(|h| all_day.factor(h) == 1.0));
         let p = PeakHours::parse(" 8 - 18 ", None).unwrap();
         assert_eq!((p.start, p.end, p.share), (8, 18, DEFAULT_SHARE));
     }

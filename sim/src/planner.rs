@@ -360,13 +360,18 @@ impl Group {
         per_disk * self.disks_total() as f64
     }
 
-    /// What one VM writes in the first `hours` hours after midnight (UTC), hour by hour.
+    /// What one VM writes in the first `hours` hours after midnight (UTC), hour by hour
+    /// (whole days at once: any number of hours costs at most a day's steps).
     fn churn_over(&self, hours: f64) -> f64 {
-        let whole = hours.max(0.0).floor() as u64;
-        let full: f64 = (0..whole)
-            .map(|h| self.rate_in_hour((h % 24) as u8) * 3600.0)
-            .sum();
-        full + self.rate_in_hour((whole % 24) as u8) * 3600.0 * (hours - whole as f64).max(0.0)
+        let hours = hours.max(0.0);
+        let days = (hours / 24.0).floor();
+        let rest = hours - days * 24.0;
+        let whole = rest.floor() as u8;
+        days * self.churn_per_vm_day
+            + (0..whole)
+                .map(|h| self.rate_in_hour(h) * 3600.0)
+                .sum::<f64>()
+            + self.rate_in_hour(whole.min(23)) * 3600.0 * (rest - f64::from(whole))
     }
 
     /// The published Hyper-V churn limit per VM (MB/s): standard 2; premium 5 with small
@@ -437,6 +442,14 @@ impl Model {
             .sum()
     }
 
+    /// True when a day of the link carries more than a day's changes, `send` bytes per second
+    /// in each hour of the day.
+    fn keeps_up(&self, send: &impl Fn(u8) -> f64) -> bool {
+        let day_in: f64 = (0..24).map(send).sum();
+        let day_out: f64 = (0..24).map(|h| self.rate_at(h)).sum();
+        day_in < day_out
+    }
+
     /// The largest RPO of a steady day of delta cycles every `freq` seconds, `send` bytes per
     /// second of changes to send in each hour of the day, `encode` seconds to encode a cycle.
     /// Each cycle's changes wait behind what earlier cycles left on the link — a backlog that
@@ -444,9 +457,7 @@ impl Model {
     /// and drains in the others — then cross at each hour's rate. `None`: a day's changes need
     /// more than a day of the link, so the backlog, and the RPO, grow without bound.
     fn largest_rpo(&self, freq: f64, send: impl Fn(u8) -> f64, encode: f64) -> Option<f64> {
-        let day_in: f64 = (0..24).map(&send).sum::<f64>() * 3600.0;
-        let day_out: f64 = (0..24).map(|h| self.rate_at(h)).sum::<f64>() * 3600.0;
-        if day_in >= day_out {
+        if !self.keeps_up(&send) {
             return None;
         }
         // A fluid backlog in minute steps over three days; the third is the steady one.
@@ -470,9 +481,7 @@ impl Model {
     /// while `send` bytes per second of new changes join it in each hour of the day, at each
     /// hour's rate; `None` when it never is (a day's changes need more than a day of the link).
     fn drain_secs(&self, backlog: f64, from_secs: f64, send: impl Fn(u8) -> f64) -> Option<f64> {
-        let day_in: f64 = (0..24).map(&send).sum();
-        let day_out: f64 = (0..24).map(|h| self.rate_at(h)).sum();
-        if day_in >= day_out {
+        if !self.keeps_up(&send) {
             return None;
         }
         // Minute steps; the backlog shrinks by at least a day's spare capacity a day.

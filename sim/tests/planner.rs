@@ -441,3 +441,26 @@ fn a_work_hours_throttle_is_simulated_and_predicted_alike() {
         free.rpo_max_secs
     );
 }
+
+#[test]
+fn the_largest_workload_on_the_slowest_host_and_link_is_planned_at_once() {
+    // 10,000 VMs of 64 full 4 TiB disks, a 1 MB/s host and a 1 kbit/s WAN: the initial
+    // replication takes millions of years and the churn never catches up. Hour-by-hour
+    // figures must not walk those hours one by one.
+    let mut w = input(10_000, 64, 4096.0, 4096.0, 1.0e5, 0.001);
+    w.host_mb_per_s = Some(1.0);
+    w.peak_hours = Some("9-17".into());
+    let started = std::time::Instant::now();
+    let p = plan(&w, 0).unwrap();
+    assert!(
+        p.initial_replication_hours > 1.0e8,
+        "{}",
+        p.initial_replication_hours
+    );
+    assert_eq!(p.catch_up_hours, None);
+    assert_eq!(p.expected_max_rpo_secs, None);
+    assert!(!p.verdicts[0].fits);
+    // A guard against walking those 10^8 hours one by one, not a performance target: it
+    // takes milliseconds.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

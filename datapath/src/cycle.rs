@@ -45,6 +45,12 @@ pub trait BlockSource: Sync {
     /// The cycle is done with `[offset, offset+len)`: a mapped source drops those pages from
     /// the process, so the resident set stays bounded however big the disk is.
     fn release(&self, _offset: u64, _len: u64) {}
+    /// Whether the bytes lent so far were really the disk's: an error once its file shrank
+    /// under the map (the lost pages read as zeros instead of ending the process). The cycle
+    /// checks after each group, before any of the group's records are stored.
+    fn check_lent(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Which blocks a cycle examines.
@@ -492,6 +498,12 @@ fn cycle_inner(
                 } else {
                     group.iter().zip(group_nonces.iter()).map(examine).collect()
                 };
+                if let Some(&first) = group.first() {
+                    source.check_lent().map_err(|e| CycleError::Source {
+                        offset: first * u64::from(layout.block_size),
+                        source: e,
+                    })?;
+                }
                 if let (Some(&first), Some(&last)) = (group.iter().min(), group.iter().max()) {
                     let start = first * u64::from(layout.block_size);
                     let end = last * u64::from(layout.block_size) + layout.block_len(last);
@@ -685,13 +697,17 @@ impl BlockSource for vhdx::Disk {
     fn release(&self, offset: u64, len: u64) {
         vhdx::Disk::release(self, offset, len)
     }
+    fn check_lent(&self) -> std::io::Result<()> {
+        self.check_mapped().map_err(std::io::Error::other)
+    }
 }
 
 /// A raw image file as a source, memory-mapped: blocks are hashed and encoded in place, and
 /// each group's pages are released once it is done, so a big disk neither copies every byte
 /// nor fills the resident set. Holes of a sparse file are found with `SEEK_DATA`/`SEEK_HOLE`
-/// when it is opened and are never read. As with every mapped read, a file truncated by
-/// another process while a cycle runs can fault (SIGBUS); disks being replicated do not shrink.
+/// when it is opened and are never read. A file that another process truncates while a cycle
+/// runs does not end the process: the lost pages read as zeros and `check_lent` fails the
+/// cycle before anything read from them is stored (see `vhdx::map_guard`).
 #[derive(Debug)]
 pub struct RawSource {
     file: vhdx::MappedFile,
@@ -765,5 +781,8 @@ impl BlockSource for RawSource {
     fn release(&self, offset: u64, len: u64) {
         let len = len.min(self.size.saturating_sub(offset));
         vhdx::ReadAt::release(&self.file, offset, len)
+    }
+    fn check_lent(&self) -> std::io::Result<()> {
+        vhdx::ReadAt::check_mapped(&self.file)
     }
 }

@@ -541,3 +541,58 @@ fn a_lending_source_stores_the_same_bytes_as_a_copying_one_and_releases_all_it_l
         "blocks never released: {covered:?}"
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_raw_disk_truncated_during_a_cycle_fails_it_and_keeps_the_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir.path().join("store"));
+    let replica = DiskReplica::open(&*store, "replicas", "disk", layout()).unwrap();
+    let id = identity();
+    let keys = id.disk_keys("disk");
+    let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(1));
+    let mut disk = MemDisk {
+        bytes: vec![0; SIZE as usize],
+        reads: Default::default(),
+    };
+    churn(&mut disk, &mut ChaCha8Rng::seed_from_u64(5), 30);
+    disk.bytes[..(8 * BLOCK) as usize].fill(b'h');
+    let path = dir.path().join("disk.raw");
+    std::fs::write(&path, &disk.bytes).unwrap();
+    let source = datapath::cycle::RawSource::open(&path).unwrap();
+    let options = options(Selection::Scan, 0);
+    run_cycle(
+        &replica,
+        &source,
+        &id,
+        &keys,
+        &options,
+        &mut nonces,
+        &|_| {},
+    )
+    .unwrap();
+    // Another process cuts the file while it is mapped: the next cycle reads pages that are
+    // gone. It must fail with an error naming the cause, store nothing, and not end the
+    // process (SIGBUS).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(SIZE / 3)
+        .unwrap();
+    let err = run_cycle(
+        &replica,
+        &source,
+        &id,
+        &keys,
+        &options,
+        &mut nonces,
+        &|_| {},
+    )
+    .expect_err("the cycle read a shrunk file");
+    assert!(matches!(err, CycleError::Source { .. }), "{err:?}");
+    assert!(err.to_string().contains("shrank"), "{err}");
+    let points = replica.points(keys.digest.expose()).unwrap();
+    assert_eq!(points.len(), 1, "no point from the failed cycle");
+    assert!(restore(&replica, &id, &points[0]) == disk.bytes[..]);
+}

@@ -547,6 +547,22 @@ impl Disk {
         }
     }
 
+    /// Whether the payload bytes [`Disk::segment_bytes`] handed out were really the images':
+    /// an error naming the image when one shrank while mapped (its pages past the new end
+    /// read as zeros; see [`ReadAt::check_mapped`]). Check after using lent bytes.
+    pub fn check_mapped(&self) -> Result<()> {
+        self.layers.iter().try_for_each(|layer| {
+            layer
+                .file
+                .view()
+                .check_mapped()
+                .map_err(|source| Error::FileChanged {
+                    file: layer.name.clone(),
+                    source,
+                })
+        })
+    }
+
     /// Read a data segment's bytes.
     pub fn read_segment(&self, segment: &Segment, buf: &mut [u8]) -> Result<()> {
         assert_eq!(buf.len() as u64, segment.len);

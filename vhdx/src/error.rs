@@ -60,6 +60,13 @@ pub enum Error {
     Parent { child: String, reason: String },
     #[error("read of {len} bytes at virtual offset {offset:#x} ends past the {size}-byte disk")]
     OutOfRange { offset: u64, len: u64, size: u64 },
+    /// An image file changed under the reader (shrank while mapped).
+    #[error("{file}: {source}")]
+    FileChanged {
+        file: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Result alias for this crate.
@@ -77,7 +84,7 @@ impl Error {
             | Error::InvalidField { offset, .. }
             | Error::Invalid { offset, .. }
             | Error::Unsupported { offset, .. } => *offset = offset.saturating_add(base),
-            Error::Parent { .. } | Error::OutOfRange { .. } => {}
+            Error::Parent { .. } | Error::OutOfRange { .. } | Error::FileChanged { .. } => {}
         }
         self
     }
@@ -92,7 +99,7 @@ impl Error {
             | Error::InvalidField { offset, .. }
             | Error::Invalid { offset, .. }
             | Error::Unsupported { offset, .. } => Some(*offset),
-            Error::Parent { .. } | Error::OutOfRange { .. } => None,
+            Error::Parent { .. } | Error::OutOfRange { .. } | Error::FileChanged { .. } => None,
         }
     }
 

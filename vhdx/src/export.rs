@@ -124,7 +124,7 @@ fn export_to_file(
             }
             let pos = chunk * EXPORT_CHUNK_BYTES as u64;
             let n = (size - pos).min(EXPORT_CHUNK_BYTES as u64);
-            let result = disk.map(pos, n).and_then(|segments| {
+            let copied = disk.map(pos, n).and_then(|segments| {
                 segments
                     .iter()
                     .filter(|s| s.kind == ExtentKind::Data)
@@ -134,6 +134,9 @@ fn export_to_file(
                         })
                     })
             });
+            // An image that shrank under its map makes writes from it fail (EFAULT): name
+            // the cause, not the output.
+            let result = disk.check_mapped().and(copied);
             if let Err(e) = result {
                 failed.store(true, Ordering::Relaxed);
                 first_error

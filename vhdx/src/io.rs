@@ -29,6 +29,13 @@ pub trait ReadAt: Send + Sync {
     /// from the process (they stay cached and read back the same), so a pass over a big file
     /// does not grow the resident set. A hint; other sources ignore it.
     fn release(&self, _offset: u64, _len: u64) {}
+    /// Whether the bytes [`ReadAt::mapped`] handed out so far were really the file's: an
+    /// error once the file shrank under its map (the pages past its new end then read as
+    /// zeros, see [`crate::map_guard`]). Callers check after using mapped bytes and before
+    /// trusting what they computed from them. Sources without a map always pass.
+    fn check_mapped(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn past_end(offset: u64, len: usize, size: u64) -> io::Error {
@@ -84,6 +91,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     fn release(&self, offset: u64, len: u64) {
         (**self).release(offset, len)
     }
+    fn check_mapped(&self) -> io::Result<()> {
+        (**self).check_mapped()
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -102,12 +112,22 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     fn release(&self, offset: u64, len: u64) {
         (**self).release(offset, len)
     }
+    fn check_mapped(&self) -> io::Result<()> {
+        (**self).check_mapped()
+    }
 }
 
 /// A read-only file mapped into memory; reads are bounds-checked copies out of the map.
+///
+/// If another process shrinks the file while it is mapped, the pages past the new end would
+/// fault (`SIGBUS`) and end the process; here they read as zeros instead
+/// ([`crate::map_guard`]), every `read_at` that touched them fails, and
+/// [`ReadAt::check_mapped`] reports it for bytes handed out by `mapped`.
 #[derive(Debug)]
 pub struct MappedFile {
     file: File,
+    /// Declared before `map`: unwatched before the map goes away.
+    watch: Option<crate::map_guard::Watch>,
     map: Option<memmap2::Mmap>,
 }
 
@@ -117,11 +137,15 @@ impl MappedFile {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         if len == 0 {
-            return Ok(MappedFile { file, map: None });
+            return Ok(MappedFile {
+                file,
+                watch: None,
+                map: None,
+            });
         }
-        // SAFETY: the map is read-only and we never hand out references that outlive a read;
-        // if another process truncates the file underneath us, accesses may fault (SIGBUS) —
-        // the usual, documented caveat of memory-mapped reading, accepted for speed.
+        // SAFETY: the map is read-only and we never hand out references that outlive a read.
+        // If another process truncates the file underneath us, the watch turns the faults
+        // into zero pages that `check_mapped` reports (see `map_guard`).
         let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
         #[cfg(unix)]
         {
@@ -129,8 +153,26 @@ impl MappedFile {
         }
         Ok(MappedFile {
             file,
+            watch: crate::map_guard::watch(map.as_ptr(), map.len()),
             map: Some(map),
         })
+    }
+
+    /// An error when the file is now shorter than its map, or a fault found it so.
+    fn check_length(&self) -> io::Result<()> {
+        let mapped = self.len();
+        let shrank = self.watch.as_ref().is_some_and(|w| w.shrank());
+        let now = self.file.metadata()?.len();
+        if shrank || now < mapped {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file shrank while it was being read: {mapped} bytes when opened, \
+                     {now} now (truncated by another process?)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The mapped bytes.
@@ -145,7 +187,11 @@ fn within(offset: u64, len: u64, size: u64) -> bool {
 
 impl ReadAt for MappedFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        read_slice(self.bytes(), offset, buf)
+        read_slice(self.bytes(), offset, buf)?;
+        if self.watch.as_ref().is_some_and(|w| w.shrank()) {
+            return self.check_length();
+        }
+        Ok(())
     }
     fn len(&self) -> u64 {
         self.bytes().len() as u64
@@ -156,6 +202,9 @@ impl ReadAt for MappedFile {
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
         within(offset, len, self.len())
             .then(|| &self.bytes()[offset as usize..(offset + len) as usize])
+    }
+    fn check_mapped(&self) -> io::Result<()> {
+        self.check_length()
     }
     #[cfg(unix)]
     fn release(&self, offset: u64, len: u64) {
@@ -176,7 +225,8 @@ impl ReadAt for MappedFile {
     }
 }
 
-/// A file read with `pread`; for callers that must not map (e.g. files that may shrink).
+/// A file read with `pread`; for callers that must not map (other systems than Linux, where a
+/// shrinking mapped file still faults, or many files open at once).
 #[derive(Debug)]
 pub struct PositionalFile {
     file: File,
@@ -513,5 +563,107 @@ mod tests {
         // Out of range: ignored.
         file.release(4 << 20, 1);
         file.release(u64::MAX, 2);
+    }
+
+    fn shrink(path: &Path, len: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_shrinking_under_its_map_fails_reads_instead_of_ending_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let bytes: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = MappedFile::open(&path).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        file.read_at(0, &mut buf).unwrap();
+        file.check_mapped().unwrap();
+        shrink(&path, 1 << 20);
+        // A read past the new end faults; the fault is turned into zero pages and an error.
+        let err = file.read_at(2 << 20, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let message = err.to_string();
+        assert!(
+            message.contains("shrank")
+                && message.contains("4194304")
+                && message.contains("1048576"),
+            "{message}"
+        );
+        // Bytes lent before or after read as zeros (no fault) and the check reports them.
+        let lent = file.mapped(3 << 20, 64 << 10).unwrap();
+        assert!(lent.iter().all(|&b| b == 0));
+        assert!(file.check_mapped().is_err());
+        // Every later read fails too: the file is not what was opened.
+        assert!(file.read_at(0, &mut buf).is_err());
+        drop(file);
+        // A new map of the shrunk file reads it as it is now.
+        let reopened = MappedFile::open(&path).unwrap();
+        assert_eq!(reopened.len(), 1 << 20);
+        reopened.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, bytes[..64 << 10]);
+        reopened.check_mapped().unwrap();
+    }
+
+    #[test]
+    fn a_file_shrinking_inside_its_last_page_is_reported_by_the_check() {
+        // No page is lost, so nothing faults: the length comparison finds it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let file = MappedFile::open(&path).unwrap();
+        shrink(&path, 9_000);
+        let err = file.check_mapped().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("10000 bytes when opened, 9000 now"),
+            "{err}"
+        );
+    }
+
+    /// The child's side of the next test: a fault in a map nobody watches.
+    #[cfg(target_os = "linux")]
+    fn fault_in_an_unwatched_map(dir: &Path) {
+        let watched = dir.join("watched");
+        std::fs::write(&watched, vec![1u8; 1 << 20]).unwrap();
+        let _guarded = MappedFile::open(&watched).unwrap();
+        let other = dir.join("other");
+        std::fs::write(&other, vec![1u8; 1 << 20]).unwrap();
+        let file = File::open(&other).unwrap();
+        // SAFETY: the point of the test: the file shrinks under this map.
+        let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
+        shrink(&other, 0);
+        let sum: u64 = map.iter().map(|&b| u64::from(b)).sum();
+        println!("read {sum} without a fault");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_fault_outside_any_watched_map_still_ends_the_process() {
+        use std::os::unix::process::ExitStatusExt;
+        const CHILD: &str = "VHDX_MAP_GUARD_CHILD_DIR";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            fault_in_an_unwatched_map(Path::new(&dir));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "io::tests::a_fault_outside_any_watched_map_still_ends_the_process",
+                "--test-threads=1",
+            ])
+            .env(CHILD, dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
     }
 }

@@ -34,6 +34,7 @@ pub mod layout;
 mod le;
 pub mod log_entry;
 pub mod log_replay;
+pub mod map_guard;
 pub mod metadata;
 pub mod parent_locator;
 pub mod region_table;

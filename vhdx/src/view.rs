@@ -107,4 +107,8 @@ impl ReadAt for FileView {
     fn release(&self, offset: u64, len: u64) {
         self.base.release(offset, len)
     }
+
+    fn check_mapped(&self) -> std::io::Result<()> {
+        self.base.check_mapped()
+    }
 }

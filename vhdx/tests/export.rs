@@ -70,3 +70,33 @@ fn export_over_an_existing_larger_file_leaves_no_old_bytes() {
     export_raw(&disk, RawTarget::File(&out), 2, &|_| {}).unwrap();
     assert!(std::fs::read(&path).unwrap() == b.expected_content(None));
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_image_truncated_during_an_export_fails_it_with_the_cause() {
+    let b = builder(false);
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("img.vhdx");
+    let bytes = b.build();
+    std::fs::write(&image, &bytes).unwrap();
+    let disk = Disk::open(&image).unwrap();
+    // Another process cuts the payload blocks off while the image is open (mapped).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(bytes.len() as u64 / 3)
+        .unwrap();
+    for threads in [1, 2] {
+        let out = std::fs::File::create(dir.path().join("out.raw")).unwrap();
+        let err = export_raw(&disk, RawTarget::File(&out), threads, &|_| {}).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("img.vhdx") && message.contains("shrank"),
+            "{message}"
+        );
+    }
+    let err = export_raw(&disk, RawTarget::Stream(&mut Vec::new()), 1, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("shrank"), "{err}");
+    assert!(disk.check_mapped().is_err());
+}

@@ -3,7 +3,8 @@
 #   1. initial replication of a 1 GiB realistic disk (raw and VHDX) vs `zstd -1 -T2` on it;
 #   2. a tracked delta cycle at 1% churn as a share of the initial replication time;
 #   3. a digest-scan delta (untracked file) at 1% churn, for comparison;
-#   4. peak RSS replicating a 64 GiB sparse disk.
+#   4. peak RSS replicating a 64 GiB sparse disk;
+#   5. `drplane bench` on the same disk: stage rates, the pipeline bound, initial and deltas.
 # Usage: scripts/bench-replicate.sh [WORKDIR] [RUNS]   (needs zstd, qemu-img, /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,12 +12,12 @@ work=${1:-/tmp/drplane-bench}
 runs=${2:-3}
 mkdir -p "$work"
 cargo build -q --release -j2
-cargo build -q --release -j2 -p datapath --example realistic_disk --example tracked_delta
+cargo build -q --release -j2 -p datapath --example tracked_delta
 bin=$PWD/target/release/drplane
 ex=$PWD/target/release/examples
 export DRPLANE_PFX_PASSWORD=bench
 cd "$work"
-[ -f real.raw ] || "$ex/realistic_disk" real.raw 1024 1
+[ -f real.raw ] || "$bin" bench make-disk real.raw --size 1G --seed 1
 [ -f real.vhdx ] || qemu-img convert -f raw -O vhdx -o subformat=dynamic real.raw real.vhdx
 [ -f reg/bench.pfx ] || "$bin" register --vault bench --out reg >/dev/null
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -66,3 +67,6 @@ rm -rf st
 /usr/bin/time -f "  initial: %e s, max RSS %M KiB" "$bin" replicate --disk sparse.raw --store st --pfx reg/bench.pfx --name s >/dev/null
 /usr/bin/time -f "  delta:   %e s, max RSS %M KiB" "$bin" replicate --disk sparse.raw --store st --pfx reg/bench.pfx --name s >/dev/null
 rm -f sparse.raw churn.raw real.zst
+
+echo "drplane bench on the same disk (stages, initial, tracked deltas at 1% and 5%, verified):"
+"$bin" bench --disk real.raw --churn 1,5 --sample-mib 128

@@ -45,6 +45,9 @@ enum Command {
     /// Page-blob store: serve it over the Azure Blob REST API.
     #[command(subcommand)]
     Blob(cmd::blob::BlobCommand),
+    /// Measure the data path on a disk: each stage, the initial replication, delta cycles
+    /// at chosen churn, and a byte-exact restore of the last point.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::replicate::restore(a),
         Command::Verify(a) => cmd::replicate::verify(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(code) => code,

@@ -10,10 +10,13 @@
 //!   [`retention`]: which points to keep; [`replicator`]: the sans-IO state machine that
 //!   schedules cycles; [`agent`]: carries out its plans for one disk; [`throttle`]: upload
 //!   pacing for the real driver.
+//! - [`bench`]: `drplane bench`, the data path measured on one disk; [`synthetic`]: seeded
+//!   realistic disk content for it and for the benchmark scripts.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod bench;
 pub mod clock;
 pub mod cycle;
 #[cfg(any(test, feature = "testing"))]
@@ -25,5 +28,6 @@ pub mod registration;
 pub mod replica;
 pub mod replicator;
 pub mod retention;
+pub mod synthetic;
 pub mod throttle;
 pub mod tracking;

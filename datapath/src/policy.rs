@@ -96,6 +96,18 @@ pub struct Policy {
     pub throttle: Option<Throttle>,
 }
 
+/// The replication block size rule: a power of two from 4 KiB to 4 MiB.
+pub fn check_block_size(bytes: u32) -> Result<(), PolicyError> {
+    if !bytes.is_power_of_two() || !(4096..=4 << 20).contains(&bytes) {
+        return Err(invalid(
+            "block_size_kib",
+            bytes / 1024,
+            "a power of two from 4 to 4096",
+        ));
+    }
+    Ok(())
+}
+
 impl Policy {
     /// Live snapshots per blob this policy keeps at most: every point of the last hour, then
     /// one per hour for the rest of the retention window.
@@ -145,13 +157,7 @@ impl Policy {
             }
         };
         let block_size = f.block_size_kib.unwrap_or(64).saturating_mul(1024);
-        if !block_size.is_power_of_two() || !(4096..=4 << 20).contains(&block_size) {
-            return Err(invalid(
-                "block_size_kib",
-                block_size / 1024,
-                "a power of two from 4 to 4096",
-            ));
-        }
+        check_block_size(block_size)?;
         let zstd_level = f.zstd_level.unwrap_or(1);
         // Negative levels are zstd's fast modes (less compression, more speed); 0 would mean
         // "zstd's default" (3), which is spelled 3.

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod bench;
 pub mod blob;
 pub mod plan;
 pub mod proxy;

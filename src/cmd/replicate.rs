@@ -64,9 +64,8 @@ pub struct ReplicateArgs {
     /// Replica name (default: the VHDX Virtual Disk ID, or the file name).
     #[arg(long)]
     name: Option<String>,
-    /// Replication policy (TOML); default: ASR's defaults.
-    #[arg(long)]
-    policy: Option<PathBuf>,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Standard store (directory or URL) for the replication log; required for premium
     /// targets, whose cycles are staged there and applied from it.
     #[arg(long)]
@@ -75,15 +74,6 @@ pub struct ReplicateArgs {
     /// it; for a URL it is what the policy is checked against (default standard).
     #[arg(long)]
     profile: Option<String>,
-    /// Replication block size in KiB (overrides the policy); fixed for a replica.
-    #[arg(long)]
-    block_size_kib: Option<u32>,
-    /// zstd level (overrides the policy).
-    #[arg(long, allow_negative_numbers = true)]
-    zstd_level: Option<i32>,
-    /// Upload threads (overrides the policy).
-    #[arg(long)]
-    upload_threads: Option<u32>,
     /// The disk is quiescent (VM stopped or file system frozen): points are app-consistent.
     #[arg(long)]
     app_consistent: bool,
@@ -127,7 +117,8 @@ pub struct RestoreArgs {
     output: PathBuf,
 }
 
-fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
+/// A disk file as a cycle source, and its default replica name.
+pub fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -186,7 +177,25 @@ fn check_credentials(
     Ok(creds.proxy)
 }
 
-fn load_policy(args: &ReplicateArgs, profile: Profile) -> Result<Policy> {
+/// A replication policy file and the flags that override it.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Replication policy (TOML); default: ASR's defaults.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Replication block size in KiB (overrides the policy); fixed for a replica.
+    #[arg(long)]
+    pub block_size_kib: Option<u32>,
+    /// zstd level (overrides the policy).
+    #[arg(long, allow_negative_numbers = true)]
+    zstd_level: Option<i32>,
+    /// Upload threads (overrides the policy).
+    #[arg(long)]
+    upload_threads: Option<u32>,
+}
+
+/// The policy file (or the defaults) with the flags applied, checked against `profile`.
+pub fn load_policy(args: &PolicyArgs, profile: Profile) -> Result<Policy> {
     let text = match &args.policy {
         Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
         None => String::new(),
@@ -335,7 +344,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     };
     let (store, store_profile) = args.target.open_with_profile(asked)?;
     let profile = asked.or(store_profile).unwrap_or(Profile::Standard);
-    let policy = load_policy(&args, profile)?;
+    let policy = load_policy(&args.policy, profile)?;
     let log_store = match (&args.log_store, profile) {
         (Some(s), _) => {
             let (log, log_profile) = args
@@ -363,7 +372,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         policy.clone(),
         source.disk_size(),
         None,
-        args.block_size_kib.is_some(),
+        args.policy.block_size_kib.is_some(),
         Box::new(ChaCha8Rng::from_os_rng()),
     )?;
     let mut machine = Replicator::new(

@@ -1,0 +1,701 @@
+//! Measuring the data path on one disk (`drplane bench`): each pipeline stage alone on a
+//! sample of the disk's blocks, the initial replication, tracked delta cycles at chosen churn
+//! levels, and a byte-exact check of the last point. It runs the real cycle into a real store;
+//! the disk itself is never written: changed blocks are laid over it in memory
+//! ([`ChurnedSource`]), as a change tracker would report them.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use rand_core::SeedableRng;
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::cycle::{run_cycle_cached, BlockSource, CycleError, CycleOptions, Selection};
+use crate::keys::Identity;
+use crate::pageblob::PageBlobStore;
+use crate::replica::block_record::{block_compressor, is_zero, BlockCodec};
+use crate::replica::disk_replica::{DiskReplica, Layout, ReplicaError};
+use crate::replica::nonce::NonceSource;
+use crate::synthetic::{ContentKind, RealisticContent};
+
+/// Changed blocks held in memory at once, over all churn levels.
+pub const MAX_CHURN_BYTES: u64 = 2 << 30;
+/// Largest stage sample.
+pub const MAX_SAMPLE_BYTES: u64 = 1 << 30;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub block_size: u32,
+    pub zstd_level: i32,
+    pub encrypt: bool,
+    pub upload_threads: usize,
+    /// Delta cycles, in order: the share of the disk's blocks each one changes, in percent.
+    pub churn_percents: Vec<f64>,
+    /// Seeds the choice of changed blocks and their new content.
+    pub seed: u64,
+    /// Bytes of non-zero blocks the stages are timed on (spread over the disk).
+    pub stage_sample_bytes: u64,
+    /// Restore the last point and compare it with the disk.
+    pub verify: bool,
+}
+
+impl BenchConfig {
+    /// Check the settings for a disk of `disk_size` bytes; the number of blocks each delta
+    /// cycle changes.
+    pub fn validate(&self, disk_size: u64) -> Result<Vec<u64>, BenchError> {
+        crate::policy::check_block_size(self.block_size)?;
+        if disk_size == 0 {
+            return Err(BenchError::EmptyDisk);
+        }
+        if !(u64::from(self.block_size)..=MAX_SAMPLE_BYTES).contains(&self.stage_sample_bytes) {
+            return Err(BenchError::Sample(self.stage_sample_bytes));
+        }
+        let blocks = disk_size.div_ceil(u64::from(self.block_size));
+        let mut churn_blocks = Vec::new();
+        for &percent in &self.churn_percents {
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(BenchError::Churn(percent));
+            }
+            churn_blocks.push(((blocks as f64 * percent / 100.0).round() as u64).min(blocks));
+        }
+        let needed = churn_blocks.iter().sum::<u64>() * u64::from(self.block_size);
+        if needed > MAX_CHURN_BYTES {
+            return Err(BenchError::ChurnMemory {
+                needed,
+                limit: MAX_CHURN_BYTES,
+            });
+        }
+        Ok(churn_blocks)
+    }
+}
+
+/// Bad settings, and failures while measuring.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("the disk is empty")]
+    EmptyDisk,
+    #[error("churn {0}% is not between 0 and 100")]
+    Churn(f64),
+    #[error(
+        "the churn levels change {needed} bytes of blocks, held in memory; the limit is {limit} (choose lower churn or a smaller disk)"
+    )]
+    ChurnMemory { needed: u64, limit: u64 },
+    #[error("stage sample of {0} bytes: between one block and {MAX_SAMPLE_BYTES} bytes")]
+    Sample(u64),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("reading the disk at {offset:#x}: {source}")]
+    Source { offset: u64, source: std::io::Error },
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error("the last point does not restore to the disk: block {block} differs")]
+    Mismatch { block: u64 },
+}
+
+/// Single-thread throughput of each stage, in bytes of the block they take per second.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRates {
+    /// Non-zero plain bytes timed.
+    pub sample_bytes: u64,
+    pub blake3_keyed: f64,
+    pub zstd: f64,
+    /// Stored payload bytes per plain byte (zstd kept only where it saves space).
+    pub stored_ratio: f64,
+    /// On the stored payloads.
+    pub aes_256_gcm: f64,
+    /// On the stored payloads.
+    pub crc32c: f64,
+}
+
+impl StageRates {
+    /// Plain bytes per second `threads` cores could push through all four stages, each block
+    /// paying every stage (AES-GCM and CRC-32C on its stored size).
+    pub fn pipeline_bound(&self, threads: usize) -> f64 {
+        let per_byte = 1.0 / self.blake3_keyed
+            + 1.0 / self.zstd
+            + self.stored_ratio / self.aes_256_gcm
+            + self.stored_ratio / self.crc32c;
+        threads as f64 / per_byte
+    }
+}
+
+/// One measured cycle.
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleFigures {
+    /// `None` for the initial replication.
+    pub churn_percent: Option<f64>,
+    pub seconds: f64,
+    /// CPU time of the whole process during the cycle (all threads), where the OS tells.
+    pub cpu_seconds: Option<f64>,
+    pub blocks_examined: u64,
+    pub blocks_changed: u64,
+    pub bytes_read: u64,
+    pub bytes_changed: u64,
+    pub bytes_sent: u64,
+}
+
+/// Everything `drplane bench` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub disk_size: u64,
+    pub block_size: u32,
+    pub blocks: u64,
+    pub zstd_level: i32,
+    pub encrypt: bool,
+    pub upload_threads: usize,
+    /// Worker threads of the pipeline (rayon).
+    pub pipeline_threads: usize,
+    /// `None` when the disk holds no non-zero block to time the stages on.
+    pub stages: Option<StageRates>,
+    pub initial: CycleFigures,
+    pub deltas: Vec<CycleFigures>,
+    /// Seconds to restore the last point and compare it with the disk, when asked.
+    pub verify_seconds: Option<f64>,
+}
+
+impl BenchReport {
+    /// Disk bytes per second of the initial replication.
+    pub fn initial_rate(&self) -> f64 {
+        self.disk_size as f64 / self.initial.seconds.max(1e-9)
+    }
+
+    /// The stages' bound on the pipeline's threads, in non-zero bytes per second.
+    pub fn pipeline_bound(&self) -> Option<f64> {
+        self.stages
+            .as_ref()
+            .map(|s| s.pipeline_bound(self.pipeline_threads))
+    }
+
+    /// Non-zero bytes per second of the initial replication against [`Self::pipeline_bound`].
+    pub fn pipeline_efficiency(&self) -> Option<f64> {
+        let rate = self.initial.bytes_changed as f64 / self.initial.seconds.max(1e-9);
+        self.pipeline_bound().map(|bound| rate / bound)
+    }
+}
+
+/// A disk with some blocks replaced in memory: what the disk looks like after writes that a
+/// change tracker recorded. Replaced blocks are lent from memory; the rest comes from below.
+#[derive(Debug)]
+pub struct ChurnedSource<'a, S: BlockSource + ?Sized> {
+    base: &'a S,
+    block_size: u64,
+    blocks: BTreeMap<u64, Vec<u8>>,
+}
+
+impl<'a, S: BlockSource + ?Sized> ChurnedSource<'a, S> {
+    pub fn new(base: &'a S, block_size: u32) -> ChurnedSource<'a, S> {
+        ChurnedSource {
+            base,
+            block_size: u64::from(block_size),
+            blocks: BTreeMap::new(),
+        }
+    }
+
+    /// Replace block `index` (its bytes must be the block's full length).
+    pub fn replace(&mut self, index: u64, bytes: Vec<u8>) {
+        self.blocks.insert(index, bytes);
+    }
+
+    /// Bytes held in memory.
+    pub fn held_bytes(&self) -> u64 {
+        self.blocks.values().map(|b| b.len() as u64).sum()
+    }
+
+    fn replaced(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, &Vec<u8>)> {
+        let first = offset / self.block_size;
+        let last = (offset + len).div_ceil(self.block_size);
+        self.blocks.range(first..last).map(|(&i, b)| (i, b))
+    }
+}
+
+impl<S: BlockSource + ?Sized> BlockSource for ChurnedSource<'_, S> {
+    fn disk_size(&self) -> u64 {
+        self.base.disk_size()
+    }
+    fn is_unallocated(&self, offset: u64, len: u64) -> bool {
+        self.replaced(offset, len).next().is_none() && self.base.is_unallocated(offset, len)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.base.read_at(offset, buf)?;
+        let end = offset + buf.len() as u64;
+        for (index, bytes) in self.replaced(offset, buf.len() as u64) {
+            let start = index * self.block_size;
+            let (from, to) = (start.max(offset), (start + bytes.len() as u64).min(end));
+            if from < to {
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
+            }
+        }
+        Ok(())
+    }
+    fn lend(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let mut replaced = self.replaced(offset, len);
+        match (replaced.next(), replaced.next()) {
+            (None, _) => self.base.lend(offset, len),
+            (Some((index, bytes)), None)
+                if index * self.block_size == offset && bytes.len() as u64 == len =>
+            {
+                Some(bytes)
+            }
+            _ => None,
+        }
+    }
+    fn release(&self, offset: u64, len: u64) {
+        self.base.release(offset, len)
+    }
+    fn check_lent(&self) -> std::io::Result<()> {
+        self.base.check_lent()
+    }
+}
+
+/// CPU time the process has used (all threads, also those that ended), where the OS tells.
+pub fn process_cpu_seconds() -> Option<f64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        Some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        None
+    }
+}
+
+/// Non-zero blocks spread evenly over the disk, up to `sample_bytes` in all.
+fn sample_blocks(
+    source: &dyn BlockSource,
+    layout: &Layout,
+    sample_bytes: u64,
+) -> Result<Vec<Vec<u8>>, BenchError> {
+    let blocks = layout.blocks();
+    let wanted = (sample_bytes / u64::from(layout.block_size)).max(1);
+    let stride = (blocks / wanted).max(1);
+    let mut out = Vec::new();
+    let mut taken = 0u64;
+    // Two passes: evenly spaced blocks first, then the rest in order, until the sample is full.
+    let spaced = (0..blocks).step_by(stride as usize);
+    let rest = (0..blocks).filter(|b| b % stride != 0);
+    for block in spaced.chain(rest) {
+        if taken >= sample_bytes {
+            break;
+        }
+        let offset = block * u64::from(layout.block_size);
+        let len = layout.block_len(block);
+        if source.is_unallocated(offset, len) {
+            continue;
+        }
+        let mut data = vec![0u8; len as usize];
+        source
+            .read_at(offset, &mut data)
+            .map_err(|e| BenchError::Source { offset, source: e })?;
+        source.release(offset, len);
+        if !is_zero(&data) {
+            taken += len;
+            out.push(data);
+        }
+    }
+    Ok(out)
+}
+
+/// Time `f` over every item, single-threaded: items per second weighted by `bytes`.
+fn rate<T>(items: &[T], bytes: impl Fn(&T) -> usize, mut f: impl FnMut(&T)) -> f64 {
+    let total: usize = items.iter().map(&bytes).sum();
+    let start = Instant::now();
+    for item in items {
+        f(item);
+    }
+    total as f64 / start.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// Time each stage alone on `sample` (single-threaded, as one pipeline thread runs them).
+pub fn stage_rates(sample: &[Vec<u8>], zstd_level: i32, digest_key: &[u8; 32]) -> StageRates {
+    let plain: u64 = sample.iter().map(|b| b.len() as u64).sum();
+    let blake3_keyed = rate(sample, Vec::len, |b| {
+        std::hint::black_box(blake3::keyed_hash(digest_key, b));
+    });
+    let mut stored: Vec<Vec<u8>> = Vec::with_capacity(sample.len());
+    let zstd = {
+        let start = Instant::now();
+        for block in sample {
+            let mut out = Vec::with_capacity(block.len());
+            let compressed = block_compressor(zstd_level, block.len())
+                .and_then(|mut c| c.compress_to_buffer(block, &mut out).ok());
+            match compressed {
+                Some(n) if n < block.len() => stored.push(out),
+                _ => stored.push(block.clone()),
+            }
+        }
+        plain as f64 / start.elapsed().as_secs_f64().max(1e-9)
+    };
+    let stored_bytes: u64 = stored.iter().map(|b| b.len() as u64).sum();
+    let cipher = Aes256Gcm::new_from_slice(digest_key).expect("32-byte key");
+    let mut scratch = stored.clone();
+    let aes_256_gcm = {
+        let start = Instant::now();
+        for (i, payload) in scratch.iter_mut().enumerate() {
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let tag = cipher
+                .encrypt_inout_detached(
+                    &Nonce::from(nonce),
+                    b"bench",
+                    payload.as_mut_slice().into(),
+                )
+                .expect("AES-GCM encrypts any length we use");
+            std::hint::black_box(tag);
+        }
+        stored_bytes as f64 / start.elapsed().as_secs_f64().max(1e-9)
+    };
+    let crc32c = rate(&stored, Vec::len, |b| {
+        std::hint::black_box(crc32c::crc32c(b));
+    });
+    StageRates {
+        sample_bytes: plain,
+        blake3_keyed,
+        zstd,
+        stored_ratio: stored_bytes as f64 / plain.max(1) as f64,
+        aes_256_gcm,
+        crc32c,
+    }
+}
+
+/// What a bench run writes to and reads from.
+#[allow(missing_debug_implementations)]
+pub struct BenchTarget<'a> {
+    pub store: &'a dyn PageBlobStore,
+    pub container: &'a str,
+    /// A name no replica has yet in that container.
+    pub name: &'a str,
+    pub identity: &'a Identity,
+    pub clock: &'a dyn Clock,
+}
+
+/// Run the whole measurement. `stage` is told what runs next ("stages", "initial",
+/// "churn 1%", "verify").
+pub fn run_bench(
+    source: &dyn BlockSource,
+    target: &BenchTarget<'_>,
+    config: &BenchConfig,
+    stage: &dyn Fn(&str),
+) -> Result<BenchReport, BenchError> {
+    let layout = Layout {
+        disk_size: source.disk_size(),
+        block_size: config.block_size,
+    };
+    let churn_blocks = config.validate(layout.disk_size)?;
+    let blocks = layout.blocks();
+    let keys = target.identity.disk_keys(target.name);
+
+    stage("stages");
+    let sample = sample_blocks(source, &layout, config.stage_sample_bytes)?;
+    let stages =
+        (!sample.is_empty()).then(|| stage_rates(&sample, config.zstd_level, keys.digest.expose()));
+    drop(sample);
+
+    let replica = DiskReplica::open(target.store, target.container, target.name, layout)?;
+    let mut nonces = NonceSource::new_epoch(&mut rand_chacha::ChaCha8Rng::from_os_rng());
+    let mut churned = ChurnedSource::new(source, config.block_size);
+    let mut cache = None;
+    let mut cycle = |churned: &ChurnedSource<'_, dyn BlockSource>,
+                     selection: Selection,
+                     churn_percent: Option<f64>|
+     -> Result<CycleFigures, BenchError> {
+        let options = CycleOptions {
+            selection,
+            zstd_level: config.zstd_level,
+            encrypt: config.encrypt,
+            upload_threads: config.upload_threads,
+            ..CycleOptions::scan(target.clock.now_nanos())
+        };
+        let cpu = process_cpu_seconds();
+        let start = Instant::now();
+        let report = run_cycle_cached(
+            &replica,
+            churned,
+            target.identity,
+            &keys,
+            &options,
+            &mut nonces,
+            &|_| {},
+            &mut cache,
+        )?;
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(CycleFigures {
+            churn_percent,
+            seconds,
+            cpu_seconds: cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a),
+            blocks_examined: report.blocks_examined,
+            blocks_changed: report.blocks_changed,
+            bytes_read: report.bytes_read,
+            bytes_changed: report.bytes_changed,
+            bytes_sent: report.bytes_sent,
+        })
+    };
+
+    stage("initial");
+    let initial = cycle(&churned, Selection::Scan, None)?;
+    let mut deltas = Vec::new();
+    let mut content = RealisticContent::new(config.seed);
+    let mut buf = Vec::new();
+    for (&percent, &count) in config.churn_percents.iter().zip(&churn_blocks) {
+        // Distinct blocks chosen from the seeded stream, each rewritten with new content of a
+        // kind drawn as the disk's (a tenth of the writes zero their block: trims, freed space).
+        let mut changed = std::collections::BTreeSet::new();
+        while (changed.len() as u64) < count {
+            changed.insert(content.below(blocks));
+        }
+        for &block in &changed {
+            let kind = match content.below(10) {
+                0 => ContentKind::Zeros,
+                _ => match content.next_kind() {
+                    ContentKind::Zeros => ContentKind::Text,
+                    kind => kind,
+                },
+            };
+            content.fill(kind, layout.block_len(block) as usize, &mut buf);
+            churned.replace(block, std::mem::take(&mut buf));
+        }
+        stage(&format!("churn {percent}%"));
+        let selection = Selection::Blocks(changed.into_iter().collect());
+        deltas.push(cycle(&churned, selection, Some(percent))?);
+    }
+
+    let verify_seconds = if config.verify {
+        stage("verify");
+        let start = Instant::now();
+        let points = replica.points(keys.digest.expose())?;
+        let last = points.last().expect("the bench committed points");
+        let codec = BlockCodec::new(&keys, config.zstd_level, config.encrypt);
+        let mut expected = Vec::new();
+        let mut mismatch = None;
+        replica.restore(&codec, last, keys.digest.expose(), |block, bytes| {
+            let offset = block * u64::from(layout.block_size);
+            expected.resize(bytes.len(), 0);
+            churned.read_at(offset, &mut expected)?;
+            churned.release(offset, bytes.len() as u64);
+            if mismatch.is_none() && expected != bytes {
+                mismatch = Some(block);
+            }
+            Ok(())
+        })?;
+        if let Some(block) = mismatch {
+            return Err(BenchError::Mismatch { block });
+        }
+        Some(start.elapsed().as_secs_f64())
+    } else {
+        None
+    };
+
+    Ok(BenchReport {
+        disk_size: layout.disk_size,
+        block_size: config.block_size,
+        blocks,
+        zstd_level: config.zstd_level,
+        encrypt: config.encrypt,
+        upload_threads: config.upload_threads,
+        pipeline_threads: rayon::current_num_threads(),
+        stages,
+        initial,
+        deltas,
+        verify_seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::pageblob::data_log::Durability;
+    use crate::pageblob::{Emulator, Profile};
+    use crate::synthetic::write_realistic_disk;
+
+    /// A disk in memory; once `lie` is set, every read returns other bytes.
+    struct MemDisk {
+        bytes: Vec<u8>,
+        lie: AtomicBool,
+    }
+
+    impl BlockSource for MemDisk {
+        fn disk_size(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn is_unallocated(&self, _: u64, _: u64) -> bool {
+            false
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            buf.copy_from_slice(&self.bytes[offset as usize..offset as usize + buf.len()]);
+            if self.lie.load(Ordering::Relaxed) {
+                buf[0] ^= 1;
+            }
+            Ok(())
+        }
+    }
+
+    fn disk(size: u64) -> MemDisk {
+        let mut bytes = Vec::new();
+        write_realistic_disk(&mut bytes, size, 4).unwrap();
+        MemDisk {
+            bytes,
+            lie: AtomicBool::new(false),
+        }
+    }
+
+    fn config(churn: &[f64]) -> BenchConfig {
+        BenchConfig {
+            block_size: 16384,
+            zstd_level: 1,
+            encrypt: true,
+            upload_threads: 2,
+            churn_percents: churn.to_vec(),
+            seed: 9,
+            stage_sample_bytes: 1 << 20,
+            verify: true,
+        }
+    }
+
+    fn with_target<T>(f: impl FnOnce(&BenchTarget<'_>) -> T) -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let store = Emulator::open(
+            dir.path(),
+            Profile::Standard,
+            Durability::Process,
+            clock.clone(),
+        )
+        .unwrap();
+        let (_, pfx) = crate::registration::register("v", "h", "pw", &*clock).unwrap();
+        let identity = Identity::from_pfx(&pfx, "pw").unwrap();
+        f(&BenchTarget {
+            store: &store,
+            container: "bench",
+            name: "d",
+            identity: &identity,
+            clock: &*clock,
+        })
+    }
+
+    #[test]
+    fn a_bench_replicates_the_disk_changes_the_churn_asked_and_restores_the_last_point() {
+        let disk = disk(6 << 20);
+        let nonzero_blocks = disk
+            .bytes
+            .chunks(16384)
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .count() as u64;
+        let stages = std::sync::Mutex::new(Vec::new());
+        let report = with_target(|t| {
+            run_bench(&disk, t, &config(&[1.0, 10.0]), &|s| {
+                stages.lock().unwrap().push(s.to_string())
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            stages.into_inner().unwrap(),
+            ["stages", "initial", "churn 1%", "churn 10%", "verify"]
+        );
+        assert_eq!(report.blocks, 384);
+        assert_eq!(report.initial.blocks_changed, nonzero_blocks);
+        assert_eq!(report.initial.bytes_changed, nonzero_blocks * 16384);
+        assert!(
+            report.initial.bytes_sent > 0 && report.initial.bytes_sent < disk.bytes.len() as u64
+        );
+        // 1% and 10% of 384 blocks: 4 and 38 chosen; a zero written over zeros is no change.
+        let changed: Vec<u64> = report.deltas.iter().map(|d| d.blocks_changed).collect();
+        assert!((1..=4).contains(&changed[0]), "{changed:?}");
+        assert!((25..=38).contains(&changed[1]), "{changed:?}");
+        for d in &report.deltas {
+            assert!(
+                d.blocks_examined <= 38 && d.bytes_read <= 38 * 16384,
+                "{d:?}"
+            );
+        }
+        assert!(report.verify_seconds.is_some());
+        let s = report.stages.as_ref().unwrap();
+        assert_eq!(s.sample_bytes, 1 << 20);
+        assert!(s.stored_ratio > 0.3 && s.stored_ratio < 1.0, "{s:?}");
+        let bound = s.pipeline_bound(2);
+        assert!(bound > 0.0 && bound < 2.0 * s.zstd, "{bound} {s:?}");
+    }
+
+    #[test]
+    fn a_last_point_that_differs_from_the_disk_is_reported() {
+        let disk = disk(2 << 20);
+        let err = with_target(|t| {
+            run_bench(&disk, t, &config(&[5.0]), &|s| {
+                if s == "verify" {
+                    disk.lie.store(true, Ordering::Relaxed);
+                }
+            })
+        })
+        .unwrap_err();
+        assert!(matches!(err, BenchError::Mismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_before_any_work() {
+        let disk = disk(1 << 20);
+        let refuse = |c: BenchConfig| {
+            let err = with_target(|t| run_bench(&disk, t, &c, &|s| panic!("ran {s}"))).unwrap_err();
+            err.to_string()
+        };
+        assert!(refuse(config(&[101.0])).contains("101% is not between 0 and 100"));
+        assert!(refuse(config(&[f64::NAN])).contains("NaN"));
+        assert!(refuse(BenchConfig {
+            block_size: 3000,
+            ..config(&[])
+        })
+        .contains("block_size_kib"));
+        assert!(refuse(BenchConfig {
+            stage_sample_bytes: 0,
+            ..config(&[])
+        })
+        .contains("stage sample"));
+        // A big disk whose churn would not fit in memory.
+        let big = ChurnedSource::new(&disk, 16384);
+        struct Huge<'a>(ChurnedSource<'a, MemDisk>);
+        impl BlockSource for Huge<'_> {
+            fn disk_size(&self) -> u64 {
+                1 << 40
+            }
+            fn is_unallocated(&self, _: u64, _: u64) -> bool {
+                true
+            }
+            fn read_at(&self, o: u64, b: &mut [u8]) -> std::io::Result<()> {
+                self.0.read_at(o % (1 << 20), b)
+            }
+        }
+        let err =
+            with_target(|t| run_bench(&Huge(big), t, &config(&[1.0]), &|s| panic!("ran {s}")))
+                .unwrap_err();
+        assert!(err.to_string().contains("held in memory"), "{err}");
+    }
+
+    #[test]
+    fn a_churned_source_reads_replaced_blocks_over_the_disk() {
+        let disk = disk(1 << 20);
+        let mut churned = ChurnedSource::new(&disk, 16384);
+        churned.replace(2, vec![7; 16384]);
+        churned.replace(3, vec![8; 16384]);
+        // A read across the replaced blocks and their neighbours.
+        let mut buf = vec![0u8; 4 * 16384];
+        churned.read_at(16384 + 100, &mut buf[..3 * 16384]).unwrap();
+        let mut expected = disk.bytes[16384 + 100..4 * 16384 + 100].to_vec();
+        expected[16384 - 100..2 * 16384 - 100].fill(7);
+        expected[2 * 16384 - 100..3 * 16384 - 100].fill(8);
+        assert!(buf[..3 * 16384] == expected[..]);
+        // Replaced blocks are lent whole; others come from below (this disk lends nothing).
+        assert_eq!(churned.lend(2 * 16384, 16384), Some(&[7u8; 16384][..]));
+        assert_eq!(churned.lend(2 * 16384, 2 * 16384), None);
+        assert_eq!(churned.lend(0, 16384), None);
+        assert_eq!(churned.held_bytes(), 2 * 16384);
+    }
+}

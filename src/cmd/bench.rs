@@ -1,0 +1,331 @@
+//! `drplane bench`: the data path measured on one disk (a generated realistic disk by default,
+//! or any raw/VHDX file, never written), and `drplane bench make-disk` to keep such a disk.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use datapath::bench::{run_bench, BenchConfig, BenchReport, BenchTarget, CycleFigures};
+use datapath::clock::SystemClock;
+use datapath::cycle::{BlockSource, RawSource};
+use datapath::keys::Identity;
+use datapath::pageblob::data_log::Durability;
+use datapath::pageblob::{Emulator, PageBlobStore, Profile};
+use datapath::synthetic::{write_realistic_disk, ContentKind, ContentMix};
+use rand_core::{OsRng, TryRngCore};
+
+use super::blob::Target;
+use super::replicate::{load_policy, open_source, PolicyArgs};
+use super::vhdx::{human, parse_size};
+
+/// Container the bench's replicas go in (apart from real replicas).
+const BENCH_CONTAINER: &str = "bench";
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Write the generated realistic disk as a raw file (30% zeros, 30% text, 20% code,
+    /// 20% media in 1 MiB extents; the same seed gives the same bytes).
+    MakeDisk {
+        /// The raw file to write.
+        output: PathBuf,
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The disk to measure: a .vhdx (chains followed) or a raw image; it is only read.
+    /// Default: a generated realistic disk of --size in a temporary folder.
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// Size of the generated disk (K, M, G, T).
+    #[arg(long, default_value = "1G", value_parser = parse_size, conflicts_with = "disk")]
+    size: u64,
+    /// Seeds the generated disk, the blocks each delta cycle changes and their new content.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// One tracked delta cycle per value, in order: the share of the disk's blocks it
+    /// changes, in percent (comma-separated; `none` for no delta cycle).
+    #[arg(long, default_value = "1,5", value_parser = parse_churn)]
+    churn: Churn,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Where to replicate (a store directory or an endpoint URL); the replica is named
+    /// bench-<random> in container "bench" and left there. Default: a temporary store
+    /// directory, removed afterwards.
+    #[arg(long)]
+    store: Option<String>,
+    /// MiB of non-zero blocks, spread over the disk, to time each stage on.
+    #[arg(long, default_value_t = 64)]
+    sample_mib: u64,
+    /// Skip restoring the last point and comparing it with the disk.
+    #[arg(long)]
+    no_verify: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    match args.command {
+        Some(BenchCommand::MakeDisk { output, size, seed }) => {
+            let mix = make_disk(&output, size, seed)?;
+            println!(
+                "{}: {} realistic disk (seed {seed}): {}",
+                output.display(),
+                human(size),
+                mix_text(&mix)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => bench(args.run),
+    }
+}
+
+/// Churn levels in percent, in order.
+#[derive(Debug, Clone)]
+struct Churn(Vec<f64>);
+
+fn parse_churn(text: &str) -> std::result::Result<Churn, String> {
+    let t = text.trim();
+    if t.is_empty() || t == "none" {
+        return Ok(Churn(Vec::new()));
+    }
+    t.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{p:?}: a percentage (e.g. 1,5,10) or none"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(Churn)
+}
+
+fn make_disk(path: &std::path::Path, size: u64, seed: u64) -> Result<ContentMix> {
+    let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
+    write_realistic_disk(&mut std::io::BufWriter::new(file), size, seed)
+        .with_context(|| path.display().to_string())
+}
+
+fn mix_text(mix: &ContentMix) -> String {
+    ContentKind::ALL
+        .iter()
+        .map(|k| format!("{} {}", human(mix[*k as usize]), k.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The generated disk (and the replica next to it, at most as big again) must fit.
+fn check_room(dir: &std::path::Path, size: u64) -> Result<()> {
+    let Ok(fs) = rustix::fs::statvfs(dir) else {
+        return Ok(());
+    };
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    let needed = size.saturating_mul(2);
+    if needed > free {
+        anyhow::bail!(
+            "a generated {} disk and its replica need up to {} in {}, which has {} free (give --disk, a smaller --size, or set TMPDIR)",
+            human(size),
+            human(needed),
+            dir.display(),
+            human(free)
+        );
+    }
+    Ok(())
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut raw = vec![0u8; bytes];
+    OsRng
+        .try_fill_bytes(&mut raw)
+        .context("the OS random number generator")?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn bench(args: RunArgs) -> Result<ExitCode> {
+    let policy = load_policy(&args.policy, Profile::Standard)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("drplane-bench-")
+        .tempdir()
+        .context("a temporary folder")?;
+    let say = |what: &str| {
+        if !args.json && std::io::stderr().is_terminal() {
+            eprintln!("bench: {what}…");
+        }
+    };
+    let config = BenchConfig {
+        block_size: policy.block_size,
+        zstd_level: policy.zstd_level,
+        encrypt: policy.encrypt_at_rest,
+        upload_threads: policy.upload_threads as usize,
+        churn_percents: args.churn.0.clone(),
+        seed: args.seed,
+        stage_sample_bytes: args.sample_mib.saturating_mul(1 << 20),
+        verify: !args.no_verify,
+    };
+    if args.disk.is_none() {
+        // Refuse bad settings, and a disk that does not fit, before writing it.
+        config.validate(args.size)?;
+        check_room(scratch.path(), args.size)?;
+    }
+    let (source, disk_text): (Box<dyn BlockSource>, String) = match &args.disk {
+        Some(path) => (
+            open_source(path)?.0,
+            format!("{} (only read)", path.display()),
+        ),
+        None => {
+            say("writing the realistic disk");
+            let path = scratch.path().join("realistic.raw");
+            let mix = make_disk(&path, args.size, args.seed)?;
+            let raw = RawSource::open(&path).with_context(|| path.display().to_string())?;
+            (
+                Box::new(raw),
+                format!(
+                    "generated realistic disk (seed {}): {}",
+                    args.seed,
+                    mix_text(&mix)
+                ),
+            )
+        }
+    };
+    let store: Box<dyn PageBlobStore> = match &args.store {
+        Some(s) => Target::url(
+            s,
+            std::env::var("DRPLANE_ACCOUNT_KEY").ok(),
+            Default::default(),
+        )
+        .open()?,
+        None => Box::new(
+            Emulator::open(
+                &scratch.path().join("store"),
+                Profile::Standard,
+                Durability::Process,
+                Arc::new(SystemClock),
+            )
+            .context("the temporary store")?,
+        ),
+    };
+    // A throwaway certificate, as `register` makes one: the keys are real, nothing is kept.
+    let password = random_hex(16)?;
+    let (_, pfx) =
+        datapath::registration::register("drplane-bench", "bench", &password, &SystemClock)?;
+    let identity = Identity::from_pfx(&pfx, &password)?;
+    let name = format!("bench-{}", random_hex(6)?);
+    let target = BenchTarget {
+        store: &*store,
+        container: BENCH_CONTAINER,
+        name: &name,
+        identity: &identity,
+        clock: &SystemClock,
+    };
+    let report = run_bench(&*source, &target, &config, &|stage| say(stage))?;
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["disk"] = disk_text.into();
+        value["replica"] = match &args.store {
+            Some(s) => format!("{s} {BENCH_CONTAINER}/{name}").into(),
+            None => serde_json::Value::Null,
+        };
+        value["initial_bytes_per_sec"] = report.initial_rate().into();
+        value["pipeline_bound_bytes_per_sec"] = report.pipeline_bound().into();
+        value["pipeline_efficiency"] = report.pipeline_efficiency().into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_report(&report, &disk_text);
+        if let Some(s) = &args.store {
+            println!("replica left in {s}: {BENCH_CONTAINER}/{name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rate(bytes_per_sec: f64) -> String {
+    format!("{}/s", human(bytes_per_sec as u64))
+}
+
+fn cpu(figures: &CycleFigures) -> String {
+    figures
+        .cpu_seconds
+        .map(|c| format!(", {c:.2} s CPU"))
+        .unwrap_or_default()
+}
+
+fn print_report(r: &BenchReport, disk: &str) {
+    println!("disk: {disk}");
+    println!(
+        "  {} in {} blocks of {}; zstd level {}, {}, {} upload thread(s), {} pipeline thread(s)",
+        human(r.disk_size),
+        r.blocks,
+        human(u64::from(r.block_size)),
+        r.zstd_level,
+        if r.encrypt {
+            "encrypted"
+        } else {
+            "not encrypted"
+        },
+        r.upload_threads,
+        r.pipeline_threads
+    );
+    match &r.stages {
+        Some(s) => {
+            println!(
+                "stages, one thread, on {} of non-zero blocks: BLAKE3 {}, zstd {} (stores {:.1}%), AES-256-GCM {}, CRC-32C {}",
+                human(s.sample_bytes),
+                rate(s.blake3_keyed),
+                rate(s.zstd),
+                100.0 * s.stored_ratio,
+                rate(s.aes_256_gcm),
+                rate(s.crc32c)
+            );
+            println!(
+                "  pipeline bound on {} thread(s): {} of non-zero data",
+                r.pipeline_threads,
+                rate(s.pipeline_bound(r.pipeline_threads))
+            );
+        }
+        None => println!("stages: not timed (the disk holds no non-zero block)"),
+    }
+    let i = &r.initial;
+    let efficiency = r
+        .pipeline_efficiency()
+        .map(|e| format!(" ({:.0}% of the bound)", 100.0 * e))
+        .unwrap_or_default();
+    println!(
+        "initial replication: {:.2} s{}, {} of disk; {} non-zero at {}{efficiency}; stored {} ({:.1}%)",
+        i.seconds,
+        cpu(i),
+        rate(r.initial_rate()),
+        human(i.bytes_changed),
+        rate(i.bytes_changed as f64 / i.seconds.max(1e-9)),
+        human(i.bytes_sent),
+        100.0 * i.bytes_sent as f64 / i.bytes_changed.max(1) as f64
+    );
+    for d in &r.deltas {
+        println!(
+            "delta, churn {}%: {:.3} s{} ({:.1}% of the initial), {} blocks changed, sent {}",
+            d.churn_percent.unwrap_or(0.0),
+            d.seconds,
+            cpu(d),
+            100.0 * d.seconds / i.seconds.max(1e-9),
+            d.blocks_changed,
+            human(d.bytes_sent)
+        );
+    }
+    if let Some(v) = r.verify_seconds {
+        println!("verified: the last point restores byte-exact ({v:.2} s)");
+    }
+}

@@ -1,0 +1,105 @@
+//! `drplane bench`: measures a generated disk or a given one (which it never writes), reports
+//! every cycle, restores the last point, and refuses bad settings with one clear line.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn bench_json(args: &[&str]) -> Value {
+    let out = run_ok(drplane().arg("bench").args(args).arg("--json"));
+    serde_json::from_slice(&out.stdout).expect("bench --json prints JSON")
+}
+
+#[test]
+fn a_generated_disk_is_measured_through_initial_and_delta_cycles_and_verified() {
+    let r = bench_json(&["--size", "8M", "--churn", "1,25", "--sample-mib", "2"]);
+    assert_eq!(r["disk_size"], 8 << 20);
+    assert_eq!(r["block_size"], 65536);
+    assert_eq!(r["blocks"], 128);
+    assert!(r["disk"]
+        .as_str()
+        .unwrap()
+        .contains("generated realistic disk (seed 1)"));
+    let initial = &r["initial"];
+    let nonzero = initial["bytes_changed"].as_u64().unwrap();
+    assert!(nonzero > 2 << 20 && nonzero < 8 << 20, "{r}");
+    assert!(initial["bytes_sent"].as_u64().unwrap() < nonzero);
+    assert!(initial["seconds"].as_f64().unwrap() > 0.0);
+    let deltas = r["deltas"].as_array().unwrap();
+    assert_eq!(deltas.len(), 2);
+    assert_eq!(deltas[0]["churn_percent"], 1.0);
+    // 25% of 128 blocks are rewritten; a few of them with zeros over zeros.
+    let changed = deltas[1]["blocks_changed"].as_u64().unwrap();
+    assert!((20..=32).contains(&changed), "{changed}");
+    assert!(r["verify_seconds"].as_f64().is_some());
+    assert!(r["stages"]["zstd"].as_f64().unwrap() > 0.0);
+    assert!(r["pipeline_efficiency"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_given_vhdx_is_only_read_and_a_given_store_keeps_the_replica() {
+    let dir = temp_dir();
+    let raw = file_in(dir.path(), "disk.raw");
+    let vhdx = file_in(dir.path(), "disk.vhdx");
+    run_ok(drplane().args([
+        "bench",
+        "make-disk",
+        path_str(&raw),
+        "--size",
+        "6M",
+        "--seed",
+        "3",
+    ]));
+    run_ok(drplane().args(["vhdx", "import", path_str(&raw), "-o", path_str(&vhdx)]));
+    let before = std::fs::read(&vhdx).unwrap();
+    let store = file_in(dir.path(), "store");
+    let r = bench_json(&[
+        "--disk",
+        path_str(&vhdx),
+        "--churn",
+        "10",
+        "--block-size-kib",
+        "256",
+        "--store",
+        path_str(&store),
+    ]);
+    assert_eq!(r["disk_size"], 6 << 20);
+    assert_eq!(r["block_size"], 256 << 10);
+    assert!(r["verify_seconds"].as_f64().is_some());
+    assert!(
+        std::fs::read(&vhdx).unwrap() == before,
+        "bench wrote to the disk"
+    );
+    let replica = r["replica"].as_str().unwrap().to_string();
+    let name = replica.rsplit('/').next().unwrap();
+    assert!(name.starts_with("bench-"), "{replica}");
+    let listed = run_ok(drplane().args(["blob", "ls", "--store", path_str(&store), "bench"]));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(name));
+}
+
+#[test]
+fn bad_settings_fail_with_one_line_naming_them() {
+    for (args, expected) in [
+        (
+            &["--size", "4M", "--churn", "150"][..],
+            "150% is not between 0 and 100",
+        ),
+        (
+            &["--size", "4M", "--block-size-kib", "48"][..],
+            "block_size_kib = 48",
+        ),
+        (&["--size", "4M", "--sample-mib", "0"][..], "stage sample"),
+        (&["--size", "12Q"][..], "unknown unit"),
+        (
+            &["--disk", "/nonexistent/disk.raw"][..],
+            "/nonexistent/disk.raw",
+        ),
+    ] {
+        let out = drplane().arg("bench").args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

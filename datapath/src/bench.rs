@@ -23,8 +23,11 @@ use crate::synthetic::{ContentKind, RealisticContent};
 
 /// Changed blocks held in memory at once, over all churn levels.
 pub const MAX_CHURN_BYTES: u64 = 2 << 30;
-/// Largest stage sample.
-pub const MAX_SAMPLE_BYTES: u64 = 1 << 30;
+/// Largest stage sample (held in memory with its compressed and encrypted copies).
+pub const MAX_SAMPLE_BYTES: u64 = 256 << 20;
+/// The sample search reads at most this many times the sample's size: a disk of allocated
+/// zeros is not read twice over just to find there is nothing to time.
+const SAMPLE_SEARCH_FACTOR: u64 = 16;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -278,11 +281,12 @@ fn sample_blocks(
     let stride = (blocks / wanted).max(1);
     let mut out = Vec::new();
     let mut taken = 0u64;
+    let mut read = 0u64;
     // Two passes: evenly spaced blocks first, then the rest in order, until the sample is full.
     let spaced = (0..blocks).step_by(stride as usize);
     let rest = (0..blocks).filter(|b| b % stride != 0);
     for block in spaced.chain(rest) {
-        if taken >= sample_bytes {
+        if taken >= sample_bytes || read >= sample_bytes.saturating_mul(SAMPLE_SEARCH_FACTOR) {
             break;
         }
         let offset = block * u64::from(layout.block_size);
@@ -295,6 +299,7 @@ fn sample_blocks(
             .read_at(offset, &mut data)
             .map_err(|e| BenchError::Source { offset, source: e })?;
         source.release(offset, len);
+        read += len;
         if !is_zero(&data) {
             taken += len;
             out.push(data);
@@ -522,6 +527,7 @@ mod tests {
     struct MemDisk {
         bytes: Vec<u8>,
         lie: AtomicBool,
+        read: std::sync::atomic::AtomicU64,
     }
 
     impl BlockSource for MemDisk {
@@ -533,6 +539,7 @@ mod tests {
         }
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
             buf.copy_from_slice(&self.bytes[offset as usize..offset as usize + buf.len()]);
+            self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
             if self.lie.load(Ordering::Relaxed) {
                 buf[0] ^= 1;
             }
@@ -546,6 +553,7 @@ mod tests {
         MemDisk {
             bytes,
             lie: AtomicBool::new(false),
+            read: Default::default(),
         }
     }
 
@@ -677,6 +685,35 @@ mod tests {
             with_target(|t| run_bench(&Huge(big), t, &config(&[1.0]), &|s| panic!("ran {s}")))
                 .unwrap_err();
         assert!(err.to_string().contains("held in memory"), "{err}");
+    }
+
+    #[test]
+    fn the_sample_is_spread_over_the_disk_and_its_search_is_bounded() {
+        let layout = Layout {
+            disk_size: 48 << 20,
+            block_size: 65536,
+        };
+        // Allocated zeros only: nothing to time, and at most 16 samples' worth is read.
+        let zeros = MemDisk {
+            bytes: vec![0; 48 << 20],
+            lie: AtomicBool::new(false),
+            read: Default::default(),
+        };
+        assert!(sample_blocks(&zeros, &layout, 1 << 20).unwrap().is_empty());
+        assert_eq!(zeros.read.load(Ordering::Relaxed), 16 << 20);
+        // Data in the last quarter only: the evenly spaced pass finds it (every 24th block, 8 of
+        // them there); the in-order pass then runs out of budget among the zeros before it.
+        let mut tail = vec![0u8; 48 << 20];
+        tail[36 << 20..].fill(5);
+        let tail = MemDisk {
+            bytes: tail,
+            lie: AtomicBool::new(false),
+            read: Default::default(),
+        };
+        let sample = sample_blocks(&tail, &layout, 2 << 20).unwrap();
+        assert_eq!(sample.len(), 8);
+        assert_eq!(tail.read.load(Ordering::Relaxed), 32 << 20);
+        assert!(sample.iter().all(|b| b.iter().all(|&x| x == 5)));
     }
 
     #[test]

@@ -716,6 +716,43 @@ mod tests {
         assert!(sample.iter().all(|b| b.iter().all(|&x| x == 5)));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn a_churned_source_reads_like_the_disk_with_the_blocks_written(
+            replaced in proptest::collection::vec((0u64..20, 0u8..255), 0..8),
+            reads in proptest::collection::vec((0u64..20 * 4096, 1usize..3 * 4096), 1..8),
+        ) {
+            // A 20-block disk of 4 KiB blocks whose last block is short.
+            let size = 19 * 4096 + 1000;
+            let base = MemDisk {
+                bytes: (0..size).map(|i| (i % 251) as u8).collect(),
+                lie: AtomicBool::new(false),
+                read: Default::default(),
+            };
+            let mut model = base.bytes.clone();
+            let mut churned = ChurnedSource::new(&base, 4096);
+            for (block, fill) in replaced {
+                let start = (block * 4096) as usize;
+                let end = (start + 4096).min(size);
+                churned.replace(block, vec![fill; end - start]);
+                model[start..end].fill(fill);
+            }
+            for (offset, len) in reads {
+                let offset = offset % size as u64;
+                let len = len.min(size - offset as usize);
+                if len == 0 {
+                    continue;
+                }
+                let mut buf = vec![0u8; len];
+                churned.read_at(offset, &mut buf).unwrap();
+                proptest::prop_assert_eq!(&buf[..], &model[offset as usize..offset as usize + len]);
+                if let Some(lent) = churned.lend(offset, len as u64) {
+                    proptest::prop_assert_eq!(lent, &model[offset as usize..offset as usize + len]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_churned_source_reads_replaced_blocks_over_the_disk() {
         let disk = disk(1 << 20);

@@ -40,8 +40,10 @@ enum BenchCommand {
     MakeDisk {
         /// The raw file to write.
         output: PathBuf,
+        /// Size (K, M, G, T).
         #[arg(long, default_value = "1G", value_parser = parse_size)]
         size: u64,
+        /// The same seed always gives the same bytes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -76,6 +78,7 @@ struct RunArgs {
     /// Skip restoring the last point and comparing it with the disk.
     #[arg(long)]
     no_verify: bool,
+    /// Print the report as JSON (rates in bytes per second, times in seconds).
     #[arg(long)]
     json: bool,
 }

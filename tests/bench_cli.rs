@@ -63,8 +63,11 @@ fn a_given_vhdx_is_only_read_and_a_given_store_keeps_the_replica() {
         "256",
         "--store",
         path_str(&store),
+        "--pipeline-threads",
+        "1",
     ]);
     assert_eq!(r["disk_size"], 6 << 20);
+    assert_eq!(r["pipeline_threads"], 1);
     assert_eq!(r["block_size"], 256 << 10);
     assert!(r["verify_seconds"].as_f64().is_some());
     assert!(

@@ -22,11 +22,13 @@ time_one() { # prints seconds
   awk "BEGIN { print $end - $start }"
 }
 ours=(); qemu=()
+run_qemu() { qemu+=("$(time_one qemu-img convert -f vhdx -O raw "$img" "$work/qemu.raw")"); }
+run_ours() { ours+=("$(time_one "$bin" vhdx export ${EXPORT_ARGS:-} "$img" -o "$work/ours.raw")"); }
+# On this VM the tool that runs second after a sync is often much slower (measured in both
+# orders), so the order alternates: qemu first on odd runs, drplane first on even ones.
 for i in $(seq "$runs"); do
   rm -f "$work/ours.raw" "$work/qemu.raw"; sync
-  qemu+=("$(time_one qemu-img convert -f vhdx -O raw "$img" "$work/qemu.raw")")
-  sync
-  ours+=("$(time_one "$bin" vhdx export ${EXPORT_ARGS:-} "$img" -o "$work/ours.raw")")
+  if [ $((i % 2)) -eq 1 ]; then run_qemu; sync; run_ours; else run_ours; sync; run_qemu; fi
 done
 cmp "$work/ours.raw" "$work/qemu.raw"
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

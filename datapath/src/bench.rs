@@ -97,6 +97,8 @@ pub enum BenchError {
     Cycle(#[from] CycleError),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    #[error("the store lists no recovery point after the bench's cycles")]
+    NoPoint,
     #[error("the last point does not restore to the disk: block {block} differs")]
     Mismatch { block: u64 },
 }
@@ -494,7 +496,7 @@ pub fn run_bench(
         stage("verify");
         let start = Instant::now();
         let points = replica.points(keys.digest.expose())?;
-        let last = points.last().expect("the bench committed points");
+        let last = points.last().ok_or(BenchError::NoPoint)?;
         let codec = BlockCodec::new(&keys, config.zstd_level, config.encrypt);
         let mut expected = Vec::new();
         let mut mismatch = None;

@@ -561,16 +561,18 @@ fn a_raw_disk_truncated_during_a_cycle_fails_it_and_keeps_the_points() {
     std::fs::write(&path, &disk.bytes).unwrap();
     let source = datapath::cycle::RawSource::open(&path).unwrap();
     let options = options(Selection::Scan, 0);
-    run_cycle(
-        &replica,
-        &source,
-        &id,
-        &keys,
-        &options,
-        &mut nonces,
-        &|_| {},
-    )
-    .unwrap();
+    let mut cycle = || {
+        run_cycle(
+            &replica,
+            &source,
+            &id,
+            &keys,
+            &options,
+            &mut nonces,
+            &|_| {},
+        )
+    };
+    cycle().unwrap();
     // Another process cuts the file while it is mapped: the next cycle reads pages that are
     // gone. It must fail with an error naming the cause, store nothing, and not end the
     // process (SIGBUS).
@@ -580,16 +582,7 @@ fn a_raw_disk_truncated_during_a_cycle_fails_it_and_keeps_the_points() {
         .unwrap()
         .set_len(SIZE / 3)
         .unwrap();
-    let err = run_cycle(
-        &replica,
-        &source,
-        &id,
-        &keys,
-        &options,
-        &mut nonces,
-        &|_| {},
-    )
-    .expect_err("the cycle read a shrunk file");
+    let err = cycle().expect_err("the cycle read a shrunk file");
     assert!(matches!(err, CycleError::Source { .. }), "{err:?}");
     assert!(err.to_string().contains("shrank"), "{err}");
     let points = replica.points(keys.digest.expose()).unwrap();

@@ -89,6 +89,16 @@ struct RunArgs {
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
         Some(BenchCommand::MakeDisk { output, size, seed }) => {
+            let folder = match output.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => std::path::Path::new("."),
+            };
+            check_room(
+                folder,
+                size,
+                &format!("a {} disk", human(size)),
+                "choose a smaller --size or another folder",
+            )?;
             let mix = make_disk(&output, size, seed)?;
             println!(
                 "{}: {} realistic disk (seed {seed}): {}",
@@ -135,17 +145,15 @@ fn mix_text(mix: &ContentMix) -> String {
         .join(", ")
 }
 
-/// The generated disk (and the replica next to it, at most as big again) must fit.
-fn check_room(dir: &std::path::Path, size: u64) -> Result<()> {
+/// `needed` bytes (`what`) must fit in the file system holding `dir`.
+fn check_room(dir: &std::path::Path, needed: u64, what: &str, hint: &str) -> Result<()> {
     let Ok(fs) = rustix::fs::statvfs(dir) else {
         return Ok(());
     };
     let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-    let needed = size.saturating_mul(2);
     if needed > free {
         anyhow::bail!(
-            "a generated {} disk and its replica need up to {} in {}, which has {} free (give --disk, a smaller --size, or set TMPDIR)",
-            human(size),
+            "not enough room for {what}: up to {} in {}, which has {} free ({hint})",
             human(needed),
             dir.display(),
             human(free)
@@ -186,7 +194,12 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
     if args.disk.is_none() {
         // Refuse bad settings, and a disk that does not fit, before writing it.
         config.validate(args.size)?;
-        check_room(scratch.path(), args.size)?;
+        check_room(
+            scratch.path(),
+            args.size.saturating_mul(2),
+            &format!("a generated {} disk and its replica", human(args.size)),
+            "give --disk, a smaller --size, or set TMPDIR",
+        )?;
     }
     let (source, disk_text): (Box<dyn BlockSource>, String) = match &args.disk {
         Some(path) => (

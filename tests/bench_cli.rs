@@ -98,6 +98,17 @@ fn bad_settings_fail_with_one_line_naming_them() {
             &["--disk", "/nonexistent/disk.raw"][..],
             "/nonexistent/disk.raw",
         ),
+        // No machine here has 128 TiB free: refused before a byte is written.
+        (&["--size", "64T", "--churn", "none"][..], "not enough room"),
+        (
+            &[
+                "make-disk",
+                "/tmp/drplane-bench-never-written.raw",
+                "--size",
+                "64T",
+            ][..],
+            "not enough room",
+        ),
     ] {
         let out = drplane().arg("bench").args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
@@ -105,4 +116,5 @@ fn bad_settings_fail_with_one_line_naming_them() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    assert!(!std::path::Path::new("/tmp/drplane-bench-never-written.raw").exists());
 }

@@ -10,7 +10,7 @@
 //!   [`retention`]: which points to keep; [`replicator`]: the sans-IO state machine that
 //!   schedules cycles; [`agent`]: carries out its plans for one disk; [`throttle`]: upload
 //!   pacing for the real driver.
-//! - [`bench`]: `drplane bench`, the data path measured on one disk; [`synthetic`]: seeded
+//! - [`mod@bench`]: `drplane bench`, the data path measured on one disk; [`synthetic`]: seeded
 //!   realistic disk content for it and for the benchmark scripts.
 
 #![forbid(unsafe_code)]

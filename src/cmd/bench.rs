@@ -68,7 +68,7 @@ struct RunArgs {
     #[command(flatten)]
     policy: PolicyArgs,
     /// Where to replicate (a store directory or an endpoint URL); the replica is named
-    /// bench-<random> in container "bench" and left there. Default: a temporary store
+    /// `bench-<random>` in container "bench" and left there. Default: a temporary store
     /// directory, removed afterwards.
     #[arg(long)]
     store: Option<String>,

@@ -10,7 +10,7 @@ use sim::planner::{plan, verify, Plan, PlanInput, Verification};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// A workload file (TOML: the keys of the flags below, a [policy] table, and [[group]]
+    /// A workload file (TOML: the keys of the flags below, a `[policy]` table, and `[[group]]`
     /// tables for VMs that differ); flags given as well override it (with groups, the VM flags
     /// are the groups' defaults).
     file: Option<PathBuf>,

@@ -4,8 +4,8 @@
 //! CRC-32C tells storage damage apart from tampering.
 //!
 //! Layout: magic `DPMF` | version u16 | consistency u8 | reserved u8 | sequence u64 |
-//! time_nanos u64 | generation u64 | disk_size u64 | block_size u32 | key_id [20] |
-//! merkle_root [32] | snapshot id length u16 | snapshot id (UTF-8) | MAC [32] | CRC-32C u32.
+//! time_nanos u64 | generation u64 | disk_size u64 | block_size u32 | key_id \[20\] |
+//! merkle_root \[32\] | snapshot id length u16 | snapshot id (UTF-8) | MAC \[32\] | CRC-32C u32.
 
 pub const MAGIC: &[u8; 4] = b"DPMF";
 pub const VERSION: u16 = 1;

@@ -9,7 +9,7 @@
 //! - header, page 0: magic `DPSL` | version u16 | committed u8 | consistency u8 | sequence u64 |
 //!   time_nanos u64 | entries u64 | end offset u64 | CRC-32C of the preceding bytes;
 //! - entries from offset 512, each an entry page — magic `DPSE` | block u64 | kind u8
-//!   (0 zero block, 1 record) | reserved [3] | record length u32 | record CRC-32C u32 |
+//!   (0 zero block, 1 record) | reserved \[3\] | record length u32 | record CRC-32C u32 |
 //!   CRC-32C of the preceding bytes — then the slot record padded to whole pages.
 
 use super::block_record::Encoded;

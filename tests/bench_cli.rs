@@ -118,3 +118,43 @@ fn bad_settings_fail_with_one_line_naming_them() {
     }
     assert!(!std::path::Path::new("/tmp/drplane-bench-never-written.raw").exists());
 }
+
+#[test]
+fn several_runs_go_into_their_own_replicas_and_report_medians() {
+    let dir = temp_dir();
+    let store = file_in(dir.path(), "store");
+    let r = bench_json(&[
+        "--size",
+        "4M",
+        "--churn",
+        "5,20",
+        "--runs",
+        "3",
+        "--no-verify",
+        "--store",
+        path_str(&store),
+    ]);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    let replicas: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .map(|run| run["replica"].as_str().unwrap())
+        .collect();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    // The same seed changes the same blocks in every run.
+    let changed: Vec<&Value> = runs
+        .iter()
+        .map(|run| &run["deltas"][1]["blocks_changed"])
+        .collect();
+    assert!(changed.iter().all(|c| *c == changed[0]), "{changed:?}");
+    let m = &r["median"];
+    assert_eq!(m["runs"], 3);
+    assert_eq!(m["delta_seconds"].as_array().unwrap().len(), 2);
+    let mut initial: Vec<f64> = runs
+        .iter()
+        .map(|run| run["initial"]["seconds"].as_f64().unwrap())
+        .collect();
+    initial.sort_by(f64::total_cmp);
+    assert_eq!(m["initial_seconds"].as_f64().unwrap(), initial[1]);
+    assert!(m["verify_seconds"].is_null());
+}

@@ -78,6 +78,10 @@ struct RunArgs {
     /// MiB of non-zero blocks, spread over the disk, to time each stage on.
     #[arg(long, default_value_t = 64)]
     sample_mib: u64,
+    /// Repeat the whole measurement this many times, each run into a new replica, and report
+    /// the median of each figure too (this VM's run-to-run noise is ±10%).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    runs: u16,
     /// Skip restoring the last point and comparing it with the disk.
     #[arg(long)]
     no_verify: bool,
@@ -243,40 +247,164 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
     let (_, pfx) =
         datapath::registration::register("drplane-bench", "bench", &password, &SystemClock)?;
     let identity = Identity::from_pfx(&pfx, &password)?;
-    let name = format!("bench-{}", random_hex(6)?);
-    let target = BenchTarget {
-        store: &*store,
-        container: BENCH_CONTAINER,
-        name: &name,
-        identity: &identity,
-        clock: &SystemClock,
-    };
-    let report = match args.pipeline_threads {
-        None => run_bench(&*source, &target, &config, &|stage| say(stage))?,
-        Some(threads) => rayon::ThreadPoolBuilder::new()
-            .num_threads(usize::from(threads))
-            .build()
-            .context("the pipeline's thread pool")?
-            .install(|| run_bench(&*source, &target, &config, &|stage| say(stage)))?,
+    let base_name = format!("bench-{}", random_hex(6)?);
+    let pool = args
+        .pipeline_threads
+        .map(|threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(usize::from(threads))
+                .build()
+                .context("the pipeline's thread pool")
+        })
+        .transpose()?;
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        let name = match args.runs {
+            1 => base_name.clone(),
+            _ => format!("{base_name}-{run}"),
+        };
+        if args.runs > 1 {
+            say(&format!("run {run} of {}", args.runs));
+        }
+        let target = BenchTarget {
+            store: &*store,
+            container: BENCH_CONTAINER,
+            name: &name,
+            identity: &identity,
+            clock: &SystemClock,
+        };
+        let once = || run_bench(&*source, &target, &config, &|stage| say(stage));
+        let report = match &pool {
+            None => once()?,
+            Some(pool) => pool.install(once)?,
+        };
+        runs.push((name, report));
+    }
+    let replica = |name: &str| {
+        args.store
+            .as_ref()
+            .map(|s| format!("{s} {BENCH_CONTAINER}/{name}"))
     };
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        value["disk"] = disk_text.into();
-        value["replica"] = match &args.store {
-            Some(s) => format!("{s} {BENCH_CONTAINER}/{name}").into(),
-            None => serde_json::Value::Null,
+        let mut values: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|(name, report)| report_json(report, &disk_text, replica(name)))
+            .collect::<Result<_>>()?;
+        let value = match values.len() {
+            1 => values.remove(0),
+            _ => {
+                let reports: Vec<&BenchReport> = runs.iter().map(|(_, r)| r).collect();
+                serde_json::json!({ "runs": values, "median": Medians::of(&reports) })
+            }
         };
-        value["initial_bytes_per_sec"] = report.initial_rate().into();
-        value["pipeline_bound_bytes_per_sec"] = report.pipeline_bound().into();
-        value["pipeline_efficiency"] = report.pipeline_efficiency().into();
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_report(&report, &disk_text);
-        if let Some(s) = &args.store {
-            println!("replica left in {s}: {BENCH_CONTAINER}/{name}");
+        for (i, (name, report)) in runs.iter().enumerate() {
+            if runs.len() > 1 {
+                println!("run {} of {}:", i + 1, runs.len());
+            }
+            print_report(report, &disk_text);
+            if let Some(r) = replica(name) {
+                println!("replica left in {r}");
+            }
+        }
+        if runs.len() > 1 {
+            let reports: Vec<&BenchReport> = runs.iter().map(|(_, r)| r).collect();
+            print_medians(&Medians::of(&reports), &reports[0].deltas);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One run's report as JSON, with the derived rates.
+fn report_json(
+    report: &BenchReport,
+    disk_text: &str,
+    replica: Option<String>,
+) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(report)?;
+    value["disk"] = disk_text.into();
+    value["replica"] = replica.into();
+    value["initial_bytes_per_sec"] = report.initial_rate().into();
+    value["pipeline_bound_bytes_per_sec"] = report.pipeline_bound().into();
+    value["pipeline_efficiency"] = report.pipeline_efficiency().into();
+    Ok(value)
+}
+
+/// The median of each timed figure over several runs.
+#[derive(Debug, serde::Serialize)]
+struct Medians {
+    runs: usize,
+    initial_seconds: f64,
+    initial_cpu_seconds: Option<f64>,
+    initial_bytes_per_sec: f64,
+    pipeline_bound_bytes_per_sec: Option<f64>,
+    pipeline_efficiency: Option<f64>,
+    /// One per churn level, in order.
+    delta_seconds: Vec<f64>,
+    verify_seconds: Option<f64>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The median of `f` over the runs that have it; `None` when none has.
+fn median_of(reports: &[&BenchReport], f: impl Fn(&BenchReport) -> Option<f64>) -> Option<f64> {
+    let values: Vec<f64> = reports.iter().filter_map(|r| f(r)).collect();
+    (!values.is_empty()).then(|| median(values))
+}
+
+impl Medians {
+    fn of(reports: &[&BenchReport]) -> Medians {
+        let deltas = reports.first().map_or(0, |r| r.deltas.len());
+        Medians {
+            runs: reports.len(),
+            initial_seconds: median(reports.iter().map(|r| r.initial.seconds).collect()),
+            initial_cpu_seconds: median_of(reports, |r| r.initial.cpu_seconds),
+            initial_bytes_per_sec: median(reports.iter().map(|r| r.initial_rate()).collect()),
+            pipeline_bound_bytes_per_sec: median_of(reports, BenchReport::pipeline_bound),
+            pipeline_efficiency: median_of(reports, BenchReport::pipeline_efficiency),
+            delta_seconds: (0..deltas)
+                .map(|i| median(reports.iter().map(|r| r.deltas[i].seconds).collect()))
+                .collect(),
+            verify_seconds: median_of(reports, |r| r.verify_seconds),
+        }
+    }
+}
+
+fn print_medians(m: &Medians, deltas: &[CycleFigures]) {
+    let cpu = m
+        .initial_cpu_seconds
+        .map(|c| format!(", {c:.2} s CPU"))
+        .unwrap_or_default();
+    let bound = m
+        .pipeline_bound_bytes_per_sec
+        .map(|b| format!("; pipeline bound {}", rate(b)))
+        .unwrap_or_default();
+    let efficiency = m
+        .pipeline_efficiency
+        .map(|e| format!(" ({:.0}% of the bound)", 100.0 * e))
+        .unwrap_or_default();
+    println!(
+        "median of {} runs: initial replication {:.2} s{cpu}, {} of disk{efficiency}{bound}",
+        m.runs,
+        m.initial_seconds,
+        rate(m.initial_bytes_per_sec)
+    );
+    for (d, seconds) in deltas.iter().zip(&m.delta_seconds) {
+        println!(
+            "  delta, churn {}%: {seconds:.3} s ({:.1}% of the initial)",
+            d.churn_percent.unwrap_or(0.0),
+            100.0 * seconds / m.initial_seconds.max(1e-9)
+        );
+    }
 }
 
 fn rate(bytes_per_sec: f64) -> String {

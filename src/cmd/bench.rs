@@ -149,6 +149,14 @@ fn mix_text(mix: &ContentMix) -> String {
         .join(", ")
 }
 
+/// Write back everything dirty on the file system holding `dir` (best effort: a measurement
+/// only gets fairer with it).
+fn write_back(dir: &std::path::Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = rustix::fs::syncfs(&d);
+    }
+}
+
 /// `needed` bytes (`what`) must fit in the file system holding `dir`.
 fn check_room(dir: &std::path::Path, needed: u64, what: &str, hint: &str) -> Result<()> {
     let Ok(fs) = rustix::fs::statvfs(dir) else {
@@ -214,6 +222,7 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
             say("writing the realistic disk");
             let path = scratch.path().join("realistic.raw");
             let mix = make_disk(&path, args.size, args.seed)?;
+            write_back(scratch.path());
             let raw = RawSource::open(&path).with_context(|| path.display().to_string())?;
             (
                 Box::new(raw),
@@ -225,22 +234,19 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
             )
         }
     };
-    let store: Box<dyn PageBlobStore> = match &args.store {
-        Some(s) => Target::url(
-            s,
-            std::env::var("DRPLANE_ACCOUNT_KEY").ok(),
-            Default::default(),
-        )
-        .open()?,
-        None => Box::new(
-            Emulator::open(
-                &scratch.path().join("store"),
-                Profile::Standard,
-                Durability::Process,
-                Arc::new(SystemClock),
+    // A given store is shared by the runs; otherwise each run gets a fresh temporary store,
+    // removed and written back (`syncfs`) before the next, so no run pays for another's
+    // writeback (as scripts/bench-replicate.sh does between tools).
+    let shared_store: Option<Box<dyn PageBlobStore>> = match &args.store {
+        Some(s) => Some(
+            Target::url(
+                s,
+                std::env::var("DRPLANE_ACCOUNT_KEY").ok(),
+                Default::default(),
             )
-            .context("the temporary store")?,
+            .open()?,
         ),
+        None => None,
     };
     // A throwaway certificate, as `register` makes one: the keys are real, nothing is kept.
     let password = random_hex(16)?;
@@ -266,8 +272,26 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
         if args.runs > 1 {
             say(&format!("run {run} of {}", args.runs));
         }
+        let own_dir = scratch.path().join(format!("store-{run}"));
+        let own_store = match &shared_store {
+            Some(_) => None,
+            None => Some(
+                Emulator::open(
+                    &own_dir,
+                    Profile::Standard,
+                    Durability::Process,
+                    Arc::new(SystemClock),
+                )
+                .context("the temporary store")?,
+            ),
+        };
+        let store: &dyn PageBlobStore = match (&shared_store, &own_store) {
+            (Some(shared), _) => &**shared,
+            (None, Some(own)) => own,
+            (None, None) => unreachable!("one store or the other"),
+        };
         let target = BenchTarget {
-            store: &*store,
+            store,
             container: BENCH_CONTAINER,
             name: &name,
             identity: &identity,
@@ -279,6 +303,12 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
             Some(pool) => pool.install(once)?,
         };
         runs.push((name, report));
+        if let Some(own) = own_store {
+            drop(own);
+            std::fs::remove_dir_all(&own_dir)
+                .with_context(|| format!("removing {}", own_dir.display()))?;
+            write_back(scratch.path());
+        }
     }
     let replica = |name: &str| {
         args.store

@@ -117,6 +117,23 @@ fn bad_settings_fail_with_one_line_naming_them() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     assert!(!std::path::Path::new("/tmp/drplane-bench-never-written.raw").exists());
+    // A given disk too big for a replica in the temporary folder (sparse: costs nothing).
+    let dir = temp_dir();
+    let huge = file_in(dir.path(), "huge.raw");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(15 << 40)
+        .unwrap();
+    let out = drplane()
+        .args(["bench", "--disk", path_str(&huge)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not enough room for the replica of a 15.00 TiB disk"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -234,6 +234,16 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
             )
         }
     };
+    if args.disk.is_some() && args.store.is_none() {
+        // The replica can be as big as the disk (plus a 512-byte header per block).
+        let size = source.disk_size();
+        check_room(
+            scratch.path(),
+            size.saturating_add(size / 64),
+            &format!("the replica of a {} disk", human(size)),
+            "give --store elsewhere, or set TMPDIR",
+        )?;
+    }
     // A given store is shared by the runs; otherwise each run gets a fresh temporary store,
     // removed and written back (`syncfs`) before the next, so no run pays for another's
     // writeback (as scripts/bench-replicate.sh does between tools).
@@ -273,9 +283,10 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
             say(&format!("run {run} of {}", args.runs));
         }
         let own_dir = scratch.path().join(format!("store-{run}"));
-        let own_store = match &shared_store {
-            Some(_) => None,
-            None => Some(
+        let mut own_store = None;
+        let store: &dyn PageBlobStore = match &shared_store {
+            Some(shared) => &**shared,
+            None => own_store.insert(
                 Emulator::open(
                     &own_dir,
                     Profile::Standard,
@@ -284,11 +295,6 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
                 )
                 .context("the temporary store")?,
             ),
-        };
-        let store: &dyn PageBlobStore = match (&shared_store, &own_store) {
-            (Some(shared), _) => &**shared,
-            (None, Some(own)) => own,
-            (None, None) => unreachable!("one store or the other"),
         };
         let target = BenchTarget {
             store,
@@ -410,18 +416,12 @@ impl Medians {
 }
 
 fn print_medians(m: &Medians, deltas: &[CycleFigures]) {
-    let cpu = m
-        .initial_cpu_seconds
-        .map(|c| format!(", {c:.2} s CPU"))
-        .unwrap_or_default();
+    let cpu = cpu_text(m.initial_cpu_seconds);
     let bound = m
         .pipeline_bound_bytes_per_sec
         .map(|b| format!("; pipeline bound {}", rate(b)))
         .unwrap_or_default();
-    let efficiency = m
-        .pipeline_efficiency
-        .map(|e| format!(" ({:.0}% of the bound)", 100.0 * e))
-        .unwrap_or_default();
+    let efficiency = efficiency_text(m.pipeline_efficiency);
     println!(
         "median of {} runs: initial replication {:.2} s{cpu}, {} of disk{efficiency}{bound}",
         m.runs,
@@ -441,10 +441,15 @@ fn rate(bytes_per_sec: f64) -> String {
     format!("{}/s", human(bytes_per_sec as u64))
 }
 
-fn cpu(figures: &CycleFigures) -> String {
-    figures
-        .cpu_seconds
+fn cpu_text(cpu_seconds: Option<f64>) -> String {
+    cpu_seconds
         .map(|c| format!(", {c:.2} s CPU"))
+        .unwrap_or_default()
+}
+
+fn efficiency_text(efficiency: Option<f64>) -> String {
+    efficiency
+        .map(|e| format!(" ({:.0}% of the bound)", 100.0 * e))
         .unwrap_or_default()
 }
 
@@ -484,14 +489,11 @@ fn print_report(r: &BenchReport, disk: &str) {
         None => println!("stages: not timed (the disk holds no non-zero block)"),
     }
     let i = &r.initial;
-    let efficiency = r
-        .pipeline_efficiency()
-        .map(|e| format!(" ({:.0}% of the bound)", 100.0 * e))
-        .unwrap_or_default();
+    let efficiency = efficiency_text(r.pipeline_efficiency());
     println!(
         "initial replication: {:.2} s{}, {} of disk; {} non-zero at {}{efficiency}; stored {} ({:.1}%)",
         i.seconds,
-        cpu(i),
+        cpu_text(i.cpu_seconds),
         rate(r.initial_rate()),
         human(i.bytes_changed),
         rate(i.bytes_changed as f64 / i.seconds.max(1e-9)),
@@ -503,7 +505,7 @@ fn print_report(r: &BenchReport, disk: &str) {
             "delta, churn {}%: {:.3} s{} ({:.1}% of the initial), {} blocks changed, sent {}",
             d.churn_percent.unwrap_or(0.0),
             d.seconds,
-            cpu(d),
+            cpu_text(d.cpu_seconds),
             100.0 * d.seconds / i.seconds.max(1e-9),
             d.blocks_changed,
             human(d.bytes_sent)

@@ -185,7 +185,7 @@ impl BenchReport {
 }
 
 /// A disk with some blocks replaced in memory: what the disk looks like after writes that a
-/// change tracker recorded. Replaced blocks are lent from memory; the rest comes from below.
+/// change tracker recorded. Replaced blocks are read from memory; the rest comes from below.
 #[derive(Debug)]
 pub struct ChurnedSource<'a, S: BlockSource + ?Sized> {
     base: &'a S,
@@ -239,23 +239,11 @@ impl<S: BlockSource + ?Sized> BlockSource for ChurnedSource<'_, S> {
         }
         Ok(())
     }
-    fn lend(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        let mut replaced = self.replaced(offset, len);
-        match (replaced.next(), replaced.next()) {
-            (None, _) => self.base.lend(offset, len),
-            (Some((index, bytes)), None)
-                if index * self.block_size == offset && bytes.len() as u64 == len =>
-            {
-                Some(bytes)
-            }
-            _ => None,
-        }
-    }
     fn release(&self, offset: u64, len: u64) {
         self.base.release(offset, len)
     }
-    fn check_lent(&self) -> std::io::Result<()> {
-        self.base.check_lent()
+    fn check_reads(&self) -> std::io::Result<()> {
+        self.base.check_reads()
     }
 }
 
@@ -767,9 +755,6 @@ mod tests {
                 let mut buf = vec![0u8; len];
                 churned.read_at(offset, &mut buf).unwrap();
                 proptest::prop_assert_eq!(&buf[..], &model[offset as usize..offset as usize + len]);
-                if let Some(lent) = churned.lend(offset, len as u64) {
-                    proptest::prop_assert_eq!(lent, &model[offset as usize..offset as usize + len]);
-                }
             }
         }
     }
@@ -787,10 +772,6 @@ mod tests {
         expected[16384 - 100..2 * 16384 - 100].fill(7);
         expected[2 * 16384 - 100..3 * 16384 - 100].fill(8);
         assert!(buf[..3 * 16384] == expected[..]);
-        // Replaced blocks are lent whole; others come from below (this disk lends nothing).
-        assert_eq!(churned.lend(2 * 16384, 16384), Some(&[7u8; 16384][..]));
-        assert_eq!(churned.lend(2 * 16384, 2 * 16384), None);
-        assert_eq!(churned.lend(0, 16384), None);
         assert_eq!(churned.held_bytes(), 2 * 16384);
     }
 }

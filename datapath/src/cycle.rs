@@ -36,19 +36,17 @@ pub trait BlockSource: Sync {
     fn disk_size(&self) -> u64;
     /// True when `[offset, offset+len)` is known to read as zeros without reading it.
     fn is_unallocated(&self, offset: u64, len: u64) -> bool;
+    /// Copy `[offset, offset+buf.len())` into `buf`. The cycle reads each block once and
+    /// digests, compresses and encrypts that copy: a block written meanwhile is stored as one
+    /// of its versions, never as a record whose digest belongs to another.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-    /// `[offset, offset+len)` in place, when the source has it in memory verbatim (a mapped
-    /// file): the cycle then hashes and encodes it without copying. `None`: use `read_at`.
-    fn lend(&self, _offset: u64, _len: u64) -> Option<&[u8]> {
-        None
-    }
     /// The cycle is done with `[offset, offset+len)`: a mapped source drops those pages from
     /// the process, so the resident set stays bounded however big the disk is.
     fn release(&self, _offset: u64, _len: u64) {}
-    /// Whether the bytes lent so far were really the disk's: an error once its file shrank
-    /// under the map (the lost pages read as zeros instead of ending the process). The cycle
+    /// Whether the bytes read so far were really the disk's: an error once its file shrank
+    /// under a map (the lost pages read as zeros instead of ending the process). The cycle
     /// checks after each group, before any of the group's records are stored.
-    fn check_lent(&self) -> std::io::Result<()> {
+    fn check_reads(&self) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -165,13 +163,13 @@ struct Examined {
 }
 
 thread_local! {
-    /// Per-thread buffer for blocks a source cannot lend: reused, so reading a block costs
+    /// Per-thread buffer every block is read into: reused, so reading a block costs
     /// neither an allocation nor a memset.
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What a cycle does with each block: read it (not at all when the source says it is
-/// unallocated; in place when the source lends it), hash it, and encode it when its digest
+/// unallocated; into one per-thread copy otherwise), hash it, and encode it when its digest
 /// differs from the replica's.
 struct BlockPass<'a, Z> {
     source: &'a dyn BlockSource,
@@ -218,9 +216,8 @@ impl<Z: Fn(u64) -> [u8; 32] + Sync> BlockPass<'_, Z> {
                 }),
             }
         };
-        if let Some(data) = self.source.lend(offset, len) {
-            return Ok(data_block(data));
-        }
+        // One copy: a mapped file may change under us, so never hash the map and then
+        // encode it again.
         READ_BUFFER.with_borrow_mut(|buf| {
             buf.resize(buf.len().max(len as usize), 0);
             let data = &mut buf[..len as usize];
@@ -499,7 +496,7 @@ fn cycle_inner(
                     group.iter().zip(group_nonces.iter()).map(examine).collect()
                 };
                 if let Some(&first) = group.first() {
-                    source.check_lent().map_err(|e| CycleError::Source {
+                    source.check_reads().map_err(|e| CycleError::Source {
                         offset: first * u64::from(layout.block_size),
                         source: e,
                     })?;
@@ -688,25 +685,19 @@ impl BlockSource for vhdx::Disk {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         vhdx::Disk::read_at(self, offset, buf).map_err(std::io::Error::other)
     }
-    fn lend(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        match self.map(offset, len).ok()?.as_slice() {
-            [whole] if whole.len == len => self.segment_bytes(whole),
-            _ => None,
-        }
-    }
     fn release(&self, offset: u64, len: u64) {
         vhdx::Disk::release(self, offset, len)
     }
-    fn check_lent(&self) -> std::io::Result<()> {
+    fn check_reads(&self) -> std::io::Result<()> {
         self.check_mapped().map_err(std::io::Error::other)
     }
 }
 
-/// A raw image file as a source, memory-mapped: blocks are hashed and encoded in place, and
-/// each group's pages are released once it is done, so a big disk neither copies every byte
-/// nor fills the resident set. Holes of a sparse file are found with `SEEK_DATA`/`SEEK_HOLE`
+/// A raw image file (or block device) as a source, memory-mapped: each block is copied out of
+/// the map once, and each group's pages are released once it is done, so a big disk does not
+/// fill the resident set. Holes of a sparse file are found with `SEEK_DATA`/`SEEK_HOLE`
 /// when it is opened and are never read. A file that another process truncates while a cycle
-/// runs does not end the process: the lost pages read as zeros and `check_lent` fails the
+/// runs does not end the process: the lost pages read as zeros and `check_reads` fails the
 /// cycle before anything read from them is stored (see `vhdx::map_guard`).
 #[derive(Debug)]
 pub struct RawSource {
@@ -720,9 +711,17 @@ pub struct RawSource {
 const MAX_RAW_EXTENTS: usize = 1 << 20;
 
 impl RawSource {
+    /// Open a raw image or a block device (read at its real size). Anything else, and an
+    /// empty disk, is an error: there is nothing to replicate.
     pub fn open(path: &std::path::Path) -> std::io::Result<RawSource> {
         let file = vhdx::MappedFile::open(path)?;
         let size = vhdx::ReadAt::len(&file);
+        if size == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the disk is empty (0 bytes): nothing to replicate",
+            ));
+        }
         let data = data_extents(path, size)?;
         Ok(RawSource { file, size, data })
     }
@@ -775,14 +774,11 @@ impl BlockSource for RawSource {
         }
         vhdx::ReadAt::read_at(&self.file, offset, head)
     }
-    fn lend(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        vhdx::ReadAt::mapped(&self.file, offset, len)
-    }
     fn release(&self, offset: u64, len: u64) {
         let len = len.min(self.size.saturating_sub(offset));
         vhdx::ReadAt::release(&self.file, offset, len)
     }
-    fn check_lent(&self) -> std::io::Result<()> {
+    fn check_reads(&self) -> std::io::Result<()> {
         vhdx::ReadAt::check_mapped(&self.file)
     }
 }

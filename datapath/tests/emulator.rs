@@ -150,3 +150,178 @@ fn reopening_with_another_profile_is_refused() {
     )
     .is_err());
 }
+
+/// A store of three blobs with some pages and a snapshot each: many records in one segment.
+fn store_with_records(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Vec<u8> {
+    let store = open(dir, Profile::Standard, clock);
+    store.create_container("cont").unwrap();
+    for b in 0..3u8 {
+        let p = BlobPath::new("cont", &format!("blob{b}"));
+        store
+            .create_page_blob(&p, 1 << 20, 0, &Conditions::default())
+            .unwrap();
+        store
+            .put_pages(&p, 0, &[b + 1; 4096], &Conditions::default())
+            .unwrap();
+        store.snapshot(&p, &Conditions::default()).unwrap();
+    }
+    drop(store);
+    std::fs::read(dir.join("log/segment-000000.log")).unwrap()
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_segment_is_damage_not_a_torn_tail_and_nothing_is_cut() {
+    let clock = Arc::new(ManualClock::new(START));
+    // Flip a byte in a middle record's body, its header's length, and its magic: each is
+    // damage named by segment and offset, for a writer and a reader alike.
+    for at in [40usize, 13, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("log/segment-000000.log");
+        let mut bytes = store_with_records(dir.path(), &clock);
+        // The second record starts where the first ends.
+        let first_len = 24
+            + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize
+            + u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        bytes[first_len + at] ^= if at == 13 { 0x40 } else { 0x01 };
+        std::fs::write(&seg, &bytes).unwrap();
+        let writer = Emulator::open(
+            dir.path(),
+            Profile::Standard,
+            Durability::Process,
+            clock.clone(),
+        )
+        .unwrap_err()
+        .to_string();
+        let reader = Emulator::open_read_only(dir.path(), false, clock.clone())
+            .unwrap_err()
+            .to_string();
+        for err in [&writer, &reader] {
+            assert!(
+                err.contains("damaged")
+                    && err.contains("segment-000000.log")
+                    && err.contains(&format!("offset {first_len}")),
+                "flip at +{at}: {err}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(&seg).unwrap(),
+            bytes,
+            "flip at +{at}: the log was changed"
+        );
+    }
+}
+
+#[test]
+fn a_reader_leaves_a_torn_tail_alone_and_a_writer_cuts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let bytes = store_with_records(dir.path(), &clock);
+    let seg = dir.path().join("log/segment-000000.log");
+    // A record cut mid-append, and a file grown over bytes that never arrived.
+    for tail in [bytes[..bytes.len() - 30].to_vec(), {
+        let mut b = bytes.clone();
+        b.extend_from_slice(&[0; 700]);
+        b
+    }] {
+        std::fs::write(&seg, &tail).unwrap();
+        let reader = Emulator::open_read_only(dir.path(), false, clock.clone()).unwrap();
+        assert_eq!(reader.list_blobs("cont", true).unwrap().len(), 6);
+        drop(reader);
+        assert_eq!(
+            std::fs::read(&seg).unwrap(),
+            tail,
+            "the reader changed the log"
+        );
+    }
+    drop(open(dir.path(), Profile::Standard, &clock));
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bytes,
+        "the writer cut only the tail"
+    );
+}
+
+#[test]
+fn a_read_only_store_refuses_changes_and_mistyped_directories_stay_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    store_with_records(dir.path(), &clock);
+    let reader = Emulator::open_read_only(dir.path(), false, clock.clone()).unwrap();
+    let err = reader.create_container("other").unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    let mut buf = vec![0u8; 4096];
+    reader
+        .read(&BlobPath::new("cont", "blob2"), None, 0, &mut buf)
+        .unwrap();
+    assert_eq!(buf, vec![3u8; 4096]);
+    // A mistyped store: nothing is created in a missing or unrelated directory.
+    let missing = dir.path().join("no-such-store");
+    let err = Emulator::open_read_only(&missing, false, clock.clone()).unwrap_err();
+    assert!(err.to_string().contains("not a drplane store"), "{err}");
+    assert!(!missing.exists());
+    let unrelated = tempfile::tempdir().unwrap();
+    std::fs::write(unrelated.path().join("notes.txt"), b"mine").unwrap();
+    let err = Emulator::open(
+        unrelated.path(),
+        Profile::Standard,
+        Durability::Process,
+        clock,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(unrelated.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("notes.txt")]);
+}
+
+#[test]
+fn snapshot_reads_never_see_writes_made_after_the_snapshot_under_concurrent_stress() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let store = open(dir.path(), Profile::Standard, &clock);
+    let p = BlobPath::new("cont", "disk");
+    store.create_container("cont").unwrap();
+    store
+        .create_page_blob(&p, 4 << 20, 0, &Conditions::default())
+        .unwrap();
+    const LEN: usize = 4 << 20;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, u8)>(0);
+    let (store, clock, p) = (&store, &clock, &p);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // Write fill i, snapshot it, and at once overwrite its last page while a reader
+            // copies the snapshot front to back: the overwrite must never show in it.
+            for i in 0..120u32 {
+                let fill = (i % 250) as u8 + 1;
+                store
+                    .put_pages(p, 0, &vec![fill; LEN], &Conditions::default())
+                    .unwrap();
+                clock.advance(1_000);
+                let id = store.snapshot(p, &Conditions::default()).unwrap();
+                tx.send((id, fill)).unwrap();
+                store
+                    .put_pages(
+                        p,
+                        (LEN - 4096) as u64,
+                        &[!fill; 4096],
+                        &Conditions::default(),
+                    )
+                    .unwrap();
+            }
+        });
+        s.spawn(move || {
+            let mut buf = vec![0u8; LEN];
+            for (id, fill) in rx {
+                store.read(p, Some(&id), 0, &mut buf).unwrap();
+                if let Some(at) = buf.iter().position(|&b| b != fill) {
+                    panic!("snapshot {id} of fill {fill} read {} at {at}", buf[at]);
+                }
+                store
+                    .delete_blob(p, Some(&id), None, &Conditions::default())
+                    .unwrap();
+            }
+        });
+    });
+}

@@ -254,7 +254,8 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
                 std::env::var("DRPLANE_ACCOUNT_KEY").ok(),
                 Default::default(),
             )
-            .open()?,
+            .open_writer(None)?
+            .0,
         ),
         None => None,
     };

@@ -16,7 +16,9 @@ use datapath::pageblob::http::server::{serve, ServerConfig};
 use datapath::pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
 use datapath::pageblob::timestamp::http_date;
 use datapath::pageblob::upload::upload_chunks;
-use datapath::pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile, PAGE_SIZE};
+use datapath::pageblob::{
+    BlobPath, Conditions, Emulator, PageBlobStore, Profile, StoreError, PAGE_SIZE,
+};
 use serde_json::json;
 
 use crate::progress::bytes_bar;
@@ -185,64 +187,86 @@ impl Target {
         }
     }
 
-    pub fn open(&self) -> Result<Box<dyn PageBlobStore>> {
-        Ok(self.open_with_profile(None)?.0)
-    }
-
-    /// The store and, for a store directory, the profile it was created with. A new
-    /// directory is created with `new_profile` (default standard); an existing one must
-    /// have been created with it, when given.
-    pub fn open_with_profile(
+    /// The store to write: replicate, upload, bench. A store directory must be a store, or
+    /// new or empty (it is then created with `new_profile`, default standard); an existing
+    /// one must have been created with `new_profile`, when given. Returns the store and, for
+    /// a directory, its profile.
+    pub fn open_writer(
         &self,
         new_profile: Option<Profile>,
     ) -> Result<(Box<dyn PageBlobStore>, Option<Profile>)> {
-        if self.store.starts_with("http://") || self.store.starts_with("https://") {
-            let account = match &self.account {
-                Some(a) => a.clone(),
-                None => self
-                    .store
-                    .split("://")
-                    .nth(1)
-                    .and_then(|r| r.split('/').nth(1))
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or(DEV_ACCOUNT)
-                    .to_string(),
-            };
-            let key = decode_key(self.key.as_deref().unwrap_or(DEV_KEY))
-                .context("--key is not base64")?;
-            let store = match self.proxy.settings(self.recorded_proxy.as_ref())? {
-                Some(proxy) => HttpStore::with_proxy(&self.store, &account, &key, &proxy)?,
-                None => HttpStore::new(&self.store, &account, &key),
-            };
-            Ok((Box::new(store), None))
-        } else {
-            let dir = std::path::Path::new(&self.store);
-            if !dir.join("store.json").exists() {
-                let store = Emulator::open(
-                    dir,
-                    new_profile.unwrap_or(Profile::Standard),
-                    Durability::Process,
-                    Arc::new(SystemClock),
-                )
-                .with_context(|| format!("store {}", self.store))?;
-                let profile = store.profile();
-                return Ok((Box::new(store), Some(profile)));
+        let Some(dir) = self.directory() else {
+            return Ok((self.open_endpoint()?, None));
+        };
+        let clock = Arc::new(SystemClock);
+        let store = match new_profile {
+            None if dir.join("store.json").exists() => {
+                Emulator::open_existing(dir, Durability::Process, clock)
             }
-            let store = Emulator::open_existing(
-                std::path::Path::new(&self.store),
+            _ => Emulator::open(
+                dir,
+                new_profile.unwrap_or(Profile::Standard),
                 Durability::Process,
-                Arc::new(SystemClock),
-            )
-            .with_context(|| format!("store {}", self.store))?;
-            let profile = store.profile();
-            if let Some(wanted) = new_profile.filter(|w| *w != profile) {
-                bail!(
-                    "store {} was created with profile {profile:?}, not {wanted:?}",
+                clock,
+            ),
+        }
+        .with_context(|| format!("store {}", self.store))?;
+        let profile = store.profile();
+        Ok((Box::new(store), Some(profile)))
+    }
+
+    /// The store to read: points, verify, restore, listings. A directory is opened read-only
+    /// (read-only media work) and must already be a store; while its writer is mid-cycle
+    /// this waits for it, saying so.
+    pub fn open_reader(&self) -> Result<Box<dyn PageBlobStore>> {
+        let Some(dir) = self.directory() else {
+            return self.open_endpoint();
+        };
+        let open = |wait| Emulator::open_read_only(dir, wait, Arc::new(SystemClock));
+        let store = match open(false) {
+            Err(StoreError::InUse { holder, .. }) if !holder.serving => {
+                eprintln!(
+                    "store {} is being written by {holder}: waiting for it to finish its cycle",
                     self.store
                 );
+                open(true)
             }
-            Ok((Box::new(store), Some(profile)))
-        }
+            Err(StoreError::InUse { holder, .. }) => bail!(
+                "store {} is served by {holder}: read it through the server's URL",
+                self.store
+            ),
+            other => other,
+        };
+        Ok(Box::new(
+            store.with_context(|| format!("store {}", self.store))?,
+        ))
+    }
+
+    /// The store directory, when the store is not a URL.
+    fn directory(&self) -> Option<&std::path::Path> {
+        let url = self.store.starts_with("http://") || self.store.starts_with("https://");
+        (!url).then(|| std::path::Path::new(&self.store))
+    }
+
+    fn open_endpoint(&self) -> Result<Box<dyn PageBlobStore>> {
+        let account = match &self.account {
+            Some(a) => a.clone(),
+            None => self
+                .store
+                .split("://")
+                .nth(1)
+                .and_then(|r| r.split('/').nth(1))
+                .filter(|a| !a.is_empty())
+                .unwrap_or(DEV_ACCOUNT)
+                .to_string(),
+        };
+        let key =
+            decode_key(self.key.as_deref().unwrap_or(DEV_KEY)).context("--key is not base64")?;
+        let store = match self.proxy.settings(self.recorded_proxy.as_ref())? {
+            Some(proxy) => HttpStore::with_proxy(&self.store, &account, &key, &proxy)?,
+            None => HttpStore::new(&self.store, &account, &key),
+        };
+        Ok(Box::new(store))
     }
 }
 
@@ -277,7 +301,7 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
             prev_snapshot,
             json,
         } => {
-            let store = target.open()?;
+            let store = target.open_reader()?;
             let p = BlobPath::new(&container, &name);
             let mut all = Vec::new();
             let mut marker = None;
@@ -321,7 +345,7 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
             name,
             json,
         } => {
-            let store = target.open()?;
+            let store = target.open_reader()?;
             let snaps: Vec<String> = store
                 .list_blobs(&container, true)?
                 .into_iter()
@@ -341,7 +365,7 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
 }
 
 fn ls(target: &Target, container: Option<&str>, as_json: bool) -> Result<ExitCode> {
-    let store = target.open()?;
+    let store = target.open_reader()?;
     match container {
         None => {
             let names = store.list_containers()?;
@@ -383,7 +407,7 @@ fn upload(
     name: &str,
     threads: usize,
 ) -> Result<ExitCode> {
-    let store = target.open()?;
+    let (store, _) = target.open_writer(None)?;
     let len = std::fs::metadata(file)
         .with_context(|| file.display().to_string())?
         .len();
@@ -436,6 +460,10 @@ fn run_serve(
     };
     let key = decode_key(&key).context("--key is not base64")?;
     let emulator = Emulator::open(&data, profile, durability, Arc::new(SystemClock))
+        .with_context(|| format!("store {}", data.display()))?;
+    // Readers of the directory are told to use the URL instead of waiting for the server.
+    emulator
+        .hold_until_exit()
         .with_context(|| format!("store {}", data.display()))?;
     let store: Arc<dyn PageBlobStore> = match faults.config()? {
         Some(config) => Arc::new(FaultyStore::new(emulator, config)),

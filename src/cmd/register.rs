@@ -76,7 +76,7 @@ pub fn run(args: RegisterArgs) -> Result<ExitCode> {
     if let Some(url) = &args.check_store {
         // Registration fails early, like the provider's, when the service is not reachable.
         let target = super::blob::Target::url(url, args.key.clone(), args.proxy.clone());
-        let store = target.open()?;
+        let store = target.open_reader()?;
         store.list_containers().with_context(|| match &proxy {
             Some(p) => format!("reaching {url} through proxy {p}"),
             None => format!("reaching {url}"),

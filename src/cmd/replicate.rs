@@ -1,7 +1,6 @@
 //! `drplane replicate | points | restore`: one cycle of a disk file into a store, the recovery
 //! points of a replica, and restoring one byte-exact.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -112,9 +111,71 @@ pub struct RestoreArgs {
     /// Point sequence number, `latest`, or `latest-app` (newest app-consistent point).
     #[arg(long, default_value = "latest")]
     point: String,
-    /// Output file: raw, or a dynamic VHDX when the name ends in `.vhdx` (must not exist).
+    /// Output file: sparse raw, or a dynamic VHDX when the name ends in `.vhdx`. Written
+    /// beside it and renamed into place only once the point is proven byte-exact.
     #[arg(short, long)]
     output: PathBuf,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
+}
+
+/// A restore's output while it is written: a temporary file beside the target, published by
+/// a rename once the point is proven, and removed if anything fails first.
+struct RestoreOutput {
+    temp: tempfile::NamedTempFile,
+    force: bool,
+}
+
+impl RestoreOutput {
+    fn prepare(target: &Path, force: bool) -> Result<RestoreOutput> {
+        match std::fs::symlink_metadata(target) {
+            Ok(m) if !m.file_type().is_file() => bail!(
+                "{}: exists and is not a regular file; restore writes a new file",
+                target.display()
+            ),
+            Ok(_) if !force => bail!("{} exists: give --force to replace it", target.display()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(target.display().to_string())),
+        }
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = target
+            .file_name()
+            .with_context(|| format!("{}: not a file name", target.display()))?;
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", name.to_string_lossy()))
+            .suffix(".partial")
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a file in {}", dir.display()))?;
+        Ok(RestoreOutput { temp, force })
+    }
+
+    /// Make the proven output durable and put it in place.
+    fn publish(self, target: &Path) -> Result<()> {
+        self.temp
+            .as_file()
+            .sync_all()
+            .with_context(|| self.temp.path().display().to_string())?;
+        let persisted = if self.force {
+            self.temp.persist(target)
+        } else {
+            self.temp.persist_noclobber(target)
+        };
+        persisted
+            .map_err(|e| anyhow::Error::new(e.error).context(format!("{}", target.display())))?;
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| dir.display().to_string())?;
+        Ok(())
+    }
 }
 
 /// A disk file as a cycle source, and its default replica name.
@@ -127,6 +188,7 @@ pub fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"))
     {
+        vhdx::io::check_file_or_device(path).with_context(|| path.display().to_string())?;
         // Read with pread, not a map: a large disk must not inflate the resident set.
         let file = vhdx::PositionalFile::open(path).with_context(|| path.display().to_string())?;
         let disk = vhdx::Disk::open_with(
@@ -342,7 +404,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let (store, store_profile) = args.target.open_with_profile(asked)?;
+    let (store, store_profile) = args.target.open_writer(asked)?;
     let profile = asked.or(store_profile).unwrap_or(Profile::Standard);
     let policy = load_policy(&args.policy, profile)?;
     let log_store = match (&args.log_store, profile) {
@@ -350,7 +412,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
             let (log, log_profile) = args
                 .target
                 .with_store(s)
-                .open_with_profile(Some(Profile::Standard))?;
+                .open_writer(Some(Profile::Standard))?;
             if log_profile.is_some_and(|p| p != Profile::Standard) {
                 bail!("--log-store {s}: the replication log belongs on a standard store");
             }
@@ -402,14 +464,17 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         session.print(plan.kind, &report, &deleted)?;
         return Ok(ExitCode::SUCCESS);
     }
-    watch(&mut machine, &mut session, args.cycles)
+    let mut stores = vec![&*store];
+    stores.extend(log_store.as_deref());
+    watch(&mut machine, &mut session, &stores, args.cycles)
 }
 
 /// The tokio driver: sleep until the machine wants a cycle, run it, report, repeat; Ctrl-C
-/// stops between cycles.
+/// stops between cycles. While it sleeps, the `stores` let their readers in.
 fn watch(
     machine: &mut Replicator,
     session: &mut Session<'_>,
+    stores: &[&dyn PageBlobStore],
     cycles: Option<u64>,
 ) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -425,6 +490,9 @@ fn watch(
         let now = SystemClock.now_nanos();
         match machine.poll(now) {
             Action::Wait { until_nanos } => {
+                for store in stores {
+                    store.quiesce();
+                }
                 let wait = std::time::Duration::from_nanos(until_nanos.saturating_sub(now));
                 let stop = runtime.block_on(async {
                     tokio::select! {
@@ -486,30 +554,81 @@ fn watch(
     }
 }
 
-fn open_replica<'a>(store: &'a dyn PageBlobStore, name: &str) -> Result<DiskReplica<'a>> {
-    let path = datapath::pageblob::BlobPath::new(REPLICA_CONTAINER, &format!("{name}.replica"));
-    let size = store
-        .properties(&path, None)
-        .with_context(|| format!("no replica named {name}"))?
-        .size;
-    // The block size is in every manifest; open with a provisional layout to read them.
-    Ok(DiskReplica::open(
-        store,
-        REPLICA_CONTAINER,
-        name,
-        Layout {
-            disk_size: size,
-            block_size: 4096,
-        },
-    )?)
+/// A replica's points as a reader sees them: the intact ones, and the journal slots that are
+/// damaged (each named on stderr).
+struct ReadPoints<'a> {
+    store: &'a dyn PageBlobStore,
+    name: String,
+    keys: datapath::keys::DiskKeys,
+    points: Vec<datapath::replica::manifest::Manifest>,
+    damaged: usize,
+}
+
+impl<'a> ReadPoints<'a> {
+    fn open(store: &'a dyn PageBlobStore, identity: &Identity, name: &str) -> Result<Self> {
+        let path = datapath::pageblob::BlobPath::new(REPLICA_CONTAINER, &format!("{name}.replica"));
+        let size = match store.properties(&path, None) {
+            Ok(p) => p.size,
+            Err(e) if e.code().is_some_and(|c| c.status() == 404) => {
+                bail!("no replica named {name} in this store")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // The block size is in every manifest; open with a provisional layout to read them.
+        let provisional = DiskReplica::open_existing(
+            store,
+            REPLICA_CONTAINER,
+            name,
+            Layout {
+                disk_size: size,
+                block_size: 4096,
+            },
+        )?;
+        let keys = identity.disk_keys(name);
+        let (points, damaged) = provisional.points_and_damage(keys.digest.expose())?;
+        if points.is_empty() && !damaged.is_empty() {
+            // Nothing authenticates: most likely the wrong certificate, not damage everywhere.
+            bail!(
+                "replica {name}: none of its {} point(s) can be read with this .pfx: {}",
+                damaged.len(),
+                damaged[0].error
+            );
+        }
+        for d in &damaged {
+            eprintln!(
+                "replica {name}: journal slot {} is damaged, its point cannot be used: {}",
+                d.slot, d.error
+            );
+        }
+        Ok(ReadPoints {
+            store,
+            name: name.to_string(),
+            keys,
+            points,
+            damaged: damaged.len(),
+        })
+    }
+
+    /// The replica laid out as `manifest` says.
+    fn replica(&self, manifest: &datapath::replica::manifest::Manifest) -> Result<DiskReplica<'a>> {
+        let layout = Layout {
+            disk_size: manifest.disk_size,
+            block_size: manifest.block_size,
+        };
+        Ok(DiskReplica::open_existing(
+            self.store,
+            REPLICA_CONTAINER,
+            &self.name,
+            layout,
+        )?)
+    }
 }
 
 pub fn points(args: PointsArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
-    let store = args.target.open()?;
-    let replica = open_replica(&*store, &args.name)?;
-    let keys = identity.disk_keys(&args.name);
-    let points = replica.points(keys.digest.expose())?;
+    let store = args.target.open_reader()?;
+    let read = ReadPoints::open(&*store, &identity, &args.name)?;
+    let points = &read.points;
     if args.json {
         let v: Vec<_> = points
             .iter()
@@ -517,7 +636,7 @@ pub fn points(args: PointsArgs) -> Result<ExitCode> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        for p in &points {
+        for p in points {
             println!(
                 "{:>4}  {}  {}  {:?}",
                 p.sequence,
@@ -527,7 +646,11 @@ pub fn points(args: PointsArgs) -> Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if read.damaged == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[derive(Debug, Args)]
@@ -542,23 +665,21 @@ pub struct VerifyArgs {
     json: bool,
 }
 
-/// Check that every point decrypts, decompresses and matches its Merkle root.
+/// Check that every point decrypts, decompresses and matches its Merkle root. Success only
+/// when there is at least one point and nothing at all is damaged.
 pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
-    let store = args.target.open()?;
-    let provisional = open_replica(&*store, &args.name)?;
-    let keys = identity.disk_keys(&args.name);
-    let points = provisional.points(keys.digest.expose())?;
-    let codec = BlockCodec::new(&keys, 1, true);
+    let store = args.target.open_reader()?;
+    let read = ReadPoints::open(&*store, &identity, &args.name)?;
+    if read.points.is_empty() {
+        bail!("replica {}: no recovery point to verify", args.name);
+    }
+    let codec = BlockCodec::new(&read.keys, 1, true);
     let mut results = Vec::new();
-    let mut bad = 0;
-    for manifest in &points {
-        let layout = Layout {
-            disk_size: manifest.disk_size,
-            block_size: manifest.block_size,
-        };
-        let replica = DiskReplica::open(&*store, REPLICA_CONTAINER, &args.name, layout)?;
-        let outcome = replica.restore(&codec, manifest, keys.digest.expose(), |_, _| Ok(()));
+    let mut bad = read.damaged;
+    for manifest in &read.points {
+        let replica = read.replica(manifest)?;
+        let outcome = replica.restore(&codec, manifest, read.keys.digest.expose(), |_, _| Ok(()));
         if outcome.is_err() {
             bad += 1;
         }
@@ -577,7 +698,10 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
                 Some(e) => println!("point {p}: {e}"),
             }
         }
-        println!("{} point(s) verified, {bad} failed", results.len());
+        println!(
+            "{} point(s) verified, {bad} failed",
+            results.len() + read.damaged
+        );
     }
     Ok(if bad == 0 {
         ExitCode::SUCCESS
@@ -588,10 +712,10 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
 
 pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
-    let store = args.target.open()?;
-    let provisional = open_replica(&*store, &args.name)?;
-    let keys = identity.disk_keys(&args.name);
-    let points = provisional.points(keys.digest.expose())?;
+    let store = args.target.open_reader()?;
+    let read = ReadPoints::open(&*store, &identity, &args.name)?;
+    let points = &read.points;
+    let keys = &read.keys;
     let manifest = match args.point.as_str() {
         "latest" => points
             .last()
@@ -614,47 +738,68 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
                 .clone()
         }
     };
-    let layout = Layout {
-        disk_size: manifest.disk_size,
-        block_size: manifest.block_size,
-    };
-    let replica = DiskReplica::open(&*store, REPLICA_CONTAINER, &args.name, layout)?;
-    let codec = BlockCodec::new(&keys, 1, true);
+    let replica = read.replica(&manifest)?;
+    let codec = BlockCodec::new(keys, 1, true);
+    let output = RestoreOutput::prepare(&args.output, args.force)?;
     let as_vhdx = args
         .output
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"));
+    let write_error = |e| -> anyhow::Error {
+        anyhow::Error::new(e).context(format!(
+            "restoring to {} (nothing was written there)",
+            args.output.display()
+        ))
+    };
     if as_vhdx {
         // A dynamic VHDX: zero blocks stay unallocated.
         let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
-        let file = super::vhdx::new_vhdx_file(&args.output)?;
+        let file = vhdx::ReadWriteFile::open(output.temp.path())
+            .with_context(|| output.temp.path().display().to_string())?;
         let mut writer =
             vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
                 .with_context(|| args.output.display().to_string())?;
         writer.set_bulk(true);
         let block_size = u64::from(manifest.block_size);
-        replica.restore(&codec, &manifest, keys.digest.expose(), |block, data| {
-            if datapath::replica::block_record::is_zero(data) {
-                return Ok(());
-            }
-            writer
-                .write_at(block * block_size, data)
-                .map_err(std::io::Error::other)
-        })?;
+        replica
+            .restore_blocks(
+                &codec,
+                &manifest,
+                keys.digest.expose(),
+                |block, data| match data {
+                    Some(data) if !datapath::replica::block_record::is_zero(data) => writer
+                        .write_at(block * block_size, data)
+                        .map_err(std::io::Error::other),
+                    _ => Ok(()),
+                },
+            )
+            .map_err(write_error)?;
         writer
             .flush()
             .and_then(|()| writer.close())
             .with_context(|| args.output.display().to_string())?;
     } else {
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(&args.output)
-                .with_context(|| args.output.display().to_string())?,
-        );
-        replica.restore(&codec, &manifest, keys.digest.expose(), |_, block| {
-            out.write_all(block)
-        })?;
-        out.flush()?;
+        // Sparse: zero blocks are holes.
+        let file = output.temp.as_file();
+        let block_size = u64::from(manifest.block_size);
+        replica
+            .restore_blocks(
+                &codec,
+                &manifest,
+                keys.digest.expose(),
+                |block, data| match data {
+                    Some(data) if !datapath::replica::block_record::is_zero(data) => {
+                        std::os::unix::fs::FileExt::write_all_at(file, data, block * block_size)
+                    }
+                    _ => Ok(()),
+                },
+            )
+            .map_err(write_error)?;
+        file.set_len(manifest.disk_size)
+            .with_context(|| output.temp.path().display().to_string())?;
     }
+    // Every block and the Merkle root are proven: only now does the output appear.
+    output.publish(&args.output)?;
     eprintln!(
         "restored point {} ({}) to {}",
         manifest.sequence,

@@ -131,11 +131,63 @@ pub struct MappedFile {
     map: Option<memmap2::Mmap>,
 }
 
+/// The length of a regular file, or the size of a block device (whose metadata says 0).
+pub fn file_or_device_len(file: &File) -> io::Result<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file.metadata()?.file_type().is_block_device() {
+            // The end of a block device is its size (what BLKGETSIZE64 answers).
+            return io::Seek::seek(&mut &*file, io::SeekFrom::End(0));
+        }
+    }
+    Ok(file.metadata()?.len())
+}
+
+/// Refuse, before opening it, a path that is neither a regular file nor a block device: a
+/// FIFO would block the open forever, a character device (`/dev/null`, `/dev/zero`) has no
+/// size, a directory no bytes.
+pub fn check_file_or_device(path: &Path) -> io::Result<()> {
+    let kind = std::fs::metadata(path)?.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_block_device() {
+            return Ok(());
+        }
+        let what = if kind.is_fifo() {
+            Some("a FIFO")
+        } else if kind.is_socket() {
+            Some("a socket")
+        } else if kind.is_char_device() {
+            Some("a character device")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what}, not a regular file or block device"),
+            ));
+        }
+    }
+    if kind.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a directory, not a regular file or block device",
+        ));
+    }
+    Ok(())
+}
+
 impl MappedFile {
-    /// Map `path` read-only. An empty file is allowed (it maps nothing).
+    /// Map `path` (a regular file or a block device) read-only. An empty file is allowed (it
+    /// maps nothing); anything else is refused before it is opened
+    /// ([`check_file_or_device`]).
     pub fn open(path: &Path) -> io::Result<MappedFile> {
+        check_file_or_device(path)?;
         let file = File::open(path)?;
-        let len = file.metadata()?.len();
+        let len = file_or_device_len(&file)?;
         if len == 0 {
             return Ok(MappedFile {
                 file,
@@ -146,7 +198,7 @@ impl MappedFile {
         // SAFETY: the map is read-only and we never hand out references that outlive a read.
         // If another process truncates the file underneath us, the watch turns the faults
         // into zero pages that `check_mapped` reports (see `map_guard`).
-        let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
+        let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file)? };
         #[cfg(unix)]
         {
             let _ = map.advise(memmap2::Advice::Sequential);
@@ -162,7 +214,7 @@ impl MappedFile {
     fn check_length(&self) -> io::Result<()> {
         let mapped = self.len();
         let shrank = self.watch.as_ref().is_some_and(|w| w.shrank());
-        let now = self.file.metadata()?.len();
+        let now = file_or_device_len(&self.file)?;
         if shrank || now < mapped {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

@@ -6,7 +6,8 @@
 //! Snapshots share the home bytes until the base overwrites them: before such a write the old
 //! bytes are copied to the data log (a `Relocate` record) and the snapshots repointed —
 //! copy-on-write, once per range per snapshot generation. Every mutating call is checked,
-//! logged, then applied under one lock; reads plan under the lock and copy outside it.
+//! logged, then applied under one lock; reads plan under the lock and copy outside it, and
+//! copy again if an in-place write overtook them (a snapshot read never sees a later write).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,10 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use super::account::{Account, Effect};
-use super::data_log::{DataLog, Durability, LogReader};
+use super::data_log::{DataLog, Durability, LogAccess, LogReader};
 use super::error::{StoreError, StoreResult};
 use super::extent_map::home_offset;
-use super::fs::{RealFs, StoreFile, StoreFs};
+use super::fs::{OpenMode, RealFs, StoreFile, StoreFs};
+use super::store_lock::{ReaderLock, WriterLock, OWNER_FILE, STATE_FILE};
 use super::types::*;
 use super::PageBlobStore;
 use crate::clock::Clock;
@@ -36,7 +38,13 @@ struct Inner {
     account: Account,
     log: DataLog,
     homes: Homes,
+    /// In-place writes to home files so far: a read that copied home bytes outside the lock
+    /// is valid only if no write happened meanwhile.
+    home_writes: u64,
 }
+
+/// Times a read copies outside the lock and finds a write got in, before it copies under it.
+const OPTIMISTIC_READ_TRIES: usize = 4;
 
 /// Home files by incarnation, opened on first use.
 struct Homes {
@@ -44,6 +52,8 @@ struct Homes {
     dir: PathBuf,
     files: std::collections::BTreeMap<u64, Arc<dyn StoreFile>>,
     durability: Durability,
+    /// A writer's homes are created on first write; a reader's missing home reads as zeros.
+    writable: bool,
 }
 
 impl Homes {
@@ -51,14 +61,39 @@ impl Homes {
         self.dir.join(format!("{incarnation:016}.data"))
     }
 
-    fn file(&mut self, incarnation: u64) -> StoreResult<Arc<dyn StoreFile>> {
+    /// The home file of `incarnation`, created for a writer; `None`: a reader's home file
+    /// that was never written (its pages read as zeros).
+    fn file(&mut self, incarnation: u64) -> StoreResult<Option<Arc<dyn StoreFile>>> {
         if let Some(f) = self.files.get(&incarnation) {
-            return Ok(Arc::clone(f));
+            return Ok(Some(Arc::clone(f)));
         }
         let path = self.path(incarnation);
-        let f = self.fs.open(&path, true).map_err(|e| io_error(&path, e))?;
+        let mode = if self.writable {
+            OpenMode::Create
+        } else {
+            OpenMode::Read
+        };
+        let f = match self.fs.open(&path, mode) {
+            Ok(f) => f,
+            Err(e) if !self.writable && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(io_error(&path, e)),
+        };
+        if self.writable && self.durability == Durability::Power {
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|e| io_error(&self.dir, e))?;
+        }
         self.files.insert(incarnation, Arc::clone(&f));
-        Ok(f)
+        Ok(Some(f))
+    }
+
+    /// The home file a write goes to.
+    fn file_for_write(&mut self, incarnation: u64) -> StoreResult<Arc<dyn StoreFile>> {
+        Ok(self
+            .file(incarnation)?
+            .expect("a writer's home files are created on open"))
     }
 
     /// Remove home files no version refers to any more (also ones left by a crash).
@@ -82,12 +117,84 @@ fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
+fn not_a_store(dir: &Path) -> StoreError {
+    StoreError::NotAStore {
+        dir: dir.display().to_string(),
+        why: "it has no store.json".into(),
+    }
+}
+
+/// The store's settings, `None` when the directory holds no store.
+fn read_settings(fs: &dyn StoreFs, dir: &Path) -> StoreResult<Option<StoreSettings>> {
+    let path = dir.join("store.json");
+    let bytes = match fs.read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path, e)),
+    };
+    let s: StoreSettings = serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    if s.format_version != STORE_FORMAT_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "{}: format version {} (this build reads {STORE_FORMAT_VERSION})",
+            path.display(),
+            s.format_version
+        )));
+    }
+    Ok(Some(s))
+}
+
+/// A store is made only where nothing else is: a new or empty directory.
+fn refuse_unless_empty(fs: &dyn StoreFs, dir: &Path) -> StoreResult<()> {
+    let names = match fs.list(dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(dir, e)),
+    };
+    match names.iter().find(|n| !is_lock_file(n)) {
+        None => Ok(()),
+        Some(other) => Err(StoreError::NotAStore {
+            dir: dir.display().to_string(),
+            why: format!(
+                "it has no store.json and is not empty (it holds {other}); a store is created only in a new or empty directory"
+            ),
+        }),
+    }
+}
+
+/// Write a new store's settings and folders, durably (settings last: they mark a store).
+fn create_store(fs: &dyn StoreFs, dir: &Path, profile: Profile) -> StoreResult<StoreSettings> {
+    refuse_unless_empty(fs, dir)?;
+    for sub in [dir.to_path_buf(), dir.join("log"), dir.join("homes")] {
+        fs.create_dir_all(&sub).map_err(|e| io_error(&sub, e))?;
+    }
+    fs.sync_dir(dir).map_err(|e| io_error(dir, e))?;
+    let settings = StoreSettings {
+        format_version: STORE_FORMAT_VERSION,
+        profile,
+    };
+    let path = dir.join("store.json");
+    let bytes = serde_json::to_vec_pretty(&settings).expect("serializes");
+    fs.write_atomic(&path, &bytes)
+        .map_err(|e| io_error(&path, e))?;
+    Ok(settings)
+}
+
 /// A persistent page-blob store under a directory.
 pub struct Emulator {
     inner: Mutex<Inner>,
     clock: Arc<dyn Clock>,
     dir: PathBuf,
     durability: Durability,
+    access: Access,
+}
+
+/// How this process holds the store.
+enum Access {
+    /// The one writer; `None` over a test file system, which has no other processes.
+    Writer(Option<WriterLock>),
+    /// A reader: files opened read-only, nothing ever changed.
+    Reader(#[allow(dead_code)] ReaderLock),
 }
 
 impl std::fmt::Debug for Emulator {
@@ -96,34 +203,69 @@ impl std::fmt::Debug for Emulator {
     }
 }
 
+/// Files of ours that may stand in a directory before it holds a store.
+fn is_lock_file(name: &str) -> bool {
+    name == OWNER_FILE || name == STATE_FILE
+}
+
 impl Emulator {
-    /// Open an existing store with the profile it was created with.
+    /// Open an existing store for writing, with the profile it was created with. A directory
+    /// that holds no store is an error (a mistyped path must not become a store).
     pub fn open_existing(
         dir: &Path,
         durability: Durability,
         clock: Arc<dyn Clock>,
     ) -> StoreResult<Emulator> {
-        let settings_path = dir.join("store.json");
-        let bytes = RealFs
-            .read(&settings_path)
-            .map_err(|e| io_error(&settings_path, e))?;
-        let settings: StoreSettings = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", settings_path.display())))?;
+        let settings = read_settings(&RealFs, dir)?.ok_or_else(|| not_a_store(dir))?;
         Emulator::open(dir, settings.profile, durability, clock)
     }
 
-    /// Open the store in `dir`, creating it with `profile` if it is new. An existing store
-    /// keeps the profile it was created with (a different one is an error).
+    /// Open an existing store for reading only: its files are opened read-only and never
+    /// changed (a torn tail a crashed writer left is ignored, not cut), so a store on
+    /// read-only media works. While a writer is mid-change this waits for it when `wait`
+    /// (and it will let go), else fails naming it.
+    pub fn open_read_only(dir: &Path, wait: bool, clock: Arc<dyn Clock>) -> StoreResult<Emulator> {
+        if read_settings(&RealFs, dir)?.is_none() {
+            return Err(not_a_store(dir));
+        }
+        let lock = ReaderLock::acquire(dir, wait)?;
+        Emulator::open_inner(
+            Arc::new(RealFs),
+            dir,
+            None,
+            Durability::Process,
+            clock,
+            Access::Reader(lock),
+        )
+    }
+
+    /// Open the store in `dir` for writing, creating it with `profile` if the directory is
+    /// new or empty. An existing store keeps the profile it was created with (a different one
+    /// is an error); a directory holding anything else is refused. One writer at a time: a
+    /// second is refused with [`StoreError::InUse`].
     pub fn open(
         dir: &Path,
         profile: Profile,
         durability: Durability,
         clock: Arc<dyn Clock>,
     ) -> StoreResult<Emulator> {
-        Emulator::open_with_fs(Arc::new(RealFs), dir, profile, durability, clock)
+        let fs = RealFs;
+        if read_settings(&fs, dir)?.is_none() {
+            refuse_unless_empty(&fs, dir)?;
+            fs.create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        }
+        let lock = WriterLock::acquire(dir)?;
+        Emulator::open_inner(
+            Arc::new(fs),
+            dir,
+            Some(profile),
+            durability,
+            clock,
+            Access::Writer(Some(lock)),
+        )
     }
 
-    /// Open over any file system (tests pass a crash-simulating one).
+    /// Open for writing over any file system (tests pass a crash-simulating one); no lock.
     pub fn open_with_fs(
         fs: Arc<dyn StoreFs>,
         dir: &Path,
@@ -131,46 +273,58 @@ impl Emulator {
         durability: Durability,
         clock: Arc<dyn Clock>,
     ) -> StoreResult<Emulator> {
-        fs.create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let settings_path = dir.join("store.json");
-        let settings = match fs.read(&settings_path) {
-            Ok(bytes) => {
-                let s: StoreSettings = serde_json::from_slice(&bytes).map_err(|e| {
-                    StoreError::Corrupt(format!("{}: {e}", settings_path.display()))
-                })?;
-                if s.format_version != STORE_FORMAT_VERSION {
-                    return Err(StoreError::Corrupt(format!(
-                        "{}: format version {} (this build reads {STORE_FORMAT_VERSION})",
-                        settings_path.display(),
-                        s.format_version
-                    )));
-                }
-                if s.profile != profile {
-                    return Err(StoreError::Corrupt(format!(
-                        "{} was created with profile {:?}, not {profile:?}",
-                        dir.display(),
-                        s.profile
-                    )));
-                }
-                s
+        Emulator::open_inner(
+            fs,
+            dir,
+            Some(profile),
+            durability,
+            clock,
+            Access::Writer(None),
+        )
+    }
+
+    /// Mark the store as held until this process exits (a server): readers are told so at
+    /// once instead of waiting.
+    pub fn hold_until_exit(&self) -> StoreResult<()> {
+        match &self.access {
+            Access::Writer(Some(lock)) => lock.describe(true),
+            _ => Ok(()),
+        }
+    }
+
+    /// `profile`: `Some` for a writer (the store is created with it if new), `None` for a
+    /// reader (the store's own).
+    fn open_inner(
+        fs: Arc<dyn StoreFs>,
+        dir: &Path,
+        profile: Option<Profile>,
+        durability: Durability,
+        clock: Arc<dyn Clock>,
+        access: Access,
+    ) -> StoreResult<Emulator> {
+        let writer = matches!(access, Access::Writer(_));
+        let settings = match (read_settings(&*fs, dir)?, profile) {
+            (Some(s), Some(wanted)) if s.profile != wanted => {
+                return Err(StoreError::ProfileMismatch {
+                    created: s.profile,
+                    wanted,
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let s = StoreSettings {
-                    format_version: STORE_FORMAT_VERSION,
-                    profile,
-                };
-                let bytes = serde_json::to_vec_pretty(&s).expect("serializes");
-                fs.write_atomic(&settings_path, &bytes)
-                    .map_err(|e| io_error(&settings_path, e))?;
-                s
-            }
-            Err(e) => return Err(io_error(&settings_path, e)),
+            (Some(s), _) => s,
+            (None, Some(profile)) => create_store(&*fs, dir, profile)?,
+            (None, None) => return Err(not_a_store(dir)),
         };
         let mut account = Account::new(settings.profile);
+        let log_access = if writer {
+            LogAccess::Write
+        } else {
+            LogAccess::Read
+        };
         let log = DataLog::open(
             Arc::clone(&fs),
             &dir.join("log"),
             durability,
+            log_access,
             |mut effect, data| {
                 if let Effect::Relocate { data: d, .. } = &mut effect {
                     *d = data;
@@ -180,25 +334,32 @@ impl Emulator {
         )?;
         account.fail_interrupted_copies();
         let homes_dir = dir.join("homes");
-        fs.create_dir_all(&homes_dir)
-            .map_err(|e| io_error(&homes_dir, e))?;
+        if writer {
+            fs.create_dir_all(&homes_dir)
+                .map_err(|e| io_error(&homes_dir, e))?;
+        }
         let mut homes = Homes {
             fs,
             dir: homes_dir,
             files: Default::default(),
             durability,
+            writable: writer,
         };
-        // Home files of blobs whose deletion was logged but not yet carried out.
-        homes.collect(&account.live_incarnations());
+        if writer {
+            // Home files of blobs whose deletion was logged but not yet carried out.
+            homes.collect(&account.live_incarnations());
+        }
         Ok(Emulator {
             inner: Mutex::new(Inner {
                 account,
                 log,
                 homes,
+                home_writes: 0,
             }),
             clock,
             dir: dir.to_path_buf(),
             durability,
+            access,
         })
     }
 
@@ -211,6 +372,19 @@ impl Emulator {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The state, to change it: readers may not; a writer that paused waits for its readers.
+    fn lock_for_write(&self) -> StoreResult<MutexGuard<'_, Inner>> {
+        match &self.access {
+            Access::Reader(_) => Err(StoreError::ReadOnly(self.dir.display().to_string())),
+            Access::Writer(lock) => {
+                if let Some(lock) = lock {
+                    lock.resume()?;
+                }
+                Ok(self.lock())
+            }
+        }
     }
 
     /// Log and apply an effect; `data` are the bytes a relocation copies into the log.
@@ -241,7 +415,7 @@ impl Emulator {
             .account
             .read_plan(path, snapshot, offset, len as u64)?;
         let home = if plan.iter().any(|(_, _, l)| home_offset(*l).is_some()) {
-            Some(inner.homes.file(incarnation)?)
+            inner.homes.file(incarnation)?
         } else {
             None
         };
@@ -253,7 +427,7 @@ impl Emulator {
     /// unacknowledged write that may or may not show — never a snapshot that changed.
     fn write_home(inner: &mut Inner, path: &BlobPath, offset: u64, data: &[u8]) -> StoreResult<()> {
         let incarnation = inner.account.incarnation(path)?;
-        let file = inner.homes.file(incarnation)?;
+        let file = inner.homes.file_for_write(incarnation)?;
         let len = data.len() as u64;
         let sharing = inner.account.snapshots_sharing_home(path, offset, len);
         if !sharing.is_empty() {
@@ -272,6 +446,7 @@ impl Emulator {
             path: format!("home file of {path}"),
             source: e,
         };
+        inner.home_writes += 1;
         file.write_all_at(data, offset).map_err(io)?;
         if inner.homes.durability == Durability::Power {
             file.sync_data().map_err(io)?;
@@ -298,7 +473,9 @@ fn execute_read(
         let dst = &mut buf[at..at + len as usize];
         match (home_offset(location), home) {
             (Some(h), Some(file)) => read_home(file, h, dst)?,
-            _ => reader.read(location, dst)?,
+            // A home file never written (a reader does not create it): zeros.
+            (Some(_), None) => {}
+            (None, _) => reader.read(location, dst)?,
         }
     }
     Ok(())
@@ -328,9 +505,17 @@ impl PageBlobStore for Emulator {
         self.durability == Durability::Process
     }
 
+    fn quiesce(&self) {
+        if let Access::Writer(Some(lock)) = &self.access {
+            // Under the state's lock, so no call of ours is mid-change.
+            let _inner = self.lock();
+            lock.pause();
+        }
+    }
+
     fn create_container(&self, name: &str) -> StoreResult<()> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let effect = inner.account.create_container(name, now)?;
         Emulator::commit(&mut inner, effect, &[])
     }
@@ -347,7 +532,7 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let effect = inner
             .account
             .create_blob(path, size, sequence_number, cond, now)?;
@@ -363,7 +548,7 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let effect =
             inner
                 .account
@@ -381,7 +566,7 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let effect = inner
             .account
             .write_pages(path, offset, len, true, cond, now)?;
@@ -396,10 +581,24 @@ impl PageBlobStore for Emulator {
         offset: u64,
         buf: &mut [u8],
     ) -> StoreResult<()> {
+        // Plan under the lock, copy outside it (reads do not wait for each other or for
+        // writes), then check that no in-place write overtook the copy: a snapshot's bytes
+        // may still live in the home file the base is being written to.
+        for _ in 0..OPTIMISTIC_READ_TRIES {
+            let mut inner = self.lock();
+            let (plan, reader, home) =
+                Emulator::plan_read(&mut inner, path, snapshot, offset, buf.len())?;
+            let writes = inner.home_writes;
+            drop(inner);
+            execute_read(&plan, &reader, home.as_deref(), offset, buf)?;
+            if home.is_none() || self.lock().home_writes == writes {
+                return Ok(());
+            }
+        }
+        // Writes keep overtaking: copy under the lock.
         let mut inner = self.lock();
         let (plan, reader, home) =
             Emulator::plan_read(&mut inner, path, snapshot, offset, buf.len())?;
-        drop(inner);
         execute_read(&plan, &reader, home.as_deref(), offset, buf)
     }
 
@@ -419,7 +618,7 @@ impl PageBlobStore for Emulator {
 
     fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let effect = inner.account.snapshot(path, cond, now)?;
         let Effect::Snapshot { id, .. } = &effect else {
             unreachable!("snapshot() returns a snapshot effect")
@@ -448,7 +647,7 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<()> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let effect = inner
             .account
             .delete(path, snapshot, delete_snapshots, cond, now)?;
@@ -457,7 +656,7 @@ impl PageBlobStore for Emulator {
 
     fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let effect = inner.account.resize(path, size, cond, now)?;
         Emulator::commit(&mut inner, effect, &[])?;
         inner.account.properties(path, None, now)
@@ -470,7 +669,7 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let effect = inner.account.set_sequence_number(path, action, cond, now)?;
         Emulator::commit(&mut inner, effect, &[])?;
         inner.account.properties(path, None, now)
@@ -488,7 +687,7 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<LeaseAnswer> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let (effect, answer) = inner.account.lease(path, action, cond, now)?;
         Emulator::commit(&mut inner, effect, &[])?;
         Ok(answer)
@@ -501,7 +700,7 @@ impl PageBlobStore for Emulator {
         snapshot: Option<&str>,
     ) -> StoreResult<CopyInfo> {
         let now = self.now();
-        let mut inner = self.lock();
+        let mut inner = self.lock_for_write()?;
         let (new, prev) = inner
             .account
             .check_incremental_copy(dest, source, snapshot)?;

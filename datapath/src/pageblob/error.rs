@@ -100,6 +100,24 @@ pub enum StoreError {
     /// The persisted store is damaged beyond the torn tail a crash can leave.
     #[error("store damaged: {0}")]
     Corrupt(String),
+    /// Another process is writing the store directory.
+    #[error("store {dir} is in use by {holder}")]
+    InUse {
+        dir: String,
+        holder: super::store_lock::Holder,
+    },
+    /// The store was opened for reading and something tried to change it.
+    #[error("store {0} was opened read-only")]
+    ReadOnly(String),
+    /// The store exists with another profile than the one asked for.
+    #[error("the store was created with profile {created:?}, not {wanted:?}")]
+    ProfileMismatch {
+        created: super::types::Profile,
+        wanted: super::types::Profile,
+    },
+    /// The directory is not a store (and may not become one).
+    #[error("{dir} is not a drplane store: {why}")]
+    NotAStore { dir: String, why: String },
 }
 
 impl StoreError {

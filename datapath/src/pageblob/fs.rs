@@ -38,10 +38,21 @@ pub trait StoreFile: Send + Sync {
     }
 }
 
+/// How a store file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read only (a reader of the store; works on read-only media).
+    Read,
+    /// Read and write an existing file.
+    Write,
+    /// Read and write, creating the file when it is missing.
+    Create,
+}
+
 /// Files and folders of a store.
 pub trait StoreFs: Send + Sync {
-    /// Open a file for reading and writing, creating it when `create`.
-    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StoreFile>>;
+    /// Open a file as `mode` says.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StoreFile>>;
     fn exists(&self, path: &Path) -> bool;
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// File names in a folder, sorted.
@@ -50,6 +61,8 @@ pub trait StoreFs: Send + Sync {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Replace `path` with `bytes` so that a crash leaves the old or the new content.
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Make the folder's entries (files created, removed or renamed in it) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// The operating system's file system.
@@ -75,11 +88,11 @@ impl StoreFile for std::fs::File {
 }
 
 impl StoreFs for RealFs {
-    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StoreFile>> {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StoreFile>> {
         let f = OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(create)
+            .write(mode != OpenMode::Read)
+            .create(mode == OpenMode::Create)
             .truncate(false)
             .open(path)?;
         Ok(Arc::new(f))
@@ -110,12 +123,13 @@ impl StoreFs for RealFs {
         FileExt::write_all_at(&f, bytes, 0)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent() {
-            if let Ok(d) = std::fs::File::open(parent) {
-                let _ = d.sync_all();
-            }
+        match path.parent() {
+            Some(parent) => self.sync_dir(parent),
+            None => Ok(()),
         }
-        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
     }
 }
 
@@ -238,12 +252,12 @@ impl StoreFile for CrashFile {
 
 /// `CrashFs` is used through an `Arc` so its files can reach back to it.
 impl StoreFs for Arc<CrashFs> {
-    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StoreFile>> {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StoreFile>> {
         self.check()?;
         let mut s = self.state.lock().expect("not poisoned");
         let data = match s.files.get(path) {
             Some(d) => Arc::clone(d),
-            None if create => {
+            None if mode == OpenMode::Create => {
                 let d = Arc::new(Mutex::new(Vec::new()));
                 s.files.insert(path.to_path_buf(), Arc::clone(&d));
                 d
@@ -306,5 +320,8 @@ impl StoreFs for Arc<CrashFs> {
             .files
             .insert(path.to_path_buf(), Arc::new(Mutex::new(bytes.to_vec())));
         Ok(())
+    }
+    fn sync_dir(&self, _: &Path) -> io::Result<()> {
+        self.check()
     }
 }

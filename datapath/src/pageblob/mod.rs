@@ -16,6 +16,7 @@ pub mod faults;
 pub mod fs;
 pub mod http;
 pub mod read_retry;
+pub mod store_lock;
 pub mod timestamp;
 pub mod types;
 pub mod upload;
@@ -111,6 +112,9 @@ pub trait PageBlobStore: Send + Sync {
     fn answers_promptly(&self) -> bool {
         false
     }
+    /// The caller will make no call for a while (a `--watch` between cycles): a store
+    /// directory lets its readers in until the next change. Nothing for other stores.
+    fn quiesce(&self) {}
 }
 
 /// A shared store is a store.
@@ -219,5 +223,8 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
     }
     fn answers_promptly(&self) -> bool {
         (**self).answers_promptly()
+    }
+    fn quiesce(&self) {
+        (**self).quiesce()
     }
 }

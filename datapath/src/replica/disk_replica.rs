@@ -51,6 +51,17 @@ pub enum ReplicaError {
     },
     #[error("journal is full: point {sequence} would overwrite live point {live}")]
     JournalFull { sequence: u64, live: u64 },
+    #[error("no replica named {name} (its {blob} blob is missing)")]
+    NoReplica { name: String, blob: String },
+}
+
+/// A journal slot whose manifest could not be read: the point it held cannot be trusted, the
+/// others still can.
+#[derive(Debug)]
+pub struct DamagedPoint {
+    /// Journal slot index (the point's sequence modulo the journal's slots).
+    pub slot: u64,
+    pub error: ReplicaError,
 }
 
 /// Slot geometry of a disk.
@@ -120,15 +131,7 @@ impl<'a> DiskReplica<'a> {
             Err(e) if e.code() == Some(ErrorCode::ContainerAlreadyExists) => {}
             Err(e) => return Err(e.into()),
         }
-        let r = DiskReplica {
-            store,
-            data: BlobPath::new(container, &format!("{name}.replica")),
-            digests: BlobPath::new(container, &format!("{name}.digests")),
-            journal: BlobPath::new(container, &format!("{name}.journal")),
-            layout,
-            staging: None,
-            points_cache: Default::default(),
-        };
+        let r = DiskReplica::named(store, container, name, layout);
         let absent = |path: &BlobPath| matches!(store.properties(path, None), Err(e) if e.code() == Some(ErrorCode::BlobNotFound));
         if absent(&r.data) {
             store.create_page_blob(&r.data, layout.blocks() * layout.slot_size(), 0, &none())?;
@@ -141,6 +144,52 @@ impl<'a> DiskReplica<'a> {
             store.create_page_blob(&r.journal, JOURNAL_SLOTS * JOURNAL_SLOT, 0, &none())?;
         }
         Ok(r)
+    }
+
+    /// Open an existing replica to read it, creating nothing (a reader's store may be
+    /// read-only; a mistyped name is an error, not a new replica).
+    pub fn open_existing(
+        store: &'a dyn PageBlobStore,
+        container: &str,
+        name: &str,
+        layout: Layout,
+    ) -> Result<DiskReplica<'a>, ReplicaError> {
+        let r = DiskReplica::named(store, container, name, layout);
+        for path in [&r.data, &r.journal] {
+            match store.properties(path, None) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(ErrorCode::BlobNotFound | ErrorCode::ContainerNotFound)
+                    ) =>
+                {
+                    return Err(ReplicaError::NoReplica {
+                        name: name.into(),
+                        blob: path.to_string(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(r)
+    }
+
+    fn named(
+        store: &'a dyn PageBlobStore,
+        container: &str,
+        name: &str,
+        layout: Layout,
+    ) -> DiskReplica<'a> {
+        DiskReplica {
+            store,
+            data: BlobPath::new(container, &format!("{name}.replica")),
+            digests: BlobPath::new(container, &format!("{name}.digests")),
+            journal: BlobPath::new(container, &format!("{name}.journal")),
+            layout,
+            staging: None,
+            points_cache: Default::default(),
+        }
     }
 
     /// Stage this replica's cycles in a log on `store` (a standard store for a premium target).
@@ -549,7 +598,32 @@ impl<'a> DiskReplica<'a> {
         Ok(points)
     }
 
+    /// Every point whose manifest reads back, oldest first, and the journal slots that do not:
+    /// a reader lists and restores what is intact and names what is damaged.
+    pub fn points_and_damage(
+        &self,
+        digest_key: &[u8; 32],
+    ) -> Result<(Vec<Manifest>, Vec<DamagedPoint>), ReplicaError> {
+        let mut damaged = Vec::new();
+        let points = self.scan_journal(digest_key, &mut |slot, error| {
+            damaged.push(DamagedPoint { slot, error });
+            Ok(())
+        })?;
+        Ok((points, damaged))
+    }
+
+    /// Every point, failing on the first damaged manifest (a writer must not build on a
+    /// journal it cannot read whole).
     fn read_points(&self, digest_key: &[u8; 32]) -> Result<Vec<Manifest>, ReplicaError> {
+        self.scan_journal(digest_key, &mut |_, error| Err(error))
+    }
+
+    /// The journal's manifests, oldest first; `damaged` decides what a bad slot means.
+    fn scan_journal(
+        &self,
+        digest_key: &[u8; 32],
+        damaged: &mut dyn FnMut(u64, ReplicaError) -> Result<(), ReplicaError>,
+    ) -> Result<Vec<Manifest>, ReplicaError> {
         let mut out = Vec::new();
         let mut slot = vec![0u8; JOURNAL_SLOT as usize];
         let mut seen = std::collections::BTreeSet::new();
@@ -565,14 +639,16 @@ impl<'a> DiskReplica<'a> {
                 }
                 let len = (u32::from_le_bytes(slot[..4].try_into().expect("4 bytes")) as usize)
                     .min(slot.len() - 4);
-                let manifest =
-                    Manifest::decode(&slot[4..4 + len], digest_key).map_err(|source| {
+                match Manifest::decode(&slot[4..4 + len], digest_key) {
+                    Ok(manifest) => out.push(manifest),
+                    Err(source) => damaged(
+                        index,
                         ReplicaError::Manifest {
                             point: index,
                             source,
-                        }
-                    })?;
-                out.push(manifest);
+                        },
+                    )?,
+                }
             }
         }
         out.sort_by_key(|m| m.sequence);

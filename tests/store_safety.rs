@@ -1,0 +1,452 @@
+//! A committed point stays restorable whatever the user does around it: two writers at once,
+//! readers during a cycle, a store on a read-only mount, a flipped byte in the store's log, a
+//! mistyped `--store`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use common::*;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+const PW: &str = "safety-pw";
+
+fn dp(args: &[&str]) -> Output {
+    run_ok(drplane().args(args).env("DRPLANE_PFX_PASSWORD", PW))
+}
+
+fn dp_fails(args: &[&str]) -> String {
+    let out = drplane()
+        .args(args)
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    stderr
+}
+
+/// A raw disk of `mib` MiB: half its 64 KiB blocks hold seeded, compressible bytes.
+fn write_disk(path: &Path, mib: usize, seed: u64) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut disk = vec![0u8; mib << 20];
+    for block in disk.chunks_mut(65536) {
+        if rng.next_u32() % 2 == 0 {
+            let fill = rng.next_u32() as u8;
+            for (i, v) in block.iter_mut().enumerate() {
+                *v = if i % 4 == 0 {
+                    rng.next_u32() as u8
+                } else {
+                    fill
+                };
+            }
+        }
+    }
+    std::fs::write(path, &disk).unwrap();
+    disk
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let s = Setup { dir: temp_dir() };
+        dp(&["register", "--vault", "v", "--out", &s.p("reg")]);
+        s
+    }
+    fn p(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+    fn replicate(&self, disk: &str, store: &str, name: &str) -> Vec<String> {
+        let pfx = self.p("reg/v.pfx");
+        [
+            "replicate",
+            "--disk",
+            disk,
+            "--store",
+            store,
+            "--pfx",
+            &pfx,
+            "--name",
+            name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+    fn read_cmd(&self, cmd: &str, store: &str, name: &str) -> Vec<String> {
+        let pfx = self.p("reg/v.pfx");
+        [cmd, "--store", store, "--pfx", &pfx, "--name", name]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_second_writer_is_refused_naming_the_first_and_readers_get_in_between_cycles() {
+    let s = Setup::new();
+    let store = s.p("store");
+    write_disk(Path::new(&s.p("a.raw")), 8, 1);
+    let b = write_disk(Path::new(&s.p("b.raw")), 8, 2);
+    let mut watch_args = s.replicate(&s.p("a.raw"), &store, "a");
+    watch_args.push("--watch".into());
+    let mut watch = drplane()
+        .args(args(&watch_args))
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("committed"), "{first:?}");
+    // The watch sleeps until its next cycle, holding the store: a second writer is refused.
+    let err = dp_fails(&args(&s.replicate(&s.p("b.raw"), &store, "b")));
+    assert!(
+        err.contains("in use by PID") && err.contains(&watch.id().to_string()),
+        "{err}"
+    );
+    // Readers get in while it sleeps.
+    let points = dp(&args(&s.read_cmd("points", &store, "a")));
+    assert_eq!(String::from_utf8_lossy(&points.stdout).lines().count(), 1);
+    dp(&args(&s.read_cmd("verify", &store, "a")));
+    run_ok(std::process::Command::new("kill").args(["-INT", &watch.id().to_string()]));
+    assert!(watch.wait().unwrap().success());
+    // Once it is gone, the second writer runs, and both replicas verify.
+    dp(&args(&s.replicate(&s.p("b.raw"), &store, "b")));
+    dp(&args(&s.read_cmd("verify", &store, "a")));
+    let mut restore = s.read_cmd("restore", &store, "b");
+    restore.extend(["-o".into(), s.p("b.out")]);
+    dp(&args(&restore));
+    assert_eq!(std::fs::read(s.p("b.out")).unwrap(), b);
+}
+
+#[test]
+fn readers_in_a_loop_during_cycles_lose_no_point() {
+    let s = Setup::new();
+    let store = s.p("store");
+    let disk = s.p("d.raw");
+    write_disk(Path::new(&disk), 32, 3);
+    dp(&args(&s.replicate(&disk, &store, "d")));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                dp(&args(&s.read_cmd("points", &store, "d")));
+                reads += 1;
+            }
+            reads
+        });
+        for seed in 10..13 {
+            write_disk(Path::new(&disk), 32, seed);
+            dp(&args(&s.replicate(&disk, &store, "d")));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(reads > 0);
+    let out = dp(&args(&s.read_cmd("verify", &store, "d")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("4 point(s) verified, 0 failed"), "{text}");
+}
+
+#[test]
+fn a_served_store_directory_is_refused_to_writers_and_readers_with_the_server_named() {
+    let s = Setup::new();
+    let data = s.dir.path().join("served");
+    let server = start_server(&data, "standard");
+    let store = data.to_str().unwrap();
+    write_disk(Path::new(&s.p("d.raw")), 4, 4);
+    let err = dp_fails(&args(&s.replicate(&s.p("d.raw"), store, "d")));
+    assert!(err.contains("in use by PID"), "{err}");
+    let err = dp_fails(&args(&s.read_cmd("points", store, "d")));
+    assert!(
+        err.contains("served by PID") && err.contains("URL"),
+        "{err}"
+    );
+    server.stop("-TERM");
+}
+
+#[test]
+fn points_verify_and_restore_work_on_a_read_only_mount() {
+    let s = Setup::new();
+    let store = s.p("store");
+    let disk = s.p("d.raw");
+    write_disk(Path::new(&disk), 8, 5);
+    dp(&args(&s.replicate(&disk, &store, "d")));
+    let second = write_disk(Path::new(&disk), 8, 6);
+    dp(&args(&s.replicate(&disk, &store, "d")));
+    let mnt = s.p("ro");
+    std::fs::create_dir(&mnt).unwrap();
+    // A private mount namespace: bind the store read-only and run every reader there.
+    let drplane = env!("CARGO_BIN_EXE_drplane");
+    let pfx = s.p("reg/v.pfx");
+    let out_file = s.p("restored.raw");
+    let script = format!(
+        "set -e; mount --bind -o ro {store} {mnt}; \
+         ! touch {mnt}/probe 2>/dev/null; \
+         {drplane} points --store {mnt} --pfx {pfx} --name d; \
+         {drplane} verify --store {mnt} --pfx {pfx} --name d; \
+         {drplane} restore --store {mnt} --pfx {pfx} --name d -o {out_file}"
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .expect("unshare (util-linux) runs the read-only mount");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 point(s) verified, 0 failed"));
+    assert_eq!(std::fs::read(&out_file).unwrap(), second);
+}
+
+#[test]
+fn a_flipped_byte_in_the_store_log_fails_every_reader_and_keeps_the_log() {
+    let s = Setup::new();
+    let store = s.p("store");
+    let disk = s.p("d.raw");
+    for seed in 20..23 {
+        write_disk(Path::new(&disk), 4, seed);
+        dp(&args(&s.replicate(&disk, &store, "d")));
+    }
+    let seg = Path::new(&store).join("log/segment-000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+    for cmd in ["points", "verify"] {
+        let err = dp_fails(&args(&s.read_cmd(cmd, &store, "d")));
+        assert!(
+            err.contains("damaged") && err.contains("segment-000000.log"),
+            "{cmd}: {err}"
+        );
+    }
+    let err = dp_fails(&args(&s.replicate(&disk, &store, "d")));
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "the log was cut");
+}
+
+#[test]
+fn a_mistyped_store_is_never_created_or_taken_over() {
+    let s = Setup::new();
+    let disk = s.p("d.raw");
+    write_disk(Path::new(&disk), 2, 7);
+    let missing = s.p("no-such-store");
+    for cmd in ["points", "verify"] {
+        let err = dp_fails(&args(&s.read_cmd(cmd, &missing, "d")));
+        assert!(err.contains("not a drplane store"), "{cmd}: {err}");
+    }
+    assert!(!Path::new(&missing).exists());
+    let unrelated = s.p("photos");
+    std::fs::create_dir(&unrelated).unwrap();
+    std::fs::write(Path::new(&unrelated).join("cat.jpg"), b"meow").unwrap();
+    let err = dp_fails(&args(&s.replicate(&disk, &unrelated, "d")));
+    assert!(err.contains("not empty"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(&unrelated)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["cat.jpg"]);
+}
+
+/// The home file of the store whose bytes at `at` are `magic` (blob content, by its format).
+fn home_with(store: &str, at: usize, magic: &[u8; 4]) -> std::path::PathBuf {
+    std::fs::read_dir(Path::new(store).join("homes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let b = std::fs::read(p).unwrap();
+            b.len() >= at + 4 && &b[at..at + 4] == magic
+        })
+        .unwrap_or_else(|| panic!("no home file with {magic:?} at {at}"))
+}
+
+fn no_partial_files(dir: &Path) {
+    let partial: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(partial.is_empty(), "left behind: {partial:?}");
+}
+
+#[test]
+fn restore_never_overwrites_without_force_writes_sparse_and_leaves_nothing_when_it_fails() {
+    let s = Setup::new();
+    let store = s.p("store");
+    let disk = s.p("d.raw");
+    let content = write_disk(Path::new(&disk), 8, 8);
+    dp(&args(&s.replicate(&disk, &store, "d")));
+    let restore_to = |out: &str, extra: &[&str]| {
+        let mut cmd = s.read_cmd("restore", &store, "d");
+        cmd.extend(["-o".to_string(), out.to_string()]);
+        cmd.extend(extra.iter().map(|e| e.to_string()));
+        cmd
+    };
+    // The live source disk as output: refused, untouched.
+    let err = dp_fails(&args(&restore_to(&disk, &[])));
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&disk).unwrap(), content);
+    // A new raw output is sparse: half the blocks are zeros, and they are holes.
+    let out = s.p("restored.raw");
+    dp(&args(&restore_to(&out, &[])));
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&out).unwrap()) * 512;
+    assert!(
+        allocated < content.len() as u64 * 3 / 4,
+        "{allocated} bytes allocated for {} with half its blocks zero",
+        content.len()
+    );
+    // --force replaces it.
+    std::fs::write(&out, b"old").unwrap();
+    dp(&args(&restore_to(&out, &["--force"])));
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    // A damaged record: the restore fails, no output appears, no partial file stays.
+    let home = home_with(&store, 0, b"DPSL");
+    let mut bytes = std::fs::read(&home).unwrap();
+    let at = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&home, &bytes).unwrap();
+    for name in ["fail.raw", "fail.vhdx"] {
+        let err = dp_fails(&args(&restore_to(&s.p(name), &[])));
+        assert!(err.contains("nothing was written"), "{err}");
+        assert!(!Path::new(&s.p(name)).exists(), "{name} appeared");
+    }
+    no_partial_files(s.dir.path());
+}
+
+#[test]
+fn a_damaged_manifest_blocks_only_its_own_point() {
+    let s = Setup::new();
+    let store = s.p("store");
+    let disk = s.p("d.raw");
+    let mut contents = Vec::new();
+    for seed in 30..33 {
+        contents.push(write_disk(Path::new(&disk), 4, seed));
+        dp(&args(&s.replicate(&disk, &store, "d")));
+    }
+    // Point 0's journal slot (slot 0: length, then the manifest's magic).
+    let journal = home_with(&store, 4, b"DPMF");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[40] ^= 0x01;
+    std::fs::write(&journal, &bytes).unwrap();
+    let out = drplane()
+        .args(args(&s.read_cmd("points", &store, "d")))
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ["1", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("journal slot 0 is damaged"), "{stderr}");
+    for point in [1usize, 2] {
+        let out_file = s.p(&format!("p{point}.raw"));
+        let mut cmd = s.read_cmd("restore", &store, "d");
+        cmd.extend([
+            "--point".into(),
+            point.to_string(),
+            "-o".into(),
+            out_file.clone(),
+        ]);
+        dp(&args(&cmd));
+        assert_eq!(std::fs::read(&out_file).unwrap(), contents[point]);
+    }
+    let err = dp_fails(&args(&s.read_cmd("verify", &store, "d")));
+    assert!(err.contains("journal slot 0"), "{err}");
+}
+
+#[test]
+fn fifos_character_devices_and_empty_disks_are_refused_with_a_clear_error() {
+    let s = Setup::new();
+    let store = s.p("store");
+    let fifo = s.p("pipe.raw");
+    run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+    let empty = s.p("empty.raw");
+    std::fs::write(&empty, b"").unwrap();
+    let vhdx_fifo = s.p("pipe.vhdx");
+    run_ok(std::process::Command::new("mkfifo").arg(&vhdx_fifo));
+    for (disk, says) in [
+        (fifo.as_str(), "a FIFO"),
+        (vhdx_fifo.as_str(), "a FIFO"),
+        ("/dev/null", "a character device"),
+        (empty.as_str(), "empty"),
+        (s.dir.path().to_str().unwrap(), "a directory"),
+    ] {
+        // Under `timeout`: opening a FIFO for reading would block forever.
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_drplane"))
+            .args(args(&s.replicate(disk, &store, "d")))
+            .env("DRPLANE_PFX_PASSWORD", PW)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{disk}: {err}");
+        assert!(err.contains(says) && err.contains(disk), "{disk}: {err}");
+    }
+    assert!(
+        !Path::new(&store).join("store.json").exists() || {
+            // Nothing was committed anywhere.
+            dp_fails(&args(&s.read_cmd("points", &store, "d"))).contains("no replica")
+        }
+    );
+}
+
+/// A loop device over a file: `replicate` reads it at its real size (its metadata says 0).
+#[test]
+fn a_block_device_is_replicated_at_its_real_size() {
+    if !Path::new("/dev/loop-control").exists() {
+        eprintln!("no loop devices on this machine (no /dev/loop-control): nothing to attach");
+        return;
+    }
+    let s = Setup::new();
+    let backing = s.p("backing.img");
+    let content = write_disk(Path::new(&backing), 6, 9);
+    let attach = run_ok(std::process::Command::new("losetup").args(["-f", "--show", &backing]));
+    let device = String::from_utf8(attach.stdout).unwrap().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _detach = Detach(device.clone());
+    let store = s.p("store");
+    let mut replicate = s.replicate(&device, &store, "dev");
+    replicate.push("--json".into());
+    let out = dp(&args(&replicate));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["blocks"], 96, "{v}");
+    let mut restore = s.read_cmd("restore", &store, "dev");
+    restore.extend(["-o".into(), s.p("dev.out")]);
+    dp(&args(&restore));
+    assert_eq!(std::fs::read(s.p("dev.out")).unwrap(), content);
+}

@@ -217,15 +217,14 @@ fn a_reader_leaves_a_torn_tail_alone_and_a_writer_cuts_it() {
     let clock = Arc::new(ManualClock::new(START));
     let bytes = store_with_records(dir.path(), &clock);
     let seg = dir.path().join("log/segment-000000.log");
-    // A record cut mid-append, and a file grown over bytes that never arrived.
-    for tail in [bytes[..bytes.len() - 30].to_vec(), {
-        let mut b = bytes.clone();
-        b.extend_from_slice(&[0; 700]);
-        b
-    }] {
+    // A record cut mid-append (the last snapshot is lost), and a file grown over bytes that
+    // never arrived (everything is there): listings of 3 blobs and their snapshots.
+    let mut grown = bytes.clone();
+    grown.extend_from_slice(&[0; 700]);
+    for (tail, listed) in [(bytes[..bytes.len() - 30].to_vec(), 5), (grown, 6)] {
         std::fs::write(&seg, &tail).unwrap();
         let reader = Emulator::open_read_only(dir.path(), false, clock.clone()).unwrap();
-        assert_eq!(reader.list_blobs("cont", true).unwrap().len(), 6);
+        assert_eq!(reader.list_blobs("cont", true).unwrap().len(), listed);
         drop(reader);
         assert_eq!(
             std::fs::read(&seg).unwrap(),

@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ChangeTracker::open(&store_dir.join("disk.ctb"), "disk", size, policy.block_size)?;
     let (mut agent, resume) = DiskAgent::open(
         AgentTarget {
+            snapshot_limit: None,
             store: &store,
             container: "replicas",
             name: "disk",

@@ -59,6 +59,8 @@ pub struct DiskAgent<'a> {
     /// its snapshot limit: unreferenced snapshots may be using up the limit, and the next
     /// retention sweeps them (a running agent would otherwise never free them).
     orphans_possible: std::sync::atomic::AtomicBool,
+    /// Snapshots the store allows per blob.
+    snapshot_limit: Option<usize>,
 }
 
 impl std::fmt::Debug for DiskAgent<'_> {
@@ -78,6 +80,8 @@ pub struct AgentTarget<'a, 'n> {
     pub name: &'n str,
     /// Premium targets: the standard store holding the replication (staging) log.
     pub log_store: Option<&'a dyn PageBlobStore>,
+    /// Snapshots the store allows per blob (premium: 100), `None`: no limit.
+    pub snapshot_limit: Option<usize>,
 }
 
 /// Container of staging logs on the log store.
@@ -155,6 +159,7 @@ impl<'a> DiskAgent<'a> {
         let nonces = NonceSource::new_epoch(&mut rng);
         Ok((
             DiskAgent {
+                snapshot_limit: target.snapshot_limit,
                 name: target.name.into(),
                 replica,
                 identity,
@@ -223,6 +228,7 @@ impl<'a> DiskAgent<'a> {
             upload_threads,
             throttle_bytes_per_sec,
             now_nanos,
+            snapshot_limit: self.snapshot_limit,
         };
         let mut outcome = self.cycle(source, &options, progress);
         if matches!(outcome, Err(CycleError::Nonces)) {

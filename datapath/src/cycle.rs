@@ -74,6 +74,9 @@ pub struct CycleOptions {
     pub throttle_bytes_per_sec: Option<u64>,
     /// The point's time.
     pub now_nanos: u64,
+    /// Snapshots the store allows per blob: before a point is committed (also one a crash
+    /// left staged), the oldest points go until there is room, as retention would.
+    pub snapshot_limit: Option<usize>,
 }
 
 impl CycleOptions {
@@ -87,6 +90,7 @@ impl CycleOptions {
             upload_threads: 4,
             throttle_bytes_per_sec: None,
             now_nanos,
+            snapshot_limit: None,
         }
     }
 }
@@ -389,8 +393,12 @@ fn cycle_inner(
     let digest_key = keys.digest.expose();
     let codec = BlockCodec::new(keys, options.zstd_level, options.encrypt);
     if let Some(log) = &replica.staging {
+        // A staged cycle a crash left committed becomes a point first: it needs a snapshot,
+        // and so does this cycle's point. At the profile's limit, room before each.
+        make_room(replica, digest_key, options.snapshot_limit)?;
         recover_staged_cycle(replica, log, identity, &codec, digest_key)?;
     }
+    make_room(replica, digest_key, options.snapshot_limit)?;
     let ReplicaState {
         points,
         mut table,
@@ -644,6 +652,33 @@ fn recover_staged_cycle(
         )?;
     }
     log.clear(header.end)?;
+    Ok(())
+}
+
+/// Delete the oldest points (never the newest) until one more snapshot fits under `limit`, as
+/// retention's own limit rule does; snapshots no point refers to go first. Without this, a
+/// cycle that a crash left staged at the limit could never commit (409 SnapshotCountExceeded
+/// on every retry, and retention runs only after a commit).
+fn make_room(
+    replica: &DiskReplica<'_>,
+    digest_key: &[u8; 32],
+    limit: Option<usize>,
+) -> Result<(), CycleError> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let points = replica.points(digest_key)?;
+    if points.len() + 1 < limit {
+        return Ok(());
+    }
+    replica.sweep_orphans(&points)?;
+    let excess = (points.len() + 1).saturating_sub(limit);
+    for p in points
+        .iter()
+        .take(excess.min(points.len().saturating_sub(1)))
+    {
+        replica.delete_point(p)?;
+    }
     Ok(())
 }
 

@@ -108,6 +108,7 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
     )
     .unwrap();
     let target = AgentTarget {
+        snapshot_limit: None,
         store: &store,
         container: "replicas",
         name: "vm-disk",
@@ -244,6 +245,7 @@ fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
     let policy = Policy::from_toml("copy_frequency_secs = 300", Profile::Standard).unwrap();
     let bitmap = dir.path().join("vm-disk.ctb");
     let target = AgentTarget {
+        snapshot_limit: None,
         store: &store,
         container: "replicas",
         name: "vm-disk",
@@ -337,6 +339,7 @@ fn snapshots_orphaned_while_deletes_fail_are_swept_and_replication_resumes() {
         Policy::from_toml("copy_frequency_secs = 300\nretention_hours = 1", profile).unwrap();
     let (mut agent, resume) = DiskAgent::open(
         AgentTarget {
+            snapshot_limit: None,
             store: &store,
             container: "replicas",
             name: "vm-disk",

@@ -650,3 +650,92 @@ fn a_disk_written_during_cycles_still_gets_points_that_all_restore() {
             .unwrap_or_else(|e| panic!("point {} does not restore: {e}", p.sequence));
     }
 }
+
+/// At the premium limit (100 snapshots), a cycle a crash left committed in the staging log
+/// must still become a point, and the next cycle must commit its own: room is made (oldest
+/// points first, as retention's limit rule does) before each snapshot. Without it every later
+/// cycle failed with 409 SnapshotCountExceeded, forever.
+#[test]
+fn a_cycle_staged_at_the_snapshot_limit_commits_and_the_next_cycle_too() {
+    let id = identity();
+    let keys = id.disk_keys("disk");
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let premium = Profile::Premium {
+        snapshot_spacing: false,
+    };
+    let fast = Arc::new(
+        Emulator::open(&dir.path().join("p"), premium, Durability::Process, clock).unwrap(),
+    );
+    let log_store = store(&dir.path().join("s"));
+    let replica = staged(&*fast, &*log_store);
+    let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(4));
+    let mut rng = ChaCha8Rng::seed_from_u64(44);
+    let mut disk = MemDisk {
+        bytes: vec![0; SIZE as usize],
+        reads: Default::default(),
+    };
+    let limited = |t| CycleOptions {
+        snapshot_limit: Some(100),
+        ..options(Selection::Scan, t)
+    };
+    let run = |replica: &DiskReplica<'_>, disk: &MemDisk, nonces: &mut NonceSource, t| {
+        run_cycle(replica, disk, &id, &keys, &limited(t), nonces, &|_| {})
+    };
+    for t in 0..99 {
+        churn(&mut disk, &mut rng, 1);
+        run(&replica, &disk, &mut nonces, t).unwrap();
+    }
+    assert_eq!(replica.points(keys.digest.expose()).unwrap().len(), 99);
+    // The next cycle is staged and committed in the log, then every write to the premium
+    // blob fails: the point is owed.
+    churn(&mut disk, &mut rng, 3);
+    let staged_image = disk.bytes.clone();
+    // Premium writes fail at random until one attempt fails after its log was committed.
+    let mut seed = 0;
+    while replica
+        .staging
+        .as_ref()
+        .unwrap()
+        .committed()
+        .unwrap()
+        .is_none()
+    {
+        seed += 1;
+        assert!(seed < 200, "no attempt left a committed log");
+        let faulty = FaultyStore::new(
+            fast.clone(),
+            FaultConfig {
+                seed,
+                timeout_after_write: 0.3,
+                ..FaultConfig::default()
+            },
+        );
+        let broken = staged(&faulty, &*log_store);
+        if run(&broken, &disk, &mut nonces, 99).is_ok() {
+            panic!("seed {seed}: the cycle met no fault");
+        }
+    }
+    // The next run completes the staged point and commits its own, within the limit.
+    churn(&mut disk, &mut rng, 3);
+    let report = run(&replica, &disk, &mut nonces, 100).unwrap();
+    let points = replica.points(keys.digest.expose()).unwrap();
+    assert_eq!(report.point.sequence, 100);
+    // Point 0 made room; 1-99 and the new point 100 fill the limit exactly.
+    assert_eq!(
+        points.len(),
+        100,
+        "{:?}",
+        points.iter().map(|p| p.sequence).collect::<Vec<_>>()
+    );
+    let snapshots = fast
+        .list_blobs("replicas", true)
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.name == "disk.replica" && b.properties.snapshot.is_some())
+        .count();
+    assert!(snapshots <= 100, "{snapshots} snapshots");
+    let staged_point = points.iter().find(|p| p.sequence == 99).unwrap();
+    assert!(restore(&replica, &id, staged_point) == staged_image[..]);
+    assert!(restore(&replica, &id, points.last().unwrap()) == disk.bytes[..]);
+}

@@ -340,6 +340,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         tracker.0.set_power_safe(false);
         let (agent, resume) = DiskAgent::open(
             AgentTarget {
+                snapshot_limit: limit,
                 store: &*store,
                 container: CONTAINER,
                 name,

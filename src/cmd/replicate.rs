@@ -425,6 +425,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     };
     let (agent, resume) = DiskAgent::open(
         AgentTarget {
+            snapshot_limit: profile.max_snapshots_per_blob(),
             store: &*store,
             container: REPLICA_CONTAINER,
             name: &name,

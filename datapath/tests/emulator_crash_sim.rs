@@ -1,7 +1,8 @@
 //! Crash simulation: the emulator over `CrashFs`, killed at every single write of a workload
 //! (with that write torn at several lengths), restarted, and checked against a model of what
 //! was acknowledged: every acknowledged write and snapshot is there; only the pages of the one
-//! unacknowledged operation may hold either version.
+//! unacknowledged operation may hold either version. The same at every write with a power cut
+//! (`Durability::Power`): every write not yet synced is dropped, the interrupted one torn.
 
 use std::sync::Arc;
 
@@ -61,13 +62,13 @@ fn p() -> BlobPath {
     BlobPath::new("crash", "disk")
 }
 
-fn open(fs: &Arc<CrashFs>) -> datapath::pageblob::StoreResult<Emulator> {
+fn open(fs: &Arc<CrashFs>, durability: Durability) -> datapath::pageblob::StoreResult<Emulator> {
     let fs: Arc<dyn StoreFs> = Arc::new(Arc::clone(fs));
     Emulator::open_with_fs(
         fs,
         std::path::Path::new("/store"),
         Profile::Standard,
-        Durability::Process,
+        durability,
         Arc::new(ManualClock::new(1_700_000_000_000_000_000)),
     )
 }
@@ -77,10 +78,10 @@ fn open(fs: &Arc<CrashFs>) -> datapath::pageblob::StoreResult<Emulator> {
 type Outcome = (Vec<u8>, Vec<(String, Vec<u8>)>, Option<Op>, bool);
 
 /// Run the workload until the first failure.
-fn run(fs: &Arc<CrashFs>) -> Outcome {
+fn run(fs: &Arc<CrashFs>, durability: Durability) -> Outcome {
     let mut model = vec![0u8; SIZE as usize];
     let mut snaps = Vec::new();
-    let store = match open(fs) {
+    let store = match open(fs, durability) {
         Ok(s) => s,
         Err(_) => return (model, snaps, None, false),
     };
@@ -122,8 +123,20 @@ fn run(fs: &Arc<CrashFs>) -> Outcome {
 
 #[test]
 fn crash_at_every_write_with_torn_writes_keeps_everything_acknowledged() {
+    crash_at_every_write(Durability::Process, false, &[0, 7, 3000, usize::MAX]);
+}
+
+#[test]
+fn power_cut_at_every_write_keeps_everything_acknowledged() {
+    // The interrupted write reaches the disk not at all, one sector, or whole.
+    crash_at_every_write(Durability::Power, true, &[0, 512, usize::MAX]);
+}
+
+/// Crash at each write of the workload, each write torn at each of `tears` bytes; `power_cut`:
+/// the restart sees only what was synced.
+fn crash_at_every_write(durability: Durability, power_cut: bool, tears: &[usize]) {
     let full = CrashFs::new();
-    let _ = run(&full);
+    let _ = run(&full, durability);
     let total_writes = full.writes();
     assert!(
         total_writes > 40,
@@ -131,14 +144,18 @@ fn crash_at_every_write_with_torn_writes_keeps_everything_acknowledged() {
     );
     let mut crashes = 0;
     for k in 0..total_writes {
-        for torn in [0usize, 7, 3000, usize::MAX] {
+        for &torn in tears {
             let fs = CrashFs::new();
             fs.crash_after(k, torn);
-            let (model, snaps, failed, blob_created) = run(&fs);
+            let (model, snaps, failed, blob_created) = run(&fs, durability);
             assert!(fs.has_crashed(), "write {k} never came");
             crashes += 1;
-            fs.restart();
-            let store = open(&fs)
+            if power_cut {
+                fs.restart_after_power_loss();
+            } else {
+                fs.restart();
+            }
+            let store = open(&fs, durability)
                 .unwrap_or_else(|e| panic!("crash at write {k} (torn {torn}): reopen failed: {e}"));
             if !blob_created {
                 continue;
@@ -146,7 +163,7 @@ fn crash_at_every_write_with_torn_writes_keeps_everything_acknowledged() {
             let mut got = vec![0u8; SIZE as usize];
             store
                 .read(&p(), None, 0, &mut got)
-                .unwrap_or_else(|e| panic!("crash at write {k}: read: {e}"));
+                .unwrap_or_else(|e| panic!("crash at write {k} (torn {torn}): read: {e}"));
             let skip = failed.as_ref().and_then(touched);
             for page in 0..SIZE / 512 {
                 let (a, b) = (page * 512, page * 512 + 512);
@@ -174,5 +191,5 @@ fn crash_at_every_write_with_torn_writes_keeps_everything_acknowledged() {
                 .unwrap();
         }
     }
-    eprintln!("{crashes} simulated crashes over {total_writes} writes");
+    eprintln!("{crashes} simulated crashes ({durability:?}) over {total_writes} writes");
 }

@@ -197,26 +197,25 @@ impl DataLog {
             self.segments.push(f);
             self.tail = 0;
         }
-        let mut head = Vec::with_capacity(HEADER_SIZE as usize + meta.len());
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&[RECORD_VERSION, KIND_EFFECT, 0, 0]);
-        head.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-        head.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        head.extend_from_slice(&[0; 8]);
-        head.extend_from_slice(&meta);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&head), data);
-        head[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        // One buffer, one write: a power cut can only leave a prefix of the record (two
+        // writes could persist the data without the header before it).
+        let mut record = Vec::with_capacity(HEADER_SIZE as usize + meta.len() + data.len());
+        record.extend_from_slice(MAGIC);
+        record.extend_from_slice(&[RECORD_VERSION, KIND_EFFECT, 0, 0]);
+        record.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        record.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        record.extend_from_slice(&[0; 8]);
+        record.extend_from_slice(&meta);
+        record.extend_from_slice(data);
+        let crc = crc32c::crc32c(&record);
+        record[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
         let n = self.segments.len() - 1;
         let file = &self.segments[n];
         let path = segment_path(&self.dir, n);
         let start = self.tail;
-        file.write_all_at(&head, start)
+        file.write_all_at(&record, start)
             .map_err(|e| io_err(&path, e))?;
-        let data_at = start + head.len() as u64;
-        if !data.is_empty() {
-            file.write_all_at(data, data_at)
-                .map_err(|e| io_err(&path, e))?;
-        }
+        let data_at = start + HEADER_SIZE + meta.len() as u64;
         if self.durability == Durability::Power {
             file.sync_data().map_err(|e| io_err(&path, e))?;
         }

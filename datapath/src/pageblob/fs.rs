@@ -135,7 +135,10 @@ impl StoreFs for RealFs {
 
 /// An in-memory file system that crashes on purpose: after `writes_before_crash` writes, the
 /// next write lands only its first `torn_bytes` bytes and every later call fails, like a
-/// process killed mid-`pwrite`. [`CrashFs::restart`] brings it back with the files as left.
+/// process killed mid-`pwrite`. [`CrashFs::restart`] brings it back with the files as left;
+/// [`CrashFs::restart_after_power_loss`] as a power cut leaves them: every write not yet made
+/// durable (`sync_data` for a file's bytes, `sync_dir` or `write_atomic` for its entry in the
+/// folder) is gone, except the torn prefix of the fatal write, which reached the disk.
 #[derive(Debug, Default)]
 pub struct CrashFs {
     state: Mutex<CrashState>,
@@ -143,11 +146,20 @@ pub struct CrashFs {
 
 #[derive(Debug, Default)]
 struct CrashState {
-    files: BTreeMap<PathBuf, Arc<Mutex<Vec<u8>>>>,
+    files: BTreeMap<PathBuf, Arc<Mutex<CrashFileData>>>,
     writes_before_crash: Option<u64>,
     torn_bytes: usize,
     crashed: bool,
     writes: u64,
+}
+
+/// A file's bytes as the process sees them and as the disk holds them.
+#[derive(Debug, Default, Clone)]
+struct CrashFileData {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Its name survives a power cut (the folder was synced after it was created).
+    entry_durable: bool,
 }
 
 fn crashed() -> io::Error {
@@ -156,7 +168,7 @@ fn crashed() -> io::Error {
 
 struct CrashFile {
     fs: Arc<CrashFs>,
-    data: Arc<Mutex<Vec<u8>>>,
+    data: Arc<Mutex<CrashFileData>>,
 }
 
 impl CrashFs {
@@ -188,6 +200,21 @@ impl CrashFs {
         s.writes = 0;
     }
 
+    /// Come back up after a power cut: only what was made durable is there (and the torn
+    /// prefix of the write the cut interrupted).
+    pub fn restart_after_power_loss(&self) {
+        let mut s = self.state.lock().expect("not poisoned");
+        s.files
+            .retain(|_, f| f.lock().expect("not poisoned").entry_durable);
+        for f in s.files.values() {
+            let mut f = f.lock().expect("not poisoned");
+            f.live = f.durable.clone();
+        }
+        s.crashed = false;
+        s.writes_before_crash = None;
+        s.writes = 0;
+    }
+
     fn check(&self) -> io::Result<()> {
         if self.state.lock().expect("not poisoned").crashed {
             return Err(crashed());
@@ -210,43 +237,56 @@ impl CrashFs {
     }
 }
 
+/// Write `buf` at `offset` into `bytes`, growing it with zeros.
+fn write_into(bytes: &mut Vec<u8>, buf: &[u8], offset: usize) {
+    let end = offset + buf.len();
+    if bytes.len() < end {
+        bytes.resize(end, 0);
+    }
+    bytes[offset..end].copy_from_slice(buf);
+}
+
 impl StoreFile for CrashFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.fs.check()?;
         let data = self.data.lock().expect("not poisoned");
-        let start = (offset as usize).min(data.len());
-        let n = buf.len().min(data.len() - start);
-        buf[..n].copy_from_slice(&data[start..start + n]);
+        let start = (offset as usize).min(data.live.len());
+        let n = buf.len().min(data.live.len() - start);
+        buf[..n].copy_from_slice(&data.live[start..start + n]);
         Ok(n)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let keep = self.fs.count_write(buf.len())?;
         let n = keep.unwrap_or(buf.len());
         let mut data = self.data.lock().expect("not poisoned");
-        let end = offset as usize + n;
-        if data.len() < end {
-            data.resize(end, 0);
-        }
-        data[offset as usize..end].copy_from_slice(&buf[..n]);
+        write_into(&mut data.live, &buf[..n], offset as usize);
         match keep {
-            Some(_) => Err(crashed()),
+            Some(_) => {
+                // The interrupted write's prefix reached the disk, whatever else did not.
+                write_into(&mut data.durable, &buf[..n], offset as usize);
+                Err(crashed())
+            }
             None => Ok(()),
         }
     }
     fn len(&self) -> io::Result<u64> {
         self.fs.check()?;
-        Ok(self.data.lock().expect("not poisoned").len() as u64)
+        Ok(self.data.lock().expect("not poisoned").live.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.fs.check()?;
         self.data
             .lock()
             .expect("not poisoned")
+            .live
             .resize(len as usize, 0);
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.fs.check()
+        self.fs.check()?;
+        let mut data = self.data.lock().expect("not poisoned");
+        data.durable = data.live.clone();
+        Ok(())
     }
 }
 
@@ -258,7 +298,7 @@ impl StoreFs for Arc<CrashFs> {
         let data = match s.files.get(path) {
             Some(d) => Arc::clone(d),
             None if mode == OpenMode::Create => {
-                let d = Arc::new(Mutex::new(Vec::new()));
+                let d = Arc::new(Mutex::new(CrashFileData::default()));
                 s.files.insert(path.to_path_buf(), Arc::clone(&d));
                 d
             }
@@ -302,7 +342,7 @@ impl StoreFs for Arc<CrashFs> {
         self.check()?;
         let s = self.state.lock().expect("not poisoned");
         match s.files.get(path) {
-            Some(d) => Ok(d.lock().expect("not poisoned").clone()),
+            Some(d) => Ok(d.lock().expect("not poisoned").live.clone()),
             None => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{} not found", path.display()),
@@ -310,18 +350,31 @@ impl StoreFs for Arc<CrashFs> {
         }
     }
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        // A rename is atomic: the crash happens before it or after it, never inside.
+        // Written, synced and renamed over the old one, then the folder synced: the crash
+        // happens before it or after it, never inside.
         if self.count_write(bytes.len())?.is_some() {
             return Err(crashed());
         }
+        let file = CrashFileData {
+            live: bytes.to_vec(),
+            durable: bytes.to_vec(),
+            entry_durable: true,
+        };
         self.state
             .lock()
             .expect("not poisoned")
             .files
-            .insert(path.to_path_buf(), Arc::new(Mutex::new(bytes.to_vec())));
+            .insert(path.to_path_buf(), Arc::new(Mutex::new(file)));
         Ok(())
     }
-    fn sync_dir(&self, _: &Path) -> io::Result<()> {
-        self.check()
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check()?;
+        let s = self.state.lock().expect("not poisoned");
+        for (path, f) in &s.files {
+            if path.parent() == Some(dir) {
+                f.lock().expect("not poisoned").entry_durable = true;
+            }
+        }
+        Ok(())
     }
 }

@@ -450,3 +450,23 @@ fn a_block_device_is_replicated_at_its_real_size() {
     dp(&args(&restore));
     assert_eq!(std::fs::read(s.p("dev.out")).unwrap(), content);
 }
+
+#[test]
+fn durability_is_power_unless_the_user_opts_out_and_bad_values_are_refused() {
+    let s = Setup::new();
+    let disk = s.p("d.raw");
+    write_disk(Path::new(&disk), 2, 11);
+    // Default (power) and the opt-out both commit; nonsense is refused before any work.
+    dp(&args(&s.replicate(&disk, &s.p("synced"), "d")));
+    let mut fast = s.replicate(&disk, &s.p("fast"), "d");
+    fast.extend(["--durability".into(), "process".into()]);
+    dp(&args(&fast));
+    let mut bad = s.replicate(&disk, &s.p("bad"), "d");
+    bad.extend(["--durability".into(), "sometimes".into()]);
+    let err = dp_fails(&args(&bad));
+    assert!(err.contains("power or process"), "{err}");
+    assert!(!Path::new(&s.p("bad")).exists());
+    for store in ["synced", "fast"] {
+        dp(&args(&s.read_cmd("verify", &s.p(store), "d")));
+    }
+}

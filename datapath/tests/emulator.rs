@@ -324,3 +324,17 @@ fn snapshot_reads_never_see_writes_made_after_the_snapshot_under_concurrent_stre
         });
     });
 }
+
+#[test]
+fn power_durability_passes_the_conformance_suite_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let store = Emulator::open(
+        dir.path(),
+        Profile::Standard,
+        Durability::Power,
+        clock.clone(),
+    )
+    .unwrap();
+    conformance::standard_suite(&store, &clock, "conformance");
+}

@@ -42,8 +42,9 @@ pub enum BlobCommand {
         /// standard | premium (100 snapshots per blob) | premium-spaced (also 1 per 10 min).
         #[arg(long, default_value = "standard")]
         profile: String,
-        /// process: acknowledged writes survive a killed server; power: fdatasync each write.
-        #[arg(long, default_value = "process")]
+        /// power (default): every acknowledged write is synced, files and folders, and
+        /// survives a power cut; process: it survives a killed server only (faster).
+        #[arg(long, default_value = "power")]
         durability: String,
         #[command(flatten)]
         faults: FaultArgs,
@@ -162,6 +163,19 @@ pub struct Target {
     /// The proxy registration recorded (used when `--proxy` is not given).
     #[arg(skip)]
     pub recorded_proxy: Option<datapath::pageblob::http::proxy::ProxyRecord>,
+    /// A store directory written to: `power` (default) syncs every write, files and folders,
+    /// so committed points survive a power cut; `process` only survives a killed process.
+    #[arg(long, default_value = "power", value_parser = parse_durability)]
+    durability: Durability,
+}
+
+/// `--durability`: power or process.
+pub fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "power" => Ok(Durability::Power),
+        "process" => Ok(Durability::Process),
+        other => Err(format!("{other}: power or process")),
+    }
 }
 
 impl Target {
@@ -173,6 +187,7 @@ impl Target {
             key,
             proxy,
             recorded_proxy: None,
+            durability: Durability::Power,
         }
     }
 
@@ -184,6 +199,7 @@ impl Target {
             key: self.key.clone(),
             proxy: self.proxy.clone(),
             recorded_proxy: self.recorded_proxy.clone(),
+            durability: self.durability,
         }
     }
 
@@ -201,12 +217,12 @@ impl Target {
         let clock = Arc::new(SystemClock);
         let store = match new_profile {
             None if dir.join("store.json").exists() => {
-                Emulator::open_existing(dir, Durability::Process, clock)
+                Emulator::open_existing(dir, self.durability, clock)
             }
             _ => Emulator::open(
                 dir,
                 new_profile.unwrap_or(Profile::Standard),
-                Durability::Process,
+                self.durability,
                 clock,
             ),
         }
@@ -453,11 +469,8 @@ fn run_serve(
 ) -> Result<ExitCode> {
     let profile = Profile::parse(&profile)
         .with_context(|| format!("--profile {profile}: standard, premium or premium-spaced"))?;
-    let durability = match durability.as_str() {
-        "process" => Durability::Process,
-        "power" => Durability::Power,
-        other => bail!("--durability {other}: process or power"),
-    };
+    let durability =
+        parse_durability(&durability).map_err(|e| anyhow::anyhow!("--durability {e}"))?;
     let key = decode_key(&key).context("--key is not base64")?;
     let emulator = Emulator::open(&data, profile, durability, Arc::new(SystemClock))
         .with_context(|| format!("store {}", data.display()))?;

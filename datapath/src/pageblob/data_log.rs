@@ -34,7 +34,8 @@ const MAX_DATA_BYTES: u32 = 4 << 20;
 pub enum Durability {
     /// Written to the OS before acknowledging: survives the process being killed.
     Process,
-    /// `fdatasync` before acknowledging: survives power loss too.
+    /// Synced before acknowledging (the emulator syncs home files, then the log, for all the
+    /// calls waiting at once): survives power loss too.
     Power,
 }
 
@@ -67,6 +68,8 @@ pub struct DataLog {
     /// Bytes used in the last segment.
     tail: u64,
     durability: Durability,
+    /// Segments with appends not synced yet.
+    unsynced: std::collections::BTreeSet<usize>,
 }
 
 fn io_err(path: &Path, source: io::Error) -> StoreError {
@@ -172,6 +175,7 @@ impl DataLog {
             segments,
             tail,
             durability,
+            unsynced: Default::default(),
         })
     }
 
@@ -216,11 +220,26 @@ impl DataLog {
         file.write_all_at(&record, start)
             .map_err(|e| io_err(&path, e))?;
         let data_at = start + HEADER_SIZE + meta.len() as u64;
-        if self.durability == Durability::Power {
-            file.sync_data().map_err(|e| io_err(&path, e))?;
-        }
+        self.unsynced.insert(n);
         self.tail = data_at + data.len() as u64;
         Ok((!data.is_empty()).then(|| address(n, data_at)))
+    }
+
+    /// Segments appended to since the last call (their records are not yet synced by us):
+    /// a caller syncs them outside the lock, for every append before it at once.
+    pub fn take_unsynced(&mut self) -> Vec<(PathBuf, Arc<dyn StoreFile>)> {
+        std::mem::take(&mut self.unsynced)
+            .into_iter()
+            .map(|n| (segment_path(&self.dir, n), Arc::clone(&self.segments[n])))
+            .collect()
+    }
+
+    /// Sync every appended record now (before bytes they protect are overwritten in place).
+    pub fn sync(&mut self) -> StoreResult<()> {
+        for (path, file) in self.take_unsynced() {
+            file.sync_data().map_err(|e| io_err(&path, e))?;
+        }
+        Ok(())
     }
 
     /// A handle that can read data at log addresses without holding the log.

@@ -41,6 +41,20 @@ struct Inner {
     /// In-place writes to home files so far: a read that copied home bytes outside the lock
     /// is valid only if no write happened meanwhile.
     home_writes: u64,
+    /// Changes made so far (records appended, home bytes written).
+    changes: u64,
+    /// Home files written since the last sync (`Durability::Power`).
+    unsynced_homes: std::collections::BTreeMap<u64, Arc<dyn StoreFile>>,
+}
+
+/// How far the files are synced (`Durability::Power`): one caller syncs for all waiting.
+#[derive(Debug, Default)]
+struct Synced {
+    /// Every change up to this one is on stable storage.
+    changes: u64,
+    /// A sync failed: what was written may not be on disk, and nothing after it can be
+    /// acknowledged (the store must be reopened).
+    failed: bool,
 }
 
 /// Times a read copies outside the lock and finds a write got in, before it copies under it.
@@ -187,6 +201,7 @@ pub struct Emulator {
     dir: PathBuf,
     durability: Durability,
     access: Access,
+    synced: Mutex<Synced>,
 }
 
 /// How this process holds the store.
@@ -355,7 +370,10 @@ impl Emulator {
                 log,
                 homes,
                 home_writes: 0,
+                changes: 0,
+                unsynced_homes: Default::default(),
             }),
+            synced: Mutex::new(Synced::default()),
             clock,
             dir: dir.to_path_buf(),
             durability,
@@ -376,6 +394,12 @@ impl Emulator {
 
     /// The state, to change it: readers may not; a writer that paused waits for its readers.
     fn lock_for_write(&self) -> StoreResult<MutexGuard<'_, Inner>> {
+        if self.synced.lock().unwrap_or_else(|p| p.into_inner()).failed {
+            return Err(StoreError::Corrupt(format!(
+                "{}: an earlier sync failed; reopen the store",
+                self.dir.display()
+            )));
+        }
         match &self.access {
             Access::Reader(_) => Err(StoreError::ReadOnly(self.dir.display().to_string())),
             Access::Writer(lock) => {
@@ -390,6 +414,7 @@ impl Emulator {
     /// Log and apply an effect; `data` are the bytes a relocation copies into the log.
     fn commit(inner: &mut Inner, mut effect: Effect, data: &[u8]) -> StoreResult<()> {
         let address = inner.log.append(&effect, data)?;
+        inner.changes += 1;
         if let Effect::Relocate { data: d, .. } = &mut effect {
             *d = address;
         }
@@ -441,21 +466,81 @@ impl Emulator {
                 data: None,
             };
             Emulator::commit(inner, relocate, &old)?;
+            if inner.homes.durability == Durability::Power {
+                // The preserved bytes must be on disk before the overwrite can be.
+                inner.log.sync()?;
+            }
         }
         let io = |e| StoreError::Io {
             path: format!("home file of {path}"),
             source: e,
         };
         inner.home_writes += 1;
+        inner.changes += 1;
         file.write_all_at(data, offset).map_err(io)?;
         if inner.homes.durability == Durability::Power {
-            file.sync_data().map_err(io)?;
+            inner.unsynced_homes.insert(incarnation, file);
         }
         Ok(())
     }
 
     fn now(&self) -> u64 {
         self.clock.now_nanos()
+    }
+
+    /// Change the store under the lock, then (`Durability::Power`) make the change durable
+    /// before it is acknowledged.
+    fn change<T>(&self, f: impl FnOnce(&mut Inner) -> StoreResult<T>) -> StoreResult<T> {
+        let (result, changes) = {
+            let mut inner = self.lock_for_write()?;
+            let result = f(&mut inner);
+            (result, inner.changes)
+        };
+        let value = result?;
+        if self.durability == Durability::Power {
+            self.sync_through(changes)?;
+        }
+        Ok(value)
+    }
+
+    /// Group commit: every change up to `changes` synced, home files first, then the log (a
+    /// synced record never points at home bytes that are not). Callers that arrive while one
+    /// syncs find their changes covered by the next sync, made once for all of them.
+    fn sync_through(&self, changes: u64) -> StoreResult<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if synced.failed {
+            return Err(StoreError::Corrupt(format!(
+                "{}: an earlier sync failed; reopen the store",
+                self.dir.display()
+            )));
+        }
+        if synced.changes >= changes {
+            return Ok(());
+        }
+        let (homes, segments, upto) = {
+            let mut inner = self.lock();
+            let homes = std::mem::take(&mut inner.unsynced_homes);
+            (homes, inner.log.take_unsynced(), inner.changes)
+        };
+        let outcome = homes
+            .values()
+            .try_for_each(|f| f.sync_data())
+            .map_err(|e| io_error(&self.dir.join("homes"), e))
+            .and_then(|()| {
+                segments
+                    .iter()
+                    .try_for_each(|(path, f)| f.sync_data().map_err(|e| io_error(path, e)))
+            });
+        match outcome {
+            Ok(()) => {
+                synced.changes = upto;
+                Ok(())
+            }
+            Err(e) => {
+                synced.failed = true;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -515,9 +600,10 @@ impl PageBlobStore for Emulator {
 
     fn create_container(&self, name: &str) -> StoreResult<()> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let effect = inner.account.create_container(name, now)?;
-        Emulator::commit(&mut inner, effect, &[])
+        self.change(|mut inner| {
+            let effect = inner.account.create_container(name, now)?;
+            Emulator::commit(&mut inner, effect, &[])
+        })
     }
 
     fn list_containers(&self) -> StoreResult<Vec<String>> {
@@ -532,12 +618,13 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let effect = inner
-            .account
-            .create_blob(path, size, sequence_number, cond, now)?;
-        Emulator::commit(&mut inner, effect, &[])?;
-        inner.account.properties(path, None, now)
+        self.change(|mut inner| {
+            let effect = inner
+                .account
+                .create_blob(path, size, sequence_number, cond, now)?;
+            Emulator::commit(&mut inner, effect, &[])?;
+            inner.account.properties(path, None, now)
+        })
     }
 
     fn put_pages(
@@ -548,14 +635,15 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let effect =
-            inner
-                .account
-                .write_pages(path, offset, data.len() as u64, false, cond, now)?;
-        Emulator::write_home(&mut inner, path, offset, data)?;
-        Emulator::commit(&mut inner, effect, &[])?;
-        inner.account.properties(path, None, now)
+        self.change(|mut inner| {
+            let effect =
+                inner
+                    .account
+                    .write_pages(path, offset, data.len() as u64, false, cond, now)?;
+            Emulator::write_home(&mut inner, path, offset, data)?;
+            Emulator::commit(&mut inner, effect, &[])?;
+            inner.account.properties(path, None, now)
+        })
     }
 
     fn clear_pages(
@@ -566,12 +654,13 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let effect = inner
-            .account
-            .write_pages(path, offset, len, true, cond, now)?;
-        Emulator::commit(&mut inner, effect, &[])?;
-        inner.account.properties(path, None, now)
+        self.change(|mut inner| {
+            let effect = inner
+                .account
+                .write_pages(path, offset, len, true, cond, now)?;
+            Emulator::commit(&mut inner, effect, &[])?;
+            inner.account.properties(path, None, now)
+        })
     }
 
     fn read(
@@ -618,14 +707,15 @@ impl PageBlobStore for Emulator {
 
     fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let effect = inner.account.snapshot(path, cond, now)?;
-        let Effect::Snapshot { id, .. } = &effect else {
-            unreachable!("snapshot() returns a snapshot effect")
-        };
-        let id = super::timestamp::snapshot_id(*id);
-        Emulator::commit(&mut inner, effect, &[])?;
-        Ok(id)
+        self.change(|mut inner| {
+            let effect = inner.account.snapshot(path, cond, now)?;
+            let Effect::Snapshot { id, .. } = &effect else {
+                unreachable!("snapshot() returns a snapshot effect")
+            };
+            let id = super::timestamp::snapshot_id(*id);
+            Emulator::commit(&mut inner, effect, &[])?;
+            Ok(id)
+        })
     }
 
     fn list_blobs(
@@ -647,19 +737,21 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<()> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let effect = inner
-            .account
-            .delete(path, snapshot, delete_snapshots, cond, now)?;
-        Emulator::commit(&mut inner, effect, &[])
+        self.change(|mut inner| {
+            let effect = inner
+                .account
+                .delete(path, snapshot, delete_snapshots, cond, now)?;
+            Emulator::commit(&mut inner, effect, &[])
+        })
     }
 
     fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let effect = inner.account.resize(path, size, cond, now)?;
-        Emulator::commit(&mut inner, effect, &[])?;
-        inner.account.properties(path, None, now)
+        self.change(|mut inner| {
+            let effect = inner.account.resize(path, size, cond, now)?;
+            Emulator::commit(&mut inner, effect, &[])?;
+            inner.account.properties(path, None, now)
+        })
     }
 
     fn set_sequence_number(
@@ -669,10 +761,11 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let effect = inner.account.set_sequence_number(path, action, cond, now)?;
-        Emulator::commit(&mut inner, effect, &[])?;
-        inner.account.properties(path, None, now)
+        self.change(|mut inner| {
+            let effect = inner.account.set_sequence_number(path, action, cond, now)?;
+            Emulator::commit(&mut inner, effect, &[])?;
+            inner.account.properties(path, None, now)
+        })
     }
 
     fn properties(&self, path: &BlobPath, snapshot: Option<&str>) -> StoreResult<Properties> {
@@ -687,10 +780,11 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<LeaseAnswer> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let (effect, answer) = inner.account.lease(path, action, cond, now)?;
-        Emulator::commit(&mut inner, effect, &[])?;
-        Ok(answer)
+        self.change(|mut inner| {
+            let (effect, answer) = inner.account.lease(path, action, cond, now)?;
+            Emulator::commit(&mut inner, effect, &[])?;
+            Ok(answer)
+        })
     }
 
     fn incremental_copy(
@@ -700,108 +794,109 @@ impl PageBlobStore for Emulator {
         snapshot: Option<&str>,
     ) -> StoreResult<CopyInfo> {
         let now = self.now();
-        let mut inner = self.lock_for_write()?;
-        let (new, prev) = inner
-            .account
-            .check_incremental_copy(dest, source, snapshot)?;
-        let snapshot = super::timestamp::snapshot_id(new);
-        let size = inner.account.properties(source, Some(&snapshot), now)?.size;
-        let info = CopyInfo {
-            id: format!("{:016x}-{new:x}", inner.account.applied()),
-            source: source.to_string(),
-            source_snapshot: snapshot.clone(),
-            status: "pending".into(),
-        };
-        let none = Conditions::default();
-        let first = prev.is_none();
-        if first {
-            // First copy, or the previous source snapshot is gone: start from an empty blob.
-            let effect = Effect::CreateBlob {
-                path: dest.clone(),
-                size,
-                sequence_number: 0,
-                time: now,
+        self.change(|mut inner| {
+            let (new, prev) = inner
+                .account
+                .check_incremental_copy(dest, source, snapshot)?;
+            let snapshot = super::timestamp::snapshot_id(new);
+            let size = inner.account.properties(source, Some(&snapshot), now)?.size;
+            let info = CopyInfo {
+                id: format!("{:016x}-{new:x}", inner.account.applied()),
+                source: source.to_string(),
+                source_snapshot: snapshot.clone(),
+                status: "pending".into(),
             };
-            Emulator::commit(&mut inner, effect, &[])?;
-        }
-        Emulator::commit(
-            &mut inner,
-            Effect::Copy {
-                path: dest.clone(),
-                info: info.clone(),
-                done: false,
-            },
-            &[],
-        )?;
-        if !first && inner.account.properties(dest, None, now)?.size != size {
-            Emulator::commit(
-                &mut inner,
-                Effect::Resize {
+            let none = Conditions::default();
+            let first = prev.is_none();
+            if first {
+                // First copy, or the previous source snapshot is gone: start from an empty blob.
+                let effect = Effect::CreateBlob {
                     path: dest.clone(),
                     size,
+                    sequence_number: 0,
                     time: now,
+                };
+                Emulator::commit(&mut inner, effect, &[])?;
+            }
+            Emulator::commit(
+                &mut inner,
+                Effect::Copy {
+                    path: dest.clone(),
+                    info: info.clone(),
+                    done: false,
                 },
                 &[],
             )?;
-        }
-        // Changed pages (all valid pages on a first copy), in Put Page sized pieces.
-        let mut marker = None;
-        let mut buf = Vec::new();
-        loop {
-            let list = inner.account.page_ranges(
-                source,
-                Some(&snapshot),
-                prev.as_deref(),
-                None,
-                marker,
-                None,
-            )?;
-            for r in &list.ranges {
-                let mut pos = r.start;
-                while pos <= r.end {
-                    let n = (r.end + 1 - pos).min(MAX_PUT_PAGES_BYTES);
-                    let effect = Effect::WritePages {
+            if !first && inner.account.properties(dest, None, now)?.size != size {
+                Emulator::commit(
+                    &mut inner,
+                    Effect::Resize {
                         path: dest.clone(),
-                        offset: pos,
-                        len: n,
-                        data: (!r.cleared).then(|| super::extent_map::home(pos)),
+                        size,
                         time: now,
-                    };
-                    if !r.cleared {
-                        buf.resize(n as usize, 0);
-                        let (plan, reader, home) = Emulator::plan_read(
-                            &mut inner,
-                            source,
-                            Some(&snapshot),
-                            pos,
-                            n as usize,
-                        )?;
-                        execute_read(&plan, &reader, home.as_deref(), pos, &mut buf)?;
-                        Emulator::write_home(&mut inner, dest, pos, &buf)?;
+                    },
+                    &[],
+                )?;
+            }
+            // Changed pages (all valid pages on a first copy), in Put Page sized pieces.
+            let mut marker = None;
+            let mut buf = Vec::new();
+            loop {
+                let list = inner.account.page_ranges(
+                    source,
+                    Some(&snapshot),
+                    prev.as_deref(),
+                    None,
+                    marker,
+                    None,
+                )?;
+                for r in &list.ranges {
+                    let mut pos = r.start;
+                    while pos <= r.end {
+                        let n = (r.end + 1 - pos).min(MAX_PUT_PAGES_BYTES);
+                        let effect = Effect::WritePages {
+                            path: dest.clone(),
+                            offset: pos,
+                            len: n,
+                            data: (!r.cleared).then(|| super::extent_map::home(pos)),
+                            time: now,
+                        };
+                        if !r.cleared {
+                            buf.resize(n as usize, 0);
+                            let (plan, reader, home) = Emulator::plan_read(
+                                &mut inner,
+                                source,
+                                Some(&snapshot),
+                                pos,
+                                n as usize,
+                            )?;
+                            execute_read(&plan, &reader, home.as_deref(), pos, &mut buf)?;
+                            Emulator::write_home(&mut inner, dest, pos, &buf)?;
+                        }
+                        Emulator::commit(&mut inner, effect, &[])?;
+                        pos += n;
                     }
-                    Emulator::commit(&mut inner, effect, &[])?;
-                    pos += n;
+                }
+                match list.next_marker {
+                    Some(m) => marker = Some(m),
+                    None => break,
                 }
             }
-            match list.next_marker {
-                Some(m) => marker = Some(m),
-                None => break,
-            }
-        }
-        let snap = inner.account.snapshot(dest, &none, now)?;
-        Emulator::commit(&mut inner, snap, &[])?;
-        Emulator::commit(
-            &mut inner,
-            Effect::Copy {
-                path: dest.clone(),
-                info: info.clone(),
-                done: true,
-            },
-            &[],
-        )?;
-        Ok(CopyInfo {
-            status: "success".into(),
-            ..info
+            let snap = inner.account.snapshot(dest, &none, now)?;
+            Emulator::commit(&mut inner, snap, &[])?;
+            Emulator::commit(
+                &mut inner,
+                Effect::Copy {
+                    path: dest.clone(),
+                    info: info.clone(),
+                    done: true,
+                },
+                &[],
+            )?;
+            Ok(CopyInfo {
+                status: "success".into(),
+                ..info
+            })
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use datapath::clock::ManualClock;
-use datapath::cycle::{run_cycle, BlockSource, CycleOptions, Selection};
+use datapath::cycle::{run_cycle, BlockSource, CycleOptions};
 use datapath::keys::Identity;
 use datapath::pageblob::data_log::Durability;
 use datapath::pageblob::fs::{CrashFs, StoreFs};

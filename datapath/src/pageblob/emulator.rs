@@ -600,9 +600,9 @@ impl PageBlobStore for Emulator {
 
     fn create_container(&self, name: &str) -> StoreResult<()> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let effect = inner.account.create_container(name, now)?;
-            Emulator::commit(&mut inner, effect, &[])
+            Emulator::commit(inner, effect, &[])
         })
     }
 
@@ -618,11 +618,11 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let effect = inner
                 .account
                 .create_blob(path, size, sequence_number, cond, now)?;
-            Emulator::commit(&mut inner, effect, &[])?;
+            Emulator::commit(inner, effect, &[])?;
             inner.account.properties(path, None, now)
         })
     }
@@ -635,13 +635,13 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let effect =
                 inner
                     .account
                     .write_pages(path, offset, data.len() as u64, false, cond, now)?;
-            Emulator::write_home(&mut inner, path, offset, data)?;
-            Emulator::commit(&mut inner, effect, &[])?;
+            Emulator::write_home(inner, path, offset, data)?;
+            Emulator::commit(inner, effect, &[])?;
             inner.account.properties(path, None, now)
         })
     }
@@ -654,11 +654,11 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let effect = inner
                 .account
                 .write_pages(path, offset, len, true, cond, now)?;
-            Emulator::commit(&mut inner, effect, &[])?;
+            Emulator::commit(inner, effect, &[])?;
             inner.account.properties(path, None, now)
         })
     }
@@ -707,13 +707,13 @@ impl PageBlobStore for Emulator {
 
     fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let effect = inner.account.snapshot(path, cond, now)?;
             let Effect::Snapshot { id, .. } = &effect else {
                 unreachable!("snapshot() returns a snapshot effect")
             };
             let id = super::timestamp::snapshot_id(*id);
-            Emulator::commit(&mut inner, effect, &[])?;
+            Emulator::commit(inner, effect, &[])?;
             Ok(id)
         })
     }
@@ -737,19 +737,19 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<()> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let effect = inner
                 .account
                 .delete(path, snapshot, delete_snapshots, cond, now)?;
-            Emulator::commit(&mut inner, effect, &[])
+            Emulator::commit(inner, effect, &[])
         })
     }
 
     fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let effect = inner.account.resize(path, size, cond, now)?;
-            Emulator::commit(&mut inner, effect, &[])?;
+            Emulator::commit(inner, effect, &[])?;
             inner.account.properties(path, None, now)
         })
     }
@@ -761,9 +761,9 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let effect = inner.account.set_sequence_number(path, action, cond, now)?;
-            Emulator::commit(&mut inner, effect, &[])?;
+            Emulator::commit(inner, effect, &[])?;
             inner.account.properties(path, None, now)
         })
     }
@@ -780,9 +780,9 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<LeaseAnswer> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let (effect, answer) = inner.account.lease(path, action, cond, now)?;
-            Emulator::commit(&mut inner, effect, &[])?;
+            Emulator::commit(inner, effect, &[])?;
             Ok(answer)
         })
     }
@@ -794,7 +794,7 @@ impl PageBlobStore for Emulator {
         snapshot: Option<&str>,
     ) -> StoreResult<CopyInfo> {
         let now = self.now();
-        self.change(|mut inner| {
+        self.change(|inner| {
             let (new, prev) = inner
                 .account
                 .check_incremental_copy(dest, source, snapshot)?;
@@ -816,10 +816,10 @@ impl PageBlobStore for Emulator {
                     sequence_number: 0,
                     time: now,
                 };
-                Emulator::commit(&mut inner, effect, &[])?;
+                Emulator::commit(inner, effect, &[])?;
             }
             Emulator::commit(
-                &mut inner,
+                inner,
                 Effect::Copy {
                     path: dest.clone(),
                     info: info.clone(),
@@ -829,7 +829,7 @@ impl PageBlobStore for Emulator {
             )?;
             if !first && inner.account.properties(dest, None, now)?.size != size {
                 Emulator::commit(
-                    &mut inner,
+                    inner,
                     Effect::Resize {
                         path: dest.clone(),
                         size,
@@ -864,16 +864,16 @@ impl PageBlobStore for Emulator {
                         if !r.cleared {
                             buf.resize(n as usize, 0);
                             let (plan, reader, home) = Emulator::plan_read(
-                                &mut inner,
+                                inner,
                                 source,
                                 Some(&snapshot),
                                 pos,
                                 n as usize,
                             )?;
                             execute_read(&plan, &reader, home.as_deref(), pos, &mut buf)?;
-                            Emulator::write_home(&mut inner, dest, pos, &buf)?;
+                            Emulator::write_home(inner, dest, pos, &buf)?;
                         }
-                        Emulator::commit(&mut inner, effect, &[])?;
+                        Emulator::commit(inner, effect, &[])?;
                         pos += n;
                     }
                 }
@@ -883,9 +883,9 @@ impl PageBlobStore for Emulator {
                 }
             }
             let snap = inner.account.snapshot(dest, &none, now)?;
-            Emulator::commit(&mut inner, snap, &[])?;
+            Emulator::commit(inner, snap, &[])?;
             Emulator::commit(
-                &mut inner,
+                inner,
                 Effect::Copy {
                     path: dest.clone(),
                     info: info.clone(),

@@ -156,7 +156,7 @@ impl<'a> DiskAgent<'a> {
             tracking_untrusted: untrusted.map(|u| u.to_string()),
             paused_until_nanos: None,
         };
-        let nonces = NonceSource::new_epoch(&mut rng);
+        let nonces = NonceSource::for_epoch(replica.claim_epoch(&mut rng)?);
         Ok((
             DiskAgent {
                 snapshot_limit: target.snapshot_limit,
@@ -233,7 +233,7 @@ impl<'a> DiskAgent<'a> {
         let mut outcome = self.cycle(source, &options, progress);
         if matches!(outcome, Err(CycleError::Nonces)) {
             // The epoch's 2^32 nonces are used: a fresh epoch, and the cycle again.
-            self.nonces = NonceSource::new_epoch(&mut self.rng);
+            self.nonces = NonceSource::for_epoch(self.replica.claim_epoch(&mut self.rng)?);
             outcome = self.cycle(source, &options, progress);
         }
         if let Err(CycleError::Replica(ReplicaError::Store(e))) = &outcome {
@@ -270,6 +270,11 @@ impl<'a> DiskAgent<'a> {
             progress,
             &mut self.table,
         )
+    }
+
+    /// The nonce epoch this agent claimed from the replica (the current one).
+    pub fn nonce_epoch(&self) -> u64 {
+        self.nonces.epoch()
     }
 
     /// Delete the points retention lets go at `now`; returns their sequences.

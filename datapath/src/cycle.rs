@@ -762,6 +762,25 @@ impl RawSource {
     }
 }
 
+impl RawSource {
+    /// The replica name a raw file or block device gets when none is given: its name and a
+    /// digest of its full path (`disk-1a2b3c4d5e6f7a8b`). A raw file carries no identity of
+    /// its own (a VHDX has its Virtual Disk ID), and the name alone would make two `disk.raw`
+    /// in different folders share one replica, its ids and its keys.
+    pub fn default_name(path: &std::path::Path) -> std::io::Result<String> {
+        let full = std::fs::canonicalize(path)?;
+        let digest = blake3::hash(full.as_os_str().as_encoded_bytes());
+        let stem = full
+            .file_stem()
+            .map_or_else(|| "disk".into(), |s| s.to_string_lossy().into_owned());
+        let id: String = digest.as_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(format!("{stem}-{id}"))
+    }
+}
+
 /// The data extents of a file; the whole file when the file system cannot tell.
 fn data_extents(path: &std::path::Path, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use rustix::fs::SeekFrom;

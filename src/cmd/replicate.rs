@@ -178,12 +178,10 @@ impl RestoreOutput {
     }
 }
 
-/// A disk file as a cycle source, and its default replica name.
+/// A disk file as a cycle source, and its default replica name: a VHDX's Virtual Disk ID; for
+/// a raw file or block device, its name and a digest of its full path (`disk-1a2b3c4d5e6f7a8b`),
+/// so two `disk.raw` in different folders never share a replica, its ids or its keys.
 pub fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "disk".into());
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"))
@@ -201,7 +199,8 @@ pub fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
         Ok((Box::new(disk), id))
     } else {
         let raw = RawSource::open(path).with_context(|| path.display().to_string())?;
-        Ok((Box::new(raw), stem))
+        let name = RawSource::default_name(path).with_context(|| path.display().to_string())?;
+        Ok((Box::new(raw), name))
     }
 }
 

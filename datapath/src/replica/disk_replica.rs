@@ -53,6 +53,13 @@ pub enum ReplicaError {
     JournalFull { sequence: u64, live: u64 },
     #[error("no replica named {name} (its {blob} blob is missing)")]
     NoReplica { name: String, blob: String },
+    #[error("{blob}: {source}")]
+    Epochs {
+        blob: String,
+        source: super::epoch_record::EpochRecordError,
+    },
+    #[error("{blob}: every nonce epoch is used")]
+    EpochsExhausted { blob: String },
 }
 
 /// A journal slot whose manifest could not be read: the point it held cannot be trusted, the
@@ -93,6 +100,8 @@ pub struct DiskReplica<'a> {
     pub data: BlobPath,
     pub digests: BlobPath,
     pub journal: BlobPath,
+    /// The last nonce epoch claimed (`epoch_record`).
+    pub epochs: BlobPath,
     pub layout: Layout,
     /// Premium targets: the staging log on a standard store that cycles go through.
     pub staging: Option<StagingLog<'a>>,
@@ -186,10 +195,44 @@ impl<'a> DiskReplica<'a> {
             data: BlobPath::new(container, &format!("{name}.replica")),
             digests: BlobPath::new(container, &format!("{name}.digests")),
             journal: BlobPath::new(container, &format!("{name}.journal")),
+            epochs: BlobPath::new(container, &format!("{name}.epochs")),
             layout,
             staging: None,
             points_cache: Default::default(),
         }
+    }
+
+    /// Claim the next nonce epoch: read the last one claimed, store its successor, and return
+    /// it only once that is stored, so no two claims (across crashes and restarts) ever get
+    /// the same epoch. The first claim starts at a random epoch below 2^63 from `rng`.
+    pub fn claim_epoch(&self, rng: &mut dyn rand_core::RngCore) -> Result<u64, ReplicaError> {
+        use super::epoch_record::{EpochRecord, EPOCH_RECORD_SIZE};
+        match self.store.properties(&self.epochs, None) {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(ErrorCode::BlobNotFound) => {
+                self.store
+                    .create_page_blob(&self.epochs, EPOCH_RECORD_SIZE as u64, 0, &none())?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut page = [0u8; EPOCH_RECORD_SIZE];
+        self.store.read(&self.epochs, None, 0, &mut page)?;
+        let blob = || self.epochs.to_string();
+        let last = EpochRecord::decode(&page).map_err(|source| ReplicaError::Epochs {
+            blob: blob(),
+            source,
+        })?;
+        let next = match last {
+            None => rng.next_u64() >> 1,
+            Some(r) => r
+                .last_epoch
+                .checked_add(1)
+                .ok_or_else(|| ReplicaError::EpochsExhausted { blob: blob() })?,
+        };
+        let record = EpochRecord { last_epoch: next };
+        self.store
+            .put_pages(&self.epochs, 0, &record.encode(), &none())?;
+        Ok(next)
     }
 
     /// Stage this replica's cycles in a log on `store` (a standard store for a premium target).

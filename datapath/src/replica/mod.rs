@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod block_record;
 pub mod disk_replica;
+pub mod epoch_record;
 pub mod manifest;
 pub mod merkle;
 pub mod nonce;

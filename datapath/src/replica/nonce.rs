@@ -1,7 +1,7 @@
 //! AES-GCM nonces that never repeat under one key, across crashes and restarts: 96 bits =
-//! a 64-bit epoch ‖ a 32-bit counter. Every agent start (and every counter wrap) takes a fresh
-//! epoch drawn from the injected RNG and records it before its first write, so two runs of the
-//! agent never share an epoch unless the 64-bit draw collides.
+//! a 64-bit epoch ‖ a 32-bit counter that never wraps. Every agent start (and every used-up
+//! epoch) claims the replica's next epoch, which is stored before its first nonce is used
+//! (`DiskReplica::claim_epoch`, `epoch_record`), so the epochs of a replica strictly increase.
 
 use rand_core::RngCore;
 
@@ -14,10 +14,20 @@ pub struct NonceSource {
 }
 
 impl NonceSource {
-    /// A new epoch from `rng` (the OS RNG in production, a seeded one in the simulator).
+    /// An unclaimed random epoch from `rng`, for one-off runs over a throwaway replica (tests,
+    /// benches); the agent claims epochs from the replica instead.
     pub fn new_epoch(rng: &mut impl RngCore) -> NonceSource {
         NonceSource {
             epoch: rng.next_u64(),
+            next: 0,
+            exhausted: false,
+        }
+    }
+
+    /// Nonces of a claimed epoch (`DiskReplica::claim_epoch`).
+    pub fn for_epoch(epoch: u64) -> NonceSource {
+        NonceSource {
+            epoch,
             next: 0,
             exhausted: false,
         }

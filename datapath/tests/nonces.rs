@@ -1,0 +1,232 @@
+//! Nonce audit: every block record ever written — into replica slots, over earlier records,
+//! into the premium staging log, by agents that restart (cleanly or not) and by cycles that
+//! fail and are retried — is collected from the store's file writes, and no nonce ever seals
+//! two different records under one replica's key. Epochs are claimed from the replica and
+//! strictly increase across agent starts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use datapath::agent::{AgentTarget, DiskAgent};
+use datapath::clock::{Clock, ManualClock};
+use datapath::cycle::BlockSource;
+use datapath::keys::Identity;
+use datapath::pageblob::data_log::Durability;
+use datapath::pageblob::faults::{FaultConfig, FaultyStore};
+use datapath::pageblob::fs::{OpenMode, RealFs, StoreFile, StoreFs};
+use datapath::pageblob::{Emulator, Profile};
+use datapath::policy::Policy;
+use datapath::replica::manifest::Consistency;
+use datapath::replica::slot_header::{SlotHeader, MAGIC};
+use datapath::replicator::{CycleKind, CyclePlan};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+const BLOCK: u64 = 65536;
+const SIZE: u64 = 48 * BLOCK;
+
+/// Every buffer written to any file of a store.
+type Writes = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// The real file system, keeping a copy of every write.
+struct RecordingFs(Writes);
+
+struct RecordingFile(Arc<dyn StoreFile>, Writes);
+
+impl StoreFile for RecordingFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.1.lock().unwrap().push(buf.to_vec());
+        self.0.write_all_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl StoreFs for RecordingFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn StoreFile>> {
+        Ok(Arc::new(RecordingFile(
+            RealFs.open(path, mode)?,
+            Arc::clone(&self.0),
+        )))
+    }
+    fn exists(&self, path: &Path) -> bool {
+        RealFs.exists(path)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        RealFs.remove(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        RealFs.list(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        RealFs.read(path)
+    }
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        RealFs.write_atomic(path, bytes)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+}
+
+struct Disk(Vec<u8>);
+
+impl BlockSource for Disk {
+    fn disk_size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn is_unallocated(&self, _: u64, _: u64) -> bool {
+        false
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+}
+
+fn churn(disk: &mut Disk, rng: &mut ChaCha8Rng, blocks: usize) {
+    for _ in 0..blocks {
+        let b = (rng.next_u64() % (SIZE / BLOCK)) as usize * BLOCK as usize;
+        let fill = rng.next_u32() as u8;
+        for (i, v) in disk.0[b..b + BLOCK as usize].iter_mut().enumerate() {
+            *v = if i % 9 == 0 {
+                rng.next_u32() as u8
+            } else {
+                fill
+            };
+        }
+    }
+}
+
+/// Nonce → the distinct sealed records (digest, tag, payload CRC) found under it.
+fn audit(writes: &Writes) -> BTreeMap<[u8; 12], Vec<([u8; 32], [u8; 16], u32)>> {
+    let mut seen: BTreeMap<[u8; 12], Vec<_>> = BTreeMap::new();
+    for buf in writes.lock().unwrap().iter() {
+        let mut from = 0;
+        while let Some(i) = buf[from..].windows(4).position(|w| w == MAGIC) {
+            let at = from + i;
+            if let Ok(h) = SlotHeader::decode(&buf[at..]) {
+                let record = (h.digest, h.tag, h.payload_crc);
+                let entry = seen.entry(h.nonce).or_default();
+                if !entry.contains(&record) {
+                    entry.push(record);
+                }
+            }
+            from = at + 1;
+        }
+    }
+    seen
+}
+
+fn identity() -> Identity {
+    let clock = ManualClock::new(1_700_000_000_000_000_000);
+    let (_, pfx) = datapath::registration::register("vault", "host", "pw", &clock).unwrap();
+    Identity::from_pfx(&pfx, "pw").unwrap()
+}
+
+#[test]
+fn no_nonce_ever_seals_two_records_across_restarts_failures_and_the_staging_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let writes: Writes = Default::default();
+    let open = |sub: &str, profile| {
+        Emulator::open_with_fs(
+            Arc::new(RecordingFs(Arc::clone(&writes))),
+            &dir.path().join(sub),
+            profile,
+            Durability::Process,
+            clock.clone(),
+        )
+        .unwrap()
+    };
+    let premium = Profile::Premium {
+        snapshot_spacing: false,
+    };
+    let store = Arc::new(open("premium", premium));
+    let log_store = open("log", Profile::Standard);
+    let id = identity();
+    let policy = Policy::from_toml("block_size_kib = 64", premium).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut disk = Disk(vec![0; SIZE as usize]);
+    let mut epochs = Vec::new();
+    let mut committed = 0;
+    for life in 0..6u64 {
+        // Every other life the premium store fails writes at random: cycles fail part-way
+        // (some after their staging log committed) and are retried by the next life.
+        let faulty = FaultyStore::new(
+            Arc::clone(&store),
+            FaultConfig {
+                seed: life,
+                timeout_after_write: if life % 2 == 1 { 0.05 } else { 0.0 },
+                ..FaultConfig::default()
+            },
+        );
+        let opened = DiskAgent::open(
+            AgentTarget {
+                store: &faulty,
+                container: "replicas",
+                name: "disk",
+                log_store: Some(&log_store),
+                snapshot_limit: Some(100),
+            },
+            &id,
+            policy.clone(),
+            SIZE,
+            None,
+            true,
+            // The same seed every life: only the claimed epochs keep the nonces apart.
+            Box::new(ChaCha8Rng::seed_from_u64(7)),
+        );
+        let Ok((mut agent, _)) = opened else {
+            continue;
+        };
+        epochs.push(agent.nonce_epoch());
+        for cycle in 0..3u64 {
+            churn(&mut disk, &mut rng, 6);
+            let plan = CyclePlan {
+                kind: if committed == 0 {
+                    CycleKind::Initial
+                } else {
+                    CycleKind::Delta
+                },
+                consistency: Consistency::Crash,
+                throttle_bytes_per_sec: None,
+                due_nanos: clock.now_nanos(),
+            };
+            clock.advance(300_000_000_000);
+            if agent.run(&plan, &disk, clock.now_nanos(), &|_| {}).is_ok() {
+                committed += 1;
+            }
+            let _ = cycle;
+        }
+    }
+    assert!(committed >= 9, "only {committed} cycles committed");
+    assert!(
+        epochs.windows(2).all(|w| w[0] < w[1]),
+        "epochs do not increase: {epochs:?}"
+    );
+    let seen = audit(&writes);
+    assert!(seen.len() > 100, "only {} records found", seen.len());
+    for (nonce, records) in &seen {
+        assert_eq!(
+            records.len(),
+            1,
+            "nonce {nonce:02x?} sealed {} records",
+            records.len()
+        );
+    }
+}

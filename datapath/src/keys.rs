@@ -11,9 +11,11 @@ use p12_keystore::{KeyStore, Pkcs12ImportPolicy};
 use sha1::{Digest, Sha1};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// Derivation contexts; changing one changes every key, so each carries a version.
+/// Derivation contexts; changing one changes every key, so each carries a version. v2 of the
+/// master key derives from the private key's material (`canonical_key_material`), not from its
+/// PKCS#8 encoding, which differs between exports of one key.
 pub const MASTER_KEY_CONTEXT: &str =
-    "drplane 2026-11-26 master key from registration certificate v1";
+    "drplane 2026-12-04 master key from registration private key material v2";
 pub const DATA_KEY_CONTEXT: &str = "drplane 2026-11-26 disk data key v1";
 pub const DIGEST_KEY_CONTEXT: &str = "drplane 2026-11-26 disk digest key v1";
 
@@ -102,6 +104,82 @@ fn classify(e: p12_keystore::error::Error) -> KeyError {
     }
 }
 
+/// PKCS#8 algorithm identifiers of the keys a registration certificate may hold.
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+const OID_ED25519: &str = "1.3.101.112";
+
+/// The private key as numbers, whatever its encoding: the same key exported by rcgen, by
+/// `openssl pkcs12 -export`, with or without the optional public key or curve parameters,
+/// PKCS#8 v1 or v2, gives the same bytes. Each field is length-prefixed (u32 LE):
+/// - EC: `"ec"`, the curve's OID (DER), the private scalar (ECPrivateKey.privateKey);
+/// - RSA: `"rsa"`, modulus n, public exponent e, private exponent d (minimal big-endian);
+/// - Ed25519: `"ed25519"`, the 32-byte seed.
+pub fn canonical_key_material(pkcs8_der: &[u8]) -> Result<Vec<u8>, KeyError> {
+    use der::asn1::{ObjectIdentifier, OctetStringRef, UintRef};
+    use der::{Decode, Encode, Reader, SliceReader};
+    let malformed = |what: &str, e: der::Error| KeyError::Malformed(format!("{what}: {e}"));
+    let info = pkcs8::PrivateKeyInfoRef::try_from(pkcs8_der)
+        .map_err(|e| KeyError::Malformed(format!("private key (PKCS#8): {e}")))?;
+    let key = info.private_key.as_bytes();
+    let mut out = Vec::new();
+    let mut field = |bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    match info.algorithm.oid.to_string().as_str() {
+        OID_EC_PUBLIC_KEY => {
+            let curve: ObjectIdentifier = info
+                .algorithm
+                .parameters
+                .ok_or_else(|| KeyError::Malformed("EC private key without a curve".into()))?
+                .decode_as()
+                .map_err(|e| malformed("EC curve", e))?;
+            let mut r = SliceReader::new(key).map_err(|e| malformed("ECPrivateKey", e))?;
+            let scalar = r
+                .sequence(|r| {
+                    let _version = u8::decode(r)?;
+                    let scalar = <&OctetStringRef>::decode(r)?;
+                    // Optional parameters and public key: not key material.
+                    r.read_slice(r.remaining_len())?;
+                    Ok::<_, der::Error>(scalar.as_bytes())
+                })
+                .map_err(|e| malformed("ECPrivateKey", e))?;
+            field(b"ec");
+            field(&curve.to_der().map_err(|e| malformed("EC curve", e))?);
+            field(scalar);
+        }
+        OID_RSA_ENCRYPTION => {
+            let mut r = SliceReader::new(key).map_err(|e| malformed("RSAPrivateKey", e))?;
+            let (n, e, d) = r
+                .sequence(|r| {
+                    let _version = u8::decode(r)?;
+                    let n = UintRef::decode(r)?;
+                    let e = UintRef::decode(r)?;
+                    let d = UintRef::decode(r)?;
+                    r.read_slice(r.remaining_len())?;
+                    Ok::<_, der::Error>((n.as_bytes(), e.as_bytes(), d.as_bytes()))
+                })
+                .map_err(|e| malformed("RSAPrivateKey", e))?;
+            field(b"rsa");
+            field(n);
+            field(e);
+            field(d);
+        }
+        OID_ED25519 => {
+            let seed = <&OctetStringRef>::from_der(key).map_err(|e| malformed("Ed25519 key", e))?;
+            field(b"ed25519");
+            field(seed.as_bytes());
+        }
+        other => {
+            return Err(KeyError::Unsupported(format!(
+                "private key algorithm {other} (EC, RSA and Ed25519 are)"
+            )))
+        }
+    }
+    Ok(out)
+}
+
 impl Identity {
     /// Load a `.pfx` (PKCS#12) and derive the master key from its private key.
     pub fn from_pfx(bytes: &[u8], password: &str) -> Result<Identity, KeyError> {
@@ -113,20 +191,19 @@ impl Identity {
             .first()
             .ok_or_else(|| KeyError::Malformed("the private key has no certificate".into()))?;
         let key_id = KeyId(Sha1::digest(cert.as_der()).into());
-        Ok(Identity::from_key_material(
-            key_id,
-            cert.subject().to_string(),
-            chain.key().as_der(),
-        ))
+        let mut material = canonical_key_material(chain.key().as_der())?;
+        let identity = Identity::from_key_material(key_id, cert.subject().to_string(), &material);
+        material.zeroize();
+        Ok(identity)
     }
 
-    /// An identity from its parts: the certificate's key id and the private key's DER bytes
-    /// (the simulator's certificates are seeded bytes).
-    pub fn from_key_material(key_id: KeyId, subject: String, private_key_der: &[u8]) -> Identity {
+    /// An identity from its parts: the certificate's key id and the private key material
+    /// (`canonical_key_material`; the simulator's certificates are seeded bytes).
+    pub fn from_key_material(key_id: KeyId, subject: String, key_material: &[u8]) -> Identity {
         Identity {
             key_id,
             subject,
-            master: Secret32(blake3::derive_key(MASTER_KEY_CONTEXT, private_key_der)),
+            master: Secret32(blake3::derive_key(MASTER_KEY_CONTEXT, key_material)),
         }
     }
 

@@ -148,3 +148,69 @@ fn wrong_password_and_missing_key_are_distinct_errors() {
     let err = load(dir.path(), "a-nokey.pfx", "s3cret").unwrap_err();
     assert!(matches!(err, KeyError::NoPrivateKey), "{err}");
 }
+
+/// The PKCS#8 bytes of the private key in a `.pfx`.
+fn key_der(pfx: &[u8], password: &str) -> Vec<u8> {
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        pfx,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Relaxed,
+    )
+    .unwrap();
+    store.private_key_chain().unwrap().1.key().as_der().to_vec()
+}
+
+#[test]
+fn the_registration_key_re_exported_by_openssl_in_another_encoding_gives_the_same_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let clock = datapath::clock::ManualClock::new(1_700_000_000_000_000_000);
+    let (_, pfx) = datapath::registration::register("vault", "host", "s3cret", &clock).unwrap();
+    std::fs::write(d.join("reg.pfx"), &pfx).unwrap();
+    // Out of the .pfx, the key without its optional public key, and back into a new .pfx.
+    openssl(
+        d,
+        &[
+            "pkcs12",
+            "-in",
+            "reg.pfx",
+            "-nodes",
+            "-passin",
+            "pass:s3cret",
+            "-out",
+            "all.pem",
+        ],
+    );
+    openssl(
+        d,
+        &["ec", "-in", "all.pem", "-no_public", "-out", "key.pem"],
+    );
+    openssl(d, &["x509", "-in", "all.pem", "-out", "cert.pem"]);
+    openssl(
+        d,
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "key.pem",
+            "-in",
+            "cert.pem",
+            "-out",
+            "again.pfx",
+            "-passout",
+            "pass:other",
+        ],
+    );
+    let again = std::fs::read(d.join("again.pfx")).unwrap();
+    assert_ne!(
+        key_der(&pfx, "s3cret"),
+        key_der(&again, "other"),
+        "the re-export should encode the key differently"
+    );
+    let (first, second) = (
+        Identity::from_pfx(&pfx, "s3cret").unwrap(),
+        Identity::from_pfx(&again, "other").unwrap(),
+    );
+    assert_eq!(first.key_id, second.key_id);
+    assert_eq!(first.disk_keys("disk-1"), second.disk_keys("disk-1"));
+}

@@ -112,8 +112,11 @@ fn churn(disk: &mut Disk, rng: &mut ChaCha8Rng, blocks: usize) {
     }
 }
 
-/// Nonce → the distinct sealed records (digest, tag, payload CRC) found under it.
-fn audit(writes: &Writes) -> BTreeMap<[u8; 12], Vec<([u8; 32], [u8; 16], u32)>> {
+/// What tells two sealed records apart: digest, tag, payload CRC.
+type Sealed = ([u8; 32], [u8; 16], u32);
+
+/// Nonce → the distinct sealed records found under it.
+fn audit(writes: &Writes) -> BTreeMap<[u8; 12], Vec<Sealed>> {
     let mut seen: BTreeMap<[u8; 12], Vec<_>> = BTreeMap::new();
     for buf in writes.lock().unwrap().iter() {
         let mut from = 0;
@@ -195,7 +198,7 @@ fn no_nonce_ever_seals_two_records_across_restarts_failures_and_the_staging_log(
             continue;
         };
         epochs.push(agent.nonce_epoch());
-        for cycle in 0..3u64 {
+        for _ in 0..3 {
             churn(&mut disk, &mut rng, 6);
             let plan = CyclePlan {
                 kind: if committed == 0 {
@@ -211,7 +214,6 @@ fn no_nonce_ever_seals_two_records_across_restarts_failures_and_the_staging_log(
             if agent.run(&plan, &disk, clock.now_nanos(), &|_| {}).is_ok() {
                 committed += 1;
             }
-            let _ = cycle;
         }
     }
     assert!(committed >= 9, "only {committed} cycles committed");

@@ -739,3 +739,106 @@ fn a_cycle_staged_at_the_snapshot_limit_commits_and_the_next_cycle_too() {
     assert!(restore(&replica, &id, staged_point) == staged_image[..]);
     assert!(restore(&replica, &id, points.last().unwrap()) == disk.bytes[..]);
 }
+
+/// The same at every write of that cycle: a premium replica at its limit, a crash (a torn
+/// write, then nothing) at write k of the next cycle, for every k; after the restart the next
+/// cycle always commits, the snapshots stay within the limit, a staged point restores to the
+/// disk it staged, and the new point to the disk now.
+#[test]
+fn a_crash_at_every_write_of_a_cycle_at_the_snapshot_limit_never_wedges_the_replica() {
+    use datapath::pageblob::fs::{CrashFs, StoreFs};
+    let id = identity();
+    let keys = id.disk_keys("disk");
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let premium = Profile::Premium {
+        snapshot_spacing: false,
+    };
+    let open_pair = |fs: &Arc<CrashFs>| {
+        let open = |dir: &str, profile| {
+            Emulator::open_with_fs(
+                Arc::new(Arc::clone(fs)) as Arc<dyn StoreFs>,
+                std::path::Path::new(dir),
+                profile,
+                Durability::Process,
+                clock.clone(),
+            )
+        };
+        Ok::<_, datapath::pageblob::StoreError>((
+            open("/premium", premium)?,
+            open("/log", Profile::Standard)?,
+        ))
+    };
+    let limited = |t| CycleOptions {
+        snapshot_limit: Some(100),
+        upload_threads: 0,
+        ..options(Selection::Scan, t)
+    };
+    let cycle = |replica: &DiskReplica<'_>, disk: &MemDisk, seed: u64, t: u64| {
+        let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(seed));
+        run_cycle(replica, disk, &id, &keys, &limited(t), &mut nonces, &|_| {})
+    };
+    let disk_of = |bytes: &Vec<u8>| MemDisk {
+        bytes: bytes.clone(),
+        reads: Default::default(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut disk = disk_of(&vec![0; SIZE as usize]);
+    let base = CrashFs::new();
+    {
+        let (p, s) = open_pair(&base).unwrap();
+        let replica = staged(&p, &s);
+        for t in 0..99 {
+            churn(&mut disk, &mut rng, 1);
+            cycle(&replica, &disk, t, t).unwrap();
+        }
+        assert_eq!(replica.points(keys.digest.expose()).unwrap().len(), 99);
+    }
+    churn(&mut disk, &mut rng, 3);
+    let at_cut = disk.bytes.clone();
+    churn(&mut disk, &mut rng, 2);
+    let after = disk.bytes.clone();
+    let mut k = 0;
+    loop {
+        let fs = base.fork();
+        fs.crash_after(k, 7);
+        let outcome = open_pair(&fs)
+            .map_err(|e| e.to_string())
+            .and_then(|(p, s)| {
+                cycle(&staged(&p, &s), &disk_of(&at_cut), 500 + k, 99).map_err(|e| e.to_string())
+            });
+        if !fs.has_crashed() {
+            outcome.unwrap();
+            break;
+        }
+        fs.restart();
+        let (p, s) = open_pair(&fs).unwrap();
+        let replica = staged(&p, &s);
+        let report = cycle(&replica, &disk_of(&after), 900 + k, 100)
+            .unwrap_or_else(|e| panic!("crash at write {k}: the next cycle failed: {e}"));
+        let points = replica.points(keys.digest.expose()).unwrap();
+        let snapshots = p
+            .list_blobs("replicas", true)
+            .unwrap()
+            .into_iter()
+            .filter(|b| b.name == "disk.replica" && b.properties.snapshot.is_some())
+            .count();
+        assert!(
+            snapshots <= 100,
+            "crash at write {k}: {snapshots} snapshots"
+        );
+        assert!(
+            restore(&replica, &id, &report.point) == after[..],
+            "crash at write {k}"
+        );
+        if let Some(staged_point) = points.iter().find(|p| p.sequence == 99) {
+            if report.point.sequence == 100 {
+                assert!(
+                    restore(&replica, &id, staged_point) == at_cut[..],
+                    "crash at write {k}: the staged point"
+                );
+            }
+        }
+        k += 1;
+    }
+    assert!(k > 10, "the cycle made only {k} writes");
+}

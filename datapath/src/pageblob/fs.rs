@@ -176,6 +176,26 @@ impl CrashFs {
         Arc::new(CrashFs::default())
     }
 
+    /// An independent copy of every file as it stands (live and durable bytes), to crash one
+    /// history at many points without replaying what led up to it.
+    pub fn fork(&self) -> Arc<CrashFs> {
+        let s = self.state.lock().expect("not poisoned");
+        let files = s
+            .files
+            .iter()
+            .map(|(p, f)| {
+                let copy = f.lock().expect("not poisoned").clone();
+                (p.clone(), Arc::new(Mutex::new(copy)))
+            })
+            .collect();
+        Arc::new(CrashFs {
+            state: Mutex::new(CrashState {
+                files,
+                ..CrashState::default()
+            }),
+        })
+    }
+
     /// Crash at the write after `writes` more successful ones, keeping `torn_bytes` of it.
     pub fn crash_after(&self, writes: u64, torn_bytes: usize) {
         let mut s = self.state.lock().expect("not poisoned");

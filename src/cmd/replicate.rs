@@ -751,37 +751,9 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
             args.output.display()
         ))
     };
-    if as_vhdx {
-        // A dynamic VHDX: zero blocks stay unallocated.
-        let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
-        let file = vhdx::ReadWriteFile::open(output.temp.path())
-            .with_context(|| output.temp.path().display().to_string())?;
-        let mut writer =
-            vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
-                .with_context(|| args.output.display().to_string())?;
-        writer.set_bulk(true);
-        let block_size = u64::from(manifest.block_size);
-        replica
-            .restore_blocks(
-                &codec,
-                &manifest,
-                keys.digest.expose(),
-                |block, data| match data {
-                    Some(data) if !datapath::replica::block_record::is_zero(data) => writer
-                        .write_at(block * block_size, data)
-                        .map_err(std::io::Error::other),
-                    _ => Ok(()),
-                },
-            )
-            .map_err(write_error)?;
-        writer
-            .flush()
-            .and_then(|()| writer.close())
-            .with_context(|| args.output.display().to_string())?;
-    } else {
-        // Sparse: zero blocks are holes.
-        let file = output.temp.as_file();
-        let block_size = u64::from(manifest.block_size);
+    // Only non-zero blocks are written: zeros stay holes (raw) or unallocated blocks (VHDX).
+    let block_size = u64::from(manifest.block_size);
+    let restore_into = |write: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>| {
         replica
             .restore_blocks(
                 &codec,
@@ -789,12 +761,29 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
                 keys.digest.expose(),
                 |block, data| match data {
                     Some(data) if !datapath::replica::block_record::is_zero(data) => {
-                        std::os::unix::fs::FileExt::write_all_at(file, data, block * block_size)
+                        write(block * block_size, data)
                     }
                     _ => Ok(()),
                 },
             )
-            .map_err(write_error)?;
+            .map_err(write_error)
+    };
+    if as_vhdx {
+        let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
+        let file = vhdx::ReadWriteFile::open(output.temp.path())
+            .with_context(|| output.temp.path().display().to_string())?;
+        let mut writer =
+            vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
+                .with_context(|| args.output.display().to_string())?;
+        writer.set_bulk(true);
+        restore_into(&mut |at, data| writer.write_at(at, data).map_err(std::io::Error::other))?;
+        writer
+            .flush()
+            .and_then(|()| writer.close())
+            .with_context(|| args.output.display().to_string())?;
+    } else {
+        let file = output.temp.as_file();
+        restore_into(&mut |at, data| std::os::unix::fs::FileExt::write_all_at(file, data, at))?;
         file.set_len(manifest.disk_size)
             .with_context(|| output.temp.path().display().to_string())?;
     }

@@ -47,16 +47,6 @@ struct Inner {
     unsynced_homes: std::collections::BTreeMap<u64, Arc<dyn StoreFile>>,
 }
 
-/// How far the files are synced (`Durability::Power`): one caller syncs for all waiting.
-#[derive(Debug, Default)]
-struct Synced {
-    /// Every change up to this one is on stable storage.
-    changes: u64,
-    /// A sync failed: what was written may not be on disk, and nothing after it can be
-    /// acknowledged (the store must be reopened).
-    failed: bool,
-}
-
 /// Times a read copies outside the lock and finds a write got in, before it copies under it.
 const OPTIMISTIC_READ_TRIES: usize = 4;
 
@@ -201,7 +191,13 @@ pub struct Emulator {
     dir: PathBuf,
     durability: Durability,
     access: Access,
-    synced: Mutex<Synced>,
+    /// Every change up to this one is on stable storage (`Durability::Power`); held while
+    /// one caller syncs for all waiting.
+    synced: Mutex<u64>,
+    /// A sync failed: what was written may not be on disk, and nothing after it can be
+    /// acknowledged (the store must be reopened). Apart from `synced`, so writers never wait
+    /// for a sync in progress just to read it.
+    sync_failed: std::sync::atomic::AtomicBool,
 }
 
 /// How this process holds the store.
@@ -373,7 +369,8 @@ impl Emulator {
                 changes: 0,
                 unsynced_homes: Default::default(),
             }),
-            synced: Mutex::new(Synced::default()),
+            synced: Mutex::new(0),
+            sync_failed: Default::default(),
             clock,
             dir: dir.to_path_buf(),
             durability,
@@ -394,12 +391,7 @@ impl Emulator {
 
     /// The state, to change it: readers may not; a writer that paused waits for its readers.
     fn lock_for_write(&self) -> StoreResult<MutexGuard<'_, Inner>> {
-        if self.synced.lock().unwrap_or_else(|p| p.into_inner()).failed {
-            return Err(StoreError::Corrupt(format!(
-                "{}: an earlier sync failed; reopen the store",
-                self.dir.display()
-            )));
-        }
+        self.check_synced()?;
         match &self.access {
             Access::Reader(_) => Err(StoreError::ReadOnly(self.dir.display().to_string())),
             Access::Writer(lock) => {
@@ -503,18 +495,24 @@ impl Emulator {
         Ok(value)
     }
 
-    /// Group commit: every change up to `changes` synced, home files first, then the log (a
-    /// synced record never points at home bytes that are not). Callers that arrive while one
-    /// syncs find their changes covered by the next sync, made once for all of them.
-    fn sync_through(&self, changes: u64) -> StoreResult<()> {
-        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        if synced.failed {
+    /// An error once a sync has failed.
+    fn check_synced(&self) -> StoreResult<()> {
+        if self.sync_failed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Corrupt(format!(
                 "{}: an earlier sync failed; reopen the store",
                 self.dir.display()
             )));
         }
-        if synced.changes >= changes {
+        Ok(())
+    }
+
+    /// Group commit: every change up to `changes` synced, home files first, then the log (a
+    /// synced record never points at home bytes that are not). Callers that arrive while one
+    /// syncs find their changes covered by the next sync, made once for all of them.
+    fn sync_through(&self, changes: u64) -> StoreResult<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_synced()?;
+        if *synced >= changes {
             return Ok(());
         }
         let (homes, segments, upto) = {
@@ -533,11 +531,12 @@ impl Emulator {
             });
         match outcome {
             Ok(()) => {
-                synced.changes = upto;
+                *synced = upto;
                 Ok(())
             }
             Err(e) => {
-                synced.failed = true;
+                self.sync_failed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 Err(e)
             }
         }

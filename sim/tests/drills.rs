@@ -1,4 +1,5 @@
-//! Every scenario in `scenarios/` passes, and a swarm of 200 seeds passes with each seed run
+//! Every scenario in `scenarios/` passes with the trace hash pinned in
+//! `scenarios/trace-hashes.txt`, and a swarm of 200 seeds passes with each seed run
 //! twice and its two reports (trace hashes included) identical — what CI promises.
 
 use std::path::PathBuf;
@@ -12,6 +13,20 @@ fn scenarios() -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// `scenarios/trace-hashes.txt`: `NAME HASH` per line, `#` comments.
+fn pinned_trace_hashes() -> Vec<(String, String)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/trace-hashes.txt");
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, hash) = l.split_once(' ').expect("NAME HASH");
+            (name.to_string(), hash.trim().to_string())
+        })
+        .collect()
 }
 
 #[test]
@@ -36,6 +51,7 @@ fn every_scenario_passes() {
             "scenarios/{required}.toml"
         );
     }
+    let pinned = pinned_trace_hashes();
     let mut failed = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
@@ -59,6 +75,19 @@ fn every_scenario_passes() {
             .filter(|c| c.name.starts_with("expected: "))
             .count();
         assert_eq!(expected, scenario.expectations.len(), "{}", file.display());
+        let name = file.file_stem().unwrap().to_string_lossy();
+        match pinned.iter().find(|(n, _)| *n == name) {
+            Some((_, hash)) if *hash == report.trace_hash => {}
+            Some((_, hash)) => failed.push(format!(
+                "{}: trace hash {} differs from the pinned {hash} (scenarios/trace-hashes.txt)",
+                file.display(),
+                report.trace_hash
+            )),
+            None => failed.push(format!(
+                "{}: no pinned trace hash in scenarios/trace-hashes.txt",
+                file.display()
+            )),
+        }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

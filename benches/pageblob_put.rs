@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use datapath::clock::SystemClock;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
+use pageblob::clock::SystemClock;
+use pageblob::data_log::Durability;
+use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 
 const PAGE: usize = 4 << 20;
 const PAGES: usize = 16;

@@ -11,8 +11,9 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use datapath::keys::{DiskKeys, Secret32};
 use datapath::replica::batch::encode_batch;
-use datapath::replica::block_record::{block_compressor, is_zero, BlockCodec};
+use datapath::replica::block_record::{block_compressor, BlockCodec};
 use datapath::replica::nonce::NonceSource;
+use pageblob::is_zero;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 

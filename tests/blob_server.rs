@@ -134,8 +134,8 @@ fn bad_signatures_and_garbage_requests_are_refused_and_the_server_stays_up() {
 /// chunk was never sent (no page range), and the tail past the file reads as zeros.
 #[test]
 fn cli_upload_streams_a_file_with_holes_and_an_odd_tail() {
-    use datapath::pageblob::http::client::HttpStore;
-    use datapath::pageblob::{BlobPath, PageBlobStore};
+    use pageblob::http::client::HttpStore;
+    use pageblob::{BlobPath, PageBlobStore};
     let dir = temp_dir();
     let server = start_server(&dir.path().join("store"), "standard");
     let chunk = 4usize << 20;
@@ -167,11 +167,8 @@ fn cli_upload_streams_a_file_with_holes_and_an_odd_tail() {
     );
     let store = HttpStore::new(
         &server.endpoint,
-        datapath::pageblob::http::shared_key::DEV_ACCOUNT,
-        &datapath::pageblob::http::shared_key::decode_key(
-            datapath::pageblob::http::shared_key::DEV_KEY,
-        )
-        .unwrap(),
+        pageblob::http::shared_key::DEV_ACCOUNT,
+        &pageblob::http::shared_key::decode_key(pageblob::http::shared_key::DEV_KEY).unwrap(),
     );
     let p = BlobPath::new("upl", "d");
     let mut back = vec![0xAAu8; size];

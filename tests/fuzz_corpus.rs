@@ -30,6 +30,20 @@ fn datapath_seeds_run_through_every_target() {
 }
 
 #[test]
+fn pageblob_seeds_run_through_every_target() {
+    let seeds = pageblob::fuzz_targets::seeds();
+    for target in pageblob::fuzz_targets::TARGETS {
+        assert!(
+            seeds.iter().any(|(t, _, _)| *t == target),
+            "no seed for {target}"
+        );
+    }
+    for (target, _, bytes) in &seeds {
+        pageblob::fuzz_targets::run(target, bytes);
+    }
+}
+
+#[test]
 fn simulator_seeds_run_through_every_target() {
     let seeds = sim::fuzz_targets::seeds();
     for target in sim::fuzz_targets::TARGETS {
@@ -51,6 +65,7 @@ fn committed_regressions_and_local_corpus_replay_without_panic() {
         for target in TARGETS
             .iter()
             .chain(datapath::fuzz_targets::TARGETS.iter())
+            .chain(pageblob::fuzz_targets::TARGETS.iter())
             .chain(sim::fuzz_targets::TARGETS.iter())
             .copied()
         {
@@ -64,6 +79,8 @@ fn committed_regressions_and_local_corpus_replay_without_panic() {
                 let bytes = std::fs::read(&f).unwrap();
                 if TARGETS.contains(&target) {
                     run(target, &bytes);
+                } else if pageblob::fuzz_targets::TARGETS.contains(&target) {
+                    pageblob::fuzz_targets::run(target, &bytes);
                 } else if sim::fuzz_targets::TARGETS.contains(&target) {
                     sim::fuzz_targets::run(target, &bytes);
                 } else {
@@ -74,4 +91,8 @@ fn committed_regressions_and_local_corpus_replay_without_panic() {
         }
     }
     eprintln!("replayed {replayed} corpus files");
+    assert!(
+        replayed > 0,
+        "nothing replayed: fuzz/regressions/ holds the inputs of the bugs fuzzing found"
+    );
 }

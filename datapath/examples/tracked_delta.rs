@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datapath::agent::{AgentTarget, DiskAgent};
-use datapath::clock::{Clock, SystemClock};
 use datapath::cycle::{BlockSource, RawSource};
 use datapath::keys::Identity;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::{Emulator, Profile};
 use datapath::policy::Policy;
 use datapath::replicator::{Action, CycleOutcome, Replicator};
 use datapath::tracking::ChangeTracker;
+use pageblob::clock::{Clock, SystemClock};
+use pageblob::data_log::Durability;
+use pageblob::{Emulator, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 

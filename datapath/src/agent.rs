@@ -11,14 +11,15 @@ use crate::cycle::{
     run_cycle_cached, BlockSource, CycleError, CycleOptions, CycleReport, Progress, Selection,
 };
 use crate::keys::{DiskKeys, Identity};
-use crate::pageblob::PageBlobStore;
 use crate::policy::Policy;
-use crate::replica::disk_replica::{DiskReplica, Layout, ReplicaError};
+use crate::replica::disk_replica::{DiskReplica, Layout};
+use crate::replica::error::ReplicaError;
 use crate::replica::manifest::{Consistency, Manifest};
 use crate::replica::nonce::NonceSource;
 use crate::replicator::{CycleKind, CyclePlan, Replicator, Resume};
 use crate::retention::PointInfo;
 use crate::tracking::{ChangeTracker, Untrusted};
+use pageblob::PageBlobStore;
 
 /// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +238,7 @@ impl<'a> DiskAgent<'a> {
             outcome = self.cycle(source, &options, progress);
         }
         if let Err(CycleError::Replica(ReplicaError::Store(e))) = &outcome {
-            if e.code() == Some(crate::pageblob::ErrorCode::SnapshotCountExceeded) {
+            if e.code() == Some(pageblob::ErrorCode::SnapshotCountExceeded) {
                 self.orphans_possible
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -353,7 +354,7 @@ mod tests {
     fn a_simulated_run_stores_inline_and_is_never_paced_in_real_time() {
         let policy = Policy::from_toml(
             "upload_threads = 6\n[throttle]\nwork_hours_kbps = 512\nwork_start_hour = 0\nwork_end_hour = 24",
-            crate::pageblob::Profile::Standard,
+            pageblob::Profile::Standard,
         )
         .unwrap();
         let plan = CyclePlan {

@@ -12,14 +12,16 @@ use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use rand_core::SeedableRng;
 use serde::Serialize;
 
-use crate::clock::Clock;
 use crate::cycle::{run_cycle_cached, BlockSource, CycleError, CycleOptions, Selection};
 use crate::keys::Identity;
-use crate::pageblob::PageBlobStore;
-use crate::replica::block_record::{block_compressor, is_zero, BlockCodec};
-use crate::replica::disk_replica::{DiskReplica, Layout, ReplicaError};
+use crate::replica::block_record::{block_compressor, BlockCodec};
+use crate::replica::disk_replica::{DiskReplica, Layout};
+use crate::replica::error::ReplicaError;
 use crate::replica::nonce::NonceSource;
 use crate::synthetic::{ContentKind, RealisticContent};
+use pageblob::clock::Clock;
+use pageblob::is_zero;
+use pageblob::PageBlobStore;
 
 /// Changed blocks held in memory at once, over all churn levels.
 pub const MAX_CHURN_BYTES: u64 = 2 << 30;
@@ -527,10 +529,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::clock::ManualClock;
-    use crate::pageblob::data_log::Durability;
-    use crate::pageblob::{Emulator, Profile};
     use crate::synthetic::write_realistic_disk;
+    use pageblob::clock::ManualClock;
+    use pageblob::data_log::Durability;
+    use pageblob::{Emulator, Profile};
 
     /// A disk in memory; once `lie` is set, every read returns other bytes.
     struct MemDisk {

@@ -20,13 +20,16 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::keys::{DiskKeys, Identity};
-use crate::replica::block_record::{is_zero, BlockCodec, Encoded};
-use crate::replica::disk_replica::{DiskReplica, ReplicaError};
+use crate::replica::block_record::{BlockCodec, Encoded};
+use crate::replica::disk_replica::DiskReplica;
+use crate::replica::error::ReplicaError;
 use crate::replica::manifest::{Consistency, Manifest};
 use crate::replica::merkle::{merkle_root, MerkleTree};
 use crate::replica::nonce::NonceSource;
-use crate::replica::staging_log::{LogHeader, StagingLog};
+use crate::replica::staging_log::StagingLog;
+use crate::replica::staging_log_format::{LogHeader, StagingLogError};
 use crate::throttle::RateLimit;
+use pageblob::is_zero;
 
 /// Bytes of source data in flight per group (read, hashed and encoded together).
 pub const GROUP_BYTES: u64 = 8 << 20;
@@ -606,7 +609,7 @@ fn apply_entry(
         return Err(ReplicaError::StagingLog {
             path: "staging log".into(),
             offset: 0,
-            why: format!("entry for block {block}, past the disk's end"),
+            why: StagingLogError::BlockPastDiskEnd(block),
         });
     }
     replica.write_block(block, record.unwrap_or(Encoded::Zero { digest: [0; 32] }))

@@ -1,6 +1,5 @@
 //! Bodies of the cargo-fuzz targets for decoders of stored bytes (slot records, manifests,
-//! change-tracking bitmaps, staging-log pages) and for the blob server's request handling,
-//! shared with the stable corpus replay test.
+//! change-tracking bitmaps, staging-log pages), shared with the stable corpus replay test.
 
 use crate::keys::{DiskKeys, Secret32};
 use crate::replica::block_record::{BlockCodec, Encoded};
@@ -45,7 +44,7 @@ pub fn tracking_bitmap(data: &[u8]) {
 /// Decode arbitrary bytes as a staging log: header page, then entry pages with their records.
 pub fn staging_log(data: &[u8]) {
     use crate::replica::slot_header::SlotHeader;
-    use crate::replica::staging_log::{EntryHeader, LogHeader};
+    use crate::replica::staging_log_format::{EntryHeader, LogHeader};
     let page = |at: usize| data.get(at..(at + 512).min(data.len())).unwrap_or(&[]);
     let _ = LogHeader::decode(page(0));
     let mut at = 512;
@@ -62,13 +61,7 @@ pub fn staging_log(data: &[u8]) {
     }
 }
 
-pub const TARGETS: [&str; 5] = [
-    "slot_record",
-    "manifest",
-    "tracking_bitmap",
-    "staging_log",
-    "blob_requests",
-];
+pub const TARGETS: [&str; 4] = ["slot_record", "manifest", "tracking_bitmap", "staging_log"];
 
 pub fn run(name: &str, data: &[u8]) {
     match name {
@@ -76,7 +69,6 @@ pub fn run(name: &str, data: &[u8]) {
         "manifest" => manifest(data),
         "tracking_bitmap" => tracking_bitmap(data),
         "staging_log" => staging_log(data),
-        "blob_requests" => blob_requests(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -91,52 +83,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .copied()
         .collect();
     let mut out = Vec::new();
-    let page = "x".repeat(1024);
-    let put = format!(
-        "PUT /devstoreaccount1/disks/d0?comp=page\nx-ms-page-write: update\nx-ms-range: bytes=0-1023\n\n{page}"
-    );
-    for (name, premium, requests) in [
-        (
-            "page-blob-life",
-            false,
-            vec![
-                "PUT /devstoreaccount1/disks?restype=container",
-                "PUT /devstoreaccount1/disks/d0\nx-ms-blob-type: PageBlob\nx-ms-blob-content-length: 1048576\nx-ms-blob-sequence-number: 3",
-                put.as_str(),
-                "PUT /devstoreaccount1/disks/d0?comp=snapshot",
-                "PUT /devstoreaccount1/disks/d0?comp=page\nx-ms-page-write: clear\nx-ms-range: bytes=512-1023",
-                "GET /devstoreaccount1/disks/d0?comp=pagelist\nx-ms-range: bytes=0-4095",
-                "GET /devstoreaccount1/disks/d0\nx-ms-range: bytes=0-2047",
-                "HEAD /devstoreaccount1/disks/d0",
-                "GET /devstoreaccount1/disks?restype=container&comp=list&include=snapshots",
-                "DELETE /devstoreaccount1/disks/d0\nx-ms-delete-snapshots: include",
-            ],
-        ),
-        (
-            "leases-and-conditions",
-            true,
-            vec![
-                "PUT /devstoreaccount1/disks?restype=container",
-                "PUT /devstoreaccount1/disks/d0\nx-ms-blob-type: PageBlob\nx-ms-blob-content-length: 4096",
-                "PUT /devstoreaccount1/disks/d0?comp=lease\nx-ms-lease-action: acquire\nx-ms-lease-duration: -1\nx-ms-proposed-lease-id: 11111111-2222-3333-4444-555555555555",
-                "PUT /devstoreaccount1/disks/d0?comp=properties\nx-ms-sequence-number-action: increment\nx-ms-lease-id: 11111111-2222-3333-4444-555555555555",
-                "PUT /devstoreaccount1/disks/d0?comp=properties\nx-ms-blob-content-length: 8192\nif-match: \"nope\"",
-                "PUT /devstoreaccount1/disks/d0?comp=lease\nx-ms-lease-action: break",
-                "PUT /devstoreaccount1/disks/d1?comp=incrementalcopy\nx-ms-copy-source: http://127.0.0.1/devstoreaccount1/disks/d0?snapshot=2026-11-26T00:00:00.0000000Z",
-            ],
-        ),
-    ] {
-        out.push((
-            "blob_requests",
-            name.to_string(),
-            blob_request_sequence(premium, &requests),
-        ));
-    }
     let record = codec.encode(0, 1, &text, [3; 12]);
     if let Encoded::Record { bytes, .. } = &record {
         out.push(("slot_record", "text".to_string(), bytes.clone()));
     }
-    let mut log = crate::replica::staging_log::LogHeader {
+    let mut log = crate::replica::staging_log_format::LogHeader {
         sequence: 4,
         time_nanos: 5,
         consistency: Consistency::Crash,
@@ -144,8 +95,8 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         end: 0,
     }
     .encode();
-    log.extend(crate::replica::staging_log::entry_bytes(0, record));
-    log.extend(crate::replica::staging_log::entry_bytes(
+    log.extend(crate::replica::staging_log_format::entry_bytes(0, record));
+    log.extend(crate::replica::staging_log_format::entry_bytes(
         1,
         Encoded::Zero { digest: [0; 32] },
     ));
@@ -167,163 +118,4 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         m.encode(keys().digest.expose()),
     ));
     out
-}
-
-/// Separates the requests of one `blob_requests` input.
-pub const REQUEST_SEPARATOR: &[u8] = b"\n%%\n";
-
-/// A sequence of HTTP requests (`REQUEST_SEPARATOR` between them), each
-/// `METHOD PATH?QUERY\nname: value\n...\n\nBODY`, run in order against a fresh store through
-/// the server's request handling — signed with the development key (unless the request carries
-/// its own Authorization), so they reach the operations. Every answer must be a well-formed
-/// status; the server must not panic, hang or allocate from a size it was told.
-pub fn blob_requests(data: &[u8]) {
-    let _ = blob_request_statuses(data);
-}
-
-/// [`blob_requests`], giving each answer's status.
-pub fn blob_request_statuses(data: &[u8]) -> Vec<u16> {
-    use crate::clock::ManualClock;
-    use crate::pageblob::http::server::{handle_offline, parse_query, ServerConfig};
-    use crate::pageblob::http::shared_key::{self, DEV_ACCOUNT, DEV_KEY};
-    use crate::pageblob::{data_log::Durability, Emulator, Profile};
-    use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
-    use std::sync::Arc;
-
-    let mut statuses = Vec::new();
-    let Ok(dir) = tempfile::tempdir() else {
-        return statuses;
-    };
-    let clock = Arc::new(ManualClock::new(1_795_651_200_000_000_000));
-    let profile = if data.first().is_some_and(|b| b & 1 == 1) {
-        Profile::Premium {
-            snapshot_spacing: false,
-        }
-    } else {
-        Profile::Standard
-    };
-    let Ok(store) = Emulator::open(dir.path(), profile, Durability::Process, clock.clone()) else {
-        return statuses;
-    };
-    let store: Arc<dyn crate::pageblob::PageBlobStore> = Arc::new(store);
-    let key = shared_key::decode_key(DEV_KEY).expect("development key");
-    let config = ServerConfig {
-        account: DEV_ACCOUNT.to_string(),
-        key: key.clone(),
-    };
-    let mut rest = data.get(1..).unwrap_or_default();
-    for _ in 0..32 {
-        let (request, next) = match find(rest, REQUEST_SEPARATOR) {
-            Some(at) => (&rest[..at], &rest[at + REQUEST_SEPARATOR.len()..]),
-            None => (rest, &[][..]),
-        };
-        rest = next;
-        let (head, body) = match find(request, b"\n\n") {
-            Some(at) => (&request[..at], &request[at + 2..]),
-            None => (request, &[][..]),
-        };
-        let head = String::from_utf8_lossy(head);
-        let mut lines = head.lines();
-        let first = lines.next().unwrap_or_default();
-        let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
-        let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), target.parse::<Uri>())
-        else {
-            continue;
-        };
-        let mut headers = HeaderMap::new();
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.trim().as_bytes()),
-                HeaderValue::from_str(value.trim()),
-            ) {
-                headers.append(n, v);
-            }
-        }
-        if !body.is_empty() && !headers.contains_key("content-length") {
-            headers.insert("content-length", HeaderValue::from(body.len()));
-        }
-        headers
-            .entry("x-ms-version")
-            .or_insert(HeaderValue::from_static("2021-08-06"));
-        if !headers.contains_key("authorization") {
-            let query = parse_query(uri.query().unwrap_or(""));
-            let listed: Vec<(String, String)> = headers
-                .iter()
-                .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
-                .collect();
-            let sts = shared_key::string_to_sign(
-                method.as_str(),
-                DEV_ACCOUNT,
-                uri.path(),
-                &query,
-                &listed,
-            );
-            let auth = format!("SharedKey {DEV_ACCOUNT}:{}", shared_key::sign(&key, &sts));
-            if let Ok(v) = HeaderValue::from_str(&auth) {
-                headers.insert("authorization", v);
-            }
-        }
-        let response = handle_offline(
-            store.clone(),
-            config.clone(),
-            clock.clone(),
-            &method,
-            &uri,
-            &headers,
-            body,
-        );
-        let status = response.status().as_u16();
-        assert!((200..600).contains(&status), "status {status}");
-        statuses.push(status);
-        if rest.is_empty() {
-            break;
-        }
-    }
-    statuses
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A `blob_requests` input: `profile_byte`, then the requests joined by the separator.
-pub fn blob_request_sequence(premium: bool, requests: &[&str]) -> Vec<u8> {
-    let mut out = vec![u8::from(premium)];
-    for (i, r) in requests.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(REQUEST_SEPARATOR);
-        }
-        out.extend_from_slice(r.as_bytes());
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The seeds sign their requests right and reach the operations: the life of a page blob
-    /// answers as Azure would, step by step.
-    #[test]
-    fn blob_request_seeds_reach_the_operations() {
-        let seeds = seeds();
-        let (_, _, life) = seeds
-            .iter()
-            .find(|(t, n, _)| *t == "blob_requests" && n == "page-blob-life")
-            .unwrap();
-        assert_eq!(
-            blob_request_statuses(life),
-            [201, 201, 201, 201, 201, 200, 206, 200, 200, 202]
-        );
-        let (_, _, leases) = seeds
-            .iter()
-            .find(|(t, n, _)| *t == "blob_requests" && n == "leases-and-conditions")
-            .unwrap();
-        let statuses = blob_request_statuses(leases);
-        assert_eq!(&statuses[..4], [201, 201, 201, 200], "{statuses:?}");
-        assert_eq!(statuses[4], 412, "If-Match on another ETag: {statuses:?}");
-    }
 }

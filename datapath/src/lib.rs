@@ -1,10 +1,8 @@
-//! `datapath`: keys, change tracking, the block pipeline, the replica layout, the page-blob
-//! store, the replicator and restore.
+//! `datapath`: keys, change tracking, the block pipeline, the replica layout, the replicator
+//! and restore, over any `pageblob::PageBlobStore`.
 //!
-//! - [`clock`]: injected time; [`registration`] and [`keys`]: vault credentials, .pfx, key
-//!   derivation; [`policy`]: replication policies validated against the store profile.
-//! - [`pageblob`]: the store (Azure page-blob semantics, crash-safe emulator, REST server and
-//!   client).
+//! - [`registration`] and [`keys`]: vault credentials, .pfx, key derivation; [`policy`]:
+//!   replication policies validated against the store profile.
 //! - [`replica`]: block pipeline, slot records, manifests, the replica blobs and restore.
 //! - [`tracking`]: the persistent change bitmap; [`cycle`]: one replication cycle;
 //!   [`retention`]: which points to keep; [`replicator`]: the sans-IO state machine that
@@ -17,12 +15,10 @@
 
 pub mod agent;
 pub mod bench;
-pub mod clock;
 pub mod cycle;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzz_targets;
 pub mod keys;
-pub mod pageblob;
 pub mod policy;
 pub mod registration;
 pub mod replica;

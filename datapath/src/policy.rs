@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::pageblob::Profile;
+use pageblob::Profile;
 
 /// Copy frequencies ASR offers.
 pub const COPY_FREQUENCIES_SECS: [u32; 3] = [30, 300, 900];

@@ -6,9 +6,9 @@
 use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Clock;
 use crate::keys::{Identity, KeyError};
-use crate::pageblob::timestamp::http_date;
+use pageblob::clock::Clock;
+use pageblob::timestamp::http_date;
 
 /// Format version of the credentials file.
 pub const CREDENTIALS_FORMAT_VERSION: u32 = 1;
@@ -29,7 +29,7 @@ pub struct VaultCredentials {
     /// The proxy the server reaches the service through, when registration was given one
     /// (its password is never recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<crate::pageblob::http::proxy::ProxyRecord>,
+    pub proxy: Option<pageblob::http::proxy::ProxyRecord>,
 }
 
 /// Why registration or a credentials check failed.
@@ -111,7 +111,7 @@ pub fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use pageblob::clock::ManualClock;
 
     #[test]
     fn registered_pfx_loads_and_credentials_expire_after_five_days() {

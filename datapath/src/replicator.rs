@@ -360,7 +360,7 @@ fn initial_start(policy: &Policy, now_nanos: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pageblob::Profile;
+    use pageblob::Profile;
 
     const MIN: u64 = 60 * SEC;
 

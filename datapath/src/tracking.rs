@@ -14,11 +14,28 @@ const VERSION: u16 = 1;
 /// Identity strings are names or GUIDs; longer ones are refused.
 const MAX_IDENTITY_BYTES: usize = 1024;
 
+/// What is wrong with a bitmap file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BitmapError {
+    #[error("not a change-tracking bitmap")]
+    NotABitmap,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("version {0}")]
+    Version(u16),
+    #[error("header fields out of range")]
+    FieldsOutOfRange,
+    #[error("identity is not UTF-8")]
+    IdentityNotUtf8,
+    #[error("bitmap length does not match the disk size")]
+    LengthMismatch,
+}
+
 /// Why the bitmap cannot be trusted: the replicator must compare digests (resync).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Untrusted {
     NoBitmap,
-    Damaged(String),
+    Damaged(BitmapError),
     OtherDisk,
     UncleanStop,
 }
@@ -218,18 +235,18 @@ struct Decoded {
     bitmap: Vec<u8>,
 }
 
-fn decode(bytes: &[u8]) -> Result<Decoded, String> {
+fn decode(bytes: &[u8]) -> Result<Decoded, BitmapError> {
     if bytes.len() < 34 || &bytes[..4] != MAGIC {
-        return Err("not a change-tracking bitmap".into());
+        return Err(BitmapError::NotABitmap);
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
     if crc32c::crc32c(body) != stored {
-        return Err("checksum mismatch".into());
+        return Err(BitmapError::Checksum);
     }
     let version = u16::from_le_bytes([body[4], body[5]]);
     if version != VERSION {
-        return Err(format!("version {version}"));
+        return Err(BitmapError::Version(version));
     }
     let block_size = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
     let disk_size = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes"));
@@ -240,13 +257,13 @@ fn decode(bytes: &[u8]) -> Result<Decoded, String> {
         || !block_size.is_power_of_two()
         || block_size < 4096
     {
-        return Err("header fields out of range".into());
+        return Err(BitmapError::FieldsOutOfRange);
     }
     let identity = String::from_utf8(body[30..30 + id_len].to_vec())
-        .map_err(|_| "identity is not UTF-8".to_string())?;
+        .map_err(|_| BitmapError::IdentityNotUtf8)?;
     let bitmap = body[30 + id_len..].to_vec();
     if bitmap.len() as u64 != blocks_of(disk_size, block_size).div_ceil(8) {
-        return Err("bitmap length does not match the disk size".into());
+        return Err(BitmapError::LengthMismatch);
     }
     Ok(Decoded {
         clean: body[6] == 1,
@@ -321,6 +338,6 @@ mod tests {
         bytes[n - 6] ^= 1;
         std::fs::write(&p, &bytes).unwrap();
         let (_, why) = ChangeTracker::open(&p, "other", 4 * MIB, 65536).unwrap();
-        assert!(matches!(why, Some(Untrusted::Damaged(_))), "{why:?}");
+        assert_eq!(why, Some(Untrusted::Damaged(BitmapError::Checksum)));
     }
 }

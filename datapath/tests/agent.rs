@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use datapath::agent::{AgentTarget, DiskAgent};
-use datapath::clock::{Clock, ManualClock};
 use datapath::cycle::BlockSource;
 use datapath::keys::Identity;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::{Emulator, Profile};
 use datapath::policy::Policy;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replicator::{Action, CycleKind, CycleOutcome, Replicator};
 use datapath::tracking::{ChangeTracker, Untrusted};
+use pageblob::clock::{Clock, ManualClock};
+use pageblob::data_log::Durability;
+use pageblob::{Emulator, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -310,8 +310,8 @@ fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
 
 #[test]
 fn snapshots_orphaned_while_deletes_fail_are_swept_and_replication_resumes() {
-    use datapath::pageblob::faults::{FaultConfig, FaultyStore};
-    use datapath::pageblob::PageBlobStore;
+    use pageblob::faults::{FaultConfig, FaultyStore};
+    use pageblob::PageBlobStore;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
     let profile = Profile::Premium {

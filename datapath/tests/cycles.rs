@@ -5,16 +5,16 @@
 
 use std::sync::Arc;
 
-use datapath::clock::ManualClock;
 use datapath::cycle::{run_cycle, BlockSource, CycleError, CycleOptions, Selection};
 use datapath::keys::Identity;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::faults::{FaultConfig, FaultyStore};
-use datapath::pageblob::{Emulator, PageBlobStore, Profile};
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::manifest::Manifest;
 use datapath::replica::nonce::NonceSource;
+use pageblob::clock::ManualClock;
+use pageblob::data_log::Durability;
+use pageblob::faults::{FaultConfig, FaultyStore};
+use pageblob::{Emulator, PageBlobStore, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -746,7 +746,7 @@ fn a_cycle_staged_at_the_snapshot_limit_commits_and_the_next_cycle_too() {
 /// disk it staged, and the new point to the disk now.
 #[test]
 fn a_crash_at_every_write_of_a_cycle_at_the_snapshot_limit_never_wedges_the_replica() {
-    use datapath::pageblob::fs::{CrashFs, StoreFs};
+    use pageblob::fs::{CrashFs, StoreFs};
     let id = identity();
     let keys = id.disk_keys("disk");
     let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
@@ -763,7 +763,7 @@ fn a_crash_at_every_write_of_a_cycle_at_the_snapshot_limit_never_wedges_the_repl
                 clock.clone(),
             )
         };
-        Ok::<_, datapath::pageblob::StoreError>((
+        Ok::<_, pageblob::StoreError>((
             open("/premium", premium)?,
             open("/log", Profile::Standard)?,
         ))

@@ -164,7 +164,7 @@ fn key_der(pfx: &[u8], password: &str) -> Vec<u8> {
 fn the_registration_key_re_exported_by_openssl_in_another_encoding_gives_the_same_keys() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let clock = datapath::clock::ManualClock::new(1_700_000_000_000_000_000);
+    let clock = pageblob::clock::ManualClock::new(1_700_000_000_000_000_000);
     let (_, pfx) = datapath::registration::register("vault", "host", "s3cret", &clock).unwrap();
     std::fs::write(d.join("reg.pfx"), &pfx).unwrap();
     // Out of the .pfx, the key without its optional public key, and back into a new .pfx.

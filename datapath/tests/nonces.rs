@@ -9,17 +9,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use datapath::agent::{AgentTarget, DiskAgent};
-use datapath::clock::{Clock, ManualClock};
 use datapath::cycle::BlockSource;
 use datapath::keys::Identity;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::faults::{FaultConfig, FaultyStore};
-use datapath::pageblob::fs::{OpenMode, RealFs, StoreFile, StoreFs};
-use datapath::pageblob::{Emulator, Profile};
 use datapath::policy::Policy;
 use datapath::replica::manifest::Consistency;
 use datapath::replica::slot_header::{SlotHeader, MAGIC};
 use datapath::replicator::{CycleKind, CyclePlan};
+use pageblob::clock::{Clock, ManualClock};
+use pageblob::data_log::Durability;
+use pageblob::faults::{FaultConfig, FaultyStore};
+use pageblob::fs::{OpenMode, RealFs, StoreFile, StoreFs};
+use pageblob::{Emulator, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 

@@ -5,15 +5,15 @@
 
 use std::sync::Arc;
 
-use datapath::clock::ManualClock;
 use datapath::cycle::{run_cycle, BlockSource, CycleOptions};
 use datapath::keys::Identity;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::fs::{CrashFs, StoreFs};
-use datapath::pageblob::{Emulator, Profile};
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::nonce::NonceSource;
+use pageblob::clock::ManualClock;
+use pageblob::data_log::Durability;
+use pageblob::fs::{CrashFs, StoreFs};
+use pageblob::{Emulator, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -41,7 +41,7 @@ fn identity() -> Identity {
     Identity::from_pfx(&pfx, "pw").unwrap()
 }
 
-fn open(fs: &Arc<CrashFs>, clock: &Arc<ManualClock>) -> datapath::pageblob::StoreResult<Emulator> {
+fn open(fs: &Arc<CrashFs>, clock: &Arc<ManualClock>) -> pageblob::StoreResult<Emulator> {
     let fs: Arc<dyn StoreFs> = Arc::new(Arc::clone(fs));
     Emulator::open_with_fs(
         fs,

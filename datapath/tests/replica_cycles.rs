@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
-use datapath::clock::ManualClock;
 use datapath::keys::{DiskKeys, Secret32};
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 use datapath::replica::batch::encode_batch;
 use datapath::replica::block_record::{BlockCodec, RecordError};
-use datapath::replica::disk_replica::{DiskReplica, Layout, ReplicaError};
+use datapath::replica::disk_replica::{DiskReplica, Layout};
+use datapath::replica::error::ReplicaError;
 use datapath::replica::manifest::Consistency;
 use datapath::replica::nonce::NonceSource;
+use pageblob::clock::ManualClock;
+use pageblob::data_log::Durability;
+use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 

@@ -1,4 +1,4 @@
 #![no_main]
-//! Fuzz target: see `datapath::fuzz_targets::blob_requests`.
+//! Fuzz target: see `pageblob::fuzz_targets::blob_requests`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| datapath::fuzz_targets::blob_requests(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pageblob::fuzz_targets::blob_requests(data));

@@ -152,10 +152,10 @@ mod tests {
 
     use datapath::cycle::{run_cycle, CycleOptions};
     use datapath::keys::{Identity, KeyId};
-    use datapath::pageblob::data_log::Durability;
-    use datapath::pageblob::{Emulator, Profile};
     use datapath::replica::disk_replica::Layout;
     use datapath::replica::nonce::NonceSource;
+    use pageblob::data_log::Durability;
+    use pageblob::{Emulator, Profile};
     use rand_core::SeedableRng;
     use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn points_that_match_the_disk_pass_and_a_lost_write_is_caught() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(datapath::clock::ManualClock::new(1_700_000_000_000_000_000));
+        let clock = Arc::new(pageblob::clock::ManualClock::new(1_700_000_000_000_000_000));
         let store =
             Emulator::open(dir.path(), Profile::Standard, Durability::Process, clock).unwrap();
         let identity = Identity::from_key_material(KeyId([1; 20]), "CN=t".into(), &[7; 64]);

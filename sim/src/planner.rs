@@ -13,8 +13,8 @@
 //! assumption: ASR itself does not compress).
 
 use crate::peak_hours::PeakHours;
-use datapath::pageblob::Profile;
 use datapath::policy::{Policy, Throttle};
+use pageblob::Profile;
 use serde::{Deserialize, Serialize};
 
 /// A workload to plan for (TOML, or built from `drplane plan` flags). VMs are alike (the VM

@@ -5,8 +5,8 @@
 use serde::Deserialize;
 
 use crate::peak_hours::PeakHours;
-use datapath::pageblob::Profile;
 use datapath::policy::Policy;
+use pageblob::Profile;
 
 /// Limits on what a scenario may ask for (a hostile file must not exhaust the machine).
 pub const MAX_VMS: usize = 64;

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use datapath::bench::{run_bench, BenchConfig, BenchReport, BenchTarget, CycleFigures};
-use datapath::clock::SystemClock;
 use datapath::cycle::{BlockSource, RawSource};
 use datapath::keys::Identity;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::{Emulator, PageBlobStore, Profile};
 use datapath::synthetic::{write_realistic_disk, ContentKind, ContentMix};
+use pageblob::clock::SystemClock;
+use pageblob::data_log::Durability;
+use pageblob::{Emulator, PageBlobStore, Profile};
 use rand_core::{OsRng, TryRngCore};
 
 use super::blob::Target;

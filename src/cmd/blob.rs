@@ -8,17 +8,15 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use datapath::clock::SystemClock;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::faults::{FaultConfig, FaultyStore};
-use datapath::pageblob::http::client::HttpStore;
-use datapath::pageblob::http::server::{serve, ServerConfig};
-use datapath::pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
-use datapath::pageblob::timestamp::http_date;
-use datapath::pageblob::upload::upload_chunks;
-use datapath::pageblob::{
-    BlobPath, Conditions, Emulator, PageBlobStore, Profile, StoreError, PAGE_SIZE,
-};
+use pageblob::clock::SystemClock;
+use pageblob::data_log::Durability;
+use pageblob::faults::{FaultConfig, FaultyStore};
+use pageblob::http::client::HttpStore;
+use pageblob::http::server::{serve, ServerConfig};
+use pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
+use pageblob::timestamp::http_date;
+use pageblob::upload::upload_chunks;
+use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile, StoreError, PAGE_SIZE};
 use serde_json::json;
 
 use crate::progress::bytes_bar;
@@ -162,7 +160,7 @@ pub struct Target {
     pub proxy: super::proxy::ProxyArgs,
     /// The proxy registration recorded (used when `--proxy` is not given).
     #[arg(skip)]
-    pub recorded_proxy: Option<datapath::pageblob::http::proxy::ProxyRecord>,
+    pub recorded_proxy: Option<pageblob::http::proxy::ProxyRecord>,
     /// A store directory written to: `power` (default) syncs every write, files and folders,
     /// so committed points survive a power cut; `process` only survives a killed process.
     #[arg(long, default_value = "power", value_parser = parse_durability)]
@@ -430,7 +428,7 @@ fn upload(
     let size = len.next_multiple_of(PAGE_SIZE);
     match store.create_container(container) {
         Ok(()) => {}
-        Err(e) if e.code() == Some(datapath::pageblob::ErrorCode::ContainerAlreadyExists) => {}
+        Err(e) if e.code() == Some(pageblob::ErrorCode::ContainerAlreadyExists) => {}
         Err(e) => return Err(e.into()),
     }
     let p = BlobPath::new(container, name);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use datapath::pageblob::http::proxy::{ProxyRecord, ProxySettings};
+use pageblob::http::proxy::{ProxyRecord, ProxySettings};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct ProxyArgs {

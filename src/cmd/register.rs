@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use datapath::clock::SystemClock;
-use datapath::pageblob::timestamp::http_date;
 use datapath::registration::register;
+use pageblob::clock::SystemClock;
+use pageblob::timestamp::http_date;
 
 #[derive(Debug, Args)]
 pub struct RegisterArgs {

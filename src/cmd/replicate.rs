@@ -7,17 +7,17 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use datapath::agent::{AgentTarget, DiskAgent};
-use datapath::clock::{Clock, SystemClock};
 use datapath::cycle::{BlockSource, CycleReport, RawSource};
 use datapath::keys::Identity;
-use datapath::pageblob::timestamp::http_date;
-use datapath::pageblob::{PageBlobStore, Profile};
 use datapath::policy::Policy;
 use datapath::registration::VaultCredentials;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::manifest::Consistency;
 use datapath::replicator::{Action, CycleKind, CycleOutcome, CyclePlan, Replicator};
+use pageblob::clock::{Clock, SystemClock};
+use pageblob::timestamp::http_date;
+use pageblob::{PageBlobStore, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
@@ -210,7 +210,7 @@ fn check_credentials(
     args: &ReplicateArgs,
     identity: &Identity,
     now: u64,
-) -> Result<Option<datapath::pageblob::http::proxy::ProxyRecord>> {
+) -> Result<Option<pageblob::http::proxy::ProxyRecord>> {
     let path = match &args.credentials {
         Some(p) => p.clone(),
         None => {
@@ -566,7 +566,7 @@ struct ReadPoints<'a> {
 
 impl<'a> ReadPoints<'a> {
     fn open(store: &'a dyn PageBlobStore, identity: &Identity, name: &str) -> Result<Self> {
-        let path = datapath::pageblob::BlobPath::new(REPLICA_CONTAINER, &format!("{name}.replica"));
+        let path = pageblob::BlobPath::new(REPLICA_CONTAINER, &format!("{name}.replica"));
         let size = match store.properties(&path, None) {
             Ok(p) => p.size,
             Err(e) if e.code().is_some_and(|c| c.status() == 404) => {
@@ -760,9 +760,7 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
                 &manifest,
                 keys.digest.expose(),
                 |block, data| match data {
-                    Some(data) if !datapath::replica::block_record::is_zero(data) => {
-                        write(block * block_size, data)
-                    }
+                    Some(data) if !pageblob::is_zero(data) => write(block * block_size, data),
                     _ => Ok(()),
                 },
             )

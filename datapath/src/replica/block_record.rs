@@ -112,13 +112,6 @@ pub fn block_compressor(level: i32, block_len: usize) -> Option<zstd::bulk::Comp
     CompressorTuning::for_block(level, block_len).compressor()
 }
 
-/// True when every byte is zero (branch-free inner loop, so it vectorizes).
-pub fn is_zero(block: &[u8]) -> bool {
-    let mut chunks = block.chunks_exact(64);
-    let body = chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0);
-    body && chunks.remainder().iter().all(|&b| b == 0)
-}
-
 /// Encodes and decodes blocks of one disk.
 pub struct BlockCodec {
     digest_key: [u8; 32],
@@ -174,7 +167,7 @@ impl BlockCodec {
         nonce: [u8; 12],
     ) -> Encoded {
         assert!(!block.is_empty() && block.len() as u64 <= u64::from(MAX_BLOCK_BYTES));
-        if is_zero(block) {
+        if pageblob::is_zero(block) {
             return Encoded::Zero { digest };
         }
         // One buffer: header space, then the payload, with room to pad to whole pages. Only the

@@ -12,12 +12,13 @@
 //! is trusted only when its Merkle root equals the last manifest's; otherwise a crash interrupted
 //! a cycle and the table is rebuilt from the slot headers.
 
-use super::block_record::{BlockCodec, Encoded, RecordError};
-use super::manifest::{Consistency, Manifest, ManifestError};
+use super::block_record::{BlockCodec, Encoded};
+use super::error::ReplicaError;
+use super::manifest::{Consistency, Manifest};
 use super::merkle::merkle_root;
 use super::slot_header::{SlotHeader, HEADER_SIZE};
 use super::staging_log::StagingLog;
-use crate::pageblob::{
+use pageblob::{
     BlobPath, Conditions, ErrorCode, PageBlobStore, StoreError, MAX_PUT_PAGES_BYTES, PAGE_SIZE,
 };
 
@@ -27,40 +28,6 @@ pub const JOURNAL_SLOT: u64 = 4096;
 pub const JOURNAL_SLOTS: u64 = 8192;
 /// Bytes of one digest-table entry.
 pub const DIGEST_ENTRY: u64 = 32;
-
-/// What went wrong with a replica.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplicaError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("point {point}, block {block}: {source}")]
-    Block {
-        point: String,
-        block: u64,
-        source: RecordError,
-    },
-    #[error("point {point}: {source}")]
-    Manifest { point: u64, source: ManifestError },
-    #[error("point {point}: Merkle root of the restored blocks does not match the manifest")]
-    MerkleMismatch { point: String },
-    #[error("staging log {path} at {offset:#x}: {why}")]
-    StagingLog {
-        path: String,
-        offset: u64,
-        why: String,
-    },
-    #[error("journal is full: point {sequence} would overwrite live point {live}")]
-    JournalFull { sequence: u64, live: u64 },
-    #[error("no replica named {name} (its {blob} blob is missing)")]
-    NoReplica { name: String, blob: String },
-    #[error("{blob}: {source}")]
-    Epochs {
-        blob: String,
-        source: super::epoch_record::EpochRecordError,
-    },
-    #[error("{blob}: every nonce epoch is used")]
-    EpochsExhausted { blob: String },
-}
 
 /// A journal slot whose manifest could not be read: the point it held cannot be trusted, the
 /// others still can.

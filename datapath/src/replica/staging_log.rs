@@ -4,153 +4,18 @@
 //! blob, commits the point, and clears the log. A log found committed at the next start is
 //! applied then (the point it holds is completed); an uncommitted one is discarded, and the cycle
 //! is simply redone.
+
 //!
-//! Format (version 1, little-endian):
-//! - header, page 0: magic `DPSL` | version u16 | committed u8 | consistency u8 | sequence u64 |
-//!   time_nanos u64 | entries u64 | end offset u64 | CRC-32C of the preceding bytes;
-//! - entries from offset 512, each an entry page — magic `DPSE` | block u64 | kind u8
-//!   (0 zero block, 1 record) | reserved \[3\] | record length u32 | record CRC-32C u32 |
-//!   CRC-32C of the preceding bytes — then the slot record padded to whole pages.
+//! The bytes of the header and entry pages: [`super::staging_log_format`].
 
 use super::block_record::Encoded;
-use super::disk_replica::ReplicaError;
-use super::manifest::Consistency;
+use super::error::ReplicaError;
 use super::slot_header::{SlotHeader, HEADER_SIZE, MAX_BLOCK_BYTES};
-use crate::pageblob::{
-    BlobPath, Conditions, ErrorCode, PageBlobStore, MAX_PUT_PAGES_BYTES, PAGE_SIZE,
-};
+use super::staging_log_format::{entry_bytes, EntryHeader, LogHeader, StagingLogError};
+use pageblob::{BlobPath, Conditions, ErrorCode, PageBlobStore, MAX_PUT_PAGES_BYTES, PAGE_SIZE};
 
-const HEADER_MAGIC: &[u8; 4] = b"DPSL";
-const ENTRY_MAGIC: &[u8; 4] = b"DPSE";
-const VERSION: u16 = 1;
 /// Page blobs are at most 8 TiB.
 const MAX_LOG_BYTES: u64 = 8 << 40;
-const HEADER_LEN: usize = 4 + 2 + 1 + 1 + 8 + 8 + 8 + 8;
-const ENTRY_LEN: usize = 4 + 8 + 1 + 3 + 4 + 4;
-
-/// A committed log's header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogHeader {
-    pub sequence: u64,
-    pub time_nanos: u64,
-    pub consistency: Consistency,
-    pub entries: u64,
-    /// Offset just past the last entry.
-    pub end: u64,
-}
-
-impl LogHeader {
-    /// The header page.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(PAGE_SIZE as usize);
-        b.extend_from_slice(HEADER_MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
-        b.push(1);
-        b.push(match self.consistency {
-            Consistency::Crash => 0,
-            Consistency::Application => 1,
-        });
-        for v in [self.sequence, self.time_nanos, self.entries, self.end] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        let crc = crc32c::crc32c(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        b.resize(PAGE_SIZE as usize, 0);
-        b
-    }
-
-    /// `None` for an empty page (no committed log); an error names what is wrong.
-    pub fn decode(page: &[u8]) -> Result<Option<LogHeader>, String> {
-        if page.iter().all(|&b| b == 0) {
-            return Ok(None);
-        }
-        if page.len() < HEADER_LEN + 4 || &page[..4] != HEADER_MAGIC {
-            return Err("not a staging-log header".into());
-        }
-        let stored = u32::from_le_bytes(page[HEADER_LEN..HEADER_LEN + 4].try_into().expect("4"));
-        if crc32c::crc32c(&page[..HEADER_LEN]) != stored {
-            return Err("staging-log header CRC-32C mismatch".into());
-        }
-        let version = u16::from_le_bytes([page[4], page[5]]);
-        if version != VERSION {
-            return Err(format!("staging-log version {version}"));
-        }
-        if page[6] != 1 {
-            return Ok(None);
-        }
-        let consistency = match page[7] {
-            0 => Consistency::Crash,
-            1 => Consistency::Application,
-            c => return Err(format!("staging-log consistency {c}")),
-        };
-        let u = |at: usize| u64::from_le_bytes(page[at..at + 8].try_into().expect("8"));
-        Ok(Some(LogHeader {
-            sequence: u(8),
-            time_nanos: u(16),
-            consistency,
-            entries: u(24),
-            end: u(32),
-        }))
-    }
-}
-
-/// The page in front of each entry's record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EntryHeader {
-    pub block: u64,
-    /// `false`: a zero block (no record follows).
-    pub has_record: bool,
-    pub record_len: u32,
-    pub record_crc: u32,
-}
-
-impl EntryHeader {
-    pub fn decode(page: &[u8]) -> Result<EntryHeader, String> {
-        if page.len() < ENTRY_LEN + 4 || &page[..4] != ENTRY_MAGIC {
-            return Err("not a staging-log entry".into());
-        }
-        let stored = u32::from_le_bytes(page[ENTRY_LEN..ENTRY_LEN + 4].try_into().expect("4"));
-        if crc32c::crc32c(&page[..ENTRY_LEN]) != stored {
-            return Err("entry header CRC-32C mismatch".into());
-        }
-        let has_record = match page[12] {
-            0 => false,
-            1 => true,
-            k => return Err(format!("entry kind {k}")),
-        };
-        let record_len = u32::from_le_bytes(page[16..20].try_into().expect("4"));
-        if !has_record && record_len != 0 {
-            return Err("a zero-block entry with a record".into());
-        }
-        Ok(EntryHeader {
-            block: u64::from_le_bytes(page[4..12].try_into().expect("8")),
-            has_record,
-            record_len,
-            record_crc: u32::from_le_bytes(page[20..24].try_into().expect("4")),
-        })
-    }
-}
-
-/// An entry as stored: its entry page, then the record padded to whole pages.
-pub fn entry_bytes(block: u64, encoded: Encoded) -> Vec<u8> {
-    let (kind, mut record) = match encoded {
-        Encoded::Zero { .. } => (0u8, Vec::new()),
-        Encoded::Record { bytes, .. } => (1u8, bytes),
-    };
-    let mut entry = Vec::with_capacity(PAGE_SIZE as usize + record.len());
-    entry.extend_from_slice(ENTRY_MAGIC);
-    entry.extend_from_slice(&block.to_le_bytes());
-    entry.push(kind);
-    entry.extend_from_slice(&[0; 3]);
-    entry.extend_from_slice(&(record.len() as u32).to_le_bytes());
-    entry.extend_from_slice(&crc32c::crc32c(&record).to_le_bytes());
-    let crc = crc32c::crc32c(&entry);
-    entry.extend_from_slice(&crc.to_le_bytes());
-    entry.resize(PAGE_SIZE as usize, 0);
-    record.resize(record.len().next_multiple_of(PAGE_SIZE as usize), 0);
-    entry.extend_from_slice(&record);
-    entry
-}
 
 /// The staging log of one replica.
 pub struct StagingLog<'a> {
@@ -169,11 +34,11 @@ fn none() -> Conditions {
     Conditions::default()
 }
 
-fn damaged(path: &BlobPath, offset: u64, why: impl Into<String>) -> ReplicaError {
+fn damaged(path: &BlobPath, offset: u64, why: StagingLogError) -> ReplicaError {
     ReplicaError::StagingLog {
         path: format!("{}/{}", path.container, path.blob),
         offset,
-        why: why.into(),
+        why,
     }
 }
 
@@ -195,7 +60,7 @@ impl<'a> StagingLog<'a> {
                 damaged(
                     &BlobPath::new(container, name),
                     0,
-                    "a staging log for this disk would exceed a page blob's 8 TiB",
+                    StagingLogError::TooLarge,
                 )
             })?;
         match store.create_container(container) {
@@ -241,7 +106,7 @@ impl<'a> StagingLog<'a> {
     ) -> Result<(), ReplicaError> {
         let entry = entry_bytes(block, encoded);
         if offset + entry.len() as u64 > self.capacity {
-            return Err(damaged(&self.path, offset, "entry past the log's capacity"));
+            return Err(damaged(&self.path, offset, StagingLogError::PastCapacity));
         }
         for (i, chunk) in entry.chunks(MAX_PUT_PAGES_BYTES as usize).enumerate() {
             self.store.put_pages(
@@ -279,11 +144,7 @@ impl<'a> StagingLog<'a> {
         let mut page = vec![0u8; PAGE_SIZE as usize];
         for _ in 0..header.entries {
             if at + PAGE_SIZE > header.end.min(self.capacity) {
-                return Err(damaged(
-                    &self.path,
-                    at,
-                    "entries run past the committed end",
-                ));
+                return Err(damaged(&self.path, at, StagingLogError::EntriesPastEnd));
             }
             self.store.read(&self.path, None, at, &mut page)?;
             let entry = EntryHeader::decode(&page).map_err(|why| damaged(&self.path, at, why))?;
@@ -291,25 +152,21 @@ impl<'a> StagingLog<'a> {
             // A record is a slot header and at most one block: anything longer is damage, and
             // is refused before a buffer is allocated for it.
             if len > (HEADER_SIZE + MAX_BLOCK_BYTES as usize) as u64 {
-                return Err(damaged(&self.path, at, "record longer than a slot"));
+                return Err(damaged(&self.path, at, StagingLogError::RecordTooLong(len)));
             }
             let padded = len.next_multiple_of(PAGE_SIZE);
             if at + PAGE_SIZE + padded > header.end.min(self.capacity) {
-                return Err(damaged(
-                    &self.path,
-                    at,
-                    "record runs past the committed end",
-                ));
+                return Err(damaged(&self.path, at, StagingLogError::RecordPastEnd));
             }
             let encoded = if entry.has_record {
                 let mut bytes = vec![0u8; len as usize];
                 self.store
                     .read(&self.path, None, at + PAGE_SIZE, &mut bytes)?;
                 if crc32c::crc32c(&bytes) != entry.record_crc {
-                    return Err(damaged(&self.path, at, "record CRC-32C mismatch"));
+                    return Err(damaged(&self.path, at, StagingLogError::RecordChecksum));
                 }
                 let header = SlotHeader::decode(&bytes)
-                    .map_err(|e| damaged(&self.path, at, e.to_string()))?;
+                    .map_err(|e| damaged(&self.path, at, StagingLogError::SlotHeader(e)))?;
                 Some(Encoded::Record { header, bytes })
             } else {
                 None
@@ -347,36 +204,5 @@ impl<'a> StagingLog<'a> {
             marker = more.next_marker;
         }
         Ok(end)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_and_entry_pages_round_trip_and_refuse_damage() {
-        let h = LogHeader {
-            sequence: 9,
-            time_nanos: 1_700_000_000_000_000_000,
-            consistency: Consistency::Application,
-            entries: 3,
-            end: 512 * 40,
-        };
-        let page = h.encode();
-        assert_eq!(LogHeader::decode(&page), Ok(Some(h)));
-        assert_eq!(LogHeader::decode(&[0u8; 512]), Ok(None));
-        // Version 1 is pinned: the CRC of a reference header never changes.
-        assert_eq!(
-            crc32c::crc32c(&page),
-            0x5DC9_9FD3,
-            "staging-log header format changed"
-        );
-        for i in 0..HEADER_LEN + 4 {
-            let mut bad = page.clone();
-            bad[i] ^= 0x10;
-            assert!(LogHeader::decode(&bad).is_err(), "byte {i}");
-        }
-        assert!(EntryHeader::decode(&page).is_err());
     }
 }

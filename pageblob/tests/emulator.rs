@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use datapath::clock::ManualClock;
-use datapath::pageblob::conformance;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
+use pageblob::clock::ManualClock;
+use pageblob::conformance;
+use pageblob::data_log::Durability;
+use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 
 const START: u64 = 1_700_000_000_000_000_000;
 

@@ -313,8 +313,8 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::pageblob::data_log::Durability;
-    use crate::pageblob::{Emulator, Profile};
+    use crate::data_log::Durability;
+    use crate::{Emulator, Profile};
 
     fn emulator(dir: &std::path::Path, durability: Durability) -> Emulator {
         Emulator::open(

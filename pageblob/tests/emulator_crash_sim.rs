@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use datapath::clock::ManualClock;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::fs::{CrashFs, StoreFs};
-use datapath::pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
+use pageblob::clock::ManualClock;
+use pageblob::data_log::Durability;
+use pageblob::fs::{CrashFs, StoreFs};
+use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 
 const SLOT: u64 = 8192;
 const SLOTS: u64 = 32;
@@ -62,7 +62,7 @@ fn p() -> BlobPath {
     BlobPath::new("crash", "disk")
 }
 
-fn open(fs: &Arc<CrashFs>, durability: Durability) -> datapath::pageblob::StoreResult<Emulator> {
+fn open(fs: &Arc<CrashFs>, durability: Durability) -> pageblob::StoreResult<Emulator> {
     let fs: Arc<dyn StoreFs> = Arc::new(Arc::clone(fs));
     Emulator::open_with_fs(
         fs,

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use datapath::clock::ManualClock;
-use datapath::pageblob::conformance;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::http::client::HttpStore;
-use datapath::pageblob::http::server::{serve, ServerConfig};
-use datapath::pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
-use datapath::pageblob::upload::upload_parallel;
-use datapath::pageblob::{BlobPath, Conditions, Emulator, ErrorCode, PageBlobStore, Profile};
+use pageblob::clock::ManualClock;
+use pageblob::conformance;
+use pageblob::data_log::Durability;
+use pageblob::http::client::HttpStore;
+use pageblob::http::server::{serve, ServerConfig};
+use pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
+use pageblob::upload::upload_parallel;
+use pageblob::{BlobPath, Conditions, Emulator, ErrorCode, PageBlobStore, Profile};
 
 const START: u64 = 1_700_000_000_000_000_000;
 
@@ -50,7 +50,7 @@ fn serve_store(store: Arc<dyn PageBlobStore>, clock: &Arc<ManualClock>) -> Serve
         account: DEV_ACCOUNT.into(),
         key: decode_key(DEV_KEY).unwrap(),
     };
-    let clock: Arc<dyn datapath::clock::Clock> = clock.clone();
+    let clock: Arc<dyn pageblob::clock::Clock> = clock.clone();
     runtime.spawn(serve(listener, store, config, clock, async {
         let _ = rx.await;
     }));
@@ -131,7 +131,7 @@ fn parallel_upload_with_many_threads_lands_every_page() {
 
 #[test]
 fn client_retries_through_injected_server_busy_and_the_suite_still_holds() {
-    use datapath::pageblob::faults::{FaultConfig, FaultyStore};
+    use pageblob::faults::{FaultConfig, FaultyStore};
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START));
     let emulator = Emulator::open(
@@ -158,7 +158,7 @@ fn client_retries_through_injected_server_busy_and_the_suite_still_holds() {
 
 #[test]
 fn injected_faults_are_the_same_for_the_same_seed() {
-    use datapath::pageblob::faults::{FaultConfig, FaultyStore};
+    use pageblob::faults::{FaultConfig, FaultyStore};
     let run = |seed| {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(START));

@@ -14,13 +14,13 @@ use axum::response::Response;
 use axum::Router;
 use percent_encoding::percent_decode_str;
 
-use super::super::error::{ErrorCode, StoreError};
-use super::super::timestamp::{http_date, parse_http_date};
-use super::super::types::*;
-use super::super::PageBlobStore;
 use super::shared_key;
 use super::xml;
 use crate::clock::Clock;
+use crate::error::{ErrorCode, StoreError};
+use crate::timestamp::{http_date, parse_http_date};
+use crate::types::*;
+use crate::PageBlobStore;
 
 /// Largest request body read: a 4 MiB Put Page plus room to answer 413 ourselves.
 pub const MAX_BODY_BYTES: usize = (4 << 20) + (64 << 10);

@@ -155,8 +155,8 @@ impl<S: PageBlobStore> PageBlobStore for ReadRetry<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pageblob::faults::{FaultConfig, FaultyStore};
-    use crate::pageblob::{Emulator, Profile};
+    use crate::faults::{FaultConfig, FaultyStore};
+    use crate::{Emulator, Profile};
 
     #[test]
     fn reads_survive_a_storm_that_fails_most_single_calls() {
@@ -165,7 +165,7 @@ mod tests {
             Emulator::open(
                 dir.path(),
                 Profile::Standard,
-                crate::pageblob::data_log::Durability::Process,
+                crate::data_log::Durability::Process,
                 std::sync::Arc::new(crate::clock::ManualClock::new(1)),
             )
             .unwrap(),

@@ -1,8 +1,8 @@
 //! The few XML documents the Blob API answers with, written directly (escaped).
 
-use super::super::extent_map::PageRange;
-use super::super::timestamp::http_date;
-use super::super::types::{BlobListing, PageRangeList};
+use crate::extent_map::PageRange;
+use crate::timestamp::http_date;
+use crate::types::{BlobListing, PageRangeList};
 
 pub const DECLARATION: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>";
 

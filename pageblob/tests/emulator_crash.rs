@@ -7,9 +7,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datapath::clock::SystemClock;
-use datapath::pageblob::data_log::Durability;
-use datapath::pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
+use pageblob::clock::SystemClock;
+use pageblob::data_log::Durability;
+use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 
 const CHILD_ENV: &str = "DRPLANE_CRASH_WRITER_DIR";
 const TEST_NAME: &str = "writer_killed_at_random_moments_loses_no_acknowledged_write";

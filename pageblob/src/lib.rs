@@ -1,11 +1,18 @@
-//! Page blobs as Azure defines them: the [`PageBlobStore`] trait every replica target
-//! implements, the account semantics behind it ([`account`]), and the embedded emulator
-//! ([`emulator`]) that persists them crash-safely under a directory.
+//! `pageblob`: page blobs as Azure defines them. The [`PageBlobStore`] trait every replica
+//! target implements, the account semantics behind it ([`account`]), the embedded emulator
+//! ([`emulator`]) that persists them crash-safely under a store directory ([`data_log`],
+//! [`extent_map`], [`fs`], [`store_lock`]), injected faults ([`faults`]), read retries
+//! ([`read_retry`]), disk upload ([`upload`]), and the Blob REST API ([`http`]: the server
+//! behind the `server` feature, the client behind `client`).
 //!
 //! Errors carry Azure's status codes and error-code names ([`error`]), so callers handle the
-//! embedded store, the served store and a real account alike.
+//! embedded store, the served store and a real account alike. Time comes from an injected
+//! [`clock`].
+
+#![forbid(unsafe_code)]
 
 pub mod account;
+pub mod clock;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod data_log;
@@ -15,16 +22,28 @@ pub mod extent_map;
 pub mod faults;
 pub mod fs;
 pub mod http;
+pub mod lock_holder;
 pub mod read_retry;
 pub mod store_lock;
 pub mod timestamp;
 pub mod types;
 pub mod upload;
 
+#[cfg(all(any(test, feature = "testing"), feature = "server"))]
+pub mod fuzz_targets;
+
 pub use emulator::Emulator;
 pub use error::{ErrorCode, StoreError, StoreResult};
 pub use extent_map::PageRange;
 pub use types::*;
+
+/// True when every byte is zero: such pages need not be written (a page blob reads zeros where
+/// nothing was). Branch-free inner loop, so it vectorizes.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(64);
+    let body = chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0);
+    body && chunks.remainder().iter().all(|&b| b == 0)
+}
 
 /// Azure page-blob operations (the subset drplane replicates with).
 pub trait PageBlobStore: Send + Sync {

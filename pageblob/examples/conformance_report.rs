@@ -1,14 +1,14 @@
 //! Run each page-blob conformance check against an endpoint and report which hold — used to
 //! record how Azurite (or any other service) differs from Azure's documented behaviour.
-//! Usage: cargo run -p datapath --features testing --example conformance_report -- URL [KEY]
+//! Usage: cargo run -p pageblob --features testing,client --example conformance_report -- URL [KEY]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use datapath::clock::ManualClock;
-use datapath::pageblob::conformance as c;
-use datapath::pageblob::http::client::HttpStore;
-use datapath::pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
-use datapath::pageblob::PageBlobStore;
+use pageblob::clock::ManualClock;
+use pageblob::conformance as c;
+use pageblob::http::client::HttpStore;
+use pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
+use pageblob::PageBlobStore;
 
 fn main() {
     let url = std::env::args()

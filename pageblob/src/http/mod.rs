@@ -1,8 +1,10 @@
 //! The page-blob store over HTTP: the Azure Blob REST API (path-style URLs, Shared Key) served
 //! from any [`PageBlobStore`](super::PageBlobStore).
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod proxy;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod shared_key;
 pub mod xml;

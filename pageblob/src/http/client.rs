@@ -6,13 +6,13 @@ use std::time::Duration;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use quick_xml::events::Event;
 
-use super::super::error::{ErrorCode, StoreError, StoreResult};
-use super::super::extent_map::PageRange;
-use super::super::timestamp::{http_date, parse_http_date};
-use super::super::types::*;
-use super::super::PageBlobStore;
 use super::shared_key;
 use crate::clock::{Clock, SystemClock};
+use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::extent_map::PageRange;
+use crate::timestamp::{http_date, parse_http_date};
+use crate::types::*;
+use crate::PageBlobStore;
 
 /// API version we send.
 pub const API_VERSION: &str = "2021-08-06";

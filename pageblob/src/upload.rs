@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::error::StoreError;
 use super::types::{BlobPath, Conditions, MAX_PUT_PAGES_BYTES};
 use super::PageBlobStore;
-use crate::replica::block_record::is_zero;
+use crate::is_zero;
 
 /// Why an upload stopped.
 #[derive(Debug, Error)]

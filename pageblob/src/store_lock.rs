@@ -19,46 +19,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rustix::fs::{flock, FlockOperation};
-use serde::{Deserialize, Serialize};
 
 use super::error::{StoreError, StoreResult};
+use super::lock_holder::{this_process, Holder};
 
 /// The writer's lock file; it holds a [`Holder`] as JSON.
 pub const OWNER_FILE: &str = "owner.lock";
 /// The lock readers share and a writer holds while it changes files.
 pub const STATE_FILE: &str = "state.lock";
-
-/// Who holds a store for writing, as its `owner.lock` says.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Holder {
-    pub pid: u32,
-    /// The holder's command line (shortened).
-    pub command: String,
-    /// The holder keeps the store busy until it exits (a server): readers must not wait.
-    #[serde(default)]
-    pub serving: bool,
-}
-
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PID {} ({})", self.pid, self.command)
-    }
-}
-
-/// Longest command line kept in `owner.lock`.
-const MAX_COMMAND_CHARS: usize = 200;
-
-fn this_process(serving: bool) -> Holder {
-    let mut command = std::env::args().collect::<Vec<_>>().join(" ");
-    if command.chars().count() > MAX_COMMAND_CHARS {
-        command = command.chars().take(MAX_COMMAND_CHARS).collect::<String>() + "…";
-    }
-    Holder {
-        pid: std::process::id(),
-        command,
-        serving,
-    }
-}
 
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {

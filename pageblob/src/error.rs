@@ -104,7 +104,7 @@ pub enum StoreError {
     #[error("store {dir} is in use by {holder}")]
     InUse {
         dir: String,
-        holder: super::store_lock::Holder,
+        holder: super::lock_holder::Holder,
     },
     /// The store was opened for reading and something tried to change it.
     #[error("store {0} was opened read-only")]

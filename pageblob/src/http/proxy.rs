@@ -107,6 +107,7 @@ impl ProxySettings {
     }
 
     /// For the HTTP client.
+    #[cfg(feature = "client")]
     pub(crate) fn to_ureq(&self) -> Result<ureq::Proxy, ProxyError> {
         let host = if self.address.contains(':') {
             format!("[{}]", self.address) // an IPv6 address

@@ -1,0 +1,41 @@
+//! [`ReplicaError`]: what can go wrong with a replica, from the store up to a point's proof.
+
+use super::block_record::RecordError;
+use super::epoch_record::EpochRecordError;
+use super::manifest::ManifestError;
+use super::staging_log_format::StagingLogError;
+use pageblob::StoreError;
+
+/// What went wrong with a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("point {point}, block {block}: {source}")]
+    Block {
+        point: String,
+        block: u64,
+        source: RecordError,
+    },
+    #[error("point {point}: {source}")]
+    Manifest { point: u64, source: ManifestError },
+    #[error("point {point}: Merkle root of the restored blocks does not match the manifest")]
+    MerkleMismatch { point: String },
+    #[error("staging log {path} at {offset:#x}: {why}")]
+    StagingLog {
+        path: String,
+        offset: u64,
+        why: StagingLogError,
+    },
+    #[error("journal is full: point {sequence} would overwrite live point {live}")]
+    JournalFull { sequence: u64, live: u64 },
+    #[error("no replica named {name} (its {blob} blob is missing)")]
+    NoReplica { name: String, blob: String },
+    #[error("{blob}: {source}")]
+    Epochs {
+        blob: String,
+        source: EpochRecordError,
+    },
+    #[error("{blob}: every nonce epoch is used")]
+    EpochsExhausted { blob: String },
+}

@@ -77,7 +77,51 @@ pub struct Health {
     pub cycles_due: u64,
     pub cycles_missed: u64,
     /// Empty when healthy; otherwise why it is a warning.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<HealthWarning>,
+}
+
+/// Why replication of an item is not healthy (ASR's replication-health warnings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthWarning {
+    /// More than 20% of the last day's cycles were missed or failed.
+    CyclesMissed { missed: u64, due: u64 },
+    /// The newest recovery point is more than an hour old.
+    StalePoint { age_minutes: u64 },
+    /// Change tracking cannot be trusted: the next cycle compares every block.
+    ResyncRequired { reason: String },
+}
+
+impl HealthWarning {
+    /// The same warning, perhaps with other figures: one condition, one event.
+    pub fn same_condition(&self, other: &HealthWarning) -> bool {
+        match (self, other) {
+            (HealthWarning::CyclesMissed { .. }, HealthWarning::CyclesMissed { .. })
+            | (HealthWarning::StalePoint { .. }, HealthWarning::StalePoint { .. }) => true,
+            (
+                HealthWarning::ResyncRequired { reason: a },
+                HealthWarning::ResyncRequired { reason: b },
+            ) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for HealthWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HealthWarning::CyclesMissed { missed, due } => write!(
+                f,
+                "{missed} of the last {due} cycles were missed (more than 20%)"
+            ),
+            HealthWarning::StalePoint { age_minutes } => write!(
+                f,
+                "the newest recovery point is {age_minutes} minutes old (more than an hour)"
+            ),
+            HealthWarning::ResyncRequired { reason } => {
+                write!(f, "resynchronization required: {reason}")
+            }
+        }
+    }
 }
 
 impl Health {
@@ -302,18 +346,17 @@ impl Replicator {
         let rpo = self.last_point.map(|t| now_nanos.saturating_sub(t));
         let mut warnings = Vec::new();
         if due > 0 && missed * 5 > due {
-            warnings.push(format!(
-                "{missed} of the last {due} cycles were missed (more than 20%)"
-            ));
+            warnings.push(HealthWarning::CyclesMissed { missed, due });
         }
         if let Some(rpo) = rpo.filter(|r| *r > HOUR) {
-            warnings.push(format!(
-                "the newest recovery point is {} minutes old (more than an hour)",
-                rpo / (60 * SEC)
-            ));
+            warnings.push(HealthWarning::StalePoint {
+                age_minutes: rpo / (60 * SEC),
+            });
         }
         if let Some(reason) = &self.resync_reason {
-            warnings.push(format!("resynchronization required: {reason}"));
+            warnings.push(HealthWarning::ResyncRequired {
+                reason: reason.clone(),
+            });
         }
         Health {
             rpo_nanos: rpo,
@@ -412,7 +455,10 @@ mod tests {
                 },
             );
             let health = m.health(now + MIN);
-            let missed = health.warnings.iter().any(|w| w.contains("missed"));
+            let missed = health
+                .warnings
+                .iter()
+                .any(|w| matches!(w, HealthWarning::CyclesMissed { .. }));
             assert_eq!(missed, warned, "{paused:?}: {health:?}");
         }
     }
@@ -474,7 +520,10 @@ mod tests {
                 point_time_nanos: late,
             },
         );
-        assert!(m.health(late + MIN).warnings[0].contains("missed"));
+        assert!(matches!(
+            m.health(late + MIN).warnings[0],
+            HealthWarning::CyclesMissed { .. }
+        ));
     }
 
     #[test]
@@ -525,7 +574,9 @@ mod tests {
         m.tracking_lost("bitmap damaged");
         assert_eq!(m.phase(), CycleKind::Resync);
         let health = m.health(t0 + 41 * SEC);
-        assert!(health.warnings.iter().any(|w| w.contains("bitmap damaged")));
+        assert!(health.warnings.iter().any(
+            |w| matches!(w, HealthWarning::ResyncRequired { reason } if reason.contains("bitmap damaged"))
+        ));
         assert_eq!(
             health.cycles_missed, 0,
             "retries of one interval are not misses"

@@ -13,8 +13,10 @@ use datapath::replicator::{CycleKind, CycleOutcome, CyclePlan};
 use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
 use crate::content::ContentModel;
+use crate::report::{Check, ItemDisk, Job, ReplicatedItem};
 use crate::scenario::{Action, PointChoice, Scenario, Step, VmSpec};
-use crate::world::{run_cycle, AzureDisk, Check, Job, SimDisk, SEC};
+use crate::sim_disk::{run_cycle, AzureDisk, Link, SimDisk};
+use crate::time::SEC;
 
 /// Target IPs in use in Azure: (VNet, subnet, address) → VM.
 pub(crate) type UsedIps = std::collections::BTreeMap<(String, String, String), String>;
@@ -217,7 +219,7 @@ pub(crate) fn perform(
     members: &[usize],
     identity: &Identity,
     now: u64,
-    link: &mut crate::world::Link,
+    link: &mut Link,
     wan_up: bool,
 ) -> (Job, Vec<Check>) {
     let vm = scenario
@@ -523,39 +525,6 @@ fn failback_disk(d: &mut SimDisk<'_>, azure: &AzureDisk) -> Result<(u64, bool), 
     d.writer.flush().map_err(|e| e.to_string())?;
     let ok = read(&d.file)? == there;
     Ok((sent, ok))
-}
-
-/// A replicated item as the vault shows it: state, health, and the properties of its replica
-/// (compute, network, disks).
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
-pub struct ReplicatedItem {
-    pub vm: String,
-    /// The Hyper-V host it runs on.
-    pub host: String,
-    /// The VMM cloud, and the replication policy associated with it (or the scenario's).
-    pub cloud: Option<String>,
-    pub policy: String,
-    /// "Protected", "Test failover in progress", "Failed over", "Failover committed".
-    pub state: String,
-    /// "Normal", or the disks' warnings.
-    pub health: String,
-    /// The Azure VM size and the NICs it allows.
-    pub compute: String,
-    /// Per source NIC: where it lands at failover, or why it does not.
-    pub network: Vec<String>,
-    pub use_managed_disks: bool,
-    pub disks: Vec<ItemDisk>,
-}
-
-/// A disk of a replicated item.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
-pub struct ItemDisk {
-    pub name: String,
-    /// `None` for an excluded disk (the vault does not track it).
-    pub size_mib: Option<u64>,
-    /// False for a disk excluded from replication.
-    pub replicated: bool,
-    pub points_live: usize,
 }
 
 /// The vault's replicated items at the end of a run.

@@ -18,14 +18,17 @@ mod flows;
 pub mod fuzz_targets;
 pub mod peak_hours;
 pub mod planner;
+pub mod report;
 pub mod scenario;
+mod sim_disk;
 pub mod swarm;
+mod time;
 pub mod timeline;
 pub mod world;
 
-pub use flows::{ItemDisk, ReplicatedItem};
+pub use report::{HealthEvent, ItemDisk, ReplicatedItem, Report};
 pub use scenario::Scenario;
-pub use world::{run, HealthEvent, Report};
+pub use world::run;
 
 /// The scenario `drplane sim run` uses when given none.
 pub const QUICKSTART: &str = include_str!("../../scenarios/quickstart.toml");

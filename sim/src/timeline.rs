@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::world::Report;
+use crate::report::Report;
 
 const WIDTH: f64 = 1000.0;
 const HEIGHT: f64 = 360.0;

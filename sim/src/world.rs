@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use datapath::agent::{AgentTarget, DiskAgent};
 use datapath::keys::{Identity, KeyId};
 use datapath::replica::block_record::BlockCodec;
-use datapath::replicator::{Action, CycleOutcome, CyclePlan, Replicator};
+use datapath::replicator::{Action, CycleOutcome, Replicator};
 use datapath::tracking::ChangeTracker;
 use pageblob::clock::{Clock, ManualClock};
 use pageblob::data_log::Durability;
@@ -27,118 +27,18 @@ use pageblob::read_retry::ReadRetry;
 use pageblob::{Emulator, PageBlobStore, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use serde::Serialize;
-use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
+use vhdx::{CreateOptions, MemoryFile, VhdxWriter};
 
 use crate::audit::PointAudit;
 use crate::content::ContentModel;
-use crate::scenario::{DiskSpec, FaultKind, Scenario};
+use crate::report::{Check, DiskReport, HealthEvent, Job, Report, Severity, SimError};
+use crate::scenario::{FaultKind, Scenario};
+use crate::sim_disk::{run_cycle, workload_bytes, workload_minute, Link, SimDisk};
+use crate::time::{MIN, SEC};
 
-pub(crate) const SEC: u64 = 1_000_000_000;
-const MIN: u64 = 60 * SEC;
-/// Cost model: bytes the host examines (reads, hashes, compresses) per second.
-const CPU_BYTES_PER_SEC: u64 = 400_000_000;
 /// A cycle that cannot reach storage fails after this long.
 const UPLOAD_TIMEOUT: u64 = 30 * SEC;
 const CONTAINER: &str = "replicas";
-
-/// Why a run failed to start or broke an invariant it cannot report.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    #[error("simulator work directory: {0}")]
-    WorkDir(std::io::Error),
-    #[error("{0}")]
-    Setup(String),
-}
-
-/// One checked invariant.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// What happened to one disk.
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
-pub struct DiskReport {
-    pub vm: String,
-    pub disk: String,
-    pub cycles: u64,
-    pub failed_cycles: u64,
-    pub resyncs: u64,
-    pub points_live: usize,
-    pub points_verified: usize,
-    pub app_consistent_points: usize,
-    pub bytes_written_by_workload: u64,
-    pub bytes_sent: u64,
-    pub max_rpo_secs: f64,
-    /// Largest RPO at least two copy intervals after any fault.
-    pub max_steady_rpo_secs: f64,
-    /// Longest committed cycle (start to done) outside disturbances: what the RPO may add to
-    /// the copy interval when the link is busy.
-    pub max_steady_cycle_secs: f64,
-    pub health_warnings: Vec<String>,
-    /// When the first point (initial replication) finished, in simulated minutes.
-    pub first_point_minute: Option<f64>,
-    /// Bytes the replica's data blob holds at the end.
-    pub replica_bytes: u64,
-    /// Cycles a host crash cut short part-way through their storage writes.
-    pub crashed_cycles: u64,
-    /// (simulated minute, RPO in seconds) at each poll, for the timeline.
-    pub rpo_samples: Vec<(f64, f64)>,
-}
-
-/// The result of a run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Report {
-    pub scenario: String,
-    pub scenario_hash: String,
-    pub seed: u64,
-    pub simulated_hours: u64,
-    pub events: u64,
-    pub trace_hash: String,
-    pub disks: Vec<DiskReport>,
-    /// The vault's jobs, in order.
-    pub jobs: Vec<Job>,
-    /// Disks excluded from replication ("vm/disk").
-    pub excluded_disks: Vec<String>,
-    /// Faults as they happened: (kind, first minute, last minute).
-    pub faults: Vec<(String, f64, f64)>,
-    /// The vault's health events of the run's last 24 hours, in order.
-    pub health_events: Vec<HealthEvent>,
-    /// The vault's replicated items as the run ends.
-    pub replicated_items: Vec<crate::flows::ReplicatedItem>,
-    pub checks: Vec<Check>,
-}
-
-/// A health event of a replicated disk: it turned to a warning (and why) or back to healthy.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct HealthEvent {
-    pub minute: u64,
-    /// "vm/disk".
-    pub item: String,
-    /// "warning" or "healthy".
-    pub severity: String,
-    pub message: String,
-}
-
-/// A vault job (ASR: enable protection, test failover, failover, commit, ...).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Job {
-    pub name: String,
-    pub vm: String,
-    pub started_minute: u64,
-    pub seconds: u64,
-    pub succeeded: bool,
-    pub detail: String,
-}
-
-impl Report {
-    pub fn passed(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Event {
@@ -221,71 +121,6 @@ fn stream(seed: u64, label: &str) -> ChaCha8Rng {
     let mut material = seed.to_le_bytes().to_vec();
     material.extend_from_slice(label.as_bytes());
     ChaCha8Rng::from_seed(blake3::derive_key("drplane sim stream v1", &material))
-}
-
-/// A disk's copy in Azure: a VHDX restored from a point, written by the VM once failed over.
-pub(crate) struct AzureDisk {
-    pub(crate) file: Arc<MemoryFile>,
-    pub(crate) writer: VhdxWriter<Arc<MemoryFile>>,
-}
-
-pub(crate) struct SimDisk<'a> {
-    pub(crate) vm: String,
-    pub(crate) spec: DiskSpec,
-    /// Failed over: the VM runs on this copy; replication from the host is stopped.
-    pub(crate) azure: Option<AzureDisk>,
-    /// A test failover's copy (isolated network), until cleaned up.
-    pub(crate) test_copy: Option<AzureDisk>,
-    pub(crate) replica_name: String,
-    pub(crate) file: Arc<MemoryFile>,
-    pub(crate) writer: VhdxWriter<Arc<MemoryFile>>,
-    /// Writes the hook saw, waiting to be fed to the agent's tracker.
-    pub(crate) marks: Arc<Mutex<Vec<(u64, u64)>>>,
-    pub(crate) agent: DiskAgent<'a>,
-    pub(crate) machine: Replicator,
-    workload: ChaCha8Rng,
-    /// Churn bytes the workload owes (positive) or wrote ahead (negative).
-    churn_carry: i64,
-    /// The scenario's written data is incompressible.
-    incompressible: bool,
-    /// Churn multiplier of a burst in progress (1: none).
-    burst: u32,
-    /// A mid-cycle host crash is due: it strikes during the next cycle.
-    crash_in_next_cycle: bool,
-    /// How far into a cycle's writes such a crash strikes.
-    crash_stream: ChaCha8Rng,
-    /// Bumped by a host crash: events of an older epoch are stale.
-    pub(crate) epoch: u64,
-    /// The agent crashed and has not started again (its object must not be used).
-    pub(crate) agent_down: bool,
-    /// The disk's content at each point, by sequence.
-    pub(crate) images: BTreeMap<u64, ContentModel>,
-    /// The host disk's content as of the last cycle; `touched` lists writes since.
-    pub(crate) model: ContentModel,
-    pub(crate) touched: Arc<Mutex<Vec<(u64, u64)>>>,
-    /// Proves each point as it appears (see `audit`).
-    pub(crate) audit: PointAudit,
-    /// The Hyper-V host the disk's VM runs on, and its index in the scenario's hosts.
-    pub(crate) host: String,
-    host_index: usize,
-    /// The replication policy of the disk's VM (its cloud's, or the scenario's).
-    pub(crate) policy: datapath::policy::Policy,
-    /// The newest point's time when the running cycle started (the RPO until it completes).
-    rpo_base: Option<u64>,
-    /// When the running cycle started (true time).
-    cycle_started: u64,
-    /// The health warnings last reported to the vault.
-    pub(crate) warnings: Vec<String>,
-    /// Decodes the replica's records (the registration certificate's keys).
-    pub(crate) codec: BlockCodec,
-    /// The checker's view of the replica: straight on the storage account, so its reads are
-    /// never faulted and never draw from the fault stream the agents see.
-    pub(crate) observer: datapath::replica::disk_replica::DiskReplica<'a>,
-    pub(crate) digest_key: [u8; 32],
-    /// The replica as failover jobs read it: through the storage account's faults, retrying
-    /// transient errors.
-    pub(crate) azure_view: datapath::replica::disk_replica::DiskReplica<'a>,
-    pub(crate) report: DiskReport,
 }
 
 /// Run `scenario` with `seed` in `workdir` (the stores and tracker files live there).
@@ -643,33 +478,31 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 let host_now = now.saturating_add_signed(skew);
                 // The vault hears of health changes as the agent reports them.
                 let warnings = d.machine.health(host_now).warnings;
-                // A warning whose figures change ("7 of the last 10 cycles...") is one event.
-                let kinds = |ws: &[String]| -> Vec<String> {
-                    ws.iter()
-                        .map(|w| w.chars().filter(|c| !c.is_ascii_digit()).collect())
-                        .collect()
-                };
-                if kinds(&warnings) != kinds(&d.warnings) {
+                let conditions_changed = warnings.len() != d.warnings.len()
+                    || warnings
+                        .iter()
+                        .zip(&d.warnings)
+                        .any(|(a, b)| !a.same_condition(b));
+                if conditions_changed {
                     let item = format!("{}/{}", d.vm, d.spec.name);
                     let minute = (now - start) / MIN;
                     if warnings.is_empty() {
                         health_events.push(HealthEvent {
                             minute,
                             item,
-                            severity: "healthy".into(),
+                            severity: Severity::Healthy,
                             message: "replication health is normal again".into(),
                         });
                     } else {
-                        let before = kinds(&d.warnings);
                         for w in warnings
                             .iter()
-                            .filter(|w| !before.contains(&kinds(&[(*w).clone()])[0]))
+                            .filter(|w| !d.warnings.iter().any(|b| b.same_condition(w)))
                         {
                             health_events.push(HealthEvent {
                                 minute,
                                 item: item.clone(),
-                                severity: "warning".into(),
-                                message: w.clone(),
+                                severity: Severity::Warning,
+                                message: w.to_string(),
                             });
                         }
                     }
@@ -1038,7 +871,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut detail = String::new();
     let mut restored_in_full = 0usize;
     for d in &mut disks {
-        d.report.health_warnings = d.machine.health(end).warnings;
+        d.report.health_warnings = d
+            .machine
+            .health(end)
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let points = d
             .observer
             .points(&d.digest_key)
@@ -1325,248 +1164,5 @@ fn sample_rpo(
         .push(((now - start) as f64 / MIN as f64, rpo));
     if steady {
         report.max_steady_rpo_secs = report.max_steady_rpo_secs.max(rpo);
-    }
-}
-
-/// `len` bytes of written data: random (incompressible), or a fill byte with a random byte
-/// every 64 (compressible, like most real data).
-fn workload_bytes(rng: &mut ChaCha8Rng, len: usize, incompressible: bool) -> Vec<u8> {
-    if incompressible {
-        let mut data = vec![0u8; len];
-        rng.fill_bytes(&mut data);
-        return data;
-    }
-    let fill = rng.next_u32() as u8;
-    let mut data = vec![fill; len];
-    for byte in data.iter_mut().step_by(64) {
-        *byte = rng.next_u32() as u8;
-    }
-    data
-}
-
-/// When `bytes` that start crossing the WAN at `start` (ns) are through, at `rate_in_hour` bytes
-/// per second in each hour of the day (it changes on the hour).
-fn transfer_end(start: u64, bytes: u64, rate_in_hour: impl Fn(u8) -> u64) -> u64 {
-    const HOUR: u64 = 3600 * SEC;
-    let rate = |t: u64| u128::from(rate_in_hour((t / HOUR % 24) as u8).max(1));
-    let day_bytes: u128 = (0..24u64).map(|h| rate(h * HOUR) * 3600).sum();
-    // Whole days first: any 24 hours hold every hour of the day once.
-    let days = u128::from(bytes) / day_bytes;
-    let mut t = start.saturating_add((days as u64).saturating_mul(24 * HOUR));
-    let mut left = u128::from(bytes) - days * day_bytes;
-    loop {
-        let hour_end = (t / HOUR + 1).saturating_mul(HOUR);
-        let can = rate(t) * u128::from(hour_end - t) / u128::from(SEC);
-        if can >= left || hour_end == u64::MAX {
-            let secs_ns = left * u128::from(SEC) / rate(t);
-            return t.saturating_add(secs_ns.min(u128::from(u64::MAX)) as u64);
-        }
-        left -= can;
-        t = hour_end;
-    }
-}
-
-/// A minute of the disk's workload in hour-of-day `hour` (UTC): writes of 4–256 KiB, a share
-/// of them in the hot tenth, to the host's disk or, once failed over, to the Azure copy.
-fn workload_minute(d: &mut SimDisk<'_>, hour: u8) -> vhdx::Result<u64> {
-    // The minute's share of the hourly churn (by the busy hours, if any), plus what earlier
-    // minutes under- or overshot (writes come in whole pieces), so the churn over hours is
-    // what the scenario says.
-    let hourly = match d.spec.peak {
-        Some(p) => (d.spec.churn_bytes_per_hour as f64 * p.factor(hour)) as u64,
-        None => d.spec.churn_bytes_per_hour,
-    };
-    let budget = (hourly / 60 * u64::from(d.burst)) as i64 + d.churn_carry;
-    let size = d.spec.size_bytes;
-    let mut written = 0u64;
-    while (written as i64) < budget {
-        let len = ((1 + d.workload.next_u64() % 64) * 4096).min(size);
-        let hot = (d.workload.next_u32() as f64 / u32::MAX as f64) < d.spec.hot_spot;
-        let span = if hot { (size / 10).max(len) } else { size };
-        let offset = (d.workload.next_u64() % (span - len + 1)) / 4096 * 4096;
-        let data = workload_bytes(&mut d.workload, len as usize, d.incompressible);
-        match &mut d.azure {
-            Some(azure) => azure.writer.write_at(offset, &data)?,
-            None => d.writer.write_at(offset, &data)?,
-        }
-        written += len;
-    }
-    d.churn_carry = budget - written as i64;
-    Ok(written)
-}
-
-/// The host's shared resources in the cost model: its CPU (reading and encoding, one cycle's
-/// work after another) and its WAN link (one transfer after another, at its bandwidth): disks
-/// replicating at once share both.
-#[derive(Debug, Clone)]
-pub(crate) struct Link {
-    pub bytes_per_sec: u64,
-    /// What one upload connection carries, if that is less than the link: a disk's records go
-    /// over its policy's `upload_threads` connections.
-    pub connection_bytes_per_sec: Option<u64>,
-    /// The hosts' own upload throttle by work hours.
-    pub host_throttle: Option<datapath::policy::Throttle>,
-    /// When the link finishes what it was given (true time).
-    pub free_at: u64,
-    /// The host clock's offset from true time (cycles run on host time).
-    pub host_offset: i64,
-    /// When each host's CPU finishes the reading and encoding it was given (true time): disks
-    /// of one host cycling at once share it too.
-    pub cpu_free_at: Vec<u64>,
-}
-
-/// Run the planned cycle now (VSS: the writer flushes first), remember the disk's content for
-/// the checker, and say when it is done by the cost model.
-pub(crate) fn run_cycle(
-    d: &mut SimDisk<'_>,
-    plan: &CyclePlan,
-    now: u64,
-    link: &mut Link,
-    start_nanos: u64,
-) -> (u64, CycleOutcome, String) {
-    let failed = |now: u64, reason: String| {
-        let detail = format!("{now} cycle failed: {reason}\n");
-        (now, CycleOutcome::Failed { reason }, detail)
-    };
-    if let Err(e) = d.writer.flush() {
-        return failed(now, e.to_string());
-    }
-    let source =
-        match vhdx::Disk::open_with(Box::new(Arc::clone(&d.file)), &d.replica_name, &NoParents) {
-            Ok(s) => s,
-            Err(e) => return failed(now, e.to_string()),
-        };
-    // The checker's model of the disk catches up with the writes made since the last cycle.
-    let touched: std::collections::BTreeSet<u64> = d
-        .touched
-        .lock()
-        .expect("touched")
-        .drain(..)
-        .flat_map(|(o, l)| d.model.blocks_of(o, l))
-        .collect();
-    if let Err(e) = d.model.refresh(&source, touched) {
-        return failed(now, e.to_string());
-    }
-    let content = d.model.clone();
-    let content_root = content.root();
-    // The point this attempt makes if it commits — recorded before it runs, because two
-    // storage outcomes make points an attempt does not report: a 500 that hides an applied
-    // manifest (the cycle "failed", the point exists), and a premium cycle whose staging log
-    // committed before the failure (the next run applies it first, as the point before its
-    // own). A later attempt sees such a point (or the committed log) and takes the next
-    // sequence; one that sees nothing takes the same sequence and overwrites the record.
-    let next_sequence = match d.observer.points(&d.digest_key) {
-        Ok(points) => points.last().map_or(0, |p| p.sequence + 1),
-        Err(e) => return failed(now, e.to_string()),
-    };
-    let staged = d
-        .agent
-        .replica
-        .staging
-        .as_ref()
-        .and_then(|log| log.committed().ok().flatten())
-        .map(|h| h.sequence);
-    let own_sequence = if staged == Some(next_sequence) {
-        next_sequence + 1
-    } else {
-        next_sequence
-    };
-    d.images.insert(own_sequence, content);
-    if plan.kind == datapath::replicator::CycleKind::Resync {
-        d.report.resyncs += 1;
-    }
-    match d.agent.run(plan, &source, now, &|_| {}) {
-        Ok(report) => {
-            if report.point.sequence != own_sequence {
-                d.audit.failures.push(format!(
-                    "the cycle committed point {} where the checker expected {own_sequence}",
-                    report.point.sequence
-                ));
-            }
-            // Prove the new point (and any a failed attempt left) restores as the disk was.
-            match d.observer.points(&d.digest_key) {
-                Ok(points) => d.audit.catch_up(&d.observer, &d.codec, &points, &d.images),
-                Err(e) => d.audit.failures.push(format!("listing points: {e}")),
-            }
-            d.report.cycles += 1;
-            d.report.bytes_sent += report.bytes_sent;
-            let connections = link.connection_bytes_per_sec.map_or(u64::MAX, |c| {
-                c.saturating_mul(u64::from(d.agent.policy().upload_threads))
-            });
-            // The link, the upload connections, and the policy's and the host's throttles of
-            // each hour (the host's clock decides the hour; a long transfer crosses windows).
-            let throttles = [d.agent.policy().throttle, link.host_throttle];
-            let rate_in_hour = |hour: u8| {
-                throttles
-                    .iter()
-                    .flatten()
-                    .filter_map(|t| t.bytes_per_sec_in_hour(hour))
-                    .fold(link.bytes_per_sec, u64::min)
-                    .min(connections)
-            };
-            // The host reads and encodes, then the records wait for the link.
-            let cpu = &mut link.cpu_free_at[d.host_index];
-            let cpu_free = cpu.saturating_add_signed(link.host_offset);
-            let encoded = now.max(cpu_free) + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
-            *cpu = encoded.saturating_add_signed(-link.host_offset);
-            let free_at = link.free_at.saturating_add_signed(link.host_offset);
-            let sent = transfer_end(encoded.max(free_at), report.bytes_sent, rate_in_hour);
-            let sent_true = sent.saturating_add_signed(-link.host_offset);
-            link.free_at = sent_true;
-            if d.report.first_point_minute.is_none() {
-                d.report.first_point_minute =
-                    Some(sent_true.saturating_sub(start_nanos) as f64 / 60e9);
-            }
-            let detail = format!(
-                "{now} {} point {} {:?} examined {} changed {} sent {} content {}\n",
-                d.replica_name,
-                report.point.sequence,
-                plan.kind,
-                report.blocks_examined,
-                report.blocks_changed,
-                report.bytes_sent,
-                blake3::Hash::from(content_root).to_hex()
-            );
-            (
-                sent.max(now + SEC),
-                CycleOutcome::Committed {
-                    point_time_nanos: report.point.time_nanos,
-                },
-                detail,
-            )
-        }
-        Err(e) => {
-            d.report.failed_cycles += 1;
-            failed(now + SEC, e.to_string())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HOUR: u64 = 3600 * SEC;
-
-    #[test]
-    fn a_transfer_crosses_throttle_windows_at_each_hour_s_rate() {
-        let even = |_| 1_000;
-        assert_eq!(transfer_end(5 * SEC, 10_000, even), 15 * SEC);
-        // 1000 B/s until 09:00, 100 B/s from 09:00 to 17:00.
-        let office = |h: u8| if (9..17).contains(&h) { 100 } else { 1_000 };
-        let start = 8 * HOUR + 30 * MIN;
-        // 1.8 MB go by 09:00; the other 200 kB take 2000 s more.
-        assert_eq!(
-            transfer_end(start, 2_000_000, office),
-            9 * HOUR + 2_000 * SEC
-        );
-        // Whole days are skipped, not walked: a day carries 16 h x 3.6 MB + 8 h x 0.36 MB.
-        let day = 16 * 3_600_000 + 8 * 360_000;
-        assert_eq!(
-            transfer_end(start, 1_000 * day + 1_800_000, office),
-            start + 1_000 * 24 * HOUR + 1_800 * SEC
-        );
-        // A zero rate still ends (one byte a second).
-        assert_eq!(transfer_end(0, 60, |_| 0), MIN);
     }
 }

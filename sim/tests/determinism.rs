@@ -127,10 +127,16 @@ fn same_seed_same_trace_and_every_invariant_holds() {
         assert!(j.seconds >= least, "{j:?}");
     }
     // The vault's health events: the crash's resync warning, and health back to normal.
-    assert!(a.health_events.iter().any(|e| e.severity == "warning"
-        && e.message
-            .contains("resynchronization required: tracking stopped uncleanly")));
-    assert!(a.health_events.iter().any(|e| e.severity == "healthy"));
+    assert!(a
+        .health_events
+        .iter()
+        .any(|e| e.severity == sim::report::Severity::Warning
+            && e.message
+                .contains("resynchronization required: tracking stopped uncleanly")));
+    assert!(a
+        .health_events
+        .iter()
+        .any(|e| e.severity == sim::report::Severity::Healthy));
     assert!(a
         .health_events
         .windows(2)

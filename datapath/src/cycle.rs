@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::keys::{DiskKeys, Identity};
+use crate::keys::{DiskKeys, Identity, KeyId};
 use crate::replica::block_record::{BlockCodec, Encoded};
 use crate::replica::disk_replica::DiskReplica;
 use crate::replica::error::ReplicaError;
@@ -145,10 +145,6 @@ pub enum CycleError {
     Nonces,
 }
 
-fn hex(id: &[u8; 20]) -> String {
-    id.iter().map(|b| format!("{b:02X}")).collect()
-}
-
 /// Blocks per digest-table page.
 const ENTRIES_PER_PAGE: u64 = 512 / crate::replica::disk_replica::DIGEST_ENTRY;
 
@@ -251,7 +247,7 @@ fn replica_state(
     if let Some(last) = points.last() {
         if last.key_id != identity.key_id.0 {
             return Err(CycleError::OtherCertificate {
-                found: hex(&last.key_id),
+                found: KeyId(last.key_id).to_string(),
                 given: identity.key_id.to_string(),
             });
         }
@@ -776,10 +772,7 @@ impl RawSource {
         let stem = full
             .file_stem()
             .map_or_else(|| "disk".into(), |s| s.to_string_lossy().into_owned());
-        let id: String = digest.as_bytes()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = hex::encode(&digest.as_bytes()[..8]);
         Ok(format!("{stem}-{id}"))
     }
 }

@@ -38,10 +38,7 @@ pub struct KeyId(pub [u8; 20]);
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02X}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode_upper(self.0))
     }
 }
 

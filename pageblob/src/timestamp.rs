@@ -78,52 +78,14 @@ pub fn parse_snapshot_id(id: &str) -> Option<u64> {
 
 /// RFC 1123 date (`Wed, 09 Mar 2011 01:42:34 GMT`) for HTTP headers.
 pub fn http_date(nanos: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = nanos / NANOS_PER_SEC;
-    let days = secs / 86_400;
-    let (y, mo, d) = civil_from_days(days as i64);
-    let s = secs % 86_400;
-    format!(
-        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        MONTHS[mo as usize - 1],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
 }
 
-/// Parse an RFC 1123 date (`Wed, 09 Mar 2011 01:42:34 GMT`) to nanoseconds.
+/// Parse an HTTP date (RFC 1123, or the obsolete forms HTTP/1.1 readers accept) to nanoseconds.
 pub fn parse_http_date(s: &str) -> Option<u64> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let day: u32 = parts[1].parse().ok()?;
-    let month = MONTHS.iter().position(|m| *m == parts[2])? as u32 + 1;
-    let year: i64 = parts[3].parse().ok()?;
-    let hms: Vec<u64> = parts[4]
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if hms.len() != 3
-        || hms[0] > 23
-        || hms[1] > 59
-        || hms[2] > 60
-        || !(1..=31).contains(&day)
-        || year < 1970
-    {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = days as u64 * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    secs.checked_mul(NANOS_PER_SEC)
+    let t = httpdate::parse_http_date(s).ok()?;
+    let since = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
 }
 
 #[cfg(test)]

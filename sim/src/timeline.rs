@@ -15,12 +15,6 @@ const COLOURS: [&str; 6] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
 ];
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 /// Render `report` as a standalone SVG document.
 pub fn svg(report: &Report) -> String {
     let minutes = (report.simulated_hours * 60) as f64;
@@ -39,7 +33,7 @@ pub fn svg(report: &Report) -> String {
     let _ = writeln!(
         out,
         r#"<text x="{LEFT}" y="18" font-size="13">{} — seed {} — trace {}</text>"#,
-        escape(&report.scenario),
+        quick_xml::escape::escape(&report.scenario),
         report.seed,
         &report.trace_hash[..16]
     );
@@ -55,7 +49,7 @@ pub fn svg(report: &Report) -> String {
                 r#"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{PLOT_H}" fill="{colour}"><title>{}</title></rect>"#,
                 x(*from),
                 x(*to) - x(*from),
-                escape(kind)
+                quick_xml::escape::escape(kind)
             );
         } else {
             let _ = writeln!(
@@ -63,7 +57,7 @@ pub fn svg(report: &Report) -> String {
                 r##"<line x1="{0:.1}" x2="{0:.1}" y1="{TOP}" y2="{1}" stroke="#cc0000" stroke-dasharray="4 3"><title>{2}</title></line>"##,
                 x(*from),
                 TOP + PLOT_H,
-                escape(kind)
+                quick_xml::escape::escape(kind)
             );
         }
     }
@@ -99,9 +93,9 @@ pub fn svg(report: &Report) -> String {
             x(m),
             TOP + 8.0,
             if job.succeeded { "#2ca02c" } else { "#d62728" },
-            escape(&job.name),
-            escape(&job.vm),
-            escape(&job.detail)
+            quick_xml::escape::escape(&job.name),
+            quick_xml::escape::escape(&job.vm),
+            quick_xml::escape::escape(&job.detail)
         );
     }
     for (i, d) in report.disks.iter().enumerate() {
@@ -121,8 +115,8 @@ pub fn svg(report: &Report) -> String {
             r#"<text x="{:.1}" y="{:.1}" fill="{colour}">{}/{}</text>"#,
             LEFT + 10.0 + 150.0 * i as f64,
             HEIGHT - 8.0,
-            escape(&d.vm),
-            escape(&d.disk)
+            quick_xml::escape::escape(&d.vm),
+            quick_xml::escape::escape(&d.disk)
         );
     }
     out.push_str("</svg>\n");

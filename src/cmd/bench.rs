@@ -19,7 +19,8 @@ use rand_core::{OsRng, TryRngCore};
 
 use super::blob::Target;
 use super::replicate::{load_policy, open_source, PolicyArgs};
-use super::vhdx::{human, parse_size};
+use super::vhdx::parse_size;
+use indicatif::HumanBytes;
 
 /// Container the bench's replicas go in (apart from real replicas).
 const BENCH_CONTAINER: &str = "bench";
@@ -100,14 +101,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             check_room(
                 folder,
                 size,
-                &format!("a {} disk", human(size)),
+                &format!("a {} disk", HumanBytes(size)),
                 "choose a smaller --size or another folder",
             )?;
             let mix = make_disk(&output, size, seed)?;
             println!(
                 "{}: {} realistic disk (seed {seed}): {}",
                 output.display(),
-                human(size),
+                HumanBytes(size),
                 mix_text(&mix)
             );
             Ok(ExitCode::SUCCESS)
@@ -144,7 +145,7 @@ fn make_disk(path: &std::path::Path, size: u64, seed: u64) -> Result<ContentMix>
 fn mix_text(mix: &ContentMix) -> String {
     ContentKind::ALL
         .iter()
-        .map(|k| format!("{} {}", human(mix[*k as usize]), k.name()))
+        .map(|k| format!("{} {}", HumanBytes(mix[*k as usize]), k.name()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -166,9 +167,9 @@ fn check_room(dir: &std::path::Path, needed: u64, what: &str, hint: &str) -> Res
     if needed > free {
         anyhow::bail!(
             "not enough room for {what}: up to {} in {}, which has {} free ({hint})",
-            human(needed),
+            HumanBytes(needed),
             dir.display(),
-            human(free)
+            HumanBytes(free)
         );
     }
     Ok(())
@@ -179,7 +180,7 @@ fn random_hex(bytes: usize) -> Result<String> {
     OsRng
         .try_fill_bytes(&mut raw)
         .context("the OS random number generator")?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(raw))
 }
 
 fn bench(args: RunArgs) -> Result<ExitCode> {
@@ -209,7 +210,7 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
         check_room(
             scratch.path(),
             args.size.saturating_mul(2),
-            &format!("a generated {} disk and its replica", human(args.size)),
+            &format!("a generated {} disk and its replica", HumanBytes(args.size)),
             "give --disk, a smaller --size, or set TMPDIR",
         )?;
     }
@@ -240,7 +241,7 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
         check_room(
             scratch.path(),
             size.saturating_add(size / 64),
-            &format!("the replica of a {} disk", human(size)),
+            &format!("the replica of a {} disk", HumanBytes(size)),
             "give --store elsewhere, or set TMPDIR",
         )?;
     }
@@ -439,7 +440,7 @@ fn print_medians(m: &Medians, deltas: &[CycleFigures]) {
 }
 
 fn rate(bytes_per_sec: f64) -> String {
-    format!("{}/s", human(bytes_per_sec as u64))
+    format!("{}/s", HumanBytes(bytes_per_sec as u64))
 }
 
 fn cpu_text(cpu_seconds: Option<f64>) -> String {
@@ -458,9 +459,9 @@ fn print_report(r: &BenchReport, disk: &str) {
     println!("disk: {disk}");
     println!(
         "  {} in {} blocks of {}; zstd level {}, {}, {} upload thread(s), {} pipeline thread(s)",
-        human(r.disk_size),
+        HumanBytes(r.disk_size),
         r.blocks,
-        human(u64::from(r.block_size)),
+        HumanBytes(u64::from(r.block_size)),
         r.zstd_level,
         if r.encrypt {
             "encrypted"
@@ -474,7 +475,7 @@ fn print_report(r: &BenchReport, disk: &str) {
         Some(s) => {
             println!(
                 "stages, one thread, on {} of non-zero blocks: BLAKE3 {}, zstd {} (stores {:.1}%), AES-256-GCM {}, CRC-32C {}",
-                human(s.sample_bytes),
+                HumanBytes(s.sample_bytes),
                 rate(s.blake3_keyed),
                 rate(s.zstd),
                 100.0 * s.stored_ratio,
@@ -496,9 +497,9 @@ fn print_report(r: &BenchReport, disk: &str) {
         i.seconds,
         cpu_text(i.cpu_seconds),
         rate(r.initial_rate()),
-        human(i.bytes_changed),
+        HumanBytes(i.bytes_changed),
         rate(i.bytes_changed as f64 / i.seconds.max(1e-9)),
-        human(i.bytes_sent),
+        HumanBytes(i.bytes_sent),
         100.0 * i.bytes_sent as f64 / i.bytes_changed.max(1) as f64
     );
     for d in &r.deltas {
@@ -509,7 +510,7 @@ fn print_report(r: &BenchReport, disk: &str) {
             cpu_text(d.cpu_seconds),
             100.0 * d.seconds / i.seconds.max(1e-9),
             d.blocks_changed,
-            human(d.bytes_sent)
+            HumanBytes(d.bytes_sent)
         );
     }
     if let Some(v) = r.verify_seconds {

@@ -1,5 +1,6 @@
 //! `drplane vhdx info|check|export|create|import`.
 
+use indicatif::HumanBytes;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
@@ -362,13 +363,16 @@ fn info(file: &Path, as_json: bool) -> Result<ExitCode> {
     println!("format:               vhdx ({})", top.kind());
     println!(
         "virtual size:         {} ({})",
-        human(top.metadata.virtual_size),
+        HumanBytes(top.metadata.virtual_size),
         top.metadata.virtual_size
     );
-    println!("file size:            {}", human(top.view().file_len()));
+    println!(
+        "file size:            {}",
+        HumanBytes(top.view().file_len())
+    );
     println!(
         "block size:           {}",
-        human(top.metadata.file_parameters.block_size.into())
+        HumanBytes(top.metadata.file_parameters.block_size.into())
     );
     println!(
         "sector size:          {} logical, {} physical",
@@ -402,7 +406,10 @@ fn info(file: &Path, as_json: bool) -> Result<ExitCode> {
         top.geometry.payload_blocks,
         states.join(", ")
     );
-    println!("allocated:            {}", human(stats.allocated_bytes));
+    println!(
+        "allocated:            {}",
+        HumanBytes(stats.allocated_bytes)
+    );
     for layer in &disk.layers()[1..] {
         println!(
             "parent:               {} ({})",
@@ -491,9 +498,9 @@ fn export(file: &Path, output: &Path, threads: usize) -> Result<ExitCode> {
     bar.finish_and_clear();
     eprintln!(
         "exported {} ({} data, {} holes) to {}",
-        human(stats.virtual_size),
-        human(stats.data_bytes),
-        human(stats.hole_bytes),
+        HumanBytes(stats.virtual_size),
+        HumanBytes(stats.data_bytes),
+        HumanBytes(stats.hole_bytes),
         output.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -503,21 +510,5 @@ fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
-    }
-}
-
-/// Sizes in binary units with two decimals.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
     }
 }

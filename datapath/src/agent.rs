@@ -273,6 +273,11 @@ impl<'a> DiskAgent<'a> {
         )
     }
 
+    /// Snapshots the store allows per blob (`None`: no limit).
+    pub fn snapshot_limit(&self) -> Option<usize> {
+        self.snapshot_limit
+    }
+
     /// The nonce epoch this agent claimed from the replica (the current one).
     pub fn nonce_epoch(&self) -> u64 {
         self.nonces.epoch()

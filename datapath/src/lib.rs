@@ -6,8 +6,9 @@
 //! - [`replica`]: block pipeline, slot records, manifests, the replica blobs and restore.
 //! - [`tracking`]: the persistent change bitmap; [`cycle`]: one replication cycle;
 //!   [`retention`]: which points to keep; [`replicator`]: the sans-IO state machine that
-//!   schedules cycles; [`agent`]: carries out its plans for one disk; [`throttle`]: upload
-//!   pacing for the real driver.
+//!   schedules cycles; [`agent`]: carries out its plans for one disk; [`driver`]: the two
+//!   together, stepped by the simulator or run on the system clock by `replicate --watch`;
+//!   [`throttle`]: upload pacing in real time.
 //! - [`mod@bench`]: `drplane bench`, the data path measured on one disk; [`synthetic`]: seeded
 //!   realistic disk content for it and for the benchmark scripts.
 
@@ -16,6 +17,7 @@
 pub mod agent;
 pub mod bench;
 pub mod cycle;
+pub mod driver;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzz_targets;
 pub mod keys;

@@ -324,7 +324,7 @@ pub(crate) fn perform(
                 for &i in members {
                     // The last cycle is whatever the schedule owes: a resync when the
                     // tracker cannot be trusted (a crash just before), else a delta.
-                    let kind = match disks[i].machine.phase() {
+                    let kind = match disks[i].driver.machine().phase() {
                         CycleKind::Delta => CycleKind::Delta,
                         _ => CycleKind::Resync,
                     };
@@ -419,7 +419,7 @@ pub(crate) fn perform(
                     // tracked delta left them out of its point (swarm seed 1270).
                     if !d.agent_down {
                         for (o, l) in d.marks.lock().expect("marks").drain(..) {
-                            d.agent.track_write(o, l);
+                            d.driver.agent_mut().track_write(o, l);
                         }
                     }
                 }

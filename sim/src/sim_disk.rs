@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use datapath::agent::DiskAgent;
+use datapath::driver::ReplicationDriver;
 use datapath::replica::block_record::BlockCodec;
-use datapath::replicator::{CycleOutcome, CyclePlan, HealthWarning, Replicator};
+use datapath::replicator::{CycleOutcome, CyclePlan, HealthWarning};
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 use vhdx::{MemoryFile, NoParents, VhdxWriter};
@@ -40,8 +40,8 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) writer: VhdxWriter<Arc<MemoryFile>>,
     /// Writes the hook saw, waiting to be fed to the agent's tracker.
     pub(crate) marks: Arc<Mutex<Vec<(u64, u64)>>>,
-    pub(crate) agent: DiskAgent<'a>,
-    pub(crate) machine: Replicator,
+    /// The disk's replication agent and its state machine.
+    pub(crate) driver: ReplicationDriver<'a>,
     pub(crate) workload: ChaCha8Rng,
     /// Churn bytes the workload owes (positive) or wrote ahead (negative).
     pub(crate) churn_carry: i64,
@@ -219,7 +219,8 @@ pub(crate) fn run_cycle(
         Err(e) => return failed(now, e.to_string()),
     };
     let staged = d
-        .agent
+        .driver
+        .agent()
         .replica
         .staging
         .as_ref()
@@ -234,7 +235,7 @@ pub(crate) fn run_cycle(
     if plan.kind == datapath::replicator::CycleKind::Resync {
         d.report.resyncs += 1;
     }
-    match d.agent.run(plan, &source, now, &|_| {}) {
+    match d.driver.run_cycle(plan, &source, now, &|_| {}) {
         Ok(report) => {
             if report.point.sequence != own_sequence {
                 d.audit.failures.push(format!(
@@ -250,11 +251,11 @@ pub(crate) fn run_cycle(
             d.report.cycles += 1;
             d.report.bytes_sent += report.bytes_sent;
             let connections = link.connection_bytes_per_sec.map_or(u64::MAX, |c| {
-                c.saturating_mul(u64::from(d.agent.policy().upload_threads))
+                c.saturating_mul(u64::from(d.driver.agent().policy().upload_threads))
             });
             // The link, the upload connections, and the policy's and the host's throttles of
             // each hour (the host's clock decides the hour; a long transfer crosses windows).
-            let throttles = [d.agent.policy().throttle, link.host_throttle];
+            let throttles = [d.driver.agent().policy().throttle, link.host_throttle];
             let rate_in_hour = |hour: u8| {
                 throttles
                     .iter()

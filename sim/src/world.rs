@@ -15,10 +15,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::{Arc, Mutex};
 
-use datapath::agent::{AgentTarget, DiskAgent};
+use datapath::agent::AgentTarget;
+use datapath::driver::ReplicationDriver;
 use datapath::keys::{Identity, KeyId};
 use datapath::replica::block_record::BlockCodec;
-use datapath::replicator::{Action, CycleOutcome, Replicator};
+use datapath::replicator::{Action, CycleOutcome};
 use datapath::tracking::ChangeTracker;
 use pageblob::clock::{Clock, ManualClock};
 use pageblob::data_log::Durability;
@@ -173,7 +174,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             .map_err(|e| SimError::Setup(format!("tracker {name}: {e}")))?;
         // A simulated host crash kills the agent, not the OS: no fsync needed (or charged).
         tracker.0.set_power_safe(false);
-        let (agent, resume) = DiskAgent::open(
+        let mut driver = ReplicationDriver::open(
             AgentTarget {
                 snapshot_limit: limit,
                 store: &*store,
@@ -187,13 +188,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             Some(tracker),
             true,
             Box::new(stream(seed, &format!("nonces/{name}/{epoch}"))),
+            clock.now_nanos(),
         )
         .map_err(|e| SimError::Setup(format!("agent {name}: {e}")))?;
-        let mut agent = agent;
         // Store calls in a fixed order: fault draws do not depend on thread scheduling.
-        agent.set_simulated(true);
-        let machine = Replicator::new(policy.clone(), limit, clock.now_nanos(), resume);
-        Ok::<_, SimError>((agent, machine))
+        driver.agent_mut().set_simulated(true);
+        Ok::<_, SimError>(driver)
     };
 
     let mut disks = Vec::new();
@@ -232,14 +232,14 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             writer
                 .flush()
                 .map_err(|e| SimError::Setup(format!("disk {name}: {e}")))?;
-            let (agent, machine) = open_agent(&name, spec.size_bytes, 0, &vm.policy)?;
+            let driver = open_agent(&name, spec.size_bytes, 0, &vm.policy)?;
             let codec = BlockCodec::new(&identity.disk_keys(&name), 1, true);
             let crash_stream = stream(seed, &format!("mid-cycle crash/{name}"));
             let observer = datapath::replica::disk_replica::DiskReplica::open(
                 &*emulator,
                 CONTAINER,
                 &name,
-                agent.replica.layout,
+                driver.agent().replica.layout,
             )
             .map_err(|e| SimError::Setup(format!("replica {name}: {e}")))?;
             let digest_key = *identity.disk_keys(&name).digest.expose();
@@ -247,7 +247,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 &azure_side,
                 CONTAINER,
                 &name,
-                agent.replica.layout,
+                driver.agent().replica.layout,
             )
             .map_err(|e| SimError::Setup(format!("replica {name}: {e}")))?;
             disks.push(SimDisk {
@@ -259,8 +259,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 file,
                 writer,
                 marks,
-                agent,
-                machine,
+                driver,
                 workload: stream(seed, &format!("workload/{}/{}", vm.name, spec.name)),
                 churn_carry: 0,
                 incompressible: scenario.incompressible,
@@ -456,7 +455,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 // agent while the service is down).
                 if !d.agent_down {
                     for (o, l) in d.marks.lock().expect("marks").drain(..) {
-                        d.agent.track_write(o, l);
+                        d.driver.agent_mut().track_write(o, l);
                     }
                 }
                 queue.push(now + MIN, Event::Workload { disk });
@@ -477,7 +476,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 }
                 let host_now = now.saturating_add_signed(skew);
                 // The vault hears of health changes as the agent reports them.
-                let warnings = d.machine.health(host_now).warnings;
+                let warnings = d.driver.machine().health(host_now).warnings;
                 let conditions_changed = warnings.len() != d.warnings.len()
                     || warnings
                         .iter()
@@ -508,7 +507,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     }
                 }
                 d.warnings = warnings;
-                match d.machine.poll(host_now) {
+                match d.driver.poll(host_now) {
                     Action::Wait { until_nanos } => {
                         // Host time back to true time; never in the past.
                         let at = until_nanos.saturating_add_signed(-skew).max(now + 1);
@@ -599,11 +598,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         d.report.max_steady_cycle_secs = d.report.max_steady_cycle_secs.max(secs);
                     }
                 }
-                d.machine.cycle_finished(host_now, &outcome);
-                // Retention runs after every cycle, failed ones too: a cycle refused because
-                // the blob is at its snapshot limit must not keep retention from making room.
-                // In a storm it may fail itself and runs again after the next cycle.
-                match d.agent.apply_retention(&d.machine, host_now) {
+                // Retention runs after every cycle, failed ones too (the driver's sequence); in a
+                // storm it may fail itself and runs again after the next cycle.
+                match d.driver.finish(host_now, &outcome).retention {
                     Ok(deleted) => {
                         for s in deleted {
                             d.images.remove(&s);
@@ -771,12 +768,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                             // Failed over, the host was not meant to replicate.
                             paused_until_nanos: Some(now.saturating_add_signed(skew)),
                         };
-                        d.machine = Replicator::new(
-                            d.policy.clone(),
-                            limit,
-                            now.saturating_add_signed(skew),
-                            resume,
-                        );
+                        d.driver
+                            .restart_schedule(now.saturating_add_signed(skew), resume);
                         d.epoch += 1;
                         steady_from[i] = steady_from[i].max(now + 2 * freqs[i]);
                         queue.push(
@@ -797,7 +790,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         continue;
                     }
                     // The service stops cleanly; the tracking driver keeps recording writes.
-                    if let Err(e) = d.agent.stop_cleanly() {
+                    if let Err(e) = d.driver.agent_mut().stop_cleanly() {
                         trace.update(format!("{now} clean stop failed: {e}\n").as_bytes());
                     }
                     d.epoch += 1;
@@ -843,14 +836,13 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 // It comes back with an untrusted tracker and a fresh nonce epoch; opening the
                 // replica needs the storage account, so a storm may make it try again.
                 match open_agent(&d.replica_name, d.spec.size_bytes, d.epoch, &d.policy) {
-                    Ok((agent, machine)) => {
+                    Ok(driver) => {
                         // Replace: the old agent is dropped without `close`.
-                        d.agent = agent;
-                        d.machine = machine;
+                        d.driver = driver;
                         d.agent_down = false;
                         // Writes recorded while the service was down reach the new tracker.
                         for (o, l) in d.marks.lock().expect("marks").drain(..) {
-                            d.agent.track_write(o, l);
+                            d.driver.agent_mut().track_write(o, l);
                         }
                         queue.push(now, Event::Poll { disk, epoch });
                     }
@@ -872,7 +864,8 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut restored_in_full = 0usize;
     for d in &mut disks {
         d.report.health_warnings = d
-            .machine
+            .driver
+            .machine()
             .health(end)
             .warnings
             .iter()
@@ -1142,7 +1135,11 @@ fn calm_after_heal(
     skew: i64,
 ) {
     for ((s, d), f) in steady_from.iter_mut().zip(disks).zip(freqs) {
-        let next = d.machine.next_attempt_nanos().saturating_add_signed(-skew);
+        let next = d
+            .driver
+            .machine()
+            .next_attempt_nanos()
+            .saturating_add_signed(-skew);
         *s = (*s).max(at.max(next) + 2 * f);
     }
 }

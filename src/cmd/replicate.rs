@@ -6,15 +6,16 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use datapath::agent::{AgentTarget, DiskAgent};
-use datapath::cycle::{BlockSource, CycleReport, RawSource};
+use datapath::agent::{AgentError, AgentTarget};
+use datapath::cycle::{BlockSource, CycleReport, Progress, RawSource};
+use datapath::driver::{watch, Finished, Pause, ReplicationDriver, WatchEnd, WatchEvents};
 use datapath::keys::Identity;
 use datapath::policy::Policy;
 use datapath::registration::VaultCredentials;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::manifest::Consistency;
-use datapath::replicator::{Action, CycleKind, CycleOutcome, CyclePlan, Replicator};
+use datapath::replicator::{CycleKind, CyclePlan};
 use pageblob::clock::{Clock, SystemClock};
 use pageblob::timestamp::http_date;
 use pageblob::{PageBlobStore, Profile};
@@ -291,49 +292,50 @@ pub fn load_policy(args: &PolicyArgs, profile: Profile) -> Result<Policy> {
     Ok(policy)
 }
 
-/// What the driver holds for one disk.
-struct Session<'a> {
-    agent: DiskAgent<'a>,
-    source: Box<dyn BlockSource>,
-    app_consistent: bool,
+/// How the CLI shows cycles: a progress bar while one runs, a line (or JSON) when it ends.
+struct CycleConsole {
+    name: String,
     json: bool,
+    disk_size: u64,
+    bar: indicatif::ProgressBar,
+    what: &'static str,
 }
 
-impl Session<'_> {
-    fn run(&mut self, plan: &CyclePlan) -> Result<CycleReport> {
-        // Without a freeze of the disk there is no app consistency, whatever the schedule says.
-        let plan = CyclePlan {
-            consistency: if self.app_consistent {
-                Consistency::Application
-            } else {
-                Consistency::Crash
-            },
-            ..*plan
-        };
-        let what = match plan.kind {
+impl CycleConsole {
+    fn new(name: &str, json: bool, disk_size: u64) -> CycleConsole {
+        CycleConsole {
+            name: name.into(),
+            json,
+            disk_size,
+            bar: indicatif::ProgressBar::hidden(),
+            what: "",
+        }
+    }
+
+    fn show_progress(&self, p: &Progress) {
+        self.bar.set_length(p.bytes_total);
+        self.bar.set_position(p.bytes_done);
+        if p.bytes_sent > 0 {
+            self.bar.set_message(format!(
+                "{} (sent {})",
+                self.what,
+                indicatif::HumanBytes(p.bytes_sent)
+            ));
+        }
+    }
+
+    fn start(&mut self, kind: CycleKind) {
+        self.what = match kind {
             CycleKind::Initial => "initial replication",
             CycleKind::Delta => "delta cycle",
             CycleKind::Resync => "resync",
         };
-        let bar = bytes_bar(self.source.disk_size(), what);
-        let report = self
-            .agent
-            .run(&plan, &*self.source, SystemClock.now_nanos(), &|p| {
-                bar.set_length(p.bytes_total);
-                bar.set_position(p.bytes_done);
-                if p.bytes_sent > 0 {
-                    bar.set_message(format!(
-                        "{what} (sent {})",
-                        indicatif::HumanBytes(p.bytes_sent)
-                    ));
-                }
-            })?;
-        bar.finish_and_clear();
-        Ok(report)
+        self.bar = bytes_bar(self.disk_size, self.what);
     }
 
     fn print(&self, kind: CycleKind, report: &CycleReport, deleted: &[u64]) -> Result<()> {
-        let name = &self.agent.name;
+        self.bar.finish_and_clear();
+        let name = &self.name;
         let ratio = if report.bytes_sent > 0 {
             report.bytes_changed as f64 / report.bytes_sent as f64
         } else {
@@ -382,6 +384,65 @@ impl Session<'_> {
     }
 }
 
+impl WatchEvents for CycleConsole {
+    fn starting(&mut self, plan: &CyclePlan) {
+        self.start(plan.kind);
+    }
+
+    fn progress(&self, progress: &Progress) {
+        self.show_progress(progress);
+    }
+
+    fn finished(
+        &mut self,
+        plan: &CyclePlan,
+        result: &std::result::Result<CycleReport, AgentError>,
+        finished: &Finished,
+    ) {
+        self.bar.finish_and_clear();
+        let name = &self.name;
+        // A retention failure (storage busy) is retried after the next cycle.
+        let deleted = match &finished.retention {
+            Ok(d) => d.clone(),
+            Err(e) => {
+                eprintln!("{name}: retention failed, will retry: {e}");
+                Vec::new()
+            }
+        };
+        match result {
+            Ok(report) => {
+                if let Err(e) = self.print(plan.kind, report, &deleted) {
+                    eprintln!("{name}: {e:#}");
+                }
+                for w in &finished.health.warnings {
+                    eprintln!("{name}: health warning: {w}");
+                }
+            }
+            Err(e) => eprintln!("{name}: cycle failed, will retry: {e:#}"),
+        }
+    }
+}
+
+/// Waits on the system clock in a tokio runtime; Ctrl-C stops the wait.
+struct SleepUntilCtrlC<F> {
+    runtime: tokio::runtime::Runtime,
+    interrupted: std::pin::Pin<Box<F>>,
+}
+
+impl<F: std::future::Future> Pause for SleepUntilCtrlC<F> {
+    fn until(&mut self, deadline_nanos: u64) -> bool {
+        let wait =
+            std::time::Duration::from_nanos(deadline_nanos.saturating_sub(SystemClock.now_nanos()));
+        let interrupted = &mut self.interrupted;
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => true,
+                _ = interrupted.as_mut() => false,
+            }
+        })
+    }
+}
+
 fn consistency_name(c: Consistency) -> &'static str {
     match c {
         Consistency::Crash => "crash-consistent",
@@ -422,7 +483,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
             bail!("a premium target needs --log-store: a standard store for the replication log")
         }
     };
-    let (agent, resume) = DiskAgent::open(
+    let mut driver = ReplicationDriver::open(
         AgentTarget {
             snapshot_limit: profile.max_snapshots_per_blob(),
             store: &*store,
@@ -436,122 +497,49 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         None,
         args.policy.block_size_kib.is_some(),
         Box::new(ChaCha8Rng::from_os_rng()),
-    )?;
-    let mut machine = Replicator::new(
-        agent.policy().clone(),
-        profile.max_snapshots_per_blob(),
         now,
-        resume,
-    );
-    let mut session = Session {
-        agent,
-        source,
-        app_consistent: args.app_consistent,
-        json: args.json,
+    )?;
+    // Without a freeze of the disk there is no app consistency, whatever the schedule says.
+    let consistency = if args.app_consistent {
+        Consistency::Application
+    } else {
+        Consistency::Crash
     };
+    let mut console = CycleConsole::new(&name, args.json, source.disk_size());
     if !args.watch {
         // One cycle now, whatever the schedule says.
-        let plan = CyclePlan {
-            kind: machine.phase(),
-            consistency: Consistency::Crash,
-            throttle_bytes_per_sec: machine.throttle_at(now),
-            due_nanos: now,
-        };
-        let report = session.run(&plan)?;
-        let deleted = session
-            .agent
-            .apply_retention(&machine, SystemClock.now_nanos())?;
-        session.print(plan.kind, &report, &deleted)?;
+        console.start(driver.machine().phase());
+        let kind = driver.machine().phase();
+        let (report, retention) = driver.run_now(&*source, consistency, &SystemClock, &|p| {
+            console.show_progress(p)
+        })?;
+        console.print(kind, &report, &retention?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut stores = vec![&*store];
     stores.extend(log_store.as_deref());
-    watch(&mut machine, &mut session, &stores, args.cycles)
-}
-
-/// The tokio driver: sleep until the machine wants a cycle, run it, report, repeat; Ctrl-C
-/// stops between cycles. While it sleeps, the `stores` let their readers in.
-fn watch(
-    machine: &mut Replicator,
-    session: &mut Session<'_>,
-    stores: &[&dyn PageBlobStore],
-    cycles: Option<u64>,
-) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .enable_io()
         .build()?;
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
-    let mut done = 0u64;
-    loop {
-        if cycles.is_some_and(|n| done >= n) {
-            return Ok(ExitCode::SUCCESS);
-        }
-        let now = SystemClock.now_nanos();
-        match machine.poll(now) {
-            Action::Wait { until_nanos } => {
-                for store in stores {
-                    store.quiesce();
-                }
-                let wait = std::time::Duration::from_nanos(until_nanos.saturating_sub(now));
-                let stop = runtime.block_on(async {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => false,
-                        _ = &mut interrupted => true,
-                    }
-                });
-                if stop {
-                    eprintln!("{}: stopped", session.agent.name);
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
-            Action::RunCycle(plan) => {
-                let outcome = session.run(&plan);
-                let finished = SystemClock.now_nanos();
-                match outcome {
-                    Ok(report) => {
-                        machine.cycle_finished(
-                            finished,
-                            &CycleOutcome::Committed {
-                                point_time_nanos: report.point.time_nanos,
-                            },
-                        );
-                        // A retention failure (storage busy) is retried after the next commit.
-                        let deleted = match session.agent.apply_retention(machine, finished) {
-                            Ok(d) => d,
-                            Err(e) => {
-                                eprintln!(
-                                    "{}: retention failed, will retry: {e}",
-                                    session.agent.name
-                                );
-                                Vec::new()
-                            }
-                        };
-                        session.print(plan.kind, &report, &deleted)?;
-                        let health = machine.health(finished);
-                        for w in &health.warnings {
-                            eprintln!("{}: health warning: {w}", session.agent.name);
-                        }
-                        done += 1;
-                    }
-                    Err(e) => {
-                        eprintln!("{}: cycle failed, will retry: {e:#}", session.agent.name);
-                        machine.cycle_finished(
-                            finished,
-                            &CycleOutcome::Failed {
-                                reason: format!("{e:#}"),
-                            },
-                        );
-                        // Retention runs after failed cycles too: a blob at its snapshot
-                        // limit needs room before any cycle can commit.
-                        if let Err(e) = session.agent.apply_retention(machine, finished) {
-                            eprintln!("{}: retention failed, will retry: {e}", session.agent.name);
-                        }
-                    }
-                }
-            }
-        }
+    let mut pause = SleepUntilCtrlC {
+        runtime,
+        interrupted: Box::pin(tokio::signal::ctrl_c()),
+    };
+    let end = watch(
+        &mut driver,
+        &*source,
+        consistency,
+        &SystemClock,
+        &stores,
+        &mut pause,
+        &mut console,
+        args.cycles,
+    );
+    if end == WatchEnd::Stopped {
+        eprintln!("{name}: stopped");
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A replica's points as a reader sees them: the intact ones, and the journal slots that are

@@ -1,0 +1,224 @@
+//! The replication driver of one disk: its [`Replicator`] decides when and what (schedule,
+//! retries, resync, health), its [`DiskAgent`] does it (the cycle, retention). Whoever owns
+//! time steps it — the simulator on its virtual clock ([`ReplicationDriver::poll`],
+//! [`ReplicationDriver::run_cycle`], [`ReplicationDriver::finish`]), `replicate --watch` on the
+//! system clock through [`watch`] — so both run one sequence: a cycle ends, the machine hears
+//! how, retention runs (after failed cycles too: a blob at its snapshot limit needs room before
+//! any cycle can commit), health is read.
+
+use rand_core::RngCore;
+
+use crate::agent::{AgentError, AgentTarget, DiskAgent};
+use crate::cycle::{BlockSource, CycleReport, Progress};
+use crate::keys::Identity;
+use crate::policy::Policy;
+use crate::replica::error::ReplicaError;
+use crate::replica::manifest::Consistency;
+use crate::replicator::{Action, CycleOutcome, CyclePlan, Health, Replicator, Resume};
+use crate::tracking::{ChangeTracker, Untrusted};
+use pageblob::clock::Clock;
+
+/// One disk's replication: the agent and its state machine.
+#[derive(Debug)]
+pub struct ReplicationDriver<'a> {
+    agent: DiskAgent<'a>,
+    machine: Replicator,
+}
+
+/// What the end of a cycle led to.
+#[derive(Debug)]
+pub struct Finished {
+    /// The points retention deleted, or why it failed (it runs again after the next cycle).
+    pub retention: Result<Vec<u64>, ReplicaError>,
+    /// Health as the cycle ends.
+    pub health: Health,
+}
+
+impl<'a> ReplicationDriver<'a> {
+    /// Open the agent of a disk of `disk_size` bytes (see [`DiskAgent::open`]) and start its
+    /// machine at `now_nanos` from what the replica and the tracker say.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        target: AgentTarget<'a, '_>,
+        identity: &'a Identity,
+        policy: Policy,
+        disk_size: u64,
+        tracker: Option<(ChangeTracker, Option<Untrusted>)>,
+        strict_block_size: bool,
+        rng: Box<dyn RngCore + Send + 'a>,
+        now_nanos: u64,
+    ) -> Result<ReplicationDriver<'a>, AgentError> {
+        let (agent, resume) = DiskAgent::open(
+            target,
+            identity,
+            policy,
+            disk_size,
+            tracker,
+            strict_block_size,
+            rng,
+        )?;
+        let machine = Replicator::new(
+            agent.policy().clone(),
+            target.snapshot_limit,
+            now_nanos,
+            resume,
+        );
+        Ok(ReplicationDriver { agent, machine })
+    }
+
+    pub fn agent(&self) -> &DiskAgent<'a> {
+        &self.agent
+    }
+
+    pub fn agent_mut(&mut self) -> &mut DiskAgent<'a> {
+        &mut self.agent
+    }
+
+    pub fn machine(&self) -> &Replicator {
+        &self.machine
+    }
+
+    /// Start the schedule over from `resume` (protection re-enabled after a failback), with
+    /// the same agent.
+    pub fn restart_schedule(&mut self, now_nanos: u64, resume: Resume) {
+        self.machine = Replicator::new(
+            self.machine.policy().clone(),
+            self.agent.snapshot_limit(),
+            now_nanos,
+            resume,
+        );
+    }
+
+    /// What to do at `now_nanos`: wait, or run a cycle (which must then be [`finish`]ed).
+    ///
+    /// [`finish`]: ReplicationDriver::finish
+    pub fn poll(&mut self, now_nanos: u64) -> Action {
+        self.machine.poll(now_nanos)
+    }
+
+    /// Run `plan` against `source` (the agent's cycle).
+    pub fn run_cycle(
+        &mut self,
+        plan: &CyclePlan,
+        source: &dyn BlockSource,
+        now_nanos: u64,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<CycleReport, AgentError> {
+        self.agent.run(plan, source, now_nanos, progress)
+    }
+
+    /// The cycle [`poll`](ReplicationDriver::poll) asked for ended at `now_nanos` with
+    /// `outcome`: the machine hears of it, then retention runs.
+    pub fn finish(&mut self, now_nanos: u64, outcome: &CycleOutcome) -> Finished {
+        self.machine.cycle_finished(now_nanos, outcome);
+        Finished {
+            retention: self.agent.apply_retention(&self.machine, now_nanos),
+            health: self.machine.health(now_nanos),
+        }
+    }
+
+    /// One cycle now, whatever the schedule says (`replicate` without `--watch`), then
+    /// retention.
+    pub fn run_now(
+        &mut self,
+        source: &dyn BlockSource,
+        consistency: Consistency,
+        clock: &dyn Clock,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<(CycleReport, Result<Vec<u64>, ReplicaError>), AgentError> {
+        let now = clock.now_nanos();
+        let plan = CyclePlan {
+            kind: self.machine.phase(),
+            consistency,
+            throttle_bytes_per_sec: self.machine.throttle_at(now),
+            due_nanos: now,
+        };
+        let report = self.run_cycle(&plan, source, now, progress)?;
+        let retention = self.agent.apply_retention(&self.machine, clock.now_nanos());
+        Ok((report, retention))
+    }
+}
+
+/// How [`watch`] waits for the next cycle.
+pub trait Pause {
+    /// Wait until `deadline_nanos` on the driver's clock; `false` stops the watch (Ctrl-C).
+    fn until(&mut self, deadline_nanos: u64) -> bool;
+}
+
+/// What [`watch`] tells its owner (`Sync`: a cycle's progress is reported from its workers).
+pub trait WatchEvents: Sync {
+    /// A cycle is about to run (the plan as the schedule made it).
+    fn starting(&mut self, plan: &CyclePlan);
+    /// The cycle's result and what finishing it led to.
+    fn finished(
+        &mut self,
+        plan: &CyclePlan,
+        result: &Result<CycleReport, AgentError>,
+        finished: &Finished,
+    );
+    /// Progress of the running cycle.
+    fn progress(&self, progress: &Progress);
+}
+
+/// Why [`watch`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEnd {
+    /// The cycles asked for committed.
+    CyclesDone,
+    /// [`Pause::until`] said stop.
+    Stopped,
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Replicate on a schedule: sleep until the machine wants a cycle, run it, finish it, repeat,
+/// until `cycles` have committed (`None`: until stopped). Every cycle's points have
+/// `consistency`: only the owner knows whether it can freeze the disk, whatever the schedule
+/// asks. While it waits, the `stores` let their readers in.
+pub fn watch(
+    driver: &mut ReplicationDriver<'_>,
+    source: &dyn BlockSource,
+    consistency: Consistency,
+    clock: &dyn Clock,
+    stores: &[&dyn pageblob::PageBlobStore],
+    pause: &mut dyn Pause,
+    events: &mut dyn WatchEvents,
+    cycles: Option<u64>,
+) -> WatchEnd {
+    let mut committed = 0u64;
+    loop {
+        if cycles.is_some_and(|n| committed >= n) {
+            return WatchEnd::CyclesDone;
+        }
+        match driver.poll(clock.now_nanos()) {
+            Action::Wait { until_nanos } => {
+                for store in stores {
+                    store.quiesce();
+                }
+                if !pause.until(until_nanos) {
+                    return WatchEnd::Stopped;
+                }
+            }
+            Action::RunCycle(plan) => {
+                let plan = CyclePlan {
+                    consistency,
+                    ..plan
+                };
+                events.starting(&plan);
+                let shared: &dyn WatchEvents = events;
+                let result =
+                    driver.run_cycle(&plan, source, clock.now_nanos(), &|p| shared.progress(p));
+                let outcome = match &result {
+                    Ok(report) => CycleOutcome::Committed {
+                        point_time_nanos: report.point.time_nanos,
+                    },
+                    Err(e) => CycleOutcome::Failed {
+                        reason: e.to_string(),
+                    },
+                };
+                let finished = driver.finish(clock.now_nanos(), &outcome);
+                committed += u64::from(result.is_ok());
+                events.finished(&plan, &result, &finished);
+            }
+        }
+    }
+}

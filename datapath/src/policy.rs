@@ -2,7 +2,7 @@
 //! storage profile: a policy that would need more snapshots per blob than the profile allows
 //! (30-second copies on premium) is refused when it is created, saying why.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use pageblob::Profile;
 
@@ -37,27 +37,52 @@ fn invalid(field: &'static str, value: impl ToString, rule: impl Into<String>) -
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A policy as written (a `--policy` file, a scenario's `[policy]`, a workload's): each key
+/// left out takes ASR's default. [`Policy::from_spec`] validates it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyFile {
-    copy_frequency_secs: Option<u32>,
-    retention_hours: Option<u32>,
-    app_consistent_hours: Option<u32>,
-    initial_replication_start: Option<String>,
-    encrypt_at_rest: Option<bool>,
-    block_size_kib: Option<u32>,
-    zstd_level: Option<i32>,
-    upload_threads: Option<u32>,
-    throttle: Option<ThrottleFile>,
+pub struct PolicySpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_frequency_secs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_hours: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_consistent_hours: Option<u32>,
+    /// `"now"` or `"HH:00"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_replication_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypt_at_rest: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_size_kib: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zstd_level: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_threads: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<ThrottleSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A policy's `[throttle]` as written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ThrottleFile {
-    work_hours_kbps: Option<u32>,
-    non_work_hours_kbps: Option<u32>,
-    work_start_hour: Option<u8>,
-    work_end_hour: Option<u8>,
+pub struct ThrottleSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_hours_kbps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub non_work_hours_kbps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_start_hour: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_end_hour: Option<u8>,
+}
+
+/// Values given over a policy (command-line flags), checked by the same rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyOverrides {
+    pub block_size_kib: Option<u32>,
+    pub zstd_level: Option<i32>,
+    pub upload_threads: Option<u32>,
 }
 
 /// A bandwidth throttle by work hours (`None` limit: unthrottled in those hours).
@@ -96,6 +121,26 @@ pub struct Policy {
     pub throttle: Option<Throttle>,
 }
 
+/// The zstd level rule: negative levels are zstd's fast modes (less compression, more speed);
+/// 0 would mean "zstd's default" (3), which is spelled 3.
+fn check_zstd_level(level: i32) -> Result<(), PolicyError> {
+    if !(MIN_ZSTD_LEVEL..=19).contains(&level) || level == 0 {
+        return Err(invalid(
+            "zstd_level",
+            level,
+            format!("{MIN_ZSTD_LEVEL} to -1 (fast modes) or 1 to 19"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_upload_threads(threads: u32) -> Result<(), PolicyError> {
+    if !(1..=32).contains(&threads) {
+        return Err(invalid("upload_threads", threads, "1 to 32"));
+    }
+    Ok(())
+}
+
 /// The replication block size rule: a power of two from 4 KiB to 4 MiB.
 pub fn check_block_size(bytes: u32) -> Result<(), PolicyError> {
     if !bytes.is_power_of_two() || !(4096..=4 << 20).contains(&bytes) {
@@ -119,7 +164,30 @@ impl Policy {
 
     /// Parse and validate a policy for a target with `profile`.
     pub fn from_toml(text: &str, profile: Profile) -> Result<Policy, PolicyError> {
-        let f: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let spec: PolicySpec =
+            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        Policy::from_spec(&spec, profile)
+    }
+
+    /// `overrides` applied, each checked by the rule its policy key has.
+    pub fn with_overrides(mut self, overrides: &PolicyOverrides) -> Result<Policy, PolicyError> {
+        if let Some(kib) = overrides.block_size_kib {
+            self.block_size = kib.saturating_mul(1024);
+            check_block_size(self.block_size)?;
+        }
+        if let Some(level) = overrides.zstd_level {
+            check_zstd_level(level)?;
+            self.zstd_level = level;
+        }
+        if let Some(threads) = overrides.upload_threads {
+            check_upload_threads(threads)?;
+            self.upload_threads = threads;
+        }
+        Ok(self)
+    }
+
+    /// Validate a policy as written for a target with `profile`.
+    pub fn from_spec(f: &PolicySpec, profile: Profile) -> Result<Policy, PolicyError> {
         let copy_frequency_secs = f.copy_frequency_secs.unwrap_or(300);
         if !COPY_FREQUENCIES_SECS.contains(&copy_frequency_secs) {
             return Err(invalid(
@@ -159,19 +227,9 @@ impl Policy {
         let block_size = f.block_size_kib.unwrap_or(64).saturating_mul(1024);
         check_block_size(block_size)?;
         let zstd_level = f.zstd_level.unwrap_or(1);
-        // Negative levels are zstd's fast modes (less compression, more speed); 0 would mean
-        // "zstd's default" (3), which is spelled 3.
-        if !(MIN_ZSTD_LEVEL..=19).contains(&zstd_level) || zstd_level == 0 {
-            return Err(invalid(
-                "zstd_level",
-                zstd_level,
-                format!("{MIN_ZSTD_LEVEL} to -1 (fast modes) or 1 to 19"),
-            ));
-        }
+        check_zstd_level(zstd_level)?;
         let upload_threads = f.upload_threads.unwrap_or(4);
-        if !(1..=32).contains(&upload_threads) {
-            return Err(invalid("upload_threads", upload_threads, "1 to 32"));
-        }
+        check_upload_threads(upload_threads)?;
         let throttle = match f.throttle {
             None => None,
             Some(t) => {
@@ -233,6 +291,51 @@ mod tests {
     const PREMIUM: Profile = Profile::Premium {
         snapshot_spacing: false,
     };
+
+    #[test]
+    fn overrides_apply_by_the_policy_keys_rules() {
+        let base = Policy::from_toml("zstd_level = 3", Profile::Standard).unwrap();
+        let p = base
+            .clone()
+            .with_overrides(&PolicyOverrides {
+                block_size_kib: Some(256),
+                zstd_level: None,
+                upload_threads: Some(8),
+            })
+            .unwrap();
+        assert_eq!(
+            (p.block_size, p.zstd_level, p.upload_threads),
+            (256 * 1024, 3, 8)
+        );
+        for (bad, field) in [
+            (
+                PolicyOverrides {
+                    block_size_kib: Some(100),
+                    ..Default::default()
+                },
+                "block_size_kib",
+            ),
+            (
+                PolicyOverrides {
+                    zstd_level: Some(0),
+                    ..Default::default()
+                },
+                "zstd_level",
+            ),
+            (
+                PolicyOverrides {
+                    upload_threads: Some(33),
+                    ..Default::default()
+                },
+                "upload_threads",
+            ),
+        ] {
+            match base.clone().with_overrides(&bad) {
+                Err(PolicyError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn defaults_are_asrs() {

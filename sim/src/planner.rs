@@ -13,7 +13,7 @@
 //! assumption: ASR itself does not compress).
 
 use crate::peak_hours::PeakHours;
-use datapath::policy::{Policy, Throttle};
+use datapath::policy::{Policy, PolicySpec, Throttle};
 use pageblob::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +49,7 @@ pub struct PlanInput {
     /// What the host reads and encodes per second.
     pub host_mb_per_s: Option<f64>,
     /// A replication policy (the keys of `--policy` files).
-    pub policy: Option<toml::Table>,
+    pub policy: Option<PolicySpec>,
     /// VMs that differ: `[[group]]` tables.
     #[serde(default, rename = "group", skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<VmGroup>,
@@ -318,10 +318,8 @@ fn model(input: &PlanInput) -> Result<Model, PlanError> {
         1.0,
         1.0e5,
     )?;
-    let policy_text = toml::to_string(&input.policy.clone().unwrap_or_default())
+    let policy = Policy::from_spec(&input.policy.clone().unwrap_or_default(), profile)
         .map_err(|e| bad("policy", e.to_string()))?;
-    let policy =
-        Policy::from_toml(&policy_text, profile).map_err(|e| bad("policy", e.to_string()))?;
     Ok(Model {
         groups,
         profile,
@@ -825,7 +823,7 @@ pub fn verify(
         ..t
     });
     if let Some(p) = scaled.policy.as_mut() {
-        p.remove("throttle");
+        p.throttle = None;
     }
     let start_unix: u64 = 1_795_651_200; // midnight UTC
     let mut sm = model(&scaled)?;

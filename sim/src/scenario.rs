@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::peak_hours::PeakHours;
-use datapath::policy::Policy;
+use datapath::policy::{Policy, PolicySpec};
 use pageblob::Profile;
 
 /// Limits on what a scenario may ask for (a hostile file must not exhaust the machine).
@@ -80,7 +80,7 @@ struct File {
     start_unix: Option<u64>,
     storage: Option<StorageFile>,
     network: Option<NetworkFile>,
-    policy: Option<toml::Table>,
+    policy: Option<PolicySpec>,
     #[serde(default)]
     vm: Vec<VmFile>,
     #[serde(default)]
@@ -623,9 +623,7 @@ impl Scenario {
                 })
             }
         };
-        let policy_text = toml::to_string(&f.policy.unwrap_or_default())
-            .map_err(|e| ScenarioError::Syntax(e.to_string()))?;
-        let policy = Policy::from_toml(&policy_text, profile)?;
+        let policy = Policy::from_spec(&f.policy.unwrap_or_default(), profile)?;
         // Named policies, each validated against the target's profile (30 s on premium is
         // refused here, with the policy's name).
         let mut policies = std::collections::BTreeMap::new();
@@ -642,8 +640,10 @@ impl Scenario {
                     ))
                 }
             };
-            let text = toml::to_string(&table).map_err(|e| ScenarioError::Syntax(e.to_string()))?;
-            let p = Policy::from_toml(&text, profile).map_err(|e| {
+            let spec: PolicySpec = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e| ScenarioError::Syntax(format!("replication_policy {name}: {e}")))?;
+            let p = Policy::from_spec(&spec, profile).map_err(|e| {
                 invalid(
                     format!("replication_policy {name}"),
                     "(policy)",

@@ -275,15 +275,12 @@ fn upload_threads_matter_when_one_connection_carries_less_than_the_wan() {
     let ratio = four.initial_replication_hours / free.initial_replication_hours;
     assert!(ratio > 4.5 && ratio < 5.5, "{ratio}");
     let policy = w.policy.as_mut().unwrap();
-    policy.insert("upload_threads".into(), toml::Value::Integer(16));
+    policy.upload_threads = Some(16);
     let sixteen = plan(&w, 0).unwrap();
     let ratio = sixteen.initial_replication_hours / free.initial_replication_hours;
     assert!(ratio > 1.1 && ratio < 1.4, "{ratio}");
     // One thread cannot keep up with the churn: named in the verdict.
-    w.policy
-        .as_mut()
-        .unwrap()
-        .insert("upload_threads".into(), toml::Value::Integer(1));
+    w.policy.as_mut().unwrap().upload_threads = Some(1);
     w.connection_mbps = Some(0.5);
     let one = plan(&w, 0).unwrap();
     assert!(one.expected_max_rpo_secs.is_none());

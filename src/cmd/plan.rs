@@ -110,15 +110,15 @@ fn input(args: &PlanArgs) -> Result<PlanInput> {
         io_size_kib,
         compression_ratio
     );
-    let policy = input.policy.get_or_insert_with(toml::Table::new);
-    for (key, value) in [
-        ("copy_frequency_secs", args.copy_frequency),
-        ("retention_hours", args.retention_hours),
-        ("app_consistent_hours", args.app_consistent_hours),
-        ("upload_threads", args.upload_threads),
+    let policy = input.policy.get_or_insert_with(Default::default);
+    for (field, value) in [
+        (&mut policy.copy_frequency_secs, args.copy_frequency),
+        (&mut policy.retention_hours, args.retention_hours),
+        (&mut policy.app_consistent_hours, args.app_consistent_hours),
+        (&mut policy.upload_threads, args.upload_threads),
     ] {
-        if let Some(v) = value {
-            policy.insert(key.into(), toml::Value::Integer(i64::from(v)));
+        if value.is_some() {
+            *field = value;
         }
     }
     Ok(input)

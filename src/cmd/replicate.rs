@@ -10,7 +10,7 @@ use datapath::agent::{AgentError, AgentTarget};
 use datapath::cycle::{BlockSource, CycleReport, Progress, RawSource};
 use datapath::driver::{watch, Finished, Pause, ReplicationDriver, WatchEnd, WatchEvents};
 use datapath::keys::Identity;
-use datapath::policy::Policy;
+use datapath::policy::{Policy, PolicyOverrides};
 use datapath::registration::VaultCredentials;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
@@ -262,34 +262,17 @@ pub fn load_policy(args: &PolicyArgs, profile: Profile) -> Result<Policy> {
         Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
         None => String::new(),
     };
-    let mut policy = Policy::from_toml(&text, profile).with_context(|| match &args.policy {
+    let policy = Policy::from_toml(&text, profile).with_context(|| match &args.policy {
         Some(p) => p.display().to_string(),
         None => "default policy".into(),
     })?;
     // Flags override the file; validated by the same rules.
-    let mut overrides = Vec::new();
-    if let Some(b) = args.block_size_kib {
-        overrides.push(format!("block_size_kib = {b}"));
-    }
-    if let Some(z) = args.zstd_level {
-        overrides.push(format!("zstd_level = {z}"));
-    }
-    if let Some(u) = args.upload_threads {
-        overrides.push(format!("upload_threads = {u}"));
-    }
-    if !overrides.is_empty() {
-        let checked = Policy::from_toml(&overrides.join("\n"), profile)?;
-        if args.block_size_kib.is_some() {
-            policy.block_size = checked.block_size;
-        }
-        if args.zstd_level.is_some() {
-            policy.zstd_level = checked.zstd_level;
-        }
-        if args.upload_threads.is_some() {
-            policy.upload_threads = checked.upload_threads;
-        }
-    }
-    Ok(policy)
+    let overrides = PolicyOverrides {
+        block_size_kib: args.block_size_kib,
+        zstd_level: args.zstd_level,
+        upload_threads: args.upload_threads,
+    };
+    Ok(policy.with_overrides(&overrides)?)
 }
 
 /// How the CLI shows cycles: a progress bar while one runs, a line (or JSON) when it ends.

@@ -222,7 +222,7 @@ fn import(raw: &Path, output: &Path, format: &FormatArgs, sync: bool) -> Result<
         .with_context(|| output.display().to_string())?;
     writer.set_bulk(true);
     let bar = bytes_bar(size, "import");
-    copy_nonzero(&source, size, &mut writer, &|done| bar.set_position(done))
+    vhdx::import::copy_nonzero(&source, size, &mut writer, &|done| bar.set_position(done))
         .with_context(|| format!("importing {} into {}", raw.display(), output.display()))?;
     if sync {
         writer.flush()?;
@@ -230,64 +230,6 @@ fn import(raw: &Path, output: &Path, format: &FormatArgs, sync: bool) -> Result<
     writer.close()?;
     bar.finish_and_clear();
     Ok(ExitCode::SUCCESS)
-}
-
-/// Copy `size` bytes of `source` into `writer`, leaving all-zero stretches unwritten (so their
-/// blocks stay unallocated). A reader thread fills the next 64 MiB chunk while this one is
-/// written; runs of data are written in one call each.
-pub fn copy_nonzero<W: vhdx::WriteAt>(
-    source: &(dyn vhdx::ReadAt + Sync),
-    size: u64,
-    writer: &mut vhdx::VhdxWriter<W>,
-    progress: &dyn Fn(u64),
-) -> Result<()> {
-    const CHUNK: u64 = 64 << 20;
-    const GRAIN: usize = 64 << 10;
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<io::Result<(u64, Vec<u8>)>>(1);
-    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-    for _ in 0..2 {
-        free_tx
-            .send(vec![0u8; CHUNK as usize])
-            .expect("room for two buffers");
-    }
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || {
-            let mut at = 0u64;
-            while at < size {
-                let Ok(mut buf) = free_rx.recv() else { return };
-                let n = (size - at).min(CHUNK) as usize;
-                buf.resize(n, 0);
-                let read = source.read_at(at, &mut buf).map(|()| (at, buf));
-                let failed = read.is_err();
-                if full_tx.send(read).is_err() || failed {
-                    return;
-                }
-                at += n as u64;
-            }
-        });
-        while let Ok(chunk) = full_rx.recv() {
-            let (at, buf) = chunk?;
-            let n = buf.len();
-            // Write each maximal run of non-zero 64 KiB grains.
-            let grain_end = |i: usize| (i + GRAIN).min(n);
-            let mut i = 0;
-            while i < n {
-                if buf[i..grain_end(i)].iter().all(|&b| b == 0) {
-                    i = grain_end(i);
-                    continue;
-                }
-                let start = i;
-                while i < n && buf[i..grain_end(i)].iter().any(|&b| b != 0) {
-                    i = grain_end(i);
-                }
-                writer.write_at(at + start as u64, &buf[start..i])?;
-            }
-            progress(at + n as u64);
-            // The reader may have stopped (end of input): a refused buffer is fine.
-            let _ = free_tx.send(buf);
-        }
-        Ok(())
-    })
 }
 
 fn open(file: &Path) -> Result<Disk> {

@@ -10,7 +10,8 @@
 //! - [`log_replay`]: active sequence search and the replay overlay;
 //! - [`image`]: one file opened and validated; [`disk`]: a chain read at virtual offsets;
 //! - [`io`]: the `ReadAt`/`WriteAt` seam (memory-mapped files, `pread`/`pwrite`, bytes);
-//! - [`create`]: laying out a new file; [`writer`]: writing through the log.
+//! - [`create`]: laying out a new file; [`writer`]: writing through the log; [`import`]: a raw
+//!   image into a new VHDX, zero stretches left unallocated.
 //!
 //! Hostile input is an `Err` naming the structure and file offset: every count and size read
 //! from a file is checked against the file before anything is allocated from it.
@@ -29,6 +30,7 @@ pub mod fuzz_targets;
 pub mod guid;
 pub mod header;
 pub mod image;
+pub mod import;
 pub mod io;
 pub mod layout;
 mod le;

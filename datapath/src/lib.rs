@@ -9,8 +9,8 @@
 //!   schedules cycles; [`agent`]: carries out its plans for one disk; [`driver`]: the two
 //!   together, stepped by the simulator or run on the system clock by `replicate --watch`;
 //!   [`throttle`]: upload pacing in real time.
-//! - [`mod@bench`]: `drplane bench`, the data path measured on one disk; [`synthetic`]: seeded
-//!   realistic disk content for it and for the benchmark scripts.
+//! - [`mod@bench`]: `drplane bench`, the data path measured on one disk, apart from the core;
+//!   [`bench::synthetic`]: seeded realistic disk content for it and for the benchmark scripts.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +26,5 @@ pub mod registration;
 pub mod replica;
 pub mod replicator;
 pub mod retention;
-pub mod synthetic;
 pub mod throttle;
 pub mod tracking;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use datapath::bench::synthetic::{write_realistic_disk, ContentKind, ContentMix};
 use datapath::bench::{run_bench, BenchConfig, BenchReport, BenchTarget, CycleFigures};
 use datapath::cycle::{BlockSource, RawSource};
 use datapath::keys::Identity;
-use datapath::synthetic::{write_realistic_disk, ContentKind, ContentMix};
 use pageblob::clock::SystemClock;
 use pageblob::data_log::Durability;
 use pageblob::{Emulator, PageBlobStore, Profile};

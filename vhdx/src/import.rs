@@ -126,7 +126,10 @@ mod tests {
         raw[7 * MIB as usize - 1] = 1;
         let (file, mut w) = writer(raw.len() as u64);
         let done = std::sync::Mutex::new(0);
-        copy_nonzero(&raw, raw.len() as u64, &mut w, &|d| *done.lock().unwrap() = d).unwrap();
+        copy_nonzero(&raw, raw.len() as u64, &mut w, &|d| {
+            *done.lock().unwrap() = d
+        })
+        .unwrap();
         w.close().unwrap();
         assert_eq!(*done.lock().unwrap(), raw.len() as u64);
         let disk = Disk::open_with(Box::new(file), "imported", &NoParents).unwrap();

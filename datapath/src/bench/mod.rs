@@ -4,6 +4,8 @@
 //! the disk itself is never written: changed blocks are laid over it in memory
 //! ([`ChurnedSource`]), as a change tracker would report them.
 
+pub mod synthetic;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -18,10 +20,10 @@ use crate::replica::block_record::{block_compressor, BlockCodec};
 use crate::replica::disk_replica::{DiskReplica, Layout};
 use crate::replica::error::ReplicaError;
 use crate::replica::nonce::NonceSource;
-use crate::synthetic::{ContentKind, RealisticContent};
 use pageblob::clock::Clock;
 use pageblob::is_zero;
 use pageblob::PageBlobStore;
+use synthetic::{ContentKind, RealisticContent};
 
 /// Changed blocks held in memory at once, over all churn levels.
 pub const MAX_CHURN_BYTES: u64 = 2 << 30;
@@ -529,10 +531,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::synthetic::write_realistic_disk;
     use pageblob::clock::ManualClock;
     use pageblob::data_log::Durability;
     use pageblob::{Emulator, Profile};
+    use synthetic::write_realistic_disk;
 
     /// A disk in memory; once `lie` is set, every read returns other bytes.
     struct MemDisk {

@@ -2,7 +2,8 @@
 //! target implements, the account semantics behind it ([`account`]), the embedded emulator
 //! ([`emulator`]) that persists them crash-safely under a store directory ([`data_log`],
 //! [`extent_map`], [`fs`], [`store_lock`]), injected faults ([`faults`]), read retries
-//! ([`read_retry`]), disk upload ([`upload`]), and the Blob REST API ([`http`]: the server
+//! ([`read_retry`]), disk upload ([`upload`]), opening a store by directory or URL
+//! ([`location`]), and the Blob REST API ([`http`]: the server
 //! behind the `server` feature, the client behind `client`).
 //!
 //! Errors carry Azure's status codes and error-code names ([`error`]), so callers handle the
@@ -22,6 +23,7 @@ pub mod extent_map;
 pub mod faults;
 pub mod fs;
 pub mod http;
+pub mod location;
 pub mod lock_holder;
 pub mod read_retry;
 pub mod store_lock;

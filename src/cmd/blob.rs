@@ -11,12 +11,12 @@ use clap::{Args, Subcommand};
 use pageblob::clock::SystemClock;
 use pageblob::data_log::Durability;
 use pageblob::faults::{FaultConfig, FaultyStore};
-use pageblob::http::client::HttpStore;
 use pageblob::http::server::{serve, ServerConfig};
 use pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
+use pageblob::location::StoreLocation;
 use pageblob::timestamp::http_date;
 use pageblob::upload::upload_chunks;
-use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile, StoreError, PAGE_SIZE};
+use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile, PAGE_SIZE};
 use serde_json::json;
 
 use crate::progress::bytes_bar;
@@ -201,86 +201,38 @@ impl Target {
         }
     }
 
-    /// The store to write: replicate, upload, bench. A store directory must be a store, or
-    /// new or empty (it is then created with `new_profile`, default standard); an existing
-    /// one must have been created with `new_profile`, when given. Returns the store and, for
-    /// a directory, its profile.
+    /// The library's location: the proxy resolved (flags, else the registration's).
+    fn location(&self) -> Result<StoreLocation> {
+        Ok(StoreLocation {
+            store: self.store.clone(),
+            account: self.account.clone(),
+            key: self.key.clone(),
+            proxy: self.proxy.settings(self.recorded_proxy.as_ref())?,
+            durability: self.durability,
+        })
+    }
+
+    /// The store to write: replicate, upload, bench (see [`StoreLocation::open_writer`]).
     pub fn open_writer(
         &self,
         new_profile: Option<Profile>,
     ) -> Result<(Box<dyn PageBlobStore>, Option<Profile>)> {
-        let Some(dir) = self.directory() else {
-            return Ok((self.open_endpoint()?, None));
-        };
-        let clock = Arc::new(SystemClock);
-        let store = match new_profile {
-            None if dir.join("store.json").exists() => {
-                Emulator::open_existing(dir, self.durability, clock)
-            }
-            _ => Emulator::open(
-                dir,
-                new_profile.unwrap_or(Profile::Standard),
-                self.durability,
-                clock,
-            ),
-        }
-        .with_context(|| format!("store {}", self.store))?;
-        let profile = store.profile();
-        Ok((Box::new(store), Some(profile)))
+        Ok(self
+            .location()?
+            .open_writer(new_profile, Arc::new(SystemClock))?)
     }
 
-    /// The store to read: points, verify, restore, listings. A directory is opened read-only
-    /// (read-only media work) and must already be a store; while its writer is mid-cycle
-    /// this waits for it, saying so.
+    /// The store to read: points, verify, restore, listings (see
+    /// [`StoreLocation::open_reader`]); waiting for a writer is said on stderr.
     pub fn open_reader(&self) -> Result<Box<dyn PageBlobStore>> {
-        let Some(dir) = self.directory() else {
-            return self.open_endpoint();
-        };
-        let open = |wait| Emulator::open_read_only(dir, wait, Arc::new(SystemClock));
-        let store = match open(false) {
-            Err(StoreError::InUse { holder, .. }) if !holder.serving => {
+        let store = &self.store;
+        Ok(self
+            .location()?
+            .open_reader(Arc::new(SystemClock), &|holder| {
                 eprintln!(
-                    "store {} is being written by {holder}: waiting for it to finish its cycle",
-                    self.store
-                );
-                open(true)
-            }
-            Err(StoreError::InUse { holder, .. }) => bail!(
-                "store {} is served by {holder}: read it through the server's URL",
-                self.store
-            ),
-            other => other,
-        };
-        Ok(Box::new(
-            store.with_context(|| format!("store {}", self.store))?,
-        ))
-    }
-
-    /// The store directory, when the store is not a URL.
-    fn directory(&self) -> Option<&std::path::Path> {
-        let url = self.store.starts_with("http://") || self.store.starts_with("https://");
-        (!url).then(|| std::path::Path::new(&self.store))
-    }
-
-    fn open_endpoint(&self) -> Result<Box<dyn PageBlobStore>> {
-        let account = match &self.account {
-            Some(a) => a.clone(),
-            None => self
-                .store
-                .split("://")
-                .nth(1)
-                .and_then(|r| r.split('/').nth(1))
-                .filter(|a| !a.is_empty())
-                .unwrap_or(DEV_ACCOUNT)
-                .to_string(),
-        };
-        let key =
-            decode_key(self.key.as_deref().unwrap_or(DEV_KEY)).context("--key is not base64")?;
-        let store = match self.proxy.settings(self.recorded_proxy.as_ref())? {
-            Some(proxy) => HttpStore::with_proxy(&self.store, &account, &key, &proxy)?,
-            None => HttpStore::new(&self.store, &account, &key),
-        };
-        Ok(Box::new(store))
+                    "store {store} is being written by {holder}: waiting for it to finish its cycle"
+                )
+            })?)
     }
 }
 

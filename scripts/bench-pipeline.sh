@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The block pipeline against its bound (issue 4's "pipeline >= 90% of the bound set by its
-# slowest stages"): runs the criterion bench `pipeline` (64 KiB blocks; text-like, half zero,
+# The block pipeline against its bound (the target: the pipeline at >= 90% of the bound set
+# by its slowest stages): runs the criterion bench `pipeline` (64 KiB blocks; text-like, half zero,
 # random) and prints, per data kind, the single-core bound (the stages' times added up), the
 # pipeline on one core against it, and the pipeline on all cores against cores x that bound.
 # Usage: scripts/bench-pipeline.sh [criterion args, e.g. --measurement-time 3]

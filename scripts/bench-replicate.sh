@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the replication figures of issue 4 on this machine:
+# Reproduce the replication figures of docs/replicator.md on this machine:
 #   1. initial replication of a 1 GiB realistic disk (raw and VHDX) vs `zstd -1 -T2` on it;
 #   2. a tracked delta cycle at 1% churn as a share of the initial replication time;
 #   3. a digest-scan delta (untracked file) at 1% churn, for comparison;

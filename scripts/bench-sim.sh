@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The simulator's performance target (issue 6): the reference drill (scenarios/reference.toml:
+# The simulator's performance target: the reference drill (scenarios/reference.toml:
 # 24 simulated hours, 8 VMs x 2 disks of 1 GiB, 5-minute cycles, 256 KiB written per disk per
 # cycle, every point verified) at >= 10,000x real time. Runs it RUNS times (default 3) and
 # prints each run's speed line (simulated seconds per wall second, churn bytes per wall second)

@@ -184,8 +184,7 @@ impl<'a> DiskAgent<'a> {
 
     /// Driven by a simulator: every store call is made from the cycle's thread in block order
     /// (deterministic runs), and uploads are not paced in real time — the simulator charges
-    /// the throttle in its own cost model (until session 5 a throttled policy made the
-    /// simulator sleep through every upload).
+    /// the throttle in its own cost model.
     pub fn set_simulated(&mut self, simulated: bool) {
         self.simulated = simulated;
     }

@@ -6,9 +6,11 @@
 //! randomness, then checks that every retained point restores byte-exact. The same scenario and
 //! seed always give the same trace hash.
 //!
-//! Built so far (issue 6 in progress): host, VMs with VHDX disks and workload generators,
-//! replication with tracked deltas, app-consistent points, retention, WAN outages and host
-//! crashes (resync), restore checks, RPO and snapshot-limit checks.
+//! Modules: [`scenario`] (the file format), [`world`] (the event loop), `sim_disk` (a simulated
+//! disk, its host's link and one costed cycle), `flows` (DR operations as vault jobs), `audit`
+//! and `content` (the checker's proofs and disk models), [`report`] (what a run returns),
+//! [`swarm`] (many seeds), [`planner`] (capacity planning checked by simulation), [`timeline`]
+//! (an SVG of a run), [`peak_hours`], [`fuzz_targets`].
 
 #![forbid(unsafe_code)]
 

@@ -18,6 +18,7 @@ mod audit;
 mod content;
 mod flows;
 pub mod fuzz_targets;
+mod host_clock;
 pub mod peak_hours;
 pub mod planner;
 pub mod report;

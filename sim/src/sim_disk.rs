@@ -15,6 +15,7 @@ use vhdx::{MemoryFile, NoParents, VhdxWriter};
 
 use crate::audit::PointAudit;
 use crate::content::ContentModel;
+use crate::host_clock::HostClock;
 use crate::report::DiskReport;
 use crate::scenario::DiskSpec;
 use crate::time::SEC;
@@ -167,8 +168,8 @@ pub(crate) struct Link {
     pub host_throttle: Option<datapath::policy::Throttle>,
     /// When the link finishes what it was given (true time).
     pub free_at: u64,
-    /// The host clock's offset from true time (cycles run on host time).
-    pub host_offset: i64,
+    /// Each host's clock, by host index (cycles run on their host's time).
+    pub host_clocks: Vec<HostClock>,
     /// When each host's CPU finishes the reading and encoding it was given (true time): disks
     /// of one host cycling at once share it too.
     pub cpu_free_at: Vec<u64>,
@@ -266,12 +267,13 @@ pub(crate) fn run_cycle(
             };
             // The host reads and encodes, then the records wait for the link.
             let cpu = &mut link.cpu_free_at[d.host_index];
-            let cpu_free = cpu.saturating_add_signed(link.host_offset);
+            let host_clock = link.host_clocks[d.host_index];
+            let cpu_free = host_clock.host_time(*cpu);
             let encoded = now.max(cpu_free) + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
-            *cpu = encoded.saturating_add_signed(-link.host_offset);
-            let free_at = link.free_at.saturating_add_signed(link.host_offset);
+            *cpu = host_clock.true_time(encoded);
+            let free_at = host_clock.host_time(link.free_at);
             let sent = transfer_end(encoded.max(free_at), report.bytes_sent, rate_in_hour);
-            let sent_true = sent.saturating_add_signed(-link.host_offset);
+            let sent_true = host_clock.true_time(sent);
             link.free_at = sent_true;
             if d.report.first_point_minute.is_none() {
                 d.report.first_point_minute =

@@ -32,6 +32,7 @@ use vhdx::{CreateOptions, MemoryFile, VhdxWriter};
 
 use crate::audit::PointAudit;
 use crate::content::ContentModel;
+use crate::host_clock::HostClock;
 use crate::report::{Check, DiskReport, HealthEvent, Job, Report, Severity, SimError};
 use crate::scenario::{FaultKind, Scenario};
 use crate::sim_disk::{run_cycle, workload_bytes, workload_minute, Link, SimDisk};
@@ -407,12 +408,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         connection_bytes_per_sec: scenario.connection_bytes_per_sec,
         host_throttle: scenario.host_throttle,
         free_at: start,
-        host_offset: 0,
+        host_clocks: vec![HostClock::default(); scenario.hosts.len()],
         cpu_free_at: vec![start; scenario.hosts.len()],
     };
-    // The host's clock offset from true time (the agent and its state machine read the host's
-    // clock; the storage account keeps true time).
-    let mut skew: i64 = 0;
     // RPO counts as steady for a disk from this time on (faults and failbacks push it out).
     let mut steady_from = vec![start; disks.len()];
     // Outages and storms in progress; RPO is "steady" only with none, two intervals after.
@@ -431,11 +429,23 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
     let mut trace = blake3::Hasher::new();
     let mut events = 0u64;
     let mut snapshot_limit_ok = true;
+    // The loop's own invariants: time never goes back, and every cycle that starts finishes
+    // or fails (its end arrives, or a crash or restart of its agent cuts it short).
+    let mut loop_broken: Vec<String> = Vec::new();
+    let mut last_event_at = 0u64;
+    // Per disk, the cycle in flight: (agent epoch, when its end is due).
+    let mut in_flight: Vec<Option<(u64, u64)>> = vec![None; disks.len()];
 
     while let Some((now, event)) = queue.pop() {
         if now >= end {
             break;
         }
+        if now < last_event_at {
+            loop_broken.push(format!(
+                "time went back from {last_event_at} to {now} ({event:?})"
+            ));
+        }
+        last_event_at = now;
         clock.set(now);
         events += 1;
         let line = format!("{now} {event:?}\n");
@@ -470,11 +480,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     .points(&d.digest_key)
                     .ok()
                     .and_then(|p| p.last().map(|p| p.time_nanos));
+                let host_clock = link.host_clocks[d.host_index];
                 if let Some(t) = last_point {
                     let steady = now > steady_from[disk] && disturbances == 0;
-                    sample_rpo(&mut d.report, now, start, skew, t, steady);
+                    sample_rpo(&mut d.report, now, start, host_clock, t, steady);
                 }
-                let host_now = now.saturating_add_signed(skew);
+                let host_now = host_clock.host_time(now);
                 // The vault hears of health changes as the agent reports them.
                 let warnings = d.driver.machine().health(host_now).warnings;
                 let conditions_changed = warnings.len() != d.warnings.len()
@@ -510,7 +521,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 match d.driver.poll(host_now) {
                     Action::Wait { until_nanos } => {
                         // Host time back to true time; never in the past.
-                        let at = until_nanos.saturating_add_signed(-skew).max(now + 1);
+                        let at = host_clock.true_time(until_nanos).max(now + 1);
                         if at < end {
                             queue.push(at, Event::Poll { disk, epoch });
                         }
@@ -546,6 +557,12 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         );
                     }
                     Action::RunCycle(plan) => {
+                        if let Some((e, due)) = in_flight[disk].filter(|(e, _)| *e == epoch) {
+                            loop_broken.push(format!(
+                                "{} started a cycle at {now} while its cycle of epoch {e} runs until {due}",
+                                d.replica_name
+                            ));
+                        }
                         // A cycle's point is recoverable only when the cycle completes: until
                         // then the RPO keeps growing from the point before it.
                         d.rpo_base = last_point;
@@ -569,6 +586,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                                 },
                             )
                         };
+                        in_flight[disk] = Some((epoch, done_at));
                         queue.push(
                             done_at,
                             Event::CycleDone {
@@ -585,14 +603,19 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                 epoch,
                 outcome,
             } => {
+                // The cycle ends here, finished or failed, or cut short by its agent's end.
+                if in_flight[disk].is_some_and(|(e, _)| e == epoch) {
+                    in_flight[disk] = None;
+                }
                 let d = &mut disks[disk];
                 if epoch != d.epoch {
                     continue;
                 }
-                let host_now = now.saturating_add_signed(skew);
+                let host_clock = link.host_clocks[d.host_index];
+                let host_now = host_clock.host_time(now);
                 if let (CycleOutcome::Committed { .. }, Some(base)) = (&outcome, d.rpo_base) {
                     let steady = now > steady_from[disk] && disturbances == 0;
-                    sample_rpo(&mut d.report, now, start, skew, base, steady);
+                    sample_rpo(&mut d.report, now, start, host_clock, base, steady);
                     if steady {
                         let secs = now.saturating_sub(d.cycle_started) as f64 / 1e9;
                         d.report.max_steady_cycle_secs = d.report.max_steady_cycle_secs.max(secs);
@@ -638,7 +661,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     disturbances += 1;
                 } else {
                     disturbances = disturbances.saturating_sub(1);
-                    calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
+                    calm_after_heal(&mut steady_from, &disks, &freqs, now, &link.host_clocks);
                 }
                 for d in disks.iter_mut() {
                     d.burst = factor;
@@ -650,7 +673,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     disturbances += 1;
                 } else {
                     disturbances = disturbances.saturating_sub(1);
-                    calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
+                    calm_after_heal(&mut steady_from, &disks, &freqs, now, &link.host_clocks);
                 }
                 store.set_config(FaultConfig {
                     refuse_deletes: refused,
@@ -663,14 +686,14 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     disturbances += 1;
                 } else {
                     disturbances = disturbances.saturating_sub(1);
-                    calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
+                    calm_after_heal(&mut steady_from, &disks, &freqs, now, &link.host_clocks);
                 }
                 link.bytes_per_sec = bytes_per_sec;
             }
             Event::WanUp => {
                 wan_up = true;
                 disturbances -= 1;
-                calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
+                calm_after_heal(&mut steady_from, &disks, &freqs, now, &link.host_clocks);
             }
             Event::Storm {
                 busy,
@@ -681,7 +704,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     disturbances += 1;
                 } else {
                     disturbances -= 1;
-                    calm_after_heal(&mut steady_from, &disks, &freqs, now, skew);
+                    calm_after_heal(&mut steady_from, &disks, &freqs, now, &link.host_clocks);
                 }
                 store.set_config(FaultConfig {
                     server_busy: busy,
@@ -692,8 +715,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             }
             Event::WrongCertificate => wrong_certificate_next = true,
             Event::ClockSkew { seconds } => {
-                skew = seconds.saturating_mul(SEC as i64);
-                link.host_offset = skew;
+                for clock in &mut link.host_clocks {
+                    clock.set_skew_secs(seconds);
+                }
                 calm_after(&mut steady_from, now + seconds.unsigned_abs() * SEC);
             }
             Event::Step { index } => {
@@ -707,6 +731,14 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         | crate::scenario::Action::PlannedFailover
                 );
                 let wrong = wrong_certificate_next && restores;
+                // The job runs on the VM's host's clock.
+                let vm_host = scenario
+                    .vms
+                    .iter()
+                    .find(|v| v.name == st.vm)
+                    .and_then(|v| scenario.hosts.iter().position(|h| *h == v.host))
+                    .unwrap_or(0);
+                let host_now = link.host_clocks[vm_host].host_time(now);
                 let (job, mut checks) = crate::flows::perform(
                     st,
                     scenario,
@@ -715,7 +747,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                     &mut disks,
                     &members,
                     if wrong { &wrong_identity } else { &identity },
-                    now.saturating_add_signed(skew),
+                    host_now,
                     &mut link,
                     wan_up,
                 );
@@ -751,6 +783,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                         }
                         // The host's schedule runs on the host's clock; the first cycle is a
                         // resync against the points already there.
+                        let host_now = link.host_clocks[d.host_index].host_time(now);
                         let points = d.observer.points(&d.digest_key).unwrap_or_default();
                         let resume = datapath::replicator::Resume {
                             last_point_nanos: points.last().map(|p| p.time_nanos),
@@ -766,10 +799,9 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
                                 "re-protection after failback: every block is compared".into(),
                             ),
                             // Failed over, the host was not meant to replicate.
-                            paused_until_nanos: Some(now.saturating_add_signed(skew)),
+                            paused_until_nanos: Some(host_now),
                         };
-                        d.driver
-                            .restart_schedule(now.saturating_add_signed(skew), resume);
+                        d.driver.restart_schedule(host_now, resume);
                         d.epoch += 1;
                         steady_from[i] = steady_from[i].max(now + 2 * freqs[i]);
                         queue.push(
@@ -971,6 +1003,23 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
             reuse.join("; ")
         },
     });
+    for (d, flight) in disks.iter().zip(&in_flight) {
+        if let Some((epoch, due)) = flight.filter(|(_, due)| *due < end) {
+            loop_broken.push(format!(
+                "{}'s cycle of epoch {epoch} was due to end at {due} and never did",
+                d.replica_name
+            ));
+        }
+    }
+    checks.push(Check {
+        name: "the event loop's invariants hold".into(),
+        ok: loop_broken.is_empty(),
+        detail: if loop_broken.is_empty() {
+            format!("{events} events in time order; every cycle started ended")
+        } else {
+            loop_broken.join("; ")
+        },
+    });
     checks.extend(flow_checks);
     let leftovers = disks.iter().filter(|d| d.test_copy.is_some()).count();
     let cleaned = scenario
@@ -1132,14 +1181,10 @@ fn calm_after_heal(
     disks: &[SimDisk<'_>],
     freqs: &[u64],
     at: u64,
-    skew: i64,
+    host_clocks: &[HostClock],
 ) {
     for ((s, d), f) in steady_from.iter_mut().zip(disks).zip(freqs) {
-        let next = d
-            .driver
-            .machine()
-            .next_attempt_nanos()
-            .saturating_add_signed(-skew);
+        let next = host_clocks[d.host_index].true_time(d.driver.machine().next_attempt_nanos());
         *s = (*s).max(at.max(next) + 2 * f);
     }
 }
@@ -1150,11 +1195,11 @@ fn sample_rpo(
     report: &mut DiskReport,
     now: u64,
     start: u64,
-    skew: i64,
+    host_clock: HostClock,
     point_nanos: u64,
     steady: bool,
 ) {
-    let rpo = now.saturating_add_signed(skew).saturating_sub(point_nanos) as f64 / 1e9;
+    let rpo = host_clock.host_time(now).saturating_sub(point_nanos) as f64 / 1e9;
     report.max_rpo_secs = report.max_rpo_secs.max(rpo);
     report
         .rpo_samples

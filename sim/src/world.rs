@@ -1015,7 +1015,7 @@ pub fn run(scenario: &Scenario, seed: u64, workdir: &std::path::Path) -> Result<
         name: "the event loop's invariants hold".into(),
         ok: loop_broken.is_empty(),
         detail: if loop_broken.is_empty() {
-            format!("{events} events in time order; every cycle started ended")
+            format!("{events} events, in time order; every cycle started ended")
         } else {
             loop_broken.join("; ")
         },

@@ -131,3 +131,51 @@ fn plan_takes_groups_of_different_vms_and_names_each_in_its_verdict() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("each group says how many VMs"));
 }
+
+/// The simulated world lives in memory: a run writes nothing in its working directory, its
+/// temporary directory or `/dev/shm`. `--workdir` keeps the stores and trackers instead.
+#[test]
+fn sim_run_leaves_no_file_behind_unless_told_to_keep_the_stores() {
+    let dir = temp_dir();
+    let (cwd, tmp) = (dir.path().join("cwd"), dir.path().join("tmp"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let scenario = dir.path().join("small.toml");
+    std::fs::write(&scenario, SMALL).unwrap();
+    let shm_before = shm_entries();
+    run_ok(drplane().current_dir(&cwd).env("TMPDIR", &tmp).args([
+        "sim",
+        "run",
+        path_str(&scenario),
+    ]));
+    for d in [&cwd, &tmp] {
+        let left: Vec<_> = std::fs::read_dir(d).unwrap().collect();
+        assert!(left.is_empty(), "{} holds {left:?}", d.display());
+    }
+    assert_eq!(shm_entries(), shm_before, "nothing new in /dev/shm");
+
+    let kept = dir.path().join("kept");
+    run_ok(drplane().args([
+        "sim",
+        "run",
+        path_str(&scenario),
+        "--workdir",
+        path_str(&kept),
+    ]));
+    assert!(kept.join("store/store.json").is_file());
+    assert!(kept.join("trackers/vm-os.ctb").is_file());
+}
+
+/// The drplane entries in `/dev/shm` (none where the machine has no `/dev/shm`).
+fn shm_entries() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("drplane"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

@@ -8,6 +8,9 @@
 //! bitmap (one bit per block, LSB first) | CRC-32C of everything before it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pageblob::fs::{OpenMode, RealFs, StoreFs};
 
 const MAGIC: &[u8; 4] = b"DPCT";
 const VERSION: u16 = 1;
@@ -52,8 +55,9 @@ impl std::fmt::Display for Untrusted {
 }
 
 /// A tracker for one disk.
-#[derive(Debug)]
 pub struct ChangeTracker {
+    /// Where the bitmap file lives (the real file system, or the simulator's in memory).
+    fs: Arc<dyn StoreFs>,
     path: PathBuf,
     identity: String,
     block_size: u32,
@@ -66,6 +70,20 @@ pub struct ChangeTracker {
     /// fsync each bitmap update (survives power loss); off, an update survives the process
     /// being killed only.
     power_safe: bool,
+}
+
+impl std::fmt::Debug for ChangeTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeTracker")
+            .field("path", &self.path)
+            .field("identity", &self.identity)
+            .field("block_size", &self.block_size)
+            .field("disk_size", &self.disk_size)
+            .field("generation", &self.generation)
+            .field("pending_blocks", &self.pending_blocks())
+            .field("power_safe", &self.power_safe)
+            .finish()
+    }
 }
 
 fn blocks_of(disk_size: u64, block_size: u32) -> u64 {
@@ -81,13 +99,24 @@ impl ChangeTracker {
         disk_size: u64,
         block_size: u32,
     ) -> std::io::Result<(ChangeTracker, Option<Untrusted>)> {
+        ChangeTracker::open_in(Arc::new(RealFs), path, identity, disk_size, block_size)
+    }
+
+    /// [`ChangeTracker::open`] with the bitmap file at `path` in `fs`.
+    pub fn open_in(
+        fs: Arc<dyn StoreFs>,
+        path: &Path,
+        identity: &str,
+        disk_size: u64,
+        block_size: u32,
+    ) -> std::io::Result<(ChangeTracker, Option<Untrusted>)> {
         assert!(
             block_size.is_power_of_two()
                 && block_size >= 4096
                 && identity.len() <= MAX_IDENTITY_BYTES
         );
         let bytes_needed = blocks_of(disk_size, block_size).div_ceil(8) as usize;
-        let (generation, bitmap, untrusted) = match std::fs::read(path) {
+        let (generation, bitmap, untrusted) = match fs.read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 (0, vec![0; bytes_needed], Some(Untrusted::NoBitmap))
             }
@@ -110,6 +139,7 @@ impl ChangeTracker {
             },
         };
         let mut tracker = ChangeTracker {
+            fs,
             path: path.to_path_buf(),
             identity: identity.into(),
             block_size,
@@ -212,17 +242,12 @@ impl ChangeTracker {
         if !self.power_safe {
             // No power loss to survive: rewrite in place (a kill mid-write leaves a bitmap
             // whose checksum fails, which opens as damaged: a resync, never a wrong answer).
-            return std::fs::write(&self.path, &out);
+            let file = self.fs.open(&self.path, OpenMode::Create)?;
+            file.write_all_at(&out, 0)?;
+            return file.set_len(out.len() as u64);
         }
-        let tmp = self.path.with_extension("tmp");
-        {
-            let f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut &f, &out)?;
-            if self.power_safe {
-                f.sync_all()?;
-            }
-        }
-        std::fs::rename(&tmp, &self.path)
+        // Temp file, fsync, rename, fsync of the folder.
+        self.fs.write_atomic(&self.path, &out)
     }
 }
 

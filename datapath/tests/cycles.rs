@@ -746,7 +746,8 @@ fn a_cycle_staged_at_the_snapshot_limit_commits_and_the_next_cycle_too() {
 /// disk it staged, and the new point to the disk now.
 #[test]
 fn a_crash_at_every_write_of_a_cycle_at_the_snapshot_limit_never_wedges_the_replica() {
-    use pageblob::fs::{CrashFs, StoreFs};
+    use pageblob::fs::StoreFs;
+    use pageblob::memory_fs::CrashFs;
     let id = identity();
     let keys = id.disk_keys("disk");
     let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));

@@ -25,6 +25,7 @@ pub mod fs;
 pub mod http;
 pub mod location;
 pub mod lock_holder;
+pub mod memory_fs;
 pub mod read_retry;
 pub mod store_lock;
 pub mod timestamp;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use pageblob::clock::ManualClock;
 use pageblob::data_log::Durability;
-use pageblob::fs::{CrashFs, StoreFs};
+use pageblob::fs::StoreFs;
+use pageblob::memory_fs::CrashFs;
 use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 
 const SLOT: u64 = 8192;

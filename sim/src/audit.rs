@@ -170,10 +170,15 @@ mod tests {
 
     #[test]
     fn points_that_match_the_disk_pass_and_a_lost_write_is_caught() {
-        let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(pageblob::clock::ManualClock::new(1_700_000_000_000_000_000));
-        let store =
-            Emulator::open(dir.path(), Profile::Standard, Durability::Process, clock).unwrap();
+        let store = Emulator::open_with_fs(
+            Arc::new(pageblob::memory_fs::CrashFs::new()),
+            std::path::Path::new("/store"),
+            Profile::Standard,
+            Durability::Process,
+            clock,
+        )
+        .unwrap();
         let identity = Identity::from_key_material(KeyId([1; 20]), "CN=t".into(), &[7; 64]);
         let keys = identity.disk_keys("d");
         let codec = BlockCodec::new(&keys, 1, true);

@@ -16,9 +16,13 @@
 
 mod audit;
 mod content;
+mod env;
+mod event_queue;
+mod final_checks;
 mod flows;
 pub mod fuzz_targets;
 mod host_clock;
+mod invariants;
 pub mod peak_hours;
 pub mod planner;
 pub mod report;
@@ -31,7 +35,7 @@ pub mod world;
 
 pub use report::{HealthEvent, ItemDisk, ReplicatedItem, Report};
 pub use scenario::Scenario;
-pub use world::run;
+pub use world::{run, run_in, Storage};
 
 /// The scenario `drplane sim run` uses when given none.
 pub const QUICKSTART: &str = include_str!("../../scenarios/quickstart.toml");

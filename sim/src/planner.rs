@@ -697,13 +697,9 @@ pub const MAX_SIMULATED_BYTES: u64 = 512 << 20;
 
 /// Run the simulator on `input` (scaled down so its data fits [`MAX_SIMULATED_BYTES`]: disk
 /// sizes, data, churn and bandwidth shrink alike, so times stay comparable) for the initial
-/// replication and `delta_hours` after it, in `workdir`; compare with the plan of the scaled
+/// replication and `delta_hours` after it (in memory); compare with the plan of the scaled
 /// workload.
-pub fn verify(
-    input: &PlanInput,
-    delta_hours: u64,
-    workdir: &std::path::Path,
-) -> Result<Verification, PlanError> {
+pub fn verify(input: &PlanInput, delta_hours: u64) -> Result<Verification, PlanError> {
     let m = model(input)?;
     if let Some(g) = m.groups.iter().find(|g| g.disks > 16) {
         return Err(bad(
@@ -898,7 +894,7 @@ pub fn verify(
     }
     let scenario =
         crate::Scenario::parse(&text).map_err(|e| bad("scaled scenario", e.to_string()))?;
-    let report = crate::run(&scenario, 1, workdir).map_err(|e| bad("simulation", e.to_string()))?;
+    let report = crate::run(&scenario, 1).map_err(|e| bad("simulation", e.to_string()))?;
     // Compare what the model was given with what the simulation really ran (whole MiB).
     let simulated_initial_hours = report
         .disks

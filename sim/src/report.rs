@@ -7,8 +7,8 @@ use serde::Serialize;
 /// Why a run failed to start or broke an invariant it cannot report.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("simulator work directory: {0}")]
-    WorkDir(std::io::Error),
+    #[error("simulator storage: {0}")]
+    Storage(std::io::Error),
     #[error("{0}")]
     Setup(String),
 }

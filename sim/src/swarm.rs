@@ -7,7 +7,6 @@
 //! in seed order.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use rand_core::RngCore;
 
@@ -234,21 +233,6 @@ pub fn scenario_for(seed: u64) -> String {
     s
 }
 
-/// A scratch directory for a run's stores, in memory when the machine has `/dev/shm` (the
-/// stores are thrown away; a disk-backed directory only adds I/O noise to the timing).
-pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
-            .prefix("drplane-sim")
-            .tempdir_in(shm)
-        {
-            return Ok(dir);
-        }
-    }
-    tempfile::tempdir()
-}
-
 /// Which seeds to run and how.
 #[derive(Debug, Clone)]
 pub struct SwarmOptions {
@@ -285,8 +269,7 @@ pub fn run_seed(seed: u64, check_determinism: bool) -> SeedOutcome {
     let scenario = scenario_for(seed);
     let run_once = || -> Result<crate::Report, String> {
         let parsed = crate::Scenario::parse(&scenario).map_err(|e| e.to_string())?;
-        let dir = scratch_dir().map_err(|e| format!("scratch directory: {e}"))?;
-        crate::run(&parsed, seed, dir.path()).map_err(|e| e.to_string())
+        crate::run(&parsed, seed).map_err(|e| e.to_string())
     };
     let report = run_once();
     let mut failures: Vec<String> = match &report {

@@ -61,11 +61,34 @@ at_minutes = 150
 vm = "vm1"
 "#;
 
-/// Run scenario `text` with `seed` in a fresh work directory.
+/// Run scenario `text` with `seed` (in memory).
 fn run_text(text: &str, seed: u64) -> sim::Report {
     let scenario = sim::Scenario::parse(text).unwrap();
+    sim::run(&scenario, seed).unwrap()
+}
+
+/// The world's files in memory or in a directory: the same run, event for event; the
+/// directory holds the stores and trackers afterwards, and memory leaves nothing behind.
+#[test]
+fn a_run_in_a_directory_matches_a_run_in_memory() {
+    let scenario = sim::Scenario::parse(DRILL).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    sim::run(&scenario, seed, dir.path()).unwrap()
+    let on_disk = sim::run_in(
+        &scenario,
+        7,
+        &sim::Storage::Directory(dir.path().to_path_buf()),
+    )
+    .unwrap();
+    let in_memory = sim::run(&scenario, 7).unwrap();
+    assert_eq!(on_disk.trace_hash, in_memory.trace_hash);
+    assert_eq!(
+        serde_json::to_string(&on_disk).unwrap(),
+        serde_json::to_string(&in_memory).unwrap()
+    );
+    for kept in ["store/store.json", "trackers"] {
+        assert!(dir.path().join(kept).exists(), "{kept} kept");
+    }
+    assert!(!std::path::Path::new("/drplane-sim").exists());
 }
 
 /// The jobs as (name, succeeded).

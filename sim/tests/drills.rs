@@ -57,8 +57,7 @@ fn every_scenario_passes() {
         let text = std::fs::read_to_string(file).unwrap();
         let scenario =
             sim::Scenario::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let dir = sim::swarm::scratch_dir().unwrap();
-        let report = sim::run(&scenario, scenario.seed, dir.path())
+        let report = sim::run(&scenario, scenario.seed)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(
             report.checks.len() >= 4,

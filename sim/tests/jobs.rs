@@ -14,8 +14,7 @@ fn planned_failover_seconds(skew_secs: i64) -> u64 {
          {skew}[[step]]\naction = \"planned_failover\"\nat_minutes = 60\nvm = \"a\"\n"
     );
     let scenario = sim::Scenario::parse(&text).unwrap();
-    let dir = sim::swarm::scratch_dir().unwrap();
-    let report = sim::run(&scenario, 1, dir.path()).unwrap();
+    let report = sim::run(&scenario, 1).unwrap();
     let failed: Vec<_> = report.checks.iter().filter(|c| !c.ok).collect();
     assert!(failed.is_empty(), "skew {skew_secs}: {failed:?}");
     let job = report
@@ -56,8 +55,7 @@ fn failback_writes_while_the_agent_restarts_reach_the_next_agent() {
             99 - restart_before
         );
         let scenario = sim::Scenario::parse(&text).unwrap();
-        let dir = sim::swarm::scratch_dir().unwrap();
-        let report = sim::run(&scenario, 1270, dir.path()).unwrap();
+        let report = sim::run(&scenario, 1270).unwrap();
         let failed: Vec<_> = report.checks.iter().filter(|c| !c.ok).collect();
         assert!(
             failed.is_empty(),

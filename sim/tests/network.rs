@@ -11,8 +11,7 @@ fn first_point_minutes(threads: u32, connection_kbps: Option<u64>) -> f64 {
          [[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 64\nused_mib = 32\nchurn_kib_per_hour = 256\nhot_spot = 0.0\n"
     );
     let scenario = sim::Scenario::parse(&text).unwrap();
-    let dir = sim::swarm::scratch_dir().unwrap();
-    let report = sim::run(&scenario, 1, dir.path()).unwrap();
+    let report = sim::run(&scenario, 1).unwrap();
     let failed: Vec<_> = report.checks.iter().filter(|c| !c.ok).collect();
     assert!(failed.is_empty(), "{failed:?}");
     report.disks[0].first_point_minute.unwrap()

@@ -26,8 +26,7 @@ fn verify_within_bounds(i: usize, workload: &PlanInput) -> sim::planner::Verific
 
 /// [`verify_within_bounds`] with `rpo_bound` for the largest steady RPO.
 fn verify_within(i: usize, workload: &PlanInput, rpo_bound: f64) -> sim::planner::Verification {
-    let dir = sim::swarm::scratch_dir().unwrap();
-    let v = verify(workload, 3, dir.path()).unwrap();
+    let v = verify(workload, 3).unwrap();
     assert!(
         v.failed_checks.is_empty(),
         "workload {i}: {:?}",
@@ -331,7 +330,6 @@ fn busy_hour_predictions_match_the_simulation_within_bounds() {
                 ..workload.clone()
             },
             3,
-            sim::swarm::scratch_dir().unwrap().path(),
         )
         .unwrap();
         // The busy hours are what the comparison saw: a larger RPO than the same churn spread

@@ -9,8 +9,7 @@ fn written_mib(hours: u64, peak: &str) -> f64 {
          [[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 64\nchurn_mib_per_hour = 4\nhot_spot = 0.0\n"
     );
     let scenario = sim::Scenario::parse(&text).unwrap();
-    let dir = sim::swarm::scratch_dir().unwrap();
-    let report = sim::run(&scenario, 1, dir.path()).unwrap();
+    let report = sim::run(&scenario, 1).unwrap();
     let failed: Vec<_> = report.checks.iter().filter(|c| !c.ok).collect();
     assert!(failed.is_empty(), "{failed:?}");
     report.disks[0].bytes_written_by_workload as f64 / f64::from(1 << 20)

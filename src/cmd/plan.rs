@@ -219,8 +219,7 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
     let input = input(&args)?;
     let answer = plan(&input, u64::from(args.start_hour) * 3600)?;
     let verification = if args.verify {
-        let dir = sim::swarm::scratch_dir().context("temporary work directory")?;
-        Some(verify(&input, args.verify_hours, dir.path())?)
+        Some(verify(&input, args.verify_hours)?)
     } else {
         None
     };

@@ -15,7 +15,7 @@ pub enum SimCommand {
         /// Seed (default: the scenario's).
         #[arg(long)]
         seed: Option<u64>,
-        /// Keep the stores here (a new or empty directory) instead of a temporary one.
+        /// Keep the stores and trackers here (a new or empty directory) instead of in memory.
         #[arg(long)]
         workdir: Option<PathBuf>,
         #[arg(long)]
@@ -71,10 +71,6 @@ fn parse_shard(text: &str) -> std::result::Result<(u64, u64), String> {
     Ok((k, n))
 }
 
-fn scratch_dir() -> Result<tempfile::TempDir> {
-    sim::swarm::scratch_dir().context("temporary work directory")
-}
-
 pub fn run(command: SimCommand) -> Result<ExitCode> {
     let (scenario, seed, workdir, json, svg, report_dir) = match command {
         SimCommand::Run {
@@ -116,8 +112,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
         });
     let parsed = sim::Scenario::parse(&text).with_context(|| label.clone())?;
     let seed = seed.unwrap_or(parsed.seed);
-    let temp;
-    let dir = match &workdir {
+    let storage = match &workdir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
             let used = std::fs::read_dir(d)
@@ -130,15 +125,12 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
                     d.display()
                 );
             }
-            d.clone()
+            sim::Storage::Directory(d.clone())
         }
-        None => {
-            temp = scratch_dir()?;
-            temp.path().to_path_buf()
-        }
+        None => sim::Storage::Memory,
     };
     let started = std::time::Instant::now();
-    let report = sim::run(&parsed, seed, &dir)?;
+    let report = sim::run_in(&parsed, seed, &storage)?;
     let wall = started.elapsed().as_secs_f64();
     let text = summary(&report, wall);
     if let Some(path) = &svg {

@@ -1,0 +1,157 @@
+//! The simulator's events ([`Event`]), the queue that orders them by time and then by the order
+//! they were scheduled ([`Queue`]), and the scenario's faults turned into the events that start
+//! and end them ([`fault_events`]).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use datapath::replicator::CycleOutcome;
+
+use crate::scenario::{FaultKind, Scenario};
+use crate::time::MIN;
+
+/// Something that happens at one instant of true time. Disk events carry the agent epoch they
+/// were scheduled in: a crash or restart bumps the epoch, and older events are stale.
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    /// The disk's workload writes its minute of churn.
+    Workload {
+        disk: usize,
+    },
+    /// The disk's agent asks its state machine what to do.
+    Poll {
+        disk: usize,
+        epoch: u64,
+    },
+    /// A cycle's time (by the cost model) is up: the state machine hears its outcome.
+    CycleDone {
+        disk: usize,
+        epoch: u64,
+        outcome: CycleOutcome,
+    },
+    WanDown {
+        minutes: u64,
+    },
+    WanUp,
+    /// Every disk writes this many times its churn from now on (1: back to normal).
+    Burst {
+        factor: u32,
+    },
+    /// Deletes refused by the storage account (snapshot pressure) from now on, or not.
+    DeletesRefused {
+        refused: bool,
+    },
+    /// The WAN's bandwidth (bytes per second) from now on.
+    Bandwidth {
+        bytes_per_sec: u64,
+    },
+    /// One host (`Some`) or all of them.
+    HostCrash {
+        host: Option<String>,
+        mid_cycle: bool,
+    },
+    AgentRestart {
+        host: Option<String>,
+    },
+    AgentStart {
+        disk: usize,
+        epoch: u64,
+    },
+    Storm {
+        busy: f64,
+        timeouts: f64,
+        torn: f64,
+    },
+    WrongCertificate,
+    ClockSkew {
+        seconds: i64,
+    },
+    /// The scenario's DR step with this index.
+    Step {
+        index: usize,
+    },
+}
+
+/// Events ordered by (time, sequence).
+#[derive(Default)]
+pub(crate) struct Queue {
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Event>,
+    next: u64,
+}
+
+impl Queue {
+    pub(crate) fn push(&mut self, at: u64, event: Event) {
+        self.heap.push(Reverse((at, self.next)));
+        self.events.insert(self.next, event);
+        self.next += 1;
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<(u64, Event)> {
+        let Reverse((at, seq)) = self.heap.pop()?;
+        Some((at, self.events.remove(&seq).expect("queued event")))
+    }
+}
+
+/// The events that start (and, for faults that last, end) each of the scenario's faults, in
+/// the scenario's order; `start`: the run's first instant.
+pub(crate) fn fault_events(scenario: &Scenario, start: u64) -> Vec<(u64, Event)> {
+    let mut events = Vec::new();
+    for f in &scenario.faults {
+        let at = start + f.at_minutes * MIN;
+        // The event that starts the fault, and for one that lasts, how long and what ends it.
+        let (begin, end): (Event, Option<(u64, Event)>) = match f.kind.clone() {
+            FaultKind::WanDown { minutes } => (Event::WanDown { minutes }, None),
+            FaultKind::ChurnBurst { minutes, factor } => (
+                Event::Burst { factor },
+                Some((minutes, Event::Burst { factor: 1 })),
+            ),
+            FaultKind::SnapshotPressure { minutes } => (
+                Event::DeletesRefused { refused: true },
+                Some((minutes, Event::DeletesRefused { refused: false })),
+            ),
+            FaultKind::WanDegraded { minutes, mbps } => (
+                Event::Bandwidth {
+                    bytes_per_sec: (mbps * 1_000_000 / 8).max(1),
+                },
+                Some((
+                    minutes,
+                    Event::Bandwidth {
+                        bytes_per_sec: scenario.bandwidth_bytes_per_sec,
+                    },
+                )),
+            ),
+            FaultKind::HostCrash { host, mid_cycle } => {
+                (Event::HostCrash { host, mid_cycle }, None)
+            }
+            FaultKind::StorageStorm {
+                minutes,
+                busy,
+                timeouts,
+                torn,
+            } => (
+                Event::Storm {
+                    busy,
+                    timeouts,
+                    torn,
+                },
+                Some((
+                    minutes,
+                    Event::Storm {
+                        busy: 0.0,
+                        timeouts: 0.0,
+                        torn: 0.0,
+                    },
+                )),
+            ),
+            FaultKind::WrongCertificate => (Event::WrongCertificate, None),
+            FaultKind::ClockSkew { seconds } => (Event::ClockSkew { seconds }, None),
+            FaultKind::AgentRestart { host } => (Event::AgentRestart { host }, None),
+        };
+        events.push((at, begin));
+        if let Some((minutes, end)) = end {
+            events.push((at + minutes * MIN, end));
+        }
+    }
+    events
+}

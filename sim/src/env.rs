@@ -234,6 +234,7 @@ impl Env {
             incompressible: scenario.incompressible,
             burst: 1,
             crash_in_next_cycle: false,
+            arriving: BTreeMap::new(),
             warnings: Vec::new(),
             rpo_base: None,
             cycle_started: 0,

@@ -183,7 +183,14 @@ fn restore(
                 .map_err(std::io::Error::other)
         })
         .map_err(|e| e.to_string())?;
-    Ok((AzureDisk { file, writer }, model.root()))
+    Ok((
+        AzureDisk {
+            file,
+            writer,
+            point: point.sequence,
+        },
+        model.root(),
+    ))
 }
 
 /// Seeded GUIDs for restored disks, from the disk's name and the point.
@@ -258,9 +265,11 @@ pub(crate) fn perform(
                 let all_points = members
                     .iter()
                     .map(|&i| {
+                        // Only points that have arrived: a cycle still running has not.
                         disks[i]
                             .azure_view
                             .points(&disks[i].digest_key)
+                            .map(|p| disks[i].arrived(p))
                             .map_err(|e| e.to_string())
                     })
                     .collect::<Result<Vec<_>, String>>()?;

@@ -1,6 +1,7 @@
 //! The event loop's own invariants ([`LoopInvariants`]), checked as the run goes and reported
-//! as one check: time never goes back, and every cycle that starts ends (finished or failed, or
-//! cut short by its agent's crash or restart) by the time the cost model said it would.
+//! as one check: time never goes back; every cycle that starts ends (finished or failed, or
+//! cut short by its agent's crash or restart) by the time the cost model said it would; and no
+//! job sees a point before its cycle completes.
 
 use crate::report::Check;
 
@@ -53,6 +54,22 @@ impl LoopInvariants {
         }
     }
 
+    /// A job at `now` brought up a copy of `name` from point `sequence`; `arriving`: the
+    /// points (sequence → epoch) whose cycles were still running when the job started.
+    pub(crate) fn point_seen(
+        &mut self,
+        name: &str,
+        sequence: u64,
+        arriving: &std::collections::BTreeMap<u64, u64>,
+        now: u64,
+    ) {
+        if arriving.contains_key(&sequence) {
+            self.broken.push(format!(
+                "{name}: a job at {now} used point {sequence} before its cycle completed"
+            ));
+        }
+    }
+
     /// The run ended at `end` after `events` events; `names`: each disk's replica name.
     pub(crate) fn check(mut self, end: u64, events: u64, names: &[&str]) -> Check {
         for (name, flight) in names.iter().zip(&self.in_flight) {
@@ -66,7 +83,9 @@ impl LoopInvariants {
             name: "the event loop's invariants hold".into(),
             ok: self.broken.is_empty(),
             detail: if self.broken.is_empty() {
-                format!("{events} events, in time order; every cycle started ended")
+                format!(
+                    "{events} events, in time order; every cycle started ended; no point used before it arrived"
+                )
             } else {
                 self.broken.join("; ")
             },
@@ -103,6 +122,12 @@ mod tests {
         never.cycle_due(0, 0, 9);
         let c = never.check(100, 1, &["d"]);
         assert!(!c.ok && c.detail.contains("never did"), "{}", c.detail);
+        let mut early = LoopInvariants::new(1);
+        early.point_seen("d", 3, &[(3, 0)].into(), 7);
+        assert!(early
+            .check(100, 1, &["d"])
+            .detail
+            .contains("before its cycle completed"));
         // A cycle due after the run's end is not owed.
         let mut late = LoopInvariants::new(1);
         late.cycle_due(0, 0, 200);

@@ -13,6 +13,9 @@
 //! assumption: ASR itself does not compress).
 
 use crate::peak_hours::PeakHours;
+use crate::scenario::{
+    DiskFile, HostThrottleFile, NetworkFile, ScenarioFile, StorageFile, VmFile, WorkloadFile,
+};
 use datapath::policy::{Policy, PolicySpec, Throttle};
 use pageblob::Profile;
 use serde::{Deserialize, Serialize};
@@ -834,66 +837,63 @@ pub fn verify(input: &PlanInput, delta_hours: u64) -> Result<Verification, PlanE
         delta_hours
     };
     let hours = ((settled.ceil() as u64) + steady_hours).clamp(1, 72);
-    let mut text = String::new();
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        text,
-        "name = \"plan-verify\"\nseed = 1\nduration_hours = {hours}\nstart_unix = {start_unix}"
-    );
-    let _ = writeln!(text, "[storage]\nprofile = \"{}\"", input.profile);
-    let _ = writeln!(text, "[network]\nbandwidth_kbps = {kbps}");
-    if let Some(c) = connection_kbps {
-        let _ = writeln!(text, "connection_kbps = {c}");
-    }
-    if let Some(t) = scaled_throttle {
-        let _ = writeln!(
-            text,
-            "[network.throttle]\nwork_start_hour = {}\nwork_end_hour = {}",
-            t.work_start_hour, t.work_end_hour
-        );
-        for (key, kbps) in [
-            ("work_hours_kbps", t.work_hours_kbps),
-            ("non_work_hours_kbps", t.non_work_hours_kbps),
-        ] {
-            if let Some(k) = kbps {
-                let _ = writeln!(text, "{key} = {k}");
-            }
-        }
-    }
-    let _ = writeln!(text, "[workload]\nincompressible = true");
-    let policy = scaled.policy.clone().unwrap_or_default();
-    let _ = writeln!(
-        text,
-        "[policy]\n{}",
-        toml::to_string(&policy).map_err(|e| bad("policy", e.to_string()))?
-    );
+    // The scaled workload as a scenario, built as a value.
+    let mut vm_files = Vec::new();
     for (k, g) in sm.groups.iter().enumerate() {
         let z = &sizes[k];
         for v in 0..g.vms {
-            let name = if alike {
-                format!("vm{}", v + 1)
-            } else {
-                format!("{}-{}", g.name, v + 1)
-            };
-            let _ = writeln!(text, "[[vm]]\nname = \"{name}\"");
-            for d in 0..g.disks {
-                let _ = writeln!(
-                    text,
-                    "[[vm.disk]]\nname = \"d{d}\"\nsize_mib = {}\nused_mib = {}\nchurn_kib_per_hour = {}\nhot_spot = 0.0",
-                    z.disk_mib, z.used_mib, z.churn_kib_hour
-                );
-                if let Some(p) = g.peak {
-                    let _ = writeln!(
-                        text,
-                        "peak_hours = \"{}-{}\"\npeak_share = {}",
-                        p.start, p.end, p.share
-                    );
-                }
-            }
+            vm_files.push(VmFile {
+                name: if alike {
+                    format!("vm{}", v + 1)
+                } else {
+                    format!("{}-{}", g.name, v + 1)
+                },
+                disk: (0..g.disks)
+                    .map(|d| DiskFile {
+                        name: format!("d{d}"),
+                        size_mib: z.disk_mib,
+                        used_mib: Some(z.used_mib),
+                        churn_kib_per_hour: z.churn_kib_hour,
+                        hot_spot: Some(0.0),
+                        peak_hours: g.peak.map(|p| format!("{}-{}", p.start, p.end)),
+                        peak_share: g.peak.map(|p| p.share),
+                        ..DiskFile::default()
+                    })
+                    .collect(),
+                ..VmFile::default()
+            });
         }
     }
+    let file = ScenarioFile {
+        name: "plan-verify".into(),
+        seed: Some(1),
+        duration_hours: hours,
+        start_unix: Some(start_unix),
+        storage: Some(StorageFile {
+            profile: Some(input.profile.clone()),
+            ..StorageFile::default()
+        }),
+        network: Some(NetworkFile {
+            bandwidth_kbps: Some(kbps),
+            connection_kbps,
+            throttle: scaled_throttle.map(|t| HostThrottleFile {
+                work_hours_kbps: t.work_hours_kbps,
+                non_work_hours_kbps: t.non_work_hours_kbps,
+                work_start_hour: t.work_start_hour,
+                work_end_hour: t.work_end_hour,
+            }),
+            ..NetworkFile::default()
+        }),
+        workload: Some(WorkloadFile {
+            incompressible: true,
+            ..WorkloadFile::default()
+        }),
+        policy: Some(scaled.policy.clone().unwrap_or_default()),
+        vm: vm_files,
+        ..ScenarioFile::default()
+    };
     let scenario =
-        crate::Scenario::parse(&text).map_err(|e| bad("scaled scenario", e.to_string()))?;
+        crate::Scenario::from_file(file).map_err(|e| bad("scaled scenario", e.to_string()))?;
     let report = crate::run(&scenario, 1).map_err(|e| bad("simulation", e.to_string()))?;
     // Compare what the model was given with what the simulation really ran (whole MiB).
     let simulated_initial_hours = report

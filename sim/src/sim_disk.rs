@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use datapath::driver::ReplicationDriver;
 use datapath::replica::block_record::BlockCodec;
+use datapath::replica::manifest::Manifest;
 use datapath::replicator::{CycleOutcome, CyclePlan, HealthWarning};
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
@@ -27,6 +28,8 @@ const CPU_BYTES_PER_SEC: u64 = 400_000_000;
 pub(crate) struct AzureDisk {
     pub(crate) file: Arc<MemoryFile>,
     pub(crate) writer: VhdxWriter<Arc<MemoryFile>>,
+    /// The sequence of the point it was restored from.
+    pub(crate) point: u64,
 }
 
 pub(crate) struct SimDisk<'a> {
@@ -74,6 +77,10 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) rpo_base: Option<u64>,
     /// When the running cycle started (true time).
     pub(crate) cycle_started: u64,
+    /// Points whose cycle is still running in simulated time (sequence → the agent epoch of
+    /// that cycle): written to the store when the cycle started, they have not arrived yet and
+    /// nothing may see them until it completes.
+    pub(crate) arriving: BTreeMap<u64, u64>,
     /// The health warnings last reported to the vault.
     pub(crate) warnings: Vec<HealthWarning>,
     /// Decodes the replica's records (the registration certificate's keys).
@@ -86,6 +93,14 @@ pub(crate) struct SimDisk<'a> {
     /// transient errors.
     pub(crate) azure_view: datapath::replica::disk_replica::DiskReplica<'a>,
     pub(crate) report: DiskReport,
+}
+
+impl SimDisk<'_> {
+    /// `points` without those that have not arrived (their cycle is still running).
+    pub(crate) fn arrived(&self, mut points: Vec<Manifest>) -> Vec<Manifest> {
+        points.retain(|p| !self.arriving.contains_key(&p.sequence));
+        points
+    }
 }
 
 /// `len` bytes of written data: random (incompressible), or a fill byte with a random byte

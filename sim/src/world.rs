@@ -1,4 +1,4 @@
-//! The simulated world ([`World`]) and its event loop. A Hyper-V host runs the scenario's VMs;
+//! The simulated world (`World`) and its event loop. A Hyper-V host runs the scenario's VMs;
 //! each VM disk is a real VHDX (the `vhdx` writer over an in-memory file) written by a workload
 //! generator, whose write hook feeds the disk's real change tracker. Each disk has the real
 //! replication agent and replicator state machine, replicating into the real page-blob
@@ -13,6 +13,7 @@
 //! Limitation: a host crash never interrupts a cycle's storage writes (the cycle has committed
 //! when it starts); interrupted cycles are covered by the data path's own crash tests.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -302,7 +303,7 @@ impl<'e> World<'e> {
             .observer
             .points(&d.digest_key)
             .ok()
-            .and_then(|p| p.last().map(|p| p.time_nanos));
+            .and_then(|p| d.arrived(p).last().map(|p| p.time_nanos));
         let host_clock = self.link.host_clocks[d.host_index];
         if let Some(t) = last_point {
             let steady = self.steadiness.is_steady(disk, now);
@@ -419,6 +420,17 @@ impl<'e> World<'e> {
             let reason = "WAN down: storage unreachable".into();
             (now + UPLOAD_TIMEOUT, CycleOutcome::Failed { reason })
         };
+        if let CycleOutcome::Committed { .. } = outcome {
+            // The point is in the store already; it arrives when the cycle completes.
+            if let Some(p) = d
+                .observer
+                .points(&d.digest_key)
+                .ok()
+                .and_then(|p| p.last().cloned())
+            {
+                d.arriving.insert(p.sequence, epoch);
+            }
+        }
         self.invariants.cycle_due(disk, epoch, done_at);
         self.queue.push(
             done_at,
@@ -441,6 +453,8 @@ impl<'e> World<'e> {
     ) -> Result<(), SimError> {
         self.invariants.cycle_ended(disk, epoch);
         let d = &mut self.disks[disk];
+        // Its point has arrived (a crash of the agent does not stop bytes already sent).
+        d.arriving.retain(|_, e| *e != epoch);
         if epoch != d.epoch {
             return Ok(());
         }
@@ -558,6 +572,10 @@ impl<'e> World<'e> {
             .unwrap_or(0);
         let host_now = self.link.host_clocks[vm_host].host_time(now);
         let env = self.env;
+        let arriving: Vec<BTreeMap<u64, u64>> = members
+            .iter()
+            .map(|&i| self.disks[i].arriving.clone())
+            .collect();
         let (job, mut checks) = crate::flows::perform(
             step,
             scenario,
@@ -585,6 +603,13 @@ impl<'e> World<'e> {
                 ok: !job.succeeded && nothing_up,
                 detail: job.detail.clone(),
             }];
+        }
+        for (&i, arriving) in members.iter().zip(&arriving) {
+            let d = &self.disks[i];
+            for copy in [&d.azure, &d.test_copy].into_iter().flatten() {
+                self.invariants
+                    .point_seen(&d.replica_name, copy.point, arriving, now);
+            }
         }
         self.trace.update(format!("{now} job {job:?}\n").as_bytes());
         let resumed = job.succeeded && matches!(step.action, StepAction::Failback);
@@ -656,7 +681,7 @@ impl<'e> World<'e> {
     }
 
     /// `host` (or every host) crashes; its agents are back a minute later. With `mid_cycle`,
-    /// the crash strikes inside each disk's next cycle instead (see [`World::on_poll`]).
+    /// the crash strikes inside each disk's next cycle instead (see `World::on_poll`).
     fn on_host_crash(&mut self, now: u64, host: Option<String>, mid_cycle: bool) {
         self.steadiness.calm_after(now + MIN);
         for i in 0..self.disks.len() {

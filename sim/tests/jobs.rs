@@ -69,3 +69,54 @@ fn failback_writes_while_the_agent_restarts_reach_the_next_agent() {
         assert!(failback.succeeded, "{failback:?}");
     }
 }
+
+/// A point arrives when its cycle completes in simulated time, not when the cycle starts: an
+/// unplanned failover in the middle of the initial replication over a slow WAN finds no point
+/// (the data has not arrived), and one after it completes restores that point.
+#[test]
+fn a_failover_during_initial_replication_finds_no_point_that_has_not_arrived() {
+    let text = "name = \"slow-initial\"\nduration_hours = 1\n\
+        [network]\nbandwidth_mbps = 1\n[workload]\nincompressible = true\n\
+        [policy]\ncopy_frequency_secs = 300\n\
+        [[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 64\nused_mib = 48\n\
+        churn_mib_per_hour = 1\n\
+        [[step]]\naction = \"unplanned_failover\"\nat_minutes = 3\nvm = \"a\"\n\
+        [[step]]\naction = \"commit\"\nat_minutes = 4\nvm = \"a\"\n";
+    let scenario = sim::Scenario::parse(text).unwrap();
+    let report = sim::run(&scenario, 1).unwrap();
+    let failed: Vec<_> = report.checks.iter().filter(|c| !c.ok).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let disk = &report.disks[0];
+    // 48 MiB of random data at 1 Mbit/s: the first cycle runs for over six minutes.
+    assert!(
+        disk.max_steady_cycle_secs > 360.0 || disk.max_rpo_secs > 360.0,
+        "{disk:?}"
+    );
+    let failover = report
+        .jobs
+        .iter()
+        .find(|j| j.name == "unplanned failover")
+        .unwrap();
+    assert!(!failover.succeeded, "{failover:?}");
+    assert!(
+        failover.detail.contains("no such recovery point"),
+        "{failover:?}"
+    );
+
+    // The same failover once the cycle has completed restores its point.
+    let later = sim::Scenario::parse(
+        &text
+            .replace("at_minutes = 3", "at_minutes = 12")
+            .replace("at_minutes = 4", "at_minutes = 13"),
+    )
+    .unwrap();
+    let report = sim::run(&later, 1).unwrap();
+    let failed: Vec<_> = report.checks.iter().filter(|c| !c.ok).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let failover = report
+        .jobs
+        .iter()
+        .find(|j| j.name == "unplanned failover")
+        .unwrap();
+    assert!(failover.succeeded, "{failover:?}");
+}

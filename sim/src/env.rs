@@ -6,7 +6,7 @@
 //! construction of each simulated disk ([`Env::new_disk`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use datapath::agent::AgentTarget;
@@ -19,7 +19,8 @@ use datapath::tracking::ChangeTracker;
 use pageblob::clock::{Clock, ManualClock};
 use pageblob::data_log::Durability;
 use pageblob::faults::{FaultConfig, FaultyStore};
-use pageblob::fs::StoreFs;
+use pageblob::fs::{RealFs, StoreFs};
+use pageblob::memory_fs::CrashFs;
 use pageblob::read_retry::ReadRetry;
 use pageblob::{Emulator, PageBlobStore, Profile};
 use rand_chacha::ChaCha8Rng;
@@ -40,6 +41,15 @@ pub(crate) fn stream(seed: u64, label: &str) -> ChaCha8Rng {
     let mut material = seed.to_le_bytes().to_vec();
     material.extend_from_slice(label.as_bytes());
     ChaCha8Rng::from_seed(blake3::derive_key("drplane sim stream v1", &material))
+}
+
+/// Where the simulated world keeps its stores' and change trackers' files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: the run leaves no file behind.
+    Memory,
+    /// In this (new or empty) directory, to inspect the stores after the run.
+    Directory(PathBuf),
 }
 
 pub(crate) struct Env {
@@ -66,23 +76,33 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    /// Build the world's fixed parts for `scenario` and `seed`, their files in `fs` under `root`.
+    /// Build the world's fixed parts for `scenario` and `seed`, their files where `storage`
+    /// says (a directory's stores are locked as any writer's are: two runs cannot share them).
     pub(crate) fn build(
         scenario: &Scenario,
         seed: u64,
-        fs: Arc<dyn StoreFs>,
-        root: &Path,
+        storage: &Storage,
     ) -> Result<Env, SimError> {
+        let (fs, root): (Arc<dyn StoreFs>, PathBuf) = match storage {
+            Storage::Memory => (Arc::new(CrashFs::new()), PathBuf::from("/drplane-sim")),
+            Storage::Directory(dir) => (Arc::new(RealFs), dir.clone()),
+        };
         let clock = Arc::new(ManualClock::new(scenario.start_nanos));
         let open_store = |dir: &str, profile: Profile| {
-            Emulator::open_with_fs(
-                Arc::clone(&fs),
-                &root.join(dir),
-                profile,
-                Durability::Process,
-                clock.clone(),
-            )
-            .map_err(|e| SimError::Setup(format!("{}: {e}", dir.replace('-', " "))))
+            let path = root.join(dir);
+            let store = match storage {
+                Storage::Memory => Emulator::open_with_fs(
+                    Arc::clone(&fs),
+                    &path,
+                    profile,
+                    Durability::Process,
+                    clock.clone(),
+                ),
+                Storage::Directory(_) => {
+                    Emulator::open(&path, profile, Durability::Process, clock.clone())
+                }
+            };
+            store.map_err(|e| SimError::Setup(format!("{}: {e}", dir.replace('-', " "))))
         };
         let emulator = Arc::new(open_store("store", scenario.profile)?);
         let calm = FaultConfig {

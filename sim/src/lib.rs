@@ -33,9 +33,10 @@ mod time;
 pub mod timeline;
 pub mod world;
 
+pub use env::Storage;
 pub use report::{HealthEvent, ItemDisk, ReplicatedItem, Report};
 pub use scenario::Scenario;
-pub use world::{run, run_in, Storage};
+pub use world::{run, run_in};
 
 /// The scenario `drplane sim run` uses when given none.
 pub const QUICKSTART: &str = include_str!("../../scenarios/quickstart.toml");

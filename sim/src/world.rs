@@ -14,18 +14,14 @@
 //! when it starts); interrupted cycles are covered by the data path's own crash tests.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use datapath::replica::manifest::Consistency;
 use datapath::replicator::{Action, CycleOutcome, CyclePlan, Resume};
 use pageblob::faults::FaultConfig;
-use pageblob::fs::{RealFs, StoreFs};
-use pageblob::memory_fs::CrashFs;
 use pageblob::PageBlobStore;
 use rand_core::RngCore;
 
-use crate::env::{Env, CONTAINER};
+use crate::env::{Env, Storage, CONTAINER};
 use crate::event_queue::{fault_events, Event, Queue};
 use crate::flows::{UsedIps, VmSettings};
 use crate::host_clock::HostClock;
@@ -38,15 +34,6 @@ use crate::time::{MIN, SEC};
 /// A cycle that cannot reach storage fails after this long.
 const UPLOAD_TIMEOUT: u64 = 30 * SEC;
 
-/// Where the simulated world keeps its stores' and change trackers' files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Storage {
-    /// In memory: the run leaves no file behind.
-    Memory,
-    /// In this (new or empty) directory, to inspect the stores after the run.
-    Directory(PathBuf),
-}
-
 /// Run `scenario` with `seed`, entirely in memory.
 pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
     run_in(scenario, seed, &Storage::Memory)
@@ -54,11 +41,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
 
 /// Run `scenario` with `seed`, its files kept where `storage` says.
 pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Report, SimError> {
-    let (fs, root): (Arc<dyn StoreFs>, PathBuf) = match storage {
-        Storage::Memory => (Arc::new(CrashFs::new()), PathBuf::from("/drplane-sim")),
-        Storage::Directory(dir) => (Arc::new(RealFs), dir.clone()),
-    };
-    let env = Env::build(scenario, seed, fs, &root)?;
+    let env = Env::build(scenario, seed, storage)?;
     let mut world = World::new(&env, scenario)?;
     while let Some((now, event)) = world.queue.pop() {
         if now >= world.end {

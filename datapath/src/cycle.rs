@@ -288,7 +288,7 @@ fn replica_state(
             rebuilt: false,
         });
     }
-    let rebuilt = replica.rebuild_digest_table(points.last().map(|p| p.snapshot.as_str()))?;
+    let rebuilt = replica.rebuild_digest_table()?;
     // Without points, a rebuild only matters when an interrupted first cycle wrote slots.
     let repaired = !points.is_empty() || rebuilt.iter().any(Option::is_some);
     let table = resolve(rebuilt);
@@ -633,9 +633,8 @@ fn recover_staged_cycle(
         log.for_each_entry(&header, |block, record| apply_entry(replica, block, record))?;
         let layout = replica.layout;
         let zero = zero_digests(codec, layout.blocks(), layout.block_size, layout.disk_size);
-        let last_snapshot = points.last().map(|p| p.snapshot.as_str());
         let table: Vec<[u8; 32]> = replica
-            .rebuild_digest_table(last_snapshot)?
+            .rebuild_digest_table()?
             .into_iter()
             .enumerate()
             .map(|(b, d)| d.unwrap_or_else(|| zero(b as u64)))

@@ -92,8 +92,14 @@ pub fn assert_files_equal(a: &Path, b: &Path) {
     }
 }
 
+/// A temporary folder for a test, removed afterwards unless `DRPLANE_KEEP_TEST_DIRS` is set
+/// (to inspect what a failing run left).
 pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
+    let mut d = tempfile::tempdir().expect("temp dir");
+    if std::env::var_os("DRPLANE_KEEP_TEST_DIRS").is_some() {
+        d.disable_cleanup(true);
+    }
+    d
 }
 
 pub fn file_in(dir: &Path, name: &str) -> PathBuf {

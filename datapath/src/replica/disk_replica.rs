@@ -299,21 +299,14 @@ impl<'a> DiskReplica<'a> {
     }
 
     /// Rebuild the digest table from the slot headers (after an interrupted cycle): slots
-    /// never written or cleared are zero blocks; only written slots are read. Slots that differ
-    /// from the last point's snapshot `last_snapshot` (all of them when there is none) were
-    /// written by the interrupted cycle, and a write cut short may have left a new header over
-    /// old or partial payload (a torn write): their whole record is read and its payload
-    /// checksum verified, and a damaged record gets a digest nothing matches, so the block is
-    /// sent again. Other slots hold committed records, exactly as in that snapshot.
-    pub fn rebuild_digest_table(
-        &self,
-        last_snapshot: Option<&str>,
-    ) -> Result<Vec<Option<[u8; 32]>>, ReplicaError> {
+    /// never written or cleared are zero blocks; only written slots are read. A write cut short
+    /// may have left a new header over old or partial payload (a torn write), so every written
+    /// slot's whole record is read and its payload checksum verified, and a damaged record gets
+    /// a digest nothing matches: the block is sent again. Every slot, not only those the store's
+    /// diff from the last point lists: a store may not list a write it never acknowledged (the
+    /// emulator after a power cut), and a torn slot trusted here would be in the next point.
+    pub fn rebuild_digest_table(&self) -> Result<Vec<Option<[u8; 32]>>, ReplicaError> {
         const UNKNOWN: [u8; 32] = [0xFF; 32];
-        let suspect: std::collections::BTreeSet<u64> = match last_snapshot {
-            Some(s) => self.changed_blocks(Some(s), None)?.into_iter().collect(),
-            None => Default::default(),
-        };
         let mut table = vec![None; self.layout.blocks() as usize];
         let slot = self.layout.slot_size();
         let mut head = vec![0u8; HEADER_SIZE];
@@ -333,19 +326,17 @@ impl<'a> DiskReplica<'a> {
                     table[block as usize] = Some(UNKNOWN);
                     continue;
                 };
-                let check = last_snapshot.is_none() || suspect.contains(&block);
                 let stored = u64::from(header.stored_len);
-                let intact = !check
-                    || (stored <= u64::from(self.layout.block_size) && {
-                        payload.resize(stored as usize, 0);
-                        self.store.read(
-                            &self.data,
-                            None,
-                            self.layout.slot_offset(block) + HEADER_SIZE as u64,
-                            &mut payload,
-                        )?;
-                        crc32c::crc32c(&payload) == header.payload_crc
-                    });
+                let intact = stored <= u64::from(self.layout.block_size) && {
+                    payload.resize(stored as usize, 0);
+                    self.store.read(
+                        &self.data,
+                        None,
+                        self.layout.slot_offset(block) + HEADER_SIZE as u64,
+                        &mut payload,
+                    )?;
+                    crc32c::crc32c(&payload) == header.payload_crc
+                };
                 table[block as usize] = Some(if intact { header.digest } else { UNKNOWN });
             }
         }

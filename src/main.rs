@@ -31,8 +31,9 @@ enum Command {
     Sim(cmd::sim::SimCommand),
     /// Create vault credentials (valid 5 days) and the data-encryption certificate (.pfx).
     Register(cmd::register::RegisterArgs),
-    /// Replicate a disk file into a store as the next recovery point.
-    Replicate(cmd::replicate::ReplicateArgs),
+    /// Replicate a disk (a file at rest, or a live disk in QEMU) into a store as the next
+    /// recovery point.
+    Replicate(Box<cmd::replicate::ReplicateArgs>),
     /// List the recovery points of a replica.
     Points(cmd::replicate::PointsArgs),
     /// Restore a recovery point byte-exact to a raw file.
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
         Command::Sim(c) => cmd::sim::run(c),
         Command::Blob(c) => cmd::blob::run(c),
         Command::Register(a) => cmd::register::run(a),
-        Command::Replicate(a) => cmd::replicate::replicate(a),
+        Command::Replicate(a) => cmd::replicate::replicate(*a),
         Command::Points(a) => cmd::replicate::points(a),
         Command::Restore(a) => cmd::replicate::restore(a),
         Command::Verify(a) => cmd::replicate::verify(a),

@@ -12,6 +12,7 @@ use datapath::cycle::{BlockSource, RawSource};
 use datapath::keys::Identity;
 use datapath::policy::Policy;
 use datapath::replicator::{Action, CycleOutcome, Replicator};
+use datapath::source::TrackedDisk;
 use datapath::tracking::ChangeTracker;
 use pageblob::clock::{Clock, SystemClock};
 use pageblob::data_log::Durability;
@@ -43,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let policy = Policy::from_toml("", Profile::Standard)?;
     let size = RawSource::open(disk_path)?.disk_size();
-    let tracker =
+    let (mut tracker, untrusted) =
         ChangeTracker::open(&store_dir.join("disk.ctb"), "disk", size, policy.block_size)?;
     let (mut agent, resume) = DiskAgent::open(
         AgentTarget {
@@ -56,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &identity,
         policy.clone(),
         size,
-        Some(tracker),
+        untrusted.map(|u| u.to_string()),
         true,
         Box::new(ChaCha8Rng::from_os_rng()),
     )?;
@@ -65,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Run what the machine plans at `now`.
     let cycle = |agent: &mut DiskAgent<'_>,
                  machine: &mut Replicator,
+                 tracker: &mut ChangeTracker,
                  now: u64|
      -> Result<f64, Box<dyn std::error::Error>> {
         let Action::RunCycle(plan) = machine.poll(now) else {
@@ -72,7 +74,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let source = RawSource::open(disk_path)?;
         let started = Instant::now();
-        let report = agent.run(&plan, &source, now, &|_| {})?;
+        let mut host = TrackedDisk {
+            tracker,
+            view: Some(&source),
+        };
+        let report = agent.run(&plan, &mut host, now, &|_| {})?;
         let seconds = started.elapsed().as_secs_f64();
         machine.cycle_finished(
             now,
@@ -92,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(seconds)
     };
     let start = clock.now_nanos();
-    let initial = cycle(&mut agent, &mut machine, start)?;
+    let initial = cycle(&mut agent, &mut machine, &mut tracker, start)?;
     // Churn: rewrite that share of the blocks with fresh, partly compressible bytes.
     let file = std::fs::OpenOptions::new().write(true).open(disk_path)?;
     let blocks = size / u64::from(policy.block_size);
@@ -110,15 +116,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let offset = block * u64::from(policy.block_size);
         file.write_all_at(&buf, offset)?;
-        agent.track_write(offset, buf.len() as u64);
+        tracker.mark(offset, buf.len() as u64);
     }
     drop(file);
     // The next cycle is due one copy interval later: tell the machine that time has come.
-    let delta = cycle(&mut agent, &mut machine, start + frequency)?;
+    let delta = cycle(&mut agent, &mut machine, &mut tracker, start + frequency)?;
     println!(
         "delta at {churn}% churn took {:.1}% of the initial replication time",
         100.0 * delta / initial
     );
-    agent.close()?;
+    agent.stop_cleanly(&mut TrackedDisk {
+        tracker: &mut tracker,
+        view: None,
+    })?;
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::replica::manifest::{Consistency, Manifest};
 use crate::replica::nonce::NonceSource;
 use crate::replicator::{CycleKind, CyclePlan, Replicator, Resume};
 use crate::retention::PointInfo;
-use crate::tracking::{ChangeTracker, Untrusted};
+use crate::source::{blocks_touched, ChangeSource, Changes, SourceError};
 use pageblob::PageBlobStore;
 
 /// Errors of the agent.
@@ -28,8 +28,8 @@ pub enum AgentError {
     Cycle(#[from] CycleError),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
-    #[error("change-tracking bitmap: {0}")]
-    Tracker(std::io::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("replica {name} uses {existing} KiB blocks; the policy asks for {asked} KiB")]
     BlockSize {
         name: String,
@@ -45,7 +45,8 @@ pub struct DiskAgent<'a> {
     identity: &'a Identity,
     keys: DiskKeys,
     policy: Policy,
-    tracker: Option<ChangeTracker>,
+    /// The newest point this agent knows committed (what its source's tracking is relative to).
+    last_point: Option<u64>,
     nonces: NonceSource,
     rng: Box<dyn RngCore + Send + 'a>,
     /// Driven by a simulator (see [`set_simulated`](Self::set_simulated)).
@@ -95,8 +96,8 @@ impl std::fmt::Debug for AgentTarget<'_, '_> {
 }
 
 impl<'a> DiskAgent<'a> {
-    /// Open the replica of a disk of `disk_size` bytes. `tracker` is the disk's change tracker
-    /// with the reason it is untrusted, if it is; `strict_block_size` refuses a policy block
+    /// Open the replica of a disk of `disk_size` bytes. `tracking_untrusted` says why the
+    /// source's change tracking cannot be trusted, if it cannot; `strict_block_size` refuses a policy block
     /// size that differs from an existing replica's (otherwise the replica's wins). `rng` draws
     /// nonce epochs (the OS RNG in production, a seeded stream in the simulator).
     #[allow(clippy::too_many_arguments)]
@@ -105,7 +106,7 @@ impl<'a> DiskAgent<'a> {
         identity: &'a Identity,
         mut policy: Policy,
         disk_size: u64,
-        tracker: Option<(ChangeTracker, Option<Untrusted>)>,
+        tracking_untrusted: Option<String>,
         strict_block_size: bool,
         mut rng: Box<dyn RngCore + Send + 'a>,
     ) -> Result<(DiskAgent<'a>, Resume), AgentError> {
@@ -142,11 +143,7 @@ impl<'a> DiskAgent<'a> {
             None => replica,
         };
         replica.sweep_orphans(&existing)?;
-        let (tracker, untrusted) = match tracker {
-            Some((t, why)) => (Some(t), why),
-            None => (None, None),
-        };
-        let resync_owed = untrusted.is_some();
+        let resync_owed = tracking_untrusted.is_some();
         let resume = Resume {
             last_point_nanos: existing.last().map(|p| p.time_nanos),
             last_app_point_nanos: existing
@@ -154,7 +151,7 @@ impl<'a> DiskAgent<'a> {
                 .rev()
                 .find(|p| p.consistency == Consistency::Application)
                 .map(|p| p.time_nanos),
-            tracking_untrusted: untrusted.map(|u| u.to_string()),
+            tracking_untrusted,
             paused_until_nanos: None,
         };
         let nonces = NonceSource::for_epoch(replica.claim_epoch(&mut rng)?);
@@ -166,7 +163,7 @@ impl<'a> DiskAgent<'a> {
                 identity,
                 keys,
                 policy,
-                tracker,
+                last_point: existing.last().map(|p| p.sequence),
                 nonces,
                 rng,
                 simulated: false,
@@ -189,34 +186,30 @@ impl<'a> DiskAgent<'a> {
         self.simulated = simulated;
     }
 
-    /// Record a write to the disk (the writer's change-tracking hook).
-    pub fn track_write(&mut self, offset: u64, len: u64) {
-        if let Some(t) = &mut self.tracker {
-            t.mark(offset, len);
-        }
-    }
-
     /// The live points, oldest first.
     pub fn points(&self) -> Result<Vec<Manifest>, ReplicaError> {
         self.replica.points(self.keys.digest.expose())
     }
 
-    /// Run `plan` against `source` at `now_nanos`.
+    /// Run `plan` against `source` at `now_nanos`: freeze it, replicate what the plan and
+    /// the source's changes select from its view, thaw it with the outcome.
     pub fn run(
         &mut self,
         plan: &CyclePlan,
-        source: &dyn BlockSource,
+        source: &mut dyn ChangeSource,
         now_nanos: u64,
         progress: &(dyn Fn(&Progress) + Sync),
     ) -> Result<CycleReport, AgentError> {
-        let selection = match (&mut self.tracker, plan.kind) {
-            (Some(t), CycleKind::Delta) => Selection::Blocks(t.begin_cycle()),
-            (Some(t), _) => {
-                // Everything is compared; what was tracked so far is covered by the scan.
-                t.begin_cycle();
-                Selection::Scan
-            }
-            (None, _) => Selection::Scan,
+        let changes = source.freeze(self.last_point)?;
+        let layout = self.replica.layout;
+        let (selection, tracking_lost) = match (changes, plan.kind) {
+            (Changes::Ranges(ranges), CycleKind::Delta) => (
+                Selection::Blocks(blocks_touched(&ranges, layout.block_size, layout.disk_size)),
+                None,
+            ),
+            // Everything is compared; what was tracked so far is covered by the scan.
+            (Changes::Lost(why), _) => (Selection::Scan, Some(why)),
+            _ => (Selection::Scan, None),
         };
         let (upload_threads, throttle_bytes_per_sec) =
             upload_options(&self.policy, plan, self.simulated);
@@ -230,11 +223,23 @@ impl<'a> DiskAgent<'a> {
             now_nanos,
             snapshot_limit: self.snapshot_limit,
         };
-        let mut outcome = self.cycle(source, &options, progress);
+        let mut outcome = match source.view() {
+            Ok(view) => self.cycle(view, &options, progress),
+            Err(e) => {
+                source.thaw(None)?;
+                return Err(e.into());
+            }
+        };
         if matches!(outcome, Err(CycleError::Nonces)) {
             // The epoch's 2^32 nonces are used: a fresh epoch, and the cycle again.
-            self.nonces = NonceSource::for_epoch(self.replica.claim_epoch(&mut self.rng)?);
-            outcome = self.cycle(source, &options, progress);
+            let renewed = self.replica.claim_epoch(&mut self.rng);
+            outcome = match renewed {
+                Ok(epoch) => {
+                    self.nonces = NonceSource::for_epoch(epoch);
+                    self.cycle(source.view()?, &options, progress)
+                }
+                Err(e) => Err(e.into()),
+            };
         }
         if let Err(CycleError::Replica(ReplicaError::Store(e))) = &outcome {
             if e.code() == Some(pageblob::ErrorCode::SnapshotCountExceeded) {
@@ -242,16 +247,18 @@ impl<'a> DiskAgent<'a> {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        if outcome.is_ok() && plan.kind != CycleKind::Delta {
+        if outcome.is_ok() && (plan.kind != CycleKind::Delta || tracking_lost.is_some()) {
             // Every block was compared with the replica: nothing the tracker missed is owed.
             self.resync_owed = false;
         }
-        match (&mut self.tracker, &outcome) {
-            (Some(t), Ok(_)) => t.commit_cycle().map_err(AgentError::Tracker)?,
-            (Some(t), Err(_)) => t.abort_cycle(),
-            (None, _) => {}
+        let committed = outcome.as_ref().ok().map(|r| r.point.sequence);
+        if committed.is_some() {
+            self.last_point = committed;
         }
-        Ok(outcome?)
+        source.thaw(committed)?;
+        let mut report = outcome?;
+        report.tracking_lost = tracking_lost;
+        Ok(report)
     }
 
     fn cycle(
@@ -316,26 +323,13 @@ impl<'a> DiskAgent<'a> {
         Ok(doomed)
     }
 
-    /// A clean stop of the service without giving the agent up: a running cycle's blocks go
-    /// back to the tracker, which is persisted with a clean-shutdown mark, so the agent that
-    /// starts next trusts it (no resync) — unless a resync is still owed (the tracker was
+    /// A clean stop of the service without giving the agent up: `source` puts a running
+    /// cycle's changes back and persists its tracking with a clean-shutdown mark, so the agent
+    /// that starts next trusts it (no resync) — unless a resync is still owed (the tracking was
     /// untrusted at start and no full comparison has committed since): then the mark stays
     /// unclean and the next agent resyncs.
-    pub fn stop_cleanly(&mut self) -> Result<(), AgentError> {
-        let clean = !self.resync_owed;
-        match &mut self.tracker {
-            Some(t) => {
-                t.abort_cycle();
-                t.persist(clean).map_err(AgentError::Tracker)
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Stop: the tracker is persisted with a clean-shutdown mark (unless a resync is owed,
-    /// as for [`stop_cleanly`](Self::stop_cleanly)).
-    pub fn close(mut self) -> Result<(), AgentError> {
-        self.stop_cleanly()
+    pub fn stop_cleanly(&mut self, source: &mut dyn ChangeSource) -> Result<(), AgentError> {
+        Ok(source.stop(!self.resync_owed)?)
     }
 }
 

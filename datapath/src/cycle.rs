@@ -54,6 +54,24 @@ pub trait BlockSource: Sync {
     }
 }
 
+impl<T: BlockSource + ?Sized> BlockSource for &T {
+    fn disk_size(&self) -> u64 {
+        (**self).disk_size()
+    }
+    fn is_unallocated(&self, offset: u64, len: u64) -> bool {
+        (**self).is_unallocated(offset, len)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+    fn release(&self, offset: u64, len: u64) {
+        (**self).release(offset, len)
+    }
+    fn check_reads(&self) -> std::io::Result<()> {
+        (**self).check_reads()
+    }
+}
+
 /// Which blocks a cycle examines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -126,6 +144,8 @@ pub struct CycleReport {
     /// The digest table did not match the last point (an interrupted cycle) and was rebuilt.
     pub table_rebuilt: bool,
     pub seconds: f64,
+    /// The source had lost its change tracking (why): every block was compared (a resync).
+    pub tracking_lost: Option<String>,
 }
 
 /// Failures of a cycle.
@@ -591,6 +611,7 @@ fn cycle_inner(
         bytes_sent: sent.into_inner(),
         table_rebuilt,
         seconds: started.elapsed().as_secs_f64(),
+        tracking_lost: None,
     };
     Ok((report, table))
 }

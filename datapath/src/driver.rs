@@ -9,13 +9,13 @@
 use rand_core::RngCore;
 
 use crate::agent::{AgentError, AgentTarget, DiskAgent};
-use crate::cycle::{BlockSource, CycleReport, Progress};
+use crate::cycle::{CycleReport, Progress};
 use crate::keys::Identity;
 use crate::policy::Policy;
 use crate::replica::error::ReplicaError;
 use crate::replica::manifest::Consistency;
 use crate::replicator::{Action, CycleOutcome, CyclePlan, Health, Replicator, Resume};
-use crate::tracking::{ChangeTracker, Untrusted};
+use crate::source::ChangeSource;
 use pageblob::clock::Clock;
 
 /// One disk's replication: the agent and its state machine.
@@ -36,14 +36,14 @@ pub struct Finished {
 
 impl<'a> ReplicationDriver<'a> {
     /// Open the agent of a disk of `disk_size` bytes (see [`DiskAgent::open`]) and start its
-    /// machine at `now_nanos` from what the replica and the tracker say.
+    /// machine at `now_nanos` from what the replica and the source's tracking say.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         target: AgentTarget<'a, '_>,
         identity: &'a Identity,
         policy: Policy,
         disk_size: u64,
-        tracker: Option<(ChangeTracker, Option<Untrusted>)>,
+        tracking_untrusted: Option<String>,
         strict_block_size: bool,
         rng: Box<dyn RngCore + Send + 'a>,
         now_nanos: u64,
@@ -53,7 +53,7 @@ impl<'a> ReplicationDriver<'a> {
             identity,
             policy,
             disk_size,
-            tracker,
+            tracking_untrusted,
             strict_block_size,
             rng,
         )?;
@@ -100,7 +100,7 @@ impl<'a> ReplicationDriver<'a> {
     pub fn run_cycle(
         &mut self,
         plan: &CyclePlan,
-        source: &dyn BlockSource,
+        source: &mut dyn ChangeSource,
         now_nanos: u64,
         progress: &(dyn Fn(&Progress) + Sync),
     ) -> Result<CycleReport, AgentError> {
@@ -121,7 +121,7 @@ impl<'a> ReplicationDriver<'a> {
     /// retention.
     pub fn run_now(
         &mut self,
-        source: &dyn BlockSource,
+        source: &mut dyn ChangeSource,
         consistency: Consistency,
         clock: &dyn Clock,
         progress: &(dyn Fn(&Progress) + Sync),
@@ -176,7 +176,7 @@ pub enum WatchEnd {
 /// asks. While it waits, the `stores` let their readers in.
 pub fn watch(
     driver: &mut ReplicationDriver<'_>,
-    source: &dyn BlockSource,
+    source: &mut dyn ChangeSource,
     consistency: Consistency,
     clock: &dyn Clock,
     stores: &[&dyn pageblob::PageBlobStore],

@@ -4,7 +4,9 @@
 //! - [`registration`] and [`keys`]: vault credentials, .pfx, key derivation; [`policy`]:
 //!   replication policies validated against the store profile.
 //! - [`replica`]: block pipeline, slot records, manifests, the replica blobs and restore.
-//! - [`tracking`]: the persistent change bitmap; [`cycle`]: one replication cycle;
+//! - [`source`]: what a cycle reads — a frozen view and what changed since the last point
+//!   (a file at rest, a tracked disk, a live QEMU disk through [`live`]);
+//!   [`tracking`]: the persistent change bitmap; [`cycle`]: one replication cycle;
 //!   [`retention`]: which points to keep; [`replicator`]: the sans-IO state machine that
 //!   schedules cycles; [`agent`]: carries out its plans for one disk; [`driver`]: the two
 //!   together, stepped by the simulator or run on the system clock by `replicate --watch`;
@@ -21,10 +23,12 @@ pub mod driver;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzz_targets;
 pub mod keys;
+pub mod live;
 pub mod policy;
 pub mod registration;
 pub mod replica;
 pub mod replicator;
 pub mod retention;
+pub mod source;
 pub mod throttle;
 pub mod tracking;

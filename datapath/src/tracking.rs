@@ -153,6 +153,16 @@ impl ChangeTracker {
         Ok((tracker, untrusted))
     }
 
+    /// The tracked disk's size.
+    pub fn disk_size(&self) -> u64 {
+        self.disk_size
+    }
+
+    /// Bytes per tracked block.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
     /// Record a write of `len` bytes at `offset`.
     pub fn mark(&mut self, offset: u64, len: u64) {
         if len == 0 {

@@ -13,6 +13,7 @@ use datapath::keys::Identity;
 use datapath::policy::Policy;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replicator::{Action, CycleKind, CycleOutcome, Replicator};
+use datapath::source::{AtRestDisk, TrackedDisk};
 use datapath::tracking::{ChangeTracker, Untrusted};
 use pageblob::clock::{Clock, ManualClock};
 use pageblob::data_log::Durability;
@@ -124,13 +125,14 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
     let mut images: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
 
     let open = |clock: &ManualClock| {
-        let tracker = ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
+        let (tracker, untrusted) =
+            ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
         let (agent, resume) = DiskAgent::open(
             target,
             &id,
             policy.clone(),
             SIZE,
-            Some(tracker),
+            untrusted.map(|u| u.to_string()),
             true,
             Box::new(ChaCha8Rng::seed_from_u64(clock.now_nanos())),
         )
@@ -141,10 +143,10 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
             clock.now_nanos(),
             resume,
         );
-        (agent, machine)
+        (agent, machine, tracker)
     };
 
-    let (mut agent, mut machine) = open(&clock);
+    let (mut agent, mut machine, mut tracker) = open(&clock);
     let mut kinds = Vec::new();
     // Simulate 4 hours: writes every minute, cycles when the machine says so.
     for minute in 0..240u64 {
@@ -153,20 +155,25 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
         if minute == 100 {
             // The host crashes: no clean close; the tracker reopens untrusted.
             drop(agent);
-            let tracker = ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
-            assert_eq!(tracker.1, Some(Untrusted::UncleanStop));
             drop(tracker);
-            (agent, machine) = open(&clock);
+            let reopened = ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
+            assert_eq!(reopened.1, Some(Untrusted::UncleanStop));
+            drop(reopened);
+            (agent, machine, tracker) = open(&clock);
             assert_eq!(machine.phase(), CycleKind::Resync);
             // Writes the dead tracker never saw: the resync must find them by digest.
             workload(&mut disk, &mut rng, 3);
         }
         for (off, len) in workload(&mut disk, &mut rng, 2) {
-            agent.track_write(off, len);
+            tracker.mark(off, len);
         }
         if let Action::RunCycle(plan) = machine.poll(now) {
             let reads_before = disk.reads.load(Ordering::Relaxed);
-            let report = agent.run(&plan, &disk, now, &|_| {}).unwrap();
+            let mut host = TrackedDisk {
+                tracker: &mut tracker,
+                view: Some(&disk),
+            };
+            let report = agent.run(&plan, &mut host, now, &|_| {}).unwrap();
             let reads = disk.reads.load(Ordering::Relaxed) - reads_before;
             match plan.kind {
                 CycleKind::Delta => assert!(
@@ -222,9 +229,22 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
             p.sequence
         );
     }
-    agent.close().unwrap();
+    agent
+        .stop_cleanly(&mut TrackedDisk {
+            tracker: &mut tracker,
+            view: None,
+        })
+        .unwrap();
     let (_, why) = ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
     assert_eq!(why, None, "a clean close leaves a trusted bitmap");
+}
+
+/// The host's view of `disk` (none for a stop) with its tracker.
+fn host<'t, 'v>(tracker: &'t mut ChangeTracker, view: Option<&'v Disk>) -> TrackedDisk<'t, 'v> {
+    TrackedDisk {
+        tracker,
+        view: view.map(|d| d as &dyn BlockSource),
+    }
 }
 
 #[test]
@@ -252,17 +272,19 @@ fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
         log_store: None,
     };
     let open = || {
-        let tracker = ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
-        DiskAgent::open(
+        let (tracker, untrusted) =
+            ChangeTracker::open(&bitmap, "vm-disk", SIZE, BLOCK as u32).unwrap();
+        let (agent, resume) = DiskAgent::open(
             target,
             &id,
             policy.clone(),
             SIZE,
-            Some(tracker),
+            untrusted.map(|u| u.to_string()),
             true,
             Box::new(ChaCha8Rng::seed_from_u64(clock.now_nanos())),
         )
-        .unwrap()
+        .unwrap();
+        (agent, resume, tracker)
     };
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let mut disk = Disk {
@@ -270,25 +292,29 @@ fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
         reads: AtomicU64::new(0),
     };
     workload(&mut disk, &mut rng, 10);
-    let (mut first, resume) = open();
+    let (mut first, resume, mut tracker) = open();
     let mut machine = Replicator::new(policy.clone(), None, T0, resume);
     let Action::RunCycle(plan) = machine.poll(T0) else {
         panic!("initial replication is due")
     };
-    first.run(&plan, &disk, T0, &|_| {}).unwrap();
+    first
+        .run(&plan, &mut host(&mut tracker, Some(&disk)), T0, &|_| {})
+        .unwrap();
     // Writes the tracker hears of, then a crash before they are persisted.
     for (o, l) in workload(&mut disk, &mut rng, 5) {
-        first.track_write(o, l);
+        tracker.mark(o, l);
     }
     drop(first);
-    let (mut second, resume) = open();
+    drop(tracker);
+    let (mut second, resume, mut tracker) = open();
     assert_eq!(
         resume.tracking_untrusted.as_deref(),
         Some("tracking stopped uncleanly")
     );
-    second.stop_cleanly().unwrap();
+    second.stop_cleanly(&mut host(&mut tracker, None)).unwrap();
     drop(second);
-    let (third, resume) = open();
+    drop(tracker);
+    let (third, resume, mut tracker) = open();
     assert!(
         resume.tracking_untrusted.is_some(),
         "the resync is still owed after a clean stop"
@@ -299,12 +325,20 @@ fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
         panic!("a cycle is due")
     };
     assert_eq!(plan.kind, CycleKind::Resync);
-    let report = third.run(&plan, &disk, T0 + 10 * MIN, &|_| {}).unwrap();
+    let report = third
+        .run(
+            &plan,
+            &mut host(&mut tracker, Some(&disk)),
+            T0 + 10 * MIN,
+            &|_| {},
+        )
+        .unwrap();
     assert!(restore_point(&third, &id, report.point.sequence) == disk.bytes);
     // With the resync done, a clean stop is trusted again.
-    third.stop_cleanly().unwrap();
+    third.stop_cleanly(&mut host(&mut tracker, None)).unwrap();
     drop(third);
-    let (_, resume) = open();
+    drop(tracker);
+    let (_, resume, _) = open();
     assert_eq!(resume.tracking_untrusted, None);
 }
 
@@ -381,7 +415,7 @@ fn snapshots_orphaned_while_deletes_fail_are_swept_and_replication_resumes() {
         clock.set(now);
         workload(&mut disk, &mut rng, 3);
         if let Action::RunCycle(plan) = machine.poll(now) {
-            let outcome = match agent.run(&plan, &disk, now, &|_| {}) {
+            let outcome = match agent.run(&plan, &mut AtRestDisk(&disk), now, &|_| {}) {
                 Ok(r) => CycleOutcome::Committed {
                     point_time_nanos: r.point.time_nanos,
                 },

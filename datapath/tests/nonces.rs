@@ -15,6 +15,7 @@ use datapath::policy::Policy;
 use datapath::replica::manifest::Consistency;
 use datapath::replica::slot_header::{SlotHeader, MAGIC};
 use datapath::replicator::{CycleKind, CyclePlan};
+use datapath::source::AtRestDisk;
 use pageblob::clock::{Clock, ManualClock};
 use pageblob::data_log::Durability;
 use pageblob::faults::{FaultConfig, FaultyStore};
@@ -211,7 +212,10 @@ fn no_nonce_ever_seals_two_records_across_restarts_failures_and_the_staging_log(
                 due_nanos: clock.now_nanos(),
             };
             clock.advance(300_000_000_000);
-            if agent.run(&plan, &disk, clock.now_nanos(), &|_| {}).is_ok() {
+            if agent
+                .run(&plan, &mut AtRestDisk(&disk), clock.now_nanos(), &|_| {})
+                .is_ok()
+            {
                 committed += 1;
             }
         }

@@ -155,9 +155,9 @@ impl Env {
         size: u64,
         epoch: u64,
         policy: &Policy,
-    ) -> Result<ReplicationDriver<'_>, SimError> {
+    ) -> Result<(ReplicationDriver<'_>, ChangeTracker), SimError> {
         let tracker_path = self.trackers.join(format!("{name}.ctb"));
-        let mut tracker = ChangeTracker::open_in(
+        let (mut tracker, untrusted) = ChangeTracker::open_in(
             Arc::clone(&self.fs),
             &tracker_path,
             name,
@@ -166,7 +166,7 @@ impl Env {
         )
         .map_err(|e| SimError::Setup(format!("tracker {name}: {e}")))?;
         // A simulated host crash kills the agent, not the OS: no fsync needed (or charged).
-        tracker.0.set_power_safe(false);
+        tracker.set_power_safe(false);
         let mut driver = ReplicationDriver::open(
             AgentTarget {
                 snapshot_limit: self.snapshot_limit,
@@ -178,7 +178,7 @@ impl Env {
             &self.identity,
             policy.clone(),
             size,
-            Some(tracker),
+            untrusted.map(|u| u.to_string()),
             true,
             Box::new(stream(self.seed, &format!("nonces/{name}/{epoch}"))),
             self.clock.now_nanos(),
@@ -186,7 +186,7 @@ impl Env {
         .map_err(|e| SimError::Setup(format!("agent {name}: {e}")))?;
         // Store calls in a fixed order: fault draws do not depend on thread scheduling.
         driver.agent_mut().set_simulated(true);
-        Ok(driver)
+        Ok((driver, tracker))
     }
 
     /// Disk `spec` of `vm`: its VHDX written with the data already on it, its agent started,
@@ -228,7 +228,7 @@ impl Env {
             at += len as u64;
         }
         writer.flush().map_err(|e| setup(&e))?;
-        let driver = self.open_agent(&name, spec.size_bytes, 0, &vm.policy)?;
+        let (driver, tracker) = self.open_agent(&name, spec.size_bytes, 0, &vm.policy)?;
         let layout = driver.agent().replica.layout;
         let replica_error =
             |e: &dyn std::fmt::Display| SimError::Setup(format!("replica {name}: {e}"));
@@ -249,6 +249,7 @@ impl Env {
             writer,
             marks,
             driver,
+            tracker,
             workload: stream(seed, &format!("workload/{}/{}", vm.name, spec.name)),
             churn_carry: 0,
             incompressible: scenario.incompressible,

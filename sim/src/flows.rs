@@ -428,7 +428,7 @@ pub(crate) fn perform(
                     // tracked delta left them out of its point (swarm seed 1270).
                     if !d.agent_down {
                         for (o, l) in d.marks.lock().expect("marks").drain(..) {
-                            d.driver.agent_mut().track_write(o, l);
+                            d.tracker.mark(o, l);
                         }
                     }
                 }

@@ -10,6 +10,8 @@ use datapath::driver::ReplicationDriver;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::manifest::Manifest;
 use datapath::replicator::{CycleOutcome, CyclePlan, HealthWarning};
+use datapath::source::TrackedDisk;
+use datapath::tracking::ChangeTracker;
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 use vhdx::{MemoryFile, NoParents, VhdxWriter};
@@ -46,6 +48,8 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) marks: Arc<Mutex<Vec<(u64, u64)>>>,
     /// The disk's replication agent and its state machine.
     pub(crate) driver: ReplicationDriver<'a>,
+    /// The host's change tracking of the disk (its writes' persistent bitmap).
+    pub(crate) tracker: ChangeTracker,
     pub(crate) workload: ChaCha8Rng,
     /// Churn bytes the workload owes (positive) or wrote ahead (negative).
     pub(crate) churn_carry: i64,
@@ -251,7 +255,11 @@ pub(crate) fn run_cycle(
     if plan.kind == datapath::replicator::CycleKind::Resync {
         d.report.resyncs += 1;
     }
-    match d.driver.run_cycle(plan, &source, now, &|_| {}) {
+    let mut host = TrackedDisk {
+        tracker: &mut d.tracker,
+        view: Some(&source),
+    };
+    match d.driver.run_cycle(plan, &mut host, now, &|_| {}) {
         Ok(report) => {
             if report.point.sequence != own_sequence {
                 d.audit.failures.push(format!(

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use datapath::replica::manifest::Consistency;
 use datapath::replicator::{Action, CycleOutcome, CyclePlan, Resume};
+use datapath::source::TrackedDisk;
 use pageblob::faults::FaultConfig;
 use pageblob::PageBlobStore;
 use rand_core::RngCore;
@@ -268,7 +269,7 @@ impl<'e> World<'e> {
         d.report.bytes_written_by_workload += written;
         if !d.agent_down {
             for (o, l) in d.marks.lock().expect("marks").drain(..) {
-                d.driver.agent_mut().track_write(o, l);
+                d.tracker.mark(o, l);
             }
         }
         self.queue.push(now + MIN, Event::Workload { disk });
@@ -655,7 +656,11 @@ impl<'e> World<'e> {
             if d.agent_down || host.as_ref().is_some_and(|h| *h != d.host) {
                 continue;
             }
-            if let Err(e) = d.driver.agent_mut().stop_cleanly() {
+            let mut host = TrackedDisk {
+                tracker: &mut d.tracker,
+                view: None,
+            };
+            if let Err(e) = d.driver.agent_mut().stop_cleanly(&mut host) {
                 self.trace
                     .update(format!("{now} clean stop failed: {e}\n").as_bytes());
             }
@@ -705,13 +710,14 @@ impl<'e> World<'e> {
             return;
         }
         match env.open_agent(&d.replica_name, d.spec.size_bytes, d.epoch, &d.policy) {
-            Ok(driver) => {
-                // Replace: the old agent is dropped without `close`.
+            Ok((driver, tracker)) => {
+                // Replace: the old agent and its tracker are dropped without a clean stop.
                 d.driver = driver;
+                d.tracker = tracker;
                 d.agent_down = false;
                 // Writes recorded while the service was down reach the new tracker.
                 for (o, l) in d.marks.lock().expect("marks").drain(..) {
-                    d.driver.agent_mut().track_write(o, l);
+                    d.tracker.mark(o, l);
                 }
                 self.queue.push(now, Event::Poll { disk, epoch });
             }

@@ -10,12 +10,14 @@ use datapath::agent::{AgentError, AgentTarget};
 use datapath::cycle::{BlockSource, CycleReport, Progress, RawSource};
 use datapath::driver::{watch, Finished, Pause, ReplicationDriver, WatchEnd, WatchEvents};
 use datapath::keys::Identity;
+use datapath::live::{QemuOptions, QemuSource};
 use datapath::policy::{Policy, PolicyOverrides};
 use datapath::registration::VaultCredentials;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::manifest::Consistency;
 use datapath::replicator::{CycleKind, CyclePlan};
+use datapath::source::{AtRestDisk, ChangeSource};
 use pageblob::clock::{Clock, SystemClock};
 use pageblob::timestamp::http_date;
 use pageblob::{PageBlobStore, Profile};
@@ -50,9 +52,12 @@ impl Keys {
 
 #[derive(Debug, Args)]
 pub struct ReplicateArgs {
-    /// The disk: a .vhdx (chains followed) or a raw image.
-    #[arg(long)]
-    disk: PathBuf,
+    /// The disk: a .vhdx (chains followed) or a raw image, at rest (nobody writes it while a
+    /// cycle reads it).
+    #[arg(long, required_unless_present = "qemu")]
+    disk: Option<PathBuf>,
+    #[command(flatten)]
+    live: LiveArgs,
     #[command(flatten)]
     target: Target,
     #[command(flatten)]
@@ -89,6 +94,48 @@ pub struct ReplicateArgs {
     #[arg(long)]
     json: bool,
 }
+/// A live disk in a running QEMU (see docs/live-replication.md).
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// QMP socket of a running QEMU or qemu-storage-daemon: replicate the live disk of
+    /// --node, reading only what its dirty bitmaps mark, from a point-in-time fleecing view.
+    #[arg(long, conflicts_with = "disk", requires_all = ["node", "name"])]
+    qemu: Option<PathBuf>,
+    /// With --qemu: the disk's block node (its format node, e.g. `disk0`).
+    #[arg(long, requires = "qemu")]
+    node: Option<String>,
+    /// With --qemu: the unix socket of the NBD server QEMU already runs (`--nbd-server`);
+    /// default: one is started beside the QMP socket for each cycle and stopped after it.
+    #[arg(long, requires = "qemu")]
+    nbd_socket: Option<PathBuf>,
+    /// With --qemu: where QEMU writes the fleecing file (old data the guest overwrites during
+    /// a cycle; up to the disk's size); default: beside the QMP socket.
+    #[arg(long, requires = "qemu")]
+    scratch_dir: Option<PathBuf>,
+    /// With --qemu: keep the dirty bitmaps in the image (qcow2 only), so a clean QEMU restart
+    /// needs no resync.
+    #[arg(long, requires = "qemu")]
+    persistent_bitmap: bool,
+}
+
+impl LiveArgs {
+    /// The QEMU source these flags name, with its disk size.
+    fn attach(&self, name: &str) -> Result<Option<(QemuSource, u64)>> {
+        let (Some(qmp), Some(node)) = (&self.qemu, &self.node) else {
+            return Ok(None);
+        };
+        let mut options = QemuOptions::new(qmp.clone(), node.clone(), name.into());
+        options.nbd_socket = self.nbd_socket.clone();
+        if let Some(dir) = &self.scratch_dir {
+            options.scratch_dir = dir.clone();
+        }
+        options.persistent_bitmaps = self.persistent_bitmap;
+        let (source, size) = QemuSource::attach(options)
+            .with_context(|| format!("QEMU at {} (node {node})", qmp.display()))?;
+        Ok(Some((source, size)))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PointsArgs {
     #[command(flatten)]
@@ -328,7 +375,13 @@ impl CycleConsole {
             .now_nanos()
             .saturating_sub(report.point.time_nanos) as f64
             / 1e9;
-        let kind = format!("{kind:?}").to_lowercase();
+        let kind = match &report.tracking_lost {
+            Some(why) => {
+                eprintln!("{name}: change tracking was lost, every block compared: {why}");
+                "resync".to_string()
+            }
+            None => format!("{kind:?}").to_lowercase(),
+        };
         if self.json {
             println!(
                 "{}",
@@ -438,8 +491,22 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     let now = SystemClock.now_nanos();
     // The agent reaches the account through the proxy it was registered with (unless told).
     args.target.recorded_proxy = check_credentials(&args, &identity, now)?;
-    let (source, default_name) = open_source(&args.disk)?;
-    let name = args.name.clone().unwrap_or(default_name);
+    let file = match &args.disk {
+        Some(disk) => Some(open_source(disk)?),
+        None => None,
+    };
+    let (mut source, disk_size, name): (Box<dyn ChangeSource + '_>, u64, String) =
+        match (&file, &args.name) {
+            (Some((file, default_name)), _) => {
+                let name = args.name.clone().unwrap_or_else(|| default_name.clone());
+                (Box::new(AtRestDisk(&**file)), file.disk_size(), name)
+            }
+            (None, Some(name)) => {
+                let (qemu, size) = args.live.attach(name)?.context("--qemu needs --node")?;
+                (Box::new(qemu), size, name.clone())
+            }
+            (None, None) => bail!("give --disk, or --qemu with --node and --name"),
+        };
     let asked = match &args.profile {
         Some(p) => Some(
             Profile::parse(p)
@@ -476,8 +543,8 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         },
         &identity,
         policy.clone(),
-        source.disk_size(),
-        None,
+        disk_size,
+        source.untrusted(),
         args.policy.block_size_kib.is_some(),
         Box::new(ChaCha8Rng::from_os_rng()),
         now,
@@ -488,15 +555,17 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     } else {
         Consistency::Crash
     };
-    let mut console = CycleConsole::new(&name, args.json, source.disk_size());
+    let mut console = CycleConsole::new(&name, args.json, disk_size);
     if !args.watch {
         // One cycle now, whatever the schedule says.
         console.start(driver.machine().phase());
         let kind = driver.machine().phase();
-        let (report, retention) = driver.run_now(&*source, consistency, &SystemClock, &|p| {
-            console.show_progress(p)
-        })?;
+        let (report, retention) =
+            driver.run_now(&mut *source, consistency, &SystemClock, &|p| {
+                console.show_progress(p)
+            })?;
         console.print(kind, &report, &retention?)?;
+        source.stop(true)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut stores = vec![&*store];
@@ -511,7 +580,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     };
     let end = watch(
         &mut driver,
-        &*source,
+        &mut *source,
         consistency,
         &SystemClock,
         &stores,
@@ -522,6 +591,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     if end == WatchEnd::Stopped {
         eprintln!("{name}: stopped");
     }
+    source.stop(true)?;
     Ok(ExitCode::SUCCESS)
 }
 

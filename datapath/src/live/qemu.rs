@@ -1,0 +1,605 @@
+//! [`QemuSource`]: a disk a running QEMU (or `qemu-storage-daemon`) hosts, as a
+//! [`ChangeSource`]. QEMU tracks the guest's writes in dirty bitmaps; each cycle freezes the
+//! disk in one QMP `transaction` — a new bitmap starts recording, the old one stops, and a
+//! `blockdev-backup sync=none` job puts a copy-before-write filter over the disk — then exports
+//! a `snapshot-access` view of the frozen disk read-only over NBD with the old bitmap. The cycle
+//! reads only what that bitmap marks dirty. Thawing drops the view and the old bitmap when the
+//! point committed, or merges the old bitmap back when it did not, so no write is ever lost.
+//!
+//! Bitmaps are named `drplane.TAG.SEQ`: the writes since the freeze of point SEQ of the replica
+//! TAG names. A bitmap is a cycle's base only when it belongs to the replica's newest point;
+//! anything else (QEMU restarted, a persistent bitmap left inconsistent, a killed resync) means
+//! the history is gone, and the cycle compares every block (a resync that keeps the points).
+//! A run killed mid-cycle leaves the old bitmap disabled and the new one recording: the next
+//! freeze merges them, so it reads a superset of the changes and never resyncs.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::nbd::{NbdClient, NbdError, STATE_DIRTY};
+use super::qmp::{
+    Action, BitmapAdd, BitmapMerge, BitmapRef, BlockdevBackup, DirtyBitmap, Qmp, QmpError,
+};
+use crate::cycle::BlockSource;
+use crate::source::{ChangeSource, Changes, SourceError};
+
+const TEMP_NODE: &str = "drplane-fleece-temp";
+const FILTER_NODE: &str = "drplane-fleece-cbw";
+const VIEW_NODE: &str = "drplane-fleece-view";
+const JOB_ID: &str = "drplane-fleece-job";
+const EXPORT: &str = "drplane-fleece";
+
+/// How to reach the disk.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    /// QEMU's QMP monitor socket.
+    pub qmp_socket: PathBuf,
+    /// The disk's block node (its format node: `vhdx`, `qcow2`, `raw`).
+    pub node: String,
+    /// The unix socket of an NBD server QEMU already runs (`--nbd-server`); `None`: a server
+    /// is started on `scratch_dir/drplane-TAG.nbd` for each cycle and stopped after it.
+    pub nbd_socket: Option<PathBuf>,
+    /// Where the fleecing file (old data the guest overwrites during a cycle) goes; QEMU must
+    /// be able to create and write files there.
+    pub scratch_dir: PathBuf,
+    /// Names this replica's bitmaps (the replica name).
+    pub tag: String,
+    /// Ask QEMU to keep the bitmaps in the image (qcow2 only): they survive a QEMU restart.
+    pub persistent_bitmaps: bool,
+    /// Bytes per dirty bit.
+    pub granularity: u32,
+    /// How long a QMP or NBD reply may take.
+    pub timeout: Duration,
+}
+
+impl QemuOptions {
+    /// Options with the defaults: 64 KiB granularity, a 2-minute timeout, the scratch files
+    /// beside the QMP socket.
+    pub fn new(qmp_socket: PathBuf, node: String, tag: String) -> QemuOptions {
+        let scratch_dir = qmp_socket
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        QemuOptions {
+            qmp_socket,
+            node,
+            nbd_socket: None,
+            scratch_dir,
+            tag,
+            persistent_bitmaps: false,
+            granularity: 64 << 10,
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    fn bitmap(&self, sequence: u64) -> String {
+        format!("{}{sequence}", self.bitmap_prefix())
+    }
+
+    fn bitmap_prefix(&self) -> String {
+        format!("drplane.{}.", self.tag)
+    }
+
+    fn temp_file(&self) -> PathBuf {
+        self.scratch_dir
+            .join(format!("drplane-{}.fleece", self.tag))
+    }
+
+    fn own_nbd_socket(&self) -> PathBuf {
+        self.scratch_dir.join(format!("drplane-{}.nbd", self.tag))
+    }
+}
+
+/// The frozen view: the fleecing export, read over a pool of NBD connections (the cycle reads
+/// from all cores).
+pub struct NbdView {
+    socket: PathBuf,
+    size: u64,
+    timeout: Duration,
+    idle: Mutex<Vec<NbdClient<UnixStream>>>,
+}
+
+impl std::fmt::Debug for NbdView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NbdView({}, {} bytes)", self.socket.display(), self.size)
+    }
+}
+
+impl BlockSource for NbdView {
+    fn disk_size(&self) -> u64 {
+        self.size
+    }
+
+    fn is_unallocated(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let pooled = self.idle.lock().expect("pool").pop();
+        let mut client = match pooled {
+            Some(c) => c,
+            None => NbdClient::connect_unix(&self.socket, EXPORT, &[], self.timeout)
+                .map_err(std::io::Error::other)?,
+        };
+        // A connection that failed is dropped: the next read opens a fresh one.
+        client.read(offset, buf).map_err(std::io::Error::other)?;
+        self.idle.lock().expect("pool").push(client);
+        Ok(())
+    }
+}
+
+/// A cycle in progress.
+#[derive(Debug)]
+struct Frozen {
+    /// The bitmap the cycle's changes came from (disabled since the freeze).
+    base: Option<String>,
+    /// The bitmap recording since the freeze.
+    fresh: String,
+    view: NbdView,
+    /// The NBD server was started for this cycle.
+    own_server: bool,
+}
+
+/// A live disk in QEMU as a change source.
+#[derive(Debug)]
+pub struct QemuSource {
+    qmp: Option<Qmp>,
+    options: QemuOptions,
+    frozen: Option<Frozen>,
+}
+
+fn live(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> SourceError {
+    SourceError::Live {
+        what: what.into(),
+        source: Box::new(e),
+    }
+}
+
+impl QemuSource {
+    /// Attach to QEMU: connect to its monitor, check the node, and clear what a killed run
+    /// left (its fleecing view, job and export). Returns the source and the disk's size.
+    pub fn attach(options: QemuOptions) -> Result<(QemuSource, u64), SourceError> {
+        let mut source = QemuSource {
+            qmp: None,
+            options,
+            frozen: None,
+        };
+        let size = source.node_size()?;
+        source.clear_leftovers()?;
+        Ok((source, size))
+    }
+
+    fn qmp(&mut self) -> Result<&mut Qmp, SourceError> {
+        if self.qmp.is_none() {
+            let socket = &self.options.qmp_socket;
+            let qmp = Qmp::connect(socket, self.options.timeout)
+                .map_err(|e| live(format!("QMP monitor {}", socket.display()), e))?;
+            self.qmp = Some(qmp);
+        }
+        Ok(self.qmp.as_mut().expect("connected"))
+    }
+
+    /// Run a QMP step; a broken monitor connection is dropped, so the next step reconnects
+    /// (QEMU restarted).
+    fn step<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut Qmp) -> Result<T, QmpError>,
+    ) -> Result<T, SourceError> {
+        let result = f(self.qmp()?);
+        if let Err(QmpError::Io(_) | QmpError::Protocol(_)) = &result {
+            self.qmp = None;
+        }
+        result.map_err(|e| live(what, e))
+    }
+
+    /// The node's bitmaps and size.
+    fn node_state(&mut self) -> Result<(Vec<DirtyBitmap>, u64), SourceError> {
+        let node = self.options.node.clone();
+        let nodes = self.step("query-named-block-nodes", Qmp::named_nodes)?;
+        let found = nodes
+            .into_iter()
+            .find(|n| n.node_name == node)
+            .ok_or_else(|| SourceError::Live {
+                what: format!("block node {node}"),
+                source: "QEMU has no node of that name (query-named-block-nodes)".into(),
+            })?;
+        Ok((found.dirty_bitmaps, found.image.virtual_size))
+    }
+
+    fn node_size(&mut self) -> Result<u64, SourceError> {
+        Ok(self.node_state()?.1)
+    }
+
+    /// Our bitmaps on the node: (point sequence, bitmap).
+    fn our_bitmaps(&mut self) -> Result<Vec<(u64, DirtyBitmap)>, SourceError> {
+        let prefix = self.options.bitmap_prefix();
+        let mut ours: Vec<(u64, DirtyBitmap)> = self
+            .node_state()?
+            .0
+            .into_iter()
+            .filter_map(|b| {
+                let sequence = b.name.strip_prefix(&prefix)?.parse().ok()?;
+                Some((sequence, b))
+            })
+            .collect();
+        ours.sort_by_key(|(s, _)| *s);
+        Ok(ours)
+    }
+
+    fn remove_bitmap(&mut self, name: &str) -> Result<(), SourceError> {
+        let node = self.options.node.clone();
+        self.step(&format!("removing dirty bitmap {name}"), |q| {
+            q.execute(
+                "block-dirty-bitmap-remove",
+                BitmapRef {
+                    node,
+                    name: name.into(),
+                },
+            )
+            .map(drop)
+        })
+    }
+
+    /// `others` merged into `target`, which records from now on; then they are removed.
+    fn merge_into(&mut self, target: &str, others: &[String]) -> Result<(), SourceError> {
+        if others.is_empty() {
+            return Ok(());
+        }
+        let node = self.options.node.clone();
+        let actions = [
+            Action::BlockDirtyBitmapEnable(BitmapRef {
+                node: node.clone(),
+                name: target.into(),
+            }),
+            Action::BlockDirtyBitmapMerge(BitmapMerge {
+                node,
+                target: target.into(),
+                bitmaps: others.to_vec(),
+            }),
+        ];
+        self.step(&format!("merging {others:?} into {target}"), |q| {
+            q.transaction(&actions)
+        })?;
+        for other in others {
+            self.remove_bitmap(other)?;
+        }
+        Ok(())
+    }
+
+    /// Remove what a killed run left of a cycle: export, view, job, temp node and file, and
+    /// the NBD server it started. Things that are not there are fine.
+    fn clear_leftovers(&mut self) -> Result<(), SourceError> {
+        let qmp = self.qmp()?;
+        let deleted = qmp.execute("block-export-del", json!({"id": EXPORT, "mode": "hard"}));
+        if deleted.is_ok() {
+            let _ = qmp.wait_event("BLOCK_EXPORT_DELETED", |d| d["id"] == EXPORT);
+        }
+        let _ = qmp.execute("blockdev-del", json!({"node-name": VIEW_NODE}));
+        if qmp
+            .execute("block-job-cancel", json!({"device": JOB_ID, "force": true}))
+            .is_ok()
+        {
+            let _ = qmp.wait_event("BLOCK_JOB_CANCELLED", |d| d["device"] == JOB_ID);
+        }
+        let _ = qmp.execute("blockdev-del", json!({"node-name": TEMP_NODE}));
+        if self.options.nbd_socket.is_none() && self.options.own_nbd_socket().exists() {
+            // Our own server, left running by a killed run.
+            let _ = self.qmp()?.execute("nbd-server-stop", json!({}));
+            let _ = std::fs::remove_file(self.options.own_nbd_socket());
+        }
+        let _ = std::fs::remove_file(self.options.temp_file());
+        if let Some(q) = &mut self.qmp {
+            q.clear_events();
+        }
+        Ok(())
+    }
+
+    /// Settle the bitmaps before a freeze: the base for `last_point` with every later one
+    /// merged in, or `None` (and every bitmap of ours removed) when there is no base.
+    fn settle_bitmaps(&mut self, last_point: Option<u64>) -> Result<Option<String>, SourceError> {
+        let ours = self.our_bitmaps()?;
+        // A base that stopped recording is sound only while a later bitmap holds what it
+        // missed (a killed cycle); alone, writes went unrecorded.
+        let usable = |s: u64, b: &DirtyBitmap| {
+            !b.inconsistent && !b.busy && (b.recording || ours.iter().any(|(k, _)| *k > s))
+        };
+        let base = last_point.and_then(|last| {
+            ours.iter()
+                .find(|(s, b)| *s == last && usable(*s, b))
+                .map(|(_, b)| b.name.clone())
+        });
+        let Some(base) = base else {
+            for (_, b) in &ours {
+                self.remove_bitmap(&b.name)?;
+            }
+            return Ok(None);
+        };
+        let last = last_point.expect("a base has a point");
+        // Later ones: freezes whose cycle never committed (a killed run). Earlier ones: bases
+        // whose point has a successor.
+        let later: Vec<String> = ours
+            .iter()
+            .filter(|(s, _)| *s > last)
+            .map(|(_, b)| b.name.clone())
+            .collect();
+        self.merge_into(&base, &later)?;
+        for (_, b) in ours.iter().filter(|(s, _)| *s < last) {
+            self.remove_bitmap(&b.name)?;
+        }
+        Ok(Some(base))
+    }
+
+    /// Freeze: rotate the bitmaps and start the fleecing job in one transaction, then put the
+    /// read-only view on NBD.
+    fn freeze_view(
+        &mut self,
+        base: Option<&str>,
+        fresh: &str,
+        size: u64,
+    ) -> Result<(NbdView, bool), SourceError> {
+        let o = self.options.clone();
+        let temp = o.temp_file();
+        let file = std::fs::File::create(&temp)
+            .and_then(|f| f.set_len(size))
+            .map_err(|e| live(format!("fleecing file {}", temp.display()), e));
+        file?;
+        self.step("adding the fleecing target", |q| {
+            q.execute(
+                "blockdev-add",
+                json!({"driver": "file", "node-name": TEMP_NODE, "filename": temp}),
+            )
+        })?;
+        let mut actions = vec![Action::BlockDirtyBitmapAdd(BitmapAdd {
+            node: o.node.clone(),
+            name: fresh.into(),
+            granularity: o.granularity,
+            persistent: o.persistent_bitmaps,
+        })];
+        if let Some(base) = base {
+            actions.push(Action::BlockDirtyBitmapDisable(BitmapRef {
+                node: o.node.clone(),
+                name: base.into(),
+            }));
+        }
+        actions.push(Action::BlockdevBackup(BlockdevBackup {
+            job_id: JOB_ID.into(),
+            device: o.node.clone(),
+            target: TEMP_NODE.into(),
+            sync: "none".into(),
+            filter_node_name: FILTER_NODE.into(),
+        }));
+        self.step("freezing the disk (transaction)", |q| {
+            q.transaction(&actions)
+        })?;
+        self.step("adding the frozen view", |q| {
+            q.execute(
+                "blockdev-add",
+                json!({"driver": "snapshot-access", "node-name": VIEW_NODE, "file": FILTER_NODE}),
+            )
+        })?;
+        let (socket, own_server) = match &o.nbd_socket {
+            Some(s) => (s.clone(), false),
+            None => {
+                let s = o.own_nbd_socket();
+                self.step(
+                    "starting an NBD server (if QEMU already runs one, give its socket with \
+                     --nbd-socket)",
+                    |q| {
+                        q.execute(
+                            "nbd-server-start",
+                            json!({"addr": {"type": "unix", "data": {"path": s}}}),
+                        )
+                    },
+                )?;
+                (s, true)
+            }
+        };
+        let mut export = json!({"type": "nbd", "id": EXPORT, "node-name": VIEW_NODE,
+            "name": EXPORT, "writable": false});
+        if let Some(base) = base {
+            export["bitmaps"] = json!([{"node": o.node, "name": base}]);
+        }
+        self.step("exporting the frozen view", |q| {
+            q.execute("block-export-add", export)
+        })?;
+        let view = NbdView {
+            socket,
+            size,
+            timeout: o.timeout,
+            idle: Mutex::new(Vec::new()),
+        };
+        Ok((view, own_server))
+    }
+
+    /// The dirty ranges of the frozen `base` bitmap, as the export reports them.
+    fn dirty_ranges(&self, view: &NbdView, base: &str) -> Result<Vec<(u64, u64)>, NbdError> {
+        let context = format!("qemu:dirty-bitmap:{base}");
+        let mut client =
+            NbdClient::connect_unix(&view.socket, EXPORT, &[&context], self.options.timeout)?;
+        if client.size() != view.size {
+            return Err(NbdError::Protocol(format!(
+                "the frozen view is {} bytes, the disk {}",
+                client.size(),
+                view.size
+            )));
+        }
+        let ranges = client.ranges_with(&context, 0, view.size, STATE_DIRTY)?;
+        client.disconnect()?;
+        Ok(ranges)
+    }
+
+    /// Drop the view: export (its clients cut), view node, job (the filter goes), temp node
+    /// and file, our NBD server. Every step is tried; the first failure is returned.
+    fn drop_view(&mut self, frozen: &Frozen) -> Result<(), SourceError> {
+        frozen.view.idle.lock().expect("pool").clear();
+        let mut first: Option<SourceError> = None;
+        let mut keep = |r: Result<(), SourceError>| {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        };
+        keep(self.step("deleting the view's export", |q| {
+            q.execute("block-export-del", json!({"id": EXPORT, "mode": "hard"}))?;
+            q.wait_event("BLOCK_EXPORT_DELETED", |d| d["id"] == EXPORT)
+                .map(drop)
+        }));
+        keep(self.step("deleting the view", |q| {
+            q.execute("blockdev-del", json!({"node-name": VIEW_NODE}))
+                .map(drop)
+        }));
+        keep(self.step("cancelling the fleecing job", |q| {
+            q.execute("block-job-cancel", json!({"device": JOB_ID, "force": true}))?;
+            q.wait_event("BLOCK_JOB_CANCELLED", |d| d["device"] == JOB_ID)
+                .map(drop)
+        }));
+        keep(self.step("deleting the fleecing target", |q| {
+            q.execute("blockdev-del", json!({"node-name": TEMP_NODE}))
+                .map(drop)
+        }));
+        if frozen.own_server {
+            keep(self.step("stopping the NBD server", |q| {
+                q.execute("nbd-server-stop", json!({})).map(drop)
+            }));
+            let _ = std::fs::remove_file(self.options.own_nbd_socket());
+        }
+        let temp = self.options.temp_file();
+        if let Err(e) = std::fs::remove_file(&temp) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                keep(Err(live(format!("removing {}", temp.display()), e)));
+            }
+        }
+        if let Some(q) = &mut self.qmp {
+            q.clear_events();
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Settle the bitmaps as the cycle ends (see the module docs).
+    fn settle_after(&mut self, frozen: &Frozen, committed: Option<u64>) -> Result<(), SourceError> {
+        match (committed, &frozen.base) {
+            (Some(sequence), base) => {
+                if let Some(base) = base {
+                    self.remove_bitmap(base)?;
+                }
+                // The point took another sequence than expected (a staged cycle was applied
+                // first): the fresh bitmap is copied to the point's name.
+                let named = self.options.bitmap(sequence);
+                if named != frozen.fresh {
+                    let node = self.options.node.clone();
+                    let actions = [
+                        Action::BlockDirtyBitmapAdd(BitmapAdd {
+                            node: node.clone(),
+                            name: named.clone(),
+                            granularity: self.options.granularity,
+                            persistent: self.options.persistent_bitmaps,
+                        }),
+                        Action::BlockDirtyBitmapMerge(BitmapMerge {
+                            node,
+                            target: named,
+                            bitmaps: vec![frozen.fresh.clone()],
+                        }),
+                    ];
+                    self.step("renaming the fresh bitmap", |q| q.transaction(&actions))?;
+                    self.remove_bitmap(&frozen.fresh)?;
+                }
+                Ok(())
+            }
+            (None, Some(base)) => self.merge_into(base, std::slice::from_ref(&frozen.fresh)),
+            // A failed full cycle leaves no base: the next one compares every block again.
+            (None, None) => self.remove_bitmap(&frozen.fresh),
+        }
+    }
+}
+
+impl ChangeSource for QemuSource {
+    fn freeze(&mut self, last_point: Option<u64>) -> Result<Changes, SourceError> {
+        if self.frozen.is_some() {
+            self.thaw(None)?;
+        }
+        self.clear_leftovers()?;
+        let base = self.settle_bitmaps(last_point)?;
+        let fresh = self.options.bitmap(last_point.map_or(0, |l| l + 1));
+        let size = self.node_size()?;
+        let (view, own_server) = match self.freeze_view(base.as_deref(), &fresh, size) {
+            Ok(v) => v,
+            Err(e) => {
+                // Whatever part of the freeze happened is undone; the changes stay in the
+                // base bitmap (the fresh one, if the transaction ran, is merged back).
+                let _ = self.clear_leftovers();
+                let names: Vec<String> = self
+                    .our_bitmaps()
+                    .map(|v| v.into_iter().map(|(_, b)| b.name).collect())
+                    .unwrap_or_default();
+                if names.contains(&fresh) {
+                    match &base {
+                        Some(b) => {
+                            let _ = self.merge_into(b, std::slice::from_ref(&fresh));
+                        }
+                        None => {
+                            let _ = self.remove_bitmap(&fresh);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let frozen = Frozen {
+            base: base.clone(),
+            fresh,
+            view,
+            own_server,
+        };
+        let changes = match (&base, last_point) {
+            (Some(b), _) => match self.dirty_ranges(&frozen.view, b) {
+                Ok(ranges) => Changes::Ranges(ranges),
+                Err(e) => {
+                    self.frozen = Some(frozen);
+                    let _ = self.thaw(None);
+                    return Err(live(format!("reading dirty bitmap {b}"), e));
+                }
+            },
+            (None, None) => Changes::Unknown,
+            (None, Some(last)) => Changes::Lost(format!(
+                "QEMU has no dirty bitmap {} for point {last} (QEMU restarted, or the bitmap \
+                 was lost or left inconsistent)",
+                self.options.bitmap(last)
+            )),
+        };
+        self.frozen = Some(frozen);
+        Ok(changes)
+    }
+
+    fn view(&self) -> Result<&dyn BlockSource, SourceError> {
+        match &self.frozen {
+            Some(f) => Ok(&f.view),
+            None => Err(SourceError::NotFrozen),
+        }
+    }
+
+    fn thaw(&mut self, committed: Option<u64>) -> Result<(), SourceError> {
+        let frozen = self.frozen.take().ok_or(SourceError::NotFrozen)?;
+        let dropped = self.drop_view(&frozen);
+        let settled = self.settle_after(&frozen, committed);
+        dropped.and(settled)
+    }
+
+    fn stop(&mut self, _clean: bool) -> Result<(), SourceError> {
+        if self.frozen.is_some() {
+            self.thaw(None)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for QemuSource {
+    fn drop(&mut self) {
+        if self.frozen.is_some() {
+            let _ = self.thaw(None);
+        }
+    }
+}

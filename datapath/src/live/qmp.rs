@@ -111,6 +111,8 @@ pub struct ImageInfo {
 /// A dirty bitmap's state.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DirtyBitmap {
+    /// Empty for QEMU's own anonymous bitmaps (a backup job's).
+    #[serde(default)]
     pub name: String,
     pub recording: bool,
     #[serde(default)]

@@ -196,10 +196,15 @@ impl Replica {
     }
 
     fn command(&self, daemon: &Daemon, extra: &[&str]) -> Command {
+        self.command_via(daemon, &daemon.nbd, extra)
+    }
+
+    /// `replicate --qemu` reading the view through the NBD server at `nbd`.
+    fn command_via(&self, daemon: &Daemon, nbd: &Path, extra: &[&str]) -> Command {
         let mut cmd = drplane();
         cmd.args(["replicate", "--qemu", path_str(&daemon.qmp)])
             .args(["--node", "disk0", "--name", "vm0", "--nbd-socket"])
-            .arg(&daemon.nbd)
+            .arg(nbd)
             .args(["--store", &self.store, "--pfx", &self.pfx, "--json"])
             .args(extra)
             .env("DRPLANE_PFX_PASSWORD", PW);
@@ -250,6 +255,14 @@ impl Replica {
             .map(|p| assert_prefix_of_writes(p, &self.restore(p), base, &log))
             .collect()
     }
+}
+
+/// A daemon hosting a new VHDX in `dir`, and its replica with the initial point made.
+fn replicated_vhdx(dir: &Path) -> (Daemon, Replica) {
+    let daemon = Daemon::start(dir, &new_disk(dir, "vhdx"), "vhdx");
+    let replica = Replica::new(dir);
+    replica.cycle(&daemon, &[]);
+    (daemon, replica)
 }
 
 fn new_disk(dir: &Path, format: &str) -> PathBuf {
@@ -328,9 +341,13 @@ fn a_qcow2_with_persistent_bitmaps_survives_a_clean_qemu_restart_and_resyncs_aft
     let replica = Replica::new(d);
     let log = WriteLog::default();
     let persistent = ["--persistent-bitmap"];
-    // Back-to-back cycles while the guest writes.
-    let guest = Guest::start(&daemon, log.clone(), 2, SIZE, Duration::from_millis(1));
-    for _ in 0..6 {
+    // Three cycles on the 30-second schedule, then three back to back, while the guest writes.
+    std::fs::write(d.join("policy.toml"), "copy_frequency_secs = 30\n").unwrap();
+    let policy = d.join("policy.toml");
+    let guest = Guest::start(&daemon, log.clone(), 2, SIZE, Duration::from_millis(3));
+    let watch = ["--watch", "--cycles", "3", "--policy", path_str(&policy)];
+    run_ok(&mut replica.command(&daemon, &[&persistent[..], &watch[..]].concat()));
+    for _ in 0..3 {
         replica.cycle(&daemon, &persistent);
     }
     let writes = guest.finish();
@@ -407,9 +424,7 @@ fn a_qcow2_with_persistent_bitmaps_survives_a_clean_qemu_restart_and_resyncs_aft
 fn drplane_killed_mid_cycle_loses_no_change_and_does_not_resync() {
     let dir = temp_dir();
     let d = dir.path();
-    let daemon = Daemon::start(d, &new_disk(d, "vhdx"), "vhdx");
-    let replica = Replica::new(d);
-    replica.cycle(&daemon, &[]);
+    let (daemon, replica) = replicated_vhdx(d);
     let mut guest = daemon.guest();
     // A: changed before the cycle that is killed (incompressible: the throttle paces it).
     let mut a = vec![0u8; 8 << 20];
@@ -514,22 +529,14 @@ impl CuttingRelay {
 fn an_nbd_connection_cut_mid_read_abandons_the_cycle_and_the_retry_loses_nothing() {
     let dir = temp_dir();
     let d = dir.path();
-    let daemon = Daemon::start(d, &new_disk(d, "vhdx"), "vhdx");
-    let replica = Replica::new(d);
-    replica.cycle(&daemon, &[]);
+    let (daemon, replica) = replicated_vhdx(d);
     let mut guest = daemon.guest();
     guest.write(1 << 20, &vec![0xc3; 16 << 20]).unwrap();
     let relay = CuttingRelay::start(d, daemon.nbd.clone(), 4 << 20);
-    let mut cmd = replica.command(&daemon, &[]);
-    // Through the relay instead of the daemon's own socket.
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let nbd_at = args.iter().position(|a| a == "--nbd-socket").unwrap() + 1;
-    let mut cut = drplane();
-    cut.args(&args[..nbd_at])
-        .arg(&relay.path)
-        .args(&args[nbd_at + 1..])
-        .env("DRPLANE_PFX_PASSWORD", PW);
-    let out = cut.output().unwrap();
+    let out = replica
+        .command_via(&daemon, &relay.path, &[])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "a cut connection cannot commit");
     assert!(
         stderr(&out).contains("reading the source disk"),

@@ -61,7 +61,19 @@ pub fn staging_log(data: &[u8]) {
     }
 }
 
-pub const TARGETS: [&str; 4] = ["slot_record", "manifest", "tracking_bitmap", "staging_log"];
+/// An NBD server's replies, as the live source's client reads them: negotiation, a read, the
+/// dirty ranges of a bitmap context.
+pub fn nbd_replies(data: &[u8]) {
+    crate::live::nbd::transcript::exercise(data);
+}
+
+pub const TARGETS: [&str; 5] = [
+    "slot_record",
+    "manifest",
+    "tracking_bitmap",
+    "staging_log",
+    "nbd_replies",
+];
 
 pub fn run(name: &str, data: &[u8]) {
     match name {
@@ -69,6 +81,7 @@ pub fn run(name: &str, data: &[u8]) {
         "manifest" => manifest(data),
         "tracking_bitmap" => tracking_bitmap(data),
         "staging_log" => staging_log(data),
+        "nbd_replies" => nbd_replies(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -117,5 +130,21 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "one".to_string(),
         m.encode(keys().digest.expose()),
     ));
+    out.push((
+        "nbd_replies",
+        "read-and-dirty-ranges".to_string(),
+        nbd_seed(),
+    ));
     out
+}
+
+/// A server's whole side of [`nbd_replies`]: a 64 KiB export, its read in two chunks, and a
+/// bitmap with one dirty extent.
+fn nbd_seed() -> Vec<u8> {
+    use crate::live::nbd::transcript::{data, negotiation, status};
+    let mut s = negotiation(65536, &[(2, "qemu:dirty-bitmap:b")]);
+    data(&mut s, 1, false, 32768, &[0x5a; 32768]);
+    data(&mut s, 1, true, 0, &[0; 32768]);
+    status(&mut s, 2, 2, &[(4096, 0), (8192, 1), (53248, 0)]);
+    s
 }

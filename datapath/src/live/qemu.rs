@@ -12,6 +12,9 @@
 //! the history is gone, and the cycle compares every block (a resync that keeps the points).
 //! A run killed mid-cycle leaves the old bitmap disabled and the new one recording: the next
 //! freeze merges them, so it reads a superset of the changes and never resyncs.
+//!
+//! QEMU serves one QMP client at a time, so the monitor is held only while a cycle freezes,
+//! reads and thaws; between cycles (a `--watch` waiting) it is free for libvirt or an operator.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -170,6 +173,8 @@ impl QemuSource {
         };
         let size = source.node_size()?;
         source.clear_leftovers()?;
+        // QEMU serves one monitor client at a time: others may use it between cycles.
+        source.qmp = None;
         Ok((source, size))
     }
 
@@ -545,6 +550,7 @@ impl ChangeSource for QemuSource {
                         }
                     }
                 }
+                self.qmp = None;
                 return Err(e);
             }
         };
@@ -585,6 +591,7 @@ impl ChangeSource for QemuSource {
         let frozen = self.frozen.take().ok_or(SourceError::NotFrozen)?;
         let dropped = self.drop_view(&frozen);
         let settled = self.settle_after(&frozen, committed);
+        self.qmp = None;
         dropped.and(settled)
     }
 

@@ -474,6 +474,18 @@ fn drplane_killed_mid_cycle_loses_no_change_and_does_not_resync() {
     let changed = (8 << 20) + 65536;
     assert_eq!(r["bytes_read"], changed, "exactly A and B are read: {r}");
     assert!(replica.restore(r["point"].as_u64().unwrap()) == daemon.image());
+
+    // QEMU restarted: its bitmaps are gone; a resync compares every block and keeps history.
+    let disk = d.join("disk.vhdx");
+    daemon.stop("-TERM");
+    let daemon = Daemon::start(d, &disk, "vhdx");
+    daemon.guest().write(60 << 20, &[0xe5; 4096]).unwrap();
+    let r = replica.cycle(&daemon, &[]);
+    assert_eq!(r["kind"], "resync", "{r}");
+    assert_eq!(r["bytes_read"], SIZE, "{r}");
+    assert_eq!(r["blocks_changed"], 1, "only what changed is sent: {r}");
+    assert_eq!(replica.points(), vec![0, 1, 2]);
+    assert!(replica.restore(2) == daemon.image());
 }
 
 /// A unix-socket relay to the NBD server that cuts every connection once `budget` bytes have

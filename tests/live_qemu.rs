@@ -104,7 +104,15 @@ impl Drop for Daemon {
 type WriteLog = Arc<Mutex<Vec<(u64, usize)>>>;
 
 fn stamped(k: u64, len: usize) -> Vec<u8> {
-    k.to_le_bytes().iter().copied().cycle().take(len).collect()
+    let mut data = vec![0; len];
+    stamp(&mut data, k);
+    data
+}
+
+fn stamp(data: &mut [u8], k: u64) {
+    for word in data.chunks_exact_mut(8) {
+        word.copy_from_slice(&k.to_le_bytes());
+    }
 }
 
 /// A guest writing stamped 4 KiB–64 KiB blocks at random 4 KiB-aligned offsets in the first
@@ -145,32 +153,48 @@ impl Guest {
     }
 }
 
-/// The disk after exactly the first `k` writes of `log` (on a disk that was `base`).
-fn image_after(base: &[u8], log: &[(u64, usize)], k: usize) -> Vec<u8> {
-    let mut image = base.to_vec();
-    for (i, &(offset, len)) in log[..k].iter().enumerate() {
-        image[offset as usize..offset as usize + len].copy_from_slice(&stamped(i as u64 + 1, len));
-    }
+/// The newest write a point holds: the largest stamp in it.
+fn newest_write(image: &[u8], writes: usize) -> usize {
     image
-}
-
-/// The k this point is the disk after, or a panic naming the point: the newest stamp in it
-/// says which k it must be, and then every byte must match.
-fn assert_prefix_of_writes(point: u64, image: &[u8], base: &[u8], log: &[(u64, usize)]) -> usize {
-    let newest = image
         .chunks_exact(8)
         .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-        .filter(|&w| w as usize <= log.len())
+        .filter(|&w| w as usize <= writes)
         .max()
-        .unwrap_or(0) as usize;
-    let expected = image_after(base, log, newest);
-    if let Some(at) = image.iter().zip(&expected).position(|(a, b)| a != b) {
-        panic!(
-            "point {point} is not the disk after any prefix of the writes: it holds write \
-             {newest} but differs from the disk after it at byte {at:#x}"
-        );
+        .unwrap_or(0) as usize
+}
+
+/// Each point is the disk after exactly the first k writes of `log` (on a disk that was
+/// `base`), where k is the newest write it holds — or a panic naming the point. Returns each
+/// point's k. The disk is rebuilt once, write by write, in the order of the points' k.
+fn assert_prefixes_of_writes(
+    points: Vec<(u64, Vec<u8>)>,
+    base: &[u8],
+    log: &[(u64, usize)],
+) -> Vec<usize> {
+    let mut by_k: Vec<(usize, u64, Vec<u8>)> = points
+        .into_iter()
+        .map(|(p, image)| (newest_write(&image, log.len()), p, image))
+        .collect();
+    let ks: Vec<usize> = by_k.iter().map(|(k, _, _)| *k).collect();
+    by_k.sort_by_key(|(k, p, _)| (*k, *p));
+    let mut disk = base.to_vec();
+    let mut applied = 0;
+    for (k, point, image) in by_k {
+        for (i, &(offset, len)) in log.iter().enumerate().take(k).skip(applied) {
+            stamp(
+                &mut disk[offset as usize..offset as usize + len],
+                i as u64 + 1,
+            );
+        }
+        applied = k;
+        if let Some(at) = image.iter().zip(&disk).position(|(a, b)| a != b) {
+            panic!(
+                "point {point} is not the disk after any prefix of the writes: it holds write \
+                 {k} but differs from the disk after it at byte {at:#x}"
+            );
+        }
     }
-    newest
+    ks
 }
 
 /// A replica of the daemon's disk in a store directory, with its .pfx.
@@ -250,10 +274,12 @@ impl Replica {
     /// Every retained point is the disk after a prefix of `log`; returns each point's k.
     fn assert_points_consistent(&self, base: &[u8], log: &WriteLog) -> Vec<usize> {
         let log = log.lock().unwrap().clone();
-        self.points()
+        let points = self
+            .points()
             .into_iter()
-            .map(|p| assert_prefix_of_writes(p, &self.restore(p), base, &log))
-            .collect()
+            .map(|p| (p, self.restore(p)))
+            .collect();
+        assert_prefixes_of_writes(points, base, &log)
     }
 }
 
@@ -627,4 +653,27 @@ fn without_an_nbd_socket_drplane_runs_its_own_server_for_the_cycle() {
     assert!(stderr(&out).contains("block node nope"), "{}", stderr(&out));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn the_prefix_check_rejects_a_point_that_mixes_writes() {
+    let base = vec![0u8; 1 << 20];
+    let log: Vec<(u64, usize)> = vec![(0, 8192), (4096, 4096), (65536, 4096), (0, 4096)];
+    let after = |k: usize| {
+        let mut disk = base.clone();
+        for (i, &(o, l)) in log.iter().enumerate().take(k) {
+            stamp(&mut disk[o as usize..o as usize + l], i as u64 + 1);
+        }
+        disk
+    };
+    for k in 0..=log.len() {
+        let disk = after(k);
+        assert_eq!(assert_prefixes_of_writes(vec![(1, disk)], &base, &log), [k]);
+    }
+    // Write 3 without write 2 under it: a mix of two instants.
+    let mut mixed = after(3);
+    mixed[4096..8192].copy_from_slice(&stamped(1, 4096));
+    let caught =
+        std::panic::catch_unwind(|| assert_prefixes_of_writes(vec![(7, mixed)], &base, &log));
+    assert!(caught.is_err(), "a torn point must be caught");
 }

@@ -42,6 +42,8 @@ error_codes! {
     InvalidQueryParameterValue = 400,
     MissingRequiredHeader = 400,
     InvalidInput = 400,
+    Md5Mismatch = 400,
+    Crc64Mismatch = 400,
     InvalidUri = 400,
     InvalidXmlDocument = 400,
     InvalidPageRange = 416,

@@ -71,7 +71,7 @@ pub fn blob_requests(data: &[u8]) {
 
 /// [`blob_requests`], giving each answer's status.
 pub fn blob_request_statuses(data: &[u8]) -> Vec<u16> {
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
     use crate::http::server::{handle_offline, parse_query, ServerConfig};
     use crate::http::shared_key::{self, DEV_ACCOUNT, DEV_KEY};
     use crate::{data_log::Durability, Emulator, Profile};
@@ -136,6 +136,11 @@ pub fn blob_request_statuses(data: &[u8]) -> Vec<u16> {
         headers
             .entry("x-ms-version")
             .or_insert(HeaderValue::from_static("2021-08-06"));
+        // Dated by the server's clock, so the request is inside the replay window.
+        headers.entry("x-ms-date").or_insert(
+            HeaderValue::from_str(&crate::timestamp::http_date(clock.now_nanos()))
+                .expect("HTTP date"),
+        );
         if !headers.contains_key("authorization") {
             let query = parse_query(uri.query().unwrap_or(""));
             let listed: Vec<(String, String)> = headers

@@ -18,6 +18,8 @@ struct Served {
     runtime: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     endpoint: String,
+    /// The server's clock: clients date their requests by it.
+    clock: Arc<dyn pageblob::clock::Clock>,
 }
 
 impl Drop for Served {
@@ -51,18 +53,19 @@ fn serve_store(store: Arc<dyn PageBlobStore>, clock: &Arc<ManualClock>) -> Serve
         key: decode_key(DEV_KEY).unwrap(),
     };
     let clock: Arc<dyn pageblob::clock::Clock> = clock.clone();
-    runtime.spawn(serve(listener, store, config, clock, async {
+    runtime.spawn(serve(listener, store, config, clock.clone(), async {
         let _ = rx.await;
     }));
     Served {
         runtime,
         stop: Some(tx),
         endpoint: format!("http://{addr}/{DEV_ACCOUNT}"),
+        clock,
     }
 }
 
 fn client(s: &Served, key: &str) -> HttpStore {
-    HttpStore::new(&s.endpoint, DEV_ACCOUNT, &decode_key(key).unwrap())
+    HttpStore::new(&s.endpoint, DEV_ACCOUNT, &decode_key(key).unwrap()).with_clock(s.clock.clone())
 }
 
 #[test]
@@ -177,4 +180,176 @@ fn injected_faults_are_the_same_for_the_same_seed() {
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
+}
+
+/// One raw HTTP/1.1 exchange with the server: `headers` are sent as given (signed by
+/// [`signed`] or not), then `body`; the answer's status line and headers.
+fn exchange(
+    s: &Served,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> String {
+    use std::io::{Read, Write};
+    let addr = s
+        .endpoint
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes()).unwrap();
+    let _ = tcp.write_all(body);
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The status and headers are enough; a server that waits for a body it should not read
+    // times out here.
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) => panic!("no answer from the server: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `headers` plus a Shared Key signature of them with the development key.
+fn signed(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(&str, String)],
+) -> Vec<(String, String)> {
+    use pageblob::http::shared_key::{sign, string_to_sign};
+    let mut all: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect();
+    all.push(("x-ms-version".into(), "2021-08-06".into()));
+    let sts = string_to_sign(
+        method,
+        DEV_ACCOUNT,
+        path,
+        &pageblob::http::server::parse_query(query),
+        &all,
+    );
+    let signature = sign(&decode_key(DEV_KEY).unwrap(), &sts);
+    all.push((
+        "authorization".into(),
+        format!("SharedKey {DEV_ACCOUNT}:{signature}"),
+    ));
+    all
+}
+
+#[test]
+fn a_request_without_the_key_is_refused_before_its_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    // Declares 4 MiB and sends none of it: the answer must not wait for the body.
+    let headers = [
+        ("content-length".to_string(), (4 << 20).to_string()),
+        (
+            "authorization".to_string(),
+            format!("SharedKey {DEV_ACCOUNT}:AAAA"),
+        ),
+    ];
+    let answer = exchange(
+        &s,
+        "PUT",
+        &format!("/{DEV_ACCOUNT}/c/b?comp=page"),
+        &headers,
+        &[],
+    );
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("AuthenticationFailed"), "{answer}");
+}
+
+#[test]
+fn signed_requests_carry_a_date_within_15_minutes_of_the_server() {
+    use pageblob::timestamp::http_date;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    let path = format!("/{DEV_ACCOUNT}/dated");
+    let minutes = |m: i64| (START as i64 + m * 60_000_000_000) as u64;
+    for (date, ok) in [
+        (Some(http_date(minutes(-14))), true),
+        (Some(http_date(minutes(-16))), false),
+        (Some(http_date(minutes(16))), false),
+        (Some("yesterday".to_string()), false),
+        (None, false),
+    ] {
+        let mut h = vec![];
+        if let Some(d) = &date {
+            h.push(("x-ms-date", d.clone()));
+        }
+        let answer = exchange(
+            &s,
+            "GET",
+            &format!("{path}?restype=container"),
+            &signed("GET", &path, "restype=container", &h),
+            &[],
+        );
+        // A container that does not exist answers 404 once the request is let in.
+        let let_in = answer.starts_with("HTTP/1.1 404");
+        assert_eq!(let_in, ok, "date {date:?}: {answer}");
+        if !ok {
+            assert!(answer.contains("AuthenticationFailed"), "{answer}");
+        }
+    }
+}
+
+#[test]
+fn a_put_page_replayed_with_another_body_fails_its_content_md5() {
+    use base64::Engine as _;
+    use pageblob::timestamp::http_date;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    let c = client(&s, DEV_KEY);
+    c.create_container("cmd5").unwrap();
+    c.create_page_blob(&BlobPath::new("cmd5", "b"), 4096, 0, &Conditions::default())
+        .unwrap();
+    let page = vec![0x5au8; 512];
+    let md5 =
+        base64::engine::general_purpose::STANDARD.encode(<md5::Md5 as md5::Digest>::digest(&page));
+    let path = format!("/{DEV_ACCOUNT}/cmd5/b");
+    let headers = signed(
+        "PUT",
+        &path,
+        "comp=page",
+        &[
+            ("content-length", "512".into()),
+            ("content-md5", md5),
+            ("x-ms-date", http_date(START)),
+            ("x-ms-page-write", "update".into()),
+            ("x-ms-range", "bytes=0-511".into()),
+        ],
+    );
+    let uri = format!("{path}?comp=page");
+    let answer = exchange(&s, "PUT", &uri, &headers, &page);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // The captured request with another body of the same length.
+    let answer = exchange(&s, "PUT", &uri, &headers, &[0x66; 512]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Md5Mismatch"), "{answer}");
+    let mut read = vec![0u8; 512];
+    c.read(&BlobPath::new("cmd5", "b"), None, 0, &mut read)
+        .unwrap();
+    assert_eq!(read, page, "the replayed body was not written");
 }

@@ -28,6 +28,9 @@ pub const MAX_BODY_BYTES: usize = (4 << 20) + (64 << 10);
 pub const MAX_READ_BYTES: u64 = 256 << 20;
 /// How long a client may take to send a request body.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How far a signed request's `x-ms-date` may be from the server's time (Azure: 15 minutes):
+/// a captured request cannot be replayed later.
+pub const REQUEST_DATE_WINDOW_NANOS: u64 = 15 * 60 * 1_000_000_000;
 /// Version reported when the request names none.
 const DEFAULT_VERSION: &str = "2021-08-06";
 
@@ -134,6 +137,15 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
         // Answer before waiting for a body we will not read.
         return refuse(ErrorCode::RequestBodyTooLarge, "request body over 4 MiB");
     }
+    // Authenticate from the headers alone: a client without the key never gets a byte of its
+    // body read (or a buffer reserved for it).
+    let req = Req {
+        headers: &parts.headers,
+        query: parse_query(parts.uri.query().unwrap_or("")),
+    };
+    if let Err(e) = authenticate(&state, &parts.method, parts.uri.path(), &req) {
+        return finish(error_response(&e), request_id, &version, &state);
+    }
     let mut buf = state.buffers.take(declared.unwrap_or(0) as usize);
     match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, &mut buf)).await {
         Ok(Ok(())) => {}
@@ -151,13 +163,13 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
         }
     }
     if is_small_put_page(&parts, buf.len()) && state.store.answers_promptly() {
-        let response = dispatch(&state, &parts.method, &parts.uri, &parts.headers, &buf);
+        let response = respond(&state, &parts.method, &parts.uri, &parts.headers, &buf);
         state.buffers.give(buf);
         return finish(response, request_id, &version, &state);
     }
     let st = Arc::clone(&state);
     let response = tokio::task::spawn_blocking(move || {
-        let response = dispatch(&st, &parts.method, &parts.uri, &parts.headers, &buf);
+        let response = respond(&st, &parts.method, &parts.uri, &parts.headers, &buf);
         st.buffers.give(buf);
         response
     })
@@ -411,9 +423,84 @@ fn authenticate(
             "the request signature does not match (check the account key)",
         ));
     }
+    check_request_date(req, state.clock.now_nanos())
+}
+
+/// A signed request carries its time (`x-ms-date`, else `Date`), within
+/// [`REQUEST_DATE_WINDOW_NANOS`] of `now`.
+fn check_request_date(req: &Req<'_>, now: u64) -> Result<(), StoreError> {
+    let (name, value) = match (req.header("x-ms-date"), req.header("date")) {
+        (Some(v), _) => ("x-ms-date", v),
+        (None, Some(v)) => ("date", v),
+        (None, None) => {
+            return Err(bad(
+                ErrorCode::AuthenticationFailed,
+                "no x-ms-date or Date header: a signed request must carry its time",
+            ))
+        }
+    };
+    let at = parse_http_date(value).ok_or_else(|| {
+        bad(
+            ErrorCode::AuthenticationFailed,
+            format!("{name} {value:?} is not an HTTP date"),
+        )
+    })?;
+    if at.abs_diff(now) > REQUEST_DATE_WINDOW_NANOS {
+        return Err(bad(
+            ErrorCode::AuthenticationFailed,
+            format!(
+                "{name} {value} is more than 15 minutes from the server's time {}",
+                http_date(now)
+            ),
+        ));
+    }
     Ok(())
 }
 
+/// A request whose `Content-MD5` (when sent) is not the body's.
+fn check_content_md5(req: &Req<'_>, body: &[u8]) -> Result<(), StoreError> {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let Some(sent) = req.header("content-md5") else {
+        return Ok(());
+    };
+    let actual = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body));
+    if sent.trim() != actual {
+        return Err(bad(
+            ErrorCode::Md5Mismatch,
+            format!("Content-MD5 {sent} is not the body's ({actual})"),
+        ));
+    }
+    Ok(())
+}
+
+/// A request whose `x-ms-content-crc64` (when sent) is not the body's. Azure's CRC-64 is
+/// CRC-64/NVME (reflected polynomial 0x9A6C9329AC4BC9B5), sent as its 8 little-endian bytes in
+/// base64.
+fn check_content_crc64(req: &Req<'_>, body: &[u8]) -> Result<(), StoreError> {
+    use base64::Engine as _;
+    let Some(sent) = req.header("x-ms-content-crc64") else {
+        return Ok(());
+    };
+    let actual =
+        base64::engine::general_purpose::STANDARD.encode(content_crc64(body).to_le_bytes());
+    if sent.trim() != actual {
+        return Err(bad(
+            ErrorCode::Crc64Mismatch,
+            format!("x-ms-content-crc64 {sent} is not the body's ({actual})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Azure Storage's CRC-64 of `data`.
+pub fn content_crc64(data: &[u8]) -> u64 {
+    const AZURE_CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_NVME);
+    AZURE_CRC64.checksum(data)
+}
+
+/// Authenticate, then answer (what the fuzz target drives).
+#[cfg(any(test, feature = "testing"))]
 fn dispatch(
     state: &AppState,
     method: &Method,
@@ -425,7 +512,26 @@ fn dispatch(
         headers,
         query: parse_query(uri.query().unwrap_or("")),
     };
-    match route(state, method, uri.path(), &req, body) {
+    match authenticate(state, method, uri.path(), &req) {
+        Ok(()) => respond(state, method, uri, headers, body),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Answer an authenticated request.
+fn respond(
+    state: &AppState,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let req = Req {
+        headers,
+        query: parse_query(uri.query().unwrap_or("")),
+    };
+    let checked = check_content_md5(&req, body).and_then(|()| check_content_crc64(&req, body));
+    match checked.and_then(|()| route(state, method, uri.path(), &req, body)) {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
@@ -482,7 +588,6 @@ fn route(
     req: &Req<'_>,
     body: &[u8],
 ) -> Result<Response, StoreError> {
-    authenticate(state, method, path, req)?;
     let segments: Vec<&str> = path.trim_start_matches('/').splitn(3, '/').collect();
     if segments.first().copied() != Some(state.config.account.as_str()) {
         return Err(bad(
@@ -953,5 +1058,31 @@ mod tests {
         assert!(!is_small_put_page(&parts("PUT", "/a/c/b?comp=pagelist"), 0));
         assert!(!is_small_put_page(&parts("PUT", "/a/c/b?comp=snapshot"), 0));
         assert!(!is_small_put_page(&parts("PUT", "/a/c/b"), 0));
+    }
+
+    #[test]
+    fn content_crc64_is_azure_storages() {
+        // Vectors from the Azure SDK's own CRC-64 (azure-storage-extensions `crc64.compute`).
+        assert_eq!(content_crc64(b""), 0);
+        assert_eq!(content_crc64(b"123456789"), 0xae8b_1486_0a79_9888);
+        assert_eq!(content_crc64(&[0x5a; 512]), 0x070d_59de_60cf_31c5);
+    }
+
+    #[test]
+    fn a_sent_crc64_must_be_the_bodys() {
+        let mut headers = HeaderMap::new();
+        let req = |headers: &HeaderMap| -> Result<(), StoreError> {
+            let req = Req {
+                headers,
+                query: Vec::new(),
+            };
+            check_content_crc64(&req, &[0x5a; 512])
+        };
+        assert!(req(&headers).is_ok(), "not sent: not checked");
+        headers.insert("x-ms-content-crc64", "xTHPYN5ZDQc=".parse().unwrap());
+        assert!(req(&headers).is_ok());
+        headers.insert("x-ms-content-crc64", "AAAAAAAAAAA=".parse().unwrap());
+        let e = req(&headers).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Crc64Mismatch), "{e}");
     }
 }

@@ -7,7 +7,8 @@ use pageblob::clock::ManualClock;
 use pageblob::conformance;
 use pageblob::data_log::Durability;
 use pageblob::http::client::HttpStore;
-use pageblob::http::server::{serve, ServerConfig};
+use pageblob::http::connections::ServerLimits;
+use pageblob::http::server::{serve_with_limits, ServerConfig};
 use pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
 use pageblob::upload::upload_parallel;
 use pageblob::{BlobPath, Conditions, Emulator, ErrorCode, PageBlobStore, Profile};
@@ -38,6 +39,14 @@ fn served(dir: &std::path::Path, profile: Profile, clock: &Arc<ManualClock>) -> 
 
 /// Serve any store on a free loopback port until the returned handle drops.
 fn serve_store(store: Arc<dyn PageBlobStore>, clock: &Arc<ManualClock>) -> Served {
+    serve_limited(store, clock, ServerLimits::default())
+}
+
+fn serve_limited(
+    store: Arc<dyn PageBlobStore>,
+    clock: &Arc<ManualClock>,
+    limits: ServerLimits,
+) -> Served {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -53,9 +62,16 @@ fn serve_store(store: Arc<dyn PageBlobStore>, clock: &Arc<ManualClock>) -> Serve
         key: decode_key(DEV_KEY).unwrap(),
     };
     let clock: Arc<dyn pageblob::clock::Clock> = clock.clone();
-    runtime.spawn(serve(listener, store, config, clock.clone(), async {
-        let _ = rx.await;
-    }));
+    runtime.spawn(serve_with_limits(
+        listener,
+        store,
+        config,
+        clock.clone(),
+        limits,
+        async {
+            let _ = rx.await;
+        },
+    ));
     Served {
         runtime,
         stop: Some(tx),
@@ -352,4 +368,191 @@ fn a_put_page_replayed_with_another_body_fails_its_content_md5() {
     c.read(&BlobPath::new("cmd5", "b"), None, 0, &mut read)
         .unwrap();
     assert_eq!(read, page, "the replayed body was not written");
+}
+
+/// Past the connection cap a newcomer closes the idlest connection, never one inside a
+/// request; connections idle or stuck in their headers past the idle timeout are closed.
+#[test]
+fn the_connection_cap_makes_room_for_clients_and_idle_connections_time_out() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let store = Emulator::open(
+        dir.path(),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap();
+    let limits = ServerLimits {
+        max_connections: 16,
+        idle_timeout: Duration::from_secs(2),
+        ..ServerLimits::default()
+    };
+    let s = serve_limited(Arc::new(store), &clock, limits);
+    let c = client(&s, DEV_KEY);
+    c.create_container("capped").unwrap();
+    let p = BlobPath::new("capped", "b");
+    c.create_page_blob(&p, 8 << 20, 0, &Conditions::default())
+        .unwrap();
+    c.put_pages(&p, 0, &vec![7u8; 4 << 20], &Conditions::default())
+        .unwrap();
+    c.put_pages(&p, 4 << 20, &vec![9u8; 4 << 20], &Conditions::default())
+        .unwrap();
+    let addr = s
+        .endpoint
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // A read inside its answer: the client takes the headers, then stops reading.
+    let path = format!("/{DEV_ACCOUNT}/capped/b");
+    let mut busy = std::net::TcpStream::connect(&addr).unwrap();
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n");
+    for (n, v) in signed(
+        "GET",
+        &path,
+        "",
+        &[("x-ms-date", pageblob::timestamp::http_date(START))],
+    ) {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    busy.write_all(head.as_bytes()).unwrap();
+    let mut first = [0u8; 12];
+    busy.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // Ten times the cap of silent and half-sent connections.
+    let mut crowd = Vec::new();
+    for i in 0..160 {
+        let mut t = std::net::TcpStream::connect(&addr).unwrap();
+        if i % 2 == 0 {
+            t.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        }
+        crowd.push(t);
+    }
+    let mut back = vec![0u8; 4096];
+    c.read(&p, None, 0, &mut back).unwrap();
+    assert!(
+        back.iter().all(|&b| b == 7),
+        "the client is served past the cap"
+    );
+    // Nearly all of the crowd was closed to make room (at most the cap can still be open).
+    let is_closed = |t: &mut std::net::TcpStream| {
+        t.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        match t.read(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            Ok(_) => panic!("an answer to a request never sent"),
+        }
+    };
+    let closed = crowd.iter_mut().map(is_closed).filter(|&c| c).count();
+    assert!(
+        closed >= 160 - 16,
+        "only {closed} of 160 crowding connections were closed"
+    );
+    // The answer in progress was never chosen: all of it arrives.
+    busy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    busy.take(8 << 20).read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.len() >= 8 << 20,
+        "the busy answer was cut at {} bytes",
+        rest.len()
+    );
+    // A connection that sends half its headers and waits is closed after the idle timeout.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let closed_after = match slow.read(&mut [0u8; 64]) {
+        Ok(0) => started.elapsed(),
+        other => panic!("slow connection not closed: {other:?}"),
+    };
+    assert!(
+        closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?}"
+    );
+}
+
+/// A large Get Blob answer goes out in chunks; a write to the blob while it is on the wire
+/// cuts it short (the client sees too few bytes) instead of mixing two versions.
+#[test]
+fn a_streamed_read_is_cut_short_when_the_blob_changes_under_it() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    let c = client(&s, DEV_KEY);
+    c.create_container("stream").unwrap();
+    let p = BlobPath::new("stream", "b");
+    let size = 32usize << 20;
+    c.create_page_blob(&p, size as u64, 0, &Conditions::default())
+        .unwrap();
+    for i in 0..size / (4 << 20) {
+        c.put_pages(
+            &p,
+            (i * (4 << 20)) as u64,
+            &vec![1u8; 4 << 20],
+            &Conditions::default(),
+        )
+        .unwrap();
+    }
+    let addr = s
+        .endpoint
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = format!("/{DEV_ACCOUNT}/stream/b");
+    let get = |headers: &[(String, String)]| {
+        let mut t = std::net::TcpStream::connect(&addr).unwrap();
+        let mut head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        t.write_all(head.as_bytes()).unwrap();
+        t.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        t
+    };
+    let headers = signed(
+        "GET",
+        &path,
+        "",
+        &[("x-ms-date", pageblob::timestamp::http_date(START))],
+    );
+    // Unchanged: the whole blob arrives.
+    let mut whole = Vec::new();
+    get(&headers).read_to_end(&mut whole).unwrap();
+    assert!(
+        whole.len() > size && whole.ends_with(&vec![1u8; 1 << 20]),
+        "{} bytes",
+        whole.len()
+    );
+    // Changed after the first bytes: the answer stops short.
+    let mut t = get(&headers);
+    let mut first = vec![0u8; 64 << 10];
+    t.read_exact(&mut first).unwrap();
+    c.put_pages(
+        &p,
+        (size - 4096) as u64,
+        &[2u8; 4096],
+        &Conditions::default(),
+    )
+    .unwrap();
+    let mut rest = Vec::new();
+    let _ = t.read_to_end(&mut rest);
+    let got = first.len() + rest.len();
+    assert!(got < size, "a read across a write returned {got} bytes");
+    assert!(!rest.contains(&2u8), "bytes of the new version were sent");
 }

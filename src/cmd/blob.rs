@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 use pageblob::clock::SystemClock;
 use pageblob::data_log::Durability;
 use pageblob::faults::{FaultConfig, FaultyStore};
-use pageblob::http::server::{serve, ServerConfig};
+use pageblob::http::connections::ServerLimits;
+use pageblob::http::server::{serve_with_limits, ServerConfig};
 use pageblob::http::shared_key::{decode_key, DEV_ACCOUNT, DEV_KEY};
 use pageblob::location::StoreLocation;
 use pageblob::timestamp::http_date;
@@ -44,6 +45,13 @@ pub enum BlobCommand {
         /// survives a power cut; process: it survives a killed server only (faster).
         #[arg(long, default_value = "power")]
         durability: String,
+        /// Connections open at once; past it, a new client closes the idlest connection
+        /// (lowered to fit the open-file limit).
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
+        /// Seconds a connection may sit outside a request (idle, or sending its headers).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+        idle_timeout: u32,
         #[command(flatten)]
         faults: FaultArgs,
     },
@@ -245,8 +253,21 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
             key,
             profile,
             durability,
+            max_connections,
+            idle_timeout,
             faults,
-        } => run_serve(listen, data, account, key, profile, durability, &faults),
+        } => {
+            let limits = ServerLimits {
+                max_connections: max_connections as usize,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout.into()),
+                ..ServerLimits::default()
+            };
+            // Room for the store's own files and the listener.
+            let limits = limits.fitting_open_files(raise_open_file_limit(), 256);
+            run_serve(
+                listen, data, account, key, profile, durability, limits, &faults,
+            )
+        }
         BlobCommand::Upload {
             file,
             target,
@@ -408,6 +429,18 @@ fn upload(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Raise this process's open-file limit to its hard maximum; the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum || limit.maximum.is_none() {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_serve(
     listen: SocketAddr,
     data: PathBuf,
@@ -415,6 +448,7 @@ fn run_serve(
     key: String,
     profile: String,
     durability: String,
+    limits: ServerLimits,
     faults: &FaultArgs,
 ) -> Result<ExitCode> {
     let profile = Profile::parse(&profile)
@@ -447,7 +481,8 @@ fn run_serve(
                 _ = term.recv() => {}
             }
         };
-        serve(listener, store, ServerConfig { account, key }, Arc::new(SystemClock), shutdown).await?;
+        eprintln!("at most {} connections", limits.max_connections);
+        serve_with_limits(listener, store, ServerConfig { account, key }, Arc::new(SystemClock), limits, shutdown).await?;
         eprintln!("stopped");
         anyhow::Ok(())
     })?;

@@ -1,8 +1,12 @@
 //! The page-blob store over HTTP: the Azure Blob REST API (path-style URLs, Shared Key) served
 //! from any [`PageBlobStore`](super::PageBlobStore).
 
+#[cfg(feature = "server")]
+mod blob_read;
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
+pub mod connections;
 pub mod proxy;
 #[cfg(feature = "server")]
 pub mod server;

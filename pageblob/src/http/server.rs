@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
-use axum::Router;
 use percent_encoding::percent_decode_str;
 
+use super::blob_read::{BlobRead, READ_CHUNK_BYTES};
+use super::connections::{accept_loop, Connection, ServerLimits};
 use super::shared_key;
 use super::xml;
 use crate::clock::Clock;
@@ -24,7 +25,9 @@ use crate::PageBlobStore;
 
 /// Largest request body read: a 4 MiB Put Page plus room to answer 413 ourselves.
 pub const MAX_BODY_BYTES: usize = (4 << 20) + (64 << 10);
-/// Largest Get Blob answer held in memory; larger reads must use ranges.
+/// Largest Get Blob range in one request (Azure's limit for a page-blob read is the blob; ours
+/// keeps one answer's time on the wire bounded). Answers are streamed in
+/// 1 MiB pieces.
 pub const MAX_READ_BYTES: u64 = 256 << 20;
 /// How long a client may take to send a request body.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -79,19 +82,31 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_limits(
+        listener,
+        store,
+        config,
+        clock,
+        ServerLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] under explicit connection limits.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn PageBlobStore>,
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let state = Arc::new(AppState::new(store, config, clock));
-    let app = Router::new()
-        .fallback(handle)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state);
-    use axum::serve::ListenerExt;
-    // Small answers after big uploads must not wait for delayed ACKs (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    accept_loop(listener, limits, shutdown, move |conn, request| {
+        handle(Arc::clone(&state), Some(conn), request)
+    })
+    .await
 }
 
 /// One request through authentication, routing and the store, without a socket: what the
@@ -111,7 +126,7 @@ pub fn handle_offline(
     finish(response, 0, DEFAULT_VERSION, &state)
 }
 
-async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn handle(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let request_id = state.requests.fetch_add(1, Ordering::Relaxed);
     let version = parts
@@ -145,6 +160,9 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
     };
     if let Err(e) = authenticate(&state, &parts.method, parts.uri.path(), &req) {
         return finish(error_response(&e), request_id, &version, &state);
+    }
+    if let Some(conn) = &conn {
+        conn.mark_authenticated();
     }
     let mut buf = state.buffers.take(declared.unwrap_or(0) as usize);
     match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, &mut buf)).await {
@@ -798,11 +816,13 @@ fn route(
         (&Method::PUT, Some("snapshot")) => {
             refuse_snapshot()?;
             let id = store.snapshot(&p, &cond)?;
-            let props = store.properties(&p, None)?;
-            Ok(built(
-                with_properties(ok(201), &props).header("x-ms-snapshot", id),
-                empty(),
-            ))
+            // The snapshot exists now: whatever happens next, the answer is 201 (a client
+            // told otherwise would take another). The ETag and time are the snapshot's.
+            let answer = match store.properties(&p, Some(&id)) {
+                Ok(props) => with_properties(ok(201), &props),
+                Err(_) => ok(201),
+            };
+            Ok(built(answer.header("x-ms-snapshot", id), empty()))
         }
         (&Method::PUT, Some("properties")) => {
             refuse_snapshot()?;
@@ -988,8 +1008,21 @@ fn route(
                     format!("{p}: {len} bytes in one read; use ranges of at most {MAX_READ_BYTES}"),
                 ));
             }
-            let mut buf = vec![0u8; len as usize];
-            store.read(&p, snapshot.as_deref(), start, &mut buf)?;
+            let body = if len <= READ_CHUNK_BYTES as u64 {
+                let mut buf = vec![0u8; len as usize];
+                store.read(&p, snapshot.as_deref(), start, &mut buf)?;
+                Body::from(buf)
+            } else {
+                BlobRead {
+                    store: Arc::clone(&state.store),
+                    path: p.clone(),
+                    snapshot: snapshot.clone(),
+                    start,
+                    len,
+                    etag: props.etag.clone(),
+                }
+                .into_body()
+            };
             let b = if partial {
                 base.status(206).header(
                     "content-range",
@@ -998,10 +1031,7 @@ fn route(
             } else {
                 base
             };
-            Ok(built(
-                b.header("content-length", len.to_string()),
-                Body::from(buf),
-            ))
+            Ok(built(b.header("content-length", len.to_string()), body))
         }
         (&Method::DELETE, None) => {
             let mode = match req.header("x-ms-delete-snapshots") {

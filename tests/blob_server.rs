@@ -379,3 +379,83 @@ fn blob_serve_keeps_serving_a_normal_client_through_a_crowd_with_bounded_memory(
     served(200);
     server.stop("-TERM");
 }
+
+/// `blob serve` killed and restarted in the middle of a replication cycle: the client retries
+/// through the refused and reset connections and the cycle commits a point that restores.
+#[test]
+fn a_replication_cycle_rides_through_a_blob_serve_restart() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let server = start_server(&d.join("served"), "standard");
+    let addr = server.addr();
+    run_ok(drplane().env("DRPLANE_PFX_PASSWORD", "restart-pw").args([
+        "register",
+        "--vault",
+        "v",
+        "--out",
+        &p("reg"),
+    ]));
+    // 96 MiB of data that does not compress away.
+    let disk = p("disk.raw");
+    let mut data = vec![0u8; 96 << 20];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for b in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+    }
+    std::fs::write(&disk, &data).unwrap();
+    let mut replicate = drplane()
+        .env("DRPLANE_PFX_PASSWORD", "restart-pw")
+        .args([
+            "replicate",
+            "--disk",
+            &disk,
+            "--store",
+            &server.endpoint,
+            "--pfx",
+            &p("reg/v.pfx"),
+        ])
+        .args(["--name", "d1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    if replicate.try_wait().unwrap().is_some() {
+        let out = replicate.wait_with_output().unwrap();
+        panic!(
+            "the cycle ended before the restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    server.stop("-KILL");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let server = start_server_on(&d.join("served"), "standard", &addr);
+    let out = replicate.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the cycle failed across the restart:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = p("restored.raw");
+    run_ok(
+        drplane()
+            .env("DRPLANE_PFX_PASSWORD", "restart-pw")
+            .args([
+                "restore",
+                "--store",
+                &server.endpoint,
+                "--pfx",
+                &p("reg/v.pfx"),
+            ])
+            .args(["--name", "d1", "--point", "0", "-o", &restored]),
+    );
+    assert!(
+        std::fs::read(&restored).unwrap() == data,
+        "the restored disk differs"
+    );
+    server.stop("-TERM");
+}

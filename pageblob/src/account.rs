@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ErrorCode, StoreError, StoreResult};
 use super::extent_map::ExtentMap;
+use super::names::{blob_name_error, container_name_error};
 use super::timestamp::{parse_snapshot_id, snapshot_id};
 use super::types::*;
 
@@ -517,13 +518,8 @@ impl Account {
     }
 
     pub fn create_container(&self, name: &str, now: u64) -> StoreResult<Effect> {
-        if !valid_container_name(name) {
-            return err(
-                ErrorCode::InvalidInput,
-                format!(
-                    "container name {name:?}: 3-63 lower-case letters, digits and single hyphens"
-                ),
-            );
+        if let Some(why) = container_name_error(name) {
+            return err(ErrorCode::InvalidResourceName, why);
         }
         if self.containers.contains_key(name) {
             return err(
@@ -546,14 +542,8 @@ impl Account {
         now: u64,
     ) -> StoreResult<Effect> {
         self.container(&path.container)?;
-        if !valid_blob_name(&path.blob) {
-            return err(
-                ErrorCode::InvalidInput,
-                format!(
-                    "blob name {:?} is empty or longer than 1024 characters",
-                    path.blob
-                ),
-            );
+        if let Some(why) = blob_name_error(&path.blob) {
+            return err(ErrorCode::InvalidResourceName, why);
         }
         check_size(size)?;
         if sequence_number > MAX_SEQUENCE_NUMBER {
@@ -1171,18 +1161,4 @@ fn check_lease_for_write(
         ),
         _ => Ok(()),
     }
-}
-
-fn valid_container_name(name: &str) -> bool {
-    (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--")
-}
-
-fn valid_blob_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().count() <= 1024
 }

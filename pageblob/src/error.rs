@@ -42,6 +42,7 @@ error_codes! {
     InvalidQueryParameterValue = 400,
     MissingRequiredHeader = 400,
     InvalidInput = 400,
+    InvalidResourceName = 400,
     Md5Mismatch = 400,
     Crc64Mismatch = 400,
     InvalidUri = 400,

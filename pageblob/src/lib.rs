@@ -26,6 +26,7 @@ pub mod http;
 pub mod location;
 pub mod lock_holder;
 pub mod memory_fs;
+pub mod names;
 pub mod read_retry;
 pub mod store_lock;
 pub mod timestamp;

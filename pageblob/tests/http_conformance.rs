@@ -556,3 +556,89 @@ fn a_streamed_read_is_cut_short_when_the_blob_changes_under_it() {
     assert!(got < size, "a read across a write returned {got} bytes");
     assert!(!rest.contains(&2u8), "bytes of the new version were sent");
 }
+
+/// Names are decoded strictly and checked against Azure's rules before anything is stored;
+/// a name XML cannot carry is listed percent-encoded with `Encoded="true"`.
+#[test]
+fn blob_names_are_refused_or_encoded_as_azure_does() {
+    use pageblob::timestamp::http_date;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    let c = client(&s, DEV_KEY);
+    c.create_container("names").unwrap();
+    let create = |encoded: &str| {
+        let path = format!("/{DEV_ACCOUNT}/names/{encoded}");
+        let headers = signed(
+            "PUT",
+            &path,
+            "",
+            &[
+                ("content-length", "0".into()),
+                ("x-ms-blob-type", "PageBlob".into()),
+                ("x-ms-blob-content-length", "512".into()),
+                ("x-ms-date", http_date(START)),
+            ],
+        );
+        exchange(&s, "PUT", &path, &headers, &[])
+    };
+    // Two invalid byte strings would have become one lossy name.
+    for (encoded, code) in [
+        ("%FF%FE", "InvalidUri"),
+        ("%FE%FF", "InvalidUri"),
+        ("a%0Ab", "InvalidResourceName"),
+        ("a%00", "InvalidResourceName"),
+        ("a/../b", "InvalidResourceName"),
+    ] {
+        let answer = create(encoded);
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains(code),
+            "{encoded}: {answer}"
+        );
+    }
+    assert!(
+        c.list_blobs("names", false).unwrap().is_empty(),
+        "nothing was created"
+    );
+    let odd = "odd\u{FFFF}name";
+    c.create_page_blob(&BlobPath::new("names", odd), 512, 0, &Conditions::default())
+        .unwrap();
+    let path = format!("/{DEV_ACCOUNT}/names");
+    let headers = signed(
+        "GET",
+        &path,
+        "comp=list&restype=container",
+        &[("x-ms-date", http_date(START))],
+    );
+    let mut listing = String::new();
+    {
+        use std::io::{Read, Write};
+        let addr = s
+            .endpoint
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap();
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        let mut head = format!("GET {path}?comp=list&restype=container HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        t.write_all(head.as_bytes()).unwrap();
+        t.read_to_string(&mut listing).unwrap();
+    }
+    assert!(
+        listing.contains(r#"<Name Encoded="true">odd%EF%BF%BFname</Name>"#),
+        "{listing}"
+    );
+    assert!(!listing.contains('\u{FFFF}'), "a raw U+FFFF in the XML");
+    // Our own client reads the name back decoded.
+    let names: Vec<String> = c
+        .list_blobs("names", false)
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(names, vec![odd.to_string()]);
+}

@@ -133,12 +133,17 @@ pub struct Server {
 }
 
 pub fn start_server(data: &Path, profile: &str) -> Server {
+    start_server_on(data, profile, "127.0.0.1:0")
+}
+
+/// [`start_server`] listening on `listen` (to restart a server where its clients expect it).
+pub fn start_server_on(data: &Path, profile: &str, listen: &str) -> Server {
     let mut child = drplane()
         .args([
             "blob",
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--profile",
             profile,
             "--data",

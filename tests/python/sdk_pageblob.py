@@ -112,6 +112,12 @@ def write(endpoint, profile):
         limit = 100
     snaps.append(blob.create_snapshot()["snapshot"])
     final = blob.download_blob(offset=0, length=4 * 1024 * 1024).readall()
+    # A name XML cannot carry is listed percent-encoded (Encoded="true") and the SDK decodes
+    # it; a control character is refused.
+    odd = "odd\uffffname \u00fc+%&#"
+    cont.get_blob_client(odd).create_page_blob(size=512)
+    assert odd in [b.name for b in cont.list_blobs()], "encoded name not listed back"
+    expect_error("InvalidResourceName", cont.get_blob_client("ctl\x01name").create_page_blob, size=512)
     listed = [b.name for b in cont.list_blobs(include=["snapshots"])]
     return {
         "snapshots": snaps,

@@ -20,6 +20,11 @@ pub const API_VERSION: &str = "2021-08-06";
 pub const MAX_ATTEMPTS: u32 = 5;
 /// First retry delay; doubled per attempt.
 pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// How long a request keeps retrying connection failures (a `blob serve` restart takes well
+/// under a second; a reboot of the host is not waited for).
+pub const CONNECTION_RETRY_BUDGET: Duration = Duration::from_secs(20);
+/// Longest wait between two connection attempts.
+const MAX_CONNECTION_RETRY_DELAY: Duration = Duration::from_secs(2);
 /// Time to open a connection (the host name's lookup included).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request fails when a read or write on its connection makes no progress for this long (a
@@ -183,6 +188,70 @@ fn transport(what: &str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// Whether sending a request twice leaves the same result as sending it once (so a request
+/// whose connection broke may be sent again).
+fn is_idempotent(method: &str, query: &[(&str, String)], headers: &[(&str, String)]) -> bool {
+    let comp = query
+        .iter()
+        .find(|(n, _)| *n == "comp")
+        .map(|(_, v)| v.as_str());
+    match method {
+        "GET" | "HEAD" => true,
+        // Put Page (update or clear) and Create Blob.
+        "PUT" if matches!(comp, Some("page") | None) => true,
+        // Resize and set the sequence number, but not increment it.
+        "PUT" if comp == Some("properties") => !headers
+            .iter()
+            .any(|(n, v)| *n == "x-ms-sequence-number-action" && v == "increment"),
+        // Snapshot, lease, copy, delete, create container: a second one differs.
+        _ => false,
+    }
+}
+
+/// How far a failed request got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// The connection was never made: nothing reached the server.
+    NotSent,
+    /// The connection broke after the request may have been applied.
+    MaybeApplied,
+}
+
+/// A request that got no answer.
+struct Failure {
+    error: StoreError,
+    /// None: not a connection failure (retrying cannot help).
+    delivery: Option<Delivery>,
+}
+
+impl Failure {
+    fn of(url: &str, e: ureq::Error) -> Failure {
+        use std::io::ErrorKind as Kind;
+        let delivery = match &e {
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => Some(Delivery::NotSent),
+            ureq::Error::Io(io) => match io.kind() {
+                Kind::ConnectionRefused | Kind::AddrNotAvailable | Kind::NotConnected => {
+                    Some(Delivery::NotSent)
+                }
+                Kind::ConnectionReset
+                | Kind::ConnectionAborted
+                | Kind::BrokenPipe
+                | Kind::UnexpectedEof
+                | Kind::TimedOut => Some(Delivery::MaybeApplied),
+                _ => None,
+            },
+            ureq::Error::Timeout(_) | ureq::Error::BodyStalled | ureq::Error::Protocol(_) => {
+                Some(Delivery::MaybeApplied)
+            }
+            _ => None,
+        };
+        Failure {
+            error: transport(url, e),
+            delivery,
+        }
+    }
+}
+
 impl HttpStore {
     /// `endpoint`: e.g. `http://127.0.0.1:10000/devstoreaccount1`; `key`: the account key.
     pub fn new(endpoint: &str, account: &str, key: &[u8]) -> HttpStore {
@@ -233,7 +302,9 @@ impl HttpStore {
         self
     }
 
-    /// Send one request, signed, retrying 500/503. `query` values are unencoded.
+    /// Send one request, signed, retrying 500/503, and connection failures: always when the
+    /// request never left (connection refused: a server restarting), and for idempotent
+    /// requests also when the connection broke mid-exchange. `query` values are unencoded.
     fn send(
         &self,
         method: &str,
@@ -242,17 +313,36 @@ impl HttpStore {
         headers: &[(&str, String)],
         body: &[u8],
     ) -> StoreResult<Answer> {
-        let mut delay = FIRST_RETRY_DELAY;
-        for attempt in 1..=MAX_ATTEMPTS {
-            let answer = self.send_once(method, resource, query, headers, body)?;
-            let retry = matches!(answer.status, 500 | 503) && attempt < MAX_ATTEMPTS;
-            if !retry {
-                return self.check(answer);
+        let idempotent = is_idempotent(method, query, headers);
+        let started = std::time::Instant::now();
+        let mut busy_delay = FIRST_RETRY_DELAY;
+        let mut busy_attempts = 0;
+        let mut connection_delay = FIRST_RETRY_DELAY;
+        loop {
+            match self.send_once(method, resource, query, headers, body) {
+                Ok(answer) => {
+                    busy_attempts += 1;
+                    let retry = matches!(answer.status, 500 | 503) && busy_attempts < MAX_ATTEMPTS;
+                    if !retry {
+                        return self.check(answer);
+                    }
+                    std::thread::sleep(busy_delay);
+                    busy_delay *= 2;
+                }
+                Err(Failure { error, delivery }) => {
+                    let retry = match delivery {
+                        Some(Delivery::NotSent) => true,
+                        Some(Delivery::MaybeApplied) => idempotent,
+                        None => false,
+                    };
+                    if !retry || started.elapsed() + connection_delay > CONNECTION_RETRY_BUDGET {
+                        return Err(error);
+                    }
+                    std::thread::sleep(connection_delay);
+                    connection_delay = (connection_delay * 2).min(MAX_CONNECTION_RETRY_DELAY);
+                }
             }
-            std::thread::sleep(delay);
-            delay *= 2;
         }
-        unreachable!("the last attempt returns")
     }
 
     fn send_once(
@@ -262,7 +352,7 @@ impl HttpStore {
         query: &[(&str, String)],
         headers: &[(&str, String)],
         body: &[u8],
-    ) -> StoreResult<Answer> {
+    ) -> Result<Answer, Failure> {
         let encoded_path = utf8_percent_encode(resource, PATH_SET).to_string();
         let base_path = self
             .endpoint
@@ -309,10 +399,11 @@ impl HttpStore {
                 builder = builder.header(n.as_str(), v.as_str());
             }
         }
-        let request = builder
-            .body(body.to_vec())
-            .map_err(|e| transport(&url, e))?;
-        let mut response = self.agent.run(request).map_err(|e| transport(&url, e))?;
+        let request = builder.body(body.to_vec()).map_err(|e| Failure {
+            error: transport(&url, e),
+            delivery: None,
+        })?;
+        let mut response = self.agent.run(request).map_err(|e| Failure::of(&url, e))?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -332,7 +423,7 @@ impl HttpStore {
                 .with_config()
                 .limit(MAX_RESPONSE_BYTES)
                 .read_to_vec()
-                .map_err(|e| transport(&url, e))?
+                .map_err(|e| Failure::of(&url, e))?
         };
         Ok(Answer {
             status,
@@ -423,21 +514,36 @@ fn xml_walk(body: &[u8], mut on: impl FnMut(&[String], &str)) -> StoreResult<()>
     let bad = |e: String| StoreError::service(ErrorCode::InvalidXmlDocument, e);
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut stack: Vec<String> = Vec::new();
+    // Per open element: its text is percent-encoded (`Encoded="true"`, e.g. a blob name
+    // holding a character XML cannot carry) and is given decoded.
+    let mut encoded: Vec<bool> = Vec::new();
     let mut text = String::new();
     let mut buf = Vec::new();
     loop {
         match reader.read_event_into(&mut buf) {
             Ok(Event::Start(e)) => {
                 stack.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+                encoded.push(
+                    e.attributes()
+                        .flatten()
+                        .any(|a| a.key.as_ref() == b"Encoded" && a.value.as_ref() == b"true"),
+                );
                 text.clear();
                 on(&stack, "");
             }
             Ok(Event::End(_)) => {
                 if !text.is_empty() {
+                    if encoded.last() == Some(&true) {
+                        text = percent_encoding::percent_decode_str(&text)
+                            .decode_utf8()
+                            .map_err(|_| bad(format!("encoded text {text:?} is not UTF-8")))?
+                            .into_owned();
+                    }
                     on(&stack, &text);
                     text.clear();
                 }
                 stack.pop();
+                encoded.pop();
             }
             Ok(Event::Text(t)) => text.push_str(&t.decode().map_err(|e| bad(e.to_string()))?),
             Ok(Event::GeneralRef(r)) => {

@@ -19,6 +19,7 @@ use super::shared_key;
 use super::xml;
 use crate::clock::Clock;
 use crate::error::{ErrorCode, StoreError};
+use crate::names::blob_name_error;
 use crate::timestamp::{http_date, parse_http_date};
 use crate::types::*;
 use crate::PageBlobStore;
@@ -389,6 +390,20 @@ pub fn parse_query(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A container or blob name from the URL path: percent-decoded, and UTF-8 (a name is never
+/// guessed from broken bytes: two byte strings would become one name).
+fn decode_path_segment(s: &str) -> Result<String, StoreError> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(|name| name.into_owned())
+        .map_err(|_| {
+            bad(
+                ErrorCode::InvalidUri,
+                format!("path segment {s:?} is not UTF-8 once percent-decoded"),
+            )
+        })
+}
+
 fn decode(s: &str) -> String {
     percent_decode_str(&s.replace('+', "%20"))
         .decode_utf8_lossy()
@@ -590,13 +605,14 @@ fn parse_copy_source(account: &str, url: &str) -> Result<(BlobPath, Option<Strin
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == "snapshot")
         .map(|(_, v)| decode(v));
-    Ok((
-        BlobPath {
-            container: decode(parts[1]),
-            blob: decode(parts[2]),
-        },
-        snapshot,
-    ))
+    let path = BlobPath {
+        container: decode_path_segment(parts[1])?,
+        blob: decode_path_segment(parts[2])?,
+    };
+    if let Some(why) = blob_name_error(&path.blob) {
+        return Err(bad(ErrorCode::InvalidResourceName, why));
+    }
+    Ok((path, snapshot))
 }
 
 fn route(
@@ -616,8 +632,19 @@ fn route(
             ),
         ));
     }
-    let container = segments.get(1).map(|c| decode(c)).filter(|c| !c.is_empty());
-    let blob = segments.get(2).map(|b| decode(b)).filter(|b| !b.is_empty());
+    let container = segments
+        .get(1)
+        .map(|c| decode_path_segment(c))
+        .transpose()?
+        .filter(|c| !c.is_empty());
+    let blob = segments
+        .get(2)
+        .map(|b| decode_path_segment(b))
+        .transpose()?
+        .filter(|b| !b.is_empty());
+    if let Some(why) = blob.as_deref().and_then(blob_name_error) {
+        return Err(bad(ErrorCode::InvalidResourceName, why));
+    }
     let store = &*state.store;
     let comp = req.q("comp");
     let snapshot = req.q("snapshot").map(str::to_string);

@@ -4,7 +4,10 @@
 use quick_xml::events::{BytesDecl, BytesText, Event};
 use quick_xml::Writer;
 
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
 use crate::extent_map::PageRange;
+use crate::names::needs_encoding_in_xml;
 use crate::timestamp::http_date;
 use crate::types::{BlobListing, PageRangeList};
 
@@ -105,7 +108,14 @@ fn blob(w: &mut Xml, b: &BlobListing) -> std::io::Result<()> {
     let p = &b.properties;
     w.create_element("Blob")
         .write_inner_content(|w| {
-            text(w, "Name", &b.name)?;
+            if needs_encoding_in_xml(&b.name) {
+                let encoded = utf8_percent_encode(&b.name, NON_ALPHANUMERIC).to_string();
+                w.create_element("Name")
+                    .with_attribute(("Encoded", "true"))
+                    .write_text_content(BytesText::new(&encoded))?;
+            } else {
+                text(w, "Name", &b.name)?;
+            }
             if let Some(snap) = &p.snapshot {
                 text(w, "Snapshot", snap)?;
             }

@@ -392,7 +392,7 @@ fn a_replication_cycle_rides_through_a_blob_serve_restart() {
     run_ok(drplane().env("DRPLANE_PFX_PASSWORD", "restart-pw").args([
         "register",
         "--vault",
-        "v",
+        "vt",
         "--out",
         &p("reg"),
     ]));
@@ -416,7 +416,7 @@ fn a_replication_cycle_rides_through_a_blob_serve_restart() {
             "--store",
             &server.endpoint,
             "--pfx",
-            &p("reg/v.pfx"),
+            &p("reg/vt.pfx"),
         ])
         .args(["--name", "d1", "--json"])
         .stdout(Stdio::piped())
@@ -449,7 +449,7 @@ fn a_replication_cycle_rides_through_a_blob_serve_restart() {
                 "--store",
                 &server.endpoint,
                 "--pfx",
-                &p("reg/v.pfx"),
+                &p("reg/vt.pfx"),
             ])
             .args(["--name", "d1", "--point", "0", "-o", &restored]),
     );

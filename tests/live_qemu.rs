@@ -209,12 +209,12 @@ impl Replica {
         let reg = dir.join("reg");
         run_ok(
             drplane()
-                .args(["register", "--vault", "v", "--out", path_str(&reg)])
+                .args(["register", "--vault", "vt", "--out", path_str(&reg)])
                 .env("DRPLANE_PFX_PASSWORD", PW),
         );
         Replica {
             dir: dir.to_path_buf(),
-            pfx: path_str(&reg.join("v.pfx")).into(),
+            pfx: path_str(&reg.join("vt.pfx")).into(),
             store: path_str(&dir.join("store")).into(),
         }
     }

@@ -72,7 +72,7 @@ fn registered_pfx_opens_with_openssl_and_thumbprint_matches() {
 fn register_without_a_password_source_fails_clearly() {
     let dir = temp_dir();
     let out = drplane()
-        .args(["register", "--vault", "v", "--out"])
+        .args(["register", "--vault", "vt", "--out"])
         .arg(dir.path())
         .env_remove("DRPLANE_PFX_PASSWORD")
         .stdin(std::process::Stdio::null())
@@ -139,4 +139,52 @@ fn password_prompt_on_a_terminal_is_not_echoed_and_never_in_the_process_list() {
     let (ok, shown) = on_terminal(&args, "wrong password");
     assert!(!ok);
     assert!(shown.contains("password"), "{shown}");
+}
+
+/// Vault names are Azure's (they name the files written): a path, an empty or hidden name is
+/// refused before anything is written; the secrets are readable by their owner only.
+#[test]
+fn vault_names_are_validated_and_secrets_are_written_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir();
+    let out = dir.path().join("out");
+    for bad in [
+        "../escape",
+        "",
+        ".hidden",
+        "a/b",
+        "v",
+        "1v",
+        "v.pfx",
+        &"v".repeat(51),
+    ] {
+        let o = drplane()
+            .args(["register", "--vault", bad, "--out"])
+            .arg(&out)
+            .env("DRPLANE_PFX_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "--vault {bad:?} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("not a vault name"), "--vault {bad:?}: {err}");
+    }
+    assert!(
+        !out.exists(),
+        "a refused registration wrote {}",
+        out.display()
+    );
+    assert!(!dir.path().join("escape.pfx").exists());
+    run_ok(
+        drplane()
+            .args(["register", "--vault", "vault-2", "--out"])
+            .arg(&out)
+            .env("DRPLANE_PFX_PASSWORD", "pw"),
+    );
+    for name in ["vault-2.pfx", "vault-2.VaultCredentials"] {
+        let mode = std::fs::metadata(out.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} is {:o}", mode & 0o777);
+    }
 }

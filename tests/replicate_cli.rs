@@ -29,8 +29,8 @@ fn qemu_cycles(over_http: bool) {
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     let server = over_http.then(|| start_server(&d.join("served"), "standard"));
-    dp(&["register", "--vault", "v", "--out", &p("reg")]);
-    let pfx = p("reg/v.pfx");
+    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
+    let pfx = p("reg/vt.pfx");
     let disk = p("disk.vhdx");
     qemu_img(&[
         "create",
@@ -114,14 +114,14 @@ fn qemu_cycles(over_http: bool) {
     let v: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
     assert!(v.as_array().unwrap().iter().all(|p| p["ok"] == true), "{v}");
     // Another certificate cannot restore, and says why.
-    dp(&["register", "--vault", "w", "--out", &p("reg2")]);
+    dp(&["register", "--vault", "wt", "--out", &p("reg2")]);
     let other = drplane()
         .args([
             "restore",
             "--store",
             &store,
             "--pfx",
-            &p("reg2/w.pfx"),
+            &p("reg2/wt.pfx"),
             "--name",
             "disk1",
             "-o",
@@ -158,8 +158,8 @@ fn policies_watch_mode_app_points_and_refusals() {
     let dir = temp_dir();
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    dp(&["register", "--vault", "v", "--out", &p("reg")]);
-    let pfx = p("reg/v.pfx");
+    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
+    let pfx = p("reg/vt.pfx");
     let disk = p("disk.raw");
     let mut bytes: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
     std::fs::write(&disk, &bytes).unwrap();
@@ -288,12 +288,15 @@ fn policies_watch_mode_app_points_and_refusals() {
     fails_with(&other_block, "uses 128 KiB blocks");
 }
 
+/// As in ASR, the credentials' five days bound registering, not replicating: on day six the
+/// registered server still replicates. Without its credentials the server is not registered,
+/// and another registration's credentials are refused, each with the reason.
 #[test]
-fn expired_vault_credentials_are_refused_with_a_clear_message() {
+fn replication_continues_on_day_six_and_needs_this_servers_registration() {
     let dir = temp_dir();
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    dp(&["register", "--vault", "v", "--out", &p("reg")]);
+    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
     std::fs::write(p("disk.raw"), vec![1u8; 65536]).unwrap();
     let args = [
         "replicate",
@@ -302,19 +305,41 @@ fn expired_vault_credentials_are_refused_with_a_clear_message() {
         "--store",
         &p("store"),
         "--pfx",
-        &p("reg/v.pfx"),
+        &p("reg/vt.pfx"),
     ];
-    // The credentials next to the .pfx are checked: valid now.
     dp(&args);
-    let creds = p("reg/v.VaultCredentials");
+    // Day six: issued six days ago, expired one day ago.
+    let creds = p("reg/vt.VaultCredentials");
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
-    v["expires_at"] = serde_json::json!(1_000_000_000u64);
+    let day = 24 * 3600 * 1_000_000_000u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    v["issued_at"] = serde_json::json!(now - 6 * day);
+    v["expires_at"] = serde_json::json!(now - day);
     std::fs::write(&creds, serde_json::to_vec(&v).unwrap()).unwrap();
-    fails_with(&args, "expired");
-    // Credentials of another certificate are refused too.
-    dp(&["register", "--vault", "w", "--out", &p("reg2")]);
-    let mut other = args.to_vec();
-    let other_creds = p("reg2/w.VaultCredentials");
-    other.extend(["--credentials", &other_creds]);
-    fails_with(&other, "the credentials name certificate");
+    std::fs::write(p("disk.raw"), vec![2u8; 65536]).unwrap();
+    let out = dp(&[&args[..], &["--json"]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["point"], 1, "day six committed the next point: {v}");
+    // Credentials of another registration are refused.
+    dp(&["register", "--vault", "wt", "--out", &p("reg2")]);
+    let other_creds = p("reg2/wt.VaultCredentials");
+    fails_with(
+        &[&args[..], &["--credentials", &other_creds]].concat(),
+        "the .pfx holds",
+    );
+    // The same certificate's credentials edited to name another vault are refused.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    v["vault"] = serde_json::json!("wt");
+    let edited = p("edited.VaultCredentials");
+    std::fs::write(&edited, serde_json::to_vec(&v).unwrap()).unwrap();
+    fails_with(
+        &[&args[..], &["--credentials", &edited]].concat(),
+        "vault vt's",
+    );
+    // No credentials: not registered (deleting them no longer skips the check).
+    std::fs::remove_file(&creds).unwrap();
+    fails_with(&args, "not registered");
 }

@@ -38,8 +38,8 @@ fn killed_cycles_never_damage_committed_points_and_the_rerun_completes() {
     let dir = temp_dir();
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    dp(&["register", "--vault", "v", "--out", &p("reg")]);
-    let (pfx, store, disk_path) = (p("reg/v.pfx"), p("store"), p("disk.raw"));
+    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
+    let (pfx, store, disk_path) = (p("reg/vt.pfx"), p("store"), p("disk.raw"));
     let replicate = [
         "replicate",
         "--disk",

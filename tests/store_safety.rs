@@ -61,14 +61,14 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         let s = Setup { dir: temp_dir() };
-        dp(&["register", "--vault", "v", "--out", &s.p("reg")]);
+        dp(&["register", "--vault", "vt", "--out", &s.p("reg")]);
         s
     }
     fn p(&self, name: &str) -> String {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
     fn replicate(&self, disk: &str, store: &str, name: &str) -> Vec<String> {
-        let pfx = self.p("reg/v.pfx");
+        let pfx = self.p("reg/vt.pfx");
         [
             "replicate",
             "--disk",
@@ -85,7 +85,7 @@ impl Setup {
         .collect()
     }
     fn read_cmd(&self, cmd: &str, store: &str, name: &str) -> Vec<String> {
-        let pfx = self.p("reg/v.pfx");
+        let pfx = self.p("reg/vt.pfx");
         [cmd, "--store", store, "--pfx", &pfx, "--name", name]
             .iter()
             .map(|s| s.to_string())
@@ -198,7 +198,7 @@ fn points_verify_and_restore_work_on_a_read_only_mount() {
     std::fs::create_dir(&mnt).unwrap();
     // A private mount namespace: bind the store read-only and run every reader there.
     let drplane = env!("CARGO_BIN_EXE_drplane");
-    let pfx = s.p("reg/v.pfx");
+    let pfx = s.p("reg/vt.pfx");
     let out_file = s.p("restored.raw");
     let script = format!(
         "set -e; mount --bind -o ro {store} {mnt}; \

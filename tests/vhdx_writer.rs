@@ -207,10 +207,10 @@ fn restore_to_vhdx_is_read_by_qemu_as_the_point() {
     let env = ("DRPLANE_PFX_PASSWORD", "pw");
     run_ok(
         drplane()
-            .args(["register", "--vault", "v", "--out", &p("reg")])
+            .args(["register", "--vault", "vt", "--out", &p("reg")])
             .env(env.0, env.1),
     );
-    let common = ["--store", &p("store"), "--pfx", &p("reg/v.pfx")];
+    let common = ["--store", &p("store"), "--pfx", &p("reg/vt.pfx")];
     run_ok(
         drplane()
             .args(["replicate", "--disk", path_str(&raw), "--name", "d"])

@@ -37,8 +37,10 @@ pub struct VaultCredentials {
 pub enum RegistrationError {
     #[error("vault credentials for {vault} expired at {expired} (valid 5 days from issue): register again")]
     Expired { vault: String, expired: String },
-    #[error("vault credentials are for vault {found}, not {expected}")]
-    WrongVault { expected: String, found: String },
+    #[error("these vault credentials are for certificate {credentials}, the .pfx holds {pfx}: use the credentials registered with this .pfx")]
+    OtherCertificate { credentials: String, pfx: String },
+    #[error("these vault credentials are for vault {credentials}, the .pfx's certificate is vault {pfx}'s")]
+    OtherVault { credentials: String, pfx: String },
     #[error("certificate generation failed: {0}")]
     Certificate(String),
     #[error("writing the .pfx failed: {0}")]
@@ -47,15 +49,40 @@ pub enum RegistrationError {
     Key(#[from] KeyError),
 }
 
+/// The certificate subject's common name as [`register`] writes it.
+fn subject_for(vault: &str) -> String {
+    format!("drplane data encryption ({vault})")
+}
+
 impl VaultCredentials {
-    /// Refuse expired credentials or another vault's.
-    pub fn check(&self, vault: &str, now: u64) -> Result<(), RegistrationError> {
-        if self.vault != vault {
-            return Err(RegistrationError::WrongVault {
-                expected: vault.into(),
-                found: self.vault.clone(),
+    /// This server's registration with its vault, shown by its credentials, is the one
+    /// `identity` (the .pfx) was made in: the thumbprints agree, and the certificate names the
+    /// same vault. Expiry is not checked: as in ASR, the five days bound registering with the
+    /// credentials, not replicating once registered.
+    pub fn check_registered_with(&self, identity: &Identity) -> Result<(), RegistrationError> {
+        if self.certificate_thumbprint != identity.key_id.to_string() {
+            return Err(RegistrationError::OtherCertificate {
+                credentials: self.certificate_thumbprint.clone(),
+                pfx: identity.key_id.to_string(),
             });
         }
+        // A certificate made elsewhere (no vault in its name) is bound by thumbprint alone.
+        let named = identity
+            .subject
+            .split_once("drplane data encryption (")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(vault, _)| vault.to_string());
+        if let Some(vault) = named.filter(|v| *v != self.vault) {
+            return Err(RegistrationError::OtherVault {
+                credentials: self.vault.clone(),
+                pfx: vault,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the credentials may still register a server at `now` (five days from issue).
+    pub fn check_can_register(&self, now: u64) -> Result<(), RegistrationError> {
         if now >= self.expires_at {
             return Err(RegistrationError::Expired {
                 vault: self.vault.clone(),
@@ -78,10 +105,9 @@ pub fn register(
     let key_pair = rcgen::KeyPair::generate().map_err(cert_err)?;
     let mut params =
         rcgen::CertificateParams::new(vec![server_name.to_string()]).map_err(cert_err)?;
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("drplane data encryption ({vault})"),
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, subject_for(vault));
     let cert = params.self_signed(&key_pair).map_err(cert_err)?;
     let pfx_err = |e: p12_keystore::error::Error| RegistrationError::Pfx(e.to_string());
     let key = PrivateKey::from_der(&key_pair.serialize_der()).map_err(pfx_err)?;
@@ -114,7 +140,7 @@ mod tests {
     use pageblob::clock::ManualClock;
 
     #[test]
-    fn registered_pfx_loads_and_credentials_expire_after_five_days() {
+    fn registered_pfx_loads_and_credentials_bind_it_without_expiring() {
         let clock = ManualClock::new(1_700_000_000_000_000_000);
         let (creds, pfx) = register("vault-a", "host1", "pw", &clock).unwrap();
         let identity = Identity::from_pfx(&pfx, "pw").unwrap();
@@ -124,15 +150,25 @@ mod tests {
             Err(KeyError::WrongPassword)
         ));
         creds
-            .check("vault-a", clock.now_nanos() + CREDENTIALS_VALID_NANOS - 1)
+            .check_can_register(clock.now_nanos() + CREDENTIALS_VALID_NANOS - 1)
             .unwrap();
         let err = creds
-            .check("vault-a", clock.now_nanos() + CREDENTIALS_VALID_NANOS)
+            .check_can_register(clock.now_nanos() + CREDENTIALS_VALID_NANOS)
             .unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
+        // Registered: day six and day six hundred replicate alike.
+        creds.check_registered_with(&identity).unwrap();
+        let mut other_vault = creds.clone();
+        other_vault.vault = "vault-b".into();
         assert!(matches!(
-            creds.check("vault-b", clock.now_nanos()),
-            Err(RegistrationError::WrongVault { .. })
+            other_vault.check_registered_with(&identity),
+            Err(RegistrationError::OtherVault { .. })
+        ));
+        let (_, other_pfx) = register("vault-a", "host2", "pw", &clock).unwrap();
+        let other = Identity::from_pfx(&other_pfx, "pw").unwrap();
+        assert!(matches!(
+            creds.check_registered_with(&other),
+            Err(RegistrationError::OtherCertificate { .. })
         ));
     }
 }

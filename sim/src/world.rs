@@ -135,7 +135,7 @@ impl<'e> World<'e> {
             certificate_thumbprint: env.identity.key_id.to_string(),
             proxy: None,
         };
-        let registration = credentials.check("sim-vault", start);
+        let registration = credentials.check_can_register(start);
         let registered = registration.is_ok();
         let mut queue = Queue::default();
         for disk in (0..disks.len()).filter(|_| registered) {

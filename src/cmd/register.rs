@@ -12,8 +12,9 @@ use pageblob::timestamp::http_date;
 
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
-    /// Recovery Services vault to register with.
-    #[arg(long)]
+    /// Recovery Services vault to register with: 2-50 letters, digits and hyphens, starting
+    /// with a letter (Azure's rule); it names the files written.
+    #[arg(long, value_parser = vault_name)]
     vault: String,
     /// Folder for `<vault>.VaultCredentials` and `<vault>.pfx`.
     #[arg(long)]
@@ -34,6 +35,36 @@ pub struct RegisterArgs {
     /// Account key for --check-store (default: the development key; or DRPLANE_ACCOUNT_KEY).
     #[arg(long, env = "DRPLANE_ACCOUNT_KEY", hide_env_values = true)]
     key: Option<String>,
+}
+
+/// A Recovery Services vault name, as Azure allows them: 2-50 characters, letters, digits and
+/// hyphens, starting with a letter. (It becomes a file name: no separators, no dots.)
+fn vault_name(name: &str) -> Result<String, String> {
+    let valid = (2..=50).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "{name:?} is not a vault name: 2-50 letters, digits and hyphens, starting with a letter"
+        ))
+    }
+}
+
+/// Write a secret to a new file readable by its owner only (0600), never over an existing one.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| path.display().to_string())
 }
 
 /// The .pfx password from a file, the environment or the terminal — never from the command line.
@@ -95,12 +126,19 @@ pub fn run(args: RegisterArgs) -> Result<ExitCode> {
     let (mut credentials, pfx) = register(&args.vault, &server_name, &password, &SystemClock)?;
     credentials.proxy = proxy.as_ref().map(|p| p.record());
     std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
-    std::fs::write(&pfx_path, &pfx).with_context(|| pfx_path.display().to_string())?;
-    std::fs::write(&creds_path, serde_json::to_vec_pretty(&credentials)?)
-        .with_context(|| creds_path.display().to_string())?;
+    write_secret(&pfx_path, &pfx)?;
+    if let Err(e) = write_secret(&creds_path, &serde_json::to_vec_pretty(&credentials)?) {
+        // Half a registration is none: the .pfx goes too.
+        let _ = std::fs::remove_file(&pfx_path);
+        return Err(e);
+    }
+    // The names in the folder are durable too.
+    if let Ok(dir) = std::fs::File::open(&args.out) {
+        let _ = dir.sync_all();
+    }
     println!("registered {server_name} with vault {}", credentials.vault);
     println!(
-        "credentials: {} (expire {})",
+        "credentials: {} (register other servers with them until {}; replication does not expire)",
         creds_path.display(),
         http_date(credentials.expires_at)
     );

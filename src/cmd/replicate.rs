@@ -63,7 +63,8 @@ pub struct ReplicateArgs {
     #[command(flatten)]
     keys: Keys,
     /// Vault credentials from `drplane register` (default: VAULT.VaultCredentials next to
-    /// the .pfx, when there is one); expired credentials are refused.
+    /// the .pfx): this server's registration, required. Their five-day validity bounds
+    /// registering, not replicating.
     #[arg(long)]
     credentials: Option<PathBuf>,
     /// Replica name (default: the VHDX Virtual Disk ID, or the file name).
@@ -252,37 +253,31 @@ pub fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
     }
 }
 
-/// Check the vault credentials that belong to this .pfx, if any; returns the proxy they
-/// were registered with.
-fn check_credentials(
+/// This server's registration: the vault credentials `drplane register` wrote next to the
+/// .pfx (or `--credentials`), which must be the .pfx's. Returns the proxy they were
+/// registered with. Without them the server is not registered and nothing replicates.
+fn check_registration(
     args: &ReplicateArgs,
     identity: &Identity,
-    now: u64,
 ) -> Result<Option<pageblob::http::proxy::ProxyRecord>> {
     let path = match &args.credentials {
         Some(p) => p.clone(),
-        None => {
-            let sibling = args.keys.pfx.with_extension("VaultCredentials");
-            if !sibling.exists() {
-                return Ok(None);
-            }
-            sibling
-        }
+        None => args.keys.pfx.with_extension("VaultCredentials"),
     };
-    let text = std::fs::read(&path).with_context(|| path.display().to_string())?;
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{}: no vault credentials, so this server is not registered (run `drplane register`, \
+             or give --credentials with the file it wrote beside this .pfx)",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
     let creds: VaultCredentials = serde_json::from_slice(&text)
         .with_context(|| format!("{}: not vault credentials", path.display()))?;
     creds
-        .check(&creds.vault, now)
+        .check_registered_with(identity)
         .with_context(|| path.display().to_string())?;
-    if creds.certificate_thumbprint != identity.key_id.to_string() {
-        bail!(
-            "{}: the credentials name certificate {}, the .pfx holds {}",
-            path.display(),
-            creds.certificate_thumbprint,
-            identity.key_id
-        );
-    }
     Ok(creds.proxy)
 }
 
@@ -490,7 +485,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
     let now = SystemClock.now_nanos();
     // The agent reaches the account through the proxy it was registered with (unless told).
-    args.target.recorded_proxy = check_credentials(&args, &identity, now)?;
+    args.target.recorded_proxy = check_registration(&args, &identity)?;
     let file = match &args.disk {
         Some(disk) => Some(open_source(disk)?),
         None => None,

@@ -343,3 +343,48 @@ fn replication_continues_on_day_six_and_needs_this_servers_registration() {
     std::fs::remove_file(&creds).unwrap();
     fails_with(&args, "not registered");
 }
+
+/// `--name` follows the replica-name rules (Azure's blob-name rules, and a name is not a
+/// path); a refused name creates nothing, not even the store.
+#[test]
+fn replica_names_outside_the_rules_are_refused_before_anything_is_made() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
+    std::fs::write(p("disk.raw"), vec![1u8; 65536]).unwrap();
+    let long = "n".repeat(300);
+    for bad in ["", ".", "..", "/abs", "a//b", "line\nbreak", &long] {
+        let args = [
+            "replicate",
+            "--disk",
+            &p("disk.raw"),
+            "--store",
+            &p("store"),
+            "--pfx",
+            &p("reg/vt.pfx"),
+            "--name",
+            bad,
+        ];
+        let out = drplane()
+            .args(args)
+            .env("DRPLANE_PFX_PASSWORD", PW)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--name {bad:?} accepted");
+        assert!(err.contains("--name"), "--name {bad:?}: {err}");
+        assert!(!d.join("store").exists(), "--name {bad:?} made the store");
+    }
+    dp(&[
+        "replicate",
+        "--disk",
+        &p("disk.raw"),
+        "--store",
+        &p("store"),
+        "--pfx",
+        &p("reg/vt.pfx"),
+        "--name",
+        "vm-01/disk 0",
+    ]);
+}

@@ -16,6 +16,7 @@ use datapath::registration::VaultCredentials;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::manifest::Consistency;
+use datapath::replica::replica_name::replica_name_error;
 use datapath::replicator::{CycleKind, CyclePlan};
 use datapath::source::{AtRestDisk, ChangeSource};
 use pageblob::clock::{Clock, SystemClock};
@@ -486,6 +487,14 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     let now = SystemClock.now_nanos();
     // The agent reaches the account through the proxy it was registered with (unless told).
     args.target.recorded_proxy = check_registration(&args, &identity)?;
+    // A replica name is checked before anything is made (a store, a QEMU bitmap).
+    let check_name = |name: &str| match replica_name_error(name) {
+        Some(why) => Err(anyhow::anyhow!("--name {name:?}: {why}")),
+        None => Ok(()),
+    };
+    if let Some(name) = &args.name {
+        check_name(name)?;
+    }
     let file = match &args.disk {
         Some(disk) => Some(open_source(disk)?),
         None => None,
@@ -502,6 +511,9 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
             }
             (None, None) => bail!("give --disk, or --qemu with --node and --name"),
         };
+    check_name(&name).context(
+        "the default name (the VHDX's disk ID or the file name) cannot name a replica: give --name",
+    )?;
     let asked = match &args.profile {
         Some(p) => Some(
             Profile::parse(p)

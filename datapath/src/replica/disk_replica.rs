@@ -102,6 +102,14 @@ impl<'a> DiskReplica<'a> {
         name: &str,
         layout: Layout,
     ) -> Result<DiskReplica<'a>, ReplicaError> {
+        // Checked where replicas are made and written; readers still open a replica an older
+        // version let in under a name refused now (its points stay restorable).
+        if let Some(why) = super::replica_name::replica_name_error(name) {
+            return Err(ReplicaError::BadName {
+                name: name.into(),
+                why,
+            });
+        }
         match store.create_container(container) {
             Ok(()) => {}
             Err(e) if e.code() == Some(ErrorCode::ContainerAlreadyExists) => {}

@@ -29,6 +29,8 @@ pub enum ReplicaError {
     },
     #[error("journal is full: point {sequence} would overwrite live point {live}")]
     JournalFull { sequence: u64, live: u64 },
+    #[error("replica name {name:?}: {why}")]
+    BadName { name: String, why: String },
     #[error("no replica named {name} (its {blob} blob is missing)")]
     NoReplica { name: String, blob: String },
     #[error("{blob}: {source}")]

@@ -388,3 +388,55 @@ fn replica_names_outside_the_rules_are_refused_before_anything_is_made() {
         "vm-01/disk 0",
     ]);
 }
+
+/// Errors say what is wrong in plain words: no Rust debug text, and the cause named as it is
+/// (a file given as a store, a directory as a disk, a store of another profile).
+#[test]
+fn errors_name_the_cause_in_plain_words() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
+    std::fs::write(p("disk.raw"), vec![1u8; 65536]).unwrap();
+    std::fs::write(p("a-file"), b"not a store").unwrap();
+    std::fs::create_dir(p("a-dir")).unwrap();
+    let pfx = p("reg/vt.pfx");
+    let replicate = |disk: &str, store: &str, extra: &[&str]| {
+        let mut args = vec!["replicate", "--disk", disk, "--store", store, "--pfx", &pfx];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let check = |args: Vec<String>, needle: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, needle);
+        let out = drplane()
+            .args(&args)
+            .env("DRPLANE_PFX_PASSWORD", PW)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        for debug in ["{", "Some(", "None", "os error"] {
+            assert!(!err.contains(debug), "debug text {debug:?} in: {err}");
+        }
+    };
+    check(
+        replicate(&p("disk.raw"), &p("a-file"), &[]),
+        "is a file, not a directory",
+    );
+    check(
+        replicate(&p("a-dir"), &p("store"), &[]),
+        "a directory, not a regular file",
+    );
+    dp(&replicate(&p("disk.raw"), &p("store"), &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    check(
+        replicate(
+            &p("disk.raw"),
+            &p("store"),
+            &["--profile", "premium", "--log-store", &p("log")],
+        ),
+        "created with profile standard, not premium",
+    );
+}

@@ -38,6 +38,13 @@ fn a_scenario_runs_reproducibly_and_a_hostile_one_is_refused() {
     };
     let (a, b) = (run(), run());
     assert_eq!(a["trace_hash"], b["trace_hash"]);
+    // The summary reads as words, not Rust debug text (it said "limit None").
+    let text = run_ok(drplane().args(["sim", "run", path_str(&file)]));
+    let text = String::from_utf8_lossy(&text.stdout);
+    for debug in ["None", "Some(", " { "] {
+        assert!(!text.contains(debug), "debug text {debug:?} in the summary:\n{text}");
+    }
+    assert!(text.contains("no snapshot limit (standard storage)"), "{text}");
     assert!(
         a["checks"]
             .as_array()

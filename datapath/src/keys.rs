@@ -26,6 +26,8 @@ pub enum KeyError {
     WrongPassword,
     #[error("the .pfx holds no private key (export it with its key)")]
     NoPrivateKey,
+    #[error("the .pfx holds a private key but no certificate for it (export the key with its certificate: the certificate's thumbprint names the key)")]
+    NoCertificate,
     #[error("the .pfx uses an unsupported algorithm: {0}")]
     Unsupported(String),
     #[error("not a valid .pfx: {0}")]
@@ -182,11 +184,17 @@ impl Identity {
     pub fn from_pfx(bytes: &[u8], password: &str) -> Result<Identity, KeyError> {
         let store = KeyStore::from_pkcs12(bytes, password, Pkcs12ImportPolicy::Relaxed)
             .map_err(classify)?;
-        let (_, chain) = store.private_key_chain().ok_or(KeyError::NoPrivateKey)?;
-        let cert = chain
-            .certs()
-            .first()
-            .ok_or_else(|| KeyError::Malformed("the private key has no certificate".into()))?;
+        let Some((_, chain)) = store.private_key_chain() else {
+            // No key with its certificate: say which half is missing.
+            let archive =
+                p12_keystore::Pkcs12Archive::from_pkcs12(bytes, password).map_err(classify)?;
+            return Err(if archive.keys.is_empty() {
+                KeyError::NoPrivateKey
+            } else {
+                KeyError::NoCertificate
+            });
+        };
+        let cert = chain.certs().first().ok_or(KeyError::NoCertificate)?;
         let key_id = KeyId(Sha1::digest(cert.as_der()).into());
         let mut material = canonical_key_material(chain.key().as_der())?;
         let identity = Identity::from_key_material(key_id, cert.subject().to_string(), &material);

@@ -19,7 +19,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A key and self-signed certificate, exported as modern, legacy and key-less `.pfx` files.
+/// A key and self-signed certificate, exported as modern, legacy, key-less and
+/// certificate-less `.pfx` files.
 fn make(dir: &Path, name: &str) {
     let key = format!("{name}.key");
     let cert = format!("{name}.crt");
@@ -86,6 +87,20 @@ fn make(dir: &Path, name: &str) {
             "pass:s3cret",
         ],
     );
+    openssl(
+        dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-nocerts",
+            "-inkey",
+            &key,
+            "-out",
+            &format!("{name}-nocert.pfx"),
+            "-passout",
+            "pass:s3cret",
+        ],
+    );
 }
 
 fn load(dir: &Path, file: &str, password: &str) -> Result<Identity, KeyError> {
@@ -147,6 +162,10 @@ fn wrong_password_and_missing_key_are_distinct_errors() {
     }
     let err = load(dir.path(), "a-nokey.pfx", "s3cret").unwrap_err();
     assert!(matches!(err, KeyError::NoPrivateKey), "{err}");
+    // A key without its certificate is named as such (it used to be "holds no private key").
+    let err = load(dir.path(), "a-nocert.pfx", "s3cret").unwrap_err();
+    assert!(matches!(err, KeyError::NoCertificate), "{err}");
+    assert!(err.to_string().contains("no certificate"), "{err}");
 }
 
 /// The PKCS#8 bytes of the private key in a `.pfx`.

@@ -134,6 +134,12 @@ fn read_settings(fs: &dyn StoreFs, dir: &Path) -> StoreResult<Option<StoreSettin
     let bytes = match fs.read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(StoreError::NotAStore {
+                dir: dir.display().to_string(),
+                why: "it is a file, not a directory".into(),
+            })
+        }
         Err(e) => return Err(io_error(&path, e)),
     };
     let s: StoreSettings = serde_json::from_slice(&bytes)

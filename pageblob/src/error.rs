@@ -113,7 +113,7 @@ pub enum StoreError {
     #[error("store {0} was opened read-only")]
     ReadOnly(String),
     /// The store exists with another profile than the one asked for.
-    #[error("the store was created with profile {created:?}, not {wanted:?}")]
+    #[error("the store was created with profile {created}, not {wanted}")]
     ProfileMismatch {
         created: super::types::Profile,
         wanted: super::types::Profile,

@@ -175,6 +175,12 @@ pub enum Profile {
     },
 }
 
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Profile {
     /// Snapshots one blob may keep.
     pub fn max_snapshots_per_blob(self) -> Option<usize> {
@@ -191,6 +197,19 @@ impl Profile {
                 snapshot_spacing: true,
             } => Some(10 * 60 * 1_000_000_000),
             _ => None,
+        }
+    }
+
+    /// The name [`parse`](Self::parse) reads (`standard`, `premium`, `premium-spaced`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Standard => "standard",
+            Profile::Premium {
+                snapshot_spacing: false,
+            } => "premium",
+            Profile::Premium {
+                snapshot_spacing: true,
+            } => "premium-spaced",
         }
     }
 

@@ -759,7 +759,10 @@ impl<'e> World<'e> {
         checks.push(Check {
             name: "live snapshots within the profile limit".into(),
             ok: self.snapshot_limit_ok,
-            detail: format!("limit {:?}", env.snapshot_limit),
+            detail: match env.snapshot_limit {
+                Some(n) => format!("at most {n} snapshots per blob"),
+                None => "no snapshot limit (standard storage)".into(),
+            },
         });
         checks.push(crate::final_checks::rpo_bound(&self.disks));
         // The vault keeps the last 24 hours of health events.

@@ -440,3 +440,120 @@ fn errors_name_the_cause_in_plain_words() {
         "created with profile standard, not premium",
     );
 }
+
+/// Ctrl-C during a long `--watch` cycle (an initial replication at 1 MB/s) abandons it within
+/// seconds: nothing is committed, and the next run commits a point that restores. Ctrl-C
+/// while the watch waits for the next cycle stops it at once.
+#[test]
+fn ctrl_c_during_a_watch_cycle_stops_within_seconds_and_loses_nothing() {
+    use std::time::{Duration, Instant};
+    let dir = temp_dir();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
+    let mut data = vec![0u8; 32 << 20];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for b in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(p("disk.raw"), &data).unwrap();
+    std::fs::write(
+        p("slow.toml"),
+        "[throttle]\nwork_hours_kbps = 8000\nnon_work_hours_kbps = 8000\n",
+    )
+    .unwrap();
+    let base = [
+        "replicate",
+        "--disk",
+        &p("disk.raw"),
+        "--store",
+        &p("store"),
+        "--pfx",
+        &p("reg/vt.pfx"),
+        "--name",
+        "d1",
+    ];
+    let interrupt_after = |extra: &[&str], wait: Duration| {
+        let mut child = drplane()
+            .args(base)
+            .args(extra)
+            .env("DRPLANE_PFX_PASSWORD", PW)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(wait);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before the interrupt"
+        );
+        run_ok(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]));
+        let asked = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        (asked.elapsed(), out)
+    };
+    // 32 MiB at 1 MB/s: a cycle of about 33 s, interrupted after 2.
+    let (took, out) = interrupt_after(
+        &["--watch", "--policy", &p("slow.toml")],
+        Duration::from_secs(2),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped {took:?} after Ctrl-C: {err}"
+    );
+    assert!(
+        err.contains("cycle abandoned on request") && err.contains("stopped"),
+        "{err}"
+    );
+    assert!(out.status.success(), "{err}");
+    let points = dp(&[
+        "points",
+        "--store",
+        &p("store"),
+        "--pfx",
+        &p("reg/vt.pfx"),
+        "--name",
+        "d1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&points.stdout).unwrap();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        0,
+        "an abandoned cycle committed: {v}"
+    );
+    // The next run commits the point, and it restores.
+    dp(&base);
+    dp(&[
+        "restore",
+        "--store",
+        &p("store"),
+        "--pfx",
+        &p("reg/vt.pfx"),
+        "--name",
+        "d1",
+        "--point",
+        "0",
+        "-o",
+        &p("back.raw"),
+    ]);
+    assert!(
+        std::fs::read(p("back.raw")).unwrap() == data,
+        "the restored disk differs"
+    );
+    // Waiting for the next cycle (every 5 minutes by default): Ctrl-C stops it at once.
+    let (took, out) = interrupt_after(&["--watch"], Duration::from_secs(2));
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped {took:?} after Ctrl-C"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -42,9 +42,15 @@ fn a_scenario_runs_reproducibly_and_a_hostile_one_is_refused() {
     let text = run_ok(drplane().args(["sim", "run", path_str(&file)]));
     let text = String::from_utf8_lossy(&text.stdout);
     for debug in ["None", "Some(", " { "] {
-        assert!(!text.contains(debug), "debug text {debug:?} in the summary:\n{text}");
+        assert!(
+            !text.contains(debug),
+            "debug text {debug:?} in the summary:\n{text}"
+        );
     }
-    assert!(text.contains("no snapshot limit (standard storage)"), "{text}");
+    assert!(
+        text.contains("no snapshot limit (standard storage)"),
+        "{text}"
+    );
     assert!(
         a["checks"]
             .as_array()

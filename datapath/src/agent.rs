@@ -63,6 +63,8 @@ pub struct DiskAgent<'a> {
     orphans_possible: std::sync::atomic::AtomicBool,
     /// Snapshots the store allows per blob.
     snapshot_limit: Option<usize>,
+    /// Set to abandon the running cycle (see [`set_stop_flag`](Self::set_stop_flag)).
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl std::fmt::Debug for DiskAgent<'_> {
@@ -158,6 +160,7 @@ impl<'a> DiskAgent<'a> {
         Ok((
             DiskAgent {
                 snapshot_limit: target.snapshot_limit,
+                stop: None,
                 name: target.name.into(),
                 replica,
                 identity,
@@ -184,6 +187,12 @@ impl<'a> DiskAgent<'a> {
     /// the throttle in its own cost model.
     pub fn set_simulated(&mut self, simulated: bool) {
         self.simulated = simulated;
+    }
+
+    /// Abandon a running cycle when `stop` is set (a signal handler sets it): the cycle stops
+    /// between block groups, commits nothing and fails with `CycleError::Abandoned`.
+    pub fn set_stop_flag(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(stop);
     }
 
     /// The live points, oldest first.
@@ -222,6 +231,7 @@ impl<'a> DiskAgent<'a> {
             throttle_bytes_per_sec,
             now_nanos,
             snapshot_limit: self.snapshot_limit,
+            stop: self.stop.clone(),
         };
         let mut outcome = match source.view() {
             Ok(view) => self.cycle(view, &options, progress),

@@ -98,6 +98,9 @@ pub struct CycleOptions {
     /// Snapshots the store allows per blob: before a point is committed (also one a crash
     /// left staged), the oldest points go until there is room, as retention would.
     pub snapshot_limit: Option<usize>,
+    /// Set (by a signal handler) to abandon the cycle: it stops between block groups and
+    /// fails with [`CycleError::Abandoned`], committing nothing.
+    pub stop: Option<std::sync::Arc<AtomicBool>>,
 }
 
 impl CycleOptions {
@@ -112,6 +115,7 @@ impl CycleOptions {
             throttle_bytes_per_sec: None,
             now_nanos,
             snapshot_limit: None,
+            stop: None,
         }
     }
 }
@@ -153,6 +157,8 @@ pub struct CycleReport {
 pub enum CycleError {
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    #[error("stopped on request: the cycle was abandoned before its point was committed")]
+    Abandoned,
     #[error("reading the source disk at {offset:#x}: {source}")]
     Source { offset: u64, source: std::io::Error },
     #[error("this replica was written with certificate {found}; the .pfx given is {given}")]
@@ -453,8 +459,15 @@ fn cycle_inner(
     let first_error: Mutex<Option<ReplicaError>> = Mutex::new(None);
     let limiter = options.throttle_bytes_per_sec.map(RateLimit::new);
     // Store one record (on a writer thread, or inline when there are none).
+    let stopping = || {
+        options
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    };
     let store_record = |job: Job| {
-        if failed.load(Ordering::Relaxed) {
+        // A failed or abandoned cycle stores nothing more (queued records are dropped).
+        if failed.load(Ordering::Relaxed) || stopping() {
             return;
         }
         let bytes = job.encoded.stored_bytes();
@@ -500,6 +513,9 @@ fn cycle_inner(
             for group in selected.chunks(group_len) {
                 if failed.load(Ordering::Relaxed) {
                     return Ok(());
+                }
+                if stopping() {
+                    return Err(CycleError::Abandoned);
                 }
                 // One pass on all cores: read (unallocated blocks never), hash, compare with
                 // the table, encode what changed. Nonces are handed out per position before
@@ -576,6 +592,11 @@ fn cycle_inner(
     outcome?;
     if let Some(e) = first_error.into_inner().expect("error slot") {
         return Err(e.into());
+    }
+    // Writers drop what is queued once a stop is asked for: past this check nothing was
+    // dropped, and the point may be committed.
+    if stopping() {
+        return Err(CycleError::Abandoned);
     }
     if let Some(log) = staging {
         // The cycle is in the log: commit it there, then apply it to the premium blob.

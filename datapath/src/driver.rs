@@ -143,6 +143,11 @@ impl<'a> ReplicationDriver<'a> {
 pub trait Pause {
     /// Wait until `deadline_nanos` on the driver's clock; `false` stops the watch (Ctrl-C).
     fn until(&mut self, deadline_nanos: u64) -> bool;
+    /// A stop was asked for (checked before each cycle, and after one, so a stop during a
+    /// cycle ends the watch once that cycle commits or is abandoned).
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// What [`watch`] tells its owner (`Sync`: a cycle's progress is reported from its workers).
@@ -188,6 +193,9 @@ pub fn watch(
     loop {
         if cycles.is_some_and(|n| committed >= n) {
             return WatchEnd::CyclesDone;
+        }
+        if pause.stop_requested() {
+            return WatchEnd::Stopped;
         }
         match driver.poll(clock.now_nanos()) {
             Action::Wait { until_nanos } => {

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -450,29 +452,53 @@ impl WatchEvents for CycleConsole {
                     eprintln!("{name}: health warning: {w}");
                 }
             }
+            Err(datapath::agent::AgentError::Cycle(datapath::cycle::CycleError::Abandoned)) => {
+                eprintln!("{name}: cycle abandoned on request, nothing committed")
+            }
             Err(e) => eprintln!("{name}: cycle failed, will retry: {e:#}"),
         }
     }
 }
 
-/// Waits on the system clock in a tokio runtime; Ctrl-C stops the wait.
-struct SleepUntilCtrlC<F> {
-    runtime: tokio::runtime::Runtime,
-    interrupted: std::pin::Pin<Box<F>>,
+/// Waits on the system clock until the deadline or a stop (Ctrl-C, SIGTERM).
+struct SleepUntilStopped {
+    stop: Arc<AtomicBool>,
 }
 
-impl<F: std::future::Future> Pause for SleepUntilCtrlC<F> {
+impl SleepUntilStopped {
+    /// How often a wait looks at the stop flag.
+    const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+}
+
+impl Pause for SleepUntilStopped {
     fn until(&mut self, deadline_nanos: u64) -> bool {
-        let wait =
-            std::time::Duration::from_nanos(deadline_nanos.saturating_sub(SystemClock.now_nanos()));
-        let interrupted = &mut self.interrupted;
-        self.runtime.block_on(async {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => true,
-                _ = interrupted.as_mut() => false,
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
             }
-        })
+            let left = deadline_nanos.saturating_sub(SystemClock.now_nanos());
+            if left == 0 {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_nanos(left).min(Self::TICK));
+        }
     }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// A flag that Ctrl-C or SIGTERM sets: the running cycle is abandoned cleanly (nothing
+/// committed, tracking kept) and the command stops. A second signal exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
 }
 
 fn consistency_name(c: Consistency) -> &'static str {
@@ -562,6 +588,8 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     } else {
         Consistency::Crash
     };
+    let stop = stop_on_signals()?;
+    driver.agent_mut().set_stop_flag(Arc::clone(&stop));
     let mut console = CycleConsole::new(&name, args.json, disk_size);
     if !args.watch {
         // One cycle now, whatever the schedule says.
@@ -577,14 +605,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     }
     let mut stores = vec![&*store];
     stores.extend(log_store.as_deref());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .enable_io()
-        .build()?;
-    let mut pause = SleepUntilCtrlC {
-        runtime,
-        interrupted: Box::pin(tokio::signal::ctrl_c()),
-    };
+    let mut pause = SleepUntilStopped { stop };
     let end = watch(
         &mut driver,
         &mut *source,

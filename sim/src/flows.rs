@@ -528,6 +528,10 @@ fn failback_disk(d: &mut SimDisk<'_>, azure: &AzureDisk) -> Result<(u64, bool), 
             d.writer
                 .write_at((i * GRAIN) as u64, a)
                 .map_err(|e| e.to_string())?;
+            d.touched
+                .lock()
+                .expect("touched")
+                .push(((i * GRAIN) as u64, a.len() as u64));
             sent += a.len() as u64;
         }
     }

@@ -11,6 +11,8 @@ pub enum SimError {
     Storage(std::io::Error),
     #[error("{0}")]
     Setup(String),
+    #[error("the scenario needs about {needed_mib} MiB of memory (its disks, replicas and retained points are held in memory); this machine has {available_mib} MiB available: use smaller or fewer disks, less churn or a shorter run")]
+    TooBig { needed_mib: u64, available_mib: u64 },
 }
 
 /// One checked invariant.

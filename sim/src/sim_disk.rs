@@ -67,7 +67,9 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) agent_down: bool,
     /// The disk's content at each point, by sequence.
     pub(crate) images: BTreeMap<u64, ContentModel>,
-    /// The host disk's content as of the last cycle; `touched` lists writes since.
+    /// The host disk's content as of the last cycle; `touched` lists the writes made since, as
+    /// the writers (workload, initial fill, failback) meant them: never from the VHDX hook
+    /// that feeds the change tracker, so a write it misses cannot hide from the checker.
     pub(crate) model: ContentModel,
     pub(crate) touched: Arc<Mutex<Vec<(u64, u64)>>>,
     /// Proves each point as it appears (see `audit`).
@@ -166,7 +168,11 @@ pub(crate) fn workload_minute(d: &mut SimDisk<'_>, hour: u8) -> vhdx::Result<u64
         let data = workload_bytes(&mut d.workload, len as usize, d.incompressible);
         match &mut d.azure {
             Some(azure) => azure.writer.write_at(offset, &data)?,
-            None => d.writer.write_at(offset, &data)?,
+            None => {
+                d.writer.write_at(offset, &data)?;
+                // The model learns of the write from the workload, not the writer's hook.
+                d.touched.lock().expect("touched").push((offset, len));
+            }
         }
         written += len;
     }

@@ -282,21 +282,38 @@ pub fn run_seed(seed: u64, check_determinism: bool) -> SeedOutcome {
         Err(e) => vec![e.clone()],
     };
     if check_determinism {
-        if let (Ok(a), Ok(b)) = (&report, &run_once()) {
-            if a != b {
-                failures.push(format!(
-                    "not deterministic: trace {} then {}",
-                    &a.trace_hash[..16],
-                    &b.trace_hash[..16]
-                ));
-            }
-        }
+        failures.extend(determinism_failure(&report, &run_once()));
     }
     SeedOutcome {
         seed,
         scenario,
         report,
         failures,
+    }
+}
+
+/// What differs between two runs of one seed, if anything: the same seed must pass or fail
+/// the same way both times (a second run that errors is a failure, not a skipped check).
+pub fn determinism_failure(
+    first: &Result<crate::Report, String>,
+    second: &Result<crate::Report, String>,
+) -> Option<String> {
+    match (first, second) {
+        (Ok(a), Ok(b)) if a != b => Some(format!(
+            "not deterministic: trace {} then {}",
+            &a.trace_hash[..16.min(a.trace_hash.len())],
+            &b.trace_hash[..16.min(b.trace_hash.len())]
+        )),
+        (Ok(_), Err(e)) => Some(format!(
+            "not deterministic: the first run passed, the second failed: {e}"
+        )),
+        (Err(_), Ok(_)) => {
+            Some("not deterministic: the first run failed, the second passed".into())
+        }
+        (Err(a), Err(b)) if a != b => {
+            Some(format!("not deterministic: failed with {a}, then with {b}"))
+        }
+        _ => None,
     }
 }
 

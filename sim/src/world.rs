@@ -42,6 +42,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
 
 /// Run `scenario` with `seed`, its files kept where `storage` says.
 pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Report, SimError> {
+    fits_in_memory(scenario, available_memory_bytes())?;
     let env = Env::build(scenario, seed, storage)?;
     let mut world = World::new(&env, scenario)?;
     while let Some((now, event)) = world.queue.pop() {
@@ -51,6 +52,33 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
         world.handle(now, event)?;
     }
     world.finish()
+}
+
+/// Refuse a scenario that needs more memory than `available` (when known): a run that
+/// cannot fit is refused up front instead of aborting part-way.
+pub fn fits_in_memory(scenario: &Scenario, available: Option<u64>) -> Result<(), SimError> {
+    let needed = scenario.memory_needed_bytes();
+    match available {
+        Some(available) if needed > available => Err(SimError::TooBig {
+            needed_mib: needed >> 20,
+            available_mib: available >> 20,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The memory this machine has available (Linux's MemAvailable), if it says.
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// When RPO counts as steady: not while an outage, storm or other disturbance lasts, and only
@@ -812,5 +840,67 @@ fn sample_rpo(
         .push(((now - start) as f64 / MIN as f64, rpo));
     if steady {
         report.max_steady_rpo_secs = report.max_steady_rpo_secs.max(rpo);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = r#"
+name = "checker-power"
+seed = 5
+duration_hours = 2
+[policy]
+copy_frequency_secs = 300
+[[vm]]
+name = "vm"
+[[vm.disk]]
+name = "os"
+size_mib = 8
+churn_mib_per_hour = 30
+"#;
+
+    /// Run `scenario` with a change tracker that goes deaf to the writes of one minute of
+    /// workload (at minute 45) when `deaf` is set.
+    fn run_with_deaf_tracker(deaf: bool) -> Report {
+        let scenario = Scenario::parse(SMALL).unwrap();
+        let env = Env::build(&scenario, 1, &Storage::Memory).unwrap();
+        let mut world = World::new(&env, &scenario).unwrap();
+        let deaf_at = world.start + 45 * MIN;
+        let mut done = false;
+        while let Some((now, event)) = world.queue.pop() {
+            if now >= world.end {
+                break;
+            }
+            if deaf && !done && now >= deaf_at {
+                done = true;
+                let d = &mut world.disks[0];
+                d.writer.set_write_hook(|_, _| {});
+                crate::sim_disk::workload_minute(d, 0).unwrap();
+                let marks = std::sync::Arc::clone(&d.marks);
+                d.writer
+                    .set_write_hook(move |o, l| marks.lock().expect("marks").push((o, l)));
+            }
+            world.handle(now, event).unwrap();
+        }
+        world.finish().unwrap()
+    }
+
+    /// The checker's model comes from the workload's writes, not from the hook that feeds
+    /// the change tracker: a write the tracker never hears of is caught (it was invisible to
+    /// both when the model was fed by the same hook).
+    #[test]
+    fn a_write_the_change_tracker_misses_is_caught_by_the_checker() {
+        let clean = run_with_deaf_tracker(false);
+        assert!(clean.checks.iter().all(|c| c.ok), "{:?}", clean.checks);
+        let deaf = run_with_deaf_tracker(true);
+        let failed: Vec<&str> = deaf
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(!failed.is_empty(), "a missed write went unnoticed");
     }
 }

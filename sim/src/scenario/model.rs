@@ -226,3 +226,28 @@ pub struct Scenario {
     /// BLAKE3 of the file's bytes.
     pub hash: String,
 }
+
+impl Scenario {
+    /// A bound on the memory a run of this scenario holds (everything is in memory): per disk,
+    /// the VM's VHDX, its replica and a failed-over copy (each up to what the workload can
+    /// touch), plus the blocks the retained points keep; and a fixed allowance for the rest.
+    pub fn memory_needed_bytes(&self) -> u64 {
+        const FIXED: u64 = 256 << 20;
+        let disks: u64 = self
+            .vms
+            .iter()
+            .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
+            .map(|(vm, d)| {
+                let written = d.churn_bytes_per_hour.saturating_mul(self.duration_hours);
+                let touched = d.used_bytes.saturating_add(written).min(d.size_bytes);
+                let retained_hours = u64::from(vm.policy.retention_hours).min(self.duration_hours);
+                let retained = d
+                    .churn_bytes_per_hour
+                    .saturating_mul(retained_hours)
+                    .min(d.size_bytes.saturating_mul(4));
+                touched.saturating_mul(3).saturating_add(retained)
+            })
+            .fold(0u64, u64::saturating_add);
+        disks.saturating_add(FIXED)
+    }
+}

@@ -20,6 +20,10 @@ use crate::peak_hours::PeakHours;
 
 /// When a scenario starts unless it says (midnight UTC).
 const DEFAULT_START_UNIX: u64 = 1_795_651_200;
+/// Earliest `start_unix` (2000-01-01).
+const MIN_START_UNIX: u64 = 946_684_800;
+/// Latest `start_unix` (2100-01-01).
+const MAX_START_UNIX: u64 = 4_102_444_800;
 
 impl Scenario {
     /// Read a scenario file's TOML text and validate it; its hash is the text's.
@@ -69,12 +73,19 @@ impl Scenario {
             },
         )?;
         let names: BTreeSet<String> = vms.iter().map(|v| v.name.clone()).collect();
-        let faults = faults(f.fault, f.duration_hours, &hosts)?;
+        let faults = faults(f.fault, f.duration_hours, &hosts, network.kbps)?;
         let steps = steps(f.step, f.duration_hours, &names)?;
-        let start_nanos = f
-            .start_unix
-            .unwrap_or(DEFAULT_START_UNIX)
-            .saturating_mul(1_000_000_000);
+        let start_unix = f.start_unix.unwrap_or(DEFAULT_START_UNIX);
+        if !(MIN_START_UNIX..=MAX_START_UNIX).contains(&start_unix) {
+            // Simulated time is nanoseconds in a u64: far enough from its end that the run,
+            // skewed host clocks and retention arithmetic never wrap.
+            return Err(invalid(
+                "start_unix",
+                start_unix,
+                "from 946684800 (2000-01-01) to 4102444800 (2100-01-01)",
+            ));
+        }
+        let start_nanos = start_unix * 1_000_000_000;
         let expectations = expectations(f.expect, &names)?;
         Ok(Scenario {
             name: f.name,
@@ -698,6 +709,7 @@ fn faults(
     files: Vec<FaultFile>,
     duration_hours: u64,
     hosts: &[String],
+    network_kbps: u64,
 ) -> Result<Vec<Fault>, ScenarioError> {
     at_most("fault", files.len(), MAX_FAULTS)?;
     let mut faults = files
@@ -708,7 +720,7 @@ fn faults(
             inside_duration(&at, fault.at_minutes, duration_hours)?;
             Ok(Fault {
                 at_minutes: fault.at_minutes,
-                kind: fault_kind(&at, fault, hosts)?,
+                kind: fault_kind(&at, fault, hosts, network_kbps)?,
             })
         })
         .collect::<Result<Vec<Fault>, ScenarioError>>()?;
@@ -717,7 +729,12 @@ fn faults(
 }
 
 /// What one `[[fault]]` at `at` does, with the fields its kind needs.
-fn fault_kind(at: &str, fault: &FaultFile, hosts: &[String]) -> Result<FaultKind, ScenarioError> {
+fn fault_kind(
+    at: &str,
+    fault: &FaultFile,
+    hosts: &[String],
+    network_kbps: u64,
+) -> Result<FaultKind, ScenarioError> {
     // Faults that last take their length in minutes.
     let minutes = || {
         given_in(
@@ -749,15 +766,25 @@ fn fault_kind(at: &str, fault: &FaultFile, hosts: &[String]) -> Result<FaultKind
         "snapshot_pressure" => FaultKind::SnapshotPressure {
             minutes: minutes()?,
         },
-        "wan_degraded" => FaultKind::WanDegraded {
-            minutes: minutes()?,
-            mbps: given_in(
+        "wan_degraded" => {
+            let minutes = minutes()?;
+            let mbps = given_in(
                 format!("{at}.bandwidth_mbps"),
                 fault.bandwidth_mbps,
                 1..=100_000,
                 "1 to 100000 (Mbit/s)",
-            )?,
-        },
+            )?;
+            // A "degradation" at or above the link's speed degrades nothing, and its end
+            // would count as the end of another disturbance.
+            if mbps * 1000 >= network_kbps {
+                return Err(invalid(
+                    format!("{at}.bandwidth_mbps"),
+                    mbps,
+                    format!("below the network's {} kbit/s", network_kbps),
+                ));
+            }
+            FaultKind::WanDegraded { minutes, mbps }
+        }
         "host_crash" => FaultKind::HostCrash {
             host: host()?,
             mid_cycle: fault.mid_cycle.unwrap_or(false),
@@ -791,11 +818,25 @@ fn fault_kind(at: &str, fault: &FaultFile, hosts: &[String]) -> Result<FaultKind
                     Err(invalid(format!("{at}.{field}"), v, "0 to 0.5"))
                 }
             };
+            let (busy, timeouts, torn) = (
+                rate("busy", fault.busy, 0.05)?,
+                rate("timeouts", fault.timeouts, 0.02)?,
+                rate("torn", fault.torn, 0.0)?,
+            );
+            // A storm of nothing would be no disturbance, and its end would count as the end
+            // of another one.
+            if busy == 0.0 && timeouts == 0.0 && torn == 0.0 {
+                return Err(invalid(
+                    at,
+                    "busy = timeouts = torn = 0",
+                    "a storage storm needs busy, timeouts or torn above 0",
+                ));
+            }
             FaultKind::StorageStorm {
                 minutes,
-                busy: rate("busy", fault.busy, 0.05)?,
-                timeouts: rate("timeouts", fault.timeouts, 0.02)?,
-                torn: rate("torn", fault.torn, 0.0)?,
+                busy,
+                timeouts,
+                torn,
             }
         }
         other => {

@@ -1,7 +1,7 @@
 //! DR operations on a VM, as vault jobs: test failover (a copy from a point, replication goes
 //! on) and its cleanup, planned failover (the last changes replicated first: no data loss),
-//! unplanned failover to a chosen point, commit, and failback (only differing blocks copied
-//! home, then protection resumes). Each restores through the real replica code and is checked
+//! unplanned failover to a chosen point, commit, and failback (reverse replication through
+//! the data path, only differing blocks written home, then protection resumes). Each restores through the real replica code and is checked
 //! against what the disk held.
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use datapath::replicator::{CycleKind, CycleOutcome, CyclePlan};
 use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
 use crate::content::ContentModel;
+use crate::env::CONTAINER;
 use crate::report::{Check, ItemDisk, Job, ReplicatedItem};
 use crate::scenario::{Action, PointChoice, Scenario, Step, VmSpec};
 use crate::sim_disk::{run_cycle, AzureDisk, Link, SimDisk};
@@ -183,13 +184,16 @@ fn restore(
                 .map_err(std::io::Error::other)
         })
         .map_err(|e| e.to_string())?;
+    let root = model.root();
     Ok((
         AzureDisk {
             file,
             writer,
             point: point.sequence,
+            model,
+            touched: Vec::new(),
         },
-        model.root(),
+        root,
     ))
 }
 
@@ -288,7 +292,10 @@ pub(crate) fn perform(
                         ),
                         ok: disks[i].images.get(&point.sequence).map(ContentModel::root)
                             == Some(hash),
-                        detail: format!("{:?}", point.consistency),
+                        detail: match point.consistency {
+                            Consistency::Crash => "crash-consistent".into(),
+                            Consistency::Application => "app-consistent".into(),
+                        },
                     });
                     used.push(point.sequence);
                     taken_at = taken_at.max(point.time_nanos);
@@ -408,14 +415,14 @@ pub(crate) fn perform(
                 let mut copied = 0u64;
                 for &i in members {
                     let d = &mut disks[i];
-                    let azure = d.azure.take().ok_or("a disk is not failed over")?;
-                    let (sent, ok) = failback_disk(d, &azure)?;
+                    let mut azure = d.azure.take().ok_or("a disk is not failed over")?;
+                    let (sent, ok) = failback_disk(d, &mut azure, identity, now)?;
                     copied += sent;
                     // The differing blocks come home over the WAN.
                     fixed_secs += sent / link.bytes_per_sec.max(1);
                     checks.push(Check {
                         name: format!(
-                            "failback of {} copies only differing blocks and ends identical",
+                            "failback of {} goes through the data path, copies only differing blocks and ends as the Azure copy",
                             d.replica_name
                         ),
                         ok,
@@ -508,35 +515,102 @@ fn reserve(used: &mut UsedIps, vm: &VmSpec, nics: &[(String, String, Option<Stri
     }
 }
 
-/// Copy the blocks of `azure` that differ from the host's disk back home (64 KiB grains).
-/// Returns the bytes copied and whether the disks are identical afterwards.
-fn failback_disk(d: &mut SimDisk<'_>, azure: &AzureDisk) -> Result<(u64, bool), String> {
-    const GRAIN: usize = 64 << 10;
-    let read = |file: &Arc<MemoryFile>| -> Result<Vec<u8>, String> {
-        let disk = vhdx::Disk::open_with(Box::new(Arc::clone(file)), &d.replica_name, &NoParents)
-            .map_err(|e| e.to_string())?;
-        let mut bytes = vec![0u8; disk.virtual_size() as usize];
-        disk.read_at(0, &mut bytes).map_err(|e| e.to_string())?;
-        Ok(bytes)
+/// Fail back one disk as ASR's reverse replication does: the Azure copy goes through the
+/// data path (read, hash, compress, encrypt, into a replica of its own in the storage account,
+/// committed as a point), and that point is restored onto the host's disk, writing only the
+/// blocks that differ. Checked against the model of what the Azure copy holds (the point it
+/// was restored from plus the writes the VM made there). Returns the bytes written home and
+/// whether the check held.
+fn failback_disk(
+    d: &mut SimDisk<'_>,
+    azure: &mut AzureDisk,
+    identity: &Identity,
+    now: u64,
+) -> Result<(u64, bool), String> {
+    use datapath::cycle::{run_cycle, CycleOptions};
+    use datapath::replica::disk_replica::DiskReplica;
+    use datapath::replica::nonce::NonceSource;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    azure.writer.flush().map_err(|e| err(&e))?;
+    let open = |file: &Arc<MemoryFile>| {
+        vhdx::Disk::open_with(Box::new(Arc::clone(file)), &d.replica_name, &NoParents)
+            .map_err(|e| err(&e))
     };
-    let there = read(&azure.file)?;
-    let here = read(&d.file)?;
+    let there = open(&azure.file)?;
+    let mut expected = azure.model.clone();
+    let written: std::collections::BTreeSet<u64> = azure
+        .touched
+        .drain(..)
+        .flat_map(|(o, l)| expected.blocks_of(o, l))
+        .collect();
+    expected.refresh(&there, written).map_err(|e| err(&e))?;
+    // Reverse replication into `NAME.failback` (a replica of its own, its own keys).
+    let name = format!("{}.failback", d.replica_name);
+    let layout = d.observer.layout;
+    let replica =
+        DiskReplica::open(d.observer.store(), CONTAINER, &name, layout).map_err(|e| err(&e))?;
+    let keys = identity.disk_keys(&name);
+    let mut rng = rand_chacha::ChaCha8Rng::from_seed_label(&name, azure.point);
+    let epoch = replica.claim_epoch(&mut rng).map_err(|e| err(&e))?;
+    let options = CycleOptions {
+        // Every store call from this thread, in block order: deterministic.
+        upload_threads: 0,
+        ..CycleOptions::scan(now)
+    };
+    let report = run_cycle(
+        &replica,
+        &there,
+        identity,
+        &keys,
+        &options,
+        &mut NonceSource::for_epoch(epoch),
+        &|_| {},
+    )
+    .map_err(|e| err(&e))?;
+    // The point onto the host's disk: only the blocks that differ are written.
+    d.writer.flush().map_err(|e| err(&e))?;
+    let here = ContentModel::of_disk(&open(&d.file)?, layout.block_size).map_err(|e| err(&e))?;
+    let differing = here.differing_blocks(&expected);
+    let codec = BlockCodec::new(&keys, 1, true);
+    let block_size = u64::from(layout.block_size);
+    let mut zero = Vec::new();
+    let mut copied = Vec::new();
+    let writer = &mut d.writer;
+    replica
+        .restore_blocks(
+            &codec,
+            &report.point,
+            keys.digest.expose(),
+            |block, data| {
+                let data = match data {
+                    Some(data) => data,
+                    None => {
+                        zero.resize(layout.block_len(block) as usize, 0);
+                        &zero[..]
+                    }
+                };
+                if crate::content::block_hash(data) == here.get(block) {
+                    return Ok(());
+                }
+                copied.push(block);
+                writer
+                    .write_at(block * block_size, data)
+                    .map_err(std::io::Error::other)
+            },
+        )
+        .map_err(|e| err(&e))?;
+    d.writer.flush().map_err(|e| err(&e))?;
     let mut sent = 0u64;
-    for (i, (a, h)) in there.chunks(GRAIN).zip(here.chunks(GRAIN)).enumerate() {
-        // Digests tell which blocks differ (a real failback compares them over the WAN).
-        if blake3::hash(a) != blake3::hash(h) {
-            d.writer
-                .write_at((i * GRAIN) as u64, a)
-                .map_err(|e| e.to_string())?;
-            d.touched
-                .lock()
-                .expect("touched")
-                .push(((i * GRAIN) as u64, a.len() as u64));
-            sent += a.len() as u64;
-        }
+    for &block in &copied {
+        let len = layout.block_len(block);
+        d.touched
+            .lock()
+            .expect("touched")
+            .push((block * block_size, len));
+        sent += len;
     }
-    d.writer.flush().map_err(|e| e.to_string())?;
-    let ok = read(&d.file)? == there;
+    let after = ContentModel::of_disk(&open(&d.file)?, layout.block_size).map_err(|e| err(&e))?;
+    let ok = after.root() == expected.root() && copied == differing;
     Ok((sent, ok))
 }
 

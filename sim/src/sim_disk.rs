@@ -32,6 +32,10 @@ pub(crate) struct AzureDisk {
     pub(crate) writer: VhdxWriter<Arc<MemoryFile>>,
     /// The sequence of the point it was restored from.
     pub(crate) point: u64,
+    /// The checker's model of the copy: the point's content as restored; `touched` lists the
+    /// writes the VM has made to it since (as the workload meant them).
+    pub(crate) model: ContentModel,
+    pub(crate) touched: Vec<(u64, u64)>,
 }
 
 pub(crate) struct SimDisk<'a> {
@@ -167,7 +171,10 @@ pub(crate) fn workload_minute(d: &mut SimDisk<'_>, hour: u8) -> vhdx::Result<u64
         let offset = (d.workload.next_u64() % (span - len + 1)) / 4096 * 4096;
         let data = workload_bytes(&mut d.workload, len as usize, d.incompressible);
         match &mut d.azure {
-            Some(azure) => azure.writer.write_at(offset, &data)?,
+            Some(azure) => {
+                azure.writer.write_at(offset, &data)?;
+                azure.touched.push((offset, len));
+            }
             None => {
                 d.writer.write_at(offset, &data)?;
                 // The model learns of the write from the workload, not the writer's hook.

@@ -177,6 +177,11 @@ impl<'a> DiskReplica<'a> {
         }
     }
 
+    /// The store the replica's blobs are in.
+    pub fn store(&self) -> &'a dyn PageBlobStore {
+        self.store
+    }
+
     /// Claim the next nonce epoch: read the last one claimed, store its successor, and return
     /// it only once that is stored, so no two claims (across crashes and restarts) ever get
     /// the same epoch. The first claim starts at a random epoch below 2^63 from `rng`.

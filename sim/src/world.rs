@@ -903,4 +903,40 @@ churn_mib_per_hour = 30
             .collect();
         assert!(!failed.is_empty(), "a missed write went unnoticed");
     }
+
+    /// Failback is reverse replication through the data path: the Azure copy becomes a
+    /// replica of its own with a committed point in the storage account, and the host's disk
+    /// ends as the Azure copy by the model (it used to be a direct copy between disks).
+    #[test]
+    fn failback_goes_through_a_replica_and_a_point() {
+        let text = format!(
+            "{SMALL}[[step]]\naction = \"planned_failover\"\nat_minutes = 30\nvm = \"vm\"\n\
+             [[step]]\naction = \"failback\"\nat_minutes = 60\nvm = \"vm\"\n"
+        );
+        let scenario = Scenario::parse(&text).unwrap();
+        let env = Env::build(&scenario, 1, &Storage::Memory).unwrap();
+        let mut world = World::new(&env, &scenario).unwrap();
+        while let Some((now, event)) = world.queue.pop() {
+            if now >= world.end {
+                break;
+            }
+            world.handle(now, event).unwrap();
+        }
+        let report = world.finish().unwrap();
+        let failback = report
+            .checks
+            .iter()
+            .find(|c| c.name.starts_with("failback of vm-os goes through the data path"))
+            .expect("a failback check");
+        assert!(failback.ok, "{failback:?}");
+        assert!(report.checks.iter().all(|c| c.ok), "{:?}", report.checks);
+        let snapshots = env
+            .emulator
+            .list_blobs(crate::env::CONTAINER, true)
+            .unwrap()
+            .into_iter()
+            .filter(|b| b.name == "vm-os.failback.replica" && b.properties.snapshot.is_some())
+            .count();
+        assert_eq!(snapshots, 1, "the reverse replication committed one point");
+    }
 }

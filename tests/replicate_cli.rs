@@ -141,6 +141,15 @@ fn qemu_cycles(over_http: bool) {
     }
 }
 
+/// A folder with a registration (`reg/vt.pfx`, vault `vt`) and a 64 KiB raw disk (`disk.raw`).
+fn registered_with_disk() -> tempfile::TempDir {
+    let dir = temp_dir();
+    let reg = dir.path().join("reg");
+    dp(&["register", "--vault", "vt", "--out", reg.to_str().unwrap()]);
+    std::fs::write(dir.path().join("disk.raw"), vec![1u8; 65536]).unwrap();
+    dir
+}
+
 fn fails_with(args: &[&str], needle: &str) {
     let out = drplane()
         .args(args)
@@ -293,11 +302,9 @@ fn policies_watch_mode_app_points_and_refusals() {
 /// and another registration's credentials are refused, each with the reason.
 #[test]
 fn replication_continues_on_day_six_and_needs_this_servers_registration() {
-    let dir = temp_dir();
+    let dir = registered_with_disk();
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
-    std::fs::write(p("disk.raw"), vec![1u8; 65536]).unwrap();
     let args = [
         "replicate",
         "--disk",
@@ -348,11 +355,9 @@ fn replication_continues_on_day_six_and_needs_this_servers_registration() {
 /// path); a refused name creates nothing, not even the store.
 #[test]
 fn replica_names_outside_the_rules_are_refused_before_anything_is_made() {
-    let dir = temp_dir();
+    let dir = registered_with_disk();
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
-    std::fs::write(p("disk.raw"), vec![1u8; 65536]).unwrap();
     let long = "n".repeat(300);
     for bad in ["", ".", "..", "/abs", "a//b", "line\nbreak", &long] {
         let args = [
@@ -393,11 +398,9 @@ fn replica_names_outside_the_rules_are_refused_before_anything_is_made() {
 /// (a file given as a store, a directory as a disk, a store of another profile).
 #[test]
 fn errors_name_the_cause_in_plain_words() {
-    let dir = temp_dir();
+    let dir = registered_with_disk();
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    dp(&["register", "--vault", "vt", "--out", &p("reg")]);
-    std::fs::write(p("disk.raw"), vec![1u8; 65536]).unwrap();
     std::fs::write(p("a-file"), b"not a store").unwrap();
     std::fs::create_dir(p("a-dir")).unwrap();
     let pfx = p("reg/vt.pfx");

@@ -926,7 +926,10 @@ churn_mib_per_hour = 30
         let failback = report
             .checks
             .iter()
-            .find(|c| c.name.starts_with("failback of vm-os goes through the data path"))
+            .find(|c| {
+                c.name
+                    .starts_with("failback of vm-os goes through the data path")
+            })
             .expect("a failback check");
         assert!(failback.ok, "{failback:?}");
         assert!(report.checks.iter().all(|c| c.ok), "{:?}", report.checks);

@@ -155,10 +155,7 @@ async fn handle(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Re
     }
     // Authenticate from the headers alone: a client without the key never gets a byte of its
     // body read (or a buffer reserved for it).
-    let req = Req {
-        headers: &parts.headers,
-        query: parse_query(parts.uri.query().unwrap_or("")),
-    };
+    let req = Req::of(&parts.uri, &parts.headers);
     if let Err(e) = authenticate(&state, &parts.method, parts.uri.path(), &req) {
         return finish(error_response(&e), request_id, &version, &state);
     }
@@ -306,7 +303,14 @@ struct Req<'a> {
     query: Vec<(String, String)>,
 }
 
-impl Req<'_> {
+impl<'a> Req<'a> {
+    fn of(uri: &axum::http::Uri, headers: &'a HeaderMap) -> Req<'a> {
+        Req {
+            headers,
+            query: parse_query(uri.query().unwrap_or("")),
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -541,10 +545,7 @@ fn dispatch(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let req = Req {
-        headers,
-        query: parse_query(uri.query().unwrap_or("")),
-    };
+    let req = Req::of(uri, headers);
     match authenticate(state, method, uri.path(), &req) {
         Ok(()) => respond(state, method, uri, headers, body),
         Err(e) => error_response(&e),
@@ -559,10 +560,7 @@ fn respond(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let req = Req {
-        headers,
-        query: parse_query(uri.query().unwrap_or("")),
-    };
+    let req = Req::of(uri, headers);
     let checked = check_content_md5(&req, body).and_then(|()| check_content_crc64(&req, body));
     match checked.and_then(|()| route(state, method, uri.path(), &req, body)) {
         Ok(r) => r,

@@ -265,8 +265,13 @@ fn blob_serve_keeps_serving_a_normal_client_through_a_crowd_with_bounded_memory(
     limit.current = limit.maximum;
     let _ = setrlimit(Resource::Nofile, limit);
     let fds = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    // Past the server's cap (512, or less on a machine with few descriptors), so eviction is
+    // exercised even where the hard limit is the common 1024.
     let crowd = (fds.saturating_sub(400) as usize).min(3000);
-    assert!(crowd >= 1000, "open-file limit {fds} too low for the test");
+    assert!(
+        crowd > 512,
+        "open-file hard limit {fds}: too low to crowd the server past its cap"
+    );
 
     let dir = temp_dir();
     let server = start_server(dir.path(), "standard");

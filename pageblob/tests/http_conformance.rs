@@ -642,3 +642,49 @@ fn blob_names_are_refused_or_encoded_as_azure_does() {
         .collect();
     assert_eq!(names, vec![odd.to_string()]);
 }
+
+/// Get Page Ranges with an open-ended range (`x-ms-range: bytes=0-`, the JS SDK's default)
+/// lists the ranges (it was 416); `x-ms-client-request-id` is echoed, errors included.
+#[test]
+fn open_ended_page_range_lists_and_the_client_request_id_is_echoed() {
+    use pageblob::timestamp::http_date;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    let c = client(&s, DEV_KEY);
+    c.create_container("open").unwrap();
+    let p = BlobPath::new("open", "b");
+    c.create_page_blob(&p, 1 << 20, 0, &Conditions::default())
+        .unwrap();
+    c.put_pages(&p, 4096, &[7u8; 1024], &Conditions::default())
+        .unwrap();
+    let path = format!("/{DEV_ACCOUNT}/open/b");
+    let headers = signed(
+        "GET",
+        &path,
+        "comp=pagelist",
+        &[
+            ("x-ms-client-request-id", "my-id-42".into()),
+            ("x-ms-date", http_date(START)),
+            ("x-ms-range", "bytes=0-".into()),
+        ],
+    );
+    let answer = exchange(&s, "GET", &format!("{path}?comp=pagelist"), &headers, &[]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("x-ms-client-request-id: my-id-42"),
+        "{answer}"
+    );
+    let refused = exchange(
+        &s,
+        "GET",
+        &format!("{path}?comp=pagelist"),
+        &[("x-ms-client-request-id".into(), "err-7".into())],
+        &[],
+    );
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(
+        refused.contains("x-ms-client-request-id: err-7"),
+        "{refused}"
+    );
+}

@@ -127,7 +127,22 @@ pub fn handle_offline(
     finish(response, 0, DEFAULT_VERSION, &state)
 }
 
+/// Answer one request; the client's `x-ms-client-request-id` (up to 1,024 visible ASCII
+/// characters, as Azure allows) is echoed on every answer, errors included.
 async fn handle(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Request) -> Response {
+    let client_request_id = request
+        .headers()
+        .get("x-ms-client-request-id")
+        .filter(|v| v.len() <= 1024 && v.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)))
+        .cloned();
+    let mut response = answer(state, conn, request).await;
+    if let Some(id) = client_request_id {
+        response.headers_mut().insert("x-ms-client-request-id", id);
+    }
+    response
+}
+
+async fn answer(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let request_id = state.requests.fetch_add(1, Ordering::Relaxed);
     let version = parts
@@ -790,7 +805,10 @@ fn route(
             ))
         }
         (&Method::GET, Some("pagelist")) => {
-            let range = req.range()?.map(|(s, e)| (s, e.unwrap_or(u64::MAX - 1)));
+            // An open-ended range (`bytes=0-`, what the JS SDK sends) runs to the blob's end.
+            let range = req
+                .range()?
+                .map(|(s, e)| (s, e.unwrap_or(MAX_BLOB_SIZE - 1)));
             let marker = req
                 .q("marker")
                 .map(|m| {

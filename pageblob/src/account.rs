@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::blob_headers::{check_metadata, BlobHeaders, ContentHeaders, Metadata};
 use super::error::{ErrorCode, StoreError, StoreResult};
 use super::extent_map::ExtentMap;
 use super::names::{blob_name_error, container_name_error};
@@ -20,12 +21,36 @@ pub enum Effect {
     CreateContainer {
         name: String,
         time: u64,
+        #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+        metadata: Metadata,
     },
     /// Create or replace a blob (a new incarnation; existing snapshots stay).
     CreateBlob {
         path: BlobPath,
         size: u64,
         sequence_number: u64,
+        time: u64,
+        #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+        metadata: Metadata,
+        #[serde(default, skip_serializing_if = "ContentHeaders::is_empty")]
+        content: ContentHeaders,
+    },
+    /// Replace a blob's metadata.
+    SetMetadata {
+        path: BlobPath,
+        metadata: Metadata,
+        time: u64,
+    },
+    /// Replace a blob's content headers.
+    SetContentHeaders {
+        path: BlobPath,
+        content: ContentHeaders,
+        time: u64,
+    },
+    /// Replace a container's metadata.
+    SetContainerMetadata {
+        name: String,
+        metadata: Metadata,
         time: u64,
     },
     /// Write data (stored at home location `data`), or clear when `data` is `None`.
@@ -96,7 +121,12 @@ pub enum Lease {
         id: String,
         broken_at: u64,
     },
+    /// Broken; written by stores from before the holder's id was kept (any id releases it).
     Broken,
+    /// Broken: the holder `id` may still release it.
+    BrokenFrom {
+        id: String,
+    },
     Released,
 }
 
@@ -107,7 +137,9 @@ impl Lease {
             Lease::Leased {
                 expires: Some(t), ..
             } if now >= *t => Lease::Released,
-            Lease::Breaking { broken_at, .. } if now >= *broken_at => Lease::Broken,
+            Lease::Breaking { broken_at, id } if now >= *broken_at => {
+                Lease::BrokenFrom { id: id.clone() }
+            }
             other => other.clone(),
         }
     }
@@ -118,7 +150,7 @@ impl Lease {
             (_, Lease::Available | Lease::Released) => LeaseStateName::Available,
             (_, Lease::Leased { .. }) => LeaseStateName::Leased,
             (_, Lease::Breaking { .. }) => LeaseStateName::Breaking,
-            (_, Lease::Broken) => LeaseStateName::Broken,
+            (_, Lease::Broken | Lease::BrokenFrom { .. }) => LeaseStateName::Broken,
         }
     }
 }
@@ -135,6 +167,8 @@ struct Version {
     incarnation: u64,
     /// Effect number when a snapshot was taken (diff baseline).
     taken_at: u64,
+    metadata: Metadata,
+    content: ContentHeaders,
 }
 
 #[derive(Debug, Clone)]
@@ -147,11 +181,20 @@ struct Blob {
     copy: Option<CopyInfo>,
 }
 
+#[derive(Debug, Clone, Default)]
+struct Container {
+    blobs: BTreeMap<String, Blob>,
+    metadata: Metadata,
+    /// Effect number of the last change to the container itself (ETag source).
+    changed_at: u64,
+    last_modified: u64,
+}
+
 /// All containers and blobs of one account.
 #[derive(Debug, Clone)]
 pub struct Account {
     profile: Profile,
-    containers: BTreeMap<String, BTreeMap<String, Blob>>,
+    containers: BTreeMap<String, Container>,
     /// Effects applied so far: the store-wide write sequence.
     applied: u64,
 }
@@ -211,22 +254,67 @@ impl Account {
         self.applied += 1;
         let seq = self.applied;
         match effect {
-            Effect::CreateContainer { name, .. } => {
-                self.containers.entry(name.clone()).or_default();
+            Effect::CreateContainer {
+                name,
+                time,
+                metadata,
+            } => {
+                let c = self.containers.entry(name.clone()).or_default();
+                c.metadata = metadata.clone();
+                c.changed_at = seq;
+                c.last_modified = *time;
+            }
+            Effect::SetContainerMetadata {
+                name,
+                metadata,
+                time,
+            } => {
+                if let Some(c) = self.containers.get_mut(name) {
+                    c.metadata = metadata.clone();
+                    c.changed_at = seq;
+                    c.last_modified = *time;
+                }
+            }
+            Effect::SetMetadata {
+                path,
+                metadata,
+                time,
+            } => {
+                if let Some(v) = self.base_mut(path) {
+                    v.metadata = metadata.clone();
+                    v.changed_at = seq;
+                    v.last_modified = *time;
+                }
+            }
+            Effect::SetContentHeaders {
+                path,
+                content,
+                time,
+            } => {
+                if let Some(v) = self.base_mut(path) {
+                    v.content = content.clone();
+                    v.changed_at = seq;
+                    v.last_modified = *time;
+                }
             }
             Effect::CreateBlob {
                 path,
                 size,
                 sequence_number,
                 time,
+                metadata,
+                content,
             } => {
                 let container = self.containers.entry(path.container.clone()).or_default();
-                let blob = container.entry(path.blob.clone()).or_insert_with(|| Blob {
-                    copy: None,
-                    base: None,
-                    snapshots: BTreeMap::new(),
-                    lease: Lease::Available,
-                });
+                let blob = container
+                    .blobs
+                    .entry(path.blob.clone())
+                    .or_insert_with(|| Blob {
+                        copy: None,
+                        base: None,
+                        snapshots: BTreeMap::new(),
+                        lease: Lease::Available,
+                    });
                 blob.base = Some(Version {
                     size: *size,
                     map: ExtentMap::default(),
@@ -235,6 +323,8 @@ impl Account {
                     sequence_number: *sequence_number,
                     incarnation: seq,
                     taken_at: 0,
+                    metadata: metadata.clone(),
+                    content: content.clone(),
                 });
             }
             Effect::WritePages {
@@ -299,7 +389,7 @@ impl Account {
                 }
                 if remove_blob {
                     if let Some(c) = self.containers.get_mut(&path.container) {
-                        c.remove(&path.blob);
+                        c.blobs.remove(&path.blob);
                     }
                 }
             }
@@ -336,7 +426,11 @@ impl Account {
 
     /// Mark copies that were running when the store went down as failed (derived at open).
     pub fn fail_interrupted_copies(&mut self) {
-        for blob in self.containers.values_mut().flat_map(|c| c.values_mut()) {
+        for blob in self
+            .containers
+            .values_mut()
+            .flat_map(|c| c.blobs.values_mut())
+        {
             if let Some(c) = &mut blob.copy {
                 if c.status == "pending" {
                     c.status = "failed".into();
@@ -426,7 +520,7 @@ impl Account {
     pub fn live_incarnations(&self) -> std::collections::BTreeSet<u64> {
         self.containers
             .values()
-            .flat_map(|c| c.values())
+            .flat_map(|c| c.blobs.values())
             .flat_map(|b| b.base.iter().chain(b.snapshots.values()))
             .map(|v| v.incarnation)
             .collect()
@@ -435,6 +529,7 @@ impl Account {
     fn blob_mut(&mut self, path: &BlobPath) -> Option<&mut Blob> {
         self.containers
             .get_mut(&path.container)?
+            .blobs
             .get_mut(&path.blob)
     }
 
@@ -442,7 +537,7 @@ impl Account {
         self.blob_mut(path)?.base.as_mut()
     }
 
-    fn container(&self, name: &str) -> StoreResult<&BTreeMap<String, Blob>> {
+    fn container(&self, name: &str) -> StoreResult<&Container> {
         self.containers.get(name).ok_or_else(|| {
             StoreError::service(
                 ErrorCode::ContainerNotFound,
@@ -453,6 +548,7 @@ impl Account {
 
     fn blob(&self, path: &BlobPath) -> StoreResult<&Blob> {
         self.container(&path.container)?
+            .blobs
             .get(&path.blob)
             .ok_or_else(|| {
                 StoreError::service(
@@ -517,10 +613,16 @@ impl Account {
         Ok(v)
     }
 
-    pub fn create_container(&self, name: &str, now: u64) -> StoreResult<Effect> {
+    pub fn create_container(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+        now: u64,
+    ) -> StoreResult<Effect> {
         if let Some(why) = container_name_error(name) {
             return err(ErrorCode::InvalidResourceName, why);
         }
+        check_metadata(metadata)?;
         if self.containers.contains_key(name) {
             return err(
                 ErrorCode::ContainerAlreadyExists,
@@ -529,6 +631,62 @@ impl Account {
         }
         Ok(Effect::CreateContainer {
             name: name.into(),
+            time: now,
+            metadata: metadata.clone(),
+        })
+    }
+
+    pub fn set_container_metadata(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        self.container(name)?;
+        check_metadata(metadata)?;
+        Ok(Effect::SetContainerMetadata {
+            name: name.into(),
+            metadata: metadata.clone(),
+            time: now,
+        })
+    }
+
+    pub fn container_properties(&self, name: &str) -> StoreResult<ContainerProperties> {
+        let c = self.container(name)?;
+        Ok(ContainerProperties {
+            etag: etag(c.changed_at),
+            last_modified: c.last_modified,
+            metadata: c.metadata.clone(),
+        })
+    }
+
+    pub fn set_metadata(
+        &self,
+        path: &BlobPath,
+        metadata: &Metadata,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        check_metadata(metadata)?;
+        self.check_write(path, cond, now)?;
+        Ok(Effect::SetMetadata {
+            path: path.clone(),
+            metadata: metadata.clone(),
+            time: now,
+        })
+    }
+
+    pub fn set_content_headers(
+        &self,
+        path: &BlobPath,
+        content: &ContentHeaders,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        self.check_write(path, cond, now)?;
+        Ok(Effect::SetContentHeaders {
+            path: path.clone(),
+            content: content.clone(),
             time: now,
         })
     }
@@ -539,12 +697,14 @@ impl Account {
         size: u64,
         sequence_number: u64,
         cond: &Conditions,
+        headers: &BlobHeaders,
         now: u64,
     ) -> StoreResult<Effect> {
         self.container(&path.container)?;
         if let Some(why) = blob_name_error(&path.blob) {
             return err(ErrorCode::InvalidResourceName, why);
         }
+        check_metadata(&headers.metadata)?;
         check_size(size)?;
         if sequence_number > MAX_SEQUENCE_NUMBER {
             return err(
@@ -575,6 +735,8 @@ impl Account {
             size,
             sequence_number,
             time: now,
+            metadata: headers.metadata.clone(),
+            content: headers.content.clone(),
         })
     }
 
@@ -828,7 +990,7 @@ impl Account {
                         None,
                     )
                 }
-                (_, Lease::Broken | Lease::Breaking { .. }) => {
+                (_, Lease::Broken | Lease::BrokenFrom { .. } | Lease::Breaking { .. }) => {
                     return err(
                         ErrorCode::LeaseIsBrokenAndCannotBeRenewed,
                         format!("{path}: lease was broken"),
@@ -843,10 +1005,15 @@ impl Account {
                 _ => return mismatch("lease id does not match"),
             },
             LeaseAction::Release { id } => match &blob.lease {
-                Lease::Leased { id: held, .. } | Lease::Breaking { id: held, .. } if held == id => {
+                Lease::Leased { id: held, .. }
+                | Lease::Breaking { id: held, .. }
+                | Lease::BrokenFrom { id: held }
+                    if held == id =>
+                {
                     (Lease::Available, None, None)
                 }
-                Lease::Available | Lease::Released | Lease::Broken => {
+                Lease::Broken => (Lease::Available, None, None),
+                Lease::Available | Lease::Released => {
                     return err(
                         ErrorCode::LeaseNotPresentWithLeaseOperation,
                         format!("{path} has no lease"),
@@ -888,7 +1055,7 @@ impl Account {
                         })
                     });
                     if period == 0 {
-                        (Lease::Broken, None, Some(0))
+                        (Lease::BrokenFrom { id: id.clone() }, None, Some(0))
                     } else {
                         (
                             Lease::Breaking {
@@ -905,7 +1072,7 @@ impl Account {
                     None,
                     Some(broken_at.saturating_sub(now).div_ceil(secs)),
                 ),
-                Lease::Broken => (Lease::Broken, None, Some(0)),
+                Lease::Broken | Lease::BrokenFrom { .. } => (current.clone(), None, Some(0)),
                 _ => {
                     return err(
                         ErrorCode::LeaseNotPresentWithLeaseOperation,
@@ -938,6 +1105,14 @@ impl Account {
     ) -> StoreResult<Properties> {
         let v = self.version(path, snapshot)?;
         let lease = &self.blob(path)?.lease;
+        let lease_duration = match lease.at(now) {
+            Lease::Leased { expires, .. } if snapshot.is_none() => Some(if expires.is_some() {
+                LeaseDuration::Fixed
+            } else {
+                LeaseDuration::Infinite
+            }),
+            _ => None,
+        };
         Ok(Properties {
             size: v.size,
             etag: etag(v.changed_at),
@@ -950,6 +1125,9 @@ impl Account {
                 lease.state_name(now)
             },
             copy: self.blob(path)?.copy.clone(),
+            lease_duration,
+            metadata: v.metadata.clone(),
+            content: v.content.clone(),
         })
     }
 
@@ -1079,7 +1257,7 @@ impl Account {
         now: u64,
     ) -> StoreResult<Vec<BlobListing>> {
         let mut out = Vec::new();
-        for (name, blob) in self.container(container)? {
+        for (name, blob) in &self.container(container)?.blobs {
             let path = BlobPath::new(container, name);
             if include_snapshots {
                 for id in blob.snapshots.keys() {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use super::account::{Account, Effect};
+
 use super::data_log::{DataLog, Durability, LogAccess, LogReader};
 use super::error::{StoreError, StoreResult};
 use super::extent_map::home_offset;
@@ -604,10 +605,61 @@ impl PageBlobStore for Emulator {
     }
 
     fn create_container(&self, name: &str) -> StoreResult<()> {
+        self.create_container_with(name, &Metadata::new())
+    }
+
+    fn create_container_with(&self, name: &str, metadata: &Metadata) -> StoreResult<()> {
         let now = self.now();
         self.change(|inner| {
-            let effect = inner.account.create_container(name, now)?;
+            let effect = inner.account.create_container(name, metadata, now)?;
             Emulator::commit(inner, effect, &[])
+        })
+    }
+
+    fn container_properties(&self, name: &str) -> StoreResult<ContainerProperties> {
+        self.lock().account.container_properties(name)
+    }
+
+    fn set_container_metadata(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+    ) -> StoreResult<ContainerProperties> {
+        let now = self.now();
+        self.change(|inner| {
+            let effect = inner.account.set_container_metadata(name, metadata, now)?;
+            Emulator::commit(inner, effect, &[])?;
+            inner.account.container_properties(name)
+        })
+    }
+
+    fn set_metadata(
+        &self,
+        path: &BlobPath,
+        metadata: &Metadata,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let now = self.now();
+        self.change(|inner| {
+            let effect = inner.account.set_metadata(path, metadata, cond, now)?;
+            Emulator::commit(inner, effect, &[])?;
+            inner.account.properties(path, None, now)
+        })
+    }
+
+    fn set_content_headers(
+        &self,
+        path: &BlobPath,
+        content: &ContentHeaders,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let now = self.now();
+        self.change(|inner| {
+            let effect = inner
+                .account
+                .set_content_headers(path, content, cond, now)?;
+            Emulator::commit(inner, effect, &[])?;
+            inner.account.properties(path, None, now)
         })
     }
 
@@ -622,11 +674,23 @@ impl PageBlobStore for Emulator {
         sequence_number: u64,
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        self.create_page_blob_with(path, size, sequence_number, cond, &BlobHeaders::default())
+    }
+
+    fn create_page_blob_with(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+        headers: &BlobHeaders,
+    ) -> StoreResult<Properties> {
         let now = self.now();
         self.change(|inner| {
-            let effect = inner
-                .account
-                .create_blob(path, size, sequence_number, cond, now)?;
+            let effect =
+                inner
+                    .account
+                    .create_blob(path, size, sequence_number, cond, headers, now)?;
             Emulator::commit(inner, effect, &[])?;
             inner.account.properties(path, None, now)
         })
@@ -810,6 +874,8 @@ impl PageBlobStore for Emulator {
                 source: source.to_string(),
                 source_snapshot: snapshot.clone(),
                 status: "pending".into(),
+                destination_snapshot: None,
+                completed_at: None,
             };
             let none = Conditions::default();
             let first = prev.is_none();
@@ -820,6 +886,8 @@ impl PageBlobStore for Emulator {
                     size,
                     sequence_number: 0,
                     time: now,
+                    metadata: Metadata::new(),
+                    content: ContentHeaders::default(),
                 };
                 Emulator::commit(inner, effect, &[])?;
             }
@@ -888,6 +956,14 @@ impl PageBlobStore for Emulator {
                 }
             }
             let snap = inner.account.snapshot(dest, &none, now)?;
+            let Effect::Snapshot { id: snap_id, .. } = &snap else {
+                unreachable!("snapshot() plans a snapshot");
+            };
+            let info = CopyInfo {
+                destination_snapshot: Some(super::timestamp::snapshot_id(*snap_id)),
+                completed_at: Some(now),
+                ..info
+            };
             Emulator::commit(inner, snap, &[])?;
             Emulator::commit(
                 inner,

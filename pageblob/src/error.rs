@@ -43,6 +43,8 @@ error_codes! {
     MissingRequiredHeader = 400,
     InvalidInput = 400,
     InvalidResourceName = 400,
+    InvalidMetadata = 400,
+    MetadataTooLarge = 400,
     Md5Mismatch = 400,
     Crc64Mismatch = 400,
     InvalidUri = 400,
@@ -78,6 +80,7 @@ error_codes! {
     ServerBusy = 503,
     OperationTimedOut = 500,
     InternalError = 500,
+    NotImplemented = 501,
 }
 
 impl ErrorCode {

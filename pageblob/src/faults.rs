@@ -162,6 +162,56 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         self.before(0)?;
         self.inner.create_container(name)
     }
+    fn create_container_with(&self, name: &str, metadata: &Metadata) -> StoreResult<()> {
+        self.before(0)?;
+        self.inner.create_container_with(name, metadata)
+    }
+    fn container_properties(&self, name: &str) -> StoreResult<ContainerProperties> {
+        self.before(0)?;
+        self.inner.container_properties(name)
+    }
+    fn set_container_metadata(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+    ) -> StoreResult<ContainerProperties> {
+        self.before(0)?;
+        self.inner.set_container_metadata(name, metadata)
+    }
+    fn create_page_blob_with(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+        headers: &BlobHeaders,
+    ) -> StoreResult<Properties> {
+        self.before(0)?;
+        let r = self
+            .inner
+            .create_page_blob_with(path, size, sequence_number, cond, headers);
+        self.after_write(r)
+    }
+    fn set_metadata(
+        &self,
+        path: &BlobPath,
+        metadata: &Metadata,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.before(0)?;
+        let r = self.inner.set_metadata(path, metadata, cond);
+        self.after_write(r)
+    }
+    fn set_content_headers(
+        &self,
+        path: &BlobPath,
+        content: &ContentHeaders,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.before(0)?;
+        let r = self.inner.set_content_headers(path, content, cond);
+        self.after_write(r)
+    }
     fn list_containers(&self) -> StoreResult<Vec<String>> {
         self.before(0)?;
         self.inner.list_containers()

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod blob_headers;
 pub mod clock;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -53,6 +54,61 @@ pub fn is_zero(bytes: &[u8]) -> bool {
 pub trait PageBlobStore: Send + Sync {
     fn create_container(&self, name: &str) -> StoreResult<()>;
     fn list_containers(&self) -> StoreResult<Vec<String>>;
+    /// Create Container with metadata.
+    fn create_container_with(&self, name: &str, metadata: &Metadata) -> StoreResult<()> {
+        if metadata.is_empty() {
+            return self.create_container(name);
+        }
+        Err(not_implemented("container metadata"))
+    }
+    /// Get Container Properties (with its metadata).
+    fn container_properties(&self, name: &str) -> StoreResult<ContainerProperties> {
+        let _ = name;
+        Err(not_implemented("container properties"))
+    }
+    /// Set Container Metadata: replaces all of it.
+    fn set_container_metadata(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+    ) -> StoreResult<ContainerProperties> {
+        let _ = (name, metadata);
+        Err(not_implemented("container metadata"))
+    }
+    /// Put Blob with metadata and content headers.
+    fn create_page_blob_with(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+        headers: &BlobHeaders,
+    ) -> StoreResult<Properties> {
+        if headers.is_empty() {
+            return self.create_page_blob(path, size, sequence_number, cond);
+        }
+        Err(not_implemented("blob metadata and content headers"))
+    }
+    /// Set Blob Metadata: replaces all of it.
+    fn set_metadata(
+        &self,
+        path: &BlobPath,
+        metadata: &Metadata,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let _ = (path, metadata, cond);
+        Err(not_implemented("blob metadata"))
+    }
+    /// Set Blob Properties with content headers: all six are set together.
+    fn set_content_headers(
+        &self,
+        path: &BlobPath,
+        content: &ContentHeaders,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let _ = (path, content, cond);
+        Err(not_implemented("content headers"))
+    }
     /// Put Blob with `x-ms-blob-type: PageBlob`: create or replace.
     fn create_page_blob(
         &self,
@@ -140,8 +196,55 @@ pub trait PageBlobStore: Send + Sync {
     fn quiesce(&self) {}
 }
 
+/// What a store that does not keep `what` answers when asked to.
+fn not_implemented(what: &str) -> StoreError {
+    StoreError::service(
+        ErrorCode::NotImplemented,
+        format!("this store does not keep {what}"),
+    )
+}
+
 /// A shared store is a store.
 impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
+    fn create_container_with(&self, name: &str, metadata: &Metadata) -> StoreResult<()> {
+        (**self).create_container_with(name, metadata)
+    }
+    fn container_properties(&self, name: &str) -> StoreResult<ContainerProperties> {
+        (**self).container_properties(name)
+    }
+    fn set_container_metadata(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+    ) -> StoreResult<ContainerProperties> {
+        (**self).set_container_metadata(name, metadata)
+    }
+    fn create_page_blob_with(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+        headers: &BlobHeaders,
+    ) -> StoreResult<Properties> {
+        (**self).create_page_blob_with(path, size, sequence_number, cond, headers)
+    }
+    fn set_metadata(
+        &self,
+        path: &BlobPath,
+        metadata: &Metadata,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        (**self).set_metadata(path, metadata, cond)
+    }
+    fn set_content_headers(
+        &self,
+        path: &BlobPath,
+        content: &ContentHeaders,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        (**self).set_content_headers(path, content, cond)
+    }
     fn create_container(&self, name: &str) -> StoreResult<()> {
         (**self).create_container(name)
     }

@@ -43,6 +43,46 @@ impl<S: PageBlobStore> ReadRetry<S> {
 }
 
 impl<S: PageBlobStore> PageBlobStore for ReadRetry<S> {
+    fn create_container_with(&self, name: &str, metadata: &Metadata) -> StoreResult<()> {
+        self.inner.create_container_with(name, metadata)
+    }
+    fn container_properties(&self, name: &str) -> StoreResult<ContainerProperties> {
+        self.again(|| self.inner.container_properties(name))
+    }
+    fn set_container_metadata(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+    ) -> StoreResult<ContainerProperties> {
+        self.inner.set_container_metadata(name, metadata)
+    }
+    fn create_page_blob_with(
+        &self,
+        path: &BlobPath,
+        size: u64,
+        sequence_number: u64,
+        cond: &Conditions,
+        headers: &BlobHeaders,
+    ) -> StoreResult<Properties> {
+        self.inner
+            .create_page_blob_with(path, size, sequence_number, cond, headers)
+    }
+    fn set_metadata(
+        &self,
+        path: &BlobPath,
+        metadata: &Metadata,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.inner.set_metadata(path, metadata, cond)
+    }
+    fn set_content_headers(
+        &self,
+        path: &BlobPath,
+        content: &ContentHeaders,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.inner.set_content_headers(path, content, cond)
+    }
     fn create_container(&self, name: &str) -> StoreResult<()> {
         self.inner.create_container(name)
     }

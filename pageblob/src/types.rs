@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::blob_headers::{BlobHeaders, ContentHeaders, Metadata};
 use super::extent_map::PageRange;
 
 /// Page size of page blobs: offsets and lengths are multiples of it.
@@ -38,7 +39,7 @@ impl std::fmt::Display for BlobPath {
 }
 
 /// Blob properties as Get Blob Properties reports them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties {
     pub size: u64,
     /// Quoted, as sent in the `ETag` header.
@@ -51,6 +52,19 @@ pub struct Properties {
     pub lease_state: LeaseStateName,
     /// Set on the destination of an incremental copy.
     pub copy: Option<CopyInfo>,
+    /// Whether the held lease is infinite or fixed (`x-ms-lease-duration`); `None` unleased.
+    pub lease_duration: Option<LeaseDuration>,
+    pub metadata: Metadata,
+    pub content: ContentHeaders,
+}
+
+/// Container properties as Get Container Properties reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerProperties {
+    pub etag: String,
+    /// Nanoseconds since the epoch.
+    pub last_modified: u64,
+    pub metadata: Metadata,
 }
 
 /// State of an incremental copy, as Get Blob Properties reports it.
@@ -63,11 +77,19 @@ pub struct CopyInfo {
     pub source_snapshot: String,
     /// `pending`, `success` or `failed`.
     pub status: String,
+    /// The destination's snapshot that holds this copy, once it succeeded
+    /// (`x-ms-copy-destination-snapshot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_snapshot: Option<String>,
+    /// When the copy finished (nanoseconds), once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<u64>,
 }
 
 /// `x-ms-lease-state` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LeaseStateName {
+    #[default]
     Available,
     Leased,
     Expired,
@@ -83,6 +105,22 @@ impl LeaseStateName {
             LeaseStateName::Expired => "expired",
             LeaseStateName::Breaking => "breaking",
             LeaseStateName::Broken => "broken",
+        }
+    }
+}
+
+/// `x-ms-lease-duration` of a held lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseDuration {
+    Infinite,
+    Fixed,
+}
+
+impl LeaseDuration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseDuration::Infinite => "infinite",
+            LeaseDuration::Fixed => "fixed",
         }
     }
 }

@@ -176,7 +176,31 @@ impl Answer {
                     .header("x-ms-copy-status")
                     .unwrap_or_default()
                     .to_string(),
+                destination_snapshot: self
+                    .header("x-ms-copy-destination-snapshot")
+                    .map(str::to_string),
+                completed_at: self
+                    .header("x-ms-copy-completion-time")
+                    .and_then(parse_http_date),
             }),
+            lease_duration: match self.header("x-ms-lease-duration") {
+                Some("infinite") => Some(LeaseDuration::Infinite),
+                Some("fixed") => Some(LeaseDuration::Fixed),
+                _ => None,
+            },
+            metadata: self
+                .headers
+                .iter()
+                .filter_map(|(n, v)| Some((n.strip_prefix("x-ms-meta-")?.to_string(), v.clone())))
+                .collect(),
+            content: ContentHeaders {
+                content_type: self.header("content-type").map(str::to_string),
+                content_encoding: self.header("content-encoding").map(str::to_string),
+                content_language: self.header("content-language").map(str::to_string),
+                content_disposition: self.header("content-disposition").map(str::to_string),
+                cache_control: self.header("cache-control").map(str::to_string),
+                content_md5: self.header("content-md5").map(str::to_string),
+            },
         }
     }
 }
@@ -197,8 +221,9 @@ fn is_idempotent(method: &str, query: &[(&str, String)], headers: &[(&str, Strin
         .map(|(_, v)| v.as_str());
     match method {
         "GET" | "HEAD" => true,
-        // Put Page (update or clear) and Create Blob.
-        "PUT" if matches!(comp, Some("page") | None) => true,
+        // Put Page (update or clear) and Create Blob; not Create Container (`restype`), whose
+        // repeat answers 409 ContainerAlreadyExists.
+        "PUT" if matches!(comp, Some("page") | None) => !query.iter().any(|(n, _)| *n == "restype"),
         // Resize and set the sequence number, but not increment it.
         "PUT" if comp == Some("properties") => !headers
             .iter()
@@ -790,15 +815,7 @@ impl PageBlobStore for HttpStore {
             if last == "Blob" && text.is_empty() {
                 out.push(BlobListing {
                     name: String::new(),
-                    properties: Properties {
-                        size: 0,
-                        etag: String::new(),
-                        last_modified: 0,
-                        sequence_number: 0,
-                        snapshot: None,
-                        lease_state: LeaseStateName::Available,
-                        copy: None,
-                    },
+                    properties: Properties::default(),
                 });
                 return;
             }
@@ -975,6 +992,10 @@ impl PageBlobStore for HttpStore {
             source: source.to_string(),
             source_snapshot: snapshot.unwrap_or_default().to_string(),
             status: a.header("x-ms-copy-status").unwrap_or_default().to_string(),
+            destination_snapshot: a
+                .header("x-ms-copy-destination-snapshot")
+                .map(str::to_string),
+            completed_at: None,
         })
     }
 }
@@ -1002,6 +1023,27 @@ mod tests {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             DefaultResolver::default().resolve(uri, config, timeout)
         }
+    }
+
+    #[test]
+    fn only_requests_whose_repeat_changes_nothing_are_retried_after_a_broken_exchange() {
+        let q = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+            pairs.iter().map(|(n, v)| (*n, v.to_string())).collect()
+        };
+        assert!(is_idempotent("GET", &q(&[("comp", "pagelist")]), &[]));
+        assert!(is_idempotent("PUT", &q(&[("comp", "page")]), &[]));
+        assert!(is_idempotent("PUT", &q(&[]), &[]), "Create Blob");
+        assert!(
+            !is_idempotent("PUT", &q(&[("restype", "container")]), &[]),
+            "a repeated Create Container answers 409"
+        );
+        assert!(!is_idempotent("PUT", &q(&[("comp", "snapshot")]), &[]));
+        let increment = [("x-ms-sequence-number-action", "increment".to_string())];
+        assert!(!is_idempotent(
+            "PUT",
+            &q(&[("comp", "properties")]),
+            &increment
+        ));
     }
 
     #[test]

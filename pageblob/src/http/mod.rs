@@ -7,6 +7,7 @@ mod blob_read;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod connections;
+pub mod listing;
 pub mod proxy;
 #[cfg(feature = "server")]
 pub mod server;

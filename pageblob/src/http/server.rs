@@ -15,6 +15,7 @@ use percent_encoding::percent_decode_str;
 
 use super::blob_read::{BlobRead, READ_CHUNK_BYTES};
 use super::connections::{accept_loop, Connection, ServerLimits};
+use super::listing::{page_blobs, page_names, ListParams};
 use super::shared_key;
 use super::xml;
 use crate::clock::Clock;
@@ -59,6 +60,8 @@ struct AppState {
     config: ServerConfig,
     clock: Arc<dyn Clock>,
     requests: AtomicU64,
+    /// Mixed into request ids so that two server runs do not hand out the same ones.
+    request_id_seed: u64,
 }
 
 impl AppState {
@@ -69,6 +72,7 @@ impl AppState {
             },
             store,
             config,
+            request_id_seed: clock.now_nanos(),
             clock,
             requests: AtomicU64::new(0),
         }
@@ -279,7 +283,7 @@ fn finish(mut r: Response, request_id: u64, version: &str, state: &AppState) -> 
     let h = r.headers_mut();
     h.insert(
         "x-ms-request-id",
-        format!("{request_id:08x}-0000-0000-0000-000000000000")
+        request_guid(state.request_id_seed, request_id)
             .parse()
             .expect("ascii"),
     );
@@ -292,6 +296,30 @@ fn finish(mut r: Response, request_id: u64, version: &str, state: &AppState) -> 
     );
     h.insert("server", "drplane-blob".parse().expect("ascii"));
     r
+}
+
+/// The `x-ms-request-id` of request number `n`: a version-4-shaped GUID, as Azure sends, unique
+/// within a server run and unlikely to repeat across runs (`seed` is the start time).
+fn request_guid(seed: u64, n: u64) -> String {
+    // splitmix64: consecutive inputs give unrelated outputs.
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let hi = mix(seed ^ n.rotate_left(32));
+    let lo = mix(hi ^ n);
+    let hi = (hi & !0xf000) | 0x4000; // version 4
+    let lo = (lo & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    )
 }
 
 fn error_response(e: &StoreError) -> Response {
@@ -596,6 +624,155 @@ fn with_properties(
         .header("x-ms-blob-sequence-number", p.sequence_number.to_string())
 }
 
+/// `x-ms-meta-NAME` for each metadata entry.
+fn with_metadata(
+    mut b: axum::http::response::Builder,
+    metadata: &Metadata,
+) -> axum::http::response::Builder {
+    for (name, value) in metadata {
+        b = b.header(format!("x-ms-meta-{name}"), value);
+    }
+    b
+}
+
+/// Everything Get Blob Properties reports about a blob or snapshot (the headers Get Blob
+/// repeats), but the content length and range.
+fn with_all_properties(
+    b: axum::http::response::Builder,
+    p: &Properties,
+    ranged: bool,
+) -> axum::http::response::Builder {
+    let mut b = with_metadata(with_properties(b, p), &p.metadata)
+        .header("x-ms-blob-type", "PageBlob")
+        .header("accept-ranges", "bytes")
+        .header("x-ms-lease-state", p.lease_state.as_str())
+        .header(
+            "x-ms-lease-status",
+            if p.lease_state == LeaseStateName::Leased {
+                "locked"
+            } else {
+                "unlocked"
+            },
+        )
+        .header("x-ms-server-encrypted", "false");
+    if let Some(d) = p.lease_duration {
+        b = b.header("x-ms-lease-duration", d.as_str());
+    }
+    for (_, response_name, value) in p.content.fields() {
+        let value = match (response_name, value) {
+            ("content-type", None) => Some("application/octet-stream"),
+            (_, v) => v,
+        };
+        match (response_name, value) {
+            (_, None) => {}
+            // A ranged read does not carry the whole blob's MD5 as its own.
+            ("content-md5", Some(v)) if ranged => b = b.header("x-ms-blob-content-md5", v),
+            (name, Some(v)) => b = b.header(name, v),
+        }
+    }
+    if let Some(s) = &p.snapshot {
+        b = b.header("x-ms-snapshot", s);
+    }
+    if let Some(c) = &p.copy {
+        b = with_copy(b, c)
+            .header("x-ms-copy-source", &c.source)
+            .header("x-ms-copy-source-snapshot", &c.source_snapshot)
+            .header("x-ms-incremental-copy", "true");
+        if let Some(t) = c.completed_at {
+            b = b.header("x-ms-copy-completion-time", http_date(t));
+        }
+    }
+    b
+}
+
+/// `x-ms-copy-id`, `-status` and `-destination-snapshot` of an incremental copy.
+fn with_copy(b: axum::http::response::Builder, c: &CopyInfo) -> axum::http::response::Builder {
+    let b = b
+        .header("x-ms-copy-id", &c.id)
+        .header("x-ms-copy-status", &c.status);
+    match &c.destination_snapshot {
+        Some(s) => b.header("x-ms-copy-destination-snapshot", s),
+        None => b,
+    }
+}
+
+/// The `x-ms-meta-*` headers of a request.
+fn request_metadata(req: &Req<'_>) -> Result<Metadata, StoreError> {
+    let mut metadata = Metadata::new();
+    for (name, value) in req.headers {
+        let Some(key) = name.as_str().strip_prefix("x-ms-meta-") else {
+            continue;
+        };
+        let value = value.to_str().map_err(|_| {
+            bad(
+                ErrorCode::InvalidMetadata,
+                format!("metadata value of {key:?} is not printable ASCII"),
+            )
+        })?;
+        if metadata
+            .insert(key.to_string(), value.to_string())
+            .is_some()
+        {
+            return Err(bad(
+                ErrorCode::InvalidMetadata,
+                format!("metadata {key:?} given twice"),
+            ));
+        }
+    }
+    Ok(metadata)
+}
+
+/// Read conditions (`If-Match`, `If-Unmodified-Since`: 412; `If-None-Match`,
+/// `If-Modified-Since`: 304), in RFC 9110's order. `Some` is the 304 answer.
+fn check_read_conditions(
+    p: &Properties,
+    cond: &Conditions,
+) -> Result<Option<Response>, StoreError> {
+    let tag = p.etag.trim_matches('"');
+    let matches = |list: &str| {
+        list.split(',')
+            .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+            .any(|t| t == "*" || t == tag)
+    };
+    let secs = |nanos: u64| nanos / 1_000_000_000;
+    let failed = |what: &str| {
+        Err(bad(
+            ErrorCode::ConditionNotMet,
+            format!("{what} not met (ETag is {})", p.etag),
+        ))
+    };
+    if let Some(m) = &cond.if_match {
+        if !matches(m) {
+            return failed("If-Match");
+        }
+    } else if cond
+        .if_unmodified_since
+        .is_some_and(|t| secs(p.last_modified) > secs(t))
+    {
+        return failed("If-Unmodified-Since");
+    }
+    let not_modified = match &cond.if_none_match {
+        Some(m) => matches(m),
+        None => cond
+            .if_modified_since
+            .is_some_and(|t| secs(p.last_modified) <= secs(t)),
+    };
+    if not_modified {
+        let answer = with_properties(ok(304), p)
+            .header("x-ms-error-code", ErrorCode::ConditionNotMet.as_str())
+            .body(Body::empty())
+            .expect("valid response");
+        return Ok(Some(answer));
+    }
+    Ok(None)
+}
+
+/// Whether `include=` lists `what`.
+fn includes(req: &Req<'_>, what: &str) -> bool {
+    req.q("include")
+        .is_some_and(|i| i.split(',').any(|x| x.trim() == what))
+}
+
 /// Split a copy-source URL (`http://host/ACCOUNT/CONTAINER/BLOB?snapshot=T`) of this account.
 fn parse_copy_source(account: &str, url: &str) -> Result<(BlobPath, Option<String>), StoreError> {
     let invalid = || {
@@ -669,7 +846,25 @@ fn route(
     let Some(container) = container else {
         return match (method, comp) {
             (&Method::GET, Some("list")) => {
-                let xml = xml::container_list(&service_url, &store.list_containers()?);
+                let params = ListParams::from_query(|n| req.q(n))?;
+                let names = store.list_containers()?;
+                let (page, next) = page_names(&names, &params);
+                let entries = page
+                    .into_iter()
+                    .map(|name| {
+                        Ok(xml::ContainerEntry {
+                            name,
+                            properties: store.container_properties(name)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let xml = xml::container_list(
+                    &service_url,
+                    &params,
+                    &entries,
+                    next.as_deref(),
+                    includes(req, "metadata"),
+                );
                 Ok(built(
                     ok(200).header("content-type", "application/xml"),
                     Body::from(xml),
@@ -685,29 +880,51 @@ fn route(
     let Some(blob) = blob else {
         return match (method, req.q("restype"), comp) {
             (&Method::PUT, Some("container"), None) => {
-                store.create_container(&container)?;
-                Ok(built(ok(201), empty()))
+                store.create_container_with(&container, &request_metadata(req)?)?;
+                let props = store.container_properties(&container)?;
+                Ok(built(
+                    ok(201)
+                        .header("etag", &props.etag)
+                        .header("last-modified", http_date(props.last_modified)),
+                    empty(),
+                ))
+            }
+            (&Method::PUT, Some("container"), Some("metadata")) => {
+                let props = store.set_container_metadata(&container, &request_metadata(req)?)?;
+                Ok(built(
+                    ok(200)
+                        .header("etag", &props.etag)
+                        .header("last-modified", http_date(props.last_modified)),
+                    empty(),
+                ))
             }
             (&Method::GET, Some("container"), Some("list")) => {
-                let snapshots = req
-                    .q("include")
-                    .is_some_and(|i| i.split(',').any(|x| x == "snapshots"));
-                let blobs = store.list_blobs(&container, snapshots)?;
-                let xml = xml::blob_list(&service_url, &container, &blobs);
+                let params = ListParams::from_query(|n| req.q(n))?;
+                let blobs = store.list_blobs(&container, includes(req, "snapshots"))?;
+                let (page, next) = page_blobs(&blobs, &params);
+                let xml = xml::blob_list(
+                    &service_url,
+                    &container,
+                    &params,
+                    &page,
+                    next.as_deref(),
+                    includes(req, "metadata"),
+                );
                 Ok(built(
                     ok(200).header("content-type", "application/xml"),
                     Body::from(xml),
                 ))
             }
-            (&Method::GET | &Method::HEAD, Some("container"), None) => {
-                if store.list_containers()?.contains(&container) {
-                    Ok(built(ok(200), empty()))
-                } else {
-                    Err(bad(
-                        ErrorCode::ContainerNotFound,
-                        format!("container {container} does not exist"),
-                    ))
-                }
+            (&Method::GET | &Method::HEAD, Some("container"), None | Some("metadata")) => {
+                let props = store.container_properties(&container)?;
+                let b = ok(200)
+                    .header("etag", &props.etag)
+                    .header("last-modified", http_date(props.last_modified))
+                    .header("x-ms-lease-state", "available")
+                    .header("x-ms-lease-status", "unlocked")
+                    .header("x-ms-has-immutability-policy", "false")
+                    .header("x-ms-has-legal-hold", "false");
+                Ok(built(with_metadata(b, &props.metadata), empty()))
             }
             _ => Err(bad(
                 ErrorCode::UnsupportedHttpVerb,
@@ -752,7 +969,12 @@ fn route(
                 )
             })?;
             let seq = req.u64_header("x-ms-blob-sequence-number")?.unwrap_or(0);
-            let props = store.create_page_blob(&p, size, seq, &cond)?;
+            let headers = BlobHeaders {
+                metadata: request_metadata(req)?,
+                content: ContentHeaders::from_request(|n| req.header(n).map(str::to_string))
+                    .unwrap_or_default(),
+            };
+            let props = store.create_page_blob_with(&p, size, seq, &cond, &headers)?;
             Ok(built(
                 with_properties(ok(201), &props).header("x-ms-request-server-encrypted", "false"),
                 empty(),
@@ -829,8 +1051,11 @@ fn route(
                 None => None,
             };
             let prev = req.q("prevsnapshot").or(prev_from_url.as_deref());
-            let list = store.page_ranges(&p, snapshot.as_deref(), prev, range, marker, max)?;
             let props = store.properties(&p, snapshot.as_deref())?;
+            if let Some(not_modified) = check_read_conditions(&props, &cond)? {
+                return Ok(not_modified);
+            }
+            let list = store.page_ranges(&p, snapshot.as_deref(), prev, range, marker, max)?;
             let b = ok(200)
                 .header("content-type", "application/xml")
                 .header("x-ms-blob-content-length", props.size.to_string());
@@ -849,10 +1074,9 @@ fn route(
             })?;
             let (source, source_snapshot) = parse_copy_source(&state.config.account, source)?;
             let info = store.incremental_copy(&p, &source, source_snapshot.as_deref())?;
+            let props = store.properties(&p, None)?;
             Ok(built(
-                ok(202)
-                    .header("x-ms-copy-id", &info.id)
-                    .header("x-ms-copy-status", &info.status),
+                with_copy(with_properties(ok(202), &props), &info),
                 empty(),
             ))
         }
@@ -867,9 +1091,31 @@ fn route(
             };
             Ok(built(answer.header("x-ms-snapshot", id), empty()))
         }
+        (&Method::PUT, Some("metadata")) => {
+            refuse_snapshot()?;
+            let props = store.set_metadata(&p, &request_metadata(req)?, &cond)?;
+            Ok(built(with_properties(ok(200), &props), empty()))
+        }
+        (&Method::GET | &Method::HEAD, Some("metadata")) => {
+            let props = store.properties(&p, snapshot.as_deref())?;
+            if let Some(not_modified) = check_read_conditions(&props, &cond)? {
+                return Ok(not_modified);
+            }
+            Ok(built(
+                with_metadata(with_properties(ok(200), &props), &props.metadata),
+                empty(),
+            ))
+        }
         (&Method::PUT, Some("properties")) => {
             refuse_snapshot()?;
             let mut props = None;
+            // The six content headers are set together when any is given (absent ones are
+            // cleared); a request with none of them leaves them alone.
+            if let Some(content) =
+                ContentHeaders::from_request(|n| req.header(n).map(str::to_string))
+            {
+                props = Some(store.set_content_headers(&p, &content, &cond)?);
+            }
             if let Some(size) = req.u64_header("x-ms-blob-content-length")? {
                 props = Some(store.resize(&p, size, &cond)?);
             }
@@ -993,40 +1239,19 @@ fn route(
         }
         (&Method::HEAD, None) | (&Method::GET, None) => {
             let props = store.properties(&p, snapshot.as_deref())?;
-            let base = with_properties(ok(200), &props)
-                .header("x-ms-blob-type", "PageBlob")
-                .header("content-type", "application/octet-stream")
-                .header("accept-ranges", "bytes")
-                .header("x-ms-lease-state", props.lease_state.as_str())
-                .header(
-                    "x-ms-lease-status",
-                    if props.lease_state == LeaseStateName::Leased {
-                        "locked"
-                    } else {
-                        "unlocked"
-                    },
-                )
-                .header("x-ms-server-encrypted", "false");
-            let base = match &props.snapshot {
-                Some(s) => base.header("x-ms-snapshot", s),
-                None => base,
-            };
-            let base = match &props.copy {
-                Some(c) => base
-                    .header("x-ms-copy-id", &c.id)
-                    .header("x-ms-copy-status", &c.status)
-                    .header("x-ms-copy-source", &c.source)
-                    .header("x-ms-copy-source-snapshot", &c.source_snapshot)
-                    .header("x-ms-incremental-copy", "true"),
-                None => base,
-            };
+            if let Some(not_modified) = check_read_conditions(&props, &cond)? {
+                return Ok(not_modified);
+            }
+            let range = req.range()?;
+            let base =
+                with_all_properties(ok(200), &props, method == Method::GET && range.is_some());
             if method == Method::HEAD {
                 return Ok(built(
                     base.header("content-length", props.size.to_string()),
                     empty(),
                 ));
             }
-            let (start, end, partial) = match req.range()? {
+            let (start, end, partial) = match range {
                 Some((s, e)) => {
                     if s >= props.size {
                         return Err(bad(
@@ -1131,6 +1356,21 @@ mod tests {
         assert!(!is_small_put_page(&parts("PUT", "/a/c/b?comp=pagelist"), 0));
         assert!(!is_small_put_page(&parts("PUT", "/a/c/b?comp=snapshot"), 0));
         assert!(!is_small_put_page(&parts("PUT", "/a/c/b"), 0));
+    }
+
+    #[test]
+    fn request_ids_are_distinct_guids() {
+        let ids: std::collections::BTreeSet<String> =
+            (0..1000).map(|n| request_guid(7, n)).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            let groups: Vec<&str> = id.split('-').collect();
+            let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lens, [8, 4, 4, 4, 12], "{id}");
+            assert!(groups[2].starts_with('4'), "{id}");
+            assert!(matches!(groups[3].as_bytes()[0], b'8'..=b'b'), "{id}");
+        }
+        assert_ne!(request_guid(7, 0), request_guid(8, 0));
     }
 
     #[test]

@@ -76,6 +76,53 @@ pub fn parse_snapshot_id(id: &str) -> Option<u64> {
     secs.checked_mul(NANOS_PER_SEC)?.checked_add(t * 100)
 }
 
+/// Parse the UTC times a shared access signature carries (`st`, `se`): `YYYY-MM-DD`,
+/// `YYYY-MM-DDThh:mmZ`, `YYYY-MM-DDThh:mm:ssZ`, or with up to seven fraction digits.
+pub fn parse_sas_time(s: &str) -> Option<u64> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
+        None => (s, None),
+    };
+    let digits = |part: &str, n: usize| -> Option<u64> {
+        (part.len() == n && part.bytes().all(|c| c.is_ascii_digit())).then(|| part.parse().ok())?
+    };
+    let mut d = date.split('-');
+    let (y, mo, day) = (
+        digits(d.next()?, 4)?,
+        digits(d.next()?, 2)? as u32,
+        digits(d.next()?, 2)? as u32,
+    );
+    if d.next().is_some() || y < 1970 || !(1..=12).contains(&mo) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = days_from_civil(y as i64, mo, day);
+    if civil_from_days(days) != (y as i64, mo, day) {
+        return None;
+    }
+    let (mut h, mut mi, mut sec, mut nanos) = (0, 0, 0, 0);
+    if let Some(t) = time {
+        let (hms, fraction) = t.split_once('.').map_or((t, None), |(a, b)| (a, Some(b)));
+        let mut parts = hms.split(':');
+        h = digits(parts.next()?, 2)?;
+        mi = digits(parts.next()?, 2)?;
+        sec = match parts.next() {
+            Some(p) => digits(p, 2)?,
+            None => 0,
+        };
+        if parts.next().is_some() || h > 23 || mi > 59 || sec > 59 {
+            return None;
+        }
+        if let Some(f) = fraction {
+            if f.is_empty() || f.len() > 7 || !f.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            nanos = f.parse::<u64>().ok()? * 10u64.pow(9 - f.len() as u32);
+        }
+    }
+    let secs = days as u64 * 86_400 + h * 3600 + mi * 60 + sec;
+    secs.checked_mul(NANOS_PER_SEC)?.checked_add(nanos)
+}
+
 /// RFC 1123 date (`Wed, 09 Mar 2011 01:42:34 GMT`) for HTTP headers.
 pub fn http_date(nanos: u64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))

@@ -78,10 +78,12 @@ pub struct Connection {
     evicted: AtomicBool,
     close: Notify,
     epoch: Instant,
+    /// The client's address (a SAS may name the addresses it is good from).
+    peer: std::net::IpAddr,
 }
 
 impl Connection {
-    fn new(epoch: Instant) -> Connection {
+    fn new(epoch: Instant, peer: std::net::IpAddr) -> Connection {
         let c = Connection {
             in_handler: AtomicUsize::new(0),
             in_body: AtomicUsize::new(0),
@@ -90,9 +92,15 @@ impl Connection {
             evicted: AtomicBool::new(false),
             close: Notify::new(),
             epoch,
+            peer,
         };
         c.touch();
         c
+    }
+
+    /// The client's IP address.
+    pub fn peer(&self) -> std::net::IpAddr {
+        self.peer
     }
 
     /// A request on this connection carried the account's key.
@@ -199,10 +207,10 @@ where
     let mut next_id = 0u64;
     tokio::pin!(shutdown);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, peer)) => (tcp, peer.ip()),
                 Err(_) => {
                     // Out of descriptors or a connection reset before we took it: the cap
                     // should prevent the first; either way, wait a moment and go on.
@@ -217,7 +225,7 @@ where
             tokio::spawn(refuse_busy(tcp));
             continue;
         }
-        let conn = Arc::new(Connection::new(registry.epoch));
+        let conn = Arc::new(Connection::new(registry.epoch, peer));
         next_id += 1;
         let id = next_id;
         registry.lock().insert(id, Arc::clone(&conn));

@@ -9,6 +9,7 @@ pub mod client;
 pub mod connections;
 pub mod listing;
 pub mod proxy;
+pub mod sas;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod shared_key;

@@ -16,6 +16,7 @@ use percent_encoding::percent_decode_str;
 use super::blob_read::{BlobRead, READ_CHUNK_BYTES};
 use super::connections::{accept_loop, Connection, ServerLimits};
 use super::listing::{page_blobs, page_names, ListParams};
+use super::sas;
 use super::shared_key;
 use super::xml;
 use crate::clock::Clock;
@@ -175,7 +176,8 @@ async fn answer(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Re
     // Authenticate from the headers alone: a client without the key never gets a byte of its
     // body read (or a buffer reserved for it).
     let req = Req::of(&parts.uri, &parts.headers);
-    if let Err(e) = authenticate(&state, &parts.method, parts.uri.path(), &req) {
+    let peer = conn.as_ref().map(|c| c.peer());
+    if let Err(e) = authenticate(&state, &parts.method, parts.uri.path(), &req, peer) {
         return finish(error_response(&e), request_id, &version, &state);
     }
     if let Some(conn) = &conn {
@@ -457,16 +459,34 @@ fn decode(s: &str) -> String {
         .into_owned()
 }
 
+/// Shared Key (an `Authorization` header) or a shared access signature (`sig` in the query).
 fn authenticate(
     state: &AppState,
     method: &Method,
     path: &str,
     req: &Req<'_>,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<(), StoreError> {
+    if req.header("authorization").is_none() && sas::is_sas(&req.query) {
+        let (container, blob) = resource_names(state, path)?;
+        let level = match (&container, &blob) {
+            (None, _) => sas::Level::Service,
+            (Some(_), None) => sas::Level::Container,
+            (Some(_), Some(_)) => sas::Level::Object,
+        };
+        let need = sas::need(method.as_str(), level, req.q("restype"), req.q("comp"));
+        let target = sas::Target {
+            account: &state.config.account,
+            container: container.as_deref(),
+            blob: blob.as_deref(),
+        };
+        let now = state.clock.now_nanos();
+        return sas::check(&state.config.key, &req.query, target, need, peer, now);
+    }
     let auth = req.header("authorization").ok_or_else(|| {
         bad(
             ErrorCode::AuthenticationFailed,
-            "no Authorization header (Shared Key required)",
+            "no Authorization header (Shared Key) and no shared access signature (sig=)",
         )
     })?;
     let (scheme, rest) = auth.split_once(' ').unwrap_or(("", ""));
@@ -589,7 +609,7 @@ fn dispatch(
     body: &[u8],
 ) -> Response {
     let req = Req::of(uri, headers);
-    match authenticate(state, method, uri.path(), &req) {
+    match authenticate(state, method, uri.path(), &req, None) {
         Ok(()) => respond(state, method, uri, headers, body),
         Err(e) => error_response(&e),
     }
@@ -805,13 +825,11 @@ fn parse_copy_source(account: &str, url: &str) -> Result<(BlobPath, Option<Strin
     Ok((path, snapshot))
 }
 
-fn route(
+/// The container and blob a path names (`/ACCOUNT[/CONTAINER[/BLOB]]`), decoded and checked.
+fn resource_names(
     state: &AppState,
-    method: &Method,
     path: &str,
-    req: &Req<'_>,
-    body: &[u8],
-) -> Result<Response, StoreError> {
+) -> Result<(Option<String>, Option<String>), StoreError> {
     let segments: Vec<&str> = path.trim_start_matches('/').splitn(3, '/').collect();
     if segments.first().copied() != Some(state.config.account.as_str()) {
         return Err(bad(
@@ -835,6 +853,17 @@ fn route(
     if let Some(why) = blob.as_deref().and_then(blob_name_error) {
         return Err(bad(ErrorCode::InvalidResourceName, why));
     }
+    Ok((container, blob))
+}
+
+fn route(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    req: &Req<'_>,
+    body: &[u8],
+) -> Result<Response, StoreError> {
+    let (container, blob) = resource_names(state, path)?;
     let store = &*state.store;
     let comp = req.q("comp");
     let snapshot = req.q("snapshot").map(str::to_string);

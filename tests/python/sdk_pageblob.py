@@ -118,6 +118,14 @@ def write(endpoint, profile):
     cont.get_blob_client(odd).create_page_blob(size=512)
     assert odd in [b.name for b in cont.list_blobs()], "encoded name not listed back"
     expect_error("InvalidResourceName", cont.get_blob_client("ctl\x01name").create_page_blob, size=512)
+    # Metadata and content headers set by the SDK come back; a SAS minted by this SDK works.
+    from azure.storage.blob import ContentSettings
+    blob.set_blob_metadata({"owner": "py"})
+    blob.set_http_headers(ContentSettings(content_type="application/x-vhd"))
+    props = blob.get_blob_properties()
+    assert props.metadata == {"owner": "py"}, props.metadata
+    assert props.content_settings.content_type == "application/x-vhd", props.content_settings
+    sas_check(endpoint, blob)
     listed = [b.name for b in cont.list_blobs(include=["snapshots"])]
     return {
         "snapshots": snaps,
@@ -127,6 +135,32 @@ def write(endpoint, profile):
         "limit": limit,
         "sequence_number": blob.get_blob_properties().page_blob_sequence_number,
     }
+
+
+def sas_check(endpoint, blob):
+    import datetime
+    from azure.storage.blob import (
+        AccountSasPermissions,
+        BlobClient,
+        BlobSasPermissions,
+        ResourceTypes,
+        generate_account_sas,
+        generate_blob_sas,
+    )
+    expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    token = generate_blob_sas(
+        "devstoreaccount1", "sdk", "disk.bin", account_key=KEY,
+        permission=BlobSasPermissions(read=True), expiry=expiry,
+    )
+    reader = BlobClient.from_blob_url(f"{blob.url}?{token}")
+    assert reader.download_blob(offset=0, length=512).readall() == blob.download_blob(offset=0, length=512).readall()
+    expect_error("AuthorizationPermissionMismatch", reader.upload_page, b"\0" * 512, offset=0, length=512)
+    token = generate_account_sas(
+        "devstoreaccount1", KEY, ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, list=True), expiry,
+    )
+    names = [c.name for c in BlobServiceClient(f"{endpoint}?{token}").list_containers()]
+    assert "sdk" in names, names
 
 
 def verify(endpoint, expected):

@@ -13,4 +13,6 @@ pub mod sas;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod shared_key;
+#[cfg(feature = "server")]
+pub mod structured_body;
 pub mod xml;

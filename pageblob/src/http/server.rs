@@ -18,6 +18,7 @@ use super::connections::{accept_loop, Connection, ServerLimits};
 use super::listing::{page_blobs, page_names, ListParams};
 use super::sas;
 use super::shared_key;
+use super::structured_body;
 use super::xml;
 use crate::clock::Clock;
 use crate::error::{ErrorCode, StoreError};
@@ -624,11 +625,55 @@ fn respond(
     body: &[u8],
 ) -> Response {
     let req = Req::of(uri, headers);
-    let checked = check_content_md5(&req, body).and_then(|()| check_content_crc64(&req, body));
-    match checked.and_then(|()| route(state, method, uri.path(), &req, body)) {
-        Ok(r) => r,
+    let structured = req.header("x-ms-structured-body").is_some();
+    let answer = structured_content(&req, body).and_then(|decoded| {
+        let body = decoded.as_deref().unwrap_or(body);
+        check_content_md5(&req, body)?;
+        check_content_crc64(&req, body)?;
+        route(state, method, uri.path(), &req, body)
+    });
+    match answer {
+        Ok(mut r) => {
+            if structured {
+                // Says the body was read as a structured message and its CRCs checked.
+                r.headers_mut().insert(
+                    "x-ms-structured-body",
+                    structured_body::STRUCTURED_BODY_CRC64
+                        .parse()
+                        .expect("ascii"),
+                );
+            }
+            r
+        }
         Err(e) => error_response(&e),
     }
+}
+
+/// The content of a structured message body (`x-ms-structured-body`), CRCs checked; `None`
+/// for a plain body.
+fn structured_content(req: &Req<'_>, body: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(kind) = req.header("x-ms-structured-body") else {
+        return Ok(None);
+    };
+    let normalized: String = kind.chars().filter(|c| !c.is_whitespace()).collect();
+    if !normalized.eq_ignore_ascii_case("XSM/1.0;properties=crc64") {
+        return Err(bad(
+            ErrorCode::InvalidHeaderValue,
+            format!(
+                "x-ms-structured-body {kind:?}: only {:?} is served",
+                structured_body::STRUCTURED_BODY_CRC64
+            ),
+        ));
+    }
+    let length = req
+        .u64_header("x-ms-structured-content-length")?
+        .ok_or_else(|| {
+            bad(
+                ErrorCode::MissingRequiredHeader,
+                "x-ms-structured-content-length is required with x-ms-structured-body",
+            )
+        })?;
+    structured_body::decode(body, length).map(Some)
 }
 
 fn ok(status: u16) -> axum::http::response::Builder {

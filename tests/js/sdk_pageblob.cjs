@@ -54,9 +54,17 @@ function assert(cond, message) {
   if (!cond) throw new Error(message);
 }
 
+// Objects compare by their sorted keys (metadata is a map, not a list).
+function canonical(value) {
+  if (value && typeof value === "object" && !Array.isArray(value) && !(value instanceof Date)) {
+    return Object.fromEntries(Object.keys(value).sort().map((k) => [k, canonical(value[k])]));
+  }
+  return Array.isArray(value) ? value.map(canonical) : value;
+}
+
 function eq(got, want, what) {
-  const g = JSON.stringify(got);
-  const w = JSON.stringify(want);
+  const g = JSON.stringify(canonical(got));
+  const w = JSON.stringify(canonical(want));
   if (g !== w) throw new Error(`${what}: expected ${w}, got ${g}`);
 }
 
@@ -519,12 +527,13 @@ async function main() {
     out = await verify(endpoint, JSON.parse(Buffer.concat(chunks).toString()));
   }
   out.failed = failures;
+  out.ran = passed + failures.length;
   process.stdout.write(`${JSON.stringify(out)}\n`);
   process.exit(failures.length ? 1 : 0);
 }
 
 main().catch((e) => {
   process.stderr.write(`${e.stack || e}\n`);
-  process.stdout.write(`${JSON.stringify({ passed, failed: failures })}\n`);
+  process.stdout.write(`${JSON.stringify({ passed, failed: failures, ran: passed + failures.length })}\n`);
   process.exit(1);
 });

@@ -464,3 +464,94 @@ fn a_replication_cycle_rides_through_a_blob_serve_restart() {
     );
     server.stop("-TERM");
 }
+
+#[test]
+fn blob_sas_mints_tokens_the_server_honours_and_refuses_bad_requests() {
+    use pageblob::http::client::HttpStore;
+    use pageblob::{BlobPath, Conditions, PageBlobStore};
+    let dir = temp_dir();
+    let server = start_server(dir.path(), "standard");
+    let store = HttpStore::new(
+        &server.endpoint,
+        pageblob::http::shared_key::DEV_ACCOUNT,
+        &pageblob::http::shared_key::decode_key(pageblob::http::shared_key::DEV_KEY).unwrap(),
+    );
+    store.create_container("shared").unwrap();
+    let p = BlobPath::new("shared", "disk");
+    store
+        .create_page_blob(&p, 4096, 0, &Conditions::default())
+        .unwrap();
+    let mint = |args: &[&str]| {
+        let out = run_ok(drplane().args(["blob", "sas"]).args(args));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let token = mint(&[
+        "--container",
+        "shared",
+        "--blob",
+        "disk",
+        "--permissions",
+        "r",
+        "--expiry",
+        "2099-01-01",
+    ]);
+    let get = |path: &str, method: &str, token: &str| {
+        raw(
+            &server.addr(),
+            format!(
+                "{method} /devstoreaccount1/{path}?{token} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    let read = get("shared/disk", "HEAD", &token);
+    assert!(read.starts_with("HTTP/1.1 200"), "{read}");
+    let write = get("shared/disk", "PUT", &format!("comp=metadata&{token}"));
+    assert!(
+        write.starts_with("HTTP/1.1 403") && write.contains("AuthorizationPermissionMismatch"),
+        "{write}"
+    );
+    let account = mint(&["--permissions", "l", "--expiry", "2099-01-01T00:00:00Z"]);
+    let list = get("", "GET", &format!("comp=list&{account}"));
+    assert!(
+        list.starts_with("HTTP/1.1 200") && list.contains("<Name>shared</Name>"),
+        "{list}"
+    );
+    for bad in [
+        &["--permissions", "rx", "--expiry", "2099-01-01"][..],
+        &["--permissions", "r", "--expiry", "next week"],
+        &[
+            "--permissions",
+            "r",
+            "--expiry",
+            "2099-01-01",
+            "--ip",
+            "somewhere",
+        ],
+        &[
+            "--permissions",
+            "r",
+            "--expiry",
+            "2099-01-01",
+            "--start",
+            "2099-02-01",
+        ],
+        &[
+            "--permissions",
+            "r",
+            "--expiry",
+            "2099-01-01",
+            "--container",
+            "Bad_Name",
+        ],
+    ] {
+        let out = drplane().args(["blob", "sas"]).args(bad).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "{bad:?}: {said}"
+        );
+        assert!(said.contains("--"), "{bad:?} names the flag: {said}");
+    }
+    server.stop("-TERM");
+}

@@ -89,6 +89,37 @@ pub enum BlobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Mint a shared access signature (a query string to append to a URL with `?`): for a blob
+    /// (`--container` and `--blob`), a container (`--container`), or the account (neither).
+    Sas {
+        /// Container the token is for (omit for an account SAS).
+        #[arg(long)]
+        container: Option<String>,
+        /// Blob in that container the token is for.
+        #[arg(long, requires = "container")]
+        blob: Option<String>,
+        /// Permission letters: r read, l list, c create, w write, d delete (e.g. `rl`).
+        #[arg(long)]
+        permissions: String,
+        /// Expiry, UTC: `2030-01-31` or `2030-01-31T12:00:00Z`.
+        #[arg(long)]
+        expiry: String,
+        /// Start, UTC (default: at once).
+        #[arg(long)]
+        start: Option<String>,
+        /// Client addresses allowed: one address or `LOW-HIGH`.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Resource types of an account SAS: s service, c container, o object.
+        #[arg(long, default_value = "sco", conflicts_with = "container")]
+        resource_types: String,
+        /// Account name in URLs and signatures.
+        #[arg(long, default_value = DEV_ACCOUNT)]
+        account: String,
+        /// Base64 account key (default: the well-known development key).
+        #[arg(long, default_value = DEV_KEY, hide_default_value = true)]
+        key: String,
+    },
     /// Snapshots of a blob.
     Snapshots {
         #[command(flatten)]
@@ -268,6 +299,31 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
                 listen, data, account, key, profile, durability, limits, &faults,
             )
         }
+        BlobCommand::Sas {
+            container,
+            blob,
+            permissions,
+            expiry,
+            start,
+            ip,
+            resource_types,
+            account,
+            key,
+        } => {
+            let token = mint_sas(&SasRequest {
+                container: container.as_deref(),
+                blob: blob.as_deref(),
+                permissions: &permissions,
+                expiry: &expiry,
+                start: start.as_deref(),
+                ip: ip.as_deref(),
+                resource_types: &resource_types,
+                account: &account,
+                key: &key,
+            })?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
         BlobCommand::Upload {
             file,
             target,
@@ -438,6 +494,78 @@ fn raise_open_file_limit() -> u64 {
         let _ = setrlimit(Resource::Nofile, limit);
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// What `blob sas` was asked for.
+struct SasRequest<'a> {
+    container: Option<&'a str>,
+    blob: Option<&'a str>,
+    permissions: &'a str,
+    expiry: &'a str,
+    start: Option<&'a str>,
+    ip: Option<&'a str>,
+    resource_types: &'a str,
+    account: &'a str,
+    key: &'a str,
+}
+
+/// Check a SAS request the way the server will read it, then sign it.
+fn mint_sas(r: &SasRequest<'_>) -> Result<String> {
+    use pageblob::http::sas::{account_sas, service_sas, Grant};
+    use pageblob::timestamp::parse_sas_time;
+    if r.permissions.is_empty() || !r.permissions.chars().all(|c| "rlcwd".contains(c)) {
+        anyhow::bail!(
+            "--permissions {:?}: letters from r, l, c, w, d",
+            r.permissions
+        );
+    }
+    let expiry = parse_sas_time(r.expiry).with_context(|| {
+        format!(
+            "--expiry {:?}: 2030-01-31 or 2030-01-31T12:00:00Z (UTC)",
+            r.expiry
+        )
+    })?;
+    if let Some(start) = r.start {
+        let at = parse_sas_time(start).with_context(|| {
+            format!("--start {start:?}: 2030-01-31 or 2030-01-31T12:00:00Z (UTC)")
+        })?;
+        if at >= expiry {
+            anyhow::bail!("--start {start} is not before --expiry {}", r.expiry);
+        }
+    }
+    if let Some(ip) = r.ip {
+        let (low, high) = ip.split_once('-').unwrap_or((ip, ip));
+        for a in [low, high] {
+            a.parse::<std::net::IpAddr>()
+                .with_context(|| format!("--ip {ip:?}: an address or LOW-HIGH"))?;
+        }
+    }
+    if r.resource_types.is_empty() || !r.resource_types.chars().all(|c| "sco".contains(c)) {
+        anyhow::bail!(
+            "--resource-types {:?}: letters from s, c, o",
+            r.resource_types
+        );
+    }
+    if let Some(c) = r.container {
+        if let Some(why) = pageblob::names::container_name_error(c) {
+            anyhow::bail!("--container: {why}");
+        }
+    }
+    if let Some(why) = r.blob.and_then(pageblob::names::blob_name_error) {
+        anyhow::bail!("--blob: {why}");
+    }
+    let key = decode_key(r.key).context("--key is not base64")?;
+    let grant = Grant {
+        permissions: r.permissions,
+        start: r.start,
+        expiry: r.expiry,
+        ip: r.ip,
+        protocol: None,
+    };
+    Ok(match r.container {
+        Some(c) => service_sas(r.account, &key, c, r.blob, &grant),
+        None => account_sas(r.account, &key, r.resource_types, &grant),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::blob_headers::{check_metadata, BlobHeaders, ContentHeaders, Metadata};
+use super::blob_headers::{BlobHeaders, ContentHeaders, Metadata, MetadataError};
 use super::error::{ErrorCode, StoreError, StoreResult};
 use super::extent_map::ExtentMap;
 use super::names::{blob_name_error, container_name_error};
@@ -219,6 +219,15 @@ fn check_page_range(path: &BlobPath, offset: u64, len: u64, size: u64) -> StoreR
         );
     }
     Ok(())
+}
+
+/// Azure's rules for metadata, as a service error.
+fn check_metadata(metadata: &Metadata) -> StoreResult<()> {
+    match super::blob_headers::check_metadata(metadata) {
+        Ok(()) => Ok(()),
+        Err(MetadataError::Invalid(why)) => err(ErrorCode::InvalidMetadata, why),
+        Err(MetadataError::TooLarge(why)) => err(ErrorCode::MetadataTooLarge, why),
+    }
 }
 
 fn check_size(size: u64) -> StoreResult<()> {

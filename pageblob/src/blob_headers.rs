@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{ErrorCode, StoreError, StoreResult};
-
 /// User metadata, by name. HTTP/1.1 header names are case-insensitive and arrive lowercased,
 /// so names are kept lowercase (Azure keeps the case of the first write; see
 /// docs/pageblob-store.md). A `BTreeMap`: listings and logs come out in one order.
@@ -16,9 +14,18 @@ pub type Metadata = BTreeMap<String, String>;
 /// Most bytes of metadata (names and values) per blob or container, as Azure allows.
 pub const MAX_METADATA_BYTES: usize = 8 << 10;
 
+/// Why metadata is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataError {
+    /// A name is not an identifier, or a value not printable ASCII (Azure: InvalidMetadata).
+    Invalid(String),
+    /// More than [`MAX_METADATA_BYTES`] in all (Azure: MetadataTooLarge).
+    TooLarge(String),
+}
+
 /// Check metadata as Azure does: names are C# identifiers (a letter or `_`, then letters,
 /// digits or `_`), values are printable ASCII (what an HTTP header carries), 8 KiB in all.
-pub fn check_metadata(metadata: &Metadata) -> StoreResult<()> {
+pub fn check_metadata(metadata: &Metadata) -> Result<(), MetadataError> {
     let mut total = 0usize;
     for (name, value) in metadata {
         let mut chars = name.chars();
@@ -27,27 +34,24 @@ pub fn check_metadata(metadata: &Metadata) -> StoreResult<()> {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !identifier {
-            return Err(StoreError::service(
-                ErrorCode::InvalidMetadata,
-                format!("metadata name {name:?} is not an identifier (letter or _, then letters, digits, _)"),
-            ));
+            return Err(MetadataError::Invalid(format!(
+                "metadata name {name:?} is not an identifier (letter or _, then letters, digits, _)"
+            )));
         }
         if !value
             .bytes()
             .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
         {
-            return Err(StoreError::service(
-                ErrorCode::InvalidMetadata,
-                format!("metadata value of {name:?} is not printable ASCII"),
-            ));
+            return Err(MetadataError::Invalid(format!(
+                "metadata value of {name:?} is not printable ASCII"
+            )));
         }
         total += name.len() + value.len();
     }
     if total > MAX_METADATA_BYTES {
-        return Err(StoreError::service(
-            ErrorCode::MetadataTooLarge,
-            format!("{total} bytes of metadata; at most {MAX_METADATA_BYTES}"),
-        ));
+        return Err(MetadataError::TooLarge(format!(
+            "{total} bytes of metadata; at most {MAX_METADATA_BYTES}"
+        )));
     }
     Ok(())
 }
@@ -158,13 +162,13 @@ mod tests {
         assert!(check_metadata(&meta(&[("owner", "ops"), ("_x9", "")])).is_ok());
         for bad in ["9lives", "has-dash", "", "sp ace", "ü"] {
             let e = check_metadata(&meta(&[(bad, "v")])).unwrap_err();
-            assert_eq!(e.code(), Some(ErrorCode::InvalidMetadata), "{bad:?}: {e}");
+            assert!(matches!(e, MetadataError::Invalid(_)), "{bad:?}: {e:?}");
         }
         let e = check_metadata(&meta(&[("v", "line\nbreak")])).unwrap_err();
-        assert_eq!(e.code(), Some(ErrorCode::InvalidMetadata));
+        assert!(matches!(e, MetadataError::Invalid(_)), "{e:?}");
         let big = "x".repeat(MAX_METADATA_BYTES);
         let e = check_metadata(&meta(&[("a", &big)])).unwrap_err();
-        assert_eq!(e.code(), Some(ErrorCode::MetadataTooLarge));
+        assert!(matches!(e, MetadataError::TooLarge(_)), "{e:?}");
         assert!(check_metadata(&meta(&[("a", &big[1..])])).is_ok());
     }
 

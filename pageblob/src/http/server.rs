@@ -18,7 +18,7 @@ use super::connections::{accept_loop, Connection, ServerLimits};
 use super::listing::{page_blobs, page_names, ListParams};
 use super::sas;
 use super::shared_key;
-use super::structured_body;
+use super::structured_body::{self, content_crc64};
 use super::xml;
 use crate::clock::Clock;
 use crate::error::{ErrorCode, StoreError};
@@ -592,12 +592,6 @@ fn check_content_crc64(req: &Req<'_>, body: &[u8]) -> Result<(), StoreError> {
         ));
     }
     Ok(())
-}
-
-/// Azure Storage's CRC-64 of `data`.
-pub fn content_crc64(data: &[u8]) -> u64 {
-    const AZURE_CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_NVME);
-    AZURE_CRC64.checksum(data)
 }
 
 /// Authenticate, then answer (what the fuzz target drives).

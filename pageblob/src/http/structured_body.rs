@@ -8,9 +8,16 @@
 //!   the segment's CRC-64 (8 bytes);
 //! - with the CRC-64 flag, the CRC-64 of all content (8 bytes).
 //!
-//! The CRC is Azure Storage's CRC-64 ([`content_crc64`](super::server::content_crc64)).
+//! The CRC is Azure Storage's CRC-64 ([`content_crc64`]), which `x-ms-content-crc64` also
+//! carries.
 
 use crate::error::{ErrorCode, StoreError};
+
+/// Azure Storage's CRC-64 of `data`: CRC-64/NVME (reflected polynomial 0x9A6C9329AC4BC9B5).
+pub fn content_crc64(data: &[u8]) -> u64 {
+    const AZURE_CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_NVME);
+    AZURE_CRC64.checksum(data)
+}
 
 /// The header value naming the one structured format served.
 pub const STRUCTURED_BODY_CRC64: &str = "XSM/1.0; properties=crc64";
@@ -60,7 +67,7 @@ impl<'a> Cursor<'a> {
 /// The content of a structured `body` that declares `content_length` bytes of content
 /// (`x-ms-structured-content-length`), every CRC checked.
 pub fn decode(body: &[u8], content_length: u64) -> Result<Vec<u8>, StoreError> {
-    let crc = super::server::content_crc64;
+    let crc = content_crc64;
     let mut c = Cursor { body, at: 0 };
     let version = c.take(1, "version")?[0];
     if version != 1 {
@@ -128,7 +135,7 @@ pub fn decode(body: &[u8], content_length: u64) -> Result<Vec<u8>, StoreError> {
 /// Encode `content` as one CRC-64 structured message of `segment` bytes per segment (what an
 /// SDK sends; for tests and tools).
 pub fn encode(content: &[u8], segment: usize) -> Vec<u8> {
-    let crc = super::server::content_crc64;
+    let crc = content_crc64;
     let pieces: Vec<&[u8]> = if content.is_empty() {
         Vec::new()
     } else {

@@ -288,24 +288,12 @@ impl Account {
                 path,
                 metadata,
                 time,
-            } => {
-                if let Some(v) = self.base_mut(path) {
-                    v.metadata = metadata.clone();
-                    v.changed_at = seq;
-                    v.last_modified = *time;
-                }
-            }
+            } => self.change_base(path, seq, *time, |v| v.metadata = metadata.clone()),
             Effect::SetContentHeaders {
                 path,
                 content,
                 time,
-            } => {
-                if let Some(v) = self.base_mut(path) {
-                    v.content = content.clone();
-                    v.changed_at = seq;
-                    v.last_modified = *time;
-                }
-            }
+            } => self.change_base(path, seq, *time, |v| v.content = content.clone()),
             Effect::CreateBlob {
                 path,
                 size,
@@ -360,11 +348,7 @@ impl Account {
                 }
             }
             Effect::SetSequenceNumber { path, value, time } => {
-                if let Some(v) = self.base_mut(path) {
-                    v.sequence_number = *value;
-                    v.changed_at = seq;
-                    v.last_modified = *time;
-                }
+                self.change_base(path, seq, *time, |v| v.sequence_number = *value)
             }
             Effect::Snapshot { path, id, .. } => {
                 if let Some(blob) = self.blob_mut(path) {
@@ -544,6 +528,21 @@ impl Account {
 
     fn base_mut(&mut self, path: &BlobPath) -> Option<&mut Version> {
         self.blob_mut(path)?.base.as_mut()
+    }
+
+    /// Apply `change` to the base blob as effect `seq` at `time` (a new ETag and time).
+    fn change_base(
+        &mut self,
+        path: &BlobPath,
+        seq: u64,
+        time: u64,
+        change: impl FnOnce(&mut Version),
+    ) {
+        if let Some(v) = self.base_mut(path) {
+            change(v);
+            v.changed_at = seq;
+            v.last_modified = time;
+        }
     }
 
     fn container(&self, name: &str) -> StoreResult<&Container> {

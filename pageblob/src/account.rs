@@ -230,6 +230,13 @@ fn check_metadata(metadata: &Metadata) -> StoreResult<()> {
     }
 }
 
+/// Content headers a later read can answer with.
+fn check_content(content: &ContentHeaders) -> StoreResult<()> {
+    content
+        .check()
+        .or_else(|why| err(ErrorCode::InvalidHeaderValue, why))
+}
+
 fn check_size(size: u64) -> StoreResult<()> {
     if size % PAGE_SIZE != 0 || size > MAX_BLOB_SIZE {
         return err(
@@ -691,6 +698,7 @@ impl Account {
         cond: &Conditions,
         now: u64,
     ) -> StoreResult<Effect> {
+        check_content(content)?;
         self.check_write(path, cond, now)?;
         Ok(Effect::SetContentHeaders {
             path: path.clone(),
@@ -713,6 +721,7 @@ impl Account {
             return err(ErrorCode::InvalidResourceName, why);
         }
         check_metadata(&headers.metadata)?;
+        check_content(&headers.content)?;
         check_size(size)?;
         if sequence_number > MAX_SEQUENCE_NUMBER {
             return err(

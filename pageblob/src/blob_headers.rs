@@ -117,6 +117,17 @@ impl ContentHeaders {
         ]
     }
 
+    /// `Err` names the first header whose value could not be sent back in an HTTP answer
+    /// (only printable ASCII and tabs can: anything else would fail every later read).
+    pub fn check(&self) -> Result<(), String> {
+        for (name, _, value) in self.fields() {
+            if value.is_some_and(|v| !v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))) {
+                return Err(format!("{name} is not printable ASCII"));
+            }
+        }
+        Ok(())
+    }
+
     /// Build from request headers, looked up by their `x-ms-blob-*` names; `None` when the
     /// request sets none of them (Set Blob Properties then leaves them as they are).
     pub fn from_request(header: impl Fn(&str) -> Option<String>) -> Option<ContentHeaders> {
@@ -181,6 +192,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.content_type.as_deref(), Some("text/plain"));
         assert_eq!(c.fields().iter().filter(|f| f.2.is_some()).count(), 1);
+        assert_eq!(c.check(), Ok(()));
+        let bad = ContentHeaders {
+            cache_control: Some("a\nb".into()),
+            ..c.clone()
+        };
+        assert!(bad.check().unwrap_err().contains("x-ms-blob-cache-control"));
         // Logged compactly: unset headers are not written.
         assert_eq!(
             serde_json::to_string(&c).unwrap(),

@@ -35,6 +35,23 @@ fn a_generated_disk_is_measured_through_initial_and_delta_cycles_and_verified() 
     assert!(r["verify_seconds"].as_f64().is_some());
     assert!(r["stages"]["zstd"].as_f64().unwrap() > 0.0);
     assert!(r["pipeline_efficiency"].as_f64().unwrap() > 0.0);
+    // Schema 2: the restore as a stage with its bound, the bound with I/O, flat figures.
+    assert_eq!(r["schema"], 2);
+    assert!(r["restore"]["bytes_restored"].as_u64().unwrap() > 0);
+    assert!(r["restore_efficiency"].as_f64().unwrap() > 0.0);
+    assert!(r["replication_efficiency"].as_f64().unwrap() > 0.0);
+    assert!(r["io"]["store_write"].as_f64().unwrap() > 0.0);
+    let figures = r["figures"].as_object().unwrap();
+    for name in [
+        "initial_seconds",
+        "delta_1pct_seconds",
+        "delta_25pct_seconds",
+        "restore_seconds",
+        "restore_efficiency",
+        "stage_store_write_bytes_per_sec",
+    ] {
+        assert!(figures[name].as_f64().unwrap() > 0.0, "{name}: {r}");
+    }
 }
 
 #[test]
@@ -174,4 +191,69 @@ fn several_runs_go_into_their_own_replicas_and_report_medians() {
     initial.sort_by(f64::total_cmp);
     assert_eq!(m["initial_seconds"].as_f64().unwrap(), initial[1]);
     assert!(m["verify_seconds"].is_null());
+    assert_eq!(r["schema"], 2);
+    assert_eq!(r["figures"]["initial_seconds"], m["initial_seconds"]);
+    assert!(
+        r["figures"].get("restore_seconds").is_none(),
+        "not verified"
+    );
+}
+
+#[test]
+fn compare_prints_each_figure_s_change_and_can_fail_on_a_regression() {
+    let dir = temp_dir();
+    let old = file_in(dir.path(), "old.json");
+    let new = file_in(dir.path(), "new.json");
+    let report = |initial: f64, restore_rate: f64| {
+        serde_json::json!({
+            "schema": 2,
+            "figures": {
+                "initial_seconds": initial,
+                "restore_bytes_per_sec": restore_rate,
+                "replication_efficiency": 0.9,
+            }
+        })
+        .to_string()
+    };
+    std::fs::write(&old, report(2.0, 1e9)).unwrap();
+    std::fs::write(&new, report(2.5, 1.1e9)).unwrap();
+    let compare = |extra: &[&str]| {
+        drplane()
+            .args(["bench", "compare", path_str(&old), path_str(&new)])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = compare(&[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {text}"))
+            .to_string()
+    };
+    assert!(line("initial_seconds").contains("+25.0% (worse)"), "{text}");
+    assert!(
+        line("restore_bytes_per_sec").contains("+10.0% (better)"),
+        "{text}"
+    );
+    assert!(line("replication_efficiency").contains("(same)"), "{text}");
+    // Worse by 25%: fails a 20% limit, passes a 30% one.
+    let out = compare(&["--max-regression", "20"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("initial_seconds got 25.0% worse"));
+    assert!(compare(&["--max-regression", "30"]).status.success());
+    // Reports without the schema, or not JSON, are refused naming the file.
+    std::fs::write(&new, r#"{"initial": {"seconds": 1.0}}"#).unwrap();
+    let out = compare(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("new.json") && stderr.contains("schema"),
+        "{stderr}"
+    );
+    std::fs::write(&new, "not json").unwrap();
+    let stderr = String::from_utf8_lossy(&compare(&[]).stderr).to_string();
+    assert!(stderr.contains("not JSON"), "{stderr}");
 }

@@ -102,6 +102,9 @@ fn qemu_cycles(over_http: bool) {
             &cycle.to_string(),
             "-o",
             &out,
+            // Decoded on pools of 1, 2 and 3 threads: the same bytes.
+            "--threads",
+            &(cycle + 1).to_string(),
         ]);
         assert_files_equal(
             std::path::Path::new(&out),
@@ -109,10 +112,36 @@ fn qemu_cycles(over_http: bool) {
         );
     }
     let verified = dp(&[
-        "verify", "--store", &store, "--pfx", &pfx, "--name", "disk1", "--json",
+        "verify",
+        "--store",
+        &store,
+        "--pfx",
+        &pfx,
+        "--name",
+        "disk1",
+        "--json",
+        "--threads",
+        "3",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
     assert!(v.as_array().unwrap().iter().all(|p| p["ok"] == true), "{v}");
+    let no_threads = drplane()
+        .args([
+            "verify",
+            "--store",
+            &store,
+            "--pfx",
+            &pfx,
+            "--name",
+            "disk1",
+            "--threads",
+            "0",
+        ])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(!no_threads.status.success());
+    assert!(String::from_utf8_lossy(&no_threads.stderr).contains("--threads"));
     // Another certificate cannot restore, and says why.
     dp(&["register", "--vault", "wt", "--out", &p("reg2")]);
     let other = drplane()

@@ -7,10 +7,11 @@
 //!   reports unallocated are never read.
 //! - What differs: each block's keyed digest against the replica's digest table (rebuilt from
 //!   the slot headers when an interrupted cycle left it untrusted, see `disk_replica`).
-//! - Parallelism: groups of blocks are read and hashed on all cores (rayon), changed blocks are
-//!   encoded in block order with nonces assigned before the work starts, and `upload_threads`
-//!   writers store records while the next group is read. Bytes written never depend on thread
-//!   scheduling; memory is bounded by the group size and the writers' queue (backpressure).
+//! - Parallelism: groups of blocks are read, hashed and encoded on all cores (rayon) with nonces
+//!   assigned before the work starts; while the pool works on one group, this thread settles
+//!   the group before (table entries, then its records to the `upload_threads` writers). Bytes
+//!   written never depend on thread scheduling; memory is bounded by two groups and the
+//!   writers' queue (backpressure).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -190,6 +191,9 @@ struct Examined {
     read_len: u64,
     encoded: Option<Encoded>,
 }
+
+/// A group's blocks after the parallel pass, in the group's order.
+type ExaminedGroup = Vec<Result<Examined, CycleError>>;
 
 thread_local! {
     /// Per-thread buffer every block is read into: reused, so reading a block costs
@@ -509,7 +513,61 @@ fn cycle_inner(
                 store_record(job);
             });
         }
+        // Group k's results are settled on this thread (checked, put in the table, handed to
+        // the writers) while the pool examines group k+1, so the pool never waits for the
+        // hand-off. Without writer threads (the simulator) the store calls are made after the
+        // pool is done, so nothing else runs while they are.
+        let mut settle = |table: &mut MerkleTree,
+                          group: &[u64],
+                          examined: ExaminedGroup|
+         -> Result<(), CycleError> {
+            let (Some(&first), Some(&last)) = (group.iter().min(), group.iter().max()) else {
+                return Ok(());
+            };
+            source.check_reads().map_err(|e| CycleError::Source {
+                offset: group[0] * u64::from(layout.block_size),
+                source: e,
+            })?;
+            let start = first * u64::from(layout.block_size);
+            let end = last * u64::from(layout.block_size) + layout.block_len(last);
+            source.release(start, end - start);
+            let mut jobs = Vec::new();
+            let mut dirty_pages = BTreeSet::new();
+            for result in examined {
+                let e = result?;
+                done.bytes_done += layout.block_len(e.block);
+                done.bytes_read += e.read_len;
+                if let Some(encoded) = e.encoded {
+                    table.set(e.block as usize, e.digest);
+                    dirty_pages.insert(e.block / ENTRIES_PER_PAGE);
+                    changed += 1;
+                    bytes_changed += layout.block_len(e.block);
+                    jobs.push((e.block, encoded));
+                }
+            }
+            // Table entries first, then the slots (see `disk_replica`).
+            write_table_pages(replica, table.leaves(), &dirty_pages, &zero)?;
+            for (block, encoded) in jobs {
+                let log_offset = log_end;
+                log_end += StagingLog::entry_len(&encoded);
+                log_entries += 1;
+                let job = Job {
+                    block,
+                    encoded,
+                    log_offset,
+                };
+                if inline {
+                    store_record(job);
+                } else if tx.send(job).is_err() {
+                    break;
+                }
+            }
+            done.bytes_sent = sent.load(Ordering::Relaxed);
+            progress(&done);
+            Ok(())
+        };
         let mut produce = || -> Result<(), CycleError> {
+            let mut pending: Option<(&[u64], ExaminedGroup)> = None;
             for group in selected.chunks(group_len) {
                 if failed.load(Ordering::Relaxed) {
                     return Ok(());
@@ -517,71 +575,57 @@ fn cycle_inner(
                 if stopping() {
                     return Err(CycleError::Abandoned);
                 }
-                // One pass on all cores: read (unallocated blocks never), hash, compare with
-                // the table, encode what changed. Nonces are handed out per position before
-                // the pass, so the bytes do not depend on scheduling (unused ones are skipped).
+                // Read (unallocated blocks never), hash, compare with the table, encode what
+                // changed. Nonces are handed out per position before the pass, so the bytes do
+                // not depend on scheduling (unused ones are skipped); the table entries the
+                // pass compares with are copied out, as the group before may still be updating
+                // the table.
                 let group_nonces: Vec<[u8; 12]> = group
                     .iter()
                     .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
                     .collect::<Result<_, _>>()?;
-                let known = table.leaves();
-                let examine = |(&block, nonce): (&u64, &[u8; 12])| {
-                    pass.examine(block, &known[block as usize], *nonce)
+                let known: Vec<[u8; 32]> =
+                    group.iter().map(|&b| table.leaves()[b as usize]).collect();
+                let examine = |((&block, nonce), known): ((&u64, &[u8; 12]), &[u8; 32])| {
+                    pass.examine(block, known, *nonce)
                 };
-                // Small groups (a delta of a few blocks) are not worth waking the pool for.
-                let examined: Vec<Result<Examined, CycleError>> = if group.len() >= 8 {
-                    group
-                        .par_iter()
-                        .zip(group_nonces.par_iter())
-                        .map(examine)
-                        .collect()
-                } else {
-                    group.iter().zip(group_nonces.iter()).map(examine).collect()
-                };
-                if let Some(&first) = group.first() {
-                    source.check_reads().map_err(|e| CycleError::Source {
-                        offset: first * u64::from(layout.block_size),
-                        source: e,
-                    })?;
-                }
-                if let (Some(&first), Some(&last)) = (group.iter().min(), group.iter().max()) {
-                    let start = first * u64::from(layout.block_size);
-                    let end = last * u64::from(layout.block_size) + layout.block_len(last);
-                    source.release(start, end - start);
-                }
-                let mut jobs = Vec::new();
-                let mut dirty_pages = BTreeSet::new();
-                for result in examined {
-                    let e = result?;
-                    done.bytes_done += layout.block_len(e.block);
-                    done.bytes_read += e.read_len;
-                    if let Some(encoded) = e.encoded {
-                        table.set(e.block as usize, e.digest);
-                        dirty_pages.insert(e.block / ENTRIES_PER_PAGE);
-                        changed += 1;
-                        bytes_changed += layout.block_len(e.block);
-                        jobs.push((e.block, encoded));
+                let mut examined = Vec::new();
+                let mut settled = Ok(());
+                rayon::in_place_scope(|scope| {
+                    let out = &mut examined;
+                    let (group_nonces, known) = (&group_nonces, &known);
+                    scope.spawn(move |_| {
+                        // Small groups (a delta of a few blocks) are not worth waking the pool.
+                        *out = if group.len() >= 8 {
+                            group
+                                .par_iter()
+                                .zip(group_nonces.par_iter())
+                                .zip(known.par_iter())
+                                .map(examine)
+                                .collect()
+                        } else {
+                            group
+                                .iter()
+                                .zip(group_nonces.iter())
+                                .zip(known.iter())
+                                .map(examine)
+                                .collect()
+                        };
+                    });
+                    if !inline {
+                        if let Some((group, examined)) = pending.take() {
+                            settled = settle(&mut table, group, examined);
+                        }
                     }
+                });
+                settled?;
+                if let Some((group, examined)) = pending.take() {
+                    settle(&mut table, group, examined)?;
                 }
-                // Table entries first, then the slots (see `disk_replica`).
-                write_table_pages(replica, table.leaves(), &dirty_pages, &zero)?;
-                for (block, encoded) in jobs {
-                    let log_offset = log_end;
-                    log_end += StagingLog::entry_len(&encoded);
-                    log_entries += 1;
-                    let job = Job {
-                        block,
-                        encoded,
-                        log_offset,
-                    };
-                    if inline {
-                        store_record(job);
-                    } else if tx.send(job).is_err() {
-                        break;
-                    }
-                }
-                done.bytes_sent = sent.load(Ordering::Relaxed);
-                progress(&done);
+                pending = Some((group, examined));
+            }
+            if let Some((group, examined)) = pending.take() {
+                settle(&mut table, group, examined)?;
             }
             Ok(())
         };

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use datapath::replica::manifest::{Consistency, Manifest};
+use datapath::replica::restore::Fetch;
 
 use crate::content::ContentModel;
 use crate::report::{Check, Job, SimError};
@@ -102,15 +103,15 @@ pub(crate) fn prove_points(disks: &mut [SimDisk<'_>], end: u64) -> Result<Check,
 /// Restore point `p` of `d` in full; `Some(why)` when it fails or differs from the disk then.
 fn restore_in_full(d: &SimDisk<'_>, p: &Manifest) -> Option<String> {
     let mut restored = d.model.zeroed_like();
-    let outcome = d
-        .observer
-        .restore_blocks(&d.codec, p, &d.digest_key, |block, b| {
-            match b {
-                Some(b) => restored.set(block, b),
-                None => restored.set_hash(block, restored.zero_hash(block)),
-            }
-            Ok(())
-        });
+    let outcome =
+        d.observer
+            .restore_with(&d.codec, p, &d.digest_key, Fetch::InOrder, |block, b| {
+                match b {
+                    Some(b) => restored.set(block, b),
+                    None => restored.set_hash(block, restored.zero_hash(block)),
+                }
+                Ok(())
+            });
     match outcome {
         Err(e) => Some(e.to_string()),
         Ok(()) if d.images.get(&p.sequence).map(ContentModel::root) != Some(restored.root()) => {

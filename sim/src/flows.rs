@@ -9,6 +9,7 @@ use std::sync::Arc;
 use datapath::keys::Identity;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::manifest::{Consistency, Manifest};
+use datapath::replica::restore::Fetch;
 use datapath::replicator::{CycleKind, CycleOutcome, CyclePlan};
 use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
@@ -172,17 +173,23 @@ fn restore(
     let mut model = d.model.zeroed_like();
     let block_size = u64::from(point.block_size);
     d.azure_view
-        .restore_blocks(&codec, point, keys.digest.expose(), |block, data| {
-            let Some(data) = data else {
-                // A zero block: nothing to write into the new disk.
-                model.set_hash(block, model.zero_hash(block));
-                return Ok(());
-            };
-            model.set(block, data);
-            writer
-                .write_at(block * block_size, data)
-                .map_err(std::io::Error::other)
-        })
+        .restore_with(
+            &codec,
+            point,
+            keys.digest.expose(),
+            Fetch::InOrder,
+            |block, data| {
+                let Some(data) = data else {
+                    // A zero block: nothing to write into the new disk.
+                    model.set_hash(block, model.zero_hash(block));
+                    return Ok(());
+                };
+                model.set(block, data);
+                writer
+                    .write_at(block * block_size, data)
+                    .map_err(std::io::Error::other)
+            },
+        )
         .map_err(|e| e.to_string())?;
     let root = model.root();
     Ok((
@@ -577,10 +584,11 @@ fn failback_disk(
     let mut copied = Vec::new();
     let writer = &mut d.writer;
     replica
-        .restore_blocks(
+        .restore_with(
             &codec,
             &report.point,
             keys.digest.expose(),
+            Fetch::InOrder,
             |block, data| {
                 let data = match data {
                     Some(data) => data,

@@ -17,6 +17,7 @@ use pageblob::data_log::Durability;
 use pageblob::{Emulator, PageBlobStore, Profile};
 use rand_core::{OsRng, TryRngCore};
 
+use super::bench_compare::{figures, median_figures, SCHEMA};
 use super::blob::Target;
 use super::replicate::{load_policy, open_source, PolicyArgs};
 use super::vhdx::parse_size;
@@ -47,6 +48,16 @@ enum BenchCommand {
         /// The same seed always gives the same bytes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Compare two saved `bench --json` reports: each figure's change, better or worse.
+    Compare {
+        /// The earlier report.
+        old: PathBuf,
+        /// The later report.
+        new: PathBuf,
+        /// Fail (exit 1) when a figure got worse by more than this many percent.
+        #[arg(long)]
+        max_regression: Option<f64>,
     },
 }
 
@@ -113,6 +124,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Some(BenchCommand::Compare {
+            old,
+            new,
+            max_regression,
+        }) => super::bench_compare::compare(&old, &new, max_regression),
         None => bench(args.run),
     }
 }
@@ -332,7 +348,13 @@ fn bench(args: RunArgs) -> Result<ExitCode> {
             1 => values.remove(0),
             _ => {
                 let reports: Vec<&BenchReport> = runs.iter().map(|(_, r)| r).collect();
-                serde_json::json!({ "runs": values, "median": Medians::of(&reports) })
+                let each: Vec<_> = reports.iter().map(|r| figures(r)).collect();
+                serde_json::json!({
+                    "schema": SCHEMA,
+                    "runs": values,
+                    "median": Medians::of(&reports),
+                    "figures": median_figures(&each),
+                })
             }
         };
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -361,11 +383,18 @@ fn report_json(
     replica: Option<String>,
 ) -> Result<serde_json::Value> {
     let mut value = serde_json::to_value(report)?;
+    value["schema"] = SCHEMA.into();
     value["disk"] = disk_text.into();
     value["replica"] = replica.into();
     value["initial_bytes_per_sec"] = report.initial_rate().into();
     value["pipeline_bound_bytes_per_sec"] = report.pipeline_bound().into();
     value["pipeline_efficiency"] = report.pipeline_efficiency().into();
+    value["replication_bound_bytes_per_sec"] = report.replication_bound().into();
+    value["replication_efficiency"] = report.replication_efficiency().into();
+    value["restore_bytes_per_sec"] = report.restore_rate().into();
+    value["restore_bound_bytes_per_sec"] = report.restore_bound().into();
+    value["restore_efficiency"] = report.restore_efficiency().into();
+    value["figures"] = serde_json::to_value(figures(report))?;
     Ok(value)
 }
 
@@ -378,8 +407,11 @@ struct Medians {
     initial_bytes_per_sec: f64,
     pipeline_bound_bytes_per_sec: Option<f64>,
     pipeline_efficiency: Option<f64>,
+    replication_efficiency: Option<f64>,
     /// One per churn level, in order.
     delta_seconds: Vec<f64>,
+    restore_seconds: Option<f64>,
+    restore_efficiency: Option<f64>,
     verify_seconds: Option<f64>,
 }
 
@@ -409,9 +441,12 @@ impl Medians {
             initial_bytes_per_sec: median(reports.iter().map(|r| r.initial_rate()).collect()),
             pipeline_bound_bytes_per_sec: median_of(reports, BenchReport::pipeline_bound),
             pipeline_efficiency: median_of(reports, BenchReport::pipeline_efficiency),
+            replication_efficiency: median_of(reports, BenchReport::replication_efficiency),
             delta_seconds: (0..deltas)
                 .map(|i| median(reports.iter().map(|r| r.deltas[i].seconds).collect()))
                 .collect(),
+            restore_seconds: median_of(reports, |r| r.restore.as_ref().map(|x| x.seconds)),
+            restore_efficiency: median_of(reports, BenchReport::restore_efficiency),
             verify_seconds: median_of(reports, |r| r.verify_seconds),
         }
     }
@@ -424,12 +459,22 @@ fn print_medians(m: &Medians, deltas: &[CycleFigures]) {
         .map(|b| format!("; pipeline bound {}", rate(b)))
         .unwrap_or_default();
     let efficiency = efficiency_text(m.pipeline_efficiency);
+    let with_io = m
+        .replication_efficiency
+        .map(|e| format!(", {:.0}% of the bound with I/O", 100.0 * e))
+        .unwrap_or_default();
     println!(
-        "median of {} runs: initial replication {:.2} s{cpu}, {} of disk{efficiency}{bound}",
+        "median of {} runs: initial replication {:.2} s{cpu}, {} of disk{efficiency}{with_io}{bound}",
         m.runs,
         m.initial_seconds,
         rate(m.initial_bytes_per_sec)
     );
+    if let Some(seconds) = m.restore_seconds {
+        println!(
+            "  restore {seconds:.2} s{}",
+            efficiency_text(m.restore_efficiency)
+        );
+    }
     for (d, seconds) in deltas.iter().zip(&m.delta_seconds) {
         println!(
             "  delta, churn {}%: {seconds:.3} s ({:.1}% of the initial)",
@@ -483,15 +528,43 @@ fn print_report(r: &BenchReport, disk: &str) {
                 rate(s.crc32c)
             );
             println!(
-                "  pipeline bound on {} thread(s): {} of non-zero data",
+                "  restore's: AES-256-GCM open {}, zstd decompress {}",
+                rate(s.aes_256_gcm_open),
+                rate(s.zstd_decompress)
+            );
+            if let Some(io) = &r.io {
+                println!(
+                    "  I/O: source read {}, store write {}, store read {} (records are {:.1}% of the plain bytes)",
+                    rate(io.source_read),
+                    rate(io.store_write),
+                    rate(io.store_read),
+                    100.0 * io.record_ratio
+                );
+            }
+            println!(
+                "  pipeline bound on {} thread(s): {} of non-zero data (transforms only)",
                 r.pipeline_threads,
                 rate(s.pipeline_bound(r.pipeline_threads))
             );
+            if let Some(b) = r.replication_bound() {
+                println!(
+                    "  with the source reads and store writes on {} core(s): {}",
+                    r.cores,
+                    rate(b)
+                );
+            }
         }
         None => println!("stages: not timed (the disk holds no non-zero block)"),
     }
     let i = &r.initial;
-    let efficiency = efficiency_text(r.pipeline_efficiency());
+    let efficiency = match (r.pipeline_efficiency(), r.replication_efficiency()) {
+        (Some(p), Some(w)) => format!(
+            " ({:.0}% of the bound, {:.0}% of the bound with I/O)",
+            100.0 * p,
+            100.0 * w
+        ),
+        (p, _) => efficiency_text(p),
+    };
     println!(
         "initial replication: {:.2} s{}, {} of disk; {} non-zero at {}{efficiency}; stored {} ({:.1}%)",
         i.seconds,
@@ -511,6 +584,23 @@ fn print_report(r: &BenchReport, disk: &str) {
             100.0 * d.seconds / i.seconds.max(1e-9),
             d.blocks_changed,
             HumanBytes(d.bytes_sent)
+        );
+    }
+    if let Some(x) = &r.restore {
+        println!(
+            "restore of the last point: {:.2} s{}, {} of records decoded at {}{}",
+            x.seconds,
+            cpu_text(x.cpu_seconds),
+            HumanBytes(x.bytes_restored),
+            rate(r.restore_rate().unwrap_or(0.0)),
+            match r.restore_bound() {
+                Some(b) => format!(
+                    " ({:.0}% of the restore bound, {})",
+                    100.0 * r.restore_efficiency().unwrap_or(0.0),
+                    rate(b)
+                ),
+                None => String::new(),
+            }
         );
     }
     if let Some(v) = r.verify_seconds {

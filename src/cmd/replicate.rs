@@ -170,6 +170,8 @@ pub struct RestoreArgs {
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    threads: super::Threads,
 }
 
 /// A restore's output while it is written: a temporary file beside the target, published by
@@ -732,6 +734,8 @@ pub struct VerifyArgs {
     name: String,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    threads: super::Threads,
 }
 
 /// Check that every point decrypts, decompresses and matches its Merkle root. Success only
@@ -748,7 +752,9 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let mut bad = read.damaged;
     for manifest in &read.points {
         let replica = read.replica(manifest)?;
-        let outcome = replica.restore(&codec, manifest, read.keys.digest.expose(), |_, _| Ok(()));
+        let outcome = args.threads.run(|| {
+            replica.restore_blocks(&codec, manifest, read.keys.digest.expose(), |_, _| Ok(()))
+        })?;
         if outcome.is_err() {
             bad += 1;
         }
@@ -835,25 +841,29 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
             )
             .map_err(write_error)
     };
-    if as_vhdx {
-        let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
-        let file = vhdx::ReadWriteFile::open(output.temp.path())
-            .with_context(|| output.temp.path().display().to_string())?;
-        let mut writer =
-            vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
+    // Blocks are decoded by the pool; the output is written in block order.
+    args.threads.run(|| -> Result<()> {
+        if as_vhdx {
+            let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
+            let file = vhdx::ReadWriteFile::open(output.temp.path())
+                .with_context(|| output.temp.path().display().to_string())?;
+            let mut writer =
+                vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
+                    .with_context(|| args.output.display().to_string())?;
+            writer.set_bulk(true);
+            restore_into(&mut |at, data| writer.write_at(at, data).map_err(std::io::Error::other))?;
+            writer
+                .flush()
+                .and_then(|()| writer.close())
                 .with_context(|| args.output.display().to_string())?;
-        writer.set_bulk(true);
-        restore_into(&mut |at, data| writer.write_at(at, data).map_err(std::io::Error::other))?;
-        writer
-            .flush()
-            .and_then(|()| writer.close())
-            .with_context(|| args.output.display().to_string())?;
-    } else {
-        let file = output.temp.as_file();
-        restore_into(&mut |at, data| std::os::unix::fs::FileExt::write_all_at(file, data, at))?;
-        file.set_len(manifest.disk_size)
-            .with_context(|| output.temp.path().display().to_string())?;
-    }
+        } else {
+            let file = output.temp.as_file();
+            restore_into(&mut |at, data| std::os::unix::fs::FileExt::write_all_at(file, data, at))?;
+            file.set_len(manifest.disk_size)
+                .with_context(|| output.temp.path().display().to_string())?;
+        }
+        Ok(())
+    })??;
     // Every block and the Merkle root are proven: only now does the output appear.
     output.publish(&args.output)?;
     eprintln!(

@@ -4,6 +4,7 @@
 //! the disk itself is never written: changed blocks are laid over it in memory
 //! ([`ChurnedSource`]), as a change tracker would report them.
 
+pub mod io_stages;
 pub mod synthetic;
 
 use std::collections::BTreeMap;
@@ -20,9 +21,10 @@ use crate::replica::block_record::{block_compressor, BlockCodec};
 use crate::replica::disk_replica::{DiskReplica, Layout};
 use crate::replica::error::ReplicaError;
 use crate::replica::nonce::NonceSource;
+pub use io_stages::IoRates;
 use pageblob::clock::Clock;
 use pageblob::is_zero;
-use pageblob::PageBlobStore;
+use pageblob::{BlobPath, PageBlobStore};
 use synthetic::{ContentKind, RealisticContent};
 
 /// Changed blocks held in memory at once, over all churn levels.
@@ -120,17 +122,35 @@ pub struct StageRates {
     pub aes_256_gcm: f64,
     /// On the stored payloads.
     pub crc32c: f64,
+    /// Decrypting and checking the stored payloads (a restore's), on their bytes.
+    pub aes_256_gcm_open: f64,
+    /// Decompressing the stored payloads, in plain bytes out (blocks stored as they are cost
+    /// nothing here).
+    pub zstd_decompress: f64,
 }
 
 impl StageRates {
     /// Plain bytes per second `threads` cores could push through all four stages, each block
     /// paying every stage (AES-GCM and CRC-32C on its stored size).
     pub fn pipeline_bound(&self, threads: usize) -> f64 {
-        let per_byte = 1.0 / self.blake3_keyed
+        threads as f64 / self.replication_cost()
+    }
+
+    /// Seconds of one core per plain byte for the data stages of a replication.
+    fn replication_cost(&self) -> f64 {
+        1.0 / self.blake3_keyed
             + 1.0 / self.zstd
             + self.stored_ratio / self.aes_256_gcm
-            + self.stored_ratio / self.crc32c;
-        threads as f64 / per_byte
+            + self.stored_ratio / self.crc32c
+    }
+
+    /// Seconds of one core per plain byte for a restore's decoding: CRC-32C, AES-GCM open,
+    /// zstd decompression, BLAKE3 (the records' fetch is in [`IoRates`]).
+    fn restore_decode_cost(&self) -> f64 {
+        self.stored_ratio / self.crc32c
+            + self.stored_ratio / self.aes_256_gcm_open
+            + 1.0 / self.zstd_decompress
+            + 1.0 / self.blake3_keyed
     }
 }
 
@@ -158,14 +178,29 @@ pub struct BenchReport {
     pub zstd_level: i32,
     pub encrypt: bool,
     pub upload_threads: usize,
-    /// Worker threads of the pipeline (rayon).
+    /// Worker threads of the pipeline (rayon), which also restore.
     pub pipeline_threads: usize,
+    /// Cores the process may run on.
+    pub cores: usize,
     /// `None` when the disk holds no non-zero block to time the stages on.
     pub stages: Option<StageRates>,
+    /// Timed with the stages.
+    pub io: Option<IoRates>,
     pub initial: CycleFigures,
     pub deltas: Vec<CycleFigures>,
+    /// The last point restored (not written anywhere), when asked to verify.
+    pub restore: Option<RestoreFigures>,
     /// Seconds to restore the last point and compare it with the disk, when asked.
     pub verify_seconds: Option<f64>,
+}
+
+/// The last point's restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreFigures {
+    pub seconds: f64,
+    pub cpu_seconds: Option<f64>,
+    /// Plain bytes of the records decoded (zero blocks are not stored and cost nothing).
+    pub bytes_restored: u64,
 }
 
 impl BenchReport {
@@ -183,8 +218,50 @@ impl BenchReport {
 
     /// Non-zero bytes per second of the initial replication against [`Self::pipeline_bound`].
     pub fn pipeline_efficiency(&self) -> Option<f64> {
-        let rate = self.initial.bytes_changed as f64 / self.initial.seconds.max(1e-9);
-        self.pipeline_bound().map(|bound| rate / bound)
+        self.pipeline_bound()
+            .map(|bound| self.initial_nonzero_rate() / bound)
+    }
+
+    fn initial_nonzero_rate(&self) -> f64 {
+        self.initial.bytes_changed as f64 / self.initial.seconds.max(1e-9)
+    }
+
+    /// The bound with the I/O stages: the pipeline's threads do the transforms, and the
+    /// machine's cores do everything, the source reads and the store's writes included.
+    pub fn replication_bound(&self) -> Option<f64> {
+        let (stages, io) = (self.stages.as_ref()?, self.io.as_ref()?);
+        let data = stages.replication_cost();
+        let all = data + io.replication_cost();
+        let threads = self.pipeline_threads as f64;
+        let cores = self.cores as f64;
+        Some((threads / data).min(cores / all))
+    }
+
+    /// Non-zero bytes per second of the initial replication against
+    /// [`Self::replication_bound`].
+    pub fn replication_efficiency(&self) -> Option<f64> {
+        self.replication_bound()
+            .map(|bound| self.initial_nonzero_rate() / bound)
+    }
+
+    /// Plain bytes per second of records a restore on the pipeline's threads could decode:
+    /// fetch, CRC-32C, AES-GCM open, zstd decompression and BLAKE3 for every block.
+    pub fn restore_bound(&self) -> Option<f64> {
+        let (stages, io) = (self.stages.as_ref()?, self.io.as_ref()?);
+        let per_byte = stages.restore_decode_cost() + io.restore_cost();
+        Some(self.pipeline_threads.min(self.cores) as f64 / per_byte)
+    }
+
+    /// Plain bytes per second the restore decoded.
+    pub fn restore_rate(&self) -> Option<f64> {
+        self.restore
+            .as_ref()
+            .map(|r| r.bytes_restored as f64 / r.seconds.max(1e-9))
+    }
+
+    /// [`Self::restore_rate`] against [`Self::restore_bound`].
+    pub fn restore_efficiency(&self) -> Option<f64> {
+        Some(self.restore_rate()? / self.restore_bound()?)
     }
 }
 
@@ -269,7 +346,7 @@ fn sample_blocks(
     source: &dyn BlockSource,
     layout: &Layout,
     sample_bytes: u64,
-) -> Result<Vec<Vec<u8>>, BenchError> {
+) -> Result<Vec<(u64, Vec<u8>)>, BenchError> {
     let blocks = layout.blocks();
     let wanted = (sample_bytes / u64::from(layout.block_size)).max(1);
     let stride = (blocks / wanted).max(1);
@@ -296,7 +373,7 @@ fn sample_blocks(
         read += len;
         if !is_zero(&data) {
             taken += len;
-            out.push(data);
+            out.push((block, data));
         }
     }
     Ok(out)
@@ -304,14 +381,24 @@ fn sample_blocks(
 
 /// Timed passes per stage; the fastest counts (the others met page faults, cold caches or
 /// a busy neighbour).
-const PASSES: usize = 3;
+pub(crate) const PASSES: usize = 3;
 
 /// Bytes per second of the fastest of [`PASSES`] runs of `pass`, which handles `bytes`.
 fn best_rate(bytes: u64, mut pass: impl FnMut()) -> f64 {
+    best_rate_prepared(bytes, || (), |()| pass())
+}
+
+/// [`best_rate`] of a pass that consumes what `prepare` makes for it (untimed).
+pub(crate) fn best_rate_prepared<T>(
+    bytes: u64,
+    mut prepare: impl FnMut() -> T,
+    mut pass: impl FnMut(T),
+) -> f64 {
     let best = (0..PASSES)
         .map(|_| {
+            let input = prepare();
             let start = Instant::now();
-            pass();
+            pass(input);
             start.elapsed()
         })
         .min()
@@ -322,6 +409,15 @@ fn best_rate(bytes: u64, mut pass: impl FnMut()) -> f64 {
 /// Time each stage alone on `sample` (single-threaded, as one pipeline thread runs them, with
 /// one reused zstd context per block length, as the pipeline keeps one per thread).
 pub fn stage_rates(sample: &[Vec<u8>], zstd_level: i32, digest_key: &[u8; 32]) -> StageRates {
+    stage_rates_and_lengths(sample, zstd_level, digest_key).0
+}
+
+/// [`stage_rates`], and the stored payload length of each sample block.
+fn stage_rates_and_lengths(
+    sample: &[Vec<u8>],
+    zstd_level: i32,
+    digest_key: &[u8; 32],
+) -> (StageRates, Vec<usize>) {
     let plain: u64 = sample.iter().map(|b| b.len() as u64).sum();
     let blake3_keyed = best_rate(plain, || {
         for block in sample {
@@ -352,35 +448,74 @@ pub fn stage_rates(sample: &[Vec<u8>], zstd_level: i32, digest_key: &[u8; 32]) -
             .collect();
     });
     let stored_bytes: u64 = stored.iter().map(|b| b.len() as u64).sum();
+    // Sealed under the digest key with counter nonces: these payloads are timed and dropped,
+    // never stored.
     let cipher = Aes256Gcm::new_from_slice(digest_key).expect("32-byte key");
+    let nonce = |i: usize| {
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        Nonce::from(nonce)
+    };
+    let seal = |payloads: &mut [Vec<u8>]| -> Vec<Option<aes_gcm::Tag>> {
+        payloads
+            .iter_mut()
+            .enumerate()
+            .map(|(i, payload)| {
+                cipher
+                    .encrypt_inout_detached(&nonce(i), b"bench", payload.as_mut_slice().into())
+                    .ok()
+            })
+            .collect()
+    };
     let mut scratch = stored.clone();
     let aes_256_gcm = best_rate(stored_bytes, || {
-        for (i, payload) in scratch.iter_mut().enumerate() {
-            let mut nonce = [0u8; 12];
-            nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            let tag = cipher
-                .encrypt_inout_detached(
-                    &Nonce::from(nonce),
-                    b"bench",
-                    payload.as_mut_slice().into(),
-                )
-                .expect("AES-GCM encrypts any length we use");
-            std::hint::black_box(tag);
-        }
+        std::hint::black_box(seal(&mut scratch));
     });
+    let mut sealed = stored.clone();
+    let tags = seal(&mut sealed);
+    let aes_256_gcm_open = best_rate_prepared(
+        stored_bytes,
+        || sealed.clone(),
+        |mut copies| {
+            for (i, (payload, tag)) in copies.iter_mut().zip(&tags).enumerate() {
+                let opened = tag.as_ref().map(|tag| {
+                    cipher.decrypt_inout_detached(
+                        &nonce(i),
+                        b"bench",
+                        payload.as_mut_slice().into(),
+                        tag,
+                    )
+                });
+                std::hint::black_box(opened.is_some_and(|r| r.is_ok()));
+            }
+        },
+    );
     let crc32c = best_rate(stored_bytes, || {
         for payload in &stored {
             std::hint::black_box(crc32c::crc32c(payload));
         }
     });
-    StageRates {
+    let mut decompressor = zstd::bulk::Decompressor::new().ok();
+    let mut out = vec![0u8; sample.iter().map(Vec::len).max().unwrap_or(0)];
+    let zstd_decompress = best_rate(plain, || {
+        for (block, payload) in sample.iter().zip(&stored) {
+            if let (true, Some(d)) = (payload.len() < block.len(), decompressor.as_mut()) {
+                let done = d.decompress_to_buffer(payload, &mut out[..block.len()]);
+                std::hint::black_box(done.is_ok());
+            }
+        }
+    });
+    let rates = StageRates {
         sample_bytes: plain,
         blake3_keyed,
         zstd,
         stored_ratio: stored_bytes as f64 / plain.max(1) as f64,
         aes_256_gcm,
         crc32c,
-    }
+        aes_256_gcm_open,
+        zstd_decompress,
+    };
+    (rates, stored.iter().map(Vec::len).collect())
 }
 
 /// What a bench run writes to and reads from.
@@ -411,12 +546,30 @@ pub fn run_bench(
     let keys = target.identity.disk_keys(target.name);
 
     stage("stages");
-    let sample = sample_blocks(source, &layout, config.stage_sample_bytes)?;
-    let stages =
-        (!sample.is_empty()).then(|| stage_rates(&sample, config.zstd_level, keys.digest.expose()));
+    let (positions, sample): (Vec<u64>, Vec<Vec<u8>>) =
+        sample_blocks(source, &layout, config.stage_sample_bytes)?
+            .into_iter()
+            .unzip();
+    let timed = (!sample.is_empty())
+        .then(|| stage_rates_and_lengths(&sample, config.zstd_level, keys.digest.expose()));
     drop(sample);
 
     let replica = DiskReplica::open(target.store, target.container, target.name, layout)?;
+    let (stages, io) = match timed {
+        Some((rates, stored_lens)) => {
+            let scratch = BlobPath::new(target.container, &format!("{}.stages", target.name));
+            let io = io_stages::io_rates(
+                source,
+                &layout,
+                &positions,
+                &stored_lens,
+                target.store,
+                &scratch,
+            )?;
+            (Some(rates), Some(io))
+        }
+        None => (None, None),
+    };
     let mut nonces = NonceSource::new_epoch(&mut rand_chacha::ChaCha8Rng::from_os_rng());
     let mut churned = ChurnedSource::new(source, config.block_size);
     let mut cache = None;
@@ -484,12 +637,28 @@ pub fn run_bench(
         deltas.push(cycle(&churned, selection, Some(percent))?);
     }
 
-    let verify_seconds = if config.verify {
-        stage("verify");
-        let start = Instant::now();
+    let (restore, verify_seconds) = if config.verify {
         let points = replica.points(keys.digest.expose())?;
         let last = points.last().ok_or(BenchError::NoPoint)?;
         let codec = BlockCodec::new(&keys, config.zstd_level, config.encrypt);
+        // The restore alone, as `verify` runs it: every record fetched, opened, decompressed
+        // and hashed by the pool, the Merkle root proven; the blocks go nowhere.
+        stage("restore");
+        let cpu = process_cpu_seconds();
+        let start = Instant::now();
+        let mut bytes_restored = 0u64;
+        replica.restore_blocks(&codec, last, keys.digest.expose(), |_, data| {
+            bytes_restored += data.map_or(0, |d| d.len() as u64);
+            Ok(())
+        })?;
+        let restore = RestoreFigures {
+            seconds: start.elapsed().as_secs_f64(),
+            cpu_seconds: cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a),
+            bytes_restored,
+        };
+        // Then again, each block compared with the disk as the last cycle saw it.
+        stage("verify");
+        let start = Instant::now();
         let mut expected = Vec::new();
         let mut mismatch = None;
         replica.restore(&codec, last, keys.digest.expose(), |block, bytes| {
@@ -505,9 +674,9 @@ pub fn run_bench(
         if let Some(block) = mismatch {
             return Err(BenchError::Mismatch { block });
         }
-        Some(start.elapsed().as_secs_f64())
+        (Some(restore), Some(start.elapsed().as_secs_f64()))
     } else {
-        None
+        (None, None)
     };
 
     Ok(BenchReport {
@@ -518,9 +687,12 @@ pub fn run_bench(
         encrypt: config.encrypt,
         upload_threads: config.upload_threads,
         pipeline_threads: rayon::current_num_threads(),
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
         stages,
+        io,
         initial,
         deltas,
+        restore,
         verify_seconds,
     })
 }
@@ -613,15 +785,47 @@ mod tests {
             .filter(|b| b.iter().any(|&x| x != 0))
             .count() as u64;
         let stages = std::sync::Mutex::new(Vec::new());
-        let report = with_target(|t| {
-            run_bench(&disk, t, &config(&[1.0, 10.0]), &|s| {
+        let (report, blobs) = with_target(|t| {
+            let report = run_bench(&disk, t, &config(&[1.0, 10.0]), &|s| {
                 stages.lock().unwrap().push(s.to_string())
-            })
-        })
-        .unwrap();
+            });
+            let blobs: Vec<String> = t
+                .store
+                .list_blobs("bench", false)
+                .unwrap()
+                .into_iter()
+                .map(|b| b.name)
+                .collect();
+            (report, blobs)
+        });
+        let report = report.unwrap();
         assert_eq!(
             stages.into_inner().unwrap(),
-            ["stages", "initial", "churn 1%", "churn 10%", "verify"]
+            [
+                "stages",
+                "initial",
+                "churn 1%",
+                "churn 10%",
+                "restore",
+                "verify"
+            ]
+        );
+        // The I/O stages' scratch blobs are gone; the replica's blobs stay.
+        assert!(blobs.iter().all(|b| !b.contains(".stages")), "{blobs:?}");
+        assert!(blobs.contains(&"d.replica".to_string()), "{blobs:?}");
+        let io = report.io.as_ref().unwrap();
+        assert!(io.source_read > 0.0 && io.store_write > 0.0 && io.store_read > 0.0);
+        // Records are a header page and the payload: more than the stored payloads alone.
+        assert!(io.record_ratio > report.stages.as_ref().unwrap().stored_ratio);
+        let restore = report.restore.as_ref().unwrap();
+        assert!(restore.bytes_restored > 0 && restore.bytes_restored <= 384 * 16384);
+        assert!(report.restore_bound().unwrap() > 0.0);
+        // The I/O stages can only lower the bound.
+        let with_io = report.replication_bound().unwrap();
+        let transforms = report.pipeline_bound().unwrap();
+        assert!(
+            with_io > 0.0 && with_io <= transforms,
+            "{with_io} {transforms}"
         );
         assert_eq!(report.blocks, 384);
         assert_eq!(report.initial.blocks_changed, nonzero_blocks);
@@ -726,7 +930,7 @@ mod tests {
         let sample = sample_blocks(&tail, &layout, 2 << 20).unwrap();
         assert_eq!(sample.len(), 8);
         assert_eq!(tail.read.load(Ordering::Relaxed), 32 << 20);
-        assert!(sample.iter().all(|b| b.iter().all(|&x| x == 5)));
+        assert!(sample.iter().all(|b| b.1.iter().all(|&x| x == 5)));
     }
 
     proptest::proptest! {

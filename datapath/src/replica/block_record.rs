@@ -233,7 +233,19 @@ impl BlockCodec {
 
     /// Decode a record read from block `expected_index`'s slot.
     pub fn decode(&self, record: &[u8], expected_index: u64) -> Result<Vec<u8>, RecordError> {
-        let header = SlotHeader::decode(record)?;
+        self.decode_owned(record.to_vec(), expected_index)
+            .map(|(block, _)| block)
+    }
+
+    /// [`decode`](Self::decode) of a record the caller gives up: the payload is authenticated
+    /// and decrypted in place (no copy), and the block's keyed digest — already checked
+    /// against the header's — comes back with it.
+    pub fn decode_owned(
+        &self,
+        mut record: Vec<u8>,
+        expected_index: u64,
+    ) -> Result<(Vec<u8>, [u8; 32]), RecordError> {
+        let header = SlotHeader::decode(&record)?;
         if header.block_index != expected_index {
             return Err(RecordError::WrongBlock {
                 expected: expected_index,
@@ -247,8 +259,9 @@ impl BlockCodec {
                 available,
             });
         }
-        let mut payload = record[HEADER_SIZE..HEADER_SIZE + header.stored_len as usize].to_vec();
-        let actual = crc32c::crc32c(&payload);
+        record.truncate(HEADER_SIZE + header.stored_len as usize);
+        let payload = &mut record[HEADER_SIZE..];
+        let actual = crc32c::crc32c(payload);
         if actual != header.payload_crc {
             return Err(RecordError::PayloadChecksum {
                 stored: header.payload_crc,
@@ -262,7 +275,7 @@ impl BlockCodec {
                 .decrypt_inout_detached(
                     &Nonce::from(header.nonce),
                     &aad,
-                    payload.as_mut_slice().into(),
+                    (&mut *payload).into(),
                     &Tag::from(header.tag),
                 )
                 .map_err(|_| RecordError::Authentication)?;
@@ -277,11 +290,12 @@ impl BlockCodec {
                     }
                     slot.as_mut()
                         .expect("just set")
-                        .decompress(&payload, header.plain_len as usize)
+                        .decompress(payload, header.plain_len as usize)
                 })
                 .map_err(|e| RecordError::Decompress(e.to_string()))?
         } else {
-            payload
+            record.drain(..HEADER_SIZE);
+            record
         };
         if block.len() != header.plain_len as usize {
             return Err(RecordError::Length {
@@ -292,6 +306,6 @@ impl BlockCodec {
         if self.digest(&block) != header.digest {
             return Err(RecordError::Digest);
         }
-        Ok(block)
+        Ok((block, header.digest))
     }
 }

@@ -15,12 +15,9 @@
 use super::block_record::{BlockCodec, Encoded};
 use super::error::ReplicaError;
 use super::manifest::{Consistency, Manifest};
-use super::merkle::merkle_root;
 use super::slot_header::{SlotHeader, HEADER_SIZE};
 use super::staging_log::StagingLog;
-use pageblob::{
-    BlobPath, Conditions, ErrorCode, PageBlobStore, StoreError, MAX_PUT_PAGES_BYTES, PAGE_SIZE,
-};
+use pageblob::{BlobPath, Conditions, ErrorCode, PageBlobStore, MAX_PUT_PAGES_BYTES, PAGE_SIZE};
 
 /// Bytes per journal slot (a manifest is ~160 bytes).
 pub const JOURNAL_SLOT: u64 = 4096;
@@ -361,7 +358,7 @@ impl<'a> DiskReplica<'a> {
         self.written_ranges_at(path, None)
     }
 
-    fn written_ranges_at(
+    pub(super) fn written_ranges_at(
         &self,
         path: &BlobPath,
         snapshot: Option<&str>,
@@ -481,15 +478,39 @@ impl<'a> DiskReplica<'a> {
         snapshot: Option<&str>,
         block: u64,
     ) -> Result<Option<(SlotHeader, Vec<u8>)>, ReplicaError> {
+        let Some(record) = self.fetch_record(snapshot, block)? else {
+            return Ok(None);
+        };
+        let header = SlotHeader::decode(&record).map_err(|e| ReplicaError::Block {
+            point: point_name(snapshot),
+            block,
+            source: e.into(),
+        })?;
+        codec
+            .decode(&record, block)
+            .map(|data| Some((header, data)))
+            .map_err(|source| ReplicaError::Block {
+                point: point_name(snapshot),
+                block,
+                source,
+            })
+    }
+
+    /// The raw record in block `block`'s slot (header and stored payload, not checked beyond
+    /// the header's shape); `None` for a cleared slot.
+    pub fn fetch_record(
+        &self,
+        snapshot: Option<&str>,
+        block: u64,
+    ) -> Result<Option<Vec<u8>>, ReplicaError> {
         let at = self.layout.slot_offset(block);
-        let point = snapshot.unwrap_or("(current)").to_string();
         let mut head = vec![0u8; HEADER_SIZE];
         self.store.read(&self.data, snapshot, at, &mut head)?;
         if head.iter().all(|&b| b == 0) {
             return Ok(None);
         }
         let header = SlotHeader::decode(&head).map_err(|e| ReplicaError::Block {
-            point: point.clone(),
+            point: point_name(snapshot),
             block,
             source: e.into(),
         })?;
@@ -502,14 +523,7 @@ impl<'a> DiskReplica<'a> {
             at + HEADER_SIZE as u64,
             &mut record[HEADER_SIZE..],
         )?;
-        codec
-            .decode(&record, block)
-            .map(|data| Some((header, data)))
-            .map_err(|source| ReplicaError::Block {
-                point,
-                block,
-                source,
-            })
+        Ok(Some(record))
     }
 
     /// Commit a point: snapshot the data blob, then write its manifest into journal slot
@@ -668,77 +682,9 @@ impl<'a> DiskReplica<'a> {
         out.sort_by_key(|m| m.sequence);
         Ok(out)
     }
+}
 
-    /// Restore a point block by block (`sink` gets each block in order), verifying every
-    /// record and, at the end, the Merkle root.
-    pub fn restore(
-        &self,
-        codec: &BlockCodec,
-        manifest: &Manifest,
-        digest_key: &[u8; 32],
-        mut sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
-    ) -> Result<(), ReplicaError> {
-        let mut zero = Vec::new();
-        self.restore_blocks(codec, manifest, digest_key, |block, data| match data {
-            Some(data) => sink(block, data),
-            None => {
-                zero.resize(self.layout.block_len(block) as usize, 0);
-                sink(block, &zero)
-            }
-        })
-    }
-
-    /// [`restore`](Self::restore), telling zero blocks (cleared slots) apart: `sink` gets
-    /// `None` for them, so a caller can skip them without looking at their bytes.
-    pub fn restore_blocks(
-        &self,
-        codec: &BlockCodec,
-        manifest: &Manifest,
-        digest_key: &[u8; 32],
-        mut sink: impl FnMut(u64, Option<&[u8]>) -> std::io::Result<()>,
-    ) -> Result<(), ReplicaError> {
-        let mut digests = Vec::with_capacity(self.layout.blocks() as usize);
-        // Cleared slots (zero blocks) are common: their digest is computed once per length,
-        // and slots outside the snapshot's written page ranges are not read at all.
-        let mut zero: Option<(u64, [u8; 32])> = None;
-        let written = self.written_ranges_at(&self.data, Some(&manifest.snapshot))?;
-        let mut next_range = written.iter().peekable();
-        let slot = self.layout.slot_size();
-        for block in 0..self.layout.blocks() {
-            let len = self.layout.block_len(block);
-            let (start, end) = (block * slot, (block + 1) * slot);
-            while next_range.peek().is_some_and(|&&(_, e)| e <= start) {
-                next_range.next();
-            }
-            let maybe_written = next_range.peek().is_some_and(|&&(s, _)| s < end);
-            let record = if maybe_written {
-                self.read_record(codec, Some(&manifest.snapshot), block)?
-            } else {
-                None
-            };
-            let sunk = match record {
-                Some((_, data)) => {
-                    digests.push(codec.digest(&data));
-                    sink(block, Some(&data))
-                }
-                None => {
-                    if zero.is_none_or(|(l, _)| l != len) {
-                        zero = Some((len, codec.digest(&vec![0u8; len as usize])));
-                    }
-                    digests.push(zero.expect("just set").1);
-                    sink(block, None)
-                }
-            };
-            sunk.map_err(|e| StoreError::Io {
-                path: "restore output".into(),
-                source: e,
-            })?;
-        }
-        if merkle_root(digest_key, &digests) != manifest.merkle_root {
-            return Err(ReplicaError::MerkleMismatch {
-                point: manifest.snapshot.clone(),
-            });
-        }
-        Ok(())
-    }
+/// How errors name the point a block was read from.
+pub(crate) fn point_name(snapshot: Option<&str>) -> String {
+    snapshot.unwrap_or("(current)").to_string()
 }

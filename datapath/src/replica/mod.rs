@@ -1,9 +1,9 @@
 //! The replica of a disk in page blobs: how one block is stored in its slot ([`slot_header`]),
 //! how it gets there and back ([`block_record`]: keyed digest, zero detection, zstd,
 //! AES-256-GCM, CRC-32C), where the GCM nonces come from ([`nonce`]), the recovery-point
-//! [`manifest`] and the [`merkle`] tree its root comes from, the replica's blobs and restore ([`disk_replica`]) and what it may be called
-//! ([`replica_name`]), and the premium
-//! [`staging_log`]. Format: docs/replica-format.md.
+//! [`manifest`] and the [`merkle`] tree its root comes from, the replica's blobs
+//! ([`disk_replica`]), how a point comes back ([`restore`]), what a replica may be called
+//! ([`replica_name`]), and the premium [`staging_log`]. Format: docs/replica-format.md.
 
 pub mod batch;
 pub mod block_record;
@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod merkle;
 pub mod nonce;
 pub mod replica_name;
+pub mod restore;
 pub mod slot_header;
 pub mod staging_log;
 pub mod staging_log_format;

@@ -1,0 +1,183 @@
+//! The stages of the data path that move bytes instead of transforming them, timed alone on
+//! the bench's sample as the pipeline meets them: a block copied out of the source, its record
+//! written into the target store, and read back from it (a restore's fetch). With the
+//! transforms of [`super::StageRates`] they make the bounds `bench` holds the initial
+//! replication and the restore to: on a machine with as many cores as pipeline threads, the
+//! kernel's copies into and out of the store are paid from the same cores as zstd.
+
+use serde::Serialize;
+
+use super::{best_rate, best_rate_prepared, BenchError, PASSES};
+use crate::cycle::BlockSource;
+use crate::replica::disk_replica::Layout;
+use crate::replica::error::ReplicaError;
+use crate::replica::slot_header::HEADER_SIZE;
+use pageblob::{
+    BlobPath, Conditions, DeleteSnapshots, ErrorCode, PageBlobStore, StoreError,
+    MAX_PUT_PAGES_BYTES,
+};
+
+/// Single-thread throughput of the I/O stages.
+#[derive(Debug, Clone, Serialize)]
+pub struct IoRates {
+    /// Copying blocks out of the source, in plain bytes per second.
+    pub source_read: f64,
+    /// Record bytes (slot header, stored payload, padding to whole pages) per plain byte.
+    pub record_ratio: f64,
+    /// Put Page of the records into a scratch blob of the target store, in record bytes per
+    /// second.
+    pub store_write: f64,
+    /// Reading them back, in record bytes per second.
+    pub store_read: f64,
+}
+
+impl IoRates {
+    /// Seconds of one core per plain byte that a replication spends outside its transforms.
+    pub(crate) fn replication_cost(&self) -> f64 {
+        1.0 / self.source_read + self.record_ratio / self.store_write
+    }
+
+    /// Seconds of one core per plain byte that a restore spends fetching records.
+    pub(crate) fn restore_cost(&self) -> f64 {
+        self.record_ratio / self.store_read
+    }
+}
+
+/// Time the I/O stages on the sample: `blocks[i]` is where `stored_lens[i]` (its stored
+/// payload's length) came from. Scratch blobs named after `scratch` are created in the store
+/// and deleted again, whatever happens in between.
+pub fn io_rates(
+    source: &dyn BlockSource,
+    layout: &Layout,
+    blocks: &[u64],
+    stored_lens: &[usize],
+    store: &dyn PageBlobStore,
+    scratch: &BlobPath,
+) -> Result<IoRates, BenchError> {
+    let plain: u64 = blocks.iter().map(|&b| layout.block_len(b)).sum();
+    let mut buf = vec![0u8; layout.block_size as usize];
+    let mut read_error = None;
+    let source_read = best_rate(plain, || {
+        for &block in blocks {
+            let offset = block * u64::from(layout.block_size);
+            let len = layout.block_len(block) as usize;
+            if let Err(e) = source.read_at(offset, &mut buf[..len]) {
+                read_error.get_or_insert(BenchError::Source { offset, source: e });
+            }
+        }
+    });
+    if let Some(e) = read_error {
+        return Err(e);
+    }
+    // Records as the cycle stores them: a header page and the payload, padded to pages, one
+    // after another (their content does not matter to the store).
+    let records: Vec<u64> = stored_lens
+        .iter()
+        .map(|&len| (HEADER_SIZE + len).next_multiple_of(512) as u64)
+        .collect();
+    let record_bytes: u64 = records.iter().sum();
+    // Each write pass into a new blob: a cycle writes into pages the store never held, which
+    // costs the kernel more than overwriting them.
+    let passes: Vec<BlobPath> = (0..PASSES)
+        .map(|i| BlobPath::new(&scratch.container, &format!("{}.{i}", scratch.blob)))
+        .collect();
+    let timed = time_store(store, &passes, &records, record_bytes);
+    let mut deleted = Ok(());
+    for path in &passes {
+        let gone = store.delete_blob(
+            path,
+            None,
+            Some(DeleteSnapshots::Include),
+            &Conditions::default(),
+        );
+        match gone {
+            Err(e) if e.code() != Some(ErrorCode::BlobNotFound) => deleted = Err(e),
+            _ => {}
+        }
+    }
+    let (store_write, store_read) = timed?;
+    deleted.map_err(ReplicaError::from)?;
+    Ok(IoRates {
+        source_read,
+        record_ratio: record_bytes as f64 / plain.max(1) as f64,
+        store_write,
+        store_read,
+    })
+}
+
+/// Write every record into a new blob per pass and read them back from the last, best of
+/// [`PASSES`] each.
+fn time_store(
+    store: &dyn PageBlobStore,
+    passes: &[BlobPath],
+    records: &[u64],
+    record_bytes: u64,
+) -> Result<(f64, f64), BenchError> {
+    let largest = records.iter().copied().max().unwrap_or(0) as usize;
+    // Incompressible bytes, as encrypted payloads are.
+    let mut content = vec![0u8; largest];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in content.chunks_mut(8) {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    let size = record_bytes.max(512);
+    let mut error: Option<StoreError> = None;
+    let mut next = passes.iter();
+    let store_write = best_rate_prepared(
+        record_bytes,
+        || {
+            let path = next.next().unwrap_or(&passes[0]);
+            store
+                .create_page_blob(path, size, 0, &Conditions::default())
+                .map(|_| path)
+        },
+        |created| {
+            let path = match created {
+                Ok(path) => path,
+                Err(e) => {
+                    error.get_or_insert(e);
+                    return;
+                }
+            };
+            let mut at = 0u64;
+            for &len in records {
+                for (i, chunk) in content[..len as usize]
+                    .chunks(MAX_PUT_PAGES_BYTES as usize)
+                    .enumerate()
+                {
+                    let offset = at + i as u64 * MAX_PUT_PAGES_BYTES;
+                    if let Err(e) = store.put_pages(path, offset, chunk, &Conditions::default()) {
+                        error.get_or_insert(e);
+                    }
+                }
+                at += len;
+            }
+        },
+    );
+    if let Some(e) = error {
+        return Err(ReplicaError::from(e).into());
+    }
+    // Fetched as a restore fetches a record: its header, then the rest.
+    let read_from = &passes[passes.len() - 1];
+    let mut buf = vec![0u8; largest];
+    let store_read = best_rate(record_bytes, || {
+        let mut at = 0u64;
+        for &len in records {
+            let (head, rest) = buf[..len as usize].split_at_mut(HEADER_SIZE);
+            let read = store
+                .read(read_from, None, at, head)
+                .and_then(|()| store.read(read_from, None, at + HEADER_SIZE as u64, rest));
+            if let Err(e) = read {
+                error.get_or_insert(e);
+            }
+            at += len;
+        }
+    });
+    match error {
+        Some(e) => Err(ReplicaError::from(e).into()),
+        None => Ok((store_write, store_read)),
+    }
+}

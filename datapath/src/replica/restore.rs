@@ -1,0 +1,231 @@
+//! Restoring a recovery point (the RTO of every failover): every slot the point's snapshot
+//! holds is fetched, authenticated, decompressed and hashed by the rayon pool the caller runs
+//! in, a group of blocks at a time; the next group is decoded while the caller's sink takes the
+//! last one, in block order. The Merkle root of all the blocks' digests is proven against the
+//! manifest before the restore returns `Ok`, so a caller publishes its output only then.
+//!
+//! Records are fetched by the pool too ([`Fetch::Parallel`]), or one after another by the
+//! calling thread in block order ([`Fetch::InOrder`]): the simulator's stores draw their
+//! faults per call in a seeded order, and the order of the calls must not depend on thread
+//! scheduling. Either way the sink sees the same blocks in the same order.
+
+use rayon::prelude::*;
+
+use super::block_record::BlockCodec;
+use super::disk_replica::{point_name, DiskReplica};
+use super::error::ReplicaError;
+use super::manifest::Manifest;
+use super::merkle::merkle_root;
+use pageblob::StoreError;
+
+/// Bytes of blocks decoded together (at most 128 blocks, at least 2).
+const GROUP_BYTES: u64 = 8 << 20;
+
+/// How a restore reads the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// The pool's threads read records, as many at once as there are threads.
+    Parallel,
+    /// The calling thread reads records one after another in block order, while the pool
+    /// decodes the group before; the store sees the same calls in the same order every time.
+    InOrder,
+}
+
+/// One block as the pool leaves it: its bytes (`None`: a zero block, never stored) and the
+/// keyed digest that goes into the Merkle tree.
+struct Restored {
+    data: Option<Vec<u8>>,
+    digest: [u8; 32],
+}
+
+type Fetched = Result<Option<Vec<u8>>, ReplicaError>;
+
+impl DiskReplica<'_> {
+    /// Restore a point block by block (`sink` gets every block in order, zero blocks as
+    /// zeros), verifying every record and, at the end, the Merkle root.
+    pub fn restore(
+        &self,
+        codec: &BlockCodec,
+        manifest: &Manifest,
+        digest_key: &[u8; 32],
+        mut sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ReplicaError> {
+        let mut zero = Vec::new();
+        self.restore_blocks(codec, manifest, digest_key, |block, data| match data {
+            Some(data) => sink(block, data),
+            None => {
+                zero.resize(self.layout.block_len(block) as usize, 0);
+                sink(block, &zero)
+            }
+        })
+    }
+
+    /// [`restore`](Self::restore), telling zero blocks (cleared slots) apart: `sink` gets
+    /// `None` for them, so a caller can skip them without looking at their bytes.
+    pub fn restore_blocks(
+        &self,
+        codec: &BlockCodec,
+        manifest: &Manifest,
+        digest_key: &[u8; 32],
+        sink: impl FnMut(u64, Option<&[u8]>) -> std::io::Result<()>,
+    ) -> Result<(), ReplicaError> {
+        self.restore_with(codec, manifest, digest_key, Fetch::Parallel, sink)
+    }
+
+    /// [`restore_blocks`](Self::restore_blocks) with the store read as `fetch` says.
+    pub fn restore_with(
+        &self,
+        codec: &BlockCodec,
+        manifest: &Manifest,
+        digest_key: &[u8; 32],
+        fetch: Fetch,
+        mut sink: impl FnMut(u64, Option<&[u8]>) -> std::io::Result<()>,
+    ) -> Result<(), ReplicaError> {
+        let plan = RestorePlan::new(self, codec, manifest)?;
+        let blocks = self.layout.blocks();
+        let group = (GROUP_BYTES / u64::from(self.layout.block_size)).clamp(2, 128);
+        let mut digests = Vec::with_capacity(blocks as usize);
+        let mut sink_group = |first: u64, group: Vec<Result<Restored, ReplicaError>>| {
+            for (block, restored) in (first..).zip(group) {
+                let restored = restored?;
+                digests.push(restored.digest);
+                sink(block, restored.data.as_deref()).map_err(|e| StoreError::Io {
+                    path: "restore output".into(),
+                    source: e,
+                })?;
+            }
+            Ok::<(), ReplicaError>(())
+        };
+        let starts: Vec<u64> = (0..blocks).step_by(group as usize).collect();
+        let range = |start: u64| start..(start + group).min(blocks);
+        // The group the sink takes next, and (in order) the records fetched for the one after.
+        let mut decoded: Option<(u64, Vec<Result<Restored, ReplicaError>>)> = None;
+        let mut fetched: Option<Vec<Fetched>> = match (fetch, starts.first()) {
+            (Fetch::InOrder, Some(&first)) => Some(range(first).map(|b| plan.fetch(b)).collect()),
+            _ => None,
+        };
+        for (i, &start) in starts.iter().enumerate() {
+            let records = fetched.take();
+            let mut next: Option<Vec<Result<Restored, ReplicaError>>> = None;
+            let mut sunk = Ok(());
+            rayon::in_place_scope(|scope| {
+                let plan = &plan;
+                let out = &mut next;
+                scope.spawn(move |_| {
+                    *out = Some(match records {
+                        Some(records) => records
+                            .into_par_iter()
+                            .enumerate()
+                            .map(|(i, record)| plan.decode(start + i as u64, record))
+                            .collect(),
+                        None => (0..range(start).count())
+                            .into_par_iter()
+                            .map(|i| start + i as u64)
+                            .map(|block| plan.decode(block, plan.fetch(block)))
+                            .collect(),
+                    });
+                });
+                // Meanwhile, on this thread: the group before into the sink, and (in order)
+                // the records of the group after.
+                if let Some((first, group)) = decoded.take() {
+                    sunk = sink_group(first, group);
+                }
+                if let (Fetch::InOrder, Some(&after), true) =
+                    (fetch, starts.get(i + 1), sunk.is_ok())
+                {
+                    fetched = Some(range(after).map(|b| plan.fetch(b)).collect());
+                }
+            });
+            sunk?;
+            decoded = Some((start, next.expect("the decoding task ran")));
+        }
+        if let Some((first, group)) = decoded {
+            sink_group(first, group)?;
+        }
+        if merkle_root(digest_key, &digests) != manifest.merkle_root {
+            return Err(ReplicaError::MerkleMismatch {
+                point: manifest.snapshot.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What every block of one restore needs: the store, which slots the snapshot ever wrote,
+/// and the digests of zero blocks.
+struct RestorePlan<'r, 'a> {
+    replica: &'r DiskReplica<'a>,
+    codec: &'r BlockCodec,
+    snapshot: &'r str,
+    /// The snapshot's written page ranges `[start, end)`, ascending: slots outside them are
+    /// zero blocks and are not read at all.
+    written: Vec<(u64, u64)>,
+    zero_full: [u8; 32],
+    zero_tail: [u8; 32],
+}
+
+impl<'r, 'a> RestorePlan<'r, 'a> {
+    fn new(
+        replica: &'r DiskReplica<'a>,
+        codec: &'r BlockCodec,
+        manifest: &'r Manifest,
+    ) -> Result<Self, ReplicaError> {
+        let layout = replica.layout;
+        let written = replica.written_ranges_at(&replica.data, Some(&manifest.snapshot))?;
+        let full = u64::from(layout.block_size);
+        let tail = layout.block_len(layout.blocks().saturating_sub(1));
+        let zero_full = codec.digest(&vec![0u8; full as usize]);
+        let zero_tail = if tail == full {
+            zero_full
+        } else {
+            codec.digest(&vec![0u8; tail as usize])
+        };
+        Ok(RestorePlan {
+            replica,
+            codec,
+            snapshot: &manifest.snapshot,
+            written,
+            zero_full,
+            zero_tail,
+        })
+    }
+
+    /// The record in `block`'s slot; `None` when the snapshot never wrote the slot's pages or
+    /// the slot was cleared.
+    fn fetch(&self, block: u64) -> Fetched {
+        let slot = self.replica.layout.slot_size();
+        let (start, end) = (block * slot, (block + 1) * slot);
+        let i = self.written.partition_point(|&(_, e)| e <= start);
+        let maybe_written = self.written.get(i).is_some_and(|&(s, _)| s < end);
+        if !maybe_written {
+            return Ok(None);
+        }
+        self.replica.fetch_record(Some(self.snapshot), block)
+    }
+
+    fn decode(&self, block: u64, fetched: Fetched) -> Result<Restored, ReplicaError> {
+        match fetched? {
+            Some(record) => {
+                let (data, digest) = self.codec.decode_owned(record, block).map_err(|source| {
+                    ReplicaError::Block {
+                        point: point_name(Some(self.snapshot)),
+                        block,
+                        source,
+                    }
+                })?;
+                Ok(Restored {
+                    data: Some(data),
+                    digest,
+                })
+            }
+            None => Ok(Restored {
+                data: None,
+                digest: if block + 1 == self.replica.layout.blocks() {
+                    self.zero_tail
+                } else {
+                    self.zero_full
+                },
+            }),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The pipeline and the restore on pools of 1 to 8 threads, on an in-memory disk that costs
+//! nothing to read (so the threads meet as often as they can): the replica's bytes do not
+//! depend on the thread count, every restore gives the disk back with its blocks in order
+//! whichever way the store is read, and a damaged record stops a restore at the first damaged
+//! block, after exactly the blocks before it.
+
+use std::sync::Arc;
+
+use datapath::cycle::{run_cycle, BlockSource, CycleOptions, Selection};
+use datapath::keys::Identity;
+use datapath::replica::block_record::BlockCodec;
+use datapath::replica::disk_replica::{DiskReplica, Layout};
+use datapath::replica::error::ReplicaError;
+use datapath::replica::manifest::Manifest;
+use datapath::replica::nonce::NonceSource;
+use datapath::replica::restore::Fetch;
+use datapath::replica::slot_header::HEADER_SIZE;
+use pageblob::clock::ManualClock;
+use pageblob::data_log::Durability;
+use pageblob::{Conditions, Emulator, PageBlobStore, Profile};
+
+const BLOCK: u32 = 16384;
+/// 300 blocks and a short one: three groups of 128 blocks for the cycle and the restore.
+const SIZE: u64 = 300 * 16384 + 1024;
+const T0: u64 = 1_700_000_000_000_000_000;
+
+struct MemDisk(Vec<u8>);
+
+impl BlockSource for MemDisk {
+    fn disk_size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn is_unallocated(&self, _: u64, _: u64) -> bool {
+        false
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Text-like blocks, some zero, some incompressible, a few repeated.
+fn disk() -> MemDisk {
+    let mut bytes = vec![0u8; SIZE as usize];
+    let mut state = 7u64;
+    for (i, block) in bytes.chunks_mut(BLOCK as usize).enumerate() {
+        match i % 7 {
+            0 => {}
+            1 | 4 => {
+                for v in block.iter_mut() {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    *v = (state >> 56) as u8;
+                }
+            }
+            _ => {
+                for (j, v) in block.iter_mut().enumerate() {
+                    *v = b"the quick brown fox "[(i + j) % 20] ^ (j / 997) as u8;
+                }
+            }
+        }
+    }
+    MemDisk(bytes)
+}
+
+fn store(dir: &std::path::Path) -> Emulator {
+    Emulator::open(
+        dir,
+        Profile::Standard,
+        Durability::Process,
+        Arc::new(ManualClock::new(T0)),
+    )
+    .unwrap()
+}
+
+fn layout() -> Layout {
+    Layout {
+        disk_size: SIZE,
+        block_size: BLOCK,
+    }
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// One scan cycle (nonce epoch 9) on `threads` threads; the point and the data blob's bytes.
+fn replicate(
+    store: &dyn PageBlobStore,
+    id: &Identity,
+    disk: &MemDisk,
+    threads: usize,
+) -> (Manifest, Vec<u8>) {
+    let replica = DiskReplica::open(store, "replicas", "disk", layout()).unwrap();
+    let keys = id.disk_keys("disk");
+    let options = CycleOptions {
+        upload_threads: 3,
+        ..CycleOptions::scan(T0)
+    };
+    let report = pool(threads)
+        .install(|| {
+            run_cycle(
+                &replica,
+                disk,
+                id,
+                &keys,
+                &options,
+                &mut NonceSource::for_epoch(9),
+                &|_| {},
+            )
+        })
+        .unwrap();
+    let mut blob = vec![0u8; (layout().blocks() * layout().slot_size()) as usize];
+    store.read(&replica.data, None, 0, &mut blob).unwrap();
+    (report.point, blob)
+}
+
+/// A restored block: its index and bytes.
+type Block = (u64, Vec<u8>);
+
+/// Restore `point` on `threads` threads; the blocks as the sink saw them, in its order.
+fn restore(
+    store: &dyn PageBlobStore,
+    id: &Identity,
+    point: &Manifest,
+    threads: usize,
+    fetch: Fetch,
+) -> (Vec<Block>, Result<(), ReplicaError>) {
+    let replica = DiskReplica::open(store, "replicas", "disk", layout()).unwrap();
+    let keys = id.disk_keys("disk");
+    let codec = BlockCodec::new(&keys, 1, true);
+    let mut seen = Vec::new();
+    let outcome = pool(threads).install(|| {
+        replica.restore_with(&codec, point, keys.digest.expose(), fetch, |block, data| {
+            let len = layout().block_len(block) as usize;
+            seen.push((block, data.map_or_else(|| vec![0; len], <[u8]>::to_vec)));
+            Ok(())
+        })
+    });
+    (seen, outcome)
+}
+
+fn identity() -> Identity {
+    let (_, pfx) =
+        datapath::registration::register("vault", "host", "pw", &ManualClock::new(T0)).unwrap();
+    Identity::from_pfx(&pfx, "pw").unwrap()
+}
+
+#[test]
+fn the_replica_and_its_restores_do_not_depend_on_the_number_of_threads() {
+    let id = identity();
+    let disk = disk();
+    let mut first: Option<(Manifest, Vec<u8>)> = None;
+    for threads in [1, 2, 3, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let (point, blob) = replicate(&store, &id, &disk, threads);
+        match &first {
+            None => first = Some((point.clone(), blob)),
+            Some((p, b)) => {
+                assert_eq!(point.merkle_root, p.merkle_root, "{threads} threads");
+                assert!(blob == *b, "the data blob differs on {threads} threads");
+            }
+        }
+        for restore_threads in [1, 2, 5] {
+            for fetch in [Fetch::Parallel, Fetch::InOrder] {
+                let (seen, outcome) = restore(&store, &id, &point, restore_threads, fetch);
+                outcome.unwrap();
+                let order: Vec<u64> = seen.iter().map(|(b, _)| *b).collect();
+                assert_eq!(order, (0..layout().blocks()).collect::<Vec<_>>());
+                let bytes: Vec<u8> = seen.into_iter().flat_map(|(_, d)| d).collect();
+                assert!(bytes == disk.0, "{restore_threads} threads, {fetch:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_damaged_record_stops_the_restore_at_the_first_damaged_block() {
+    let id = identity();
+    let disk = disk();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    replicate(&store, &id, &disk, 2);
+    // Damage the payloads of blocks 200 and 250 (both stored: 200 % 7 and 250 % 7 are not
+    // 0), then commit a point that holds them (a cycle that changes nothing).
+    let replica = DiskReplica::open(&store, "replicas", "disk", layout()).unwrap();
+    for block in [250u64, 200] {
+        let at = layout().slot_offset(block);
+        let mut page = vec![0u8; 1024];
+        store.read(&replica.data, None, at, &mut page).unwrap();
+        page[HEADER_SIZE + 100] ^= 0x40;
+        store
+            .put_pages(&replica.data, at, &page, &Conditions::default())
+            .unwrap();
+    }
+    let keys = id.disk_keys("disk");
+    let damaged = run_cycle(
+        &replica,
+        &disk,
+        &id,
+        &keys,
+        &CycleOptions {
+            selection: Selection::Blocks(Vec::new()),
+            ..CycleOptions::scan(T0 + 1)
+        },
+        &mut NonceSource::for_epoch(10),
+        &|_| {},
+    )
+    .unwrap()
+    .point;
+    for threads in [1, 4] {
+        for fetch in [Fetch::Parallel, Fetch::InOrder] {
+            let (seen, outcome) = restore(&store, &id, &damaged, threads, fetch);
+            match outcome {
+                Err(ReplicaError::Block { block: 200, .. }) => {}
+                other => panic!("{threads} threads, {fetch:?}: {other:?}"),
+            }
+            let order: Vec<u64> = seen.iter().map(|(b, _)| *b).collect();
+            assert_eq!(order, (0..200).collect::<Vec<_>>(), "{fetch:?}");
+        }
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# How the data path scales with threads: `drplane bench --runs RUNS --json` on one kept
+# realistic disk for every pipeline-thread count from 1 to THREADS (default: the cores), and a
+# table of the medians: the initial replication against its bounds (transforms only; with the
+# source reads and the store's writes on the machine's cores) and the restore against its own.
+# Saves each count's report as bench-scaling-N.json in OUT (for `drplane bench compare`).
+# Usage: scripts/bench-scaling.sh [SIZE] [RUNS] [THREADS] [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-1G}
+runs=${2:-3}
+threads=${3:-$(nproc)}
+out=${4:-target/bench-scaling}
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo build --release -q -j2 --bin drplane
+bin=$PWD/target/release/drplane
+"$bin" bench make-disk "$work/disk.raw" --size "$size" > /dev/null
+for n in $(seq 1 "$threads"); do
+  "$bin" bench --disk "$work/disk.raw" --churn none --runs "$runs" --json \
+    --pipeline-threads "$n" > "$out/bench-scaling-$n.json"
+done
+python3 - "$out" "$threads" "$size" "$runs" <<'PY'
+import json, sys
+out, threads = sys.argv[1], int(sys.argv[2])
+print(f"{sys.argv[3]} realistic disk, medians of {sys.argv[4]} runs")
+print("threads  initial s  CPU s  of bound  with I/O  restore s  of restore bound")
+pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
+for n in range(1, threads + 1):
+    r = json.load(open(f"{out}/bench-scaling-{n}.json"))
+    f = r["figures"]
+    print(f"{n:7}  {f['initial_seconds']:9.2f}  {f.get('initial_cpu_seconds', 0):5.2f}  "
+          f"{pct(f.get('pipeline_efficiency')):>8}  {pct(f.get('replication_efficiency')):>8}  "
+          f"{f.get('restore_seconds', 0):9.2f}  {pct(f.get('restore_efficiency')):>16}")
+PY

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Replication through `drplane blob serve` over loopback HTTP against the same replication into
+# an embedded store directory (issue 20's target: HTTP >= 90% of embedded). One realistic disk
+# (`bench make-disk`, seed 1), `drplane bench --churn none --no-verify --json` into each in
+# turn, alternating every round so a slow minute on the VM lands on both; the medians of the
+# initial replication's time and their ratio are printed.
+# Usage: scripts/bench-serve-vs-embedded.sh [SIZE] [ROUNDS] [PIPELINE_THREADS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-1G}
+rounds=${2:-5}
+threads=${3:-$(nproc)}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+cargo build --release -q -j2 --bin drplane
+bin=$PWD/target/release/drplane
+"$bin" bench make-disk "$work/disk.raw" --size "$size" > /dev/null
+# The server at `process` durability, as the embedded store the bench makes by default.
+"$bin" blob serve --listen 127.0.0.1:0 --data "$work/served" --durability process > "$work/serve.out" 2>/dev/null &
+for _ in $(seq 50); do [ -s "$work/serve.out" ] && break; sleep 0.1; done
+endpoint=$(sed -n '1s/listening on //p' "$work/serve.out")
+[ -n "$endpoint" ] || { echo "blob serve did not start"; exit 1; }
+once() { # once NAME STORE
+  sync
+  "$bin" bench --disk "$work/disk.raw" --store "$2" --churn none --no-verify --json \
+    --pipeline-threads "$threads" > "$work/out.json"
+  python3 - "$1" "$work/out.json" >> "$work/results" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[2]))
+print(sys.argv[1], r["initial"]["seconds"], r["initial"]["cpu_seconds"])
+PY
+}
+mkdir -p "$work/embedded"
+once http "$endpoint" > /dev/null  # unmeasured: first touches of memory on a VM
+: > "$work/results"
+for _ in $(seq "$rounds"); do
+  once embedded "$work/embedded"
+  once http "$endpoint"
+done
+python3 - "$work/results" "$size" "$threads" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+med = lambda kind, col: statistics.median(float(r[col]) for r in rows if r[0] == kind)
+e, h = med("embedded", 1), med("http", 1)
+print(f"{sys.argv[2]} disk, {sys.argv[3]} pipeline thread(s), medians of {len(rows)//2} rounds:")
+print(f"  embedded store: {e:.2f} s ({med('embedded', 2):.2f} s CPU)")
+print(f"  blob serve over loopback: {h:.2f} s ({med('http', 2):.2f} s CPU, client process only)")
+print(f"  HTTP speed / embedded speed: {100 * e / h:.0f}%")
+print("  all:", " ".join(f"{r[0]}={float(r[1]):.2f}" for r in rows))
+PY

@@ -8,10 +8,10 @@
 //! - What differs: each block's keyed digest against the replica's digest table (rebuilt from
 //!   the slot headers when an interrupted cycle left it untrusted, see `disk_replica`).
 //! - Parallelism: groups of blocks are read, hashed and encoded on all cores (rayon) with nonces
-//!   assigned before the work starts; while the pool works on one group, this thread settles
-//!   the group before (table entries, then its records to the `upload_threads` writers). Bytes
-//!   written never depend on thread scheduling; memory is bounded by two groups and the
-//!   writers' queue (backpressure).
+//!   assigned before the work starts; while the pool works on the next groups, this thread
+//!   settles the oldest (table entries, then its records to the `upload_threads` writers) and
+//!   then helps the pool. Bytes written never depend on thread scheduling; memory is bounded by
+//!   the groups in flight and the writers' queue (backpressure).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -194,6 +194,34 @@ struct Examined {
 
 /// A group's blocks after the parallel pass, in the group's order.
 type ExaminedGroup = Vec<Result<Examined, CycleError>>;
+
+/// Groups the pool examines ahead of the one being settled.
+const GROUPS_IN_FLIGHT: usize = 3;
+
+/// The value a pool task sends on `rx`; meanwhile a thread of the pool runs the pool's other
+/// work (the groups after), one not of the pool just waits. `None` when the task ended without
+/// sending (it panicked).
+fn wait_helping_the_pool<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
+    loop {
+        match rx.try_recv() {
+            Ok(value) => return Some(value),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => {}
+            None => return rx.recv().ok(),
+            // Nothing else to run: the group's last blocks are on other threads.
+            Some(rayon::Yield::Idle) => {
+                match rx.recv_timeout(std::time::Duration::from_micros(50)) {
+                    Ok(value) => return Some(value),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+            }
+        }
+    }
+}
 
 thread_local! {
     /// Per-thread buffer every block is read into: reused, so reading a block costs
@@ -501,7 +529,7 @@ fn cycle_inner(
         codec: &codec,
         sequence,
     };
-    let (tx, rx) = mpsc::sync_channel::<Job>(group_len * 2);
+    let (tx, rx) = mpsc::sync_channel::<Job>(group_len * (GROUPS_IN_FLIGHT + 1));
     let rx = Mutex::new(rx);
     let outcome: Result<(), CycleError> = std::thread::scope(|scope| {
         for _ in 0..options.upload_threads {
@@ -567,67 +595,73 @@ fn cycle_inner(
             Ok(())
         };
         let mut produce = || -> Result<(), CycleError> {
-            let mut pending: Option<(&[u64], ExaminedGroup)> = None;
-            for group in selected.chunks(group_len) {
-                if failed.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                if stopping() {
-                    return Err(CycleError::Abandoned);
-                }
-                // Read (unallocated blocks never), hash, compare with the table, encode what
-                // changed. Nonces are handed out per position before the pass, so the bytes do
-                // not depend on scheduling (unused ones are skipped); the table entries the
-                // pass compares with are copied out, as the group before may still be updating
-                // the table.
-                let group_nonces: Vec<[u8; 12]> = group
-                    .iter()
-                    .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
-                    .collect::<Result<_, _>>()?;
-                let known: Vec<[u8; 32]> =
-                    group.iter().map(|&b| table.leaves()[b as usize]).collect();
-                let examine = |((&block, nonce), known): ((&u64, &[u8; 12]), &[u8; 32])| {
-                    pass.examine(block, known, *nonce)
-                };
-                let mut examined = Vec::new();
-                let mut settled = Ok(());
-                rayon::in_place_scope(|scope| {
-                    let out = &mut examined;
-                    let (group_nonces, known) = (&group_nonces, &known);
-                    scope.spawn(move |_| {
-                        // Small groups (a delta of a few blocks) are not worth waking the pool.
-                        *out = if group.len() >= 8 {
-                            group
-                                .par_iter()
-                                .zip(group_nonces.par_iter())
-                                .zip(known.par_iter())
-                                .map(examine)
-                                .collect()
-                        } else {
-                            group
-                                .iter()
-                                .zip(group_nonces.iter())
-                                .zip(known.iter())
-                                .map(examine)
-                                .collect()
+            // Groups in flight on the pool while this thread settles the oldest, so the pool
+            // never runs dry at a group's end. Without writer threads (the simulator), one at a
+            // time: its store calls are made while nothing else runs.
+            let depth = if inline { 1 } else { GROUPS_IN_FLIGHT };
+            let mut groups = selected.chunks(group_len);
+            let mut in_flight = std::collections::VecDeque::new();
+            let pass = &pass;
+            rayon::in_place_scope_fifo(|pool| -> Result<(), CycleError> {
+                loop {
+                    while in_flight.len() < depth {
+                        let Some(group) = groups.next() else {
+                            break;
                         };
-                    });
-                    if !inline {
-                        if let Some((group, examined)) = pending.take() {
-                            settled = settle(&mut table, group, examined);
+                        if failed.load(Ordering::Relaxed) {
+                            return Ok(());
                         }
+                        if stopping() {
+                            return Err(CycleError::Abandoned);
+                        }
+                        // Read (unallocated blocks never), hash, compare with the table,
+                        // encode what changed. Nonces are handed out per position before the
+                        // pass, so the bytes do not depend on scheduling (unused ones are
+                        // skipped); the table entries the pass compares with are copied out, as
+                        // the groups before may still be updating the table.
+                        let group_nonces: Vec<[u8; 12]> = group
+                            .iter()
+                            .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
+                            .collect::<Result<_, _>>()?;
+                        let known: Vec<[u8; 32]> =
+                            group.iter().map(|&b| table.leaves()[b as usize]).collect();
+                        let (examined_tx, examined_rx) = mpsc::sync_channel::<ExaminedGroup>(1);
+                        pool.spawn_fifo(move |_| {
+                            let examine =
+                                |((&block, nonce), known): ((&u64, &[u8; 12]), &[u8; 32])| {
+                                    pass.examine(block, known, *nonce)
+                                };
+                            // Small groups (a delta of a few blocks) are not worth splitting.
+                            let examined = if group.len() >= 8 {
+                                group
+                                    .par_iter()
+                                    .zip(group_nonces.par_iter())
+                                    .zip(known.par_iter())
+                                    .map(examine)
+                                    .collect()
+                            } else {
+                                group
+                                    .iter()
+                                    .zip(group_nonces.iter())
+                                    .zip(known.iter())
+                                    .map(examine)
+                                    .collect()
+                            };
+                            // The receiver is gone only when the cycle already failed.
+                            let _ = examined_tx.send(examined);
+                        });
+                        in_flight.push_back((group, examined_rx));
                     }
-                });
-                settled?;
-                if let Some((group, examined)) = pending.take() {
+                    let Some((group, examined_rx)) = in_flight.pop_front() else {
+                        return Ok(());
+                    };
+                    // A task that panicked: the scope passes its panic on when it ends.
+                    let Some(examined) = wait_helping_the_pool(&examined_rx) else {
+                        return Ok(());
+                    };
                     settle(&mut table, group, examined)?;
                 }
-                pending = Some((group, examined));
-            }
-            if let Some((group, examined)) = pending.take() {
-                settle(&mut table, group, examined)?;
-            }
-            Ok(())
+            })
         };
         let produced = produce();
         drop(tx);

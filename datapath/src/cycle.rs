@@ -541,10 +541,9 @@ fn cycle_inner(
                 store_record(job);
             });
         }
-        // Group k's results are settled on this thread (checked, put in the table, handed to
-        // the writers) while the pool examines group k+1, so the pool never waits for the
-        // hand-off. Without writer threads (the simulator) the store calls are made after the
-        // pool is done, so nothing else runs while they are.
+        // A group's results are settled on this thread, in group order (the source's reads
+        // checked, the table updated and its pages written, the records handed to the writers
+        // or, without writers, stored here) while the pool examines the groups after it.
         let mut settle = |table: &mut MerkleTree,
                           group: &[u64],
                           examined: ExaminedGroup|

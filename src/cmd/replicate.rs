@@ -750,16 +750,19 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let codec = BlockCodec::new(&read.keys, 1, true);
     let mut results = Vec::new();
     let mut bad = read.damaged;
-    for manifest in &read.points {
-        let replica = read.replica(manifest)?;
-        let outcome = args.threads.run(|| {
-            replica.restore_blocks(&codec, manifest, read.keys.digest.expose(), |_, _| Ok(()))
-        })?;
-        if outcome.is_err() {
-            bad += 1;
+    // One pool for all the points.
+    args.threads.run(|| -> Result<()> {
+        for manifest in &read.points {
+            let replica = read.replica(manifest)?;
+            let outcome =
+                replica.restore_blocks(&codec, manifest, read.keys.digest.expose(), |_, _| Ok(()));
+            if outcome.is_err() {
+                bad += 1;
+            }
+            results.push((manifest.sequence, outcome.err().map(|e| e.to_string())));
         }
-        results.push((manifest.sequence, outcome.err().map(|e| e.to_string())));
-    }
+        Ok(())
+    })??;
     if args.json {
         let v: Vec<_> = results
             .iter()

@@ -47,7 +47,7 @@ pub fn log_replay(data: &[u8]) {
     let ring = data[16..16 + ring_len].to_vec();
     if let Ok(Some(seq)) = find_active_sequence(&ring, guid) {
         let head = *seq.head();
-        if let Ok(overlay) = Overlay::replay(Arc::new(ring), &seq, head.flushed_file_offset) {
+        if let Ok(overlay) = Overlay::replay(&ring, &seq, head.flushed_file_offset) {
             let mut buf = vec![0u8; 3 * LOG_SECTOR_SIZE as usize];
             for (_, entry) in &seq.entries {
                 for d in &entry.descriptors {

@@ -1,8 +1,6 @@
 //! One VHDX file opened read-only: headers chosen, log replayed in memory, regions,
 //! metadata and BAT decoded and checked. Differencing chains are built from these in `disk`.
 
-use std::sync::Arc;
-
 use crate::bat::{BatEntry, BlockState, Geometry, ENTRY_SIZE as BAT_ENTRY_SIZE};
 use crate::error::{Error, Result};
 use crate::file_identifier::{self, FileIdentifier};
@@ -108,6 +106,19 @@ pub struct VhdxFile {
 
 /// Read `len` bytes into a new buffer. Never allocates more than `view` really holds.
 fn read(view: &dyn ReadAt, structure: &'static str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    read_into(view, structure, offset, len, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read`] into `buf` (resized to `len`; its old bytes are overwritten).
+fn read_into(
+    view: &dyn ReadAt,
+    structure: &'static str,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     let available = view.len();
     if offset.checked_add(len).is_none_or(|end| end > available) {
         return Err(Error::Truncated {
@@ -117,13 +128,55 @@ fn read(view: &dyn ReadAt, structure: &'static str, offset: u64, len: u64) -> Re
             available: available.saturating_sub(offset),
         });
     }
-    let mut buf = vec![0u8; len as usize];
-    view.read_at(offset, &mut buf).map_err(|source| Error::Io {
+    buf.resize(len as usize, 0);
+    view.read_at(offset, buf).map_err(|source| Error::Io {
         structure,
         offset,
         source,
-    })?;
-    Ok(buf)
+    })
+}
+
+/// Logs up to this size are read into a per-thread buffer that is kept (1 MiB is the usual
+/// log); bigger ones into a buffer of their own.
+const MAX_SCRATCH_LOG: u64 = 8 * MIB;
+
+thread_local! {
+    static LOG_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// MS-VHDX 2.3.3: find the log's active sequence in `log` (read from the header's log
+/// region) and lay it over `view`.
+fn replay_log(
+    log: &[u8],
+    header: &Header,
+    file_len: u64,
+    view: &mut FileView,
+    findings: &mut Findings,
+) -> Result<LogState> {
+    Ok(
+        match find_active_sequence(log, header.log_guid).map_err(|e| e.at(header.log_offset))? {
+            None => {
+                findings.warnings.push(
+                    "LogGuid is set but the log holds no valid entry sequence: nothing replayed"
+                        .into(),
+                );
+                LogState::DirtyWithoutEntries
+            }
+            Some(seq) => {
+                let state = LogState::Replayed {
+                    entries: seq.entries.len(),
+                    first_sequence: seq.first_sequence_number(),
+                    last_sequence: seq.head().sequence_number,
+                };
+                view.set_overlay(Overlay::replay(log, &seq, file_len)?);
+                findings.warnings.push(format!(
+                    "the log holds {} unapplied entries: replayed in memory",
+                    seq.entries.len()
+                ));
+                state
+            }
+        },
+    )
 }
 
 fn decode_header_at(source: &dyn ReadAt, offset: u64) -> Result<Header> {
@@ -206,29 +259,19 @@ impl VhdxFile {
                     format!("LogLength {log_len} exceeds the supported {MAX_LOG_LENGTH}"),
                 ));
             }
-            let log = read(&view, "log", header.log_offset, log_len)?;
-            match find_active_sequence(&log, header.log_guid)
-                .map_err(|e| e.at(header.log_offset))?
-            {
-                None => {
-                    findings.warnings.push("LogGuid is set but the log holds no valid entry sequence: nothing replayed".into());
-                    LogState::DirtyWithoutEntries
-                }
-                Some(seq) => {
-                    let state = LogState::Replayed {
-                        entries: seq.entries.len(),
-                        first_sequence: seq.first_sequence_number(),
-                        last_sequence: seq.head().sequence_number,
-                    };
-                    let overlay = Overlay::replay(Arc::new(log), &seq, file_len)?;
-                    view.set_overlay(overlay);
-                    findings.warnings.push(format!(
-                        "the log holds {} unapplied entries: replayed in memory",
-                        seq.entries.len()
-                    ));
-                    state
-                }
-            }
+            // A log no bigger than the scratch limit is read into this thread's reused buffer
+            // (an image is opened again for every cycle of a disk); the overlay keeps only the
+            // payloads it replays.
+            LOG_SCRATCH.with(|cell| {
+                let mut own = Vec::new();
+                let mut scratch = cell.try_borrow_mut().ok();
+                let buf = match scratch.as_deref_mut() {
+                    Some(reused) if log_len <= MAX_SCRATCH_LOG => reused,
+                    _ => &mut own,
+                };
+                read_into(&view, "log", header.log_offset, log_len, buf)?;
+                replay_log(buf, &header, file_len, &mut view, findings)
+            })?
         };
 
         // MS-VHDX 2.2.3: region table 1, falling back to its copy (documented choice).

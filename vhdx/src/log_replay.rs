@@ -2,7 +2,6 @@
 //! overlay, so a read-only open sees the replayed file without ever writing to it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::guid::Guid;
@@ -169,7 +168,8 @@ enum Run {
     Zero {
         end: u64,
     },
-    /// One 4 KiB sector: `leading` ‖ log bytes at `payload_at` (4084) ‖ `trailing`.
+    /// One 4 KiB sector: `leading` ‖ the overlay's payload bytes at `payload_at` (4084) ‖
+    /// `trailing`.
     Sector {
         leading: [u8; 8],
         trailing: [u8; 4],
@@ -190,14 +190,16 @@ impl Run {
 #[derive(Debug, Clone, Default)]
 pub struct Overlay {
     runs: BTreeMap<u64, Run>,
-    log: Arc<Vec<u8>>,
+    /// The data sectors' payloads (4084 bytes each) the runs point into: copied out of the
+    /// log, so the log itself is not kept.
+    payloads: Vec<u8>,
     /// Length the replayed file has: at least the head entry's LastFileOffset.
     pub replayed_len: u64,
 }
 
 impl Overlay {
     /// Replay `seq` (entries oldest first) over a file of `file_len` bytes.
-    pub fn replay(log: Arc<Vec<u8>>, seq: &ActiveSequence, file_len: u64) -> Result<Overlay> {
+    pub fn replay(log: &[u8], seq: &ActiveSequence, file_len: u64) -> Result<Overlay> {
         let head = seq.head();
         if file_len < head.flushed_file_offset {
             return Err(Error::Truncated {
@@ -209,7 +211,7 @@ impl Overlay {
         }
         let mut overlay = Overlay {
             runs: BTreeMap::new(),
-            log: Arc::clone(&log),
+            payloads: Vec::new(),
             replayed_len: file_len.max(head.last_file_offset),
         };
         for (log_offset, entry) in &seq.entries {
@@ -222,12 +224,19 @@ impl Overlay {
                         trailing,
                         data_sector,
                         ..
-                    } => Run::Sector {
-                        leading,
-                        trailing,
-                        payload_at: (log_offset + entry.data_payload_offset(data_sector))
-                            % log.len() as u64,
-                    },
+                    } => {
+                        let at = ((log_offset + entry.data_payload_offset(data_sector))
+                            % log.len() as u64) as usize;
+                        let payload_at = overlay.payloads.len() as u64;
+                        overlay
+                            .payloads
+                            .extend_from_slice(&log[at..at + DATA_SECTOR_PAYLOAD]);
+                        Run::Sector {
+                            leading,
+                            trailing,
+                            payload_at,
+                        }
+                    }
                 };
                 overlay.insert(start, end, run);
                 overlay.replayed_len = overlay.replayed_len.max(end);
@@ -301,7 +310,7 @@ impl Overlay {
                     sector[..LEADING_BYTES].copy_from_slice(&leading);
                     let p = payload_at as usize;
                     sector[LEADING_BYTES..LEADING_BYTES + DATA_SECTOR_PAYLOAD]
-                        .copy_from_slice(&self.log[p..p + DATA_SECTOR_PAYLOAD]);
+                        .copy_from_slice(&self.payloads[p..p + DATA_SECTOR_PAYLOAD]);
                     sector[LOG_SECTOR_SIZE as usize - 4..].copy_from_slice(&trailing);
                     dst.copy_from_slice(&sector[(lo - s) as usize..(hi - s) as usize]);
                 }
@@ -367,7 +376,7 @@ mod tests {
         place(&mut log, 4096, &entry(6, n - 4096, 8, 0));
         let seq = find_active_sequence(&log, GUID).unwrap().unwrap();
         assert_eq!(seq.entries.len(), 2);
-        let overlay = Overlay::replay(Arc::new(log), &seq, MIB).unwrap();
+        let overlay = Overlay::replay(&log, &seq, MIB).unwrap();
         let mut buf = vec![0u8; 4096];
         overlay.apply(0, &mut buf);
         assert!(buf.iter().all(|&b| b == 8));
@@ -405,7 +414,7 @@ mod tests {
         place(&mut log, 0, &entry(3, 0, 1, 0));
         let seq = find_active_sequence(&log, GUID).unwrap().unwrap();
         assert!(matches!(
-            Overlay::replay(Arc::new(log), &seq, MIB - 4096),
+            Overlay::replay(&log, &seq, MIB - 4096),
             Err(Error::Truncated { .. })
         ));
     }
@@ -416,7 +425,7 @@ mod tests {
             replayed_len: MIB,
             ..Default::default()
         };
-        o.log = Arc::new(vec![5u8; 8192]);
+        o.payloads = vec![5u8; 8192];
         o.insert(0, 16384, Run::Zero { end: 16384 });
         o.insert(
             4096,

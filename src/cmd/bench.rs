@@ -17,7 +17,7 @@ use pageblob::data_log::Durability;
 use pageblob::{Emulator, PageBlobStore, Profile};
 use rand_core::{OsRng, TryRngCore};
 
-use super::bench_compare::{figures, median_figures, SCHEMA};
+use super::bench_compare::{figures, median, median_figures, SCHEMA};
 use super::blob::Target;
 use super::replicate::{load_policy, open_source, PolicyArgs};
 use super::vhdx::parse_size;
@@ -413,16 +413,6 @@ struct Medians {
     restore_seconds: Option<f64>,
     restore_efficiency: Option<f64>,
     verify_seconds: Option<f64>,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// The median of `f` over the runs that have it; `None` when none has.

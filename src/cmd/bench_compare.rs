@@ -13,6 +13,9 @@ use datapath::bench::BenchReport;
 /// Version of the JSON report's shape; `compare` reads this version only.
 pub const SCHEMA: u64 = 2;
 
+/// Largest report `compare` reads (one with 100 runs is well under 1 MiB).
+const MAX_REPORT_BYTES: u64 = 16 << 20;
+
 /// Which way a figure is better, from its name: times and stored shares go down, rates and
 /// efficiencies go up.
 fn higher_is_better(name: &str) -> bool {
@@ -63,6 +66,17 @@ pub fn figures(r: &BenchReport) -> BTreeMap<String, f64> {
     f
 }
 
+/// The median of `values` (the mean of the middle two for an even count; NaN for none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// The median of each figure that every run has.
 pub fn median_figures(runs: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
     let Some(first) = runs.first() else {
@@ -71,23 +85,23 @@ pub fn median_figures(runs: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
     first
         .keys()
         .filter_map(|name| {
-            let mut values: Vec<f64> = runs.iter().filter_map(|r| r.get(name).copied()).collect();
-            (values.len() == runs.len()).then(|| {
-                values.sort_by(f64::total_cmp);
-                let n = values.len();
-                let m = if n % 2 == 1 {
-                    values[n / 2]
-                } else {
-                    (values[n / 2 - 1] + values[n / 2]) / 2.0
-                };
-                (name.clone(), m)
-            })
+            let values: Vec<f64> = runs.iter().filter_map(|r| r.get(name).copied()).collect();
+            (values.len() == runs.len()).then(|| (name.clone(), median(values)))
         })
         .collect()
 }
 
 /// The figures of a saved report, checked.
 fn load(path: &Path) -> Result<BTreeMap<String, f64>> {
+    let size = std::fs::metadata(path)
+        .with_context(|| path.display().to_string())?
+        .len();
+    if size > MAX_REPORT_BYTES {
+        bail!(
+            "{}: {size} bytes; a bench report is far smaller (limit {MAX_REPORT_BYTES})",
+            path.display()
+        );
+    }
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not JSON (save `drplane bench --json`)", path.display()))?;

@@ -638,43 +638,9 @@ pub fn run_bench(
     }
 
     let (restore, verify_seconds) = if config.verify {
-        let points = replica.points(keys.digest.expose())?;
-        let last = points.last().ok_or(BenchError::NoPoint)?;
         let codec = BlockCodec::new(&keys, config.zstd_level, config.encrypt);
-        // The restore alone, as `verify` runs it: every record fetched, opened, decompressed
-        // and hashed by the pool, the Merkle root proven; the blocks go nowhere.
-        stage("restore");
-        let cpu = process_cpu_seconds();
-        let start = Instant::now();
-        let mut bytes_restored = 0u64;
-        replica.restore_blocks(&codec, last, keys.digest.expose(), |_, data| {
-            bytes_restored += data.map_or(0, |d| d.len() as u64);
-            Ok(())
-        })?;
-        let restore = RestoreFigures {
-            seconds: start.elapsed().as_secs_f64(),
-            cpu_seconds: cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a),
-            bytes_restored,
-        };
-        // Then again, each block compared with the disk as the last cycle saw it.
-        stage("verify");
-        let start = Instant::now();
-        let mut expected = Vec::new();
-        let mut mismatch = None;
-        replica.restore(&codec, last, keys.digest.expose(), |block, bytes| {
-            let offset = block * u64::from(layout.block_size);
-            expected.resize(bytes.len(), 0);
-            churned.read_at(offset, &mut expected)?;
-            churned.release(offset, bytes.len() as u64);
-            if mismatch.is_none() && expected != bytes {
-                mismatch = Some(block);
-            }
-            Ok(())
-        })?;
-        if let Some(block) = mismatch {
-            return Err(BenchError::Mismatch { block });
-        }
-        (Some(restore), Some(start.elapsed().as_secs_f64()))
+        let (restore, verify) = restore_and_verify(&replica, &codec, &keys, &churned, stage)?;
+        (Some(restore), Some(verify))
     } else {
         (None, None)
     };
@@ -695,6 +661,53 @@ pub fn run_bench(
         restore,
         verify_seconds,
     })
+}
+
+/// The last point restored as `verify` restores it (every record fetched, opened, decompressed
+/// and hashed by the pool, the Merkle root proven; the blocks go nowhere), timed; then restored
+/// again, each block compared with `disk` as the last cycle saw it. The seconds of the second.
+fn restore_and_verify(
+    replica: &DiskReplica<'_>,
+    codec: &BlockCodec,
+    keys: &crate::keys::DiskKeys,
+    disk: &dyn BlockSource,
+    stage: &dyn Fn(&str),
+) -> Result<(RestoreFigures, f64), BenchError> {
+    let digest_key = keys.digest.expose();
+    let points = replica.points(digest_key)?;
+    let last = points.last().ok_or(BenchError::NoPoint)?;
+    stage("restore");
+    let cpu = process_cpu_seconds();
+    let start = Instant::now();
+    let mut bytes_restored = 0u64;
+    replica.restore_blocks(codec, last, digest_key, |_, data| {
+        bytes_restored += data.map_or(0, |d| d.len() as u64);
+        Ok(())
+    })?;
+    let restore = RestoreFigures {
+        seconds: start.elapsed().as_secs_f64(),
+        cpu_seconds: cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a),
+        bytes_restored,
+    };
+    stage("verify");
+    let start = Instant::now();
+    let block_size = u64::from(replica.layout.block_size);
+    let mut expected = Vec::new();
+    let mut mismatch = None;
+    replica.restore(codec, last, digest_key, |block, bytes| {
+        let offset = block * block_size;
+        expected.resize(bytes.len(), 0);
+        disk.read_at(offset, &mut expected)?;
+        disk.release(offset, bytes.len() as u64);
+        if mismatch.is_none() && expected != bytes {
+            mismatch = Some(block);
+        }
+        Ok(())
+    })?;
+    if let Some(block) = mismatch {
+        return Err(BenchError::Mismatch { block });
+    }
+    Ok((restore, start.elapsed().as_secs_f64()))
 }
 
 #[cfg(test)]

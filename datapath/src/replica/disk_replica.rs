@@ -481,19 +481,11 @@ impl<'a> DiskReplica<'a> {
         let Some(record) = self.fetch_record(snapshot, block)? else {
             return Ok(None);
         };
-        let header = SlotHeader::decode(&record).map_err(|e| ReplicaError::Block {
-            point: point_name(snapshot),
-            block,
-            source: e.into(),
-        })?;
+        let header = SlotHeader::decode(&record).map_err(|e| block_error(snapshot, block, e))?;
         codec
             .decode(&record, block)
             .map(|data| Some((header, data)))
-            .map_err(|source| ReplicaError::Block {
-                point: point_name(snapshot),
-                block,
-                source,
-            })
+            .map_err(|e| block_error(snapshot, block, e))
     }
 
     /// The raw record in block `block`'s slot (header and stored payload, not checked beyond
@@ -509,11 +501,7 @@ impl<'a> DiskReplica<'a> {
         if head.iter().all(|&b| b == 0) {
             return Ok(None);
         }
-        let header = SlotHeader::decode(&head).map_err(|e| ReplicaError::Block {
-            point: point_name(snapshot),
-            block,
-            source: e.into(),
-        })?;
+        let header = SlotHeader::decode(&head).map_err(|e| block_error(snapshot, block, e))?;
         let stored = (u64::from(header.stored_len)).min(u64::from(self.layout.block_size));
         let mut record = head;
         record.resize(HEADER_SIZE + stored as usize, 0);
@@ -684,7 +672,15 @@ impl<'a> DiskReplica<'a> {
     }
 }
 
-/// How errors name the point a block was read from.
-pub(crate) fn point_name(snapshot: Option<&str>) -> String {
-    snapshot.unwrap_or("(current)").to_string()
+/// A block of `snapshot` (the blob itself: `None`) that did not decode.
+pub(crate) fn block_error(
+    snapshot: Option<&str>,
+    block: u64,
+    source: impl Into<super::block_record::RecordError>,
+) -> ReplicaError {
+    ReplicaError::Block {
+        point: snapshot.unwrap_or("(current)").to_string(),
+        block,
+        source: source.into(),
+    }
 }

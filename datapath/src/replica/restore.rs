@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::block_record::BlockCodec;
-use super::disk_replica::{point_name, DiskReplica};
+use super::disk_replica::{block_error, DiskReplica};
 use super::error::ReplicaError;
 use super::manifest::Manifest;
 use super::merkle::merkle_root;
@@ -206,13 +206,10 @@ impl<'r, 'a> RestorePlan<'r, 'a> {
     fn decode(&self, block: u64, fetched: Fetched) -> Result<Restored, ReplicaError> {
         match fetched? {
             Some(record) => {
-                let (data, digest) = self.codec.decode_owned(record, block).map_err(|source| {
-                    ReplicaError::Block {
-                        point: point_name(Some(self.snapshot)),
-                        block,
-                        source,
-                    }
-                })?;
+                let (data, digest) = self
+                    .codec
+                    .decode_owned(record, block)
+                    .map_err(|e| block_error(Some(self.snapshot), block, e))?;
                 Ok(Restored {
                     data: Some(data),
                     digest,

@@ -107,18 +107,21 @@ impl ExtentMap {
 
     /// Extents intersecting `[start, end)`, clipped to it, in order.
     pub fn clipped(&self, start: u64, end: u64) -> Vec<(u64, Extent)> {
-        if start >= end {
-            return Vec::new(); // e.g. a marker or range past the blob's end
-        }
+        self.clipped_iter(start, end).collect()
+    }
+
+    /// [`ExtentMap::clipped`] without collecting.
+    fn clipped_iter(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, Extent)> + '_ {
+        // An empty range (e.g. a marker or range past the blob's end) yields nothing.
         let first = self
             .extents
             .range(..=start)
             .next_back()
             .map_or(start, |(s, _)| *s);
         self.extents
-            .range(first..end)
-            .filter(|(s, e)| **s + e.len > start)
-            .map(|(&s, e)| {
+            .range(first..end.max(first))
+            .filter(move |(s, e)| start < end && **s + e.len > start)
+            .map(move |(&s, e)| {
                 let lo = s.max(start);
                 let hi = (s + e.len).min(end);
                 (
@@ -130,7 +133,6 @@ impl ExtentMap {
                     },
                 )
             })
-            .collect()
     }
 
     /// Point the parts of `[start, start+len)` whose data is in the home file at `log_address`
@@ -149,8 +151,7 @@ impl ExtentMap {
 
     /// True when any part of `[start, end)` has its data in the home file.
     pub fn has_home_data(&self, start: u64, end: u64) -> bool {
-        self.clipped(start, end)
-            .iter()
+        self.clipped_iter(start, end)
             .any(|(_, e)| e.data.and_then(home_offset).is_some())
     }
 

@@ -274,6 +274,7 @@ impl Env {
                 .unwrap_or(0),
             touched,
             audit: PointAudit::default(),
+            audit_link: None,
             observer,
             azure_view,
             agent_down: false,

@@ -5,8 +5,13 @@
 
 use std::collections::BTreeMap;
 
+use datapath::replica::block_record::BlockCodec;
+use datapath::replica::disk_replica::DiskReplica;
 use datapath::replica::manifest::{Consistency, Manifest};
 use datapath::replica::restore::Fetch;
+use rayon::prelude::*;
+
+use crate::audit::PointAudit;
 
 use crate::content::ContentModel;
 use crate::report::{Check, Job, SimError};
@@ -21,6 +26,7 @@ pub(crate) fn prove_points(disks: &mut [SimDisk<'_>], end: u64) -> Result<Check,
     let mut all_restored = true;
     let mut detail = String::new();
     let mut restored_in_full = 0usize;
+    let mut points_of = Vec::with_capacity(disks.len());
     for d in disks.iter_mut() {
         d.report.health_warnings = d
             .driver
@@ -34,11 +40,6 @@ pub(crate) fn prove_points(disks: &mut [SimDisk<'_>], end: u64) -> Result<Check,
             .observer
             .points(&d.digest_key)
             .map_err(|e| SimError::Setup(e.to_string()))?;
-        // Every point was proven as it appeared (points a failed attempt left are proven here).
-        d.audit.catch_up(&d.observer, &d.codec, &points, &d.images);
-        if let Err(e) = d.audit.audit_live_blob(&d.observer) {
-            d.audit.failures.push(format!("live blob: {e}"));
-        }
         d.report.points_live = points.len();
         d.report.replica_bytes = d
             .observer
@@ -48,18 +49,32 @@ pub(crate) fn prove_points(disks: &mut [SimDisk<'_>], end: u64) -> Result<Check,
             .iter()
             .filter(|p| p.consistency == Consistency::Application)
             .count();
-        let ends: BTreeMap<u64, &Manifest> = [points.first(), points.last()]
+        points_of.push(points);
+    }
+    // The proofs of different disks read different blobs: they run side by side.
+    let full_failures: Vec<Vec<String>> = disks
+        .iter_mut()
+        .zip(&points_of)
+        .map(|(d, points)| DiskProof {
+            observer: &d.observer,
+            codec: &d.codec,
+            digest_key: &d.digest_key,
+            images: &d.images,
+            model: &d.model,
+            audit: &mut d.audit,
+            points,
+        })
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(DiskProof::run)
+        .collect();
+    for ((d, points), full_failures) in disks.iter_mut().zip(&points_of).zip(full_failures) {
+        restored_in_full += [points.first(), points.last()]
             .into_iter()
             .flatten()
-            .map(|p| (p.sequence, p))
-            .collect();
-        let mut full_failures = Vec::new();
-        for p in ends.values() {
-            restored_in_full += 1;
-            if let Some(why) = restore_in_full(d, p) {
-                full_failures.push(format!("point {} (full restore): {why}", p.sequence));
-            }
-        }
+            .map(|p| p.sequence)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         d.report.points_verified = points
             .iter()
             .filter(|p| d.audit.verified.contains(&p.sequence))
@@ -100,24 +115,67 @@ pub(crate) fn prove_points(disks: &mut [SimDisk<'_>], end: u64) -> Result<Check,
     })
 }
 
-/// Restore point `p` of `d` in full; `Some(why)` when it fails or differs from the disk then.
-fn restore_in_full(d: &SimDisk<'_>, p: &Manifest) -> Option<String> {
-    let mut restored = d.model.zeroed_like();
-    let outcome =
-        d.observer
-            .restore_with(&d.codec, p, &d.digest_key, Fetch::InOrder, |block, b| {
+/// What proving one disk's points at the end needs (apart from the rest of the disk, so
+/// disks can be proven on the pool side by side).
+struct DiskProof<'d, 'a> {
+    observer: &'d DiskReplica<'a>,
+    codec: &'d BlockCodec,
+    digest_key: &'d [u8; 32],
+    images: &'d BTreeMap<u64, ContentModel>,
+    /// The disk as it is (for the geometry of a model).
+    model: &'d ContentModel,
+    audit: &'d mut PointAudit,
+    points: &'d [Manifest],
+}
+
+impl DiskProof<'_, '_> {
+    /// Prove the points still unproven (those a failed attempt left), audit the live blob, and
+    /// restore the oldest and newest point in full; the full restores' failures.
+    fn run(self) -> Vec<String> {
+        self.audit
+            .catch_up(self.observer, self.codec, self.points, self.images);
+        if let Err(e) = self.audit.audit_live_blob(self.observer) {
+            self.audit.failures.push(format!("live blob: {e}"));
+        }
+        let ends: BTreeMap<u64, &Manifest> = [self.points.first(), self.points.last()]
+            .into_iter()
+            .flatten()
+            .map(|p| (p.sequence, p))
+            .collect();
+        ends.values()
+            .filter_map(|p| {
+                self.restore_in_full(p)
+                    .map(|why| format!("point {} (full restore): {why}", p.sequence))
+            })
+            .collect()
+    }
+
+    /// Restore point `p` in full; `Some(why)` when it fails or differs from the disk then.
+    fn restore_in_full(&self, p: &Manifest) -> Option<String> {
+        let mut restored = self.model.zeroed_like();
+        let outcome = self.observer.restore_with(
+            self.codec,
+            p,
+            self.digest_key,
+            Fetch::InOrder,
+            |block, b| {
                 match b {
                     Some(b) => restored.set(block, b),
                     None => restored.set_hash(block, restored.zero_hash(block)),
                 }
                 Ok(())
-            });
-    match outcome {
-        Err(e) => Some(e.to_string()),
-        Ok(()) if d.images.get(&p.sequence).map(ContentModel::root) != Some(restored.root()) => {
-            Some("content differs from the disk at that point".to_string())
+            },
+        );
+        match outcome {
+            Err(e) => Some(e.to_string()),
+            Ok(())
+                if self.images.get(&p.sequence).map(ContentModel::root)
+                    != Some(restored.root()) =>
+            {
+                Some("content differs from the disk at that point".to_string())
+            }
+            Ok(()) => None,
         }
-        Ok(()) => None,
     }
 }
 

@@ -17,6 +17,7 @@ use rand_core::RngCore;
 use vhdx::{MemoryFile, NoParents, VhdxWriter};
 
 use crate::audit::PointAudit;
+use crate::auditor::AuditLink;
 use crate::content::ContentModel;
 use crate::host_clock::HostClock;
 use crate::report::DiskReport;
@@ -103,6 +104,8 @@ pub(crate) struct SimDisk<'a> {
     /// transient errors.
     pub(crate) azure_view: datapath::replica::disk_replica::DiskReplica<'a>,
     pub(crate) report: DiskReport,
+    /// Where the disk's audit runs when not inline in `audit`: the audit thread.
+    pub(crate) audit_link: Option<AuditLink>,
 }
 
 impl SimDisk<'_> {
@@ -110,6 +113,47 @@ impl SimDisk<'_> {
     pub(crate) fn arrived(&self, mut points: Vec<Manifest>) -> Vec<Manifest> {
         points.retain(|p| !self.arriving.contains_key(&p.sequence));
         points
+    }
+
+    /// Remember the disk's content at point `sequence`, for the checker.
+    pub(crate) fn record_image(&mut self, sequence: u64, model: ContentModel) {
+        if let Some(link) = &mut self.audit_link {
+            link.image(sequence, model.clone());
+        }
+        self.images.insert(sequence, model);
+    }
+
+    /// Point `sequence` is gone: its content is not needed any more.
+    pub(crate) fn forget_image(&mut self, sequence: u64) {
+        if let Some(link) = &mut self.audit_link {
+            link.forget(sequence);
+        }
+        self.images.remove(&sequence);
+    }
+
+    /// Prove the points in `points` not proven yet (on the audit thread, if there is one).
+    pub(crate) fn audit_points(&mut self, points: Vec<Manifest>) {
+        match &mut self.audit_link {
+            Some(link) => link.catch_up(points),
+            None => self
+                .audit
+                .catch_up(&self.observer, &self.codec, &points, &self.images),
+        }
+    }
+
+    /// A failure of the disk's points found outside the audit.
+    pub(crate) fn audit_failure(&mut self, why: String) {
+        match &mut self.audit_link {
+            Some(link) => link.failure(why),
+            None => self.audit.failures.push(why),
+        }
+    }
+
+    /// Wait until the disk's audit has done all it was given (before its snapshots may go).
+    pub(crate) fn fence_audit(&self) {
+        if let Some(link) = &self.audit_link {
+            link.fence();
+        }
     }
 }
 
@@ -264,7 +308,7 @@ pub(crate) fn run_cycle(
     } else {
         next_sequence
     };
-    d.images.insert(own_sequence, content);
+    d.record_image(own_sequence, content);
     if plan.kind == datapath::replicator::CycleKind::Resync {
         d.report.resyncs += 1;
     }
@@ -275,15 +319,15 @@ pub(crate) fn run_cycle(
     match d.driver.run_cycle(plan, &mut host, now, &|_| {}) {
         Ok(report) => {
             if report.point.sequence != own_sequence {
-                d.audit.failures.push(format!(
+                d.audit_failure(format!(
                     "the cycle committed point {} where the checker expected {own_sequence}",
                     report.point.sequence
                 ));
             }
             // Prove the new point (and any a failed attempt left) restores as the disk was.
             match d.observer.points(&d.digest_key) {
-                Ok(points) => d.audit.catch_up(&d.observer, &d.codec, &points, &d.images),
-                Err(e) => d.audit.failures.push(format!("listing points: {e}")),
+                Ok(points) => d.audit_points(points),
+                Err(e) => d.audit_failure(format!("listing points: {e}")),
             }
             d.report.cycles += 1;
             d.report.bytes_sent += report.bytes_sent;

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use datapath::replica::block_record::BlockCodec;
 use datapath::replica::manifest::Consistency;
 use datapath::replicator::{Action, CycleOutcome, CyclePlan, Resume};
 use datapath::source::TrackedDisk;
@@ -45,13 +46,39 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
     fits_in_memory(scenario, available_memory_bytes())?;
     let env = Env::build(scenario, seed, storage)?;
     let mut world = World::new(&env, scenario)?;
-    while let Some((now, event)) = world.queue.pop() {
-        if now >= world.end {
-            break;
+    // The points are proven on a thread of their own while the loop goes on (`auditor`).
+    let views = world
+        .disks
+        .iter()
+        .map(|d| {
+            let keys = env.identity.disk_keys(&d.replica_name);
+            (d.observer.reader(), BlockCodec::new(&keys, 1, true))
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let (links, auditor) = crate::auditor::start(scope, views);
+        for (d, link) in world.disks.iter_mut().zip(links) {
+            d.audit_link = Some(link);
         }
-        world.handle(now, event)?;
-    }
-    world.finish()
+        // On an error the world, and with it every link, is dropped: the thread ends.
+        while let Some((now, event)) = world.queue.pop() {
+            if now >= world.end {
+                break;
+            }
+            world.handle(now, event)?;
+        }
+        for d in &mut world.disks {
+            d.audit_link = None;
+        }
+        let audits = match auditor.join() {
+            Ok(audits) => audits,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        for (d, audit) in world.disks.iter_mut().zip(audits) {
+            d.audit = audit;
+        }
+        world.finish()
+    })
 }
 
 /// Refuse a scenario that needs more memory than `available` (when known): a run that
@@ -232,6 +259,16 @@ impl<'e> World<'e> {
 
     /// Advance the clock to `now` and hand `event` to its handler.
     fn handle(&mut self, now: u64, event: Event) -> Result<(), SimError> {
+        // A disk's snapshots may go only once its audit has caught up: a poll (a cycle at a
+        // premium blob's snapshot limit) and a cycle's end (retention) touch their own disk;
+        // a workload minute touches no snapshot; anything else may touch any disk's.
+        match event {
+            Event::Workload { .. } => {}
+            Event::Poll { disk, .. } | Event::CycleDone { disk, .. } => {
+                self.disks[disk].fence_audit()
+            }
+            _ => self.disks.iter().for_each(SimDisk::fence_audit),
+        }
         self.invariants.event_at(now, &event);
         self.env.clock.set(now);
         self.events += 1;
@@ -485,7 +522,7 @@ impl<'e> World<'e> {
         match d.driver.finish(host_now, &outcome).retention {
             Ok(deleted) => {
                 for s in deleted {
-                    d.images.remove(&s);
+                    d.forget_image(s);
                 }
             }
             Err(e) => {

@@ -8,7 +8,7 @@ use crate::header::{self, choose_current, Header, HeaderSlot};
 use crate::io::ReadAt;
 use crate::layout::*;
 use crate::log_replay::{find_active_sequence, Overlay, MAX_LOG_LENGTH};
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, MetadataTable, TABLE_SIZE};
 use crate::region_table::{KnownRegions, RegionTable};
 use crate::view::FileView;
 
@@ -316,8 +316,19 @@ impl VhdxFile {
                 ),
             ));
         }
-        let md_bytes = read(&view, "metadata region", md.file_offset, md.length.into())?;
-        let metadata = Metadata::decode(&md_bytes).map_err(|e| e.at(md.file_offset))?;
+        // The region is usually 1 MiB, almost all of it unused: read its table, then only as
+        // far as its items reach (the whole region if the table does not decode, so errors are
+        // the same as for a whole read).
+        let md_len = u64::from(md.length);
+        let table_len = md_len.min(TABLE_SIZE as u64);
+        let mut md_bytes = read(&view, "metadata region", md.file_offset, table_len)?;
+        let needed = MetadataTable::decode(&md_bytes)
+            .map_or(md_len, |t| t.extent().clamp(table_len, md_len));
+        if needed > table_len {
+            md_bytes = read(&view, "metadata region", md.file_offset, needed)?;
+        }
+        let metadata =
+            Metadata::decode_prefix(&md_bytes, md_len).map_err(|e| e.at(md.file_offset))?;
         let geometry = Geometry::new(
             metadata.virtual_size,
             metadata.file_parameters.block_size,

@@ -139,6 +139,15 @@ impl MetadataTable {
         Ok(MetadataTable { entries })
     }
 
+    /// Where the last byte of any entry's item ends, from the region's start (the table's own
+    /// size at least).
+    pub fn extent(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| u64::from(e.offset) + u64::from(e.length))
+            .fold(TABLE_SIZE as u64, u64::max)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         assert!(self.entries.len() <= MAX_ENTRIES as usize);
         let mut out = vec![0u8; TABLE_SIZE];
@@ -362,8 +371,24 @@ impl Metadata {
     /// Parse the whole metadata region (`region` = its bytes). Offsets in errors are relative
     /// to the region start.
     pub fn decode(region: &[u8]) -> Result<Metadata> {
+        Metadata::decode_prefix(region, region.len() as u64)
+    }
+
+    /// [`Metadata::decode`] of a region `region_len` bytes long from its first bytes `prefix`,
+    /// which must reach as far as the table's entries do ([`MetadataTable::extent`]) or to
+    /// the region's end.
+    pub fn decode_prefix(prefix: &[u8], region_len: u64) -> Result<Metadata> {
+        let region = prefix;
         let table = MetadataTable::decode(region)?;
-        table.validate(region.len() as u64)?;
+        table.validate(region_len)?;
+        if table.extent() > region.len() as u64 {
+            return Err(Error::Truncated {
+                structure: "metadata region",
+                offset: 0,
+                needed: table.extent(),
+                available: region.len() as u64,
+            });
+        }
         let item = |id: Guid, name: &'static str| -> Result<(u64, &[u8])> {
             let (i, e) = table.find(id).ok_or_else(|| {
                 Error::invalid("metadata table", 0, format!("required item {name} missing"))

@@ -470,3 +470,40 @@ fn differencing_bat_padding_entry_past_the_last_block_is_ignored_not_a_panic() {
         report.findings
     );
 }
+
+#[test]
+fn metadata_item_far_into_the_region_is_read() {
+    // The opener reads the table and then only as far as the items reach: an item moved near
+    // the end of the 1 MiB region must still be found (and its bytes read from there).
+    let mut b = image();
+    let entry = METADATA + 32 + 32; // item 1: Virtual Disk Size
+    let old = metadata_item(&b, 1);
+    let far = 1016 * 1024u32;
+    let bytes: Vec<u8> = b[old..old + 8].to_vec();
+    b[METADATA + far as usize..METADATA + far as usize + 8].copy_from_slice(&bytes);
+    b[old..old + 8].fill(0);
+    put_u32(&mut b, entry + 16, far);
+    let disk = open(&b).unwrap();
+    assert_eq!(disk.virtual_size(), 6 * MIB);
+    // Changing the size there is seen: the bytes came from the far offset.
+    put_u64(&mut b, METADATA + far as usize, 6 * MIB + 100);
+    assert!(matches!(
+        open(&b),
+        Err(Error::InvalidField {
+            field: "VirtualDiskSize",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn metadata_item_ending_past_the_region_is_refused() {
+    let mut b = image();
+    let entry = METADATA + 32 + 32;
+    put_u32(&mut b, entry + 16, MIB as u32 - 4); // 8 bytes from 4 before the region's end
+    let err = open(&b).unwrap_err();
+    assert!(
+        err.to_string().contains("ends past the metadata region"),
+        "{err}"
+    );
+}

@@ -23,6 +23,8 @@ use pageblob::{BlobPath, Conditions, ErrorCode, PageBlobStore, MAX_PUT_PAGES_BYT
 pub const JOURNAL_SLOT: u64 = 4096;
 /// Slots in the journal ring: live points must stay fewer (retention keeps them far fewer).
 pub const JOURNAL_SLOTS: u64 = 8192;
+/// Journal slots a listing reads with one call (1 MiB).
+const JOURNAL_READ_SLOTS: u64 = 256;
 /// Bytes of one digest-table entry.
 pub const DIGEST_ENTRY: u64 = 32;
 
@@ -169,6 +171,21 @@ impl<'a> DiskReplica<'a> {
             journal: BlobPath::new(container, &format!("{name}.journal")),
             epochs: BlobPath::new(container, &format!("{name}.epochs")),
             layout,
+            staging: None,
+            points_cache: Default::default(),
+        }
+    }
+
+    /// Another handle on the same blobs, for reading (no staging log; a points cache of its
+    /// own): made without a call to the store.
+    pub fn reader(&self) -> DiskReplica<'a> {
+        DiskReplica {
+            store: self.store,
+            data: self.data.clone(),
+            digests: self.digests.clone(),
+            journal: self.journal.clone(),
+            epochs: self.epochs.clone(),
+            layout: self.layout,
             staging: None,
             points_cache: Default::default(),
         }
@@ -641,30 +658,38 @@ impl<'a> DiskReplica<'a> {
         damaged: &mut dyn FnMut(u64, ReplicaError) -> Result<(), ReplicaError>,
     ) -> Result<Vec<Manifest>, ReplicaError> {
         let mut out = Vec::new();
-        let mut slot = vec![0u8; JOURNAL_SLOT as usize];
         let mut seen = std::collections::BTreeSet::new();
+        let mut chunk = Vec::new();
         for (start, end) in self.written_ranges(&self.journal)? {
-            for index in start / JOURNAL_SLOT..end.div_ceil(JOURNAL_SLOT).min(JOURNAL_SLOTS) {
-                if !seen.insert(index) {
+            let slots = start / JOURNAL_SLOT..end.div_ceil(JOURNAL_SLOT).min(JOURNAL_SLOTS);
+            // Runs of slots not read yet, each read with one call (a listing costs a request
+            // or two, not one per point), at most `JOURNAL_READ_SLOTS` at a time.
+            let mut index = slots.start;
+            while index < slots.end {
+                if seen.contains(&index) {
+                    index += 1;
                     continue;
                 }
+                let run_end = (index..slots.end)
+                    .take(JOURNAL_READ_SLOTS as usize)
+                    .find(|i| seen.contains(i))
+                    .unwrap_or(slots.end.min(index + JOURNAL_READ_SLOTS));
+                chunk.resize(((run_end - index) * JOURNAL_SLOT) as usize, 0);
                 self.store
-                    .read(&self.journal, None, index * JOURNAL_SLOT, &mut slot)?;
-                if slot.iter().all(|&b| b == 0) {
-                    continue;
+                    .read(&self.journal, None, index * JOURNAL_SLOT, &mut chunk)?;
+                for (at, slot) in (index..run_end).zip(chunk.chunks_exact(JOURNAL_SLOT as usize)) {
+                    seen.insert(at);
+                    if slot.iter().all(|&b| b == 0) {
+                        continue;
+                    }
+                    let len = (u32::from_le_bytes(slot[..4].try_into().expect("4 bytes")) as usize)
+                        .min(slot.len() - 4);
+                    match Manifest::decode(&slot[4..4 + len], digest_key) {
+                        Ok(manifest) => out.push(manifest),
+                        Err(source) => damaged(at, ReplicaError::Manifest { point: at, source })?,
+                    }
                 }
-                let len = (u32::from_le_bytes(slot[..4].try_into().expect("4 bytes")) as usize)
-                    .min(slot.len() - 4);
-                match Manifest::decode(&slot[4..4 + len], digest_key) {
-                    Ok(manifest) => out.push(manifest),
-                    Err(source) => damaged(
-                        index,
-                        ReplicaError::Manifest {
-                            point: index,
-                            source,
-                        },
-                    )?,
-                }
+                index = run_end;
             }
         }
         out.sort_by_key(|m| m.sequence);

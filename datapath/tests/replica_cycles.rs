@@ -219,3 +219,69 @@ fn two_cycles_restore_byte_exact_and_damage_is_named() {
         "{err}"
     );
 }
+
+/// A listing reads the journal a run of slots at a time: hundreds of points, gaps left by
+/// deleted ones and a damaged slot past the first run are all listed (or named) as they are.
+#[test]
+fn a_long_journal_with_gaps_and_damage_lists_every_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let store = Emulator::open(
+        dir.path(),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap();
+    let layout = Layout {
+        disk_size: SIZE,
+        block_size: BLOCK,
+    };
+    let replica = DiskReplica::open(&store, "replicas", "disk-1", layout).unwrap();
+    let k = keys(4);
+    let digests = vec![[0u8; 32]; layout.blocks() as usize];
+    let root = datapath::replica::merkle::merkle_root(k.digest.expose(), &digests);
+    let mut live = Vec::new();
+    for sequence in 0..600u64 {
+        let m = replica
+            .commit_point(
+                sequence,
+                sequence,
+                1_700_000_000_000_000_000 + sequence,
+                Consistency::Crash,
+                [0xAA; 20],
+                root,
+                k.digest.expose(),
+            )
+            .unwrap();
+        live.push(m);
+    }
+    // Delete every seventh point and the run 250..262 (a gap across the first read's end).
+    let (gone, kept): (Vec<_>, Vec<_>) = live
+        .into_iter()
+        .partition(|m| m.sequence % 7 == 0 || (250..262).contains(&m.sequence));
+    for m in &gone {
+        replica.delete_point(m).unwrap();
+    }
+    let listed = replica.points(k.digest.expose()).unwrap();
+    assert_eq!(
+        listed.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+        kept.iter().map(|m| m.sequence).collect::<Vec<_>>()
+    );
+    assert_eq!(listed, kept);
+
+    // Damage point 400's slot: the reader names it and lists the others.
+    let journal = BlobPath::new("replicas", "disk-1.journal");
+    store
+        .put_pages(&journal, 400 * 4096, &[0x5A; 512], &Conditions::default())
+        .unwrap();
+    let (points, damaged) = replica.points_and_damage(k.digest.expose()).unwrap();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].slot, 400);
+    assert_eq!(points.len(), kept.len() - 1);
+    assert!(points.iter().all(|m| m.sequence != 400));
+    assert!(
+        replica.points(k.digest.expose()).is_err(),
+        "a writer refuses a damaged journal"
+    );
+}

@@ -146,87 +146,143 @@ impl PointAudit {
     }
 }
 
+/// A disk replicated through the real pipeline, for the audit's tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixture {
     use std::sync::Arc;
 
     use datapath::cycle::{run_cycle, CycleOptions};
-    use datapath::keys::{Identity, KeyId};
-    use datapath::replica::disk_replica::Layout;
+    use datapath::keys::{DiskKeys, Identity, KeyId};
+    use datapath::replica::block_record::BlockCodec;
+    use datapath::replica::disk_replica::{DiskReplica, Layout};
+    use datapath::replica::manifest::Manifest;
     use datapath::replica::nonce::NonceSource;
     use pageblob::data_log::Durability;
     use pageblob::{Emulator, Profile};
     use rand_core::SeedableRng;
     use vhdx::{CreateOptions, MemoryFile, NoParents, VhdxWriter};
 
-    use super::*;
+    use crate::content::ContentModel;
 
-    const BLOCK: u32 = 64 << 10;
-    const SIZE: u64 = 4 << 20;
+    pub(crate) const BLOCK: u32 = 64 << 10;
+    pub(crate) const SIZE: u64 = 4 << 20;
+    pub(crate) const LAYOUT: Layout = Layout {
+        disk_size: SIZE,
+        block_size: BLOCK,
+    };
 
-    fn disk_of(file: &Arc<MemoryFile>) -> vhdx::Disk {
-        vhdx::Disk::open_with(Box::new(Arc::clone(file)), "d", &NoParents).unwrap()
+    /// A 4 MiB VHDX, its writer, and a store its cycles replicate into.
+    pub(crate) struct Fixture {
+        pub(crate) store: Emulator,
+        identity: Identity,
+        keys: DiskKeys,
+        pub(crate) codec: BlockCodec,
+        file: Arc<MemoryFile>,
+        pub(crate) writer: VhdxWriter<Arc<MemoryFile>>,
+        nonces: NonceSource,
     }
+
+    impl Fixture {
+        pub(crate) fn new() -> Fixture {
+            let clock = Arc::new(pageblob::clock::ManualClock::new(1_700_000_000_000_000_000));
+            let store = Emulator::open_with_fs(
+                Arc::new(pageblob::memory_fs::CrashFs::new()),
+                std::path::Path::new("/store"),
+                Profile::Standard,
+                Durability::Process,
+                clock,
+            )
+            .unwrap();
+            let identity = Identity::from_key_material(KeyId([1; 20]), "CN=t".into(), &[7; 64]);
+            let keys = identity.disk_keys("d");
+            let codec = BlockCodec::new(&keys, 1, true);
+            let file = Arc::new(MemoryFile::new());
+            let writer = VhdxWriter::create(
+                Arc::clone(&file),
+                &CreateOptions::dynamic(SIZE),
+                Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(1)),
+            )
+            .unwrap();
+            let nonces = NonceSource::new_epoch(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
+            Fixture {
+                store,
+                identity,
+                keys,
+                codec,
+                file,
+                writer,
+                nonces,
+            }
+        }
+
+        pub(crate) fn identity(&self) -> &Identity {
+            &self.identity
+        }
+
+        pub(crate) fn replica(&self) -> DiskReplica<'_> {
+            DiskReplica::open(&self.store, "replicas", "d", LAYOUT).unwrap()
+        }
+
+        /// The disk as it is now.
+        pub(crate) fn disk(&self) -> vhdx::Disk {
+            vhdx::Disk::open_with(Box::new(Arc::clone(&self.file)), "d", &NoParents).unwrap()
+        }
+
+        /// Flush the writer, run a cycle at time `t`, and return the model of what it read.
+        pub(crate) fn cycle(&mut self, t: u64) -> ContentModel {
+            self.writer.flush().unwrap();
+            let disk = self.disk();
+            let mut options = CycleOptions::scan(t);
+            options.upload_threads = 0;
+            let replica = DiskReplica::open(&self.store, "replicas", "d", LAYOUT).unwrap();
+            run_cycle(
+                &replica,
+                &disk,
+                &self.identity,
+                &self.keys,
+                &options,
+                &mut self.nonces,
+                &|_| {},
+            )
+            .unwrap();
+            ContentModel::of_disk(&disk, BLOCK).unwrap()
+        }
+
+        pub(crate) fn points(&self) -> Vec<Manifest> {
+            self.replica().points(self.keys.digest.expose()).unwrap()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::Fixture;
+    use super::*;
 
     #[test]
     fn points_that_match_the_disk_pass_and_a_lost_write_is_caught() {
-        let clock = Arc::new(pageblob::clock::ManualClock::new(1_700_000_000_000_000_000));
-        let store = Emulator::open_with_fs(
-            Arc::new(pageblob::memory_fs::CrashFs::new()),
-            std::path::Path::new("/store"),
-            Profile::Standard,
-            Durability::Process,
-            clock,
-        )
-        .unwrap();
-        let identity = Identity::from_key_material(KeyId([1; 20]), "CN=t".into(), &[7; 64]);
-        let keys = identity.disk_keys("d");
-        let codec = BlockCodec::new(&keys, 1, true);
-        let layout = Layout {
-            disk_size: SIZE,
-            block_size: BLOCK,
-        };
-        let replica = DiskReplica::open(&store, "replicas", "d", layout).unwrap();
-        let file = Arc::new(MemoryFile::new());
-        let mut writer = VhdxWriter::create(
-            Arc::clone(&file),
-            &CreateOptions::dynamic(SIZE),
-            Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(1)),
-        )
-        .unwrap();
-        let mut nonces = NonceSource::new_epoch(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
+        let mut f = Fixture::new();
         let mut models = BTreeMap::new();
         let mut audit = PointAudit::default();
-        let cycle = |nonces: &mut NonceSource, t: u64| {
-            let disk = disk_of(&file);
-            let mut options = CycleOptions::scan(t);
-            options.upload_threads = 0;
-            run_cycle(&replica, &disk, &identity, &keys, &options, nonces, &|_| {}).unwrap();
-            ContentModel::of_disk(&disk, BLOCK).unwrap()
-        };
-        writer.write_at(0, &[1; 100_000]).unwrap();
-        writer.flush().unwrap();
-        models.insert(0, cycle(&mut nonces, 10));
-        writer.write_at(3 << 20, &[2; 70_000]).unwrap();
-        writer.zero(0, 65536).unwrap();
-        writer.flush().unwrap();
-        models.insert(1, cycle(&mut nonces, 20));
-        let points = replica.points(keys.digest.expose()).unwrap();
-        audit.catch_up(&replica, &codec, &points, &models);
+        f.writer.write_at(0, &[1; 100_000]).unwrap();
+        models.insert(0, f.cycle(10));
+        f.writer.write_at(3 << 20, &[2; 70_000]).unwrap();
+        f.writer.zero(0, 65536).unwrap();
+        models.insert(1, f.cycle(20));
+        audit.catch_up(&f.replica(), &f.codec, &f.points(), &models);
         assert!(audit.failures.is_empty(), "{:?}", audit.failures);
         assert_eq!(audit.verified.len(), 2);
         assert!(audit.records >= 3 && audit.reuse.is_empty());
 
         // The disk gets a write the next point does not hold (as if the data path dropped it):
         // the checker's model says otherwise, and the audit names the block.
-        let replicated = cycle(&mut nonces, 30);
-        writer.write_at(2 << 20, &[3; 4096]).unwrap();
-        writer.flush().unwrap();
+        let replicated = f.cycle(30);
+        f.writer.write_at(2 << 20, &[3; 4096]).unwrap();
+        f.writer.flush().unwrap();
         let mut claimed = replicated.clone();
-        claimed.refresh(&disk_of(&file), [32]).unwrap();
+        claimed.refresh(&f.disk(), [32]).unwrap();
         models.insert(2, claimed);
-        let points = replica.points(keys.digest.expose()).unwrap();
-        audit.catch_up(&replica, &codec, &points, &models);
+        audit.catch_up(&f.replica(), &f.codec, &f.points(), &models);
         assert_eq!(
             audit.failures,
             vec!["point 2: block 32 differs from the disk at that point".to_string()]

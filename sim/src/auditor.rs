@@ -159,3 +159,68 @@ pub(crate) fn start<'scope, 'e: 'scope>(
     });
     (links, thread)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::fixture::{Fixture, BLOCK};
+
+    /// The thread's audit ends as the inline one does: the same points proven, the same
+    /// failures in the same order, the same records audited.
+    #[test]
+    fn the_thread_proves_what_the_inline_audit_proves() {
+        let mut f = Fixture::new();
+        let mut images = BTreeMap::new();
+        f.writer.write_at(0, &[1; 100_000]).unwrap();
+        images.insert(0, f.cycle(10));
+        f.writer.write_at(3 << 20, &[2; 70_000]).unwrap();
+        images.insert(1, f.cycle(20));
+        // Point 2 misses a write the checker's model holds; point 3 is right again.
+        let replicated = f.cycle(30);
+        f.writer.write_at(2 << 20, &[3; 4096]).unwrap();
+        f.writer.flush().unwrap();
+        let mut claimed = replicated;
+        claimed
+            .refresh(&f.disk(), [(2 << 20) / u64::from(BLOCK)])
+            .unwrap();
+        images.insert(2, claimed);
+        images.insert(3, f.cycle(40));
+        let points = f.points();
+        assert_eq!(points.len(), 4);
+
+        let replica = f.replica();
+        let mut inline = PointAudit::default();
+        inline.failures.push("found by the loop".into());
+        inline.catch_up(&replica, &f.codec, &points[..2], &images);
+        inline.catch_up(&replica, &f.codec, &points, &images);
+
+        let codec = BlockCodec::new(&f.identity().disk_keys("d"), 1, true);
+        let threaded = std::thread::scope(|scope| {
+            let (mut links, thread) = start(scope, vec![(replica.reader(), codec)]);
+            let link = &mut links[0];
+            link.failure("found by the loop".into());
+            for (&sequence, model) in &images {
+                link.image(sequence, model.clone());
+            }
+            link.image(9, images[&0].clone());
+            link.forget(9);
+            link.catch_up(points[..2].to_vec());
+            link.catch_up(points.clone());
+            link.fence();
+            {
+                let state = link.progress.lock();
+                assert_eq!(state.0[0], link.sent, "the fence waited for every job");
+            }
+            drop(links);
+            thread.join().unwrap().remove(0)
+        });
+        assert_eq!(threaded.failures, inline.failures);
+        assert_eq!(
+            inline.failures[1],
+            "point 2: block 32 differs from the disk at that point"
+        );
+        assert_eq!(threaded.verified, inline.verified);
+        assert_eq!(threaded.verified.len(), 3);
+        assert_eq!(threaded.records, inline.records);
+    }
+}

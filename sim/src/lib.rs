@@ -7,10 +7,11 @@
 //! seed always give the same trace hash.
 //!
 //! Modules: [`scenario`] (the file format), [`world`] (the event loop), `sim_disk` (a simulated
-//! disk, its host's link and one costed cycle), `flows` (DR operations as vault jobs), `audit`,
-//! `auditor` (its own thread) and `content` (the checker's proofs and disk models), [`report`] (what a run returns),
-//! [`swarm`] (many seeds), [`planner`] (capacity planning checked by simulation), [`timeline`]
-//! (an SVG of a run), [`peak_hours`], [`fuzz_targets`].
+//! disk, its host's link and one costed cycle), `flows` (DR operations as vault jobs), `audit`
+//! and `content` (the checker's proofs and disk models), `auditor` (the thread the proofs run
+//! on), [`report`] (what a run returns), [`swarm`] (many seeds), [`planner`] (capacity
+//! planning checked by simulation), [`timeline`] (an SVG of a run), [`peak_hours`],
+//! [`fuzz_targets`].
 
 #![forbid(unsafe_code)]
 

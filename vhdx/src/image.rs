@@ -1,13 +1,15 @@
 //! One VHDX file opened read-only: headers chosen, log replayed in memory, regions,
 //! metadata and BAT decoded and checked. Differencing chains are built from these in `disk`.
 
+use std::borrow::Cow;
+
 use crate::bat::{BatEntry, BlockState, Geometry, ENTRY_SIZE as BAT_ENTRY_SIZE};
 use crate::error::{Error, Result};
 use crate::file_identifier::{self, FileIdentifier};
 use crate::header::{self, choose_current, Header, HeaderSlot};
 use crate::io::ReadAt;
 use crate::layout::*;
-use crate::log_replay::{find_active_sequence, Overlay, MAX_LOG_LENGTH};
+use crate::log_replay::{find_active_sequence, LogRegion, Overlay, MAX_LOG_LENGTH};
 use crate::metadata::{Metadata, MetadataTable, TABLE_SIZE};
 use crate::region_table::{KnownRegions, RegionTable};
 use crate::view::FileView;
@@ -136,31 +138,48 @@ fn read_into(
     })
 }
 
-/// Logs up to this size are read into a per-thread buffer that is kept (1 MiB is the usual
-/// log); bigger ones into a buffer of their own.
-const MAX_SCRATCH_LOG: u64 = 8 * MIB;
-
-thread_local! {
-    static LOG_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+/// The log region of an image, read from the file as the search asks (each sector's entry
+/// header, then the entries it verifies), not whole: an open reads a few KiB of a 1 MiB log.
+struct LogInFile<'v> {
+    view: &'v FileView,
+    start: u64,
+    len: u64,
 }
 
-/// MS-VHDX 2.3.3: find the log's active sequence in `log` (read from the header's log
-/// region) and lay it over `view`.
+impl LogRegion for LogInFile<'_> {
+    fn region_len(&self) -> u64 {
+        self.len
+    }
+    fn bytes(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+        let mut buf = vec![0u8; len];
+        self.view
+            .read_at(self.start + offset, &mut buf)
+            .map_err(|source| Error::Io {
+                structure: "log",
+                offset,
+                source,
+            })?;
+        Ok(Cow::Owned(buf))
+    }
+}
+
+/// MS-VHDX 2.3.3: find the log's active sequence in `log` (the header's log region) and the
+/// overlay that replays it.
 fn replay_log(
-    log: &[u8],
+    log: &dyn LogRegion,
     header: &Header,
     file_len: u64,
-    view: &mut FileView,
     findings: &mut Findings,
-) -> Result<LogState> {
+) -> Result<(LogState, Option<Overlay>)> {
+    let at = |e: Error| e.at(header.log_offset);
     Ok(
-        match find_active_sequence(log, header.log_guid).map_err(|e| e.at(header.log_offset))? {
+        match find_active_sequence(log, header.log_guid).map_err(at)? {
             None => {
                 findings.warnings.push(
                     "LogGuid is set but the log holds no valid entry sequence: nothing replayed"
                         .into(),
                 );
-                LogState::DirtyWithoutEntries
+                (LogState::DirtyWithoutEntries, None)
             }
             Some(seq) => {
                 let state = LogState::Replayed {
@@ -168,12 +187,15 @@ fn replay_log(
                     first_sequence: seq.first_sequence_number(),
                     last_sequence: seq.head().sequence_number,
                 };
-                view.set_overlay(Overlay::replay(log, &seq, file_len)?);
+                let overlay = Overlay::replay(log, &seq, file_len).map_err(|e| match e {
+                    Error::Io { .. } => at(e),
+                    other => other,
+                })?;
                 findings.warnings.push(format!(
                     "the log holds {} unapplied entries: replayed in memory",
                     seq.entries.len()
                 ));
-                state
+                (state, Some(overlay))
             }
         },
     )
@@ -259,19 +281,25 @@ impl VhdxFile {
                     format!("LogLength {log_len} exceeds the supported {MAX_LOG_LENGTH}"),
                 ));
             }
-            // A log no bigger than the scratch limit is read into this thread's reused buffer
-            // (an image is opened again for every cycle of a disk); the overlay keeps only the
-            // payloads it replays.
-            LOG_SCRATCH.with(|cell| {
-                let mut own = Vec::new();
-                let mut scratch = cell.try_borrow_mut().ok();
-                let buf = match scratch.as_deref_mut() {
-                    Some(reused) if log_len <= MAX_SCRATCH_LOG => reused,
-                    _ => &mut own,
-                };
-                read_into(&view, "log", header.log_offset, log_len, buf)?;
-                replay_log(buf, &header, file_len, &mut view, findings)
-            })?
+            let log_end = header.log_offset.checked_add(log_len);
+            if log_end.is_none_or(|end| end > view.len()) {
+                return Err(Error::Truncated {
+                    structure: "log",
+                    offset: header.log_offset,
+                    needed: log_len,
+                    available: view.len().saturating_sub(header.log_offset),
+                });
+            }
+            let log = LogInFile {
+                view: &view,
+                start: header.log_offset,
+                len: log_len,
+            };
+            let (state, overlay) = replay_log(&log, &header, file_len, findings)?;
+            if let Some(overlay) = overlay {
+                view.set_overlay(overlay);
+            }
+            state
         };
 
         // MS-VHDX 2.2.3: region table 1, falling back to its copy (documented choice).

@@ -418,7 +418,7 @@ impl WriteAt for ReadWriteFile {
     }
 }
 
-/// A sparse file in memory (the simulator's VM disks, tests): 64 KiB pages held only once
+/// A sparse file in memory (the simulator's VM disks, tests): 4 KiB pages held only once
 /// something other than zeros is written to them, so a disk costs what was written, like a
 /// sparse file on disk. Holes read as zeros.
 #[derive(Debug, Default)]
@@ -432,7 +432,7 @@ struct SparsePages {
     pages: std::collections::BTreeMap<u64, Box<[u8]>>,
 }
 
-const MEMORY_PAGE: u64 = 64 << 10;
+const MEMORY_PAGE: u64 = 4 << 10;
 
 impl MemoryFile {
     pub fn new() -> MemoryFile {

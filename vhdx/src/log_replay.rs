@@ -1,12 +1,17 @@
 //! Finding the active log sequence (MS-VHDX 2.3.3) and replaying it into an in-memory
-//! overlay, so a read-only open sees the replayed file without ever writing to it.
+//! overlay, so a read-only open sees the replayed file without ever writing to it. The log is
+//! read through [`LogRegion`]: a buffer holding it whole, or (an open) the file itself, of which
+//! the search reads each sector's entry header and then only the entries it verifies.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::layout::{LOG_SECTOR_SIZE, MIB};
-use crate::log_entry::{Descriptor, EntryHeader, LogEntry, DATA_SECTOR_PAYLOAD, LEADING_BYTES};
+use crate::log_entry::{
+    Descriptor, EntryHeader, LogEntry, DATA_SECTOR_PAYLOAD, HEADER_SIZE, LEADING_BYTES,
+};
 
 /// Largest log we read into memory. Hyper-V and qemu write 1 MiB logs; a larger field is
 /// accepted up to this bound and refused beyond it rather than allocated.
@@ -36,15 +41,49 @@ impl ActiveSequence {
     }
 }
 
-/// Copy `len` bytes of the ring starting at `offset`, wrapping at the end.
-fn ring_bytes(log: &[u8], offset: u64, len: u64) -> Vec<u8> {
-    let n = log.len() as u64;
-    let start = offset as usize;
-    let first = (n - offset).min(len) as usize;
+/// The log region as the search and the replay read it.
+pub trait LogRegion {
+    /// Bytes in the region (a multiple of 4 KiB).
+    fn region_len(&self) -> u64;
+    /// Bytes `offset..offset + len` of the region (inside it, never wrapping). Offsets in
+    /// errors are relative to the region's start.
+    fn bytes(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>>;
+}
+
+impl LogRegion for [u8] {
+    fn region_len(&self) -> u64 {
+        self.len() as u64
+    }
+    fn bytes(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(&self[offset as usize..offset as usize + len]))
+    }
+}
+
+impl LogRegion for Vec<u8> {
+    fn region_len(&self) -> u64 {
+        self.as_slice().region_len()
+    }
+    fn bytes(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+        self.as_slice().bytes(offset, len)
+    }
+}
+
+/// `len` bytes of the ring starting at `offset`, wrapping at the end.
+fn ring_bytes<L: LogRegion + ?Sized>(log: &L, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let n = log.region_len();
+    let first = (n - offset).min(len);
     let mut out = Vec::with_capacity(len as usize);
-    out.extend_from_slice(&log[start..start + first]);
-    out.extend_from_slice(&log[..len as usize - first]);
-    out
+    out.extend_from_slice(&log.bytes(offset, first as usize)?);
+    if len > first {
+        out.extend_from_slice(&log.bytes(0, (len - first) as usize)?);
+    }
+    Ok(out)
+}
+
+/// The entry header at the start of slot `i`, if one decodes there.
+fn header_at<L: LogRegion + ?Sized>(log: &L, i: usize) -> Result<Option<EntryHeader>> {
+    let bytes = log.bytes(i as u64 * LOG_SECTOR_SIZE, HEADER_SIZE)?;
+    Ok(EntryHeader::decode(&bytes).ok())
 }
 
 enum Slot {
@@ -53,23 +92,23 @@ enum Slot {
     Valid(LogEntry),
 }
 
-struct Scanner<'a> {
-    log: &'a [u8],
+struct Scanner<'a, L: ?Sized> {
+    log: &'a L,
     guid: Guid,
     slots: Vec<Slot>,
     budget_bytes: u64,
 }
 
-impl Scanner<'_> {
+impl<L: LogRegion + ?Sized> Scanner<'_, L> {
     /// Verify the entry starting at slot `i`, once.
     fn entry(&mut self, i: usize) -> Result<Option<&LogEntry>> {
         if let Slot::Unchecked = self.slots[i] {
             let offset = i as u64 * LOG_SECTOR_SIZE;
-            let header = EntryHeader::decode(&self.log[i * LOG_SECTOR_SIZE as usize..]).ok();
+            let header = header_at(self.log, i)?;
             let verified = match header {
                 Some(h)
                     if h.log_guid == self.guid
-                        && u64::from(h.entry_length) <= self.log.len() as u64 =>
+                        && u64::from(h.entry_length) <= self.log.region_len() =>
                 {
                     let len = u64::from(h.entry_length);
                     if len > self.budget_bytes {
@@ -80,7 +119,7 @@ impl Scanner<'_> {
                         ));
                     }
                     self.budget_bytes -= len;
-                    LogEntry::decode(&ring_bytes(self.log, offset, len), self.guid).ok()
+                    LogEntry::decode(&ring_bytes(self.log, offset, len)?, self.guid).ok()
                 }
                 _ => None,
             };
@@ -104,18 +143,22 @@ impl Scanner<'_> {
 /// its newest entry's Tail is the offset of its oldest entry. The active sequence is the valid
 /// one whose newest entry has the highest sequence number. Entries of other LogGuids are
 /// stale and ignored. `Ok(None)`: no valid sequence at all.
-pub fn find_active_sequence(log: &[u8], log_guid: Guid) -> Result<Option<ActiveSequence>> {
-    assert!(log.len() as u64 % LOG_SECTOR_SIZE == 0 && log.len() as u64 <= MAX_LOG_LENGTH);
-    let slot_count = log.len() / LOG_SECTOR_SIZE as usize;
-    let log_len = log.len() as u64;
+pub fn find_active_sequence<L: LogRegion + ?Sized>(
+    log: &L,
+    log_guid: Guid,
+) -> Result<Option<ActiveSequence>> {
+    let log_len = log.region_len();
+    assert!(log_len % LOG_SECTOR_SIZE == 0 && log_len <= MAX_LOG_LENGTH);
+    let slot_count = (log_len / LOG_SECTOR_SIZE) as usize;
     // Cheap pass: headers that could start an entry of this log, newest first.
-    let mut candidates: Vec<(u64, usize)> = (0..slot_count)
-        .filter_map(|i| {
-            let h = EntryHeader::decode(&log[i * LOG_SECTOR_SIZE as usize..]).ok()?;
-            (h.log_guid == log_guid && u64::from(h.tail) < log_len)
-                .then_some((h.sequence_number, i))
-        })
-        .collect();
+    let mut candidates: Vec<(u64, usize)> = Vec::new();
+    for i in 0..slot_count {
+        if let Some(h) = header_at(log, i)? {
+            if h.log_guid == log_guid && u64::from(h.tail) < log_len {
+                candidates.push((h.sequence_number, i));
+            }
+        }
+    }
     candidates.sort_unstable_by(|a, b| b.cmp(a));
     let mut scanner = Scanner {
         log,
@@ -199,7 +242,11 @@ pub struct Overlay {
 
 impl Overlay {
     /// Replay `seq` (entries oldest first) over a file of `file_len` bytes.
-    pub fn replay(log: &[u8], seq: &ActiveSequence, file_len: u64) -> Result<Overlay> {
+    pub fn replay<L: LogRegion + ?Sized>(
+        log: &L,
+        seq: &ActiveSequence,
+        file_len: u64,
+    ) -> Result<Overlay> {
         let head = seq.head();
         if file_len < head.flushed_file_offset {
             return Err(Error::Truncated {
@@ -225,12 +272,12 @@ impl Overlay {
                         data_sector,
                         ..
                     } => {
-                        let at = ((log_offset + entry.data_payload_offset(data_sector))
-                            % log.len() as u64) as usize;
+                        let at = (log_offset + entry.data_payload_offset(data_sector))
+                            % log.region_len();
                         let payload_at = overlay.payloads.len() as u64;
                         overlay
                             .payloads
-                            .extend_from_slice(&log[at..at + DATA_SECTOR_PAYLOAD]);
+                            .extend_from_slice(&log.bytes(at, DATA_SECTOR_PAYLOAD)?);
                         Run::Sector {
                             leading,
                             trailing,

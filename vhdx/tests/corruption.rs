@@ -507,3 +507,65 @@ fn metadata_item_ending_past_the_region_is_refused() {
         "{err}"
     );
 }
+
+/// Counts the bytes an open reads in the log region, and fails reads of one log sector.
+struct LogReads {
+    bytes: Vec<u8>,
+    read_in_log: std::sync::atomic::AtomicU64,
+    bad_sector: Option<u64>,
+}
+
+impl vhdx::ReadAt for LogReads {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = offset + buf.len() as u64;
+        let log = LOG as u64..2 * MIB;
+        if offset < log.end && end > log.start {
+            let overlap = end.min(log.end) - offset.max(log.start);
+            self.read_in_log
+                .fetch_add(overlap, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.bad_sector.is_some_and(|s| offset <= s && s < end) {
+            return Err(std::io::Error::other("bad sector"));
+        }
+        vhdx::ReadAt::read_at(&self.bytes, offset, buf)
+    }
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+#[test]
+fn an_open_reads_entry_headers_and_the_entries_not_the_whole_log() {
+    let (b, bytes) = dirty();
+    let reads = std::sync::Arc::new(LogReads {
+        bytes: bytes.clone(),
+        read_in_log: Default::default(),
+        bad_sector: None,
+    });
+    let disk = Disk::open_with(Box::new(std::sync::Arc::clone(&reads)), "img", &NoParents).unwrap();
+    assert!(matches!(
+        disk.top().log_state,
+        LogState::Replayed { entries: 2, .. }
+    ));
+    let mut content = vec![0u8; 6 * MIB as usize];
+    disk.read_at(0, &mut content).unwrap();
+    assert!(
+        content == b.expected_content(None),
+        "the replayed log is seen"
+    );
+    let read = reads.read_in_log.load(std::sync::atomic::Ordering::Relaxed);
+    // 256 sector headers of 64 bytes, the two entries (12 KiB) and their payloads again.
+    assert!(read < 64 << 10, "read {read} bytes of a 1 MiB log");
+
+    // A sector of the first entry that cannot be read fails the open, naming the log.
+    let failing = LogReads {
+        bytes,
+        read_in_log: Default::default(),
+        bad_sector: Some(LOG as u64 + 4096 + 10),
+    };
+    let err = Disk::open_with(Box::new(failing), "img", &NoParents).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { structure: "log", offset, .. } if offset == LOG as u64 + 4096),
+        "{err}"
+    );
+}

@@ -20,6 +20,18 @@ use rand_core::SeedableRng;
 const BLOCK: u32 = 65536;
 const SIZE: u64 = 8 * 65536 * 2 + 4096; // 16 full blocks and a short one
 
+const LAYOUT: Layout = Layout {
+    disk_size: SIZE,
+    block_size: BLOCK,
+};
+
+/// A store in `dir` at process durability, on a manual clock.
+fn open_store(dir: &std::path::Path, profile: Profile) -> (Emulator, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let store = Emulator::open(dir, profile, Durability::Process, clock.clone()).unwrap();
+    (store, clock)
+}
+
 fn keys(n: u8) -> DiskKeys {
     DiskKeys {
         data: Secret32::from_bytes([n; 32]),
@@ -69,6 +81,17 @@ fn cycle(
         replica.write_block(b, rec.clone()).unwrap();
         digests[b as usize] = rec.digest();
     }
+    let root = datapath::replica::merkle::merkle_root(keys.digest.expose(), digests);
+    commit(replica, keys, sequence, root);
+}
+
+/// Commit point `sequence` (of generation `sequence`) with Merkle root `root`.
+fn commit(
+    replica: &DiskReplica<'_>,
+    keys: &DiskKeys,
+    sequence: u64,
+    root: [u8; 32],
+) -> datapath::replica::manifest::Manifest {
     replica
         .commit_point(
             sequence,
@@ -76,29 +99,22 @@ fn cycle(
             1_700_000_000_000_000_000 + sequence,
             Consistency::Crash,
             [0xAA; 20],
-            datapath::replica::merkle::merkle_root(keys.digest.expose(), digests),
+            root,
             keys.digest.expose(),
         )
-        .unwrap();
+        .unwrap()
 }
 
 #[test]
 fn two_cycles_restore_byte_exact_and_damage_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
-    let store = Emulator::open(
+    let (store, clock) = open_store(
         dir.path(),
         Profile::Premium {
             snapshot_spacing: false,
         },
-        Durability::Process,
-        clock.clone(),
-    )
-    .unwrap();
-    let layout = Layout {
-        disk_size: SIZE,
-        block_size: BLOCK,
-    };
+    );
+    let layout = LAYOUT;
     let replica = DiskReplica::open(&store, "replicas", "disk-1", layout).unwrap();
     let k = keys(1);
     let codec = BlockCodec::new(&k, 3, true);
@@ -225,36 +241,14 @@ fn two_cycles_restore_byte_exact_and_damage_is_named() {
 #[test]
 fn a_long_journal_with_gaps_and_damage_lists_every_point() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
-    let store = Emulator::open(
-        dir.path(),
-        Profile::Standard,
-        Durability::Process,
-        clock.clone(),
-    )
-    .unwrap();
-    let layout = Layout {
-        disk_size: SIZE,
-        block_size: BLOCK,
-    };
-    let replica = DiskReplica::open(&store, "replicas", "disk-1", layout).unwrap();
+    let (store, _) = open_store(dir.path(), Profile::Standard);
+    let replica = DiskReplica::open(&store, "replicas", "disk-1", LAYOUT).unwrap();
     let k = keys(4);
-    let digests = vec![[0u8; 32]; layout.blocks() as usize];
+    let digests = vec![[0u8; 32]; LAYOUT.blocks() as usize];
     let root = datapath::replica::merkle::merkle_root(k.digest.expose(), &digests);
     let mut live = Vec::new();
     for sequence in 0..600u64 {
-        let m = replica
-            .commit_point(
-                sequence,
-                sequence,
-                1_700_000_000_000_000_000 + sequence,
-                Consistency::Crash,
-                [0xAA; 20],
-                root,
-                k.digest.expose(),
-            )
-            .unwrap();
-        live.push(m);
+        live.push(commit(&replica, &k, sequence, root));
     }
     // Delete every seventh point and the run 250..262 (a gap across the first read's end).
     let (gone, kept): (Vec<_>, Vec<_>) = live

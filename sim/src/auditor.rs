@@ -8,8 +8,10 @@
 //! audit reads only snapshots, which never change, straight from the storage account (no fault
 //! draws, so the loop's fault stream is untouched); and before anything that may delete a
 //! disk's snapshots (its next cycle: a premium blob's snapshot limit; retention after a cycle;
-//! any DR step, agent start or crash; the final checks) the loop waits until that disk's audit
-//! has caught up ([`AuditLink::fence`]). Per disk, proofs and deletions happen in the same order
+//! the final checks) the loop waits until that disk's audit has caught up
+//! ([`AuditLink::fence`]). Events that may run cycles and delete snapshots in one go (DR steps,
+//! agents starting, crashes) wait for every proof as it is sent
+//! ([`AuditLink::set_synchronous`]). Per disk, proofs and deletions happen in the same order
 //! as inline; other disks' cycles overlap them.
 
 use std::collections::BTreeMap;
@@ -63,6 +65,8 @@ pub(crate) struct AuditLink {
     jobs: mpsc::Sender<(usize, Work)>,
     sent: u64,
     progress: Arc<Progress>,
+    /// Each piece of work is waited for as it is sent.
+    synchronous: bool,
 }
 
 impl AuditLink {
@@ -70,6 +74,18 @@ impl AuditLink {
         self.sent += 1;
         // A thread that is gone has panicked: the fence says so.
         let _ = self.jobs.send((self.disk, work));
+        if self.synchronous {
+            self.fence();
+        }
+    }
+
+    /// Wait for all work sent so far, and from now on (`on`) for each piece as it is sent;
+    /// or (not `on`) let the work run behind again.
+    pub(crate) fn set_synchronous(&mut self, on: bool) {
+        if on {
+            self.fence();
+        }
+        self.synchronous = on;
     }
 
     /// Record the disk's content at point `sequence`.
@@ -130,6 +146,7 @@ pub(crate) fn start<'scope, 'e: 'scope>(
             jobs: jobs.clone(),
             sent: 0,
             progress: Arc::clone(&progress),
+            synchronous: false,
         })
         .collect();
     drop(jobs);
@@ -205,12 +222,26 @@ mod tests {
             link.image(9, images[&0].clone());
             link.forget(9);
             link.catch_up(points[..2].to_vec());
+            link.set_synchronous(true);
+            assert_eq!(
+                link.progress.lock().0[0],
+                link.sent,
+                "going synchronous waits for what was sent before"
+            );
             link.catch_up(points.clone());
+            assert_eq!(
+                link.progress.lock().0[0],
+                link.sent,
+                "a synchronous link waits for each job as it is sent"
+            );
+            link.set_synchronous(false);
+            link.catch_up(points.clone()); // nothing new to prove: no change
             link.fence();
-            {
-                let state = link.progress.lock();
-                assert_eq!(state.0[0], link.sent, "the fence waited for every job");
-            }
+            assert_eq!(
+                link.progress.lock().0[0],
+                link.sent,
+                "the fence waited for every job"
+            );
             drop(links);
             thread.join().unwrap().remove(0)
         });

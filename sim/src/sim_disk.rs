@@ -155,6 +155,14 @@ impl SimDisk<'_> {
             link.fence();
         }
     }
+
+    /// From now on (`on`), wait for each piece of audit work as it is sent, after waiting for
+    /// what was sent before; or (not `on`) let it run behind again.
+    pub(crate) fn audit_synchronously(&mut self, on: bool) {
+        if let Some(link) = &mut self.audit_link {
+            link.set_synchronous(on);
+        }
+    }
 }
 
 /// `len` bytes of written data: random (incompressible), or a fill byte with a random byte

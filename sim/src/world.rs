@@ -55,18 +55,25 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
             (d.observer.reader(), BlockCodec::new(&keys, 1, true))
         })
         .collect();
-    std::thread::scope(|scope| {
+    // The world moves into the scope: if the loop panics, dropping it drops every link and
+    // the audit thread ends, so the scope's join cannot wait forever.
+    std::thread::scope(move |scope| {
         let (links, auditor) = crate::auditor::start(scope, views);
         for (d, link) in world.disks.iter_mut().zip(links) {
             d.audit_link = Some(link);
         }
-        // On an error the world, and with it every link, is dropped: the thread ends.
-        while let Some((now, event)) = world.queue.pop() {
+        let looped = loop {
+            let Some((now, event)) = world.queue.pop() else {
+                break Ok(());
+            };
             if now >= world.end {
-                break;
+                break Ok(());
             }
-            world.handle(now, event)?;
-        }
+            if let Err(e) = world.handle(now, event) {
+                break Err(e);
+            }
+        };
+        // The links go whatever the loop's outcome: the thread finishes its work and ends.
         for d in &mut world.disks {
             d.audit_link = None;
         }
@@ -74,6 +81,7 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
             Ok(audits) => audits,
             Err(panic) => std::panic::resume_unwind(panic),
         };
+        looped?;
         for (d, audit) in world.disks.iter_mut().zip(audits) {
             d.audit = audit;
         }
@@ -260,15 +268,35 @@ impl<'e> World<'e> {
     /// Advance the clock to `now` and hand `event` to its handler.
     fn handle(&mut self, now: u64, event: Event) -> Result<(), SimError> {
         // A disk's snapshots may go only once its audit has caught up: a poll (a cycle at a
-        // premium blob's snapshot limit) and a cycle's end (retention) touch their own disk;
-        // a workload minute touches no snapshot; anything else may touch any disk's.
-        match event {
-            Event::Workload { .. } => {}
+        // premium blob's snapshot limit) and a cycle's end (retention) touch their own disk,
+        // and only before the cycle they may run sends its proof; a workload minute touches
+        // no snapshot. Anything else (DR steps, agents starting, crashes) may run cycles and
+        // delete snapshots of any disk in any order: every audit has caught up before it, and
+        // during it each proof is waited for as it is sent.
+        let anything = match event {
+            Event::Workload { .. } => false,
             Event::Poll { disk, .. } | Event::CycleDone { disk, .. } => {
-                self.disks[disk].fence_audit()
+                self.disks[disk].fence_audit();
+                false
             }
-            _ => self.disks.iter().for_each(SimDisk::fence_audit),
+            _ => true,
+        };
+        if anything {
+            self.disks
+                .iter_mut()
+                .for_each(|d| d.audit_synchronously(true));
         }
+        let handled = self.dispatch(now, event);
+        if anything {
+            self.disks
+                .iter_mut()
+                .for_each(|d| d.audit_synchronously(false));
+        }
+        handled
+    }
+
+    /// Hand `event` to its handler.
+    fn dispatch(&mut self, now: u64, event: Event) -> Result<(), SimError> {
         self.invariants.event_at(now, &event);
         self.env.clock.set(now);
         self.events += 1;

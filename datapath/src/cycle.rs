@@ -826,6 +826,41 @@ fn write_table_pages(
 }
 
 /// A VHDX disk (or chain) as a source: unallocated and zero extents are never read.
+/// A disk held in memory: its bytes, none of them unallocated.
+impl BlockSource for [u8] {
+    fn disk_size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn is_unallocated(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let start = usize::try_from(offset).ok().filter(|&s| s <= self.len());
+        match start.and_then(|s| self.get(s..s.checked_add(buf.len())?)) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("read of {} bytes at {offset} past the end", buf.len()),
+            )),
+        }
+    }
+}
+
+impl BlockSource for Vec<u8> {
+    fn disk_size(&self) -> u64 {
+        self.as_slice().disk_size()
+    }
+    fn is_unallocated(&self, offset: u64, len: u64) -> bool {
+        self.as_slice().is_unallocated(offset, len)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.as_slice().read_at(offset, buf)
+    }
+}
+
 impl BlockSource for vhdx::Disk {
     fn disk_size(&self) -> u64 {
         self.virtual_size()

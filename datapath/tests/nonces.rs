@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use datapath::agent::{AgentTarget, DiskAgent};
-use datapath::cycle::BlockSource;
 use datapath::keys::Identity;
 use datapath::policy::Policy;
 use datapath::replica::manifest::Consistency;
@@ -84,26 +83,11 @@ impl StoreFs for RecordingFs {
     }
 }
 
-struct Disk(Vec<u8>);
-
-impl BlockSource for Disk {
-    fn disk_size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn is_unallocated(&self, _: u64, _: u64) -> bool {
-        false
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-}
-
-fn churn(disk: &mut Disk, rng: &mut ChaCha8Rng, blocks: usize) {
+fn churn(disk: &mut Vec<u8>, rng: &mut ChaCha8Rng, blocks: usize) {
     for _ in 0..blocks {
         let b = (rng.next_u64() % (SIZE / BLOCK)) as usize * BLOCK as usize;
         let fill = rng.next_u32() as u8;
-        for (i, v) in disk.0[b..b + BLOCK as usize].iter_mut().enumerate() {
+        for (i, v) in disk[b..b + BLOCK as usize].iter_mut().enumerate() {
             *v = if i % 9 == 0 {
                 rng.next_u32() as u8
             } else {
@@ -165,7 +149,7 @@ fn no_nonce_ever_seals_two_records_across_restarts_failures_and_the_staging_log(
     let id = identity();
     let policy = Policy::from_toml("block_size_kib = 64", premium).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let mut disk = Disk(vec![0; SIZE as usize]);
+    let mut disk = vec![0; SIZE as usize];
     let mut epochs = Vec::new();
     let mut committed = 0;
     for life in 0..6u64 {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use datapath::cycle::{run_cycle, BlockSource, CycleOptions};
+use datapath::cycle::{run_cycle, CycleOptions};
 use datapath::keys::Identity;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
@@ -20,21 +20,6 @@ use rand_core::{RngCore, SeedableRng};
 
 const BLOCK: u32 = 16384;
 const SIZE: u64 = 24 * 16384;
-
-struct Disk(Vec<u8>);
-
-impl BlockSource for Disk {
-    fn disk_size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn is_unallocated(&self, _: u64, _: u64) -> bool {
-        false
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-}
 
 fn identity() -> Identity {
     let clock = ManualClock::new(1_700_000_000_000_000_000);
@@ -60,11 +45,11 @@ fn layout() -> Layout {
     }
 }
 
-fn churn(disk: &mut Disk, rng: &mut ChaCha8Rng, blocks: usize) {
+fn churn(disk: &mut Vec<u8>, rng: &mut ChaCha8Rng, blocks: usize) {
     for _ in 0..blocks {
         let b = (rng.next_u64() % (SIZE / u64::from(BLOCK))) as usize * BLOCK as usize;
         let fill = rng.next_u32() as u8;
-        for (i, v) in disk.0[b..b + BLOCK as usize].iter_mut().enumerate() {
+        for (i, v) in disk[b..b + BLOCK as usize].iter_mut().enumerate() {
             *v = if i % 7 == 0 {
                 rng.next_u32() as u8
             } else {
@@ -79,7 +64,7 @@ fn churn(disk: &mut Disk, rng: &mut ChaCha8Rng, blocks: usize) {
 struct Run {
     committed: Vec<Vec<u8>>,
     failed: Option<Vec<u8>>,
-    disk: Disk,
+    disk: Vec<u8>,
     nonces: NonceSource,
     clock: Arc<ManualClock>,
 }
@@ -88,7 +73,7 @@ fn replicate(fs: &Arc<CrashFs>, seed: u64, id: &Identity) -> Run {
     let keys = id.disk_keys("disk");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
-    let mut disk = Disk(vec![0; SIZE as usize]);
+    let mut disk = vec![0; SIZE as usize];
     let mut committed: Vec<Vec<u8>> = Vec::new();
     let mut nonces = NonceSource::new_epoch(&mut rng);
     let mut failed = None;
@@ -109,9 +94,9 @@ fn replicate(fs: &Arc<CrashFs>, seed: u64, id: &Identity) -> Run {
                     .map_err(|e| e.to_string())
             });
         match outcome {
-            Ok(()) => committed.push(disk.0.clone()),
+            Ok(()) => committed.push(disk.clone()),
             Err(_) => {
-                failed = Some(disk.0.clone());
+                failed = Some(disk.clone());
                 break;
             }
         }

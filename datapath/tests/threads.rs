@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use datapath::cycle::{run_cycle, BlockSource, CycleOptions, Selection};
+use datapath::cycle::{run_cycle, CycleOptions, Selection};
 use datapath::keys::Identity;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
@@ -24,23 +24,8 @@ const BLOCK: u32 = 16384;
 const SIZE: u64 = 300 * 16384 + 1024;
 const T0: u64 = 1_700_000_000_000_000_000;
 
-struct MemDisk(Vec<u8>);
-
-impl BlockSource for MemDisk {
-    fn disk_size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn is_unallocated(&self, _: u64, _: u64) -> bool {
-        false
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-}
-
 /// Text-like blocks, some zero, some incompressible, a few repeated.
-fn disk() -> MemDisk {
+fn disk() -> Vec<u8> {
     let mut bytes = vec![0u8; SIZE as usize];
     let mut state = 7u64;
     for (i, block) in bytes.chunks_mut(BLOCK as usize).enumerate() {
@@ -61,7 +46,7 @@ fn disk() -> MemDisk {
             }
         }
     }
-    MemDisk(bytes)
+    bytes
 }
 
 fn store(dir: &std::path::Path) -> Emulator {
@@ -92,7 +77,7 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 fn replicate(
     store: &dyn PageBlobStore,
     id: &Identity,
-    disk: &MemDisk,
+    disk: &Vec<u8>,
     threads: usize,
 ) -> (Manifest, Vec<u8>) {
     let replica = DiskReplica::open(store, "replicas", "disk", layout()).unwrap();
@@ -173,7 +158,7 @@ fn the_replica_and_its_restores_do_not_depend_on_the_number_of_threads() {
                 let order: Vec<u64> = seen.iter().map(|(b, _)| *b).collect();
                 assert_eq!(order, (0..layout().blocks()).collect::<Vec<_>>());
                 let bytes: Vec<u8> = seen.into_iter().flat_map(|(_, d)| d).collect();
-                assert!(bytes == disk.0, "{restore_threads} threads, {fetch:?}");
+                assert!(bytes == disk, "{restore_threads} threads, {fetch:?}");
             }
         }
     }

@@ -449,13 +449,13 @@ fn cycle_inner(
     }
     let digest_key = keys.digest.expose();
     let codec = BlockCodec::new(keys, options.zstd_level, options.encrypt);
-    if let Some(log) = &replica.staging {
-        // A staged cycle a crash left committed becomes a point first: it needs a snapshot,
-        // and so does this cycle's point. At the profile's limit, room before each.
-        make_room(replica, digest_key, options.snapshot_limit)?;
-        recover_staged_cycle(replica, log, identity, &codec, digest_key)?;
-    }
-    make_room(replica, digest_key, options.snapshot_limit)?;
+    recover_and_make_room(
+        replica,
+        identity,
+        &codec,
+        digest_key,
+        options.snapshot_limit,
+    )?;
     let ReplicaState {
         points,
         mut table,
@@ -465,60 +465,27 @@ fn cycle_inner(
     let blocks = layout.blocks();
     let zero = zero_digests(&codec, blocks, layout.block_size, layout.disk_size);
 
-    let selected: Vec<u64> = match &options.selection {
-        Selection::Scan => (0..blocks).collect(),
-        Selection::Blocks(list) => {
-            if let Some(&bad) = list.iter().find(|&&b| b >= blocks) {
-                return Err(CycleError::BlockOutOfRange { block: bad, blocks });
-            }
-            list.clone()
-        }
-    };
+    let selected = options.selection.blocks(blocks)?;
     let group_len = (GROUP_BYTES / u64::from(layout.block_size)).clamp(2, 128) as usize;
     let totals = Progress {
         bytes_total: selected.iter().map(|&b| layout.block_len(b)).sum(),
         ..Progress::default()
     };
-    let mut done = totals;
-    let sent = AtomicU64::new(0);
-    let staging = replica.staging.as_ref();
-    let mut log_end = StagingLog::first_entry();
-    let mut log_entries = 0u64;
-    let mut changed = 0u64;
-    let mut bytes_changed = 0u64;
-
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<ReplicaError>> = Mutex::new(None);
-    let limiter = options.throttle_bytes_per_sec.map(RateLimit::new);
-    // Store one record (on a writer thread, or inline when there are none).
-    let stopping = || {
-        options
-            .stop
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Relaxed))
+    let mut tally = Tally {
+        done: totals,
+        changed: 0,
+        bytes_changed: 0,
+        log_end: StagingLog::first_entry(),
+        log_entries: 0,
     };
-    let store_record = |job: Job| {
-        // A failed or abandoned cycle stores nothing more (queued records are dropped).
-        if failed.load(Ordering::Relaxed) || stopping() {
-            return;
-        }
-        let bytes = job.encoded.stored_bytes();
-        if let Some(limit) = &limiter {
-            limit.acquire(bytes);
-        }
-        let written = match staging {
-            Some(log) => log.write_entry(job.log_offset, job.block, job.encoded),
-            None => replica.write_block(job.block, job.encoded),
-        };
-        match written {
-            Ok(()) => {
-                sent.fetch_add(bytes, Ordering::Relaxed);
-            }
-            Err(e) => {
-                failed.store(true, Ordering::Relaxed);
-                first_error.lock().expect("error slot").get_or_insert(e);
-            }
-        }
+
+    let writer = RecordWriter {
+        replica,
+        limiter: options.throttle_bytes_per_sec.map(RateLimit::new),
+        stop: options.stop.as_deref(),
+        sent: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+        first_error: Mutex::new(None),
     };
     // No writer threads: every store call is made by this thread, in block order.
     let inline = options.upload_threads == 0;
@@ -533,156 +500,190 @@ fn cycle_inner(
     let rx = Mutex::new(rx);
     let outcome: Result<(), CycleError> = std::thread::scope(|scope| {
         for _ in 0..options.upload_threads {
-            scope.spawn(|| loop {
-                let job = match rx.lock().expect("writer queue").recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                };
-                store_record(job);
-            });
+            scope.spawn(|| writer.serve(&rx));
         }
-        // A group's results are settled on this thread, in group order (the source's reads
-        // checked, the table updated and its pages written, the records handed to the writers
-        // or, without writers, stored here) while the pool examines the groups after it.
-        let mut settle = |table: &mut MerkleTree,
-                          group: &[u64],
-                          examined: ExaminedGroup|
-         -> Result<(), CycleError> {
-            let (Some(&first), Some(&last)) = (group.iter().min(), group.iter().max()) else {
-                return Ok(());
-            };
-            source.check_reads().map_err(|e| CycleError::Source {
-                offset: group[0] * u64::from(layout.block_size),
-                source: e,
-            })?;
-            let start = first * u64::from(layout.block_size);
-            let end = last * u64::from(layout.block_size) + layout.block_len(last);
-            source.release(start, end - start);
-            let mut jobs = Vec::new();
-            let mut dirty_pages = BTreeSet::new();
-            for result in examined {
-                let e = result?;
-                done.bytes_done += layout.block_len(e.block);
-                done.bytes_read += e.read_len;
-                if let Some(encoded) = e.encoded {
-                    table.set(e.block as usize, e.digest);
-                    dirty_pages.insert(e.block / ENTRIES_PER_PAGE);
-                    changed += 1;
-                    bytes_changed += layout.block_len(e.block);
-                    jobs.push((e.block, encoded));
-                }
-            }
-            // Table entries first, then the slots (see `disk_replica`).
-            write_table_pages(replica, table.leaves(), &dirty_pages, &zero)?;
-            for (block, encoded) in jobs {
-                let log_offset = log_end;
-                log_end += StagingLog::entry_len(&encoded);
-                log_entries += 1;
-                let job = Job {
-                    block,
-                    encoded,
-                    log_offset,
-                };
-                if inline {
-                    store_record(job);
-                } else if tx.send(job).is_err() {
-                    break;
-                }
-            }
-            done.bytes_sent = sent.load(Ordering::Relaxed);
-            progress(&done);
-            Ok(())
+        // A group's results are settled on this thread, in group order, while the pool
+        // examines the groups after it; without writer threads (the simulator), one group at a
+        // time: its store calls are made while nothing else runs.
+        let settler = Settler {
+            source,
+            replica,
+            zero: &zero,
+            sent: &writer.sent,
+            progress,
         };
-        let mut produce = || -> Result<(), CycleError> {
-            // Groups in flight on the pool while this thread settles the oldest, so the pool
-            // never runs dry at a group's end. Without writer threads (the simulator), one at a
-            // time: its store calls are made while nothing else runs.
-            let depth = if inline { 1 } else { GROUPS_IN_FLIGHT };
-            let mut groups = selected.chunks(group_len);
-            let mut in_flight = std::collections::VecDeque::new();
-            let pass = &pass;
-            rayon::in_place_scope_fifo(|pool| -> Result<(), CycleError> {
-                loop {
-                    while in_flight.len() < depth {
-                        let Some(group) = groups.next() else {
-                            break;
-                        };
-                        if failed.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        if stopping() {
-                            return Err(CycleError::Abandoned);
-                        }
-                        // Read (unallocated blocks never), hash, compare with the table,
-                        // encode what changed. Nonces are handed out per position before the
-                        // pass, so the bytes do not depend on scheduling (unused ones are
-                        // skipped); the table entries the pass compares with are copied out, as
-                        // the groups before may still be updating the table.
-                        let group_nonces: Vec<[u8; 12]> = group
-                            .iter()
-                            .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
-                            .collect::<Result<_, _>>()?;
-                        let known: Vec<[u8; 32]> =
-                            group.iter().map(|&b| table.leaves()[b as usize]).collect();
-                        let (examined_tx, examined_rx) = mpsc::sync_channel::<ExaminedGroup>(1);
-                        pool.spawn_fifo(move |_| {
-                            let examine =
-                                |((&block, nonce), known): ((&u64, &[u8; 12]), &[u8; 32])| {
-                                    pass.examine(block, known, *nonce)
-                                };
-                            // Small groups (a delta of a few blocks) are not worth splitting.
-                            let examined = if group.len() >= 8 {
-                                group
-                                    .par_iter()
-                                    .zip(group_nonces.par_iter())
-                                    .zip(known.par_iter())
-                                    .map(examine)
-                                    .collect()
-                            } else {
-                                group
-                                    .iter()
-                                    .zip(group_nonces.iter())
-                                    .zip(known.iter())
-                                    .map(examine)
-                                    .collect()
-                            };
-                            // The receiver is gone only when the cycle already failed.
-                            let _ = examined_tx.send(examined);
-                        });
-                        in_flight.push_back((group, examined_rx));
-                    }
-                    let Some((group, examined_rx)) = in_flight.pop_front() else {
-                        return Ok(());
-                    };
-                    // A task that panicked: the scope passes its panic on when it ends.
-                    let Some(examined) = wait_helping_the_pool(&examined_rx) else {
-                        return Ok(());
-                    };
-                    settle(&mut table, group, examined)?;
-                }
-            })
+        let mut hand_off = |job: Job| {
+            if inline {
+                writer.store(job);
+                true
+            } else {
+                tx.send(job).is_ok()
+            }
         };
-        let produced = produce();
+        let produced = examine_ahead(
+            &pass,
+            &selected,
+            group_len,
+            if inline { 1 } else { GROUPS_IN_FLIGHT },
+            nonces,
+            &mut table,
+            &|| writer.keep_going(),
+            &mut |table, group, examined| {
+                settler.settle(&mut tally, table, group, examined, &mut hand_off)
+            },
+        );
         drop(tx);
         produced
     });
     outcome?;
-    if let Some(e) = first_error.into_inner().expect("error slot") {
+    if let Some(e) = writer.first_error.lock().expect("error slot").take() {
         return Err(e.into());
     }
     // Writers drop what is queued once a stop is asked for: past this check nothing was
     // dropped, and the point may be committed.
-    if stopping() {
+    if writer.stopping() {
         return Err(CycleError::Abandoned);
     }
+    let point = commit_cycle(
+        replica,
+        identity,
+        options,
+        digest_key,
+        sequence,
+        &tally,
+        table.root(),
+    )?;
+    let report = CycleReport {
+        point,
+        blocks,
+        blocks_examined: selected.len() as u64,
+        blocks_changed: tally.changed,
+        bytes_read: tally.done.bytes_read,
+        bytes_changed: tally.bytes_changed,
+        bytes_sent: writer.sent.into_inner(),
+        table_rebuilt,
+        seconds: started.elapsed().as_secs_f64(),
+        tracking_lost: None,
+    };
+    Ok((report, table))
+}
+
+/// The staged cycle a crash left committed (premium targets) becomes a point, and there is
+/// room under the profile's snapshot limit for this cycle's point.
+fn recover_and_make_room(
+    replica: &DiskReplica<'_>,
+    identity: &Identity,
+    codec: &BlockCodec,
+    digest_key: &[u8; 32],
+    snapshot_limit: Option<usize>,
+) -> Result<(), CycleError> {
+    if let Some(log) = &replica.staging {
+        // It needs a snapshot, and so does this cycle's point: room before each.
+        make_room(replica, digest_key, snapshot_limit)?;
+        recover_staged_cycle(replica, log, identity, codec, digest_key)?;
+    }
+    make_room(replica, digest_key, snapshot_limit)
+}
+
+impl Selection {
+    /// The blocks to examine of a disk of `blocks` blocks.
+    fn blocks(&self, blocks: u64) -> Result<Vec<u64>, CycleError> {
+        match self {
+            Selection::Scan => Ok((0..blocks).collect()),
+            Selection::Blocks(list) => match list.iter().find(|&&b| b >= blocks) {
+                Some(&bad) => Err(CycleError::BlockOutOfRange { block: bad, blocks }),
+                None => Ok(list.clone()),
+            },
+        }
+    }
+}
+
+/// Stores records (on writer threads, or inline when there are none) and remembers the first
+/// failure: after one, or once a stop is asked for, nothing more is stored.
+struct RecordWriter<'c, 'r> {
+    replica: &'c DiskReplica<'r>,
+    limiter: Option<RateLimit>,
+    stop: Option<&'c AtomicBool>,
+    sent: AtomicU64,
+    failed: AtomicBool,
+    first_error: Mutex<Option<ReplicaError>>,
+}
+
+impl RecordWriter<'_, '_> {
+    fn stopping(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// Whether the cycle goes on with its next group: `Ok(false)` once a store call failed
+    /// (the failure is reported), an error once a stop is asked for.
+    fn keep_going(&self) -> Result<bool, CycleError> {
+        if self.failed.load(Ordering::Relaxed) {
+            Ok(false)
+        } else if self.stopping() {
+            Err(CycleError::Abandoned)
+        } else {
+            Ok(true)
+        }
+    }
+
+    /// A writer thread: store the records `queue` hands out until it is closed.
+    fn serve(&self, queue: &Mutex<mpsc::Receiver<Job>>) {
+        loop {
+            let job = match queue.lock().expect("writer queue").recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            };
+            self.store(job);
+        }
+    }
+
+    fn store(&self, job: Job) {
+        // A failed or abandoned cycle stores nothing more (queued records are dropped).
+        if self.failed.load(Ordering::Relaxed) || self.stopping() {
+            return;
+        }
+        let bytes = job.encoded.stored_bytes();
+        if let Some(limit) = &self.limiter {
+            limit.acquire(bytes);
+        }
+        let written = match &self.replica.staging {
+            Some(log) => log.write_entry(job.log_offset, job.block, job.encoded),
+            None => self.replica.write_block(job.block, job.encoded),
+        };
+        match written {
+            Ok(()) => {
+                self.sent.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Relaxed);
+                self.first_error
+                    .lock()
+                    .expect("error slot")
+                    .get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// Commit the cycle's point: through the staging log first (premium targets: committed there,
+/// applied to the blob, cleared after), then the snapshot and manifest.
+fn commit_cycle(
+    replica: &DiskReplica<'_>,
+    identity: &Identity,
+    options: &CycleOptions,
+    digest_key: &[u8; 32],
+    sequence: u64,
+    tally: &Tally,
+    root: [u8; 32],
+) -> Result<Manifest, CycleError> {
+    let staging = replica.staging.as_ref();
     if let Some(log) = staging {
-        // The cycle is in the log: commit it there, then apply it to the premium blob.
         let header = LogHeader {
             sequence,
             time_nanos: options.now_nanos,
             consistency: options.consistency,
-            entries: log_entries,
-            end: log_end,
+            entries: tally.log_entries,
+            end: tally.log_end,
         };
         log.commit(&header)?;
         log.for_each_entry(&header, |block, record| apply_entry(replica, block, record))?;
@@ -693,25 +694,164 @@ fn cycle_inner(
         options.now_nanos,
         options.consistency,
         identity.key_id.0,
-        table.root(),
+        root,
         digest_key,
     )?;
     if let Some(log) = staging {
-        log.clear(log_end)?;
+        log.clear(tally.log_end)?;
     }
-    let report = CycleReport {
-        point,
-        blocks,
-        blocks_examined: selected.len() as u64,
-        blocks_changed: changed,
-        bytes_read: done.bytes_read,
-        bytes_changed,
-        bytes_sent: sent.into_inner(),
-        table_rebuilt,
-        seconds: started.elapsed().as_secs_f64(),
-        tracking_lost: None,
-    };
-    Ok((report, table))
+    Ok(point)
+}
+
+/// What a cycle has settled so far.
+struct Tally {
+    done: Progress,
+    changed: u64,
+    bytes_changed: u64,
+    /// Where the next staged entry goes, and how many there are (premium targets).
+    log_end: u64,
+    log_entries: u64,
+}
+
+/// Settles examined groups on the cycle's thread.
+struct Settler<'c, 'r, Z> {
+    source: &'c dyn BlockSource,
+    replica: &'c DiskReplica<'r>,
+    zero: &'c Z,
+    sent: &'c AtomicU64,
+    progress: &'c (dyn Fn(&Progress) + Sync),
+}
+
+impl<Z: Fn(u64) -> [u8; 32]> Settler<'_, '_, Z> {
+    /// Settle `group` (blocks examined as `examined`, in order): check the source's reads,
+    /// update `table` and write its dirty pages, then give the changed blocks' records to
+    /// `hand_off` (false: the writers are gone).
+    fn settle(
+        &self,
+        tally: &mut Tally,
+        table: &mut MerkleTree,
+        group: &[u64],
+        examined: ExaminedGroup,
+        hand_off: &mut dyn FnMut(Job) -> bool,
+    ) -> Result<(), CycleError> {
+        let layout = self.replica.layout;
+        let (Some(&first), Some(&last)) = (group.iter().min(), group.iter().max()) else {
+            return Ok(());
+        };
+        self.source.check_reads().map_err(|e| CycleError::Source {
+            offset: group[0] * u64::from(layout.block_size),
+            source: e,
+        })?;
+        let start = first * u64::from(layout.block_size);
+        let end = last * u64::from(layout.block_size) + layout.block_len(last);
+        self.source.release(start, end - start);
+        let mut jobs = Vec::new();
+        let mut dirty_pages = BTreeSet::new();
+        for result in examined {
+            let e = result?;
+            tally.done.bytes_done += layout.block_len(e.block);
+            tally.done.bytes_read += e.read_len;
+            if let Some(encoded) = e.encoded {
+                table.set(e.block as usize, e.digest);
+                dirty_pages.insert(e.block / ENTRIES_PER_PAGE);
+                tally.changed += 1;
+                tally.bytes_changed += layout.block_len(e.block);
+                jobs.push((e.block, encoded));
+            }
+        }
+        // Table entries first, then the slots (see `disk_replica`).
+        write_table_pages(self.replica, table.leaves(), &dirty_pages, self.zero)?;
+        for (block, encoded) in jobs {
+            let log_offset = tally.log_end;
+            tally.log_end += StagingLog::entry_len(&encoded);
+            tally.log_entries += 1;
+            let job = Job {
+                block,
+                encoded,
+                log_offset,
+            };
+            if !hand_off(job) {
+                break;
+            }
+        }
+        tally.done.bytes_sent = self.sent.load(Ordering::Relaxed);
+        (self.progress)(&tally.done);
+        Ok(())
+    }
+}
+
+/// Examine `selected` a group of `group_len` blocks at a time on the pool, up to `depth` groups
+/// ahead of the oldest, which `settle` takes on this thread in order. Before each group starts,
+/// `keep_going` says whether to (`Ok(false)`: stop quietly, the cycle already failed).
+#[allow(clippy::too_many_arguments)]
+fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
+    pass: &BlockPass<'_, Z>,
+    selected: &[u64],
+    group_len: usize,
+    depth: usize,
+    nonces: &mut NonceSource,
+    table: &mut MerkleTree,
+    keep_going: &dyn Fn() -> Result<bool, CycleError>,
+    settle: &mut dyn FnMut(&mut MerkleTree, &[u64], ExaminedGroup) -> Result<(), CycleError>,
+) -> Result<(), CycleError> {
+    let mut groups = selected.chunks(group_len);
+    let mut in_flight = std::collections::VecDeque::new();
+    rayon::in_place_scope_fifo(|pool| -> Result<(), CycleError> {
+        loop {
+            while in_flight.len() < depth {
+                let Some(group) = groups.next() else {
+                    break;
+                };
+                if !keep_going()? {
+                    return Ok(());
+                }
+                // Read (unallocated blocks never), hash, compare with the table, encode what
+                // changed. Nonces are handed out per position before the pass, so the bytes do
+                // not depend on scheduling (unused ones are skipped); the table entries the
+                // pass compares with are copied out, as the groups before may still be
+                // updating the table.
+                let group_nonces: Vec<[u8; 12]> = group
+                    .iter()
+                    .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
+                    .collect::<Result<_, _>>()?;
+                let known: Vec<[u8; 32]> =
+                    group.iter().map(|&b| table.leaves()[b as usize]).collect();
+                let (examined_tx, examined_rx) = mpsc::sync_channel::<ExaminedGroup>(1);
+                pool.spawn_fifo(move |_| {
+                    let examine = |((&block, nonce), known): ((&u64, &[u8; 12]), &[u8; 32])| {
+                        pass.examine(block, known, *nonce)
+                    };
+                    // Small groups (a delta of a few blocks) are not worth splitting.
+                    let examined = if group.len() >= 8 {
+                        group
+                            .par_iter()
+                            .zip(group_nonces.par_iter())
+                            .zip(known.par_iter())
+                            .map(examine)
+                            .collect()
+                    } else {
+                        group
+                            .iter()
+                            .zip(group_nonces.iter())
+                            .zip(known.iter())
+                            .map(examine)
+                            .collect()
+                    };
+                    // The receiver is gone only when the cycle already failed.
+                    let _ = examined_tx.send(examined);
+                });
+                in_flight.push_back((group, examined_rx));
+            }
+            let Some((group, examined_rx)) = in_flight.pop_front() else {
+                return Ok(());
+            };
+            // A task that panicked: the scope passes its panic on when it ends.
+            let Some(examined) = wait_helping_the_pool(&examined_rx) else {
+                return Ok(());
+            };
+            settle(table, group, examined)?;
+        }
+    })
 }
 
 /// Write one staged entry into its slot.
@@ -983,5 +1123,23 @@ impl BlockSource for RawSource {
     }
     fn check_reads(&self) -> std::io::Result<()> {
         vhdx::ReadAt::check_mapped(&self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_in_memory_are_a_source_and_a_read_past_their_end_is_an_error() {
+        let disk = vec![7u8; 10_000];
+        assert_eq!(disk.disk_size(), 10_000);
+        assert!(!disk.is_unallocated(0, 4096));
+        let mut buf = [0u8; 4096];
+        disk.read_at(5_904, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+        let err = disk.read_at(5_905, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(disk.read_at(u64::MAX, &mut buf).is_err());
     }
 }

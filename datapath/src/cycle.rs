@@ -195,6 +195,10 @@ struct Examined {
 /// A group's blocks after the parallel pass, in the group's order.
 type ExaminedGroup = Vec<Result<Examined, CycleError>>;
 
+/// Takes an examined group on the cycle's thread: the table, the group's blocks, their results.
+type SettleGroup<'s> =
+    dyn FnMut(&mut MerkleTree, &[u64], ExaminedGroup) -> Result<(), CycleError> + 's;
+
 /// Groups the pool examines ahead of the one being settled.
 const GROUPS_IN_FLIGHT: usize = 3;
 
@@ -792,7 +796,7 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
     nonces: &mut NonceSource,
     table: &mut MerkleTree,
     keep_going: &dyn Fn() -> Result<bool, CycleError>,
-    settle: &mut dyn FnMut(&mut MerkleTree, &[u64], ExaminedGroup) -> Result<(), CycleError>,
+    settle: &mut SettleGroup<'_>,
 ) -> Result<(), CycleError> {
     let mut groups = selected.chunks(group_len);
     let mut in_flight = std::collections::VecDeque::new();

@@ -83,7 +83,7 @@ impl StoreFs for RecordingFs {
     }
 }
 
-fn churn(disk: &mut Vec<u8>, rng: &mut ChaCha8Rng, blocks: usize) {
+fn churn(disk: &mut [u8], rng: &mut ChaCha8Rng, blocks: usize) {
     for _ in 0..blocks {
         let b = (rng.next_u64() % (SIZE / BLOCK)) as usize * BLOCK as usize;
         let fill = rng.next_u32() as u8;

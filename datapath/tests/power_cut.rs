@@ -45,7 +45,7 @@ fn layout() -> Layout {
     }
 }
 
-fn churn(disk: &mut Vec<u8>, rng: &mut ChaCha8Rng, blocks: usize) {
+fn churn(disk: &mut [u8], rng: &mut ChaCha8Rng, blocks: usize) {
     for _ in 0..blocks {
         let b = (rng.next_u64() % (SIZE / u64::from(BLOCK))) as usize * BLOCK as usize;
         let fill = rng.next_u32() as u8;

@@ -77,7 +77,7 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 fn replicate(
     store: &dyn PageBlobStore,
     id: &Identity,
-    disk: &Vec<u8>,
+    disk: &[u8],
     threads: usize,
 ) -> (Manifest, Vec<u8>) {
     let replica = DiskReplica::open(store, "replicas", "disk", layout()).unwrap();
@@ -90,7 +90,7 @@ fn replicate(
         .install(|| {
             run_cycle(
                 &replica,
-                disk,
+                &disk,
                 id,
                 &keys,
                 &options,

@@ -11,29 +11,9 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// A venv with azure-storage-blob, made once per target directory (tests in this binary run
-/// in parallel: only the first caller builds it, the others wait for it).
+/// A venv with azure-storage-blob (made once per target directory).
 fn python() -> PathBuf {
-    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    VENV.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("pyenv");
-        let py = root.join("bin/python");
-        let has_sdk = |py: &Path| {
-            Command::new(py)
-                .args(["-c", "import azure.storage.blob"])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !has_sdk(&py) {
-            let _ = std::fs::remove_dir_all(&root); // a half-made venv from an interrupted run
-            run_ok(Command::new("python3").args(["-m", "venv"]).arg(&root));
-            run_ok(Command::new(&py).args(["-m", "pip", "install", "-q", "azure-storage-blob"]));
-        }
-        py
-    })
-    .clone()
+    python_venv("pyenv", "azure.storage.blob", "azure-storage-blob")
 }
 
 fn sdk(py: &Path, endpoint: &str, phase: &str, profile: &str, input: Option<&[u8]>) -> Vec<u8> {

@@ -5,33 +5,11 @@ mod common;
 
 use common::*;
 
-const SMALL: &str = r#"
-name = "cli-small"
-seed = 3
-duration_hours = 1
-[policy]
-copy_frequency_secs = 300
-[[vm]]
-name = "vm"
-[[vm.disk]]
-name = "os"
-size_mib = 4
-churn_mib_per_hour = 6
-[[step]]
-action = "test_failover"
-at_minutes = 30
-vm = "vm"
-[[step]]
-action = "cleanup_test_failover"
-at_minutes = 40
-vm = "vm"
-"#;
-
 #[test]
 fn a_scenario_runs_reproducibly_and_a_hostile_one_is_refused() {
     let dir = temp_dir();
     let file = file_in(dir.path(), "small.toml");
-    std::fs::write(&file, SMALL).unwrap();
+    std::fs::write(&file, SMALL_SCENARIO).unwrap();
     let run = || {
         let out = run_ok(drplane().args(["sim", "run", path_str(&file), "--json"]));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
@@ -62,7 +40,11 @@ fn a_scenario_runs_reproducibly_and_a_hostile_one_is_refused() {
     // register, test failover, cleanup.
     assert_eq!(a["jobs"].as_array().unwrap().len(), 3);
 
-    std::fs::write(&file, SMALL.replace("size_mib = 4", "size_mib = 99999999")).unwrap();
+    std::fs::write(
+        &file,
+        SMALL_SCENARIO.replace("size_mib = 4", "size_mib = 99999999"),
+    )
+    .unwrap();
     let out = drplane()
         .args(["sim", "run", path_str(&file)])
         .output()
@@ -154,7 +136,7 @@ fn sim_run_leaves_no_file_behind_unless_told_to_keep_the_stores() {
     std::fs::create_dir_all(&cwd).unwrap();
     std::fs::create_dir_all(&tmp).unwrap();
     let scenario = dir.path().join("small.toml");
-    std::fs::write(&scenario, SMALL).unwrap();
+    std::fs::write(&scenario, SMALL_SCENARIO).unwrap();
     let shm_before = shm_entries();
     run_ok(drplane().current_dir(&cwd).env("TMPDIR", &tmp).args([
         "sim",

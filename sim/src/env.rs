@@ -281,6 +281,7 @@ impl Env {
             report: DiskReport {
                 vm: vm.name.clone(),
                 disk: spec.name.clone(),
+                rpo_target_secs: 2.0 * f64::from(vm.policy.copy_frequency_secs),
                 ..DiskReport::default()
             },
         })

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::audit::PointAudit;
 
 use crate::content::ContentModel;
-use crate::report::{Check, Job, SimError};
+use crate::report::{Check, FaultSpan, Job, SimError};
 use crate::scenario::{FaultKind, Scenario};
 use crate::sim_disk::SimDisk;
 
@@ -274,37 +274,49 @@ pub(crate) fn rpo_bound(disks: &[SimDisk<'_>]) -> Check {
     }
 }
 
-/// The scenario's faults as (label, first minute, last minute), for the report's timeline.
-pub(crate) fn fault_spans(scenario: &Scenario) -> Vec<(String, f64, f64)> {
+/// The scenario's faults as spans, for the report's timeline.
+pub(crate) fn fault_spans(scenario: &Scenario) -> Vec<FaultSpan> {
     scenario
         .faults
         .iter()
         .map(|f| {
             let at = f.at_minutes as f64;
-            let lasting = |label: String, minutes: u64| (label, at, at + minutes as f64);
-            let instant = |label: String| (label, at, at);
+            let span = |kind: &str, label: String, minutes: u64| FaultSpan {
+                kind: kind.into(),
+                label,
+                from_minute: at,
+                to_minute: at + minutes as f64,
+            };
+            let on_host = |what: &str, host: &Option<String>| {
+                host.as_ref()
+                    .map_or(what.to_string(), |h| format!("{what} {h}"))
+            };
             match f.kind.clone() {
-                FaultKind::WanDown { minutes } => lasting("WAN down".into(), minutes),
+                FaultKind::WanDown { minutes } => span("wan_down", "WAN down".into(), minutes),
                 FaultKind::WanDegraded { minutes, mbps } => {
-                    lasting(format!("WAN at {mbps} Mbit/s"), minutes)
+                    span("wan_degraded", format!("WAN at {mbps} Mbit/s"), minutes)
                 }
                 FaultKind::SnapshotPressure { minutes } => {
-                    lasting("deletes refused".into(), minutes)
+                    span("snapshot_pressure", "deletes refused".into(), minutes)
                 }
                 FaultKind::ChurnBurst { minutes, factor } => {
-                    lasting(format!("churn x{factor}"), minutes)
+                    span("churn_burst", format!("churn x{factor}"), minutes)
                 }
-                FaultKind::HostCrash { host, .. } => instant(
-                    host.as_ref()
-                        .map_or("host crash".into(), |h| format!("host crash {h}")),
-                ),
-                FaultKind::StorageStorm { minutes, .. } => lasting("storage storm".into(), minutes),
-                FaultKind::WrongCertificate => instant("wrong certificate".into()),
-                FaultKind::ClockSkew { seconds } => instant(format!("clock skew {seconds} s")),
-                FaultKind::AgentRestart { host } => instant(
-                    host.as_ref()
-                        .map_or("agent restart".into(), |h| format!("agent restart {h}")),
-                ),
+                FaultKind::HostCrash { host, .. } => {
+                    span("host_crash", on_host("host crash", &host), 0)
+                }
+                FaultKind::StorageStorm { minutes, .. } => {
+                    span("storage_storm", "storage storm".into(), minutes)
+                }
+                FaultKind::WrongCertificate => {
+                    span("wrong_certificate", "wrong certificate".into(), 0)
+                }
+                FaultKind::ClockSkew { seconds } => {
+                    span("clock_skew", format!("clock skew {seconds} s"), 0)
+                }
+                FaultKind::AgentRestart { host } => {
+                    span("agent_restart", on_host("agent restart", &host), 0)
+                }
             }
         })
         .collect()

@@ -10,8 +10,9 @@
 //! disk, its host's link and one costed cycle), `flows` (DR operations as vault jobs), `audit`
 //! and `content` (the checker's proofs and disk models), `auditor` (the thread the proofs run
 //! on), [`report`] (what a run returns), [`swarm`] (many seeds), [`planner`] (capacity
-//! planning checked by simulation), [`timeline`] (an SVG of a run), [`peak_hours`],
-//! [`fuzz_targets`].
+//! planning checked by simulation), [`timeline`] (an SVG of a run), [`junit`] and [`markdown`]
+//! (reports for CI systems), [`reproduce`] (the one-line commands that rerun a run or seed),
+//! [`peak_hours`], [`fuzz_targets`].
 
 #![forbid(unsafe_code)]
 
@@ -25,9 +26,12 @@ mod flows;
 pub mod fuzz_targets;
 mod host_clock;
 mod invariants;
+pub mod junit;
+pub mod markdown;
 pub mod peak_hours;
 pub mod planner;
 pub mod report;
+pub mod reproduce;
 pub mod scenario;
 mod sim_disk;
 pub mod swarm;

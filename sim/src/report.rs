@@ -51,6 +51,9 @@ pub struct DiskReport {
     pub crashed_cycles: u64,
     /// (simulated minute, RPO in seconds) at each poll, for the timeline.
     pub rpo_samples: Vec<(f64, f64)>,
+    /// The RPO the disk is held to while the network is up: two copy intervals of its policy
+    /// (the check adds the disk's longest steady cycle).
+    pub rpo_target_secs: f64,
 }
 
 /// The result of a run.
@@ -67,13 +70,24 @@ pub struct Report {
     pub jobs: Vec<Job>,
     /// Disks excluded from replication ("vm/disk").
     pub excluded_disks: Vec<String>,
-    /// Faults as they happened: (kind, first minute, last minute).
-    pub faults: Vec<(String, f64, f64)>,
+    /// Faults as they happened, in scenario order.
+    pub faults: Vec<FaultSpan>,
     /// The vault's health events of the run's last 24 hours, in order.
     pub health_events: Vec<HealthEvent>,
     /// The vault's replicated items as the run ends.
     pub replicated_items: Vec<ReplicatedItem>,
     pub checks: Vec<Check>,
+}
+
+/// One fault of the run, for the timeline: a band (`to_minute > from_minute`) or an instant.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FaultSpan {
+    /// The scenario's fault kind (`wan_down`, `storage_storm`, `host_crash`, ...).
+    pub kind: String,
+    /// What the report calls it ("WAN at 20 Mbit/s", "host crash hv2").
+    pub label: String,
+    pub from_minute: f64,
+    pub to_minute: f64,
 }
 
 /// A health event of a replicated disk: it turned to a warning (and why) or back to healthy.
@@ -117,6 +131,16 @@ pub struct Job {
 impl Report {
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.ok)
+    }
+
+    /// Simulated seconds the run covered.
+    pub fn simulated_secs(&self) -> f64 {
+        self.simulated_hours as f64 * 3600.0
+    }
+
+    /// Bytes the VMs' workloads wrote to all disks (what went through the pipeline).
+    pub fn workload_bytes(&self) -> u64 {
+        self.disks.iter().map(|d| d.bytes_written_by_workload).sum()
     }
 }
 

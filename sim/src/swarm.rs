@@ -7,8 +7,11 @@
 //! in seed order.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use rand_core::RngCore;
+
+use crate::reproduce::{sim_run_command, swarm_seed_command};
 
 fn pick<'a>(rng: &mut impl RngCore, items: &[&'a str]) -> &'a str {
     items[(rng.next_u64() % items.len() as u64) as usize]
@@ -256,16 +259,54 @@ pub struct SeedOutcome {
     pub report: Result<crate::Report, String>,
     /// Every reason the seed failed (broken checks, an error, nondeterminism); empty: passed.
     pub failures: Vec<String>,
+    /// Whether the seed was run twice and the runs compared.
+    pub checked_determinism: bool,
+    /// Wall time of the seed's run(s), seconds (for CI reports; not part of any comparison).
+    pub wall_secs: f64,
 }
 
 impl SeedOutcome {
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
+
+    /// Failed only because the two runs differed: every check of the first run passed.
+    fn only_nondeterministic(&self) -> bool {
+        !self.passed() && self.report.as_ref().is_ok_and(|r| r.passed())
+    }
+
+    /// The file a failing seed's scenario is written to in `failures`.
+    pub fn scenario_file(&self, failures: &Path) -> PathBuf {
+        failures.join(format!("swarm-{}.toml", self.seed))
+    }
+
+    /// The one line that reproduces this outcome: `drplane sim run` on the scenario file a
+    /// failure is written to in `failures` (a passing seed's scenario is not written: the swarm
+    /// command of that one seed), or, for runs that only differed from each other, the swarm
+    /// command that runs the seed twice again.
+    pub fn reproduce(&self, failures: &Path) -> String {
+        if self.passed() || self.only_nondeterministic() {
+            swarm_seed_command(self.seed, self.checked_determinism)
+        } else {
+            sim_run_command(Some(&self.scenario_file(failures)), Some(self.seed))
+        }
+    }
+
+    /// Write a failing seed's scenario and its one-line reproduction (`swarm-N.repro`) into
+    /// `failures` (created if missing); returns the two paths.
+    pub fn write_failure(&self, failures: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(failures)?;
+        let scenario = self.scenario_file(failures);
+        std::fs::write(&scenario, &self.scenario)?;
+        let repro = failures.join(format!("swarm-{}.repro", self.seed));
+        std::fs::write(&repro, format!("{}\n", self.reproduce(failures)))?;
+        Ok((scenario, repro))
+    }
 }
 
 /// Run one seed (twice when checking determinism).
 pub fn run_seed(seed: u64, check_determinism: bool) -> SeedOutcome {
+    let started = std::time::Instant::now();
     let scenario = scenario_for(seed);
     let run_once = || -> Result<crate::Report, String> {
         let parsed = crate::Scenario::parse(&scenario).map_err(|e| e.to_string())?;
@@ -289,6 +330,8 @@ pub fn run_seed(seed: u64, check_determinism: bool) -> SeedOutcome {
         scenario,
         report,
         failures,
+        checked_determinism: check_determinism,
+        wall_secs: started.elapsed().as_secs_f64(),
     }
 }
 

@@ -185,10 +185,17 @@ fn the_timeline_draws_every_disk_fault_and_job() {
     let svg = sim::timeline::svg(&report);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), report.disks.len());
-    assert_eq!(svg.matches("<circle").count(), report.jobs.len());
+    // A circle per job that succeeded, a cross per job that failed, one of each in the legend.
+    let succeeded = report.jobs.iter().filter(|j| j.succeeded).count();
+    assert_eq!(svg.matches("<circle").count(), succeeded + 1);
+    assert_eq!(
+        svg.matches(r##"stroke="#d62728" stroke-width="2.5""##)
+            .count(),
+        report.jobs.len() - succeeded + 1
+    );
     // Outages and storms are bands; crashes are instants.
-    assert_eq!(svg.matches("<rect").count(), 2);
-    assert!(svg.contains("<title>host crash</title>"));
+    assert_eq!(svg.matches(r#"fill-opacity="0.75""#).count(), 2);
+    assert!(svg.contains("<title>host crash: minute "), "{svg}");
 }
 
 #[test]

@@ -3,30 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Run a scenario (default: the embedded quickstart) and check its invariants.
-    Run {
-        /// Scenario file (TOML); see scenarios/.
-        scenario: Option<PathBuf>,
-        /// Seed (default: the scenario's).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Keep the stores and trackers here (a new or empty directory) instead of in memory.
-        #[arg(long)]
-        workdir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        /// Also write an SVG timeline (RPO over time, faults, jobs) here.
-        #[arg(long)]
-        svg: Option<PathBuf>,
-        /// Write a report here: summary.txt, report.json and timeline.svg.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Swarm: every seed draws its own scenario (profile, policy, VMs, faults, DR operations);
     /// a failing seed's scenario is written out to reproduce with `sim run`.
     Swarm {
@@ -46,10 +29,49 @@ pub enum SimCommand {
         /// matrix.
         #[arg(long, value_parser = parse_shard)]
         shard: Option<(u64, u64)>,
-        /// Directory failing scenarios are written to (created only when a seed fails).
+        /// Directory a failing seed's scenario (`swarm-N.toml`) and one-line reproduction
+        /// (`swarm-N.repro`) are written to (created only when a seed fails).
         #[arg(long, default_value = "swarm-failures")]
         failures: PathBuf,
+        #[command(flatten)]
+        ci: CiReports,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Scenario file (TOML); see scenarios/.
+    scenario: Option<PathBuf>,
+    /// Seed (default: the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep the stores and trackers here (a new or empty directory) instead of in memory.
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    /// Also write an SVG timeline (RPO over time, faults, jobs) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Write a report here: summary.txt, report.json and timeline.svg.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[command(flatten)]
+    ci: CiReports,
+}
+
+/// Where `sim run` and `sim swarm` write their reports for CI (docs/ci.md).
+#[derive(Debug, clap::Args)]
+pub struct CiReports {
+    /// Also write a JUnit XML report here: a test case per check (a test suite per swarm seed)
+    /// with the seed, the scenario hash and the command that reproduces a failure; written
+    /// when the run fails too.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Also write a Markdown summary here (verdict, disks, jobs, checks, RPO, speed; failing
+    /// seeds of a swarm with their reproductions), e.g. "$GITHUB_STEP_SUMMARY".
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 /// `K/N` with 1 ≤ K ≤ N.
@@ -71,16 +93,40 @@ fn parse_shard(text: &str) -> std::result::Result<(u64, u64), String> {
     Ok((k, n))
 }
 
+impl CiReports {
+    /// Write the JUnit and Markdown reports asked for (their folders are created).
+    fn write(
+        &self,
+        junit: impl FnOnce() -> String,
+        markdown: impl FnOnce() -> String,
+    ) -> Result<()> {
+        let put = |path: &PathBuf, text: String| -> Result<()> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+            }
+            std::fs::write(path, text).with_context(|| path.display().to_string())
+        };
+        if let Some(path) = &self.junit {
+            put(path, junit())?;
+        }
+        if let Some(path) = &self.markdown {
+            put(path, markdown())?;
+        }
+        Ok(())
+    }
+}
+
 pub fn run(command: SimCommand) -> Result<ExitCode> {
-    let (scenario, seed, workdir, json, svg, report_dir) = match command {
-        SimCommand::Run {
-            scenario,
-            seed,
-            workdir,
-            json,
-            svg,
-            report,
-        } => (scenario, seed, workdir, json, svg, report),
+    let RunArgs {
+        scenario,
+        seed,
+        workdir,
+        json,
+        svg,
+        report: report_dir,
+        ci,
+    } = match command {
+        SimCommand::Run(args) => args,
         SimCommand::Swarm {
             seeds,
             start,
@@ -88,6 +134,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
             check_determinism,
             shard,
             failures,
+            ci,
         } => {
             return swarm(
                 &sim::swarm::SwarmOptions {
@@ -98,43 +145,111 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
                     shard,
                 },
                 &failures,
+                &ci,
             )
         }
-    };
-    let text = match &scenario {
-        Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
-        None => sim::QUICKSTART.to_string(),
     };
     let label = scenario
         .as_ref()
         .map_or("quickstart (embedded)".to_string(), |p| {
             p.display().to_string()
         });
-    let parsed = sim::Scenario::parse(&text).with_context(|| label.clone())?;
+    match run_scenario(scenario.as_deref(), seed, workdir.as_deref(), &label) {
+        Ok((report, wall)) => finish_run(
+            &report,
+            wall,
+            json,
+            svg,
+            report_dir,
+            &ci,
+            scenario.as_deref(),
+        ),
+        Err((error, known_seed)) => {
+            // The CI reports say why there is no run, then the command fails as before.
+            let reproduce = sim::reproduce::sim_run_command(scenario.as_deref(), known_seed);
+            let message = format!("{error:#}");
+            ci.write(
+                || {
+                    sim::junit::document(
+                        "drplane sim run",
+                        &[sim::junit::error_suite(
+                            &label, known_seed, &message, &reproduce,
+                        )],
+                    )
+                },
+                || sim::markdown::error_summary(&label, known_seed, &message, &reproduce),
+            )?;
+            Err(error)
+        }
+    }
+}
+
+/// Read, parse and run the scenario; on failure the error and the seed, if it was known.
+fn run_scenario(
+    scenario: Option<&std::path::Path>,
+    seed: Option<u64>,
+    workdir: Option<&std::path::Path>,
+    label: &str,
+) -> std::result::Result<(sim::Report, f64), (anyhow::Error, Option<u64>)> {
+    let text = match scenario {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| p.display().to_string())
+            .map_err(|e| (e, seed))?,
+        None => sim::QUICKSTART.to_string(),
+    };
+    let parsed = sim::Scenario::parse(&text)
+        .with_context(|| label.to_string())
+        .map_err(|e| (e, seed))?;
     let seed = seed.unwrap_or(parsed.seed);
-    let storage = match &workdir {
+    let storage = match workdir {
         Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
-            let used = std::fs::read_dir(d)
-                .with_context(|| d.display().to_string())?
+            let used = std::fs::create_dir_all(d)
+                .and_then(|()| std::fs::read_dir(d))
+                .with_context(|| d.display().to_string())
+                .map_err(|e| (e, Some(seed)))?
                 .next()
                 .is_some();
             if used {
-                bail!(
-                    "work directory {} is not empty: a run starts from empty stores",
-                    d.display()
-                );
+                return Err((
+                    anyhow::anyhow!(
+                        "work directory {} is not empty: a run starts from empty stores",
+                        d.display()
+                    ),
+                    Some(seed),
+                ));
             }
-            sim::Storage::Directory(d.clone())
+            sim::Storage::Directory(d.to_path_buf())
         }
         None => sim::Storage::Memory,
     };
     let started = std::time::Instant::now();
-    let report = sim::run_in(&parsed, seed, &storage)?;
-    let wall = started.elapsed().as_secs_f64();
-    let text = summary(&report, wall);
+    let report = sim::run_in(&parsed, seed, &storage).map_err(|e| (e.into(), Some(seed)))?;
+    Ok((report, started.elapsed().as_secs_f64()))
+}
+
+/// Print and write what a finished run gives; the exit code says whether every check held.
+fn finish_run(
+    report: &sim::Report,
+    wall: f64,
+    json: bool,
+    svg: Option<PathBuf>,
+    report_dir: Option<PathBuf>,
+    ci: &CiReports,
+    scenario: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let text = summary(report, wall);
+    let reproduce = sim::reproduce::sim_run_command(scenario, Some(report.seed));
+    ci.write(
+        || {
+            sim::junit::document(
+                "drplane sim run",
+                &[sim::junit::run_suite(report, &reproduce, wall, &text)],
+            )
+        },
+        || sim::markdown::run_summary(report, &reproduce, wall),
+    )?;
     if let Some(path) = &svg {
-        std::fs::write(path, sim::timeline::svg(&report))
+        std::fs::write(path, sim::timeline::svg(report))
             .with_context(|| path.display().to_string())?;
     }
     if let Some(dir) = &report_dir {
@@ -146,14 +261,17 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
         write("summary.txt", text.as_bytes())?;
         write(
             "report.json",
-            serde_json::to_string_pretty(&report)?.as_bytes(),
+            serde_json::to_string_pretty(report)?.as_bytes(),
         )?;
-        write("timeline.svg", sim::timeline::svg(&report).as_bytes())?;
+        write("timeline.svg", sim::timeline::svg(report).as_bytes())?;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{text}");
+        if !report.passed() {
+            println!("reproduce: {reproduce}");
+        }
         if let Some(dir) = &report_dir {
             println!(
                 "report: {0}/summary.txt, {0}/report.json, {0}/timeline.svg",
@@ -172,12 +290,8 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
 fn summary(report: &sim::Report, wall: f64) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let simulated = report.simulated_hours as f64 * 3600.0;
-    let churn: u64 = report
-        .disks
-        .iter()
-        .map(|d| d.bytes_written_by_workload)
-        .sum();
+    let simulated = report.simulated_secs();
+    let churn = report.workload_bytes();
     let _ = writeln!(
         out,
         "scenario {} (sha {}), seed {}: {} simulated hours, {} events in {wall:.1} s",
@@ -289,13 +403,37 @@ fn summary(report: &sim::Report, wall: f64) -> String {
     out
 }
 
-fn swarm(options: &sim::swarm::SwarmOptions, failures: &std::path::Path) -> Result<ExitCode> {
+fn swarm(
+    options: &sim::swarm::SwarmOptions,
+    failures: &std::path::Path,
+    ci: &CiReports,
+) -> Result<ExitCode> {
+    let shard = options
+        .shard
+        .map_or(String::new(), |(k, n)| format!(" (shard {k}/{n})"));
+    let seeds = sim::swarm::seeds(options);
+    println!(
+        "swarm{shard}: {} of seeds {}..{}{}",
+        seeds.len(),
+        options.start,
+        options.start.saturating_add(options.seeds),
+        if options.check_determinism {
+            ", each run twice"
+        } else {
+            ""
+        }
+    );
+    let mut suites = Vec::new();
+    let mut rows = Vec::new();
     let mut failed = 0usize;
-    let mut total = 0usize;
     let mut write_error = None;
     sim::swarm::run(options, |outcome| {
-        total += 1;
         let seed = outcome.seed;
+        let reproduce = outcome.reproduce(failures);
+        if ci.junit.is_some() {
+            suites.push(sim::junit::seed_suite(&outcome, &reproduce));
+        }
+        rows.push(sim::markdown::SeedRow::of(&outcome, reproduce.clone()));
         if outcome.passed() {
             if let Ok(r) = &outcome.report {
                 println!(
@@ -309,27 +447,36 @@ fn swarm(options: &sim::swarm::SwarmOptions, failures: &std::path::Path) -> Resu
             return;
         }
         failed += 1;
-        let path = failures.join(format!("swarm-{seed}.toml"));
-        let written = std::fs::create_dir_all(failures)
-            .and_then(|()| std::fs::write(&path, &outcome.scenario))
-            .with_context(|| path.display().to_string());
-        if let Err(e) = written {
-            write_error.get_or_insert(e);
+        match outcome.write_failure(failures) {
+            Ok((scenario, repro)) => println!(
+                "seed {seed}{shard}: FAILED: {}; scenario {}, reproduce ({}): {reproduce}",
+                outcome.failures.join("; "),
+                scenario.display(),
+                repro.display()
+            ),
+            Err(e) => {
+                println!(
+                    "seed {seed}{shard}: FAILED: {}; reproduce: {reproduce}",
+                    outcome.failures.join("; ")
+                );
+                write_error.get_or_insert(
+                    anyhow::Error::new(e)
+                        .context(format!("failures folder {}", failures.display())),
+                );
+            }
         }
-        println!(
-            "seed {seed}: FAILED: {}; reproduce: drplane sim run {} --seed {seed}",
-            outcome.failures.join("; "),
-            path.display()
-        );
     });
+    let name = format!("drplane sim swarm{shard}");
+    ci.write(
+        || sim::junit::document(&name, &suites),
+        || sim::markdown::swarm_summary(&rows, options.shard, options.check_determinism),
+    )?;
     if let Some(e) = write_error {
         return Err(e);
     }
     println!(
-        "{total} seeds{}, {failed} failed{}",
-        options
-            .shard
-            .map_or(String::new(), |(k, n)| format!(" (shard {k}/{n})")),
+        "{} seeds{shard}, {failed} failed{}",
+        rows.len(),
         if options.check_determinism {
             " (each run twice: reports and trace hashes compared)"
         } else {

@@ -182,3 +182,54 @@ impl Server {
         }
     }
 }
+
+/// The python of a venv under target/`name` that can `import module` (pip-installing `package`
+/// into it on first use). Made once per target directory: the tests of one binary run in
+/// parallel, so only the first caller builds it and the others wait for it.
+pub fn python_venv(name: &str, module: &str, package: &str) -> PathBuf {
+    static VENVS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut made = VENVS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, py)) = made.iter().find(|(n, _)| n == name) {
+        return py.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name);
+    let py = root.join("bin/python");
+    let has = |py: &Path| {
+        Command::new(py)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&py) {
+        let _ = std::fs::remove_dir_all(&root); // a half-made venv from an interrupted run
+        run_ok(Command::new("python3").args(["-m", "venv"]).arg(&root));
+        run_ok(Command::new(&py).args(["-m", "pip", "install", "-q", package]));
+    }
+    made.push((name.to_string(), py.clone()));
+    py
+}
+
+/// A one-hour scenario with one small disk, a test failover and its cleanup (`sim run` tests).
+pub const SMALL_SCENARIO: &str = r#"
+name = "cli-small"
+seed = 3
+duration_hours = 1
+[policy]
+copy_frequency_secs = 300
+[[vm]]
+name = "vm"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 6
+[[step]]
+action = "test_failover"
+at_minutes = 30
+vm = "vm"
+[[step]]
+action = "cleanup_test_failover"
+at_minutes = 40
+vm = "vm"
+"#;

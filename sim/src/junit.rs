@@ -10,6 +10,7 @@ use quick_xml::Writer;
 
 use crate::report::Report;
 use crate::swarm::SeedOutcome;
+use crate::xml_text::xml_safe;
 
 /// One `<testcase>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,18 +201,6 @@ pub fn seed_suite(outcome: &SeedOutcome, reproduce: &str) -> Suite {
     suite
 }
 
-/// Characters XML 1.0 cannot hold (most C0 controls, unpaired surrogates cannot occur in a
-/// `str`, U+FFFE/U+FFFF) become U+FFFD.
-fn xml_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '\t' | '\n' | '\r' => c,
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => '\u{FFFD}',
-            c => c,
-        })
-        .collect()
-}
-
 /// The whole document: `<testsuites name=..>` with totals, then each suite.
 pub fn document(name: &str, suites: &[Suite]) -> String {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
@@ -229,11 +218,11 @@ fn write_document(w: &mut Writer<Vec<u8>>, name: &str, suites: &[Suite]) -> std:
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     w.create_element("testsuites")
         .with_attributes([
-            ("name", xml_safe(name).as_str()),
-            ("tests", tests.to_string().as_str()),
-            ("failures", failures.to_string().as_str()),
-            ("errors", errors.to_string().as_str()),
-            ("time", format!("{time:.3}").as_str()),
+            ("name", xml_safe(name).as_ref()),
+            ("tests", tests.to_string().as_ref()),
+            ("failures", failures.to_string().as_ref()),
+            ("errors", errors.to_string().as_ref()),
+            ("time", format!("{time:.3}").as_ref()),
         ])
         .write_inner_content(|w| {
             for (id, suite) in suites.iter().enumerate() {
@@ -247,19 +236,19 @@ fn write_document(w: &mut Writer<Vec<u8>>, name: &str, suites: &[Suite]) -> std:
 fn write_suite(w: &mut Writer<Vec<u8>>, id: usize, suite: &Suite) -> std::io::Result<()> {
     w.create_element("testsuite")
         .with_attributes([
-            ("name", xml_safe(&suite.name).as_str()),
-            ("id", id.to_string().as_str()),
-            ("tests", suite.cases.len().to_string().as_str()),
-            ("failures", suite.count(true).to_string().as_str()),
-            ("errors", suite.count(false).to_string().as_str()),
+            ("name", xml_safe(&suite.name).as_ref()),
+            ("id", id.to_string().as_ref()),
+            ("tests", suite.cases.len().to_string().as_ref()),
+            ("failures", suite.count(true).to_string().as_ref()),
+            ("errors", suite.count(false).to_string().as_ref()),
             ("skipped", "0"),
-            ("time", format!("{:.3}", suite.time).as_str()),
+            ("time", format!("{:.3}", suite.time).as_ref()),
         ])
         .write_inner_content(|w| {
             w.create_element("properties").write_inner_content(|w| {
                 for (k, v) in &suite.properties {
                     w.create_element("property")
-                        .with_attributes([("name", xml_safe(k).as_str()), ("value", &xml_safe(v))])
+                        .with_attributes([("name", xml_safe(k).as_ref()), ("value", &xml_safe(v))])
                         .write_empty()?;
                 }
                 Ok(())
@@ -278,8 +267,8 @@ fn write_suite(w: &mut Writer<Vec<u8>>, id: usize, suite: &Suite) -> std::io::Re
 
 fn write_case(w: &mut Writer<Vec<u8>>, case: &Case) -> std::io::Result<()> {
     let element = w.create_element("testcase").with_attributes([
-        ("classname", xml_safe(&case.classname).as_str()),
-        ("name", xml_safe(&case.name).as_str()),
+        ("classname", xml_safe(&case.classname).as_ref()),
+        ("name", xml_safe(&case.name).as_ref()),
     ]);
     let (tag, message, text) = match &case.outcome {
         CaseOutcome::Passed => {
@@ -292,7 +281,7 @@ fn write_case(w: &mut Writer<Vec<u8>>, case: &Case) -> std::io::Result<()> {
     element.write_inner_content(|w| {
         w.create_element(tag)
             .with_attributes([
-                ("message", xml_safe(message).as_str()),
+                ("message", xml_safe(message).as_ref()),
                 ("type", if tag == "failure" { "check" } else { "run" }),
             ])
             .write_inner_content(|w| {

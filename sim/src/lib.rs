@@ -38,6 +38,7 @@ pub mod swarm;
 mod time;
 pub mod timeline;
 pub mod world;
+mod xml_text;
 
 pub use env::Storage;
 pub use report::{HealthEvent, ItemDisk, ReplicatedItem, Report};

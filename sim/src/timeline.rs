@@ -9,9 +9,8 @@
 
 use std::fmt::Write as _;
 
-use quick_xml::escape::escape;
-
 use crate::report::{FaultSpan, Job, Report};
+use crate::xml_text::escaped as escape;
 
 const WIDTH: f64 = 1000.0;
 const LEFT: f64 = 74.0;
@@ -276,7 +275,7 @@ fn targets(out: &mut String, scale: &Scale, report: &Report) {
             out,
             r#"<g><title>{0} (two copy intervals) for {1}</title><line x1="{LEFT}" x2="{2}" y1="{y:.1}" y2="{y:.1}" stroke="{TARGET_COLOUR}" stroke-width="1.2" stroke-dasharray="{TARGET_DASH}"/><text x="{3}" y="{4:.1}" text-anchor="end" fill="{TARGET_COLOUR}">{0}</text></g>"#,
             escape(&label),
-            escape(names.join(", ")),
+            escape(&names.join(", ")),
             LEFT + PLOT_W,
             LEFT + PLOT_W - 4.0,
             y - 4.0

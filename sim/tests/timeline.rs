@@ -51,19 +51,28 @@ fn over_white(fill: &str, opacity: f64) -> [u8; 3] {
     hex(fill).map(|c| (f64::from(c) * opacity + 255.0 * (1.0 - opacity)).round() as u8)
 }
 
-/// Every text the document holds, in order.
+/// Every `<text>` element's content, in order (entity references resolved).
 fn texts(svg: &str) -> Vec<String> {
+    use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(svg);
     let mut out = Vec::new();
-    let mut inside = false;
+    let mut current: Option<String> = None;
     loop {
         match reader.read_event().unwrap() {
-            quick_xml::events::Event::Start(e) if e.name().as_ref() == b"text" => inside = true,
-            quick_xml::events::Event::End(e) if e.name().as_ref() == b"text" => inside = false,
-            quick_xml::events::Event::Text(t) if inside => {
-                out.push(t.decode().unwrap().into_owned());
+            Event::Start(e) if e.name().as_ref() == b"text" => current = Some(String::new()),
+            Event::End(e) if e.name().as_ref() == b"text" => out.extend(current.take()),
+            Event::Text(t) => {
+                if let Some(c) = &mut current {
+                    c.push_str(&t.decode().unwrap());
+                }
             }
-            quick_xml::events::Event::Eof => break,
+            Event::GeneralRef(r) => {
+                if let Some(c) = &mut current {
+                    let name = r.decode().unwrap();
+                    c.push_str(quick_xml::escape::resolve_predefined_entity(&name).unwrap());
+                }
+            }
+            Event::Eof => break,
             _ => {}
         }
     }
@@ -151,4 +160,34 @@ fn the_quickstart_timeline_renders_with_a_legend_for_everything_it_draws() {
     }
     assert!(count_near(&png, hex("#2ca02c"), 30, (0, 30, w, 68)) > 40);
     assert!(count_near(&png, [0, 0, 0], 90, (0, 68, 70, 340)) > 100);
+}
+
+#[test]
+fn names_from_a_hostile_scenario_leave_the_timeline_valid_xml() {
+    let text = r#"
+name = "x<y>&\"]]>\u0001\u001f\nz"
+duration_hours = 1
+[policy]
+copy_frequency_secs = 300
+[[vm]]
+name = "vm"
+[[vm.disk]]
+name = "os"
+size_mib = 4
+churn_mib_per_hour = 6
+[[fault]]
+kind = "wan_down"
+at_minutes = 10
+minutes = 5
+"#;
+    let scenario = sim::Scenario::parse(text).unwrap();
+    let report = sim::run(&scenario, 1).unwrap();
+    let svg = sim::timeline::svg(&report);
+    assert!(!svg.contains('\u{1}') && !svg.contains('\u{1f}'));
+    let (tree, _) = render(&svg);
+    assert!(tree.size().height() > 300.0);
+    assert!(
+        texts(&svg)[0].starts_with("x<y>&\"]]>\u{FFFD}\u{FFFD}\nz — seed 1"),
+        "{svg}"
+    );
 }

@@ -1,11 +1,16 @@
 //! The emulator's persistence: append-only segment files of checksummed records, each an
 //! [`Effect`] plus (for page writes) its data. A record is acknowledged only after it is
-//! written; on open every segment is read back in order and a torn record at the very end
-//! (a crash mid-append) is cut off. Anything else that fails its checksum is corruption.
+//! written (and, at `Durability::Power`, synced); on open every segment is read back in order
+//! and a torn record at the very end (a crash mid-append) is cut off, as is the unsynced tail a
+//! power cut leaves (holes and torn records after the last sync, which no record after them
+//! shows was synced). Anything else that fails its checksum is corruption.
 //!
-//! Record layout (version 1, little-endian; see docs/pageblob-store.md):
+//! Record layout (little-endian; see docs/pageblob-store.md):
 //! `magic "DPLR" | version u8 | kind u8 | reserved u16 | meta_len u32 | data_len u32 |
-//!  crc32c u32 (over the record with this field zero) | reserved u32 | meta (JSON) | data`.
+//!  crc32c u32 (over the record with this field zero) | unsynced u32 | meta (JSON) | data`.
+//! Version 1 (`Durability::Process` writers) has zero in `unsynced`; version 2 (`Power`
+//! writers) has the number of bytes of this segment before the record that were not yet known
+//! to be synced when it was appended (`u32::MAX`: the last sync ended in an earlier segment).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,10 +22,20 @@ use super::account::Effect;
 use super::error::{StoreError, StoreResult};
 
 const MAGIC: &[u8; 4] = b"DPLR";
+/// Records of a writer that does not sync (`Durability::Process`).
 pub const RECORD_VERSION: u8 = 1;
+/// Records of a `Durability::Power` writer: they say how far the log was synced.
+pub const SYNCED_RECORD_VERSION: u8 = 2;
+/// `unsynced` of a version-2 record whose segment holds no synced byte known to its writer.
+const SYNC_IN_EARLIER_SEGMENT: u32 = u32::MAX;
 const KIND_EFFECT: u8 = 1;
+/// A version-2 record with no meta and no data, appended after each group sync: it shows
+/// that every byte before it (less its `unsynced`) was synced, so damage there is corruption
+/// even when no write follows.
+const KIND_SYNC_MARK: u8 = 2;
 const HEADER_SIZE: u64 = 24;
 const CRC_AT: usize = 16;
+const UNSYNCED_AT: usize = 20;
 /// A segment is closed once it passes this size; addresses are `segment << 40 | offset`.
 pub const SEGMENT_TARGET_BYTES: u64 = 1 << 30;
 const SEGMENT_SHIFT: u32 = 40;
@@ -70,6 +85,38 @@ pub struct DataLog {
     durability: Durability,
     /// Segments with appends not synced yet.
     unsynced: std::collections::BTreeSet<usize>,
+    /// Address up to which every record is known to be synced (written into version-2
+    /// records; raised by [`PendingSync::sync`], which runs outside the caller's lock).
+    synced: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The appends a caller is about to sync, and how far the log is synced once it has.
+pub struct PendingSync {
+    files: Vec<(PathBuf, Arc<dyn StoreFile>)>,
+    /// Address of the log's end when the appends were taken.
+    upto: u64,
+    synced: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for PendingSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSync")
+            .field("segments", &self.files.len())
+            .field("upto", &self.upto)
+            .finish()
+    }
+}
+
+impl PendingSync {
+    /// `fdatasync` every segment appended to, then note that the log is synced to here.
+    pub fn sync(self) -> StoreResult<()> {
+        for (path, file) in &self.files {
+            file.sync_data().map_err(|e| io_err(path, e))?;
+        }
+        self.synced
+            .fetch_max(self.upto, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 fn io_err(path: &Path, source: io::Error) -> StoreError {
@@ -141,15 +188,21 @@ impl DataLog {
         }
         let mut tail = 0;
         let last = segments.len().saturating_sub(1);
-        for (n, file) in segments.iter().enumerate() {
+        // The version of the last intact record: whether a power-mode writer was appending.
+        let mut last_version = None;
+        'segments: for n in 0..segments.len() {
             let path = segment_path(dir, n);
+            let file = &segments[n];
             let len = file.len().map_err(|e| io_err(&path, e))?;
             let mut pos = 0u64;
             while pos < len {
                 match read_record(&**file, pos, len) {
-                    Ok((effect, data_at, next)) => {
-                        apply(effect, data_at.map(|d| address(n, d)));
-                        pos = next;
+                    Ok(record) => {
+                        if let Some(effect) = record.effect {
+                            apply(effect, record.data_at.map(|d| address(n, d)));
+                        }
+                        last_version = Some(record.version);
+                        pos = record.end;
                     }
                     Err(RecordError::Incomplete) if n == last => {
                         // A crash mid-append: never acknowledged. Only a writer cuts it.
@@ -157,26 +210,61 @@ impl DataLog {
                             file.set_len(pos).map_err(|e| io_err(&path, e))?;
                             file.sync_data().map_err(|e| io_err(&path, e))?;
                         }
-                        break;
+                        tail = pos;
+                        break 'segments;
                     }
                     Err(why) => {
-                        return Err(StoreError::Corrupt(format!(
-                            "{} at offset {pos}: {why}",
-                            path.display()
-                        )));
+                        let unsynced = unsynced_tail(&segments, n, pos, last_version)
+                            .map_err(|e| io_err(&path, e))?;
+                        if !unsynced {
+                            return Err(StoreError::Corrupt(format!(
+                                "{} at offset {pos}: {why}",
+                                path.display()
+                            )));
+                        }
+                        // A power cut after the last sync: nothing from here on was
+                        // acknowledged. A writer cuts it all; a reader stops here.
+                        if access == LogAccess::Write {
+                            file.set_len(pos).map_err(|e| io_err(&path, e))?;
+                            file.sync_data().map_err(|e| io_err(&path, e))?;
+                            for later in n + 1..segments.len() {
+                                let p = segment_path(dir, later);
+                                fs.remove(&p).map_err(|e| io_err(&p, e))?;
+                            }
+                            fs.sync_dir(dir).map_err(|e| io_err(dir, e))?;
+                        }
+                        segments.truncate(n + 1);
+                        tail = pos;
+                        break 'segments;
                     }
                 }
             }
             tail = pos;
         }
-        Ok(DataLog {
+        // A power-mode writer starts from a synced log (the replayed records may not have been:
+        // an earlier writer may have been killed before its group commit) and marks it so.
+        let power_writer = durability == Durability::Power && access == LogAccess::Write;
+        if power_writer {
+            for (n, file) in segments.iter().enumerate() {
+                let p = segment_path(dir, n);
+                file.sync_data().map_err(|e| io_err(&p, e))?;
+            }
+        }
+        let synced = address(segments.len().saturating_sub(1), tail);
+        let mut log = DataLog {
             dir: dir.to_path_buf(),
             fs,
             segments,
             tail,
             durability,
             unsynced: Default::default(),
-        })
+            // What the open read back is on disk (a cut tail was synced above).
+            synced: Arc::new(std::sync::atomic::AtomicU64::new(synced)),
+        };
+        if power_writer && tail > 0 {
+            log.append_sync_mark()?;
+        }
+        Ok(log)
     }
 
     /// Append a record; returns the address of `data` in the log (when there is data).
@@ -201,45 +289,79 @@ impl DataLog {
             self.segments.push(f);
             self.tail = 0;
         }
+        let data_at = self.write_record(KIND_EFFECT, &meta, data)?;
+        Ok((!data.is_empty()).then(|| address(self.segments.len() - 1, data_at)))
+    }
+
+    /// After a sync (`Durability::Power`): append a sync mark, so the records it covers are
+    /// known synced even if nothing is written after them. It is itself synced by the next
+    /// group commit, or lost to a power cut before then, which loses no evidence that matters:
+    /// the records a lost mark covered are then judged by what follows them, as before.
+    pub fn append_sync_mark(&mut self) -> StoreResult<()> {
+        if self.durability == Durability::Power {
+            self.write_record(KIND_SYNC_MARK, &[], &[])?;
+        }
+        Ok(())
+    }
+
+    /// Write one record at the end of the last segment; returns where its data starts.
+    fn write_record(&mut self, kind: u8, meta: &[u8], data: &[u8]) -> StoreResult<u64> {
         // One buffer, one write: a power cut can only leave a prefix of the record (two
         // writes could persist the data without the header before it).
         let mut record = Vec::with_capacity(HEADER_SIZE as usize + meta.len() + data.len());
+        let n = self.segments.len() - 1;
+        let start = self.tail;
+        let (version, unsynced) = match self.durability {
+            Durability::Process => (RECORD_VERSION, 0),
+            Durability::Power => {
+                let synced = self.synced.load(std::sync::atomic::Ordering::SeqCst);
+                let unsynced = if synced >> SEGMENT_SHIFT == n as u64 {
+                    let synced_offset = synced & ((1 << SEGMENT_SHIFT) - 1);
+                    u32::try_from(start.saturating_sub(synced_offset))
+                        .unwrap_or(SYNC_IN_EARLIER_SEGMENT)
+                } else {
+                    SYNC_IN_EARLIER_SEGMENT
+                };
+                (SYNCED_RECORD_VERSION, unsynced)
+            }
+        };
         record.extend_from_slice(MAGIC);
-        record.extend_from_slice(&[RECORD_VERSION, KIND_EFFECT, 0, 0]);
+        record.extend_from_slice(&[version, kind, 0, 0]);
         record.extend_from_slice(&(meta.len() as u32).to_le_bytes());
         record.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        record.extend_from_slice(&[0; 8]);
-        record.extend_from_slice(&meta);
+        record.extend_from_slice(&[0; 4]);
+        record.extend_from_slice(&unsynced.to_le_bytes());
+        record.extend_from_slice(meta);
         record.extend_from_slice(data);
         let crc = crc32c::crc32c(&record);
         record[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
-        let n = self.segments.len() - 1;
         let file = &self.segments[n];
         let path = segment_path(&self.dir, n);
-        let start = self.tail;
         file.write_all_at(&record, start)
             .map_err(|e| io_err(&path, e))?;
         let data_at = start + HEADER_SIZE + meta.len() as u64;
         self.unsynced.insert(n);
         self.tail = data_at + data.len() as u64;
-        Ok((!data.is_empty()).then(|| address(n, data_at)))
+        Ok(data_at)
     }
 
     /// Segments appended to since the last call (their records are not yet synced by us):
-    /// a caller syncs them outside the lock, for every append before it at once.
-    pub fn take_unsynced(&mut self) -> Vec<(PathBuf, Arc<dyn StoreFile>)> {
-        std::mem::take(&mut self.unsynced)
-            .into_iter()
-            .map(|n| (segment_path(&self.dir, n), Arc::clone(&self.segments[n])))
-            .collect()
+    /// a caller syncs them outside the lock with [`PendingSync::sync`], for every append
+    /// before it at once.
+    pub fn take_unsynced(&mut self) -> PendingSync {
+        PendingSync {
+            files: std::mem::take(&mut self.unsynced)
+                .into_iter()
+                .map(|n| (segment_path(&self.dir, n), Arc::clone(&self.segments[n])))
+                .collect(),
+            upto: address(self.segments.len() - 1, self.tail),
+            synced: Arc::clone(&self.synced),
+        }
     }
 
     /// Sync every appended record now (before bytes they protect are overwritten in place).
     pub fn sync(&mut self) -> StoreResult<()> {
-        for (path, file) in self.take_unsynced() {
-            file.sync_data().map_err(|e| io_err(&path, e))?;
-        }
-        Ok(())
+        self.take_unsynced().sync()
     }
 
     /// A handle that can read data at log addresses without holding the log.
@@ -270,12 +392,21 @@ impl LogReader {
     }
 }
 
-/// Read and verify the record at `pos`: `(effect, data offset, next record)`.
-fn read_record(
-    file: &dyn StoreFile,
-    pos: u64,
-    len: u64,
-) -> Result<(Effect, Option<u64>, u64), RecordError> {
+/// An intact record as read back.
+struct Record {
+    /// None for a sync mark.
+    effect: Option<Effect>,
+    /// Offset of its data in the segment, if it has any.
+    data_at: Option<u64>,
+    /// Where the next record starts.
+    end: u64,
+    version: u8,
+    /// Version 2: bytes before it not known synced when it was appended.
+    unsynced: u32,
+}
+
+/// Read and verify the record at `pos`.
+fn read_record(file: &dyn StoreFile, pos: u64, len: u64) -> Result<Record, RecordError> {
     match check_record(file, pos, len) {
         Ok(record) => Ok(record),
         Err(Flaw::Short) => Err(cut_short(file, pos, len)),
@@ -296,11 +427,7 @@ enum Flaw {
 }
 
 /// Decode and check one record, without judging what a failure means.
-fn check_record(
-    file: &dyn StoreFile,
-    pos: u64,
-    len: u64,
-) -> Result<(Effect, Option<u64>, u64), Flaw> {
+fn check_record(file: &dyn StoreFile, pos: u64, len: u64) -> Result<Record, Flaw> {
     if len - pos < HEADER_SIZE {
         return Err(Flaw::Short);
     }
@@ -310,7 +437,12 @@ fn check_record(
     if &head[..4] != MAGIC {
         return Err(Flaw::Bad("bad magic".into()));
     }
-    if head[4] != RECORD_VERSION || head[5] != KIND_EFFECT {
+    let (version, kind) = (head[4], head[5]);
+    let known = matches!(
+        (version, kind),
+        (RECORD_VERSION, KIND_EFFECT) | (SYNCED_RECORD_VERSION, KIND_EFFECT | KIND_SYNC_MARK)
+    );
+    if !known {
         return Err(Flaw::Bad(format!(
             "unknown record version {} kind {}",
             head[4], head[5]
@@ -318,8 +450,14 @@ fn check_record(
     }
     let meta_len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
     let data_len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
-    let stored = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
-    if meta_len > MAX_META_BYTES || data_len > MAX_DATA_BYTES {
+    let stored = u32::from_le_bytes(head[CRC_AT..CRC_AT + 4].try_into().expect("4 bytes"));
+    let unsynced = u32::from_le_bytes(
+        head[UNSYNCED_AT..UNSYNCED_AT + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    let mark_with_content = kind == KIND_SYNC_MARK && meta_len + data_len > 0;
+    if meta_len > MAX_META_BYTES || data_len > MAX_DATA_BYTES || mark_with_content {
         return Err(Flaw::Bad(format!(
             "record lengths {meta_len}+{data_len} over the limits"
         )));
@@ -338,10 +476,82 @@ fn check_record(
             "checksum {crc:#010x}, stored {stored:#010x}"
         )));
     }
-    let effect: Effect = serde_json::from_slice(&body[..meta_len as usize])
-        .map_err(|e| Flaw::Bad(format!("record meta: {e}")))?;
+    let effect = match kind {
+        KIND_EFFECT => Some(
+            serde_json::from_slice::<Effect>(&body[..meta_len as usize])
+                .map_err(|e| Flaw::Bad(format!("record meta: {e}")))?,
+        ),
+        _ => None,
+    };
     let data_at = (data_len > 0).then_some(pos + HEADER_SIZE + u64::from(meta_len));
-    Ok((effect, data_at, end))
+    Ok(Record {
+        effect,
+        data_at,
+        end,
+        version,
+        unsynced,
+    })
+}
+
+/// Whether the damage at `pos` of segment `n` is what a power cut leaves: the log was written
+/// by a power-mode writer (version-2 records before the damage, or none before it and only
+/// version-2 records after), and no intact record after it shows that `pos` had been synced —
+/// a version-2 record whose synced part reaches past `pos`, or any version-1 record (a writer
+/// that does not sync, whose records are acknowledged as written). Synced bytes cannot be torn
+/// by a power cut, so damage they hold is corruption, not an unsynced tail.
+fn unsynced_tail(
+    segments: &[Arc<dyn StoreFile>],
+    n: usize,
+    pos: u64,
+    version_before: Option<u8>,
+) -> io::Result<bool> {
+    if version_before == Some(RECORD_VERSION) {
+        return Ok(false);
+    }
+    for (m, file) in segments.iter().enumerate().skip(n) {
+        let len = file.len()?;
+        let mut at = if m == n { pos + 1 } else { 0 };
+        while at < len {
+            let Some(found) = find_magic(&**file, at, len)? else {
+                break;
+            };
+            match check_record(&**file, found, len) {
+                Ok(record) => {
+                    if record.version == RECORD_VERSION {
+                        return Ok(false);
+                    }
+                    // Every byte of segment `m` before `found - unsynced` had been synced.
+                    let certified = record.unsynced != SYNC_IN_EARLIER_SEGMENT
+                        && (m > n || found.saturating_sub(u64::from(record.unsynced)) > pos);
+                    if certified {
+                        return Ok(false);
+                    }
+                    at = record.end;
+                }
+                Err(_) => at = found + 1,
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The offset of the next `MAGIC` at or after `from` (before `len`), reading in chunks.
+fn find_magic(file: &dyn StoreFile, from: u64, len: u64) -> io::Result<Option<u64>> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize + MAGIC.len() - 1];
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        if n < MAGIC.len() {
+            return Ok(None);
+        }
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(i) = buf[..n].windows(MAGIC.len()).position(|w| w == MAGIC) {
+            return Ok(Some(at + i as u64));
+        }
+        at += (n - (MAGIC.len() - 1)) as u64;
+    }
+    Ok(None)
 }
 
 /// Candidate record starts `cut_short` tries before calling the tail damaged.
@@ -391,4 +601,160 @@ fn zeros_to_end(file: &dyn StoreFile, pos: u64, len: u64) -> std::io::Result<boo
         at += n as u64;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::StoreFs;
+    use crate::memory_fs::CrashFs;
+
+    fn effect(i: u64) -> Effect {
+        Effect::CreateContainer {
+            name: format!("c{i}"),
+            time: i,
+            metadata: Default::default(),
+        }
+    }
+
+    /// Open the log in /log, returning it and the effects it replayed (their `time`).
+    fn open(
+        fs: &Arc<CrashFs>,
+        durability: Durability,
+        access: LogAccess,
+    ) -> StoreResult<(DataLog, Vec<u64>)> {
+        let mut seen = Vec::new();
+        let log = DataLog::open(
+            Arc::new(Arc::clone(fs)) as Arc<dyn StoreFs>,
+            Path::new("/log"),
+            durability,
+            access,
+            |e, _| {
+                if let Effect::CreateContainer { time, .. } = e {
+                    seen.push(time);
+                }
+            },
+        )?;
+        Ok((log, seen))
+    }
+
+    fn segment_len(fs: &Arc<CrashFs>) -> u64 {
+        fs.open(&segment_path(Path::new("/log"), 0), OpenMode::Read)
+            .unwrap()
+            .len()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_power_cut_hole_before_a_torn_append_is_the_unsynced_tail() {
+        let fs = CrashFs::new();
+        let (mut log, _) = open(&fs, Durability::Power, LogAccess::Write).unwrap();
+        log.append(&effect(1), &[]).unwrap();
+        log.sync().unwrap();
+        // Two appends waiting for a group commit: the first never reaches the disk, the
+        // second is torn at 7 bytes by the cut. Neither was acknowledged.
+        log.append(&effect(2), &[5; 3000]).unwrap();
+        fs.crash_after(0, 7);
+        assert!(log.append(&effect(3), &[]).is_err());
+        drop(log);
+        fs.restart_after_power_loss();
+        // A reader sees the acknowledged record and changes nothing.
+        let before = segment_len(&fs);
+        let (_, seen) = open(&fs, Durability::Power, LogAccess::Read).unwrap();
+        assert_eq!(seen, [1]);
+        assert_eq!(segment_len(&fs), before);
+        // A writer cuts the tail and goes on.
+        let (mut log, seen) = open(&fs, Durability::Power, LogAccess::Write).unwrap();
+        assert_eq!(seen, [1]);
+        assert!(segment_len(&fs) < before);
+        log.append(&effect(4), &[]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        fs.restart_after_power_loss();
+        let (_, seen) = open(&fs, Durability::Power, LogAccess::Write).unwrap();
+        assert_eq!(seen, [1, 4]);
+    }
+
+    #[test]
+    fn damage_a_later_record_shows_was_synced_is_corruption() {
+        let fs = CrashFs::new();
+        let (mut log, _) = open(&fs, Durability::Power, LogAccess::Write).unwrap();
+        for i in 1..=3 {
+            log.append(&effect(i), &[i as u8; 100]).unwrap();
+            log.sync().unwrap();
+        }
+        drop(log);
+        // Flip a byte of the second record's data: synced, so no power cut did this.
+        let second = segment_len(&fs) / 3 + 10;
+        let file = fs
+            .open(&segment_path(Path::new("/log"), 0), OpenMode::Write)
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, second).unwrap();
+        file.write_all_at(&[byte[0] ^ 1], second).unwrap();
+        file.sync_data().unwrap();
+        fs.restart_after_power_loss();
+        for access in [LogAccess::Read, LogAccess::Write] {
+            let err = open(&fs, Durability::Power, access)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("segment-000000.log at offset"), "{err}");
+        }
+        // The damage is still there for someone to look at.
+        let (mut log, _) = {
+            file.write_all_at(&byte, second).unwrap();
+            open(&fs, Durability::Power, LogAccess::Write).unwrap()
+        };
+        log.append(&effect(9), &[]).unwrap();
+    }
+
+    #[test]
+    fn damage_to_the_last_records_of_a_synced_log_is_corruption() {
+        // The store's last write, synced and marked as the emulator's group commit does; then
+        // a byte of it rots while nothing else is written: not a power cut's tail.
+        let fs = CrashFs::new();
+        let (mut log, _) = open(&fs, Durability::Power, LogAccess::Write).unwrap();
+        log.append(&effect(1), &[1; 100]).unwrap();
+        let last_at = segment_len(&fs) + 30;
+        log.append(&effect(2), &[2; 100]).unwrap();
+        log.take_unsynced().sync().unwrap();
+        log.append_sync_mark().unwrap();
+        drop(log);
+        fs.restart();
+        let file = fs
+            .open(&segment_path(Path::new("/log"), 0), OpenMode::Write)
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, last_at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x40], last_at).unwrap();
+        let err = open(&fs, Durability::Power, LogAccess::Write)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("segment-000000.log at offset"), "{err}");
+        // Restored, the log opens with both records (and the mark is no effect).
+        file.write_all_at(&byte, last_at).unwrap();
+        let (_, seen) = open(&fs, Durability::Power, LogAccess::Write).unwrap();
+        assert_eq!(seen, [1, 2]);
+    }
+
+    #[test]
+    fn a_log_that_does_not_sync_keeps_the_strict_rule() {
+        // Version-1 records (`Process`): a hole followed by more bytes is damage, whatever
+        // caused it, because their writer acknowledged records without syncing them.
+        let fs = CrashFs::new();
+        let (mut log, _) = open(&fs, Durability::Process, LogAccess::Write).unwrap();
+        log.append(&effect(1), &[]).unwrap();
+        let hole_at = segment_len(&fs);
+        log.append(&effect(2), &[]).unwrap();
+        log.append(&effect(3), &[]).unwrap();
+        drop(log);
+        let file = fs
+            .open(&segment_path(Path::new("/log"), 0), OpenMode::Write)
+            .unwrap();
+        file.write_all_at(&[0; 8], hole_at).unwrap();
+        let err = open(&fs, Durability::Power, LogAccess::Write)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("at offset {hole_at}")), "{err}");
+    }
 }

@@ -531,15 +531,13 @@ impl Emulator {
             .values()
             .try_for_each(|f| f.sync_data())
             .map_err(|e| io_error(&self.dir.join("homes"), e))
-            .and_then(|()| {
-                segments
-                    .iter()
-                    .try_for_each(|(path, f)| f.sync_data().map_err(|e| io_error(path, e)))
-            });
+            .and_then(|()| segments.sync());
         match outcome {
             Ok(()) => {
                 *synced = upto;
-                Ok(())
+                // Evidence that everything so far is synced, for a later open to tell damage
+                // from a power cut's unsynced tail.
+                self.lock_for_write()?.log.append_sync_mark()
             }
             Err(e) => {
                 self.sync_failed

@@ -456,7 +456,7 @@ fn check_record(file: &dyn StoreFile, pos: u64, len: u64) -> Result<Record, Flaw
             .try_into()
             .expect("4 bytes"),
     );
-    let mark_with_content = kind == KIND_SYNC_MARK && meta_len + data_len > 0;
+    let mark_with_content = kind == KIND_SYNC_MARK && (meta_len | data_len) != 0;
     if meta_len > MAX_META_BYTES || data_len > MAX_DATA_BYTES || mark_with_content {
         return Err(Flaw::Bad(format!(
             "record lengths {meta_len}+{data_len} over the limits"

@@ -1,13 +1,110 @@
-//! Body of the `blob_requests` cargo-fuzz target: HTTP request sequences through the blob
-//! server's request handling, shared with the stable corpus replay test.
+//! Bodies of the pageblob cargo-fuzz targets, shared with the stable corpus replay test:
+//! `blob_requests` (HTTP request sequences through the blob server's request handling) and
+//! `store_log` (bytes as a store's log segment, opened by a reader and a writer).
 
-pub const TARGETS: [&str; 1] = ["blob_requests"];
+pub const TARGETS: [&str; 2] = ["blob_requests", "store_log"];
 
 pub fn run(name: &str, data: &[u8]) {
     match name {
         "blob_requests" => blob_requests(data),
+        "store_log" => store_log(data),
         other => panic!("unknown fuzz target {other}"),
     }
+}
+
+/// `data` as the only segment of a store's log (in memory), opened by a reader, then by a
+/// power-mode writer, then by a reader again. Never a panic or an allocation past the record
+/// limits; a reader replays exactly the effects a writer keeps, and what a writer leaves (its
+/// cut, its sync mark) opens again with the same effects.
+pub fn store_log(data: &[u8]) {
+    use crate::data_log::{DataLog, Durability, LogAccess};
+    use crate::fs::{OpenMode, StoreFs};
+    use crate::memory_fs::CrashFs;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    let fs = CrashFs::new();
+    let dir = Path::new("/log");
+    let store_fs = || Arc::new(Arc::clone(&fs)) as Arc<dyn StoreFs>;
+    let written = fs
+        .create_dir_all(dir)
+        .and_then(|()| fs.open(&dir.join("segment-000000.log"), OpenMode::Create))
+        .and_then(|f| f.write_all_at(data, 0));
+    if written.is_err() {
+        return;
+    }
+    let open = |access| {
+        let mut effects = Vec::new();
+        DataLog::open(store_fs(), dir, Durability::Power, access, |e, at| {
+            effects.push((e, at))
+        })
+        .map(|_| effects)
+    };
+    let read = open(LogAccess::Read);
+    let Ok(kept) = open(LogAccess::Write) else {
+        assert!(read.is_err(), "a reader accepted a log a writer refused");
+        return;
+    };
+    assert_eq!(read.expect("the writer accepted it"), kept);
+    assert_eq!(
+        open(LogAccess::Read).expect("the writer's log reopens"),
+        kept
+    );
+}
+
+/// A store log segment as a power-mode writer leaves it: effects with and without data, the
+/// sync marks of two group commits, then `tail` (e.g. a torn append).
+fn store_log_seed(tail: &[u8]) -> Vec<u8> {
+    use crate::account::Effect;
+    use crate::data_log::{DataLog, Durability, LogAccess};
+    use crate::fs::{OpenMode, StoreFs};
+    use crate::memory_fs::CrashFs;
+    use crate::types::BlobPath;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    let fs = CrashFs::new();
+    let dir = Path::new("/log");
+    let mut log = DataLog::open(
+        Arc::new(Arc::clone(&fs)) as Arc<dyn StoreFs>,
+        dir,
+        Durability::Power,
+        LogAccess::Write,
+        |_, _| {},
+    )
+    .expect("in memory");
+    let path = BlobPath::new("c", "b");
+    let effects = [
+        Effect::CreateContainer {
+            name: "c".into(),
+            time: 1,
+            metadata: Default::default(),
+        },
+        Effect::Relocate {
+            path: path.clone(),
+            snapshots: vec![1],
+            offset: 512,
+            len: 512,
+            data: None,
+        },
+    ];
+    for effect in &effects {
+        let data = if matches!(effect, Effect::Relocate { .. }) {
+            vec![7u8; 512]
+        } else {
+            Vec::new()
+        };
+        log.append(effect, &data).expect("in memory");
+        log.take_unsynced().sync().expect("in memory");
+        log.append_sync_mark().expect("in memory");
+    }
+    let file = fs
+        .open(&dir.join("segment-000000.log"), OpenMode::Read)
+        .expect("written");
+    let mut bytes = vec![0u8; file.len().expect("in memory") as usize];
+    file.read_exact_at(&mut bytes, 0).expect("in memory");
+    bytes.extend_from_slice(tail);
+    bytes
 }
 
 /// Valid inputs to start from.
@@ -54,6 +151,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             blob_request_sequence(premium, &requests),
         ));
     }
+    out.push(("store_log", "synced".into(), store_log_seed(&[])));
+    // A power cut's tail: a lost append (zeros), then 7 bytes of a torn one.
+    let mut torn = vec![0u8; 300];
+    torn.extend_from_slice(b"DPLR\x02\x01\x00");
+    out.push(("store_log", "power-cut-tail".into(), store_log_seed(&torn)));
     out
 }
 

@@ -566,3 +566,33 @@ fn the_example_workflows_run_their_drplane_commands_as_written() {
         }
     }
 }
+
+#[test]
+fn a_report_that_cannot_be_written_is_an_error_that_keeps_the_run_s_own() {
+    let dir = temp_dir();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "name = \"x\"\nduration_hours = \"one\"\n").unwrap();
+    // The report's folder is a file: neither report can be written.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "").unwrap();
+    let out = drplane()
+        .args(["sim", "run", path_str(&file), "--junit"])
+        .arg(blocker.join("run.xml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("duration_hours"), "{err}");
+    assert!(err.contains("the CI reports were not written"), "{err}");
+    assert!(err.contains("blocker"), "{err}");
+
+    // A run that passes but whose report cannot be written fails, naming the path.
+    std::fs::write(&file, SMALL_SCENARIO).unwrap();
+    let out = drplane()
+        .args(["sim", "run", path_str(&file), "--markdown"])
+        .arg(blocker.join("run.md"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("blocker"));
+}

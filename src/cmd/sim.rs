@@ -178,7 +178,10 @@ pub fn run(command: SimCommand) -> Result<ExitCode> {
                     )
                 },
                 || sim::markdown::error_summary(&label, known_seed, &message, &reproduce),
-            )?;
+            )
+            .map_err(|w| {
+                anyhow::anyhow!("{message} (and the CI reports were not written: {w:#})")
+            })?;
             Err(error)
         }
     }

@@ -688,3 +688,90 @@ fn open_ended_page_range_lists_and_the_client_request_id_is_echoed() {
         "{refused}"
     );
 }
+
+/// Set Blob Properties with several changes in one request applies all of them or none: a
+/// bad header, a stale ETag or a refused part leaves the blob as it was, and conditions hold
+/// against the blob as it was before the request (a resize used to apply and the sequence
+/// number then fail its If-Match on the resize's new ETag).
+#[test]
+fn set_blob_properties_applies_all_of_a_request_or_none() {
+    use pageblob::timestamp::http_date;
+    use pageblob::types::SequenceNumberAction;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    let c = client(&s, DEV_KEY);
+    c.create_container("props").unwrap();
+    let p = BlobPath::new("props", "b");
+    c.create_page_blob(&p, 4096, 3, &Conditions::default())
+        .unwrap();
+    let path = format!("/{DEV_ACCOUNT}/props/b");
+    let send = |headers: &[(&str, &str)]| {
+        let mut all: Vec<(&str, String)> =
+            headers.iter().map(|(n, v)| (*n, v.to_string())).collect();
+        all.push(("x-ms-date", http_date(START)));
+        let signed = signed("PUT", &path, "comp=properties", &all);
+        exchange(&s, "PUT", &format!("{path}?comp=properties"), &signed, &[])
+    };
+    let state = || {
+        let props = c.properties(&p, None).unwrap();
+        (
+            props.size,
+            props.sequence_number,
+            props.content.content_type,
+        )
+    };
+    let before = state();
+
+    // A sequence-number action without its value: refused before the resize.
+    let answer = send(&[
+        ("x-ms-blob-content-length", "8192"),
+        ("x-ms-sequence-number-action", "update"),
+    ]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(state(), before);
+    // A size that is not whole pages with content headers: the headers are not set.
+    let answer = send(&[
+        ("x-ms-blob-content-length", "1000"),
+        ("x-ms-blob-content-type", "text/plain"),
+    ]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(state(), before);
+
+    // If-Match the ETag as it was: every part applies.
+    let etag = c.properties(&p, None).unwrap().etag;
+    let answer = send(&[
+        ("x-ms-blob-content-length", "8192"),
+        ("x-ms-sequence-number-action", "update"),
+        ("x-ms-blob-sequence-number", "9"),
+        ("x-ms-blob-content-type", "application/octet-stream"),
+        ("if-match", &etag),
+    ]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let after = state();
+    assert_eq!(
+        after,
+        (8192, 9, Some("application/octet-stream".to_string()))
+    );
+    // That ETag is stale now: nothing applies.
+    let answer = send(&[
+        ("x-ms-blob-content-length", "16384"),
+        ("x-ms-sequence-number-action", "increment"),
+        ("if-match", &etag),
+    ]);
+    assert!(answer.starts_with("HTTP/1.1 412"), "{answer}");
+    assert_eq!(state(), after);
+    // An increment past 2^63-1 is refused before the resize.
+    c.set_sequence_number(
+        &p,
+        SequenceNumberAction::Update(i64::MAX as u64),
+        &Conditions::default(),
+    )
+    .unwrap();
+    let answer = send(&[
+        ("x-ms-blob-content-length", "16384"),
+        ("x-ms-sequence-number-action", "increment"),
+    ]);
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert_eq!(c.properties(&p, None).unwrap().size, 8192);
+}

@@ -221,6 +221,41 @@ async fn answer(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Re
     finish(response, request_id, &version, &state)
 }
 
+/// `x-ms-sequence-number-action` (with `x-ms-blob-sequence-number` where it needs one),
+/// checked before a Set Blob Properties changes anything.
+fn sequence_number_action(req: &Req) -> Result<Option<SequenceNumberAction>, StoreError> {
+    let Some(action) = req.header("x-ms-sequence-number-action") else {
+        return Ok(None);
+    };
+    let value = req.u64_header("x-ms-blob-sequence-number")?;
+    let need = |v: Option<u64>| {
+        let v = v.ok_or_else(|| {
+            bad(
+                ErrorCode::MissingRequiredHeader,
+                "x-ms-blob-sequence-number is required",
+            )
+        })?;
+        if v > MAX_SEQUENCE_NUMBER {
+            return Err(bad(
+                ErrorCode::InvalidHeaderValue,
+                format!("sequence number {v} exceeds 2^63-1"),
+            ));
+        }
+        Ok(v)
+    };
+    Ok(Some(match action {
+        "max" => SequenceNumberAction::Max(need(value)?),
+        "update" => SequenceNumberAction::Update(need(value)?),
+        "increment" => SequenceNumberAction::Increment,
+        other => {
+            return Err(bad(
+                ErrorCode::InvalidHeaderValue,
+                format!("x-ms-sequence-number-action {other}"),
+            ))
+        }
+    }))
+}
+
 /// Put Page calls up to this size are made on the async worker when the store answers
 /// promptly: a page-cache write of a replication record takes tens of microseconds, less than
 /// handing it to a blocking thread and back (one replication of 1 GiB through the server: 11,700
@@ -1176,39 +1211,46 @@ fn route(
         }
         (&Method::PUT, Some("properties")) => {
             refuse_snapshot()?;
+            // Everything the request asks for is read and checked before anything changes, so
+            // a bad header never leaves part of the request applied.
+            let content = ContentHeaders::from_request(|n| req.header(n).map(str::to_string));
+            let size = req.u64_header("x-ms-blob-content-length")?;
+            let action = sequence_number_action(req)?;
+            let changes = usize::from(size.is_some())
+                + usize::from(action.is_some())
+                + usize::from(content.is_some());
+            if changes > 1 && action == Some(SequenceNumberAction::Increment) {
+                let current = store.properties(&p, None)?;
+                if current.sequence_number >= MAX_SEQUENCE_NUMBER {
+                    return Err(bad(
+                        ErrorCode::SequenceNumberIncrementTooLarge,
+                        format!("{p}: sequence number is already 2^63-1"),
+                    ));
+                }
+            }
+            // Applied one after another, the most refusable first (a resize checks its size).
+            // The request's conditions hold against the blob as it was: the first change
+            // checks them, the later ones only the lease (the first changed the ETag and the
+            // time). Left: another client's change between the parts can still fail a later
+            // one.
+            let lease_only = Conditions {
+                lease_id: cond.lease_id.clone(),
+                ..Conditions::default()
+            };
             let mut props = None;
+            let mut cond_now = cond.clone();
+            if let Some(size) = size {
+                props = Some(store.resize(&p, size, &cond_now)?);
+                cond_now = lease_only.clone();
+            }
+            if let Some(action) = action {
+                props = Some(store.set_sequence_number(&p, action, &cond_now)?);
+                cond_now = lease_only.clone();
+            }
             // The six content headers are set together when any is given (absent ones are
             // cleared); a request with none of them leaves them alone.
-            if let Some(content) =
-                ContentHeaders::from_request(|n| req.header(n).map(str::to_string))
-            {
-                props = Some(store.set_content_headers(&p, &content, &cond)?);
-            }
-            if let Some(size) = req.u64_header("x-ms-blob-content-length")? {
-                props = Some(store.resize(&p, size, &cond)?);
-            }
-            if let Some(action) = req.header("x-ms-sequence-number-action") {
-                let value = req.u64_header("x-ms-blob-sequence-number")?;
-                let need = |v: Option<u64>| {
-                    v.ok_or_else(|| {
-                        bad(
-                            ErrorCode::MissingRequiredHeader,
-                            "x-ms-blob-sequence-number is required",
-                        )
-                    })
-                };
-                let action = match action {
-                    "max" => SequenceNumberAction::Max(need(value)?),
-                    "update" => SequenceNumberAction::Update(need(value)?),
-                    "increment" => SequenceNumberAction::Increment,
-                    other => {
-                        return Err(bad(
-                            ErrorCode::InvalidHeaderValue,
-                            format!("x-ms-sequence-number-action {other}"),
-                        ))
-                    }
-                };
-                props = Some(store.set_sequence_number(&p, action, &cond)?);
+            if let Some(content) = content {
+                props = Some(store.set_content_headers(&p, &content, &cond_now)?);
             }
             let props = match props {
                 Some(p) => p,

@@ -23,6 +23,9 @@ pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// How long a request keeps retrying connection failures (a `blob serve` restart takes well
 /// under a second; a reboot of the host is not waited for).
 pub const CONNECTION_RETRY_BUDGET: Duration = Duration::from_secs(20);
+/// The same before the endpoint has answered anything: a mistyped host or port fails in
+/// seconds, while a server still starting up is given a moment.
+pub const FIRST_CONTACT_RETRY_BUDGET: Duration = Duration::from_secs(2);
 /// Longest wait between two connection attempts.
 const MAX_CONNECTION_RETRY_DELAY: Duration = Duration::from_secs(2);
 /// Time to open a connection (the host name's lookup included).
@@ -58,6 +61,9 @@ pub struct HttpStore {
     agent: ureq::Agent,
     /// Dates the requests (the server refuses one more than 15 minutes off its time).
     clock: std::sync::Arc<dyn Clock>,
+    /// The endpoint has answered a request (so a connection failure is a restart to wait
+    /// out, not a wrong address).
+    reached: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for HttpStore {
@@ -318,6 +324,7 @@ impl HttpStore {
             key: key.to_vec(),
             agent,
             clock: std::sync::Arc::new(SystemClock),
+            reached: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -346,6 +353,8 @@ impl HttpStore {
         loop {
             match self.send_once(method, resource, query, headers, body) {
                 Ok(answer) => {
+                    self.reached
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     busy_attempts += 1;
                     let retry = matches!(answer.status, 500 | 503) && busy_attempts < MAX_ATTEMPTS;
                     if !retry {
@@ -360,8 +369,25 @@ impl HttpStore {
                         Some(Delivery::MaybeApplied) => idempotent,
                         None => false,
                     };
-                    if !retry || started.elapsed() + connection_delay > CONNECTION_RETRY_BUDGET {
-                        return Err(error);
+                    let reached = self.reached.load(std::sync::atomic::Ordering::Relaxed);
+                    let budget = if reached {
+                        CONNECTION_RETRY_BUDGET
+                    } else {
+                        FIRST_CONTACT_RETRY_BUDGET
+                    };
+                    if !retry || started.elapsed() + connection_delay > budget {
+                        return Err(if reached {
+                            error
+                        } else {
+                            transport(
+                                &self.endpoint,
+                                format!(
+                                    "no answer from the endpoint (tried for {:.1} s; is the \
+                                     address right and the server running?): {error}",
+                                    started.elapsed().as_secs_f64()
+                                ),
+                            )
+                        });
                     }
                     std::thread::sleep(connection_delay);
                     connection_delay = (connection_delay * 2).min(MAX_CONNECTION_RETRY_DELAY);
@@ -1003,6 +1029,29 @@ impl PageBlobStore for HttpStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mistyped endpoint (nothing listens there) fails within seconds, saying so; it used
+    /// to retry for the 20 s a server restart is given.
+    #[test]
+    fn an_endpoint_that_never_answered_fails_in_seconds() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let store = HttpStore::new(
+            &format!("http://127.0.0.1:{port}/devstoreaccount1"),
+            "devstoreaccount1",
+            b"key",
+        );
+        let started = std::time::Instant::now();
+        let err = store.list_containers().unwrap_err().to_string();
+        assert!(
+            started.elapsed() < FIRST_CONTACT_RETRY_BUDGET + Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.contains("no answer from the endpoint"), "{err}");
+        assert!(err.contains(&port.to_string()), "{err}");
+    }
     use ureq::unversioned::resolver::{DefaultResolver, Resolver};
     use ureq::unversioned::transport::NextTimeout;
 

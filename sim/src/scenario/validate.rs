@@ -40,8 +40,8 @@ impl Scenario {
         let hash = blake3::hash(&serde_json::to_vec(&f).expect("serializes"))
             .to_hex()
             .to_string();
-        if f.name.is_empty() || f.name.len() > 128 {
-            return Err(invalid("name", &f.name, "1 to 128 characters"));
+        if !fits_name(&f.name, 128) {
+            return Err(invalid("name", f.name.escape_debug(), NAME_128));
         }
         if !(1..=MAX_DURATION_HOURS).contains(&f.duration_hours) {
             return Err(invalid(
@@ -115,6 +115,15 @@ impl Scenario {
         })
     }
 }
+
+/// Whether `name` is 1 to `max` bytes with no control character: names end up in terminals,
+/// JUnit and SVG reports, and file names.
+fn fits_name(name: &str, max: usize) -> bool {
+    !name.is_empty() && name.len() <= max && !name.chars().any(char::is_control)
+}
+
+const NAME_64: &str = "1 to 64 characters, none of them a control character";
+const NAME_128: &str = "1 to 128 characters, none of them a control character";
 
 fn invalid(
     field: impl Into<String>,
@@ -403,11 +412,11 @@ fn hosts(files: &[HostFile]) -> Result<Vec<String>, ScenarioError> {
     at_most("host", files.len(), 64)?;
     let mut hosts: Vec<String> = Vec::new();
     for (i, h) in files.iter().enumerate() {
-        if h.name.is_empty() || h.name.len() > 64 || hosts.contains(&h.name) {
+        if !fits_name(&h.name, 64) || hosts.contains(&h.name) {
             return Err(invalid(
                 format!("host[{i}].name"),
-                &h.name,
-                "unique, 1 to 64 characters",
+                h.name.escape_debug(),
+                format!("unique, {NAME_64}"),
             ));
         }
         hosts.push(h.name.clone());
@@ -437,11 +446,11 @@ fn vms(files: Vec<VmFile>, cx: &VmContext<'_>) -> Result<Vec<VmSpec>, ScenarioEr
     let mut vms = Vec::new();
     for (i, vm) in files.into_iter().enumerate() {
         let at = format!("vm[{i}]");
-        if !names.insert(vm.name.clone()) || vm.name.is_empty() || vm.name.len() > 64 {
+        if !names.insert(vm.name.clone()) || !fits_name(&vm.name, 64) {
             return Err(invalid(
                 format!("{at}.name"),
-                &vm.name,
-                "unique, 1 to 64 characters",
+                vm.name.escape_debug(),
+                format!("unique, {NAME_64}"),
             ));
         }
         vms.push(self::vm(&at, vm, cx)?);
@@ -498,17 +507,21 @@ fn vm(at: &str, vm: VmFile, cx: &VmContext<'_>) -> Result<VmSpec, ScenarioError>
                     "the OS disk (the VM's first disk) can never be excluded",
                 ));
             }
-            if !unique {
-                return Err(invalid(format!("{at}.name"), &d.name, "unique in the VM"));
+            if !unique || !fits_name(&d.name, 64) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    d.name.escape_debug(),
+                    format!("unique in the VM, {NAME_64}"),
+                ));
             }
             excluded.push(d.name);
             continue;
         }
-        if !unique || d.name.is_empty() || d.name.len() > 64 {
+        if !unique || !fits_name(&d.name, 64) {
             return Err(invalid(
                 format!("{at}.name"),
-                &d.name,
-                "unique in the VM, 1 to 64 characters",
+                d.name.escape_debug(),
+                format!("unique in the VM, {NAME_64}"),
             ));
         }
         disks.push(disk(&at, d, cx.workload_peak)?);
@@ -1047,6 +1060,21 @@ mod tests {
                 "network.throttle.work_start_hour",
             ),
             ("name = \"x\"\nbogus = 1", "unknown field"),
+            // Control characters in names (they reach terminals, JUnit, SVG, file names):
+            // refused, and shown escaped.
+            ("name = \"x\\u001b[2J\"\nduration_hours = 1", "name = x\\u{1b}[2J"),
+            (
+                "name = \"x\"\nduration_hours = 1\n[[vm]]\nname = \"a\\nb\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8",
+                "vm[0].name = a\\nb",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8\n[[vm.disk]]\nname = \"t\\u0000\"\nsize_mib = 8\nexclude = true",
+                "vm[0].disk[1].name",
+            ),
+            (
+                "name = \"x\"\nduration_hours = 1\n[[host]]\nname = \"h\\t\"\n[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize_mib = 8",
+                "host[0].name",
+            ),
         ] {
             let err = Scenario::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle}: {err}");

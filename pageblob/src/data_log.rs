@@ -225,13 +225,7 @@ impl DataLog {
                         // A power cut after the last sync: nothing from here on was
                         // acknowledged. A writer cuts it all; a reader stops here.
                         if access == LogAccess::Write {
-                            file.set_len(pos).map_err(|e| io_err(&path, e))?;
-                            file.sync_data().map_err(|e| io_err(&path, e))?;
-                            for later in n + 1..segments.len() {
-                                let p = segment_path(dir, later);
-                                fs.remove(&p).map_err(|e| io_err(&p, e))?;
-                            }
-                            fs.sync_dir(dir).map_err(|e| io_err(dir, e))?;
+                            cut_after_power_cut(&*fs, dir, &segments, n, pos)?;
                         }
                         segments.truncate(n + 1);
                         tail = pos;
@@ -493,6 +487,25 @@ fn check_record(file: &dyn StoreFile, pos: u64, len: u64) -> Result<Record, Flaw
     })
 }
 
+/// Cut the log at `pos` of segment `n`: that segment truncated and every later one removed,
+/// the cut and the folder synced.
+fn cut_after_power_cut(
+    fs: &dyn StoreFs,
+    dir: &Path,
+    segments: &[Arc<dyn StoreFile>],
+    n: usize,
+    pos: u64,
+) -> StoreResult<()> {
+    let path = segment_path(dir, n);
+    segments[n].set_len(pos).map_err(|e| io_err(&path, e))?;
+    segments[n].sync_data().map_err(|e| io_err(&path, e))?;
+    for later in n + 1..segments.len() {
+        let p = segment_path(dir, later);
+        fs.remove(&p).map_err(|e| io_err(&p, e))?;
+    }
+    fs.sync_dir(dir).map_err(|e| io_err(dir, e))
+}
+
 /// Whether the damage at `pos` of segment `n` is what a power cut leaves: the log was written
 /// by a power-mode writer (version-2 records before the damage, or none before it and only
 /// version-2 records after), and no intact record after it shows that `pos` had been synced —
@@ -508,6 +521,9 @@ fn unsynced_tail(
     if version_before == Some(RECORD_VERSION) {
         return Ok(false);
     }
+    // Bytes that only look like record starts: past a few, call it damage rather than read
+    // on (a hostile segment full of magics with large lengths would take hours).
+    let mut false_starts = 0;
     for (m, file) in segments.iter().enumerate().skip(n) {
         let len = file.len()?;
         let mut at = if m == n { pos + 1 } else { 0 };
@@ -528,7 +544,13 @@ fn unsynced_tail(
                     }
                     at = record.end;
                 }
-                Err(_) => at = found + 1,
+                Err(_) => {
+                    false_starts += 1;
+                    if false_starts > MAX_TAIL_CANDIDATES {
+                        return Ok(false);
+                    }
+                    at = found + 1;
+                }
             }
         }
     }
@@ -735,6 +757,33 @@ mod tests {
         file.write_all_at(&byte, last_at).unwrap();
         let (_, seen) = open(&fs, Durability::Power, LogAccess::Write).unwrap();
         assert_eq!(seen, [1, 2]);
+    }
+
+    #[test]
+    fn a_tail_full_of_false_record_starts_is_damage_not_a_long_search() {
+        // After a synced record, bytes that keep claiming to start records (magic, version 2,
+        // lengths that fit the file, wrong checksums): past a few the search stops and the
+        // log is called damaged, instead of checking every one of them.
+        let fs = CrashFs::new();
+        let (mut log, _) = open(&fs, Durability::Power, LogAccess::Write).unwrap();
+        log.append(&effect(1), &[]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let at = segment_len(&fs);
+        let mut fake = [0u8; 32];
+        fake[..4].copy_from_slice(MAGIC);
+        fake[4..6].copy_from_slice(&[SYNCED_RECORD_VERSION, KIND_EFFECT]);
+        fake[8..12].copy_from_slice(&8u32.to_le_bytes());
+        let tail: Vec<u8> = std::iter::repeat_n(fake, 200).flatten().collect();
+        let file = fs
+            .open(&segment_path(Path::new("/log"), 0), OpenMode::Write)
+            .unwrap();
+        file.write_all_at(&[0; 8], at).unwrap();
+        file.write_all_at(&tail, at + 8).unwrap();
+        let err = open(&fs, Durability::Power, LogAccess::Read)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("at offset {at}")), "{err}");
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn context(
 }
 
 /// A run's suite: one case per check, the run's facts as properties and in every failure.
-pub fn run_suite(report: &Report, reproduce: &str, wall_secs: f64, summary: &str) -> Suite {
+pub fn run_suite(report: &Report, reproduce: &str, wall_secs: f64, summary: Option<&str>) -> Suite {
     let classname = format!("drplane.sim.{}", report.scenario);
     let context = format!(
         "{}\ntrace: {}",
@@ -108,7 +108,7 @@ pub fn run_suite(report: &Report, reproduce: &str, wall_secs: f64, summary: &str
                 },
             })
             .collect(),
-        system_out: Some(summary.to_string()),
+        system_out: summary.map(str::to_string),
     }
 }
 
@@ -161,11 +161,7 @@ pub fn error_suite(scenario: &str, seed: Option<u64>, error: &str, reproduce: &s
 pub fn seed_suite(outcome: &SeedOutcome, reproduce: &str) -> Suite {
     let scenario = format!("swarm-{}", outcome.seed);
     let mut suite = match &outcome.report {
-        Ok(report) => {
-            let mut suite = run_suite(report, reproduce, outcome.wall_secs, "");
-            suite.system_out = None;
-            suite
-        }
+        Ok(report) => run_suite(report, reproduce, outcome.wall_secs, None),
         Err(e) => {
             let mut suite = error_suite(&scenario, Some(outcome.seed), e, reproduce);
             suite.time = outcome.wall_secs;

@@ -246,14 +246,16 @@ fn finish_run(
         || {
             sim::junit::document(
                 "drplane sim run",
-                &[sim::junit::run_suite(report, &reproduce, wall, &text)],
+                &[sim::junit::run_suite(report, &reproduce, wall, Some(&text))],
             )
         },
         || sim::markdown::run_summary(report, &reproduce, wall),
     )?;
+    // Drawn once for both places that may want it.
+    let timeline = (svg.is_some() || report_dir.is_some()).then(|| sim::timeline::svg(report));
+    let timeline = timeline.as_deref().unwrap_or_default();
     if let Some(path) = &svg {
-        std::fs::write(path, sim::timeline::svg(report))
-            .with_context(|| path.display().to_string())?;
+        std::fs::write(path, timeline).with_context(|| path.display().to_string())?;
     }
     if let Some(dir) = &report_dir {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
@@ -266,7 +268,7 @@ fn finish_run(
             "report.json",
             serde_json::to_string_pretty(report)?.as_bytes(),
         )?;
-        write("timeline.svg", sim::timeline::svg(report).as_bytes())?;
+        write("timeline.svg", timeline.as_bytes())?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);

@@ -375,7 +375,10 @@ impl HttpStore {
                     } else {
                         FIRST_CONTACT_RETRY_BUDGET
                     };
-                    if !retry || started.elapsed() + connection_delay > budget {
+                    if !retry {
+                        return Err(error);
+                    }
+                    if started.elapsed() + connection_delay > budget {
                         return Err(if reached {
                             error
                         } else {

@@ -6,7 +6,7 @@
 # initial replication's time and their ratio are printed, with the CPU time of the bench
 # process and of the server. Both stores keep `process` durability (the embedded one is the
 # bench's own temporary store; the server is started with --durability process).
-# Usage: scripts/bench-serve-vs-embedded.sh [SIZE] [ROUNDS] [PIPELINE_THREADS]
+# Usage: [DRPLANE_BIN=PATH] [SERVER_THREADS=N] scripts/bench-serve-vs-embedded.sh [SIZE] [ROUNDS] [PIPELINE_THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1G}
@@ -14,11 +14,18 @@ rounds=${2:-5}
 threads=${3:-$(nproc)}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-cargo build --release -q -j2 --bin drplane
-bin=$PWD/target/release/drplane
+# DRPLANE_BIN: measure that binary instead of building this tree's.
+if [ -n "${DRPLANE_BIN:-}" ]; then
+  bin=$DRPLANE_BIN
+else
+  cargo build --release -q -j2 --bin drplane
+  bin=$PWD/target/release/drplane
+fi
 "$bin" bench make-disk "$work/disk.raw" --size "$size" > /dev/null
 # The server at `process` durability, as the embedded store the bench makes by default.
-"$bin" blob serve --listen 127.0.0.1:0 --data "$work/served" --durability process > "$work/serve.out" 2>/dev/null &
+# SERVER_THREADS: the server's --threads (default: one per core).
+"$bin" blob serve --listen 127.0.0.1:0 --data "$work/served" --durability process \
+  ${SERVER_THREADS:+--threads "$SERVER_THREADS"} > "$work/serve.out" 2>/dev/null &
 for _ in $(seq 50); do [ -s "$work/serve.out" ] && break; sleep 0.1; done
 endpoint=$(sed -n '1s/listening on //p' "$work/serve.out")
 [ -n "$endpoint" ] || { echo "blob serve did not start"; exit 1; }

@@ -384,6 +384,9 @@ fn zero_digests(
 }
 
 /// A record on its way to the writers.
+/// Most records a writer thread stores as one batch (the HTTP client's pipeline depth).
+const WRITE_BATCH: usize = 32;
+
 struct Job {
     block: u64,
     encoded: Encoded,
@@ -630,14 +633,30 @@ impl RecordWriter<'_, '_> {
         }
     }
 
-    /// A writer thread: store the records `queue` hands out until it is closed.
+    /// A writer thread: store the records `queue` hands out until it is closed, taking the
+    /// ones queued up behind the first (up to [`WRITE_BATCH`]) as one batch: a store may send a
+    /// batch together (the HTTP client pipelines it on one connection).
     fn serve(&self, queue: &Mutex<mpsc::Receiver<Job>>) {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
-            let job = match queue.lock().expect("writer queue").recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            };
-            self.store(job);
+            {
+                let queue = queue.lock().expect("writer queue");
+                match queue.recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => return,
+                }
+                while batch.len() < WRITE_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if batch.len() == 1 || self.replica.staging.is_some() {
+                batch.drain(..).for_each(|job| self.store(job));
+            } else {
+                self.store_batch(&mut batch);
+            }
         }
     }
 
@@ -654,6 +673,27 @@ impl RecordWriter<'_, '_> {
             Some(log) => log.write_entry(job.log_offset, job.block, job.encoded),
             None => self.replica.write_block(job.block, job.encoded),
         };
+        self.settle(bytes, written);
+    }
+
+    /// Store `batch` (emptied) into the replica's slots (no staging log).
+    fn store_batch(&self, batch: &mut Vec<Job>) {
+        if self.failed.load(Ordering::Relaxed) || self.stopping() {
+            batch.clear();
+            return;
+        }
+        let bytes = batch.iter().map(|job| job.encoded.stored_bytes()).sum();
+        if let Some(limit) = &self.limiter {
+            limit.acquire(bytes);
+        }
+        let written = self
+            .replica
+            .write_blocks(batch.drain(..).map(|job| (job.block, job.encoded)));
+        self.settle(bytes, written);
+    }
+
+    /// Count `bytes` as sent, or remember the first failure.
+    fn settle(&self, bytes: u64, written: Result<(), ReplicaError>) {
         match written {
             Ok(()) => {
                 self.sent.fetch_add(bytes, Ordering::Relaxed);

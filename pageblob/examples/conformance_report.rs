@@ -21,9 +21,10 @@ fn main() {
     let clock = ManualClock::new(0);
     let tag = std::process::id();
     type Check = fn(&dyn PageBlobStore, &str);
-    let checks: [(&str, Check); 9] = [
+    let checks: [(&str, Check); 10] = [
         ("incremental_copy", c::incremental_copy),
         ("put_clear_read_and_ranges", c::put_clear_read_and_ranges),
+        ("batched_put_pages", c::batched_put_pages),
         ("page_range_paging", c::page_range_paging),
         ("snapshots_and_diffs", c::snapshots_and_diffs),
         ("delete_rules", c::delete_rules),

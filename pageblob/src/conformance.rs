@@ -70,6 +70,7 @@ fn ranges(
 pub fn standard_suite(store: &dyn PageBlobStore, clock: &ManualClock, container: &str) {
     containers_and_creation(store, container);
     put_clear_read_and_ranges(store, container);
+    batched_put_pages(store, container);
     page_range_paging(store, container);
     snapshots_and_diffs(store, container);
     delete_rules(store, container);
@@ -256,6 +257,90 @@ pub fn put_clear_read_and_ranges(store: &dyn PageBlobStore, container: &str) {
     // A clear may span the whole blob.
     store.clear_pages(&p, 0, 64 * 1024, &none()).unwrap();
     assert!(ranges(store, &p, None, None).is_empty());
+}
+
+/// [`PageBlobStore::put_pages_batch`]: every write of a batch lands (one byte pattern per
+/// write, sizes from one page to 4 MiB, out of order, more writes than one pipelined exchange);
+/// a bad write fails the batch with the error its own Put Page gets, and a batch for a blob
+/// that is not there fails as Put Page does.
+pub fn batched_put_pages(store: &dyn PageBlobStore, container: &str) {
+    let p = BlobPath::new(container, "batched");
+    store.create_page_blob(&p, 32 << 20, 0, &none()).unwrap();
+    let sizes = [512, 4096, 65536, 1536, 131_072, 43008, 512, 262_144];
+    let mut at = 0u64;
+    let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+    for i in 0..40usize {
+        let len = if i == 20 {
+            4 << 20
+        } else {
+            sizes[i % sizes.len()]
+        };
+        writes.push((at, bytes(i as u8, len)));
+        at += len as u64 + if i % 3 == 0 { 512 } else { 0 };
+    }
+    assert!(at <= 32 << 20);
+    writes.reverse();
+    let batch: Vec<PageWrite<'_>> = writes
+        .iter()
+        .map(|(offset, data)| PageWrite {
+            path: &p,
+            offset: *offset,
+            data,
+        })
+        .collect();
+    store.put_pages_batch(&batch).unwrap();
+    let mut want = vec![0u8; at as usize];
+    for (offset, data) in &writes {
+        want[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+    }
+    // Read back a MiB at a time (a store that fails calls at random fails long reads often).
+    for (i, piece) in want.chunks(1 << 20).enumerate() {
+        let got = read(store, &p, None, (i as u64) << 20, piece.len());
+        assert!(got == piece, "batched writes read back (MiB {i})");
+    }
+    let gaps = ranges(store, &p, None, None).len();
+    assert_eq!(gaps, 14, "one range per run of adjacent writes");
+
+    let ok = bytes(77, 1024);
+    let misaligned = [1u8; 1000];
+    for (bad, expected) in [
+        (&misaligned[..], ErrorCode::InvalidPageRange),
+        (&[][..], ErrorCode::InvalidPageRange),
+    ] {
+        let batch = [
+            PageWrite {
+                path: &p,
+                offset: 0,
+                data: &ok,
+            },
+            PageWrite {
+                path: &p,
+                offset: 8192,
+                data: bad,
+            },
+            PageWrite {
+                path: &p,
+                offset: 16384,
+                data: &ok,
+            },
+        ];
+        assert_eq!(code(store.put_pages_batch(&batch)), expected);
+    }
+    let missing = BlobPath::new(container, "batched-missing");
+    let batch = [
+        PageWrite {
+            path: &missing,
+            offset: 0,
+            data: &ok,
+        },
+        PageWrite {
+            path: &missing,
+            offset: 4096,
+            data: &ok,
+        },
+    ];
+    assert_eq!(code(store.put_pages_batch(&batch)), ErrorCode::BlobNotFound);
+    store.put_pages_batch(&[]).unwrap();
 }
 
 pub fn page_range_paging(store: &dyn PageBlobStore, container: &str) {

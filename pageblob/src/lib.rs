@@ -125,6 +125,16 @@ pub trait PageBlobStore: Send + Sync {
         data: &[u8],
         cond: &Conditions,
     ) -> StoreResult<Properties>;
+    /// Several unconditional Put Page `update` calls whose ranges do not overlap, in any order:
+    /// all are applied when this returns `Ok`. On an error some may have been applied (as with
+    /// the same calls made one by one, or side by side). A store may send them together; the
+    /// HTTP client pipelines them on one connection.
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
+        for w in writes {
+            self.put_pages(w.path, w.offset, w.data, &Conditions::default())?;
+        }
+        Ok(())
+    }
     /// Put Page, `clear`.
     fn clear_pages(
         &self,
@@ -268,6 +278,9 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         (**self).put_pages(path, offset, data, cond)
+    }
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
+        (**self).put_pages_batch(writes)
     }
     fn clear_pages(
         &self,

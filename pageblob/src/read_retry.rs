@@ -108,6 +108,9 @@ impl<S: PageBlobStore> PageBlobStore for ReadRetry<S> {
     ) -> StoreResult<Properties> {
         self.inner.put_pages(path, offset, data, cond)
     }
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
+        self.inner.put_pages_batch(writes)
+    }
     fn clear_pages(
         &self,
         path: &BlobPath,

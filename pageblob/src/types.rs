@@ -125,6 +125,15 @@ impl LeaseDuration {
     }
 }
 
+/// One write of [`PageBlobStore::put_pages_batch`](crate::PageBlobStore::put_pages_batch):
+/// `data` (512-aligned, at most 4 MiB) at `offset` of the blob at `path`.
+#[derive(Clone, Copy, Debug)]
+pub struct PageWrite<'a> {
+    pub path: &'a BlobPath,
+    pub offset: u64,
+    pub data: &'a [u8],
+}
+
 /// Access conditions of a request (`If-*`, `x-ms-if-sequence-number-*`, `x-ms-lease-id`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conditions {

@@ -775,3 +775,149 @@ fn set_blob_properties_applies_all_of_a_request_or_none() {
     assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
     assert_eq!(c.properties(&p, None).unwrap().size, 8192);
 }
+
+/// A TCP relay in front of `upstream`: connection `cut_connection` (counting from 0) is cut
+/// (both ways, at once) after `cut_after` bytes of requests have gone through it. Returns the
+/// relay's address and the count of connections made through it.
+fn cutting_relay(
+    upstream: String,
+    cut_connection: usize,
+    cut_after: u64,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let index = accepted.fetch_add(1, Ordering::SeqCst);
+            let server = TcpStream::connect(&upstream).unwrap();
+            let limit = if index == cut_connection {
+                cut_after
+            } else {
+                u64::MAX
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                let mut passed = 0u64;
+                loop {
+                    let n = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let n = n.min((limit - passed) as usize);
+                    if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    passed += n as u64;
+                    if passed >= limit {
+                        break;
+                    }
+                }
+                let _ = c_in.shutdown(Shutdown::Both);
+                let _ = s_out.shutdown(Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A pipelined batch whose connection is cut in the middle of a request body: the writes that
+/// got no answer are sent again on their own, and every page lands.
+#[test]
+fn a_pipelined_batch_cut_mid_request_still_lands_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    let upstream = s
+        .endpoint
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let direct = client(&s, DEV_KEY);
+    direct.create_container("cut").unwrap();
+    let p = BlobPath::new("cut", "disk");
+    direct
+        .create_page_blob(&p, 4 << 20, 0, &Conditions::default())
+        .unwrap();
+    // Connection 0 is the client's first (the pipelined batch's): cut 5.5 records in.
+    let (relay, connections) = cutting_relay(upstream, 0, 5 * 65536 + 40_000);
+    let through = HttpStore::new(
+        &format!("http://{relay}/{DEV_ACCOUNT}"),
+        DEV_ACCOUNT,
+        &decode_key(DEV_KEY).unwrap(),
+    )
+    .with_clock(s.clock.clone());
+    let records: Vec<Vec<u8>> = (0..12u32)
+        .map(|i| {
+            (0..65536 / 4)
+                .flat_map(|j| (i * 1_000_003 + j).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let batch: Vec<pageblob::PageWrite<'_>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, data)| pageblob::PageWrite {
+            path: &p,
+            offset: i as u64 * 65536,
+            data,
+        })
+        .collect();
+    through.put_pages_batch(&batch).unwrap();
+    for (i, data) in records.iter().enumerate() {
+        let mut back = vec![0u8; data.len()];
+        direct.read(&p, None, i as u64 * 65536, &mut back).unwrap();
+        assert!(&back == data, "record {i} landed");
+    }
+    assert!(
+        connections.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the cut connection was replaced"
+    );
+}
+
+/// Request heads are bounded by `max_header_bytes` (64 KiB by default), whatever hyper's read
+/// buffer holds: a head just under it is read and answered, one over it gets 431.
+#[test]
+fn a_request_head_over_the_limit_is_refused_with_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let s = served(dir.path(), Profile::Standard, &clock);
+    let padding = |len: usize| vec![("x-padding".to_string(), "a".repeat(len))];
+    let under = exchange(
+        &s,
+        "GET",
+        "/devstoreaccount1?comp=list",
+        &padding(60 << 10),
+        &[],
+    );
+    assert!(under.starts_with("HTTP/1.1 403"), "{under}");
+    let over = exchange(
+        &s,
+        "GET",
+        "/devstoreaccount1?comp=list",
+        &padding(70 << 10),
+        &[],
+    );
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+    let far_over = exchange(
+        &s,
+        "GET",
+        "/devstoreaccount1?comp=list",
+        &padding(300 << 10),
+        &[],
+    );
+    assert!(far_over.starts_with("HTTP/1.1 431"), "{far_over}");
+}

@@ -52,6 +52,11 @@ pub enum BlobCommand {
         /// Seconds a connection may sit outside a request (idle, or sending its headers).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
         idle_timeout: u32,
+        /// Threads answering requests (default: one per core). Beside a client on a small
+        /// machine, fewer leave it more of the cores: replicating through a server with one
+        /// thread on 2 cores is ~5% faster than with two.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
         #[command(flatten)]
         faults: FaultArgs,
     },
@@ -286,6 +291,7 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
             durability,
             max_connections,
             idle_timeout,
+            threads,
             faults,
         } => {
             let limits = ServerLimits {
@@ -296,7 +302,7 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
             // Room for the store's own files and the listener.
             let limits = limits.fitting_open_files(raise_open_file_limit(), 256);
             run_serve(
-                listen, data, account, key, profile, durability, limits, &faults,
+                listen, data, account, key, profile, durability, limits, threads, &faults,
             )
         }
         BlobCommand::Sas {
@@ -577,6 +583,7 @@ fn run_serve(
     profile: String,
     durability: String,
     limits: ServerLimits,
+    threads: Option<u16>,
     faults: &FaultArgs,
 ) -> Result<ExitCode> {
     let profile = Profile::parse(&profile)
@@ -594,9 +601,11 @@ fn run_serve(
         Some(config) => Arc::new(FaultyStore::new(emulator, config)),
         None => Arc::new(emulator),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        runtime.worker_threads(threads.into());
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
         let addr = listener.local_addr()?;

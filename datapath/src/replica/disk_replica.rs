@@ -17,7 +17,9 @@ use super::error::ReplicaError;
 use super::manifest::{Consistency, Manifest};
 use super::slot_header::{SlotHeader, HEADER_SIZE};
 use super::staging_log::StagingLog;
-use pageblob::{BlobPath, Conditions, ErrorCode, PageBlobStore, MAX_PUT_PAGES_BYTES, PAGE_SIZE};
+use pageblob::{
+    BlobPath, Conditions, ErrorCode, PageBlobStore, PageWrite, MAX_PUT_PAGES_BYTES, PAGE_SIZE,
+};
 
 /// Bytes per journal slot (a manifest is ~160 bytes).
 pub const JOURNAL_SLOT: u64 = 4096;
@@ -267,6 +269,36 @@ impl<'a> DiskReplica<'a> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// [`write_block`](Self::write_block) for several blocks: the records go to the store as one
+    /// batch of Put Page calls, any zero blocks' slots are cleared one by one.
+    pub fn write_blocks(
+        &self,
+        blocks: impl Iterator<Item = (u64, Encoded)>,
+    ) -> Result<(), ReplicaError> {
+        let mut records = Vec::new();
+        for (block, encoded) in blocks {
+            match encoded {
+                Encoded::Record { mut bytes, .. }
+                    if bytes.len() <= MAX_PUT_PAGES_BYTES as usize =>
+                {
+                    bytes.resize(bytes.len().next_multiple_of(PAGE_SIZE as usize), 0);
+                    records.push((self.layout.slot_offset(block), bytes));
+                }
+                other => self.write_block(block, other)?,
+            }
+        }
+        let writes: Vec<PageWrite<'_>> = records
+            .iter()
+            .map(|(offset, bytes)| PageWrite {
+                path: &self.data,
+                offset: *offset,
+                data: bytes,
+            })
+            .collect();
+        self.store.put_pages_batch(&writes)?;
         Ok(())
     }
 

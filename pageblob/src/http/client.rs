@@ -6,6 +6,7 @@ use std::time::Duration;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use quick_xml::events::Event;
 
+use super::pipelined::Pipeline;
 use super::shared_key;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -37,6 +38,10 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 const RESOLVE_TTL: Duration = Duration::from_secs(30);
 /// Largest answer body read (a Get Blob of up to 256 MiB, or a long page list).
 const MAX_RESPONSE_BYTES: u64 = 257 << 20;
+/// Most Put Page calls of a batch on one connection before their answers are read: their
+/// answers (a few hundred bytes each) must fit in the socket's receive buffer while the
+/// requests are still being written.
+pub const PIPELINE_DEPTH: usize = 32;
 
 /// Path characters left as they are (Azure's blob names may contain `/`).
 const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC
@@ -64,6 +69,8 @@ pub struct HttpStore {
     /// The endpoint has answered a request (so a connection failure is a restart to wait
     /// out, not a wrong address).
     reached: std::sync::atomic::AtomicBool,
+    /// Batches of Put Page calls pipelined on one connection (plain `http://`, no proxy).
+    pipeline: Option<Pipeline>,
 }
 
 impl std::fmt::Debug for HttpStore {
@@ -135,10 +142,20 @@ impl<R: ureq::unversioned::resolver::Resolver> ureq::unversioned::resolver::Reso
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// A signed request, ready to send.
+pub(super) struct Signed {
+    /// The whole URL.
+    pub(super) url: String,
+    /// Path and query as sent on the request line.
+    pub(super) target: String,
+    /// Every header, `authorization` and `content-length` included.
+    pub(super) headers: Vec<(String, String)>,
+}
+
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) body: Vec<u8>,
 }
 
 impl Answer {
@@ -307,6 +324,10 @@ impl HttpStore {
             .timeout_per_write(Some(STALL_TIMEOUT))
             .max_idle_connections_per_host(64);
         // Without one given, ureq's default applies (HTTPS_PROXY / HTTP_PROXY / NO_PROXY).
+        let pipeline = match proxy {
+            Some(_) => None,
+            None => Pipeline::for_endpoint(endpoint, CONNECT_TIMEOUT, STALL_TIMEOUT),
+        };
         if proxy.is_some() {
             config = config.proxy(proxy);
         }
@@ -325,6 +346,7 @@ impl HttpStore {
             agent,
             clock: std::sync::Arc::new(SystemClock),
             reached: std::sync::atomic::AtomicBool::new(false),
+            pipeline,
         }
     }
 
@@ -399,14 +421,16 @@ impl HttpStore {
         }
     }
 
-    fn send_once(
+    /// A request's URL and its headers, signed: `x-ms-date`, `x-ms-version`, the length and
+    /// type of a `body_len`-byte body and `authorization` added to `headers`.
+    fn signed(
         &self,
         method: &str,
         resource: &str,
         query: &[(&str, String)],
         headers: &[(&str, String)],
-        body: &[u8],
-    ) -> Result<Answer, Failure> {
+        body_len: usize,
+    ) -> Signed {
         let encoded_path = utf8_percent_encode(resource, PATH_SET).to_string();
         let base_path = self
             .endpoint
@@ -415,12 +439,12 @@ impl HttpStore {
             .split_once('/')
             .map_or("", |(_, p)| p);
         let path = format!("/{base_path}{encoded_path}");
-        let mut url = format!("{}{}", self.endpoint, encoded_path);
+        let mut query_string = String::new();
         for (i, (n, v)) in query.iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(n);
-            url.push('=');
-            url.push_str(&utf8_percent_encode(v, QUERY_SET).to_string());
+            query_string.push(if i == 0 { '?' } else { '&' });
+            query_string.push_str(n);
+            query_string.push('=');
+            query_string.push_str(&utf8_percent_encode(v, QUERY_SET).to_string());
         }
         let mut all: Vec<(String, String)> = headers
             .iter()
@@ -428,10 +452,10 @@ impl HttpStore {
             .collect();
         all.push(("x-ms-date".into(), http_date(self.clock.now_nanos())));
         all.push(("x-ms-version".into(), API_VERSION.into()));
-        if !body.is_empty() || method == "PUT" {
-            all.push(("content-length".into(), body.len().to_string()));
+        if body_len > 0 || method == "PUT" {
+            all.push(("content-length".into(), body_len.to_string()));
         }
-        if !body.is_empty() {
+        if body_len > 0 {
             all.push(("content-type".into(), "application/octet-stream".into()));
         }
         let q: Vec<(String, String)> = query
@@ -439,16 +463,32 @@ impl HttpStore {
             .map(|(n, v)| (n.to_string(), v.clone()))
             .collect();
         let sts = shared_key::string_to_sign(method, &self.account, &path, &q, &all);
-        let auth = format!(
-            "SharedKey {}:{}",
-            self.account,
-            shared_key::sign(&self.key, &sts)
-        );
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("authorization", auth);
-        for (n, v) in &all {
+        all.push((
+            "authorization".into(),
+            format!(
+                "SharedKey {}:{}",
+                self.account,
+                shared_key::sign(&self.key, &sts)
+            ),
+        ));
+        Signed {
+            url: format!("{}{encoded_path}{query_string}", self.endpoint),
+            target: format!("{path}{query_string}"),
+            headers: all,
+        }
+    }
+
+    fn send_once(
+        &self,
+        method: &str,
+        resource: &str,
+        query: &[(&str, String)],
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<Answer, Failure> {
+        let Signed { url, headers, .. } = self.signed(method, resource, query, headers, body.len());
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        for (n, v) in &headers {
             if n != "content-length" {
                 builder = builder.header(n.as_str(), v.as_str());
             }
@@ -508,6 +548,11 @@ impl HttpStore {
     fn blob_resource(path: &BlobPath) -> String {
         format!("/{}/{}", path.container, path.blob)
     }
+}
+
+/// `x-ms-range` for `len` (> 0) bytes from `offset`.
+fn page_range(offset: u64, len: u64) -> String {
+    format!("bytes={offset}-{}", offset + len - 1)
 }
 
 fn cond_headers(cond: &Conditions) -> Vec<(&'static str, String)> {
@@ -696,10 +741,7 @@ impl PageBlobStore for HttpStore {
         }
         let mut h = cond_headers(cond);
         h.push(("x-ms-page-write", "update".into()));
-        h.push((
-            "x-ms-range",
-            format!("bytes={offset}-{}", offset + data.len() as u64 - 1),
-        ));
+        h.push(("x-ms-range", page_range(offset, data.len() as u64)));
         let a = self.send(
             "PUT",
             &Self::blob_resource(path),
@@ -708,6 +750,52 @@ impl PageBlobStore for HttpStore {
             data,
         )?;
         Ok(a.properties(None))
+    }
+
+    /// Pipelined on one connection, [`PIPELINE_DEPTH`] at a time, where the endpoint allows
+    /// (plain `http://`, no proxy). A write that got no answer, or a 500/503, is sent again on
+    /// its own with the usual retries (a Put Page repeated changes nothing).
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
+        let one_by_one = |w: &PageWrite<'_>| {
+            self.put_pages(w.path, w.offset, w.data, &Conditions::default())
+                .map(|_| ())
+        };
+        let Some(pipeline) = self.pipeline.as_ref().filter(|_| writes.len() > 1) else {
+            return writes.iter().try_for_each(one_by_one);
+        };
+        for group in writes.chunks(PIPELINE_DEPTH) {
+            if let Some(empty) = group.iter().find(|w| w.data.is_empty()) {
+                return one_by_one(empty);
+            }
+            let requests: Vec<(Signed, &[u8])> = group
+                .iter()
+                .map(|w| {
+                    let headers = [
+                        ("x-ms-page-write", "update".to_string()),
+                        ("x-ms-range", page_range(w.offset, w.data.len() as u64)),
+                    ];
+                    let signed = self.signed(
+                        "PUT",
+                        &Self::blob_resource(w.path),
+                        &[("comp", "page".into())],
+                        &headers,
+                        w.data.len(),
+                    );
+                    (signed, w.data)
+                })
+                .collect();
+            for (w, answer) in group.iter().zip(pipeline.exchange(&requests)) {
+                match answer {
+                    Some(a) if !matches!(a.status, 500 | 503) => {
+                        self.reached
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.check(a)?;
+                    }
+                    _ => one_by_one(w)?,
+                }
+            }
+        }
+        Ok(())
     }
 
     fn clear_pages(
@@ -725,7 +813,7 @@ impl PageBlobStore for HttpStore {
         }
         let mut h = cond_headers(cond);
         h.push(("x-ms-page-write", "clear".into()));
-        h.push(("x-ms-range", format!("bytes={offset}-{}", offset + len - 1)));
+        h.push(("x-ms-range", page_range(offset, len)));
         let a = self.send(
             "PUT",
             &Self::blob_resource(path),

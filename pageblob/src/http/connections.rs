@@ -10,7 +10,8 @@
 //! - a connection outside any request (keep-alive idle, or still sending its headers) for
 //!   `idle_timeout` is closed; so is one whose answer has not moved for `stall_timeout`
 //!   (a client that stopped reading).
-//! - request headers are bounded by `max_header_bytes` (hyper's read buffer).
+//! - request heads are bounded by `max_header_bytes`: refused with 431 (hyper's read buffer,
+//!   [`READ_BUFFER_BYTES`] or more, bounds what it holds before that check).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,6 +26,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
+
+use super::coalescing_io::CoalescingIo;
 
 /// Bounds on what clients may hold of the server.
 #[derive(Clone, Debug)]
@@ -41,6 +44,10 @@ pub struct ServerLimits {
 
 /// Smallest read buffer hyper accepts.
 const MIN_HEADER_BYTES: usize = 8 << 10;
+/// hyper's read buffer per connection at most (it grows there only while reads fill it): a Put
+/// Page body of a few records comes in one read, instead of a read per 64 KiB. Replicating 1
+/// GiB through the server on 2 cores: 1.58 → 1.48 s.
+pub const READ_BUFFER_BYTES: usize = 256 << 10;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -250,6 +257,21 @@ where
     Ok(())
 }
 
+/// The size of a request's head as sent: request line and header lines.
+fn head_bytes<B>(request: &hyper::Request<B>) -> usize {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len());
+    let line = request.method().as_str().len() + target + " HTTP/1.1\r\n".len();
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum();
+    line + headers + 2
+}
+
 /// Serve one connection until the client leaves, it idles or stalls past its limit, it is
 /// evicted, or the server stops.
 async fn serve_connection<S, F>(
@@ -263,10 +285,19 @@ async fn serve_connection<S, F>(
     F: Future<Output = Response> + Send + 'static,
 {
     let for_requests = Arc::clone(&conn);
+    let max_head = limits.max_header_bytes.max(MIN_HEADER_BYTES);
     let svc = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let conn = Arc::clone(&for_requests);
         let service = service.clone();
+        let head_too_large = head_bytes(&request) > max_head;
         async move {
+            if head_too_large {
+                return Ok(Response::builder()
+                    .status(hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                    .header("connection", "close")
+                    .body(Body::empty())
+                    .expect("valid response"));
+            }
             conn.in_handler.fetch_add(1, Ordering::Relaxed);
             let handler = InHandler(Arc::clone(&conn));
             let response = service(Arc::clone(&conn), request.map(Body::new)).await;
@@ -282,8 +313,8 @@ async fn serve_connection<S, F>(
         }
     });
     let served = hyper::server::conn::http1::Builder::new()
-        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
-        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+        .max_buf_size(max_head.max(READ_BUFFER_BYTES))
+        .serve_connection(hyper_util::rt::TokioIo::new(CoalescingIo::new(tcp)), svc);
     tokio::pin!(served);
     let mut closing = false;
     loop {

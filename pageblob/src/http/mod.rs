@@ -6,8 +6,12 @@ mod blob_read;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+pub mod coalescing_io;
+#[cfg(feature = "server")]
 pub mod connections;
 pub mod listing;
+#[cfg(feature = "client")]
+mod pipelined;
 pub mod proxy;
 pub mod sas;
 #[cfg(feature = "server")]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use quick_xml::events::Event;
 
+use super::exchange::{Answer, Signed};
 use super::pipelined::Pipeline;
 use super::shared_key;
 use crate::clock::{Clock, SystemClock};
@@ -142,29 +143,7 @@ impl<R: ureq::unversioned::resolver::Resolver> ureq::unversioned::resolver::Reso
     }
 }
 
-/// A signed request, ready to send.
-pub(super) struct Signed {
-    /// The whole URL.
-    pub(super) url: String,
-    /// Path and query as sent on the request line.
-    pub(super) target: String,
-    /// Every header, `authorization` and `content-length` included.
-    pub(super) headers: Vec<(String, String)>,
-}
-
-pub(super) struct Answer {
-    pub(super) status: u16,
-    pub(super) headers: Vec<(String, String)>,
-    pub(super) body: Vec<u8>,
-}
-
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
     fn properties(&self, snapshot: Option<&str>) -> Properties {
         let num = |n| self.header(n).and_then(|v| v.parse::<u64>().ok());
         Properties {

@@ -9,6 +9,8 @@ pub mod client;
 pub mod coalescing_io;
 #[cfg(feature = "server")]
 pub mod connections;
+#[cfg(feature = "client")]
+mod exchange;
 pub mod listing;
 #[cfg(feature = "client")]
 mod pipelined;

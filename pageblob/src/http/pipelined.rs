@@ -11,7 +11,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::client::{Answer, Signed};
+use super::exchange::{Answer, Signed};
 
 /// Longest answer head read (Azure's are under 2 KiB).
 const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -387,10 +387,8 @@ mod tests {
         answers
             .iter()
             .map(|a| {
-                a.as_ref().map(|a| {
-                    let n = a.headers.iter().find(|(k, _)| k == "x-n");
-                    (a.status, n.map_or(String::new(), |(_, v)| v.clone()))
-                })
+                a.as_ref()
+                    .map(|a| (a.status, a.header("x-n").unwrap_or_default().to_string()))
             })
             .collect()
     }

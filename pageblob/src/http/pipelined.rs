@@ -202,13 +202,13 @@ fn write_head(out: &mut Vec<u8>, method: &str, authority: &str, request: &Signed
 }
 
 /// Reads answers one after another from a connection.
-struct AnswerReader<'s> {
-    stream: &'s TcpStream,
+struct AnswerReader<R> {
+    stream: R,
     /// Bytes read and not yet taken.
     buf: Vec<u8>,
 }
 
-impl AnswerReader<'_> {
+impl<R: Read> AnswerReader<R> {
     /// The next answer and whether the server closes the connection after it; `None` when it
     /// could not be read (closed, broken, timed out, malformed, chunked, too big).
     fn next_answer(&mut self) -> Option<(Answer, bool)> {
@@ -482,6 +482,69 @@ mod tests {
                 want,
                 "{reply:?}"
             );
+        }
+    }
+
+    /// Reads at most `step` bytes per call: answers split anywhere.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    fn read_all(bytes: &[u8], step: usize) -> Vec<(u16, Vec<(String, String)>, Vec<u8>, bool)> {
+        let mut reader = AnswerReader {
+            stream: Trickle { bytes, step },
+            buf: Vec::new(),
+        };
+        let mut answers = Vec::new();
+        while let Some((a, close)) = reader.next_answer() {
+            assert!(a.body.len() <= MAX_BODY_BYTES);
+            answers.push((a.status, a.headers, a.body, close));
+            assert!(answers.len() <= bytes.len(), "an answer out of nothing");
+        }
+        answers
+    }
+
+    proptest::proptest! {
+        /// Whatever a server sends back: whole answers or none, never a panic or a hang, and
+        /// the same answers however the bytes are split across reads.
+        #[test]
+        fn any_reply_stream_reads_the_same_however_it_is_split(
+            pieces in proptest::collection::vec((0usize..7, proptest::collection::vec(proptest::num::u8::ANY, 0..40)), 0..12),
+            cut in proptest::option::of(0usize..2000),
+            step in 1usize..9,
+        ) {
+            const FRAGMENTS: [&str; 7] = [
+                "HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+                "HTTP/1.1 400 Bad\r\ncontent-length: 5\r\n\r\nabcde",
+                "HTTP/1.1 100 Continue\r\n\r\n",
+                "HTTP/1.1 503 Busy\r\nconnection: close\r\ncontent-length: 2\r\n\r\nno",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+                "HTTP/1.1 201 Created\r\ncontent-length: 99999999999999999999\r\n\r\n",
+                "",
+            ];
+            let mut bytes = Vec::new();
+            for (kind, noise) in &pieces {
+                bytes.extend_from_slice(FRAGMENTS[*kind].as_bytes());
+                if *kind == 6 {
+                    bytes.extend_from_slice(noise);
+                }
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            let whole = read_all(&bytes, usize::MAX);
+            let split = read_all(&bytes, step);
+            proptest::prop_assert_eq!(whole, split);
         }
     }
 

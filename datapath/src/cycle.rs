@@ -383,10 +383,10 @@ fn zero_digests(
     move |b| if b + 1 == blocks { tail } else { full }
 }
 
-/// A record on its way to the writers.
 /// Most records a writer thread stores as one batch (the HTTP client's pipeline depth).
 const WRITE_BATCH: usize = 32;
 
+/// A record on its way to the writers.
 struct Job {
     block: u64,
     encoded: Encoded,
@@ -635,9 +635,13 @@ impl RecordWriter<'_, '_> {
 
     /// A writer thread: store the records `queue` hands out until it is closed, taking the
     /// ones queued up behind the first (up to [`WRITE_BATCH`]) as one batch: a store may send a
-    /// batch together (the HTTP client pipelines it on one connection).
+    /// batch together (the HTTP client pipelines it on one connection). One at a time under a
+    /// bandwidth limit (a batch's share of it would be one long sleep, deaf to a stop) and
+    /// into a staging log.
     fn serve(&self, queue: &Mutex<mpsc::Receiver<Job>>) {
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let batching = self.limiter.is_none() && self.replica.staging.is_none();
+        let most = if batching { WRITE_BATCH } else { 1 };
+        let mut batch = Vec::with_capacity(most);
         loop {
             {
                 let queue = queue.lock().expect("writer queue");
@@ -645,14 +649,14 @@ impl RecordWriter<'_, '_> {
                     Ok(job) => batch.push(job),
                     Err(_) => return,
                 }
-                while batch.len() < WRITE_BATCH {
+                while batch.len() < most {
                     match queue.try_recv() {
                         Ok(job) => batch.push(job),
                         Err(_) => break,
                     }
                 }
             }
-            if batch.len() == 1 || self.replica.staging.is_some() {
+            if batch.len() == 1 {
                 batch.drain(..).for_each(|job| self.store(job));
             } else {
                 self.store_batch(&mut batch);
@@ -676,16 +680,13 @@ impl RecordWriter<'_, '_> {
         self.settle(bytes, written);
     }
 
-    /// Store `batch` (emptied) into the replica's slots (no staging log).
+    /// Store `batch` (emptied) into the replica's slots (no staging log, no bandwidth limit).
     fn store_batch(&self, batch: &mut Vec<Job>) {
         if self.failed.load(Ordering::Relaxed) || self.stopping() {
             batch.clear();
             return;
         }
         let bytes = batch.iter().map(|job| job.encoded.stored_bytes()).sum();
-        if let Some(limit) = &self.limiter {
-            limit.acquire(bytes);
-        }
         let written = self
             .replica
             .write_blocks(batch.drain(..).map(|job| (job.block, job.encoded)));

@@ -1,5 +1,6 @@
 //! A [`PageBlobStore`] over HTTP: talks to `drplane blob serve`, Azurite or a real Azure
-//! account with Shared Key signing, and retries 500/503 answers with exponential backoff.
+//! account with Shared Key signing, retries 500/503 answers with exponential backoff, and
+//! pipelines batches of Put Page calls on plain `http://` endpoints (`http::pipelined`).
 
 use std::time::Duration;
 

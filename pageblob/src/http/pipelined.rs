@@ -500,7 +500,10 @@ mod tests {
         }
     }
 
-    fn read_all(bytes: &[u8], step: usize) -> Vec<(u16, Vec<(String, String)>, Vec<u8>, bool)> {
+    /// An answer as read back: status, headers, body, and whether the connection closes.
+    type ReadBack = (u16, Vec<(String, String)>, Vec<u8>, bool);
+
+    fn read_all(bytes: &[u8], step: usize) -> Vec<ReadBack> {
         let mut reader = AnswerReader {
             stream: Trickle { bytes, step },
             buf: Vec::new(),

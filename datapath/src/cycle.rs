@@ -383,9 +383,6 @@ fn zero_digests(
     move |b| if b + 1 == blocks { tail } else { full }
 }
 
-/// Most records a writer thread stores as one batch (the HTTP client's pipeline depth).
-const WRITE_BATCH: usize = 32;
-
 /// A record on its way to the writers.
 struct Job {
     block: u64,
@@ -634,13 +631,17 @@ impl RecordWriter<'_, '_> {
     }
 
     /// A writer thread: store the records `queue` hands out until it is closed, taking the
-    /// ones queued up behind the first (up to [`WRITE_BATCH`]) as one batch: a store may send a
+    /// ones queued up behind the first (up to [`pageblob::PIPELINE_DEPTH`]) as one batch: a store may send a
     /// batch together (the HTTP client pipelines it on one connection). One at a time under a
     /// bandwidth limit (a batch's share of it would be one long sleep, deaf to a stop) and
     /// into a staging log.
     fn serve(&self, queue: &Mutex<mpsc::Receiver<Job>>) {
         let batching = self.limiter.is_none() && self.replica.staging.is_none();
-        let most = if batching { WRITE_BATCH } else { 1 };
+        let most = if batching {
+            pageblob::PIPELINE_DEPTH
+        } else {
+            1
+        };
         let mut batch = Vec::with_capacity(most);
         loop {
             {

@@ -125,6 +125,11 @@ impl LeaseDuration {
     }
 }
 
+/// Most writes a batch goes in at once: the replicator's writers take up to this many records
+/// per batch, and the HTTP client pipelines this many requests before reading their answers
+/// (which must fit in the socket's receive buffer while the requests are still being written).
+pub const PIPELINE_DEPTH: usize = 32;
+
 /// One write of [`PageBlobStore::put_pages_batch`](crate::PageBlobStore::put_pages_batch):
 /// `data` (512-aligned, at most 4 MiB) at `offset` of the blob at `path`.
 #[derive(Clone, Copy, Debug)]

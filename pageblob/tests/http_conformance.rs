@@ -23,6 +23,14 @@ struct Served {
     clock: Arc<dyn pageblob::clock::Clock>,
 }
 
+impl Served {
+    /// `host:port` the server listens on.
+    fn address(&self) -> String {
+        let rest = self.endpoint.trim_start_matches("http://");
+        rest.split('/').next().unwrap().to_string()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -208,13 +216,8 @@ fn exchange(
     body: &[u8],
 ) -> String {
     use std::io::{Read, Write};
-    let addr = s
-        .endpoint
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap();
-    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    let addr = s.address();
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
@@ -400,13 +403,7 @@ fn the_connection_cap_makes_room_for_clients_and_idle_connections_time_out() {
         .unwrap();
     c.put_pages(&p, 4 << 20, &vec![9u8; 4 << 20], &Conditions::default())
         .unwrap();
-    let addr = s
-        .endpoint
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = s.address();
     // A read inside its answer: the client takes the headers, then stops reading.
     let path = format!("/{DEV_ACCOUNT}/capped/b");
     let mut busy = std::net::TcpStream::connect(&addr).unwrap();
@@ -505,13 +502,7 @@ fn a_streamed_read_is_cut_short_when_the_blob_changes_under_it() {
         )
         .unwrap();
     }
-    let addr = s
-        .endpoint
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = s.address();
     let path = format!("/{DEV_ACCOUNT}/stream/b");
     let get = |headers: &[(String, String)]| {
         let mut t = std::net::TcpStream::connect(&addr).unwrap();
@@ -613,13 +604,8 @@ fn blob_names_are_refused_or_encoded_as_azure_does() {
     let mut listing = String::new();
     {
         use std::io::{Read, Write};
-        let addr = s
-            .endpoint
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap();
-        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        let addr = s.address();
+        let mut t = std::net::TcpStream::connect(&addr).unwrap();
         let mut head = format!("GET {path}?comp=list&restype=container HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
         for (n, v) in headers {
             head.push_str(&format!("{n}: {v}\r\n"));
@@ -839,13 +825,7 @@ fn a_pipelined_batch_cut_mid_request_still_lands_every_write() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START));
     let s = served(dir.path(), Profile::Standard, &clock);
-    let upstream = s
-        .endpoint
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let upstream = s.address();
     let direct = client(&s, DEV_KEY);
     direct.create_container("cut").unwrap();
     let p = BlobPath::new("cut", "disk");

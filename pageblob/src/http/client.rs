@@ -40,10 +40,6 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 const RESOLVE_TTL: Duration = Duration::from_secs(30);
 /// Largest answer body read (a Get Blob of up to 256 MiB, or a long page list).
 const MAX_RESPONSE_BYTES: u64 = 257 << 20;
-/// Most Put Page calls of a batch on one connection before their answers are read: their
-/// answers (a few hundred bytes each) must fit in the socket's receive buffer while the
-/// requests are still being written.
-pub const PIPELINE_DEPTH: usize = 32;
 
 /// Path characters left as they are (Azure's blob names may contain `/`).
 const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC

@@ -22,6 +22,9 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 const MAX_HEADERS: usize = 64;
 /// Idle connections kept.
 const MAX_IDLE: usize = 64;
+/// Interim answers (100 Continue) skipped before one answer: a server that sends nothing else
+/// is not waited on for ever.
+const MAX_INTERIM: usize = 8;
 
 /// Connections to one `http://` endpoint for pipelined exchanges.
 pub(super) struct Pipeline {
@@ -212,6 +215,7 @@ impl<R: Read> AnswerReader<R> {
     /// The next answer and whether the server closes the connection after it; `None` when it
     /// could not be read (closed, broken, timed out, malformed, chunked, too big).
     fn next_answer(&mut self) -> Option<(Answer, bool)> {
+        let mut interim = 0;
         let (head_len, status, headers) = loop {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Response::new(&mut slots);
@@ -230,6 +234,10 @@ impl<R: Read> AnswerReader<R> {
                         .collect();
                     // An interim answer (100 Continue) is not the request's.
                     if (100..200).contains(&status) {
+                        interim += 1;
+                        if interim > MAX_INTERIM {
+                            return None;
+                        }
                         self.buf.drain(..n);
                         continue;
                     }
@@ -472,6 +480,19 @@ mod tests {
             ),
             ("garbage\r\n\r\n", vec![None, None]),
         ];
+        // A server that sends only interim answers is not waited on for ever.
+        let endless = "HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 1);
+        let (endpoint, _) = fake_server(move |mut s, _| {
+            let _ = read_requests(&mut s, 2);
+            s.write_all(endless.as_bytes()).unwrap();
+            std::thread::sleep(10 * SECOND);
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(
+            statuses(&exchange(&pipeline(&endpoint), &requests(2))),
+            vec![None, None]
+        );
+        assert!(started.elapsed() < 5 * SECOND, "waited on interim answers");
         for (reply, want) in cases {
             let (endpoint, _) = fake_server(move |mut s, _| {
                 let _ = read_requests(&mut s, 2);

@@ -841,6 +841,19 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
     settle: &mut SettleGroup<'_>,
 ) -> Result<(), CycleError> {
     let mut groups = selected.chunks(group_len);
+    if depth <= 1 || selected.len() <= group_len {
+        // Nothing to overlap (one group at a time, or a delta of one group): each group is
+        // examined from this thread, so a small one costs no hand-off to the pool at all.
+        for group in groups {
+            if !keep_going()? {
+                return Ok(());
+            }
+            let (group_nonces, known) = prepare_group(group, nonces, table)?;
+            let examined = examine_group(pass, group, &group_nonces, &known);
+            settle(table, group, examined)?;
+        }
+        return Ok(());
+    }
     let mut in_flight = std::collections::VecDeque::new();
     rayon::in_place_scope_fifo(|pool| -> Result<(), CycleError> {
         loop {
@@ -852,37 +865,11 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
                     return Ok(());
                 }
                 // Read (unallocated blocks never), hash, compare with the table, encode what
-                // changed. Nonces are handed out per position before the pass, so the bytes do
-                // not depend on scheduling (unused ones are skipped); the table entries the
-                // pass compares with are copied out, as the groups before may still be
-                // updating the table.
-                let group_nonces: Vec<[u8; 12]> = group
-                    .iter()
-                    .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
-                    .collect::<Result<_, _>>()?;
-                let known: Vec<[u8; 32]> =
-                    group.iter().map(|&b| table.leaves()[b as usize]).collect();
+                // changed.
+                let (group_nonces, known) = prepare_group(group, nonces, table)?;
                 let (examined_tx, examined_rx) = mpsc::sync_channel::<ExaminedGroup>(1);
                 pool.spawn_fifo(move |_| {
-                    let examine = |((&block, nonce), known): ((&u64, &[u8; 12]), &[u8; 32])| {
-                        pass.examine(block, known, *nonce)
-                    };
-                    // Small groups (a delta of a few blocks) are not worth splitting.
-                    let examined = if group.len() >= 8 {
-                        group
-                            .par_iter()
-                            .zip(group_nonces.par_iter())
-                            .zip(known.par_iter())
-                            .map(examine)
-                            .collect()
-                    } else {
-                        group
-                            .iter()
-                            .zip(group_nonces.iter())
-                            .zip(known.iter())
-                            .map(examine)
-                            .collect()
-                    };
+                    let examined = examine_group(pass, group, &group_nonces, &known);
                     // The receiver is gone only when the cycle already failed.
                     let _ = examined_tx.send(examined);
                 });
@@ -898,6 +885,68 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
             settle(table, group, examined)?;
         }
     })
+}
+
+/// A group's nonces and the table entries its blocks are compared with, by position.
+type GroupInputs = (Vec<[u8; 12]>, Vec<[u8; 32]>);
+
+/// The nonces and the table entries `group` needs, taken before it is examined. Nonces are
+/// handed out per position, so the bytes do not depend on scheduling (unused ones are
+/// skipped); the table entries are copied out, as the groups before may still be updating the
+/// table.
+fn prepare_group(
+    group: &[u64],
+    nonces: &mut NonceSource,
+    table: &MerkleTree,
+) -> Result<GroupInputs, CycleError> {
+    let group_nonces = group
+        .iter()
+        .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
+        .collect::<Result<_, _>>()?;
+    let known = group.iter().map(|&b| table.leaves()[b as usize]).collect();
+    Ok((group_nonces, known))
+}
+
+/// Examine one group's blocks (`nonces` and `known` table entries by position): one block on
+/// this thread; two to seven split between this thread and one task of the pool; more across
+/// the pool.
+fn examine_group<Z: Fn(u64) -> [u8; 32] + Sync>(
+    pass: &BlockPass<'_, Z>,
+    group: &[u64],
+    nonces: &[[u8; 12]],
+    known: &[[u8; 32]],
+) -> ExaminedGroup {
+    let examine = |((&block, nonce), known): ((&u64, &[u8; 12]), &[u8; 32])| {
+        pass.examine(block, known, *nonce)
+    };
+    let one_by_one = |range: std::ops::Range<usize>| -> ExaminedGroup {
+        group[range.clone()]
+            .iter()
+            .zip(&nonces[range.clone()])
+            .zip(&known[range])
+            .map(examine)
+            .collect()
+    };
+    match group.len() {
+        0..=1 => one_by_one(0..group.len()),
+        // A delta of a few blocks: its second half on the pool, its first on this thread.
+        2..=7 => {
+            let half = group.len() / 2;
+            let mut second = Vec::new();
+            let mut first = rayon::in_place_scope(|scope| {
+                scope.spawn(|_| second = one_by_one(half..group.len()));
+                one_by_one(0..half)
+            });
+            first.append(&mut second);
+            first
+        }
+        _ => group
+            .par_iter()
+            .zip(nonces.par_iter())
+            .zip(known.par_iter())
+            .map(examine)
+            .collect(),
+    }
 }
 
 /// Write one staged entry into its slot.

@@ -1,8 +1,11 @@
 //! The page map of one blob version: which byte ranges hold data (and where it is stored),
 //! which were cleared, and the write sequence number of each — enough to answer Get Page
 //! Ranges and its `prevsnapshot` diff in O(ranges) and to take a snapshot by cloning metadata.
+//! The map is persistent (`imbl::OrdMap`): a clone shares every node with the original and a
+//! change copies only the nodes on its path, so a snapshot costs O(1) however many extents the
+//! blob has, and a write after it O(log n).
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 
 /// Where an extent's bytes live (opaque to the map; shifted when an extent is split):
 /// a [`home`] offset in the blob's own data file, or an address in the store's data log.
@@ -35,7 +38,7 @@ pub struct Extent {
 /// Page ranges of a blob version: non-overlapping extents keyed by start offset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtentMap {
-    extents: BTreeMap<u64, Extent>,
+    extents: OrdMap<u64, Extent>,
 }
 
 /// A range reported by Get Page Ranges.

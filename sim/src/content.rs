@@ -40,6 +40,41 @@ pub struct ContentModel {
     zero: [BlockHash; 2],
 }
 
+/// Blocks read from a disk, not hashed yet: each block and where its bytes are in `bytes`.
+#[derive(Debug, Default)]
+pub struct BlockReads {
+    blocks: Vec<(u64, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
+}
+
+/// The hashes of a model's all-zero blocks (the last may be short): all hashing a block needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ZeroHashes {
+    zero: [BlockHash; 2],
+    last_block: u64,
+}
+
+impl ZeroHashes {
+    /// The hash of block `block` holding `data`: an all-zero block gets the zero hash without
+    /// being hashed.
+    pub fn hash(&self, block: u64, data: &[u8]) -> BlockHash {
+        if data.iter().all(|&b| b == 0) {
+            self.zero[usize::from(block == self.last_block)]
+        } else {
+            block_hash(data)
+        }
+    }
+
+    /// Each read block and its hash.
+    pub fn hash_all(&self, reads: &BlockReads) -> Vec<(u64, BlockHash)> {
+        reads
+            .blocks
+            .iter()
+            .map(|(block, at)| (*block, self.hash(*block, &reads.bytes[at.clone()])))
+            .collect()
+    }
+}
+
 /// BLAKE3 of a block's bytes (all-zero blocks hash like any other).
 pub fn block_hash(data: &[u8]) -> BlockHash {
     *blake3::hash(data).as_bytes()
@@ -96,12 +131,17 @@ impl ContentModel {
     /// Block `block` now holds `data`.
     pub fn set(&mut self, block: u64, data: &[u8]) {
         debug_assert_eq!(data.len(), self.block_len(block));
-        let hash = if data.iter().all(|&b| b == 0) {
-            self.zero_hash(block)
-        } else {
-            block_hash(data)
-        };
+        let hash = self.zero_hashes().hash(block, data);
         self.set_hash(block, hash);
+    }
+
+    /// What hashing a block of this geometry needs (see [`ZeroHashes::hash`]): it can go to
+    /// another thread while the model itself stays.
+    pub fn zero_hashes(&self) -> ZeroHashes {
+        ZeroHashes {
+            zero: self.zero,
+            last_block: self.blocks().saturating_sub(1),
+        }
     }
 
     /// The hash block `block` has when it is all zero.
@@ -132,13 +172,36 @@ impl ContentModel {
         disk: &vhdx::Disk,
         blocks: impl IntoIterator<Item = u64>,
     ) -> vhdx::Result<()> {
-        let mut buf = vec![0u8; self.block_size as usize];
+        let reads = self.read_blocks(disk, blocks)?;
+        let hashes = self.zero_hashes().hash_all(&reads);
+        self.set_hashes(hashes);
+        Ok(())
+    }
+
+    /// The bytes of blocks `blocks` of `disk` as they are now, to be hashed
+    /// ([`ZeroHashes::hash_all`]) and set ([`ContentModel::set_hashes`]) later, perhaps while
+    /// the caller does something else.
+    pub fn read_blocks(
+        &self,
+        disk: &vhdx::Disk,
+        blocks: impl IntoIterator<Item = u64>,
+    ) -> vhdx::Result<BlockReads> {
+        let mut reads = BlockReads::default();
         for block in blocks {
             let len = self.block_len(block);
-            disk.read_at(block * self.block_size, &mut buf[..len])?;
-            self.set(block, &buf[..len]);
+            let at = reads.bytes.len();
+            reads.bytes.resize(at + len, 0);
+            disk.read_at(block * self.block_size, &mut reads.bytes[at..])?;
+            reads.blocks.push((block, at..at + len));
         }
-        Ok(())
+        Ok(reads)
+    }
+
+    /// Set each block's hash (from [`ZeroHashes::hash_all`]).
+    pub fn set_hashes(&mut self, hashes: Vec<(u64, BlockHash)>) {
+        for (block, hash) in hashes {
+            self.set_hash(block, hash);
+        }
     }
 
     /// The model of everything `disk` holds.

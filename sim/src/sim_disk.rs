@@ -280,19 +280,6 @@ pub(crate) fn run_cycle(
             Ok(s) => s,
             Err(e) => return failed(now, e.to_string()),
         };
-    // The checker's model of the disk catches up with the writes made since the last cycle.
-    let touched: std::collections::BTreeSet<u64> = d
-        .touched
-        .lock()
-        .expect("touched")
-        .drain(..)
-        .flat_map(|(o, l)| d.model.blocks_of(o, l))
-        .collect();
-    if let Err(e) = d.model.refresh(&source, touched) {
-        return failed(now, e.to_string());
-    }
-    let content = d.model.clone();
-    let content_root = content.root();
     // The point this attempt makes if it commits — recorded before it runs, because two
     // storage outcomes make points an attempt does not report: a 500 that hides an applied
     // manifest (the cycle "failed", the point exists), and a premium cycle whose staging log
@@ -316,7 +303,25 @@ pub(crate) fn run_cycle(
     } else {
         next_sequence
     };
-    d.record_image(own_sequence, content);
+    // The checker's model of the disk catches up with the writes made since the last cycle.
+    let touched: std::collections::BTreeSet<u64> = d
+        .touched
+        .lock()
+        .expect("touched")
+        .drain(..)
+        .flat_map(|(o, l)| d.model.blocks_of(o, l))
+        .collect();
+    let reads = match d.model.read_blocks(&source, touched) {
+        Ok(reads) => reads,
+        Err(e) => return failed(now, e.to_string()),
+    };
+    // The blocks are hashed on the pool while the cycle runs on this thread (its small
+    // deltas are examined here, so the pool is free); the model takes them after.
+    let zero = d.model.zero_hashes();
+    let (hashed_tx, hashed) = std::sync::mpsc::sync_channel(1);
+    rayon::spawn(move || {
+        let _ = hashed_tx.send(zero.hash_all(&reads));
+    });
     if plan.kind == datapath::replicator::CycleKind::Resync {
         d.report.resyncs += 1;
     }
@@ -324,7 +329,16 @@ pub(crate) fn run_cycle(
         tracker: &mut d.tracker,
         view: Some(&source),
     };
-    match d.driver.run_cycle(plan, &mut host, now, &|_| {}) {
+    let cycle = d.driver.run_cycle(plan, &mut host, now, &|_| {});
+    d.model.set_hashes(
+        hashed
+            .recv()
+            .expect("the model's block hashes (the task panicked)"),
+    );
+    let content = d.model.clone();
+    let content_root = content.root();
+    d.record_image(own_sequence, content);
+    match cycle {
         Ok(report) => {
             if report.point.sequence != own_sequence {
                 d.audit_failure(format!(

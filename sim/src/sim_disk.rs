@@ -315,26 +315,23 @@ pub(crate) fn run_cycle(
         Ok(reads) => reads,
         Err(e) => return failed(now, e.to_string()),
     };
-    // The blocks are hashed on the pool while the cycle runs on this thread (its small
-    // deltas are examined here, so the pool is free); the model takes them after.
-    let zero = d.model.zero_hashes();
-    let (hashed_tx, hashed) = std::sync::mpsc::sync_channel(1);
-    rayon::spawn(move || {
-        let _ = hashed_tx.send(zero.hash_all(&reads));
-    });
     if plan.kind == datapath::replicator::CycleKind::Resync {
         d.report.resyncs += 1;
     }
-    let mut host = TrackedDisk {
-        tracker: &mut d.tracker,
-        view: Some(&source),
-    };
-    let cycle = d.driver.run_cycle(plan, &mut host, now, &|_| {});
-    d.model.set_hashes(
-        hashed
-            .recv()
-            .expect("the model's block hashes (the task panicked)"),
-    );
+    // The blocks read for the model are hashed on the pool while the cycle runs on this thread
+    // (its small deltas are examined here, so the pool is free); the model takes them after.
+    // A scope, not a channel: on a thread of the pool the wait runs the task itself.
+    let zero = d.model.zero_hashes();
+    let mut hashes = Vec::new();
+    let cycle = rayon::in_place_scope(|scope| {
+        scope.spawn(|_| hashes = zero.hash_all(&reads));
+        let mut host = TrackedDisk {
+            tracker: &mut d.tracker,
+            view: Some(&source),
+        };
+        d.driver.run_cycle(plan, &mut host, now, &|_| {})
+    });
+    d.model.set_hashes(hashes);
     let content = d.model.clone();
     let content_root = content.root();
     d.record_image(own_sequence, content);

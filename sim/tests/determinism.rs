@@ -91,6 +91,33 @@ fn a_run_in_a_directory_matches_a_run_in_memory() {
     assert!(!std::path::Path::new("/drplane-sim").exists());
 }
 
+/// A run made from a thread of a rayon pool — one thread, so nothing the run hands the pool
+/// can be taken by another — finishes, and is the same run as one made from outside.
+#[test]
+fn a_run_inside_a_one_thread_pool_is_the_same_run() {
+    let scenario = sim::Scenario::parse(DRILL).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let in_pool = scenario.clone();
+    std::thread::spawn(move || {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let _ = done.send(pool.install(|| sim::run(&in_pool, 7)));
+    });
+    // A wait for work queued behind the waiting thread itself would never end.
+    let inside = finished
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .expect("the run inside a one-thread pool finished")
+        .unwrap();
+    let outside = sim::run(&scenario, 7).unwrap();
+    assert_eq!(inside.trace_hash, outside.trace_hash);
+    assert_eq!(
+        serde_json::to_string(&inside).unwrap(),
+        serde_json::to_string(&outside).unwrap()
+    );
+}
+
 /// The jobs as (name, succeeded).
 fn outcomes(report: &sim::Report) -> Vec<(&str, bool)> {
     report

@@ -363,4 +363,59 @@ mod tests {
             }]
         );
     }
+
+    /// Per 512-byte page: (write sequence, data location) or untouched (`None`).
+    type PageModel = Vec<Option<(u64, DataLocation)>>;
+
+    /// What `map` says of each page of the first `pages`.
+    fn pages_of(map: &ExtentMap, pages: u64) -> PageModel {
+        let mut out = vec![None; pages as usize];
+        for (start, e) in map.clipped(0, pages * 512) {
+            for i in 0..e.len / 512 {
+                out[(start / 512 + i) as usize] = Some((e.seq, e.data.map(|d| d + i * 512)));
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Writes, clears and truncations against a per-page model; clones taken along the way
+        /// (snapshots share the persistent map's nodes) keep what they held whatever is
+        /// changed after them.
+        #[test]
+        fn the_map_follows_a_page_model_and_clones_keep_their_state(
+            ops in proptest::collection::vec(
+                (0u64..64, 1u64..16, proptest::option::of(0u64..1_000_000), 0u8..10),
+                1..80,
+            )
+        ) {
+            const PAGES: u64 = 64;
+            let mut map = ExtentMap::default();
+            let mut model: PageModel = vec![None; PAGES as usize];
+            let mut kept: Vec<(ExtentMap, PageModel)> = Vec::new();
+            for (seq, (start, len, data, what)) in (1u64..).zip(ops) {
+                let len = len.min(PAGES - start);
+                match what {
+                    0 => {
+                        map.truncate(start * 512);
+                        model[start as usize..].fill(None);
+                    }
+                    _ => {
+                        let data = data.map(|d| d * 512);
+                        map.insert(start * 512, len * 512, seq, data);
+                        for i in 0..len {
+                            model[(start + i) as usize] = Some((seq, data.map(|d| d + i * 512)));
+                        }
+                    }
+                }
+                if what == 9 {
+                    kept.push((map.clone(), model.clone()));
+                }
+                proptest::prop_assert_eq!(&pages_of(&map, PAGES), &model);
+            }
+            for (snapshot, then) in &kept {
+                proptest::prop_assert_eq!(&pages_of(snapshot, PAGES), then);
+            }
+        }
+    }
 }

@@ -109,6 +109,10 @@ impl ContentModel {
         }
     }
 
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
     pub fn blocks(&self) -> u64 {
         self.disk_size.div_ceil(self.block_size)
     }
@@ -131,8 +135,7 @@ impl ContentModel {
     /// Block `block` now holds `data`.
     pub fn set(&mut self, block: u64, data: &[u8]) {
         debug_assert_eq!(data.len(), self.block_len(block));
-        let hash = self.zero_hashes().hash(block, data);
-        self.set_hash(block, hash);
+        self.set_hash(block, self.zero_hashes().hash(block, data));
     }
 
     /// What hashing a block of this geometry needs (see [`ZeroHashes::hash`]): it can go to
@@ -172,15 +175,20 @@ impl ContentModel {
         disk: &vhdx::Disk,
         blocks: impl IntoIterator<Item = u64>,
     ) -> vhdx::Result<()> {
-        let reads = self.read_blocks(disk, blocks)?;
-        let hashes = self.zero_hashes().hash_all(&reads);
-        self.set_hashes(hashes);
+        let zero = self.zero_hashes();
+        let mut buf = vec![0u8; self.block_size as usize];
+        for block in blocks {
+            let len = self.block_len(block);
+            disk.read_at(block * self.block_size, &mut buf[..len])?;
+            self.set_hash(block, zero.hash(block, &buf[..len]));
+        }
         Ok(())
     }
 
     /// The bytes of blocks `blocks` of `disk` as they are now, to be hashed
     /// ([`ZeroHashes::hash_all`]) and set ([`ContentModel::set_hashes`]) later, perhaps while
-    /// the caller does something else.
+    /// the caller does something else. They are all held at once: [`ContentModel::refresh`]
+    /// streams instead.
     pub fn read_blocks(
         &self,
         disk: &vhdx::Disk,

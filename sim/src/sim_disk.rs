@@ -18,7 +18,7 @@ use vhdx::{MemoryFile, NoParents, VhdxWriter};
 
 use crate::audit::PointAudit;
 use crate::auditor::AuditLink;
-use crate::content::ContentModel;
+use crate::content::{BlockReads, ContentModel};
 use crate::host_clock::HostClock;
 use crate::report::DiskReport;
 use crate::scenario::DiskSpec;
@@ -259,6 +259,97 @@ pub(crate) struct Link {
     pub cpu_free_at: Vec<u64>,
 }
 
+/// Model reads held at once for hashing beside the cycle; a bigger catch-up (an initial fill
+/// of a big disk) is hashed into the model block by block before the cycle instead.
+const MODEL_READS_MAX_BYTES: u64 = 32 << 20;
+
+/// The checker's model of the disk catches up with the writes made since the last cycle: the
+/// blocks they touched, read from `source` now, to be hashed beside the cycle; or, when they
+/// are too many to hold, hashed into the model here (nothing left to hash).
+fn read_touched(d: &mut SimDisk<'_>, source: &vhdx::Disk) -> vhdx::Result<BlockReads> {
+    let touched: std::collections::BTreeSet<u64> = d
+        .touched
+        .lock()
+        .expect("touched")
+        .drain(..)
+        .flat_map(|(o, l)| d.model.blocks_of(o, l))
+        .collect();
+    if touched.len() as u64 * d.model.block_size() <= MODEL_READS_MAX_BYTES {
+        d.model.read_blocks(source, touched)
+    } else {
+        d.model.refresh(source, touched)?;
+        Ok(BlockReads::default())
+    }
+}
+
+/// When a committed cycle's records are through by the cost model (host time): the host reads
+/// and encodes, then the records wait for the link. Takes the host's CPU and the link for it,
+/// and notes the first point's minute.
+fn send_by_cost_model(
+    d: &mut SimDisk<'_>,
+    link: &mut Link,
+    report: &datapath::cycle::CycleReport,
+    now: u64,
+    start_nanos: u64,
+) -> u64 {
+    let connections = link.connection_bytes_per_sec.map_or(u64::MAX, |c| {
+        c.saturating_mul(u64::from(d.driver.agent().policy().upload_threads))
+    });
+    // The link, the upload connections, and the policy's and the host's throttles of
+    // each hour (the host's clock decides the hour; a long transfer crosses windows).
+    let throttles = [d.driver.agent().policy().throttle, link.host_throttle];
+    let rate_in_hour = |hour: u8| {
+        throttles
+            .iter()
+            .flatten()
+            .filter_map(|t| t.bytes_per_sec_in_hour(hour))
+            .fold(link.bytes_per_sec, u64::min)
+            .min(connections)
+    };
+    // The host reads and encodes, then the records wait for the link.
+    let cpu = &mut link.cpu_free_at[d.host_index];
+    let host_clock = link.host_clocks[d.host_index];
+    let cpu_free = host_clock.host_time(*cpu);
+    let encoded = now.max(cpu_free) + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
+    *cpu = host_clock.true_time(encoded);
+    let free_at = host_clock.host_time(link.free_at);
+    let sent = transfer_end(encoded.max(free_at), report.bytes_sent, rate_in_hour);
+    let sent_true = host_clock.true_time(sent);
+    link.free_at = sent_true;
+    if d.report.first_point_minute.is_none() {
+        d.report.first_point_minute = Some(sent_true.saturating_sub(start_nanos) as f64 / 60e9);
+    }
+    sent
+}
+
+/// The sequence of the point an attempt makes if it commits, as the checker sees the replica:
+/// recorded before it runs, because two storage outcomes make points an attempt does not
+/// report — a 500 that hides an applied manifest (the cycle "failed", the point exists), and a
+/// premium cycle whose staging log committed before the failure (the next run applies it
+/// first, as the point before its own). A later attempt sees such a point (or the committed
+/// log) and takes the next sequence; one that sees nothing takes the same sequence and
+/// overwrites the record.
+fn expected_sequence(d: &SimDisk<'_>) -> Result<u64, datapath::replica::error::ReplicaError> {
+    let next_sequence = d
+        .observer
+        .points(&d.digest_key)?
+        .last()
+        .map_or(0, |p| p.sequence + 1);
+    let staged = d
+        .driver
+        .agent()
+        .replica
+        .staging
+        .as_ref()
+        .and_then(|log| log.committed().ok().flatten())
+        .map(|h| h.sequence);
+    Ok(if staged == Some(next_sequence) {
+        next_sequence + 1
+    } else {
+        next_sequence
+    })
+}
+
 /// Run the planned cycle now (VSS: the writer flushes first), remember the disk's content for
 /// the checker, and say when it is done by the cost model.
 pub(crate) fn run_cycle(
@@ -280,38 +371,11 @@ pub(crate) fn run_cycle(
             Ok(s) => s,
             Err(e) => return failed(now, e.to_string()),
         };
-    // The point this attempt makes if it commits — recorded before it runs, because two
-    // storage outcomes make points an attempt does not report: a 500 that hides an applied
-    // manifest (the cycle "failed", the point exists), and a premium cycle whose staging log
-    // committed before the failure (the next run applies it first, as the point before its
-    // own). A later attempt sees such a point (or the committed log) and takes the next
-    // sequence; one that sees nothing takes the same sequence and overwrites the record.
-    let next_sequence = match d.observer.points(&d.digest_key) {
-        Ok(points) => points.last().map_or(0, |p| p.sequence + 1),
+    let own_sequence = match expected_sequence(d) {
+        Ok(sequence) => sequence,
         Err(e) => return failed(now, e.to_string()),
     };
-    let staged = d
-        .driver
-        .agent()
-        .replica
-        .staging
-        .as_ref()
-        .and_then(|log| log.committed().ok().flatten())
-        .map(|h| h.sequence);
-    let own_sequence = if staged == Some(next_sequence) {
-        next_sequence + 1
-    } else {
-        next_sequence
-    };
-    // The checker's model of the disk catches up with the writes made since the last cycle.
-    let touched: std::collections::BTreeSet<u64> = d
-        .touched
-        .lock()
-        .expect("touched")
-        .drain(..)
-        .flat_map(|(o, l)| d.model.blocks_of(o, l))
-        .collect();
-    let reads = match d.model.read_blocks(&source, touched) {
+    let reads = match read_touched(d, &source) {
         Ok(reads) => reads,
         Err(e) => return failed(now, e.to_string()),
     };
@@ -350,34 +414,7 @@ pub(crate) fn run_cycle(
             }
             d.report.cycles += 1;
             d.report.bytes_sent += report.bytes_sent;
-            let connections = link.connection_bytes_per_sec.map_or(u64::MAX, |c| {
-                c.saturating_mul(u64::from(d.driver.agent().policy().upload_threads))
-            });
-            // The link, the upload connections, and the policy's and the host's throttles of
-            // each hour (the host's clock decides the hour; a long transfer crosses windows).
-            let throttles = [d.driver.agent().policy().throttle, link.host_throttle];
-            let rate_in_hour = |hour: u8| {
-                throttles
-                    .iter()
-                    .flatten()
-                    .filter_map(|t| t.bytes_per_sec_in_hour(hour))
-                    .fold(link.bytes_per_sec, u64::min)
-                    .min(connections)
-            };
-            // The host reads and encodes, then the records wait for the link.
-            let cpu = &mut link.cpu_free_at[d.host_index];
-            let host_clock = link.host_clocks[d.host_index];
-            let cpu_free = host_clock.host_time(*cpu);
-            let encoded = now.max(cpu_free) + report.bytes_read * SEC / CPU_BYTES_PER_SEC;
-            *cpu = host_clock.true_time(encoded);
-            let free_at = host_clock.host_time(link.free_at);
-            let sent = transfer_end(encoded.max(free_at), report.bytes_sent, rate_in_hour);
-            let sent_true = host_clock.true_time(sent);
-            link.free_at = sent_true;
-            if d.report.first_point_minute.is_none() {
-                d.report.first_point_minute =
-                    Some(sent_true.saturating_sub(start_nanos) as f64 / 60e9);
-            }
+            let sent = send_by_cost_model(d, link, &report, now, start_nanos);
             let detail = format!(
                 "{now} {} point {} {:?} examined {} changed {} sent {} content {}\n",
                 d.replica_name,

@@ -279,3 +279,45 @@ fn a_long_journal_with_gaps_and_damage_lists_every_point() {
         "a writer refuses a damaged journal"
     );
 }
+
+#[test]
+fn a_listing_follows_its_own_commits_and_deletes_and_not_another_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_store(dir.path(), Profile::Standard);
+    let replica = DiskReplica::open(&store, "replicas", "disk-1", LAYOUT).unwrap();
+    let k = keys(5);
+    let key = k.digest.expose();
+    let digests = vec![[0u8; 32]; LAYOUT.blocks() as usize];
+    let root = datapath::replica::merkle::merkle_root(key, &digests);
+    let sequences = |points: &[datapath::replica::manifest::Manifest]| {
+        points.iter().map(|m| m.sequence).collect::<Vec<_>>()
+    };
+    let first = commit(&replica, &k, 0, root);
+    commit(&replica, &k, 1, root);
+    assert_eq!(sequences(&replica.points(key).unwrap()), [0, 1]);
+    // Changes through the handle that listed: its listing follows them.
+    commit(&replica, &k, 2, root);
+    replica.delete_point(&first).unwrap();
+    let fresh = || {
+        DiskReplica::open_existing(&store, "replicas", "disk-1", LAYOUT)
+            .unwrap()
+            .points(key)
+            .unwrap()
+    };
+    assert_eq!(replica.points(key).unwrap(), fresh());
+    assert_eq!(sequences(&fresh()), [1, 2]);
+    // Another writer commits between this handle's listing and its next commit: the commit
+    // still lands, and the next listing has both points.
+    let other = DiskReplica::open(&store, "replicas", "disk-1", LAYOUT).unwrap();
+    commit(&other, &k, 3, root);
+    commit(&replica, &k, 4, root);
+    assert_eq!(sequences(&replica.points(key).unwrap()), [1, 2, 3, 4]);
+    assert_eq!(replica.points(key).unwrap(), fresh());
+    // A manifest committed under another key is not carried into a listing under this one.
+    let stranger = keys(6);
+    commit(&replica, &stranger, 5, root);
+    assert!(
+        replica.points(key).is_err(),
+        "a manifest under another key does not verify"
+    );
+}

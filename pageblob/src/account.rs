@@ -167,6 +167,8 @@ struct Version {
     incarnation: u64,
     /// Effect number when a snapshot was taken (diff baseline).
     taken_at: u64,
+    /// Effect number of the last resize that made the blob smaller (0: none).
+    shrunk_at: u64,
     metadata: Metadata,
     content: ContentHeaders,
 }
@@ -327,6 +329,7 @@ impl Account {
                     sequence_number: *sequence_number,
                     incarnation: seq,
                     taken_at: 0,
+                    shrunk_at: 0,
                     metadata: metadata.clone(),
                     content: content.clone(),
                 });
@@ -348,6 +351,7 @@ impl Account {
                 if let Some(v) = self.base_mut(path) {
                     if *size < v.size {
                         v.map.truncate(*size);
+                        v.shrunk_at = seq;
                     }
                     v.size = *size;
                     v.changed_at = seq;
@@ -502,10 +506,13 @@ impl Account {
         let Some(base) = &blob.base else {
             return Vec::new();
         };
+        let candidates = base.map.home_readers(offset, offset + len, base.shrunk_at);
         blob.snapshots
             .iter()
             .filter(|(_, v)| {
-                v.incarnation == base.incarnation && v.map.has_home_data(offset, offset + len)
+                candidates.may_include(v.taken_at)
+                    && v.incarnation == base.incarnation
+                    && v.map.has_home_data(offset, offset + len)
             })
             .map(|(id, _)| *id)
             .collect()

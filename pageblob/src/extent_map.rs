@@ -41,6 +41,25 @@ pub struct ExtentMap {
     extents: OrdMap<u64, Extent>,
 }
 
+/// The snapshots that may read some range's bytes from the home file, by the operation that
+/// took them ([`ExtentMap::home_readers`]): a filter, each candidate's own map decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HomeReaders {
+    /// Snapshots taken after this operation (`u64::MAX`: none).
+    pub taken_after: u64,
+    /// Snapshots taken before this operation (0: none).
+    pub taken_before: u64,
+    /// Any snapshot.
+    pub any: bool,
+}
+
+impl HomeReaders {
+    /// True when a snapshot taken by operation `taken_at` may be one of them.
+    pub fn may_include(&self, taken_at: u64) -> bool {
+        self.any || taken_at > self.taken_after || taken_at < self.taken_before
+    }
+}
+
 /// A range reported by Get Page Ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRange {
@@ -156,6 +175,39 @@ impl ExtentMap {
     pub fn has_home_data(&self, start: u64, end: u64) -> bool {
         self.clipped_iter(start, end)
             .any(|(_, e)| e.data.and_then(home_offset).is_some())
+    }
+
+    /// Which snapshots of this (base) map may still read part of `[start, end)` from the home
+    /// file, by the operation that took them. Every write of home bytes first relocated the
+    /// snapshots that read the bytes it replaced, so: where the range is home data written by
+    /// operation `q`, only snapshots taken after `q`; where it was cleared by operation `c`,
+    /// only snapshots taken before `c` (the home bytes stay until the next write); where it
+    /// was never written, only snapshots taken before the last shrinking resize `shrunk_at`
+    /// (0: none) cut it off; data anywhere else, any snapshot.
+    pub fn home_readers(&self, start: u64, end: u64, shrunk_at: u64) -> HomeReaders {
+        let mut readers = HomeReaders {
+            taken_after: u64::MAX,
+            taken_before: 0,
+            any: false,
+        };
+        let mut covered = start;
+        for (s, e) in self.clipped_iter(start, end) {
+            if s > covered {
+                readers.taken_before = readers.taken_before.max(shrunk_at);
+            }
+            match e.data {
+                None => readers.taken_before = readers.taken_before.max(e.seq),
+                Some(location) if home_offset(location).is_some() => {
+                    readers.taken_after = readers.taken_after.min(e.seq)
+                }
+                Some(_) => readers.any = true,
+            }
+            covered = s + e.len;
+        }
+        if covered < end {
+            readers.taken_before = readers.taken_before.max(shrunk_at);
+        }
+        readers
     }
 
     /// Valid (written, not cleared) ranges within `[start, end)`, adjacent ones merged.

@@ -47,6 +47,17 @@ pub struct BlockReads {
     bytes: Vec<u8>,
 }
 
+impl BlockReads {
+    /// Empty, keeping the buffer for the next reads only while it holds at most `keep_bytes`.
+    pub fn clear(&mut self, keep_bytes: usize) {
+        self.blocks.clear();
+        self.bytes.clear();
+        if self.bytes.capacity() > keep_bytes {
+            self.bytes = Vec::new();
+        }
+    }
+}
+
 /// The hashes of a model's all-zero blocks (the last may be short): all hashing a block needs.
 #[derive(Debug, Clone, Copy)]
 pub struct ZeroHashes {
@@ -185,24 +196,29 @@ impl ContentModel {
         Ok(())
     }
 
-    /// The bytes of blocks `blocks` of `disk` as they are now, to be hashed
-    /// ([`ZeroHashes::hash_all`]) and set ([`ContentModel::set_hashes`]) later, perhaps while
-    /// the caller does something else. They are all held at once: [`ContentModel::refresh`]
-    /// streams instead.
+    /// Read the bytes of blocks `blocks` of `disk` as they are now into `reads` (replacing
+    /// what it held, reusing its buffer), to be hashed ([`ZeroHashes::hash_all`]) and set
+    /// ([`ContentModel::set_hashes`]) later, perhaps while the caller does something else.
+    /// They are all held at once: [`ContentModel::refresh`] streams instead.
     pub fn read_blocks(
         &self,
         disk: &vhdx::Disk,
         blocks: impl IntoIterator<Item = u64>,
-    ) -> vhdx::Result<BlockReads> {
-        let mut reads = BlockReads::default();
+        reads: &mut BlockReads,
+    ) -> vhdx::Result<()> {
+        reads.blocks.clear();
+        let mut end = 0;
         for block in blocks {
             let len = self.block_len(block);
-            let at = reads.bytes.len();
-            reads.bytes.resize(at + len, 0);
-            disk.read_at(block * self.block_size, &mut reads.bytes[at..])?;
-            reads.blocks.push((block, at..at + len));
+            reads.blocks.push((block, end..end + len));
+            end += len;
         }
-        Ok(reads)
+        reads.bytes.clear();
+        reads.bytes.resize(end, 0);
+        for (block, at) in &reads.blocks {
+            disk.read_at(block * self.block_size, &mut reads.bytes[at.clone()])?;
+        }
+        Ok(())
     }
 
     /// Set each block's hash (from [`ZeroHashes::hash_all`]).

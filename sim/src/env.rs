@@ -275,6 +275,7 @@ impl Env {
             touched,
             audit: PointAudit::default(),
             audit_link: None,
+            model_reads: Default::default(),
             observer,
             azure_view,
             agent_down: false,

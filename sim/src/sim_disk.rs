@@ -106,6 +106,8 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) report: DiskReport,
     /// Where the disk's audit runs when not inline in `audit`: the audit thread.
     pub(crate) audit_link: Option<AuditLink>,
+    /// The buffer the checker's model reads a cycle's blocks into (kept between cycles).
+    pub(crate) model_reads: BlockReads,
 }
 
 impl SimDisk<'_> {
@@ -262,11 +264,15 @@ pub(crate) struct Link {
 /// Model reads held at once for hashing beside the cycle; a bigger catch-up (an initial fill
 /// of a big disk) is hashed into the model block by block before the cycle instead.
 const MODEL_READS_MAX_BYTES: u64 = 32 << 20;
+/// The buffer of model reads a disk keeps between cycles (bigger ones are given back).
+const MODEL_READS_KEEP_BYTES: usize = 4 << 20;
 
 /// The checker's model of the disk catches up with the writes made since the last cycle: the
 /// blocks they touched, read from `source` now, to be hashed beside the cycle; or, when they
-/// are too many to hold, hashed into the model here (nothing left to hash).
+/// are too many to hold, hashed into the model here (nothing left to hash). The reads go into
+/// the disk's buffer of model reads, taken out of it (`run_cycle` gives it back).
 fn read_touched(d: &mut SimDisk<'_>, source: &vhdx::Disk) -> vhdx::Result<BlockReads> {
+    let mut reads = std::mem::take(&mut d.model_reads);
     let touched: std::collections::BTreeSet<u64> = d
         .touched
         .lock()
@@ -275,11 +281,12 @@ fn read_touched(d: &mut SimDisk<'_>, source: &vhdx::Disk) -> vhdx::Result<BlockR
         .flat_map(|(o, l)| d.model.blocks_of(o, l))
         .collect();
     if touched.len() as u64 * d.model.block_size() <= MODEL_READS_MAX_BYTES {
-        d.model.read_blocks(source, touched)
+        d.model.read_blocks(source, touched, &mut reads)?;
     } else {
+        reads.clear(MODEL_READS_KEEP_BYTES);
         d.model.refresh(source, touched)?;
-        Ok(BlockReads::default())
     }
+    Ok(reads)
 }
 
 /// When a committed cycle's records are through by the cost model (host time): the host reads
@@ -396,6 +403,8 @@ pub(crate) fn run_cycle(
         d.driver.run_cycle(plan, &mut host, now, &|_| {})
     });
     d.model.set_hashes(hashes);
+    d.model_reads = reads;
+    d.model_reads.clear(MODEL_READS_KEEP_BYTES);
     let content = d.model.clone();
     let content_root = content.root();
     d.record_image(own_sequence, content);

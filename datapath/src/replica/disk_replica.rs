@@ -74,7 +74,8 @@ pub struct DiskReplica<'a> {
     /// Premium targets: the staging log on a standard store that cycles go through.
     pub staging: Option<StagingLog<'a>>,
     /// The points as last read, with the journal's ETag and the key they were verified with:
-    /// while the journal is unchanged, listing them costs one Get Blob Properties.
+    /// while the journal is unchanged — or changed only through this handle, which keeps the
+    /// listing in step (`change_journal`) — listing them costs one Get Blob Properties.
     points_cache: std::sync::Mutex<Option<CachedPoints>>,
 }
 
@@ -604,18 +605,71 @@ impl<'a> DiskReplica<'a> {
         let mut bytes = (encoded.len() as u32).to_le_bytes().to_vec();
         bytes.extend_from_slice(&encoded);
         bytes.resize(JOURNAL_SLOT as usize, 0);
-        self.store
-            .put_pages(&self.journal, slot_at, &bytes, &none())?;
+        self.change_journal(
+            |cond| self.store.put_pages(&self.journal, slot_at, &bytes, cond),
+            |key, points| {
+                // Listed under another key, the new manifest is not known to verify there.
+                if key != digest_key {
+                    return false;
+                }
+                let at = points.partition_point(|p| p.sequence < manifest.sequence);
+                points.insert(at, manifest.clone());
+                true
+            },
+        )?;
         Ok(manifest)
     }
 
     /// Delete a point: its journal slot is cleared first (the point is gone), then its
     /// snapshot. A crash in between leaves an orphan snapshot that `sweep_orphans` removes.
     pub fn delete_point(&self, manifest: &Manifest) -> Result<(), ReplicaError> {
-        let slot_at = (manifest.sequence % JOURNAL_SLOTS) * JOURNAL_SLOT;
-        self.store
-            .clear_pages(&self.journal, slot_at, JOURNAL_SLOT, &none())?;
+        let slot = manifest.sequence % JOURNAL_SLOTS;
+        self.change_journal(
+            |cond| {
+                self.store
+                    .clear_pages(&self.journal, slot * JOURNAL_SLOT, JOURNAL_SLOT, cond)
+            },
+            |_, points| {
+                points.retain(|p| p.sequence % JOURNAL_SLOTS != slot);
+                true
+            },
+        )?;
         self.delete_snapshot(&manifest.snapshot)
+    }
+
+    /// Change the journal with `write`. While this handle holds a listing of the points, the
+    /// write is conditioned on the journal's ETag at that listing, so its success proves the
+    /// journal is the listing plus this change: `follow` brings the listing along (false:
+    /// drop it) and the next `points` costs one Get Blob Properties instead of a scan. A
+    /// journal someone else changed meanwhile (412) loses the listing and takes the write
+    /// unconditioned, as it would have without one.
+    fn change_journal(
+        &self,
+        write: impl Fn(&Conditions) -> pageblob::StoreResult<pageblob::Properties>,
+        follow: impl FnOnce(&[u8; 32], &mut Vec<Manifest>) -> bool,
+    ) -> Result<(), ReplicaError> {
+        let mut cache = self.points_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((etag, key, mut points)) = cache.take() else {
+            write(&none())?;
+            return Ok(());
+        };
+        let cond = Conditions {
+            if_match: Some(etag),
+            ..none()
+        };
+        match write(&cond) {
+            Ok(after) => {
+                if follow(&key, &mut points) {
+                    *cache = Some((after.etag, key, points));
+                }
+                Ok(())
+            }
+            Err(e) if e.code() == Some(ErrorCode::ConditionNotMet) => {
+                write(&none())?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn delete_snapshot(&self, snapshot: &str) -> Result<(), ReplicaError> {

@@ -40,48 +40,41 @@ pub struct ContentModel {
     zero: [BlockHash; 2],
 }
 
-/// Blocks read from a disk, not hashed yet: each block and where its bytes are in `bytes`.
-#[derive(Debug, Default)]
-pub struct BlockReads {
-    blocks: Vec<(u64, std::ops::Range<usize>)>,
-    bytes: Vec<u8>,
-}
-
-impl BlockReads {
-    /// Empty, keeping the buffer for the next reads only while it holds at most `keep_bytes`.
-    pub fn clear(&mut self, keep_bytes: usize) {
-        self.blocks.clear();
-        self.bytes.clear();
-        if self.bytes.capacity() > keep_bytes {
-            self.bytes = Vec::new();
-        }
-    }
-}
-
-/// The hashes of a model's all-zero blocks (the last may be short): all hashing a block needs.
+/// What hashing the blocks of a model's geometry needs: the hashes of its all-zero blocks (the
+/// last may be short) and the geometry. It can go to another thread while the model stays.
 #[derive(Debug, Clone, Copy)]
-pub struct ZeroHashes {
+pub struct BlockHasher {
     zero: [BlockHash; 2],
-    last_block: u64,
+    disk_size: u64,
+    block_size: u64,
 }
 
-impl ZeroHashes {
+impl BlockHasher {
     /// The hash of block `block` holding `data`: an all-zero block gets the zero hash without
     /// being hashed.
     pub fn hash(&self, block: u64, data: &[u8]) -> BlockHash {
         if data.iter().all(|&b| b == 0) {
-            self.zero[usize::from(block == self.last_block)]
+            self.zero[usize::from((block + 1) * self.block_size >= self.disk_size)]
         } else {
             block_hash(data)
         }
     }
 
-    /// Each read block and its hash.
-    pub fn hash_all(&self, reads: &BlockReads) -> Vec<(u64, BlockHash)> {
-        reads
-            .blocks
-            .iter()
-            .map(|(block, at)| (*block, self.hash(*block, &reads.bytes[at.clone()])))
+    /// Read each of `blocks` from `disk` as it is now and hash it, one block in memory at a
+    /// time: each block and its hash, for [`ContentModel::set_hashes`].
+    pub fn read_and_hash(
+        &self,
+        disk: &vhdx::Disk,
+        blocks: impl IntoIterator<Item = u64>,
+    ) -> vhdx::Result<Vec<(u64, BlockHash)>> {
+        let mut buf = vec![0u8; self.block_size as usize];
+        blocks
+            .into_iter()
+            .map(|block| {
+                let len = (self.disk_size - block * self.block_size).min(self.block_size) as usize;
+                disk.read_at(block * self.block_size, &mut buf[..len])?;
+                Ok((block, self.hash(block, &buf[..len])))
+            })
             .collect()
     }
 }
@@ -120,10 +113,6 @@ impl ContentModel {
         }
     }
 
-    pub fn block_size(&self) -> u64 {
-        self.block_size
-    }
-
     pub fn blocks(&self) -> u64 {
         self.disk_size.div_ceil(self.block_size)
     }
@@ -146,15 +135,15 @@ impl ContentModel {
     /// Block `block` now holds `data`.
     pub fn set(&mut self, block: u64, data: &[u8]) {
         debug_assert_eq!(data.len(), self.block_len(block));
-        self.set_hash(block, self.zero_hashes().hash(block, data));
+        self.set_hash(block, self.hasher().hash(block, data));
     }
 
-    /// What hashing a block of this geometry needs (see [`ZeroHashes::hash`]): it can go to
-    /// another thread while the model itself stays.
-    pub fn zero_hashes(&self) -> ZeroHashes {
-        ZeroHashes {
+    /// What hashing blocks of this geometry needs ([`BlockHasher`]).
+    pub fn hasher(&self) -> BlockHasher {
+        BlockHasher {
             zero: self.zero,
-            last_block: self.blocks().saturating_sub(1),
+            disk_size: self.disk_size,
+            block_size: self.block_size,
         }
     }
 
@@ -186,42 +175,12 @@ impl ContentModel {
         disk: &vhdx::Disk,
         blocks: impl IntoIterator<Item = u64>,
     ) -> vhdx::Result<()> {
-        let zero = self.zero_hashes();
-        let mut buf = vec![0u8; self.block_size as usize];
-        for block in blocks {
-            let len = self.block_len(block);
-            disk.read_at(block * self.block_size, &mut buf[..len])?;
-            self.set_hash(block, zero.hash(block, &buf[..len]));
-        }
+        let hashes = self.hasher().read_and_hash(disk, blocks)?;
+        self.set_hashes(hashes);
         Ok(())
     }
 
-    /// Read the bytes of blocks `blocks` of `disk` as they are now into `reads` (replacing
-    /// what it held, reusing its buffer), to be hashed ([`ZeroHashes::hash_all`]) and set
-    /// ([`ContentModel::set_hashes`]) later, perhaps while the caller does something else.
-    /// They are all held at once: [`ContentModel::refresh`] streams instead.
-    pub fn read_blocks(
-        &self,
-        disk: &vhdx::Disk,
-        blocks: impl IntoIterator<Item = u64>,
-        reads: &mut BlockReads,
-    ) -> vhdx::Result<()> {
-        reads.blocks.clear();
-        let mut end = 0;
-        for block in blocks {
-            let len = self.block_len(block);
-            reads.blocks.push((block, end..end + len));
-            end += len;
-        }
-        reads.bytes.clear();
-        reads.bytes.resize(end, 0);
-        for (block, at) in &reads.blocks {
-            disk.read_at(block * self.block_size, &mut reads.bytes[at.clone()])?;
-        }
-        Ok(())
-    }
-
-    /// Set each block's hash (from [`ZeroHashes::hash_all`]).
+    /// Set each block's hash (from [`BlockHasher::read_and_hash`]).
     pub fn set_hashes(&mut self, hashes: Vec<(u64, BlockHash)>) {
         for (block, hash) in hashes {
             self.set_hash(block, hash);

@@ -275,7 +275,6 @@ impl Env {
             touched,
             audit: PointAudit::default(),
             audit_link: None,
-            model_reads: Default::default(),
             observer,
             azure_view,
             agent_down: false,

@@ -18,7 +18,7 @@ use vhdx::{MemoryFile, NoParents, VhdxWriter};
 
 use crate::audit::PointAudit;
 use crate::auditor::AuditLink;
-use crate::content::{BlockReads, ContentModel};
+use crate::content::ContentModel;
 use crate::host_clock::HostClock;
 use crate::report::DiskReport;
 use crate::scenario::DiskSpec;
@@ -106,8 +106,6 @@ pub(crate) struct SimDisk<'a> {
     pub(crate) report: DiskReport,
     /// Where the disk's audit runs when not inline in `audit`: the audit thread.
     pub(crate) audit_link: Option<AuditLink>,
-    /// The buffer the checker's model reads a cycle's blocks into (kept between cycles).
-    pub(crate) model_reads: BlockReads,
 }
 
 impl SimDisk<'_> {
@@ -261,32 +259,14 @@ pub(crate) struct Link {
     pub cpu_free_at: Vec<u64>,
 }
 
-/// Model reads held at once for hashing beside the cycle; a bigger catch-up (an initial fill
-/// of a big disk) is hashed into the model block by block before the cycle instead.
-const MODEL_READS_MAX_BYTES: u64 = 32 << 20;
-/// The buffer of model reads a disk keeps between cycles (bigger ones are given back).
-const MODEL_READS_KEEP_BYTES: usize = 4 << 20;
-
-/// The checker's model of the disk catches up with the writes made since the last cycle: the
-/// blocks they touched, read from `source` now, to be hashed beside the cycle; or, when they
-/// are too many to hold, hashed into the model here (nothing left to hash). The reads go into
-/// the disk's buffer of model reads, taken out of it (`run_cycle` gives it back).
-fn read_touched(d: &mut SimDisk<'_>, source: &vhdx::Disk) -> vhdx::Result<BlockReads> {
-    let mut reads = std::mem::take(&mut d.model_reads);
-    let touched: std::collections::BTreeSet<u64> = d
-        .touched
+/// The blocks the writes since the last cycle touched (the checker's model catches up on them).
+fn take_touched(d: &mut SimDisk<'_>) -> std::collections::BTreeSet<u64> {
+    d.touched
         .lock()
         .expect("touched")
         .drain(..)
         .flat_map(|(o, l)| d.model.blocks_of(o, l))
-        .collect();
-    if touched.len() as u64 * d.model.block_size() <= MODEL_READS_MAX_BYTES {
-        d.model.read_blocks(source, touched, &mut reads)?;
-    } else {
-        reads.clear(MODEL_READS_KEEP_BYTES);
-        d.model.refresh(source, touched)?;
-    }
-    Ok(reads)
+        .collect()
 }
 
 /// When a committed cycle's records are through by the cost model (host time): the host reads
@@ -382,29 +362,30 @@ pub(crate) fn run_cycle(
         Ok(sequence) => sequence,
         Err(e) => return failed(now, e.to_string()),
     };
-    let reads = match read_touched(d, &source) {
-        Ok(reads) => reads,
-        Err(e) => return failed(now, e.to_string()),
-    };
+    let touched = take_touched(d);
     if plan.kind == datapath::replicator::CycleKind::Resync {
         d.report.resyncs += 1;
     }
-    // The blocks read for the model are hashed on the pool while the cycle runs on this thread
-    // (its small deltas are examined here, so the pool is free); the model takes them after.
-    // A scope, not a channel: on a thread of the pool the wait runs the task itself.
-    let zero = d.model.zero_hashes();
-    let mut hashes = Vec::new();
+    // The model's blocks are read from the cycle's view and hashed on the pool while the cycle
+    // runs on this thread (its small deltas are examined here, so the pool is free): nothing
+    // writes the disk until the cycle is over, so they are the blocks as at its start. A
+    // scope, not a channel: on a thread of the pool the wait runs the task itself.
+    let hasher = d.model.hasher();
+    let mut hashes = Ok(Vec::new());
     let cycle = rayon::in_place_scope(|scope| {
-        scope.spawn(|_| hashes = zero.hash_all(&reads));
+        scope.spawn(|_| hashes = hasher.read_and_hash(&source, touched));
         let mut host = TrackedDisk {
             tracker: &mut d.tracker,
             view: Some(&source),
         };
         d.driver.run_cycle(plan, &mut host, now, &|_| {})
     });
-    d.model.set_hashes(hashes);
-    d.model_reads = reads;
-    d.model_reads.clear(MODEL_READS_KEEP_BYTES);
+    match hashes {
+        Ok(hashes) => d.model.set_hashes(hashes),
+        // The cycle read the same view; a block the checker cannot read leaves its model
+        // behind the disk, so the drill fails here rather than in a later comparison.
+        Err(e) => d.audit_failure(format!("the checker's model could not read the disk: {e}")),
+    }
     let content = d.model.clone();
     let content_root = content.root();
     d.record_image(own_sequence, content);

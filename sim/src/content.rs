@@ -50,11 +50,21 @@ pub struct BlockHasher {
 }
 
 impl BlockHasher {
+    /// Bytes in block `block` (the last may be short).
+    pub fn block_len(&self, block: u64) -> usize {
+        (self.disk_size - block * self.block_size).min(self.block_size) as usize
+    }
+
+    /// The hash block `block` has when it is all zero.
+    pub fn zero_hash(&self, block: u64) -> BlockHash {
+        self.zero[usize::from((block + 1) * self.block_size >= self.disk_size)]
+    }
+
     /// The hash of block `block` holding `data`: an all-zero block gets the zero hash without
     /// being hashed.
     pub fn hash(&self, block: u64, data: &[u8]) -> BlockHash {
         if data.iter().all(|&b| b == 0) {
-            self.zero[usize::from((block + 1) * self.block_size >= self.disk_size)]
+            self.zero_hash(block)
         } else {
             block_hash(data)
         }
@@ -71,7 +81,7 @@ impl BlockHasher {
         blocks
             .into_iter()
             .map(|block| {
-                let len = (self.disk_size - block * self.block_size).min(self.block_size) as usize;
+                let len = self.block_len(block);
                 disk.read_at(block * self.block_size, &mut buf[..len])?;
                 Ok((block, self.hash(block, &buf[..len])))
             })
@@ -119,7 +129,7 @@ impl ContentModel {
 
     /// Bytes in block `block` (the last may be short).
     pub fn block_len(&self, block: u64) -> usize {
-        (self.disk_size - block * self.block_size).min(self.block_size) as usize
+        self.hasher().block_len(block)
     }
 
     pub fn get(&self, block: u64) -> BlockHash {
@@ -149,7 +159,7 @@ impl ContentModel {
 
     /// The hash block `block` has when it is all zero.
     pub fn zero_hash(&self, block: u64) -> BlockHash {
-        self.zero[usize::from(block + 1 == self.blocks())]
+        self.hasher().zero_hash(block)
     }
 
     /// Block `block` now holds bytes hashing to `hash`.

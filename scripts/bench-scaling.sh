@@ -2,7 +2,9 @@
 # How the data path scales with threads: `drplane bench --runs RUNS --json` on one kept
 # realistic disk for every pipeline-thread count from 1 to THREADS (default: the cores), and a
 # table of the medians: the initial replication against its bounds (transforms only; with the
-# source reads and the store's writes on the machine's cores) and the restore against its own.
+# source reads and the store's writes on the machine's cores), how busy the pipeline's pool kept
+# its threads, the CPU of the other threads (the store's writers) and the share of the cores the
+# process left unused (a serial part shows there), and the restore against its own bound.
 # Saves each count's report as bench-scaling-N.json in OUT (for `drplane bench compare`).
 # Usage: scripts/bench-scaling.sh [SIZE] [RUNS] [THREADS] [OUT]
 set -euo pipefail
@@ -25,12 +27,21 @@ python3 - "$out" "$threads" "$size" "$runs" <<'PY'
 import json, sys
 out, threads = sys.argv[1], int(sys.argv[2])
 print(f"{sys.argv[3]} realistic disk, medians of {sys.argv[4]} runs")
-print("threads  initial s  CPU s  of bound  with I/O  restore s  of restore bound")
+print("threads  initial s  CPU s  of bound  with I/O  pool busy  writers s  unused  "
+      "restore s  of restore bound")
 pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
 for n in range(1, threads + 1):
     r = json.load(open(f"{out}/bench-scaling-{n}.json"))
     f = r["figures"]
-    print(f"{n:7}  {f['initial_seconds']:9.2f}  {f.get('initial_cpu_seconds', 0):5.2f}  "
+    wall = f["initial_seconds"]
+    # The pool's CPU against its threads' wall time; the cores' time the process left unused.
+    busy = f.get("initial_pool_cpu_seconds")
+    busy = None if busy is None else busy / (n * wall)
+    cores = (r["runs"][0] if "runs" in r else r)["cores"]
+    unused = f.get("initial_unused_core_seconds")
+    unused = None if unused is None else unused / (cores * wall)
+    print(f"{n:7}  {wall:9.2f}  {f.get('initial_cpu_seconds', 0):5.2f}  "
           f"{pct(f.get('pipeline_efficiency')):>8}  {pct(f.get('replication_efficiency')):>8}  "
+          f"{pct(busy):>9}  {f.get('initial_other_cpu_seconds', 0):9.2f}  {pct(unused):>6}  "
           f"{f.get('restore_seconds', 0):9.2f}  {pct(f.get('restore_efficiency')):>16}")
 PY

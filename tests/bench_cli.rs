@@ -52,6 +52,16 @@ fn a_generated_disk_is_measured_through_initial_and_delta_cycles_and_verified() 
     ] {
         assert!(figures[name].as_f64().unwrap() > 0.0, "{name}: {r}");
     }
+    // Where the initial replication's CPU went: the pipeline's pool (which does the
+    // transforms) and the rest (the store's writers), within the process's CPU.
+    if cfg!(target_os = "linux") {
+        let cpu = figures["initial_cpu_seconds"].as_f64().unwrap();
+        let pool = figures["initial_pool_cpu_seconds"].as_f64().unwrap();
+        let other = figures["initial_other_cpu_seconds"].as_f64().unwrap();
+        assert!(pool > 0.0 && pool <= cpu, "{r}");
+        assert!((pool + other - cpu).abs() < 1e-6, "{r}");
+        assert!(figures["initial_unused_core_seconds"].as_f64().unwrap() >= 0.0);
+    }
 }
 
 #[test]

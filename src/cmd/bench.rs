@@ -484,6 +484,20 @@ fn cpu_text(cpu_seconds: Option<f64>) -> String {
         .unwrap_or_default()
 }
 
+/// Where a cycle's CPU went: the pipeline's pool (and how busy it kept its threads), the
+/// other threads (the store's writers), and what the cores left unused.
+fn cpu_split_text(c: &CycleFigures, threads: usize, cores: usize) -> Option<String> {
+    let pool = c.pool_cpu_seconds?;
+    let busy = pool / (threads as f64 * c.seconds).max(1e-9);
+    let unused = c.unused_core_seconds(cores)?;
+    Some(format!(
+        "CPU: the pipeline's {threads} thread(s) {pool:.2} s ({:.0}% of their time), the store's writers and other threads {:.2} s; {unused:.2} core-s of {cores} core(s) unused ({:.0}%)",
+        100.0 * busy,
+        c.other_cpu_seconds()?,
+        100.0 * unused / (cores as f64 * c.seconds).max(1e-9)
+    ))
+}
+
 fn efficiency_text(efficiency: Option<f64>) -> String {
     efficiency
         .map(|e| format!(" ({:.0}% of the bound)", 100.0 * e))
@@ -565,6 +579,9 @@ fn print_report(r: &BenchReport, disk: &str) {
         HumanBytes(i.bytes_sent),
         100.0 * i.bytes_sent as f64 / i.bytes_changed.max(1) as f64
     );
+    if let Some(split) = cpu_split_text(i, r.pipeline_threads, r.cores) {
+        println!("  {split}");
+    }
     for d in &r.deltas {
         println!(
             "delta, churn {}%: {:.3} s{} ({:.1}% of the initial), {} blocks changed, sent {}",

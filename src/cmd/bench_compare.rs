@@ -32,6 +32,12 @@ pub fn figures(r: &BenchReport) -> BTreeMap<String, f64> {
     };
     put("initial_seconds", Some(r.initial.seconds));
     put("initial_cpu_seconds", r.initial.cpu_seconds);
+    put("initial_pool_cpu_seconds", r.initial.pool_cpu_seconds);
+    put("initial_other_cpu_seconds", r.initial.other_cpu_seconds());
+    put(
+        "initial_unused_core_seconds",
+        r.initial.unused_core_seconds(r.cores),
+    );
     put("initial_bytes_per_sec", Some(r.initial_rate()));
     put("pipeline_efficiency", r.pipeline_efficiency());
     put("replication_efficiency", r.replication_efficiency());

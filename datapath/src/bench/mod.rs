@@ -162,6 +162,10 @@ pub struct CycleFigures {
     pub seconds: f64,
     /// CPU time of the whole process during the cycle (all threads), where the OS tells.
     pub cpu_seconds: Option<f64>,
+    /// CPU time of the pipeline's pool threads during the cycle (the transforms, the source's
+    /// reads, and the cycle's own bookkeeping when it runs on one of them), where the OS tells;
+    /// the rest of [`Self::cpu_seconds`] is the store's writer threads and any other thread.
+    pub pool_cpu_seconds: Option<f64>,
     pub blocks_examined: u64,
     pub blocks_changed: u64,
     pub bytes_read: u64,
@@ -338,6 +342,37 @@ pub fn process_cpu_seconds() -> Option<f64> {
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
         None
+    }
+}
+
+/// CPU time the threads of the current rayon pool have used, summed (each thread's own clock,
+/// read on that thread), where the OS tells.
+pub fn pool_cpu_seconds() -> Option<f64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let each = rayon::broadcast(|_| {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+        });
+        Some(each.iter().sum())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        None
+    }
+}
+
+impl CycleFigures {
+    /// CPU time of the threads outside the pipeline's pool (the store's writers, the cycle's
+    /// own thread where it is not one of the pool's).
+    pub fn other_cpu_seconds(&self) -> Option<f64> {
+        Some((self.cpu_seconds? - self.pool_cpu_seconds?).max(0.0))
+    }
+
+    /// Core-seconds of `cores` the process left unused during the cycle (waiting on one
+    /// another, on I/O, or on other processes).
+    pub fn unused_core_seconds(&self, cores: usize) -> Option<f64> {
+        Some((cores as f64 * self.seconds - self.cpu_seconds?).max(0.0))
     }
 }
 
@@ -584,6 +619,7 @@ pub fn run_bench(
             upload_threads: config.upload_threads,
             ..CycleOptions::scan(target.clock.now_nanos())
         };
+        let pool_cpu = pool_cpu_seconds();
         let cpu = process_cpu_seconds();
         let start = Instant::now();
         let report = run_cycle_cached(
@@ -597,10 +633,13 @@ pub fn run_bench(
             &mut cache,
         )?;
         let seconds = start.elapsed().as_secs_f64();
+        // The pool's window inside the process's: the pool's share is never overstated.
+        let pool_cpu_seconds = pool_cpu.zip(pool_cpu_seconds()).map(|(a, b)| b - a);
         Ok(CycleFigures {
             churn_percent,
             seconds,
             cpu_seconds: cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a),
+            pool_cpu_seconds,
             blocks_examined: report.blocks_examined,
             blocks_changed: report.blocks_changed,
             bytes_read: report.bytes_read,
@@ -787,6 +826,62 @@ mod tests {
             identity: &identity,
             clock: &*clock,
         })
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn the_pool_cpu_counts_every_pool_thread_and_no_other() {
+        let thread_cpu = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+        };
+        let spin = |seconds: f64| {
+            let start = thread_cpu();
+            while thread_cpu() - start < seconds {
+                std::hint::black_box(0u64);
+            }
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let (pool_used, process_used) = pool.install(|| {
+            let (pool_before, process_before) = (pool_cpu_seconds(), process_cpu_seconds());
+            // 30 ms on each of the three pool threads, 100 ms on a thread outside the pool.
+            rayon::broadcast(|_| spin(0.03));
+            std::thread::scope(|s| {
+                s.spawn(|| spin(0.1));
+            });
+            let pool_after = pool_cpu_seconds();
+            let process_after = process_cpu_seconds();
+            (
+                pool_after.unwrap() - pool_before.unwrap(),
+                process_after.unwrap() - process_before.unwrap(),
+            )
+        });
+        // Each pool thread's 30 ms (and whatever the idle threads spun), not the other's 100 ms.
+        assert!((0.09..0.18).contains(&pool_used), "{pool_used}");
+        assert!(
+            process_used >= pool_used + 0.1,
+            "{process_used} {pool_used}"
+        );
+        let figures = CycleFigures {
+            churn_percent: None,
+            seconds: 0.1,
+            cpu_seconds: Some(process_used),
+            pool_cpu_seconds: Some(pool_used),
+            blocks_examined: 0,
+            blocks_changed: 0,
+            bytes_read: 0,
+            bytes_changed: 0,
+            bytes_sent: 0,
+        };
+        assert!(figures.other_cpu_seconds().unwrap() >= 0.1);
+        let unused = figures.unused_core_seconds(4).unwrap();
+        assert!(
+            (unused - (0.4 - process_used).max(0.0)).abs() < 1e-9,
+            "{unused}"
+        );
     }
 
     #[test]

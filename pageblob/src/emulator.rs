@@ -6,8 +6,13 @@
 //! Snapshots share the home bytes until the base overwrites them: before such a write the old
 //! bytes are copied to the data log (a `Relocate` record) and the snapshots repointed —
 //! copy-on-write, once per range per snapshot generation. Every mutating call is checked,
-//! logged, then applied under one lock; reads plan under the lock and copy outside it, and
-//! copy again if an in-place write overtook them (a snapshot read never sees a later write).
+//! logged, then applied under one lock, except the copy of an unconditioned Put Page's bytes
+//! into the home file: checked and prepared under the lock, copied outside it (writers of other
+//! ranges copy side by side), then logged and applied under it. While such a write is in
+//! flight no other write of its bytes starts, no read copies them, and every other change waits
+//! for it to land (and holds new ones back, so it is not kept waiting). Reads plan under the
+//! lock and copy outside it, and copy again if an in-place write overtook them (a snapshot
+//! read never sees a later write).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +51,30 @@ struct Inner {
     changes: u64,
     /// Home files written since the last sync (`Durability::Power`).
     unsynced_homes: std::collections::BTreeMap<u64, Arc<dyn StoreFile>>,
+    /// Unconditioned Put Pages copying their bytes into home files outside the lock (checked
+    /// and prepared before, committed after): no other write of their bytes may start, no
+    /// read may copy them, and every other change waits until there are none.
+    in_flight: Vec<HomeFlight>,
+    /// Changes waiting for the writes in flight to land: no new one starts meanwhile, so a
+    /// stream of writes cannot keep a change (a lease renewal, a snapshot) waiting for ever.
+    changes_waiting: usize,
+}
+
+/// An in-place write whose bytes are being copied outside the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HomeFlight {
+    incarnation: u64,
+    offset: u64,
+    end: u64,
+}
+
+impl Inner {
+    /// Whether a write in flight touches `offset..end` of `incarnation`'s home bytes.
+    fn in_flight_over(&self, incarnation: u64, offset: u64, end: u64) -> bool {
+        self.in_flight
+            .iter()
+            .any(|f| f.incarnation == incarnation && f.offset < end && offset < f.end)
+    }
 }
 
 /// Times a read copies outside the lock and finds a write got in, before it copies under it.
@@ -194,6 +223,8 @@ fn create_store(fs: &dyn StoreFs, dir: &Path, profile: Profile) -> StoreResult<S
 /// A persistent page-blob store under a directory.
 pub struct Emulator {
     inner: Mutex<Inner>,
+    /// Signalled whenever an in-place write in flight lands (see [`Inner::in_flight`]).
+    flights_landed: std::sync::Condvar,
     clock: Arc<dyn Clock>,
     dir: PathBuf,
     durability: Durability,
@@ -375,7 +406,10 @@ impl Emulator {
                 home_writes: 0,
                 changes: 0,
                 unsynced_homes: Default::default(),
+                in_flight: Vec::new(),
+                changes_waiting: 0,
             }),
+            flights_landed: std::sync::Condvar::new(),
             synced: Mutex::new(0),
             sync_failed: Default::default(),
             clock,
@@ -397,7 +431,30 @@ impl Emulator {
     }
 
     /// The state, to change it: readers may not; a writer that paused waits for its readers.
+    /// Waits until no in-place write is in flight, so the change sees (and logs after) every
+    /// write that started before it.
     fn lock_for_write(&self) -> StoreResult<MutexGuard<'_, Inner>> {
+        let inner = self.lock_for_change()?;
+        Ok(self.landed(inner))
+    }
+
+    /// The state once every write in flight has landed; none starts while this waits.
+    fn landed<'a>(&'a self, mut inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        if inner.in_flight.is_empty() {
+            return inner;
+        }
+        inner.changes_waiting += 1;
+        let mut inner = self.wait_for_flights(inner, |inner| !inner.in_flight.is_empty());
+        inner.changes_waiting -= 1;
+        if inner.changes_waiting == 0 {
+            // Writes held back by this wait go on once the lock is released.
+            self.flights_landed.notify_all();
+        }
+        inner
+    }
+
+    /// [`Self::lock_for_write`] without waiting for the writes in flight.
+    fn lock_for_change(&self) -> StoreResult<MutexGuard<'_, Inner>> {
         self.check_synced()?;
         match &self.access {
             Access::Reader(_) => Err(StoreError::ReadOnly(self.dir.display().to_string())),
@@ -408,6 +465,17 @@ impl Emulator {
                 Ok(self.lock())
             }
         }
+    }
+
+    /// The state once `blocked` no longer holds (re-checked whenever a write in flight lands).
+    fn wait_for_flights<'a>(
+        &'a self,
+        inner: MutexGuard<'a, Inner>,
+        blocked: impl FnMut(&mut Inner) -> bool,
+    ) -> MutexGuard<'a, Inner> {
+        self.flights_landed
+            .wait_while(inner, blocked)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Log and apply an effect; `data` are the bytes a relocation copies into the log.
@@ -435,33 +503,93 @@ impl Emulator {
         offset: u64,
         len: usize,
     ) -> StoreResult<(Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>)> {
-        let (incarnation, plan) = inner
+        let (incarnation, runs) = inner
             .account
             .read_plan(path, snapshot, offset, len as u64)?;
-        let home = if plan.iter().any(|(_, _, l)| home_offset(*l).is_some()) {
+        Emulator::plan_with_files(inner, incarnation, runs)
+    }
+
+    /// A read's runs with the log reader and the home file they need.
+    #[allow(clippy::type_complexity)]
+    fn plan_with_files(
+        inner: &mut Inner,
+        incarnation: u64,
+        runs: Vec<(u64, u64, u64)>,
+    ) -> StoreResult<(Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>)> {
+        let home = if runs.iter().any(|(_, _, l)| home_offset(*l).is_some()) {
             inner.homes.file(incarnation)?
         } else {
             None
         };
-        Ok((plan, inner.log.reader(), home))
+        Ok((runs, inner.log.reader(), home))
+    }
+
+    /// [`Self::plan_read`] once no write in flight touches the home bytes the plan copies;
+    /// the plan with the lock still held.
+    #[allow(clippy::type_complexity)]
+    fn plan_read_landed(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        len: usize,
+    ) -> StoreResult<(
+        MutexGuard<'_, Inner>,
+        (Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>),
+    )> {
+        let mut inner = self.lock();
+        loop {
+            let (incarnation, runs) = inner
+                .account
+                .read_plan(path, snapshot, offset, len as u64)?;
+            let copies_in_flight = runs.iter().any(|&(_, run, location)| {
+                home_offset(location)
+                    .is_some_and(|at| inner.in_flight_over(incarnation, at, at + run))
+            });
+            if !copies_in_flight {
+                let planned = Emulator::plan_with_files(&mut inner, incarnation, runs)?;
+                return Ok((inner, planned));
+            }
+            inner = self
+                .flights_landed
+                .wait(inner)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
     }
 
     /// Write page data in place, first moving any snapshot's view of those home bytes to the
     /// log (copy-on-write). The write record follows the data, so a crash in between leaves an
     /// unacknowledged write that may or may not show — never a snapshot that changed.
     fn write_home(inner: &mut Inner, path: &BlobPath, offset: u64, data: &[u8]) -> StoreResult<()> {
+        let (incarnation, file) = Emulator::prepare_home_write(inner, path, offset, data.len())?;
+        file.write_all_at(data, offset)
+            .map_err(|e| home_write_error(path, e))?;
+        Emulator::home_written(inner, incarnation, file);
+        Ok(())
+    }
+
+    /// Before bytes are written in place: the snapshots that still read the bytes they replace
+    /// get a copy in the log, and reads that copied home bytes meanwhile will copy again. The
+    /// incarnation and its home file.
+    fn prepare_home_write(
+        inner: &mut Inner,
+        path: &BlobPath,
+        offset: u64,
+        len: usize,
+    ) -> StoreResult<(u64, Arc<dyn StoreFile>)> {
         let incarnation = inner.account.incarnation(path)?;
         let file = inner.homes.file_for_write(incarnation)?;
-        let len = data.len() as u64;
-        let sharing = inner.account.snapshots_sharing_home(path, offset, len);
+        let sharing = inner
+            .account
+            .snapshots_sharing_home(path, offset, len as u64);
         if !sharing.is_empty() {
-            let mut old = vec![0u8; data.len()];
+            let mut old = vec![0u8; len];
             read_home(&*file, offset, &mut old)?;
             let relocate = Effect::Relocate {
                 path: path.clone(),
                 snapshots: sharing,
                 offset,
-                len,
+                len: len as u64,
                 data: None,
             };
             Emulator::commit(inner, relocate, &old)?;
@@ -470,17 +598,70 @@ impl Emulator {
                 inner.log.sync()?;
             }
         }
-        let io = |e| StoreError::Io {
-            path: format!("home file of {path}"),
-            source: e,
-        };
         inner.home_writes += 1;
+        Ok((incarnation, file))
+    }
+
+    /// After bytes were written in place: a change to make durable (`Durability::Power`).
+    fn home_written(inner: &mut Inner, incarnation: u64, file: Arc<dyn StoreFile>) {
         inner.changes += 1;
-        file.write_all_at(data, offset).map_err(io)?;
         if inner.homes.durability == Durability::Power {
             inner.unsynced_homes.insert(incarnation, file);
         }
-        Ok(())
+    }
+
+    /// An unconditioned Put Page: checked and prepared under the lock, its bytes copied into
+    /// the home file outside it (so writers of other ranges copy side by side instead of one
+    /// after another), then logged and applied under the lock. Until it lands, no other
+    /// write of those bytes starts, no read copies them, and every other change waits.
+    fn put_pages_in_place(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+    ) -> StoreResult<Properties> {
+        let now = self.now();
+        let end = offset.saturating_add(data.len() as u64);
+        let (flight, effect, file) = {
+            let inner = self.lock_for_change()?;
+            let mut checked = None;
+            let mut inner = self.wait_for_flights(inner, |inner| {
+                checked = Some(
+                    inner
+                        .account
+                        .write_pages(path, offset, data.len() as u64, false, &Conditions::default(), now)
+                        .and_then(|effect| Ok((effect, inner.account.incarnation(path)?))),
+                );
+                inner.changes_waiting > 0
+                    || matches!(&checked, Some(Ok((_, incarnation))) if inner.in_flight_over(*incarnation, offset, end))
+            });
+            let (effect, _) = checked.expect("checked at least once")?;
+            let (incarnation, file) =
+                Emulator::prepare_home_write(&mut inner, path, offset, data.len())?;
+            let flight = HomeFlight {
+                incarnation,
+                offset,
+                end,
+            };
+            inner.in_flight.push(flight);
+            (flight, effect, file)
+        };
+        let landing = Landing {
+            emulator: self,
+            flight,
+        };
+        let copied = file.write_all_at(data, offset);
+        let (properties, changes) = {
+            let mut inner = landing.land();
+            copied.map_err(|e| home_write_error(path, e))?;
+            Emulator::home_written(&mut inner, flight.incarnation, file);
+            Emulator::commit(&mut inner, effect, &[])?;
+            (inner.account.properties(path, None, now)?, inner.changes)
+        };
+        if self.durability == Durability::Power {
+            self.sync_through(changes)?;
+        }
+        Ok(properties)
     }
 
     fn now(&self) -> u64 {
@@ -548,6 +729,45 @@ impl Emulator {
     }
 }
 
+/// A write in flight until it lands: [`Landing::land`] takes it off the list under the lock and
+/// wakes whoever waits; dropped without landing (a panic while copying), it does the same.
+struct Landing<'a> {
+    emulator: &'a Emulator,
+    flight: HomeFlight,
+}
+
+impl<'a> Landing<'a> {
+    /// The state, with this write no longer in flight.
+    fn land(self) -> MutexGuard<'a, Inner> {
+        let emulator = self.emulator;
+        let mut inner = emulator.lock();
+        Landing::take_off(&mut inner, self.flight);
+        std::mem::forget(self);
+        emulator.flights_landed.notify_all();
+        inner
+    }
+
+    fn take_off(inner: &mut Inner, flight: HomeFlight) {
+        if let Some(at) = inner.in_flight.iter().position(|f| *f == flight) {
+            inner.in_flight.swap_remove(at);
+        }
+    }
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        Landing::take_off(&mut self.emulator.lock(), self.flight);
+        self.emulator.flights_landed.notify_all();
+    }
+}
+
+fn home_write_error(path: &BlobPath, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: format!("home file of {path}"),
+        source,
+    }
+}
+
 /// Copy planned runs into `buf` (zeros elsewhere).
 fn execute_read(
     plan: &[(u64, u64, u64)],
@@ -596,8 +816,9 @@ impl PageBlobStore for Emulator {
 
     fn quiesce(&self) {
         if let Access::Writer(Some(lock)) = &self.access {
-            // Under the state's lock, so no call of ours is mid-change.
-            let _inner = self.lock();
+            // Under the state's lock with no write in flight, so no call of ours is
+            // mid-change.
+            let _inner = self.landed(self.lock());
             lock.pause();
         }
     }
@@ -701,6 +922,9 @@ impl PageBlobStore for Emulator {
         data: &[u8],
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        if *cond == Conditions::default() {
+            return self.put_pages_in_place(path, offset, data);
+        }
         let now = self.now();
         self.change(|inner| {
             let effect =
@@ -741,9 +965,8 @@ impl PageBlobStore for Emulator {
         // writes), then check that no in-place write overtook the copy: a snapshot's bytes
         // may still live in the home file the base is being written to.
         for _ in 0..OPTIMISTIC_READ_TRIES {
-            let mut inner = self.lock();
-            let (plan, reader, home) =
-                Emulator::plan_read(&mut inner, path, snapshot, offset, buf.len())?;
+            let (inner, (plan, reader, home)) =
+                self.plan_read_landed(path, snapshot, offset, buf.len())?;
             let writes = inner.home_writes;
             drop(inner);
             execute_read(&plan, &reader, home.as_deref(), offset, buf)?;
@@ -751,10 +974,10 @@ impl PageBlobStore for Emulator {
                 return Ok(());
             }
         }
-        // Writes keep overtaking: copy under the lock.
-        let mut inner = self.lock();
-        let (plan, reader, home) =
-            Emulator::plan_read(&mut inner, path, snapshot, offset, buf.len())?;
+        // Writes keep overtaking: copy under the lock (no write of these bytes is in flight,
+        // and none can start while it is held).
+        let (_inner, (plan, reader, home)) =
+            self.plan_read_landed(path, snapshot, offset, buf.len())?;
         execute_read(&plan, &reader, home.as_deref(), offset, buf)
     }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use pageblob::clock::ManualClock;
 use pageblob::conformance;
 use pageblob::data_log::Durability;
+use pageblob::fs::{OpenMode, RealFs, StoreFile, StoreFs};
 use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
+use std::path::Path;
 
 const START: u64 = 1_700_000_000_000_000_000;
 
@@ -323,6 +325,247 @@ fn snapshot_reads_never_see_writes_made_after_the_snapshot_under_concurrent_stre
             }
         });
     });
+}
+
+/// A 64 KiB record of writer `writer`'s write number `seq` to slot `slot`: one 8-byte word
+/// repeated, so a read can tell a whole record from a torn one.
+fn tagged_record(writer: u8, seq: u32, slot: u16) -> Vec<u8> {
+    let word = [
+        writer,
+        (seq >> 16) as u8,
+        (seq >> 8) as u8,
+        seq as u8,
+        0xA5,
+        0x5A,
+        (slot >> 8) as u8,
+        slot as u8,
+    ];
+    word.repeat(RECORD / 8)
+}
+
+const RECORD: usize = 64 << 10;
+const SLOTS: u16 = 48;
+
+/// The writer and write number of a whole record of `slot` (zeros: never written); panics
+/// naming what it read where on a torn or misplaced record.
+fn whole_record(bytes: &[u8], slot: u16, what: &str) -> Option<(u8, u32)> {
+    let word = &bytes[..8];
+    if let Some(at) = bytes.chunks(8).position(|w| w != word) {
+        panic!("{what}: slot {slot} is torn at byte {}", at * 8);
+    }
+    if word == [0; 8] {
+        return None;
+    }
+    assert_eq!(
+        [
+            word[4],
+            word[5],
+            u16::from_be_bytes([word[6], word[7]]) as u8
+        ],
+        [0xA5, 0x5A, slot as u8],
+        "{what}: slot {slot} holds another slot's record"
+    );
+    Some((word[0], u32::from_be_bytes([0, word[1], word[2], word[3]])))
+}
+
+/// Unconditioned Put Pages copy their bytes outside the store's lock: writers of one blob run
+/// side by side, two per slot, while a reader, a snapshot taker and conditioned writes go on.
+/// Whatever the interleaving: no read returns a torn record or one older than a read before
+/// it returned; a snapshot never changes after it was taken (also after a reopen); the base
+/// after a reopen is the base before it.
+fn concurrent_writes_keep_every_promise(
+    fs: Arc<dyn StoreFs>,
+    durability: Durability,
+    writes_each: u32,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let open = |clock: Arc<ManualClock>| {
+        Emulator::open_with_fs(fs.clone(), dir.path(), Profile::Standard, durability, clock)
+            .unwrap()
+    };
+    let p = BlobPath::new("cont", "disk");
+    let size = u64::from(SLOTS) * RECORD as u64;
+    let read_all = |store: &Emulator, snapshot: Option<&str>| {
+        let mut all = vec![0u8; size as usize];
+        store.read(&p, snapshot, 0, &mut all).unwrap();
+        all
+    };
+    let (base, snapshots) = {
+        let store = open(clock.clone());
+        store.create_container("cont").unwrap();
+        store
+            .create_page_blob(&p, size, 0, &Conditions::default())
+            .unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (store, p, stop) = (&store, &p, &stop);
+        let snapshots = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..4u8)
+                .map(|writer| {
+                    s.spawn(move || {
+                        // Writers 0 and 2 share the even slots, 1 and 3 the odd ones.
+                        let mut slot = u16::from(writer % 2);
+                        for seq in 1..=writes_each {
+                            let record = tagged_record(writer, seq, slot);
+                            store
+                                .put_pages(
+                                    p,
+                                    u64::from(slot) * RECORD as u64,
+                                    &record,
+                                    &Conditions::default(),
+                                )
+                                .unwrap();
+                            slot = (slot + 2 + 2 * u16::from(writer / 2)) % SLOTS;
+                        }
+                    })
+                })
+                .collect();
+            // A reader of the whole blob: whole records only, and never an older write of a
+            // writer to a slot than one it saw before.
+            s.spawn(move || {
+                let mut seen = std::collections::BTreeMap::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let all = read_all(store, None);
+                    for (slot, record) in all.chunks(RECORD).enumerate() {
+                        let slot = slot as u16;
+                        if let Some((writer, seq)) = whole_record(record, slot, "base read") {
+                            let last = seen.entry((slot, writer)).or_insert(seq);
+                            assert!(
+                                seq >= *last,
+                                "slot {slot}: writer {writer}'s write {seq} read after {last}"
+                            );
+                            *last = seq;
+                        }
+                    }
+                }
+            });
+            // Conditioned writes to the last slot (their own path, under the lock).
+            s.spawn(move || {
+                let slot = SLOTS - 1;
+                let mut seq = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seq += 1;
+                    let etag = store.properties(p, None).unwrap().etag;
+                    let cond = Conditions {
+                        if_match: Some(etag),
+                        ..Conditions::default()
+                    };
+                    // Another write may change the ETag in between: 412 then.
+                    let _ = store.put_pages(
+                        p,
+                        u64::from(slot) * RECORD as u64,
+                        &tagged_record(9, seq, slot),
+                        &cond,
+                    );
+                }
+            });
+            // Snapshots, each read whole at once: it must read the same for ever after.
+            let taker = s.spawn(move || {
+                let mut taken = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && taken.len() < 40 {
+                    let id = store.snapshot(p, &Conditions::default()).unwrap();
+                    let bytes = read_all(store, Some(&id));
+                    for (slot, record) in bytes.chunks(RECORD).enumerate() {
+                        whole_record(record, slot as u16, "snapshot");
+                    }
+                    taken.push((id, bytes));
+                }
+                taken
+            });
+            for w in writers {
+                w.join().unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            taker.join().unwrap()
+        });
+        for (id, bytes) in &snapshots {
+            assert!(read_all(store, Some(id)) == *bytes, "snapshot {id} changed");
+        }
+        (read_all(store, None), snapshots)
+    };
+    assert!(snapshots.len() > 1, "{} snapshots", snapshots.len());
+    let store = open(clock);
+    assert!(read_all(&store, None) == base, "the base after a reopen");
+    for (id, bytes) in &snapshots {
+        assert!(
+            read_all(&store, Some(id)) == *bytes,
+            "snapshot {id} after a reopen"
+        );
+    }
+}
+
+#[test]
+fn concurrent_writes_keep_every_promise_at_process_durability() {
+    concurrent_writes_keep_every_promise(Arc::new(RealFs), Durability::Process, 1000);
+}
+
+#[test]
+fn concurrent_writes_keep_every_promise_at_power_durability() {
+    concurrent_writes_keep_every_promise(Arc::new(RealFs), Durability::Power, 60);
+}
+
+#[test]
+fn concurrent_writes_keep_every_promise_when_home_writes_are_slow() {
+    // Each home write stops half way for a millisecond: a read or a snapshot that does not
+    // wait for a write in flight sees its record torn.
+    concurrent_writes_keep_every_promise(Arc::new(SlowHomeWrites), Durability::Process, 120);
+}
+
+/// The real file system, whose home-file writes pause half way through.
+struct SlowHomeWrites;
+
+struct HalfWayPause(Arc<dyn StoreFile>);
+
+impl StoreFs for SlowHomeWrites {
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn StoreFile>> {
+        let file = RealFs.open(path, mode)?;
+        match path.extension().is_some_and(|e| e == "data") {
+            true => Ok(Arc::new(HalfWayPause(file))),
+            false => Ok(file),
+        }
+    }
+    fn exists(&self, path: &Path) -> bool {
+        RealFs.exists(path)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        RealFs.remove(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        RealFs.list(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        RealFs.read(path)
+    }
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        RealFs.write_atomic(path, bytes)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+}
+
+impl StoreFile for HalfWayPause {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let half = buf.len() / 2;
+        self.0.write_all_at(&buf[..half], offset)?;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.0.write_all_at(&buf[half..], offset + half as u64)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
 }
 
 #[test]

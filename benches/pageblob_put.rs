@@ -13,6 +13,19 @@ use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 const PAGE: usize = 4 << 20;
 const PAGES: usize = 16;
 
+/// An emulator in `dir` with the container "bench".
+fn bench_store(dir: &std::path::Path) -> Emulator {
+    let store = Emulator::open(
+        dir,
+        Profile::Standard,
+        Durability::Process,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    store.create_container("bench").unwrap();
+    store
+}
+
 fn put_pages(c: &mut Criterion) {
     let data: Vec<u8> = (0..PAGE).map(|i| (i * 7 % 251) as u8).collect();
     let mut group = c.benchmark_group("put_pages_4MiB_x16");
@@ -28,14 +41,7 @@ fn put_pages(c: &mut Criterion) {
         })
     });
     let dir = tempfile::tempdir().unwrap();
-    let store = Emulator::open(
-        dir.path(),
-        Profile::Standard,
-        Durability::Process,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    store.create_container("bench").unwrap();
+    let store = bench_store(dir.path());
     let p = BlobPath::new("bench", "disk");
     store
         .create_page_blob(&p, (PAGE * PAGES) as u64, 0, &Conditions::default())
@@ -63,14 +69,7 @@ fn records_by_threads(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(RECORDS_BYTES as u64));
     group.sample_size(10);
     let dir = tempfile::tempdir().unwrap();
-    let store = Emulator::open(
-        dir.path(),
-        Profile::Standard,
-        Durability::Process,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    store.create_container("bench").unwrap();
+    let store = bench_store(dir.path());
     let p = BlobPath::new("bench", "records");
     let records = RECORDS_BYTES / RECORD;
     for threads in [1usize, 2, 4] {

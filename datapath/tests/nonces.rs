@@ -18,7 +18,7 @@ use datapath::source::AtRestDisk;
 use pageblob::clock::{Clock, ManualClock};
 use pageblob::data_log::Durability;
 use pageblob::faults::{FaultConfig, FaultyStore};
-use pageblob::fs::{OpenMode, RealFs, StoreFile, StoreFs};
+use pageblob::fs::HookedFs;
 use pageblob::{Emulator, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -30,57 +30,16 @@ const SIZE: u64 = 48 * BLOCK;
 type Writes = Arc<Mutex<Vec<Vec<u8>>>>;
 
 /// The real file system, keeping a copy of every write.
-struct RecordingFs(Writes);
-
-struct RecordingFile(Arc<dyn StoreFile>, Writes);
-
-impl StoreFile for RecordingFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.1.lock().unwrap().push(buf.to_vec());
-        self.0.write_all_at(buf, offset)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.0.sync_data()
-    }
-}
-
-impl StoreFs for RecordingFs {
-    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn StoreFile>> {
-        Ok(Arc::new(RecordingFile(
-            RealFs.open(path, mode)?,
-            Arc::clone(&self.0),
-        )))
-    }
-    fn exists(&self, path: &Path) -> bool {
-        RealFs.exists(path)
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        RealFs.remove(path)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        RealFs.list(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        RealFs.create_dir_all(dir)
-    }
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        RealFs.read(path)
-    }
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        RealFs.write_atomic(path, bytes)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
+fn recording_fs(writes: Writes) -> HookedFs {
+    HookedFs(Arc::new(
+        move |_path: &Path,
+              buf: &[u8],
+              offset: u64,
+              write: &dyn Fn(&[u8], u64) -> std::io::Result<()>| {
+            writes.lock().unwrap().push(buf.to_vec());
+            write(buf, offset)
+        },
+    ))
 }
 
 fn churn(disk: &mut [u8], rng: &mut ChaCha8Rng, blocks: usize) {
@@ -133,7 +92,7 @@ fn no_nonce_ever_seals_two_records_across_restarts_failures_and_the_staging_log(
     let writes: Writes = Default::default();
     let open = |sub: &str, profile| {
         Emulator::open_with_fs(
-            Arc::new(RecordingFs(Arc::clone(&writes))),
+            Arc::new(recording_fs(Arc::clone(&writes))),
             &dir.path().join(sub),
             profile,
             Durability::Process,

@@ -133,3 +133,78 @@ impl StoreFs for RealFs {
         std::fs::File::open(dir)?.sync_all()
     }
 }
+
+/// How a [`HookedFs`] file's write goes: the hook gets the file's path, the bytes, their
+/// offset and the real write, and calls the real write as it likes (tests keep a copy of every
+/// write, or pause one half way).
+pub type WriteHook = dyn Fn(&Path, &[u8], u64, &dyn Fn(&[u8], u64) -> io::Result<()>) -> io::Result<()>
+    + Send
+    + Sync;
+
+/// The operating system's file system with every positioned file write passed through a hook
+/// (`write_atomic` goes straight through).
+#[derive(Clone)]
+pub struct HookedFs(pub Arc<WriteHook>);
+
+impl std::fmt::Debug for HookedFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookedFs")
+    }
+}
+
+struct HookedFile {
+    file: Arc<dyn StoreFile>,
+    path: std::path::PathBuf,
+    hook: Arc<WriteHook>,
+}
+
+impl StoreFile for HookedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (self.hook)(&self.path, buf, offset, &|b, o| {
+            self.file.write_all_at(b, o)
+        })
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl StoreFs for HookedFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StoreFile>> {
+        Ok(Arc::new(HookedFile {
+            file: RealFs.open(path, mode)?,
+            path: path.to_path_buf(),
+            hook: Arc::clone(&self.0),
+        }))
+    }
+    fn exists(&self, path: &Path) -> bool {
+        RealFs.exists(path)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        RealFs.list(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        RealFs.read(path)
+    }
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        RealFs.write_atomic(path, bytes)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pageblob::clock::ManualClock;
 use pageblob::conformance;
 use pageblob::data_log::Durability;
-use pageblob::fs::{OpenMode, RealFs, StoreFile, StoreFs};
+use pageblob::fs::{HookedFs, RealFs, StoreFs};
 use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 use std::path::Path;
 
@@ -508,64 +508,21 @@ fn concurrent_writes_keep_every_promise_at_power_durability() {
 fn concurrent_writes_keep_every_promise_when_home_writes_are_slow() {
     // Each home write stops half way for a millisecond: a read or a snapshot that does not
     // wait for a write in flight sees its record torn.
-    concurrent_writes_keep_every_promise(Arc::new(SlowHomeWrites), Durability::Process, 120);
-}
-
-/// The real file system, whose home-file writes pause half way through.
-struct SlowHomeWrites;
-
-struct HalfWayPause(Arc<dyn StoreFile>);
-
-impl StoreFs for SlowHomeWrites {
-    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn StoreFile>> {
-        let file = RealFs.open(path, mode)?;
-        match path.extension().is_some_and(|e| e == "data") {
-            true => Ok(Arc::new(HalfWayPause(file))),
-            false => Ok(file),
-        }
-    }
-    fn exists(&self, path: &Path) -> bool {
-        RealFs.exists(path)
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        RealFs.remove(path)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        RealFs.list(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        RealFs.create_dir_all(dir)
-    }
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        RealFs.read(path)
-    }
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        RealFs.write_atomic(path, bytes)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
-}
-
-impl StoreFile for HalfWayPause {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        let half = buf.len() / 2;
-        self.0.write_all_at(&buf[..half], offset)?;
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        self.0.write_all_at(&buf[half..], offset + half as u64)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.0.sync_data()
-    }
+    let pause_home_writes =
+        |path: &Path,
+         buf: &[u8],
+         offset: u64,
+         write: &dyn Fn(&[u8], u64) -> std::io::Result<()>| {
+            if path.extension().is_none_or(|e| e != "data") {
+                return write(buf, offset);
+            }
+            let half = buf.len() / 2;
+            write(&buf[..half], offset)?;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            write(&buf[half..], offset + half as u64)
+        };
+    let fs = HookedFs(Arc::new(pause_home_writes));
+    concurrent_writes_keep_every_promise(Arc::new(fs), Durability::Process, 120);
 }
 
 #[test]

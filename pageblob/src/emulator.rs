@@ -25,13 +25,18 @@ use super::data_log::{DataLog, Durability, LogAccess, LogReader};
 use super::error::{StoreError, StoreResult};
 use super::extent_map::home_offset;
 use super::fs::{OpenMode, RealFs, StoreFile, StoreFs};
+use super::home_file::{incarnation_of, StripedHome};
 use super::store_lock::{ReaderLock, WriterLock, OWNER_FILE, STATE_FILE};
 use super::types::*;
 use super::PageBlobStore;
 use crate::clock::Clock;
 
-/// Format version of `store.json`.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Format version of the stores this build creates in a directory: home bytes striped over
+/// several files (`crate::home_file`).
+pub const STORE_FORMAT_VERSION: u32 = 2;
+/// Format version of stores with one home file per blob incarnation, still read and written;
+/// stores over a test or in-memory file system are made in it (no kernel lock to spread over).
+pub const SINGLE_HOME_FILE_FORMAT_VERSION: u32 = 1;
 
 /// The store's fixed settings, written once when the directory is created.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -88,6 +93,8 @@ struct Homes {
     durability: Durability,
     /// A writer's homes are created on first write; a reader's missing home reads as zeros.
     writable: bool,
+    /// Each incarnation's home striped over several files (format 2), or one file.
+    striped: bool,
 }
 
 impl Homes {
@@ -100,6 +107,17 @@ impl Homes {
     fn file(&mut self, incarnation: u64) -> StoreResult<Option<Arc<dyn StoreFile>>> {
         if let Some(f) = self.files.get(&incarnation) {
             return Ok(Some(Arc::clone(f)));
+        }
+        if self.striped {
+            let home: Arc<dyn StoreFile> = Arc::new(StripedHome::new(
+                Arc::clone(&self.fs),
+                &self.dir,
+                incarnation,
+                self.writable,
+                self.writable && self.durability == Durability::Power,
+            ));
+            self.files.insert(incarnation, Arc::clone(&home));
+            return Ok(Some(home));
         }
         let path = self.path(incarnation);
         let mode = if self.writable {
@@ -134,10 +152,7 @@ impl Homes {
     fn collect(&mut self, live: &std::collections::BTreeSet<u64>) {
         self.files.retain(|i, _| live.contains(i));
         for name in self.fs.list(&self.dir).unwrap_or_default() {
-            let incarnation = name
-                .strip_suffix(".data")
-                .and_then(|n| n.parse::<u64>().ok());
-            if incarnation.is_some_and(|i| !live.contains(&i)) {
+            if incarnation_of(&name).is_some_and(|i| !live.contains(&i)) {
                 let _ = self.fs.remove(&self.dir.join(name));
             }
         }
@@ -174,9 +189,9 @@ fn read_settings(fs: &dyn StoreFs, dir: &Path) -> StoreResult<Option<StoreSettin
     };
     let s: StoreSettings = serde_json::from_slice(&bytes)
         .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
-    if s.format_version != STORE_FORMAT_VERSION {
+    if ![SINGLE_HOME_FILE_FORMAT_VERSION, STORE_FORMAT_VERSION].contains(&s.format_version) {
         return Err(StoreError::Corrupt(format!(
-            "{}: format version {} (this build reads {STORE_FORMAT_VERSION})",
+            "{}: format version {} (this build reads {SINGLE_HOME_FILE_FORMAT_VERSION} and {STORE_FORMAT_VERSION})",
             path.display(),
             s.format_version
         )));
@@ -203,14 +218,19 @@ fn refuse_unless_empty(fs: &dyn StoreFs, dir: &Path) -> StoreResult<()> {
 }
 
 /// Write a new store's settings and folders, durably (settings last: they mark a store).
-fn create_store(fs: &dyn StoreFs, dir: &Path, profile: Profile) -> StoreResult<StoreSettings> {
+fn create_store(
+    fs: &dyn StoreFs,
+    dir: &Path,
+    profile: Profile,
+    format_version: u32,
+) -> StoreResult<StoreSettings> {
     refuse_unless_empty(fs, dir)?;
     for sub in [dir.to_path_buf(), dir.join("log"), dir.join("homes")] {
         fs.create_dir_all(&sub).map_err(|e| io_error(&sub, e))?;
     }
     fs.sync_dir(dir).map_err(|e| io_error(dir, e))?;
     let settings = StoreSettings {
-        format_version: STORE_FORMAT_VERSION,
+        format_version,
         profile,
     };
     let path = dir.join("store.json");
@@ -282,6 +302,7 @@ impl Emulator {
             Arc::new(RealFs),
             dir,
             None,
+            STORE_FORMAT_VERSION,
             Durability::Process,
             clock,
             Access::Reader(lock),
@@ -308,13 +329,15 @@ impl Emulator {
             Arc::new(fs),
             dir,
             Some(profile),
+            STORE_FORMAT_VERSION,
             durability,
             clock,
             Access::Writer(Some(lock)),
         )
     }
 
-    /// Open for writing over any file system (tests pass a crash-simulating one); no lock.
+    /// Open for writing over any file system (tests pass a crash-simulating one); no lock. A
+    /// store created here has one home file per blob (format 1): no kernel lock to spread over.
     pub fn open_with_fs(
         fs: Arc<dyn StoreFs>,
         dir: &Path,
@@ -326,6 +349,7 @@ impl Emulator {
             fs,
             dir,
             Some(profile),
+            SINGLE_HOME_FILE_FORMAT_VERSION,
             durability,
             clock,
             Access::Writer(None),
@@ -343,10 +367,12 @@ impl Emulator {
 
     /// `profile`: `Some` for a writer (the store is created with it if new), `None` for a
     /// reader (the store's own).
+    /// A store created here is made in format `new_format`.
     fn open_inner(
         fs: Arc<dyn StoreFs>,
         dir: &Path,
         profile: Option<Profile>,
+        new_format: u32,
         durability: Durability,
         clock: Arc<dyn Clock>,
         access: Access,
@@ -360,7 +386,7 @@ impl Emulator {
                 });
             }
             (Some(s), _) => s,
-            (None, Some(profile)) => create_store(&*fs, dir, profile)?,
+            (None, Some(profile)) => create_store(&*fs, dir, profile, new_format)?,
             (None, None) => return Err(not_a_store(dir)),
         };
         let mut account = Account::new(settings.profile);
@@ -393,6 +419,7 @@ impl Emulator {
             files: Default::default(),
             durability,
             writable: writer,
+            striped: settings.format_version >= STORE_FORMAT_VERSION,
         };
         if writer {
             // Home files of blobs whose deletion was logged but not yet carried out.

@@ -23,6 +23,7 @@ pub mod error;
 pub mod extent_map;
 pub mod faults;
 pub mod fs;
+pub mod home_file;
 pub mod http;
 pub mod location;
 pub mod lock_holder;

@@ -375,11 +375,16 @@ fn whole_record(bytes: &[u8], slot: u16, what: &str) -> Option<(u8, u32)> {
 /// after a reopen is the base before it.
 fn concurrent_writes_keep_every_promise(
     fs: Arc<dyn StoreFs>,
+    format: HomeFormat,
     durability: Durability,
     writes_each: u32,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START));
+    if format == HomeFormat::Striped {
+        // Made in a directory (format 2), then opened over `fs`, which keeps its format.
+        drop(Emulator::open(dir.path(), Profile::Standard, durability, clock.clone()).unwrap());
+    }
     let open = |clock: Arc<ManualClock>| {
         Emulator::open_with_fs(fs.clone(), dir.path(), Profile::Standard, durability, clock)
             .unwrap()
@@ -485,6 +490,11 @@ fn concurrent_writes_keep_every_promise(
     };
     assert!(snapshots.len() > 1, "{} snapshots", snapshots.len());
     let store = open(clock);
+    let homes = std::fs::read_dir(dir.path().join("homes")).unwrap().count();
+    match format {
+        HomeFormat::Striped => assert!(homes > 1, "{homes} home files"),
+        HomeFormat::OneFile => assert_eq!(homes, 1),
+    }
     assert!(read_all(&store, None) == base, "the base after a reopen");
     for (id, bytes) in &snapshots {
         assert!(
@@ -494,14 +504,27 @@ fn concurrent_writes_keep_every_promise(
     }
 }
 
+/// How a store lays out a blob's home bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HomeFormat {
+    /// One file per blob (format 1).
+    OneFile,
+    /// Striped over several files (format 2, what a directory store is made in).
+    Striped,
+}
+
 #[test]
 fn concurrent_writes_keep_every_promise_at_process_durability() {
-    concurrent_writes_keep_every_promise(Arc::new(RealFs), Durability::Process, 1000);
+    for format in [HomeFormat::OneFile, HomeFormat::Striped] {
+        concurrent_writes_keep_every_promise(Arc::new(RealFs), format, Durability::Process, 1000);
+    }
 }
 
 #[test]
 fn concurrent_writes_keep_every_promise_at_power_durability() {
-    concurrent_writes_keep_every_promise(Arc::new(RealFs), Durability::Power, 60);
+    for format in [HomeFormat::OneFile, HomeFormat::Striped] {
+        concurrent_writes_keep_every_promise(Arc::new(RealFs), format, Durability::Power, 60);
+    }
 }
 
 #[test]
@@ -521,8 +544,77 @@ fn concurrent_writes_keep_every_promise_when_home_writes_are_slow() {
             std::thread::sleep(std::time::Duration::from_millis(1));
             write(&buf[half..], offset + half as u64)
         };
-    let fs = HookedFs(Arc::new(pause_home_writes));
-    concurrent_writes_keep_every_promise(Arc::new(fs), Durability::Process, 120);
+    let fs: Arc<dyn StoreFs> = Arc::new(HookedFs(Arc::new(pause_home_writes)));
+    for format in [HomeFormat::OneFile, HomeFormat::Striped] {
+        concurrent_writes_keep_every_promise(fs.clone(), format, Durability::Process, 120);
+    }
+}
+
+#[test]
+fn a_one_file_store_keeps_its_format_and_an_unknown_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let p = BlobPath::new("cont", "disk");
+    // Format 1: one home file per blob.
+    {
+        let store = Emulator::open_with_fs(
+            Arc::new(RealFs),
+            dir.path(),
+            Profile::Standard,
+            Durability::Process,
+            clock.clone(),
+        )
+        .unwrap();
+        store.create_container("cont").unwrap();
+        store
+            .create_page_blob(&p, 4 << 20, 0, &Conditions::default())
+            .unwrap();
+        store
+            .put_pages(&p, 0, &[1; 4 << 20], &Conditions::default())
+            .unwrap();
+    }
+    let settings = std::fs::read_to_string(dir.path().join("store.json")).unwrap();
+    assert!(settings.contains("\"format_version\": 1"), "{settings}");
+    // Opened as any directory store is, it is still read and written in its own format.
+    {
+        let store = open(dir.path(), Profile::Standard, &clock);
+        store
+            .put_pages(&p, 3 << 20, &[2; 4096], &Conditions::default())
+            .unwrap();
+        let mut all = vec![0u8; 4 << 20];
+        store.read(&p, None, 0, &mut all).unwrap();
+        assert!(all[..3 << 20].iter().all(|&b| b == 1));
+        assert!(all[3 << 20..(3 << 20) + 4096].iter().all(|&b| b == 2));
+        assert!(all[(3 << 20) + 4096..].iter().all(|&b| b == 1));
+    }
+    let homes: Vec<_> = std::fs::read_dir(dir.path().join("homes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(homes.len(), 1, "{homes:?}");
+    // A new directory store is striped (format 2); a format this build does not know is
+    // refused, naming the file.
+    let striped = tempfile::tempdir().unwrap();
+    drop(open(striped.path(), Profile::Standard, &clock));
+    let settings = std::fs::read_to_string(striped.path().join("store.json")).unwrap();
+    assert!(settings.contains("\"format_version\": 2"), "{settings}");
+    std::fs::write(
+        striped.path().join("store.json"),
+        settings.replace("\"format_version\": 2", "\"format_version\": 3"),
+    )
+    .unwrap();
+    let e = Emulator::open(
+        striped.path(),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("store.json") && e.contains("format version 3"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use datapath::replica::nonce::NonceSource;
 use pageblob::clock::ManualClock;
 use pageblob::data_log::Durability;
 use pageblob::fs::StoreFs;
+use pageblob::home_file::{HomeLayout, HomeStripes};
 use pageblob::memory_fs::CrashFs;
 use pageblob::{Emulator, Profile};
 use rand_chacha::ChaCha8Rng;
@@ -27,12 +28,22 @@ fn identity() -> Identity {
     Identity::from_pfx(&pfx, "pw").unwrap()
 }
 
-fn open(fs: &Arc<CrashFs>, clock: &Arc<ManualClock>) -> pageblob::StoreResult<Emulator> {
+/// The store of run `seed`: odd seeds stripe the homes over 3 files in 16 KiB chunks (every
+/// 64 KiB block's record crosses stripes), even ones keep one file per blob.
+fn open(fs: &Arc<CrashFs>, clock: &Arc<ManualClock>, seed: u64) -> pageblob::StoreResult<Emulator> {
     let fs: Arc<dyn StoreFs> = Arc::new(Arc::clone(fs));
-    Emulator::open_with_fs(
+    let homes = match seed % 2 {
+        1 => HomeLayout::Striped(HomeStripes {
+            files: 3,
+            chunk_bytes: 16 << 10,
+        }),
+        _ => HomeLayout::OneFile,
+    };
+    Emulator::open_with_fs_and_layout(
         fs,
         std::path::Path::new("/store"),
         Profile::Standard,
+        homes,
         Durability::Power,
         clock.clone(),
     )
@@ -80,7 +91,7 @@ fn replicate(fs: &Arc<CrashFs>, seed: u64, id: &Identity) -> Run {
     for t in 0..6u64 {
         churn(&mut disk, &mut rng, 5);
         clock.advance(60_000_000_000);
-        let outcome = open(fs, &clock)
+        let outcome = open(fs, &clock, seed)
             .map_err(|e| e.to_string())
             .and_then(|store| {
                 let replica = DiskReplica::open(&store, "replicas", "disk", layout())
@@ -132,7 +143,7 @@ fn power_cuts_during_replication_keep_every_committed_point() {
         } = replicate(&fs, seed, &id);
         assert!(fs.has_crashed(), "seed {seed}: the cut never came");
         fs.restart_after_power_loss();
-        let store = open(&fs, &clock)
+        let store = open(&fs, &clock, seed)
             .unwrap_or_else(|e| panic!("seed {seed}: reopen after the power cut: {e}"));
         let replica = DiskReplica::open(&store, "replicas", "disk", layout()).unwrap();
         let points = replica.points(keys.digest.expose()).unwrap();

@@ -25,7 +25,7 @@ use super::data_log::{DataLog, Durability, LogAccess, LogReader};
 use super::error::{StoreError, StoreResult};
 use super::extent_map::home_offset;
 use super::fs::{OpenMode, RealFs, StoreFile, StoreFs};
-use super::home_file::{incarnation_of, StripedHome};
+use super::home_file::{incarnation_of, HomeLayout, HomeStripes, StripedHome};
 use super::store_lock::{ReaderLock, WriterLock, OWNER_FILE, STATE_FILE};
 use super::types::*;
 use super::PageBlobStore;
@@ -43,6 +43,9 @@ pub const SINGLE_HOME_FILE_FORMAT_VERSION: u32 = 1;
 struct StoreSettings {
     format_version: u32,
     profile: Profile,
+    /// Format 2: how the blobs' homes are striped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    home_stripes: Option<HomeStripes>,
 }
 
 struct Inner {
@@ -94,7 +97,7 @@ struct Homes {
     /// A writer's homes are created on first write; a reader's missing home reads as zeros.
     writable: bool,
     /// Each incarnation's home striped over several files (format 2), or one file.
-    striped: bool,
+    striped: Option<HomeStripes>,
 }
 
 impl Homes {
@@ -108,8 +111,9 @@ impl Homes {
         if let Some(f) = self.files.get(&incarnation) {
             return Ok(Some(Arc::clone(f)));
         }
-        if self.striped {
+        if let Some(stripes) = self.striped {
             let home: Arc<dyn StoreFile> = Arc::new(StripedHome::new(
+                stripes,
                 Arc::clone(&self.fs),
                 &self.dir,
                 incarnation,
@@ -189,13 +193,19 @@ fn read_settings(fs: &dyn StoreFs, dir: &Path) -> StoreResult<Option<StoreSettin
     };
     let s: StoreSettings = serde_json::from_slice(&bytes)
         .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
-    if ![SINGLE_HOME_FILE_FORMAT_VERSION, STORE_FORMAT_VERSION].contains(&s.format_version) {
-        return Err(StoreError::Corrupt(format!(
-            "{}: format version {} (this build reads {SINGLE_HOME_FILE_FORMAT_VERSION} and {STORE_FORMAT_VERSION})",
-            path.display(),
-            s.format_version
-        )));
-    }
+    let layout = match (s.format_version, s.home_stripes) {
+        (SINGLE_HOME_FILE_FORMAT_VERSION, None) => Ok(()),
+        (STORE_FORMAT_VERSION, Some(stripes)) => stripes.check(),
+        (SINGLE_HOME_FILE_FORMAT_VERSION | STORE_FORMAT_VERSION, _) => Err(format!(
+            "format version {} with{} home_stripes",
+            s.format_version,
+            if s.home_stripes.is_some() { "" } else { "out" }
+        )),
+        (other, _) => Err(format!(
+            "format version {other} (this build reads {SINGLE_HOME_FILE_FORMAT_VERSION} and {STORE_FORMAT_VERSION})"
+        )),
+    };
+    layout.map_err(|why| StoreError::Corrupt(format!("{}: {why}", path.display())))?;
     Ok(Some(s))
 }
 
@@ -222,17 +232,31 @@ fn create_store(
     fs: &dyn StoreFs,
     dir: &Path,
     profile: Profile,
-    format_version: u32,
+    layout: HomeLayout,
 ) -> StoreResult<StoreSettings> {
+    let settings = match layout {
+        HomeLayout::OneFile => StoreSettings {
+            format_version: SINGLE_HOME_FILE_FORMAT_VERSION,
+            profile,
+            home_stripes: None,
+        },
+        HomeLayout::Striped(stripes) => {
+            stripes.check().map_err(|why| StoreError::Service {
+                code: crate::error::ErrorCode::InvalidInput,
+                message: format!("{}: a new store's homes: {why}", dir.display()),
+            })?;
+            StoreSettings {
+                format_version: STORE_FORMAT_VERSION,
+                profile,
+                home_stripes: Some(stripes),
+            }
+        }
+    };
     refuse_unless_empty(fs, dir)?;
     for sub in [dir.to_path_buf(), dir.join("log"), dir.join("homes")] {
         fs.create_dir_all(&sub).map_err(|e| io_error(&sub, e))?;
     }
     fs.sync_dir(dir).map_err(|e| io_error(dir, e))?;
-    let settings = StoreSettings {
-        format_version,
-        profile,
-    };
     let path = dir.join("store.json");
     let bytes = serde_json::to_vec_pretty(&settings).expect("serializes");
     fs.write_atomic(&path, &bytes)
@@ -302,7 +326,7 @@ impl Emulator {
             Arc::new(RealFs),
             dir,
             None,
-            STORE_FORMAT_VERSION,
+            HomeLayout::Striped(HomeStripes::DEFAULT),
             Durability::Process,
             clock,
             Access::Reader(lock),
@@ -329,7 +353,7 @@ impl Emulator {
             Arc::new(fs),
             dir,
             Some(profile),
-            STORE_FORMAT_VERSION,
+            HomeLayout::Striped(HomeStripes::DEFAULT),
             durability,
             clock,
             Access::Writer(Some(lock)),
@@ -345,11 +369,24 @@ impl Emulator {
         durability: Durability,
         clock: Arc<dyn Clock>,
     ) -> StoreResult<Emulator> {
+        Emulator::open_with_fs_and_layout(fs, dir, profile, HomeLayout::OneFile, durability, clock)
+    }
+
+    /// [`Self::open_with_fs`], a store created here laying out its homes as `layout` (an
+    /// existing store keeps its own).
+    pub fn open_with_fs_and_layout(
+        fs: Arc<dyn StoreFs>,
+        dir: &Path,
+        profile: Profile,
+        layout: HomeLayout,
+        durability: Durability,
+        clock: Arc<dyn Clock>,
+    ) -> StoreResult<Emulator> {
         Emulator::open_inner(
             fs,
             dir,
             Some(profile),
-            SINGLE_HOME_FILE_FORMAT_VERSION,
+            layout,
             durability,
             clock,
             Access::Writer(None),
@@ -367,12 +404,12 @@ impl Emulator {
 
     /// `profile`: `Some` for a writer (the store is created with it if new), `None` for a
     /// reader (the store's own).
-    /// A store created here is made in format `new_format`.
+    /// A store created here lays out its homes as `new_layout`.
     fn open_inner(
         fs: Arc<dyn StoreFs>,
         dir: &Path,
         profile: Option<Profile>,
-        new_format: u32,
+        new_layout: HomeLayout,
         durability: Durability,
         clock: Arc<dyn Clock>,
         access: Access,
@@ -386,7 +423,7 @@ impl Emulator {
                 });
             }
             (Some(s), _) => s,
-            (None, Some(profile)) => create_store(&*fs, dir, profile, new_format)?,
+            (None, Some(profile)) => create_store(&*fs, dir, profile, new_layout)?,
             (None, None) => return Err(not_a_store(dir)),
         };
         let mut account = Account::new(settings.profile);
@@ -419,7 +456,7 @@ impl Emulator {
             files: Default::default(),
             durability,
             writable: writer,
-            striped: settings.format_version >= STORE_FORMAT_VERSION,
+            striped: settings.home_stripes,
         };
         if writer {
             // Home files of blobs whose deletion was logged but not yet carried out.

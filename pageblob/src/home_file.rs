@@ -1,9 +1,10 @@
 //! A blob incarnation's home bytes striped over several sparse files (stores of format 2):
-//! 1 MiB chunk *c* of the blob lives in `homes/<incarnation>.<c mod 8>.data`, at its own blob
-//! offset. A file's buffered writes are serialized by the kernel (its inode lock: on ext4 two
-//! threads write 64 KiB records into one file no faster than one), so writers of different
-//! chunks copy into different files side by side. Format-1 stores keep one file per
-//! incarnation (`homes/<incarnation>.data`); `crate::emulator` chooses.
+//! chunk *c* of the blob (1 MiB by default) lives in `homes/<incarnation>.<c mod files>.data`,
+//! at its own blob offset. A file's buffered writes are serialized by the kernel (its inode
+//! lock: on ext4 two threads write 64 KiB records into one file no faster than one), so writers
+//! of different chunks copy into different files side by side. Format-1 stores keep one file
+//! per incarnation (`homes/<incarnation>.data`). The layout is the store's, recorded in its
+//! `store.json` when it is made ([`HomeLayout`]); `crate::emulator` reads it.
 //!
 //! Bytes no stripe holds (a stripe never created, or past its end) read as zeros.
 
@@ -11,12 +12,55 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+
 use crate::fs::{OpenMode, StoreFile, StoreFs};
 
-/// Files a striped home is spread over.
-pub const STRIPES: u64 = 8;
-/// Bytes of the blob in a row that one stripe holds.
-pub const STRIPE_CHUNK: u64 = 1 << 20;
+/// How a home is striped: over `files` files, `chunk_bytes` of the blob in a row in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeStripes {
+    pub files: u64,
+    pub chunk_bytes: u64,
+}
+
+impl HomeStripes {
+    /// What a store made in a directory uses: 8 files, 1 MiB chunks.
+    pub const DEFAULT: HomeStripes = HomeStripes {
+        files: 8,
+        chunk_bytes: 1 << 20,
+    };
+
+    /// Why these are not a layout this build writes and reads, if they are not: 2–64 files,
+    /// a chunk of a power of two from 4 KiB to 1 GiB.
+    pub fn check(&self) -> Result<(), String> {
+        if !(2..=64).contains(&self.files) {
+            return Err(format!("{} stripe files (2 to 64)", self.files));
+        }
+        if !self.chunk_bytes.is_power_of_two() || !(4096..=1 << 30).contains(&self.chunk_bytes) {
+            return Err(format!(
+                "stripe chunk of {} bytes (a power of two, 4 KiB to 1 GiB)",
+                self.chunk_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stripe holding blob offset `offset`, and how many bytes from there it holds in a
+    /// row.
+    fn chunk_at(&self, offset: u64) -> (u64, u64) {
+        let chunk = offset / self.chunk_bytes;
+        (chunk % self.files, (chunk + 1) * self.chunk_bytes - offset)
+    }
+}
+
+/// How a new store lays out its blobs' home bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HomeLayout {
+    /// One file per blob incarnation (format 1).
+    OneFile,
+    /// Striped over several files (format 2).
+    Striped(HomeStripes),
+}
 
 /// The incarnation a home file's name belongs to: `<incarnation>.data` (one file) or
 /// `<incarnation>.<stripe>.data`; `None` for any other name.
@@ -26,7 +70,7 @@ pub fn incarnation_of(name: &str) -> Option<u64> {
         Some((i, s)) => (i, Some(s)),
         None => (stem, None),
     };
-    if stripe.is_some_and(|s| s.parse::<u64>().map_or(true, |s| s >= STRIPES)) {
+    if stripe.is_some_and(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit())) {
         return None;
     }
     incarnation.parse().ok()
@@ -34,6 +78,7 @@ pub fn incarnation_of(name: &str) -> Option<u64> {
 
 /// One incarnation's striped home: its stripe files, opened (or created) on first use.
 pub struct StripedHome {
+    stripes_of: HomeStripes,
     fs: Arc<dyn StoreFs>,
     dir: PathBuf,
     incarnation: u64,
@@ -54,6 +99,7 @@ impl std::fmt::Debug for StripedHome {
 
 impl StripedHome {
     pub fn new(
+        stripes_of: HomeStripes,
         fs: Arc<dyn StoreFs>,
         dir: &Path,
         incarnation: u64,
@@ -61,12 +107,13 @@ impl StripedHome {
         sync_created: bool,
     ) -> StripedHome {
         StripedHome {
+            stripes_of,
             fs,
             dir: dir.to_path_buf(),
             incarnation,
             writable,
             sync_created,
-            stripes: Mutex::new(vec![None; STRIPES as usize]),
+            stripes: Mutex::new(vec![None; stripes_of.files as usize]),
         }
     }
 
@@ -108,12 +155,6 @@ impl StripedHome {
     }
 }
 
-/// The stripe holding blob offset `offset`, and how many bytes from there it holds in a row.
-fn chunk_at(offset: u64) -> (u64, u64) {
-    let chunk = offset / STRIPE_CHUNK;
-    (chunk % STRIPES, (chunk + 1) * STRIPE_CHUNK - offset)
-}
-
 fn with_path(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
@@ -125,7 +166,7 @@ impl StoreFile for StripedHome {
         if buf.is_empty() {
             return Ok(0);
         }
-        let (stripe, in_row) = chunk_at(offset);
+        let (stripe, in_row) = self.stripes_of.chunk_at(offset);
         let n = buf.len().min(usize::try_from(in_row).unwrap_or(usize::MAX));
         let buf = &mut buf[..n];
         let read = match self.stripe(stripe)? {
@@ -141,7 +182,7 @@ impl StoreFile for StripedHome {
 
     fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {
-            let (stripe, in_row) = chunk_at(offset);
+            let (stripe, in_row) = self.stripes_of.chunk_at(offset);
             let n = buf.len().min(usize::try_from(in_row).unwrap_or(usize::MAX));
             let file = self
                 .stripe(stripe)?
@@ -156,7 +197,7 @@ impl StoreFile for StripedHome {
     /// The furthest end of any stripe.
     fn len(&self) -> io::Result<u64> {
         let mut len = 0;
-        for stripe in 0..STRIPES {
+        for stripe in 0..self.stripes_of.files {
             if let Some(file) = self.stripe_if_there(stripe)? {
                 len = len.max(file.len()?);
             }
@@ -166,7 +207,7 @@ impl StoreFile for StripedHome {
 
     /// Cut every stripe longer than `len` to it (none is made longer).
     fn set_len(&self, len: u64) -> io::Result<()> {
-        for stripe in 0..STRIPES {
+        for stripe in 0..self.stripes_of.files {
             if let Some(file) = self.stripe_if_there(stripe)? {
                 if file.len()? > len {
                     file.set_len(len)?;
@@ -207,13 +248,14 @@ mod tests {
     fn writes_across_chunks_read_back_and_unwritten_bytes_are_zeros() {
         let dir = tempfile::tempdir().unwrap();
         let fs: Arc<dyn StoreFs> = Arc::new(RealFs);
-        let home = StripedHome::new(Arc::clone(&fs), dir.path(), 7, true, false);
+        let layout = HomeStripes::DEFAULT;
+        let home = StripedHome::new(layout, Arc::clone(&fs), dir.path(), 7, true, false);
         // Across the end of chunk 0 into chunk 1, and one in chunk 9 (stripe 1 again).
         let a = pattern(3 * 4096, 1);
-        let a_at = STRIPE_CHUNK - 4096;
+        let a_at = layout.chunk_bytes - 4096;
         home.write_all_at(&a, a_at).unwrap();
         let b = pattern(8192, 2);
-        let b_at = 9 * STRIPE_CHUNK + 512;
+        let b_at = 9 * layout.chunk_bytes + 512;
         home.write_all_at(&b, b_at).unwrap();
         let mut names = fs.list(dir.path()).unwrap();
         names.sort();
@@ -224,9 +266,9 @@ mod tests {
         assert!(names.iter().all(|n| incarnation_of(n) == Some(7)));
         // A reader of the same files sees the same bytes, zeros around them, and zeros in a
         // stripe never created (chunk 5).
-        let reader = StripedHome::new(Arc::clone(&fs), dir.path(), 7, false, false);
+        let reader = StripedHome::new(layout, Arc::clone(&fs), dir.path(), 7, false, false);
         for h in [&home, &reader] {
-            let mut all = vec![0xEEu8; (11 * STRIPE_CHUNK) as usize];
+            let mut all = vec![0xEEu8; (11 * layout.chunk_bytes) as usize];
             let mut done = 0;
             while done < all.len() {
                 let n = h.read_at(&mut all[done..], done as u64).unwrap();
@@ -243,10 +285,26 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_outside_what_this_build_reads_is_named() {
+        assert!(HomeStripes::DEFAULT.check().is_ok());
+        for (files, chunk_bytes, why) in [
+            (1, 1 << 20, "1 stripe files"),
+            (65, 1 << 20, "65 stripe files"),
+            (8, 3000, "chunk of 3000 bytes"),
+            (8, 2048, "chunk of 2048 bytes"),
+            (8, 2 << 30, "chunk of 2147483648 bytes"),
+        ] {
+            let e = HomeStripes { files, chunk_bytes }.check().unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
     fn only_home_file_names_name_an_incarnation() {
         assert_eq!(incarnation_of("0000000000000042.data"), Some(42));
         assert_eq!(incarnation_of("0000000000000042.7.data"), Some(42));
-        assert_eq!(incarnation_of("0000000000000042.8.data"), None);
+        assert_eq!(incarnation_of("0000000000000042.63.data"), Some(42));
+        assert_eq!(incarnation_of("0000000000000042..data"), None);
         assert_eq!(incarnation_of("0000000000000042.x.data"), None);
         assert_eq!(incarnation_of("0000000000000042.tmp"), None);
         assert_eq!(incarnation_of("store.json"), None);

@@ -7,6 +7,7 @@ use pageblob::clock::ManualClock;
 use pageblob::conformance;
 use pageblob::data_log::Durability;
 use pageblob::fs::{HookedFs, RealFs, StoreFs};
+use pageblob::home_file::{HomeLayout, HomeStripes};
 use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 use std::path::Path;
 
@@ -381,13 +382,24 @@ fn concurrent_writes_keep_every_promise(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START));
-    if format == HomeFormat::Striped {
-        // Made in a directory (format 2), then opened over `fs`, which keeps its format.
-        drop(Emulator::open(dir.path(), Profile::Standard, durability, clock.clone()).unwrap());
-    }
+    let layout = match format {
+        HomeFormat::OneFile => HomeLayout::OneFile,
+        // Chunks half a record long: every record is split over two stripes.
+        HomeFormat::Striped => HomeLayout::Striped(HomeStripes {
+            files: 3,
+            chunk_bytes: RECORD as u64 / 2,
+        }),
+    };
     let open = |clock: Arc<ManualClock>| {
-        Emulator::open_with_fs(fs.clone(), dir.path(), Profile::Standard, durability, clock)
-            .unwrap()
+        Emulator::open_with_fs_and_layout(
+            fs.clone(),
+            dir.path(),
+            Profile::Standard,
+            layout,
+            durability,
+            clock,
+        )
+        .unwrap()
     };
     let p = BlobPath::new("cont", "disk");
     let size = u64::from(SLOTS) * RECORD as u64;
@@ -492,7 +504,7 @@ fn concurrent_writes_keep_every_promise(
     let store = open(clock);
     let homes = std::fs::read_dir(dir.path().join("homes")).unwrap().count();
     match format {
-        HomeFormat::Striped => assert!(homes > 1, "{homes} home files"),
+        HomeFormat::Striped => assert_eq!(homes, 3),
         HomeFormat::OneFile => assert_eq!(homes, 1),
     }
     assert!(read_all(&store, None) == base, "the base after a reopen");
@@ -509,7 +521,8 @@ fn concurrent_writes_keep_every_promise(
 enum HomeFormat {
     /// One file per blob (format 1).
     OneFile,
-    /// Striped over several files (format 2, what a directory store is made in).
+    /// Striped over several files (format 2, what a directory store is made in; here over 3
+    /// files in chunks of half a record).
     Striped,
 }
 
@@ -549,6 +562,9 @@ fn concurrent_writes_keep_every_promise_when_home_writes_are_slow() {
         concurrent_writes_keep_every_promise(fs.clone(), format, Durability::Process, 120);
     }
 }
+
+/// A change made to a `store.json`.
+type Damage = dyn Fn(&mut serde_json::Value);
 
 #[test]
 fn a_one_file_store_keeps_its_format_and_an_unknown_format_is_refused() {
@@ -592,29 +608,39 @@ fn a_one_file_store_keeps_its_format_and_an_unknown_format_is_refused() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(homes.len(), 1, "{homes:?}");
-    // A new directory store is striped (format 2); a format this build does not know is
-    // refused, naming the file.
+    // A new directory store is striped (format 2). A format this build does not know, or a
+    // format-2 store.json without its stripes or with stripes this build does not read, is
+    // refused, naming the file and what is wrong.
     let striped = tempfile::tempdir().unwrap();
     drop(open(striped.path(), Profile::Standard, &clock));
-    let settings = std::fs::read_to_string(striped.path().join("store.json")).unwrap();
-    assert!(settings.contains("\"format_version\": 2"), "{settings}");
-    std::fs::write(
-        striped.path().join("store.json"),
-        settings.replace("\"format_version\": 2", "\"format_version\": 3"),
-    )
-    .unwrap();
-    let e = Emulator::open(
-        striped.path(),
-        Profile::Standard,
-        Durability::Process,
-        clock.clone(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("store.json") && e.contains("format version 3"),
-        "{e}"
-    );
+    let settings_path = striped.path().join("store.json");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings_path).unwrap()).unwrap();
+    assert_eq!(settings["format_version"], 2, "{settings}");
+    let unknown_format = |s: &mut serde_json::Value| s["format_version"] = 3.into();
+    let no_stripes = |s: &mut serde_json::Value| {
+        s.as_object_mut().unwrap().remove("home_stripes");
+    };
+    let one_stripe = |s: &mut serde_json::Value| s["home_stripes"]["files"] = 1.into();
+    let damage: [(&Damage, &str); 3] = [
+        (&unknown_format, "format version 3"),
+        (&no_stripes, "format version 2 without home_stripes"),
+        (&one_stripe, "1 stripe files"),
+    ];
+    for (change, why) in damage {
+        let mut bad = settings.clone();
+        change(&mut bad);
+        std::fs::write(&settings_path, bad.to_string()).unwrap();
+        let e = Emulator::open(
+            striped.path(),
+            Profile::Standard,
+            Durability::Process,
+            clock.clone(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.json") && e.contains(why), "{e}");
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use pageblob::clock::ManualClock;
 use pageblob::data_log::Durability;
 use pageblob::fs::StoreFs;
+use pageblob::home_file::{HomeLayout, HomeStripes};
 use pageblob::memory_fs::CrashFs;
 use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 
@@ -63,12 +64,27 @@ fn p() -> BlobPath {
     BlobPath::new("crash", "disk")
 }
 
-fn open(fs: &Arc<CrashFs>, durability: Durability) -> pageblob::StoreResult<Emulator> {
+/// The store's home layouts tried: one file per blob, and striped over 3 files in 16 KiB
+/// chunks (the workload's writes of one or more 8 KiB slots cross chunks and stripes).
+const LAYOUTS: [HomeLayout; 2] = [
+    HomeLayout::OneFile,
+    HomeLayout::Striped(HomeStripes {
+        files: 3,
+        chunk_bytes: 16 << 10,
+    }),
+];
+
+fn open(
+    fs: &Arc<CrashFs>,
+    layout: HomeLayout,
+    durability: Durability,
+) -> pageblob::StoreResult<Emulator> {
     let fs: Arc<dyn StoreFs> = Arc::new(Arc::clone(fs));
-    Emulator::open_with_fs(
+    Emulator::open_with_fs_and_layout(
         fs,
         std::path::Path::new("/store"),
         Profile::Standard,
+        layout,
         durability,
         Arc::new(ManualClock::new(1_700_000_000_000_000_000)),
     )
@@ -79,10 +95,10 @@ fn open(fs: &Arc<CrashFs>, durability: Durability) -> pageblob::StoreResult<Emul
 type Outcome = (Vec<u8>, Vec<(String, Vec<u8>)>, Option<Op>, bool);
 
 /// Run the workload until the first failure.
-fn run(fs: &Arc<CrashFs>, durability: Durability) -> Outcome {
+fn run(fs: &Arc<CrashFs>, layout: HomeLayout, durability: Durability) -> Outcome {
     let mut model = vec![0u8; SIZE as usize];
     let mut snaps = Vec::new();
-    let store = match open(fs, durability) {
+    let store = match open(fs, layout, durability) {
         Ok(s) => s,
         Err(_) => return (model, snaps, None, false),
     };
@@ -136,8 +152,19 @@ fn power_cut_at_every_write_keeps_everything_acknowledged() {
 /// Crash at each write of the workload, each write torn at each of `tears` bytes; `power_cut`:
 /// the restart sees only what was synced.
 fn crash_at_every_write(durability: Durability, power_cut: bool, tears: &[usize]) {
+    for layout in LAYOUTS {
+        crash_at_every_write_in(layout, durability, power_cut, tears);
+    }
+}
+
+fn crash_at_every_write_in(
+    layout: HomeLayout,
+    durability: Durability,
+    power_cut: bool,
+    tears: &[usize],
+) {
     let full = CrashFs::new();
-    let _ = run(&full, durability);
+    let _ = run(&full, layout, durability);
     let total_writes = full.writes();
     assert!(
         total_writes > 40,
@@ -148,7 +175,7 @@ fn crash_at_every_write(durability: Durability, power_cut: bool, tears: &[usize]
         for &torn in tears {
             let fs = CrashFs::new();
             fs.crash_after(k, torn);
-            let (model, snaps, failed, blob_created) = run(&fs, durability);
+            let (model, snaps, failed, blob_created) = run(&fs, layout, durability);
             assert!(fs.has_crashed(), "write {k} never came");
             crashes += 1;
             if power_cut {
@@ -156,7 +183,7 @@ fn crash_at_every_write(durability: Durability, power_cut: bool, tears: &[usize]
             } else {
                 fs.restart();
             }
-            let store = open(&fs, durability)
+            let store = open(&fs, layout, durability)
                 .unwrap_or_else(|e| panic!("crash at write {k} (torn {torn}): reopen failed: {e}"));
             if !blob_created {
                 continue;
@@ -192,5 +219,7 @@ fn crash_at_every_write(durability: Durability, power_cut: bool, tears: &[usize]
                 .unwrap();
         }
     }
-    eprintln!("{crashes} simulated crashes ({durability:?}) over {total_writes} writes");
+    eprintln!(
+        "{crashes} simulated crashes ({layout:?}, {durability:?}) over {total_writes} writes"
+    );
 }

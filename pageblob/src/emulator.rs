@@ -66,6 +66,9 @@ struct Inner {
     /// Changes waiting for the writes in flight to land: no new one starts meanwhile, so a
     /// stream of writes cannot keep a change (a lease renewal, a snapshot) waiting for ever.
     changes_waiting: usize,
+    /// Callers waiting on `Emulator::flights_landed`: a write that lands with none waiting
+    /// wakes nobody (a wake-up is a system call, on every write otherwise).
+    flight_waiters: usize,
 }
 
 /// An in-place write whose bytes are being copied outside the lock.
@@ -106,7 +109,8 @@ impl Homes {
     }
 
     /// The home file of `incarnation`, created for a writer; `None`: a reader's home file
-    /// that was never written (its pages read as zeros).
+    /// that was never written (its pages read as zeros). A striped home is always there (its
+    /// missing stripes read as zeros).
     fn file(&mut self, incarnation: u64) -> StoreResult<Option<Arc<dyn StoreFile>>> {
         if let Some(f) = self.files.get(&incarnation) {
             return Ok(Some(Arc::clone(f)));
@@ -403,8 +407,7 @@ impl Emulator {
     }
 
     /// `profile`: `Some` for a writer (the store is created with it if new), `None` for a
-    /// reader (the store's own).
-    /// A store created here lays out its homes as `new_layout`.
+    /// reader (the store's own); a store created here lays out its homes as `new_layout`.
     fn open_inner(
         fs: Arc<dyn StoreFs>,
         dir: &Path,
@@ -472,6 +475,7 @@ impl Emulator {
                 unsynced_homes: Default::default(),
                 in_flight: Vec::new(),
                 changes_waiting: 0,
+                flight_waiters: 0,
             }),
             flights_landed: std::sync::Condvar::new(),
             synced: Mutex::new(0),
@@ -512,7 +516,7 @@ impl Emulator {
         inner.changes_waiting -= 1;
         if inner.changes_waiting == 0 {
             // Writes held back by this wait go on once the lock is released.
-            self.flights_landed.notify_all();
+            self.wake_flight_waiters(&inner);
         }
         inner
     }
@@ -534,12 +538,31 @@ impl Emulator {
     /// The state once `blocked` no longer holds (re-checked whenever a write in flight lands).
     fn wait_for_flights<'a>(
         &'a self,
-        inner: MutexGuard<'a, Inner>,
-        blocked: impl FnMut(&mut Inner) -> bool,
+        mut inner: MutexGuard<'a, Inner>,
+        mut blocked: impl FnMut(&mut Inner) -> bool,
     ) -> MutexGuard<'a, Inner> {
-        self.flights_landed
-            .wait_while(inner, blocked)
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        while blocked(&mut inner) {
+            inner = self.wait_for_a_landing(inner);
+        }
+        inner
+    }
+
+    /// The state after the next wake-up (a write in flight landed, or a change let writes go).
+    fn wait_for_a_landing<'a>(&'a self, mut inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        inner.flight_waiters += 1;
+        let mut inner = self
+            .flights_landed
+            .wait(inner)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        inner.flight_waiters -= 1;
+        inner
+    }
+
+    /// Wake whoever waits on the writes in flight (under the lock, so none is missed).
+    fn wake_flight_waiters(&self, inner: &Inner) {
+        if inner.flight_waiters > 0 {
+            self.flights_landed.notify_all();
+        }
     }
 
     /// Log and apply an effect; `data` are the bytes a relocation copies into the log.
@@ -614,10 +637,7 @@ impl Emulator {
                 let planned = Emulator::plan_with_files(&mut inner, incarnation, runs)?;
                 return Ok((inner, planned));
             }
-            inner = self
-                .flights_landed
-                .wait(inner)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            inner = self.wait_for_a_landing(inner);
         }
     }
 
@@ -805,23 +825,23 @@ impl<'a> Landing<'a> {
     fn land(self) -> MutexGuard<'a, Inner> {
         let emulator = self.emulator;
         let mut inner = emulator.lock();
-        Landing::take_off(&mut inner, self.flight);
+        Landing::take_off(emulator, &mut inner, self.flight);
         std::mem::forget(self);
-        emulator.flights_landed.notify_all();
         inner
     }
 
-    fn take_off(inner: &mut Inner, flight: HomeFlight) {
+    /// Off the list, and whoever waits woken (under the lock).
+    fn take_off(emulator: &Emulator, inner: &mut Inner, flight: HomeFlight) {
         if let Some(at) = inner.in_flight.iter().position(|f| *f == flight) {
             inner.in_flight.swap_remove(at);
         }
+        emulator.wake_flight_waiters(inner);
     }
 }
 
 impl Drop for Landing<'_> {
     fn drop(&mut self) {
-        Landing::take_off(&mut self.emulator.lock(), self.flight);
-        self.emulator.flights_landed.notify_all();
+        Landing::take_off(self.emulator, &mut self.emulator.lock(), self.flight);
     }
 }
 

@@ -336,8 +336,7 @@ impl<S: BlockSource + ?Sized> BlockSource for ChurnedSource<'_, S> {
 pub fn process_cpu_seconds() -> Option<f64> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-        Some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
+        Some(clock_seconds(rustix::time::ClockId::ProcessCPUTime))
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
@@ -345,15 +344,19 @@ pub fn process_cpu_seconds() -> Option<f64> {
     }
 }
 
+/// A clock's reading in seconds.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn clock_seconds(clock: rustix::time::ClockId) -> f64 {
+    let t = rustix::time::clock_gettime(clock);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
 /// CPU time the threads of the current rayon pool have used, summed (each thread's own clock,
 /// read on that thread), where the OS tells.
 pub fn pool_cpu_seconds() -> Option<f64> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        let each = rayon::broadcast(|_| {
-            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-        });
+        let each = rayon::broadcast(|_| clock_seconds(rustix::time::ClockId::ThreadCPUTime));
         Some(each.iter().sum())
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -831,10 +834,7 @@ mod tests {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn the_pool_cpu_counts_every_pool_thread_and_no_other() {
-        let thread_cpu = || {
-            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-        };
+        let thread_cpu = || clock_seconds(rustix::time::ClockId::ThreadCPUTime);
         let spin = |seconds: f64| {
             let start = thread_cpu();
             while thread_cpu() - start < seconds {

@@ -133,11 +133,20 @@ fn restore(
     let codec = BlockCodec::new(&keys, 1, true);
     let mut seen = Vec::new();
     let outcome = pool(threads).install(|| {
-        replica.restore_with(&codec, point, keys.digest.expose(), fetch, |block, data| {
-            let len = layout().block_len(block) as usize;
-            seen.push((block, data.map_or_else(|| vec![0; len], <[u8]>::to_vec)));
-            Ok(())
-        })
+        replica.restore_with(
+            &codec,
+            point,
+            keys.digest.expose(),
+            fetch,
+            |block, data, digest| {
+                let len = layout().block_len(block) as usize;
+                let bytes = data.map_or_else(|| vec![0; len], <[u8]>::to_vec);
+                // Each block comes with the digest its bytes were checked against.
+                assert_eq!(*digest, codec.digest(&bytes), "block {block}'s digest");
+                seen.push((block, bytes));
+                Ok(())
+            },
+        )
     });
     (seen, outcome)
 }

@@ -16,7 +16,7 @@ use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::DiskReplica;
 use datapath::replica::manifest::Manifest;
 
-use crate::content::{block_hash, ContentModel};
+use crate::content::ContentModel;
 
 /// Audit state of one disk.
 #[derive(Debug, Default)]
@@ -100,9 +100,10 @@ impl PointAudit {
                 .read_record(codec, Some(&point.snapshot), block)
                 .map_err(|e| e.to_string())?
             {
-                Some((header, data)) => {
+                // The record decoded: its bytes hash to the header's digest.
+                Some((header, _)) => {
                     self.note_nonce(block, header.nonce, header.generation);
-                    block_hash(&data)
+                    header.digest
                 }
                 None => model.zero_hash(block),
             };
@@ -245,7 +246,7 @@ pub(crate) mod fixture {
                 &|_| {},
             )
             .unwrap();
-            ContentModel::of_disk(&disk, BLOCK).unwrap()
+            ContentModel::of_disk(&disk, BLOCK, *self.keys.digest.expose()).unwrap()
         }
 
         pub(crate) fn points(&self) -> Vec<Manifest> {
@@ -288,5 +289,18 @@ mod tests {
             vec!["point 2: block 32 differs from the disk at that point".to_string()]
         );
         assert!(!audit.verified.contains(&2));
+
+        // A record that decodes but holds other bytes than the disk had at that point (as if
+        // the data path stored a stale block): its digest is not the model's.
+        f.writer.write_at(1 << 20, &[5; 65536]).unwrap();
+        let mut claimed = f.cycle(40);
+        claimed.set_hash(16, claimed.hasher().hash(16, &[6; 65536]));
+        models.insert(3, claimed);
+        audit.catch_up(&f.replica(), &f.codec, &f.points(), &models);
+        assert_eq!(
+            audit.failures.last().map(String::as_str),
+            Some("point 3: block 16 differs from the disk at that point")
+        );
+        assert!(!audit.verified.contains(&3));
     }
 }

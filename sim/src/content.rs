@@ -1,8 +1,12 @@
 //! What a disk held, block by block, without keeping its bytes: the checker's model of every VM
-//! disk and of every recovery point. A model is the BLAKE3 hash of each replication block, kept
-//! copy-on-write in chunks, so remembering the disk as it was at each point costs the chunks that
-//! changed since the previous point, not the disk. Its root (a hash over the chunk hashes) stands
-//! for the whole content: two models with equal roots hold the same bytes.
+//! disk and of every recovery point. A model is each replication block's digest — keyed BLAKE3
+//! under the disk's digest key, the digest the data path's records carry, but computed here
+//! from the disk's own bytes — kept copy-on-write in chunks, so remembering the disk as it was at
+//! each point costs the chunks that changed since the previous point, not the disk. A record
+//! that decodes (its bytes hash to its header's digest, which AES-GCM authenticates) is proven
+//! against the model by comparing digests, without hashing its bytes a second time. Its root (a
+//! hash over the chunk hashes) stands for the whole content: two models with equal roots hold
+//! the same bytes.
 
 use std::sync::{Arc, OnceLock};
 
@@ -30,11 +34,13 @@ impl Chunk {
     }
 }
 
-/// The content of a disk of `disk_size` bytes as per-block hashes.
+/// The content of a disk of `disk_size` bytes as per-block digests.
 #[derive(Debug, Clone)]
 pub struct ContentModel {
     disk_size: u64,
     block_size: u64,
+    /// The disk's digest key: block digests are keyed BLAKE3 under it.
+    key: [u8; 32],
     chunks: Vec<Arc<Chunk>>,
     /// Hashes of an all-zero block and of an all-zero last block (which may be short).
     zero: [BlockHash; 2],
@@ -47,6 +53,7 @@ pub struct BlockHasher {
     zero: [BlockHash; 2],
     disk_size: u64,
     block_size: u64,
+    key: [u8; 32],
 }
 
 impl BlockHasher {
@@ -63,10 +70,10 @@ impl BlockHasher {
     /// The hash of block `block` holding `data`: an all-zero block gets the zero hash without
     /// being hashed.
     pub fn hash(&self, block: u64, data: &[u8]) -> BlockHash {
-        if data.iter().all(|&b| b == 0) {
+        if pageblob::is_zero(data) {
             self.zero_hash(block)
         } else {
-            block_hash(data)
+            block_digest(&self.key, data)
         }
     }
 
@@ -89,21 +96,22 @@ impl BlockHasher {
     }
 }
 
-/// BLAKE3 of a block's bytes (all-zero blocks hash like any other).
-pub fn block_hash(data: &[u8]) -> BlockHash {
-    *blake3::hash(data).as_bytes()
+/// A block's digest under the disk's digest key `key` (as the data path's
+/// `BlockCodec::digest`; all-zero blocks hash like any other).
+fn block_digest(key: &[u8; 32], data: &[u8]) -> BlockHash {
+    *blake3::keyed_hash(key, data).as_bytes()
 }
 
 impl ContentModel {
-    /// An all-zero disk.
-    pub fn zeroed(disk_size: u64, block_size: u32) -> ContentModel {
+    /// An all-zero disk whose blocks' digests are keyed with `key` (the disk's digest key).
+    pub fn zeroed(disk_size: u64, block_size: u32, key: [u8; 32]) -> ContentModel {
         let block_size = u64::from(block_size);
         let blocks = disk_size.div_ceil(block_size) as usize;
-        let full = block_hash(&vec![0u8; block_size as usize]);
+        let full = block_digest(&key, &vec![0u8; block_size as usize]);
         let tail = disk_size % block_size;
         let mut hashes = vec![full; blocks];
         if tail != 0 {
-            hashes[blocks - 1] = block_hash(&vec![0u8; tail as usize]);
+            hashes[blocks - 1] = block_digest(&key, &vec![0u8; tail as usize]);
         }
         let zero = [full, hashes.last().copied().unwrap_or(full)];
         let chunks = hashes
@@ -118,6 +126,7 @@ impl ContentModel {
         ContentModel {
             disk_size,
             block_size,
+            key,
             chunks,
             zero,
         }
@@ -128,6 +137,7 @@ impl ContentModel {
     }
 
     /// Bytes in block `block` (the last may be short).
+    #[cfg(test)]
     pub fn block_len(&self, block: u64) -> usize {
         self.hasher().block_len(block)
     }
@@ -139,10 +149,11 @@ impl ContentModel {
 
     /// The same geometry, all zero.
     pub fn zeroed_like(&self) -> ContentModel {
-        ContentModel::zeroed(self.disk_size, self.block_size as u32)
+        ContentModel::zeroed(self.disk_size, self.block_size as u32, self.key)
     }
 
     /// Block `block` now holds `data`.
+    #[cfg(test)]
     pub fn set(&mut self, block: u64, data: &[u8]) {
         debug_assert_eq!(data.len(), self.block_len(block));
         self.set_hash(block, self.hasher().hash(block, data));
@@ -154,6 +165,7 @@ impl ContentModel {
             zero: self.zero,
             disk_size: self.disk_size,
             block_size: self.block_size,
+            key: self.key,
         }
     }
 
@@ -197,9 +209,13 @@ impl ContentModel {
         }
     }
 
-    /// The model of everything `disk` holds.
-    pub fn of_disk(disk: &vhdx::Disk, block_size: u32) -> vhdx::Result<ContentModel> {
-        let mut model = ContentModel::zeroed(disk.virtual_size(), block_size);
+    /// The model of everything `disk` holds, digests keyed with `key`.
+    pub fn of_disk(
+        disk: &vhdx::Disk,
+        block_size: u32,
+        key: [u8; 32],
+    ) -> vhdx::Result<ContentModel> {
+        let mut model = ContentModel::zeroed(disk.virtual_size(), block_size, key);
         let blocks = model.blocks();
         model.refresh(disk, 0..blocks)?;
         Ok(model)
@@ -239,8 +255,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_models_digests_are_the_data_paths() {
+        use datapath::keys::{Identity, KeyId};
+        use datapath::replica::block_record::BlockCodec;
+        let identity = Identity::from_key_material(KeyId([3; 20]), "CN=t".into(), &[9; 64]);
+        let keys = identity.disk_keys("vm1-os");
+        let codec = BlockCodec::new(&keys, 1, true);
+        // Three 4 KiB blocks and a short last one.
+        let mut model = ContentModel::zeroed(3 * 4096 + 512, 4096, *keys.digest.expose());
+        let hasher = model.hasher();
+        let data = [5u8; 4096];
+        assert_eq!(hasher.hash(1, &data), codec.digest(&data));
+        assert_eq!(hasher.zero_hash(0), codec.digest(&[0; 4096]));
+        assert_eq!(hasher.zero_hash(3), codec.digest(&[0; 512]));
+        assert_eq!(hasher.hash(2, &[0; 4096]), codec.digest(&[0; 4096]));
+        // Another disk's key gives other digests: a record is never proven against a model
+        // of another disk.
+        let other = ContentModel::zeroed(3 * 4096 + 512, 4096, [0; 32]);
+        assert_ne!(other.hasher().hash(1, &data), hasher.hash(1, &data));
+        model.set_hash(1, codec.digest(&data));
+        assert_eq!(model.get(1), hasher.hash(1, &data));
+    }
+
+    #[test]
     fn roots_follow_content_and_snapshots_share_chunks() {
-        let mut a = ContentModel::zeroed(1000 * 4096 + 100, 4096);
+        let mut a = ContentModel::zeroed(1000 * 4096 + 100, 4096, [7; 32]);
         assert_eq!(a.blocks(), 1001);
         assert_eq!(a.block_len(1000), 100);
         let zero_root = a.root();

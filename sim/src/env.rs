@@ -239,13 +239,14 @@ impl Env {
             .map_err(|e| replica_error(&e))?;
         let azure_view = DiskReplica::open(&self.azure_side, CONTAINER, &name, layout)
             .map_err(|e| replica_error(&e))?;
+        let digest_key = *self.identity.disk_keys(&name).digest.expose();
         Ok(SimDisk {
             vm: vm.name.clone(),
             azure: None,
             test_copy: None,
             spec: spec.clone(),
             codec: BlockCodec::new(&self.identity.disk_keys(&name), 1, true),
-            digest_key: *self.identity.disk_keys(&name).digest.expose(),
+            digest_key,
             crash_stream: stream(seed, &format!("mid-cycle crash/{name}")),
             replica_name: name,
             file,
@@ -264,7 +265,7 @@ impl Env {
             cycle_started: 0,
             epoch: 0,
             images: BTreeMap::new(),
-            model: ContentModel::zeroed(spec.size_bytes, vm.policy.block_size),
+            model: ContentModel::zeroed(spec.size_bytes, vm.policy.block_size, digest_key),
             policy: vm.policy.clone(),
             host: vm.host.clone(),
             host_index: scenario

@@ -91,6 +91,15 @@ impl Queue {
         let Reverse((at, seq)) = self.heap.pop()?;
         Some((at, self.events.remove(&seq).expect("queued event")))
     }
+
+    /// The next event, popped, if it is due at `at` and `take` accepts it.
+    pub(crate) fn pop_if(&mut self, at: u64, take: impl FnOnce(&Event) -> bool) -> Option<Event> {
+        let &Reverse((next_at, seq)) = self.heap.peek()?;
+        if next_at != at || !take(&self.events[&seq]) {
+            return None;
+        }
+        self.pop().map(|(_, event)| event)
+    }
 }
 
 /// The events that start (and, for faults that last, end) each of the scenario's faults, in
@@ -154,4 +163,35 @@ pub(crate) fn fault_events(scenario: &Scenario, start: u64) -> Vec<(u64, Event)>
         }
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pop_if_takes_the_next_event_only_when_it_is_due_then_and_wanted() {
+        let mut q = Queue::default();
+        q.push(5, Event::Workload { disk: 0 });
+        q.push(5, Event::Workload { disk: 1 });
+        q.push(5, Event::WanUp);
+        q.push(7, Event::Workload { disk: 2 });
+        assert!(matches!(q.pop(), Some((5, Event::Workload { disk: 0 }))));
+        // Another instant, or an event the caller does not want: left in the queue.
+        assert!(q.pop_if(6, |_| true).is_none());
+        assert!(q.pop_if(5, |e| matches!(e, Event::WanUp)).is_none());
+        assert!(matches!(
+            q.pop_if(5, |e| matches!(e, Event::Workload { .. })),
+            Some(Event::Workload { disk: 1 })
+        ));
+        assert!(q
+            .pop_if(5, |e| matches!(e, Event::Workload { .. }))
+            .is_none());
+        assert!(matches!(q.pop(), Some((5, Event::WanUp))));
+        assert!(matches!(
+            q.pop_if(7, |_| true),
+            Some(Event::Workload { disk: 2 })
+        ));
+        assert!(q.pop_if(7, |_| true).is_none());
+    }
 }

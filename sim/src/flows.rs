@@ -178,13 +178,13 @@ fn restore(
             point,
             keys.digest.expose(),
             Fetch::InOrder,
-            |block, data| {
+            |block, data, digest| {
+                // The block's bytes were checked against its digest (the disk's own keys).
+                model.set_hash(block, *digest);
                 let Some(data) = data else {
                     // A zero block: nothing to write into the new disk.
-                    model.set_hash(block, model.zero_hash(block));
                     return Ok(());
                 };
-                model.set(block, data);
                 writer
                     .write_at(block * block_size, data)
                     .map_err(std::io::Error::other)
@@ -217,11 +217,16 @@ impl FromSeedLabel for rand_chacha::ChaCha8Rng {
     }
 }
 
-/// The content hash (a [`ContentModel`] root) of a VHDX in memory.
-fn content_hash(file: &Arc<MemoryFile>, name: &str, block_size: u32) -> Result<[u8; 32], String> {
+/// The content hash (a [`ContentModel`] root, digests keyed with `key`) of a VHDX in memory.
+fn content_hash(
+    file: &Arc<MemoryFile>,
+    name: &str,
+    block_size: u32,
+    key: [u8; 32],
+) -> Result<[u8; 32], String> {
     let disk = vhdx::Disk::open_with(Box::new(Arc::clone(file)), name, &NoParents)
         .map_err(|e| e.to_string())?;
-    ContentModel::of_disk(&disk, block_size)
+    ContentModel::of_disk(&disk, block_size, key)
         .map(|m| m.root())
         .map_err(|e| e.to_string())
 }
@@ -367,6 +372,7 @@ pub(crate) fn perform(
                         &disks[i].file,
                         &disks[i].replica_name,
                         disks[i].policy.block_size,
+                        disks[i].digest_key,
                     )?;
                     let points = disks[i]
                         .azure_view
@@ -576,7 +582,8 @@ fn failback_disk(
     .map_err(|e| err(&e))?;
     // The point onto the host's disk: only the blocks that differ are written.
     d.writer.flush().map_err(|e| err(&e))?;
-    let here = ContentModel::of_disk(&open(&d.file)?, layout.block_size).map_err(|e| err(&e))?;
+    let here = ContentModel::of_disk(&open(&d.file)?, layout.block_size, d.digest_key)
+        .map_err(|e| err(&e))?;
     let differing = here.differing_blocks(&expected);
     let codec = BlockCodec::new(&keys, 1, true);
     let block_size = u64::from(layout.block_size);
@@ -589,7 +596,7 @@ fn failback_disk(
             &report.point,
             keys.digest.expose(),
             Fetch::InOrder,
-            |block, data| {
+            |block, data, _| {
                 let data = match data {
                     Some(data) => data,
                     None => {
@@ -597,7 +604,8 @@ fn failback_disk(
                         &zero[..]
                     }
                 };
-                if crate::content::block_hash(data) == here.get(block) {
+                // The failback replica has keys of its own: its digests are not the model's.
+                if here.hasher().hash(block, data) == here.get(block) {
                     return Ok(());
                 }
                 copied.push(block);
@@ -617,7 +625,8 @@ fn failback_disk(
             .push((block * block_size, len));
         sent += len;
     }
-    let after = ContentModel::of_disk(&open(&d.file)?, layout.block_size).map_err(|e| err(&e))?;
+    let after = ContentModel::of_disk(&open(&d.file)?, layout.block_size, d.digest_key)
+        .map_err(|e| err(&e))?;
     let ok = after.root() == expected.root() && copied == differing;
     Ok((sent, ok))
 }

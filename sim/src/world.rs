@@ -55,6 +55,16 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
             (d.observer.reader(), BlockCodec::new(&keys, 1, true))
         })
         .collect();
+    // The loop runs on a thread of a pool of its own (one thread per core, the loop's
+    // included): a cycle's parallel work (its few blocks, the checker's hashes, the final
+    // proofs) goes to that pool, and while the loop waits for it, it takes the tasks nobody
+    // has started yet instead of sleeping until a thread wakes for them. Its own pool, not the
+    // global one, so runs side by side (the swarm, tests) never run one another's loops.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("sim-{i}"))
+        .build()
+        .map_err(|e| SimError::Setup(format!("the simulator's threads: {e}")))?;
     // The world moves into the scope: if the loop panics, dropping it drops every link and
     // the audit thread ends, so the scope's join cannot wait forever.
     std::thread::scope(move |scope| {
@@ -62,17 +72,21 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
         for (d, link) in world.disks.iter_mut().zip(links) {
             d.audit_link = Some(link);
         }
-        let looped = loop {
+        let looped = pool.install(|| loop {
             let Some((now, event)) = world.queue.pop() else {
                 break Ok(());
             };
             if now >= world.end {
                 break Ok(());
             }
-            if let Err(e) = world.handle(now, event) {
+            let handled = match event {
+                Event::Workload { disk } => world.on_workload_minutes(now, disk),
+                event => world.handle(now, event),
+            };
+            if let Err(e) = handled {
                 break Err(e);
             }
-        };
+        });
         // The links go whatever the loop's outcome: the thread finishes its work and ends.
         for d in &mut world.disks {
             d.audit_link = None;
@@ -85,7 +99,7 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
         for (d, audit) in world.disks.iter_mut().zip(audits) {
             d.audit = audit;
         }
-        world.finish()
+        pool.install(|| world.finish())
     })
 }
 
@@ -295,14 +309,19 @@ impl<'e> World<'e> {
         handled
     }
 
-    /// Hand `event` to its handler.
-    fn dispatch(&mut self, now: u64, event: Event) -> Result<(), SimError> {
-        self.invariants.event_at(now, &event);
+    /// The loop's books of one event at `now`: the invariants, the clock, the count, the trace.
+    fn note_event(&mut self, now: u64, event: &Event) {
+        self.invariants.event_at(now, event);
         self.env.clock.set(now);
         self.events += 1;
         self.trace.update(format!("{now} {event:?}\n").as_bytes());
+    }
+
+    /// Hand `event` to its handler.
+    fn dispatch(&mut self, now: u64, event: Event) -> Result<(), SimError> {
+        self.note_event(now, &event);
         match event {
-            Event::Workload { disk } => return self.on_workload(now, disk),
+            Event::Workload { disk } => return self.write_minutes(now, &[disk]),
             Event::Poll { disk, epoch } => self.on_poll(now, disk, epoch),
             Event::CycleDone {
                 disk,
@@ -348,12 +367,58 @@ impl<'e> World<'e> {
             .healed(now, &self.disks, &self.link.host_clocks);
     }
 
-    /// The workload writes its minute; the tracker hears of every write the VHDX writer made
-    /// (they wait for the next agent while the service is down).
-    fn on_workload(&mut self, now: u64, disk: usize) -> Result<(), SimError> {
-        let d = &mut self.disks[disk];
+    /// `first`'s workload minute at `now`, and those of the other disks queued right after it
+    /// at the same instant (every disk's minute falls on the same instants): their books in
+    /// the queue's order, their writes side by side ([`World::write_minutes`]). Nothing else
+    /// comes between them in the queue, so the run is the one the events make one by one.
+    fn on_workload_minutes(&mut self, now: u64, first: usize) -> Result<(), SimError> {
+        let mut disks = vec![first];
+        while let Some(Event::Workload { disk }) = self.queue.pop_if(
+            now,
+            |e| matches!(e, Event::Workload { disk } if !disks.contains(disk)),
+        ) {
+            disks.push(disk);
+        }
+        for &disk in &disks {
+            self.note_event(now, &Event::Workload { disk });
+        }
+        self.write_minutes(now, &disks)
+    }
+
+    /// The workload of each of `disks` (distinct) writes its minute, each disk on a thread of
+    /// the pool (a minute writes its own disk's VHDX, workload stream and tracker marks, and
+    /// nothing else); then, in `disks`' order, the tracker hears of every write the VHDX writer
+    /// made (they wait for the next agent while the service is down) and the next minute is
+    /// queued.
+    fn write_minutes(&mut self, now: u64, disks: &[usize]) -> Result<(), SimError> {
+        use rayon::prelude::*;
         let hour_of_day = (now / (3600 * SEC) % 24) as u8;
-        let written = workload_minute(d, hour_of_day)
+        let mut minutes: Vec<(usize, &mut SimDisk<'_>)> = self
+            .disks
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| disks.contains(i))
+            .collect();
+        let written: BTreeMap<usize, vhdx::Result<u64>> = minutes
+            .par_iter_mut()
+            .map(|(i, d)| (*i, workload_minute(d, hour_of_day)))
+            .collect();
+        for &disk in disks {
+            self.after_workload_minute(now, disk, &written[&disk])?;
+        }
+        Ok(())
+    }
+
+    /// What follows a disk's workload minute that wrote `written` bytes.
+    fn after_workload_minute(
+        &mut self,
+        now: u64,
+        disk: usize,
+        written: &vhdx::Result<u64>,
+    ) -> Result<(), SimError> {
+        let d = &mut self.disks[disk];
+        let written = *written
+            .as_ref()
             .map_err(|e| SimError::Setup(format!("workload: {e}")))?;
         if d.azure.is_some() {
             // The VM runs in Azure: nothing to track on the host.

@@ -161,6 +161,21 @@ impl LogRegion for LogInFile<'_> {
             })?;
         Ok(Cow::Owned(buf))
     }
+    fn sector_heads(&self, len: usize) -> Result<Vec<u8>> {
+        let sectors = (self.len / LOG_SECTOR_SIZE) as usize;
+        let mut buf = vec![0u8; sectors * len];
+        if buf.is_empty() {
+            return Ok(buf);
+        }
+        match self
+            .view
+            .read_strided(self.start, LOG_SECTOR_SIZE, sectors, &mut buf)
+        {
+            Ok(()) => Ok(buf),
+            // Again one sector at a time, so the error names the sector.
+            Err(_) => crate::log_replay::sector_by_sector_heads(self, len),
+        }
+    }
 }
 
 /// MS-VHDX 2.3.3: find the log's active sequence in `log` (the header's log region) and the

@@ -48,6 +48,11 @@ pub trait LogRegion {
     /// Bytes `offset..offset + len` of the region (inside it, never wrapping). Offsets in
     /// errors are relative to the region's start.
     fn bytes(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>>;
+    /// The first `len` bytes of every 4 KiB sector of the region, one after another (a
+    /// region may serve them in one read; an error names the sector that failed).
+    fn sector_heads(&self, len: usize) -> Result<Vec<u8>> {
+        sector_by_sector_heads(self, len)
+    }
 }
 
 impl LogRegion for [u8] {
@@ -66,6 +71,19 @@ impl LogRegion for Vec<u8> {
     fn bytes(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>> {
         self.as_slice().bytes(offset, len)
     }
+}
+
+/// [`LogRegion::sector_heads`] read one sector at a time.
+pub(crate) fn sector_by_sector_heads<L: LogRegion + ?Sized>(
+    log: &L,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let sectors = (log.region_len() / LOG_SECTOR_SIZE) as usize;
+    let mut out = Vec::with_capacity(sectors * len);
+    for i in 0..sectors {
+        out.extend_from_slice(&log.bytes(i as u64 * LOG_SECTOR_SIZE, len)?);
+    }
+    Ok(out)
 }
 
 /// `len` bytes of the ring starting at `offset`, wrapping at the end.
@@ -152,8 +170,12 @@ pub fn find_active_sequence<L: LogRegion + ?Sized>(
     let slot_count = (log_len / LOG_SECTOR_SIZE) as usize;
     // Cheap pass: headers that could start an entry of this log, newest first.
     let mut candidates: Vec<(u64, usize)> = Vec::new();
-    for i in 0..slot_count {
-        if let Some(h) = header_at(log, i)? {
+    for (i, head) in log
+        .sector_heads(HEADER_SIZE)?
+        .chunks_exact(HEADER_SIZE)
+        .enumerate()
+    {
+        if let Ok(h) = EntryHeader::decode(head) {
             if h.log_guid == log_guid && u64::from(h.tail) < log_len {
                 candidates.push((h.sequence_number, i));
             }

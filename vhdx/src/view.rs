@@ -78,6 +78,24 @@ impl ReadAt for FileView {
         Ok(())
     }
 
+    /// From the file in one call while no replayed log covers the view and every piece is in
+    /// the file (a log search reads every sector's header this way); else piece by piece.
+    fn read_strided(
+        &self,
+        offset: u64,
+        stride: u64,
+        count: usize,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
+        let len = crate::io::strided_piece_len(buf.len(), count)?;
+        let in_base = crate::io::strided_end(offset, stride, count, len)
+            .is_some_and(|end| end <= self.base.len());
+        if self.overlay.is_none() && in_base {
+            return self.base.read_strided(offset, stride, count, buf);
+        }
+        crate::io::read_piece_by_piece(self, offset, stride, count, buf)
+    }
+
     fn len(&self) -> u64 {
         self.len
     }

@@ -379,7 +379,7 @@ impl<'a> DiskReplica<'a> {
                     continue;
                 }
                 self.read_slot_header(block, &mut head)?;
-                if head.iter().all(|&b| b == 0) {
+                if pageblob::is_zero(&head) {
                     continue;
                 }
                 let Ok(header) = SlotHeader::decode(&head) else {
@@ -521,7 +521,7 @@ impl<'a> DiskReplica<'a> {
     }
 
     /// [`read_block`](Self::read_block) with the record's header, or `None` for a cleared
-    /// slot (a zero block).
+    /// slot (a zero block). The block's bytes hash to the header's digest (checked in decoding).
     pub fn read_record(
         &self,
         codec: &BlockCodec,
@@ -533,8 +533,8 @@ impl<'a> DiskReplica<'a> {
         };
         let header = SlotHeader::decode(&record).map_err(|e| block_error(snapshot, block, e))?;
         codec
-            .decode(&record, block)
-            .map(|data| Some((header, data)))
+            .decode_owned(record, block)
+            .map(|(data, _)| Some((header, data)))
             .map_err(|e| block_error(snapshot, block, e))
     }
 
@@ -548,7 +548,7 @@ impl<'a> DiskReplica<'a> {
         let at = self.layout.slot_offset(block);
         let mut head = vec![0u8; HEADER_SIZE];
         self.store.read(&self.data, snapshot, at, &mut head)?;
-        if head.iter().all(|&b| b == 0) {
+        if pageblob::is_zero(&head) {
             return Ok(None);
         }
         let header = SlotHeader::decode(&head).map_err(|e| block_error(snapshot, block, e))?;
@@ -765,7 +765,7 @@ impl<'a> DiskReplica<'a> {
                     .read(&self.journal, None, index * JOURNAL_SLOT, &mut chunk)?;
                 for (at, slot) in (index..run_end).zip(chunk.chunks_exact(JOURNAL_SLOT as usize)) {
                     seen.insert(at);
-                    if slot.iter().all(|&b| b == 0) {
+                    if pageblob::is_zero(slot) {
                         continue;
                     }
                     let len = (u32::from_le_bytes(slot[..4].try_into().expect("4 bytes")) as usize)

@@ -67,19 +67,27 @@ impl DiskReplica<'_> {
         codec: &BlockCodec,
         manifest: &Manifest,
         digest_key: &[u8; 32],
-        sink: impl FnMut(u64, Option<&[u8]>) -> std::io::Result<()>,
+        mut sink: impl FnMut(u64, Option<&[u8]>) -> std::io::Result<()>,
     ) -> Result<(), ReplicaError> {
-        self.restore_with(codec, manifest, digest_key, Fetch::Parallel, sink)
+        self.restore_with(
+            codec,
+            manifest,
+            digest_key,
+            Fetch::Parallel,
+            |block, data, _| sink(block, data),
+        )
     }
 
-    /// [`restore_blocks`](Self::restore_blocks) with the store read as `fetch` says.
+    /// [`restore_blocks`](Self::restore_blocks) with the store read as `fetch` says; `sink`
+    /// also gets each block's digest (its bytes were checked against it, and the digests
+    /// together are checked against the manifest's Merkle root before this returns `Ok`).
     pub fn restore_with(
         &self,
         codec: &BlockCodec,
         manifest: &Manifest,
         digest_key: &[u8; 32],
         fetch: Fetch,
-        mut sink: impl FnMut(u64, Option<&[u8]>) -> std::io::Result<()>,
+        mut sink: impl FnMut(u64, Option<&[u8]>, &[u8; 32]) -> std::io::Result<()>,
     ) -> Result<(), ReplicaError> {
         let plan = RestorePlan::new(self, codec, manifest)?;
         let blocks = self.layout.blocks();
@@ -88,11 +96,13 @@ impl DiskReplica<'_> {
         let mut sink_group = |first: u64, group: Vec<Result<Restored, ReplicaError>>| {
             for (block, restored) in (first..).zip(group) {
                 let restored = restored?;
-                digests.push(restored.digest);
-                sink(block, restored.data.as_deref()).map_err(|e| StoreError::Io {
-                    path: "restore output".into(),
-                    source: e,
+                sink(block, restored.data.as_deref(), &restored.digest).map_err(|e| {
+                    StoreError::Io {
+                        path: "restore output".into(),
+                        source: e,
+                    }
                 })?;
+                digests.push(restored.digest);
             }
             Ok::<(), ReplicaError>(())
         };

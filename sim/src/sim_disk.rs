@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use datapath::cycle::CycleReport;
 use datapath::driver::ReplicationDriver;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::manifest::Manifest;
@@ -346,21 +347,34 @@ pub(crate) fn run_cycle(
     link: &mut Link,
     start_nanos: u64,
 ) -> (u64, CycleOutcome, String) {
-    let failed = |now: u64, reason: String| {
-        let detail = format!("{now} cycle failed: {reason}\n");
-        (now, CycleOutcome::Failed { reason }, detail)
-    };
+    let ran = run_data_path(d, plan, now);
+    price_cycle(d, ran, plan, now, link, start_nanos)
+}
+
+/// What a cycle's data path did, before the cost model says when it is done.
+pub(crate) enum CycleRun {
+    /// It could not start (the VHDX did not flush or open, the replica did not list).
+    NotStarted(String),
+    /// It ran: the agent's report or why it failed, and the root of the disk's content the
+    /// checker recorded for its point.
+    Ran(Result<Box<CycleReport>, String>, [u8; 32]),
+}
+
+/// The planned cycle's part that touches this disk only (its VHDX, agent, replica, model and
+/// audit): the disks of one instant may run theirs side by side ([`price_cycle`] follows, in
+/// the events' order).
+pub(crate) fn run_data_path(d: &mut SimDisk<'_>, plan: &CyclePlan, now: u64) -> CycleRun {
     if let Err(e) = d.writer.flush() {
-        return failed(now, e.to_string());
+        return CycleRun::NotStarted(e.to_string());
     }
     let source =
         match vhdx::Disk::open_with(Box::new(Arc::clone(&d.file)), &d.replica_name, &NoParents) {
             Ok(s) => s,
-            Err(e) => return failed(now, e.to_string()),
+            Err(e) => return CycleRun::NotStarted(e.to_string()),
         };
     let own_sequence = match expected_sequence(d) {
         Ok(sequence) => sequence,
-        Err(e) => return failed(now, e.to_string()),
+        Err(e) => return CycleRun::NotStarted(e.to_string()),
     };
     let touched = take_touched(d);
     if plan.kind == datapath::replicator::CycleKind::Resync {
@@ -389,7 +403,7 @@ pub(crate) fn run_cycle(
     let content = d.model.clone();
     let content_root = content.root();
     d.record_image(own_sequence, content);
-    match cycle {
+    let cycle = match cycle {
         Ok(report) => {
             if report.point.sequence != own_sequence {
                 d.audit_failure(format!(
@@ -404,6 +418,34 @@ pub(crate) fn run_cycle(
             }
             d.report.cycles += 1;
             d.report.bytes_sent += report.bytes_sent;
+            Ok(Box::new(report))
+        }
+        Err(e) => {
+            d.report.failed_cycles += 1;
+            Err(e.to_string())
+        }
+    };
+    CycleRun::Ran(cycle, content_root)
+}
+
+/// When the cycle that `ran` is done by the cost model (which takes the host's CPU and the
+/// shared link for it), its outcome, and its line of the trace.
+pub(crate) fn price_cycle(
+    d: &mut SimDisk<'_>,
+    ran: CycleRun,
+    plan: &CyclePlan,
+    now: u64,
+    link: &mut Link,
+    start_nanos: u64,
+) -> (u64, CycleOutcome, String) {
+    let failed = |now: u64, reason: String| {
+        let detail = format!("{now} cycle failed: {reason}\n");
+        (now, CycleOutcome::Failed { reason }, detail)
+    };
+    match ran {
+        CycleRun::NotStarted(reason) => failed(now, reason),
+        CycleRun::Ran(Err(reason), _) => failed(now + SEC, reason),
+        CycleRun::Ran(Ok(report), content_root) => {
             let sent = send_by_cost_model(d, link, &report, now, start_nanos);
             let detail = format!(
                 "{now} {} point {} {:?} examined {} changed {} sent {} content {}\n",
@@ -422,10 +464,6 @@ pub(crate) fn run_cycle(
                 },
                 detail,
             )
-        }
-        Err(e) => {
-            d.report.failed_cycles += 1;
-            failed(now + SEC, e.to_string())
         }
     }
 }

@@ -30,11 +30,21 @@ use crate::host_clock::HostClock;
 use crate::invariants::LoopInvariants;
 use crate::report::{Check, DiskReport, HealthEvent, Job, Report, Severity, SimError};
 use crate::scenario::{Action as StepAction, Scenario};
-use crate::sim_disk::{run_cycle, workload_minute, Link, SimDisk};
+use crate::sim_disk::{
+    price_cycle, run_cycle, run_data_path, workload_minute, CycleRun, Link, SimDisk,
+};
 use crate::time::{MIN, SEC};
 
 /// A cycle that cannot reach storage fails after this long.
 const UPLOAD_TIMEOUT: u64 = 30 * SEC;
+
+/// What a disk's agent decided when polled, and when (host time).
+struct Polled {
+    action: Action,
+    host_now: u64,
+    /// The last point that has arrived, when it was taken.
+    last_point: Option<u64>,
+}
 
 /// Run `scenario` with `seed`, entirely in memory.
 pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
@@ -81,6 +91,7 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
             }
             let handled = match event {
                 Event::Workload { disk } => world.on_workload_minutes(now, disk),
+                Event::Poll { disk, epoch } => world.on_polls(now, disk, epoch),
                 event => world.handle(now, event),
             };
             if let Err(e) = handled {
@@ -289,7 +300,11 @@ impl<'e> World<'e> {
         // during it each proof is waited for as it is sent.
         let anything = match event {
             Event::Workload { .. } => false,
-            Event::Poll { disk, .. } | Event::CycleDone { disk, .. } => {
+            Event::Poll { disk, .. } => {
+                self.fence_before_poll(disk);
+                false
+            }
+            Event::CycleDone { disk, .. } => {
                 self.disks[disk].fence_audit();
                 false
             }
@@ -315,6 +330,14 @@ impl<'e> World<'e> {
         self.env.clock.set(now);
         self.events += 1;
         self.trace.update(format!("{now} {event:?}\n").as_bytes());
+    }
+
+    /// Before a poll: a cycle deletes snapshots only to stay under the profile's snapshot
+    /// limit, so where there is one the disk's audit catches up first.
+    fn fence_before_poll(&self, disk: usize) {
+        if self.env.snapshot_limit.is_some() {
+            self.disks[disk].fence_audit();
+        }
     }
 
     /// Hand `event` to its handler.
@@ -437,9 +460,17 @@ impl<'e> World<'e> {
     /// The agent asks its state machine what to do: wait, or run a cycle (which a pending
     /// mid-cycle host crash interrupts).
     fn on_poll(&mut self, now: u64, disk: usize, epoch: u64) {
+        if let Some(polled) = self.poll_agent(now, disk, epoch) {
+            self.act_on_poll(now, disk, epoch, polled, None);
+        }
+    }
+
+    /// A poll's first part: the RPO sample, the health report and the agent's decision
+    /// (`None`: the poll is stale).
+    fn poll_agent(&mut self, now: u64, disk: usize, epoch: u64) -> Option<Polled> {
         let d = &mut self.disks[disk];
         if epoch != d.epoch || d.azure.is_some() {
-            return;
+            return None;
         }
         let last_point = d
             .observer
@@ -453,22 +484,128 @@ impl<'e> World<'e> {
         }
         let host_now = host_clock.host_time(now);
         self.report_health(now, disk, host_now);
-        let d = &mut self.disks[disk];
-        match d.driver.poll(host_now) {
+        let action = self.disks[disk].driver.poll(host_now);
+        Some(Polled {
+            action,
+            host_now,
+            last_point,
+        })
+    }
+
+    /// A poll's second part: wait, or run the cycle (its data path already `ran`, when the
+    /// polls of one instant ran theirs side by side).
+    fn act_on_poll(
+        &mut self,
+        now: u64,
+        disk: usize,
+        epoch: u64,
+        polled: Polled,
+        ran: Option<CycleRun>,
+    ) {
+        let Polled {
+            action,
+            host_now,
+            last_point,
+        } = polled;
+        match action {
             Action::Wait { until_nanos } => {
                 // Host time back to true time; never in the past.
+                let host_clock = self.link.host_clocks[self.disks[disk].host_index];
                 let at = host_clock.true_time(until_nanos).max(now + 1);
                 if at < self.end {
                     self.queue.push(at, Event::Poll { disk, epoch });
                 }
             }
-            Action::RunCycle(plan) if d.crash_in_next_cycle && self.wan_up => {
+            Action::RunCycle(plan) if self.disks[disk].crash_in_next_cycle && self.wan_up => {
                 self.crash_mid_cycle(now, disk, &plan, host_now)
             }
             Action::RunCycle(plan) => {
-                self.start_cycle(now, disk, epoch, &plan, host_now, last_point)
+                self.start_cycle(now, disk, epoch, &plan, host_now, last_point, ran)
             }
         }
+    }
+
+    /// Whether the cycles of one instant may run their data paths side by side: the WAN is
+    /// up and the store draws no faults (a draw's outcome would depend on which cycle asked
+    /// first) and kills no writer.
+    fn cycles_may_run_side_by_side(&self) -> bool {
+        let c = self.env.store.config();
+        self.wan_up
+            && c.server_busy <= 0.0
+            && c.timeout_after_write <= 0.0
+            && c.torn_write <= 0.0
+            && c.kill_after_writes.is_none()
+    }
+
+    /// `first`'s poll at `now`, and those of the other disks queued right after it at the
+    /// same instant (every disk's schedule starts on the same instants), when their cycles may
+    /// run side by side: each poll's books and its agent's decision in the queue's order, then
+    /// the data paths of the cycles they start, each disk on a thread of the pool (a data path
+    /// touches its own disk, agent, replica and audit only), then, in the queue's order again,
+    /// the trace, the cost model (the shared link) and the events they queue. Nothing else
+    /// comes between them in the queue, so the run is the one the events make one by one.
+    fn on_polls(&mut self, now: u64, disk: usize, epoch: u64) -> Result<(), SimError> {
+        use rayon::prelude::*;
+        let mut polls = vec![(disk, epoch)];
+        let may_batch = |d: &SimDisk<'_>| !d.crash_in_next_cycle;
+        if self.cycles_may_run_side_by_side() && may_batch(&self.disks[disk]) {
+            let batchable: Vec<bool> = self.disks.iter().map(may_batch).collect();
+            while let Some(Event::Poll { disk, epoch }) = self.queue.pop_if(now, |e| {
+                matches!(e, Event::Poll { disk, .. }
+                    if batchable[*disk] && !polls.iter().any(|&(d, _)| d == *disk))
+            }) {
+                polls.push((disk, epoch));
+            }
+        }
+        if polls.len() == 1 {
+            return self.handle(now, Event::Poll { disk, epoch });
+        }
+        let mut decided = Vec::with_capacity(polls.len());
+        for &(disk, epoch) in &polls {
+            // As `handle` does for a poll.
+            self.fence_before_poll(disk);
+            let event = Event::Poll { disk, epoch };
+            self.invariants.event_at(now, &event);
+            self.env.clock.set(now);
+            self.events += 1;
+            decided.push((
+                format!("{now} {event:?}\n"),
+                self.poll_agent(now, disk, epoch),
+            ));
+        }
+        let plans: BTreeMap<usize, (&CyclePlan, u64)> = polls
+            .iter()
+            .zip(&decided)
+            .filter_map(|(&(disk, _), (_, polled))| match polled {
+                Some(Polled {
+                    action: Action::RunCycle(plan),
+                    host_now,
+                    ..
+                }) => Some((disk, (plan, *host_now))),
+                _ => None,
+            })
+            .collect();
+        let mut ran: BTreeMap<usize, CycleRun> = self
+            .disks
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                plans
+                    .get(&i)
+                    .map(|&(plan, host_now)| (i, d, plan, host_now))
+            })
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(i, d, plan, host_now)| (i, run_data_path(d, plan, host_now)))
+            .collect();
+        for (&(disk, epoch), (line, polled)) in polls.iter().zip(decided) {
+            self.trace.update(line.as_bytes());
+            if let Some(polled) = polled {
+                let ran = ran.remove(&disk);
+                self.act_on_poll(now, disk, epoch, polled, ran);
+            }
+        }
+        Ok(())
     }
 
     /// The vault hears of the disk's health changes as its agent reports them.
@@ -531,6 +668,8 @@ impl<'e> World<'e> {
     }
 
     /// Run the cycle now; its end (by the cost model) is queued.
+    /// Start the planned cycle: its data path (unless it already `ran`), then the cost model.
+    #[allow(clippy::too_many_arguments)]
     fn start_cycle(
         &mut self,
         now: u64,
@@ -539,6 +678,7 @@ impl<'e> World<'e> {
         plan: &CyclePlan,
         host_now: u64,
         last_point: Option<u64>,
+        ran: Option<CycleRun>,
     ) {
         let d = &mut self.disks[disk];
         self.invariants
@@ -548,8 +688,9 @@ impl<'e> World<'e> {
         d.rpo_base = last_point;
         d.cycle_started = now;
         let (done_at, outcome) = if self.wan_up {
+            let ran = ran.unwrap_or_else(|| run_data_path(d, plan, host_now));
             let (done_at, outcome, detail) =
-                run_cycle(d, plan, host_now, &mut self.link, self.start);
+                price_cycle(d, ran, plan, host_now, &mut self.link, self.start);
             // The cost model runs in host time; the queue in true time.
             let done_at = now + done_at.saturating_sub(host_now);
             self.trace.update(detail.as_bytes());

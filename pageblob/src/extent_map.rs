@@ -213,8 +213,7 @@ impl ExtentMap {
     /// Valid (written, not cleared) ranges within `[start, end)`, adjacent ones merged.
     pub fn valid_ranges(&self, start: u64, end: u64) -> Vec<PageRange> {
         merge(
-            self.clipped(start, end)
-                .into_iter()
+            self.clipped_iter(start, end)
                 .filter(|(_, e)| e.data.is_some())
                 .map(|(s, e)| (s, e.len, false)),
         )
@@ -224,8 +223,7 @@ impl ExtentMap {
     /// ranges, cleared ones as clear ranges, adjacent ones of the same kind merged.
     pub fn changed_since(&self, since: u64, start: u64, end: u64) -> Vec<PageRange> {
         merge(
-            self.clipped(start, end)
-                .into_iter()
+            self.clipped_iter(start, end)
                 .filter(|(_, e)| e.seq > since)
                 .map(|(s, e)| (s, e.len, e.data.is_none())),
         )

@@ -70,8 +70,11 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
     // proofs) goes to that pool, and while the loop waits for it, it takes the tasks nobody
     // has started yet instead of sleeping until a thread wakes for them. Its own pool, not the
     // global one, so runs side by side (the swarm, tests) never run one another's loops.
+    // A thread waiting for a task runs others meanwhile, which may be whole cycles of other
+    // disks: room for many of them on its stack (address space; only what is used is held).
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(rayon::current_num_threads())
+        .stack_size(64 << 20)
         .thread_name(|i| format!("sim-{i}"))
         .build()
         .map_err(|e| SimError::Setup(format!("the simulator's threads: {e}")))?;

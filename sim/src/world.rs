@@ -399,10 +399,13 @@ impl<'e> World<'e> {
     /// comes between them in the queue, so the run is the one the events make one by one.
     fn on_workload_minutes(&mut self, now: u64, first: usize) -> Result<(), SimError> {
         let mut disks = vec![first];
+        let mut taken = vec![false; self.disks.len()];
+        taken[first] = true;
         while let Some(Event::Workload { disk }) = self.queue.pop_if(
             now,
-            |e| matches!(e, Event::Workload { disk } if !disks.contains(disk)),
+            |e| matches!(e, Event::Workload { disk } if !taken[*disk]),
         ) {
+            taken[disk] = true;
             disks.push(disk);
         }
         for &disk in &disks {
@@ -419,11 +422,15 @@ impl<'e> World<'e> {
     fn write_minutes(&mut self, now: u64, disks: &[usize]) -> Result<(), SimError> {
         use rayon::prelude::*;
         let hour_of_day = (now / (3600 * SEC) % 24) as u8;
+        let mut writing = vec![false; self.disks.len()];
+        for &disk in disks {
+            writing[disk] = true;
+        }
         let mut minutes: Vec<(usize, &mut SimDisk<'_>)> = self
             .disks
             .iter_mut()
             .enumerate()
-            .filter(|(i, _)| disks.contains(i))
+            .filter(|(i, _)| writing[*i])
             .collect();
         let written: BTreeMap<usize, vhdx::Result<u64>> = minutes
             .par_iter_mut()
@@ -552,11 +559,14 @@ impl<'e> World<'e> {
         let mut polls = vec![(disk, epoch)];
         let may_batch = |d: &SimDisk<'_>| !d.crash_in_next_cycle;
         if self.cycles_may_run_side_by_side() && may_batch(&self.disks[disk]) {
-            let batchable: Vec<bool> = self.disks.iter().map(may_batch).collect();
-            while let Some(Event::Poll { disk, epoch }) = self.queue.pop_if(now, |e| {
-                matches!(e, Event::Poll { disk, .. }
-                    if batchable[*disk] && !polls.iter().any(|&(d, _)| d == *disk))
-            }) {
+            // A disk joins once, and not when its host is to crash mid-cycle.
+            let mut batchable: Vec<bool> = self.disks.iter().map(may_batch).collect();
+            batchable[disk] = false;
+            while let Some(Event::Poll { disk, epoch }) = self.queue.pop_if(
+                now,
+                |e| matches!(e, Event::Poll { disk, .. } if batchable[*disk]),
+            ) {
+                batchable[disk] = false;
                 polls.push((disk, epoch));
             }
         }

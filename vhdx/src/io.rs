@@ -97,7 +97,13 @@ pub(crate) fn read_piece_by_piece<R: ReadAt + ?Sized>(
 ) -> io::Result<()> {
     let len = strided_piece_len(buf.len(), count)?;
     for (i, piece) in buf.chunks_exact_mut(len).enumerate() {
-        source.read_at(offset + i as u64 * stride, piece)?;
+        let at = (i as u64)
+            .checked_mul(stride)
+            .and_then(|span| offset.checked_add(span))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "a strided read past 2^64")
+            })?;
+        source.read_at(at, piece)?;
     }
     Ok(())
 }
@@ -558,20 +564,17 @@ impl ReadAt for MemoryFile {
         count: usize,
         buf: &mut [u8],
     ) -> io::Result<()> {
-        let inner = self.inner.read().expect("memory file");
         let len = strided_piece_len(buf.len(), count)?;
+        let within = (offset % MEMORY_PAGE) as usize;
+        if stride == 0 || stride % MEMORY_PAGE != 0 || within + len > MEMORY_PAGE as usize {
+            return read_piece_by_piece(self, offset, stride, count, buf);
+        }
         let end = strided_end(offset, stride, count, len).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "a strided read past 2^64")
         })?;
         let last = end - len as u64;
+        let inner = self.inner.read().expect("memory file");
         inner.check_inside(last, len)?;
-        let within = (offset % MEMORY_PAGE) as usize;
-        if stride == 0 || stride % MEMORY_PAGE != 0 || within + len > MEMORY_PAGE as usize {
-            for (i, piece) in buf.chunks_exact_mut(len).enumerate() {
-                inner.read_at(offset + i as u64 * stride, piece)?;
-            }
-            return Ok(());
-        }
         buf.fill(0);
         let (first_page, stride_pages) = (offset / MEMORY_PAGE, stride / MEMORY_PAGE);
         for (&page, data) in inner.pages.range(first_page..=last / MEMORY_PAGE) {
@@ -709,6 +712,10 @@ mod tests {
         assert!(f.read_strided(0, MEMORY_PAGE, 3, &mut buf).is_err());
         assert!(f.read_strided(0, MEMORY_PAGE, 0, &mut buf).is_err());
         assert!(f.read_strided(0, u64::MAX, 2, &mut buf).is_err());
+        assert!(f.read_strided(2, u64::MAX, 2, &mut buf).is_err());
+        assert!(f
+            .read_strided(MEMORY_PAGE, u64::MAX - MEMORY_PAGE + 1, 2, &mut buf)
+            .is_err());
     }
 
     /// Resident kB of the mapping that starts at `addr`, from /proc/self/smaps.

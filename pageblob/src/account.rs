@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blob_headers::{BlobHeaders, ContentHeaders, Metadata, MetadataError};
 use super::error::{ErrorCode, StoreError, StoreResult};
-use super::extent_map::ExtentMap;
+use super::extent_map::{ExtentMap, PageRange};
 use super::names::{blob_name_error, container_name_error};
 use super::timestamp::{parse_snapshot_id, snapshot_id};
 use super::types::*;
@@ -521,6 +521,38 @@ impl Account {
     /// The incarnation (home file) of the base blob.
     pub fn incarnation(&self, path: &BlobPath) -> StoreResult<u64> {
         Ok(self.base(path)?.incarnation)
+    }
+
+    /// Whether applying `effect` may leave some incarnation with no version (its home file is
+    /// then garbage): a blob replaced or deleted may; a snapshot deleted while its blob's
+    /// current version (or another snapshot) is of the same incarnation may not — the common
+    /// case, retention deleting a replica's oldest point, answered without a walk over the
+    /// account.
+    pub fn may_end_an_incarnation(&self, effect: &Effect) -> bool {
+        match effect {
+            Effect::CreateBlob { .. } => true,
+            Effect::Delete {
+                path,
+                snapshot: Some(id),
+                base: false,
+                snapshots: false,
+            } => {
+                let Ok(blob) = self.blob(path) else {
+                    return false;
+                };
+                let Some(gone) = blob.snapshots.get(id) else {
+                    return false;
+                };
+                let kept = |v: &Version| v.incarnation == gone.incarnation;
+                !(blob.base.as_ref().is_some_and(kept)
+                    || blob
+                        .snapshots
+                        .iter()
+                        .any(|(other, v)| other != id && kept(v)))
+            }
+            Effect::Delete { .. } => true,
+            _ => false,
+        }
     }
 
     /// Incarnations still referenced by any version (home files to keep).
@@ -1193,6 +1225,23 @@ impl Account {
         marker: Option<u64>,
         max_results: Option<usize>,
     ) -> StoreResult<PageRangeList> {
+        Ok(self
+            .page_range_query(path, snapshot, prev_snapshot, range, marker, max_results)?
+            .answer())
+    }
+
+    /// Get Page Ranges checked and taken in O(1) (the version's map is shared, not copied):
+    /// the walk over its extents, [`PageRangeQuery::answer`], needs no access to the account,
+    /// so a store answers it without holding its lock.
+    pub fn page_range_query(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        prev_snapshot: Option<&str>,
+        range: Option<(u64, u64)>,
+        marker: Option<u64>,
+        max_results: Option<usize>,
+    ) -> StoreResult<PageRangeQuery> {
         let v = self.version(path, snapshot)?;
         let (mut start, end) = match range {
             Some((s, e)) => {
@@ -1213,8 +1262,8 @@ impl Account {
         if let Some(m) = marker {
             start = start.max(m);
         }
-        let mut ranges = match prev_snapshot {
-            None => v.map.valid_ranges(start, end),
+        let diff = match prev_snapshot {
+            None => None,
             Some(prev_id) => {
                 let prev = match self.version(path, Some(prev_id)) {
                     Ok(p) => p,
@@ -1246,31 +1295,24 @@ impl Account {
                         format!("{path} was recreated after snapshot {prev_id}"),
                     );
                 }
-                let mut changed = v.map.changed_since(prev.taken_at, start, end);
                 // Pages past a shrunken size are gone; pages past the old size read as zeros:
                 // report the difference in size as cleared when the blob shrank.
-                if prev.size > v.size && end == v.size {
-                    changed.push(super::extent_map::PageRange {
-                        start: v.size,
-                        end: prev.size - 1,
-                        cleared: true,
-                    });
-                }
-                changed
+                let shrunk = (prev.size > v.size && end == v.size).then(|| PageRange {
+                    start: v.size,
+                    end: prev.size - 1,
+                    cleared: true,
+                });
+                Some((prev.taken_at, shrunk))
             }
         };
-        let max = max_results
-            .unwrap_or(MAX_RANGES_PER_ANSWER)
-            .clamp(1, MAX_RANGES_PER_ANSWER);
-        let next_marker = if ranges.len() > max {
-            ranges.truncate(max);
-            ranges.last().map(|r| r.end + 1)
-        } else {
-            None
-        };
-        Ok(PageRangeList {
-            ranges,
-            next_marker,
+        Ok(PageRangeQuery {
+            map: v.map.clone(),
+            start,
+            end,
+            diff,
+            max: max_results
+                .unwrap_or(MAX_RANGES_PER_ANSWER)
+                .clamp(1, MAX_RANGES_PER_ANSWER),
         })
     }
 
@@ -1362,5 +1404,40 @@ fn check_lease_for_write(
             format!("{path} has no active lease"),
         ),
         _ => Ok(()),
+    }
+}
+
+/// A checked Get Page Ranges, holding the version's (shared) map: answered without the account.
+#[derive(Debug, Clone)]
+pub struct PageRangeQuery {
+    map: ExtentMap,
+    start: u64,
+    end: u64,
+    /// A diff: the operation that took the previous snapshot, and the range a shrink cleared.
+    diff: Option<(u64, Option<PageRange>)>,
+    max: usize,
+}
+
+impl PageRangeQuery {
+    /// The page of ranges: a walk over the map's extents in the queried range.
+    pub fn answer(self) -> PageRangeList {
+        let mut ranges = match self.diff {
+            None => self.map.valid_ranges(self.start, self.end),
+            Some((since, shrunk)) => {
+                let mut changed = self.map.changed_since(since, self.start, self.end);
+                changed.extend(shrunk);
+                changed
+            }
+        };
+        let next_marker = if ranges.len() > self.max {
+            ranges.truncate(self.max);
+            ranges.last().map(|r| r.end + 1)
+        } else {
+            None
+        };
+        PageRangeList {
+            ranges,
+            next_marker,
+        }
     }
 }

@@ -572,9 +572,9 @@ impl Emulator {
         if let Effect::Relocate { data: d, .. } = &mut effect {
             *d = address;
         }
-        let deletes = matches!(effect, Effect::Delete { .. } | Effect::CreateBlob { .. });
+        let ends_an_incarnation = inner.account.may_end_an_incarnation(&effect);
         inner.account.apply(&effect);
-        if deletes {
+        if ends_an_incarnation {
             let live = inner.account.live_incarnations();
             inner.homes.collect(&live);
         }
@@ -1074,9 +1074,16 @@ impl PageBlobStore for Emulator {
         marker: Option<u64>,
         max_results: Option<usize>,
     ) -> StoreResult<PageRangeList> {
-        self.lock()
-            .account
-            .page_ranges(path, snapshot, prev_snapshot, range, marker, max_results)
+        // Checked under the lock; the walk over the extents outside it (the map is shared).
+        let query = self.lock().account.page_range_query(
+            path,
+            snapshot,
+            prev_snapshot,
+            range,
+            marker,
+            max_results,
+        )?;
+        Ok(query.answer())
     }
 
     fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {

@@ -643,6 +643,51 @@ fn a_one_file_store_keeps_its_format_and_an_unknown_format_is_refused() {
     }
 }
 
+/// The incarnations whose home files are in the store directory.
+fn home_incarnations(dir: &Path) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(dir.join("homes"))
+        .unwrap()
+        .filter_map(|e| pageblob::home_file::incarnation_of(e.unwrap().file_name().to_str()?))
+        .collect()
+}
+
+#[test]
+fn a_home_file_goes_with_the_last_version_that_reads_it_and_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let store = open(dir.path(), Profile::Standard, &clock);
+    let p = BlobPath::new("cont", "disk");
+    let none = Conditions::default();
+    store.create_container("cont").unwrap();
+    store.create_page_blob(&p, 1 << 20, 0, &none).unwrap();
+    store.put_pages(&p, 0, &[1; 8192], &none).unwrap();
+    clock.advance(1_000);
+    let old = store.snapshot(&p, &none).unwrap();
+    // Replaced: a new incarnation; the snapshot still reads the old one's home file.
+    store.create_page_blob(&p, 1 << 20, 0, &none).unwrap();
+    store.put_pages(&p, 0, &[2; 4096], &none).unwrap();
+    let both = home_incarnations(dir.path());
+    assert_eq!(both.len(), 2, "{both:?}");
+    // A snapshot of the current incarnation goes: both home files stay.
+    clock.advance(1_000);
+    let new = store.snapshot(&p, &none).unwrap();
+    store.delete_blob(&p, Some(&new), None, &none).unwrap();
+    assert_eq!(home_incarnations(dir.path()), both);
+    let mut back = vec![0u8; 8192];
+    store.read(&p, Some(&old), 0, &mut back).unwrap();
+    assert_eq!(back, [1; 8192]);
+    // The last version of the old incarnation goes: so does its home file, and only it.
+    store.delete_blob(&p, Some(&old), None, &none).unwrap();
+    let left = home_incarnations(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left.is_subset(&both));
+    store.read(&p, None, 0, &mut back).unwrap();
+    assert_eq!(back[..4096], [2; 4096]);
+    // The blob goes: no home file is left.
+    store.delete_blob(&p, None, None, &none).unwrap();
+    assert!(home_incarnations(dir.path()).is_empty());
+}
+
 #[test]
 fn power_durability_passes_the_conformance_suite_too() {
     let dir = tempfile::tempdir().unwrap();

@@ -573,6 +573,17 @@ impl<'e> World<'e> {
         if polls.len() == 1 {
             return self.handle(now, Event::Poll { disk, epoch });
         }
+        // Each poll lists its disk's points (its RPO sample): the listings, the costly part of
+        // the decisions, side by side first; each disk's listing is then kept by its checker's
+        // handle (the journal's ETag says it is current), which the decisions below ask again.
+        let observers: Vec<_> = polls
+            .iter()
+            .map(|&(disk, _)| (&self.disks[disk].observer, &self.disks[disk].digest_key))
+            .collect();
+        observers.into_par_iter().for_each(|(observer, key)| {
+            // A failure here is the decision's to meet (and report) again.
+            let _ = observer.points(key);
+        });
         let mut decided = Vec::with_capacity(polls.len());
         for &(disk, epoch) in &polls {
             // As `handle` does for a poll.

@@ -1215,24 +1215,10 @@ impl Account {
         Ok((v.incarnation, runs))
     }
 
-    /// Get Page Ranges, optionally as a diff against `prev_snapshot`, paged.
-    pub fn page_ranges(
-        &self,
-        path: &BlobPath,
-        snapshot: Option<&str>,
-        prev_snapshot: Option<&str>,
-        range: Option<(u64, u64)>,
-        marker: Option<u64>,
-        max_results: Option<usize>,
-    ) -> StoreResult<PageRangeList> {
-        Ok(self
-            .page_range_query(path, snapshot, prev_snapshot, range, marker, max_results)?
-            .answer())
-    }
-
-    /// Get Page Ranges checked and taken in O(1) (the version's map is shared, not copied):
-    /// the walk over its extents, [`PageRangeQuery::answer`], needs no access to the account,
-    /// so a store answers it without holding its lock.
+    /// Get Page Ranges (optionally as a diff against `prev_snapshot`, paged), checked and taken
+    /// in O(1) (the version's map is shared, not copied): the walk over its extents,
+    /// [`PageRangeQuery::answer`], needs no access to the account, so a store answers it
+    /// without holding its lock.
     pub fn page_range_query(
         &self,
         path: &BlobPath,

@@ -1227,14 +1227,10 @@ impl PageBlobStore for Emulator {
             let mut marker = None;
             let mut buf = Vec::new();
             loop {
-                let list = inner.account.page_ranges(
-                    source,
-                    Some(&snapshot),
-                    prev.as_deref(),
-                    None,
-                    marker,
-                    None,
-                )?;
+                let list = inner
+                    .account
+                    .page_range_query(source, Some(&snapshot), prev.as_deref(), None, marker, None)?
+                    .answer();
                 for r in &list.ranges {
                     let mut pos = r.start;
                     while pos <= r.end {

@@ -13,6 +13,7 @@ use datapath::replica::manifest::Consistency;
 use datapath::replica::nonce::NonceSource;
 use pageblob::clock::ManualClock;
 use pageblob::data_log::Durability;
+use pageblob::faults::{FaultConfig, FaultyStore};
 use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -85,6 +86,39 @@ fn cycle(
     commit(replica, keys, sequence, root);
 }
 
+/// A disk's keys (`keys(n)`), codec, nonces and digest table after point 0: every block of
+/// `disk` replicated.
+struct Replicated {
+    keys: DiskKeys,
+    codec: BlockCodec,
+    nonces: NonceSource,
+    digests: Vec<[u8; 32]>,
+}
+
+fn replicate_whole(replica: &DiskReplica<'_>, n: u8, disk: &[u8]) -> Replicated {
+    let keys = keys(n);
+    let codec = BlockCodec::new(&keys, 3, true);
+    let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(u64::from(n)));
+    let mut digests = vec![[0u8; 32]; replica.layout.blocks() as usize];
+    let all: Vec<u64> = (0..replica.layout.blocks()).collect();
+    cycle(
+        replica,
+        &codec,
+        &keys,
+        disk,
+        &all,
+        &mut digests,
+        0,
+        &mut nonces,
+    );
+    Replicated {
+        keys,
+        codec,
+        nonces,
+        digests,
+    }
+}
+
 /// Commit point `sequence` (of generation `sequence`) with Merkle root `root`.
 fn commit(
     replica: &DiskReplica<'_>,
@@ -116,24 +150,14 @@ fn two_cycles_restore_byte_exact_and_damage_is_named() {
     );
     let layout = LAYOUT;
     let replica = DiskReplica::open(&store, "replicas", "disk-1", layout).unwrap();
-    let k = keys(1);
-    let codec = BlockCodec::new(&k, 3, true);
-    let mut nonces = NonceSource::new_epoch(&mut ChaCha8Rng::seed_from_u64(9));
-    let mut digests = vec![[0u8; 32]; layout.blocks() as usize];
-
     let mut disk = pattern(1, SIZE as usize);
     disk[3 * BLOCK as usize..4 * BLOCK as usize].fill(0); // a zero block
-    let all: Vec<u64> = (0..layout.blocks()).collect();
-    cycle(
-        &replica,
-        &codec,
-        &k,
-        &disk,
-        &all,
-        &mut digests,
-        0,
-        &mut nonces,
-    );
+    let Replicated {
+        keys: k,
+        codec,
+        mut nonces,
+        mut digests,
+    } = replicate_whole(&replica, 1, &disk);
     let point0 = disk.clone();
 
     clock.advance(300_000_000_000);
@@ -238,6 +262,89 @@ fn two_cycles_restore_byte_exact_and_damage_is_named() {
 
 /// A listing reads the journal a run of slots at a time: hundreds of points, gaps left by
 /// deleted ones and a damaged slot past the first run are all listed (or named) as they are.
+#[test]
+fn a_record_within_its_written_pages_is_read_with_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emulator, clock) = open_store(dir.path(), Profile::Standard);
+    let store = FaultyStore::new(emulator, FaultConfig::default());
+    let replica = DiskReplica::open(&store, "replicas", "disk-1", LAYOUT).unwrap();
+    let mut disk = pattern(3, SIZE as usize);
+    let Replicated {
+        keys: k,
+        codec,
+        mut nonces,
+        mut digests,
+    } = replicate_whole(&replica, 3, &disk);
+    // Block 1 shrinks to a short record: its slot keeps the longer record's written tail.
+    clock.advance(300_000_000_000);
+    disk[BLOCK as usize..2 * BLOCK as usize].fill(7);
+    cycle(
+        &replica,
+        &codec,
+        &k,
+        &disk,
+        &[1],
+        &mut digests,
+        1,
+        &mut nonces,
+    );
+    let points = replica.points(k.digest.expose()).unwrap();
+    let snapshot = points[1].snapshot.as_str();
+    let slot = LAYOUT.slot_size();
+    let reads = |f: &dyn Fn() -> Option<Vec<u8>>| {
+        let before = store.reads();
+        let record = f();
+        (record, store.reads() - before)
+    };
+    for block in [0, 1, LAYOUT.blocks() - 1] {
+        let (record, two) = reads(&|| replica.fetch_record(Some(snapshot), block).unwrap());
+        let record = record.expect("a written slot");
+        assert_eq!(two, 2, "header, then payload");
+        // The slot's written pages from its start hold the record: one call.
+        let (within, one) = reads(&|| {
+            replica
+                .fetch_record_within(Some(snapshot), block, slot)
+                .unwrap()
+        });
+        assert_eq!((within.as_ref(), one), (Some(&record), 1), "block {block}");
+        // A hint short of the record (or none) costs the second call, with the same record.
+        for short in [0, 512, record.len() as u64 - 1] {
+            let (again, calls) = reads(&|| {
+                replica
+                    .fetch_record_within(Some(snapshot), block, short)
+                    .unwrap()
+            });
+            assert_eq!((again.as_ref(), calls), (Some(&record), 2), "block {block}");
+        }
+    }
+    // A diff's extents say how much of each changed slot to read: the short record of block 1.
+    let changed = replica
+        .changed_block_extents(Some(&points[0].snapshot), Some(snapshot))
+        .unwrap();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    let (block, written) = changed[0];
+    let short = replica.fetch_record(Some(snapshot), 1).unwrap().unwrap();
+    assert_eq!(block, 1);
+    assert_eq!(written, (short.len() as u64).div_ceil(512) * 512);
+    // Restores, which read with their page ranges' extents, are byte-exact (block 1's slot
+    // still holds the longer record's tail past the short one).
+    for (manifest, expected) in points.iter().zip([pattern(3, SIZE as usize), disk]) {
+        let mut restored = Vec::new();
+        let before = store.reads();
+        replica
+            .restore(&codec, manifest, k.digest.expose(), |_, b| {
+                restored.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        assert!(restored == expected, "point {}", manifest.sequence);
+        assert!(
+            store.reads() - before < 2 * LAYOUT.blocks(),
+            "one call per record, not two"
+        );
+    }
+}
+
 #[test]
 fn a_long_journal_with_gaps_and_damage_lists_every_point() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,6 +45,8 @@ pub struct FaultyStore<S> {
     injected: std::sync::atomic::AtomicU64,
     /// Writes since the config was last set (for `kill_after_writes`).
     writes: std::sync::atomic::AtomicU64,
+    /// Get Blob calls (ranges read), all told.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl<S> std::fmt::Debug for FaultyStore<S> {
@@ -64,6 +66,7 @@ impl<S: PageBlobStore> FaultyStore<S> {
             rng,
             injected: Default::default(),
             writes: Default::default(),
+            reads: Default::default(),
         }
     }
 
@@ -79,6 +82,11 @@ impl<S: PageBlobStore> FaultyStore<S> {
     }
 
     /// Faults injected so far.
+    /// Reads (Get Blob calls) asked of the store so far, failed ones included.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn injected(&self) -> u64 {
         self.injected.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -268,6 +276,8 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         offset: u64,
         buf: &mut [u8],
     ) -> StoreResult<()> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.before(buf.len())?;
         self.inner.read(path, snapshot, offset, buf)
     }

@@ -80,24 +80,28 @@ impl PointAudit {
             .as_ref()
             .and_then(|(_, snapshot, m)| {
                 replica
-                    .changed_blocks(Some(snapshot), Some(&point.snapshot))
+                    .changed_block_extents(Some(snapshot), Some(&point.snapshot))
                     .ok()
                     .map(|changed| (changed, m.clone()))
             })
             .map_or_else(
                 || {
                     replica
-                        .changed_blocks(None, Some(&point.snapshot))
+                        .changed_block_extents(None, Some(&point.snapshot))
                         .map(|changed| (changed, model.zeroed_like()))
                 },
                 Ok,
             );
         let (changed, base_model) = base.map_err(|e| e.to_string())?;
-        let mut blocks: BTreeSet<u64> = changed.into_iter().collect();
-        blocks.extend(model.differing_blocks(&base_model));
-        for block in blocks {
+        // Each block with the bytes the diff says were written from its slot's start (a record
+        // read with one call); blocks the model says changed and the diff does not, with none.
+        let mut blocks: BTreeMap<u64, u64> = changed.into_iter().collect();
+        for block in model.differing_blocks(&base_model) {
+            blocks.entry(block).or_insert(0);
+        }
+        for (block, written) in blocks {
             let hash = match replica
-                .read_record(codec, Some(&point.snapshot), block)
+                .read_record_within(codec, Some(&point.snapshot), block, written)
                 .map_err(|e| e.to_string())?
             {
                 // The record decoded: its bytes hash to the header's digest.

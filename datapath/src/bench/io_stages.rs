@@ -160,17 +160,14 @@ fn time_store(
     if let Some(e) = error {
         return Err(ReplicaError::from(e).into());
     }
-    // Fetched as a restore fetches a record: its header, then the rest.
+    // Fetched as a restore fetches a record: with one read of its written pages (the
+    // restore's page ranges say where they end; `DiskReplica::fetch_record_within`).
     let read_from = &passes[passes.len() - 1];
     let mut buf = vec![0u8; largest];
     let store_read = best_rate(record_bytes, || {
         let mut at = 0u64;
         for &len in records {
-            let (head, rest) = buf[..len as usize].split_at_mut(HEADER_SIZE);
-            let read = store
-                .read(read_from, None, at, head)
-                .and_then(|()| store.read(read_from, None, at + HEADER_SIZE as u64, rest));
-            if let Err(e) = read {
+            if let Err(e) = store.read(read_from, None, at, &mut buf[..len as usize]) {
                 error.get_or_insert(e);
             }
             at += len;

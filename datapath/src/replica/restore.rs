@@ -206,11 +206,17 @@ impl<'r, 'a> RestorePlan<'r, 'a> {
         let slot = self.replica.layout.slot_size();
         let (start, end) = (block * slot, (block + 1) * slot);
         let i = self.written.partition_point(|&(_, e)| e <= start);
-        let maybe_written = self.written.get(i).is_some_and(|&(s, _)| s < end);
-        if !maybe_written {
+        let Some(&(from, to)) = self.written.get(i).filter(|&&(s, _)| s < end) else {
             return Ok(None);
-        }
-        self.replica.fetch_record(Some(self.snapshot), block)
+        };
+        // The written bytes from the slot's start hold the record: one read.
+        let written = if from <= start {
+            to.min(end) - start
+        } else {
+            0
+        };
+        self.replica
+            .fetch_record_within(Some(self.snapshot), block, written)
     }
 
     fn decode(&self, block: u64, fetched: Fetched) -> Result<Restored, ReplicaError> {

@@ -548,11 +548,6 @@ impl PageTable {
             .filter(move |&(page, _)| (first..=last).contains(&page))
     }
 
-    /// Every page held, in order.
-    fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        self.range(0, u64::MAX)
-    }
-
     /// Drop every page from `first` on.
     fn truncate(&mut self, first: u64) {
         let (group, slot) = Self::split(first);
@@ -580,7 +575,10 @@ impl MemoryFile {
     pub fn to_vec(&self) -> Vec<u8> {
         let inner = self.inner.read().expect("memory file");
         let mut out = vec![0u8; inner.len as usize];
-        for (page, data) in inner.pages.iter() {
+        let Some(last_byte) = inner.len.checked_sub(1) else {
+            return out;
+        };
+        for (page, data) in inner.pages.range(0, last_byte / MEMORY_PAGE) {
             let at = (page * MEMORY_PAGE) as usize;
             let n = <[u8]>::len(data).min(out.len().saturating_sub(at));
             out[at..at + n].copy_from_slice(&data[..n]);

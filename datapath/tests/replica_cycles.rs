@@ -260,8 +260,9 @@ fn two_cycles_restore_byte_exact_and_damage_is_named() {
     );
 }
 
-/// A listing reads the journal a run of slots at a time: hundreds of points, gaps left by
-/// deleted ones and a damaged slot past the first run are all listed (or named) as they are.
+/// A reader that knows a slot's written pages (a restore's page ranges, a diff's extents) gets
+/// its record with one Get Blob call, whatever the hint says the record is the same, and a
+/// slot that still holds a longer, older record's tail restores byte-exact.
 #[test]
 fn a_record_within_its_written_pages_is_read_with_one_call() {
     let dir = tempfile::tempdir().unwrap();
@@ -345,6 +346,8 @@ fn a_record_within_its_written_pages_is_read_with_one_call() {
     }
 }
 
+/// A listing reads the journal a run of slots at a time: hundreds of points, gaps left by
+/// deleted ones and a damaged slot past the first run are all listed (or named) as they are.
 #[test]
 fn a_long_journal_with_gaps_and_damage_lists_every_point() {
     let dir = tempfile::tempdir().unwrap();

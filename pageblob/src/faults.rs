@@ -81,12 +81,12 @@ impl<S: PageBlobStore> FaultyStore<S> {
         self.writes.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Faults injected so far.
     /// Reads (Get Blob calls) asked of the store so far, failed ones included.
     pub fn reads(&self) -> u64 {
         self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Faults injected so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(std::sync::atomic::Ordering::Relaxed)
     }

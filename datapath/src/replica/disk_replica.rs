@@ -471,7 +471,8 @@ impl<'a> DiskReplica<'a> {
                 for block in r.start / slot..=last {
                     let start = block * slot;
                     let from_start = if r.start <= start {
-                        (r.end + 1).min(start + slot) - start
+                        // `end` is inclusive and the store's word: no overflow on u64::MAX.
+                        r.end.saturating_add(1).min(start + slot) - start
                     } else {
                         0
                     };

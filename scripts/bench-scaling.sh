@@ -4,7 +4,11 @@
 # table of the medians: the initial replication against its bounds (transforms only; with the
 # source reads and the store's writes on the machine's cores), how busy the pipeline's pool kept
 # its threads, the CPU of the other threads (the store's writers) and the share of the cores the
-# process left unused (a serial part shows there), and the restore against its own bound.
+# process left unused (a serial part shows there), and the restore against its own bound. Then
+# the serial parts from the pipeline's own counters (the cycle's thread settling groups, the
+# store's writers per writer thread): how many threads' transforms they keep fed, and the share
+# of the transforms' bound they would allow at 4, 8 and 16 threads with a core each (projected
+# from this machine's figures: what a serial part would cost on a bigger one).
 # Saves each count's report as bench-scaling-N.json in OUT (for `drplane bench compare`).
 # Usage: scripts/bench-scaling.sh [SIZE] [RUNS] [THREADS] [OUT]
 set -euo pipefail
@@ -44,4 +48,16 @@ for n in range(1, threads + 1):
           f"{pct(f.get('pipeline_efficiency')):>8}  {pct(f.get('replication_efficiency')):>8}  "
           f"{pct(busy):>9}  {f.get('initial_other_cpu_seconds', 0):9.2f}  {pct(unused):>6}  "
           f"{f.get('restore_seconds', 0):9.2f}  {pct(f.get('restore_efficiency')):>16}")
+print()
+print("threads  settling CPU s  writers CPU s  outside groups s  feeds threads  "
+      "projected at 4 / 8 / 16 threads")
+for n in range(1, threads + 1):
+    r = json.load(open(f"{out}/bench-scaling-{n}.json"))
+    f = r["figures"]
+    projected = [f.get(f"projected_{k}_thread_efficiency") for k in (4, 8, 16)]
+    print(f"{n:7}  {f.get('initial_serial_cpu_seconds', 0):14.3f}  "
+          f"{f.get('initial_other_cpu_seconds', 0):13.2f}  "
+          f"{f.get('initial_outside_groups_seconds', 0):16.3f}  "
+          f"{f.get('serial_ceiling_threads', 0):13.0f}  "
+          f"{' / '.join(pct(p) for p in projected)}")
 PY

@@ -61,6 +61,22 @@ fn a_generated_disk_is_measured_through_initial_and_delta_cycles_and_verified() 
         assert!(pool > 0.0 && pool <= cpu, "{r}");
         assert!((pool + other - cpu).abs() < 1e-6, "{r}");
         assert!(figures["initial_unused_core_seconds"].as_f64().unwrap() >= 0.0);
+        // The serial part, from the cycle's own counters, and what it would allow on more
+        // cores: never more than the whole bound, never better with more threads.
+        let settling = figures["initial_serial_cpu_seconds"].as_f64().unwrap();
+        assert!(settling > 0.0 && settling <= pool, "{r}");
+        assert!(figures["serial_ceiling_threads"].as_f64().unwrap() > 0.0);
+        let projected: Vec<f64> = [4, 8, 16]
+            .map(|n| {
+                figures[&format!("projected_{n}_thread_efficiency")]
+                    .as_f64()
+                    .unwrap()
+            })
+            .to_vec();
+        assert!(
+            projected[0] <= 1.0 && projected[1] <= projected[0] && projected[2] <= projected[1],
+            "{projected:?}"
+        );
     }
 }
 

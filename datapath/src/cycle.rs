@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::cpu_clock::thread_cpu_seconds;
 use crate::keys::{DiskKeys, Identity, KeyId};
 use crate::replica::block_record::{BlockCodec, Encoded};
 use crate::replica::disk_replica::DiskReplica;
@@ -149,6 +150,14 @@ pub struct CycleReport {
     /// The digest table did not match the last point (an interrupted cycle) and was rebuilt.
     pub table_rebuilt: bool,
     pub seconds: f64,
+    /// CPU time the cycle's own thread spent preparing and settling its groups, one after
+    /// another (nonces and table entries in; the source's reads checked, the digest table's
+    /// pages written, the records handed to the writers out): the per-block work of a cycle
+    /// that more pipeline threads do not share. Where the OS tells.
+    pub serial_cpu_seconds: Option<f64>,
+    /// Wall time before the first group and after the last (the replica's state read, the
+    /// point committed): what more threads do not shorten either.
+    pub outside_groups_seconds: f64,
     /// The source had lost its change tracking (why): every block was compared (a resync).
     pub tracking_lost: Option<String>,
 }
@@ -502,6 +511,8 @@ fn cycle_inner(
     };
     let (tx, rx) = mpsc::sync_channel::<Job>(group_len * (GROUPS_IN_FLIGHT + 1));
     let rx = Mutex::new(rx);
+    let mut serial = SerialClock::new();
+    let groups_started = Instant::now();
     let outcome: Result<(), CycleError> = std::thread::scope(|scope| {
         for _ in 0..options.upload_threads {
             scope.spawn(|| writer.serve(&rx));
@@ -531,6 +542,7 @@ fn cycle_inner(
             if inline { 1 } else { GROUPS_IN_FLIGHT },
             nonces,
             &mut table,
+            &mut serial,
             &|| writer.keep_going(),
             &mut |table, group, examined| {
                 settler.settle(&mut tally, table, group, examined, &mut hand_off)
@@ -539,6 +551,7 @@ fn cycle_inner(
         drop(tx);
         produced
     });
+    let groups_ended = Instant::now();
     outcome?;
     if let Some(e) = writer.first_error.lock().expect("error slot").take() {
         return Err(e.into());
@@ -567,6 +580,8 @@ fn cycle_inner(
         bytes_sent: writer.sent.into_inner(),
         table_rebuilt,
         seconds: started.elapsed().as_secs_f64(),
+        serial_cpu_seconds: serial.cpu_seconds,
+        outside_groups_seconds: (groups_started - started + groups_ended.elapsed()).as_secs_f64(),
         tracking_lost: None,
     };
     Ok((report, table))
@@ -837,6 +852,7 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
     depth: usize,
     nonces: &mut NonceSource,
     table: &mut MerkleTree,
+    serial: &mut SerialClock,
     keep_going: &dyn Fn() -> Result<bool, CycleError>,
     settle: &mut SettleGroup<'_>,
 ) -> Result<(), CycleError> {
@@ -848,9 +864,9 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
             if !keep_going()? {
                 return Ok(());
             }
-            let (group_nonces, known) = prepare_group(group, nonces, table)?;
+            let (group_nonces, known) = serial.time(|| prepare_group(group, nonces, table))?;
             let examined = examine_group(pass, group, &group_nonces, &known);
-            settle(table, group, examined)?;
+            serial.time(|| settle(table, group, examined))?;
         }
         return Ok(());
     }
@@ -866,7 +882,7 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
                 }
                 // Read (unallocated blocks never), hash, compare with the table, encode what
                 // changed.
-                let (group_nonces, known) = prepare_group(group, nonces, table)?;
+                let (group_nonces, known) = serial.time(|| prepare_group(group, nonces, table))?;
                 let (examined_tx, examined_rx) = mpsc::sync_channel::<ExaminedGroup>(1);
                 pool.spawn_fifo(move |_| {
                     let examined = examine_group(pass, group, &group_nonces, &known);
@@ -882,9 +898,35 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
             let Some(examined) = wait_helping_the_pool(&examined_rx) else {
                 return Ok(());
             };
-            settle(table, group, examined)?;
+            serial.time(|| settle(table, group, examined))?;
         }
     })
+}
+
+/// CPU time the cycle's own thread spends on its serial part (see
+/// [`CycleReport::serial_cpu_seconds`]); `None` where the OS has no thread clock.
+struct SerialClock {
+    cpu_seconds: Option<f64>,
+}
+
+impl SerialClock {
+    fn new() -> SerialClock {
+        SerialClock {
+            cpu_seconds: thread_cpu_seconds().map(|_| 0.0),
+        }
+    }
+
+    /// Run `work` on this thread, adding its CPU time.
+    fn time<T>(&mut self, work: impl FnOnce() -> T) -> T {
+        let start = thread_cpu_seconds();
+        let out = work();
+        if let (Some(total), Some(start), Some(end)) =
+            (&mut self.cpu_seconds, start, thread_cpu_seconds())
+        {
+            *total += end - start;
+        }
+        out
+    }
 }
 
 /// A group's nonces and the table entries its blocks are compared with, by position.

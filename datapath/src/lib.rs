@@ -12,12 +12,14 @@
 //!   together, stepped by the simulator or run on the system clock by `replicate --watch`;
 //!   [`throttle`]: upload pacing in real time.
 //! - [`mod@bench`]: `drplane bench`, the data path measured on one disk, apart from the core;
-//!   [`bench::synthetic`]: seeded realistic disk content for it and for the benchmark scripts.
+//!   [`bench::synthetic`]: seeded realistic disk content for it and for the benchmark scripts;
+//!   [`cpu_clock`]: the process's and a thread's CPU time, for the pipeline's own counters.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod bench;
+pub mod cpu_clock;
 pub mod cycle;
 pub mod driver;
 #[cfg(any(test, feature = "testing"))]

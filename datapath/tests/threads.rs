@@ -1,12 +1,14 @@
-//! The pipeline and the restore on pools of 1 to 8 threads, on an in-memory disk that costs
-//! nothing to read (so the threads meet as often as they can): the replica's bytes do not
-//! depend on the thread count, every restore gives the disk back with its blocks in order
-//! whichever way the store is read, and a damaged record stops a restore at the first damaged
-//! block, after exactly the blocks before it.
+//! The pipeline and the restore on pools of 1 to 16 threads, on an in-memory disk that costs
+//! nothing to read (so the threads meet as often as they can): a pool of N threads has N
+//! blocks under way at once (nothing in the pipeline lets one through at a time), the
+//! replica's bytes do not depend on the thread count, every restore gives the disk back with
+//! its blocks in order whichever way the store is read, and a damaged record stops a restore at
+//! the first damaged block, after exactly the blocks before it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use datapath::cycle::{run_cycle, CycleOptions, Selection};
+use datapath::cycle::{run_cycle, BlockSource, CycleOptions, CycleReport, Selection};
 use datapath::keys::Identity;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::{DiskReplica, Layout};
@@ -98,12 +100,28 @@ fn cycle_with(
     epoch: u64,
 ) -> (Manifest, Vec<u8>) {
     let replica = DiskReplica::open(store, "replicas", "disk", layout()).unwrap();
+    let report = cycle_of(&replica, &disk, id, threads, options, epoch);
+    let mut blob = vec![0u8; (layout().blocks() * layout().slot_size()) as usize];
+    store.read(&replica.data, None, 0, &mut blob).unwrap();
+    (report.point, blob)
+}
+
+/// One cycle of `replica` (disk keys of "disk") from `source` on `threads` threads, as
+/// `options` say, with nonces of `epoch`.
+fn cycle_of(
+    replica: &DiskReplica<'_>,
+    source: &dyn BlockSource,
+    id: &Identity,
+    threads: usize,
+    options: &CycleOptions,
+    epoch: u64,
+) -> CycleReport {
     let keys = id.disk_keys("disk");
-    let report = pool(threads)
+    pool(threads)
         .install(|| {
             run_cycle(
-                &replica,
-                &disk,
+                replica,
+                source,
                 id,
                 &keys,
                 options,
@@ -111,10 +129,7 @@ fn cycle_with(
                 &|_| {},
             )
         })
-        .unwrap();
-    let mut blob = vec![0u8; (layout().blocks() * layout().slot_size()) as usize];
-    store.read(&replica.data, None, 0, &mut blob).unwrap();
-    (report.point, blob)
+        .unwrap()
 }
 
 /// A restored block: its index and bytes.
@@ -155,6 +170,123 @@ fn identity() -> Identity {
     let (_, pfx) =
         datapath::registration::register("vault", "host", "pw", &ManualClock::new(T0)).unwrap();
     Identity::from_pfx(&pfx, "pw").unwrap()
+}
+
+/// A disk in memory whose reads wait for one another: each waits until `want` reads are under
+/// way at once (then none waits again), or, the first time that takes longer than a generous
+/// limit, gives up for good. `peak` is the most reads that were ever under way together.
+struct Rendezvous<'a> {
+    bytes: &'a [u8],
+    want: usize,
+    state: Mutex<Meeting>,
+    met: Condvar,
+}
+
+#[derive(Default)]
+struct Meeting {
+    under_way: usize,
+    peak: usize,
+    given_up: bool,
+}
+
+impl<'a> Rendezvous<'a> {
+    /// Far longer than `want` idle threads need to pick up a block each, on any machine.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    fn new(bytes: &'a [u8], want: usize) -> Rendezvous<'a> {
+        Rendezvous {
+            bytes,
+            want,
+            state: Mutex::new(Meeting::default()),
+            met: Condvar::new(),
+        }
+    }
+
+    fn peak(&self) -> usize {
+        self.state.lock().unwrap().peak
+    }
+}
+
+impl BlockSource for Rendezvous<'_> {
+    fn disk_size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn is_unallocated(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut m = self.state.lock().unwrap();
+        m.under_way += 1;
+        m.peak = m.peak.max(m.under_way);
+        if m.peak >= self.want {
+            self.met.notify_all();
+        }
+        let deadline = Instant::now() + Self::PATIENCE;
+        while m.peak < self.want && !m.given_up {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                m.given_up = true;
+                self.met.notify_all();
+                break;
+            }
+            m = self.met.wait_timeout(m, left).unwrap().0;
+        }
+        m.under_way -= 1;
+        drop(m);
+        self.bytes.read_at(offset, buf)
+    }
+}
+
+/// What a pipeline with a serial part cannot do, shown on any number of cores: on a pool of N
+/// threads (up to 16, on a 2-core machine too) the initial replication has N blocks read and
+/// examined side by side. A lock around the examination, a source read one block at a time,
+/// or groups handed to the pool one by one and awaited would keep the peak below N (checked
+/// with the examination under a lock: the peak stays 1). The cycle's own counters of its
+/// serial part come with the report, and the replica restores.
+#[test]
+fn a_pool_of_n_threads_has_n_blocks_under_way_at_once() {
+    let id = identity();
+    let disk = disk();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let keys = id.disk_keys("disk");
+    for threads in [2, 4, 8, 16] {
+        let source = Rendezvous::new(&disk, threads);
+        let name = format!("disk-{threads}");
+        let replica = DiskReplica::open(&store, "replicas", &name, layout()).unwrap();
+        let options = CycleOptions {
+            upload_threads: 3,
+            ..CycleOptions::scan(T0)
+        };
+        let report = cycle_of(&replica, &source, &id, threads, &options, threads as u64);
+        assert_eq!(
+            source.peak(),
+            threads,
+            "blocks under way at once, {threads} threads"
+        );
+        let stored = disk
+            .chunks(BLOCK as usize)
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .count() as u64;
+        assert_eq!(report.blocks_changed, stored, "{threads} threads");
+        let serial = report.serial_cpu_seconds.expect("a thread CPU clock");
+        assert!(serial > 0.0 && serial < report.seconds * 2.0, "{serial}");
+        let codec = BlockCodec::new(&keys, 1, true);
+        let mut restored = Vec::with_capacity(disk.len());
+        replica
+            .restore_blocks(
+                &codec,
+                &report.point,
+                keys.digest.expose(),
+                |block, data| {
+                    let len = layout().block_len(block) as usize;
+                    restored.extend_from_slice(data.unwrap_or(&vec![0; len]));
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert!(restored == disk, "restore, {threads} threads");
+    }
 }
 
 #[test]

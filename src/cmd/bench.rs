@@ -498,6 +498,28 @@ fn cpu_split_text(c: &CycleFigures, threads: usize, cores: usize) -> Option<Stri
     ))
 }
 
+/// The initial replication's serial parts, from the pipeline's own counters, and what they
+/// would allow on more cores.
+fn serial_text(r: &BenchReport) -> Option<String> {
+    let c = &r.initial;
+    let projected = [4, 8, 16]
+        .map(|n| {
+            r.projected_efficiency(n)
+                .map(|e| format!("{n} threads {:.0}%", 100.0 * e))
+        })
+        .into_iter()
+        .collect::<Option<Vec<_>>>()?
+        .join(", ");
+    Some(format!(
+        "serial parts: the cycle's thread settling groups {:.3} CPU-s, the store's {} writer(s) {:.2} CPU-s, {:.3} s before and after the groups; they keep {:.0} threads' transforms fed. Projected share of the bound with a core per thread: {projected}",
+        c.serial_cpu_seconds?,
+        r.upload_threads,
+        c.other_cpu_seconds()?,
+        c.outside_groups_seconds,
+        r.serial_ceiling_threads()?,
+    ))
+}
+
 fn efficiency_text(efficiency: Option<f64>) -> String {
     efficiency
         .map(|e| format!(" ({:.0}% of the bound)", 100.0 * e))
@@ -581,6 +603,9 @@ fn print_report(r: &BenchReport, disk: &str) {
     );
     if let Some(split) = cpu_split_text(i, r.pipeline_threads, r.cores) {
         println!("  {split}");
+    }
+    if let Some(serial) = serial_text(r) {
+        println!("  {serial}");
     }
     for d in &r.deltas {
         println!(

@@ -38,6 +38,18 @@ pub fn figures(r: &BenchReport) -> BTreeMap<String, f64> {
         "initial_unused_core_seconds",
         r.initial.unused_core_seconds(r.cores),
     );
+    put("initial_serial_cpu_seconds", r.initial.serial_cpu_seconds);
+    put(
+        "initial_outside_groups_seconds",
+        Some(r.initial.outside_groups_seconds),
+    );
+    put("serial_ceiling_threads", r.serial_ceiling_threads());
+    for threads in [4, 8, 16] {
+        put(
+            &format!("projected_{threads}_thread_efficiency"),
+            r.projected_efficiency(threads),
+        );
+    }
     put("initial_bytes_per_sec", Some(r.initial_rate()));
     put("pipeline_efficiency", r.pipeline_efficiency());
     put("replication_efficiency", r.replication_efficiency());

@@ -15,6 +15,7 @@ use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use rand_core::SeedableRng;
 use serde::Serialize;
 
+use crate::cpu_clock::{process_cpu_seconds, thread_cpu_seconds};
 use crate::cycle::{run_cycle_cached, BlockSource, CycleError, CycleOptions, Selection};
 use crate::keys::Identity;
 use crate::replica::block_record::{block_compressor, BlockCodec};
@@ -166,6 +167,11 @@ pub struct CycleFigures {
     /// reads, and the cycle's own bookkeeping when it runs on one of them), where the OS tells;
     /// the rest of [`Self::cpu_seconds`] is the store's writer threads and any other thread.
     pub pool_cpu_seconds: Option<f64>,
+    /// CPU time of the cycle's serial part: its own thread preparing and settling the groups
+    /// one after another ([`crate::cycle::CycleReport::serial_cpu_seconds`]).
+    pub serial_cpu_seconds: Option<f64>,
+    /// Wall time of the cycle before its first group and after its last.
+    pub outside_groups_seconds: f64,
     pub blocks_examined: u64,
     pub blocks_changed: u64,
     pub bytes_read: u64,
@@ -239,6 +245,45 @@ impl BenchReport {
         let threads = self.pipeline_threads as f64;
         let cores = self.cores as f64;
         Some((threads / data).min(cores / all))
+    }
+
+    /// Non-zero bytes per second the initial replication's serial parts keep up with, however
+    /// many threads do the transforms: the cycle's own thread preparing and settling the groups
+    /// one after another ([`CycleFigures::serial_cpu_seconds`]), and the store's writers, each
+    /// of the `upload_threads` doing its share of the CPU the threads outside the pool used
+    /// here ([`CycleFigures::other_cpu_seconds`]: the writers, and anything else, counted as
+    /// theirs). Measured on this machine's cores, so it holds for more cores as long as the
+    /// per-byte costs do.
+    pub fn serial_ceiling(&self) -> Option<f64> {
+        let c = &self.initial;
+        let settling = c.serial_cpu_seconds?;
+        let writing = c.other_cpu_seconds()? / self.upload_threads.max(1) as f64;
+        Some(c.bytes_changed as f64 / settling.max(writing).max(1e-9))
+    }
+
+    /// [`Self::serial_ceiling`] in threads: how many pipeline threads' worth of transforms
+    /// (each at one thread's share of the stages' bound) the serial parts keep fed.
+    pub fn serial_ceiling_threads(&self) -> Option<f64> {
+        Some(self.serial_ceiling()? / self.stages.as_ref()?.pipeline_bound(1))
+    }
+
+    /// The share of the transforms' bound the initial replication would reach on `threads`
+    /// threads with a core each, if the only limits were the stages and the serial parts as
+    /// measured here: the transforms (and the cycle's thread's settling, as that thread is one
+    /// of the pool's) spread over the threads, never faster than the settling alone or the
+    /// writers alone, plus the cycle's time before and after its groups. A projection from
+    /// the pipeline's own counters, for machines with more cores than this one.
+    pub fn projected_efficiency(&self, threads: usize) -> Option<f64> {
+        let c = &self.initial;
+        let one_thread = self.stages.as_ref()?.pipeline_bound(1);
+        let bytes = c.bytes_changed as f64;
+        let settling = c.serial_cpu_seconds?;
+        let writing = c.other_cpu_seconds()? / self.upload_threads.max(1) as f64;
+        let threads = threads.max(1) as f64;
+        let transforms = bytes / one_thread / threads;
+        let spread = (bytes / one_thread + settling) / threads;
+        let projected = c.outside_groups_seconds + spread.max(settling).max(writing);
+        Some(transforms / projected.max(1e-9))
     }
 
     /// Non-zero bytes per second of the initial replication against
@@ -332,37 +377,10 @@ impl<S: BlockSource + ?Sized> BlockSource for ChurnedSource<'_, S> {
     }
 }
 
-/// CPU time the process has used (all threads, also those that ended), where the OS tells.
-pub fn process_cpu_seconds() -> Option<f64> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        Some(clock_seconds(rustix::time::ClockId::ProcessCPUTime))
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        None
-    }
-}
-
-/// A clock's reading in seconds.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn clock_seconds(clock: rustix::time::ClockId) -> f64 {
-    let t = rustix::time::clock_gettime(clock);
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
-
 /// CPU time the threads of the current rayon pool have used, summed (each thread's own clock,
 /// read on that thread), where the OS tells.
 pub fn pool_cpu_seconds() -> Option<f64> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let each = rayon::broadcast(|_| clock_seconds(rustix::time::ClockId::ThreadCPUTime));
-        Some(each.iter().sum())
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        None
-    }
+    rayon::broadcast(|_| thread_cpu_seconds()).into_iter().sum()
 }
 
 impl CycleFigures {
@@ -643,6 +661,8 @@ pub fn run_bench(
             seconds,
             cpu_seconds: cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a),
             pool_cpu_seconds,
+            serial_cpu_seconds: report.serial_cpu_seconds,
+            outside_groups_seconds: report.outside_groups_seconds,
             blocks_examined: report.blocks_examined,
             blocks_changed: report.blocks_changed,
             bytes_read: report.bytes_read,
@@ -834,7 +854,7 @@ mod tests {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn the_pool_cpu_counts_every_pool_thread_and_no_other() {
-        let thread_cpu = || clock_seconds(rustix::time::ClockId::ThreadCPUTime);
+        let thread_cpu = || thread_cpu_seconds().unwrap();
         let spin = |seconds: f64| {
             let start = thread_cpu();
             while thread_cpu() - start < seconds {
@@ -870,6 +890,8 @@ mod tests {
             seconds: 0.1,
             cpu_seconds: Some(process_used),
             pool_cpu_seconds: Some(pool_used),
+            serial_cpu_seconds: None,
+            outside_groups_seconds: 0.0,
             blocks_examined: 0,
             blocks_changed: 0,
             bytes_read: 0,
@@ -936,6 +958,19 @@ mod tests {
             "{with_io} {transforms}"
         );
         assert_eq!(report.blocks, 384);
+        // The pipeline's own counters of its serial part, and the projection they give.
+        let serial = report.initial.serial_cpu_seconds.unwrap();
+        assert!(serial > 0.0 && serial <= report.initial.cpu_seconds.unwrap());
+        let outside = report.initial.outside_groups_seconds;
+        assert!(outside > 0.0 && outside < report.initial.seconds);
+        assert!(report.serial_ceiling_threads().unwrap() > 0.0);
+        let projected: Vec<f64> = [1, 2, 16]
+            .map(|n| report.projected_efficiency(n).unwrap())
+            .to_vec();
+        assert!(
+            projected[0] <= 1.0 && projected[1] <= projected[0] && projected[2] <= projected[1],
+            "{projected:?}"
+        );
         assert_eq!(report.initial.blocks_changed, nonzero_blocks);
         assert_eq!(report.initial.bytes_changed, nonzero_blocks * 16384);
         assert!(

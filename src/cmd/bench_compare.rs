@@ -149,7 +149,7 @@ fn load(path: &Path) -> Result<BTreeMap<String, f64>> {
         .collect()
 }
 
-/// A figure's value for people: seconds, a rate or a share.
+/// A figure's value for people: seconds, a rate, a share or a count of threads.
 fn show(name: &str, v: f64) -> String {
     if name.ends_with("_seconds") {
         format!("{v:.3} s")
@@ -157,6 +157,8 @@ fn show(name: &str, v: f64) -> String {
         format!("{}/s", indicatif::HumanBytes(v as u64))
     } else if name.ends_with("_efficiency") || name.ends_with("_ratio") {
         format!("{:.1}%", 100.0 * v)
+    } else if name.ends_with("_threads") {
+        format!("{v:.1} threads")
     } else {
         format!("{v}")
     }
@@ -234,6 +236,9 @@ mod tests {
     fn times_and_ratios_are_better_lower_rates_and_efficiencies_higher() {
         assert!(!higher_is_better("initial_seconds"));
         assert!(!higher_is_better("stored_ratio"));
+        assert!(higher_is_better("serial_ceiling_threads"));
+        assert_eq!(show("serial_ceiling_threads", 30.94049), "30.9 threads");
+        assert_eq!(show("projected_16_thread_efficiency", 0.96), "96.0%");
         assert!(higher_is_better("restore_bytes_per_sec"));
         assert!(higher_is_better("replication_efficiency"));
     }

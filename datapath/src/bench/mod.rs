@@ -255,10 +255,16 @@ impl BenchReport {
     /// theirs). Measured on this machine's cores, so it holds for more cores as long as the
     /// per-byte costs do.
     pub fn serial_ceiling(&self) -> Option<f64> {
+        let (settling, writing) = self.serial_seconds()?;
+        Some(self.initial.bytes_changed as f64 / settling.max(writing).max(1e-9))
+    }
+
+    /// The initial replication's serial parts in seconds: the cycle's thread settling its
+    /// groups, and one writer's share of the writers' CPU.
+    fn serial_seconds(&self) -> Option<(f64, f64)> {
         let c = &self.initial;
-        let settling = c.serial_cpu_seconds?;
         let writing = c.other_cpu_seconds()? / self.upload_threads.max(1) as f64;
-        Some(c.bytes_changed as f64 / settling.max(writing).max(1e-9))
+        Some((c.serial_cpu_seconds?, writing))
     }
 
     /// [`Self::serial_ceiling`] in threads: how many pipeline threads' worth of transforms
@@ -274,15 +280,13 @@ impl BenchReport {
     /// writers alone, plus the cycle's time before and after its groups. A projection from
     /// the pipeline's own counters, for machines with more cores than this one.
     pub fn projected_efficiency(&self, threads: usize) -> Option<f64> {
-        let c = &self.initial;
         let one_thread = self.stages.as_ref()?.pipeline_bound(1);
-        let bytes = c.bytes_changed as f64;
-        let settling = c.serial_cpu_seconds?;
-        let writing = c.other_cpu_seconds()? / self.upload_threads.max(1) as f64;
+        let bytes = self.initial.bytes_changed as f64;
+        let (settling, writing) = self.serial_seconds()?;
         let threads = threads.max(1) as f64;
         let transforms = bytes / one_thread / threads;
         let spread = (bytes / one_thread + settling) / threads;
-        let projected = c.outside_groups_seconds + spread.max(settling).max(writing);
+        let projected = self.initial.outside_groups_seconds + spread.max(settling).max(writing);
         Some(transforms / projected.max(1e-9))
     }
 

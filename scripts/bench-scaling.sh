@@ -10,7 +10,10 @@
 # of the transforms' bound they would allow at 4, 8 and 16 threads with a core each (projected
 # from this machine's figures: what a serial part would cost on a bigger one).
 # Saves each count's report as bench-scaling-N.json in OUT (for `drplane bench compare`).
-# Usage: scripts/bench-scaling.sh [SIZE] [RUNS] [THREADS] [OUT]
+# THREAD_COUNTS="1 2 4 8 16": only those counts instead of every one up to THREADS;
+# DRPLANE_BIN: run that binary (e.g. a stripped one carried to a machine with more cores)
+# instead of building this tree's.
+# Usage: [THREAD_COUNTS=...] [DRPLANE_BIN=PATH] scripts/bench-scaling.sh [SIZE] [RUNS] [THREADS] [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1G}
@@ -20,21 +23,26 @@ out=${4:-target/bench-scaling}
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cargo build --release -q -j2 --bin drplane
-bin=$PWD/target/release/drplane
+if [ -n "${DRPLANE_BIN:-}" ]; then
+  bin=$DRPLANE_BIN
+else
+  cargo build --release -q -j2 --bin drplane
+  bin=$PWD/target/release/drplane
+fi
+counts=${THREAD_COUNTS:-$(seq 1 "$threads")}
 "$bin" bench make-disk "$work/disk.raw" --size "$size" > /dev/null
-for n in $(seq 1 "$threads"); do
+for n in $counts; do
   "$bin" bench --disk "$work/disk.raw" --churn none --runs "$runs" --json \
     --pipeline-threads "$n" > "$out/bench-scaling-$n.json"
 done
-python3 - "$out" "$threads" "$size" "$runs" <<'PY'
+python3 - "$out" "$counts" "$size" "$runs" <<'PY'
 import json, sys
-out, threads = sys.argv[1], int(sys.argv[2])
+out, counts = sys.argv[1], [int(n) for n in sys.argv[2].split()]
 print(f"{sys.argv[3]} realistic disk, medians of {sys.argv[4]} runs")
 print("threads  initial s  CPU s  of bound  with I/O  pool busy  writers s  unused  "
       "restore s  of restore bound")
 pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
-for n in range(1, threads + 1):
+for n in counts:
     r = json.load(open(f"{out}/bench-scaling-{n}.json"))
     f = r["figures"]
     wall = f["initial_seconds"]
@@ -51,7 +59,7 @@ for n in range(1, threads + 1):
 print()
 print("threads  settling CPU s  writers CPU s  outside groups s  feeds threads  "
       "projected at 4 / 8 / 16 threads")
-for n in range(1, threads + 1):
+for n in counts:
     r = json.load(open(f"{out}/bench-scaling-{n}.json"))
     f = r["figures"]
     projected = [f.get(f"projected_{k}_thread_efficiency") for k in (4, 8, 16)]

@@ -3,14 +3,20 @@
 # 24 simulated hours, 8 VMs x 2 disks of 1 GiB, 5-minute cycles, 256 KiB written per disk per
 # cycle, every point verified) at >= 30,000x real time (issue 20). Runs it RUNS times (default 3) and
 # prints each run's speed line (simulated seconds per wall second, churn bytes per wall second)
-# and the median. Usage: scripts/bench-sim.sh [RUNS]
+# and the median. DRPLANE_BIN: run that binary (e.g. a stripped one carried to another
+# machine) instead of building this tree's. Usage: [DRPLANE_BIN=PATH] scripts/bench-sim.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-cargo build -q --release -j2
+if [ -n "${DRPLANE_BIN:-}" ]; then
+  bin=$DRPLANE_BIN
+else
+  cargo build -q --release -j2 --bin drplane
+  bin=$PWD/target/release/drplane
+fi
 speeds=()
 for _ in $(seq "$runs"); do
-  out=$(./target/release/drplane sim run scenarios/reference.toml)
+  out=$("$bin" sim run scenarios/reference.toml)
   echo "$out" | grep -E "events in|^speed"
   echo "$out" | grep -q FAILED && { echo "the drill failed its checks"; exit 1; }
   speeds+=("$(echo "$out" | sed -n 's/^speed: \([0-9]*\)x real time.*/\1/p')")

@@ -47,6 +47,8 @@ pub struct FaultyStore<S> {
     writes: std::sync::atomic::AtomicU64,
     /// Get Blob calls (ranges read), all told.
     reads: std::sync::atomic::AtomicU64,
+    /// `put_pages_batch` calls, all told.
+    batches: std::sync::atomic::AtomicU64,
 }
 
 impl<S> std::fmt::Debug for FaultyStore<S> {
@@ -67,6 +69,7 @@ impl<S: PageBlobStore> FaultyStore<S> {
             injected: Default::default(),
             writes: Default::default(),
             reads: Default::default(),
+            batches: Default::default(),
         }
     }
 
@@ -84,6 +87,11 @@ impl<S: PageBlobStore> FaultyStore<S> {
     /// Reads (Get Blob calls) asked of the store so far, failed ones included.
     pub fn reads(&self) -> u64 {
         self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Batches of writes (`put_pages_batch` calls) asked of the store so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Faults injected so far.
@@ -257,6 +265,15 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         }
         let r = self.inner.put_pages(path, offset, data, cond);
         self.after_write(r)
+    }
+    /// Each write as its own Put Page (each may draw a fault), counted as one batch.
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for w in writes {
+            self.put_pages(w.path, w.offset, w.data, &Conditions::default())?;
+        }
+        Ok(())
     }
     fn clear_pages(
         &self,

@@ -247,13 +247,11 @@ impl BlockSource for Rendezvous<'_> {
 fn a_pool_of_n_threads_has_n_blocks_under_way_at_once() {
     let id = identity();
     let disk = disk();
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
-    let keys = id.disk_keys("disk");
     for threads in [2, 4, 8, 16] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
         let source = Rendezvous::new(&disk, threads);
-        let name = format!("disk-{threads}");
-        let replica = DiskReplica::open(&store, "replicas", &name, layout()).unwrap();
+        let replica = DiskReplica::open(&store, "replicas", "disk", layout()).unwrap();
         let options = CycleOptions {
             upload_threads: 3,
             ..CycleOptions::scan(T0)
@@ -271,20 +269,9 @@ fn a_pool_of_n_threads_has_n_blocks_under_way_at_once() {
         assert_eq!(report.blocks_changed, stored, "{threads} threads");
         let serial = report.serial_cpu_seconds.expect("a thread CPU clock");
         assert!(serial > 0.0 && serial < report.seconds * 2.0, "{serial}");
-        let codec = BlockCodec::new(&keys, 1, true);
-        let mut restored = Vec::with_capacity(disk.len());
-        replica
-            .restore_blocks(
-                &codec,
-                &report.point,
-                keys.digest.expose(),
-                |block, data| {
-                    let len = layout().block_len(block) as usize;
-                    restored.extend_from_slice(data.unwrap_or(&vec![0; len]));
-                    Ok(())
-                },
-            )
-            .unwrap();
+        let (seen, outcome) = restore(&store, &id, &report.point, threads, Fetch::Parallel);
+        outcome.unwrap();
+        let restored: Vec<u8> = seen.into_iter().flat_map(|(_, d)| d).collect();
         assert!(restored == disk, "restore, {threads} threads");
     }
 }

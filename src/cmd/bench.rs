@@ -502,7 +502,7 @@ fn cpu_split_text(c: &CycleFigures, threads: usize, cores: usize) -> Option<Stri
 /// would allow on more cores.
 fn serial_text(r: &BenchReport) -> Option<String> {
     let c = &r.initial;
-    let projected = [4, 8, 16]
+    let projected = BenchReport::PROJECTED_THREADS
         .map(|n| {
             r.projected_efficiency(n)
                 .map(|e| format!("{n} threads {:.0}%", 100.0 * e))

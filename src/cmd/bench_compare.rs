@@ -44,7 +44,7 @@ pub fn figures(r: &BenchReport) -> BTreeMap<String, f64> {
         Some(r.initial.outside_groups_seconds),
     );
     put("serial_ceiling_threads", r.serial_ceiling_threads());
-    for threads in [4, 8, 16] {
+    for threads in BenchReport::PROJECTED_THREADS {
         put(
             &format!("projected_{threads}_thread_efficiency"),
             r.projected_efficiency(threads),

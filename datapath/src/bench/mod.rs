@@ -273,6 +273,10 @@ impl BenchReport {
         Some(self.serial_ceiling()? / self.stages.as_ref()?.pipeline_bound(1))
     }
 
+    /// The thread counts `bench` projects [`Self::projected_efficiency`] to (its JSON figures
+    /// `projected_N_thread_efficiency`).
+    pub const PROJECTED_THREADS: [usize; 3] = [4, 8, 16];
+
     /// The share of the transforms' bound the initial replication would reach on `threads`
     /// threads with a core each, if the only limits were the stages and the serial parts as
     /// measured here: the transforms (and the cycle's thread's settling, as that thread is one

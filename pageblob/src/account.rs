@@ -507,13 +507,22 @@ impl Account {
             return Vec::new();
         };
         let candidates = base.map.home_readers(offset, offset + len, base.shrunk_at);
+        let reads_home = |v: &Version| v.map.has_home_data(offset, offset + len);
+        let sharing = |v: &Version| {
+            candidates.may_include(v.taken_at)
+                && v.incarnation == base.incarnation
+                && (candidates.decides_alone() || reads_home(v))
+        };
+        debug_assert!(
+            blob.snapshots.values().all(|v| sharing(v)
+                == (candidates.may_include(v.taken_at)
+                    && v.incarnation == base.incarnation
+                    && reads_home(v))),
+            "a snapshot the filter alone called sharing must read home bytes, and the reverse"
+        );
         blob.snapshots
             .iter()
-            .filter(|(_, v)| {
-                candidates.may_include(v.taken_at)
-                    && v.incarnation == base.incarnation
-                    && v.map.has_home_data(offset, offset + len)
-            })
+            .filter(|(_, v)| sharing(v))
             .map(|(id, _)| *id)
             .collect()
     }

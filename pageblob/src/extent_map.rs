@@ -58,6 +58,15 @@ impl HomeReaders {
     pub fn may_include(&self, taken_at: u64) -> bool {
         self.any || taken_at > self.taken_after || taken_at < self.taken_before
     }
+
+    /// True when the filter is the whole answer for snapshots of the blob's incarnation: the
+    /// range holds only home data (and pages never written, none cut off by a shrink), so a
+    /// snapshot taken after the oldest of those writes took that write's extent along, and
+    /// still reads it from home (overwriting those bytes would have relocated the snapshot
+    /// and given the base a newer write). No snapshot's map need be searched.
+    pub fn decides_alone(&self) -> bool {
+        !self.any && self.taken_before == 0
+    }
 }
 
 /// A range reported by Get Page Ranges.
@@ -159,6 +168,8 @@ impl ExtentMap {
 
     /// Point the parts of `[start, start+len)` whose data is in the home file at `log_address`
     /// instead (the home bytes `start..` were copied there), keeping their sequence numbers.
+    /// An extent wholly inside the range keeps its place and only its location changes (one
+    /// path copied in a map that other snapshots share); one that sticks out is split.
     pub fn relocate_home(&mut self, start: u64, len: u64, log_address: u64) {
         for (s, e) in self.clipped(start, start + len) {
             if let Some(h) = e.data.and_then(home_offset) {
@@ -166,7 +177,14 @@ impl ExtentMap {
                     h >= start && h + e.len <= start + len,
                     "home data sits at its own offset"
                 );
-                self.insert(s, e.len, e.seq, Some(log_address + (h - start)));
+                let relocated = Some(log_address + (h - start));
+                if self.extents.get(&s).is_some_and(|whole| whole.len == e.len) {
+                    if let Some(whole) = self.extents.get_mut(&s) {
+                        whole.data = relocated;
+                    }
+                } else {
+                    self.insert(s, e.len, e.seq, relocated);
+                }
             }
         }
     }
@@ -429,7 +447,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Writes, clears and truncations against a per-page model; clones taken along the way
+        /// Writes (into the log, or home data at its own offset), clears, relocations of home
+        /// data and truncations against a per-page model; clones taken along the way
         /// (snapshots share the persistent map's nodes) keep what they held whatever is
         /// changed after them.
         #[test]
@@ -449,6 +468,24 @@ mod tests {
                     0 => {
                         map.truncate(start * 512);
                         model[start as usize..].fill(None);
+                    }
+                    1 | 2 => {
+                        let at = home(start * 512);
+                        map.insert(start * 512, len * 512, seq, Some(at));
+                        for i in 0..len {
+                            model[(start + i) as usize] = Some((seq, Some(at + i * 512)));
+                        }
+                    }
+                    3 => {
+                        let log_address = data.unwrap_or(0) * 512;
+                        map.relocate_home(start * 512, len * 512, log_address);
+                        for page in &mut model[start as usize..(start + len) as usize] {
+                            if let Some((_, Some(location))) = page {
+                                if let Some(h) = home_offset(*location) {
+                                    *location = log_address + (h - start * 512);
+                                }
+                            }
+                        }
                     }
                     _ => {
                         let data = data.map(|d| d * 512);

@@ -220,10 +220,6 @@ pub(crate) mod fixture {
             }
         }
 
-        pub(crate) fn identity(&self) -> &Identity {
-            &self.identity
-        }
-
         pub(crate) fn replica(&self) -> DiskReplica<'_> {
             DiskReplica::open(&self.store, "replicas", "d", LAYOUT).unwrap()
         }

@@ -275,7 +275,6 @@ impl Env {
                 .unwrap_or(0),
             touched,
             audit: PointAudit::default(),
-            audit_link: None,
             observer,
             azure_view,
             agent_down: false,

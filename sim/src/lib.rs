@@ -8,8 +8,7 @@
 //!
 //! Modules: [`scenario`] (the file format), [`world`] (the event loop), `sim_disk` (a simulated
 //! disk, its host's link and one costed cycle), `flows` (DR operations as vault jobs), `audit`
-//! and `content` (the checker's proofs and disk models), `auditor` (the thread the proofs run
-//! on), [`report`] (what a run returns), [`swarm`] (many seeds), [`planner`] (capacity
+//! and `content` (the checker's proofs and disk models), [`report`] (what a run returns), [`swarm`] (many seeds), [`planner`] (capacity
 //! planning checked by simulation), [`timeline`] (an SVG of a run), [`junit`] and [`markdown`]
 //! (reports for CI systems), [`reproduce`] (the one-line commands that rerun a run or seed),
 //! [`peak_hours`], [`fuzz_targets`].
@@ -17,7 +16,6 @@
 #![forbid(unsafe_code)]
 
 mod audit;
-mod auditor;
 mod content;
 mod env;
 mod event_queue;

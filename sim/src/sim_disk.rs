@@ -18,7 +18,6 @@ use rand_core::RngCore;
 use vhdx::{MemoryFile, NoParents, VhdxWriter};
 
 use crate::audit::PointAudit;
-use crate::auditor::AuditLink;
 use crate::content::ContentModel;
 use crate::host_clock::HostClock;
 use crate::report::DiskReport;
@@ -105,8 +104,6 @@ pub(crate) struct SimDisk<'a> {
     /// transient errors.
     pub(crate) azure_view: datapath::replica::disk_replica::DiskReplica<'a>,
     pub(crate) report: DiskReport,
-    /// Where the disk's audit runs when not inline in `audit`: the audit thread.
-    pub(crate) audit_link: Option<AuditLink>,
 }
 
 impl SimDisk<'_> {
@@ -118,51 +115,23 @@ impl SimDisk<'_> {
 
     /// Remember the disk's content at point `sequence`, for the checker.
     pub(crate) fn record_image(&mut self, sequence: u64, model: ContentModel) {
-        if let Some(link) = &mut self.audit_link {
-            link.image(sequence, model.clone());
-        }
         self.images.insert(sequence, model);
     }
 
     /// Point `sequence` is gone: its content is not needed any more.
     pub(crate) fn forget_image(&mut self, sequence: u64) {
-        if let Some(link) = &mut self.audit_link {
-            link.forget(sequence);
-        }
         self.images.remove(&sequence);
     }
 
-    /// Prove the points in `points` not proven yet (on the audit thread, if there is one).
+    /// Prove the points in `points` not proven yet.
     pub(crate) fn audit_points(&mut self, points: Vec<Manifest>) {
-        match &mut self.audit_link {
-            Some(link) => link.catch_up(points),
-            None => self
-                .audit
-                .catch_up(&self.observer, &self.codec, &points, &self.images),
-        }
+        self.audit
+            .catch_up(&self.observer, &self.codec, &points, &self.images);
     }
 
     /// A failure of the disk's points found outside the audit.
     pub(crate) fn audit_failure(&mut self, why: String) {
-        match &mut self.audit_link {
-            Some(link) => link.failure(why),
-            None => self.audit.failures.push(why),
-        }
-    }
-
-    /// Wait until the disk's audit has done all it was given (before its snapshots may go).
-    pub(crate) fn fence_audit(&self) {
-        if let Some(link) = &self.audit_link {
-            link.fence();
-        }
-    }
-
-    /// From now on (`on`), wait for each piece of audit work as it is sent, after waiting for
-    /// what was sent before; or (not `on`) let it run behind again.
-    pub(crate) fn audit_synchronously(&mut self, on: bool) {
-        if let Some(link) = &mut self.audit_link {
-            link.set_synchronous(on);
-        }
+        self.audit.failures.push(why);
     }
 }
 

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 
-use datapath::replica::block_record::BlockCodec;
 use datapath::replica::manifest::Consistency;
 use datapath::replicator::{Action, CycleOutcome, CyclePlan, Resume};
 use datapath::source::TrackedDisk;
@@ -56,15 +55,6 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
     fits_in_memory(scenario, available_memory_bytes())?;
     let env = Env::build(scenario, seed, storage)?;
     let mut world = World::new(&env, scenario)?;
-    // The points are proven on a thread of their own while the loop goes on (`auditor`).
-    let views = world
-        .disks
-        .iter()
-        .map(|d| {
-            let keys = env.identity.disk_keys(&d.replica_name);
-            (d.observer.reader(), BlockCodec::new(&keys, 1, true))
-        })
-        .collect();
     // The loop runs on a thread of a pool of its own (one thread per core, the loop's
     // included): a cycle's parallel work (its few blocks, the checker's hashes, the final
     // proofs) goes to that pool, and while the loop waits for it, it takes the tasks nobody
@@ -78,42 +68,21 @@ pub fn run_in(scenario: &Scenario, seed: u64, storage: &Storage) -> Result<Repor
         .thread_name(|i| format!("sim-{i}"))
         .build()
         .map_err(|e| SimError::Setup(format!("the simulator's threads: {e}")))?;
-    // The world moves into the scope: if the loop panics, dropping it drops every link and
-    // the audit thread ends, so the scope's join cannot wait forever.
-    std::thread::scope(move |scope| {
-        let (links, auditor) = crate::auditor::start(scope, views);
-        for (d, link) in world.disks.iter_mut().zip(links) {
-            d.audit_link = Some(link);
-        }
-        let looped = pool.install(|| loop {
-            let Some((now, event)) = world.queue.pop() else {
-                break Ok(());
-            };
+    // Each disk's points are proven in the task that ran its cycle, right after the cycle (a
+    // task of the pool like the cycle itself, so proofs of different disks run side by side
+    // and nothing waits for a thread of its own to wake).
+    pool.install(|| {
+        while let Some((now, event)) = world.queue.pop() {
             if now >= world.end {
-                break Ok(());
+                break;
             }
-            let handled = match event {
+            match event {
                 Event::Workload { disk } => world.on_workload_minutes(now, disk),
                 Event::Poll { disk, epoch } => world.on_polls(now, disk, epoch),
                 event => world.handle(now, event),
-            };
-            if let Err(e) = handled {
-                break Err(e);
-            }
-        });
-        // The links go whatever the loop's outcome: the thread finishes its work and ends.
-        for d in &mut world.disks {
-            d.audit_link = None;
+            }?;
         }
-        let audits = match auditor.join() {
-            Ok(audits) => audits,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        looped?;
-        for (d, audit) in world.disks.iter_mut().zip(audits) {
-            d.audit = audit;
-        }
-        pool.install(|| world.finish())
+        world.finish()
     })
 }
 
@@ -293,40 +262,6 @@ impl<'e> World<'e> {
         })
     }
 
-    /// Advance the clock to `now` and hand `event` to its handler.
-    fn handle(&mut self, now: u64, event: Event) -> Result<(), SimError> {
-        // A disk's snapshots may go only once its audit has caught up: a poll (a cycle at a
-        // premium blob's snapshot limit) and a cycle's end (retention) touch their own disk,
-        // and only before the cycle they may run sends its proof; a workload minute touches
-        // no snapshot. Anything else (DR steps, agents starting, crashes) may run cycles and
-        // delete snapshots of any disk in any order: every audit has caught up before it, and
-        // during it each proof is waited for as it is sent.
-        let anything = match event {
-            Event::Workload { .. } => false,
-            Event::Poll { disk, .. } => {
-                self.fence_before_poll(disk);
-                false
-            }
-            Event::CycleDone { disk, .. } => {
-                self.disks[disk].fence_audit();
-                false
-            }
-            _ => true,
-        };
-        if anything {
-            self.disks
-                .iter_mut()
-                .for_each(|d| d.audit_synchronously(true));
-        }
-        let handled = self.dispatch(now, event);
-        if anything {
-            self.disks
-                .iter_mut()
-                .for_each(|d| d.audit_synchronously(false));
-        }
-        handled
-    }
-
     /// The loop's books of one event at `now`: the invariants, the clock, the count, the trace.
     fn note_event(&mut self, now: u64, event: &Event) {
         self.invariants.event_at(now, event);
@@ -335,16 +270,8 @@ impl<'e> World<'e> {
         self.trace.update(format!("{now} {event:?}\n").as_bytes());
     }
 
-    /// Before a poll: a cycle deletes snapshots only to stay under the profile's snapshot
-    /// limit, so where there is one the disk's audit catches up first.
-    fn fence_before_poll(&self, disk: usize) {
-        if self.env.snapshot_limit.is_some() {
-            self.disks[disk].fence_audit();
-        }
-    }
-
-    /// Hand `event` to its handler.
-    fn dispatch(&mut self, now: u64, event: Event) -> Result<(), SimError> {
+    /// Advance the clock to `now` and hand `event` to its handler.
+    fn handle(&mut self, now: u64, event: Event) -> Result<(), SimError> {
         self.note_event(now, &event);
         match event {
             Event::Workload { disk } => return self.write_minutes(now, &[disk]),
@@ -587,7 +514,6 @@ impl<'e> World<'e> {
         let mut decided = Vec::with_capacity(polls.len());
         for &(disk, epoch) in &polls {
             // As `handle` does for a poll.
-            self.fence_before_poll(disk);
             let event = Event::Poll { disk, epoch };
             self.invariants.event_at(now, &event);
             self.env.clock.set(now);

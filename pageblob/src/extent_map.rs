@@ -58,15 +58,6 @@ impl HomeReaders {
     pub fn may_include(&self, taken_at: u64) -> bool {
         self.any || taken_at > self.taken_after || taken_at < self.taken_before
     }
-
-    /// True when the filter is the whole answer for snapshots of the blob's incarnation: the
-    /// range holds only home data (and pages never written, none cut off by a shrink), so a
-    /// snapshot taken after the oldest of those writes took that write's extent along, and
-    /// still reads it from home (overwriting those bytes would have relocated the snapshot
-    /// and given the base a newer write). No snapshot's map need be searched.
-    pub fn decides_alone(&self) -> bool {
-        !self.any && self.taken_before == 0
-    }
 }
 
 /// A range reported by Get Page Ranges.

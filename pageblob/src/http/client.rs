@@ -810,29 +810,39 @@ impl PageBlobStore for HttpStore {
         if buf.is_empty() {
             return Ok(());
         }
-        let size = self.properties(path, snapshot)?.size;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > size)
-        {
+        let Some(end) = offset.checked_add(buf.len() as u64) else {
             return Err(StoreError::service(
                 ErrorCode::InvalidRange,
-                format!(
-                    "{path}: range {offset}+{} ends past the {size}-byte blob",
-                    buf.len()
-                ),
+                format!("{path}: range {offset}+{} past 2^64", buf.len()),
             ));
-        }
+        };
         let q: Vec<(&str, String)> = snapshot
             .map(|s| ("snapshot", s.to_string()))
             .into_iter()
             .collect();
-        let h = [(
-            "x-ms-range",
-            format!("bytes={offset}-{}", offset + buf.len() as u64 - 1),
-        )];
+        let h = [("x-ms-range", format!("bytes={offset}-{}", end - 1))];
+        // One request: a range inside the blob comes back whole. One that starts past the end
+        // is refused (InvalidRange); one that runs past it comes back cut at the end, and the
+        // blob's size (from Content-Range, else its properties) says so.
         let a = self.send("GET", &Self::blob_resource(path), &q, &h, &[])?;
         if a.body.len() != buf.len() {
+            let size = match a
+                .header("content-range")
+                .and_then(|r| r.rsplit_once('/'))
+                .and_then(|(_, total)| total.trim().parse::<u64>().ok())
+            {
+                Some(size) => size,
+                None => self.properties(path, snapshot)?.size,
+            };
+            if end > size {
+                return Err(StoreError::service(
+                    ErrorCode::InvalidRange,
+                    format!(
+                        "{path}: range {offset}+{} ends past the {size}-byte blob",
+                        buf.len()
+                    ),
+                ));
+            }
             return Err(transport(
                 "Get Blob",
                 format!("{} bytes for a {}-byte range", a.body.len(), buf.len()),
@@ -1119,6 +1129,95 @@ mod tests {
         assert!(err.contains("no answer from the endpoint"), "{err}");
         assert!(err.contains(&port.to_string()), "{err}");
     }
+    /// A server that answers Get Blob ranges of a 4096-byte blob as Azure does (a range that
+    /// runs past the end cut there, one that starts past it refused with 416), one request per
+    /// connection, and records each request's method.
+    fn ranged_blob_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        const SIZE: u64 = 4096;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!(
+            "http://127.0.0.1:{}/devstoreaccount1",
+            listener.local_addr().unwrap().port()
+        );
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let method = line.split(' ').next().unwrap_or_default().to_string();
+                let mut range = None;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = header.to_ascii_lowercase().strip_prefix("x-ms-range:") {
+                        let (a, b) = v
+                            .trim()
+                            .trim_start_matches("bytes=")
+                            .split_once('-')
+                            .unwrap();
+                        range = Some((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
+                    }
+                }
+                log.lock().unwrap().push(method);
+                let common =
+                    "x-ms-request-id: r\r\nx-ms-version: 2021-08-06\r\nconnection: close\r\n";
+                let answer = match range {
+                    Some((a, _)) if a >= SIZE => format!(
+                        "HTTP/1.1 416 Range Not Satisfiable\r\n{common}x-ms-error-code: InvalidRange\r\ncontent-length: 0\r\n\r\n"
+                    )
+                    .into_bytes(),
+                    Some((a, b)) => {
+                        let end = b.min(SIZE - 1);
+                        let mut out = format!(
+                            "HTTP/1.1 206 Partial Content\r\n{common}content-range: bytes {a}-{end}/{SIZE}\r\ncontent-length: {}\r\n\r\n",
+                            end - a + 1
+                        )
+                        .into_bytes();
+                        out.extend((a..=end).map(|i| (i % 251) as u8));
+                        out
+                    }
+                    None => format!("HTTP/1.1 400 Bad Request\r\n{common}content-length: 0\r\n\r\n")
+                        .into_bytes(),
+                };
+                let _ = stream.write_all(&answer);
+            }
+        });
+        (endpoint, seen)
+    }
+
+    /// A read is one Get Blob: the range's bytes, or InvalidRange where it runs past the end,
+    /// told by the answer itself (it used to ask the blob's size first: two round trips per
+    /// record for every restore and audit through HTTP).
+    #[test]
+    fn a_read_is_one_request_and_a_range_past_the_end_is_invalid() {
+        let (endpoint, seen) = ranged_blob_server();
+        let store = HttpStore::new(&endpoint, "devstoreaccount1", b"key");
+        let path = BlobPath::new("c", "b");
+        let mut buf = vec![0u8; 1000];
+        store.read(&path, None, 3000, &mut buf).unwrap();
+        assert!(buf
+            .iter()
+            .zip(3000u64..)
+            .all(|(&b, i)| b == (i % 251) as u8));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["GET"],
+            "one request, no properties first"
+        );
+        for offset in [3500, 4096, 9000] {
+            let err = store.read(&path, None, offset, &mut buf).unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::InvalidRange), "{offset}: {err}");
+        }
+        assert!(seen.lock().unwrap().iter().all(|m| m == "GET"), "{seen:?}");
+    }
+
     use ureq::unversioned::resolver::{DefaultResolver, Resolver};
     use ureq::unversioned::transport::NextTimeout;
 

@@ -984,13 +984,15 @@ fn route(
         return match (method, req.q("restype"), comp) {
             (&Method::PUT, Some("container"), None) => {
                 store.create_container_with(&container, &request_metadata(req)?)?;
-                let props = store.container_properties(&container)?;
-                Ok(built(
-                    ok(201)
+                // The container exists now: whatever happens next, the answer is 201 (a client
+                // told 503 would create it again and be told it already exists).
+                let answer = match store.container_properties(&container) {
+                    Ok(props) => ok(201)
                         .header("etag", &props.etag)
                         .header("last-modified", http_date(props.last_modified)),
-                    empty(),
-                ))
+                    Err(_) => ok(201),
+                };
+                Ok(built(answer, empty()))
             }
             (&Method::PUT, Some("container"), Some("metadata")) => {
                 let props = store.set_container_metadata(&container, &request_metadata(req)?)?;
@@ -1177,11 +1179,13 @@ fn route(
             })?;
             let (source, source_snapshot) = parse_copy_source(&state.config.account, source)?;
             let info = store.incremental_copy(&p, &source, source_snapshot.as_deref())?;
-            let props = store.properties(&p, None)?;
-            Ok(built(
-                with_copy(with_properties(ok(202), &props), &info),
-                empty(),
-            ))
+            // The copy is started now: whatever happens next, the answer is 202 (a client told
+            // 503 would start it again and be refused, the snapshot having been copied).
+            let answer = match store.properties(&p, None) {
+                Ok(props) => with_properties(ok(202), &props),
+                Err(_) => ok(202),
+            };
+            Ok(built(with_copy(answer, &info), empty()))
         }
         (&Method::PUT, Some("snapshot")) => {
             refuse_snapshot()?;

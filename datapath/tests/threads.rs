@@ -19,6 +19,7 @@ use datapath::replica::restore::Fetch;
 use datapath::replica::slot_header::HEADER_SIZE;
 use pageblob::clock::ManualClock;
 use pageblob::data_log::Durability;
+use pageblob::faults::{FaultConfig, FaultyStore};
 use pageblob::{Conditions, Emulator, PageBlobStore, Profile};
 
 const BLOCK: u32 = 16384;
@@ -59,6 +60,20 @@ fn store(dir: &std::path::Path) -> Emulator {
         Arc::new(ManualClock::new(T0)),
     )
     .unwrap()
+}
+
+/// `store` as a store across a network looks to a restore: it does not answer promptly (a
+/// microsecond of latency per call), so records are read in batches (`read_batch`).
+fn across_a_network(store: &Arc<Emulator>) -> FaultyStore<Arc<Emulator>> {
+    let remote = FaultyStore::new(
+        Arc::clone(store),
+        FaultConfig {
+            latency: Duration::from_micros(1),
+            ..FaultConfig::default()
+        },
+    );
+    assert!(!remote.answers_promptly() && store.answers_promptly());
+    remote
 }
 
 fn layout() -> Layout {
@@ -283,8 +298,8 @@ fn the_replica_and_its_restores_do_not_depend_on_the_number_of_threads() {
     let mut first: Option<(Manifest, Vec<u8>)> = None;
     for threads in [1, 2, 3, 8] {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
-        let (point, blob) = replicate(&store, &id, &disk, threads);
+        let store = Arc::new(store(dir.path()));
+        let (point, blob) = replicate(&*store, &id, &disk, threads);
         match &first {
             None => first = Some((point.clone(), blob)),
             Some((p, b)) => {
@@ -292,16 +307,24 @@ fn the_replica_and_its_restores_do_not_depend_on_the_number_of_threads() {
                 assert!(blob == *b, "the data blob differs on {threads} threads");
             }
         }
+        let remote = across_a_network(&store);
+        let stores: [(&dyn PageBlobStore, &str); 2] = [(&*store, "local"), (&remote, "remote")];
         for restore_threads in [1, 2, 5] {
             for fetch in [Fetch::Parallel, Fetch::InOrder] {
-                let (seen, outcome) = restore(&store, &id, &point, restore_threads, fetch);
-                outcome.unwrap();
-                let order: Vec<u64> = seen.iter().map(|(b, _)| *b).collect();
-                assert_eq!(order, (0..layout().blocks()).collect::<Vec<_>>());
-                let bytes: Vec<u8> = seen.into_iter().flat_map(|(_, d)| d).collect();
-                assert!(bytes == disk, "{restore_threads} threads, {fetch:?}");
+                for (from, name) in stores {
+                    let (seen, outcome) = restore(from, &id, &point, restore_threads, fetch);
+                    outcome.unwrap();
+                    let order: Vec<u64> = seen.iter().map(|(b, _)| *b).collect();
+                    assert_eq!(order, (0..layout().blocks()).collect::<Vec<_>>());
+                    let bytes: Vec<u8> = seen.into_iter().flat_map(|(_, d)| d).collect();
+                    assert!(
+                        bytes == disk,
+                        "{restore_threads} threads, {fetch:?}, {name}"
+                    );
+                }
             }
         }
+        assert!(remote.reads() > 0, "the remote store was read");
     }
 }
 
@@ -348,11 +371,11 @@ fn a_damaged_record_stops_the_restore_at_the_first_damaged_block() {
     let id = identity();
     let disk = disk();
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
-    replicate(&store, &id, &disk, 2);
+    let store = Arc::new(store(dir.path()));
+    replicate(&*store, &id, &disk, 2);
     // Damage the payloads of blocks 200 and 250 (both stored: 200 % 7 and 250 % 7 are not
     // 0), then commit a point that holds them (a cycle that changes nothing).
-    let replica = DiskReplica::open(&store, "replicas", "disk", layout()).unwrap();
+    let replica = DiskReplica::open(&*store, "replicas", "disk", layout()).unwrap();
     for block in [250u64, 200] {
         let at = layout().slot_offset(block);
         let mut page = vec![0u8; 1024];
@@ -377,15 +400,19 @@ fn a_damaged_record_stops_the_restore_at_the_first_damaged_block() {
     )
     .unwrap()
     .point;
+    let remote = across_a_network(&store);
+    let stores: [(&dyn PageBlobStore, &str); 2] = [(&*store, "local"), (&remote, "remote")];
     for threads in [1, 4] {
         for fetch in [Fetch::Parallel, Fetch::InOrder] {
-            let (seen, outcome) = restore(&store, &id, &damaged, threads, fetch);
-            match outcome {
-                Err(ReplicaError::Block { block: 200, .. }) => {}
-                other => panic!("{threads} threads, {fetch:?}: {other:?}"),
+            for (from, name) in stores {
+                let (seen, outcome) = restore(from, &id, &damaged, threads, fetch);
+                match outcome {
+                    Err(ReplicaError::Block { block: 200, .. }) => {}
+                    other => panic!("{threads} threads, {fetch:?}, {name}: {other:?}"),
+                }
+                let order: Vec<u64> = seen.iter().map(|(b, _)| *b).collect();
+                assert_eq!(order, (0..200).collect::<Vec<_>>(), "{fetch:?}, {name}");
             }
-            let order: Vec<u64> = seen.iter().map(|(b, _)| *b).collect();
-            assert_eq!(order, (0..200).collect::<Vec<_>>(), "{fetch:?}");
         }
     }
 }

@@ -71,6 +71,7 @@ pub fn standard_suite(store: &dyn PageBlobStore, clock: &ManualClock, container:
     containers_and_creation(store, container);
     put_clear_read_and_ranges(store, container);
     batched_put_pages(store, container);
+    batched_reads(store, container);
     page_range_paging(store, container);
     snapshots_and_diffs(store, container);
     delete_rules(store, container);
@@ -341,6 +342,86 @@ pub fn batched_put_pages(store: &dyn PageBlobStore, container: &str) {
     ];
     assert_eq!(code(store.put_pages_batch(&batch)), ErrorCode::BlobNotFound);
     store.put_pages_batch(&[]).unwrap();
+}
+
+/// `read_batch` reads what `read` reads, from a blob and its snapshot, in any number at once;
+/// a read past the end or of a missing blob fails the batch as it fails alone.
+pub fn batched_reads(store: &dyn PageBlobStore, container: &str) {
+    let p = BlobPath::new(container, "batched-reads");
+    store.create_page_blob(&p, 1 << 20, 0, &none()).unwrap();
+    let old = bytes(5, 1 << 20);
+    store.put_pages(&p, 0, &old, &none()).unwrap();
+    let snapshot = store.snapshot(&p, &none()).unwrap();
+    let new = bytes(6, 64 << 10);
+    store.put_pages(&p, 128 << 10, &new, &none()).unwrap();
+    let mut want = old.clone();
+    want[128 << 10..192 << 10].copy_from_slice(&new);
+    // 40 reads of 1..=40 KiB less a byte, spread over the blob, every other one from the
+    // snapshot (more than one pipelined batch).
+    let spans: Vec<(u64, usize, bool)> = (0..40u64)
+        .map(|i| {
+            (
+                (i * 24_571) % (900 << 10),
+                (i as usize + 1) * 1024 - 1,
+                i % 2 == 0,
+            )
+        })
+        .collect();
+    let mut bufs: Vec<Vec<u8>> = spans.iter().map(|&(_, len, _)| vec![0; len]).collect();
+    let mut reads: Vec<PageRead<'_>> = spans
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|(&(offset, _, from_snapshot), buf)| PageRead {
+            path: &p,
+            snapshot: from_snapshot.then_some(snapshot.as_str()),
+            offset,
+            buf,
+        })
+        .collect();
+    store.read_batch(&mut reads).unwrap();
+    drop(reads);
+    for (&(offset, len, from_snapshot), got) in spans.iter().zip(&bufs) {
+        let source = if from_snapshot { &old } else { &want };
+        let at = offset as usize;
+        assert!(got[..] == source[at..at + len], "read of {len} at {offset}");
+    }
+    let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+    let past_end = [
+        PageRead {
+            path: &p,
+            snapshot: None,
+            offset: 0,
+            buf: &mut a,
+        },
+        PageRead {
+            path: &p,
+            snapshot: None,
+            offset: (1 << 20) - 2048,
+            buf: &mut b,
+        },
+    ];
+    assert_eq!(
+        code(store.read_batch(&mut { past_end })),
+        ErrorCode::InvalidRange
+    );
+    let missing = BlobPath::new(container, "batched-reads-missing");
+    let (mut a, mut b) = (vec![0u8; 512], vec![0u8; 512]);
+    let mut gone = [
+        PageRead {
+            path: &missing,
+            snapshot: None,
+            offset: 0,
+            buf: &mut a,
+        },
+        PageRead {
+            path: &missing,
+            snapshot: None,
+            offset: 512,
+            buf: &mut b,
+        },
+    ];
+    assert_eq!(code(store.read_batch(&mut gone)), ErrorCode::BlobNotFound);
+    store.read_batch(&mut []).unwrap();
 }
 
 pub fn page_range_paging(store: &dyn PageBlobStore, container: &str) {

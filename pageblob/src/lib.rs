@@ -152,6 +152,16 @@ pub trait PageBlobStore: Send + Sync {
         offset: u64,
         buf: &mut [u8],
     ) -> StoreResult<()>;
+    /// Several reads, each as [`PageBlobStore::read`] makes it: every buffer is filled when
+    /// this returns `Ok`. A store may send them together; the HTTP client pipelines them on
+    /// one connection. On an error it is not said which buffers were filled: a caller that
+    /// must name the read that failed makes them again one by one.
+    fn read_batch(&self, reads: &mut [PageRead<'_>]) -> StoreResult<()> {
+        for r in reads.iter_mut() {
+            self.read(r.path, r.snapshot, r.offset, r.buf)?;
+        }
+        Ok(())
+    }
     /// Get Page Ranges, optionally the diff against `prev_snapshot`, paged by `marker`.
     fn page_ranges(
         &self,
@@ -300,6 +310,9 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
         buf: &mut [u8],
     ) -> StoreResult<()> {
         (**self).read(path, snapshot, offset, buf)
+    }
+    fn read_batch(&self, reads: &mut [PageRead<'_>]) -> StoreResult<()> {
+        (**self).read_batch(reads)
     }
     fn page_ranges(
         &self,

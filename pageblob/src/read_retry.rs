@@ -129,6 +129,18 @@ impl<S: PageBlobStore> PageBlobStore for ReadRetry<S> {
     ) -> StoreResult<()> {
         self.again(|| self.inner.read(path, snapshot, offset, buf))
     }
+    fn answers_promptly(&self) -> bool {
+        self.inner.answers_promptly()
+    }
+    /// The inner store's batch; where it fails, each read again on its own, with retries.
+    fn read_batch(&self, reads: &mut [PageRead<'_>]) -> StoreResult<()> {
+        if self.inner.read_batch(reads).is_ok() {
+            return Ok(());
+        }
+        reads
+            .iter_mut()
+            .try_for_each(|r| self.read(r.path, r.snapshot, r.offset, r.buf))
+    }
     fn page_ranges(
         &self,
         path: &BlobPath,

@@ -139,6 +139,16 @@ pub struct PageWrite<'a> {
     pub data: &'a [u8],
 }
 
+/// One read of [`PageBlobStore::read_batch`](crate::PageBlobStore::read_batch): `buf.len()`
+/// bytes at `offset` of the blob at `path` (of its `snapshot`, where given).
+#[derive(Debug)]
+pub struct PageRead<'a> {
+    pub path: &'a BlobPath,
+    pub snapshot: Option<&'a str>,
+    pub offset: u64,
+    pub buf: &'a mut [u8],
+}
+
 /// Access conditions of a request (`If-*`, `x-ms-if-sequence-number-*`, `x-ms-lease-id`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conditions {

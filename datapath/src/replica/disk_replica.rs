@@ -598,10 +598,70 @@ impl<'a> DiskReplica<'a> {
         block: u64,
         written: u64,
     ) -> Result<Option<Vec<u8>>, ReplicaError> {
+        let mut record = vec![0u8; self.first_read_len(written)];
+        self.store.read(
+            &self.data,
+            snapshot,
+            self.layout.slot_offset(block),
+            &mut record,
+        )?;
+        self.finish_record(snapshot, block, record)
+    }
+
+    /// [`DiskReplica::fetch_record_within`] for several blocks, `(block, written)` each: the
+    /// first reads go to the store together (`read_batch`: the HTTP client pipelines them, so
+    /// a restore across a network waits a round trip per batch, not per record). Where the
+    /// batch fails, each block is read again on its own, so an error names its block.
+    pub fn fetch_records_within(
+        &self,
+        snapshot: Option<&str>,
+        blocks: &[(u64, u64)],
+    ) -> Vec<Result<Option<Vec<u8>>, ReplicaError>> {
+        let mut records: Vec<Vec<u8>> = blocks
+            .iter()
+            .map(|&(_, written)| vec![0u8; self.first_read_len(written)])
+            .collect();
+        let mut reads: Vec<pageblob::PageRead<'_>> = blocks
+            .iter()
+            .zip(records.iter_mut())
+            .map(|(&(block, _), buf)| pageblob::PageRead {
+                path: &self.data,
+                snapshot,
+                offset: self.layout.slot_offset(block),
+                buf,
+            })
+            .collect();
+        let batched = self.store.read_batch(&mut reads);
+        drop(reads);
+        match batched {
+            Ok(()) => blocks
+                .iter()
+                .zip(records)
+                .map(|(&(block, _), record)| self.finish_record(snapshot, block, record))
+                .collect(),
+            Err(_) => blocks
+                .iter()
+                .map(|&(block, written)| self.fetch_record_within(snapshot, block, written))
+                .collect(),
+        }
+    }
+
+    /// The bytes a record's first read takes: the slot's written bytes from its start, at
+    /// least a header, at most the slot.
+    fn first_read_len(&self, written: u64) -> usize {
+        written.clamp(HEADER_SIZE as u64, self.layout.slot_size()) as usize
+    }
+
+    /// A record from its first read (`record`): `None` where the slot holds none, else cut to
+    /// the record's length, the rest read where the header says it goes on.
+    fn finish_record(
+        &self,
+        snapshot: Option<&str>,
+        block: u64,
+        mut record: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, ReplicaError> {
         let at = self.layout.slot_offset(block);
-        let first = written.clamp(HEADER_SIZE as u64, self.layout.slot_size()) as usize;
-        let mut record = vec![0u8; first];
-        self.store.read(&self.data, snapshot, at, &mut record)?;
+        let first = record.len();
         if pageblob::is_zero(&record[..HEADER_SIZE]) {
             return Ok(None);
         }

@@ -21,6 +21,10 @@ use pageblob::StoreError;
 /// Bytes of blocks decoded together (at most 128 blocks, at least 2).
 const GROUP_BYTES: u64 = 8 << 20;
 
+/// Records read with one batch from a store that does not answer promptly (one round trip
+/// each, pipelined by the HTTP client): the client's pipeline depth.
+const FETCH_BATCH: usize = 32;
+
 /// How a restore reads the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fetch {
@@ -128,6 +132,22 @@ impl DiskReplica<'_> {
                             .enumerate()
                             .map(|(i, record)| plan.decode(start + i as u64, record))
                             .collect(),
+                        // A store across a network: a batch of reads per task, each batch
+                        // one round trip (pipelined), the batches side by side.
+                        None if !plan.replica.store().answers_promptly() => {
+                            let blocks: Vec<u64> = range(start).collect();
+                            let batches: Vec<Vec<Result<Restored, ReplicaError>>> = blocks
+                                .par_chunks(FETCH_BATCH)
+                                .map(|batch| {
+                                    batch
+                                        .iter()
+                                        .zip(plan.fetch_batch(batch))
+                                        .map(|(&block, record)| plan.decode(block, record))
+                                        .collect()
+                                })
+                                .collect();
+                            batches.into_iter().flatten().collect()
+                        }
                         None => (0..range(start).count())
                             .into_par_iter()
                             .map(|i| start + i as u64)
@@ -203,20 +223,46 @@ impl<'r, 'a> RestorePlan<'r, 'a> {
     /// The record in `block`'s slot; `None` when the snapshot never wrote the slot's pages or
     /// the slot was cleared.
     fn fetch(&self, block: u64) -> Fetched {
+        match self.written_from_start(block) {
+            None => Ok(None),
+            Some(written) => self
+                .replica
+                .fetch_record_within(Some(self.snapshot), block, written),
+        }
+    }
+
+    /// [`RestorePlan::fetch`] for `blocks`, their records read with one batch.
+    fn fetch_batch(&self, blocks: &[u64]) -> Vec<Fetched> {
+        let stored: Vec<(u64, u64)> = blocks
+            .iter()
+            .filter_map(|&b| Some((b, self.written_from_start(b)?)))
+            .collect();
+        let mut records = self
+            .replica
+            .fetch_records_within(Some(self.snapshot), &stored)
+            .into_iter();
+        blocks
+            .iter()
+            .map(|&b| match self.written_from_start(b) {
+                None => Ok(None),
+                Some(_) => records.next().expect("a record per stored block"),
+            })
+            .collect()
+    }
+
+    /// `None` when the snapshot wrote none of `block`'s slot; else how many bytes from the
+    /// slot's start it wrote (they hold the record: one read; 0 when the written pages start
+    /// later in the slot).
+    fn written_from_start(&self, block: u64) -> Option<u64> {
         let slot = self.replica.layout.slot_size();
         let (start, end) = (block * slot, (block + 1) * slot);
         let i = self.written.partition_point(|&(_, e)| e <= start);
-        let Some(&(from, to)) = self.written.get(i).filter(|&&(s, _)| s < end) else {
-            return Ok(None);
-        };
-        // The written bytes from the slot's start hold the record: one read.
-        let written = if from <= start {
+        let &(from, to) = self.written.get(i).filter(|&&(s, _)| s < end)?;
+        Some(if from <= start {
             to.min(end) - start
         } else {
             0
-        };
-        self.replica
-            .fetch_record_within(Some(self.snapshot), block, written)
+        })
     }
 
     fn decode(&self, block: u64, fetched: Fetched) -> Result<Restored, ReplicaError> {

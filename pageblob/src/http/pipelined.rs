@@ -15,8 +15,8 @@ use super::exchange::{Answer, Signed};
 
 /// Longest answer head read (Azure's are under 2 KiB).
 const MAX_HEAD_BYTES: usize = 64 << 10;
-/// Longest answer body read: pipelined requests are writes, answered with no body or a short
-/// XML error.
+/// Longest answer body read for writes, answered with no body or a short XML error (reads
+/// take the longest range they asked for).
 const MAX_BODY_BYTES: usize = 1 << 20;
 /// Most headers in one answer.
 const MAX_HEADERS: usize = 64;
@@ -75,6 +75,17 @@ impl Pipeline {
     /// their answers in order. Entry *i* is request *i*'s answer, or `None` where none came
     /// (connection refused, broken or closed first, or an answer not understood).
     pub(super) fn exchange(&self, requests: &[(Signed, &[u8])]) -> Vec<Option<Answer>> {
+        self.exchange_with("PUT", requests, MAX_BODY_BYTES)
+    }
+
+    /// [`Pipeline::exchange`] for requests of `method` (the same for all, signed for it) whose
+    /// answers may carry bodies of up to `max_body` bytes (reads: the longest range asked).
+    pub(super) fn exchange_with(
+        &self,
+        method: &str,
+        requests: &[(Signed, &[u8])],
+        max_body: usize,
+    ) -> Vec<Option<Answer>> {
         let mut answers: Vec<Option<Answer>> = Vec::new();
         let mut reused = self.idle.lock().expect("idle connections").pop();
         loop {
@@ -86,7 +97,7 @@ impl Pipeline {
                     Err(_) => break,
                 },
             };
-            let (got, keep) = self.exchange_on(&stream, requests);
+            let (got, keep) = self.exchange_on(&stream, method, requests, max_body);
             answers = got;
             if keep && answers.len() == requests.len() {
                 let mut idle = self.idle.lock().expect("idle connections");
@@ -125,13 +136,15 @@ impl Pipeline {
     fn exchange_on(
         &self,
         mut stream: &TcpStream,
+        method: &str,
         requests: &[(Signed, &[u8])],
+        max_body: usize,
     ) -> (Vec<Option<Answer>>, bool) {
         let mut head = Vec::with_capacity(1024);
         let mut sent_all = true;
         for (request, body) in requests {
             head.clear();
-            write_head(&mut head, "PUT", &self.authority, request);
+            write_head(&mut head, method, &self.authority, request);
             if write_all_vectored(&mut stream, &head, body).is_err() {
                 sent_all = false;
                 break;
@@ -140,6 +153,7 @@ impl Pipeline {
         let mut reader = AnswerReader {
             stream,
             buf: Vec::with_capacity(4096),
+            max_body,
         };
         let mut answers = Vec::with_capacity(requests.len());
         let mut keep = sent_all;
@@ -209,6 +223,8 @@ struct AnswerReader<R> {
     stream: R,
     /// Bytes read and not yet taken.
     buf: Vec<u8>,
+    /// Longest answer body taken.
+    max_body: usize,
 }
 
 impl<R: Read> AnswerReader<R> {
@@ -257,7 +273,7 @@ impl<R: Read> AnswerReader<R> {
             return None;
         }
         let body_len: usize = match header("content-length") {
-            Some(v) => v.trim().parse().ok().filter(|&n| n <= MAX_BODY_BYTES)?,
+            Some(v) => v.trim().parse().ok().filter(|&n| n <= self.max_body)?,
             None => 0,
         };
         let close = header("connection")
@@ -401,6 +417,58 @@ mod tests {
             .collect()
     }
 
+    /// Reads pipeline too: four GETs all sent before any answer, their bodies (up to the
+    /// longest asked) taken in order; a body longer than that is not taken.
+    #[test]
+    fn reads_are_sent_together_and_their_bodies_come_back_in_order() {
+        let (endpoint, _) = fake_server(|mut s, _| {
+            read_requests(&mut s, 4);
+            let mut all = Vec::new();
+            for i in 0..4usize {
+                let body = vec![b'a' + i as u8; 1000 * (i + 1)];
+                all.extend_from_slice(
+                    format!(
+                        "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\nx-n: {i}\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                all.extend_from_slice(&body);
+            }
+            s.write_all(&all).unwrap();
+        });
+        let gets: Vec<(Signed, &[u8])> = (0..4)
+            .map(|i| {
+                let signed = Signed {
+                    url: String::new(),
+                    target: format!("/account/c/b?n={i}"),
+                    headers: vec![(
+                        "x-ms-range".into(),
+                        format!("bytes=0-{}", 1000 * (i + 1) - 1),
+                    )],
+                };
+                (signed, &[][..])
+            })
+            .collect();
+        let p = pipeline(&endpoint);
+        let answers = p.exchange_with("GET", &gets, 4000);
+        for (i, a) in answers.iter().enumerate() {
+            let a = a.as_ref().expect("an answer");
+            assert_eq!(
+                (a.status, a.header("x-n")),
+                (206, Some(i.to_string().as_str()))
+            );
+            assert_eq!(a.body, vec![b'a' + i as u8; 1000 * (i + 1)]);
+        }
+        let answers = p.exchange_with("GET", &gets, 3999);
+        assert!(
+            answers[..3].iter().all(Option::is_some),
+            "{:?}",
+            statuses(&answers)
+        );
+        assert!(answers[3].is_none(), "a body over the cap is not taken");
+    }
+
     #[test]
     fn every_request_is_sent_before_any_answer_is_read() {
         // The server answers nothing until it holds all five requests: a client that waited
@@ -528,6 +596,7 @@ mod tests {
         let mut reader = AnswerReader {
             stream: Trickle { bytes, step },
             buf: Vec::new(),
+            max_body: MAX_BODY_BYTES,
         };
         let mut answers = Vec::new();
         while let Some((a, close)) = reader.next_answer() {

@@ -4,8 +4,10 @@
 //! last one, in block order. The Merkle root of all the blocks' digests is proven against the
 //! manifest before the restore returns `Ok`, so a caller publishes its output only then.
 //!
-//! Records are fetched by the pool too ([`Fetch::Parallel`]), or one after another by the
-//! calling thread in block order ([`Fetch::InOrder`]): the simulator's stores draw their
+//! Records are fetched by the pool too ([`Fetch::Parallel`]: one read per record from a store
+//! that answers promptly, a batch of reads per task from one across a network, which the HTTP
+//! client pipelines), or one after another by the calling thread in block order
+//! ([`Fetch::InOrder`]): the simulator's stores draw their
 //! faults per call in a seeded order, and the order of the calls must not depend on thread
 //! scheduling. Either way the sink sees the same blocks in the same order.
 
@@ -20,10 +22,6 @@ use pageblob::StoreError;
 
 /// Bytes of blocks decoded together (at most 128 blocks, at least 2).
 const GROUP_BYTES: u64 = 8 << 20;
-
-/// Records read with one batch from a store that does not answer promptly (one round trip
-/// each, pipelined by the HTTP client): the client's pipeline depth.
-const FETCH_BATCH: usize = 32;
 
 /// How a restore reads the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,11 +131,12 @@ impl DiskReplica<'_> {
                             .map(|(i, record)| plan.decode(start + i as u64, record))
                             .collect(),
                         // A store across a network: a batch of reads per task, each batch
-                        // one round trip (pipelined), the batches side by side.
+                        // one round trip (the HTTP client pipelines as many as
+                        // `PIPELINE_DEPTH`), the batches side by side.
                         None if !plan.replica.store().answers_promptly() => {
                             let blocks: Vec<u64> = range(start).collect();
                             let batches: Vec<Vec<Result<Restored, ReplicaError>>> = blocks
-                                .par_chunks(FETCH_BATCH)
+                                .par_chunks(pageblob::PIPELINE_DEPTH)
                                 .map(|batch| {
                                     batch
                                         .iter()

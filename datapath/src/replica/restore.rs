@@ -132,11 +132,16 @@ impl DiskReplica<'_> {
                             .collect(),
                         // A store across a network: a batch of reads per task, each batch
                         // one round trip (the HTTP client pipelines as many as
-                        // `PIPELINE_DEPTH`), the batches side by side.
+                        // `PIPELINE_DEPTH`), the batches side by side — at least one per
+                        // thread, so a group's decoding still spreads over the whole pool.
                         None if !plan.replica.store().answers_promptly() => {
                             let blocks: Vec<u64> = range(start).collect();
+                            let per_batch = blocks
+                                .len()
+                                .div_ceil(rayon::current_num_threads())
+                                .clamp(1, pageblob::PIPELINE_DEPTH);
                             let batches: Vec<Vec<Result<Restored, ReplicaError>>> = blocks
-                                .par_chunks(pageblob::PIPELINE_DEPTH)
+                                .par_chunks(per_batch)
                                 .map(|batch| {
                                     batch
                                         .iter()

@@ -123,42 +123,7 @@ impl DiskReplica<'_> {
             rayon::in_place_scope(|scope| {
                 let plan = &plan;
                 let out = &mut next;
-                scope.spawn(move |_| {
-                    *out = Some(match records {
-                        Some(records) => records
-                            .into_par_iter()
-                            .enumerate()
-                            .map(|(i, record)| plan.decode(start + i as u64, record))
-                            .collect(),
-                        // A store across a network: a batch of reads per task, each batch
-                        // one round trip (the HTTP client pipelines as many as
-                        // `PIPELINE_DEPTH`), the batches side by side — at least one per
-                        // thread, so a group's decoding still spreads over the whole pool.
-                        None if !plan.replica.store().answers_promptly() => {
-                            let blocks: Vec<u64> = range(start).collect();
-                            let per_batch = blocks
-                                .len()
-                                .div_ceil(rayon::current_num_threads())
-                                .clamp(1, pageblob::PIPELINE_DEPTH);
-                            let batches: Vec<Vec<Result<Restored, ReplicaError>>> = blocks
-                                .par_chunks(per_batch)
-                                .map(|batch| {
-                                    batch
-                                        .iter()
-                                        .zip(plan.fetch_batch(batch))
-                                        .map(|(&block, record)| plan.decode(block, record))
-                                        .collect()
-                                })
-                                .collect();
-                            batches.into_iter().flatten().collect()
-                        }
-                        None => (0..range(start).count())
-                            .into_par_iter()
-                            .map(|i| start + i as u64)
-                            .map(|block| plan.decode(block, plan.fetch(block)))
-                            .collect(),
-                    });
-                });
+                scope.spawn(move |_| *out = Some(plan.decode_group(range(start), records)));
                 // Meanwhile, on this thread: the group before into the sink, and (in order)
                 // the records of the group after.
                 if let Some((first, group)) = decoded.take() {
@@ -237,17 +202,20 @@ impl<'r, 'a> RestorePlan<'r, 'a> {
 
     /// [`RestorePlan::fetch`] for `blocks`, their records read with one batch.
     fn fetch_batch(&self, blocks: &[u64]) -> Vec<Fetched> {
+        let written: Vec<Option<u64>> =
+            blocks.iter().map(|&b| self.written_from_start(b)).collect();
         let stored: Vec<(u64, u64)> = blocks
             .iter()
-            .filter_map(|&b| Some((b, self.written_from_start(b)?)))
+            .zip(&written)
+            .filter_map(|(&b, w)| Some((b, (*w)?)))
             .collect();
         let mut records = self
             .replica
             .fetch_records_within(Some(self.snapshot), &stored)
             .into_iter();
-        blocks
+        written
             .iter()
-            .map(|&b| match self.written_from_start(b) {
+            .map(|w| match w {
                 None => Ok(None),
                 Some(_) => records.next().expect("a record per stored block"),
             })
@@ -267,6 +235,49 @@ impl<'r, 'a> RestorePlan<'r, 'a> {
         } else {
             0
         })
+    }
+
+    /// The blocks of `group` fetched (unless `records` holds them already, in order) and
+    /// decoded on the pool.
+    fn decode_group(
+        &self,
+        group: std::ops::Range<u64>,
+        records: Option<Vec<Fetched>>,
+    ) -> Vec<Result<Restored, ReplicaError>> {
+        let start = group.start;
+        if let Some(records) = records {
+            return records
+                .into_par_iter()
+                .enumerate()
+                .map(|(i, record)| self.decode(start + i as u64, record))
+                .collect();
+        }
+        if self.replica.store().answers_promptly() {
+            return (0..group.count())
+                .into_par_iter()
+                .map(|i| start + i as u64)
+                .map(|block| self.decode(block, self.fetch(block)))
+                .collect();
+        }
+        // A store across a network: a batch of reads per task, each batch one round trip
+        // (the HTTP client pipelines as many as `PIPELINE_DEPTH`), the batches side by side —
+        // at least one per thread, so a group's decoding still spreads over the whole pool.
+        let blocks: Vec<u64> = group.collect();
+        let per_batch = blocks
+            .len()
+            .div_ceil(rayon::current_num_threads())
+            .clamp(1, pageblob::PIPELINE_DEPTH);
+        let batches: Vec<Vec<Result<Restored, ReplicaError>>> = blocks
+            .par_chunks(per_batch)
+            .map(|batch| {
+                batch
+                    .iter()
+                    .zip(self.fetch_batch(batch))
+                    .map(|(&block, record)| self.decode(block, record))
+                    .collect()
+            })
+            .collect();
+        batches.into_iter().flatten().collect()
     }
 
     fn decode(&self, block: u64, fetched: Fetched) -> Result<Restored, ReplicaError> {

@@ -204,6 +204,38 @@ impl Answer {
     }
 }
 
+/// Query or header name-value pairs of a request.
+type Pairs = Vec<(&'static str, String)>;
+
+/// The query (`snapshot`) and `x-ms-range` header of a Get Blob of bytes `[offset, end)`.
+fn range_request(snapshot: Option<&str>, offset: u64, end: u64) -> (Pairs, Pairs) {
+    let query = snapshot
+        .map(|s| ("snapshot", s.to_string()))
+        .into_iter()
+        .collect();
+    let range = vec![("x-ms-range", format!("bytes={offset}-{}", end - 1))];
+    (query, range)
+}
+
+/// An answer's `Content-Range: bytes first-last/size`.
+fn content_range(a: &Answer) -> Option<(u64, u64, u64)> {
+    let (range, size) = a
+        .header("content-range")?
+        .trim()
+        .strip_prefix("bytes ")?
+        .split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?, size.parse().ok()?))
+}
+
+/// Whether `a` is exactly bytes `[offset, end)`: a 206 whose Content-Range and body are that
+/// range (a server that ignored the range, or answered another, is not taken at its word).
+fn answers_range(a: &Answer, offset: u64, end: u64) -> bool {
+    a.status == 206
+        && matches!(content_range(a), Some((first, last, _)) if first == offset && last.checked_add(1) == Some(end))
+        && a.body.len() as u64 == end - offset
+}
+
 fn transport(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Io {
         path: what.to_string(),
@@ -816,22 +848,14 @@ impl PageBlobStore for HttpStore {
                 format!("{path}: range {offset}+{} past 2^64", buf.len()),
             ));
         };
-        let q: Vec<(&str, String)> = snapshot
-            .map(|s| ("snapshot", s.to_string()))
-            .into_iter()
-            .collect();
-        let h = [("x-ms-range", format!("bytes={offset}-{}", end - 1))];
         // One request: a range inside the blob comes back whole. One that starts past the end
         // is refused (InvalidRange); one that runs past it comes back cut at the end, and the
         // blob's size (from Content-Range, else its properties) says so.
+        let (q, h) = range_request(snapshot, offset, end);
         let a = self.send("GET", &Self::blob_resource(path), &q, &h, &[])?;
-        if a.body.len() != buf.len() {
-            let size = match a
-                .header("content-range")
-                .and_then(|r| r.rsplit_once('/'))
-                .and_then(|(_, total)| total.trim().parse::<u64>().ok())
-            {
-                Some(size) => size,
+        if !answers_range(&a, offset, end) {
+            let size = match content_range(&a) {
+                Some((_, _, size)) => size,
                 None => self.properties(path, snapshot)?.size,
             };
             if end > size {
@@ -845,7 +869,13 @@ impl PageBlobStore for HttpStore {
             }
             return Err(transport(
                 "Get Blob",
-                format!("{} bytes for a {}-byte range", a.body.len(), buf.len()),
+                format!(
+                    "answer {} with {} bytes and Content-Range {:?} for bytes {offset}-{}",
+                    a.status,
+                    a.body.len(),
+                    a.header("content-range"),
+                    end - 1
+                ),
             ));
         }
         buf.copy_from_slice(&a.body);
@@ -877,13 +907,8 @@ impl PageBlobStore for HttpStore {
             let requests: Vec<(Signed, &[u8])> = group
                 .iter()
                 .zip(&ends)
-                .map(|(r, end)| {
-                    let query: Vec<(&str, String)> = r
-                        .snapshot
-                        .map(|s| ("snapshot", s.to_string()))
-                        .into_iter()
-                        .collect();
-                    let headers = [("x-ms-range", format!("bytes={}-{}", r.offset, end - 1))];
+                .map(|(r, &end)| {
+                    let (query, headers) = range_request(r.snapshot, r.offset, end);
                     let signed =
                         self.signed("GET", &Self::blob_resource(r.path), &query, &headers, 0);
                     (signed, &[][..])
@@ -891,9 +916,9 @@ impl PageBlobStore for HttpStore {
                 .collect();
             let longest = group.iter().map(|r| r.buf.len()).max().unwrap_or(0);
             let answers = pipeline.exchange_with("GET", &requests, longest);
-            for (r, answer) in group.iter_mut().zip(answers) {
+            for ((r, &end), answer) in group.iter_mut().zip(&ends).zip(answers) {
                 match answer {
-                    Some(a) if matches!(a.status, 200 | 206) && a.body.len() == r.buf.len() => {
+                    Some(a) if answers_range(&a, r.offset, end) => {
                         self.reached
                             .store(true, std::sync::atomic::Ordering::Relaxed);
                         r.buf.copy_from_slice(&a.body);
@@ -1226,6 +1251,17 @@ mod tests {
                         "HTTP/1.1 416 Range Not Satisfiable\r\n{common}x-ms-error-code: InvalidRange\r\ncontent-length: 0\r\n\r\n"
                     )
                     .into_bytes(),
+                    // A server that answers another range than asked, its length right.
+                    Some((100, b)) => {
+                        let mut out = format!(
+                            "HTTP/1.1 206 Partial Content\r\n{common}content-range: bytes 0-{}/{SIZE}\r\ncontent-length: {}\r\n\r\n",
+                            b - 100,
+                            b - 99
+                        )
+                        .into_bytes();
+                        out.extend((0..=b - 100).map(|i| (i % 251) as u8));
+                        out
+                    }
                     Some((a, b)) => {
                         let end = b.min(SIZE - 1);
                         let mut out = format!(
@@ -1269,6 +1305,11 @@ mod tests {
             assert_eq!(err.code(), Some(ErrorCode::InvalidRange), "{offset}: {err}");
         }
         assert!(seen.lock().unwrap().iter().all(|m| m == "GET"), "{seen:?}");
+        let err = store.read(&path, None, 100, &mut buf).unwrap_err();
+        assert!(
+            err.to_string().contains("Content-Range"),
+            "another range is not taken: {err}"
+        );
     }
 
     use ureq::unversioned::resolver::{DefaultResolver, Resolver};

@@ -52,7 +52,7 @@ pub struct DiskAgent<'a> {
     /// Driven by a simulator (see [`set_simulated`](Self::set_simulated)).
     simulated: bool,
     /// The digest table and Merkle tree of the last cycle this agent committed.
-    table: Option<crate::replica::merkle::MerkleTree>,
+    table: crate::cycle::CycleCache,
     /// The tracker was untrusted when the agent started and no full comparison (initial
     /// replication or resync) has committed since: until one does, a clean stop must not mark
     /// the tracker trusted, or the writes it never saw would never be sent.
@@ -170,7 +170,7 @@ impl<'a> DiskAgent<'a> {
                 nonces,
                 rng,
                 simulated: false,
-                table: None,
+                table: Default::default(),
                 resync_owed,
                 orphans_possible: Default::default(),
             },
@@ -232,6 +232,7 @@ impl<'a> DiskAgent<'a> {
             now_nanos,
             snapshot_limit: self.snapshot_limit,
             stop: self.stop.clone(),
+            count_serial_cpu: !self.simulated,
         };
         let mut outcome = match source.view() {
             Ok(view) => self.cycle(view, &options, progress),

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::cpu_clock::thread_cpu_seconds;
 use crate::keys::{DiskKeys, Identity, KeyId};
 use crate::replica::block_record::{BlockCodec, Encoded};
-use crate::replica::disk_replica::DiskReplica;
+use crate::replica::disk_replica::{DiskReplica, Layout};
 use crate::replica::error::ReplicaError;
 use crate::replica::manifest::{Consistency, Manifest};
 use crate::replica::merkle::{merkle_root, MerkleTree};
@@ -103,6 +103,11 @@ pub struct CycleOptions {
     /// Set (by a signal handler) to abandon the cycle: it stops between block groups and
     /// fails with [`CycleError::Abandoned`], committing nothing.
     pub stop: Option<std::sync::Arc<AtomicBool>>,
+    /// Count the CPU the cycle's own thread spends on its serial part
+    /// ([`CycleReport::serial_cpu_seconds`]): two reads of the thread's CPU clock per block
+    /// group, each a system call. The simulator, whose cycles are a group or two and whose
+    /// reports have no use for it, turns it off.
+    pub count_serial_cpu: bool,
 }
 
 impl CycleOptions {
@@ -118,6 +123,7 @@ impl CycleOptions {
             now_nanos,
             snapshot_limit: None,
             stop: None,
+            count_serial_cpu: true,
         }
     }
 }
@@ -153,7 +159,8 @@ pub struct CycleReport {
     /// CPU time the cycle's own thread spent preparing and settling its groups, one after
     /// another (nonces and table entries in; the source's reads checked, the digest table's
     /// pages written, the records handed to the writers out): the per-block work of a cycle
-    /// that more pipeline threads do not share. Where the OS tells.
+    /// that more pipeline threads do not share. Where the OS tells and
+    /// [`CycleOptions::count_serial_cpu`] asks.
     pub serial_cpu_seconds: Option<f64>,
     /// Wall time before the first group and after the last (the replica's state read, the
     /// point committed): what more threads do not shorten either.
@@ -307,7 +314,7 @@ impl<Z: Fn(u64) -> [u8; 32] + Sync> BlockPass<'_, Z> {
 fn replica_state(
     replica: &DiskReplica<'_>,
     identity: &Identity,
-    codec: &BlockCodec,
+    zeros: &ZeroDigests,
     digest_key: &[u8; 32],
     cached: Option<MerkleTree>,
 ) -> Result<ReplicaState, CycleError> {
@@ -340,7 +347,7 @@ fn replica_state(
             });
         }
     }
-    let zero = zero_digests(codec, layout.blocks(), layout.block_size, layout.disk_size);
+    let zero = |b| zeros.of(b);
     let resolve = |table: Vec<Option<[u8; 32]>>| -> Vec<[u8; 32]> {
         table
             .into_iter()
@@ -375,21 +382,50 @@ fn replica_state(
     })
 }
 
-/// Digest of a zero block, by block index (only the last block may be short).
-fn zero_digests(
-    codec: &BlockCodec,
-    blocks: u64,
+/// The digests of a zero block under one digest key and layout (only the last block may be
+/// short).
+#[derive(Debug, Clone)]
+struct ZeroDigests {
+    digest_key: [u8; 32],
     block_size: u32,
     disk_size: u64,
-) -> impl Fn(u64) -> [u8; 32] {
-    let full = codec.digest(&vec![0u8; block_size as usize]);
-    let tail_len = disk_size - (blocks.saturating_sub(1)) * u64::from(block_size);
-    let tail = if tail_len == u64::from(block_size) {
-        full
-    } else {
-        codec.digest(&vec![0u8; tail_len as usize])
-    };
-    move |b| if b + 1 == blocks { tail } else { full }
+    full: [u8; 32],
+    tail: [u8; 32],
+}
+
+impl ZeroDigests {
+    fn new(digest_key: &[u8; 32], layout: &Layout) -> ZeroDigests {
+        let digest =
+            |len: u64| *blake3::keyed_hash(digest_key, &vec![0u8; len as usize]).as_bytes();
+        let full = digest(u64::from(layout.block_size));
+        let tail_len = layout.block_len(layout.blocks().saturating_sub(1));
+        ZeroDigests {
+            digest_key: *digest_key,
+            block_size: layout.block_size,
+            disk_size: layout.disk_size,
+            full,
+            tail: if tail_len == u64::from(layout.block_size) {
+                full
+            } else {
+                digest(tail_len)
+            },
+        }
+    }
+
+    fn fits(&self, digest_key: &[u8; 32], layout: &Layout) -> bool {
+        self.digest_key == *digest_key
+            && self.block_size == layout.block_size
+            && self.disk_size == layout.disk_size
+    }
+
+    /// Digest of block `block` when it is all zero.
+    fn of(&self, block: u64) -> [u8; 32] {
+        if block + 1 == self.disk_size.div_ceil(u64::from(self.block_size)) {
+            self.tail
+        } else {
+            self.full
+        }
+    }
 }
 
 /// A record on its way to the writers.
@@ -411,17 +447,35 @@ pub fn run_cycle(
     nonces: &mut NonceSource,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<CycleReport, CycleError> {
-    let mut cache = None;
     run_cycle_cached(
-        replica, source, identity, keys, options, nonces, progress, &mut cache,
+        replica,
+        source,
+        identity,
+        keys,
+        options,
+        nonces,
+        progress,
+        &mut CycleCache::default(),
     )
+}
+
+/// What a process that runs cycle after cycle on one replica keeps between them
+/// ([`run_cycle_cached`]).
+#[derive(Debug, Default)]
+pub struct CycleCache {
+    /// The digest table and its Merkle tree as the last committed cycle left them.
+    table: Option<MerkleTree>,
+    /// The digests of an all-zero block and of an all-zero last block under the digest key
+    /// (hashing 64 KiB of zeros twice each cycle cost the simulator's drill 1% of its CPU).
+    zero: Option<ZeroDigests>,
 }
 
 /// [`run_cycle`] for a process that runs cycle after cycle on one replica (the agent): `cache`
 /// keeps the digest table and its Merkle tree from the last committed cycle, so a delta cycle
 /// neither reads the table back nor rehashes the whole tree — its cost follows the blocks it
-/// examines, not the disk's size. The cache is used only when its root is the last point's,
-/// and is emptied by a cycle that fails.
+/// examines, not the disk's size. The table is used only when its root is the last point's,
+/// and is dropped by a cycle that fails; the zero-block digests only under the same key and
+/// geometry.
 #[allow(clippy::too_many_arguments)]
 pub fn run_cycle_cached(
     replica: &DiskReplica<'_>,
@@ -431,13 +485,22 @@ pub fn run_cycle_cached(
     options: &CycleOptions,
     nonces: &mut NonceSource,
     progress: &(dyn Fn(&Progress) + Sync),
-    cache: &mut Option<MerkleTree>,
+    cache: &mut CycleCache,
 ) -> Result<CycleReport, CycleError> {
-    let cached = cache.take();
+    let layout = replica.layout;
+    let digest_key = keys.digest.expose();
+    let zero = match cache.zero.take() {
+        Some(zero) if zero.fits(digest_key, &layout) => zero,
+        _ => ZeroDigests::new(digest_key, &layout),
+    };
+    let cached = cache.table.take();
     let (report, table) = cycle_inner(
-        replica, source, identity, keys, options, nonces, progress, cached,
+        replica, source, identity, keys, options, nonces, progress, cached, &zero,
     )?;
-    *cache = Some(table);
+    *cache = CycleCache {
+        table: Some(table),
+        zero: Some(zero),
+    };
     Ok(report)
 }
 
@@ -451,6 +514,7 @@ fn cycle_inner(
     nonces: &mut NonceSource,
     progress: &(dyn Fn(&Progress) + Sync),
     cached: Option<MerkleTree>,
+    zeros: &ZeroDigests,
 ) -> Result<(CycleReport, MerkleTree), CycleError> {
     let started = Instant::now();
     let layout = replica.layout;
@@ -462,21 +526,15 @@ fn cycle_inner(
     }
     let digest_key = keys.digest.expose();
     let codec = BlockCodec::new(keys, options.zstd_level, options.encrypt);
-    recover_and_make_room(
-        replica,
-        identity,
-        &codec,
-        digest_key,
-        options.snapshot_limit,
-    )?;
+    recover_and_make_room(replica, identity, digest_key, options.snapshot_limit)?;
     let ReplicaState {
         points,
         mut table,
         rebuilt: table_rebuilt,
-    } = replica_state(replica, identity, &codec, digest_key, cached)?;
+    } = replica_state(replica, identity, zeros, digest_key, cached)?;
     let sequence = points.last().map_or(0, |p| p.sequence + 1);
     let blocks = layout.blocks();
-    let zero = zero_digests(&codec, blocks, layout.block_size, layout.disk_size);
+    let zero = |b| zeros.of(b);
 
     let selected = options.selection.blocks(blocks)?;
     let group_len = (GROUP_BYTES / u64::from(layout.block_size)).clamp(2, 128) as usize;
@@ -511,7 +569,7 @@ fn cycle_inner(
     };
     let (tx, rx) = mpsc::sync_channel::<Job>(group_len * (GROUPS_IN_FLIGHT + 1));
     let rx = Mutex::new(rx);
-    let mut serial = SerialClock::new();
+    let mut serial = SerialClock::new(options.count_serial_cpu);
     let groups_started = Instant::now();
     let outcome: Result<(), CycleError> = std::thread::scope(|scope| {
         for _ in 0..options.upload_threads {
@@ -592,14 +650,13 @@ fn cycle_inner(
 fn recover_and_make_room(
     replica: &DiskReplica<'_>,
     identity: &Identity,
-    codec: &BlockCodec,
     digest_key: &[u8; 32],
     snapshot_limit: Option<usize>,
 ) -> Result<(), CycleError> {
     if let Some(log) = &replica.staging {
         // It needs a snapshot, and so does this cycle's point: room before each.
         make_room(replica, digest_key, snapshot_limit)?;
-        recover_staged_cycle(replica, log, identity, codec, digest_key)?;
+        recover_staged_cycle(replica, log, identity, digest_key)?;
     }
     make_room(replica, digest_key, snapshot_limit)
 }
@@ -910,14 +967,18 @@ struct SerialClock {
 }
 
 impl SerialClock {
-    fn new() -> SerialClock {
+    /// `counting`: false leaves the count `None`, as where the OS has no thread clock.
+    fn new(counting: bool) -> SerialClock {
         SerialClock {
-            cpu_seconds: thread_cpu_seconds().map(|_| 0.0),
+            cpu_seconds: thread_cpu_seconds().filter(|_| counting).map(|_| 0.0),
         }
     }
 
     /// Run `work` on this thread, adding its CPU time.
     fn time<T>(&mut self, work: impl FnOnce() -> T) -> T {
+        if self.cpu_seconds.is_none() {
+            return work();
+        }
         let start = thread_cpu_seconds();
         let out = work();
         if let (Some(total), Some(start), Some(end)) =
@@ -1013,7 +1074,6 @@ fn recover_staged_cycle(
     replica: &DiskReplica<'_>,
     log: &StagingLog<'_>,
     identity: &Identity,
-    codec: &BlockCodec,
     digest_key: &[u8; 32],
 ) -> Result<(), CycleError> {
     let Some(header) = log.committed()? else {
@@ -1028,7 +1088,8 @@ fn recover_staged_cycle(
     if header.sequence == next {
         log.for_each_entry(&header, |block, record| apply_entry(replica, block, record))?;
         let layout = replica.layout;
-        let zero = zero_digests(codec, layout.blocks(), layout.block_size, layout.disk_size);
+        let zeros = ZeroDigests::new(digest_key, &layout);
+        let zero = |b| zeros.of(b);
         let table: Vec<[u8; 32]> = replica
             .rebuild_digest_table()?
             .into_iter()

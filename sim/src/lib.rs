@@ -41,7 +41,7 @@ mod xml_text;
 pub use env::Storage;
 pub use report::{HealthEvent, ItemDisk, ReplicatedItem, Report};
 pub use scenario::Scenario;
-pub use world::{run, run_in};
+pub use world::{run, run_in, run_then, Teardown};
 
 /// The scenario `drplane sim run` uses when given none.
 pub const QUICKSTART: &str = include_str!("../../scenarios/quickstart.toml");

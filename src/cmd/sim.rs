@@ -226,7 +226,9 @@ fn run_scenario(
         None => sim::Storage::Memory,
     };
     let started = std::time::Instant::now();
-    let report = sim::run_in(&parsed, seed, &storage).map_err(|e| (e.into(), Some(seed)))?;
+    // The process ends after the report: its exit returns the world's memory.
+    let report = sim::run_then(&parsed, seed, &storage, sim::Teardown::LeaveToExit)
+        .map_err(|e| (e.into(), Some(seed)))?;
     Ok((report, started.elapsed().as_secs_f64()))
 }
 

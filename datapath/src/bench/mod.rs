@@ -636,7 +636,7 @@ pub fn run_bench(
     };
     let mut nonces = NonceSource::new_epoch(&mut rand_chacha::ChaCha8Rng::from_os_rng());
     let mut churned = ChurnedSource::new(source, config.block_size);
-    let mut cache = None;
+    let mut cache = crate::cycle::CycleCache::default();
     let mut cycle = |churned: &ChurnedSource<'_, dyn BlockSource>,
                      selection: Selection,
                      churn_percent: Option<f64>|

@@ -1291,7 +1291,7 @@ impl Account {
                     end: prev.size - 1,
                     cleared: true,
                 });
-                Some((prev.taken_at, shrunk))
+                Some((prev.taken_at, prev.map.clone(), shrunk))
             }
         };
         Ok(PageRangeQuery {
@@ -1402,8 +1402,9 @@ pub struct PageRangeQuery {
     map: ExtentMap,
     start: u64,
     end: u64,
-    /// A diff: the operation that took the previous snapshot, and the range a shrink cleared.
-    diff: Option<(u64, Option<PageRange>)>,
+    /// A diff: the operation that took the previous snapshot, its (shared) map, and the range
+    /// a shrink cleared.
+    diff: Option<(u64, ExtentMap, Option<PageRange>)>,
     max: usize,
 }
 
@@ -1412,8 +1413,10 @@ impl PageRangeQuery {
     pub fn answer(self) -> PageRangeList {
         let mut ranges = match self.diff {
             None => self.map.valid_ranges(self.start, self.end),
-            Some((since, shrunk)) => {
-                let mut changed = self.map.changed_since(since, self.start, self.end);
+            Some((since, earlier, shrunk)) => {
+                let mut changed = self
+                    .map
+                    .changed_since(since, &earlier, self.start, self.end);
                 changed.extend(shrunk);
                 changed
             }

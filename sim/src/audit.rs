@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::DiskReplica;
 use datapath::replica::manifest::Manifest;
+use rayon::prelude::*;
 
 use crate::content::ContentModel;
 
@@ -99,13 +100,23 @@ impl PointAudit {
         for block in model.differing_blocks(&base_model) {
             blocks.entry(block).or_insert(0);
         }
-        for (block, written) in blocks {
-            let hash = match replica
-                .read_record_within(codec, Some(&point.snapshot), block, written)
-                .map_err(|e| e.to_string())?
-            {
+        // The records are read and decoded on the pool (a thread that has finished its own
+        // disks' cycles takes part of the last one's proof instead of waiting for it); their
+        // outcomes are then taken in block order, so the first failure, the nonces noted and
+        // everything after are as one by one.
+        let blocks: Vec<(u64, u64)> = blocks.into_iter().collect();
+        let decoded: Vec<_> = blocks
+            .par_iter()
+            .map(|&(block, written)| {
+                replica
+                    .read_record_within(codec, Some(&point.snapshot), block, written)
+                    .map(|record| record.map(|(header, _)| header))
+            })
+            .collect();
+        for (&(block, _), decoded) in blocks.iter().zip(decoded) {
+            let hash = match decoded.map_err(|e| e.to_string())? {
                 // The record decoded: its bytes hash to the header's digest.
-                Some((header, _)) => {
+                Some(header) => {
                     self.note_nonce(block, header.nonce, header.generation);
                     header.digest
                 }

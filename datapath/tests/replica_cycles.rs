@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datapath::keys::{DiskKeys, Secret32};
 use datapath::replica::batch::encode_batch;
 use datapath::replica::block_record::{BlockCodec, RecordError};
-use datapath::replica::disk_replica::{DiskReplica, Layout};
+use datapath::replica::disk_replica::{DiskReplica, JournalReads, Layout};
 use datapath::replica::error::ReplicaError;
 use datapath::replica::manifest::Consistency;
 use datapath::replica::nonce::NonceSource;
@@ -346,13 +346,24 @@ fn a_record_within_its_written_pages_is_read_with_one_call() {
     }
 }
 
-/// A listing reads the journal a run of slots at a time: hundreds of points, gaps left by
-/// deleted ones and a damaged slot past the first run are all listed (or named) as they are.
+/// A listing reads a journal of hundreds of points with gaps left by deleted ones, and names
+/// damaged slots, the same every way it reads: a run of slots per call (by default, and from a
+/// store across a network whatever it is asked) or each slot's first page, the rest when the
+/// manifest's length or a zero page says so (`JournalReads::SlotHeads`, from a store in this
+/// process).
 #[test]
 fn a_long_journal_with_gaps_and_damage_lists_every_point() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open_store(dir.path(), Profile::Standard);
-    let replica = DiskReplica::open(&store, "replicas", "disk-1", LAYOUT).unwrap();
+    let store = Arc::new(open_store(dir.path(), Profile::Standard).0);
+    let remote = FaultyStore::new(
+        Arc::clone(&store),
+        FaultConfig {
+            latency: std::time::Duration::from_micros(1),
+            ..FaultConfig::default()
+        },
+    );
+    assert!(store.answers_promptly() && !remote.answers_promptly());
+    let replica = DiskReplica::open(&*store, "replicas", "disk-1", LAYOUT).unwrap();
     let k = keys(4);
     let digests = vec![[0u8; 32]; LAYOUT.blocks() as usize];
     let root = datapath::replica::merkle::merkle_root(k.digest.expose(), &digests);
@@ -367,27 +378,59 @@ fn a_long_journal_with_gaps_and_damage_lists_every_point() {
     for m in &gone {
         replica.delete_point(m).unwrap();
     }
-    let listed = replica.points(k.digest.expose()).unwrap();
-    assert_eq!(
-        listed.iter().map(|m| m.sequence).collect::<Vec<_>>(),
-        kept.iter().map(|m| m.sequence).collect::<Vec<_>>()
-    );
-    assert_eq!(listed, kept);
+    let sequences = |points: &[datapath::replica::manifest::Manifest]| -> Vec<u64> {
+        points.iter().map(|m| m.sequence).collect()
+    };
+    let readers = || {
+        [&*store as &dyn PageBlobStore, &remote].map(|from| {
+            [JournalReads::Runs, JournalReads::SlotHeads].map(|reads| {
+                let mut reader = DiskReplica::open(from, "replicas", "disk-1", LAYOUT).unwrap();
+                reader.set_journal_reads(reads);
+                reader
+            })
+        })
+    };
+    for reader in readers().into_iter().flatten() {
+        let listed = reader.points(k.digest.expose()).unwrap();
+        assert_eq!(sequences(&listed), sequences(&kept));
+        assert_eq!(listed, kept);
+    }
 
-    // Damage point 400's slot: the reader names it and lists the others.
+    // Damage three slots: point 400's first page overwritten; point 401's first page zeroed
+    // and its second written (a zero first page is not taken for an empty slot); point 402's
+    // length saying the manifest runs past its first page, over garbage.
     let journal = BlobPath::new("replicas", "disk-1.journal");
+    let put = |slot: u64, bytes: &[u8]| {
+        store
+            .put_pages(&journal, slot * 4096, bytes, &Conditions::default())
+            .unwrap()
+    };
+    put(400, &[0x5A; 512]);
+    put(401, &[0; 512]);
     store
-        .put_pages(&journal, 400 * 4096, &[0x5A; 512], &Conditions::default())
+        .put_pages(
+            &journal,
+            401 * 4096 + 512,
+            &[0x5A; 512],
+            &Conditions::default(),
+        )
         .unwrap();
-    let (points, damaged) = replica.points_and_damage(k.digest.expose()).unwrap();
-    assert_eq!(damaged.len(), 1);
-    assert_eq!(damaged[0].slot, 400);
-    assert_eq!(points.len(), kept.len() - 1);
-    assert!(points.iter().all(|m| m.sequence != 400));
-    assert!(
-        replica.points(k.digest.expose()).is_err(),
-        "a writer refuses a damaged journal"
-    );
+    let mut long = [0x5Au8; 1024];
+    long[..4].copy_from_slice(&900u32.to_le_bytes());
+    put(402, &long);
+    for reader in readers().into_iter().flatten() {
+        let (points, damaged) = reader.points_and_damage(k.digest.expose()).unwrap();
+        assert_eq!(
+            damaged.iter().map(|d| d.slot).collect::<Vec<_>>(),
+            [400, 401, 402]
+        );
+        assert_eq!(points.len(), kept.len() - 3);
+        assert!(points.iter().all(|m| !(400..403).contains(&m.sequence)));
+        assert!(
+            reader.points(k.digest.expose()).is_err(),
+            "a writer refuses a damaged journal"
+        );
+    }
 }
 
 #[test]

@@ -67,11 +67,18 @@ impl SparseBytes {
 
     fn write_at(&mut self, buf: &[u8], offset: u64) {
         for (page, in_page, at, len) in spans(offset, buf.len()) {
+            let part = &buf[at..at + len];
+            if len == PAGE as usize {
+                // A whole page replaces the one held (shared with a crash image or not),
+                // copied in as it comes rather than zeroed or copied first.
+                self.pages.insert(page, Arc::new(part.to_vec()));
+                continue;
+            }
             let data = self
                 .pages
                 .entry(page)
                 .or_insert_with(|| Arc::new(vec![0; PAGE as usize]));
-            Arc::make_mut(data)[in_page..in_page + len].copy_from_slice(&buf[at..at + len]);
+            Arc::make_mut(data)[in_page..in_page + len].copy_from_slice(part);
         }
         self.len = self.len.max(offset + buf.len() as u64);
     }

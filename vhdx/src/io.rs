@@ -698,6 +698,10 @@ impl WriteAt for MemoryFile {
             match inner.pages.get_mut(page) {
                 Some(bytes) => bytes[within..within + n].copy_from_slice(part),
                 None if part.iter().all(|&b| b == 0) => {}
+                // A whole page is copied in as it comes, not zeroed first.
+                None if n == MEMORY_PAGE as usize => {
+                    inner.pages.insert(page, part.into());
+                }
                 None => {
                     let mut bytes = vec![0u8; MEMORY_PAGE as usize].into_boxed_slice();
                     bytes[within..within + n].copy_from_slice(part);

@@ -178,6 +178,10 @@ struct Blob {
     /// `None` when only snapshots remain.
     base: Option<Version>,
     snapshots: BTreeMap<u64, Version>,
+    /// The snapshots by the operation that took them (`Version::taken_at` → id): a write to
+    /// the home file looks up only those its filter lets through
+    /// ([`Account::snapshots_sharing_home`]) instead of walking all of them.
+    taken: BTreeMap<u64, u64>,
     lease: Lease,
     /// Set when the blob is the destination of incremental copies.
     copy: Option<CopyInfo>,
@@ -319,6 +323,7 @@ impl Account {
                         copy: None,
                         base: None,
                         snapshots: BTreeMap::new(),
+                        taken: BTreeMap::new(),
                         lease: Lease::Available,
                     });
                 blob.base = Some(Version {
@@ -366,7 +371,10 @@ impl Account {
                     if let Some(base) = &blob.base {
                         let mut v = base.clone();
                         v.taken_at = seq;
-                        blob.snapshots.insert(*id, v);
+                        if let Some(replaced) = blob.snapshots.insert(*id, v) {
+                            blob.taken.remove(&replaced.taken_at);
+                        }
+                        blob.taken.insert(seq, *id);
                     }
                 }
             }
@@ -379,10 +387,13 @@ impl Account {
                 let mut remove_blob = false;
                 if let Some(blob) = self.blob_mut(path) {
                     if let Some(id) = snapshot {
-                        blob.snapshots.remove(id);
+                        if let Some(gone) = blob.snapshots.remove(id) {
+                            blob.taken.remove(&gone.taken_at);
+                        }
                     }
                     if *snapshots {
                         blob.snapshots.clear();
+                        blob.taken.clear();
                     }
                     if *base {
                         blob.base = None;
@@ -510,15 +521,39 @@ impl Account {
         // torn after its relocation was logged leaves the base's extent as it was while the
         // snapshots that shared it read the log now (`datapath`'s torn-cycle test found it).
         let candidates = base.map.home_readers(offset, offset + len, base.shrunk_at);
-        blob.snapshots
-            .iter()
-            .filter(|(_, v)| {
-                candidates.may_include(v.taken_at)
-                    && v.incarnation == base.incarnation
-                    && v.map.has_home_data(offset, offset + len)
-            })
-            .map(|(id, _)| *id)
-            .collect()
+        let ids: Vec<u64> = if candidates.any {
+            blob.snapshots.keys().copied().collect()
+        } else {
+            use std::ops::Bound::{Excluded, Unbounded};
+            let mut ids: Vec<u64> = blob
+                .taken
+                .range((Excluded(candidates.taken_after), Unbounded))
+                .chain(blob.taken.range(..candidates.taken_before))
+                .map(|(_, id)| *id)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let shares = |v: &Version| {
+            candidates.may_include(v.taken_at)
+                && v.incarnation == base.incarnation
+                && v.map.has_home_data(offset, offset + len)
+        };
+        let sharing: Vec<u64> = ids
+            .into_iter()
+            .filter(|id| blob.snapshots.get(id).is_some_and(shares))
+            .collect();
+        debug_assert_eq!(
+            sharing,
+            blob.snapshots
+                .iter()
+                .filter(|(_, v)| shares(v))
+                .map(|(id, _)| *id)
+                .collect::<Vec<_>>(),
+            "the index of snapshots by operation agrees with a walk of them all"
+        );
+        sharing
     }
 
     /// The incarnation (home file) of the base blob.

@@ -384,13 +384,23 @@ fn replica_state(
 
 /// The digests of a zero block under one digest key and layout (only the last block may be
 /// short).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct ZeroDigests {
     digest_key: [u8; 32],
     block_size: u32,
     disk_size: u64,
     full: [u8; 32],
     tail: [u8; 32],
+}
+
+/// The digest key stays out of debug output.
+impl std::fmt::Debug for ZeroDigests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZeroDigests")
+            .field("block_size", &self.block_size)
+            .field("disk_size", &self.disk_size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ZeroDigests {

@@ -48,11 +48,21 @@ pub fn merkle_root(digest_key: &[u8; 32], leaves: &[[u8; 32]]) -> [u8; 32] {
 }
 
 /// A whole tree: the leaves (the digest table) and every level above them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MerkleTree {
     digest_key: [u8; 32],
     /// `levels[0]` are the leaves; the last level has one node (when there are leaves).
     levels: Vec<Vec<[u8; 32]>>,
+}
+
+/// The digest key stays out of debug output.
+impl std::fmt::Debug for MerkleTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MerkleTree")
+            .field("leaves", &self.leaves().len())
+            .field("root", &self.root())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MerkleTree {
@@ -125,6 +135,14 @@ mod tests {
             parent(&KEY, &ab, &leaf(3))
         );
         assert_eq!(MerkleTree::new(&KEY, vec![]).root(), merkle_root(&KEY, &[]));
+    }
+
+    #[test]
+    fn debug_output_leaves_the_key_out() {
+        let key = [0xA7u8; 32];
+        let shown = format!("{:?}", MerkleTree::new(&key, vec![leaf(1), leaf(2)]));
+        assert!(shown.contains("leaves: 2"), "{shown}");
+        assert!(!shown.contains("167, 167, 167"), "{shown}");
     }
 
     /// The root as the module doc defines it, every pair hashed.

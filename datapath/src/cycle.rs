@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::cpu_clock::thread_cpu_seconds;
 use crate::keys::{DiskKeys, Identity, KeyId};
-use crate::replica::block_record::{BlockCodec, Encoded};
+use crate::replica::block_record::{block_digest, BlockCodec, Encoded};
 use crate::replica::disk_replica::{DiskReplica, Layout};
 use crate::replica::error::ReplicaError;
 use crate::replica::manifest::{Consistency, Manifest};
@@ -405,8 +405,7 @@ impl std::fmt::Debug for ZeroDigests {
 
 impl ZeroDigests {
     fn new(digest_key: &[u8; 32], layout: &Layout) -> ZeroDigests {
-        let digest =
-            |len: u64| *blake3::keyed_hash(digest_key, &vec![0u8; len as usize]).as_bytes();
+        let digest = |len: u64| block_digest(digest_key, &vec![0u8; len as usize]);
         let full = digest(u64::from(layout.block_size));
         let tail_len = layout.block_len(layout.blocks().saturating_sub(1));
         ZeroDigests {

@@ -1006,9 +1006,8 @@ impl<'e> World<'e> {
         }
     }
 
-    /// The run is over: prove what it left and report.
-    /// The final checks and the report; `leave`: the disks' memory is left to the process's
-    /// exit ([`Teardown::LeaveToExit`]).
+    /// The run is over: prove what it left and report. `leave`: the disks' memory is left to
+    /// the process's exit ([`Teardown::LeaveToExit`]).
     fn finish(mut self, leave: bool) -> Result<Report, SimError> {
         use rayon::prelude::*;
         let (env, scenario, end) = (self.env, self.scenario, self.end);

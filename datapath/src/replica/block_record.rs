@@ -134,6 +134,12 @@ impl Drop for BlockCodec {
     }
 }
 
+/// A block's digest under a disk's digest key: keyed BLAKE3 of its bytes. The digest table,
+/// the record headers and the Merkle leaves all hold it.
+pub fn block_digest(digest_key: &[u8; 32], block: &[u8]) -> [u8; 32] {
+    *blake3::keyed_hash(digest_key, block).as_bytes()
+}
+
 impl BlockCodec {
     /// `encrypt`: encryption at rest (the policy switch); digests are keyed either way.
     pub fn new(keys: &DiskKeys, zstd_level: i32, encrypt: bool) -> BlockCodec {
@@ -146,9 +152,9 @@ impl BlockCodec {
         }
     }
 
-    /// Keyed BLAKE3 of a block.
+    /// Keyed BLAKE3 of a block ([`block_digest`] under this codec's key).
     pub fn digest(&self, block: &[u8]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.digest_key, block).as_bytes()
+        block_digest(&self.digest_key, block)
     }
 
     /// Encode `block` (1 byte to 4 MiB) as block `index` of cycle `generation`. `nonce` must

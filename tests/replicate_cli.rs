@@ -589,3 +589,83 @@ fn ctrl_c_during_a_watch_cycle_stops_within_seconds_and_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn two_replicate_runs_of_one_replica_at_once_through_blob_serve_spoil_nothing() {
+    // Two hosts configured with one disk name, replicating into one endpoint at the same
+    // moment: each run either commits its point or stops with an error that says another
+    // writer has the replica; every point listed afterwards verifies and the last restores to
+    // the disk of the run that committed it.
+    let dir = registered_with_disk();
+    let d = dir.path();
+    let server = start_server(&d.join("served"), "standard");
+    let pfx = d.join("reg/vt.pfx");
+    let disks: Vec<std::path::PathBuf> = (0..2u8)
+        .map(|i| {
+            let path = d.join(format!("host{i}.raw"));
+            let content: Vec<u8> = (0..1u32 << 20)
+                .map(|j| (j.wrapping_mul(2_654_435_761) >> (8 + i)) as u8)
+                .collect();
+            std::fs::write(&path, content).unwrap();
+            path
+        })
+        .collect();
+    let replicate = |disk: &std::path::Path| {
+        drplane()
+            .args(["replicate", "--disk", path_str(disk), "--store"])
+            .arg(&server.endpoint)
+            .args(["--pfx", path_str(&pfx), "--name", "shared"])
+            .env("DRPLANE_PFX_PASSWORD", PW)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let replica = [
+        "--store",
+        &server.endpoint,
+        "--pfx",
+        path_str(&pfx),
+        "--name",
+        "shared",
+    ];
+    let mut committed_by = None;
+    for round in 0..4u8 {
+        // New content each round, so each run has blocks to send.
+        for disk in &disks {
+            let mut bytes = std::fs::read(disk).unwrap();
+            bytes[usize::from(round) * 4096..][..4096].fill(round.wrapping_mul(37) ^ 0x5A);
+            std::fs::write(disk, bytes).unwrap();
+        }
+        let runs: Vec<_> = disks.iter().map(|disk| replicate(disk)).collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            let out = run.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                committed_by = Some(i);
+            } else {
+                assert!(
+                    err.contains("another writer took this replica over")
+                        || err.contains("another writer claimed a nonce epoch"),
+                    "round {round}, run {i}: {err}"
+                );
+            }
+        }
+        let verified = dp(&[&["verify"], &replica[..]].concat());
+        assert!(
+            String::from_utf8_lossy(&verified.stdout).contains(" 0 failed"),
+            "round {round}"
+        );
+    }
+    // Of the last round's committed runs, the later one's point is the newest.
+    let newest = d.join("newest.raw");
+    dp(&[&["restore"], &replica[..], &["--output", path_str(&newest)]].concat());
+    let restored = std::fs::read(&newest).unwrap();
+    assert!(
+        disks
+            .iter()
+            .any(|disk| std::fs::read(disk).unwrap() == restored),
+        "the newest point is one of the two disks (last committed by run {committed_by:?})"
+    );
+    server.stop("-TERM");
+}

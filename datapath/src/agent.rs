@@ -117,12 +117,17 @@ impl<'a> DiskAgent<'a> {
             disk_size,
             block_size,
         };
-        let probe = DiskReplica::open(
+        let mut probe = DiskReplica::open(
             target.store,
             target.container,
             target.name,
             layout(policy.block_size),
         )?;
+        // The epoch first, and the replica taken over with it, before anything is listed or
+        // swept: from here on no earlier writer commits, so the points listed are all there is
+        // (an unreferenced snapshot is an orphan, not another writer's commit in progress).
+        let epoch = probe.claim_epoch(&mut rng)?;
+        probe.take_over(epoch)?;
         let existing = probe.points(keys.digest.expose())?;
         if let Some(last) = existing.last() {
             if strict_block_size && last.block_size != policy.block_size {
@@ -134,12 +139,7 @@ impl<'a> DiskAgent<'a> {
             }
             policy.block_size = last.block_size;
         }
-        let replica = DiskReplica::open(
-            target.store,
-            target.container,
-            target.name,
-            layout(policy.block_size),
-        )?;
+        let replica = probe.with_layout(layout(policy.block_size));
         let replica = match target.log_store {
             Some(log) => replica.with_staging(log, LOG_CONTAINER, target.name)?,
             None => replica,
@@ -156,7 +156,7 @@ impl<'a> DiskAgent<'a> {
             tracking_untrusted,
             paused_until_nanos: None,
         };
-        let nonces = NonceSource::for_epoch(replica.claim_epoch(&mut rng)?);
+        let nonces = NonceSource::for_epoch(epoch);
         Ok((
             DiskAgent {
                 snapshot_limit: target.snapshot_limit,

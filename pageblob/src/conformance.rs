@@ -289,7 +289,7 @@ pub fn batched_put_pages(store: &dyn PageBlobStore, container: &str) {
             data,
         })
         .collect();
-    store.put_pages_batch(&batch).unwrap();
+    store.put_pages_batch(&batch, &none()).unwrap();
     let mut want = vec![0u8; at as usize];
     for (offset, data) in &writes {
         want[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
@@ -325,7 +325,7 @@ pub fn batched_put_pages(store: &dyn PageBlobStore, container: &str) {
                 data: &ok,
             },
         ];
-        assert_eq!(code(store.put_pages_batch(&batch)), expected);
+        assert_eq!(code(store.put_pages_batch(&batch, &none())), expected);
     }
     let missing = BlobPath::new(container, "batched-missing");
     let batch = [
@@ -340,8 +340,41 @@ pub fn batched_put_pages(store: &dyn PageBlobStore, container: &str) {
             data: &ok,
         },
     ];
-    assert_eq!(code(store.put_pages_batch(&batch)), ErrorCode::BlobNotFound);
-    store.put_pages_batch(&[]).unwrap();
+    assert_eq!(
+        code(store.put_pages_batch(&batch, &none())),
+        ErrorCode::BlobNotFound
+    );
+    store.put_pages_batch(&[], &none()).unwrap();
+
+    // Under a sequence-number condition (a writer's fence): refused whole while the blob holds
+    // another number, every write landed once it holds that one.
+    let fenced = BlobPath::new(container, "batched-fenced");
+    store
+        .create_page_blob(&fenced, 1 << 20, 7, &none())
+        .unwrap();
+    let pattern = bytes(91, 65536);
+    let batch: Vec<PageWrite<'_>> = (0..4u64)
+        .map(|i| PageWrite {
+            path: &fenced,
+            offset: i * 131_072,
+            data: &pattern,
+        })
+        .collect();
+    let fence = |n| Conditions {
+        if_sequence_number_eq: Some(n),
+        ..none()
+    };
+    assert_eq!(
+        code(store.put_pages_batch(&batch, &fence(6))),
+        ErrorCode::SequenceNumberConditionNotMet
+    );
+    assert!(
+        ranges(store, &fenced, None, None).is_empty(),
+        "a refused batch writes nothing"
+    );
+    store.put_pages_batch(&batch, &fence(7)).unwrap();
+    assert_eq!(ranges(store, &fenced, None, None).len(), 4);
+    assert!(read(store, &fenced, None, 3 * 131_072, 65536) == pattern);
 }
 
 /// `read_batch` reads what `read` reads, from a blob and its snapshot, in any number at once;

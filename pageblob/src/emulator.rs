@@ -694,7 +694,8 @@ impl Emulator {
         }
     }
 
-    /// An unconditioned Put Page: checked and prepared under the lock, its bytes copied into
+    /// A Put Page with no condition a write changes (see [`checked_when_planned`]): checked
+    /// and prepared under the lock, its bytes copied into
     /// the home file outside it (so writers of other ranges copy side by side instead of one
     /// after another), then logged and applied under the lock. Until it lands, no other
     /// write of those bytes starts, no read copies them, and every other change waits.
@@ -703,6 +704,7 @@ impl Emulator {
         path: &BlobPath,
         offset: u64,
         data: &[u8],
+        cond: &Conditions,
     ) -> StoreResult<Properties> {
         let now = self.now();
         let end = offset.saturating_add(data.len() as u64);
@@ -713,7 +715,7 @@ impl Emulator {
                 checked = Some(
                     inner
                         .account
-                        .write_pages(path, offset, data.len() as u64, false, &Conditions::default(), now)
+                        .write_pages(path, offset, data.len() as u64, false, cond, now)
                         .and_then(|effect| Ok((effect, inner.account.incarnation(path)?))),
                 );
                 inner.changes_waiting > 0
@@ -893,6 +895,19 @@ fn read_home(file: &dyn StoreFile, offset: u64, buf: &mut [u8]) -> StoreResult<(
     Ok(())
 }
 
+/// Whether a Put Page under `cond` may be checked when it is planned and land later (in
+/// place, outside the lock): true when no condition is one that a write changes. A sequence
+/// number or a lease is changed only by other calls, under the lock, so a write checked
+/// before such a change is one made before it (reads and snapshots wait for it to land). An
+/// ETag or a modification time is changed by the writes themselves: two writes in flight
+/// under one `If-Match` would both pass, so those are checked and applied under the lock.
+fn checked_when_planned(cond: &Conditions) -> bool {
+    cond.if_match.is_none()
+        && cond.if_none_match.is_none()
+        && cond.if_modified_since.is_none()
+        && cond.if_unmodified_since.is_none()
+}
+
 impl PageBlobStore for Emulator {
     fn answers_promptly(&self) -> bool {
         self.durability == Durability::Process
@@ -1006,8 +1021,8 @@ impl PageBlobStore for Emulator {
         data: &[u8],
         cond: &Conditions,
     ) -> StoreResult<Properties> {
-        if *cond == Conditions::default() {
-            return self.put_pages_in_place(path, offset, data);
+        if checked_when_planned(cond) {
+            return self.put_pages_in_place(path, offset, data, cond);
         }
         let now = self.now();
         self.change(|inner| {

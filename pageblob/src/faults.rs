@@ -267,11 +267,11 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         self.after_write(r)
     }
     /// Each write as its own Put Page (each may draw a fault), counted as one batch.
-    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>], cond: &Conditions) -> StoreResult<()> {
         self.batches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for w in writes {
-            self.put_pages(w.path, w.offset, w.data, &Conditions::default())?;
+            self.put_pages(w.path, w.offset, w.data, cond)?;
         }
         Ok(())
     }

@@ -126,13 +126,14 @@ pub trait PageBlobStore: Send + Sync {
         data: &[u8],
         cond: &Conditions,
     ) -> StoreResult<Properties>;
-    /// Several unconditional Put Page `update` calls whose ranges do not overlap, in any order:
+    /// Several Put Page `update` calls whose ranges do not overlap, in any order, each under
+    /// `cond` (meant for conditions a write does not change: the sequence number, the lease):
     /// all are applied when this returns `Ok`. On an error some may have been applied (as with
     /// the same calls made one by one, or side by side). A store may send them together; the
     /// HTTP client pipelines them on one connection.
-    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>], cond: &Conditions) -> StoreResult<()> {
         for w in writes {
-            self.put_pages(w.path, w.offset, w.data, &Conditions::default())?;
+            self.put_pages(w.path, w.offset, w.data, cond)?;
         }
         Ok(())
     }
@@ -290,8 +291,8 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
     ) -> StoreResult<Properties> {
         (**self).put_pages(path, offset, data, cond)
     }
-    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
-        (**self).put_pages_batch(writes)
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>], cond: &Conditions) -> StoreResult<()> {
+        (**self).put_pages_batch(writes, cond)
     }
     fn clear_pages(
         &self,

@@ -108,8 +108,8 @@ impl<S: PageBlobStore> PageBlobStore for ReadRetry<S> {
     ) -> StoreResult<Properties> {
         self.inner.put_pages(path, offset, data, cond)
     }
-    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
-        self.inner.put_pages_batch(writes)
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>], cond: &Conditions) -> StoreResult<()> {
+        self.inner.put_pages_batch(writes, cond)
     }
     fn clear_pages(
         &self,

@@ -856,7 +856,9 @@ fn a_pipelined_batch_cut_mid_request_still_lands_every_write() {
             data,
         })
         .collect();
-    through.put_pages_batch(&batch).unwrap();
+    through
+        .put_pages_batch(&batch, &Default::default())
+        .unwrap();
     for (i, data) in records.iter().enumerate() {
         let mut back = vec![0u8; data.len()];
         direct.read(&p, None, i as u64 * 65536, &mut back).unwrap();

@@ -161,7 +161,7 @@ fn time_store(
                 at += len;
             }
             for batch in writes.chunks(PIPELINE_DEPTH) {
-                if let Err(e) = store.put_pages_batch(batch) {
+                if let Err(e) = store.put_pages_batch(batch, &Default::default()) {
                     error.get_or_insert(e);
                 }
             }

@@ -82,6 +82,11 @@ pub struct DiskReplica<'a> {
     points_cache: std::sync::Mutex<Option<CachedPoints>>,
     /// How a listing reads the journal's slots.
     journal_reads: JournalReads,
+    /// This writer's fence ([`DiskReplica::take_over`]): the sequence number the data blob,
+    /// the digest table and the journal hold while it is the replica's writer, and which its
+    /// writes to them require (`x-ms-if-sequence-number-eq`). `None`: a reader, or a writer
+    /// that does not fence (tests of the format).
+    fence: Option<u64>,
 }
 
 /// How a listing reads the journal's slots (a manifest is a few hundred bytes of its 4 KiB
@@ -115,6 +120,30 @@ fn none() -> Conditions {
     Conditions::default()
 }
 
+/// Create the page blob `path` of `size` bytes unless it exists: only if absent
+/// (`If-None-Match: *`), so a replica another writer made meanwhile is never replaced.
+fn create_if_absent(
+    store: &dyn PageBlobStore,
+    path: &BlobPath,
+    size: u64,
+) -> Result<(), ReplicaError> {
+    let only_if_absent = Conditions {
+        if_none_match: Some("*".into()),
+        ..none()
+    };
+    match store.create_page_blob(path, size, 0, &only_if_absent) {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::BlobAlreadyExists) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The sequence number that fences a writer of nonce epoch `epoch` (a page blob's sequence
+/// number is below 2^63; consecutive epochs get different fences).
+fn fence_of(epoch: u64) -> u64 {
+    epoch & (u64::MAX >> 1)
+}
+
 impl<'a> DiskReplica<'a> {
     /// Open (creating if needed) the replica blobs `NAME.replica`, `NAME.digests` and
     /// `NAME.journal`.
@@ -140,14 +169,14 @@ impl<'a> DiskReplica<'a> {
         let r = DiskReplica::named(store, container, name, layout);
         let absent = |path: &BlobPath| matches!(store.properties(path, None), Err(e) if e.code() == Some(ErrorCode::BlobNotFound));
         if absent(&r.data) {
-            store.create_page_blob(&r.data, layout.blocks() * layout.slot_size(), 0, &none())?;
+            create_if_absent(store, &r.data, layout.blocks() * layout.slot_size())?;
         }
         if absent(&r.digests) {
             let size = (layout.blocks() * DIGEST_ENTRY).next_multiple_of(PAGE_SIZE);
-            store.create_page_blob(&r.digests, size, 0, &none())?;
+            create_if_absent(store, &r.digests, size)?;
         }
         if absent(&r.journal) {
-            store.create_page_blob(&r.journal, JOURNAL_SLOTS * JOURNAL_SLOT, 0, &none())?;
+            create_if_absent(store, &r.journal, JOURNAL_SLOTS * JOURNAL_SLOT)?;
         }
         Ok(r)
     }
@@ -197,6 +226,7 @@ impl<'a> DiskReplica<'a> {
             staging: None,
             points_cache: Default::default(),
             journal_reads: JournalReads::Runs,
+            fence: None,
         }
     }
 
@@ -213,7 +243,21 @@ impl<'a> DiskReplica<'a> {
             staging: None,
             points_cache: Default::default(),
             journal_reads: JournalReads::Runs,
+            fence: None,
         }
+    }
+
+    /// This handle with the slot geometry `layout` (the block size of an existing replica
+    /// decides it): the same blobs, fence and staging log, made without a call to the store.
+    pub fn with_layout(mut self, layout: Layout) -> DiskReplica<'a> {
+        if layout != self.layout {
+            self.layout = layout;
+            *self
+                .points_cache
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        self
     }
 
     /// Read the journal's slots as `reads` says when listing points.
@@ -231,14 +275,14 @@ impl<'a> DiskReplica<'a> {
     /// the same epoch. The first claim starts at a random epoch below 2^63 from `rng`.
     pub fn claim_epoch(&self, rng: &mut dyn rand_core::RngCore) -> Result<u64, ReplicaError> {
         use super::epoch_record::{EpochRecord, EPOCH_RECORD_SIZE};
-        match self.store.properties(&self.epochs, None) {
-            Ok(_) => {}
+        let etag = match self.store.properties(&self.epochs, None) {
+            Ok(p) => p.etag,
             Err(e) if e.code() == Some(ErrorCode::BlobNotFound) => {
-                self.store
-                    .create_page_blob(&self.epochs, EPOCH_RECORD_SIZE as u64, 0, &none())?;
+                create_if_absent(self.store, &self.epochs, EPOCH_RECORD_SIZE as u64)?;
+                self.store.properties(&self.epochs, None)?.etag
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         let mut page = [0u8; EPOCH_RECORD_SIZE];
         self.store.read(&self.epochs, None, 0, &mut page)?;
         let blob = || self.epochs.to_string();
@@ -254,9 +298,90 @@ impl<'a> DiskReplica<'a> {
                 .ok_or_else(|| ReplicaError::EpochsExhausted { blob: blob() })?,
         };
         let record = EpochRecord { last_epoch: next };
-        self.store
-            .put_pages(&self.epochs, 0, &record.encode(), &none())?;
-        Ok(next)
+        // Only over the record read: of two writers claiming at once, one is refused, so no
+        // two ever use one epoch. (A retried write of this claim that had already landed is
+        // refused too: the claim fails and nothing uses the epoch.)
+        let unchanged = Conditions {
+            if_match: Some(etag),
+            ..none()
+        };
+        match self
+            .store
+            .put_pages(&self.epochs, 0, &record.encode(), &unchanged)
+        {
+            Ok(_) => Ok(next),
+            Err(e) if e.code() == Some(ErrorCode::ConditionNotMet) => {
+                Err(ReplicaError::EpochClaimRaced { blob: blob() })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Become the replica's one writer, fenced by epoch `epoch` (just claimed): the data blob,
+    /// the digest table, the journal (and the staging log) take the fence as their sequence
+    /// number, and every later write of this handle to them requires it. A writer that
+    /// took the replica over before is refused from then on (412 → [`ReplicaError::TakenOver`]),
+    /// so two agents of one replica never interleave a cycle: of two, the later to take over
+    /// writes, the other stops. Take over before listing the points a writer acts on.
+    pub fn take_over(&mut self, epoch: u64) -> Result<(), ReplicaError> {
+        let fence = fence_of(epoch);
+        let action = pageblob::SequenceNumberAction::Update(fence);
+        for path in [&self.data, &self.digests, &self.journal] {
+            self.store.set_sequence_number(path, action, &none())?;
+        }
+        if let Some(log) = &mut self.staging {
+            log.take_over(fence)?;
+        }
+        self.fence = Some(fence);
+        Ok(())
+    }
+
+    /// Whether this handle is still the replica's writer (the data blob holds its fence):
+    /// [`ReplicaError::TakenOver`] if not. A handle that does not fence is not checked.
+    fn check_fence(&self) -> Result<(), ReplicaError> {
+        let Some(fence) = self.fence else {
+            return Ok(());
+        };
+        if self.store.properties(&self.data, None)?.sequence_number == fence {
+            Ok(())
+        } else {
+            Err(ReplicaError::TakenOver {
+                blob: self.data.to_string(),
+                fence,
+            })
+        }
+    }
+
+    /// Write `bytes` (whole pages) at `at` of `path`, fenced, in Put Pages of at most 4 MiB.
+    fn put_fenced(&self, path: &BlobPath, at: u64, bytes: &[u8]) -> Result<(), ReplicaError> {
+        let cond = self.fenced();
+        for (i, chunk) in bytes.chunks(MAX_PUT_PAGES_BYTES as usize).enumerate() {
+            self.store
+                .put_pages(path, at + (i as u64) * MAX_PUT_PAGES_BYTES, chunk, &cond)
+                .map_err(|e| self.write_error(path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Conditions of this handle's writes to its fenced blobs.
+    fn fenced(&self) -> Conditions {
+        Conditions {
+            if_sequence_number_eq: self.fence,
+            ..none()
+        }
+    }
+
+    /// A store error of a write to `path`: a refused fence is [`ReplicaError::TakenOver`].
+    fn write_error(&self, path: &BlobPath, e: pageblob::StoreError) -> ReplicaError {
+        match self.fence {
+            Some(fence) if e.code() == Some(ErrorCode::SequenceNumberConditionNotMet) => {
+                ReplicaError::TakenOver {
+                    blob: path.to_string(),
+                    fence,
+                }
+            }
+            _ => e.into(),
+        }
     }
 
     /// Stage this replica's cycles in a log on `store` (a standard store for a premium target).
@@ -274,27 +399,25 @@ impl<'a> DiskReplica<'a> {
             self.layout.slot_size(),
         )?;
         self.staging = Some(log);
+        if let (Some(fence), Some(log)) = (self.fence, &mut self.staging) {
+            log.take_over(fence)?;
+        }
         Ok(self)
     }
 
     /// Write a block's record into its slot (only the pages it occupies), or clear the slot.
     pub fn write_block(&self, block: u64, encoded: Encoded) -> Result<(), ReplicaError> {
         let at = self.layout.slot_offset(block);
+        let cond = self.fenced();
         match encoded {
             Encoded::Zero { .. } => {
                 self.store
-                    .clear_pages(&self.data, at, self.layout.slot_size(), &none())?;
+                    .clear_pages(&self.data, at, self.layout.slot_size(), &cond)
+                    .map_err(|e| self.write_error(&self.data, e))?;
             }
             Encoded::Record { mut bytes, .. } => {
                 bytes.resize(bytes.len().next_multiple_of(PAGE_SIZE as usize), 0);
-                for (i, chunk) in bytes.chunks(MAX_PUT_PAGES_BYTES as usize).enumerate() {
-                    self.store.put_pages(
-                        &self.data,
-                        at + (i as u64) * MAX_PUT_PAGES_BYTES,
-                        chunk,
-                        &none(),
-                    )?;
-                }
+                self.put_fenced(&self.data, at, &bytes)?;
             }
         }
         Ok(())
@@ -326,8 +449,9 @@ impl<'a> DiskReplica<'a> {
                 data: bytes,
             })
             .collect();
-        self.store.put_pages_batch(&writes)?;
-        Ok(())
+        self.store
+            .put_pages_batch(&writes, &self.fenced())
+            .map_err(|e| self.write_error(&self.data, e))
     }
 
     /// The digest table as stored: entry *i* is block *i*'s keyed digest, or `None` for a zero
@@ -374,15 +498,7 @@ impl<'a> DiskReplica<'a> {
         let at = first * DIGEST_ENTRY;
         assert!(at % PAGE_SIZE == 0, "digest runs start on a page");
         bytes.resize(bytes.len().next_multiple_of(PAGE_SIZE as usize), 0);
-        for (i, chunk) in bytes.chunks(MAX_PUT_PAGES_BYTES as usize).enumerate() {
-            self.store.put_pages(
-                &self.digests,
-                at + (i as u64) * MAX_PUT_PAGES_BYTES,
-                chunk,
-                &none(),
-            )?;
-        }
-        Ok(())
+        self.put_fenced(&self.digests, at, &bytes)
     }
 
     /// Rebuild the digest table from the slot headers (after an interrupted cycle): slots
@@ -729,9 +845,12 @@ impl<'a> DiskReplica<'a> {
         self.store
             .read(&self.journal, None, slot_at, &mut occupant)?;
         if occupant != [0; 4] {
-            return Err(ReplicaError::JournalFull {
-                sequence,
-                live: sequence - JOURNAL_SLOTS,
+            // Live points are far fewer than the slots: the occupant is point
+            // `sequence - JOURNAL_SLOTS` kept past the ring, or — with no such point — a manifest
+            // of this very sequence that another writer (one that does not fence) committed.
+            return Err(match sequence.checked_sub(JOURNAL_SLOTS) {
+                Some(live) => ReplicaError::JournalFull { sequence, live },
+                None => ReplicaError::PointTaken { sequence },
             });
         }
         let snapshot = self.store.snapshot(&self.data, &none())?;
@@ -795,13 +914,19 @@ impl<'a> DiskReplica<'a> {
         follow: impl FnOnce(&[u8; 32], &mut Vec<Manifest>) -> bool,
     ) -> Result<(), ReplicaError> {
         let mut cache = self.points_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let fenced = self.fenced();
+        let unlisted =
+            |write: &dyn Fn(&Conditions) -> pageblob::StoreResult<pageblob::Properties>| {
+                write(&fenced)
+                    .map(|_| ())
+                    .map_err(|e| self.write_error(&self.journal, e))
+            };
         let Some((etag, key, mut points)) = cache.take() else {
-            write(&none())?;
-            return Ok(());
+            return unlisted(&write);
         };
         let cond = Conditions {
             if_match: Some(etag),
-            ..none()
+            ..self.fenced()
         };
         match write(&cond) {
             Ok(after) => {
@@ -810,11 +935,8 @@ impl<'a> DiskReplica<'a> {
                 }
                 Ok(())
             }
-            Err(e) if e.code() == Some(ErrorCode::ConditionNotMet) => {
-                write(&none())?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+            Err(e) if e.code() == Some(ErrorCode::ConditionNotMet) => unlisted(&write),
+            Err(e) => Err(self.write_error(&self.journal, e)),
         }
     }
 
@@ -834,7 +956,12 @@ impl<'a> DiskReplica<'a> {
         let referenced: std::collections::BTreeSet<&str> =
             live.iter().map(|m| m.snapshot.as_str()).collect();
         let mut swept = 0;
-        for listing in self.store.list_blobs(&self.data.container, true)? {
+        let listed = self.store.list_blobs(&self.data.container, true)?;
+        // Still the writer once the snapshots are listed: a writer that takes over later takes
+        // its snapshots later, so none of them is in the listing (an unreferenced snapshot of
+        // its commit in progress is not an orphan).
+        self.check_fence()?;
+        for listing in listed {
             let Some(snapshot) = listing.properties.snapshot.as_deref() else {
                 continue;
             };

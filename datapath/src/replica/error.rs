@@ -29,6 +29,11 @@ pub enum ReplicaError {
     },
     #[error("journal is full: point {sequence} would overwrite live point {live}")]
     JournalFull { sequence: u64, live: u64 },
+    #[error(
+        "journal slot of point {sequence} already holds a manifest: another writer committed \
+         point {sequence} of this replica"
+    )]
+    PointTaken { sequence: u64 },
     #[error("replica name {name:?}: {why}")]
     BadName { name: String, why: String },
     #[error("no replica named {name} (its {blob} blob is missing)")]
@@ -40,4 +45,15 @@ pub enum ReplicaError {
     },
     #[error("{blob}: every nonce epoch is used")]
     EpochsExhausted { blob: String },
+    /// A later writer took the replica over (`DiskReplica::take_over`): this writer's write
+    /// was refused, so it commits nothing more.
+    #[error(
+        "{blob}: another writer took this replica over (this writer's fence, sequence number \
+         {fence}, was replaced); this writer stopped and commits nothing more"
+    )]
+    TakenOver { blob: String, fence: u64 },
+    /// Two writers claimed a nonce epoch at the same moment: this one's claim was refused, so
+    /// no epoch (and no nonce) is ever shared.
+    #[error("{blob}: another writer claimed a nonce epoch of this replica at the same moment")]
+    EpochClaimRaced { blob: String },
 }

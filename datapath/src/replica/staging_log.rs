@@ -22,6 +22,8 @@ pub struct StagingLog<'a> {
     store: &'a dyn PageBlobStore,
     pub path: BlobPath,
     capacity: u64,
+    /// The replica writer's fence (`DiskReplica::take_over`), required by every write.
+    fence: Option<u64>,
 }
 
 impl std::fmt::Debug for StagingLog<'_> {
@@ -83,7 +85,41 @@ impl<'a> StagingLog<'a> {
             store,
             path,
             capacity,
+            fence: None,
         })
+    }
+
+    /// Take the log over with the replica's fence (its sequence number from now on, required
+    /// by every write of this handle).
+    pub fn take_over(&mut self, fence: u64) -> Result<(), ReplicaError> {
+        self.store.set_sequence_number(
+            &self.path,
+            pageblob::SequenceNumberAction::Update(fence),
+            &none(),
+        )?;
+        self.fence = Some(fence);
+        Ok(())
+    }
+
+    /// Conditions of this handle's writes.
+    fn fenced(&self) -> Conditions {
+        Conditions {
+            if_sequence_number_eq: self.fence,
+            ..none()
+        }
+    }
+
+    /// A store error of a write: a refused fence is [`ReplicaError::TakenOver`].
+    fn write_error(&self, e: pageblob::StoreError) -> ReplicaError {
+        match self.fence {
+            Some(fence) if e.code() == Some(ErrorCode::SequenceNumberConditionNotMet) => {
+                ReplicaError::TakenOver {
+                    blob: self.path.to_string(),
+                    fence,
+                }
+            }
+            _ => e.into(),
+        }
     }
 
     /// Where the first entry goes.
@@ -108,13 +144,16 @@ impl<'a> StagingLog<'a> {
         if offset + entry.len() as u64 > self.capacity {
             return Err(damaged(&self.path, offset, StagingLogError::PastCapacity));
         }
+        let cond = self.fenced();
         for (i, chunk) in entry.chunks(MAX_PUT_PAGES_BYTES as usize).enumerate() {
-            self.store.put_pages(
-                &self.path,
-                offset + i as u64 * MAX_PUT_PAGES_BYTES,
-                chunk,
-                &none(),
-            )?;
+            self.store
+                .put_pages(
+                    &self.path,
+                    offset + i as u64 * MAX_PUT_PAGES_BYTES,
+                    chunk,
+                    &cond,
+                )
+                .map_err(|e| self.write_error(e))?;
         }
         Ok(())
     }
@@ -122,7 +161,8 @@ impl<'a> StagingLog<'a> {
     /// Commit: the entries written make up cycle `header.sequence`.
     pub fn commit(&self, header: &LogHeader) -> Result<(), ReplicaError> {
         self.store
-            .put_pages(&self.path, 0, &header.encode(), &none())?;
+            .put_pages(&self.path, 0, &header.encode(), &self.fenced())
+            .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -180,11 +220,15 @@ impl<'a> StagingLog<'a> {
 
     /// Empty the log: the header first (nothing is committed any more), then the entries.
     pub fn clear(&self, end: u64) -> Result<(), ReplicaError> {
-        self.store.clear_pages(&self.path, 0, PAGE_SIZE, &none())?;
+        let cond = self.fenced();
+        self.store
+            .clear_pages(&self.path, 0, PAGE_SIZE, &cond)
+            .map_err(|e| self.write_error(e))?;
         let end = end.min(self.capacity).next_multiple_of(PAGE_SIZE);
         if end > PAGE_SIZE {
             self.store
-                .clear_pages(&self.path, PAGE_SIZE, end - PAGE_SIZE, &none())?;
+                .clear_pages(&self.path, PAGE_SIZE, end - PAGE_SIZE, &cond)
+                .map_err(|e| self.write_error(e))?;
         }
         Ok(())
     }

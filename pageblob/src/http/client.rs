@@ -763,11 +763,9 @@ impl PageBlobStore for HttpStore {
     /// Pipelined on one connection, [`PIPELINE_DEPTH`] at a time, where the endpoint allows
     /// (plain `http://`, no proxy). A write that got no answer, or a 500/503, is sent again on
     /// its own with the usual retries (a Put Page repeated changes nothing).
-    fn put_pages_batch(&self, writes: &[PageWrite<'_>]) -> StoreResult<()> {
-        let one_by_one = |w: &PageWrite<'_>| {
-            self.put_pages(w.path, w.offset, w.data, &Conditions::default())
-                .map(|_| ())
-        };
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>], cond: &Conditions) -> StoreResult<()> {
+        let one_by_one =
+            |w: &PageWrite<'_>| self.put_pages(w.path, w.offset, w.data, cond).map(|_| ());
         let Some(pipeline) = self.pipeline.as_ref().filter(|_| writes.len() > 1) else {
             return writes.iter().try_for_each(one_by_one);
         };
@@ -778,10 +776,9 @@ impl PageBlobStore for HttpStore {
             let requests: Vec<(Signed, &[u8])> = group
                 .iter()
                 .map(|w| {
-                    let headers = [
-                        ("x-ms-page-write", "update".to_string()),
-                        ("x-ms-range", page_range(w.offset, w.data.len() as u64)),
-                    ];
+                    let mut headers = cond_headers(cond);
+                    headers.push(("x-ms-page-write", "update".to_string()));
+                    headers.push(("x-ms-range", page_range(w.offset, w.data.len() as u64)));
                     let signed = self.signed(
                         "PUT",
                         &Self::blob_resource(w.path),

@@ -1,0 +1,228 @@
+//! Two agents of one replica in one store (two `replicate` runs of a disk against one
+//! endpoint, or two hosts configured with one disk name): the later to start takes the replica
+//! over (`DiskReplica::take_over`) and the earlier commits nothing more, so no two writers
+//! interleave a cycle, share a nonce epoch, or sweep each other's commit in progress; every
+//! point listed restores to the disk of the writer that committed it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use datapath::agent::{AgentError, AgentTarget, DiskAgent};
+use datapath::cycle::CycleError;
+use datapath::keys::Identity;
+use datapath::policy::Policy;
+use datapath::replica::block_record::BlockCodec;
+use datapath::replica::error::ReplicaError;
+use datapath::replica::manifest::Consistency;
+use datapath::replicator::{CycleKind, CyclePlan};
+use datapath::source::AtRestDisk;
+use pageblob::clock::ManualClock;
+use pageblob::data_log::Durability;
+use pageblob::{Emulator, PageBlobStore, Profile};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+const BLOCK: usize = 65536;
+const SIZE: usize = 32 * BLOCK;
+const T0: u64 = 1_800_000_000_000_000_000;
+
+/// A store in `dir` and a registration's identity.
+fn store_and_identity(dir: &std::path::Path) -> (Emulator, Identity) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Emulator::open(
+        &dir.join("store"),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap();
+    let (_, pfx) = datapath::registration::register("vault", "host", "pw", &*clock).unwrap();
+    (store, Identity::from_pfx(&pfx, "pw").unwrap())
+}
+
+fn policy() -> Policy {
+    Policy::from_toml(
+        "copy_frequency_secs = 300\nretention_hours = 24",
+        Profile::Standard,
+    )
+    .unwrap()
+}
+
+fn target(store: &dyn PageBlobStore) -> AgentTarget<'_, '_> {
+    AgentTarget {
+        snapshot_limit: None,
+        store,
+        container: "replicas",
+        name: "shared-disk",
+        log_store: None,
+    }
+}
+
+fn open<'a>(
+    store: &'a dyn PageBlobStore,
+    id: &'a Identity,
+    seed: u64,
+) -> Result<DiskAgent<'a>, AgentError> {
+    DiskAgent::open(
+        target(store),
+        id,
+        policy(),
+        SIZE as u64,
+        None,
+        true,
+        Box::new(ChaCha8Rng::seed_from_u64(seed)),
+    )
+    .map(|(agent, _)| agent)
+}
+
+fn plan(kind: CycleKind, now: u64) -> CyclePlan {
+    CyclePlan {
+        kind,
+        consistency: Consistency::Crash,
+        throttle_bytes_per_sec: None,
+        due_nanos: now,
+    }
+}
+
+/// One cycle of `agent` over `disk` (compared block by block with the replica).
+fn cycle(agent: &mut DiskAgent<'_>, disk: &[u8], now: u64) -> Result<u64, AgentError> {
+    let mut source = AtRestDisk(disk.to_vec());
+    agent
+        .run(&plan(CycleKind::Resync, now), &mut source, now, &|_| {})
+        .map(|report| report.point.sequence)
+}
+
+/// Random runs over `disk`, seeded.
+fn scribble(disk: &mut [u8], rng: &mut ChaCha8Rng) {
+    for _ in 0..6 {
+        let at = (rng.next_u64() as usize % (SIZE / 4096)) * 4096;
+        rng.fill_bytes(&mut disk[at..at + 4096]);
+    }
+}
+
+fn taken_over(e: &AgentError) -> bool {
+    matches!(
+        e,
+        AgentError::Cycle(CycleError::Replica(ReplicaError::TakenOver { .. }))
+            | AgentError::Replica(ReplicaError::TakenOver { .. })
+    )
+}
+
+/// Every listed point restores (its Merkle root proven) to `images[sequence]`.
+fn assert_points_restore(
+    store: &dyn PageBlobStore,
+    id: &Identity,
+    images: &BTreeMap<u64, Vec<u8>>,
+) {
+    let reader = open(store, id, 99).unwrap();
+    let keys = id.disk_keys("shared-disk");
+    let codec = BlockCodec::new(&keys, 1, true);
+    let points = reader.points().unwrap();
+    assert!(!points.is_empty());
+    for point in &points {
+        let mut restored = Vec::new();
+        reader
+            .replica
+            .restore(&codec, point, keys.digest.expose(), |_, b| {
+                restored.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("point {} does not restore: {e}", point.sequence));
+        let want = images
+            .get(&point.sequence)
+            .unwrap_or_else(|| panic!("point {} was committed by nobody", point.sequence));
+        assert!(
+            restored == *want,
+            "point {} restores to another disk than its writer's",
+            point.sequence
+        );
+    }
+}
+
+#[test]
+fn a_writer_taken_over_commits_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, id) = store_and_identity(dir.path());
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut disk_a = vec![0u8; SIZE];
+    let mut disk_b = vec![0u8; SIZE];
+    scribble(&mut disk_a, &mut rng);
+    scribble(&mut disk_b, &mut rng);
+    let mut images = BTreeMap::new();
+
+    let mut a = open(&store, &id, 1).unwrap();
+    images.insert(cycle(&mut a, &disk_a, T0).unwrap(), disk_a.clone());
+    let mut b = open(&store, &id, 2).unwrap();
+    assert!(b.nonce_epoch() > a.nonce_epoch(), "epochs increase");
+    // A still runs: each of its writes is refused now, so it commits nothing.
+    scribble(&mut disk_a, &mut rng);
+    let refused = cycle(&mut a, &disk_a, T0 + 1).unwrap_err();
+    assert!(taken_over(&refused), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("another writer took this replica over"),
+        "{refused}"
+    );
+    images.insert(cycle(&mut b, &disk_b, T0 + 2).unwrap(), disk_b.clone());
+    // Retention and orphan sweeps of the writer taken over are refused too.
+    assert!(taken_over(&AgentError::from(
+        a.replica.sweep_orphans(&[]).unwrap_err()
+    )));
+    // A writer started again takes the replica back; B is refused from then on.
+    let mut a = open(&store, &id, 3).unwrap();
+    images.insert(cycle(&mut a, &disk_a, T0 + 3).unwrap(), disk_a.clone());
+    scribble(&mut disk_b, &mut rng);
+    assert!(taken_over(&cycle(&mut b, &disk_b, T0 + 4).unwrap_err()));
+    let sequences: Vec<u64> = images.keys().copied().collect();
+    assert_eq!(sequences, [0, 1, 2], "the refused cycles committed nothing");
+    assert_points_restore(&store, &id, &images);
+}
+
+#[test]
+fn writers_racing_on_one_replica_never_share_an_epoch_or_spoil_a_point() {
+    // Two threads each start agents of one replica over and over and run cycles of their own
+    // disks side by side: whichever started last writes, the other is refused (or its start
+    // meets the other's claim). Every point listed at the end restores to the disk of the
+    // writer that committed it, and no epoch was claimed twice.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, id) = store_and_identity(dir.path());
+    let images = Mutex::new(BTreeMap::new());
+    let epochs = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for writer in 0..2u64 {
+            let (store, id, images, epochs) = (&store, &id, &images, &epochs);
+            scope.spawn(move || {
+                let mut rng = ChaCha8Rng::seed_from_u64(100 + writer);
+                let mut disk = vec![0u8; SIZE];
+                for start in 0..12u64 {
+                    let mut agent = match open(store, id, writer * 1000 + start) {
+                        Ok(agent) => agent,
+                        Err(AgentError::Replica(ReplicaError::EpochClaimRaced { .. })) => continue,
+                        Err(e) if taken_over(&e) => continue,
+                        Err(e) => panic!("writer {writer}: start failed: {e}"),
+                    };
+                    epochs.lock().unwrap().push(agent.nonce_epoch());
+                    for _ in 0..3 {
+                        scribble(&mut disk, &mut rng);
+                        match cycle(&mut agent, &disk, T0) {
+                            Ok(sequence) => {
+                                let previous =
+                                    images.lock().unwrap().insert(sequence, disk.clone());
+                                assert!(previous.is_none(), "point {sequence} committed twice");
+                            }
+                            Err(e) if taken_over(&e) => break,
+                            Err(e) => panic!("writer {writer}: cycle failed: {e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut epochs = epochs.into_inner().unwrap();
+    let claimed = epochs.len();
+    epochs.sort_unstable();
+    epochs.dedup();
+    assert_eq!(epochs.len(), claimed, "an epoch was claimed twice");
+    assert_points_restore(&store, &id, &images.into_inner().unwrap());
+}

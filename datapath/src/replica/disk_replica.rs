@@ -138,10 +138,11 @@ fn create_if_absent(
     }
 }
 
-/// The sequence number that fences a writer of nonce epoch `epoch` (a page blob's sequence
-/// number is below 2^63; consecutive epochs get different fences).
+/// The sequence number that fences a writer of nonce epoch `epoch`: its low 53 bits, so it
+/// survives a store that keeps sequence numbers as doubles (Azurite; Azure allows up to
+/// 2^63 − 1); consecutive epochs get different fences.
 fn fence_of(epoch: u64) -> u64 {
-    epoch & (u64::MAX >> 1)
+    epoch & ((1 << 53) - 1)
 }
 
 impl<'a> DiskReplica<'a> {
@@ -1089,5 +1090,33 @@ pub(crate) fn block_error(
         point: snapshot.unwrap_or("(current)").to_string(),
         block,
         source: source.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fence_of;
+
+    #[test]
+    fn fences_survive_a_store_that_keeps_sequence_numbers_as_doubles() {
+        // Azurite parses sequence numbers into JavaScript numbers: a fence above 2^53 came
+        // back rounded and every fenced write of the one writer was refused.
+        for epoch in [
+            0,
+            1,
+            (1 << 53) - 1,
+            1 << 53,
+            (1 << 62) + 12_345,
+            u64::MAX >> 1,
+            u64::MAX,
+        ] {
+            let fence = fence_of(epoch);
+            assert_eq!(fence as f64 as u64, fence, "epoch {epoch}");
+            assert_ne!(
+                fence_of(epoch.wrapping_add(1)),
+                fence,
+                "epoch {epoch} and the next"
+            );
+        }
     }
 }

@@ -38,6 +38,18 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// Whether another writer took the replica over: this agent's writes are refused for
+    /// good, and only a new agent (which takes it back) can replicate.
+    pub fn is_taken_over(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Cycle(CycleError::Replica(ReplicaError::TakenOver { .. }))
+                | AgentError::Replica(ReplicaError::TakenOver { .. })
+        )
+    }
+}
+
 /// The agent of one disk.
 pub struct DiskAgent<'a> {
     pub name: String,

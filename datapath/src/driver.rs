@@ -166,12 +166,15 @@ pub trait WatchEvents: Sync {
 }
 
 /// Why [`watch`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEnd {
     /// The cycles asked for committed.
     CyclesDone,
     /// [`Pause::until`] said stop.
     Stopped,
+    /// Another writer took the replica over ([`ReplicaError::TakenOver`]): every later cycle
+    /// would be refused, so the watch ends with the error it met.
+    TakenOver(String),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -226,6 +229,11 @@ pub fn watch(
                 let finished = driver.finish(clock.now_nanos(), &outcome);
                 committed += u64::from(result.is_ok());
                 events.finished(&plan, &result, &finished);
+                if let Err(e) = &result {
+                    if e.is_taken_over() {
+                        return WatchEnd::TakenOver(e.to_string());
+                    }
+                }
             }
         }
     }

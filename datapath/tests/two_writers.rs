@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use datapath::agent::{AgentError, AgentTarget, DiskAgent};
-use datapath::cycle::CycleError;
 use datapath::keys::Identity;
 use datapath::policy::Policy;
 use datapath::replica::block_record::BlockCodec;
@@ -101,11 +100,7 @@ fn scribble(disk: &mut [u8], rng: &mut ChaCha8Rng) {
 }
 
 fn taken_over(e: &AgentError) -> bool {
-    matches!(
-        e,
-        AgentError::Cycle(CycleError::Replica(ReplicaError::TakenOver { .. }))
-            | AgentError::Replica(ReplicaError::TakenOver { .. })
-    )
+    e.is_taken_over()
 }
 
 /// Every listed point restores (its Merkle root proven) to `images[sequence]`.
@@ -225,4 +220,77 @@ fn writers_racing_on_one_replica_never_share_an_epoch_or_spoil_a_point() {
     epochs.dedup();
     assert_eq!(epochs.len(), claimed, "an epoch was claimed twice");
     assert_points_restore(&store, &id, &images.into_inner().unwrap());
+}
+
+#[test]
+fn a_watch_taken_over_ends_instead_of_failing_every_cycle() {
+    // `replicate --watch` runs cycle after cycle; once another writer has the replica each of
+    // them would be refused, so the watch ends with the error at the first refusal.
+    use datapath::cycle::{CycleReport, Progress};
+    use datapath::driver::{watch, Finished, Pause, ReplicationDriver, WatchEnd, WatchEvents};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, id) = store_and_identity(dir.path());
+    let clock = ManualClock::new(T0);
+    let mut driver = ReplicationDriver::open(
+        target(&store),
+        &id,
+        policy(),
+        SIZE as u64,
+        None,
+        true,
+        Box::new(ChaCha8Rng::seed_from_u64(1)),
+        T0,
+    )
+    .unwrap();
+    struct TakeOverOnSecondWait<'a> {
+        clock: &'a ManualClock,
+        store: &'a Emulator,
+        id: &'a Identity,
+        waits: u32,
+    }
+    impl Pause for TakeOverOnSecondWait<'_> {
+        fn until(&mut self, deadline_nanos: u64) -> bool {
+            self.waits += 1;
+            if self.waits == 2 {
+                open(self.store, self.id, 2).unwrap();
+            }
+            self.clock.set(deadline_nanos);
+            self.waits < 10
+        }
+    }
+    struct Count(Vec<bool>);
+    impl WatchEvents for Count {
+        fn starting(&mut self, _: &CyclePlan) {}
+        fn finished(&mut self, _: &CyclePlan, r: &Result<CycleReport, AgentError>, _: &Finished) {
+            self.0.push(r.is_ok());
+        }
+        fn progress(&self, _: &Progress) {}
+    }
+    let mut pause = TakeOverOnSecondWait {
+        clock: &clock,
+        store: &store,
+        id: &id,
+        waits: 0,
+    };
+    let mut events = Count(Vec::new());
+    let mut source = AtRestDisk(vec![7u8; SIZE]);
+    let end = watch(
+        &mut driver,
+        &mut source,
+        Consistency::Crash,
+        &clock,
+        &[&store],
+        &mut pause,
+        &mut events,
+        None,
+    );
+    assert!(
+        matches!(&end, WatchEnd::TakenOver(why) if why.contains("another writer took this replica over")),
+        "{end:?}"
+    );
+    assert_eq!(
+        events.0,
+        [true, true, false],
+        "two cycles, then the refused one ends the watch"
+    );
 }

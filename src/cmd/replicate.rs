@@ -618,8 +618,13 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         &mut console,
         args.cycles,
     );
-    if end == WatchEnd::Stopped {
-        eprintln!("{name}: stopped");
+    match end {
+        WatchEnd::Stopped => eprintln!("{name}: stopped"),
+        WatchEnd::CyclesDone => {}
+        WatchEnd::TakenOver(why) => {
+            source.stop(true)?;
+            bail!("{why}");
+        }
     }
     source.stop(true)?;
     Ok(ExitCode::SUCCESS)

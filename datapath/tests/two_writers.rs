@@ -160,6 +160,9 @@ fn a_writer_taken_over_commits_nothing_more() {
         "{refused}"
     );
     images.insert(cycle(&mut b, &disk_b, T0 + 2).unwrap(), disk_b.clone());
+    // A with nothing to write reaches the commit itself, and its manifest is refused.
+    let refused = cycle(&mut a, &disk_b, T0 + 2).unwrap_err();
+    assert!(taken_over(&refused), "{refused}");
     // Retention and orphan sweeps of the writer taken over are refused too.
     assert!(taken_over(&AgentError::from(
         a.replica.sweep_orphans(&[]).unwrap_err()

@@ -846,6 +846,9 @@ impl<'a> DiskReplica<'a> {
         self.store
             .read(&self.journal, None, slot_at, &mut occupant)?;
         if occupant != [0; 4] {
+            // A writer that took the replica over since this one's last write may have
+            // committed this sequence: say so rather than blame the journal.
+            self.check_fence()?;
             // Live points are far fewer than the slots: the occupant is point
             // `sequence - JOURNAL_SLOTS` kept past the ring, or — with no such point — a manifest
             // of this very sequence that another writer (one that does not fence) committed.

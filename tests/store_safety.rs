@@ -418,27 +418,41 @@ fn fifos_character_devices_and_empty_disks_are_refused_with_a_clear_error() {
     );
 }
 
+/// A loop device attached to a file, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    /// `None` where this machine has no loop devices.
+    fn attach(backing: &str) -> Option<LoopDevice> {
+        if !Path::new("/dev/loop-control").exists() {
+            eprintln!("no loop devices on this machine (no /dev/loop-control): nothing to attach");
+            return None;
+        }
+        let attach = run_ok(std::process::Command::new("losetup").args(["-f", "--show", backing]));
+        Some(LoopDevice(
+            String::from_utf8(attach.stdout).unwrap().trim().to_string(),
+        ))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
 /// A loop device over a file: `replicate` reads it at its real size (its metadata says 0).
 #[test]
 fn a_block_device_is_replicated_at_its_real_size() {
-    if !Path::new("/dev/loop-control").exists() {
-        eprintln!("no loop devices on this machine (no /dev/loop-control): nothing to attach");
-        return;
-    }
     let s = Setup::new();
     let backing = s.p("backing.img");
     let content = write_disk(Path::new(&backing), 6, 9);
-    let attach = run_ok(std::process::Command::new("losetup").args(["-f", "--show", &backing]));
-    let device = String::from_utf8(attach.stdout).unwrap().trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup")
-                .args(["-d", &self.0])
-                .status();
-        }
-    }
-    let _detach = Detach(device.clone());
+    let Some(attached) = LoopDevice::attach(&backing) else {
+        return;
+    };
+    let device = attached.0.clone();
     let store = s.p("store");
     let mut replicate = s.replicate(&device, &store, "dev");
     replicate.push("--json".into());
@@ -449,6 +463,68 @@ fn a_block_device_is_replicated_at_its_real_size() {
     restore.extend(["-o".into(), s.p("dev.out")]);
     dp(&args(&restore));
     assert_eq!(std::fs::read(s.p("dev.out")).unwrap(), content);
+}
+
+/// A point restored onto a block device (a replacement disk): only with `--force`, proven
+/// before anything is written (a damaged point leaves the device as it was), written whole
+/// with its zero blocks, and refused onto a device too small for the disk.
+#[test]
+fn a_point_restores_onto_a_block_device_proven_before_it_is_written() {
+    let s = Setup::new();
+    let store = s.p("store");
+    let disk = s.p("d.raw");
+    let content = write_disk(Path::new(&disk), 4, 12);
+    dp(&args(&s.replicate(&disk, &store, "d")));
+    // The device holds other bytes, beyond the disk's size too (they stay).
+    let backing = s.p("target.img");
+    let old: Vec<u8> = (0..5u32 << 20).map(|i| (i % 253) as u8 ^ 0xA5).collect();
+    std::fs::write(&backing, &old).unwrap();
+    let small = s.p("small.img");
+    std::fs::write(&small, vec![0u8; 1 << 20]).unwrap();
+    let (Some(target), Some(too_small)) =
+        (LoopDevice::attach(&backing), LoopDevice::attach(&small))
+    else {
+        return;
+    };
+    let restore_to = |device: &str, force: bool| {
+        let mut cmd = s.read_cmd("restore", &store, "d");
+        cmd.extend(["-o".to_string(), device.to_string()]);
+        if force {
+            cmd.push("--force".into());
+        }
+        cmd
+    };
+    let err = dp_fails(&args(&restore_to(&target.0, false)));
+    assert!(
+        err.contains("block device") && err.contains("--force"),
+        "{err}"
+    );
+    let err = dp_fails(&args(&restore_to(&too_small.0, true)));
+    assert!(err.contains("holds 1048576 bytes"), "{err}");
+    // A damaged record: refused before a byte of the device changes.
+    let home = home_with(&store, 0, b"DPSL");
+    let good = std::fs::read(&home).unwrap();
+    let mut bad = good.clone();
+    let at = bad.iter().rposition(|&b| b != 0).unwrap();
+    bad[at] ^= 0x01;
+    std::fs::write(&home, &bad).unwrap();
+    let err = dp_fails(&args(&restore_to(&target.0, true)));
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(
+        std::fs::read(&target.0).unwrap() == old,
+        "the device changed"
+    );
+    std::fs::write(&home, &good).unwrap();
+    dp(&args(&restore_to(&target.0, true)));
+    let now = std::fs::read(&target.0).unwrap();
+    assert!(
+        now[..content.len()] == content[..],
+        "the point, zero blocks included"
+    );
+    assert!(
+        now[content.len()..] == old[content.len()..],
+        "past the disk: untouched"
+    );
 }
 
 #[test]

@@ -164,10 +164,11 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "latest")]
     point: String,
     /// Output file: sparse raw, or a dynamic VHDX when the name ends in `.vhdx`. Written
-    /// beside it and renamed into place only once the point is proven byte-exact.
+    /// beside it and renamed into place only once the point is proven byte-exact. A block
+    /// device (with --force) gets the point written whole once it is proven.
     #[arg(short, long)]
     output: PathBuf,
-    /// Replace an existing output file.
+    /// Replace an existing output file, or overwrite a block device.
     #[arg(long)]
     force: bool,
     #[command(flatten)]
@@ -230,6 +231,82 @@ impl RestoreOutput {
             .with_context(|| dir.display().to_string())?;
         Ok(())
     }
+}
+
+/// Whether `path` is (or links to) a block device.
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// Restore onto a block device (a replacement disk, a LUN): it is overwritten, so `--force`
+/// is required; it is opened exclusively, so a device that is mounted or held open
+/// exclusively is refused; it must hold the point's disk. The point is proven first (every
+/// block and the Merkle root, nothing written), so a damaged point never replaces what the
+/// device holds; then it is written whole — zero blocks as zeros, a device is not sparse —
+/// and synced. Bytes past the disk's size are left as they are.
+fn restore_to_device(
+    args: &RestoreArgs,
+    replica: &DiskReplica<'_>,
+    codec: &BlockCodec,
+    manifest: &datapath::replica::manifest::Manifest,
+    digest_key: &[u8; 32],
+) -> Result<ExitCode> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let device = args.output.display();
+    if !args.force {
+        bail!(
+            "{device} is a block device: give --force to overwrite it with point {}",
+            manifest.sequence
+        );
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(&args.output)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::BUSY.raw_os_error() => anyhow::anyhow!(
+                "{device}: in use (mounted, or held open exclusively): not overwritten"
+            ),
+            _ => anyhow::Error::new(e).context(format!("opening {device} to write")),
+        })?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("{device}: its size"))?;
+    if size < manifest.disk_size {
+        bail!(
+            "{device} holds {size} bytes, the point's disk {} bytes: not overwritten",
+            manifest.disk_size
+        );
+    }
+    let block_size = u64::from(manifest.block_size);
+    args.threads.run(|| -> Result<()> {
+        replica
+            .restore_blocks(codec, manifest, digest_key, |_, _| Ok(()))
+            .with_context(|| {
+                format!(
+                    "proving point {} before writing {device} (nothing was written)",
+                    manifest.sequence
+                )
+            })?;
+        replica
+            .restore(codec, manifest, digest_key, |block, data| {
+                file.write_all_at(data, block * block_size)
+            })
+            .with_context(|| {
+                format!(
+                    "writing point {} to {device}: it holds part of the point now; restore again",
+                    manifest.sequence
+                )
+            })?;
+        file.sync_all().with_context(|| format!("syncing {device}"))
+    })??;
+    eprintln!(
+        "restored point {} ({}) onto block device {device} ({} of its {size} bytes)",
+        manifest.sequence, manifest.snapshot, manifest.disk_size
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A disk file as a cycle source, and its default replica name: a VHDX's Virtual Disk ID; for
@@ -823,6 +900,9 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
     };
     let replica = read.replica(&manifest)?;
     let codec = BlockCodec::new(keys, 1, true);
+    if is_block_device(&args.output) {
+        return restore_to_device(&args, &replica, &codec, &manifest, keys.digest.expose());
+    }
     let output = RestoreOutput::prepare(&args.output, args.force)?;
     let as_vhdx = args
         .output

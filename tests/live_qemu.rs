@@ -35,42 +35,63 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, disk: &Path, format: &str) -> Daemon {
-        let qmp = dir.join("qmp.sock");
+        Daemon::start_many(dir, &[disk], format)
+    }
+
+    /// A daemon hosting each of `disks` as node `disk<i>` with its guest export `vm<i>` and
+    /// a QMP monitor of its own (`qmp.sock`, then `qmp1.sock`, …: a monitor serves one client
+    /// at a time, so runs for different disks meet in QEMU only through separate monitors).
+    fn start_many(dir: &Path, disks: &[&Path], format: &str) -> Daemon {
+        let monitors: Vec<PathBuf> = (0..disks.len())
+            .map(|i| match i {
+                0 => dir.join("qmp.sock"),
+                i => dir.join(format!("qmp{i}.sock")),
+            })
+            .collect();
         let nbd = dir.join("nbd.sock");
-        let _ = std::fs::remove_file(&qmp);
         let _ = std::fs::remove_file(&nbd);
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--chardev")
-            .arg(format!(
-                "socket,path={},server=on,wait=off,id=qmp0",
-                qmp.display()
-            ))
-            .args(["--monitor", "chardev=qmp0", "--blockdev"])
-            .arg(format!(
-                "driver=file,filename={},node-name=file0",
-                disk.display()
-            ))
-            .arg("--blockdev")
-            .arg(format!("driver={format},file=file0,node-name=disk0"))
-            .arg("--nbd-server")
-            .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
-            .args([
+        let mut cmd = Command::new("qemu-storage-daemon");
+        for (i, (disk, qmp)) in disks.iter().zip(&monitors).enumerate() {
+            let _ = std::fs::remove_file(qmp);
+            cmd.arg("--chardev")
+                .arg(format!(
+                    "socket,path={},server=on,wait=off,id=qmp{i}",
+                    qmp.display()
+                ))
+                .args(["--monitor", &format!("chardev=qmp{i}"), "--blockdev"])
+                .arg(format!(
+                    "driver=file,filename={},node-name=file{i}",
+                    disk.display()
+                ))
+                .arg("--blockdev")
+                .arg(format!("driver={format},file=file{i},node-name=disk{i}"));
+        }
+        cmd.arg("--nbd-server")
+            .arg(format!("addr.type=unix,addr.path={}", nbd.display()));
+        for i in 0..disks.len() {
+            cmd.args([
                 "--export",
-                "type=nbd,id=vm0,node-name=disk0,name=vm0,writable=on",
-            ])
+                &format!("type=nbd,id=vm{i},node-name=disk{i},name=vm{i},writable=on"),
+            ]);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("qemu-storage-daemon (package qemu-utils; .ci/run installs it)");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(qmp.exists() && nbd.exists()) {
+        while !(monitors.iter().all(|m| m.exists()) && nbd.exists()) {
             assert!(
                 Instant::now() < deadline,
                 "qemu-storage-daemon did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon { child, qmp, nbd }
+        Daemon {
+            child,
+            qmp: monitors[0].clone(),
+            nbd,
+        }
     }
 
     /// Stop it with `signal` and wait.
@@ -679,4 +700,103 @@ fn the_prefix_check_rejects_a_point_that_mixes_writes() {
     let caught =
         std::panic::catch_unwind(|| assert_prefixes_of_writes(vec![(7, mixed)], &base, &log));
     assert!(caught.is_err(), "a torn point must be caught");
+}
+
+#[test]
+fn two_disks_of_one_qemu_replicate_side_by_side_and_one_disk_has_one_run() {
+    // A VM with two disks, one `replicate` per disk at the same moment (through the QEMU's
+    // two monitors): each cycle has its own fleecing view, job and export, so neither tears
+    // down the other's (they shared fixed names, and each run cleared the other's view as a
+    // killed run's leftovers: both failed). A second run for a disk that has one is refused.
+    let dir = temp_dir();
+    let d = dir.path();
+    let disks: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let disk = d.join(format!("disk{i}.qcow2"));
+            qemu_img(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                path_str(&disk),
+                &SIZE.to_string(),
+            ]);
+            disk
+        })
+        .collect();
+    let daemon = Daemon::start_many(d, &[&disks[0], &disks[1]], "qcow2");
+    let monitors = [d.join("qmp.sock"), d.join("qmp1.sock")];
+    let replica = Replica::new(d);
+    let replicate = |i: usize, extra: &[&str]| {
+        let mut cmd = drplane();
+        cmd.args(["replicate", "--qemu", path_str(&monitors[i])])
+            .args(["--node", &format!("disk{i}"), "--name", &format!("vm{i}")])
+            .arg("--nbd-socket")
+            .arg(&daemon.nbd)
+            .args(["--store", &format!("{}{i}", replica.store)])
+            .args(["--pfx", &replica.pfx, "--json"])
+            .args(extra)
+            .env("DRPLANE_PFX_PASSWORD", PW)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut guests: Vec<NbdClient<UnixStream>> = (0..2)
+        .map(|i| {
+            NbdClient::connect_unix(&daemon.nbd, &format!("vm{i}"), &[], Duration::from_secs(30))
+                .unwrap()
+        })
+        .collect();
+    for round in 0..3 {
+        // Incompressible writes, so each cycle takes long enough for the two to overlap.
+        for guest in &mut guests {
+            let mut data = vec![0u8; 24 << 20];
+            rng.fill_bytes(&mut data);
+            guest.write((round * 8) << 20, &data).unwrap();
+        }
+        let runs: Vec<Child> = (0..2).map(|i| replicate(i, &[]).spawn().unwrap()).collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            let out = run.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}, disk {i}: {}",
+                stderr(&out)
+            );
+        }
+    }
+    for (i, guest) in guests.iter_mut().enumerate() {
+        let mut image = vec![0u8; SIZE as usize];
+        guest.read(0, &mut image).unwrap();
+        let out = d.join(format!("restored{i}.raw"));
+        run_ok(
+            drplane()
+                .args(["restore", "--store", &format!("{}{i}", replica.store)])
+                .args(["--pfx", &replica.pfx, "--name", &format!("vm{i}"), "-o"])
+                .arg(&out)
+                .env("DRPLANE_PFX_PASSWORD", PW),
+        );
+        assert!(std::fs::read(&out).unwrap() == image, "disk {i} restores");
+    }
+    // A watch holds disk 0 (asleep between cycles); a second run for it is refused at once,
+    // naming the first, and leaves the watch alone.
+    let mut watch = replicate(0, &["--watch"]).spawn().unwrap();
+    let pid = watch.id().to_string();
+    // Attached once its lock file names it (its next cycle is minutes away).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(d.join("drplane-vm0.lock")).unwrap_or_default() != pid {
+        assert!(Instant::now() < deadline, "the watch did not attach");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = replicate(0, &[]).output().unwrap();
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains(&format!(
+            "another drplane run (PID {pid}) is replicating vm0"
+        )),
+        "{}",
+        stderr(&second)
+    );
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    assert!(watch.wait().unwrap().success(), "the watch stops cleanly");
 }

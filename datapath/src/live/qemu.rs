@@ -30,11 +30,32 @@ use super::qmp::{
 use crate::cycle::BlockSource;
 use crate::source::{ChangeSource, Changes, SourceError};
 
-const TEMP_NODE: &str = "drplane-fleece-temp";
-const FILTER_NODE: &str = "drplane-fleece-cbw";
-const VIEW_NODE: &str = "drplane-fleece-view";
-const JOB_ID: &str = "drplane-fleece-job";
-const EXPORT: &str = "drplane-fleece";
+/// The QEMU names of one replica's cycle: its fleecing target, copy-before-write filter,
+/// frozen view, job and export. Each replica has its own (`dp` and a digest of its tag: node
+/// names are at most 31 characters), so cycles of different disks of one QEMU never touch
+/// each other's, and a run clears only its own replica's leftovers.
+#[derive(Debug, Clone)]
+struct CycleNames {
+    temp: String,
+    filter: String,
+    view: String,
+    job: String,
+    export: String,
+}
+
+impl CycleNames {
+    fn of(tag: &str) -> CycleNames {
+        let digest = blake3::hash(tag.as_bytes()).to_hex();
+        let id = format!("dp{}", &digest[..12]);
+        CycleNames {
+            temp: format!("{id}-temp"),
+            filter: format!("{id}-cbw"),
+            view: format!("{id}-view"),
+            job: format!("{id}-job"),
+            export: id,
+        }
+    }
+}
 
 /// How to reach the disk.
 #[derive(Debug, Clone)]
@@ -95,12 +116,54 @@ impl QemuOptions {
     fn own_nbd_socket(&self) -> PathBuf {
         self.scratch_dir.join(format!("drplane-{}.nbd", self.tag))
     }
+
+    /// Locked by the run attached to this replica's disk (it holds the run's PID).
+    fn lock_file(&self) -> PathBuf {
+        self.scratch_dir.join(format!("drplane-{}.lock", self.tag))
+    }
+}
+
+/// Become the one run attached for replica `tag`, or fail at once naming the run that is: a
+/// second run would clear the first one's fleecing view as a killed run's leftovers and move
+/// its bitmaps. A `flock`, so a killed run lets go with its last descriptor.
+fn lock_replica(path: &Path, tag: &str) -> Result<std::fs::File, SourceError> {
+    use std::io::{Read, Seek, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| live(format!("lock file {}", path.display()), e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(live(
+                format!(
+                    "another drplane run (PID {}) is replicating {tag} from this QEMU",
+                    holder.trim()
+                ),
+                std::io::Error::other(format!("{} is locked", path.display())),
+            ));
+        }
+        Err(e) => return Err(live(format!("lock file {}", path.display()), e)),
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()));
+    written.map_err(|e| live(format!("lock file {}", path.display()), e))?;
+    Ok(file)
 }
 
 /// The frozen view: the fleecing export, read over a pool of NBD connections (the cycle reads
 /// from all cores).
 pub struct NbdView {
     socket: PathBuf,
+    /// The export's name.
+    export: String,
     size: u64,
     timeout: Duration,
     idle: Mutex<Vec<NbdClient<UnixStream>>>,
@@ -125,7 +188,7 @@ impl BlockSource for NbdView {
         let pooled = self.idle.lock().expect("pool").pop();
         let mut client = match pooled {
             Some(c) => c,
-            None => NbdClient::connect_unix(&self.socket, EXPORT, &[], self.timeout)
+            None => NbdClient::connect_unix(&self.socket, &self.export, &[], self.timeout)
                 .map_err(std::io::Error::other)?,
         };
         // A connection that failed is dropped: the next read opens a fresh one.
@@ -152,6 +215,10 @@ struct Frozen {
 pub struct QemuSource {
     qmp: Option<Qmp>,
     options: QemuOptions,
+    /// This replica's QEMU names (from `options.tag`).
+    names: CycleNames,
+    /// Held while attached ([`QemuOptions::lock_file`]): one run per replica and QEMU.
+    _lock: std::fs::File,
     frozen: Option<Frozen>,
 }
 
@@ -166,8 +233,11 @@ impl QemuSource {
     /// Attach to QEMU: connect to its monitor, check the node, and clear what a killed run
     /// left (its fleecing view, job and export). Returns the source and the disk's size.
     pub fn attach(options: QemuOptions) -> Result<(QemuSource, u64), SourceError> {
+        let lock = lock_replica(&options.lock_file(), &options.tag)?;
         let mut source = QemuSource {
             qmp: None,
+            names: CycleNames::of(&options.tag),
+            _lock: lock,
             options,
             frozen: None,
         };
@@ -279,19 +349,20 @@ impl QemuSource {
     /// Remove what a killed run left of a cycle: export, view, job, temp node and file, and
     /// the NBD server it started. Things that are not there are fine.
     fn clear_leftovers(&mut self) -> Result<(), SourceError> {
+        let n = self.names.clone();
         let qmp = self.qmp()?;
-        let deleted = qmp.execute("block-export-del", json!({"id": EXPORT, "mode": "hard"}));
+        let deleted = qmp.execute("block-export-del", json!({"id": n.export, "mode": "hard"}));
         if deleted.is_ok() {
-            let _ = qmp.wait_event("BLOCK_EXPORT_DELETED", |d| d["id"] == EXPORT);
+            let _ = qmp.wait_event("BLOCK_EXPORT_DELETED", |d| d["id"] == n.export.as_str());
         }
-        let _ = qmp.execute("blockdev-del", json!({"node-name": VIEW_NODE}));
+        let _ = qmp.execute("blockdev-del", json!({"node-name": n.view}));
         if qmp
-            .execute("block-job-cancel", json!({"device": JOB_ID, "force": true}))
+            .execute("block-job-cancel", json!({"device": n.job, "force": true}))
             .is_ok()
         {
-            let _ = qmp.wait_event("BLOCK_JOB_CANCELLED", |d| d["device"] == JOB_ID);
+            let _ = qmp.wait_event("BLOCK_JOB_CANCELLED", |d| d["device"] == n.job.as_str());
         }
-        let _ = qmp.execute("blockdev-del", json!({"node-name": TEMP_NODE}));
+        let _ = qmp.execute("blockdev-del", json!({"node-name": n.temp}));
         if self.options.nbd_socket.is_none() && self.options.own_nbd_socket().exists() {
             // Our own server, left running by a killed run.
             let _ = self.qmp()?.execute("nbd-server-stop", json!({}));
@@ -348,6 +419,7 @@ impl QemuSource {
         size: u64,
     ) -> Result<(NbdView, bool), SourceError> {
         let o = self.options.clone();
+        let n = self.names.clone();
         let temp = o.temp_file();
         let file = std::fs::File::create(&temp)
             .and_then(|f| f.set_len(size))
@@ -356,7 +428,7 @@ impl QemuSource {
         self.step("adding the fleecing target", |q| {
             q.execute(
                 "blockdev-add",
-                json!({"driver": "file", "node-name": TEMP_NODE, "filename": temp}),
+                json!({"driver": "file", "node-name": n.temp, "filename": temp}),
             )
         })?;
         let mut actions = vec![Action::BlockDirtyBitmapAdd(BitmapAdd {
@@ -372,11 +444,11 @@ impl QemuSource {
             }));
         }
         actions.push(Action::BlockdevBackup(BlockdevBackup {
-            job_id: JOB_ID.into(),
+            job_id: n.job.clone(),
             device: o.node.clone(),
-            target: TEMP_NODE.into(),
+            target: n.temp.clone(),
             sync: "none".into(),
-            filter_node_name: FILTER_NODE.into(),
+            filter_node_name: n.filter.clone(),
         }));
         self.step("freezing the disk (transaction)", |q| {
             q.transaction(&actions)
@@ -384,7 +456,7 @@ impl QemuSource {
         self.step("adding the frozen view", |q| {
             q.execute(
                 "blockdev-add",
-                json!({"driver": "snapshot-access", "node-name": VIEW_NODE, "file": FILTER_NODE}),
+                json!({"driver": "snapshot-access", "node-name": n.view, "file": n.filter}),
             )
         })?;
         let (socket, own_server) = match &o.nbd_socket {
@@ -404,8 +476,8 @@ impl QemuSource {
                 (s, true)
             }
         };
-        let mut export = json!({"type": "nbd", "id": EXPORT, "node-name": VIEW_NODE,
-            "name": EXPORT, "writable": false});
+        let mut export = json!({"type": "nbd", "id": n.export, "node-name": n.view,
+            "name": n.export, "writable": false});
         if let Some(base) = base {
             export["bitmaps"] = json!([{"node": o.node, "name": base}]);
         }
@@ -414,6 +486,7 @@ impl QemuSource {
         })?;
         let view = NbdView {
             socket,
+            export: n.export.clone(),
             size,
             timeout: o.timeout,
             idle: Mutex::new(Vec::new()),
@@ -424,8 +497,12 @@ impl QemuSource {
     /// The dirty ranges of the frozen `base` bitmap, as the export reports them.
     fn dirty_ranges(&self, view: &NbdView, base: &str) -> Result<Vec<(u64, u64)>, NbdError> {
         let context = format!("qemu:dirty-bitmap:{base}");
-        let mut client =
-            NbdClient::connect_unix(&view.socket, EXPORT, &[&context], self.options.timeout)?;
+        let mut client = NbdClient::connect_unix(
+            &view.socket,
+            &view.export,
+            &[&context],
+            self.options.timeout,
+        )?;
         if client.size() != view.size {
             return Err(NbdError::Protocol(format!(
                 "the frozen view is {} bytes, the disk {}",
@@ -442,6 +519,7 @@ impl QemuSource {
     /// and file, our NBD server. Every step is tried; the first failure is returned.
     fn drop_view(&mut self, frozen: &Frozen) -> Result<(), SourceError> {
         frozen.view.idle.lock().expect("pool").clear();
+        let n = self.names.clone();
         let mut first: Option<SourceError> = None;
         let mut keep = |r: Result<(), SourceError>| {
             if let Err(e) = r {
@@ -449,21 +527,21 @@ impl QemuSource {
             }
         };
         keep(self.step("deleting the view's export", |q| {
-            q.execute("block-export-del", json!({"id": EXPORT, "mode": "hard"}))?;
-            q.wait_event("BLOCK_EXPORT_DELETED", |d| d["id"] == EXPORT)
+            q.execute("block-export-del", json!({"id": n.export, "mode": "hard"}))?;
+            q.wait_event("BLOCK_EXPORT_DELETED", |d| d["id"] == n.export.as_str())
                 .map(drop)
         }));
         keep(self.step("deleting the view", |q| {
-            q.execute("blockdev-del", json!({"node-name": VIEW_NODE}))
+            q.execute("blockdev-del", json!({"node-name": n.view}))
                 .map(drop)
         }));
         keep(self.step("cancelling the fleecing job", |q| {
-            q.execute("block-job-cancel", json!({"device": JOB_ID, "force": true}))?;
-            q.wait_event("BLOCK_JOB_CANCELLED", |d| d["device"] == JOB_ID)
+            q.execute("block-job-cancel", json!({"device": n.job, "force": true}))?;
+            q.wait_event("BLOCK_JOB_CANCELLED", |d| d["device"] == n.job.as_str())
                 .map(drop)
         }));
         keep(self.step("deleting the fleecing target", |q| {
-            q.execute("blockdev-del", json!({"node-name": TEMP_NODE}))
+            q.execute("blockdev-del", json!({"node-name": n.temp}))
                 .map(drop)
         }));
         if frozen.own_server {

@@ -374,15 +374,7 @@ impl<'a> DiskReplica<'a> {
 
     /// A store error of a write to `path`: a refused fence is [`ReplicaError::TakenOver`].
     fn write_error(&self, path: &BlobPath, e: pageblob::StoreError) -> ReplicaError {
-        match self.fence {
-            Some(fence) if e.code() == Some(ErrorCode::SequenceNumberConditionNotMet) => {
-                ReplicaError::TakenOver {
-                    blob: path.to_string(),
-                    fence,
-                }
-            }
-            _ => e.into(),
-        }
+        ReplicaError::of_fenced_write(self.fence, path, e)
     }
 
     /// Stage this replica's cycles in a log on `store` (a standard store for a premium target).

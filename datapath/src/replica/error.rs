@@ -54,6 +54,29 @@ pub enum ReplicaError {
     TakenOver { blob: String, fence: u64 },
     /// Two writers claimed a nonce epoch at the same moment: this one's claim was refused, so
     /// no epoch (and no nonce) is ever shared.
-    #[error("{blob}: another writer claimed a nonce epoch of this replica at the same moment")]
+    #[error(
+        "{blob}: another writer claimed a nonce epoch of this replica at the same moment (or this \
+         writer's claim landed and its answer was lost); nothing uses that epoch: run again"
+    )]
     EpochClaimRaced { blob: String },
+}
+
+impl ReplicaError {
+    /// The error of a write to `blob` by a writer fenced with `fence` (`None`: unfenced): a
+    /// refused fence is [`ReplicaError::TakenOver`].
+    pub(crate) fn of_fenced_write(
+        fence: Option<u64>,
+        blob: &pageblob::BlobPath,
+        e: StoreError,
+    ) -> ReplicaError {
+        match fence {
+            Some(fence) if e.code() == Some(pageblob::ErrorCode::SequenceNumberConditionNotMet) => {
+                ReplicaError::TakenOver {
+                    blob: blob.to_string(),
+                    fence,
+                }
+            }
+            _ => e.into(),
+        }
+    }
 }

@@ -111,15 +111,7 @@ impl<'a> StagingLog<'a> {
 
     /// A store error of a write: a refused fence is [`ReplicaError::TakenOver`].
     fn write_error(&self, e: pageblob::StoreError) -> ReplicaError {
-        match self.fence {
-            Some(fence) if e.code() == Some(ErrorCode::SequenceNumberConditionNotMet) => {
-                ReplicaError::TakenOver {
-                    blob: self.path.to_string(),
-                    fence,
-                }
-            }
-            _ => e.into(),
-        }
+        ReplicaError::of_fenced_write(self.fence, &self.path, e)
     }
 
     /// Where the first entry goes.

@@ -688,3 +688,40 @@ impl Drop for QemuSource {
         }
     }
 }
+
+#[cfg(test)]
+mod cycle_names_tests {
+    use super::CycleNames;
+
+    #[test]
+    fn each_replica_has_its_own_well_formed_qemu_names() {
+        // QEMU ids: a letter first, then letters, digits, '-', '.', '_'; node names at most
+        // 31 characters. Two replicas never share one (they once all shared fixed names).
+        let names = |tag: &str| {
+            let n = CycleNames::of(tag);
+            [n.temp, n.filter, n.view, n.job, n.export]
+        };
+        let long = "disk-1a2b3c4d5e6f7a8b-with-a-long-replica-name.v2";
+        for tag in ["vm0", "vm1", long] {
+            for name in names(tag) {
+                assert!(name.len() <= 31, "{name}");
+                assert!(
+                    name.starts_with(|c: char| c.is_ascii_alphabetic()),
+                    "{name}"
+                );
+                assert!(
+                    name.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+                    "{name}"
+                );
+            }
+        }
+        let (a, b) = (names("vm0"), names("vm1"));
+        assert!(a.iter().all(|n| !b.contains(n)), "{a:?} / {b:?}");
+        assert_eq!(
+            names(long),
+            names(long),
+            "stable: a run finds a killed run's leftovers"
+        );
+    }
+}

@@ -283,6 +283,18 @@ fn home_with(store: &str, at: usize, magic: &[u8; 4]) -> std::path::PathBuf {
         .unwrap_or_else(|| panic!("no home file with {magic:?} at {at}"))
 }
 
+/// Flip a bit of the last written byte of the store's slots (a record's payload); returns the
+/// home file and its bytes before.
+fn damage_last_record(store: &str) -> (std::path::PathBuf, Vec<u8>) {
+    let home = home_with(store, 0, b"DPSL");
+    let good = std::fs::read(&home).unwrap();
+    let mut bad = good.clone();
+    let at = bad.iter().rposition(|&b| b != 0).unwrap();
+    bad[at] ^= 0x01;
+    std::fs::write(&home, &bad).unwrap();
+    (home, good)
+}
+
 fn no_partial_files(dir: &Path) {
     let partial: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -324,11 +336,7 @@ fn restore_never_overwrites_without_force_writes_sparse_and_leaves_nothing_when_
     dp(&args(&restore_to(&out, &["--force"])));
     assert_eq!(std::fs::read(&out).unwrap(), content);
     // A damaged record: the restore fails, no output appears, no partial file stays.
-    let home = home_with(&store, 0, b"DPSL");
-    let mut bytes = std::fs::read(&home).unwrap();
-    let at = bytes.iter().rposition(|&b| b != 0).unwrap();
-    bytes[at] ^= 0x01;
-    std::fs::write(&home, &bytes).unwrap();
+    damage_last_record(&store);
     for name in ["fail.raw", "fail.vhdx"] {
         let err = dp_fails(&args(&restore_to(&s.p(name), &[])));
         assert!(err.contains("nothing was written"), "{err}");
@@ -502,12 +510,7 @@ fn a_point_restores_onto_a_block_device_proven_before_it_is_written() {
     let err = dp_fails(&args(&restore_to(&too_small.0, true)));
     assert!(err.contains("holds 1048576 bytes"), "{err}");
     // A damaged record: refused before a byte of the device changes.
-    let home = home_with(&store, 0, b"DPSL");
-    let good = std::fs::read(&home).unwrap();
-    let mut bad = good.clone();
-    let at = bad.iter().rposition(|&b| b != 0).unwrap();
-    bad[at] ^= 0x01;
-    std::fs::write(&home, &bad).unwrap();
+    let (home, good) = damage_last_record(&store);
     let err = dp_fails(&args(&restore_to(&target.0, true)));
     assert!(err.contains("nothing was written"), "{err}");
     assert!(

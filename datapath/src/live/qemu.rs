@@ -127,35 +127,55 @@ impl QemuOptions {
 /// second run would clear the first one's fleecing view as a killed run's leftovers and move
 /// its bitmaps. A `flock`, so a killed run lets go with its last descriptor.
 fn lock_replica(path: &Path, tag: &str) -> Result<std::fs::File, SourceError> {
-    use std::io::{Read, Seek, Write};
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| live(format!("lock file {}", path.display()), e))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    use std::io::{Seek, Write};
+    let lock_error = |e: std::io::Error| live(format!("lock file {}", path.display()), e);
+    // Not through a link (the scratch directory may be shared: a link planted there must not
+    // make this run truncate another file), and only a regular file.
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| lock_error(e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    if !file.metadata().map_err(lock_error)?.is_file() {
+        return Err(lock_error(std::io::Error::other("not a regular file")));
+    }
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
             return Err(live(
                 format!(
-                    "another drplane run (PID {}) is replicating {tag} from this QEMU",
-                    holder.trim()
+                    "another drplane run ({}) is replicating {tag} from this QEMU",
+                    lock_holder(&file)
                 ),
                 std::io::Error::other(format!("{} is locked", path.display())),
             ));
         }
-        Err(e) => return Err(live(format!("lock file {}", path.display()), e)),
+        Err(e) => return Err(lock_error(e.into())),
     }
     let written = file
         .set_len(0)
         .and_then(|()| file.rewind())
         .and_then(|()| write!(file, "{}", std::process::id()));
-    written.map_err(|e| live(format!("lock file {}", path.display()), e))?;
+    written.map_err(lock_error)?;
     Ok(file)
+}
+
+/// Who holds a replica's lock, as its file says: `PID n`, read from its first few bytes only
+/// (the file is in a shared directory and may hold anything).
+fn lock_holder(file: &std::fs::File) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    // A PID has at most 20 digits; a longer file is not one.
+    let _ = file.take(24).read_to_end(&mut head);
+    match std::str::from_utf8(&head).ok().map(str::trim) {
+        Some(pid) if (1..=20).contains(&pid.len()) && pid.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("PID {pid}")
+        }
+        _ => "its PID unknown".to_string(),
+    }
 }
 
 /// The frozen view: the fleecing export, read over a pool of NBD connections (the cycle reads
@@ -723,5 +743,50 @@ mod cycle_names_tests {
             names(long),
             "stable: a run finds a killed run's leftovers"
         );
+    }
+}
+
+#[cfg(test)]
+mod lock_file_tests {
+    use super::lock_replica;
+
+    #[test]
+    fn a_second_run_is_refused_naming_the_first_and_a_hostile_lock_file_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drplane-vm0.lock");
+        let held = lock_replica(&path, "vm0").unwrap();
+        let message = lock_replica(&path, "vm0").unwrap_err().to_string();
+        let pid = std::process::id();
+        assert!(
+            message.contains(&format!(
+                "another drplane run (PID {pid}) is replicating vm0"
+            )),
+            "{message}"
+        );
+        drop(held);
+        // Let go with the descriptor: the next run attaches.
+        let held = lock_replica(&path, "vm0").unwrap();
+        // Whatever the held file holds, the refusal reads a few bytes of it and names no PID.
+        std::fs::write(&path, vec![b'7'; 4 << 20]).unwrap();
+        let message = lock_replica(&path, "vm0").unwrap_err().to_string();
+        assert!(message.contains("(its PID unknown)"), "{message}");
+        assert!(message.len() < 300, "{} bytes", message.len());
+        std::fs::write(&path, "12\n\u{1b}[2J").unwrap();
+        let message = lock_replica(&path, "vm0").unwrap_err().to_string();
+        assert!(message.contains("(its PID unknown)"), "{message}");
+        drop(held);
+        // A link in its place (a shared scratch directory) is not followed: the file it points
+        // to keeps its bytes.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let message = lock_replica(&path, "vm0").unwrap_err().to_string();
+        assert!(message.contains("lock file"), "{message}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        // A directory there is refused too.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(lock_replica(&path, "vm0").is_err());
     }
 }

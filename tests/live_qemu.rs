@@ -463,7 +463,8 @@ fn a_qcow2_with_persistent_bitmaps_survives_a_clean_qemu_restart_and_resyncs_aft
     let out = replica.command(&daemon, &persistent).output().unwrap();
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains(&format!("the replica was made for {SIZE}")),
+        stderr(&out).contains(&format!("the replica was made for {SIZE}"))
+            && stderr(&out).contains("replicate it under another --name"),
         "{}",
         stderr(&out)
     );

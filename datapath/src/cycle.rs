@@ -180,7 +180,11 @@ pub enum CycleError {
     Source { offset: u64, source: std::io::Error },
     #[error("this replica was written with certificate {found}; the .pfx given is {given}")]
     OtherCertificate { found: String, given: String },
-    #[error("the disk is {disk} bytes but the replica was made for {replica}")]
+    #[error(
+        "the disk is {disk} bytes but the replica was made for {replica}: a replica keeps one \
+         disk size, so a resized disk goes into a new replica (replicate it under another \
+         --name); this replica's points stay restorable at {replica} bytes"
+    )]
     DiskSize { disk: u64, replica: u64 },
     #[error("tracked block {block} is past the end of the disk ({blocks} blocks)")]
     BlockOutOfRange { block: u64, blocks: u64 },

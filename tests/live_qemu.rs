@@ -704,7 +704,7 @@ fn the_prefix_check_rejects_a_point_that_mixes_writes() {
 }
 
 #[test]
-fn two_disks_of_one_qemu_replicate_in_turn_and_one_disk_has_one_run() {
+fn two_disks_of_one_qemu_replicate_in_turn_and_through_one_monitor_and_one_disk_has_one_run() {
     // A VM with two disks, one `replicate` per disk, each through a monitor of its own: each
     // replica's cycle has its own fleecing view, job and export (names: unit test in
     // `live::qemu`), both restore byte-exact, and a second run for a disk that has one is
@@ -728,9 +728,9 @@ fn two_disks_of_one_qemu_replicate_in_turn_and_one_disk_has_one_run() {
     let daemon = Daemon::start_many(d, &[&disks[0], &disks[1]], "qcow2");
     let monitors = [d.join("qmp.sock"), d.join("qmp1.sock")];
     let replica = Replica::new(d);
-    let replicate = |i: usize, extra: &[&str]| {
+    let replicate_via = |i: usize, monitor: &Path, extra: &[&str]| {
         let mut cmd = drplane();
-        cmd.args(["replicate", "--qemu", path_str(&monitors[i])])
+        cmd.args(["replicate", "--qemu", path_str(monitor)])
             .args(["--node", &format!("disk{i}"), "--name", &format!("vm{i}")])
             .arg("--nbd-socket")
             .arg(&daemon.nbd)
@@ -742,6 +742,7 @@ fn two_disks_of_one_qemu_replicate_in_turn_and_one_disk_has_one_run() {
             .stderr(Stdio::piped());
         cmd
     };
+    let replicate = |i: usize, extra: &[&str]| replicate_via(i, &monitors[i], extra);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut guests: Vec<NbdClient<UnixStream>> = (0..2)
         .map(|i| {
@@ -762,19 +763,29 @@ fn two_disks_of_one_qemu_replicate_in_turn_and_one_disk_has_one_run() {
             );
         }
     }
-    for (i, guest) in guests.iter_mut().enumerate() {
-        let mut image = vec![0u8; SIZE as usize];
-        guest.read(0, &mut image).unwrap();
-        let out = d.join(format!("restored{i}.raw"));
-        run_ok(
-            drplane()
-                .args(["restore", "--store", &format!("{}{i}", replica.store)])
-                .args(["--pfx", &replica.pfx, "--name", &format!("vm{i}"), "-o"])
-                .arg(&out)
-                .env("DRPLANE_PFX_PASSWORD", PW),
-        );
-        assert!(std::fs::read(&out).unwrap() == image, "disk {i} restores");
-    }
+    let restores = |guests: &mut [NbdClient<UnixStream>]| {
+        for (i, guest) in guests.iter_mut().enumerate() {
+            let mut image = vec![0u8; SIZE as usize];
+            guest.read(0, &mut image).unwrap();
+            let out = d.join(format!("restored{i}.raw"));
+            run_ok(
+                drplane()
+                    .args(["restore", "--store", &format!("{}{i}", replica.store)])
+                    .args([
+                        "--pfx",
+                        &replica.pfx,
+                        "--name",
+                        &format!("vm{i}"),
+                        "--force",
+                    ])
+                    .arg("-o")
+                    .arg(&out)
+                    .env("DRPLANE_PFX_PASSWORD", PW),
+            );
+            assert!(std::fs::read(&out).unwrap() == image, "disk {i} restores");
+        }
+    };
+    restores(&mut guests);
     // A watch holds disk 0 (asleep between cycles); a second run for it is refused at once,
     // naming the first, and leaves the watch alone.
     let mut watch = replicate(0, &["--watch"]).spawn().unwrap();
@@ -796,4 +807,42 @@ fn two_disks_of_one_qemu_replicate_in_turn_and_one_disk_has_one_run() {
     );
     run_ok(Command::new("kill").args(["-TERM", &pid]));
     assert!(watch.wait().unwrap().success(), "the watch stops cleanly");
+
+    // Both disks through one monitor: a run holds it only to freeze and to thaw, so while a
+    // long cycle of disk 0 reads and uploads (throttled to 64 KiB/s: 1 MiB of incompressible
+    // changes, ~16 s), disk 1's run freezes, replicates, thaws and exits. (Until session 26 a
+    // run held the monitor for its whole cycle and disk 1's waited for disk 0's to end.)
+    std::fs::write(
+        d.join("slow.toml"),
+        "[throttle]\nwork_hours_kbps = 512\nwork_start_hour = 0\nwork_end_hour = 24\n",
+    )
+    .unwrap();
+    for (i, guest) in guests.iter_mut().enumerate() {
+        let mut data = vec![0u8; 1 << 20];
+        rng.fill_bytes(&mut data);
+        guest.write((32 + i as u64) << 20, &data).unwrap();
+    }
+    let slow_policy = d.join("slow.toml");
+    let mut slow = replicate_via(0, &monitors[0], &["--policy", path_str(&slow_policy)])
+        .spawn()
+        .unwrap();
+    // Frozen once its fleecing file is there (it goes when the cycle thaws).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.join("drplane-vm0.fleece").exists() {
+        assert!(
+            slow.try_wait().unwrap().is_none(),
+            "disk 0's run ended before its cycle was seen frozen"
+        );
+        assert!(Instant::now() < deadline, "disk 0's cycle did not freeze");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let other = replicate_via(1, &monitors[0], &[]).output().unwrap();
+    assert!(other.status.success(), "{}", stderr(&other));
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "disk 0's run ended first: disk 1's waited for the monitor until disk 0's cycle was over"
+    );
+    let slow = slow.wait_with_output().unwrap();
+    assert!(slow.status.success(), "{}", stderr(&slow));
+    restores(&mut guests);
 }

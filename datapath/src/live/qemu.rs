@@ -263,7 +263,8 @@ impl QemuSource {
         };
         let size = source.node_size()?;
         source.clear_leftovers()?;
-        // QEMU serves one monitor client at a time: others may use it between cycles.
+        // QEMU serves one monitor client at a time: others may use it between freezes and
+        // thaws (a run holds it only for those, never while a cycle reads).
         source.qmp = None;
         Ok((source, size))
     }
@@ -675,6 +676,9 @@ impl ChangeSource for QemuSource {
             )),
         };
         self.frozen = Some(frozen);
+        // The cycle reads the view over NBD: the monitor is free meanwhile for another run
+        // (another disk of this QEMU), which QEMU serves one client at a time.
+        self.qmp = None;
         Ok(changes)
     }
 

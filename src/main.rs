@@ -36,7 +36,7 @@ enum Command {
     Replicate(Box<cmd::replicate::ReplicateArgs>),
     /// List the recovery points of a replica.
     Points(cmd::replicate::PointsArgs),
-    /// Restore a recovery point byte-exact to a raw file.
+    /// Restore a recovery point byte-exact to a raw or VHDX file, or a block device.
     Restore(cmd::replicate::RestoreArgs),
     /// Check every recovery point of a replica decrypts and matches its Merkle root.
     Verify(cmd::replicate::VerifyArgs),
@@ -88,4 +88,32 @@ fn one_line(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand, argument and option says what it is in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "drplane", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }

@@ -62,11 +62,14 @@ pub enum BlobCommand {
     },
     /// Upload a raw file as a page blob (size rounded up to 512; zero pages skipped).
     Upload {
+        /// The raw file to upload.
         file: PathBuf,
         #[command(flatten)]
         target: Target,
+        /// Container of the new blob (created if missing).
         #[arg(long)]
         container: String,
+        /// Name of the new page blob.
         #[arg(long)]
         name: String,
         /// Parallel Put Page calls (1–32, like UploadThreadsPerVM).
@@ -77,7 +80,9 @@ pub enum BlobCommand {
     Ls {
         #[command(flatten)]
         target: Target,
+        /// List this container's blobs and snapshots (default: the containers).
         container: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -85,12 +90,17 @@ pub enum BlobCommand {
     Ranges {
         #[command(flatten)]
         target: Target,
+        /// The blob's container.
         container: String,
+        /// The page blob.
         name: String,
+        /// Ranges of this snapshot (its timestamp) instead of the blob.
         #[arg(long)]
         snapshot: Option<String>,
+        /// Only what changed since this earlier snapshot (written and cleared ranges).
         #[arg(long)]
         prev_snapshot: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -129,8 +139,11 @@ pub enum BlobCommand {
     Snapshots {
         #[command(flatten)]
         target: Target,
+        /// The blob's container.
         container: String,
+        /// The page blob.
         name: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

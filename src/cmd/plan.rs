@@ -14,8 +14,10 @@ pub struct PlanArgs {
     /// tables for VMs that differ); flags given as well override it (with groups, the VM flags
     /// are the groups' defaults).
     file: Option<PathBuf>,
+    /// Number of VMs alike.
     #[arg(long)]
     vms: Option<u32>,
+    /// Disks per VM.
     #[arg(long)]
     disks_per_vm: Option<u32>,
     /// Size of each disk (GiB).
@@ -30,11 +32,13 @@ pub struct PlanArgs {
     /// Busy hours "H1-H2" (UTC) that take --peak-share of the day's churn.
     #[arg(long)]
     peak_hours: Option<String>,
+    /// Share of the day's churn written in --peak-hours (0–1).
     #[arg(long)]
     peak_share: Option<f64>,
     /// standard or premium.
     #[arg(long)]
     profile: Option<String>,
+    /// WAN bandwidth to Azure (Mbit/s), shared by all VMs.
     #[arg(long)]
     bandwidth_mbps: Option<f64>,
     /// What one upload connection carries across the WAN (Mbit/s; e.g. `iperf3 -P 1`): a
@@ -50,10 +54,13 @@ pub struct PlanArgs {
     /// Copy frequency in seconds (30, 300 or 900).
     #[arg(long)]
     copy_frequency: Option<u32>,
+    /// Recovery point retention (hours, at most 24).
     #[arg(long)]
     retention_hours: Option<u32>,
+    /// App-consistent snapshot frequency (hours, 1–12, below the retention).
     #[arg(long)]
     app_consistent_hours: Option<u32>,
+    /// Upload threads per disk (the policy's; 1–32).
     #[arg(long)]
     upload_threads: Option<u32>,
     /// When replication is enabled: hour of day (UTC).
@@ -65,6 +72,7 @@ pub struct PlanArgs {
     /// Hours of delta replication simulated after the initial replication.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=24))]
     verify_hours: u64,
+    /// Print the plan as JSON instead of text.
     #[arg(long)]
     json: bool,
 }

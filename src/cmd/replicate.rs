@@ -95,6 +95,7 @@ pub struct ReplicateArgs {
     /// With --watch: stop after this many cycles.
     #[arg(long, requires = "watch")]
     cycles: Option<u64>,
+    /// Print each cycle's report as a line of JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -146,8 +147,10 @@ pub struct PointsArgs {
     target: Target,
     #[command(flatten)]
     keys: Keys,
+    /// Replica name (as given to `replicate`).
     #[arg(long)]
     name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -158,6 +161,7 @@ pub struct RestoreArgs {
     target: Target,
     #[command(flatten)]
     keys: Keys,
+    /// Replica name (as given to `replicate`).
     #[arg(long)]
     name: String,
     /// Point sequence number, `latest`, or `latest-app` (newest app-consistent point).
@@ -812,8 +816,10 @@ pub struct VerifyArgs {
     target: Target,
     #[command(flatten)]
     keys: Keys,
+    /// Replica name (as given to `replicate`).
     #[arg(long)]
     name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
     #[command(flatten)]

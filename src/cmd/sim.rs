@@ -48,6 +48,7 @@ pub struct RunArgs {
     /// Keep the stores and trackers here (a new or empty directory) instead of in memory.
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
     /// Also write an SVG timeline (RPO over time, faults, jobs) here.

@@ -18,6 +18,7 @@ use crate::progress::bytes_bar;
 pub enum VhdxCommand {
     /// Format, geometry, identity, parent, log state and allocation of an image.
     Info {
+        /// The VHDX image.
         file: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -25,12 +26,15 @@ pub enum VhdxCommand {
     },
     /// Full structural validation; exits 0 only when no problem is found.
     Check {
+        /// The VHDX image.
         file: PathBuf,
+        /// Print the problems as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Write the virtual disk as a raw image (sparse); never modifies the input.
     Export {
+        /// The VHDX image (a differencing disk reads through its parents).
         file: PathBuf,
         /// Output path, or `-` for standard output.
         #[arg(short, long)]
@@ -41,6 +45,7 @@ pub enum VhdxCommand {
     },
     /// Create a dynamic, fixed or differencing disk.
     Create {
+        /// The new image (refused if it exists).
         file: PathBuf,
         /// Virtual size, e.g. 64G, 512M, 1T (binary units); a differencing disk takes its
         /// parent's when omitted.
@@ -54,7 +59,9 @@ pub enum VhdxCommand {
     },
     /// Convert a raw image to VHDX; all-zero blocks stay unallocated.
     Import {
+        /// The raw image to convert.
         raw: PathBuf,
+        /// The VHDX to write.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]

@@ -471,6 +471,42 @@ fn errors_name_the_cause_in_plain_words() {
         ),
         "created with profile standard, not premium",
     );
+    // A reader or writer given the wrong name, point or certificate is told what there is.
+    let reg2 = p("reg2");
+    dp(&["register", "--vault", "vt2", "--out", &reg2]);
+    let pfx2 = p("reg2/vt2.pfx");
+    let store = p("named");
+    let out = p("out.raw");
+    let named = |pfx: &str| {
+        let mut args = replicate(&p("disk.raw"), &store, &["--name", "d1"]);
+        args[6] = pfx.to_string();
+        args
+    };
+    dp(&strs(&named(&pfx)));
+    let restore = |pfx: &str, extra: &[&str]| {
+        let mut args = vec!["restore", "--store", &store, "--pfx", pfx, "-o", &out];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    check(
+        restore(&pfx, &["--name", "nope"]),
+        "no replica named nope in this store: it holds d1",
+    );
+    check(
+        restore(&pfx, &["--name", "d1", "--point", "7"]),
+        "no point 7: the replica holds 0 (",
+    );
+    check(
+        restore(&pfx2, &["--name", "d1"]),
+        "replica d1 was written with certificate",
+    );
+    check(named(&pfx2), "this replica was written with certificate");
+    // The wrong run changed nothing: the replica's own writer commits again.
+    dp(&strs(&named(&pfx)));
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 /// Ctrl-C during a long `--watch` cycle (an initial replication at 1 MB/s) abandons it within

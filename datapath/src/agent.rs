@@ -135,6 +135,10 @@ impl<'a> DiskAgent<'a> {
             target.name,
             layout(policy.block_size),
         )?;
+        // A .pfx of another certificate stops here, before anything is claimed: its claim
+        // would fence off the replica's own writer (its next write refused, its watch ended)
+        // for a run that cannot commit a point anyway.
+        probe.check_certificate(keys.digest.expose(), &identity.key_id.0)?;
         // The epoch first, and the replica taken over with it, before anything is listed or
         // swept: from here on no earlier writer commits, so the points listed are all there is
         // (an unreferenced snapshot is an orphan, not another writer's commit in progress).

@@ -25,7 +25,7 @@ use crate::keys::{DiskKeys, Identity, KeyId};
 use crate::replica::block_record::{block_digest, BlockCodec, Encoded};
 use crate::replica::disk_replica::{DiskReplica, Layout};
 use crate::replica::error::ReplicaError;
-use crate::replica::manifest::{Consistency, Manifest};
+use crate::replica::manifest::{Consistency, Manifest, ManifestError};
 use crate::replica::merkle::{merkle_root, MerkleTree};
 use crate::replica::nonce::NonceSource;
 use crate::replica::staging_log::StagingLog;
@@ -324,8 +324,21 @@ fn replica_state(
 ) -> Result<ReplicaState, CycleError> {
     let layout = replica.layout;
     // A replica written with another certificate fails here: its manifests do not
-    // authenticate under this key.
-    let points = replica.points(digest_key)?;
+    // authenticate under this key. When none does and they all name one other thumbprint,
+    // the error says which certificate the replica needs.
+    let points = match replica.points(digest_key) {
+        Ok(points) => points,
+        Err(
+            e @ ReplicaError::Manifest {
+                source: ManifestError::Authentication,
+                ..
+            },
+        ) => {
+            replica.check_certificate(digest_key, &identity.key_id.0)?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(last) = points.last() {
         if last.key_id != identity.key_id.0 {
             return Err(CycleError::OtherCertificate {

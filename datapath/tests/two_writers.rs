@@ -178,6 +178,46 @@ fn a_writer_taken_over_commits_nothing_more() {
 }
 
 #[test]
+fn a_writer_with_another_certificate_claims_nothing_and_names_both() {
+    // A run given the .pfx of another registration cannot write a point of this replica (its
+    // manifests would not authenticate): it must stop before it claims an epoch or takes the
+    // replica over, or it ends the replica's own writer for nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, id) = store_and_identity(dir.path());
+    let clock = ManualClock::new(T0);
+    let (_, other_pfx) = datapath::registration::register("vault2", "host", "pw", &clock).unwrap();
+    let other = Identity::from_pfx(&other_pfx, "pw").unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut disk = vec![0u8; SIZE];
+    scribble(&mut disk, &mut rng);
+    let mut images = BTreeMap::new();
+    let mut own = open(&store, &id, 1).unwrap();
+    images.insert(cycle(&mut own, &disk, T0).unwrap(), disk.clone());
+    let refused = match open(&store, &other, 2) {
+        Ok(_) => panic!("a writer with another certificate opened the replica"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(
+            &refused,
+            AgentError::Replica(ReplicaError::OtherCertificate { found, given })
+                if *found == id.key_id.to_string() && *given == other.key_id.to_string()
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("this replica was written with certificate"),
+        "{refused}"
+    );
+    // The replica's own writer goes on: not taken over.
+    scribble(&mut disk, &mut rng);
+    images.insert(cycle(&mut own, &disk, T0 + 1).unwrap(), disk.clone());
+    assert_points_restore(&store, &id, &images);
+}
+
+#[test]
 fn writers_racing_on_one_replica_never_share_an_epoch_or_spoil_a_point() {
     // Two threads each start agents of one replica over and over and run cycles of their own
     // disks side by side: whichever started last writes, the other is refused (or its start

@@ -711,6 +711,23 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The replicas a store holds, for an error that names one it does not: `: it holds a, b`
+/// (at most 20 named), `: it holds none`, or nothing when they cannot be listed.
+fn replicas_here(store: &dyn PageBlobStore) -> String {
+    let Ok(blobs) = store.list_blobs(REPLICA_CONTAINER, false) else {
+        return String::new();
+    };
+    let names: Vec<&str> = blobs
+        .iter()
+        .filter_map(|b| b.name.strip_suffix(".replica"))
+        .collect();
+    match names.len() {
+        0 => ": it holds none".to_string(),
+        n if n <= 20 => format!(": it holds {}", names.join(", ")),
+        n => format!(": it holds {n}, among them {}", names[..20].join(", ")),
+    }
+}
+
 /// A replica's points as a reader sees them: the intact ones, and the journal slots that are
 /// damaged (each named on stderr).
 struct ReadPoints<'a> {
@@ -727,7 +744,10 @@ impl<'a> ReadPoints<'a> {
         let size = match store.properties(&path, None) {
             Ok(p) => p.size,
             Err(e) if e.code().is_some_and(|c| c.status() == 404) => {
-                bail!("no replica named {name} in this store")
+                bail!(
+                    "no replica named {name} in this store{}",
+                    replicas_here(store)
+                )
             }
             Err(e) => return Err(e.into()),
         };
@@ -743,6 +763,18 @@ impl<'a> ReadPoints<'a> {
         )?;
         let keys = identity.disk_keys(name);
         let (points, damaged) = provisional.points_and_damage(keys.digest.expose())?;
+        let other = datapath::replica::disk_replica::written_with_other_certificate(
+            &points,
+            &damaged,
+            &identity.key_id.0,
+        );
+        if let Some(found) = other {
+            bail!(
+                "replica {name} was written with certificate {}; the .pfx given is {}",
+                datapath::keys::KeyId(found),
+                identity.key_id
+            );
+        }
         if points.is_empty() && !damaged.is_empty() {
             // Nothing authenticates: most likely the wrong certificate, not damage everywhere.
             bail!(
@@ -900,7 +932,19 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
             points
                 .iter()
                 .find(|p| p.sequence == seq)
-                .with_context(|| format!("no point {seq}"))?
+                .with_context(|| {
+                    let held: Vec<String> = points.iter().map(|p| p.sequence.to_string()).collect();
+                    let held = match held.as_slice() {
+                        [] => "none".to_string(),
+                        [first, .., last] if held.len() > 12 => {
+                            format!("{} points, {first} to {last}", held.len())
+                        }
+                        all => all.join(", "),
+                    };
+                    format!(
+                        "no point {seq}: the replica holds {held} (`drplane points` lists them)"
+                    )
+                })?
                 .clone()
         }
     };

@@ -14,7 +14,7 @@
 
 use super::block_record::{BlockCodec, Encoded};
 use super::error::ReplicaError;
-use super::manifest::{Consistency, Manifest};
+use super::manifest::{Consistency, Manifest, ManifestError};
 use super::slot_header::{SlotHeader, HEADER_SIZE};
 use super::staging_log::StagingLog;
 use pageblob::{
@@ -40,6 +40,23 @@ pub struct DamagedPoint {
     /// Journal slot index (the point's sequence modulo the journal's slots).
     pub slot: u64,
     pub error: ReplicaError,
+    /// The certificate thumbprint a well-formed manifest names when it does not authenticate
+    /// under the key given: written with that other certificate (or tampered with). Unverified:
+    /// for telling the user which .pfx the replica needs, never for trusting anything.
+    pub other_key_id: Option<[u8; 20]>,
+}
+
+/// The one certificate a replica's points were written with when none of them authenticates
+/// under the key given and every damaged slot names the same other thumbprint; `None` when
+/// some point reads, or the slots say different things (damage, not another certificate).
+pub fn written_with_other_certificate(
+    points: &[Manifest],
+    damaged: &[DamagedPoint],
+    given: &[u8; 20],
+) -> Option<[u8; 20]> {
+    let first = damaged.first()?.other_key_id?;
+    let same = damaged.iter().all(|d| d.other_key_id == Some(first));
+    (points.is_empty() && same && first != *given).then_some(first)
 }
 
 /// Slot geometry of a disk.
@@ -993,24 +1010,49 @@ impl<'a> DiskReplica<'a> {
         digest_key: &[u8; 32],
     ) -> Result<(Vec<Manifest>, Vec<DamagedPoint>), ReplicaError> {
         let mut damaged = Vec::new();
-        let points = self.scan_journal(digest_key, &mut |slot, error| {
-            damaged.push(DamagedPoint { slot, error });
+        let points = self.scan_journal(digest_key, &mut |slot, error, other_key_id| {
+            damaged.push(DamagedPoint {
+                slot,
+                error,
+                other_key_id,
+            });
             Ok(())
         })?;
         Ok((points, damaged))
     }
 
+    /// `Err(OtherCertificate)` when the replica's points were all written with a certificate
+    /// other than `key_id` (the thumbprint of the .pfx given): a read-only check, for a writer
+    /// to make before it claims the replica (its claim would fence off the replica's own
+    /// writer for nothing: it cannot write a point anyway) and for a reader to name the
+    /// certificate it needs.
+    pub fn check_certificate(
+        &self,
+        digest_key: &[u8; 32],
+        key_id: &[u8; 20],
+    ) -> Result<(), ReplicaError> {
+        let (points, damaged) = self.points_and_damage(digest_key)?;
+        match written_with_other_certificate(&points, &damaged, key_id) {
+            Some(found) => Err(ReplicaError::OtherCertificate {
+                found: hex::encode_upper(found),
+                given: hex::encode_upper(key_id),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Every point, failing on the first damaged manifest (a writer must not build on a
     /// journal it cannot read whole).
     fn read_points(&self, digest_key: &[u8; 32]) -> Result<Vec<Manifest>, ReplicaError> {
-        self.scan_journal(digest_key, &mut |_, error| Err(error))
+        self.scan_journal(digest_key, &mut |_, error, _| Err(error))
     }
 
-    /// The journal's manifests, oldest first; `damaged` decides what a bad slot means.
+    /// The journal's manifests, oldest first; `damaged` decides what a bad slot means (it is
+    /// told the thumbprint a well-formed manifest that does not authenticate names).
     fn scan_journal(
         &self,
         digest_key: &[u8; 32],
-        damaged: &mut dyn FnMut(u64, ReplicaError) -> Result<(), ReplicaError>,
+        damaged: &mut dyn FnMut(u64, ReplicaError, Option<[u8; 20]>) -> Result<(), ReplicaError>,
     ) -> Result<Vec<Manifest>, ReplicaError> {
         let mut out = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
@@ -1023,7 +1065,16 @@ impl<'a> DiskReplica<'a> {
                 .min(slot.len() - 4);
             match Manifest::decode(&slot[4..4 + len], digest_key) {
                 Ok(manifest) => out.push(manifest),
-                Err(source) => damaged(at, ReplicaError::Manifest { point: at, source })?,
+                Err(source) => {
+                    let other_key_id = matches!(source, ManifestError::Authentication)
+                        .then(|| Manifest::peek_key_id(&slot[4..4 + len]))
+                        .flatten();
+                    damaged(
+                        at,
+                        ReplicaError::Manifest { point: at, source },
+                        other_key_id,
+                    )?
+                }
             }
             Ok(())
         };

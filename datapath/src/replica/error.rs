@@ -36,6 +36,10 @@ pub enum ReplicaError {
     PointTaken { sequence: u64 },
     #[error("replica name {name:?}: {why}")]
     BadName { name: String, why: String },
+    /// None of the replica's points authenticates under the key given, and they all name one
+    /// other certificate.
+    #[error("this replica was written with certificate {found}; the .pfx given is {given}")]
+    OtherCertificate { found: String, given: String },
     #[error("no replica named {name} (its {blob} blob is missing)")]
     NoReplica { name: String, blob: String },
     #[error("{blob}: {source}")]

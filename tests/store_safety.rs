@@ -222,6 +222,78 @@ fn points_verify_and_restore_work_on_a_read_only_mount() {
     assert_eq!(std::fs::read(&out_file).unwrap(), second);
 }
 
+/// A store whose file system fills up: the cycle that runs out of space fails naming it and
+/// commits nothing, the points before it verify and restore, and once there is room the next
+/// cycle commits a point that restores byte-exact. (A 20 MiB tmpfs in a private mount
+/// namespace; 8 MiB incompressible disks: two points fit, the third does not.)
+#[test]
+fn a_full_file_system_fails_the_cycle_and_keeps_every_point() {
+    let s = Setup::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let disks: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let mut disk = vec![0u8; 8 << 20];
+            rng.fill_bytes(&mut disk);
+            std::fs::write(s.p(&format!("d{i}.raw")), &disk).unwrap();
+            disk
+        })
+        .collect();
+    let mnt = s.p("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let store = format!("{mnt}/store");
+    let disk = s.p("disk.raw");
+    let drplane = env!("CARGO_BIN_EXE_drplane");
+    let pfx = s.p("reg/vt.pfx");
+    let at = |name: &str| s.p(name);
+    let replicate =
+        format!("{drplane} replicate --disk {disk} --store {store} --pfx {pfx} --name d");
+    let reader = |cmd: &str| format!("{drplane} {cmd} --store {store} --pfx {pfx} --name d");
+    let script = format!(
+        "set -e; mount -t tmpfs -o size=20M tmpfs {mnt}; \
+         cp {d0} {disk}; {replicate}; cp {d1} {disk}; {replicate}; \
+         cp {d2} {disk}; ! {replicate} 2> {full_err}; \
+         {verify} > {verified_full}; {restore} -o {restored_full}; \
+         mount -o remount,size=64M {mnt}; {replicate}; \
+         {verify} > {verified_room}; {restore} -o {restored_room}",
+        d0 = at("d0.raw"),
+        d1 = at("d1.raw"),
+        d2 = at("d2.raw"),
+        full_err = at("full.err"),
+        verify = reader("verify"),
+        verified_full = at("verified-full.txt"),
+        restore = reader("restore"),
+        restored_full = at("restored-full.raw"),
+        verified_room = at("verified-room.txt"),
+        restored_room = at("restored-room.raw"),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .expect("unshare (util-linux) runs the tmpfs mount");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = std::fs::read_to_string(at("full.err")).unwrap();
+    assert!(full.contains("No space left on device"), "{full}");
+    assert!(!full.contains("panicked"), "{full}");
+    let verified = std::fs::read_to_string(at("verified-full.txt")).unwrap();
+    assert!(
+        verified.contains("2 point(s) verified, 0 failed"),
+        "{verified}"
+    );
+    assert!(std::fs::read(at("restored-full.raw")).unwrap() == disks[1]);
+    let verified = std::fs::read_to_string(at("verified-room.txt")).unwrap();
+    assert!(
+        verified.contains("3 point(s) verified, 0 failed"),
+        "{verified}"
+    );
+    assert!(std::fs::read(at("restored-room.raw")).unwrap() == disks[2]);
+}
+
 #[test]
 fn a_flipped_byte_in_the_store_log_fails_every_reader_and_keeps_the_log() {
     let s = Setup::new();

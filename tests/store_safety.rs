@@ -407,6 +407,42 @@ fn restore_never_overwrites_without_force_writes_sparse_and_leaves_nothing_when_
     std::fs::write(&out, b"old").unwrap();
     dp(&args(&restore_to(&out, &["--force"])));
     assert_eq!(std::fs::read(&out).unwrap(), content);
+    // What a restore killed mid-way leaves (its unlocked partial file) goes with the next
+    // restore to that target; the file of a restore still running (locked) stays.
+    let killed = s.p(".restored.raw.k1Ll3d.partial");
+    std::fs::write(&killed, vec![7u8; 1 << 20]).unwrap();
+    let running = s.p(".restored.raw.run1ng.partial");
+    let held = std::fs::File::create(&running).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let other_target = s.p(".other.raw.k1Ll3d.partial");
+    std::fs::write(&other_target, b"not ours").unwrap();
+    let out_err = drplane()
+        .args(args(&restore_to(&out, &["--force"])))
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(out_err.status.success());
+    assert!(
+        String::from_utf8_lossy(&out_err.stderr).contains("a restore that was stopped left it"),
+        "{}",
+        String::from_utf8_lossy(&out_err.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert!(
+        !Path::new(&killed).exists(),
+        "a killed restore's file stays"
+    );
+    assert!(
+        Path::new(&running).exists(),
+        "a running restore's file went"
+    );
+    assert!(
+        Path::new(&other_target).exists(),
+        "another target's file went"
+    );
+    drop(held);
+    std::fs::remove_file(&running).unwrap();
+    std::fs::remove_file(&other_target).unwrap();
     // A damaged record: the restore fails, no output appears, no partial file stays.
     damage_last_record(&store);
     for name in ["fail.raw", "fail.vhdx"] {

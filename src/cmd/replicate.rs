@@ -179,6 +179,40 @@ pub struct RestoreArgs {
     threads: super::Threads,
 }
 
+/// The suffix of a restore's output while it is written.
+const PARTIAL: &str = ".partial";
+
+/// Remove what restores of the same target that were killed left (`PREFIX*.partial` beside
+/// it, other than `ours`): a file no live restore holds locked. One a live restore holds (two
+/// restores to one target at once) stays; so does anything that cannot be opened.
+fn remove_killed_restores(dir: &Path, prefix: &str, ours: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if !name.starts_with(prefix) || !name.ends_with(PARTIAL) || path == ours {
+            continue;
+        }
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let unlocked =
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+        if unlocked && std::fs::remove_file(&path).is_ok() {
+            eprintln!(
+                "removed {}: a restore that was stopped left it",
+                path.display()
+            );
+        }
+    }
+}
+
 /// A restore's output while it is written: a temporary file beside the target, published by
 /// a rename once the point is proven, and removed if anything fails first.
 struct RestoreOutput {
@@ -205,11 +239,20 @@ impl RestoreOutput {
         let name = target
             .file_name()
             .with_context(|| format!("{}: not a file name", target.display()))?;
+        let prefix = format!(".{}.", name.to_string_lossy());
         let temp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", name.to_string_lossy()))
-            .suffix(".partial")
+            .prefix(&prefix)
+            .suffix(PARTIAL)
             .tempfile_in(dir)
             .with_context(|| format!("creating a file in {}", dir.display()))?;
+        // Locked while this restore lives, so a later one tells its file from a killed one's.
+        rustix::fs::flock(
+            temp.as_file(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .map_err(std::io::Error::from)
+        .with_context(|| temp.path().display().to_string())?;
+        remove_killed_restores(dir, &prefix, temp.path());
         Ok(RestoreOutput { temp, force })
     }
 

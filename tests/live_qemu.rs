@@ -786,6 +786,24 @@ fn two_disks_of_one_qemu_replicate_in_turn_and_through_one_monitor_and_one_disk_
         }
     };
     restores(&mut guests);
+    // The file node under a disk's format node is the qcow2 container, not the guest's disk:
+    // refused, naming the node to give (it once replicated the container's bytes).
+    let wrong_node = drplane()
+        .args(["replicate", "--qemu", path_str(&monitors[1])])
+        .args(["--node", "file1", "--name", "vm1-file", "--nbd-socket"])
+        .arg(&daemon.nbd)
+        .args(["--store", &format!("{}1", replica.store)])
+        .args(["--pfx", &replica.pfx])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(!wrong_node.status.success());
+    assert!(
+        stderr(&wrong_node).contains("under format node disk1 (qcow2)")
+            && stderr(&wrong_node).contains("give --node disk1"),
+        "{}",
+        stderr(&wrong_node)
+    );
     // A watch holds disk 0 (asleep between cycles); a second run for it is refused at once,
     // naming the first, and leaves the watch alone.
     let mut watch = replicate(0, &["--watch"]).spawn().unwrap();

@@ -297,14 +297,21 @@ impl QemuSource {
     fn node_state(&mut self) -> Result<(Vec<DirtyBitmap>, u64), SourceError> {
         let node = self.options.node.clone();
         let nodes = self.step("query-named-block-nodes", Qmp::named_nodes)?;
-        let found = nodes
-            .into_iter()
-            .find(|n| n.node_name == node)
-            .ok_or_else(|| SourceError::Live {
+        let found =
+            nodes
+                .iter()
+                .find(|n| n.node_name == node)
+                .ok_or_else(|| SourceError::Live {
+                    what: format!("block node {node}"),
+                    source: "QEMU has no node of that name (query-named-block-nodes)".into(),
+                })?;
+        if let Some(why) = found.not_the_guests_disk(&nodes) {
+            return Err(SourceError::Live {
                 what: format!("block node {node}"),
-                source: "QEMU has no node of that name (query-named-block-nodes)".into(),
-            })?;
-        Ok((found.dirty_bitmaps, found.image.virtual_size))
+                source: why.into(),
+            });
+        }
+        Ok((found.dirty_bitmaps.clone(), found.image.virtual_size))
     }
 
     fn node_size(&mut self) -> Result<u64, SourceError> {

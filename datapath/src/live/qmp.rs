@@ -99,6 +99,77 @@ pub struct NamedNode {
     #[serde(default)]
     pub dirty_bitmaps: Vec<DirtyBitmap>,
     pub image: ImageInfo,
+    /// Its block driver (`qcow2`, `file`, `throttle`, …).
+    #[serde(default)]
+    pub drv: String,
+    /// Opened read-only (a backing image, a read-only disk).
+    #[serde(default)]
+    pub ro: bool,
+    /// The file name of the image under it.
+    #[serde(default)]
+    pub file: String,
+}
+
+/// Image formats: a node with one of these drivers is what a guest sees; the node holding its
+/// file under it is the container's bytes.
+const FORMAT_DRIVERS: &[&str] = &[
+    "qcow2",
+    "qcow",
+    "vhdx",
+    "vpc",
+    "vmdk",
+    "vdi",
+    "qed",
+    "parallels",
+    "raw",
+    "luks",
+];
+
+/// Drivers that reach storage (a file, a device, a network disk): under a format node such a
+/// node holds the image's container.
+const PROTOCOL_DRIVERS: &[&str] = &[
+    "file",
+    "host_device",
+    "host_cdrom",
+    "io_uring",
+    "nbd",
+    "iscsi",
+    "rbd",
+    "ssh",
+    "nfs",
+    "gluster",
+    "http",
+    "https",
+    "nvme",
+];
+
+impl NamedNode {
+    /// Why this node is not the disk the guest writes, given every node QEMU has: it is
+    /// read-only (a backing image: no write reaches it, its bitmaps stay empty), or it is the
+    /// file under a format node (its bytes are the container, not the disk). `None`: a node
+    /// the guest writes through.
+    pub fn not_the_guests_disk(&self, nodes: &[NamedNode]) -> Option<String> {
+        if self.ro {
+            return Some(
+                "read-only (a backing image, or a read-only disk): the guest's writes never \
+                 reach it; give the node it writes to (the top of its chain)"
+                    .to_string(),
+            );
+        }
+        if !PROTOCOL_DRIVERS.contains(&self.drv.as_str()) || self.file.is_empty() {
+            return None;
+        }
+        let format = nodes.iter().find(|n| {
+            n.node_name != self.node_name
+                && n.file == self.file
+                && FORMAT_DRIVERS.contains(&n.drv.as_str())
+        })?;
+        Some(format!(
+            "the file (driver {}) under format node {} ({}): it holds the {} container, not \
+             the disk the guest sees; give --node {}",
+            self.drv, format.node_name, format.drv, format.drv, format.node_name
+        ))
+    }
 }
 
 /// The image under a node.
@@ -273,6 +344,52 @@ impl Qmp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_node_the_guest_writes_through_is_its_disk() {
+        let node = |name: &str, drv: &str, ro: bool, file: &str| NamedNode {
+            node_name: name.into(),
+            dirty_bitmaps: Vec::new(),
+            image: ImageInfo { virtual_size: 1 },
+            drv: drv.into(),
+            ro,
+            file: file.into(),
+        };
+        let nodes = [
+            node("disk0", "qcow2", false, "/v/top.qcow2"),
+            node("file0", "file", false, "/v/top.qcow2"),
+            node("base", "qcow2", true, "/v/base.qcow2"),
+            node("base-file", "file", true, "/v/base.qcow2"),
+            node("thr0", "throttle", false, "/v/top.qcow2"),
+            node("dev", "host_device", false, "/dev/sdb"),
+        ];
+        let why = |name: &str| {
+            let n = nodes.iter().find(|n| n.node_name == name).unwrap();
+            n.not_the_guests_disk(&nodes)
+        };
+        assert_eq!(why("disk0"), None);
+        assert_eq!(
+            why("thr0"),
+            None,
+            "a filter above the format node passes writes on"
+        );
+        assert_eq!(why("dev"), None, "a device the guest uses directly");
+        let file = why("file0").unwrap();
+        assert!(file.contains("under format node disk0 (qcow2)"), "{file}");
+        assert!(file.contains("give --node disk0"), "{file}");
+        assert!(why("base").unwrap().contains("read-only"));
+        assert!(why("base-file").unwrap().contains("read-only"));
+        // As QEMU lists them (extra fields ignored).
+        let listed: Vec<NamedNode> = serde_json::from_value(json!([
+            {"node-name": "f0", "drv": "file", "ro": false, "file": "/d.qcow2",
+             "image": {"virtual-size": 197120, "filename": "/d.qcow2"}, "iops": 0},
+            {"node-name": "disk0", "drv": "qcow2", "ro": false, "file": "/d.qcow2",
+             "image": {"virtual-size": 67108864}}
+        ]))
+        .unwrap();
+        assert!(listed[0].not_the_guests_disk(&listed).is_some());
+        assert!(listed[1].not_the_guests_disk(&listed).is_none());
+    }
 
     #[test]
     fn transaction_actions_are_written_as_qemu_spells_them() {

@@ -644,6 +644,60 @@ fn without_an_nbd_socket_drplane_runs_its_own_server_for_the_cycle() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
+    // What a killed run of a version before session 25 left (fixed names, one set per QEMU):
+    // its copy-before-write filter and fleecing job on the disk, its view. The first run clears
+    // them: left, the filter would copy every guest write into that file until its directory
+    // is full.
+    let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).unwrap();
+    let legacy_file = d.join("legacy.fleece");
+    std::fs::File::create(&legacy_file)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    monitor
+        .execute(
+            "blockdev-add",
+            json!({"driver": "file", "node-name": "drplane-fleece-temp",
+                "filename": legacy_file}),
+        )
+        .unwrap();
+    monitor
+        .execute(
+            "blockdev-backup",
+            json!({"job-id": "drplane-fleece-job", "device": "disk0",
+                "target": "drplane-fleece-temp", "sync": "none",
+                "filter-node-name": "drplane-fleece-cbw"}),
+        )
+        .unwrap();
+    monitor
+        .execute(
+            "blockdev-add",
+            json!({"driver": "snapshot-access", "node-name": "drplane-fleece-view",
+                "file": "drplane-fleece-cbw"}),
+        )
+        .unwrap();
+    let legacy_left = |monitor: &mut Qmp| {
+        let nodes = monitor.named_nodes().unwrap();
+        let jobs = monitor.execute("query-block-jobs", json!({})).unwrap();
+        let mut left: Vec<String> = nodes
+            .into_iter()
+            .map(|n| n.node_name)
+            .filter(|n| n.starts_with("drplane-fleece"))
+            .collect();
+        left.extend(
+            jobs.as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|j| j["device"].as_str().map(str::to_string)),
+        );
+        left
+    };
+    assert_eq!(
+        legacy_left(&mut monitor).len(),
+        4,
+        "the leftovers are in place"
+    );
+    drop(monitor);
     let replica = Replica::new(d);
     for expected in ["initial", "delta"] {
         let out = run_ok(
@@ -660,6 +714,9 @@ fn without_an_nbd_socket_drplane_runs_its_own_server_for_the_cycle() {
             "the server is stopped after the cycle"
         );
     }
+    let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).unwrap();
+    assert_eq!(legacy_left(&mut monitor), Vec::<String>::new());
+    drop(monitor);
     // A node that does not exist is named.
     let out = drplane()
         .args(["replicate", "--qemu", path_str(&qmp), "--node", "nope"])

@@ -44,6 +44,20 @@ struct CycleNames {
 }
 
 impl CycleNames {
+    /// The names every replica's cycle used until session 25 (one set per QEMU). A run of such
+    /// a version that was killed mid-cycle left them in QEMU: its copy-before-write filter
+    /// still copies every guest write into its fleecing file, which grows until the scratch
+    /// directory is full and the guest's writes fail.
+    fn legacy() -> CycleNames {
+        CycleNames {
+            temp: "drplane-fleece-temp".into(),
+            filter: "drplane-fleece-cbw".into(),
+            view: "drplane-fleece-view".into(),
+            job: "drplane-fleece-job".into(),
+            export: "drplane-fleece".into(),
+        }
+    }
+
     fn of(tag: &str) -> CycleNames {
         let digest = blake3::hash(tag.as_bytes()).to_hex();
         let id = format!("dp{}", &digest[..12]);
@@ -262,6 +276,7 @@ impl QemuSource {
             frozen: None,
         };
         let size = source.node_size()?;
+        source.clear_nodes(&CycleNames::legacy())?;
         source.clear_leftovers()?;
         // QEMU serves one monitor client at a time: others may use it between freezes and
         // thaws (a run holds it only for those, never while a cycle reads).
@@ -378,6 +393,21 @@ impl QemuSource {
     /// the NBD server it started. Things that are not there are fine.
     fn clear_leftovers(&mut self) -> Result<(), SourceError> {
         let n = self.names.clone();
+        self.clear_nodes(&n)?;
+        if self.options.nbd_socket.is_none() && self.options.own_nbd_socket().exists() {
+            // Our own server, left running by a killed run.
+            let _ = self.qmp()?.execute("nbd-server-stop", json!({}));
+            let _ = std::fs::remove_file(self.options.own_nbd_socket());
+        }
+        let _ = std::fs::remove_file(self.options.temp_file());
+        if let Some(q) = &mut self.qmp {
+            q.clear_events();
+        }
+        Ok(())
+    }
+
+    /// Remove a cycle's export, view, job and temp node named `n` from QEMU, where they are.
+    fn clear_nodes(&mut self, n: &CycleNames) -> Result<(), SourceError> {
         let qmp = self.qmp()?;
         let deleted = qmp.execute("block-export-del", json!({"id": n.export, "mode": "hard"}));
         if deleted.is_ok() {
@@ -391,15 +421,6 @@ impl QemuSource {
             let _ = qmp.wait_event("BLOCK_JOB_CANCELLED", |d| d["device"] == n.job.as_str());
         }
         let _ = qmp.execute("blockdev-del", json!({"node-name": n.temp}));
-        if self.options.nbd_socket.is_none() && self.options.own_nbd_socket().exists() {
-            // Our own server, left running by a killed run.
-            let _ = self.qmp()?.execute("nbd-server-stop", json!({}));
-            let _ = std::fs::remove_file(self.options.own_nbd_socket());
-        }
-        let _ = std::fs::remove_file(self.options.temp_file());
-        if let Some(q) = &mut self.qmp {
-            q.clear_events();
-        }
         Ok(())
     }
 

@@ -161,7 +161,8 @@ fn qemu_cycles(over_http: bool) {
         .unwrap();
     assert!(!other.status.success());
     assert!(
-        String::from_utf8_lossy(&other.stderr).contains("another key"),
+        String::from_utf8_lossy(&other.stderr)
+            .contains("replica disk1 was written with certificate"),
         "{}",
         String::from_utf8_lossy(&other.stderr)
     );

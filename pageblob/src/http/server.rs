@@ -941,495 +941,35 @@ fn route(
     let store = &*state.store;
     let comp = req.q("comp");
     let snapshot = req.q("snapshot").map(str::to_string);
-    let empty = || Body::empty();
-    let built =
-        |b: axum::http::response::Builder, body: Body| b.body(body).expect("valid response");
-    let service_url = format!("/{}", state.config.account);
 
     let Some(container) = container else {
-        return match (method, comp) {
-            (&Method::GET, Some("list")) => {
-                let params = ListParams::from_query(|n| req.q(n))?;
-                let names = store.list_containers()?;
-                let (page, next) = page_names(&names, &params);
-                let entries = page
-                    .into_iter()
-                    .map(|name| {
-                        Ok(xml::ContainerEntry {
-                            name,
-                            properties: store.container_properties(name)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                let xml = xml::container_list(
-                    &service_url,
-                    &params,
-                    &entries,
-                    next.as_deref(),
-                    includes(req, "metadata"),
-                );
-                Ok(built(
-                    ok(200).header("content-type", "application/xml"),
-                    Body::from(xml),
-                ))
-            }
-            _ => Err(bad(
-                ErrorCode::UnsupportedHttpVerb,
-                format!("{method} on the account is not supported"),
-            )),
-        };
+        return account_request(state, method, req, comp);
     };
-
     let Some(blob) = blob else {
-        return match (method, req.q("restype"), comp) {
-            (&Method::PUT, Some("container"), None) => {
-                store.create_container_with(&container, &request_metadata(req)?)?;
-                // The container exists now: whatever happens next, the answer is 201 (a client
-                // told 503 would create it again and be told it already exists).
-                let answer = match store.container_properties(&container) {
-                    Ok(props) => ok(201)
-                        .header("etag", &props.etag)
-                        .header("last-modified", http_date(props.last_modified)),
-                    Err(_) => ok(201),
-                };
-                Ok(built(answer, empty()))
-            }
-            (&Method::PUT, Some("container"), Some("metadata")) => {
-                let props = store.set_container_metadata(&container, &request_metadata(req)?)?;
-                Ok(built(
-                    ok(200)
-                        .header("etag", &props.etag)
-                        .header("last-modified", http_date(props.last_modified)),
-                    empty(),
-                ))
-            }
-            (&Method::GET, Some("container"), Some("list")) => {
-                let params = ListParams::from_query(|n| req.q(n))?;
-                let blobs = store.list_blobs(&container, includes(req, "snapshots"))?;
-                let (page, next) = page_blobs(&blobs, &params);
-                let xml = xml::blob_list(
-                    &service_url,
-                    &container,
-                    &params,
-                    &page,
-                    next.as_deref(),
-                    includes(req, "metadata"),
-                );
-                Ok(built(
-                    ok(200).header("content-type", "application/xml"),
-                    Body::from(xml),
-                ))
-            }
-            (&Method::GET | &Method::HEAD, Some("container"), None | Some("metadata")) => {
-                let props = store.container_properties(&container)?;
-                let b = ok(200)
-                    .header("etag", &props.etag)
-                    .header("last-modified", http_date(props.last_modified))
-                    .header("x-ms-lease-state", "available")
-                    .header("x-ms-lease-status", "unlocked")
-                    .header("x-ms-has-immutability-policy", "false")
-                    .header("x-ms-has-legal-hold", "false");
-                Ok(built(with_metadata(b, &props.metadata), empty()))
-            }
-            _ => Err(bad(
-                ErrorCode::UnsupportedHttpVerb,
-                format!("{method} {path} is not supported"),
-            )),
-        };
+        return container_request(state, method, path, req, comp, container);
     };
-
     let p = BlobPath { container, blob };
     let cond = req.conditions()?;
-    let refuse_snapshot = || -> Result<(), StoreError> {
-        if snapshot.is_some() {
-            return Err(bad(
-                ErrorCode::InvalidQueryParameterValue,
-                format!("{p}: a snapshot is read-only"),
-            ));
-        }
-        Ok(())
+    let call = BlobCall {
+        state,
+        store,
+        req,
+        p,
+        cond,
+        snapshot,
     };
     match (method, comp) {
-        (&Method::PUT, None) => {
-            refuse_snapshot()?;
-            match req.header("x-ms-blob-type") {
-                Some("PageBlob") => {}
-                Some(other) => {
-                    return Err(bad(
-                        ErrorCode::InvalidHeaderValue,
-                        format!("x-ms-blob-type {other}: only PageBlob is supported"),
-                    ))
-                }
-                None => {
-                    return Err(bad(
-                        ErrorCode::MissingRequiredHeader,
-                        "x-ms-blob-type is required",
-                    ))
-                }
-            }
-            let size = req.u64_header("x-ms-blob-content-length")?.ok_or_else(|| {
-                bad(
-                    ErrorCode::MissingRequiredHeader,
-                    "x-ms-blob-content-length is required for a page blob",
-                )
-            })?;
-            let seq = req.u64_header("x-ms-blob-sequence-number")?.unwrap_or(0);
-            let headers = BlobHeaders {
-                metadata: request_metadata(req)?,
-                content: ContentHeaders::from_request(|n| req.header(n).map(str::to_string))
-                    .unwrap_or_default(),
-            };
-            let props = store.create_page_blob_with(&p, size, seq, &cond, &headers)?;
-            Ok(built(
-                with_properties(ok(201), &props).header("x-ms-request-server-encrypted", "false"),
-                empty(),
-            ))
-        }
-        (&Method::PUT, Some("page")) => {
-            refuse_snapshot()?;
-            let (start, end) = req.range()?.ok_or_else(|| {
-                bad(
-                    ErrorCode::MissingRequiredHeader,
-                    "x-ms-range or Range is required",
-                )
-            })?;
-            let end = end
-                .ok_or_else(|| bad(ErrorCode::InvalidHeaderValue, "the page range needs an end"))?;
-            // `req.range()` ensures end >= start; only `+ 1` can overflow (end = 2^64 - 1).
-            let len = (end - start).checked_add(1).ok_or_else(|| {
-                bad(
-                    ErrorCode::InvalidPageRange,
-                    format!("range {start}-{end} is too long"),
-                )
-            })?;
-            let props = match req.header("x-ms-page-write") {
-                Some("update") => {
-                    if body.len() as u64 != len {
-                        return Err(bad(
-                            ErrorCode::InvalidHeaderValue,
-                            format!("{} body bytes for a {len}-byte range", body.len()),
-                        ));
-                    }
-                    store.put_pages(&p, start, body, &cond)?
-                }
-                Some("clear") => store.clear_pages(&p, start, len, &cond)?,
-                Some(other) => {
-                    return Err(bad(
-                        ErrorCode::InvalidHeaderValue,
-                        format!("x-ms-page-write {other}: update or clear"),
-                    ))
-                }
-                None => {
-                    return Err(bad(
-                        ErrorCode::MissingRequiredHeader,
-                        "x-ms-page-write is required",
-                    ))
-                }
-            };
-            Ok(built(
-                with_properties(ok(201), &props).header("x-ms-request-server-encrypted", "false"),
-                empty(),
-            ))
-        }
-        (&Method::GET, Some("pagelist")) => {
-            // An open-ended range (`bytes=0-`, what the JS SDK sends) runs to the blob's end.
-            let range = req
-                .range()?
-                .map(|(s, e)| (s, e.unwrap_or(MAX_BLOB_SIZE - 1)));
-            let marker = req
-                .q("marker")
-                .map(|m| {
-                    m.parse::<u64>()
-                        .map_err(|_| bad(ErrorCode::InvalidQueryParameterValue, "marker"))
-                })
-                .transpose()?;
-            let max = req
-                .q("maxresults")
-                .map(|m| {
-                    m.parse::<usize>()
-                        .map_err(|_| bad(ErrorCode::InvalidQueryParameterValue, "maxresults"))
-                })
-                .transpose()?;
-            // The managed-disk form names the previous snapshot by URL instead.
-            let prev_from_url = match req.header("x-ms-previous-snapshot-url") {
-                Some(url) => parse_copy_source(&state.config.account, url)?.1,
-                None => None,
-            };
-            let prev = req.q("prevsnapshot").or(prev_from_url.as_deref());
-            let props = store.properties(&p, snapshot.as_deref())?;
-            if let Some(not_modified) = check_read_conditions(&props, &cond)? {
-                return Ok(not_modified);
-            }
-            let list = store.page_ranges(&p, snapshot.as_deref(), prev, range, marker, max)?;
-            let b = ok(200)
-                .header("content-type", "application/xml")
-                .header("x-ms-blob-content-length", props.size.to_string());
-            Ok(built(
-                with_properties(b, &props),
-                Body::from(xml::page_list(&list)),
-            ))
-        }
-        (&Method::PUT, Some("incrementalcopy")) => {
-            refuse_snapshot()?;
-            let source = req.header("x-ms-copy-source").ok_or_else(|| {
-                bad(
-                    ErrorCode::MissingRequiredHeader,
-                    "x-ms-copy-source is required",
-                )
-            })?;
-            let (source, source_snapshot) = parse_copy_source(&state.config.account, source)?;
-            let info = store.incremental_copy(&p, &source, source_snapshot.as_deref())?;
-            // The copy is started now: whatever happens next, the answer is 202 (a client told
-            // 503 would start it again and be refused, the snapshot having been copied).
-            let answer = match store.properties(&p, None) {
-                Ok(props) => with_properties(ok(202), &props),
-                Err(_) => ok(202),
-            };
-            Ok(built(with_copy(answer, &info), empty()))
-        }
-        (&Method::PUT, Some("snapshot")) => {
-            refuse_snapshot()?;
-            let id = store.snapshot(&p, &cond)?;
-            // The snapshot exists now: whatever happens next, the answer is 201 (a client
-            // told otherwise would take another). The ETag and time are the snapshot's.
-            let answer = match store.properties(&p, Some(&id)) {
-                Ok(props) => with_properties(ok(201), &props),
-                Err(_) => ok(201),
-            };
-            Ok(built(answer.header("x-ms-snapshot", id), empty()))
-        }
-        (&Method::PUT, Some("metadata")) => {
-            refuse_snapshot()?;
-            let props = store.set_metadata(&p, &request_metadata(req)?, &cond)?;
-            Ok(built(with_properties(ok(200), &props), empty()))
-        }
-        (&Method::GET | &Method::HEAD, Some("metadata")) => {
-            let props = store.properties(&p, snapshot.as_deref())?;
-            if let Some(not_modified) = check_read_conditions(&props, &cond)? {
-                return Ok(not_modified);
-            }
-            Ok(built(
-                with_metadata(with_properties(ok(200), &props), &props.metadata),
-                empty(),
-            ))
-        }
-        (&Method::PUT, Some("properties")) => {
-            refuse_snapshot()?;
-            // Everything the request asks for is read and checked before anything changes, so
-            // a bad header never leaves part of the request applied.
-            let content = ContentHeaders::from_request(|n| req.header(n).map(str::to_string));
-            let size = req.u64_header("x-ms-blob-content-length")?;
-            let action = sequence_number_action(req)?;
-            let changes = usize::from(size.is_some())
-                + usize::from(action.is_some())
-                + usize::from(content.is_some());
-            if changes > 1 && action == Some(SequenceNumberAction::Increment) {
-                let current = store.properties(&p, None)?;
-                if current.sequence_number >= MAX_SEQUENCE_NUMBER {
-                    return Err(bad(
-                        ErrorCode::SequenceNumberIncrementTooLarge,
-                        format!("{p}: sequence number is already 2^63-1"),
-                    ));
-                }
-            }
-            // Applied one after another, the most refusable first (a resize checks its size).
-            // The request's conditions hold against the blob as it was: the first change
-            // checks them, the later ones only the lease (the first changed the ETag and the
-            // time). Left: another client's change between the parts can still fail a later
-            // one.
-            let lease_only = Conditions {
-                lease_id: cond.lease_id.clone(),
-                ..Conditions::default()
-            };
-            let mut props = None;
-            let mut cond_now = cond.clone();
-            if let Some(size) = size {
-                props = Some(store.resize(&p, size, &cond_now)?);
-                cond_now = lease_only.clone();
-            }
-            if let Some(action) = action {
-                props = Some(store.set_sequence_number(&p, action, &cond_now)?);
-                cond_now = lease_only.clone();
-            }
-            // The six content headers are set together when any is given (absent ones are
-            // cleared); a request with none of them leaves them alone.
-            if let Some(content) = content {
-                props = Some(store.set_content_headers(&p, &content, &cond_now)?);
-            }
-            let props = match props {
-                Some(p) => p,
-                None => store.properties(&p, None)?,
-            };
-            Ok(built(with_properties(ok(200), &props), empty()))
-        }
-        (&Method::PUT, Some("lease")) => {
-            refuse_snapshot()?;
-            let id = || {
-                req.header("x-ms-lease-id")
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        bad(
-                            ErrorCode::MissingRequiredHeader,
-                            "x-ms-lease-id is required",
-                        )
-                    })
-            };
-            let proposed = || {
-                req.header("x-ms-proposed-lease-id")
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        bad(
-                            ErrorCode::MissingRequiredHeader,
-                            "x-ms-proposed-lease-id is required",
-                        )
-                    })
-            };
-            let secs = |name: &'static str| -> Result<Option<i64>, StoreError> {
-                req.header(name)
-                    .map(|v| {
-                        v.trim().parse::<i64>().map_err(|_| {
-                            bad(ErrorCode::InvalidHeaderValue, format!("{name}: {v:?}"))
-                        })
-                    })
-                    .transpose()
-            };
-            let (action, status) = match req.header("x-ms-lease-action") {
-                Some("acquire") => {
-                    let d = secs("x-ms-lease-duration")?.unwrap_or(-1);
-                    let duration_secs = if d == -1 {
-                        None
-                    } else {
-                        Some(u32::try_from(d).map_err(|_| {
-                            bad(ErrorCode::InvalidHeaderValue, "x-ms-lease-duration")
-                        })?)
-                    };
-                    (
-                        LeaseAction::Acquire {
-                            proposed_id: proposed()?,
-                            duration_secs,
-                        },
-                        201,
-                    )
-                }
-                Some("renew") => (LeaseAction::Renew { id: id()? }, 200),
-                Some("release") => (LeaseAction::Release { id: id()? }, 200),
-                Some("change") => (
-                    LeaseAction::Change {
-                        id: id()?,
-                        proposed_id: proposed()?,
-                    },
-                    200,
-                ),
-                Some("break") => {
-                    let period = secs("x-ms-lease-break-period")?
-                        .map(|v| u32::try_from(v.clamp(0, 60)).unwrap_or(0));
-                    (
-                        LeaseAction::Break {
-                            period_secs: period,
-                        },
-                        202,
-                    )
-                }
-                _ => {
-                    return Err(bad(
-                        ErrorCode::InvalidHeaderValue,
-                        "x-ms-lease-action must be acquire, renew, release, change or break",
-                    ))
-                }
-            };
-            let lease_cond = Conditions {
-                lease_id: None,
-                ..cond
-            };
-            let answer = store.lease(&p, &action, &lease_cond)?;
-            let mut b = ok(status).header("etag", &answer.etag);
-            if let Some(id) = &answer.lease_id {
-                b = b.header("x-ms-lease-id", id);
-            }
-            if let Some(t) = answer.lease_time_secs {
-                b = b.header("x-ms-lease-time", t.to_string());
-            }
-            Ok(built(b, empty()))
-        }
-        (&Method::HEAD, None) | (&Method::GET, None) => {
-            let props = store.properties(&p, snapshot.as_deref())?;
-            if let Some(not_modified) = check_read_conditions(&props, &cond)? {
-                return Ok(not_modified);
-            }
-            let range = req.range()?;
-            let base =
-                with_all_properties(ok(200), &props, method == Method::GET && range.is_some());
-            if method == Method::HEAD {
-                return Ok(built(
-                    base.header("content-length", props.size.to_string()),
-                    empty(),
-                ));
-            }
-            let (start, end, partial) = match range {
-                Some((s, e)) => {
-                    if s >= props.size {
-                        return Err(bad(
-                            ErrorCode::InvalidRange,
-                            format!(
-                                "{p}: range starts at {s}, past the {}-byte blob",
-                                props.size
-                            ),
-                        ));
-                    }
-                    (s, e.unwrap_or(u64::MAX).min(props.size - 1), true)
-                }
-                None if props.size == 0 => {
-                    return Ok(built(base.header("content-length", "0"), empty()))
-                }
-                None => (0, props.size - 1, false),
-            };
-            let len = end - start + 1;
-            if len > MAX_READ_BYTES {
-                return Err(bad(
-                    ErrorCode::InvalidRange,
-                    format!("{p}: {len} bytes in one read; use ranges of at most {MAX_READ_BYTES}"),
-                ));
-            }
-            let body = if len <= READ_CHUNK_BYTES as u64 {
-                let mut buf = vec![0u8; len as usize];
-                store.read(&p, snapshot.as_deref(), start, &mut buf)?;
-                Body::from(buf)
-            } else {
-                BlobRead {
-                    store: Arc::clone(&state.store),
-                    path: p.clone(),
-                    snapshot: snapshot.clone(),
-                    start,
-                    len,
-                    etag: props.etag.clone(),
-                }
-                .into_body()
-            };
-            let b = if partial {
-                base.status(206).header(
-                    "content-range",
-                    format!("bytes {start}-{end}/{}", props.size),
-                )
-            } else {
-                base
-            };
-            Ok(built(b.header("content-length", len.to_string()), body))
-        }
-        (&Method::DELETE, None) => {
-            let mode = match req.header("x-ms-delete-snapshots") {
-                None => None,
-                Some("include") => Some(DeleteSnapshots::Include),
-                Some("only") => Some(DeleteSnapshots::Only),
-                Some(other) => {
-                    return Err(bad(
-                        ErrorCode::InvalidHeaderValue,
-                        format!("x-ms-delete-snapshots {other}: include or only"),
-                    ))
-                }
-            };
-            store.delete_blob(&p, snapshot.as_deref(), mode, &cond)?;
-            Ok(built(ok(202), empty()))
-        }
+        (&Method::PUT, None) => call.put_blob(),
+        (&Method::PUT, Some("page")) => call.put_page(body),
+        (&Method::GET, Some("pagelist")) => call.get_page_ranges(),
+        (&Method::PUT, Some("incrementalcopy")) => call.incremental_copy(),
+        (&Method::PUT, Some("snapshot")) => call.snapshot(),
+        (&Method::PUT, Some("metadata")) => call.set_metadata(),
+        (&Method::GET | &Method::HEAD, Some("metadata")) => call.get_metadata(),
+        (&Method::PUT, Some("properties")) => call.set_properties(),
+        (&Method::PUT, Some("lease")) => call.lease(),
+        (&Method::HEAD, None) | (&Method::GET, None) => call.get_blob(method),
+        (&Method::DELETE, None) => call.delete_blob(),
         _ => Err(bad(
             ErrorCode::UnsupportedHttpVerb,
             format!(
@@ -1437,6 +977,637 @@ fn route(
                 comp.unwrap_or("")
             ),
         )),
+    }
+}
+
+/// A request to the account: List Containers.
+fn account_request(
+    state: &AppState,
+    method: &Method,
+    req: &Req<'_>,
+    comp: Option<&str>,
+) -> Result<Response, StoreError> {
+    let store = &*state.store;
+    let service_url = format!("/{}", state.config.account);
+    match (method, comp) {
+        (&Method::GET, Some("list")) => {
+            let params = ListParams::from_query(|n| req.q(n))?;
+            let names = store.list_containers()?;
+            let (page, next) = page_names(&names, &params);
+            let entries = page
+                .into_iter()
+                .map(|name| {
+                    Ok(xml::ContainerEntry {
+                        name,
+                        properties: store.container_properties(name)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let xml = xml::container_list(
+                &service_url,
+                &params,
+                &entries,
+                next.as_deref(),
+                includes(req, "metadata"),
+            );
+            Ok(built(
+                ok(200).header("content-type", "application/xml"),
+                Body::from(xml),
+            ))
+        }
+        _ => Err(bad(
+            ErrorCode::UnsupportedHttpVerb,
+            format!("{method} on the account is not supported"),
+        )),
+    }
+}
+
+/// A request to a container: create it, set or get its metadata and properties, list its
+/// blobs.
+fn container_request(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    req: &Req<'_>,
+    comp: Option<&str>,
+    container: String,
+) -> Result<Response, StoreError> {
+    let store = &*state.store;
+    let service_url = format!("/{}", state.config.account);
+    match (method, req.q("restype"), comp) {
+        (&Method::PUT, Some("container"), None) => {
+            store.create_container_with(&container, &request_metadata(req)?)?;
+            // The container exists now: whatever happens next, the answer is 201 (a client
+            // told 503 would create it again and be told it already exists).
+            let answer = match store.container_properties(&container) {
+                Ok(props) => ok(201)
+                    .header("etag", &props.etag)
+                    .header("last-modified", http_date(props.last_modified)),
+                Err(_) => ok(201),
+            };
+            Ok(built(answer, empty()))
+        }
+        (&Method::PUT, Some("container"), Some("metadata")) => {
+            let props = store.set_container_metadata(&container, &request_metadata(req)?)?;
+            Ok(built(
+                ok(200)
+                    .header("etag", &props.etag)
+                    .header("last-modified", http_date(props.last_modified)),
+                empty(),
+            ))
+        }
+        (&Method::GET, Some("container"), Some("list")) => {
+            let params = ListParams::from_query(|n| req.q(n))?;
+            let blobs = store.list_blobs(&container, includes(req, "snapshots"))?;
+            let (page, next) = page_blobs(&blobs, &params);
+            let xml = xml::blob_list(
+                &service_url,
+                &container,
+                &params,
+                &page,
+                next.as_deref(),
+                includes(req, "metadata"),
+            );
+            Ok(built(
+                ok(200).header("content-type", "application/xml"),
+                Body::from(xml),
+            ))
+        }
+        (&Method::GET | &Method::HEAD, Some("container"), None | Some("metadata")) => {
+            let props = store.container_properties(&container)?;
+            let b = ok(200)
+                .header("etag", &props.etag)
+                .header("last-modified", http_date(props.last_modified))
+                .header("x-ms-lease-state", "available")
+                .header("x-ms-lease-status", "unlocked")
+                .header("x-ms-has-immutability-policy", "false")
+                .header("x-ms-has-legal-hold", "false");
+            Ok(built(with_metadata(b, &props.metadata), empty()))
+        }
+        _ => Err(bad(
+            ErrorCode::UnsupportedHttpVerb,
+            format!("{method} {path} is not supported"),
+        )),
+    }
+}
+
+/// A response with `body`.
+fn built(b: axum::http::response::Builder, body: Body) -> Response {
+    b.body(body).expect("valid response")
+}
+
+fn empty() -> Body {
+    Body::empty()
+}
+
+/// Snapshots are read-only: a request that would change one is refused.
+fn refuse_snapshot(p: &BlobPath, snapshot: Option<&str>) -> Result<(), StoreError> {
+    if snapshot.is_some() {
+        return Err(bad(
+            ErrorCode::InvalidQueryParameterValue,
+            format!("{p}: a snapshot is read-only"),
+        ));
+    }
+    Ok(())
+}
+
+/// One request to a blob (or one of its snapshots): what each blob operation reads.
+struct BlobCall<'a> {
+    state: &'a AppState,
+    store: &'a dyn PageBlobStore,
+    req: &'a Req<'a>,
+    p: BlobPath,
+    cond: Conditions,
+    snapshot: Option<String>,
+}
+
+impl BlobCall<'_> {
+    /// Put Blob: a new page blob (only page blobs).
+    fn put_blob(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            store,
+            req,
+            p,
+            cond,
+            snapshot,
+            ..
+        } = self;
+        refuse_snapshot(&p, snapshot.as_deref())?;
+        match req.header("x-ms-blob-type") {
+            Some("PageBlob") => {}
+            Some(other) => {
+                return Err(bad(
+                    ErrorCode::InvalidHeaderValue,
+                    format!("x-ms-blob-type {other}: only PageBlob is supported"),
+                ))
+            }
+            None => {
+                return Err(bad(
+                    ErrorCode::MissingRequiredHeader,
+                    "x-ms-blob-type is required",
+                ))
+            }
+        }
+        let size = req.u64_header("x-ms-blob-content-length")?.ok_or_else(|| {
+            bad(
+                ErrorCode::MissingRequiredHeader,
+                "x-ms-blob-content-length is required for a page blob",
+            )
+        })?;
+        let seq = req.u64_header("x-ms-blob-sequence-number")?.unwrap_or(0);
+        let headers = BlobHeaders {
+            metadata: request_metadata(req)?,
+            content: ContentHeaders::from_request(|n| req.header(n).map(str::to_string))
+                .unwrap_or_default(),
+        };
+        let props = store.create_page_blob_with(&p, size, seq, &cond, &headers)?;
+        Ok(built(
+            with_properties(ok(201), &props).header("x-ms-request-server-encrypted", "false"),
+            empty(),
+        ))
+    }
+
+    /// Put Page: write (`update`) or clear a range of pages.
+    fn put_page(self, body: &[u8]) -> Result<Response, StoreError> {
+        let BlobCall {
+            store,
+            req,
+            p,
+            cond,
+            snapshot,
+            ..
+        } = self;
+        refuse_snapshot(&p, snapshot.as_deref())?;
+        let (start, end) = req.range()?.ok_or_else(|| {
+            bad(
+                ErrorCode::MissingRequiredHeader,
+                "x-ms-range or Range is required",
+            )
+        })?;
+        let end =
+            end.ok_or_else(|| bad(ErrorCode::InvalidHeaderValue, "the page range needs an end"))?;
+        // `req.range()` ensures end >= start; only `+ 1` can overflow (end = 2^64 - 1).
+        let len = (end - start).checked_add(1).ok_or_else(|| {
+            bad(
+                ErrorCode::InvalidPageRange,
+                format!("range {start}-{end} is too long"),
+            )
+        })?;
+        let props = match req.header("x-ms-page-write") {
+            Some("update") => {
+                if body.len() as u64 != len {
+                    return Err(bad(
+                        ErrorCode::InvalidHeaderValue,
+                        format!("{} body bytes for a {len}-byte range", body.len()),
+                    ));
+                }
+                store.put_pages(&p, start, body, &cond)?
+            }
+            Some("clear") => store.clear_pages(&p, start, len, &cond)?,
+            Some(other) => {
+                return Err(bad(
+                    ErrorCode::InvalidHeaderValue,
+                    format!("x-ms-page-write {other}: update or clear"),
+                ))
+            }
+            None => {
+                return Err(bad(
+                    ErrorCode::MissingRequiredHeader,
+                    "x-ms-page-write is required",
+                ))
+            }
+        };
+        Ok(built(
+            with_properties(ok(201), &props).header("x-ms-request-server-encrypted", "false"),
+            empty(),
+        ))
+    }
+
+    /// Get Page Ranges, or their diff against a previous snapshot.
+    fn get_page_ranges(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            state,
+            store,
+            req,
+            p,
+            cond,
+            snapshot,
+        } = self;
+        // An open-ended range (`bytes=0-`, what the JS SDK sends) runs to the blob's end.
+        let range = req
+            .range()?
+            .map(|(s, e)| (s, e.unwrap_or(MAX_BLOB_SIZE - 1)));
+        let marker = req
+            .q("marker")
+            .map(|m| {
+                m.parse::<u64>()
+                    .map_err(|_| bad(ErrorCode::InvalidQueryParameterValue, "marker"))
+            })
+            .transpose()?;
+        let max = req
+            .q("maxresults")
+            .map(|m| {
+                m.parse::<usize>()
+                    .map_err(|_| bad(ErrorCode::InvalidQueryParameterValue, "maxresults"))
+            })
+            .transpose()?;
+        // The managed-disk form names the previous snapshot by URL instead.
+        let prev_from_url = match req.header("x-ms-previous-snapshot-url") {
+            Some(url) => parse_copy_source(&state.config.account, url)?.1,
+            None => None,
+        };
+        let prev = req.q("prevsnapshot").or(prev_from_url.as_deref());
+        let props = store.properties(&p, snapshot.as_deref())?;
+        if let Some(not_modified) = check_read_conditions(&props, &cond)? {
+            return Ok(not_modified);
+        }
+        let list = store.page_ranges(&p, snapshot.as_deref(), prev, range, marker, max)?;
+        let b = ok(200)
+            .header("content-type", "application/xml")
+            .header("x-ms-blob-content-length", props.size.to_string());
+        Ok(built(
+            with_properties(b, &props),
+            Body::from(xml::page_list(&list)),
+        ))
+    }
+
+    /// Incremental Copy Blob from a snapshot of another blob.
+    fn incremental_copy(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            state,
+            store,
+            req,
+            p,
+            snapshot,
+            ..
+        } = self;
+        refuse_snapshot(&p, snapshot.as_deref())?;
+        let source = req.header("x-ms-copy-source").ok_or_else(|| {
+            bad(
+                ErrorCode::MissingRequiredHeader,
+                "x-ms-copy-source is required",
+            )
+        })?;
+        let (source, source_snapshot) = parse_copy_source(&state.config.account, source)?;
+        let info = store.incremental_copy(&p, &source, source_snapshot.as_deref())?;
+        // The copy is started now: whatever happens next, the answer is 202 (a client told
+        // 503 would start it again and be refused, the snapshot having been copied).
+        let answer = match store.properties(&p, None) {
+            Ok(props) => with_properties(ok(202), &props),
+            Err(_) => ok(202),
+        };
+        Ok(built(with_copy(answer, &info), empty()))
+    }
+
+    /// Snapshot Blob.
+    fn snapshot(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            store,
+            p,
+            cond,
+            snapshot,
+            ..
+        } = self;
+        refuse_snapshot(&p, snapshot.as_deref())?;
+        let id = store.snapshot(&p, &cond)?;
+        // The snapshot exists now: whatever happens next, the answer is 201 (a client
+        // told otherwise would take another). The ETag and time are the snapshot's.
+        let answer = match store.properties(&p, Some(&id)) {
+            Ok(props) => with_properties(ok(201), &props),
+            Err(_) => ok(201),
+        };
+        Ok(built(answer.header("x-ms-snapshot", id), empty()))
+    }
+
+    /// Set Blob Metadata.
+    fn set_metadata(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            store,
+            req,
+            p,
+            cond,
+            snapshot,
+            ..
+        } = self;
+        refuse_snapshot(&p, snapshot.as_deref())?;
+        let props = store.set_metadata(&p, &request_metadata(req)?, &cond)?;
+        Ok(built(with_properties(ok(200), &props), empty()))
+    }
+
+    /// Get Blob Metadata.
+    fn get_metadata(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            store,
+            p,
+            cond,
+            snapshot,
+            ..
+        } = self;
+        let props = store.properties(&p, snapshot.as_deref())?;
+        if let Some(not_modified) = check_read_conditions(&props, &cond)? {
+            return Ok(not_modified);
+        }
+        Ok(built(
+            with_metadata(with_properties(ok(200), &props), &props.metadata),
+            empty(),
+        ))
+    }
+
+    /// Set Blob Properties: resize, sequence number and content headers.
+    fn set_properties(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            store,
+            req,
+            p,
+            cond,
+            snapshot,
+            ..
+        } = self;
+        refuse_snapshot(&p, snapshot.as_deref())?;
+        // Everything the request asks for is read and checked before anything changes, so
+        // a bad header never leaves part of the request applied.
+        let content = ContentHeaders::from_request(|n| req.header(n).map(str::to_string));
+        let size = req.u64_header("x-ms-blob-content-length")?;
+        let action = sequence_number_action(req)?;
+        let changes = usize::from(size.is_some())
+            + usize::from(action.is_some())
+            + usize::from(content.is_some());
+        if changes > 1 && action == Some(SequenceNumberAction::Increment) {
+            let current = store.properties(&p, None)?;
+            if current.sequence_number >= MAX_SEQUENCE_NUMBER {
+                return Err(bad(
+                    ErrorCode::SequenceNumberIncrementTooLarge,
+                    format!("{p}: sequence number is already 2^63-1"),
+                ));
+            }
+        }
+        // Applied one after another, the most refusable first (a resize checks its size).
+        // The request's conditions hold against the blob as it was: the first change
+        // checks them, the later ones only the lease (the first changed the ETag and the
+        // time). Left: another client's change between the parts can still fail a later
+        // one.
+        let lease_only = Conditions {
+            lease_id: cond.lease_id.clone(),
+            ..Conditions::default()
+        };
+        let mut props = None;
+        let mut cond_now = cond.clone();
+        if let Some(size) = size {
+            props = Some(store.resize(&p, size, &cond_now)?);
+            cond_now = lease_only.clone();
+        }
+        if let Some(action) = action {
+            props = Some(store.set_sequence_number(&p, action, &cond_now)?);
+            cond_now = lease_only.clone();
+        }
+        // The six content headers are set together when any is given (absent ones are
+        // cleared); a request with none of them leaves them alone.
+        if let Some(content) = content {
+            props = Some(store.set_content_headers(&p, &content, &cond_now)?);
+        }
+        let props = match props {
+            Some(p) => p,
+            None => store.properties(&p, None)?,
+        };
+        Ok(built(with_properties(ok(200), &props), empty()))
+    }
+
+    /// Lease Blob: acquire, renew, release, change or break.
+    fn lease(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            store,
+            req,
+            p,
+            cond,
+            snapshot,
+            ..
+        } = self;
+        refuse_snapshot(&p, snapshot.as_deref())?;
+        let id = || {
+            req.header("x-ms-lease-id")
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    bad(
+                        ErrorCode::MissingRequiredHeader,
+                        "x-ms-lease-id is required",
+                    )
+                })
+        };
+        let proposed = || {
+            req.header("x-ms-proposed-lease-id")
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    bad(
+                        ErrorCode::MissingRequiredHeader,
+                        "x-ms-proposed-lease-id is required",
+                    )
+                })
+        };
+        let secs = |name: &'static str| -> Result<Option<i64>, StoreError> {
+            req.header(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<i64>()
+                        .map_err(|_| bad(ErrorCode::InvalidHeaderValue, format!("{name}: {v:?}")))
+                })
+                .transpose()
+        };
+        let (action, status) = match req.header("x-ms-lease-action") {
+            Some("acquire") => {
+                let d = secs("x-ms-lease-duration")?.unwrap_or(-1);
+                let duration_secs =
+                    if d == -1 {
+                        None
+                    } else {
+                        Some(u32::try_from(d).map_err(|_| {
+                            bad(ErrorCode::InvalidHeaderValue, "x-ms-lease-duration")
+                        })?)
+                    };
+                (
+                    LeaseAction::Acquire {
+                        proposed_id: proposed()?,
+                        duration_secs,
+                    },
+                    201,
+                )
+            }
+            Some("renew") => (LeaseAction::Renew { id: id()? }, 200),
+            Some("release") => (LeaseAction::Release { id: id()? }, 200),
+            Some("change") => (
+                LeaseAction::Change {
+                    id: id()?,
+                    proposed_id: proposed()?,
+                },
+                200,
+            ),
+            Some("break") => {
+                let period = secs("x-ms-lease-break-period")?
+                    .map(|v| u32::try_from(v.clamp(0, 60)).unwrap_or(0));
+                (
+                    LeaseAction::Break {
+                        period_secs: period,
+                    },
+                    202,
+                )
+            }
+            _ => {
+                return Err(bad(
+                    ErrorCode::InvalidHeaderValue,
+                    "x-ms-lease-action must be acquire, renew, release, change or break",
+                ))
+            }
+        };
+        let lease_cond = Conditions {
+            lease_id: None,
+            ..cond
+        };
+        let answer = store.lease(&p, &action, &lease_cond)?;
+        let mut b = ok(status).header("etag", &answer.etag);
+        if let Some(id) = &answer.lease_id {
+            b = b.header("x-ms-lease-id", id);
+        }
+        if let Some(t) = answer.lease_time_secs {
+            b = b.header("x-ms-lease-time", t.to_string());
+        }
+        Ok(built(b, empty()))
+    }
+
+    /// Get Blob (whole or a range) and Get Blob Properties (`HEAD`).
+    fn get_blob(self, method: &Method) -> Result<Response, StoreError> {
+        let BlobCall {
+            state,
+            store,
+            req,
+            p,
+            cond,
+            snapshot,
+        } = self;
+        let props = store.properties(&p, snapshot.as_deref())?;
+        if let Some(not_modified) = check_read_conditions(&props, &cond)? {
+            return Ok(not_modified);
+        }
+        let range = req.range()?;
+        let base = with_all_properties(ok(200), &props, method == Method::GET && range.is_some());
+        if method == Method::HEAD {
+            return Ok(built(
+                base.header("content-length", props.size.to_string()),
+                empty(),
+            ));
+        }
+        let (start, end, partial) = match range {
+            Some((s, e)) => {
+                if s >= props.size {
+                    return Err(bad(
+                        ErrorCode::InvalidRange,
+                        format!(
+                            "{p}: range starts at {s}, past the {}-byte blob",
+                            props.size
+                        ),
+                    ));
+                }
+                (s, e.unwrap_or(u64::MAX).min(props.size - 1), true)
+            }
+            None if props.size == 0 => {
+                return Ok(built(base.header("content-length", "0"), empty()))
+            }
+            None => (0, props.size - 1, false),
+        };
+        let len = end - start + 1;
+        if len > MAX_READ_BYTES {
+            return Err(bad(
+                ErrorCode::InvalidRange,
+                format!("{p}: {len} bytes in one read; use ranges of at most {MAX_READ_BYTES}"),
+            ));
+        }
+        let body = if len <= READ_CHUNK_BYTES as u64 {
+            let mut buf = vec![0u8; len as usize];
+            store.read(&p, snapshot.as_deref(), start, &mut buf)?;
+            Body::from(buf)
+        } else {
+            BlobRead {
+                store: Arc::clone(&state.store),
+                path: p.clone(),
+                snapshot: snapshot.clone(),
+                start,
+                len,
+                etag: props.etag.clone(),
+            }
+            .into_body()
+        };
+        let b = if partial {
+            base.status(206).header(
+                "content-range",
+                format!("bytes {start}-{end}/{}", props.size),
+            )
+        } else {
+            base
+        };
+        Ok(built(b.header("content-length", len.to_string()), body))
+    }
+
+    /// Delete Blob, a snapshot, or its snapshots.
+    fn delete_blob(self) -> Result<Response, StoreError> {
+        let BlobCall {
+            store,
+            req,
+            p,
+            cond,
+            snapshot,
+            ..
+        } = self;
+        let mode = match req.header("x-ms-delete-snapshots") {
+            None => None,
+            Some("include") => Some(DeleteSnapshots::Include),
+            Some("only") => Some(DeleteSnapshots::Only),
+            Some(other) => {
+                return Err(bad(
+                    ErrorCode::InvalidHeaderValue,
+                    format!("x-ms-delete-snapshots {other}: include or only"),
+                ))
+            }
+        };
+        store.delete_blob(&p, snapshot.as_deref(), mode, &cond)?;
+        Ok(built(ok(202), empty()))
     }
 }
 

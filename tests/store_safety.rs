@@ -403,10 +403,23 @@ fn restore_never_overwrites_without_force_writes_sparse_and_leaves_nothing_when_
         "{allocated} bytes allocated for {} with half its blocks zero",
         content.len()
     );
-    // --force replaces it.
+    // A new file has the permissions of any new file (0666 less the umask, not a temporary
+    // file's 0600); --force replaces a file and keeps its permissions.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &str| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    // The umask as the kernel reports it (setting it to read it would race other tests).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap();
+    assert_eq!(mode(&out), 0o666 & !umask);
     std::fs::write(&out, b"old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o640)).unwrap();
     dp(&args(&restore_to(&out, &["--force"])));
     assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert_eq!(mode(&out), 0o640, "a replaced file keeps its permissions");
     // What a restore killed mid-way leaves (its unlocked partial file) goes with the next
     // restore to that target; the file of a restore still running (locked) stays.
     let killed = s.p(".restored.raw.k1Ll3d.partial");

@@ -222,16 +222,20 @@ struct RestoreOutput {
 
 impl RestoreOutput {
     fn prepare(target: &Path, force: bool) -> Result<RestoreOutput> {
-        match std::fs::symlink_metadata(target) {
+        use std::os::unix::fs::PermissionsExt;
+        // A new file gets the permissions any new file gets (0666 less the umask), a replaced
+        // one keeps its own: a disk restored for a VM that runs as another user stays readable
+        // as the user expects (a temporary file's 0600 was kept until session 26).
+        let replaced = match std::fs::symlink_metadata(target) {
             Ok(m) if !m.file_type().is_file() => bail!(
                 "{}: exists and is not a regular file; restore writes a new file",
                 target.display()
             ),
             Ok(_) if !force => bail!("{} exists: give --force to replace it", target.display()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(m) => Some(m.permissions()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(anyhow::Error::new(e).context(target.display().to_string())),
-        }
+        };
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -243,8 +247,14 @@ impl RestoreOutput {
         let temp = tempfile::Builder::new()
             .prefix(&prefix)
             .suffix(PARTIAL)
+            .permissions(std::fs::Permissions::from_mode(0o666))
             .tempfile_in(dir)
             .with_context(|| format!("creating a file in {}", dir.display()))?;
+        if let Some(permissions) = replaced {
+            temp.as_file()
+                .set_permissions(permissions)
+                .with_context(|| temp.path().display().to_string())?;
+        }
         // Locked while this restore lives, so a later one tells its file from a killed one's.
         rustix::fs::flock(
             temp.as_file(),

@@ -33,3 +33,70 @@ impl Threads {
         }
     }
 }
+
+/// The longest secret a password file may hold on its first line.
+const MAX_SECRET_BYTES: u64 = 4096;
+
+/// The first line of a password file (`--password-file`, `--proxy-password-file`), read
+/// without reading the rest: a file, or a pipe such as `<(pass show vault)`. A first line past
+/// 4 KiB (a wrong file, `/dev/zero`) is refused naming the file, never read whole.
+pub fn secret_from_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).with_context(|| format!("{what} {}", path.display()))?;
+    let mut line = Vec::new();
+    std::io::BufReader::new(file.take(MAX_SECRET_BYTES + 1))
+        .read_until(b'\n', &mut line)
+        .with_context(|| format!("{what} {}", path.display()))?;
+    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() as u64 > MAX_SECRET_BYTES {
+        anyhow::bail!(
+            "{what} {}: its first line is longer than {MAX_SECRET_BYTES} bytes; it should hold \
+             the password alone",
+            path.display()
+        );
+    }
+    String::from_utf8(line.to_vec())
+        .map_err(|_| anyhow::anyhow!("{what} {}: the password is not UTF-8", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_from_file;
+
+    #[test]
+    fn a_password_file_gives_its_first_line_and_never_more_than_4_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let read = |path: &std::path::Path| secret_from_file(path, "password file");
+        assert_eq!(read(&at("a", b"s3cret\nignored\n")).unwrap(), "s3cret");
+        assert_eq!(read(&at("b", b"s3cret\r\n")).unwrap(), "s3cret");
+        assert_eq!(read(&at("c", b"no newline")).unwrap(), "no newline");
+        assert_eq!(read(&at("d", b"")).unwrap(), "");
+        assert_eq!(read(&at("e", &[b'x'; 4096])).unwrap().len(), 4096);
+        let long = read(&at("f", &[b'x'; 5000])).unwrap_err().to_string();
+        assert!(long.contains("longer than 4096 bytes"), "{long}");
+        // A device that never ends: refused after 4 KiB, not read to exhaustion.
+        let zero = read(std::path::Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            zero.contains("/dev/zero: its first line is longer"),
+            "{zero}"
+        );
+        let bad = read(&at("g", &[0xff, 0xfe, b'\n']))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("not UTF-8"), "{bad}");
+        let missing = read(&dir.path().join("missing")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("password file"),
+            "{missing:#}"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use pageblob::http::proxy::{ProxyRecord, ProxySettings};
 
@@ -25,9 +25,7 @@ pub struct ProxyArgs {
 impl ProxyArgs {
     fn password(&self) -> Result<Option<String>> {
         if let Some(f) = &self.proxy_password_file {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("proxy password file {}", f.display()))?;
-            return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
+            return super::secret_from_file(f, "proxy password file").map(Some);
         }
         Ok(std::env::var("DRPLANE_PROXY_PASSWORD").ok())
     }

@@ -70,9 +70,7 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The .pfx password from a file, the environment or the terminal — never from the command line.
 pub fn pfx_password(file: Option<&Path>, confirm: bool) -> Result<String> {
     if let Some(f) = file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("password file {}", f.display()))?;
-        return Ok(text.lines().next().unwrap_or_default().to_string());
+        return super::secret_from_file(f, "password file");
     }
     if let Ok(p) = std::env::var("DRPLANE_PFX_PASSWORD") {
         return Ok(p);

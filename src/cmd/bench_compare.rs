@@ -120,7 +120,7 @@ fn load(path: &Path) -> Result<BTreeMap<String, f64>> {
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let text = super::read_input_text(path, 64 << 20)?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not JSON (save `drplane bench --json`)", path.display()))?;
     match value.get("schema").and_then(serde_json::Value::as_u64) {

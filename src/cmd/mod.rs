@@ -34,6 +34,36 @@ impl Threads {
     }
 }
 
+/// The most a policy, scenario, workload, credentials or .pfx file given on the command line
+/// may hold (the largest real one is a few KiB).
+pub const MAX_INPUT_FILE_BYTES: u64 = 4 << 20;
+
+/// A file given on the command line, read whole up to `max` bytes: a bigger one (a wrong
+/// path, `/dev/zero`) is refused naming it instead of read until memory runs out.
+pub fn read_input_file(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::Error::new(e).context(path.display().to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow::Error::new(e).context(path.display().to_string()))?;
+    if bytes.len() as u64 > max {
+        anyhow::bail!(
+            "{}: more than {} MiB; not the file this asks for",
+            path.display(),
+            max >> 20
+        );
+    }
+    Ok(bytes)
+}
+
+/// [`read_input_file`] of UTF-8 text.
+pub fn read_input_text(path: &std::path::Path, max: u64) -> anyhow::Result<String> {
+    String::from_utf8(read_input_file(path, max)?)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))
+}
+
 /// The longest secret a password file may hold on its first line.
 const MAX_SECRET_BYTES: u64 = 4096;
 
@@ -63,7 +93,30 @@ pub fn secret_from_file(path: &std::path::Path, what: &str) -> anyhow::Result<St
 
 #[cfg(test)]
 mod tests {
-    use super::secret_from_file;
+    use super::{read_input_text, secret_from_file};
+
+    #[test]
+    fn an_input_file_is_read_up_to_its_limit_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "copy_frequency_secs = 300\n").unwrap();
+        assert_eq!(
+            read_input_text(&path, 1 << 20).unwrap(),
+            "copy_frequency_secs = 300\n"
+        );
+        std::fs::write(&path, vec![b'#'; (1 << 20) + 1]).unwrap();
+        let big = read_input_text(&path, 1 << 20).unwrap_err().to_string();
+        assert!(big.contains("more than 1 MiB"), "{big}");
+        let zero = read_input_text(std::path::Path::new("/dev/zero"), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("/dev/zero: more than 1 MiB"), "{zero}");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(read_input_text(&path, 1 << 20)
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8"));
+    }
 
     #[test]
     fn a_password_file_gives_its_first_line_and_never_more_than_4_kib() {

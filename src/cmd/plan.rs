@@ -80,7 +80,7 @@ pub struct PlanArgs {
 fn input(args: &PlanArgs) -> Result<PlanInput> {
     let mut input = match &args.file {
         Some(f) => {
-            let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+            let text = super::read_input_text(f, super::MAX_INPUT_FILE_BYTES)?;
             toml::from_str::<PlanInput>(&text).with_context(|| f.display().to_string())?
         }
         None => PlanInput {

@@ -47,7 +47,7 @@ pub struct Keys {
 
 impl Keys {
     fn load(&self) -> Result<Identity> {
-        let bytes = std::fs::read(&self.pfx).with_context(|| self.pfx.display().to_string())?;
+        let bytes = super::read_input_file(&self.pfx, super::MAX_INPUT_FILE_BYTES)?;
         let password = pfx_password(self.password_file.as_deref(), false)?;
         Identity::from_pfx(&bytes, &password).with_context(|| self.pfx.display().to_string())
     }
@@ -403,14 +403,13 @@ fn check_registration(
         Some(p) => p.clone(),
         None => args.keys.pfx.with_extension("VaultCredentials"),
     };
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
+    let text = match std::fs::metadata(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "{}: no vault credentials, so this server is not registered (run `drplane register`, \
              or give --credentials with the file it wrote beside this .pfx)",
             path.display()
         ),
-        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+        _ => super::read_input_file(&path, super::MAX_INPUT_FILE_BYTES)?,
     };
     let creds: VaultCredentials = serde_json::from_slice(&text)
         .with_context(|| format!("{}: not vault credentials", path.display()))?;
@@ -440,7 +439,7 @@ pub struct PolicyArgs {
 /// The policy file (or the defaults) with the flags applied, checked against `profile`.
 pub fn load_policy(args: &PolicyArgs, profile: Profile) -> Result<Policy> {
     let text = match &args.policy {
-        Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+        Some(p) => super::read_input_text(p, super::MAX_INPUT_FILE_BYTES)?,
         None => String::new(),
     };
     let policy = Policy::from_toml(&text, profile).with_context(|| match &args.policy {

@@ -196,9 +196,7 @@ fn run_scenario(
     label: &str,
 ) -> std::result::Result<(sim::Report, f64), (anyhow::Error, Option<u64>)> {
     let text = match scenario {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| p.display().to_string())
-            .map_err(|e| (e, seed))?,
+        Some(p) => super::read_input_text(p, super::MAX_INPUT_FILE_BYTES).map_err(|e| (e, seed))?,
         None => sim::QUICKSTART.to_string(),
     };
     let parsed = sim::Scenario::parse(&text)

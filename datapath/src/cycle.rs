@@ -178,8 +178,6 @@ pub enum CycleError {
     Abandoned,
     #[error("reading the source disk at {offset:#x}: {source}")]
     Source { offset: u64, source: std::io::Error },
-    #[error("this replica was written with certificate {found}; the .pfx given is {given}")]
-    OtherCertificate { found: String, given: String },
     #[error(
         "the disk is {disk} bytes but the replica was made for {replica}: a replica keeps one \
          disk size, so a resized disk goes into a new replica (replicate it under another \
@@ -341,10 +339,11 @@ fn replica_state(
     };
     if let Some(last) = points.last() {
         if last.key_id != identity.key_id.0 {
-            return Err(CycleError::OtherCertificate {
+            return Err(ReplicaError::OtherCertificate {
                 found: KeyId(last.key_id).to_string(),
                 given: identity.key_id.to_string(),
-            });
+            }
+            .into());
         }
         if last.disk_size != layout.disk_size {
             return Err(CycleError::DiskSize {

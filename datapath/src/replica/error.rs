@@ -36,8 +36,9 @@ pub enum ReplicaError {
     PointTaken { sequence: u64 },
     #[error("replica name {name:?}: {why}")]
     BadName { name: String, why: String },
-    /// None of the replica's points authenticates under the key given, and they all name one
-    /// other certificate.
+    /// The replica's points were written with another certificate than the .pfx given: none
+    /// authenticates and all name one other thumbprint, or (keys alike) the newest names
+    /// another.
     #[error("this replica was written with certificate {found}; the .pfx given is {given}")]
     OtherCertificate { found: String, given: String },
     #[error("no replica named {name} (its {blob} blob is missing)")]

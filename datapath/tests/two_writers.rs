@@ -11,6 +11,7 @@ use datapath::agent::{AgentError, AgentTarget, DiskAgent};
 use datapath::keys::Identity;
 use datapath::policy::Policy;
 use datapath::replica::block_record::BlockCodec;
+use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::error::ReplicaError;
 use datapath::replica::manifest::Consistency;
 use datapath::replicator::{CycleKind, CyclePlan};
@@ -174,6 +175,36 @@ fn a_writer_taken_over_commits_nothing_more() {
     assert!(taken_over(&cycle(&mut b, &disk_b, T0 + 4).unwrap_err()));
     let sequences: Vec<u64> = images.keys().copied().collect();
     assert_eq!(sequences, [0, 1, 2], "the refused cycles committed nothing");
+    assert_points_restore(&store, &id, &images);
+}
+
+#[test]
+fn a_take_over_that_lands_late_leaves_the_later_writer_holding_the_replica() {
+    // Two writers take the replica over at once, blob after blob: the earlier epoch's fences
+    // may land after the later one's. Set with a plain update they left each writer holding
+    // some blobs — both refused, neither committing (two `replicate` runs at once in CI).
+    // Raised with `max`, the later epoch keeps every blob.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, id) = store_and_identity(dir.path());
+    let layout = Layout {
+        disk_size: SIZE as u64,
+        block_size: BLOCK as u32,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut disk = vec![0u8; SIZE];
+    scribble(&mut disk, &mut rng);
+    let mut images = BTreeMap::new();
+    let mut first = open(&store, &id, 1).unwrap();
+    images.insert(cycle(&mut first, &disk, T0).unwrap(), disk.clone());
+    // The earlier writer claims its epoch, then the later one claims and takes over whole.
+    let mut earlier = DiskReplica::open(&store, "replicas", "shared-disk", layout).unwrap();
+    let earlier_epoch = earlier.claim_epoch(&mut rng).unwrap();
+    let mut later = open(&store, &id, 2).unwrap();
+    assert!(later.nonce_epoch() > earlier_epoch);
+    // The earlier writer's take-over lands last.
+    earlier.take_over(earlier_epoch).unwrap();
+    scribble(&mut disk, &mut rng);
+    images.insert(cycle(&mut later, &disk, T0 + 1).unwrap(), disk.clone());
     assert_points_restore(&store, &id, &images);
 }
 

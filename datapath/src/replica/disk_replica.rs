@@ -14,6 +14,7 @@
 
 use super::block_record::{BlockCodec, Encoded};
 use super::error::ReplicaError;
+use super::fence::{fence_of, raise_fence};
 use super::manifest::{Consistency, Manifest, ManifestError};
 use super::slot_header::{SlotHeader, HEADER_SIZE};
 use super::staging_log::StagingLog;
@@ -153,13 +154,6 @@ fn create_if_absent(
         Err(e) if e.code() == Some(ErrorCode::BlobAlreadyExists) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// The sequence number that fences a writer of nonce epoch `epoch`: its low 53 bits, so it
-/// survives a store that keeps sequence numbers as doubles (Azurite; Azure allows up to
-/// 2^63 − 1); consecutive epochs get different fences.
-fn fence_of(epoch: u64) -> u64 {
-    epoch & ((1 << 53) - 1)
 }
 
 impl<'a> DiskReplica<'a> {
@@ -343,9 +337,8 @@ impl<'a> DiskReplica<'a> {
     /// writes, the other stops. Take over before listing the points a writer acts on.
     pub fn take_over(&mut self, epoch: u64) -> Result<(), ReplicaError> {
         let fence = fence_of(epoch);
-        let action = pageblob::SequenceNumberAction::Update(fence);
         for path in [&self.data, &self.digests, &self.journal] {
-            self.store.set_sequence_number(path, action, &none())?;
+            raise_fence(self.store, path, fence)?;
         }
         if let Some(log) = &mut self.staging {
             log.take_over(fence)?;
@@ -1136,33 +1129,5 @@ pub(crate) fn block_error(
         point: snapshot.unwrap_or("(current)").to_string(),
         block,
         source: source.into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fence_of;
-
-    #[test]
-    fn fences_survive_a_store_that_keeps_sequence_numbers_as_doubles() {
-        // Azurite parses sequence numbers into JavaScript numbers: a fence above 2^53 came
-        // back rounded and every fenced write of the one writer was refused.
-        for epoch in [
-            0,
-            1,
-            (1 << 53) - 1,
-            1 << 53,
-            (1 << 62) + 12_345,
-            u64::MAX >> 1,
-            u64::MAX,
-        ] {
-            let fence = fence_of(epoch);
-            assert_eq!(fence as f64 as u64, fence, "epoch {epoch}");
-            assert_ne!(
-                fence_of(epoch.wrapping_add(1)),
-                fence,
-                "epoch {epoch} and the next"
-            );
-        }
     }
 }

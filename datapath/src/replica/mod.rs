@@ -3,13 +3,15 @@
 //! AES-256-GCM, CRC-32C), where the GCM nonces come from ([`nonce`]), the recovery-point
 //! [`manifest`] and the [`merkle`] tree its root comes from, the replica's blobs
 //! ([`disk_replica`]), how a point comes back ([`restore`]), what a replica may be called
-//! ([`replica_name`]), and the premium [`staging_log`]. Format: docs/replica-format.md.
+//! ([`replica_name`]), the premium [`staging_log`], and the [`fence`] that keeps one writer
+//! per replica. Format: docs/replica-format.md.
 
 pub mod batch;
 pub mod block_record;
 pub mod disk_replica;
 pub mod epoch_record;
 pub mod error;
+pub mod fence;
 pub mod manifest;
 pub mod merkle;
 pub mod nonce;

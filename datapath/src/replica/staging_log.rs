@@ -92,11 +92,7 @@ impl<'a> StagingLog<'a> {
     /// Take the log over with the replica's fence (its sequence number from now on, required
     /// by every write of this handle).
     pub fn take_over(&mut self, fence: u64) -> Result<(), ReplicaError> {
-        self.store.set_sequence_number(
-            &self.path,
-            pageblob::SequenceNumberAction::Update(fence),
-            &none(),
-        )?;
+        super::fence::raise_fence(self.store, &self.path, fence)?;
         self.fence = Some(fence);
         Ok(())
     }

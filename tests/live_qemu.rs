@@ -921,3 +921,145 @@ fn two_disks_of_one_qemu_replicate_in_turn_and_through_one_monitor_and_one_disk_
     assert!(slow.status.success(), "{}", stderr(&slow));
     restores(&mut guests);
 }
+
+/// QEMU saves the old data of every block the guest overwrites during a cycle into the
+/// fleecing file, and fails the guest's write when it cannot. A scratch directory that fills
+/// during a cycle must not fail the guest: the file's space is reserved before the freeze, and
+/// a scratch directory without room for the disk refuses the cycle before the guest is touched.
+/// Run in a private mount namespace (`unshare -rm`) with a tmpfs as the scratch directory, the
+/// daemon and drplane both inside it.
+#[test]
+fn a_scratch_directory_that_fills_during_a_cycle_never_fails_the_guests_writes() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let disk = new_disk(d, "raw");
+    let replica = Replica::new(d);
+    let scratch = d.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let mut chunk = |name: &str| {
+        let mut data = vec![0u8; 16 << 20];
+        rng.fill_bytes(&mut data);
+        std::fs::write(d.join(name), &data).unwrap();
+        data
+    };
+    let (a, b, c) = (chunk("a.bin"), chunk("b.bin"), chunk("c.bin"));
+    // A cycle of 16 MiB of random data paced at 2 MiB/s: ~8 s while the guest writes.
+    std::fs::write(
+        d.join("paced.toml"),
+        "[throttle]\nwork_hours_kbps = 16384\nwork_start_hour = 0\nwork_end_hour = 24\n",
+    )
+    .unwrap();
+    let at = |name: &str| d.join(name).display().to_string();
+    let replicate = format!(
+        "{} replicate --qemu {} --node disk0 --name vm0 --nbd-socket {} --store {} --pfx {} \
+         --scratch-dir {} --json",
+        env!("CARGO_BIN_EXE_drplane"),
+        at("qmp.sock"),
+        at("nbd.sock"),
+        replica.store,
+        replica.pfx,
+        scratch.display(),
+    );
+    let guest = |file: &str, offset: u32| {
+        format!(
+            "qemu-io -f raw -c 'write -s {} {offset}M 16M' 'nbd+unix:///vm0?socket={}'",
+            at(file),
+            at("nbd.sock")
+        )
+    };
+    let script = format!(
+        "set -e; mount -t tmpfs -o size=80M tmpfs {scratch}; \
+         qemu-storage-daemon --chardev socket,path={qmp},server=on,wait=off,id=q0 \
+           --monitor chardev=q0 --blockdev driver=file,filename={disk},node-name=file0 \
+           --blockdev driver=raw,file=file0,node-name=disk0 \
+           --nbd-server addr.type=unix,addr.path={nbd} \
+           --export type=nbd,id=vm0,node-name=disk0,name=vm0,writable=on & qsd=$!; \
+         trap 'kill $qsd 2>/dev/null || true' EXIT; \
+         for i in $(seq 200); do [ -S {nbd} ] && [ -S {qmp} ] && break; sleep 0.05; done; \
+         {replicate} > {seed}; {guest_a} > /dev/null; \
+         {replicate} --policy {paced} --upload-threads 1 > {paced_out} & cycle=$!; \
+         for i in $(seq 600); do [ -e {scratch}/drplane-vm0.fleece ] && break; sleep 0.05; done; \
+         fallocate -l $(( $(stat -f -c '%a * %S' {scratch}) )) {scratch}/filler; \
+         stat -f -c '%a' {scratch} > {free_when_full}; \
+         kill -0 $cycle; {guest_b} > {guest_b_out} 2>&1; kill -0 $cycle; \
+         wait $cycle; rm {scratch}/filler; mount -o remount,size=32M {scratch}; \
+         ! {replicate} 2> {refused}; {guest_c} > {guest_c_out} 2>&1; \
+         {replicate} --no-scratch-reservation > {unreserved}; \
+         kill $qsd; wait $qsd || true",
+        scratch = scratch.display(),
+        qmp = at("qmp.sock"),
+        nbd = at("nbd.sock"),
+        disk = disk.display(),
+        seed = at("seed.json"),
+        guest_a = guest("a.bin", 0),
+        paced = at("paced.toml"),
+        paced_out = at("paced.json"),
+        free_when_full = at("free.txt"),
+        guest_b = guest("b.bin", 0),
+        guest_b_out = at("guest-b.txt"),
+        refused = at("refused.txt"),
+        guest_c = guest("c.bin", 32),
+        guest_c_out = at("guest-c.txt"),
+        unreserved = at("unreserved.json"),
+    );
+    let out = Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .expect("unshare (util-linux) runs the tmpfs mount");
+    let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{:?}\n{}\n{}\nguest B: {}\nrefused: {}\nguest C: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out),
+        read("guest-b.txt"),
+        read("refused.txt"),
+        read("guest-c.txt"),
+    );
+    assert_eq!(
+        read("free.txt").trim(),
+        "0",
+        "the scratch directory was full"
+    );
+    // The guest's write during the full-scratch cycle went through, and so did the one after
+    // the refused cycle.
+    for name in ["guest-b.txt", "guest-c.txt"] {
+        let said = read(name);
+        assert!(said.contains("wrote 16777216/16777216"), "{name}: {said}");
+    }
+    let refused = read("refused.txt");
+    assert!(
+        refused.contains("reserves the disk's size") && refused.contains("--scratch-dir"),
+        "{refused}"
+    );
+    let point = |name: &str| -> u64 {
+        let v: Value = serde_json::from_str(&read(name)).unwrap();
+        v["point"].as_u64().unwrap()
+    };
+    assert_eq!(
+        (
+            point("seed.json"),
+            point("paced.json"),
+            point("unreserved.json")
+        ),
+        (0, 1, 2),
+        "the refused cycle committed nothing"
+    );
+    let mut frozen = vec![0u8; SIZE as usize];
+    frozen[..a.len()].copy_from_slice(&a);
+    assert!(
+        replica.restore(1) == frozen,
+        "point 1 is the disk at its freeze"
+    );
+    let mut last = frozen;
+    last[..b.len()].copy_from_slice(&b);
+    last[32 << 20..48 << 20].copy_from_slice(&c);
+    assert!(
+        std::fs::read(&disk).unwrap() == last,
+        "every guest write landed"
+    );
+    assert!(replica.restore(2) == last);
+}

@@ -41,6 +41,19 @@ pub enum SourceError {
     NotFrozen,
 }
 
+impl SourceError {
+    /// A live source's failure `e` while doing `what`.
+    pub fn live(
+        what: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> SourceError {
+        SourceError::Live {
+            what: what.into(),
+            source: Box::new(e),
+        }
+    }
+}
+
 /// A disk a cycle can replicate: freeze, read the view, thaw.
 pub trait ChangeSource {
     /// Why the source's tracking cannot be trusted as replication starts (the first cycle is

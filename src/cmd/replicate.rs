@@ -114,9 +114,15 @@ pub struct LiveArgs {
     #[arg(long, requires = "qemu")]
     nbd_socket: Option<PathBuf>,
     /// With --qemu: where QEMU writes the fleecing file (old data the guest overwrites during
-    /// a cycle; up to the disk's size); default: beside the QMP socket.
+    /// a cycle): the disk's size is reserved there for each cycle, so a full file system
+    /// refuses the cycle instead of failing the guest's writes; default: beside the QMP socket.
     #[arg(long, requires = "qemu")]
     scratch_dir: Option<PathBuf>,
+    /// With --qemu: do not reserve the disk's size in the scratch directory (for a file system
+    /// that cannot): a scratch directory that fills during a cycle then fails the guest's
+    /// writes, as QEMU must save the old data they overwrite first.
+    #[arg(long, requires = "qemu")]
+    no_scratch_reservation: bool,
     /// With --qemu: keep the dirty bitmaps in the image (qcow2 only), so a clean QEMU restart
     /// needs no resync.
     #[arg(long, requires = "qemu")]
@@ -135,6 +141,7 @@ impl LiveArgs {
             options.scratch_dir = dir.clone();
         }
         options.persistent_bitmaps = self.persistent_bitmap;
+        options.reserve_scratch = !self.no_scratch_reservation;
         let (source, size) = QemuSource::attach(options)
             .with_context(|| format!("QEMU at {} (node {node})", qmp.display()))?;
         Ok(Some((source, size)))

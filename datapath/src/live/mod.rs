@@ -7,5 +7,6 @@
 pub mod nbd;
 pub mod qemu;
 pub mod qmp;
+mod scratch;
 
 pub use qemu::{QemuOptions, QemuSource};

@@ -27,6 +27,7 @@ use super::nbd::{NbdClient, NbdError, STATE_DIRTY};
 use super::qmp::{
     Action, BitmapAdd, BitmapMerge, BitmapRef, BlockdevBackup, DirtyBitmap, Qmp, QmpError,
 };
+use super::scratch::{create_fleecing_file, lock_replica};
 use crate::cycle::BlockSource;
 use crate::source::{ChangeSource, Changes, SourceError};
 
@@ -86,6 +87,10 @@ pub struct QemuOptions {
     pub scratch_dir: PathBuf,
     /// Names this replica's bitmaps (the replica name).
     pub tag: String,
+    /// Reserve the disk's size for each cycle's fleecing file before freezing (the default):
+    /// a full scratch directory then refuses the cycle instead of failing the guest's writes
+    /// (see [`super::scratch`]).
+    pub reserve_scratch: bool,
     /// Ask QEMU to keep the bitmaps in the image (qcow2 only): they survive a QEMU restart.
     pub persistent_bitmaps: bool,
     /// Bytes per dirty bit.
@@ -96,7 +101,7 @@ pub struct QemuOptions {
 
 impl QemuOptions {
     /// Options with the defaults: 64 KiB granularity, a 2-minute timeout, the scratch files
-    /// beside the QMP socket.
+    /// beside the QMP socket, the fleecing file's space reserved.
     pub fn new(qmp_socket: PathBuf, node: String, tag: String) -> QemuOptions {
         let scratch_dir = qmp_socket
             .parent()
@@ -108,6 +113,7 @@ impl QemuOptions {
             nbd_socket: None,
             scratch_dir,
             tag,
+            reserve_scratch: true,
             persistent_bitmaps: false,
             granularity: 64 << 10,
             timeout: Duration::from_secs(120),
@@ -134,61 +140,6 @@ impl QemuOptions {
     /// Locked by the run attached to this replica's disk (it holds the run's PID).
     fn lock_file(&self) -> PathBuf {
         self.scratch_dir.join(format!("drplane-{}.lock", self.tag))
-    }
-}
-
-/// Become the one run attached for replica `tag`, or fail at once naming the run that is: a
-/// second run would clear the first one's fleecing view as a killed run's leftovers and move
-/// its bitmaps. A `flock`, so a killed run lets go with its last descriptor.
-fn lock_replica(path: &Path, tag: &str) -> Result<std::fs::File, SourceError> {
-    use rustix::fs::{FlockOperation, Mode, OFlags};
-    use std::io::{Seek, Write};
-    let lock_error = |e: std::io::Error| live(format!("lock file {}", path.display()), e);
-    // Not through a link (the scratch directory may be shared: a link planted there must not
-    // make this run truncate another file), and only a regular file.
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| lock_error(e.into()))?;
-    let mut file = std::fs::File::from(fd);
-    if !file.metadata().map_err(lock_error)?.is_file() {
-        return Err(lock_error(std::io::Error::other("not a regular file")));
-    }
-    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            return Err(live(
-                format!(
-                    "another drplane run ({}) is replicating {tag} from this QEMU",
-                    lock_holder(&file)
-                ),
-                std::io::Error::other(format!("{} is locked", path.display())),
-            ));
-        }
-        Err(e) => return Err(lock_error(e.into())),
-    }
-    let written = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| write!(file, "{}", std::process::id()));
-    written.map_err(lock_error)?;
-    Ok(file)
-}
-
-/// Who holds a replica's lock, as its file says: `PID n`, read from its first few bytes only
-/// (the file is in a shared directory and may hold anything).
-fn lock_holder(file: &std::fs::File) -> String {
-    use std::io::Read;
-    let mut head = Vec::new();
-    // A PID has at most 20 digits; a longer file is not one.
-    let _ = file.take(24).read_to_end(&mut head);
-    match std::str::from_utf8(&head).ok().map(str::trim) {
-        Some(pid) if (1..=20).contains(&pid.len()) && pid.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("PID {pid}")
-        }
-        _ => "its PID unknown".to_string(),
     }
 }
 
@@ -256,13 +207,6 @@ pub struct QemuSource {
     frozen: Option<Frozen>,
 }
 
-fn live(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> SourceError {
-    SourceError::Live {
-        what: what.into(),
-        source: Box::new(e),
-    }
-}
-
 impl QemuSource {
     /// Attach to QEMU: connect to its monitor, check the node, and clear what a killed run
     /// left (its fleecing view, job and export). Returns the source and the disk's size.
@@ -288,7 +232,7 @@ impl QemuSource {
         if self.qmp.is_none() {
             let socket = &self.options.qmp_socket;
             let qmp = Qmp::connect(socket, self.options.timeout)
-                .map_err(|e| live(format!("QMP monitor {}", socket.display()), e))?;
+                .map_err(|e| SourceError::live(format!("QMP monitor {}", socket.display()), e))?;
             self.qmp = Some(qmp);
         }
         Ok(self.qmp.as_mut().expect("connected"))
@@ -305,7 +249,7 @@ impl QemuSource {
         if let Err(QmpError::Io(_) | QmpError::Protocol(_)) = &result {
             self.qmp = None;
         }
-        result.map_err(|e| live(what, e))
+        result.map_err(|e| SourceError::live(what, e))
     }
 
     /// The node's bitmaps and size.
@@ -470,10 +414,7 @@ impl QemuSource {
         let o = self.options.clone();
         let n = self.names.clone();
         let temp = o.temp_file();
-        let file = std::fs::File::create(&temp)
-            .and_then(|f| f.set_len(size))
-            .map_err(|e| live(format!("fleecing file {}", temp.display()), e));
-        file?;
+        create_fleecing_file(&temp, size, o.reserve_scratch)?;
         self.step("adding the fleecing target", |q| {
             q.execute(
                 "blockdev-add",
@@ -602,7 +543,10 @@ impl QemuSource {
         let temp = self.options.temp_file();
         if let Err(e) = std::fs::remove_file(&temp) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                keep(Err(live(format!("removing {}", temp.display()), e)));
+                keep(Err(SourceError::live(
+                    format!("removing {}", temp.display()),
+                    e,
+                )));
             }
         }
         if let Some(q) = &mut self.qmp {
@@ -693,7 +637,7 @@ impl ChangeSource for QemuSource {
                 Err(e) => {
                     self.frozen = Some(frozen);
                     let _ = self.thaw(None);
-                    return Err(live(format!("reading dirty bitmap {b}"), e));
+                    return Err(SourceError::live(format!("reading dirty bitmap {b}"), e));
                 }
             },
             (None, None) => Changes::Unknown,
@@ -775,50 +719,5 @@ mod cycle_names_tests {
             names(long),
             "stable: a run finds a killed run's leftovers"
         );
-    }
-}
-
-#[cfg(test)]
-mod lock_file_tests {
-    use super::lock_replica;
-
-    #[test]
-    fn a_second_run_is_refused_naming_the_first_and_a_hostile_lock_file_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("drplane-vm0.lock");
-        let held = lock_replica(&path, "vm0").unwrap();
-        let message = lock_replica(&path, "vm0").unwrap_err().to_string();
-        let pid = std::process::id();
-        assert!(
-            message.contains(&format!(
-                "another drplane run (PID {pid}) is replicating vm0"
-            )),
-            "{message}"
-        );
-        drop(held);
-        // Let go with the descriptor: the next run attaches.
-        let held = lock_replica(&path, "vm0").unwrap();
-        // Whatever the held file holds, the refusal reads a few bytes of it and names no PID.
-        std::fs::write(&path, vec![b'7'; 4 << 20]).unwrap();
-        let message = lock_replica(&path, "vm0").unwrap_err().to_string();
-        assert!(message.contains("(its PID unknown)"), "{message}");
-        assert!(message.len() < 300, "{} bytes", message.len());
-        std::fs::write(&path, "12\n\u{1b}[2J").unwrap();
-        let message = lock_replica(&path, "vm0").unwrap_err().to_string();
-        assert!(message.contains("(its PID unknown)"), "{message}");
-        drop(held);
-        // A link in its place (a shared scratch directory) is not followed: the file it points
-        // to keeps its bytes.
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, "precious").unwrap();
-        std::fs::remove_file(&path).unwrap();
-        std::os::unix::fs::symlink(&victim, &path).unwrap();
-        let message = lock_replica(&path, "vm0").unwrap_err().to_string();
-        assert!(message.contains("lock file"), "{message}");
-        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-        // A directory there is refused too.
-        std::fs::remove_file(&path).unwrap();
-        std::fs::create_dir(&path).unwrap();
-        assert!(lock_replica(&path, "vm0").is_err());
     }
 }

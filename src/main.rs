@@ -35,11 +35,11 @@ enum Command {
     /// recovery point.
     Replicate(Box<cmd::replicate::ReplicateArgs>),
     /// List the recovery points of a replica.
-    Points(cmd::replicate::PointsArgs),
+    Points(cmd::points::PointsArgs),
     /// Restore a recovery point byte-exact to a raw or VHDX file, or a block device.
-    Restore(cmd::replicate::RestoreArgs),
+    Restore(cmd::restore::RestoreArgs),
     /// Check every recovery point of a replica decrypts and matches its Merkle root.
-    Verify(cmd::replicate::VerifyArgs),
+    Verify(cmd::points::VerifyArgs),
     /// Capacity planner: bandwidth, RPO, storage and limits for a workload (`--verify`
     /// simulates it).
     Plan(cmd::plan::PlanArgs),
@@ -58,10 +58,12 @@ fn main() -> ExitCode {
         Command::Sim(c) => cmd::sim::run(c),
         Command::Blob(c) => cmd::blob::run(c),
         Command::Register(a) => cmd::register::run(a),
+        // Several disks of one QEMU are frozen together (their points are one instant).
+        Command::Replicate(a) if a.live.node.len() > 1 => cmd::machine::replicate_machine(*a),
         Command::Replicate(a) => cmd::replicate::replicate(*a),
-        Command::Points(a) => cmd::replicate::points(a),
-        Command::Restore(a) => cmd::replicate::restore(a),
-        Command::Verify(a) => cmd::replicate::verify(a),
+        Command::Points(a) => cmd::points::points(a),
+        Command::Restore(a) => cmd::restore::restore(a),
+        Command::Verify(a) => cmd::points::verify(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };

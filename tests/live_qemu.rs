@@ -1063,3 +1063,140 @@ fn a_scratch_directory_that_fills_during_a_cycle_never_fails_the_guests_writes()
     );
     assert!(replica.restore(2) == last);
 }
+
+/// A VM's disks replicated together (`--node disk0 --name vm0 --node disk1 --name vm1`) are
+/// frozen in one transaction, so every point of the machine is one instant of both: a guest
+/// writes to the two disks in turn, one write after the other (write k to disk k mod 2), and
+/// every machine point must hold, on both disks, exactly the writes up to one k. Disks frozen
+/// one after the other (each its own `replicate`, as before) hold different prefixes.
+#[test]
+fn a_vms_disks_replicated_together_are_restored_at_one_instant() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let disks: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let disk = d.join(format!("disk{i}.vhdx"));
+            qemu_img(&["create", "-q", "-f", "vhdx", path_str(&disk), "32M"]);
+            disk
+        })
+        .collect();
+    let daemon = Daemon::start_many(d, &[&disks[0], &disks[1]], "vhdx");
+    let replica = Replica::new(d);
+    let group_run = |extra: &[&str]| {
+        let out = run_ok(
+            drplane()
+                .args(["replicate", "--qemu", path_str(&daemon.qmp)])
+                .args(["--node", "disk0", "--name", "vm0", "--node", "disk1"])
+                .args(["--name", "vm1", "--nbd-socket", path_str(&daemon.nbd)])
+                .args(["--store", &replica.store, "--pfx", &replica.pfx, "--json"])
+                .args(extra)
+                .env("DRPLANE_PFX_PASSWORD", PW),
+        );
+        let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(reports.len(), 2, "one report per disk: {reports:?}");
+        reports
+    };
+    let group_cycle = || group_run(&[]);
+    // The initial replication on the schedule (a new replica's first cycle is due at once).
+    let first = group_run(&["--watch", "--cycles", "1"]);
+    assert_eq!(
+        (&first[0]["kind"], &first[1]["kind"]),
+        (&json!("initial"), &json!("initial"))
+    );
+    // The guest: write k (from 1) to disk k mod 2, each after the one before completed.
+    let log: Arc<Mutex<Vec<(usize, u64, usize)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let guest = {
+        let mut clients: Vec<_> = ["vm0", "vm1"]
+            .iter()
+            .map(|e| NbdClient::connect_unix(&daemon.nbd, e, &[], Duration::from_secs(30)).unwrap())
+            .collect();
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut rng = ChaCha8Rng::seed_from_u64(17);
+            while !stop.load(Ordering::Relaxed) {
+                let k = log.lock().unwrap().len() + 1;
+                let disk = k % 2;
+                let len = 4096 * (1 + rng.next_u64() % 4) as usize;
+                let offset = (rng.next_u64() % (((32 << 20) - len as u64) / 4096)) * 4096;
+                clients[disk]
+                    .write(offset, &stamped(k as u64, len))
+                    .unwrap();
+                log.lock().unwrap().push((disk, offset, len));
+            }
+        })
+    };
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(150));
+        let reports = group_cycle();
+        assert_eq!(reports[0]["kind"], "delta", "{reports:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    guest.join().unwrap();
+    group_cycle();
+    let log = log.lock().unwrap().clone();
+    assert!(log.len() > 100, "the guest wrote {} times", log.len());
+
+    let out = run_ok(
+        drplane()
+            .args(["points", "--store", &replica.store, "--pfx", &replica.pfx])
+            .args(["--name", "vm0", "--name", "vm1", "--json"])
+            .env("DRPLANE_PFX_PASSWORD", PW),
+    );
+    let points: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        points.len(),
+        6,
+        "every cycle is a point of both disks: {points:?}"
+    );
+    let mut newest = Vec::new();
+    for p in &points {
+        let seq = p["points"]["vm0"].as_u64().unwrap().to_string();
+        let outputs = [d.join("r0.raw"), d.join("r1.raw")];
+        run_ok(
+            drplane()
+                .args(["restore", "--store", &replica.store, "--pfx", &replica.pfx])
+                .args(["--name", "vm0", "--name", "vm1", "--point", &seq, "--force"])
+                .arg("-o")
+                .arg(&outputs[0])
+                .arg("-o")
+                .arg(&outputs[1])
+                .env("DRPLANE_PFX_PASSWORD", PW),
+        );
+        let images = outputs.map(|o| std::fs::read(o).unwrap());
+        // The newest write either disk holds; both must hold exactly the writes up to it.
+        let k = images
+            .iter()
+            .map(|image| newest_write(image, log.len()))
+            .max()
+            .unwrap();
+        let mut expected = [vec![0u8; 32 << 20], vec![0u8; 32 << 20]];
+        for (i, &(disk, offset, len)) in log.iter().enumerate().take(k) {
+            stamp(
+                &mut expected[disk][offset as usize..offset as usize + len],
+                i as u64 + 1,
+            );
+        }
+        for disk in 0..2 {
+            if let Some(at) = images[disk]
+                .iter()
+                .zip(&expected[disk])
+                .position(|(a, b)| a != b)
+            {
+                panic!(
+                    "machine point {p}: disk {disk} is not the disk after writes 1..={k} (the \
+                     newest either disk holds): it differs at byte {at:#x}"
+                );
+            }
+        }
+        newest.push(k);
+    }
+    assert!(
+        newest.windows(2).all(|w| w[0] <= w[1]) && newest[4] > newest[1],
+        "the points move forward with the writes: {newest:?}"
+    );
+    assert_eq!(newest[5], log.len(), "the last point holds every write");
+}

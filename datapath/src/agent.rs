@@ -307,6 +307,12 @@ impl<'a> DiskAgent<'a> {
     }
 
     /// Snapshots the store allows per blob (`None`: no limit).
+    /// The newest point this agent knows committed: what its source's next freeze is relative
+    /// to.
+    pub fn last_point(&self) -> Option<u64> {
+        self.last_point
+    }
+
     pub fn snapshot_limit(&self) -> Option<usize> {
         self.snapshot_limit
     }

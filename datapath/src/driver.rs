@@ -15,7 +15,7 @@ use crate::policy::Policy;
 use crate::replica::error::ReplicaError;
 use crate::replica::manifest::Consistency;
 use crate::replicator::{Action, CycleOutcome, CyclePlan, Health, Replicator, Resume};
-use crate::source::ChangeSource;
+use crate::source::{ChangeSource, FreezeGroup, SourceError};
 use pageblob::clock::Clock;
 
 /// One disk's replication: the agent and its state machine.
@@ -136,6 +136,151 @@ impl<'a> ReplicationDriver<'a> {
         let report = self.run_cycle(&plan, source, now, progress)?;
         let retention = self.agent.apply_retention(&self.machine, clock.now_nanos());
         Ok((report, retention))
+    }
+}
+
+/// One cycle of every disk of `group` from one freeze: the disks' points are one instant and
+/// carry one time (see [`FreezeGroup`]). `plans[i]` is disk *i*'s; `progress` hears each disk's
+/// progress with its index. A freeze that fails fails every disk's cycle (their changes stay).
+pub fn run_group_cycle(
+    drivers: &mut [ReplicationDriver<'_>],
+    group: &mut dyn FreezeGroup,
+    plans: &[CyclePlan],
+    clock: &dyn Clock,
+    progress: &(dyn Fn(usize, &Progress) + Sync),
+) -> Vec<Result<CycleReport, AgentError>> {
+    assert!(drivers.len() == group.disks() && plans.len() == group.disks());
+    let last_points: Vec<Option<u64>> = drivers.iter().map(|d| d.agent().last_point()).collect();
+    let now = clock.now_nanos();
+    if let Err(e) = group.freeze_all(&last_points) {
+        let why = e.to_string();
+        return drivers
+            .iter()
+            .map(|_| {
+                Err(AgentError::Source(SourceError::live(
+                    "freezing the machine's disks together",
+                    std::io::Error::other(why.clone()),
+                )))
+            })
+            .collect();
+    }
+    drivers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, d)| d.run_cycle(&plans[i], group.member(i), now, &|p| progress(i, p)))
+        .collect()
+}
+
+/// [`ReplicationDriver::run_now`] for the disks of `group`: one cycle of all of them now, from
+/// one freeze ([`run_group_cycle`]), then each one's retention.
+#[allow(clippy::type_complexity)]
+pub fn run_group_now(
+    drivers: &mut [ReplicationDriver<'_>],
+    group: &mut dyn FreezeGroup,
+    consistency: Consistency,
+    clock: &dyn Clock,
+    progress: &(dyn Fn(usize, &Progress) + Sync),
+) -> Vec<Result<(CycleReport, Result<Vec<u64>, ReplicaError>), AgentError>> {
+    let now = clock.now_nanos();
+    let plans: Vec<CyclePlan> = drivers
+        .iter()
+        .map(|d| CyclePlan {
+            kind: d.machine.phase(),
+            consistency,
+            throttle_bytes_per_sec: d.machine.throttle_at(now),
+            due_nanos: now,
+        })
+        .collect();
+    let results = run_group_cycle(drivers, group, &plans, clock, progress);
+    drivers
+        .iter_mut()
+        .zip(results)
+        .map(|(d, result)| {
+            let report = result?;
+            let retention = d.agent.apply_retention(&d.machine, clock.now_nanos());
+            Ok((report, retention))
+        })
+        .collect()
+}
+
+/// [`watch`] for the disks of `group`: the first disk's schedule decides when; every cycle
+/// freezes all of them at once ([`run_group_cycle`]), then each disk's machine hears its own
+/// outcome and its retention runs. `events[i]` hears disk *i*. `cycles` counts group cycles
+/// in which every disk committed.
+#[allow(clippy::too_many_arguments)]
+pub fn watch_group(
+    drivers: &mut [ReplicationDriver<'_>],
+    group: &mut dyn FreezeGroup,
+    consistency: Consistency,
+    clock: &dyn Clock,
+    stores: &[&dyn pageblob::PageBlobStore],
+    pause: &mut dyn Pause,
+    events: &mut [&mut dyn WatchEvents],
+    cycles: Option<u64>,
+) -> WatchEnd {
+    assert!(!drivers.is_empty() && drivers.len() == events.len());
+    let mut committed = 0u64;
+    loop {
+        if cycles.is_some_and(|n| committed >= n) {
+            return WatchEnd::CyclesDone;
+        }
+        if pause.stop_requested() {
+            return WatchEnd::Stopped;
+        }
+        let first = match drivers[0].poll(clock.now_nanos()) {
+            Action::Wait { until_nanos } => {
+                for store in stores {
+                    store.quiesce();
+                }
+                if !pause.until(until_nanos) {
+                    return WatchEnd::Stopped;
+                }
+                continue;
+            }
+            Action::RunCycle(plan) => CyclePlan {
+                consistency,
+                ..plan
+            },
+        };
+        let plans: Vec<CyclePlan> = drivers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, d)| match i {
+                0 => first,
+                _ => d.machine.begin(first),
+            })
+            .collect();
+        for (e, plan) in events.iter_mut().zip(&plans) {
+            e.starting(plan);
+        }
+        let results = {
+            let shared: Vec<&dyn WatchEvents> = events.iter().map(|e| &**e).collect();
+            run_group_cycle(drivers, group, &plans, clock, &|i, p| shared[i].progress(p))
+        };
+        let mut all_committed = true;
+        let mut taken_over = None;
+        for (i, result) in results.iter().enumerate() {
+            let outcome = match result {
+                Ok(report) => CycleOutcome::Committed {
+                    point_time_nanos: report.point.time_nanos,
+                },
+                Err(e) => {
+                    all_committed = false;
+                    if e.is_taken_over() {
+                        taken_over.get_or_insert_with(|| e.to_string());
+                    }
+                    CycleOutcome::Failed {
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            let finished = drivers[i].finish(clock.now_nanos(), &outcome);
+            events[i].finished(&plans[i], result, &finished);
+        }
+        committed += u64::from(all_committed);
+        if let Some(why) = taken_over {
+            return WatchEnd::TakenOver(why);
+        }
     }
 }
 

@@ -275,6 +275,18 @@ impl Replicator {
         Action::RunCycle(plan)
     }
 
+    /// Start `plan` now, whatever the schedule says: a disk replicated with the other disks of
+    /// its machine runs when the group's schedule does (the first disk's). Its kind is this
+    /// machine's phase. Nothing when a cycle is running.
+    pub fn begin(&mut self, plan: CyclePlan) -> CyclePlan {
+        let plan = CyclePlan {
+            kind: self.phase,
+            ..plan
+        };
+        self.running.get_or_insert(plan);
+        plan
+    }
+
     /// The running cycle ended at `now`.
     pub fn cycle_finished(&mut self, now_nanos: u64, outcome: &CycleOutcome) {
         let plan = self

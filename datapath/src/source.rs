@@ -41,6 +41,21 @@ pub enum SourceError {
     NotFrozen,
 }
 
+/// The disks of one machine, frozen together: every cycle of the group freezes all of them at
+/// one instant (a crash-consistent point of the whole machine, as ASR's recovery points are
+/// per VM), then each disk's agent runs its cycle through [`FreezeGroup::member`], whose
+/// [`ChangeSource::freeze`] hands over the changes the group's freeze found.
+pub trait FreezeGroup {
+    /// How many disks.
+    fn disks(&self) -> usize;
+    /// Freeze every disk at once; `last_points[i]` is disk *i*'s replica's last point (its
+    /// agent's [`ChangeSource::freeze`] must then ask for the same). All or nothing: on error
+    /// no disk is frozen and every change stays for the next cycle.
+    fn freeze_all(&mut self, last_points: &[Option<u64>]) -> Result<(), SourceError>;
+    /// Disk *i*, for its agent's cycle.
+    fn member(&mut self, i: usize) -> &mut dyn ChangeSource;
+}
+
 impl SourceError {
     /// A live source's failure `e` while doing `what`.
     pub fn live(

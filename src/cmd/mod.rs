@@ -3,10 +3,13 @@
 pub mod bench;
 pub mod bench_compare;
 pub mod blob;
+pub mod machine;
 pub mod plan;
+pub mod points;
 pub mod proxy;
 pub mod register;
 pub mod replicate;
+pub mod restore;
 pub mod sim;
 pub mod vhdx;
 

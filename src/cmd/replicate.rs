@@ -1,5 +1,7 @@
-//! `drplane replicate | points | restore`: one cycle of a disk file into a store, the recovery
-//! points of a replica, and restoring one byte-exact.
+//! `drplane replicate`: cycles of one disk — a file at rest, or a live disk in QEMU — into a
+//! store, once or on the policy's schedule; the pieces every replicating command shares (keys,
+//! registration, targets and policy, the console). Several disks of one QEMU replicated
+//! together: `super::machine`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,14 +17,11 @@ use datapath::keys::Identity;
 use datapath::live::{QemuOptions, QemuSource};
 use datapath::policy::{Policy, PolicyOverrides};
 use datapath::registration::VaultCredentials;
-use datapath::replica::block_record::BlockCodec;
-use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::manifest::Consistency;
 use datapath::replica::replica_name::replica_name_error;
 use datapath::replicator::{CycleKind, CyclePlan};
 use datapath::source::{AtRestDisk, ChangeSource};
 use pageblob::clock::{Clock, SystemClock};
-use pageblob::timestamp::http_date;
 use pageblob::{PageBlobStore, Profile};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -33,7 +32,7 @@ use super::register::pfx_password;
 use crate::progress::bytes_bar;
 
 /// Container that holds replicas.
-const REPLICA_CONTAINER: &str = "replicas";
+pub const REPLICA_CONTAINER: &str = "replicas";
 
 #[derive(Debug, Args)]
 pub struct Keys {
@@ -46,7 +45,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    fn load(&self) -> Result<Identity> {
+    pub fn load(&self) -> Result<Identity> {
         let bytes = super::read_input_file(&self.pfx, super::MAX_INPUT_FILE_BYTES)?;
         let password = pfx_password(self.password_file.as_deref(), false)?;
         Identity::from_pfx(&bytes, &password).with_context(|| self.pfx.display().to_string())
@@ -60,7 +59,7 @@ pub struct ReplicateArgs {
     #[arg(long, required_unless_present = "qemu")]
     disk: Option<PathBuf>,
     #[command(flatten)]
-    live: LiveArgs,
+    pub live: LiveArgs,
     #[command(flatten)]
     target: Target,
     #[command(flatten)]
@@ -70,11 +69,12 @@ pub struct ReplicateArgs {
     /// registering, not replicating.
     #[arg(long)]
     credentials: Option<PathBuf>,
-    /// Replica name (default: the VHDX Virtual Disk ID, or the file name).
+    /// Replica name (default: the VHDX Virtual Disk ID, or the file name); with --qemu, one
+    /// per --node.
     #[arg(long)]
-    name: Option<String>,
+    pub name: Vec<String>,
     #[command(flatten)]
-    policy: PolicyArgs,
+    pub policy: PolicyArgs,
     /// Standard store (directory or URL) for the replication log; required for premium
     /// targets, whose cycles are staged there and applied from it.
     #[arg(long)]
@@ -85,19 +85,19 @@ pub struct ReplicateArgs {
     profile: Option<String>,
     /// The disk is quiescent (VM stopped or file system frozen): points are app-consistent.
     #[arg(long)]
-    app_consistent: bool,
+    pub app_consistent: bool,
     /// Keep replicating on the policy's schedule until interrupted (default: one cycle now).
     #[arg(long, conflicts_with = "once")]
-    watch: bool,
+    pub watch: bool,
     /// One cycle now, then retention, then exit (the default).
     #[arg(long)]
     once: bool,
     /// With --watch: stop after this many cycles.
     #[arg(long, requires = "watch")]
-    cycles: Option<u64>,
+    pub cycles: Option<u64>,
     /// Print each cycle's report as a line of JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 /// A live disk in a running QEMU (see docs/live-replication.md).
 #[derive(Debug, Args)]
@@ -106,13 +106,15 @@ pub struct LiveArgs {
     /// --node, reading only what its dirty bitmaps mark, from a point-in-time fleecing view.
     #[arg(long, conflicts_with = "disk", requires_all = ["node", "name"])]
     qemu: Option<PathBuf>,
-    /// With --qemu: the disk's block node (its format node, e.g. `disk0`).
+    /// With --qemu: the disk's block node (its format node, e.g. `disk0`). Give it again for
+    /// each other disk of the same VM, with a --name each (in the same order): all are frozen
+    /// in one transaction every cycle, so their points are one instant of the whole VM.
     #[arg(long, requires = "qemu")]
-    node: Option<String>,
+    pub node: Vec<String>,
     /// With --qemu: the unix socket of the NBD server QEMU already runs (`--nbd-server`);
     /// default: one is started beside the QMP socket for each cycle and stopped after it.
     #[arg(long, requires = "qemu")]
-    nbd_socket: Option<PathBuf>,
+    pub nbd_socket: Option<PathBuf>,
     /// With --qemu: where QEMU writes the fleecing file (old data the guest overwrites during
     /// a cycle): the disk's size is reserved there for each cycle, so a full file system
     /// refuses the cycle instead of failing the guest's writes; default: beside the QMP socket.
@@ -130,247 +132,19 @@ pub struct LiveArgs {
 }
 
 impl LiveArgs {
-    /// The QEMU source these flags name, with its disk size.
-    fn attach(&self, name: &str) -> Result<Option<(QemuSource, u64)>> {
-        let (Some(qmp), Some(node)) = (&self.qemu, &self.node) else {
-            return Ok(None);
-        };
-        let mut options = QemuOptions::new(qmp.clone(), node.clone(), name.into());
+    /// The QEMU disk `node` as the source of replica `name`, with its size.
+    pub fn attach(&self, node: &str, name: &str) -> Result<(QemuSource, u64)> {
+        let qmp = self.qemu.as_ref().context("--node needs --qemu")?;
+        let mut options = QemuOptions::new(qmp.clone(), node.into(), name.into());
         options.nbd_socket = self.nbd_socket.clone();
         if let Some(dir) = &self.scratch_dir {
             options.scratch_dir = dir.clone();
         }
         options.persistent_bitmaps = self.persistent_bitmap;
         options.reserve_scratch = !self.no_scratch_reservation;
-        let (source, size) = QemuSource::attach(options)
-            .with_context(|| format!("QEMU at {} (node {node})", qmp.display()))?;
-        Ok(Some((source, size)))
+        QemuSource::attach(options)
+            .with_context(|| format!("QEMU at {} (node {node})", qmp.display()))
     }
-}
-
-#[derive(Debug, Args)]
-pub struct PointsArgs {
-    #[command(flatten)]
-    target: Target,
-    #[command(flatten)]
-    keys: Keys,
-    /// Replica name (as given to `replicate`).
-    #[arg(long)]
-    name: String,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    #[command(flatten)]
-    target: Target,
-    #[command(flatten)]
-    keys: Keys,
-    /// Replica name (as given to `replicate`).
-    #[arg(long)]
-    name: String,
-    /// Point sequence number, `latest`, or `latest-app` (newest app-consistent point).
-    #[arg(long, default_value = "latest")]
-    point: String,
-    /// Output file: sparse raw, or a dynamic VHDX when the name ends in `.vhdx`. Written
-    /// beside it and renamed into place only once the point is proven byte-exact. A block
-    /// device (with --force) gets the point written whole once it is proven.
-    #[arg(short, long)]
-    output: PathBuf,
-    /// Replace an existing output file, or overwrite a block device.
-    #[arg(long)]
-    force: bool,
-    #[command(flatten)]
-    threads: super::Threads,
-}
-
-/// The suffix of a restore's output while it is written.
-const PARTIAL: &str = ".partial";
-
-/// Remove what restores of the same target that were killed left (`PREFIX*.partial` beside
-/// it, other than `ours`): a file no live restore holds locked. One a live restore holds (two
-/// restores to one target at once) stays; so does anything that cannot be opened.
-fn remove_killed_restores(dir: &Path, prefix: &str, ours: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let path = entry.path();
-        if !name.starts_with(prefix) || !name.ends_with(PARTIAL) || path == ours {
-            continue;
-        }
-        if !entry.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        let Ok(file) = std::fs::File::open(&path) else {
-            continue;
-        };
-        let unlocked =
-            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
-        if unlocked && std::fs::remove_file(&path).is_ok() {
-            eprintln!(
-                "removed {}: a restore that was stopped left it",
-                path.display()
-            );
-        }
-    }
-}
-
-/// A restore's output while it is written: a temporary file beside the target, published by
-/// a rename once the point is proven, and removed if anything fails first.
-struct RestoreOutput {
-    temp: tempfile::NamedTempFile,
-    force: bool,
-}
-
-impl RestoreOutput {
-    fn prepare(target: &Path, force: bool) -> Result<RestoreOutput> {
-        use std::os::unix::fs::PermissionsExt;
-        // A new file gets the permissions any new file gets (0666 less the umask), a replaced
-        // one keeps its own: a disk restored for a VM that runs as another user stays readable
-        // as the user expects (a temporary file's 0600 was kept until session 26).
-        let replaced = match std::fs::symlink_metadata(target) {
-            Ok(m) if !m.file_type().is_file() => bail!(
-                "{}: exists and is not a regular file; restore writes a new file",
-                target.display()
-            ),
-            Ok(_) if !force => bail!("{} exists: give --force to replace it", target.display()),
-            Ok(m) => Some(m.permissions()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(anyhow::Error::new(e).context(target.display().to_string())),
-        };
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let name = target
-            .file_name()
-            .with_context(|| format!("{}: not a file name", target.display()))?;
-        let prefix = format!(".{}.", name.to_string_lossy());
-        let temp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(PARTIAL)
-            .permissions(std::fs::Permissions::from_mode(0o666))
-            .tempfile_in(dir)
-            .with_context(|| format!("creating a file in {}", dir.display()))?;
-        if let Some(permissions) = replaced {
-            temp.as_file()
-                .set_permissions(permissions)
-                .with_context(|| temp.path().display().to_string())?;
-        }
-        // Locked while this restore lives, so a later one tells its file from a killed one's.
-        rustix::fs::flock(
-            temp.as_file(),
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        )
-        .map_err(std::io::Error::from)
-        .with_context(|| temp.path().display().to_string())?;
-        remove_killed_restores(dir, &prefix, temp.path());
-        Ok(RestoreOutput { temp, force })
-    }
-
-    /// Make the proven output durable and put it in place.
-    fn publish(self, target: &Path) -> Result<()> {
-        self.temp
-            .as_file()
-            .sync_all()
-            .with_context(|| self.temp.path().display().to_string())?;
-        let persisted = if self.force {
-            self.temp.persist(target)
-        } else {
-            self.temp.persist_noclobber(target)
-        };
-        persisted
-            .map_err(|e| anyhow::Error::new(e.error).context(format!("{}", target.display())))?;
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| dir.display().to_string())?;
-        Ok(())
-    }
-}
-
-/// Whether `path` is (or links to) a block device.
-fn is_block_device(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
-}
-
-/// Restore onto a block device (a replacement disk, a LUN): it is overwritten, so `--force`
-/// is required; it is opened exclusively, so a device that is mounted or held open
-/// exclusively is refused; it must hold the point's disk. The point is proven first (every
-/// block and the Merkle root, nothing written), so a damaged point never replaces what the
-/// device holds; then it is written whole — zero blocks as zeros, a device is not sparse —
-/// and synced. Bytes past the disk's size are left as they are.
-fn restore_to_device(
-    args: &RestoreArgs,
-    replica: &DiskReplica<'_>,
-    codec: &BlockCodec,
-    manifest: &datapath::replica::manifest::Manifest,
-    digest_key: &[u8; 32],
-) -> Result<ExitCode> {
-    use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let device = args.output.display();
-    if !args.force {
-        bail!(
-            "{device} is a block device: give --force to overwrite it with point {}",
-            manifest.sequence
-        );
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
-        .open(&args.output)
-        .map_err(|e| match e.raw_os_error() {
-            Some(code) if code == rustix::io::Errno::BUSY.raw_os_error() => anyhow::anyhow!(
-                "{device}: in use (mounted, or held open exclusively): not overwritten"
-            ),
-            _ => anyhow::Error::new(e).context(format!("opening {device} to write")),
-        })?;
-    let size = file
-        .seek(SeekFrom::End(0))
-        .with_context(|| format!("{device}: its size"))?;
-    if size < manifest.disk_size {
-        bail!(
-            "{device} holds {size} bytes, the point's disk {} bytes: not overwritten",
-            manifest.disk_size
-        );
-    }
-    let block_size = u64::from(manifest.block_size);
-    args.threads.run(|| -> Result<()> {
-        replica
-            .restore_blocks(codec, manifest, digest_key, |_, _| Ok(()))
-            .with_context(|| {
-                format!(
-                    "proving point {} before writing {device} (nothing was written)",
-                    manifest.sequence
-                )
-            })?;
-        replica
-            .restore(codec, manifest, digest_key, |block, data| {
-                file.write_all_at(data, block * block_size)
-            })
-            .with_context(|| {
-                format!(
-                    "writing point {} to {device}: it holds part of the point now; restore again",
-                    manifest.sequence
-                )
-            })?;
-        file.sync_all().with_context(|| format!("syncing {device}"))
-    })??;
-    eprintln!(
-        "restored point {} ({}) onto block device {device} ({} of its {size} bytes)",
-        manifest.sequence, manifest.snapshot, manifest.disk_size
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// A disk file as a cycle source, and its default replica name: a VHDX's Virtual Disk ID; for
@@ -463,12 +237,14 @@ pub fn load_policy(args: &PolicyArgs, profile: Profile) -> Result<Policy> {
 }
 
 /// How the CLI shows cycles: a progress bar while one runs, a line (or JSON) when it ends.
-struct CycleConsole {
+pub struct CycleConsole {
     name: String,
     json: bool,
     disk_size: u64,
     bar: indicatif::ProgressBar,
     what: &'static str,
+    /// Show a progress bar while a cycle runs.
+    bars: bool,
 }
 
 impl CycleConsole {
@@ -479,6 +255,16 @@ impl CycleConsole {
             disk_size,
             bar: indicatif::ProgressBar::hidden(),
             what: "",
+            bars: true,
+        }
+    }
+
+    /// A console for one of several disks replicated at once: lines only, no progress bar
+    /// (several bars would draw over each other).
+    pub fn without_bar(name: &str, json: bool, disk_size: u64) -> CycleConsole {
+        CycleConsole {
+            bars: false,
+            ..CycleConsole::new(name, json, disk_size)
         }
     }
 
@@ -500,10 +286,12 @@ impl CycleConsole {
             CycleKind::Delta => "delta cycle",
             CycleKind::Resync => "resync",
         };
-        self.bar = bytes_bar(self.disk_size, self.what);
+        if self.bars {
+            self.bar = bytes_bar(self.disk_size, self.what);
+        }
     }
 
-    fn print(&self, kind: CycleKind, report: &CycleReport, deleted: &[u64]) -> Result<()> {
+    pub fn print(&self, kind: CycleKind, report: &CycleReport, deleted: &[u64]) -> Result<()> {
         self.bar.finish_and_clear();
         let name = &self.name;
         let ratio = if report.bytes_sent > 0 {
@@ -603,8 +391,8 @@ impl WatchEvents for CycleConsole {
 }
 
 /// Waits on the system clock until the deadline or a stop (Ctrl-C, SIGTERM).
-struct SleepUntilStopped {
-    stop: Arc<AtomicBool>,
+pub struct SleepUntilStopped {
+    pub stop: Arc<AtomicBool>,
 }
 
 impl SleepUntilStopped {
@@ -633,7 +421,7 @@ impl Pause for SleepUntilStopped {
 
 /// A flag that Ctrl-C or SIGTERM sets: the running cycle is abandoned cleanly (nothing
 /// committed, tracking kept) and the command stops. A second signal exits at once.
-fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
@@ -650,38 +438,44 @@ fn consistency_name(c: Consistency) -> &'static str {
     }
 }
 
-pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
+/// What every `replicate` checks first: the keys, the registration (and the proxy it names),
+/// the replica names; returns the identity and the time the run starts.
+pub fn prepare(args: &mut ReplicateArgs) -> Result<(Identity, u64)> {
     let identity = args.keys.load()?;
     let now = SystemClock.now_nanos();
     // The agent reaches the account through the proxy it was registered with (unless told).
-    args.target.recorded_proxy = check_registration(&args, &identity)?;
+    args.target.recorded_proxy = check_registration(args, &identity)?;
     // A replica name is checked before anything is made (a store, a QEMU bitmap).
-    let check_name = |name: &str| match replica_name_error(name) {
-        Some(why) => Err(anyhow::anyhow!("--name {name:?}: {why}")),
-        None => Ok(()),
-    };
-    if let Some(name) = &args.name {
+    for name in &args.name {
         check_name(name)?;
     }
-    let file = match &args.disk {
-        Some(disk) => Some(open_source(disk)?),
-        None => None,
-    };
-    let (mut source, disk_size, name): (Box<dyn ChangeSource + '_>, u64, String) =
-        match (&file, &args.name) {
-            (Some((file, default_name)), _) => {
-                let name = args.name.clone().unwrap_or_else(|| default_name.clone());
-                (Box::new(AtRestDisk(&**file)), file.disk_size(), name)
-            }
-            (None, Some(name)) => {
-                let (qemu, size) = args.live.attach(name)?.context("--qemu needs --node")?;
-                (Box::new(qemu), size, name.clone())
-            }
-            (None, None) => bail!("give --disk, or --qemu with --node and --name"),
-        };
-    check_name(&name).context(
-        "the default name (the VHDX's disk ID or the file name) cannot name a replica: give --name",
-    )?;
+    match (&args.disk, args.live.node.len(), args.name.len()) {
+        (Some(_), _, names) if names > 1 => bail!("--disk replicates one disk: give one --name"),
+        (None, nodes, names) if nodes > 0 && nodes != names => bail!(
+            "--qemu: give one --name per --node, in the same order ({nodes} nodes, {names} names)"
+        ),
+        _ => Ok((identity, now)),
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    match replica_name_error(name) {
+        Some(why) => Err(anyhow::anyhow!("--name {name:?}: {why}")),
+        None => Ok(()),
+    }
+}
+
+/// Where a run's replicas go: the store, the replication log (premium), and the policy checked
+/// against the store's profile.
+pub struct Targets {
+    pub store: Box<dyn PageBlobStore>,
+    pub log_store: Option<Box<dyn PageBlobStore>>,
+    pub profile: Profile,
+    pub policy: Policy,
+}
+
+/// Open the store (and log store) `args` name, and load the policy for its profile.
+pub fn open_targets(args: &ReplicateArgs) -> Result<Targets> {
     let asked = match &args.profile {
         Some(p) => Some(
             Profile::parse(p)
@@ -708,6 +502,42 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
             bail!("a premium target needs --log-store: a standard store for the replication log")
         }
     };
+    Ok(Targets {
+        store,
+        log_store,
+        profile,
+        policy,
+    })
+}
+
+/// `replicate` of one disk (a file, or one QEMU node).
+pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
+    let (identity, now) = prepare(&mut args)?;
+    let file = match &args.disk {
+        Some(disk) => Some(open_source(disk)?),
+        None => None,
+    };
+    let (mut source, disk_size, name): (Box<dyn ChangeSource + '_>, u64, String) =
+        match (&file, args.name.first(), args.live.node.first()) {
+            (Some((file, default_name)), name, _) => {
+                let name = name.cloned().unwrap_or_else(|| default_name.clone());
+                (Box::new(AtRestDisk(&**file)), file.disk_size(), name)
+            }
+            (None, Some(name), Some(node)) => {
+                let (qemu, size) = args.live.attach(node, name)?;
+                (Box::new(qemu), size, name.clone())
+            }
+            _ => bail!("give --disk, or --qemu with --node and --name"),
+        };
+    check_name(&name).context(
+        "the default name (the VHDX's disk ID or the file name) cannot name a replica: give --name",
+    )?;
+    let Targets {
+        store,
+        log_store,
+        profile,
+        policy,
+    } = open_targets(&args)?;
     let mut driver = ReplicationDriver::open(
         AgentTarget {
             snapshot_limit: profile.max_snapshots_per_blob(),
@@ -767,307 +597,5 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         }
     }
     source.stop(true)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The replicas a store holds, for an error that names one it does not: `: it holds a, b`
-/// (at most 20 named), `: it holds none`, or nothing when they cannot be listed.
-fn replicas_here(store: &dyn PageBlobStore) -> String {
-    let Ok(blobs) = store.list_blobs(REPLICA_CONTAINER, false) else {
-        return String::new();
-    };
-    let names: Vec<&str> = blobs
-        .iter()
-        .filter_map(|b| b.name.strip_suffix(".replica"))
-        .collect();
-    match names.len() {
-        0 => ": it holds none".to_string(),
-        n if n <= 20 => format!(": it holds {}", names.join(", ")),
-        n => format!(": it holds {n}, among them {}", names[..20].join(", ")),
-    }
-}
-
-/// A replica's points as a reader sees them: the intact ones, and the journal slots that are
-/// damaged (each named on stderr).
-struct ReadPoints<'a> {
-    store: &'a dyn PageBlobStore,
-    name: String,
-    keys: datapath::keys::DiskKeys,
-    points: Vec<datapath::replica::manifest::Manifest>,
-    damaged: usize,
-}
-
-impl<'a> ReadPoints<'a> {
-    fn open(store: &'a dyn PageBlobStore, identity: &Identity, name: &str) -> Result<Self> {
-        let path = pageblob::BlobPath::new(REPLICA_CONTAINER, &format!("{name}.replica"));
-        let size = match store.properties(&path, None) {
-            Ok(p) => p.size,
-            Err(e) if e.code().is_some_and(|c| c.status() == 404) => {
-                bail!(
-                    "no replica named {name} in this store{}",
-                    replicas_here(store)
-                )
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // The block size is in every manifest; open with a provisional layout to read them.
-        let provisional = DiskReplica::open_existing(
-            store,
-            REPLICA_CONTAINER,
-            name,
-            Layout {
-                disk_size: size,
-                block_size: 4096,
-            },
-        )?;
-        let keys = identity.disk_keys(name);
-        let (points, damaged) = provisional.points_and_damage(keys.digest.expose())?;
-        let other = datapath::replica::disk_replica::written_with_other_certificate(
-            &points,
-            &damaged,
-            &identity.key_id.0,
-        );
-        if let Some(found) = other {
-            bail!(
-                "replica {name} was written with certificate {}; the .pfx given is {}",
-                datapath::keys::KeyId(found),
-                identity.key_id
-            );
-        }
-        if points.is_empty() && !damaged.is_empty() {
-            // Nothing authenticates: most likely the wrong certificate, not damage everywhere.
-            bail!(
-                "replica {name}: none of its {} point(s) can be read with this .pfx: {}",
-                damaged.len(),
-                damaged[0].error
-            );
-        }
-        for d in &damaged {
-            eprintln!(
-                "replica {name}: journal slot {} is damaged, its point cannot be used: {}",
-                d.slot, d.error
-            );
-        }
-        Ok(ReadPoints {
-            store,
-            name: name.to_string(),
-            keys,
-            points,
-            damaged: damaged.len(),
-        })
-    }
-
-    /// The replica laid out as `manifest` says.
-    fn replica(&self, manifest: &datapath::replica::manifest::Manifest) -> Result<DiskReplica<'a>> {
-        let layout = Layout {
-            disk_size: manifest.disk_size,
-            block_size: manifest.block_size,
-        };
-        Ok(DiskReplica::open_existing(
-            self.store,
-            REPLICA_CONTAINER,
-            &self.name,
-            layout,
-        )?)
-    }
-}
-
-pub fn points(args: PointsArgs) -> Result<ExitCode> {
-    let identity = args.keys.load()?;
-    let store = args.target.open_reader()?;
-    let read = ReadPoints::open(&*store, &identity, &args.name)?;
-    let points = &read.points;
-    if args.json {
-        let v: Vec<_> = points
-            .iter()
-            .map(|p| json!({"point": p.sequence, "time": http_date(p.time_nanos), "snapshot": p.snapshot, "consistency": format!("{:?}", p.consistency).to_lowercase(), "disk_size": p.disk_size}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        for p in points {
-            println!(
-                "{:>4}  {}  {}  {:?}",
-                p.sequence,
-                http_date(p.time_nanos),
-                p.snapshot,
-                p.consistency
-            );
-        }
-    }
-    Ok(if read.damaged == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    target: Target,
-    #[command(flatten)]
-    keys: Keys,
-    /// Replica name (as given to `replicate`).
-    #[arg(long)]
-    name: String,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    threads: super::Threads,
-}
-
-/// Check that every point decrypts, decompresses and matches its Merkle root. Success only
-/// when there is at least one point and nothing at all is damaged.
-pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
-    let identity = args.keys.load()?;
-    let store = args.target.open_reader()?;
-    let read = ReadPoints::open(&*store, &identity, &args.name)?;
-    if read.points.is_empty() {
-        bail!("replica {}: no recovery point to verify", args.name);
-    }
-    let codec = BlockCodec::new(&read.keys, 1, true);
-    let mut results = Vec::new();
-    let mut bad = read.damaged;
-    // One pool for all the points.
-    args.threads.run(|| -> Result<()> {
-        for manifest in &read.points {
-            let replica = read.replica(manifest)?;
-            let outcome =
-                replica.restore_blocks(&codec, manifest, read.keys.digest.expose(), |_, _| Ok(()));
-            if outcome.is_err() {
-                bad += 1;
-            }
-            results.push((manifest.sequence, outcome.err().map(|e| e.to_string())));
-        }
-        Ok(())
-    })??;
-    if args.json {
-        let v: Vec<_> = results
-            .iter()
-            .map(|(p, e)| json!({"point": p, "ok": e.is_none(), "error": e}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        for (p, e) in &results {
-            match e {
-                None => println!("point {p}: ok"),
-                Some(e) => println!("point {p}: {e}"),
-            }
-        }
-        println!(
-            "{} point(s) verified, {bad} failed",
-            results.len() + read.damaged
-        );
-    }
-    Ok(if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
-    let identity = args.keys.load()?;
-    let store = args.target.open_reader()?;
-    let read = ReadPoints::open(&*store, &identity, &args.name)?;
-    let points = &read.points;
-    let keys = &read.keys;
-    let manifest = match args.point.as_str() {
-        "latest" => points
-            .last()
-            .context("the replica has no recovery point")?
-            .clone(),
-        "latest-app" => points
-            .iter()
-            .rev()
-            .find(|p| p.consistency == Consistency::Application)
-            .context("the replica has no app-consistent recovery point")?
-            .clone(),
-        n => {
-            let seq: u64 = n
-                .parse()
-                .with_context(|| format!("--point {n}: a number, latest or latest-app"))?;
-            points
-                .iter()
-                .find(|p| p.sequence == seq)
-                .with_context(|| {
-                    let held: Vec<String> = points.iter().map(|p| p.sequence.to_string()).collect();
-                    let held = match held.as_slice() {
-                        [] => "none".to_string(),
-                        [first, .., last] if held.len() > 12 => {
-                            format!("{} points, {first} to {last}", held.len())
-                        }
-                        all => all.join(", "),
-                    };
-                    format!(
-                        "no point {seq}: the replica holds {held} (`drplane points` lists them)"
-                    )
-                })?
-                .clone()
-        }
-    };
-    let replica = read.replica(&manifest)?;
-    let codec = BlockCodec::new(keys, 1, true);
-    if is_block_device(&args.output) {
-        return restore_to_device(&args, &replica, &codec, &manifest, keys.digest.expose());
-    }
-    let output = RestoreOutput::prepare(&args.output, args.force)?;
-    let as_vhdx = args
-        .output
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"));
-    let write_error = |e| -> anyhow::Error {
-        anyhow::Error::new(e).context(format!(
-            "restoring to {} (nothing was written there)",
-            args.output.display()
-        ))
-    };
-    // Only non-zero blocks are written: zeros stay holes (raw) or unallocated blocks (VHDX).
-    let block_size = u64::from(manifest.block_size);
-    let restore_into = |write: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>| {
-        replica
-            .restore_blocks(
-                &codec,
-                &manifest,
-                keys.digest.expose(),
-                |block, data| match data {
-                    Some(data) if !pageblob::is_zero(data) => write(block * block_size, data),
-                    _ => Ok(()),
-                },
-            )
-            .map_err(write_error)
-    };
-    // Blocks are decoded by the pool; the output is written in block order.
-    args.threads.run(|| -> Result<()> {
-        if as_vhdx {
-            let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
-            let file = vhdx::ReadWriteFile::open(output.temp.path())
-                .with_context(|| output.temp.path().display().to_string())?;
-            let mut writer =
-                vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
-                    .with_context(|| args.output.display().to_string())?;
-            writer.set_bulk(true);
-            restore_into(&mut |at, data| writer.write_at(at, data).map_err(std::io::Error::other))?;
-            writer
-                .flush()
-                .and_then(|()| writer.close())
-                .with_context(|| args.output.display().to_string())?;
-        } else {
-            let file = output.temp.as_file();
-            restore_into(&mut |at, data| std::os::unix::fs::FileExt::write_all_at(file, data, at))?;
-            file.set_len(manifest.disk_size)
-                .with_context(|| output.temp.path().display().to_string())?;
-        }
-        Ok(())
-    })??;
-    // Every block and the Merkle root are proven: only now does the output appear.
-    output.publish(&args.output)?;
-    eprintln!(
-        "restored point {} ({}) to {}",
-        manifest.sequence,
-        manifest.snapshot,
-        args.output.display()
-    );
     Ok(ExitCode::SUCCESS)
 }

@@ -4,9 +4,11 @@
 //! [`ChangeSource`](crate::source::ChangeSource): dirty bitmaps say what changed, a fleecing
 //! view gives each cycle a crash-consistent point in time while the guest keeps writing.
 
+pub mod group;
 pub mod nbd;
 pub mod qemu;
 pub mod qmp;
 mod scratch;
 
+pub use group::QemuGroup;
 pub use qemu::{QemuOptions, QemuSource};

@@ -205,6 +205,27 @@ pub struct QemuSource {
     /// Held while attached ([`QemuOptions::lock_file`]): one run per replica and QEMU.
     _lock: std::fs::File,
     frozen: Option<Frozen>,
+    /// A group's freeze of this disk, waiting for the agent's [`ChangeSource::freeze`]: the
+    /// last point it was made for, and the changes.
+    joint: Option<(Option<u64>, Changes)>,
+}
+
+/// A freeze prepared for one disk ([`QemuSource::prepare_freeze`]).
+#[derive(Debug)]
+pub(super) struct PreparedFreeze {
+    last_point: Option<u64>,
+    base: Option<String>,
+    fresh: String,
+    size: u64,
+    /// This disk's part of the freeze transaction.
+    pub(super) actions: Vec<Action>,
+}
+
+impl PreparedFreeze {
+    /// The replica's last point the freeze was made for.
+    pub(super) fn last_point(&self) -> Option<u64> {
+        self.last_point
+    }
 }
 
 impl QemuSource {
@@ -218,6 +239,7 @@ impl QemuSource {
             _lock: lock,
             options,
             frozen: None,
+            joint: None,
         };
         let size = source.node_size()?;
         source.clear_nodes(&CycleNames::legacy())?;
@@ -403,14 +425,23 @@ impl QemuSource {
         Ok(Some(base))
     }
 
-    /// Freeze: rotate the bitmaps and start the fleecing job in one transaction, then put the
-    /// read-only view on NBD.
-    fn freeze_view(
+    /// Prepare a freeze for the cycle after `last_point`: a killed cycle's view is dropped, the
+    /// bitmaps settled, the fleecing file made and added as a node. Returns the transaction's
+    /// actions for this disk (rotate the bitmaps, start the fleecing job), which
+    /// [`QemuSource::freeze`] runs alone and a [`super::group::QemuGroup`] runs with its other
+    /// disks' in one transaction.
+    pub(super) fn prepare_freeze(
         &mut self,
-        base: Option<&str>,
-        fresh: &str,
-        size: u64,
-    ) -> Result<(NbdView, bool), SourceError> {
+        last_point: Option<u64>,
+    ) -> Result<PreparedFreeze, SourceError> {
+        if self.frozen.is_some() {
+            self.thaw(None)?;
+        }
+        self.joint = None;
+        self.clear_leftovers()?;
+        let base = self.settle_bitmaps(last_point)?;
+        let fresh = self.options.bitmap(last_point.map_or(0, |l| l + 1));
+        let size = self.node_size()?;
         let o = self.options.clone();
         let n = self.names.clone();
         let temp = o.temp_file();
@@ -420,17 +451,20 @@ impl QemuSource {
                 "blockdev-add",
                 json!({"driver": "file", "node-name": n.temp, "filename": temp}),
             )
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&temp);
         })?;
         let mut actions = vec![Action::BlockDirtyBitmapAdd(BitmapAdd {
             node: o.node.clone(),
-            name: fresh.into(),
+            name: fresh.clone(),
             granularity: o.granularity,
             persistent: o.persistent_bitmaps,
         })];
-        if let Some(base) = base {
+        if let Some(base) = &base {
             actions.push(Action::BlockDirtyBitmapDisable(BitmapRef {
                 node: o.node.clone(),
-                name: base.into(),
+                name: base.clone(),
             }));
         }
         actions.push(Action::BlockdevBackup(BlockdevBackup {
@@ -440,9 +474,103 @@ impl QemuSource {
             sync: "none".into(),
             filter_node_name: n.filter.clone(),
         }));
+        Ok(PreparedFreeze {
+            last_point,
+            base,
+            fresh,
+            size,
+            actions,
+        })
+    }
+
+    /// Run `actions` (one or several disks' freezes) in one QMP transaction: all or nothing.
+    pub(super) fn freeze_transaction(&mut self, actions: &[Action]) -> Result<(), SourceError> {
         self.step("freezing the disk (transaction)", |q| {
-            q.transaction(&actions)
-        })?;
+            q.transaction(actions)
+        })
+    }
+
+    /// After the transaction: the frozen view on NBD, and the changes its base bitmap lists.
+    /// On failure this disk's freeze is undone (its changes stay for the next cycle).
+    pub(super) fn complete_freeze(
+        &mut self,
+        prepared: &PreparedFreeze,
+    ) -> Result<Changes, SourceError> {
+        let (view, own_server) = match self.export_view(prepared.base.as_deref(), prepared.size) {
+            Ok(v) => v,
+            Err(e) => {
+                self.undo_freeze(prepared);
+                return Err(e);
+            }
+        };
+        let frozen = Frozen {
+            base: prepared.base.clone(),
+            fresh: prepared.fresh.clone(),
+            view,
+            own_server,
+        };
+        let changes = match (&prepared.base, prepared.last_point) {
+            (Some(b), _) => match self.dirty_ranges(&frozen.view, b) {
+                Ok(ranges) => Changes::Ranges(ranges),
+                Err(e) => {
+                    self.frozen = Some(frozen);
+                    let _ = self.thaw(None);
+                    return Err(SourceError::live(format!("reading dirty bitmap {b}"), e));
+                }
+            },
+            (None, None) => Changes::Unknown,
+            (None, Some(last)) => Changes::Lost(format!(
+                "QEMU has no dirty bitmap {} for point {last} (QEMU restarted, or the bitmap \
+                 was lost or left inconsistent)",
+                self.options.bitmap(last)
+            )),
+        };
+        self.frozen = Some(frozen);
+        Ok(changes)
+    }
+
+    /// Undo whatever part of a prepared freeze happened; the changes stay in the base bitmap
+    /// (the fresh one, if the transaction ran, is merged back).
+    pub(super) fn undo_freeze(&mut self, prepared: &PreparedFreeze) {
+        let _ = self.clear_leftovers();
+        let fresh = &prepared.fresh;
+        let names: Vec<String> = self
+            .our_bitmaps()
+            .map(|v| v.into_iter().map(|(_, b)| b.name).collect())
+            .unwrap_or_default();
+        if names.contains(fresh) {
+            match &prepared.base {
+                Some(b) => {
+                    let _ = self.merge_into(b, std::slice::from_ref(fresh));
+                }
+                None => {
+                    let _ = self.remove_bitmap(fresh);
+                }
+            }
+        }
+        self.release_monitor();
+    }
+
+    /// Let go of the QMP monitor: QEMU serves one client at a time, and others (another disk's
+    /// run, libvirt, an operator) may use it while a cycle reads.
+    pub(super) fn release_monitor(&mut self) {
+        self.qmp = None;
+    }
+
+    /// A freeze a group made for this disk: the agent's [`ChangeSource::freeze`] takes it.
+    pub(super) fn set_joint(&mut self, last_point: Option<u64>, changes: Changes) {
+        self.joint = Some((last_point, changes));
+    }
+
+    /// The frozen view (made by the freeze transaction's job) on NBD, read-only, with the base
+    /// bitmap.
+    fn export_view(
+        &mut self,
+        base: Option<&str>,
+        size: u64,
+    ) -> Result<(NbdView, bool), SourceError> {
+        let o = self.options.clone();
+        let n = self.names.clone();
         self.step("adding the frozen view", |q| {
             q.execute(
                 "blockdev-add",
@@ -594,64 +722,31 @@ impl QemuSource {
 
 impl ChangeSource for QemuSource {
     fn freeze(&mut self, last_point: Option<u64>) -> Result<Changes, SourceError> {
-        if self.frozen.is_some() {
-            self.thaw(None)?;
-        }
-        self.clear_leftovers()?;
-        let base = self.settle_bitmaps(last_point)?;
-        let fresh = self.options.bitmap(last_point.map_or(0, |l| l + 1));
-        let size = self.node_size()?;
-        let (view, own_server) = match self.freeze_view(base.as_deref(), &fresh, size) {
-            Ok(v) => v,
-            Err(e) => {
-                // Whatever part of the freeze happened is undone; the changes stay in the
-                // base bitmap (the fresh one, if the transaction ran, is merged back).
-                let _ = self.clear_leftovers();
-                let names: Vec<String> = self
-                    .our_bitmaps()
-                    .map(|v| v.into_iter().map(|(_, b)| b.name).collect())
-                    .unwrap_or_default();
-                if names.contains(&fresh) {
-                    match &base {
-                        Some(b) => {
-                            let _ = self.merge_into(b, std::slice::from_ref(&fresh));
-                        }
-                        None => {
-                            let _ = self.remove_bitmap(&fresh);
-                        }
-                    }
-                }
-                self.qmp = None;
-                return Err(e);
+        if let Some((joint_last, changes)) = self.joint.take() {
+            // Frozen with the group's other disks: the same instant for all of them.
+            if joint_last == last_point && self.frozen.is_some() {
+                return Ok(changes);
             }
-        };
-        let frozen = Frozen {
-            base: base.clone(),
-            fresh,
-            view,
-            own_server,
-        };
-        let changes = match (&base, last_point) {
-            (Some(b), _) => match self.dirty_ranges(&frozen.view, b) {
-                Ok(ranges) => Changes::Ranges(ranges),
-                Err(e) => {
-                    self.frozen = Some(frozen);
-                    let _ = self.thaw(None);
-                    return Err(SourceError::live(format!("reading dirty bitmap {b}"), e));
-                }
-            },
-            (None, None) => Changes::Unknown,
-            (None, Some(last)) => Changes::Lost(format!(
-                "QEMU has no dirty bitmap {} for point {last} (QEMU restarted, or the bitmap \
-                 was lost or left inconsistent)",
-                self.options.bitmap(last)
-            )),
-        };
-        self.frozen = Some(frozen);
+            if self.frozen.is_some() {
+                self.thaw(None)?;
+            }
+            return Err(SourceError::live(
+                format!("block node {}", self.options.node),
+                std::io::Error::other(format!(
+                    "the group froze this disk for the cycle after point {joint_last:?}, but \
+                     the replica's last point is {last_point:?}; the cycle is retried"
+                )),
+            ));
+        }
+        let prepared = self.prepare_freeze(last_point)?;
+        let changes = self
+            .freeze_transaction(&prepared.actions)
+            .inspect_err(|_| self.undo_freeze(&prepared))
+            .and_then(|()| self.complete_freeze(&prepared));
         // The cycle reads the view over NBD: the monitor is free meanwhile for another run
         // (another disk of this QEMU), which QEMU serves one client at a time.
-        self.qmp = None;
-        Ok(changes)
+        self.release_monitor();
+        changes
     }
 
     fn view(&self) -> Result<&dyn BlockSource, SourceError> {
@@ -662,6 +757,7 @@ impl ChangeSource for QemuSource {
     }
 
     fn thaw(&mut self, committed: Option<u64>) -> Result<(), SourceError> {
+        self.joint = None;
         let frozen = self.frozen.take().ok_or(SourceError::NotFrozen)?;
         let dropped = self.drop_view(&frozen);
         let settled = self.settle_after(&frozen, committed);

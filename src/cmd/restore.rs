@@ -1,0 +1,376 @@
+//! `drplane restore`: a recovery point written out byte-exact — a sparse raw file, a dynamic
+//! VHDX, or a block device — only once every block and the Merkle root are proven. With
+//! several `--name`s, a machine's disks at one instant, every disk proven before any output
+//! appears.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use datapath::replica::block_record::BlockCodec;
+use datapath::replica::disk_replica::DiskReplica;
+use datapath::replica::manifest::{Consistency, Manifest};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+use super::blob::Target;
+use super::points::{choose_machine_point, ReadPoints};
+use super::replicate::Keys;
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    keys: Keys,
+    /// Replica name (as given to `replicate`). Several (with an -o each, in the same order):
+    /// the disks of one machine replicated together, restored at one instant, the newest
+    /// point (or the one --point names) that every one of them has.
+    #[arg(long, required = true)]
+    name: Vec<String>,
+    /// Point sequence number (with several --name: the first one's), `latest`, or
+    /// `latest-app` (newest app-consistent point).
+    #[arg(long, default_value = "latest")]
+    point: String,
+    /// Output file: sparse raw, or a dynamic VHDX when the name ends in `.vhdx`. Written
+    /// beside it and renamed into place only once the point is proven byte-exact (with several
+    /// --name: once every disk's is). A block device (with --force) gets the point written
+    /// whole once it is proven.
+    #[arg(short, long, required = true)]
+    output: Vec<PathBuf>,
+    /// Replace an existing output file, or overwrite a block device.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    threads: super::Threads,
+}
+
+/// The suffix of a restore's output while it is written.
+const PARTIAL: &str = ".partial";
+
+/// Remove what restores of the same target that were killed left (`PREFIX*.partial` beside
+/// it, other than `ours`): a file no live restore holds locked. One a live restore holds (two
+/// restores to one target at once) stays; so does anything that cannot be opened.
+fn remove_killed_restores(dir: &Path, prefix: &str, ours: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if !name.starts_with(prefix) || !name.ends_with(PARTIAL) || path == ours {
+            continue;
+        }
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let unlocked =
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+        if unlocked && std::fs::remove_file(&path).is_ok() {
+            eprintln!(
+                "removed {}: a restore that was stopped left it",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A restore's output while it is written: a temporary file beside the target, published by
+/// a rename once the point is proven, and removed if anything fails first.
+struct RestoreOutput {
+    temp: tempfile::NamedTempFile,
+    force: bool,
+}
+
+impl RestoreOutput {
+    fn prepare(target: &Path, force: bool) -> Result<RestoreOutput> {
+        use std::os::unix::fs::PermissionsExt;
+        // A new file gets the permissions any new file gets (0666 less the umask), a replaced
+        // one keeps its own: a disk restored for a VM that runs as another user stays readable
+        // as the user expects (a temporary file's 0600 was kept until session 26).
+        let replaced = match std::fs::symlink_metadata(target) {
+            Ok(m) if !m.file_type().is_file() => bail!(
+                "{}: exists and is not a regular file; restore writes a new file",
+                target.display()
+            ),
+            Ok(_) if !force => bail!("{} exists: give --force to replace it", target.display()),
+            Ok(m) => Some(m.permissions()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(anyhow::Error::new(e).context(target.display().to_string())),
+        };
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = target
+            .file_name()
+            .with_context(|| format!("{}: not a file name", target.display()))?;
+        let prefix = format!(".{}.", name.to_string_lossy());
+        let temp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(PARTIAL)
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a file in {}", dir.display()))?;
+        if let Some(permissions) = replaced {
+            temp.as_file()
+                .set_permissions(permissions)
+                .with_context(|| temp.path().display().to_string())?;
+        }
+        // Locked while this restore lives, so a later one tells its file from a killed one's.
+        rustix::fs::flock(
+            temp.as_file(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .map_err(std::io::Error::from)
+        .with_context(|| temp.path().display().to_string())?;
+        remove_killed_restores(dir, &prefix, temp.path());
+        Ok(RestoreOutput { temp, force })
+    }
+
+    /// Make the proven output durable and put it in place.
+    fn publish(self, target: &Path) -> Result<()> {
+        self.temp
+            .as_file()
+            .sync_all()
+            .with_context(|| self.temp.path().display().to_string())?;
+        let persisted = if self.force {
+            self.temp.persist(target)
+        } else {
+            self.temp.persist_noclobber(target)
+        };
+        persisted
+            .map_err(|e| anyhow::Error::new(e.error).context(format!("{}", target.display())))?;
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| dir.display().to_string())?;
+        Ok(())
+    }
+}
+
+/// Whether `path` is (or links to) a block device.
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// Restore onto a block device (a replacement disk, a LUN): it is overwritten, so `--force`
+/// is required; it is opened exclusively, so a device that is mounted or held open
+/// exclusively is refused; it must hold the point's disk. The point is proven first (every
+/// block and the Merkle root, nothing written), so a damaged point never replaces what the
+/// device holds; then it is written whole — zero blocks as zeros, a device is not sparse —
+/// and synced. Bytes past the disk's size are left as they are.
+fn restore_to_device(
+    args: &RestoreArgs,
+    output: &Path,
+    replica: &DiskReplica<'_>,
+    codec: &BlockCodec,
+    manifest: &Manifest,
+    digest_key: &[u8; 32],
+) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let device = output.display();
+    if !args.force {
+        bail!(
+            "{device} is a block device: give --force to overwrite it with point {}",
+            manifest.sequence
+        );
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(output)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::BUSY.raw_os_error() => anyhow::anyhow!(
+                "{device}: in use (mounted, or held open exclusively): not overwritten"
+            ),
+            _ => anyhow::Error::new(e).context(format!("opening {device} to write")),
+        })?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("{device}: its size"))?;
+    if size < manifest.disk_size {
+        bail!(
+            "{device} holds {size} bytes, the point's disk {} bytes: not overwritten",
+            manifest.disk_size
+        );
+    }
+    let block_size = u64::from(manifest.block_size);
+    args.threads.run(|| -> Result<()> {
+        replica
+            .restore_blocks(codec, manifest, digest_key, |_, _| Ok(()))
+            .with_context(|| {
+                format!(
+                    "proving point {} before writing {device} (nothing was written)",
+                    manifest.sequence
+                )
+            })?;
+        replica
+            .restore(codec, manifest, digest_key, |block, data| {
+                file.write_all_at(data, block * block_size)
+            })
+            .with_context(|| {
+                format!(
+                    "writing point {} to {device}: it holds part of the point now; restore again",
+                    manifest.sequence
+                )
+            })?;
+        file.sync_all().with_context(|| format!("syncing {device}"))
+    })??;
+    eprintln!(
+        "restored point {} ({}) onto block device {device} ({} of its {size} bytes)",
+        manifest.sequence, manifest.snapshot, manifest.disk_size
+    );
+    Ok(())
+}
+
+pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
+    let identity = args.keys.load()?;
+    let store = args.target.open_reader()?;
+    if args.name.len() != args.output.len() {
+        bail!(
+            "give one -o per --name, in the same order ({} names, {} outputs)",
+            args.name.len(),
+            args.output.len()
+        );
+    }
+    let reads = args
+        .name
+        .iter()
+        .map(|name| ReadPoints::open(&*store, &identity, name))
+        .collect::<Result<Vec<_>>>()?;
+    let manifests = match reads.as_slice() {
+        [read] => vec![choose_point(&read.points, &args.point)?],
+        _ => choose_machine_point(&reads, &args.point)?,
+    };
+    // Every disk is proven before any output appears.
+    let mut proven = Vec::new();
+    for ((read, manifest), output) in reads.iter().zip(&manifests).zip(&args.output) {
+        proven.push(restore_proven(&args, read, manifest, output)?);
+    }
+    for ((written, manifest), output) in proven.into_iter().zip(&manifests).zip(&args.output) {
+        if let Some(written) = written {
+            written.publish(output)?;
+            eprintln!(
+                "restored point {} ({}) to {}",
+                manifest.sequence,
+                manifest.snapshot,
+                output.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The point `--point` names among a replica's `points`.
+fn choose_point(points: &[Manifest], point: &str) -> Result<Manifest> {
+    let manifest = match point {
+        "latest" => points.last().context("the replica has no recovery point")?,
+        "latest-app" => points
+            .iter()
+            .rev()
+            .find(|p| p.consistency == Consistency::Application)
+            .context("the replica has no app-consistent recovery point")?,
+        n => {
+            let seq: u64 = n
+                .parse()
+                .with_context(|| format!("--point {n}: a number, latest or latest-app"))?;
+            points.iter().find(|p| p.sequence == seq).with_context(|| {
+                let held: Vec<String> = points.iter().map(|p| p.sequence.to_string()).collect();
+                let held = match held.as_slice() {
+                    [] => "none".to_string(),
+                    [first, .., last] if held.len() > 12 => {
+                        format!("{} points, {first} to {last}", held.len())
+                    }
+                    all => all.join(", "),
+                };
+                format!("no point {seq}: the replica holds {held} (`drplane points` lists them)")
+            })?
+        }
+    };
+    Ok(manifest.clone())
+}
+
+/// Restore `manifest` of `read` into a partial file beside `output`, every block and the
+/// Merkle root proven; it is published by the caller. A block device is proven and then
+/// written in place (`None`).
+fn restore_proven(
+    args: &RestoreArgs,
+    read: &ReadPoints<'_>,
+    manifest: &Manifest,
+    target: &Path,
+) -> Result<Option<RestoreOutput>> {
+    let keys = &read.keys;
+    let replica = read.replica(manifest)?;
+    let codec = BlockCodec::new(keys, 1, true);
+    if is_block_device(target) {
+        restore_to_device(
+            args,
+            target,
+            &replica,
+            &codec,
+            manifest,
+            keys.digest.expose(),
+        )?;
+        return Ok(None);
+    }
+    let output = RestoreOutput::prepare(target, args.force)?;
+    let as_vhdx = target
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"));
+    let write_error = |e| -> anyhow::Error {
+        anyhow::Error::new(e).context(format!(
+            "restoring to {} (nothing was written there)",
+            target.display()
+        ))
+    };
+    // Only non-zero blocks are written: zeros stay holes (raw) or unallocated blocks (VHDX).
+    let block_size = u64::from(manifest.block_size);
+    let restore_into = |write: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>| {
+        replica
+            .restore_blocks(
+                &codec,
+                manifest,
+                keys.digest.expose(),
+                |block, data| match data {
+                    Some(data) if !pageblob::is_zero(data) => write(block * block_size, data),
+                    _ => Ok(()),
+                },
+            )
+            .map_err(write_error)
+    };
+    // Blocks are decoded by the pool; the output is written in block order.
+    args.threads.run(|| -> Result<()> {
+        if as_vhdx {
+            let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
+            let file = vhdx::ReadWriteFile::open(output.temp.path())
+                .with_context(|| output.temp.path().display().to_string())?;
+            let mut writer =
+                vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
+                    .with_context(|| target.display().to_string())?;
+            writer.set_bulk(true);
+            restore_into(&mut |at, data| writer.write_at(at, data).map_err(std::io::Error::other))?;
+            writer
+                .flush()
+                .and_then(|()| writer.close())
+                .with_context(|| target.display().to_string())?;
+        } else {
+            let file = output.temp.as_file();
+            restore_into(&mut |at, data| std::os::unix::fs::FileExt::write_all_at(file, data, at))?;
+            file.set_len(manifest.disk_size)
+                .with_context(|| output.temp.path().display().to_string())?;
+        }
+        Ok(())
+    })??;
+    Ok(Some(output))
+}

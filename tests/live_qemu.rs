@@ -1199,4 +1199,148 @@ fn a_vms_disks_replicated_together_are_restored_at_one_instant() {
         "the points move forward with the writes: {newest:?}"
     );
     assert_eq!(newest[5], log.len(), "the last point holds every write");
+
+    // One disk's freeze cannot be made (its fleecing file's place is taken by a directory):
+    // no disk is frozen, nothing commits, and the next cycle reads exactly what changed.
+    let mut guest0 = daemon.guest();
+    guest0.write(1 << 20, &[0xa0; 65536]).unwrap();
+    let mut guest1 =
+        NbdClient::connect_unix(&daemon.nbd, "vm1", &[], Duration::from_secs(30)).unwrap();
+    guest1.write(2 << 20, &[0xa1; 65536]).unwrap();
+    let blocked = d.join("drplane-vm1.fleece");
+    std::fs::create_dir(&blocked).unwrap();
+    let out = drplane()
+        .args(["replicate", "--qemu", path_str(&daemon.qmp)])
+        .args(["--node", "disk0", "--name", "vm0", "--node", "disk1"])
+        .args(["--name", "vm1", "--nbd-socket", path_str(&daemon.nbd)])
+        .args(["--store", &replica.store, "--pfx", &replica.pfx, "--json"])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    let said = stderr(&out);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{said}");
+    assert!(
+        said.contains("drplane-vm1.fleece") && said.contains("no disk committed"),
+        "{said}"
+    );
+    assert!(
+        !d.join("drplane-vm0.fleece").exists(),
+        "disk 0's freeze was undone"
+    );
+    std::fs::remove_dir(&blocked).unwrap();
+    let reports = group_cycle();
+    for r in &reports {
+        assert_eq!(r["kind"], "delta", "{r}");
+        assert_eq!(r["bytes_read"], 65536, "exactly the one change: {r}");
+        assert_eq!(r["point"], 6, "{r}");
+    }
+    let images = [daemon.image(), {
+        let mut image = vec![0; 32 << 20];
+        guest1.read(0, &mut image).unwrap();
+        image
+    }];
+    let outputs = [d.join("r0.raw"), d.join("r1.raw")];
+    run_ok(
+        drplane()
+            .args(["restore", "--store", &replica.store, "--pfx", &replica.pfx])
+            .args(["--name", "vm0", "--name", "vm1", "--force"])
+            .arg("-o")
+            .arg(&outputs[0])
+            .arg("-o")
+            .arg(&outputs[1])
+            .env("DRPLANE_PFX_PASSWORD", PW),
+    );
+    for (output, image) in outputs.iter().zip(&images) {
+        assert!(std::fs::read(output).unwrap() == *image);
+    }
+}
+
+/// A VM's disks replicated together with no NBD server in QEMU: the group starts one for each
+/// cycle (QEMU runs one, which every disk's view uses) and stops it when the cycle ends.
+#[test]
+fn a_vms_disks_replicated_together_share_one_nbd_server_drplane_starts() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let mut disks = Vec::new();
+    for (i, pattern) in ["0x5a", "0xa5"].iter().enumerate() {
+        let disk = d.join(format!("disk{i}.qcow2"));
+        qemu_img(&["create", "-q", "-f", "qcow2", path_str(&disk), "16M"]);
+        let target = path_str(&disk).to_string();
+        let wrote = qemu_io(&target, &[format!("write -P {pattern} {}M 1M", 2 + i)]);
+        assert!(wrote.status.success());
+        disks.push(disk);
+    }
+    let qmp = d.join("own.sock");
+    let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.arg("--chardev")
+        .arg(format!(
+            "socket,path={},server=on,wait=off,id=m",
+            qmp.display()
+        ))
+        .args(["--monitor", "chardev=m"]);
+    for (i, disk) in disks.iter().enumerate() {
+        cmd.arg("--blockdev")
+            .arg(format!(
+                "driver=file,filename={},node-name=file{i}",
+                disk.display()
+            ))
+            .arg("--blockdev")
+            .arg(format!("driver=qcow2,file=file{i},node-name=disk{i}"));
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !qmp.exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let replica = Replica::new(d);
+    for round in 0..2 {
+        let out = run_ok(
+            drplane()
+                .args(["replicate", "--qemu", path_str(&qmp)])
+                .args(["--node", "disk0", "--name", "vm0", "--node", "disk1"])
+                .args([
+                    "--name",
+                    "vm1",
+                    "--store",
+                    &replica.store,
+                    "--pfx",
+                    &replica.pfx,
+                ])
+                .env("DRPLANE_PFX_PASSWORD", PW),
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said.matches("committed").count(),
+            2,
+            "round {round}: {said}"
+        );
+        assert!(!d.join("drplane-vm0.nbd").exists(), "the server is stopped");
+    }
+    let mut monitor = Qmp::connect(&qmp, Duration::from_secs(10)).unwrap();
+    let exports = monitor.execute("query-block-exports", json!({})).unwrap();
+    assert_eq!(exports, json!([]), "nothing left exported");
+    drop(monitor);
+    let outputs = [d.join("r0.raw"), d.join("r1.raw")];
+    run_ok(
+        drplane()
+            .args(["restore", "--store", &replica.store, "--pfx", &replica.pfx])
+            .args(["--name", "vm0", "--name", "vm1"])
+            .arg("-o")
+            .arg(&outputs[0])
+            .arg("-o")
+            .arg(&outputs[1])
+            .env("DRPLANE_PFX_PASSWORD", PW),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    for (i, output) in outputs.iter().enumerate() {
+        let raw = d.join(format!("disk{i}.raw"));
+        qemu_img(&["convert", "-O", "raw", path_str(&disks[i]), path_str(&raw)]);
+        assert_files_equal(output, &raw);
+    }
 }

@@ -328,6 +328,17 @@ impl<'a> DiskAgent<'a> {
         machine: &Replicator,
         now_nanos: u64,
     ) -> Result<Vec<u64>, ReplicaError> {
+        self.apply_retention_among(machine, now_nanos, None)
+    }
+
+    /// [`apply_retention`](Self::apply_retention) for a disk replicated with the other disks
+    /// of its machine, which have points at `machine_times` (see [`crate::retention`]).
+    pub fn apply_retention_among(
+        &self,
+        machine: &Replicator,
+        now_nanos: u64,
+        machine_times: Option<&std::collections::BTreeSet<u64>>,
+    ) -> Result<Vec<u64>, ReplicaError> {
         let points = self.points()?;
         let infos: Vec<PointInfo> = points
             .iter()
@@ -338,7 +349,7 @@ impl<'a> DiskAgent<'a> {
             })
             .collect();
         use std::sync::atomic::Ordering;
-        let doomed = machine.retention(now_nanos, &infos);
+        let doomed = machine.retention(now_nanos, &infos, machine_times);
         for p in points.iter().filter(|p| doomed.contains(&p.sequence)) {
             if let Err(e) = self.replica.delete_point(p) {
                 self.orphans_possible.store(true, Ordering::Relaxed);

@@ -6,6 +6,8 @@
 //! how, retention runs (after failed cycles too: a blob at its snapshot limit needs room before
 //! any cycle can commit), health is read.
 
+use std::collections::BTreeSet;
+
 use rand_core::RngCore;
 
 use crate::agent::{AgentError, AgentTarget, DiskAgent};
@@ -110,9 +112,22 @@ impl<'a> ReplicationDriver<'a> {
     /// The cycle [`poll`](ReplicationDriver::poll) asked for ended at `now_nanos` with
     /// `outcome`: the machine hears of it, then retention runs.
     pub fn finish(&mut self, now_nanos: u64, outcome: &CycleOutcome) -> Finished {
+        self.finish_among(now_nanos, outcome, None)
+    }
+
+    /// [`finish`](Self::finish) for a disk replicated with the other disks of its machine,
+    /// which have points at `machine_times` (retention keeps the machine's points).
+    pub fn finish_among(
+        &mut self,
+        now_nanos: u64,
+        outcome: &CycleOutcome,
+        machine_times: Option<&BTreeSet<u64>>,
+    ) -> Finished {
         self.machine.cycle_finished(now_nanos, outcome);
         Finished {
-            retention: self.agent.apply_retention(&self.machine, now_nanos),
+            retention: self
+                .agent
+                .apply_retention_among(&self.machine, now_nanos, machine_times),
             health: self.machine.health(now_nanos),
         }
     }
@@ -164,11 +179,33 @@ pub fn run_group_cycle(
             })
             .collect();
     }
-    drivers
+    let results = drivers
         .iter_mut()
         .enumerate()
         .map(|(i, d)| d.run_cycle(&plans[i], group.member(i), now, &|p| progress(i, p)))
-        .collect()
+        .collect();
+    group.cycle_ended();
+    results
+}
+
+/// The times every disk of a group has a point at: the machine's points. `None` when a
+/// disk's points cannot be listed (retention then keeps each disk's own, as for a lone disk).
+fn machine_times(drivers: &[ReplicationDriver<'_>]) -> Option<BTreeSet<u64>> {
+    let mut common: Option<BTreeSet<u64>> = None;
+    for d in drivers {
+        let times: BTreeSet<u64> = d
+            .agent
+            .points()
+            .ok()?
+            .iter()
+            .map(|p| p.time_nanos)
+            .collect();
+        common = Some(match common {
+            None => times,
+            Some(c) => c.intersection(&times).copied().collect(),
+        });
+    }
+    common
 }
 
 /// [`ReplicationDriver::run_now`] for the disks of `group`: one cycle of all of them now, from
@@ -192,12 +229,15 @@ pub fn run_group_now(
         })
         .collect();
     let results = run_group_cycle(drivers, group, &plans, clock, progress);
+    let times = machine_times(drivers);
     drivers
         .iter_mut()
         .zip(results)
         .map(|(d, result)| {
             let report = result?;
-            let retention = d.agent.apply_retention(&d.machine, clock.now_nanos());
+            let retention =
+                d.agent
+                    .apply_retention_among(&d.machine, clock.now_nanos(), times.as_ref());
             Ok((report, retention))
         })
         .collect()
@@ -259,6 +299,7 @@ pub fn watch_group(
         };
         let mut all_committed = true;
         let mut taken_over = None;
+        let times = machine_times(drivers);
         for (i, result) in results.iter().enumerate() {
             let outcome = match result {
                 Ok(report) => CycleOutcome::Committed {
@@ -274,7 +315,7 @@ pub fn watch_group(
                     }
                 }
             };
-            let finished = drivers[i].finish(clock.now_nanos(), &outcome);
+            let finished = drivers[i].finish_among(clock.now_nanos(), &outcome, times.as_ref());
             events[i].finished(&plans[i], result, &finished);
         }
         committed += u64::from(all_committed);

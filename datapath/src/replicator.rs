@@ -5,11 +5,11 @@
 //! retries, and health (RPO, missed cycles). The tokio driver of the CLI and the simulator run
 //! the same machine; neither reads a clock behind its back.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::policy::Policy;
 use crate::replica::manifest::Consistency;
-use crate::retention::{points_to_delete, PointInfo};
+use crate::retention::{points_to_delete_among, PointInfo};
 
 const SEC: u64 = 1_000_000_000;
 const HOUR: u64 = 3600 * SEC;
@@ -333,13 +333,21 @@ impl Replicator {
         self.resync_reason = Some(reason.to_string());
     }
 
-    /// Points to delete after a commit at `now`.
-    pub fn retention(&self, now_nanos: u64, points: &[PointInfo]) -> Vec<u64> {
-        points_to_delete(
+    /// Points to delete after a commit at `now`; `machine_times`: this disk is replicated with
+    /// the other disks of its machine, which have points at those times
+    /// ([`points_to_delete_among`]).
+    pub fn retention(
+        &self,
+        now_nanos: u64,
+        points: &[PointInfo],
+        machine_times: Option<&BTreeSet<u64>>,
+    ) -> Vec<u64> {
+        points_to_delete_among(
             points,
             now_nanos,
             self.policy.retention_hours,
             self.snapshot_limit,
+            machine_times,
         )
     }
 

@@ -3,8 +3,13 @@
 //! the newest app-consistent point of the hour when there is one, else the newest point; nothing
 //! older than the window; the newest point always. When a store profile caps snapshots per blob,
 //! the oldest points go until the live ones leave room for the next cycle's snapshot.
+//!
+//! A disk replicated with the other disks of its machine ([`points_to_delete_among`]) keeps,
+//! past the last hour, only points of the machine — the instants every disk has a point at —
+//! so the disks keep the same instants; a point only some disks have (a cycle that failed on
+//! another disk) is kept for the last hour like any point, then goes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::replica::manifest::Consistency;
 
@@ -25,6 +30,20 @@ pub fn points_to_delete(
     retention_hours: u32,
     snapshot_limit: Option<usize>,
 ) -> Vec<u64> {
+    points_to_delete_among(points, now_nanos, retention_hours, snapshot_limit, None)
+}
+
+/// [`points_to_delete`] for one disk of a machine whose disks are replicated together: only
+/// points at `machine_times` (the instants every disk has a point at) may represent an hour
+/// past the last one (see the module docs). `None`: every point may.
+pub fn points_to_delete_among(
+    points: &[PointInfo],
+    now_nanos: u64,
+    retention_hours: u32,
+    snapshot_limit: Option<usize>,
+    machine_times: Option<&BTreeSet<u64>>,
+) -> Vec<u64> {
+    let of_machine = |p: &PointInfo| machine_times.is_none_or(|t| t.contains(&p.time_nanos));
     let mut sorted: Vec<PointInfo> = points.to_vec();
     sorted.sort_by_key(|p| p.sequence);
     let Some(newest) = sorted.last().copied() else {
@@ -36,7 +55,7 @@ pub fn points_to_delete(
     let mut hourly: BTreeMap<u64, PointInfo> = BTreeMap::new();
     for p in sorted
         .iter()
-        .filter(|p| p.time_nanos >= window_start && p.time_nanos < last_hour)
+        .filter(|p| p.time_nanos >= window_start && p.time_nanos < last_hour && of_machine(p))
     {
         let slot = hourly.entry(p.time_nanos / HOUR_NANOS).or_insert(*p);
         let app = |q: &PointInfo| q.consistency == Consistency::Application;
@@ -89,6 +108,29 @@ mod tests {
                 },
             })
             .collect()
+    }
+
+    #[test]
+    fn a_disk_of_a_machine_keeps_past_the_last_hour_only_the_machines_points() {
+        // Every 5 minutes for 3 hours; the other disk failed the cycles of points 10 and 11
+        // (the newest of their hour) and 34 (in the last hour).
+        let points = every(300, 36, 0);
+        let machine: BTreeSet<u64> = points
+            .iter()
+            .filter(|p| ![10, 11, 34].contains(&p.sequence))
+            .map(|p| p.time_nanos)
+            .collect();
+        let now = points[35].time_nanos;
+        let deleted = points_to_delete_among(&points, now, 24, None, Some(&machine));
+        let kept: Vec<u64> = kept(&points, &deleted).iter().map(|p| p.sequence).collect();
+        // Hour 0: 9 (not 11, nor 10); hour 1: 22; the last hour (23 on) whole, 34 included.
+        assert_eq!(
+            kept,
+            [9, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35]
+        );
+        // Alone, the disk would keep 11 for hour 0.
+        let alone = points_to_delete(&points, now, 24, None);
+        assert!(!alone.contains(&11) && alone.contains(&9));
     }
 
     fn kept(points: &[PointInfo], deleted: &[u64]) -> Vec<PointInfo> {

@@ -54,6 +54,8 @@ pub trait FreezeGroup {
     fn freeze_all(&mut self, last_points: &[Option<u64>]) -> Result<(), SourceError>;
     /// Disk *i*, for its agent's cycle.
     fn member(&mut self, i: usize) -> &mut dyn ChangeSource;
+    /// Every disk's cycle of this freeze ended (each disk is thawed).
+    fn cycle_ended(&mut self) {}
 }
 
 impl SourceError {

@@ -32,12 +32,6 @@ pub fn replicate_machine(mut args: ReplicateArgs) -> Result<ExitCode> {
             bail!("--node {node} --name {name}: each disk (and each name) once");
         }
     }
-    if args.live.nbd_socket.is_none() {
-        bail!(
-            "several --node need --nbd-socket: QEMU runs one NBD server, which every disk's \
-             view uses (start one with --nbd-server, or nbd-server-start over QMP)"
-        );
-    }
     let mut sources = Vec::new();
     for (node, name) in nodes.iter().zip(names) {
         sources.push(args.live.attach(node, name)?);
@@ -103,10 +97,17 @@ pub fn replicate_machine(mut args: ReplicateArgs) -> Result<ExitCode> {
             }
         }
         stop_all(&mut group)?;
+        if failed.len() == names.len() {
+            bail!(
+                "no disk committed: this cycle made no point (every change stays for the next \
+                 cycle, which freezes all the disks again)"
+            );
+        }
         if !failed.is_empty() {
             bail!(
                 "{} of {} disks did not commit ({}): this cycle made no point of the whole \
-                 machine (the disks that committed keep theirs; the next cycle freezes all again)",
+                 machine (the disks that committed keep theirs for the last hour of retention; \
+                 the next cycle freezes all the disks again)",
                 failed.len(),
                 names.len(),
                 failed.join(", ")

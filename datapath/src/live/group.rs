@@ -9,6 +9,12 @@
 //! each disk's view exported. If any step fails, every disk's freeze is undone and the changes
 //! stay in their base bitmaps. QEMU serves one monitor client at a time, so the disks take the
 //! monitor in turn and let go of it after each step.
+//!
+//! QEMU runs one NBD server, so the disks' views share it: the one QEMU runs already
+//! (`--nbd-socket`), or one the group starts for each cycle (beside the first disk's scratch
+//! files, `drplane-NAME.nbd`) and stops when every disk's cycle ended.
+
+use std::path::PathBuf;
 
 use super::qemu::{PreparedFreeze, QemuSource};
 use crate::source::{ChangeSource, FreezeGroup, SourceError};
@@ -17,13 +23,54 @@ use crate::source::{ChangeSource, FreezeGroup, SourceError};
 #[derive(Debug)]
 pub struct QemuGroup {
     members: Vec<QemuSource>,
+    /// The NBD server the group starts for each cycle (no `--nbd-socket`): its socket.
+    own_server: Option<PathBuf>,
+    /// It runs now.
+    serving: bool,
 }
 
 impl QemuGroup {
-    /// The group of `members` (attached sources of one QEMU, each with the NBD server's socket
-    /// given: QEMU runs one NBD server, which all the disks' views share).
-    pub fn new(members: Vec<QemuSource>) -> QemuGroup {
-        QemuGroup { members }
+    /// The group of `members` (attached sources of one QEMU; see the module docs for the NBD
+    /// server their views share).
+    pub fn new(mut members: Vec<QemuSource>) -> QemuGroup {
+        let own_server = match members.first() {
+            Some(first) if first.nbd_socket().is_none() => Some(first.own_nbd_socket()),
+            _ => None,
+        };
+        if let Some(socket) = &own_server {
+            for member in &mut members {
+                member.share_nbd_server(socket.clone());
+            }
+        }
+        QemuGroup {
+            members,
+            own_server,
+            serving: false,
+        }
+    }
+
+    /// Start the group's own NBD server for a cycle (one a killed run left is stopped first).
+    fn start_server(&mut self) -> Result<(), SourceError> {
+        let Some(socket) = self.own_server.clone() else {
+            return Ok(());
+        };
+        let first = &mut self.members[0];
+        if socket.exists() {
+            let _ = first.nbd_server(None, &socket);
+        }
+        let started = first.nbd_server(Some(&socket), &socket);
+        first.release_monitor();
+        self.serving = started.is_ok();
+        started
+    }
+
+    fn stop_server(&mut self) {
+        if let (true, Some(socket)) = (self.serving, self.own_server.clone()) {
+            let first = &mut self.members[0];
+            let _ = first.nbd_server(None, &socket);
+            first.release_monitor();
+            self.serving = false;
+        }
     }
 
     /// Undo the freezes of `prepared` and of the disks whose views are already exported.
@@ -66,8 +113,9 @@ impl FreezeGroup for QemuGroup {
         let actions: Vec<_> = prepared.iter().flat_map(|p| p.actions.clone()).collect();
         let frozen = self.members[0].freeze_transaction(&actions);
         self.members[0].release_monitor();
-        if let Err(e) = frozen {
+        if let Err(e) = frozen.and_then(|()| self.start_server()) {
             self.undo(&prepared, 0);
+            self.stop_server();
             return Err(e);
         }
         for i in 0..self.members.len() {
@@ -85,6 +133,7 @@ impl FreezeGroup for QemuGroup {
                         self.members[i + j].undo_freeze(p);
                         self.members[i + j].release_monitor();
                     }
+                    self.stop_server();
                     return Err(e);
                 }
             }
@@ -94,5 +143,19 @@ impl FreezeGroup for QemuGroup {
 
     fn member(&mut self, i: usize) -> &mut dyn ChangeSource {
         &mut self.members[i]
+    }
+
+    fn cycle_ended(&mut self) {
+        self.stop_server();
+    }
+}
+
+impl Drop for QemuGroup {
+    fn drop(&mut self) {
+        // A disk still frozen (a cycle cut short) is thawed before the server goes.
+        for member in &mut self.members {
+            let _ = member.stop(false);
+        }
+        self.stop_server();
     }
 }

@@ -557,6 +557,47 @@ impl QemuSource {
         self.qmp = None;
     }
 
+    /// The NBD server's socket this disk's views are exported on, when QEMU runs one already
+    /// (`--nbd-socket`); `None`: a server is started for each cycle.
+    pub(super) fn nbd_socket(&self) -> Option<&Path> {
+        self.options.nbd_socket.as_deref()
+    }
+
+    /// Export this disk's views on the server at `socket` (a group's, started for its cycles).
+    pub(super) fn share_nbd_server(&mut self, socket: PathBuf) {
+        self.options.nbd_socket = Some(socket);
+    }
+
+    /// Where this disk's own NBD server would listen.
+    pub(super) fn own_nbd_socket(&self) -> PathBuf {
+        self.options.own_nbd_socket()
+    }
+
+    /// Start QEMU's NBD server on `socket` (`Some`), or stop the one running (`None`, and its
+    /// socket file `stale` removed).
+    pub(super) fn nbd_server(
+        &mut self,
+        socket: Option<&Path>,
+        stale: &Path,
+    ) -> Result<(), SourceError> {
+        match socket {
+            Some(s) => self.step("starting an NBD server for the machine's disks", |q| {
+                q.execute(
+                    "nbd-server-start",
+                    json!({"addr": {"type": "unix", "data": {"path": s}}}),
+                )
+                .map(drop)
+            }),
+            None => {
+                let stopped = self.step("stopping the NBD server", |q| {
+                    q.execute("nbd-server-stop", json!({})).map(drop)
+                });
+                let _ = std::fs::remove_file(stale);
+                stopped
+            }
+        }
+    }
+
     /// A freeze a group made for this disk: the agent's [`ChangeSource::freeze`] takes it.
     pub(super) fn set_joint(&mut self, last_point: Option<u64>, changes: Changes) {
         self.joint = Some((last_point, changes));

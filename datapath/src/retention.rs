@@ -7,7 +7,8 @@
 //! A disk replicated with the other disks of its machine ([`points_to_delete_among`]) keeps,
 //! past the last hour, only points of the machine — the instants every disk has a point at —
 //! so the disks keep the same instants; a point only some disks have (a cycle that failed on
-//! another disk) is kept for the last hour like any point, then goes.
+//! another disk) is kept for the last hour like any point, then goes. The machine's newest point
+//! always stays, as a lone disk's newest does.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,10 +65,20 @@ pub fn points_to_delete_among(
             *slot = *p;
         }
     }
+    // The newest point of the machine stays too, whatever its age: the machine's only point
+    // while another disk's cycles keep failing.
+    let newest_of_machine = machine_times.and_then(|_| {
+        sorted
+            .iter()
+            .rev()
+            .find(|p| of_machine(p))
+            .map(|p| p.sequence)
+    });
     let mut keep: Vec<u64> = sorted
         .iter()
         .filter(|p| {
             p.sequence == newest.sequence
+                || Some(p.sequence) == newest_of_machine
                 || p.time_nanos >= last_hour
                 || hourly
                     .get(&(p.time_nanos / HOUR_NANOS))
@@ -122,15 +133,24 @@ mod tests {
             .collect();
         let now = points[35].time_nanos;
         let deleted = points_to_delete_among(&points, now, 24, None, Some(&machine));
-        let kept: Vec<u64> = kept(&points, &deleted).iter().map(|p| p.sequence).collect();
+        let left: Vec<u64> = kept(&points, &deleted).iter().map(|p| p.sequence).collect();
         // Hour 0: 9 (not 11, nor 10); hour 1: 22; the last hour (23 on) whole, 34 included.
         assert_eq!(
-            kept,
+            left,
             [9, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35]
         );
         // Alone, the disk would keep 11 for hour 0.
         let alone = points_to_delete(&points, now, 24, None);
         assert!(!alone.contains(&11) && alone.contains(&9));
+        // The other disk has failed for 70 minutes and the window is one hour: the machine's
+        // newest point (21) stays with the disk's own newest.
+        let machine: BTreeSet<u64> = points[..22].iter().map(|p| p.time_nanos).collect();
+        let deleted = points_to_delete_among(&points, now, 1, None, Some(&machine));
+        let left: Vec<u64> = kept(&points, &deleted).iter().map(|p| p.sequence).collect();
+        assert_eq!(
+            left,
+            [21, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35]
+        );
     }
 
     fn kept(points: &[PointInfo], deleted: &[u64]) -> Vec<PointInfo> {

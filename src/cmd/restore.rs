@@ -244,6 +244,15 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
             args.output.len()
         );
     }
+    for (i, output) in args.output.iter().enumerate() {
+        if args.output[..i].contains(output) || args.name[..i].contains(&args.name[i]) {
+            bail!(
+                "--name {} -o {}: each disk and each output once",
+                args.name[i],
+                output.display()
+            );
+        }
+    }
     let reads = args
         .name
         .iter()

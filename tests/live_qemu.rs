@@ -1234,6 +1234,47 @@ fn a_vms_disks_replicated_together_are_restored_at_one_instant() {
         assert_eq!(r["bytes_read"], 65536, "exactly the one change: {r}");
         assert_eq!(r["point"], 6, "{r}");
     }
+    // drplane killed (-9) mid-cycle, both disks frozen: the next run clears what it left and
+    // reads exactly what changed since point 6 on each disk, no resync.
+    let mut a = vec![0u8; 4 << 20];
+    ChaCha8Rng::seed_from_u64(5).fill_bytes(&mut a);
+    guest0.write(4 << 20, &a).unwrap();
+    guest1.write(8 << 20, &a).unwrap();
+    let slow = d.join("slow.toml");
+    std::fs::write(
+        &slow,
+        "[throttle]\nwork_hours_kbps = 512\nwork_start_hour = 0\nwork_end_hour = 24\n",
+    )
+    .unwrap();
+    let mut child = drplane()
+        .args(["replicate", "--qemu", path_str(&daemon.qmp)])
+        .args(["--node", "disk0", "--name", "vm0", "--node", "disk1"])
+        .args(["--name", "vm1", "--nbd-socket", path_str(&daemon.nbd)])
+        .args(["--store", &replica.store, "--pfx", &replica.pfx])
+        .args(["--policy", path_str(&slow), "--upload-threads", "1"])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(d.join("drplane-vm0.fleece").exists() && d.join("drplane-vm1.fleece").exists()) {
+        assert!(Instant::now() < deadline, "the cycle never froze the disks");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the cycle ended too soon"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let reports = group_cycle();
+    for r in &reports {
+        assert_eq!(r["kind"], "delta", "{r}");
+        assert_eq!(r["bytes_read"], 4 << 20, "exactly the change: {r}");
+        assert_eq!(r["point"], 7, "the killed cycle committed nothing: {r}");
+    }
     let images = [daemon.image(), {
         let mut image = vec![0; 32 << 20];
         guest1.read(0, &mut image).unwrap();

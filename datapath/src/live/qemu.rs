@@ -581,13 +581,17 @@ impl QemuSource {
         stale: &Path,
     ) -> Result<(), SourceError> {
         match socket {
-            Some(s) => self.step("starting an NBD server for the machine's disks", |q| {
-                q.execute(
-                    "nbd-server-start",
-                    json!({"addr": {"type": "unix", "data": {"path": s}}}),
-                )
-                .map(drop)
-            }),
+            Some(s) => self.step(
+                "starting an NBD server for the machine's disks (if QEMU already runs one, give \
+                 its socket with --nbd-socket)",
+                |q| {
+                    q.execute(
+                        "nbd-server-start",
+                        json!({"addr": {"type": "unix", "data": {"path": s}}}),
+                    )
+                    .map(drop)
+                },
+            ),
             None => {
                 let stopped = self.step("stopping the NBD server", |q| {
                     q.execute("nbd-server-stop", json!({})).map(drop)

@@ -488,7 +488,7 @@ fn drplane_killed_mid_cycle_loses_no_change_and_does_not_resync() {
     )
     .unwrap();
     let slow = d.join("slow.toml");
-    let mut child = replica
+    let child = replica
         .command(
             &daemon,
             &["--policy", path_str(&slow), "--upload-threads", "1"],
@@ -497,19 +497,7 @@ fn drplane_killed_mid_cycle_loses_no_change_and_does_not_resync() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let fleece = d.join("drplane-vm0.fleece");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !fleece.exists() {
-        assert!(Instant::now() < deadline, "the cycle never froze the disk");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the cycle ended too soon"
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_mid_cycle(child, &[d.join("drplane-vm0.fleece")]);
     assert_eq!(
         replica.points(),
         vec![0],
@@ -537,6 +525,23 @@ fn drplane_killed_mid_cycle_loses_no_change_and_does_not_resync() {
     assert_eq!(r["blocks_changed"], 1, "only what changed is sent: {r}");
     assert_eq!(replica.points(), vec![0, 1, 2]);
     assert!(replica.restore(2) == daemon.image());
+}
+
+/// Kill `child` (`-9`) in the middle of a (throttled) cycle: once its fleecing files exist
+/// (the disks are frozen) and while it still runs.
+fn kill_mid_cycle(mut child: Child, fleecing_files: &[PathBuf]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fleecing_files.iter().all(|f| f.exists()) {
+        assert!(Instant::now() < deadline, "the cycle never froze the disk");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the cycle ended too soon"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// A unix-socket relay to the NBD server that cuts every connection once `budget` bytes have
@@ -1246,7 +1251,7 @@ fn a_vms_disks_replicated_together_are_restored_at_one_instant() {
         "[throttle]\nwork_hours_kbps = 512\nwork_start_hour = 0\nwork_end_hour = 24\n",
     )
     .unwrap();
-    let mut child = drplane()
+    let child = drplane()
         .args(["replicate", "--qemu", path_str(&daemon.qmp)])
         .args(["--node", "disk0", "--name", "vm0", "--node", "disk1"])
         .args(["--name", "vm1", "--nbd-socket", path_str(&daemon.nbd)])
@@ -1257,18 +1262,10 @@ fn a_vms_disks_replicated_together_are_restored_at_one_instant() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(d.join("drplane-vm0.fleece").exists() && d.join("drplane-vm1.fleece").exists()) {
-        assert!(Instant::now() < deadline, "the cycle never froze the disks");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the cycle ended too soon"
+    kill_mid_cycle(
+        child,
+        &[d.join("drplane-vm0.fleece"), d.join("drplane-vm1.fleece")],
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
     let reports = group_cycle();
     for r in &reports {
         assert_eq!(r["kind"], "delta", "{r}");

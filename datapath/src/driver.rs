@@ -299,7 +299,12 @@ pub fn watch_group(
         };
         let mut all_committed = true;
         let mut taken_over = None;
-        let times = machine_times(drivers);
+        // One disk alone keeps its own points.
+        let times = if drivers.len() > 1 {
+            machine_times(drivers)
+        } else {
+            None
+        };
         for (i, result) in results.iter().enumerate() {
             let outcome = match result {
                 Ok(report) => CycleOutcome::Committed {
@@ -378,49 +383,31 @@ pub fn watch(
     events: &mut dyn WatchEvents,
     cycles: Option<u64>,
 ) -> WatchEnd {
-    let mut committed = 0u64;
-    loop {
-        if cycles.is_some_and(|n| committed >= n) {
-            return WatchEnd::CyclesDone;
-        }
-        if pause.stop_requested() {
-            return WatchEnd::Stopped;
-        }
-        match driver.poll(clock.now_nanos()) {
-            Action::Wait { until_nanos } => {
-                for store in stores {
-                    store.quiesce();
-                }
-                if !pause.until(until_nanos) {
-                    return WatchEnd::Stopped;
-                }
-            }
-            Action::RunCycle(plan) => {
-                let plan = CyclePlan {
-                    consistency,
-                    ..plan
-                };
-                events.starting(&plan);
-                let shared: &dyn WatchEvents = events;
-                let result =
-                    driver.run_cycle(&plan, source, clock.now_nanos(), &|p| shared.progress(p));
-                let outcome = match &result {
-                    Ok(report) => CycleOutcome::Committed {
-                        point_time_nanos: report.point.time_nanos,
-                    },
-                    Err(e) => CycleOutcome::Failed {
-                        reason: e.to_string(),
-                    },
-                };
-                let finished = driver.finish(clock.now_nanos(), &outcome);
-                committed += u64::from(result.is_ok());
-                events.finished(&plan, &result, &finished);
-                if let Err(e) = &result {
-                    if e.is_taken_over() {
-                        return WatchEnd::TakenOver(e.to_string());
-                    }
-                }
-            }
-        }
+    watch_group(
+        std::slice::from_mut(driver),
+        &mut Alone(source),
+        consistency,
+        clock,
+        stores,
+        pause,
+        &mut [events],
+        cycles,
+    )
+}
+
+/// One disk as a group of one ([`watch`]): its freeze is its agent's own, in the cycle.
+struct Alone<'s>(&'s mut dyn ChangeSource);
+
+impl FreezeGroup for Alone<'_> {
+    fn disks(&self) -> usize {
+        1
+    }
+
+    fn freeze_all(&mut self, _last_points: &[Option<u64>]) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    fn member(&mut self, _i: usize) -> &mut dyn ChangeSource {
+        self.0
     }
 }

@@ -527,6 +527,41 @@ fn drplane_killed_mid_cycle_loses_no_change_and_does_not_resync() {
     assert!(replica.restore(2) == daemon.image());
 }
 
+/// A qemu-storage-daemon with the monitor at `qmp`, hosting each of `disks` (path, format) as
+/// node `disk<i>`, and no NBD server at all.
+fn daemon_without_nbd_server(qmp: &Path, disks: &[(&Path, &str)]) -> Child {
+    let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.arg("--chardev")
+        .arg(format!(
+            "socket,path={},server=on,wait=off,id=m",
+            qmp.display()
+        ))
+        .args(["--monitor", "chardev=m"]);
+    for (i, (disk, format)) in disks.iter().enumerate() {
+        cmd.arg("--blockdev")
+            .arg(format!(
+                "driver=file,filename={},node-name=file{i}",
+                disk.display()
+            ))
+            .arg("--blockdev")
+            .arg(format!("driver={format},file=file{i},node-name=disk{i}"));
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-storage-daemon (package qemu-utils; .ci/run installs it)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !qmp.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "qemu-storage-daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 /// Kill `child` (`-9`) in the middle of a (throttled) cycle: once its fleecing files exist
 /// (the disks are frozen) and while it still runs.
 fn kill_mid_cycle(mut child: Child, fleecing_files: &[PathBuf]) {
@@ -628,27 +663,7 @@ fn without_an_nbd_socket_drplane_runs_its_own_server_for_the_cycle() {
     let disk = new_disk(d, "vhdx");
     // A daemon with no NBD server at all: drplane starts one for each cycle.
     let qmp = d.join("own.sock");
-    let mut child = Command::new("qemu-storage-daemon")
-        .arg("--chardev")
-        .arg(format!(
-            "socket,path={},server=on,wait=off,id=m",
-            qmp.display()
-        ))
-        .args(["--monitor", "chardev=m", "--blockdev"])
-        .arg(format!(
-            "driver=file,filename={},node-name=file0",
-            disk.display()
-        ))
-        .args(["--blockdev", "driver=vhdx,file=file0,node-name=disk0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !qmp.exists() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = daemon_without_nbd_server(&qmp, &[(&disk, "vhdx")]);
     // What a killed run of a version before session 25 left (fixed names, one set per QEMU):
     // its copy-before-write filter and fleecing job on the disk, its view. The first run clears
     // them: left, the filter would copy every guest write into that file until its directory
@@ -1309,32 +1324,7 @@ fn a_vms_disks_replicated_together_share_one_nbd_server_drplane_starts() {
         disks.push(disk);
     }
     let qmp = d.join("own.sock");
-    let mut cmd = Command::new("qemu-storage-daemon");
-    cmd.arg("--chardev")
-        .arg(format!(
-            "socket,path={},server=on,wait=off,id=m",
-            qmp.display()
-        ))
-        .args(["--monitor", "chardev=m"]);
-    for (i, disk) in disks.iter().enumerate() {
-        cmd.arg("--blockdev")
-            .arg(format!(
-                "driver=file,filename={},node-name=file{i}",
-                disk.display()
-            ))
-            .arg("--blockdev")
-            .arg(format!("driver=qcow2,file=file{i},node-name=disk{i}"));
-    }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !qmp.exists() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = daemon_without_nbd_server(&qmp, &[(&disks[0], "qcow2"), (&disks[1], "qcow2")]);
     let replica = Replica::new(d);
     for round in 0..2 {
         let out = run_ok(

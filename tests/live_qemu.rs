@@ -1372,3 +1372,36 @@ fn a_vms_disks_replicated_together_share_one_nbd_server_drplane_starts() {
         assert_files_equal(output, &raw);
     }
 }
+
+/// One disk replicated under one name into two stores (a local one and the cloud, runs taking
+/// turns): QEMU's bitmaps are named by the replica name, and a store's run once took the other
+/// store's bitmap of the same point number for its own base — it had started later, so the
+/// writes in between were never sent and the point was not the disk. A base now matches the
+/// point's time as well: the other store's bitmaps mean a resync, never a wrong delta.
+#[test]
+fn two_stores_of_one_disk_under_one_name_never_take_each_others_changes() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let (daemon, a) = replicated_vhdx(d);
+    let b = Replica {
+        dir: d.to_path_buf(),
+        pfx: a.pfx.clone(),
+        store: path_str(&d.join("store-b")).into(),
+    };
+    // Written after A's point 0 and before B's: only A still owes it.
+    daemon.guest().write(1 << 20, &[0x58; 65536]).unwrap();
+    let r = b.cycle(&daemon, &[]);
+    assert_eq!((&r["kind"], &r["point"]), (&json!("initial"), &json!(0)));
+    let r = a.cycle(&daemon, &[]);
+    assert_eq!(r["point"], 1, "{r}");
+    assert_eq!(r["kind"], "resync", "B's bitmap is not A's base: {r}");
+    assert!(a.restore(1) == daemon.image(), "A's point 1 is the disk");
+    // A's own bitmap is its base again: a delta of exactly the next write.
+    daemon.guest().write(2 << 20, &[0x59; 65536]).unwrap();
+    let r = a.cycle(&daemon, &[]);
+    assert_eq!(
+        (&r["kind"], &r["bytes_read"]),
+        (&json!("delta"), &json!(65536))
+    );
+    assert!(a.restore(2) == daemon.image());
+}

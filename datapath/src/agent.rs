@@ -18,7 +18,7 @@ use crate::replica::manifest::{Consistency, Manifest};
 use crate::replica::nonce::NonceSource;
 use crate::replicator::{CycleKind, CyclePlan, Replicator, Resume};
 use crate::retention::PointInfo;
-use crate::source::{blocks_touched, ChangeSource, Changes, SourceError};
+use crate::source::{blocks_touched, ChangeSource, Changes, PointRef, SourceError};
 use pageblob::PageBlobStore;
 
 /// Errors of the agent.
@@ -58,7 +58,7 @@ pub struct DiskAgent<'a> {
     keys: DiskKeys,
     policy: Policy,
     /// The newest point this agent knows committed (what its source's tracking is relative to).
-    last_point: Option<u64>,
+    last_point: Option<PointRef>,
     nonces: NonceSource,
     rng: Box<dyn RngCore + Send + 'a>,
     /// Driven by a simulator (see [`set_simulated`](Self::set_simulated)).
@@ -182,7 +182,7 @@ impl<'a> DiskAgent<'a> {
                 identity,
                 keys,
                 policy,
-                last_point: existing.last().map(|p| p.sequence),
+                last_point: existing.last().map(PointRef::of),
                 nonces,
                 rng,
                 simulated: false,
@@ -278,7 +278,7 @@ impl<'a> DiskAgent<'a> {
             // Every block was compared with the replica: nothing the tracker missed is owed.
             self.resync_owed = false;
         }
-        let committed = outcome.as_ref().ok().map(|r| r.point.sequence);
+        let committed = outcome.as_ref().ok().map(|r| PointRef::of(&r.point));
         if committed.is_some() {
             self.last_point = committed;
         }
@@ -309,7 +309,7 @@ impl<'a> DiskAgent<'a> {
     /// Snapshots the store allows per blob (`None`: no limit).
     /// The newest point this agent knows committed: what its source's next freeze is relative
     /// to.
-    pub fn last_point(&self) -> Option<u64> {
+    pub fn last_point(&self) -> Option<PointRef> {
         self.last_point
     }
 

@@ -17,7 +17,7 @@ use crate::policy::Policy;
 use crate::replica::error::ReplicaError;
 use crate::replica::manifest::Consistency;
 use crate::replicator::{Action, CycleOutcome, CyclePlan, Health, Replicator, Resume};
-use crate::source::{ChangeSource, FreezeGroup, SourceError};
+use crate::source::{ChangeSource, FreezeGroup, PointRef, SourceError};
 use pageblob::clock::Clock;
 
 /// One disk's replication: the agent and its state machine.
@@ -165,7 +165,8 @@ pub fn run_group_cycle(
     progress: &(dyn Fn(usize, &Progress) + Sync),
 ) -> Vec<Result<CycleReport, AgentError>> {
     assert!(drivers.len() == group.disks() && plans.len() == group.disks());
-    let last_points: Vec<Option<u64>> = drivers.iter().map(|d| d.agent().last_point()).collect();
+    let last_points: Vec<Option<PointRef>> =
+        drivers.iter().map(|d| d.agent().last_point()).collect();
     let now = clock.now_nanos();
     if let Err(e) = group.freeze_all(&last_points) {
         let why = e.to_string();
@@ -403,7 +404,7 @@ impl FreezeGroup for Alone<'_> {
         1
     }
 
-    fn freeze_all(&mut self, _last_points: &[Option<u64>]) -> Result<(), SourceError> {
+    fn freeze_all(&mut self, _last_points: &[Option<PointRef>]) -> Result<(), SourceError> {
         Ok(())
     }
 

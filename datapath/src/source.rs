@@ -13,6 +13,25 @@
 use crate::cycle::BlockSource;
 use crate::tracking::ChangeTracker;
 
+/// A committed point as a source keeps its changes relative to it: its sequence, and the time
+/// of its freeze, which tells it from a point of the same sequence in another replica of the
+/// same disk (another store, the same name: QEMU's bitmaps once took one for the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointRef {
+    pub sequence: u64,
+    pub time_nanos: u64,
+}
+
+impl PointRef {
+    /// The point `manifest` records.
+    pub fn of(manifest: &crate::replica::manifest::Manifest) -> PointRef {
+        PointRef {
+            sequence: manifest.sequence,
+            time_nanos: manifest.time_nanos,
+        }
+    }
+}
+
 /// What changed since the last committed point, as the source knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changes {
@@ -51,7 +70,7 @@ pub trait FreezeGroup {
     /// Freeze every disk at once; `last_points[i]` is disk *i*'s replica's last point (its
     /// agent's [`ChangeSource::freeze`] must then ask for the same). All or nothing: on error
     /// no disk is frozen and every change stays for the next cycle.
-    fn freeze_all(&mut self, last_points: &[Option<u64>]) -> Result<(), SourceError>;
+    fn freeze_all(&mut self, last_points: &[Option<PointRef>]) -> Result<(), SourceError>;
     /// Disk *i*, for its agent's cycle.
     fn member(&mut self, i: usize) -> &mut dyn ChangeSource;
     /// Every disk's cycle of this freeze ended (each disk is thawed).
@@ -81,17 +100,17 @@ pub trait ChangeSource {
         None
     }
 
-    /// Freeze the disk for one cycle. `last_point` is the sequence of the replica's newest
-    /// committed point as the agent knows it (`None`: none yet).
-    fn freeze(&mut self, last_point: Option<u64>) -> Result<Changes, SourceError>;
+    /// Freeze the disk for one cycle. `last_point` is the replica's newest committed point as
+    /// the agent knows it (`None`: none yet).
+    fn freeze(&mut self, last_point: Option<PointRef>) -> Result<Changes, SourceError>;
 
     /// The frozen view; valid between [`freeze`](ChangeSource::freeze) and
     /// [`thaw`](ChangeSource::thaw).
     fn view(&self) -> Result<&dyn BlockSource, SourceError>;
 
-    /// The cycle ended: `Some(sequence)` — its point committed, the changes it read are
+    /// The cycle ended: `Some(point)` — its point committed, the changes it read are
     /// replicated; `None` — it failed, they stay changed for the next cycle.
-    fn thaw(&mut self, committed: Option<u64>) -> Result<(), SourceError>;
+    fn thaw(&mut self, committed: Option<PointRef>) -> Result<(), SourceError>;
 
     /// Replication stops. `clean`: the tracking may be trusted by the next start.
     fn stop(&mut self, _clean: bool) -> Result<(), SourceError> {
@@ -110,7 +129,7 @@ impl<S: BlockSource> std::fmt::Debug for AtRestDisk<S> {
 }
 
 impl<S: BlockSource> ChangeSource for AtRestDisk<S> {
-    fn freeze(&mut self, _last_point: Option<u64>) -> Result<Changes, SourceError> {
+    fn freeze(&mut self, _last_point: Option<PointRef>) -> Result<Changes, SourceError> {
         Ok(Changes::Unknown)
     }
 
@@ -118,7 +137,7 @@ impl<S: BlockSource> ChangeSource for AtRestDisk<S> {
         Ok(&self.0)
     }
 
-    fn thaw(&mut self, _committed: Option<u64>) -> Result<(), SourceError> {
+    fn thaw(&mut self, _committed: Option<PointRef>) -> Result<(), SourceError> {
         Ok(())
     }
 }
@@ -142,7 +161,7 @@ impl std::fmt::Debug for TrackedDisk<'_, '_> {
 }
 
 impl ChangeSource for TrackedDisk<'_, '_> {
-    fn freeze(&mut self, _last_point: Option<u64>) -> Result<Changes, SourceError> {
+    fn freeze(&mut self, _last_point: Option<PointRef>) -> Result<Changes, SourceError> {
         let block_size = u64::from(self.tracker.block_size());
         let disk_size = self.tracker.disk_size();
         Ok(Changes::Ranges(
@@ -161,7 +180,7 @@ impl ChangeSource for TrackedDisk<'_, '_> {
         self.view.ok_or(SourceError::NotFrozen)
     }
 
-    fn thaw(&mut self, committed: Option<u64>) -> Result<(), SourceError> {
+    fn thaw(&mut self, committed: Option<PointRef>) -> Result<(), SourceError> {
         match committed {
             Some(_) => self.tracker.commit_cycle().map_err(SourceError::Tracker),
             None => {

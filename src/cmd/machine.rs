@@ -17,13 +17,12 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
 use super::replicate::{
-    open_targets, prepare, stop_on_signals, CycleConsole, ReplicateArgs, SleepUntilStopped,
-    REPLICA_CONTAINER,
+    open_targets, prepare, CycleConsole, ReplicateArgs, SleepUntilStopped, REPLICA_CONTAINER,
 };
 
 /// `replicate --qemu` of several disks (`--node`/`--name` pairs) of one QEMU, frozen together.
 pub fn replicate_machine(mut args: ReplicateArgs) -> Result<ExitCode> {
-    let (identity, now) = prepare(&mut args)?;
+    let (identity, now, stop) = prepare(&mut args)?;
     let (args, identity) = (&args, &identity);
     let names = &args.name;
     let nodes = &args.live.node;
@@ -67,7 +66,6 @@ pub fn replicate_machine(mut args: ReplicateArgs) -> Result<ExitCode> {
     } else {
         Consistency::Crash
     };
-    let stop = stop_on_signals()?;
     for driver in &mut drivers {
         driver.agent_mut().set_stop_flag(Arc::clone(&stop));
     }

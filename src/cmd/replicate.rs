@@ -421,7 +421,7 @@ impl Pause for SleepUntilStopped {
 
 /// A flag that Ctrl-C or SIGTERM sets: the running cycle is abandoned cleanly (nothing
 /// committed, tracking kept) and the command stops. A second signal exits at once.
-pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
@@ -438,9 +438,12 @@ fn consistency_name(c: Consistency) -> &'static str {
     }
 }
 
-/// What every `replicate` checks first: the keys, the registration (and the proxy it names),
-/// the replica names; returns the identity and the time the run starts.
-pub fn prepare(args: &mut ReplicateArgs) -> Result<(Identity, u64)> {
+/// What every `replicate` does first: Ctrl-C and SIGTERM handled from here on (before it
+/// attaches anywhere: a stop asked for once its lock names it is a clean stop); the keys, the
+/// registration (and the proxy it names), the replica names checked. Returns the identity,
+/// the time the run starts and the stop flag.
+pub fn prepare(args: &mut ReplicateArgs) -> Result<(Identity, u64, Arc<AtomicBool>)> {
+    let stop = stop_on_signals()?;
     let identity = args.keys.load()?;
     let now = SystemClock.now_nanos();
     // The agent reaches the account through the proxy it was registered with (unless told).
@@ -454,7 +457,7 @@ pub fn prepare(args: &mut ReplicateArgs) -> Result<(Identity, u64)> {
         (None, nodes, names) if nodes > 0 && nodes != names => bail!(
             "--qemu: give one --name per --node, in the same order ({nodes} nodes, {names} names)"
         ),
-        _ => Ok((identity, now)),
+        _ => Ok((identity, now, stop)),
     }
 }
 
@@ -512,7 +515,7 @@ pub fn open_targets(args: &ReplicateArgs) -> Result<Targets> {
 
 /// `replicate` of one disk (a file, or one QEMU node).
 pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
-    let (identity, now) = prepare(&mut args)?;
+    let (identity, now, stop) = prepare(&mut args)?;
     let file = match &args.disk {
         Some(disk) => Some(open_source(disk)?),
         None => None,
@@ -560,7 +563,6 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     } else {
         Consistency::Crash
     };
-    let stop = stop_on_signals()?;
     driver.agent_mut().set_stop_flag(Arc::clone(&stop));
     let mut console = CycleConsole::new(&name, args.json, disk_size);
     if !args.watch {

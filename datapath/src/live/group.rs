@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 
 use super::qemu::{PreparedFreeze, QemuSource};
-use crate::source::{ChangeSource, FreezeGroup, SourceError};
+use crate::source::{ChangeSource, FreezeGroup, PointRef, SourceError};
 
 /// Disks of one QEMU replicated together (see the module docs).
 #[derive(Debug)]
@@ -92,7 +92,7 @@ impl FreezeGroup for QemuGroup {
         self.members.len()
     }
 
-    fn freeze_all(&mut self, last_points: &[Option<u64>]) -> Result<(), SourceError> {
+    fn freeze_all(&mut self, last_points: &[Option<PointRef>]) -> Result<(), SourceError> {
         assert_eq!(
             last_points.len(),
             self.members.len(),

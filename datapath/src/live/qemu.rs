@@ -6,10 +6,13 @@
 //! reads only what that bitmap marks dirty. Thawing drops the view and the old bitmap when the
 //! point committed, or merges the old bitmap back when it did not, so no write is ever lost.
 //!
-//! Bitmaps are named `drplane.TAG.SEQ`: the writes since the freeze of point SEQ of the replica
-//! TAG names. A bitmap is a cycle's base only when it belongs to the replica's newest point;
-//! anything else (QEMU restarted, a persistent bitmap left inconsistent, a killed resync) means
-//! the history is gone, and the cycle compares every block (a resync that keeps the points).
+//! Bitmaps are named `drplane.TAG.SEQ-tTIME`: the writes since the freeze of committed point SEQ
+//! (its time TIME) of the replica TAG names; `drplane.TAG.SEQ` while its cycle is in flight. A
+//! bitmap is a cycle's base only when it belongs to the replica's newest point, sequence and
+//! time (another store's replica of the same disk and name has points of the same numbers);
+//! anything else (QEMU restarted, a persistent bitmap left inconsistent, a killed resync,
+//! another replica's bitmaps) means the history is gone, and the cycle compares every block (a
+//! resync that keeps the points).
 //! A run killed mid-cycle leaves the old bitmap disabled and the new one recording: the next
 //! freeze merges them, so it reads a superset of the changes and never resyncs.
 //!
@@ -29,7 +32,7 @@ use super::qmp::{
 };
 use super::scratch::{create_fleecing_file, lock_replica};
 use crate::cycle::BlockSource;
-use crate::source::{ChangeSource, Changes, SourceError};
+use crate::source::{ChangeSource, Changes, PointRef, SourceError};
 
 /// The QEMU names of one replica's cycle: its fleecing target, copy-before-write filter,
 /// frozen view, job and export. Each replica has its own (`dp` and a digest of its tag: node
@@ -120,8 +123,22 @@ impl QemuOptions {
         }
     }
 
+    /// The bitmap recording since the freeze of the cycle that is to make point `sequence`
+    /// (until that point commits).
     fn bitmap(&self, sequence: u64) -> String {
         format!("{}{sequence}", self.bitmap_prefix())
+    }
+
+    /// The bitmap recording since the freeze of committed `point`: named by its time as well,
+    /// so another replica of the same disk and name (another store) never takes it for its
+    /// own point of the same sequence.
+    fn committed_bitmap(&self, point: PointRef) -> String {
+        format!(
+            "{}{}-t{}",
+            self.bitmap_prefix(),
+            point.sequence,
+            point.time_nanos
+        )
     }
 
     fn bitmap_prefix(&self) -> String {
@@ -140,6 +157,29 @@ impl QemuOptions {
     /// Locked by the run attached to this replica's disk (it holds the run's PID).
     fn lock_file(&self) -> PathBuf {
         self.scratch_dir.join(format!("drplane-{}.lock", self.tag))
+    }
+}
+
+/// One of this replica's bitmaps on the node.
+#[derive(Debug)]
+struct OurBitmap {
+    /// The point it belongs to: the cycle that makes it (in flight), or the committed one.
+    sequence: u64,
+    /// The committed point's time; `None` while its cycle is in flight.
+    committed: Option<u64>,
+    bitmap: DirtyBitmap,
+}
+
+/// `SEQ` (in flight) or `SEQ-tTIME` (committed), after `drplane.TAG.`; anything else is not
+/// this replica's (another tag that starts with this one has a `.` after it).
+fn parse_our_bitmap(rest: &str) -> Option<(u64, Option<u64>)> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match rest.split_once("-t") {
+        None if digits(rest) => Some((rest.parse().ok()?, None)),
+        Some((seq, time)) if digits(seq) && digits(time) => {
+            Some((seq.parse().ok()?, Some(time.parse().ok()?)))
+        }
+        _ => None,
     }
 }
 
@@ -207,13 +247,13 @@ pub struct QemuSource {
     frozen: Option<Frozen>,
     /// A group's freeze of this disk, waiting for the agent's [`ChangeSource::freeze`]: the
     /// last point it was made for, and the changes.
-    joint: Option<(Option<u64>, Changes)>,
+    joint: Option<(Option<PointRef>, Changes)>,
 }
 
 /// A freeze prepared for one disk ([`QemuSource::prepare_freeze`]).
 #[derive(Debug)]
 pub(super) struct PreparedFreeze {
-    last_point: Option<u64>,
+    last_point: Option<PointRef>,
     base: Option<String>,
     fresh: String,
     size: u64,
@@ -223,7 +263,7 @@ pub(super) struct PreparedFreeze {
 
 impl PreparedFreeze {
     /// The replica's last point the freeze was made for.
-    pub(super) fn last_point(&self) -> Option<u64> {
+    pub(super) fn last_point(&self) -> Option<PointRef> {
         self.last_point
     }
 }
@@ -300,18 +340,22 @@ impl QemuSource {
     }
 
     /// Our bitmaps on the node: (point sequence, bitmap).
-    fn our_bitmaps(&mut self) -> Result<Vec<(u64, DirtyBitmap)>, SourceError> {
+    fn our_bitmaps(&mut self) -> Result<Vec<OurBitmap>, SourceError> {
         let prefix = self.options.bitmap_prefix();
-        let mut ours: Vec<(u64, DirtyBitmap)> = self
+        let mut ours: Vec<OurBitmap> = self
             .node_state()?
             .0
             .into_iter()
             .filter_map(|b| {
-                let sequence = b.name.strip_prefix(&prefix)?.parse().ok()?;
-                Some((sequence, b))
+                let (sequence, committed) = parse_our_bitmap(b.name.strip_prefix(&prefix)?)?;
+                Some(OurBitmap {
+                    sequence,
+                    committed,
+                    bitmap: b,
+                })
             })
             .collect();
-        ours.sort_by_key(|(s, _)| *s);
+        ours.sort_by_key(|o| o.sequence);
         Ok(ours)
     }
 
@@ -390,37 +434,51 @@ impl QemuSource {
         Ok(())
     }
 
-    /// Settle the bitmaps before a freeze: the base for `last_point` with every later one
-    /// merged in, or `None` (and every bitmap of ours removed) when there is no base.
-    fn settle_bitmaps(&mut self, last_point: Option<u64>) -> Result<Option<String>, SourceError> {
+    /// Settle the bitmaps before a freeze: the base is the bitmap of `last_point` (its
+    /// sequence and time), with every later one merged into it (freezes whose cycle never
+    /// committed: a killed run); the rest are removed. No base (QEMU restarted, a bitmap lost or
+    /// inconsistent, or the bitmaps are another replica's): all are removed and the cycle
+    /// compares every block.
+    fn settle_bitmaps(
+        &mut self,
+        last_point: Option<PointRef>,
+    ) -> Result<Option<String>, SourceError> {
         let ours = self.our_bitmaps()?;
         // A base that stopped recording is sound only while a later bitmap holds what it
         // missed (a killed cycle); alone, writes went unrecorded.
-        let usable = |s: u64, b: &DirtyBitmap| {
-            !b.inconsistent && !b.busy && (b.recording || ours.iter().any(|(k, _)| *k > s))
+        let usable = |o: &OurBitmap| {
+            let b = &o.bitmap;
+            !b.inconsistent
+                && !b.busy
+                && (b.recording || ours.iter().any(|k| k.sequence > o.sequence))
         };
         let base = last_point.and_then(|last| {
             ours.iter()
-                .find(|(s, b)| *s == last && usable(*s, b))
-                .map(|(_, b)| b.name.clone())
+                .find(|o| {
+                    o.sequence == last.sequence && o.committed == Some(last.time_nanos) && usable(o)
+                })
+                .map(|o| o.bitmap.name.clone())
         });
         let Some(base) = base else {
-            for (_, b) in &ours {
-                self.remove_bitmap(&b.name)?;
+            for o in &ours {
+                self.remove_bitmap(&o.bitmap.name)?;
             }
             return Ok(None);
         };
-        let last = last_point.expect("a base has a point");
-        // Later ones: freezes whose cycle never committed (a killed run). Earlier ones: bases
-        // whose point has a successor.
+        let last = last_point.expect("a base has a point").sequence;
+        // Later ones only add changes (a superset is sound); the others are older bases, or
+        // another replica's.
         let later: Vec<String> = ours
             .iter()
-            .filter(|(s, _)| *s > last)
-            .map(|(_, b)| b.name.clone())
+            .filter(|o| o.sequence > last)
+            .map(|o| o.bitmap.name.clone())
             .collect();
         self.merge_into(&base, &later)?;
-        for (_, b) in ours.iter().filter(|(s, _)| *s < last) {
-            self.remove_bitmap(&b.name)?;
+        for o in ours
+            .iter()
+            .filter(|o| o.sequence <= last && o.bitmap.name != base)
+        {
+            self.remove_bitmap(&o.bitmap.name)?;
         }
         Ok(Some(base))
     }
@@ -432,7 +490,7 @@ impl QemuSource {
     /// disks' in one transaction.
     pub(super) fn prepare_freeze(
         &mut self,
-        last_point: Option<u64>,
+        last_point: Option<PointRef>,
     ) -> Result<PreparedFreeze, SourceError> {
         if self.frozen.is_some() {
             self.thaw(None)?;
@@ -440,7 +498,9 @@ impl QemuSource {
         self.joint = None;
         self.clear_leftovers()?;
         let base = self.settle_bitmaps(last_point)?;
-        let fresh = self.options.bitmap(last_point.map_or(0, |l| l + 1));
+        let fresh = self
+            .options
+            .bitmap(last_point.map_or(0, |l| l.sequence + 1));
         let size = self.node_size()?;
         let o = self.options.clone();
         let n = self.names.clone();
@@ -520,9 +580,11 @@ impl QemuSource {
             },
             (None, None) => Changes::Unknown,
             (None, Some(last)) => Changes::Lost(format!(
-                "QEMU has no dirty bitmap {} for point {last} (QEMU restarted, or the bitmap \
-                 was lost or left inconsistent)",
-                self.options.bitmap(last)
+                "QEMU has no dirty bitmap {} for point {} (QEMU restarted, the bitmap was lost \
+                 or left inconsistent, or another replica of this disk under the same name \
+                 replaced it)",
+                self.options.committed_bitmap(last),
+                last.sequence
             )),
         };
         self.frozen = Some(frozen);
@@ -536,7 +598,7 @@ impl QemuSource {
         let fresh = &prepared.fresh;
         let names: Vec<String> = self
             .our_bitmaps()
-            .map(|v| v.into_iter().map(|(_, b)| b.name).collect())
+            .map(|v| v.into_iter().map(|o| o.bitmap.name).collect())
             .unwrap_or_default();
         if names.contains(fresh) {
             match &prepared.base {
@@ -603,7 +665,7 @@ impl QemuSource {
     }
 
     /// A freeze a group made for this disk: the agent's [`ChangeSource::freeze`] takes it.
-    pub(super) fn set_joint(&mut self, last_point: Option<u64>, changes: Changes) {
+    pub(super) fn set_joint(&mut self, last_point: Option<PointRef>, changes: Changes) {
         self.joint = Some((last_point, changes));
     }
 
@@ -729,34 +791,36 @@ impl QemuSource {
     }
 
     /// Settle the bitmaps as the cycle ends (see the module docs).
-    fn settle_after(&mut self, frozen: &Frozen, committed: Option<u64>) -> Result<(), SourceError> {
+    fn settle_after(
+        &mut self,
+        frozen: &Frozen,
+        committed: Option<PointRef>,
+    ) -> Result<(), SourceError> {
         match (committed, &frozen.base) {
-            (Some(sequence), base) => {
+            (Some(point), base) => {
+                // The fresh bitmap becomes the committed point's (named by its time too), then
+                // the old base and the fresh one go: a run killed in between leaves bitmaps the
+                // next freeze settles, never a base without its changes.
+                let named = self.options.committed_bitmap(point);
+                let node = self.options.node.clone();
+                let actions = [
+                    Action::BlockDirtyBitmapAdd(BitmapAdd {
+                        node: node.clone(),
+                        name: named.clone(),
+                        granularity: self.options.granularity,
+                        persistent: self.options.persistent_bitmaps,
+                    }),
+                    Action::BlockDirtyBitmapMerge(BitmapMerge {
+                        node,
+                        target: named,
+                        bitmaps: vec![frozen.fresh.clone()],
+                    }),
+                ];
+                self.step("naming the point's bitmap", |q| q.transaction(&actions))?;
                 if let Some(base) = base {
                     self.remove_bitmap(base)?;
                 }
-                // The point took another sequence than expected (a staged cycle was applied
-                // first): the fresh bitmap is copied to the point's name.
-                let named = self.options.bitmap(sequence);
-                if named != frozen.fresh {
-                    let node = self.options.node.clone();
-                    let actions = [
-                        Action::BlockDirtyBitmapAdd(BitmapAdd {
-                            node: node.clone(),
-                            name: named.clone(),
-                            granularity: self.options.granularity,
-                            persistent: self.options.persistent_bitmaps,
-                        }),
-                        Action::BlockDirtyBitmapMerge(BitmapMerge {
-                            node,
-                            target: named,
-                            bitmaps: vec![frozen.fresh.clone()],
-                        }),
-                    ];
-                    self.step("renaming the fresh bitmap", |q| q.transaction(&actions))?;
-                    self.remove_bitmap(&frozen.fresh)?;
-                }
-                Ok(())
+                self.remove_bitmap(&frozen.fresh)
             }
             (None, Some(base)) => self.merge_into(base, std::slice::from_ref(&frozen.fresh)),
             // A failed full cycle leaves no base: the next one compares every block again.
@@ -766,7 +830,7 @@ impl QemuSource {
 }
 
 impl ChangeSource for QemuSource {
-    fn freeze(&mut self, last_point: Option<u64>) -> Result<Changes, SourceError> {
+    fn freeze(&mut self, last_point: Option<PointRef>) -> Result<Changes, SourceError> {
         if let Some((joint_last, changes)) = self.joint.take() {
             // Frozen with the group's other disks: the same instant for all of them.
             if joint_last == last_point && self.frozen.is_some() {
@@ -778,8 +842,10 @@ impl ChangeSource for QemuSource {
             return Err(SourceError::live(
                 format!("block node {}", self.options.node),
                 std::io::Error::other(format!(
-                    "the group froze this disk for the cycle after point {joint_last:?}, but \
-                     the replica's last point is {last_point:?}; the cycle is retried"
+                    "the group froze this disk for the cycle after point {:?}, but the \
+                     replica's last point is {:?}; the cycle is retried",
+                    joint_last.map(|p| p.sequence),
+                    last_point.map(|p| p.sequence)
                 )),
             ));
         }
@@ -801,7 +867,7 @@ impl ChangeSource for QemuSource {
         }
     }
 
-    fn thaw(&mut self, committed: Option<u64>) -> Result<(), SourceError> {
+    fn thaw(&mut self, committed: Option<PointRef>) -> Result<(), SourceError> {
         self.joint = None;
         let frozen = self.frozen.take().ok_or(SourceError::NotFrozen)?;
         let dropped = self.drop_view(&frozen);
@@ -822,6 +888,34 @@ impl Drop for QemuSource {
     fn drop(&mut self) {
         if self.frozen.is_some() {
             let _ = self.thaw(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod bitmap_name_tests {
+    use super::parse_our_bitmap;
+
+    #[test]
+    fn only_this_replicas_bitmap_names_are_read_as_its_own() {
+        assert_eq!(parse_our_bitmap("5"), Some((5, None)));
+        assert_eq!(
+            parse_our_bitmap("5-t1796612577480358085"),
+            Some((5, Some(1796612577480358085)))
+        );
+        // Another replica whose name starts with this one's and a `.` (vm0.5, vm0.5-t3),
+        // and what is no bitmap of ours.
+        for other in [
+            "5.7",
+            "5-t3.7",
+            "5-t",
+            "-t5",
+            "x",
+            "",
+            "5-t1x",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(parse_our_bitmap(other), None, "{other}");
         }
     }
 }

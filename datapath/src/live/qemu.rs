@@ -92,7 +92,7 @@ pub struct QemuOptions {
     pub tag: String,
     /// Reserve the disk's size for each cycle's fleecing file before freezing (the default):
     /// a full scratch directory then refuses the cycle instead of failing the guest's writes
-    /// (see [`super::scratch`]).
+    /// (the scratch directory's files: `live/scratch.rs`).
     pub reserve_scratch: bool,
     /// Ask QEMU to keep the bitmaps in the image (qcow2 only): they survive a QEMU restart.
     pub persistent_bitmaps: bool,

@@ -244,9 +244,10 @@ pub fn run_group_now(
         .collect()
 }
 
-/// [`watch`] for the disks of `group`: the first disk's schedule decides when; every cycle
-/// freezes all of them at once ([`run_group_cycle`]), then each disk's machine hears its own
-/// outcome and its retention runs. `events[i]` hears disk *i*. `cycles` counts group cycles
+/// [`watch`] for the disks of `group`: the first disk's schedule decides when (a cycle in which
+/// any disk failed is retried as the schedule retries a failed cycle); every cycle freezes all
+/// of them at once ([`run_group_cycle`]), then each disk's machine hears its own outcome and
+/// its retention runs. `events[i]` hears disk *i*. `cycles` counts group cycles
 /// in which every disk committed.
 #[allow(clippy::too_many_arguments)]
 pub fn watch_group(
@@ -260,6 +261,10 @@ pub fn watch_group(
     cycles: Option<u64>,
 ) -> WatchEnd {
     assert!(!drivers.is_empty() && drivers.len() == events.len());
+    // The machine's schedule: the first disk's, told of the group's outcome (a cycle in which
+    // any disk failed made no point of the machine, so it is retried with the backoff). Each
+    // disk's own machine hears its own outcome (its phase, its health).
+    let mut schedule = drivers[0].machine.clone();
     let mut committed = 0u64;
     loop {
         if cycles.is_some_and(|n| committed >= n) {
@@ -268,7 +273,7 @@ pub fn watch_group(
         if pause.stop_requested() {
             return WatchEnd::Stopped;
         }
-        let first = match drivers[0].poll(clock.now_nanos()) {
+        let first = match schedule.poll(clock.now_nanos()) {
             Action::Wait { until_nanos } => {
                 for store in stores {
                     store.quiesce();
@@ -283,12 +288,16 @@ pub fn watch_group(
                 ..plan
             },
         };
+        // A disk that is due itself counts what it missed; the others start with the group.
+        let now = clock.now_nanos();
         let plans: Vec<CyclePlan> = drivers
             .iter_mut()
-            .enumerate()
-            .map(|(i, d)| match i {
-                0 => first,
-                _ => d.machine.begin(first),
+            .map(|d| match d.poll(now) {
+                Action::RunCycle(plan) => CyclePlan {
+                    consistency,
+                    ..plan
+                },
+                Action::Wait { .. } => d.machine.begin(first),
             })
             .collect();
         for (e, plan) in events.iter_mut().zip(&plans) {
@@ -324,6 +333,15 @@ pub fn watch_group(
             let finished = drivers[i].finish_among(clock.now_nanos(), &outcome, times.as_ref());
             events[i].finished(&plans[i], result, &finished);
         }
+        let group_outcome = match (all_committed, results.first()) {
+            (true, Some(Ok(report))) => CycleOutcome::Committed {
+                point_time_nanos: report.point.time_nanos,
+            },
+            _ => CycleOutcome::Failed {
+                reason: "a disk of the machine did not commit".into(),
+            },
+        };
+        schedule.cycle_finished(clock.now_nanos(), &group_outcome);
         committed += u64::from(all_committed);
         if let Some(why) = taken_over {
             return WatchEnd::TakenOver(why);

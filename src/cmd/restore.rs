@@ -163,75 +163,107 @@ fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
-/// Restore onto a block device (a replacement disk, a LUN): it is overwritten, so `--force`
-/// is required; it is opened exclusively, so a device that is mounted or held open
+/// A block device a point goes onto (a replacement disk, a LUN): it is overwritten, so
+/// `--force` is required; it is opened exclusively, so a device that is mounted or held open
 /// exclusively is refused; it must hold the point's disk. The point is proven first (every
-/// block and the Merkle root, nothing written), so a damaged point never replaces what the
-/// device holds; then it is written whole — zero blocks as zeros, a device is not sparse —
-/// and synced. Bytes past the disk's size are left as they are.
-fn restore_to_device(
-    args: &RestoreArgs,
-    output: &Path,
-    replica: &DiskReplica<'_>,
-    codec: &BlockCodec,
-    manifest: &Manifest,
-    digest_key: &[u8; 32],
-) -> Result<()> {
-    use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let device = output.display();
-    if !args.force {
-        bail!(
-            "{device} is a block device: give --force to overwrite it with point {}",
-            manifest.sequence
-        );
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
-        .open(output)
-        .map_err(|e| match e.raw_os_error() {
-            Some(code) if code == rustix::io::Errno::BUSY.raw_os_error() => anyhow::anyhow!(
-                "{device}: in use (mounted, or held open exclusively): not overwritten"
-            ),
-            _ => anyhow::Error::new(e).context(format!("opening {device} to write")),
-        })?;
-    let size = file
-        .seek(SeekFrom::End(0))
-        .with_context(|| format!("{device}: its size"))?;
-    if size < manifest.disk_size {
-        bail!(
-            "{device} holds {size} bytes, the point's disk {} bytes: not overwritten",
-            manifest.disk_size
-        );
-    }
-    let block_size = u64::from(manifest.block_size);
-    args.threads.run(|| -> Result<()> {
-        replica
-            .restore_blocks(codec, manifest, digest_key, |_, _| Ok(()))
-            .with_context(|| {
-                format!(
-                    "proving point {} before writing {device} (nothing was written)",
-                    manifest.sequence
-                )
+/// block and the Merkle root, nothing written: [`DeviceOutput::prove`]), so a damaged point
+/// never replaces what the device holds; then it is written whole ([`DeviceOutput::write`]) —
+/// zero blocks as zeros, a device is not sparse — and synced. Bytes past the disk's size are
+/// left as they are.
+struct DeviceOutput {
+    file: std::fs::File,
+    size: u64,
+    device: String,
+}
+
+impl DeviceOutput {
+    fn open(args: &RestoreArgs, output: &Path, manifest: &Manifest) -> Result<DeviceOutput> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
+        let device = output.display().to_string();
+        if !args.force {
+            bail!(
+                "{device} is a block device: give --force to overwrite it with point {}",
+                manifest.sequence
+            );
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+            .open(output)
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::BUSY.raw_os_error() => anyhow::anyhow!(
+                    "{device}: in use (mounted, or held open exclusively): not overwritten"
+                ),
+                _ => anyhow::Error::new(e).context(format!("opening {device} to write")),
             })?;
-        replica
-            .restore(codec, manifest, digest_key, |block, data| {
-                file.write_all_at(data, block * block_size)
-            })
-            .with_context(|| {
-                format!(
-                    "writing point {} to {device}: it holds part of the point now; restore again",
-                    manifest.sequence
-                )
-            })?;
-        file.sync_all().with_context(|| format!("syncing {device}"))
-    })??;
-    eprintln!(
-        "restored point {} ({}) onto block device {device} ({} of its {size} bytes)",
-        manifest.sequence, manifest.snapshot, manifest.disk_size
-    );
-    Ok(())
+        let size = file
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("{device}: its size"))?;
+        if size < manifest.disk_size {
+            bail!(
+                "{device} holds {size} bytes, the point's disk {} bytes: not overwritten",
+                manifest.disk_size
+            );
+        }
+        Ok(DeviceOutput { file, size, device })
+    }
+
+    /// Every block and the Merkle root of the point proven; nothing written.
+    fn prove(
+        &self,
+        args: &RestoreArgs,
+        replica: &DiskReplica<'_>,
+        codec: &BlockCodec,
+        manifest: &Manifest,
+        digest_key: &[u8; 32],
+    ) -> Result<()> {
+        args.threads.run(|| {
+            replica
+                .restore_blocks(codec, manifest, digest_key, |_, _| Ok(()))
+                .with_context(|| {
+                    format!(
+                        "proving point {} before writing {} (nothing was written)",
+                        manifest.sequence, self.device
+                    )
+                })
+        })?
+    }
+
+    /// The proven point written whole, and synced.
+    fn write(
+        &self,
+        args: &RestoreArgs,
+        replica: &DiskReplica<'_>,
+        codec: &BlockCodec,
+        manifest: &Manifest,
+        digest_key: &[u8; 32],
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let device = &self.device;
+        let block_size = u64::from(manifest.block_size);
+        args.threads.run(|| -> Result<()> {
+            replica
+                .restore(codec, manifest, digest_key, |block, data| {
+                    self.file.write_all_at(data, block * block_size)
+                })
+                .with_context(|| {
+                    format!(
+                        "writing point {} to {device}: it holds part of the point now; restore \
+                         again",
+                        manifest.sequence
+                    )
+                })?;
+            self.file
+                .sync_all()
+                .with_context(|| format!("syncing {device}"))
+        })??;
+        eprintln!(
+            "restored point {} ({}) onto block device {device} ({} of its {} bytes)",
+            manifest.sequence, manifest.snapshot, manifest.disk_size, self.size
+        );
+        Ok(())
+    }
 }
 
 pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
@@ -262,20 +294,32 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
         [read] => vec![choose_point(&read.points, &args.point)?],
         _ => choose_machine_point(&reads, &args.point)?,
     };
-    // Every disk is proven before any output appears.
+    // Every disk is proven before any output appears or any device is written.
     let mut proven = Vec::new();
     for ((read, manifest), output) in reads.iter().zip(&manifests).zip(&args.output) {
         proven.push(restore_proven(&args, read, manifest, output)?);
     }
-    for ((written, manifest), output) in proven.into_iter().zip(&manifests).zip(&args.output) {
-        if let Some(written) = written {
-            written.publish(output)?;
-            eprintln!(
-                "restored point {} ({}) to {}",
-                manifest.sequence,
-                manifest.snapshot,
-                output.display()
-            );
+    for (((written, read), manifest), output) in proven
+        .into_iter()
+        .zip(&reads)
+        .zip(&manifests)
+        .zip(&args.output)
+    {
+        match written {
+            Proven::File(file) => {
+                file.publish(output)?;
+                eprintln!(
+                    "restored point {} ({}) to {}",
+                    manifest.sequence,
+                    manifest.snapshot,
+                    output.display()
+                );
+            }
+            Proven::Device(device) => {
+                let codec = BlockCodec::new(&read.keys, 1, true);
+                let replica = read.replica(manifest)?;
+                device.write(&args, &replica, &codec, manifest, read.keys.digest.expose())?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -310,28 +354,30 @@ fn choose_point(points: &[Manifest], point: &str) -> Result<Manifest> {
     Ok(manifest.clone())
 }
 
+/// A disk's point proven, ready to appear.
+enum Proven {
+    /// Written to a partial file beside the output, to be published.
+    File(RestoreOutput),
+    /// A block device, opened and checked, to be written.
+    Device(DeviceOutput),
+}
+
 /// Restore `manifest` of `read` into a partial file beside `output`, every block and the
-/// Merkle root proven; it is published by the caller. A block device is proven and then
-/// written in place (`None`).
+/// Merkle root proven; it is published by the caller. A block device is proven only (nothing
+/// written yet).
 fn restore_proven(
     args: &RestoreArgs,
     read: &ReadPoints<'_>,
     manifest: &Manifest,
     target: &Path,
-) -> Result<Option<RestoreOutput>> {
+) -> Result<Proven> {
     let keys = &read.keys;
     let replica = read.replica(manifest)?;
     let codec = BlockCodec::new(keys, 1, true);
     if is_block_device(target) {
-        restore_to_device(
-            args,
-            target,
-            &replica,
-            &codec,
-            manifest,
-            keys.digest.expose(),
-        )?;
-        return Ok(None);
+        let device = DeviceOutput::open(args, target, manifest)?;
+        device.prove(args, &replica, &codec, manifest, keys.digest.expose())?;
+        return Ok(Proven::Device(device));
     }
     let output = RestoreOutput::prepare(target, args.force)?;
     let as_vhdx = target
@@ -381,5 +427,5 @@ fn restore_proven(
         }
         Ok(())
     })??;
-    Ok(Some(output))
+    Ok(Proven::File(output))
 }

@@ -1306,6 +1306,59 @@ fn a_vms_disks_replicated_together_are_restored_at_one_instant() {
     for (output, image) in outputs.iter().zip(&images) {
         assert!(std::fs::read(output).unwrap() == *image);
     }
+
+    // One disk of the machine's point cannot be read (its snapshot is gone): the restore
+    // fails naming it, and no output appears, the other disk's included.
+    let out = run_ok(
+        drplane()
+            .args(["points", "--store", &replica.store, "--pfx", &replica.pfx])
+            .args(["--name", "vm1", "--json"])
+            .env("DRPLANE_PFX_PASSWORD", PW),
+    );
+    let vm1: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let snapshot = vm1.last().unwrap()["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    {
+        use pageblob::PageBlobStore;
+        let store = pageblob::Emulator::open(
+            Path::new(&replica.store),
+            pageblob::Profile::Standard,
+            pageblob::data_log::Durability::Process,
+            Arc::new(pageblob::clock::SystemClock),
+        )
+        .unwrap();
+        store
+            .delete_blob(
+                &pageblob::BlobPath::new("replicas", "vm1.replica"),
+                Some(&snapshot),
+                None,
+                &pageblob::Conditions::default(),
+            )
+            .unwrap();
+    }
+    let fresh = [d.join("m0.raw"), d.join("m1.raw")];
+    let out = drplane()
+        .args(["restore", "--store", &replica.store, "--pfx", &replica.pfx])
+        .args(["--name", "vm0", "--name", "vm1"])
+        .arg("-o")
+        .arg(&fresh[0])
+        .arg("-o")
+        .arg(&fresh[1])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && stderr(&out).contains("vm1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        fresh.iter().all(|f| !f.exists()),
+        "no output appears: {}",
+        stderr(&out)
+    );
 }
 
 /// A VM's disks replicated together with no NBD server in QEMU: the group starts one for each

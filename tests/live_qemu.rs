@@ -1359,6 +1359,27 @@ fn a_vms_disks_replicated_together_are_restored_at_one_instant() {
         "no output appears: {}",
         stderr(&out)
     );
+    // Nor is a block device given for the first disk written.
+    let backing = d.join("device.img");
+    let old: Vec<u8> = (0..(40u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&backing, &old).unwrap();
+    if let Some(device) = LoopDevice::attach(path_str(&backing)) {
+        let out = drplane()
+            .args(["restore", "--store", &replica.store, "--pfx", &replica.pfx])
+            .args(["--name", "vm0", "--name", "vm1", "--force", "-o", &device.0])
+            .arg("-o")
+            .arg(&fresh[1])
+            .env("DRPLANE_PFX_PASSWORD", PW)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{}", stderr(&out));
+        assert!(
+            std::fs::read(&device.0).unwrap() == old,
+            "the device was written: {}",
+            stderr(&out)
+        );
+        assert!(!fresh[1].exists());
+    }
 }
 
 /// A VM's disks replicated together with no NBD server in QEMU: the group starts one for each

@@ -547,31 +547,6 @@ fn fifos_character_devices_and_empty_disks_are_refused_with_a_clear_error() {
     );
 }
 
-/// A loop device attached to a file, detached when dropped.
-struct LoopDevice(String);
-
-impl LoopDevice {
-    /// `None` where this machine has no loop devices.
-    fn attach(backing: &str) -> Option<LoopDevice> {
-        if !Path::new("/dev/loop-control").exists() {
-            eprintln!("no loop devices on this machine (no /dev/loop-control): nothing to attach");
-            return None;
-        }
-        let attach = run_ok(std::process::Command::new("losetup").args(["-f", "--show", backing]));
-        Some(LoopDevice(
-            String::from_utf8(attach.stdout).unwrap().trim().to_string(),
-        ))
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
-}
-
 /// A loop device over a file: `replicate` reads it at its real size (its metadata says 0).
 #[test]
 fn a_block_device_is_replicated_at_its_real_size() {

@@ -233,3 +233,28 @@ action = "cleanup_test_failover"
 at_minutes = 40
 vm = "vm"
 "#;
+
+/// A loop device attached to a file, detached when dropped.
+pub struct LoopDevice(pub String);
+
+impl LoopDevice {
+    /// `None` where this machine has no loop devices.
+    pub fn attach(backing: &str) -> Option<LoopDevice> {
+        if !Path::new("/dev/loop-control").exists() {
+            eprintln!("no loop devices on this machine (no /dev/loop-control): nothing to attach");
+            return None;
+        }
+        let attach = run_ok(std::process::Command::new("losetup").args(["-f", "--show", backing]));
+        Some(LoopDevice(
+            String::from_utf8(attach.stdout).unwrap().trim().to_string(),
+        ))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}

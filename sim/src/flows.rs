@@ -108,10 +108,10 @@ const COMMIT_SECS: u64 = 30;
 const CLEANUP_SECS: u64 = 60;
 
 /// The recovery point of each of a VM's disks (`points[i]` are disk *i*'s) for `choice`. A
-/// VM's point is one instant for all its disks: "latest" is the newest time every disk has a
-/// point at or before (the oldest of the disks' latest points), and each disk uses its newest
-/// point up to that time; likewise for app-consistent points. `Sequence(n)` names point *n*
-/// of every disk.
+/// VM's point is one instant for all its disks: "latest" is the newest time at which every disk
+/// has a point; only when they share none, each disk's newest point up to the oldest of the
+/// disks' latest points; likewise for app-consistent points. `Sequence(n)` names point *n* of
+/// every disk.
 fn choose(points: &[Vec<Manifest>], choice: PointChoice) -> Option<Vec<&Manifest>> {
     fn app(p: &&Manifest) -> bool {
         p.consistency == Consistency::Application
@@ -128,6 +128,23 @@ fn choose(points: &[Vec<Manifest>], choice: PointChoice) -> Option<Vec<&Manifest
             .collect(),
         PointChoice::Latest | PointChoice::LatestAppConsistent => {
             let app_only = choice == PointChoice::LatestAppConsistent;
+            // One instant every disk has a point at, when there is one.
+            if let Some((first, rest)) = points.split_first() {
+                let common = first
+                    .iter()
+                    .rev()
+                    .filter(|p| !app_only || app(p))
+                    .find_map(|p| {
+                        let mut all = vec![p];
+                        for disk in rest {
+                            all.push(disk.iter().find(|q| q.time_nanos == p.time_nanos)?);
+                        }
+                        Some(all)
+                    });
+                if common.is_some() {
+                    return common;
+                }
+            }
             let newest = |disk: &[Manifest]| {
                 disk.iter()
                     .rev()
@@ -733,4 +750,44 @@ pub(crate) fn replicated_items(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod choose_tests {
+    use super::choose;
+    use crate::scenario::PointChoice;
+    use datapath::replica::manifest::{Consistency, Manifest};
+
+    fn point(sequence: u64, time_nanos: u64) -> Manifest {
+        Manifest {
+            sequence,
+            time_nanos,
+            consistency: Consistency::Crash,
+            generation: 0,
+            disk_size: 1 << 20,
+            block_size: 65536,
+            key_id: [0; 20],
+            merkle_root: [0; 32],
+            snapshot: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_vms_point_is_one_instant_of_all_its_disks_when_there_is_one() {
+        // Disk 0 failed the cycle of t = 20 and disk 1 the one of t = 30: their newest points
+        // are 30 and 20. The newest instant both have is 10 (it once was disk 0's 10 with disk
+        // 1's 20: two instants).
+        let disks = vec![
+            vec![point(0, 10), point(1, 30)],
+            vec![point(0, 10), point(1, 20)],
+        ];
+        let chosen = choose(&disks, PointChoice::Latest).unwrap();
+        let times: Vec<u64> = chosen.iter().map(|p| p.time_nanos).collect();
+        assert_eq!(times, [10, 10]);
+        // With no instant in common, the newest of each up to the oldest newest, as before.
+        let apart = vec![vec![point(0, 9), point(1, 31)], vec![point(0, 10)]];
+        let chosen = choose(&apart, PointChoice::Latest).unwrap();
+        let times: Vec<u64> = chosen.iter().map(|p| p.time_nanos).collect();
+        assert_eq!(times, [9, 10]);
+    }
 }

@@ -288,21 +288,35 @@ pub fn choose_machine_point(reads: &[ReadPoints<'_>], point: &str) -> Result<Vec
     match chosen {
         Some(m) => Ok(m.iter().map(|p| (*p).clone()).collect()),
         None => bail!(
-            "no {}point is common to {}: each disk's points were taken at other instants \
-             (replicate a machine's disks together, with one --node and --name each)",
-            if point == "latest-app" {
-                "app-consistent "
-            } else {
-                ""
-            },
-            names.join(", ")
+            "{}",
+            no_common_point(
+                reads,
+                if point == "latest-app" {
+                    "app-consistent "
+                } else {
+                    ""
+                }
+            )
         ),
     }
+}
+
+/// Why a machine has no point (`kind`: "" or "app-consistent ").
+fn no_common_point(reads: &[ReadPoints<'_>], kind: &str) -> String {
+    let names: Vec<&str> = reads.iter().map(|r| r.name.as_str()).collect();
+    format!(
+        "no {kind}point is common to {}: each disk's points were taken at other instants \
+         (replicate a machine's disks together, with one --node and --name each)",
+        names.join(", ")
+    )
 }
 
 /// `points` with several `--name`s: the machine's points.
 pub fn print_machine_points(reads: &[ReadPoints<'_>], json: bool) -> Result<()> {
     let all = machine_points(reads);
+    if all.is_empty() {
+        eprintln!("{}", no_common_point(reads, ""));
+    }
     if json {
         let v: Vec<_> = all
             .iter()

@@ -69,49 +69,8 @@ pub fn replicate_machine(mut args: ReplicateArgs) -> Result<ExitCode> {
     for driver in &mut drivers {
         driver.agent_mut().set_stop_flag(Arc::clone(&stop));
     }
-    let stop_all = |group: &mut QemuGroup| -> Result<()> {
-        for i in 0..group.disks() {
-            group.member(i).stop(true)?;
-        }
-        Ok(())
-    };
     if !args.watch {
-        let kinds: Vec<_> = drivers.iter().map(|d| d.machine().phase()).collect();
-        let results = run_group_now(
-            &mut drivers,
-            &mut group,
-            consistency,
-            &SystemClock,
-            &|_, _| {},
-        );
-        let mut failed = Vec::new();
-        for (i, result) in results.into_iter().enumerate() {
-            match result.and_then(|(report, retention)| Ok((report, retention?))) {
-                Ok((report, deleted)) => consoles[i].print(kinds[i], &report, &deleted)?,
-                Err(e) => {
-                    eprintln!("{}: {e:#}", names[i]);
-                    failed.push(names[i].as_str());
-                }
-            }
-        }
-        stop_all(&mut group)?;
-        if failed.len() == names.len() {
-            bail!(
-                "no disk committed: this cycle made no point (every change stays for the next \
-                 cycle, which freezes all the disks again)"
-            );
-        }
-        if !failed.is_empty() {
-            bail!(
-                "{} of {} disks did not commit ({}): this cycle made no point of the whole \
-                 machine (the disks that committed keep theirs for the last hour of retention; \
-                 the next cycle freezes all the disks again)",
-                failed.len(),
-                names.len(),
-                failed.join(", ")
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+        return one_cycle(&mut drivers, &mut group, consistency, &consoles, names);
     }
     let mut stores = vec![&*targets.store];
     stores.extend(targets.log_store.as_deref());
@@ -137,4 +96,53 @@ pub fn replicate_machine(mut args: ReplicateArgs) -> Result<ExitCode> {
         WatchEnd::TakenOver(why) => bail!("{why}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One cycle of every disk now (`replicate` without `--watch`): an error unless every disk
+/// committed.
+fn one_cycle(
+    drivers: &mut [ReplicationDriver<'_>],
+    group: &mut QemuGroup,
+    consistency: Consistency,
+    consoles: &[CycleConsole],
+    names: &[String],
+) -> Result<ExitCode> {
+    let kinds: Vec<_> = drivers.iter().map(|d| d.machine().phase()).collect();
+    let results = run_group_now(drivers, group, consistency, &SystemClock, &|_, _| {});
+    let mut failed = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        match result.and_then(|(report, retention)| Ok((report, retention?))) {
+            Ok((report, deleted)) => consoles[i].print(kinds[i], &report, &deleted)?,
+            Err(e) => {
+                eprintln!("{}: {e:#}", names[i]);
+                failed.push(names[i].as_str());
+            }
+        }
+    }
+    stop_all(group)?;
+    if failed.len() == names.len() {
+        bail!(
+            "no disk committed: this cycle made no point (every change stays for the next \
+             cycle, which freezes all the disks again)"
+        );
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} disks did not commit ({}): this cycle made no point of the whole \
+             machine (the disks that committed keep theirs for the last hour of retention; \
+             the next cycle freezes all the disks again)",
+            failed.len(),
+            names.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every disk's source stops cleanly (a frozen one is thawed, its changes kept).
+fn stop_all(group: &mut QemuGroup) -> Result<()> {
+    for i in 0..group.disks() {
+        group.member(i).stop(true)?;
+    }
+    Ok(())
 }

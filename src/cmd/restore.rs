@@ -315,9 +315,12 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
                     output.display()
                 );
             }
-            Proven::Device(device) => {
-                let codec = BlockCodec::new(&read.keys, 1, true);
-                let replica = read.replica(manifest)?;
+            Proven::Device(pending) => {
+                let PendingDevice {
+                    device,
+                    replica,
+                    codec,
+                } = *pending;
                 device.write(&args, &replica, &codec, manifest, read.keys.digest.expose())?;
             }
         }
@@ -355,29 +358,40 @@ fn choose_point(points: &[Manifest], point: &str) -> Result<Manifest> {
 }
 
 /// A disk's point proven, ready to appear.
-enum Proven {
+enum Proven<'a> {
     /// Written to a partial file beside the output, to be published.
     File(RestoreOutput),
     /// A block device, opened and checked, to be written.
-    Device(DeviceOutput),
+    Device(Box<PendingDevice<'a>>),
+}
+
+/// A block device whose point is proven, and what writes it.
+struct PendingDevice<'a> {
+    device: DeviceOutput,
+    replica: DiskReplica<'a>,
+    codec: BlockCodec,
 }
 
 /// Restore `manifest` of `read` into a partial file beside `output`, every block and the
 /// Merkle root proven; it is published by the caller. A block device is proven only (nothing
 /// written yet).
-fn restore_proven(
+fn restore_proven<'a>(
     args: &RestoreArgs,
-    read: &ReadPoints<'_>,
+    read: &ReadPoints<'a>,
     manifest: &Manifest,
     target: &Path,
-) -> Result<Proven> {
+) -> Result<Proven<'a>> {
     let keys = &read.keys;
     let replica = read.replica(manifest)?;
     let codec = BlockCodec::new(keys, 1, true);
     if is_block_device(target) {
         let device = DeviceOutput::open(args, target, manifest)?;
         device.prove(args, &replica, &codec, manifest, keys.digest.expose())?;
-        return Ok(Proven::Device(device));
+        return Ok(Proven::Device(Box::new(PendingDevice {
+            device,
+            replica,
+            codec,
+        })));
     }
     let output = RestoreOutput::prepare(target, args.force)?;
     let as_vhdx = target

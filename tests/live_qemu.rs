@@ -1428,15 +1428,42 @@ fn a_vms_disks_replicated_together_share_one_nbd_server_drplane_starts() {
     assert_eq!(exports, json!([]), "nothing left exported");
     drop(monitor);
     let outputs = [d.join("r0.raw"), d.join("r1.raw")];
-    run_ok(
+    let restore = |a: &Path, b: &Path, extra: &[&str]| {
         drplane()
             .args(["restore", "--store", &replica.store, "--pfx", &replica.pfx])
             .args(["--name", "vm0", "--name", "vm1"])
+            .args(extra)
             .arg("-o")
-            .arg(&outputs[0])
+            .arg(a)
             .arg("-o")
-            .arg(&outputs[1])
-            .env("DRPLANE_PFX_PASSWORD", PW),
+            .arg(b)
+            .env("DRPLANE_PFX_PASSWORD", PW)
+            .output()
+            .unwrap()
+    };
+    // One file named twice (through a link to its folder), even with --force: refused before
+    // anything is written (it once restored both there and reported both done, the first disk
+    // lost).
+    std::os::unix::fs::symlink(d, d.join("here")).unwrap();
+    let twice = restore(&outputs[0], &d.join("here/r0.raw"), &["--force"]);
+    let said = String::from_utf8_lossy(&twice.stderr);
+    assert!(
+        !twice.status.success() && said.contains("the same output as --name vm0"),
+        "{said}"
+    );
+    assert!(!outputs[0].exists(), "nothing written");
+    let points_twice = drplane()
+        .args(["points", "--store", &replica.store, "--pfx", &replica.pfx])
+        .args(["--name", "vm0", "--name", "vm0"])
+        .env("DRPLANE_PFX_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(!points_twice.status.success());
+    let restored = restore(&outputs[0], &outputs[1], &[]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
     );
     let _ = child.kill();
     let _ = child.wait();

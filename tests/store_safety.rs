@@ -393,6 +393,25 @@ fn restore_never_overwrites_without_force_writes_sparse_and_leaves_nothing_when_
     let err = dp_fails(&args(&restore_to(&disk, &[])));
     assert!(err.contains("exists") && err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(&disk).unwrap(), content);
+    // A file of the store itself, even with --force (it was replaced by the restored disk,
+    // the store's committed point with it), or a new file in it: refused, the file untouched.
+    let home = std::fs::read_dir(Path::new(&store).join("homes"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let home_bytes = std::fs::read(&home).unwrap();
+    for out in [
+        home.clone(),
+        Path::new(&store).join("store.json"),
+        Path::new(&store).join("homes/new.raw"),
+    ] {
+        let err = dp_fails(&args(&restore_to(out.to_str().unwrap(), &["--force"])));
+        assert!(err.contains("inside the store directory"), "{err}");
+    }
+    assert_eq!(std::fs::read(&home).unwrap(), home_bytes);
+    assert!(!Path::new(&store).join("homes/new.raw").exists());
     // A new raw output is sparse: half the blocks are zeros, and they are holes.
     let out = s.p("restored.raw");
     dp(&args(&restore_to(&out, &[])));

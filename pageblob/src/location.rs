@@ -45,6 +45,14 @@ pub enum OpenError {
     Endpoint { store: String, why: String },
 }
 
+/// The store directory `path` is in or is, if any: the nearest folder at or above it that
+/// holds a store's description (`store.json`) and its blobs' folder (`homes`). Commands that
+/// write files refuse to write there: a file put in place there could replace the store's own.
+pub fn store_directory_above(path: &Path) -> Option<&Path> {
+    path.ancestors()
+        .find(|dir| dir.join("store.json").is_file() && dir.join("homes").is_dir())
+}
+
 impl StoreLocation {
     /// The store directory, when the store is not a URL.
     pub fn directory(&self) -> Option<&Path> {

@@ -139,6 +139,14 @@ pub fn points(args: PointsArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
     let store = args.target.open_reader()?;
     if args.name.len() > 1 {
+        if let Some(twice) = args
+            .name
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| args.name[..i].contains(n).then_some(n))
+        {
+            bail!("--name {twice} is given twice: each disk once");
+        }
         let reads = args
             .name
             .iter()

@@ -266,6 +266,56 @@ impl DeviceOutput {
     }
 }
 
+/// What an output names, to tell two `-o`s apart: a block device by its device number (any
+/// node or link to it), a file by its path with every link resolved (`o.raw` and
+/// `link-to-here/o.raw` are one file; one not there yet by its folder's resolved path).
+#[derive(Debug, PartialEq, Eq)]
+enum OutputIdentity {
+    Device(u64),
+    File(PathBuf),
+}
+
+fn output_identity(path: &Path) -> OutputIdentity {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.file_type().is_block_device() {
+            return OutputIdentity::Device(meta.rdev());
+        }
+    }
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return OutputIdentity::File(resolved);
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(folder), path.file_name()) {
+        (Ok(folder), Some(name)) => OutputIdentity::File(folder.join(name)),
+        _ => OutputIdentity::File(path.to_path_buf()),
+    }
+}
+
+/// Each disk restored once, each to its own output: two `-o`s naming one file or device (by
+/// any path) would leave only the last disk there, the others' restores reported done.
+fn each_once(names: &[String], outputs: &[PathBuf]) -> Result<()> {
+    let identities: Vec<OutputIdentity> = outputs.iter().map(|o| output_identity(o)).collect();
+    for (i, output) in outputs.iter().enumerate() {
+        if let Some(j) = identities[..i].iter().position(|o| *o == identities[i]) {
+            bail!(
+                "--name {} -o {}: the same output as --name {} -o {}; each disk needs its own",
+                names[i],
+                output.display(),
+                names[j],
+                outputs[j].display()
+            );
+        }
+        if names[..i].contains(&names[i]) {
+            bail!("--name {} is given twice: each disk once", names[i]);
+        }
+    }
+    Ok(())
+}
+
 pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
     let store = args.target.open_reader()?;
@@ -276,13 +326,17 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
             args.output.len()
         );
     }
-    for (i, output) in args.output.iter().enumerate() {
-        if args.output[..i].contains(output) || args.name[..i].contains(&args.name[i]) {
-            bail!(
-                "--name {} -o {}: each disk and each output once",
-                args.name[i],
-                output.display()
-            );
+    each_once(&args.name, &args.output)?;
+    for output in &args.output {
+        if let OutputIdentity::File(resolved) = output_identity(output) {
+            if let Some(store) = pageblob::location::store_directory_above(&resolved) {
+                bail!(
+                    "-o {}: that is inside the store directory {}; a restore put there could \
+                     replace the store's own files (restore outside it)",
+                    output.display(),
+                    store.display()
+                );
+            }
         }
     }
     let reads = args
@@ -442,4 +496,39 @@ fn restore_proven<'a>(
         Ok(())
     })??;
     Ok(Proven::File(output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{each_once, output_identity};
+
+    #[test]
+    fn two_outputs_naming_one_file_by_different_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = dir.path().canonicalize().unwrap();
+        std::os::unix::fs::symlink(&here, here.join("link")).unwrap();
+        std::fs::write(here.join("there.raw"), b"x").unwrap();
+        let names = ["os".to_string(), "data".to_string()];
+        for (a, b) in [
+            // Not there yet, and there already, through a link to the folder; `./`.
+            (here.join("new.raw"), here.join("link/new.raw")),
+            (here.join("there.raw"), here.join("link/there.raw")),
+            (here.join("there.raw"), here.join("link/./there.raw")),
+        ] {
+            assert_eq!(output_identity(&a), output_identity(&b), "{a:?} {b:?}");
+            let e = each_once(&names, &[a.clone(), b.clone()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("the same output as --name os") && e.contains("data"),
+                "{e}"
+            );
+        }
+        each_once(&names, &[here.join("a.raw"), here.join("link/b.raw")]).unwrap();
+        let twice = ["os".to_string(), "os".to_string()];
+        let e = each_once(&twice, &[here.join("a.raw"), here.join("b.raw")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--name os is given twice"), "{e}");
+    }
 }

@@ -145,6 +145,41 @@ fn export_refuses_to_overwrite_its_input() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
 
+/// An existing output is replaced only with --force (export once truncated any file it was
+/// given, as `qemu-img convert` does), and never inside a store directory.
+#[test]
+fn export_replaces_an_existing_file_only_with_force() {
+    let dir = temp_dir();
+    let image = dir.path().join("d.vhdx");
+    std::fs::write(&image, ImageBuilder::new(2 * MIB).build()).unwrap();
+    let out = dir.path().join("out.raw");
+    std::fs::write(&out, b"the user's file").unwrap();
+    let export = |extra: &[&str]| {
+        drplane()
+            .args(["vhdx", "export", path_str(&image), "-o", path_str(&out)])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = export(&[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --force"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"the user's file");
+    assert!(export(&["--force"]).status.success());
+    assert_eq!(std::fs::read(&out).unwrap(), vec![0u8; 2 * MIB as usize]);
+    // Inside a store directory (one of its own files could be replaced): refused.
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("homes")).unwrap();
+    std::fs::write(store.join("store.json"), b"{}").unwrap();
+    let inside = drplane()
+        .args(["vhdx", "export", path_str(&image), "-o"])
+        .arg(store.join("homes/x.raw"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&inside.stderr).contains("inside the store directory"));
+    assert!(!store.join("homes/x.raw").exists());
+}
+
 #[test]
 fn parent_found_by_absolute_path_when_relative_path_is_stale() {
     let dir = temp_dir();

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_compare;
 pub mod blob;
 pub mod machine;
+pub mod output_file;
 pub mod plan;
 pub mod points;
 pub mod proxy;

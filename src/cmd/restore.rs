@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
 use super::blob::Target;
+use super::output_file::{refuse_inside_a_store, OutputFile, OutputIdentity};
 use super::points::{choose_machine_point, ReadPoints};
 use super::replicate::Keys;
 
@@ -44,117 +45,6 @@ pub struct RestoreArgs {
     force: bool,
     #[command(flatten)]
     threads: super::Threads,
-}
-
-/// The suffix of a restore's output while it is written.
-const PARTIAL: &str = ".partial";
-
-/// Remove what restores of the same target that were killed left (`PREFIX*.partial` beside
-/// it, other than `ours`): a file no live restore holds locked. One a live restore holds (two
-/// restores to one target at once) stays; so does anything that cannot be opened.
-fn remove_killed_restores(dir: &Path, prefix: &str, ours: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let path = entry.path();
-        if !name.starts_with(prefix) || !name.ends_with(PARTIAL) || path == ours {
-            continue;
-        }
-        if !entry.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        let Ok(file) = std::fs::File::open(&path) else {
-            continue;
-        };
-        let unlocked =
-            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
-        if unlocked && std::fs::remove_file(&path).is_ok() {
-            eprintln!(
-                "removed {}: a restore that was stopped left it",
-                path.display()
-            );
-        }
-    }
-}
-
-/// A restore's output while it is written: a temporary file beside the target, published by
-/// a rename once the point is proven, and removed if anything fails first.
-struct RestoreOutput {
-    temp: tempfile::NamedTempFile,
-    force: bool,
-}
-
-impl RestoreOutput {
-    fn prepare(target: &Path, force: bool) -> Result<RestoreOutput> {
-        use std::os::unix::fs::PermissionsExt;
-        // A new file gets the permissions any new file gets (0666 less the umask), a replaced
-        // one keeps its own: a disk restored for a VM that runs as another user stays readable
-        // as the user expects (a temporary file's 0600 was kept until session 26).
-        let replaced = match std::fs::symlink_metadata(target) {
-            Ok(m) if !m.file_type().is_file() => bail!(
-                "{}: exists and is not a regular file; restore writes a new file",
-                target.display()
-            ),
-            Ok(_) if !force => bail!("{} exists: give --force to replace it", target.display()),
-            Ok(m) => Some(m.permissions()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(anyhow::Error::new(e).context(target.display().to_string())),
-        };
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let name = target
-            .file_name()
-            .with_context(|| format!("{}: not a file name", target.display()))?;
-        let prefix = format!(".{}.", name.to_string_lossy());
-        let temp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(PARTIAL)
-            .permissions(std::fs::Permissions::from_mode(0o666))
-            .tempfile_in(dir)
-            .with_context(|| format!("creating a file in {}", dir.display()))?;
-        if let Some(permissions) = replaced {
-            temp.as_file()
-                .set_permissions(permissions)
-                .with_context(|| temp.path().display().to_string())?;
-        }
-        // Locked while this restore lives, so a later one tells its file from a killed one's.
-        rustix::fs::flock(
-            temp.as_file(),
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        )
-        .map_err(std::io::Error::from)
-        .with_context(|| temp.path().display().to_string())?;
-        remove_killed_restores(dir, &prefix, temp.path());
-        Ok(RestoreOutput { temp, force })
-    }
-
-    /// Make the proven output durable and put it in place.
-    fn publish(self, target: &Path) -> Result<()> {
-        self.temp
-            .as_file()
-            .sync_all()
-            .with_context(|| self.temp.path().display().to_string())?;
-        let persisted = if self.force {
-            self.temp.persist(target)
-        } else {
-            self.temp.persist_noclobber(target)
-        };
-        persisted
-            .map_err(|e| anyhow::Error::new(e.error).context(format!("{}", target.display())))?;
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| dir.display().to_string())?;
-        Ok(())
-    }
 }
 
 /// Whether `path` is (or links to) a block device.
@@ -266,39 +156,10 @@ impl DeviceOutput {
     }
 }
 
-/// What an output names, to tell two `-o`s apart: a block device by its device number (any
-/// node or link to it), a file by its path with every link resolved (`o.raw` and
-/// `link-to-here/o.raw` are one file; one not there yet by its folder's resolved path).
-#[derive(Debug, PartialEq, Eq)]
-enum OutputIdentity {
-    Device(u64),
-    File(PathBuf),
-}
-
-fn output_identity(path: &Path) -> OutputIdentity {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.file_type().is_block_device() {
-            return OutputIdentity::Device(meta.rdev());
-        }
-    }
-    if let Ok(resolved) = std::fs::canonicalize(path) {
-        return OutputIdentity::File(resolved);
-    }
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match (std::fs::canonicalize(folder), path.file_name()) {
-        (Ok(folder), Some(name)) => OutputIdentity::File(folder.join(name)),
-        _ => OutputIdentity::File(path.to_path_buf()),
-    }
-}
-
 /// Each disk restored once, each to its own output: two `-o`s naming one file or device (by
 /// any path) would leave only the last disk there, the others' restores reported done.
 fn each_once(names: &[String], outputs: &[PathBuf]) -> Result<()> {
-    let identities: Vec<OutputIdentity> = outputs.iter().map(|o| output_identity(o)).collect();
+    let identities: Vec<OutputIdentity> = outputs.iter().map(|o| OutputIdentity::of(o)).collect();
     for (i, output) in outputs.iter().enumerate() {
         if let Some(j) = identities[..i].iter().position(|o| *o == identities[i]) {
             bail!(
@@ -328,16 +189,7 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
     }
     each_once(&args.name, &args.output)?;
     for output in &args.output {
-        if let OutputIdentity::File(resolved) = output_identity(output) {
-            if let Some(store) = pageblob::location::store_directory_above(&resolved) {
-                bail!(
-                    "-o {}: that is inside the store directory {}; a restore put there could \
-                     replace the store's own files (restore outside it)",
-                    output.display(),
-                    store.display()
-                );
-            }
-        }
+        refuse_inside_a_store(output)?;
     }
     let reads = args
         .name
@@ -361,7 +213,7 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
     {
         match written {
             Proven::File(file) => {
-                file.publish(output)?;
+                file.publish(output, true)?;
                 eprintln!(
                     "restored point {} ({}) to {}",
                     manifest.sequence,
@@ -414,7 +266,7 @@ fn choose_point(points: &[Manifest], point: &str) -> Result<Manifest> {
 /// A disk's point proven, ready to appear.
 enum Proven<'a> {
     /// Written to a partial file beside the output, to be published.
-    File(RestoreOutput),
+    File(OutputFile),
     /// A block device, opened and checked, to be written.
     Device(Box<PendingDevice<'a>>),
 }
@@ -447,7 +299,7 @@ fn restore_proven<'a>(
             codec,
         })));
     }
-    let output = RestoreOutput::prepare(target, args.force)?;
+    let output = OutputFile::prepare(target, args.force, "restore")?;
     let as_vhdx = target
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"));
@@ -476,8 +328,8 @@ fn restore_proven<'a>(
     args.threads.run(|| -> Result<()> {
         if as_vhdx {
             let options = vhdx::CreateOptions::dynamic(manifest.disk_size.next_multiple_of(512));
-            let file = vhdx::ReadWriteFile::open(output.temp.path())
-                .with_context(|| output.temp.path().display().to_string())?;
+            let file = vhdx::ReadWriteFile::open(output.path())
+                .with_context(|| output.path().display().to_string())?;
             let mut writer =
                 vhdx::VhdxWriter::create(file, &options, Box::new(ChaCha8Rng::from_os_rng()))
                     .with_context(|| target.display().to_string())?;
@@ -488,10 +340,10 @@ fn restore_proven<'a>(
                 .and_then(|()| writer.close())
                 .with_context(|| target.display().to_string())?;
         } else {
-            let file = output.temp.as_file();
+            let file = output.file();
             restore_into(&mut |at, data| std::os::unix::fs::FileExt::write_all_at(file, data, at))?;
             file.set_len(manifest.disk_size)
-                .with_context(|| output.temp.path().display().to_string())?;
+                .with_context(|| output.path().display().to_string())?;
         }
         Ok(())
     })??;
@@ -500,30 +352,21 @@ fn restore_proven<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{each_once, output_identity};
+    use super::each_once;
 
     #[test]
-    fn two_outputs_naming_one_file_by_different_paths_are_refused() {
+    fn each_disk_once_and_each_to_its_own_output() {
         let dir = tempfile::tempdir().unwrap();
         let here = dir.path().canonicalize().unwrap();
         std::os::unix::fs::symlink(&here, here.join("link")).unwrap();
-        std::fs::write(here.join("there.raw"), b"x").unwrap();
         let names = ["os".to_string(), "data".to_string()];
-        for (a, b) in [
-            // Not there yet, and there already, through a link to the folder; `./`.
-            (here.join("new.raw"), here.join("link/new.raw")),
-            (here.join("there.raw"), here.join("link/there.raw")),
-            (here.join("there.raw"), here.join("link/./there.raw")),
-        ] {
-            assert_eq!(output_identity(&a), output_identity(&b), "{a:?} {b:?}");
-            let e = each_once(&names, &[a.clone(), b.clone()])
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains("the same output as --name os") && e.contains("data"),
-                "{e}"
-            );
-        }
+        let e = each_once(&names, &[here.join("a.raw"), here.join("link/a.raw")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--name data -o") && e.contains("the same output as --name os"),
+            "{e}"
+        );
         each_once(&names, &[here.join("a.raw"), here.join("link/b.raw")]).unwrap();
         let twice = ["os".to_string(), "os".to_string()];
         let e = each_once(&twice, &[here.join("a.raw"), here.join("b.raw")])

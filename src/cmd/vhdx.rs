@@ -3,6 +3,7 @@
 use indicatif::HumanBytes;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 use vhdx::export::{export_raw, RawTarget};
 use vhdx::{Disk, LogState};
 
+use super::output_file::OutputFile;
 use crate::progress::bytes_bar;
 
 #[derive(Debug, Subcommand)]
@@ -36,9 +38,13 @@ pub enum VhdxCommand {
     Export {
         /// The VHDX image (a differencing disk reads through its parents).
         file: PathBuf,
-        /// Output path, or `-` for standard output.
+        /// Output path (written beside it and renamed into place when complete), a block
+        /// device (with --force), or `-` for standard output.
         #[arg(short, long)]
         output: PathBuf,
+        /// Replace an existing output file, or overwrite a block device.
+        #[arg(long)]
+        force: bool,
         /// Copy threads (file output only).
         #[arg(long, default_value_t = vhdx::export::DEFAULT_EXPORT_THREADS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
@@ -130,8 +136,9 @@ pub fn run(command: VhdxCommand) -> Result<ExitCode> {
         VhdxCommand::Export {
             file,
             output,
+            force,
             threads,
-        } => export(&file, &output, threads.into()),
+        } => export(&file, &output, force, threads.into()),
         VhdxCommand::Create {
             file,
             size,
@@ -225,7 +232,12 @@ fn import(raw: &Path, output: &Path, format: &FormatArgs, sync: bool) -> Result<
     let size = vhdx::ReadAt::len(&source);
     let virtual_size = size.next_multiple_of(u64::from(format.logical_sector));
     let options = format.options(virtual_size)?;
-    let mut writer = vhdx::VhdxWriter::create(new_vhdx_file(output)?, &options, os_rng())
+    // Written beside the output and put in place when complete: a failed import leaves no
+    // VHDX that holds part of the disk.
+    let out = OutputFile::prepare(output, false, "import")?;
+    let file =
+        vhdx::ReadWriteFile::open(out.path()).with_context(|| out.path().display().to_string())?;
+    let mut writer = vhdx::VhdxWriter::create(file, &options, os_rng())
         .with_context(|| output.display().to_string())?;
     writer.set_bulk(true);
     let bar = bytes_bar(size, "import");
@@ -235,6 +247,7 @@ fn import(raw: &Path, output: &Path, format: &FormatArgs, sync: bool) -> Result<
         writer.flush()?;
     }
     writer.close()?;
+    out.publish(output, sync)?;
     bar.finish_and_clear();
     Ok(ExitCode::SUCCESS)
 }
@@ -417,31 +430,52 @@ fn check(file: &Path, as_json: bool) -> Result<ExitCode> {
     })
 }
 
-fn export(file: &Path, output: &Path, threads: usize) -> Result<ExitCode> {
+fn export(file: &Path, output: &Path, force: bool, threads: usize) -> Result<ExitCode> {
+    use std::os::unix::fs::FileTypeExt;
     let disk = open(file)?;
     let size = disk.virtual_size();
     let bar = bytes_bar(size, "export");
     let tick = |done| bar.inc(done);
+    let streamed = |out: std::fs::File| -> Result<vhdx::export::ExportStats> {
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        Ok(export_raw(&disk, RawTarget::Stream(&mut w), 1, &tick)?)
+    };
     let stats = if output == Path::new("-") {
         let stdout = io::stdout();
         let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
         export_raw(&disk, RawTarget::Stream(&mut w), 1, &tick)?
+    } else if same_file(file, output) {
+        anyhow::bail!("{}: output is the input image", output.display());
     } else {
-        if same_file(file, output) {
-            anyhow::bail!("{}: output is the input image", output.display());
-        }
-        let out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(output)
-            .with_context(|| format!("{}", output.display()))?;
-        let is_regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
-        if is_regular {
-            export_raw(&disk, RawTarget::File(&out), threads, &tick)?
-        } else {
-            let mut w = BufWriter::with_capacity(1 << 20, out);
-            export_raw(&disk, RawTarget::Stream(&mut w), 1, &tick)?
+        match std::fs::metadata(output).map(|m| m.file_type()) {
+            // A pipe or a character device (/dev/null) takes the stream as it comes.
+            Ok(t) if t.is_fifo() || t.is_char_device() => streamed(
+                OpenOptions::new()
+                    .write(true)
+                    .open(output)
+                    .with_context(|| output.display().to_string())?,
+            )?,
+            Ok(t) if t.is_block_device() => {
+                if !force {
+                    anyhow::bail!(
+                        "{} is a block device: give --force to overwrite it",
+                        output.display()
+                    );
+                }
+                streamed(
+                    OpenOptions::new()
+                        .write(true)
+                        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+                        .open(output)
+                        .with_context(|| format!("opening {} to write", output.display()))?,
+                )?
+            }
+            _ => {
+                let out = OutputFile::prepare(output, force, "export")?;
+                let stats = export_raw(&disk, RawTarget::File(out.file()), threads, &tick)?;
+                out.publish(output, false)?;
+                stats
+            }
         }
     };
     bar.finish_and_clear();

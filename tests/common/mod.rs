@@ -46,7 +46,15 @@ pub fn path_str(p: &Path) -> &str {
 pub fn assert_export_matches_qemu(dir: &Path, image: &Path) {
     let ours = dir.join("ours.raw");
     let theirs = dir.join("qemu.raw");
-    run_ok(drplane().args(["vhdx", "export", path_str(image), "-o", path_str(&ours)]));
+    // Called once per image with the same outputs: each export replaces the last.
+    run_ok(drplane().args([
+        "vhdx",
+        "export",
+        path_str(image),
+        "-o",
+        path_str(&ours),
+        "--force",
+    ]));
     qemu_convert_to_raw(image, &theirs);
     assert_files_equal(&ours, &theirs);
 }

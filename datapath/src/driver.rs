@@ -180,11 +180,33 @@ pub fn run_group_cycle(
             })
             .collect();
     }
-    let results = drivers
-        .iter_mut()
-        .enumerate()
-        .map(|(i, d)| d.run_cycle(&plans[i], group.member(i), now, &|p| progress(i, p)))
-        .collect();
+    let results = match group.members() {
+        // Side by side: each disk's cycle on its own thread (their blocks' transforms share
+        // the pool), so no disk waits frozen for the others to be read.
+        Some(members) if members.len() > 1 => std::thread::scope(|scope| {
+            let cycles: Vec<_> = drivers
+                .iter_mut()
+                .zip(members)
+                .enumerate()
+                .map(|(i, (d, member))| {
+                    let plan = &plans[i];
+                    scope.spawn(move || d.run_cycle(plan, member, now, &|p| progress(i, p)))
+                })
+                .collect();
+            cycles
+                .into_iter()
+                .map(|cycle| match cycle.join() {
+                    Ok(result) => result,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        }),
+        _ => drivers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, d)| d.run_cycle(&plans[i], group.member(i), now, &|p| progress(i, p)))
+            .collect(),
+    };
     group.cycle_ended();
     results
 }

@@ -73,6 +73,12 @@ pub trait FreezeGroup {
     fn freeze_all(&mut self, last_points: &[Option<PointRef>]) -> Result<(), SourceError>;
     /// Disk *i*, for its agent's cycle.
     fn member(&mut self, i: usize) -> &mut dyn ChangeSource;
+    /// Every disk at once, when their cycles may run side by side (each on its own thread,
+    /// reading its own view): the later disks are not kept frozen while the earlier ones are
+    /// read. `None` (the default): one after another through [`FreezeGroup::member`].
+    fn members(&mut self) -> Option<Vec<&mut (dyn ChangeSource + Send)>> {
+        None
+    }
     /// Every disk's cycle of this freeze ended (each disk is thawed).
     fn cycle_ended(&mut self) {}
 }

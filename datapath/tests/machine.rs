@@ -1,9 +1,11 @@
 //! A machine's disks replicated together (`driver::watch_group` over a `source::FreezeGroup`):
 //! every group cycle freezes all the disks, their points carry one time, and a cycle in which
 //! any disk failed is retried on the schedule's backoff, not at the next interval, since it
-//! made no point of the machine.
+//! made no point of the machine; the disks' cycles run side by side.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use datapath::agent::{AgentError, AgentTarget};
 use datapath::cycle::{BlockSource, CycleReport, Progress};
@@ -23,14 +25,43 @@ const SIZE: usize = 16 * 65536;
 const T0: u64 = 1_800_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 
+/// Where the disks' cycles meet: each disk's first freeze waits (up to 5 s) for the other's,
+/// so the most cycles under way at once is 2 only if they run side by side.
+#[derive(Default)]
+struct Meeting {
+    arrived: AtomicUsize,
+    present: AtomicUsize,
+    most_at_once: AtomicUsize,
+}
+
+impl Meeting {
+    fn arrive(&self) {
+        self.present.fetch_add(1, Ordering::SeqCst);
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.arrived.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.most_at_once
+            .fetch_max(self.present.load(Ordering::SeqCst), Ordering::SeqCst);
+        // Both record before either leaves.
+        std::thread::sleep(Duration::from_millis(20));
+        self.present.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A disk at rest whose next `fail` freezes fail.
 struct Flaky {
     disk: AtRestDisk<Vec<u8>>,
     fail: u32,
+    meeting: Option<Arc<Meeting>>,
 }
 
 impl ChangeSource for Flaky {
     fn freeze(&mut self, last: Option<PointRef>) -> Result<Changes, SourceError> {
+        if let Some(meeting) = self.meeting.take() {
+            meeting.arrive();
+        }
         if self.fail > 0 {
             self.fail -= 1;
             return Err(SourceError::live(
@@ -67,6 +98,15 @@ impl FreezeGroup for Machine {
 
     fn member(&mut self, i: usize) -> &mut dyn ChangeSource {
         &mut self.disks[i]
+    }
+
+    fn members(&mut self) -> Option<Vec<&mut (dyn ChangeSource + Send)>> {
+        Some(
+            self.disks
+                .iter_mut()
+                .map(|d| d as &mut (dyn ChangeSource + Send))
+                .collect(),
+        )
     }
 }
 
@@ -139,15 +179,18 @@ fn a_machine_cycle_a_disk_failed_is_retried_at_once_and_its_points_share_one_tim
         })
         .collect();
     // The data disk cannot be frozen for the first cycle.
+    let meeting = Arc::new(Meeting::default());
     let mut machine = Machine {
         disks: vec![
             Flaky {
                 disk: AtRestDisk(vec![1u8; SIZE]),
                 fail: 0,
+                meeting: Some(meeting.clone()),
             },
             Flaky {
                 disk: AtRestDisk(vec![2u8; SIZE]),
                 fail: 1,
+                meeting: Some(meeting.clone()),
             },
         ],
         freezes: 0,
@@ -168,6 +211,8 @@ fn a_machine_cycle_a_disk_failed_is_retried_at_once_and_its_points_share_one_tim
         Some(2),
     );
     assert_eq!(end, WatchEnd::CyclesDone);
+    // The disks' cycles ran side by side (one after another, the first waits alone).
+    assert_eq!(meeting.most_at_once.load(Ordering::SeqCst), 2);
     // Cycle 1 at T0: the system disk committed, the data disk failed: no point of the machine,
     // so the group retries 10 s later (the backoff), not at the next 5-minute interval.
     assert_eq!(sleep.deadlines[0], T0 + 10 * SEC, "{:?}", sleep.deadlines);

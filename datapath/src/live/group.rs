@@ -145,6 +145,15 @@ impl FreezeGroup for QemuGroup {
         &mut self.members[i]
     }
 
+    fn members(&mut self) -> Option<Vec<&mut (dyn ChangeSource + Send)>> {
+        Some(
+            self.members
+                .iter_mut()
+                .map(|m| m as &mut (dyn ChangeSource + Send))
+                .collect(),
+        )
+    }
+
     fn cycle_ended(&mut self) {
         self.stop_server();
     }

@@ -178,6 +178,41 @@ fn cli_upload_streams_a_file_with_holes_and_an_odd_tail() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/disk.raw"));
+    // The blob exists now: replaced only with --force (upload replaced any blob, a replica's
+    // journal with its committed points included); a replica's blob never.
+    let small = file_in(dir.path(), "small.raw");
+    std::fs::write(&small, [7u8; 512]).unwrap();
+    let upload = |container: &str, name: &str, force: bool| {
+        let mut cmd = drplane();
+        cmd.args(["blob", "upload"]).arg(&small).args([
+            "--store",
+            &server.endpoint,
+            "--container",
+            container,
+            "--name",
+            name,
+        ]);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    };
+    let again = upload("upl", "d", false);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("upl/d exists: give --force"));
+    store.read(&p, None, 0, &mut back).unwrap();
+    assert!(back[..data.len()] == data[..], "replaced without --force");
+    assert!(upload("upl", "d", true).status.success());
+    assert_eq!(store.properties(&p, None).unwrap().size, 512);
+    assert!(upload("replicas", "vm.journal", false).status.success());
+    for force in [false, true] {
+        let refused = upload("replicas", "vm.journal", force);
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && said.contains("belongs to a replica"),
+            "{said}"
+        );
+    }
     server.stop("-TERM");
 }
 

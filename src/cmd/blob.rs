@@ -75,6 +75,10 @@ pub enum BlobCommand {
         /// Parallel Put Page calls (1–32, like UploadThreadsPerVM).
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
         threads: u16,
+        /// Replace a blob of that name (its snapshots stay). A replica's blobs (container
+        /// `replicas`) are never replaced: they hold its committed points.
+        #[arg(long)]
+        force: bool,
     },
     /// List containers, or the blobs (and snapshots) of one container.
     Ls {
@@ -349,7 +353,8 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
             container,
             name,
             threads,
-        } => upload(&file, &target, &container, &name, threads.into()),
+            force,
+        } => upload(&file, &target, &container, &name, threads.into(), force),
         BlobCommand::Ls {
             target,
             container,
@@ -468,6 +473,7 @@ fn upload(
     container: &str,
     name: &str,
     threads: usize,
+    force: bool,
 ) -> Result<ExitCode> {
     let (store, _) = target.open_writer(None)?;
     let len = std::fs::metadata(file)
@@ -480,7 +486,31 @@ fn upload(
         Err(e) => return Err(e.into()),
     }
     let p = BlobPath::new(container, name);
-    store.create_page_blob(&p, size, 0, &Conditions::default())?;
+    // Created only where no blob is (If-None-Match: *, so a blob made meanwhile is not
+    // replaced either), unless --force; never over a replica's blob, whose loss would take
+    // its committed points with it.
+    let only_if_absent = Conditions {
+        if_none_match: Some("*".into()),
+        ..Conditions::default()
+    };
+    let replica_blob = container == super::replicate::REPLICA_CONTAINER;
+    let cond = if force && !replica_blob {
+        Conditions::default()
+    } else {
+        only_if_absent
+    };
+    if let Err(e) = store.create_page_blob(&p, size, 0, &cond) {
+        if e.code() != Some(pageblob::ErrorCode::BlobAlreadyExists) {
+            return Err(e.into());
+        }
+        if replica_blob {
+            bail!(
+                "{p} exists and belongs to a replica: its committed points depend on it, so \
+                 blob upload never replaces it (upload into another container)"
+            );
+        }
+        bail!("{p} exists: give --force to replace it (its snapshots stay)");
+    }
     let bar = bytes_bar(size, "upload");
     let f = std::fs::File::open(file).with_context(|| file.display().to_string())?;
     let start = std::time::Instant::now();

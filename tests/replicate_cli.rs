@@ -236,6 +236,12 @@ fn policies_watch_mode_app_points_and_refusals() {
     fails_with(&too_fast, "premium allows 100");
     // Premium cycles are staged in a log on a standard store.
     fails_with(&premium, "needs --log-store");
+    // The target store itself, by another path: refused naming the mistake (it failed on the
+    // store's own lock, naming this very process).
+    let itself = format!("{premium_store}/.");
+    let mut onto_itself = premium.to_vec();
+    onto_itself.extend(["--log-store", &itself]);
+    fails_with(&onto_itself, "is the target store itself");
     let mut staged = premium.to_vec();
     staged.extend(["--log-store", &log_store, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&dp(&staged).stdout).unwrap();

@@ -251,6 +251,21 @@ impl Target {
     }
 
     /// The same account and key, another store.
+    /// Whether `other` names this target's store: the same endpoint URL, or the same
+    /// directory by any path.
+    pub fn is_store(&self, other: &str) -> bool {
+        use super::output_file::OutputIdentity;
+        let url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+        match (url(&self.store), url(other)) {
+            (true, true) => self.store.trim_end_matches('/') == other.trim_end_matches('/'),
+            (false, false) => {
+                OutputIdentity::of(std::path::Path::new(&self.store))
+                    == OutputIdentity::of(std::path::Path::new(other))
+            }
+            _ => false,
+        }
+    }
+
     pub fn with_store(&self, store: &str) -> Target {
         Target {
             store: store.to_string(),

@@ -486,6 +486,16 @@ pub fn open_targets(args: &ReplicateArgs) -> Result<Targets> {
         ),
         None => None,
     };
+    if let Some(log) = args
+        .log_store
+        .as_deref()
+        .filter(|l| args.target.is_store(l))
+    {
+        bail!(
+            "--log-store {log} is the target store itself: the replication log goes to another, \
+             standard store"
+        );
+    }
     let (store, store_profile) = args.target.open_writer(asked)?;
     let profile = asked.or(store_profile).unwrap_or(Profile::Standard);
     let policy = load_policy(&args.policy, profile)?;

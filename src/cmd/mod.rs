@@ -75,9 +75,22 @@ const MAX_SECRET_BYTES: u64 = 4096;
 /// without reading the rest: a file, or a pipe such as `<(pass show vault)`. A first line past
 /// 4 KiB (a wrong file, `/dev/zero`) is refused naming the file, never read whole.
 pub fn secret_from_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    secret_from_file_within(path, what, PIPE_WRITER_WAIT_SECS)
+}
+
+/// How long a password file that is a pipe may keep its reader waiting for its first bytes.
+const PIPE_WRITER_WAIT_SECS: i64 = 300;
+
+/// [`secret_from_file`], waiting at most `wait_secs` for a pipe's writer.
+fn secret_from_file_within(
+    path: &std::path::Path,
+    what: &str,
+    wait_secs: i64,
+) -> anyhow::Result<String> {
     use anyhow::Context;
     use std::io::{BufRead, Read};
-    let file = std::fs::File::open(path).with_context(|| format!("{what} {}", path.display()))?;
+    let file = open_secret_file(path, wait_secs)
+        .with_context(|| format!("{what} {}", path.display()))?;
     let mut line = Vec::new();
     std::io::BufReader::new(file.take(MAX_SECRET_BYTES + 1))
         .read_until(b'\n', &mut line)
@@ -95,9 +108,43 @@ pub fn secret_from_file(path: &std::path::Path, what: &str) -> anyhow::Result<St
         .map_err(|_| anyhow::anyhow!("{what} {}: the password is not UTF-8", path.display()))
 }
 
+/// Open a password file. A pipe (a named one, or `<(pass show vault)`) is opened without
+/// waiting for a writer, then its first bytes are waited for at most `wait_secs`: a named pipe
+/// nobody writes to is an error after that, not a run that never ends.
+fn open_secret_file(path: &std::path::Path, wait_secs: i64) -> anyhow::Result<std::fs::File> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let is_pipe = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+    if !is_pipe {
+        return Ok(std::fs::File::open(path)?);
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let mut ready = [PollFd::new(&file, PollFlags::IN)];
+    let timeout = Timespec {
+        tv_sec: wait_secs,
+        tv_nsec: 0,
+    };
+    // Until a writer comes, Linux reports nothing on a pipe opened this way (not a hang-up).
+    let waited = loop {
+        match poll(&mut ready, Some(&timeout)) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other,
+        }
+    };
+    if waited.map_err(std::io::Error::from)? == 0 {
+        anyhow::bail!("a pipe nobody wrote to within {wait_secs} s");
+    }
+    rustix::fs::fcntl_setfl(&file, OFlags::empty()).map_err(std::io::Error::from)?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{read_input_text, secret_from_file};
+    use super::{read_input_text, secret_from_file, secret_from_file_within};
 
     #[test]
     fn an_input_file_is_read_up_to_its_limit_and_no_further() {
@@ -150,6 +197,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("not UTF-8"), "{bad}");
+        // A named pipe: its writer's line, or an error when none comes (it waited forever).
+        let pipe = dir.path().join("pipe");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &pipe,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let idle = format!(
+            "{:#}",
+            secret_from_file_within(&pipe, "password file", 1).unwrap_err()
+        );
+        assert!(idle.contains("a pipe nobody wrote to within 1 s"), "{idle}");
+        let writer = {
+            let pipe = pipe.clone();
+            std::thread::spawn(move || std::fs::write(pipe, b"piped\n").unwrap())
+        };
+        assert_eq!(
+            secret_from_file_within(&pipe, "password file", 10).unwrap(),
+            "piped"
+        );
+        writer.join().unwrap();
         let missing = read(&dir.path().join("missing")).unwrap_err();
         assert!(
             format!("{missing:#}").contains("password file"),

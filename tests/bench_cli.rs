@@ -94,6 +94,13 @@ fn a_given_vhdx_is_only_read_and_a_given_store_keeps_the_replica() {
         "--seed",
         "3",
     ]));
+    // Made again over it: refused without --force (make-disk truncated any file it was given).
+    let again = drplane()
+        .args(["bench", "make-disk", path_str(&raw), "--size", "1M"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists: give --force"));
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 6 << 20);
     run_ok(drplane().args(["vhdx", "import", path_str(&raw), "-o", path_str(&vhdx)]));
     let before = std::fs::read(&vhdx).unwrap();
     let store = file_in(dir.path(), "store");

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use datapath::bench::synthetic::{write_realistic_disk, ContentKind, ContentMix};
 use datapath::bench::{run_bench, BenchConfig, BenchReport, BenchTarget, CycleFigures};
@@ -48,6 +48,9 @@ enum BenchCommand {
         /// The same seed always gives the same bytes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
     },
     /// Compare two saved `bench --json` reports: each figure's change, better or worse.
     Compare {
@@ -104,7 +107,15 @@ struct RunArgs {
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
-        Some(BenchCommand::MakeDisk { output, size, seed }) => {
+        Some(BenchCommand::MakeDisk {
+            output,
+            size,
+            seed,
+            force,
+        }) => {
+            if size == 0 {
+                bail!("--size 0: an empty disk is refused by bench and replicate alike");
+            }
             let folder = match output.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => std::path::Path::new("."),
@@ -115,7 +126,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 &format!("a {} disk", HumanBytes(size)),
                 "choose a smaller --size or another folder",
             )?;
-            let mix = make_disk(&output, size, seed)?;
+            // Written beside the name and put in place when complete: an existing disk is
+            // replaced only with --force (it was truncated), never by half a disk.
+            let out = super::output_file::OutputFile::prepare(&output, force, "make-disk")?;
+            let mix = write_realistic_disk(&mut std::io::BufWriter::new(out.file()), size, seed)
+                .with_context(|| output.display().to_string())?;
+            out.publish(&output, false)?;
             println!(
                 "{}: {} realistic disk (seed {seed}): {}",
                 output.display(),

@@ -89,8 +89,8 @@ fn secret_from_file_within(
 ) -> anyhow::Result<String> {
     use anyhow::Context;
     use std::io::{BufRead, Read};
-    let file = open_secret_file(path, wait_secs)
-        .with_context(|| format!("{what} {}", path.display()))?;
+    let file =
+        open_secret_file(path, wait_secs).with_context(|| format!("{what} {}", path.display()))?;
     let mut line = Vec::new();
     std::io::BufReader::new(file.take(MAX_SECRET_BYTES + 1))
         .read_until(b'\n', &mut line)

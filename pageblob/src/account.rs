@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::blob_headers::{BlobHeaders, ContentHeaders, Metadata, MetadataError};
+use super::blob_headers::{BlobHeaders, ContentHeaders, Metadata, MetadataError, PropertyChanges};
 use super::error::{ErrorCode, StoreError, StoreResult};
 use super::extent_map::{ExtentMap, PageRange};
 use super::names::{blob_name_error, container_name_error};
@@ -65,6 +65,11 @@ pub enum Effect {
         path: BlobPath,
         size: u64,
         time: u64,
+    },
+    /// Several effects of one request (Set Blob Properties with several parts), logged as one
+    /// record so that a crash leaves all of them or none.
+    Together {
+        effects: Vec<Effect>,
     },
     SetSequenceNumber {
         path: BlobPath,
@@ -352,6 +357,11 @@ impl Account {
                     v.last_modified = *time;
                 }
             }
+            Effect::Together { effects } => {
+                for effect in effects {
+                    self.apply(effect);
+                }
+            }
             Effect::Resize { path, size, time } => {
                 if let Some(v) = self.base_mut(path) {
                     if *size < v.size {
@@ -589,6 +599,7 @@ impl Account {
                         .any(|(other, v)| other != id && kept(v)))
             }
             Effect::Delete { .. } => true,
+            Effect::Together { effects } => effects.iter().any(|e| self.may_end_an_incarnation(e)),
             _ => false,
         }
     }
@@ -910,6 +921,32 @@ impl Account {
             path: path.clone(),
             value,
             time: now,
+        })
+    }
+
+    /// Set Blob Properties with several parts: each checked, with `cond`, against the blob as
+    /// it is (they change different properties, so none depends on another), and one effect
+    /// for all of them.
+    pub fn set_properties(
+        &self,
+        path: &BlobPath,
+        changes: &PropertyChanges,
+        cond: &Conditions,
+        now: u64,
+    ) -> StoreResult<Effect> {
+        let mut effects = Vec::new();
+        if let Some(size) = changes.size {
+            effects.push(self.resize(path, size, cond, now)?);
+        }
+        if let Some(action) = changes.sequence_number {
+            effects.push(self.set_sequence_number(path, action, cond, now)?);
+        }
+        if let Some(content) = &changes.content {
+            effects.push(self.set_content_headers(path, content, cond, now)?);
+        }
+        Ok(match effects.len() {
+            1 => effects.remove(0),
+            _ => Effect::Together { effects },
         })
     }
 

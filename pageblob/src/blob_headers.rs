@@ -205,3 +205,15 @@ mod tests {
         );
     }
 }
+
+/// What one Set Blob Properties request changes: any of a new size, a sequence-number action
+/// and the content headers ([`crate::PageBlobStore::set_properties`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PropertyChanges {
+    /// `x-ms-blob-content-length`.
+    pub size: Option<u64>,
+    /// `x-ms-sequence-number-action` (with `x-ms-blob-sequence-number`).
+    pub sequence_number: Option<crate::SequenceNumberAction>,
+    /// The six content headers, set together.
+    pub content: Option<ContentHeaders>,
+}

@@ -1150,6 +1150,24 @@ impl PageBlobStore for Emulator {
         })
     }
 
+    fn set_properties(
+        &self,
+        path: &BlobPath,
+        changes: &crate::blob_headers::PropertyChanges,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        if *changes == crate::blob_headers::PropertyChanges::default() {
+            return self.properties(path, None);
+        }
+        // Every part checked and applied under the lock, logged as one record.
+        let now = self.now();
+        self.change(|inner| {
+            let effect = inner.account.set_properties(path, changes, cond, now)?;
+            Emulator::commit(inner, effect, &[])?;
+            inner.account.properties(path, None, now)
+        })
+    }
+
     fn set_sequence_number(
         &self,
         path: &BlobPath,

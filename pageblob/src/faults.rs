@@ -228,6 +228,16 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         let r = self.inner.set_content_headers(path, content, cond);
         self.after_write(r)
     }
+    fn set_properties(
+        &self,
+        path: &BlobPath,
+        changes: &crate::blob_headers::PropertyChanges,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.before(0)?;
+        let r = self.inner.set_properties(path, changes, cond);
+        self.after_write(r)
+    }
     fn list_containers(&self) -> StoreResult<Vec<String>> {
         self.before(0)?;
         self.inner.list_containers()

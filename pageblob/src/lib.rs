@@ -110,6 +110,39 @@ pub trait PageBlobStore: Send + Sync {
         let _ = (path, content, cond);
         Err(not_implemented("content headers"))
     }
+    /// Set Blob Properties with several parts (a size, a sequence-number action, content
+    /// headers): `cond` holds against the blob as it was, and every part applies or none does.
+    /// This default applies them one after another — the first checks `cond`, the later ones
+    /// only its lease — so another client's change in between can fail a later part after an
+    /// earlier one applied; the embedded store overrides it with one change under its lock.
+    fn set_properties(
+        &self,
+        path: &BlobPath,
+        changes: &blob_headers::PropertyChanges,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        let lease_only = Conditions {
+            lease_id: cond.lease_id.clone(),
+            ..Conditions::default()
+        };
+        let mut props = None;
+        let mut cond_now = cond;
+        if let Some(size) = changes.size {
+            props = Some(self.resize(path, size, cond_now)?);
+            cond_now = &lease_only;
+        }
+        if let Some(action) = changes.sequence_number {
+            props = Some(self.set_sequence_number(path, action, cond_now)?);
+            cond_now = &lease_only;
+        }
+        if let Some(content) = &changes.content {
+            props = Some(self.set_content_headers(path, content, cond_now)?);
+        }
+        match props {
+            Some(p) => Ok(p),
+            None => self.properties(path, None),
+        }
+    }
     /// Put Blob with `x-ms-blob-type: PageBlob`: create or replace.
     fn create_page_blob(
         &self,
@@ -266,6 +299,14 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
         cond: &Conditions,
     ) -> StoreResult<Properties> {
         (**self).set_content_headers(path, content, cond)
+    }
+    fn set_properties(
+        &self,
+        path: &BlobPath,
+        changes: &blob_headers::PropertyChanges,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        (**self).set_properties(path, changes, cond)
     }
     fn create_container(&self, name: &str) -> StoreResult<()> {
         (**self).create_container(name)

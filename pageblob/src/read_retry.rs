@@ -83,6 +83,14 @@ impl<S: PageBlobStore> PageBlobStore for ReadRetry<S> {
     ) -> StoreResult<Properties> {
         self.inner.set_content_headers(path, content, cond)
     }
+    fn set_properties(
+        &self,
+        path: &BlobPath,
+        changes: &crate::blob_headers::PropertyChanges,
+        cond: &Conditions,
+    ) -> StoreResult<Properties> {
+        self.inner.set_properties(path, changes, cond)
+    }
     fn create_container(&self, name: &str) -> StoreResult<()> {
         self.inner.create_container(name)
     }

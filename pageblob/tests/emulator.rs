@@ -118,6 +118,62 @@ fn torn_record_at_the_tail_is_dropped_and_the_store_opens() {
     assert_eq!(&buf[..4096], &[3; 4096]);
 }
 
+/// Set Blob Properties with several parts is one record in the log: a write cut anywhere in
+/// it leaves every part or none after reopen (the parts were three records, so a cut could
+/// leave the blob resized with its old sequence number).
+#[test]
+fn a_set_blob_properties_of_several_parts_is_kept_whole_or_not_at_all() {
+    use pageblob::blob_headers::{ContentHeaders, PropertyChanges};
+    use pageblob::SequenceNumberAction;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let p = BlobPath::new("cont1", "disk");
+    let seg = dir.path().join("log/segment-000000.log");
+    let state = |store: &Emulator| {
+        let props = store.properties(&p, None).unwrap();
+        (
+            props.size,
+            props.sequence_number,
+            props.content.content_type,
+        )
+    };
+    let (before, after, whole) = {
+        let store = open(dir.path(), Profile::Standard, &clock);
+        store.create_container("cont1").unwrap();
+        store
+            .create_page_blob(&p, 4096, 3, &Conditions::default())
+            .unwrap();
+        let before = state(&store);
+        let len_before = std::fs::metadata(&seg).unwrap().len();
+        let changes = PropertyChanges {
+            size: Some(8192),
+            sequence_number: Some(SequenceNumberAction::Update(9)),
+            content: Some(ContentHeaders {
+                content_type: Some("application/octet-stream".into()),
+                ..ContentHeaders::default()
+            }),
+        };
+        store
+            .set_properties(&p, &changes, &Conditions::default())
+            .unwrap();
+        let after = state(&store);
+        assert_eq!(after, (8192, 9, Some("application/octet-stream".into())));
+        (
+            before,
+            after,
+            std::fs::read(&seg).unwrap()[len_before as usize..].to_vec(),
+        )
+    };
+    let full = std::fs::read(&seg).unwrap();
+    let start = full.len() - whole.len();
+    for keep in (0..whole.len()).step_by(7).chain([whole.len()]) {
+        std::fs::write(&seg, &full[..start + keep]).unwrap();
+        let store = open(dir.path(), Profile::Standard, &clock);
+        let expected = if keep == whole.len() { &after } else { &before };
+        assert_eq!(&state(&store), expected, "{keep} of {} bytes", whole.len());
+    }
+}
+
 #[test]
 fn damage_before_the_tail_is_reported_not_skipped() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,7 @@ use super::sas;
 use super::shared_key;
 use super::structured_body::{self, content_crc64};
 use super::xml;
+use crate::blob_headers::PropertyChanges;
 use crate::clock::Clock;
 use crate::error::{ErrorCode, StoreError};
 use crate::names::blob_name_error;
@@ -1366,49 +1367,14 @@ impl BlobCall<'_> {
         refuse_snapshot(&p, snapshot.as_deref())?;
         // Everything the request asks for is read and checked before anything changes, so
         // a bad header never leaves part of the request applied.
-        let content = ContentHeaders::from_request(|n| req.header(n).map(str::to_string));
-        let size = req.u64_header("x-ms-blob-content-length")?;
-        let action = sequence_number_action(req)?;
-        let changes = usize::from(size.is_some())
-            + usize::from(action.is_some())
-            + usize::from(content.is_some());
-        if changes > 1 && action == Some(SequenceNumberAction::Increment) {
-            let current = store.properties(&p, None)?;
-            if current.sequence_number >= MAX_SEQUENCE_NUMBER {
-                return Err(bad(
-                    ErrorCode::SequenceNumberIncrementTooLarge,
-                    format!("{p}: sequence number is already 2^63-1"),
-                ));
-            }
-        }
-        // Applied one after another, the most refusable first (a resize checks its size).
-        // The request's conditions hold against the blob as it was: the first change
-        // checks them, the later ones only the lease (the first changed the ETag and the
-        // time). Left: another client's change between the parts can still fail a later
-        // one.
-        let lease_only = Conditions {
-            lease_id: cond.lease_id.clone(),
-            ..Conditions::default()
+        let changes = PropertyChanges {
+            size: req.u64_header("x-ms-blob-content-length")?,
+            sequence_number: sequence_number_action(req)?,
+            content: ContentHeaders::from_request(|n| req.header(n).map(str::to_string)),
         };
-        let mut props = None;
-        let mut cond_now = cond.clone();
-        if let Some(size) = size {
-            props = Some(store.resize(&p, size, &cond_now)?);
-            cond_now = lease_only.clone();
-        }
-        if let Some(action) = action {
-            props = Some(store.set_sequence_number(&p, action, &cond_now)?);
-            cond_now = lease_only.clone();
-        }
-        // The six content headers are set together when any is given (absent ones are
-        // cleared); a request with none of them leaves them alone.
-        if let Some(content) = content {
-            props = Some(store.set_content_headers(&p, &content, &cond_now)?);
-        }
-        let props = match props {
-            Some(p) => p,
-            None => store.properties(&p, None)?,
-        };
+        // Every part checked against the blob as it was, and all applied or none
+        // (`PageBlobStore::set_properties`); a request with none of them changes nothing.
+        let props = store.set_properties(&p, &changes, &cond)?;
         Ok(built(with_properties(ok(200), &props), empty()))
     }
 

@@ -87,6 +87,21 @@ fn store_log_seed(tail: &[u8]) -> Vec<u8> {
             len: 512,
             data: None,
         },
+        // Set Blob Properties with several parts: one record.
+        Effect::Together {
+            effects: vec![
+                Effect::Resize {
+                    path: path.clone(),
+                    size: 8192,
+                    time: 2,
+                },
+                Effect::SetSequenceNumber {
+                    path: path.clone(),
+                    value: 9,
+                    time: 2,
+                },
+            ],
+        },
     ];
     for effect in &effects {
         let data = if matches!(effect, Effect::Relocate { .. }) {
@@ -140,6 +155,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 "PUT /devstoreaccount1/disks/d0?comp=lease\nx-ms-lease-action: acquire\nx-ms-lease-duration: -1\nx-ms-proposed-lease-id: 11111111-2222-3333-4444-555555555555",
                 "PUT /devstoreaccount1/disks/d0?comp=properties\nx-ms-sequence-number-action: increment\nx-ms-lease-id: 11111111-2222-3333-4444-555555555555",
                 "PUT /devstoreaccount1/disks/d0?comp=properties\nx-ms-blob-content-length: 8192\nif-match: \"nope\"",
+                "PUT /devstoreaccount1/disks/d0?comp=properties\nx-ms-blob-content-length: 8192\nx-ms-sequence-number-action: max\nx-ms-blob-sequence-number: 7\nx-ms-blob-content-type: text/plain\nx-ms-lease-id: 11111111-2222-3333-4444-555555555555",
                 "PUT /devstoreaccount1/disks/d0?comp=lease\nx-ms-lease-action: break",
                 "PUT /devstoreaccount1/disks/d1?comp=incrementalcopy\nx-ms-copy-source: http://127.0.0.1/devstoreaccount1/disks/d0?snapshot=2026-11-26T00:00:00.0000000Z",
             ],

@@ -34,6 +34,9 @@ enum Command {
     /// Replicate a disk (a file at rest, or a live disk in QEMU) into a store as the next
     /// recovery point.
     Replicate(Box<cmd::replicate::ReplicateArgs>),
+    /// Stop replicating a live disk from QEMU: remove drplane's change tracking (dirty
+    /// bitmaps) and leftovers from it; the replica's points stay in the store.
+    Disable(cmd::disable::DisableArgs),
     /// List the recovery points of a replica.
     Points(cmd::points::PointsArgs),
     /// Restore a recovery point byte-exact to a raw or VHDX file, or a block device.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         // Several disks of one QEMU are frozen together (their points are one instant).
         Command::Replicate(a) if a.live.node.len() > 1 => cmd::machine::replicate_machine(*a),
         Command::Replicate(a) => cmd::replicate::replicate(*a),
+        Command::Disable(a) => cmd::disable::disable(a),
         Command::Points(a) => cmd::points::points(a),
         Command::Restore(a) => cmd::restore::restore(a),
         Command::Verify(a) => cmd::points::verify(a),

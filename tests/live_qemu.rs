@@ -1506,3 +1506,90 @@ fn two_stores_of_one_disk_under_one_name_never_take_each_others_changes() {
     );
     assert!(a.restore(2) == daemon.image());
 }
+
+/// `drplane disable` (ASR's "disable replication"): refused while a run replicates the disk;
+/// then every bitmap of the replica leaves QEMU — a persistent one leaves the qcow2 image too —
+/// with the scratch files, while the replica's points stay and restore. Replicating again is a
+/// resync saying why. (Before, the bitmaps stayed in QEMU and in the image for good, costing
+/// the guest's writes, with no command to remove them.)
+#[test]
+fn disable_removes_the_change_tracking_from_qemu_and_the_image_and_keeps_every_point() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let disk = new_disk(d, "qcow2");
+    let mut daemon = Daemon::start(d, &disk, "qcow2");
+    let replica = Replica::new(d);
+    let persistent = ["--persistent-bitmap"];
+    replica.cycle(&daemon, &persistent);
+    daemon.guest().write(1 << 20, &[0x3c; 65536]).unwrap();
+    replica.cycle(&daemon, &persistent);
+    let our_bitmaps = |qmp: &Path| -> Vec<String> {
+        let mut monitor = Qmp::connect(qmp, Duration::from_secs(10)).unwrap();
+        let nodes = monitor.named_nodes().unwrap();
+        nodes
+            .iter()
+            .flat_map(|n| n.dirty_bitmaps.iter().map(|b| b.name.clone()))
+            .filter(|name| name.starts_with("drplane."))
+            .collect()
+    };
+    assert_eq!(our_bitmaps(&daemon.qmp).len(), 1);
+    let disable = || {
+        drplane()
+            .args(["disable", "--qemu", path_str(&daemon.qmp)])
+            .args(["--node", "disk0", "--name", "vm0"])
+            .output()
+            .unwrap()
+    };
+    // A watch holds the disk: refused, naming it, and the tracking stays.
+    let mut watch = replica.command(&daemon, &["--watch"]).spawn().unwrap();
+    let pid = watch.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(d.join("drplane-vm0.lock")).unwrap_or_default() != pid {
+        assert!(Instant::now() < deadline, "the watch did not attach");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = disable();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(&format!("another drplane run (PID {pid})")),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(our_bitmaps(&daemon.qmp).len(), 1);
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    assert!(watch.wait().unwrap().success());
+
+    let done = disable();
+    assert!(done.status.success(), "{}", stderr(&done));
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        said.contains("change tracking removed (drplane.vm0."),
+        "{said}"
+    );
+    assert_eq!(our_bitmaps(&daemon.qmp), Vec::<String>::new());
+    let left: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("drplane-"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "scratch files left");
+    // Nothing of drplane's in the image once QEMU has closed it.
+    let image = daemon.image();
+    daemon.stop("-TERM");
+    let info = qemu_img(&["info", "--output=json", path_str(&disk)]);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(!info.contains("drplane."), "{info}");
+    daemon = Daemon::start(d, &disk, "qcow2");
+    // Every point stays and restores; replicating again is a resync that says why.
+    assert_eq!(replica.points(), vec![0, 1]);
+    assert!(replica.restore(1) == image);
+    let again = run_ok(&mut replica.command(&daemon, &persistent));
+    let r: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(r["kind"], "resync", "{r}");
+    assert!(
+        stderr(&again).contains("replication was disabled"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(replica.restore(r["point"].as_u64().unwrap()) == daemon.image());
+}

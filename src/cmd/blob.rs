@@ -508,7 +508,7 @@ fn upload(
         if_none_match: Some("*".into()),
         ..Conditions::default()
     };
-    let replica_blob = container == super::replicate::REPLICA_CONTAINER;
+    let replica_blob = container == super::REPLICA_CONTAINER;
     let cond = if force && !replica_blob {
         Conditions::default()
     } else {

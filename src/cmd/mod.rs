@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_compare;
 pub mod blob;
+pub mod disable;
 pub mod machine;
 pub mod output_file;
 pub mod plan;
@@ -13,6 +14,9 @@ pub mod replicate;
 pub mod restore;
 pub mod sim;
 pub mod vhdx;
+
+/// Container that holds replicas.
+pub const REPLICA_CONTAINER: &str = "replicas";
 
 /// `--threads N`: the size of the pool a command decodes (or encodes) blocks in.
 #[derive(Debug, Clone, Copy, clap::Args)]

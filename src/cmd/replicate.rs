@@ -31,8 +31,7 @@ use super::blob::Target;
 use super::register::pfx_password;
 use crate::progress::bytes_bar;
 
-/// Container that holds replicas.
-pub const REPLICA_CONTAINER: &str = "replicas";
+pub use super::REPLICA_CONTAINER;
 
 #[derive(Debug, Args)]
 pub struct Keys {
@@ -131,15 +130,34 @@ pub struct LiveArgs {
     persistent_bitmap: bool,
 }
 
+/// The options of QEMU disk `node` replicated as `name` (`nbd_socket`, `scratch_dir`: as
+/// given, else the defaults).
+pub fn qemu_options(
+    qmp: &Path,
+    node: &str,
+    name: &str,
+    nbd_socket: Option<&Path>,
+    scratch_dir: Option<&Path>,
+) -> QemuOptions {
+    let mut options = QemuOptions::new(qmp.to_path_buf(), node.into(), name.into());
+    options.nbd_socket = nbd_socket.map(Path::to_path_buf);
+    if let Some(dir) = scratch_dir {
+        options.scratch_dir = dir.to_path_buf();
+    }
+    options
+}
+
 impl LiveArgs {
     /// The QEMU disk `node` as the source of replica `name`, with its size.
     pub fn attach(&self, node: &str, name: &str) -> Result<(QemuSource, u64)> {
         let qmp = self.qemu.as_ref().context("--node needs --qemu")?;
-        let mut options = QemuOptions::new(qmp.clone(), node.into(), name.into());
-        options.nbd_socket = self.nbd_socket.clone();
-        if let Some(dir) = &self.scratch_dir {
-            options.scratch_dir = dir.clone();
-        }
+        let mut options = qemu_options(
+            qmp,
+            node,
+            name,
+            self.nbd_socket.as_deref(),
+            self.scratch_dir.as_deref(),
+        );
         options.persistent_bitmaps = self.persistent_bitmap;
         options.reserve_scratch = !self.no_scratch_reservation;
         QemuSource::attach(options)

@@ -76,6 +76,9 @@ pub enum VhdxCommand {
         /// `qemu-img convert`, leave that to the page cache).
         #[arg(long)]
         sync: bool,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -150,7 +153,8 @@ pub fn run(command: VhdxCommand) -> Result<ExitCode> {
             output,
             format,
             sync,
-        } => import(&raw, &output, &format, sync),
+            force,
+        } => import(&raw, &output, &format, sync, force),
     }
 }
 
@@ -227,14 +231,23 @@ fn relative_path(from: &Path, target: &Path) -> String {
     parts.join("/")
 }
 
-fn import(raw: &Path, output: &Path, format: &FormatArgs, sync: bool) -> Result<ExitCode> {
+fn import(
+    raw: &Path,
+    output: &Path,
+    format: &FormatArgs,
+    sync: bool,
+    force: bool,
+) -> Result<ExitCode> {
+    if same_file(raw, output) {
+        anyhow::bail!("{}: output is the input image", output.display());
+    }
     let source = vhdx::PositionalFile::open(raw).with_context(|| raw.display().to_string())?;
     let size = vhdx::ReadAt::len(&source);
     let virtual_size = size.next_multiple_of(u64::from(format.logical_sector));
     let options = format.options(virtual_size)?;
     // Written beside the output and put in place when complete: a failed import leaves no
     // VHDX that holds part of the disk.
-    let out = OutputFile::prepare(output, false, "import")?;
+    let out = OutputFile::prepare(output, force, "import")?;
     let file =
         vhdx::ReadWriteFile::open(out.path()).with_context(|| out.path().display().to_string())?;
     let mut writer = vhdx::VhdxWriter::create(file, &options, os_rng())

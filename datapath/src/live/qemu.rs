@@ -290,6 +290,26 @@ impl QemuSource {
         Ok((source, size))
     }
 
+    /// Stop tracking this disk for good (ASR's "disable replication"): remove every bitmap of
+    /// this replica from the node (persistent ones leave the image too), after
+    /// [`QemuSource::attach`] cleared what a killed run left; then the lock file goes. The
+    /// replica's points are not touched; replicating again starts with a resync. Returns the
+    /// names of the bitmaps removed.
+    pub fn disable(mut self) -> Result<Vec<String>, SourceError> {
+        let names: Vec<String> = self
+            .our_bitmaps()?
+            .into_iter()
+            .map(|o| o.bitmap.name)
+            .collect();
+        for name in &names {
+            self.remove_bitmap(name)?;
+        }
+        self.qmp = None;
+        // Removed while still held, so no run finds it half-gone.
+        let _ = std::fs::remove_file(self.options.lock_file());
+        Ok(names)
+    }
+
     fn qmp(&mut self) -> Result<&mut Qmp, SourceError> {
         if self.qmp.is_none() {
             let socket = &self.options.qmp_socket;
@@ -581,8 +601,8 @@ impl QemuSource {
             (None, None) => Changes::Unknown,
             (None, Some(last)) => Changes::Lost(format!(
                 "QEMU has no dirty bitmap {} for point {} (QEMU restarted, the bitmap was lost \
-                 or left inconsistent, or another replica of this disk under the same name \
-                 replaced it)",
+                 or left inconsistent, replication was disabled (`drplane disable`), or another \
+                 replica of this disk under the same name replaced it)",
                 self.options.committed_bitmap(last),
                 last.sequence
             )),

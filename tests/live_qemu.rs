@@ -1573,6 +1573,17 @@ fn disable_removes_the_change_tracking_from_qemu_and_the_image_and_keeps_every_p
         .filter(|n| n.starts_with("drplane-"))
         .collect();
     assert_eq!(left, Vec::<String>::new(), "scratch files left");
+    // A run that cannot attach (the NBD socket given for the QMP one) leaves no lock file.
+    let wrong = drplane()
+        .args(["disable", "--qemu", path_str(&daemon.nbd)])
+        .args(["--node", "disk0", "--name", "vm0"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(
+        !d.join("drplane-vm0.lock").exists(),
+        "a failed attach left its lock"
+    );
     // Nothing of drplane's in the image once QEMU has closed it.
     let image = daemon.image();
     daemon.stop("-TERM");

@@ -281,13 +281,24 @@ impl QemuSource {
             frozen: None,
             joint: None,
         };
-        let size = source.node_size()?;
-        source.clear_nodes(&CycleNames::legacy())?;
-        source.clear_leftovers()?;
+        let attached = (|| {
+            let size = source.node_size()?;
+            source.clear_nodes(&CycleNames::legacy())?;
+            source.clear_leftovers()?;
+            Ok(size)
+        })();
         // QEMU serves one monitor client at a time: others may use it between freezes and
         // thaws (a run holds it only for those, never while a cycle reads).
         source.qmp = None;
-        Ok((source, size))
+        match attached {
+            Ok(size) => Ok((source, size)),
+            Err(e) => {
+                // Nothing of this run stays behind (a mistyped QMP socket in `/` left its
+                // lock file there); removed while still held (see `lock_replica`).
+                let _ = std::fs::remove_file(source.options.lock_file());
+                Err(e)
+            }
+        }
     }
 
     /// Stop tracking this disk for good (ASR's "disable replication"): remove every bitmap of

@@ -17,8 +17,33 @@ use crate::source::SourceError;
 
 /// Become the one run attached for replica `tag`, or fail at once naming the run that is: a
 /// second run would clear the first one's fleecing view as a killed run's leftovers and move
-/// its bitmaps. A `flock`, so a killed run lets go with its last descriptor.
+/// its bitmaps. A `flock`, so a killed run lets go with its last descriptor. The file may be
+/// removed by the run that holds it (a run that failed to attach, `drplane disable`), so a
+/// lock taken on a file no longer at `path` is let go and taken again on the one there.
 pub(super) fn lock_replica(path: &Path, tag: &str) -> Result<std::fs::File, SourceError> {
+    for _ in 0..100 {
+        let file = lock_once(path, tag)?;
+        if still_at(&file, path) {
+            return Ok(file);
+        }
+    }
+    Err(SourceError::live(
+        format!("lock file {}", path.display()),
+        std::io::Error::other("replaced again and again while it was being taken"),
+    ))
+}
+
+/// Whether `file` is the file at `path` now (not one removed or replaced since it was opened).
+fn still_at(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata().map(|m| (m.dev(), m.ino())).ok();
+    let there = std::fs::symlink_metadata(path)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
+    held.is_some() && held == there
+}
+
+fn lock_once(path: &Path, tag: &str) -> Result<std::fs::File, SourceError> {
     use rustix::fs::{FlockOperation, Mode, OFlags};
     use std::io::{Seek, Write};
     let lock_error =
@@ -146,7 +171,7 @@ fn not_reserved(path: &Path, size: u64, file: &std::fs::File, e: rustix::io::Err
 
 #[cfg(test)]
 mod lock_file_tests {
-    use super::lock_replica;
+    use super::{lock_replica, still_at};
 
     #[test]
     fn a_second_run_is_refused_naming_the_first_and_a_hostile_lock_file_changes_nothing() {
@@ -186,6 +211,28 @@ mod lock_file_tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         assert!(lock_replica(&path, "vm0").is_err());
+    }
+
+    #[test]
+    fn a_lock_is_held_only_on_the_file_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drplane-vm0.lock");
+        let first = lock_replica(&path, "vm0").unwrap();
+        assert!(still_at(&first, &path));
+        // A run that opened the file before its holder removed it (a run that failed to
+        // attach, `drplane disable`) and let go would lock a file no longer there, beside a
+        // run that locks the new one: such a lock is not taken as held.
+        let stale = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        drop(first);
+        assert!(!still_at(&stale, &path), "removed");
+        let second = lock_replica(&path, "vm0").unwrap();
+        assert!(still_at(&second, &path));
+        assert!(!still_at(&stale, &path), "replaced");
+        assert!(
+            lock_replica(&path, "vm0").is_err(),
+            "a third run is refused"
+        );
     }
 }
 

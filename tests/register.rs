@@ -24,6 +24,12 @@ fn registered_pfx_opens_with_openssl_and_thumbprint_matches() {
             .env("DRPLANE_PFX_PASSWORD", "pw-123"),
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
+    // A 6-character password is used, with a warning.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: the .pfx password has 6 character"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let creds: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("vault1.VaultCredentials")).unwrap())
             .unwrap();
@@ -116,6 +122,10 @@ fn password_prompt_on_a_terminal_is_not_echoed_and_never_in_the_process_list() {
         "asks twice when creating: {shown}"
     );
     assert!(!shown.contains(secret), "the password was echoed: {shown}");
+    assert!(
+        !shown.contains("warning"),
+        "22 characters are enough: {shown}"
+    );
     // The prompted password opens the .pfx; the command line never held it.
     let pfx = format!("{d}/tty.pfx");
     let raw = format!("{d}/disk.raw");

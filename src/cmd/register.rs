@@ -85,6 +85,21 @@ pub fn pfx_password(file: Option<&Path>, confirm: bool) -> Result<String> {
     Ok(p)
 }
 
+/// Passwords shorter than this are warned about at registration.
+const ADVISED_PASSWORD_CHARS: usize = 12;
+
+/// A warning for a short .pfx password (it is still used: the user chose it).
+fn weak_password_warning(password: &str) -> Option<String> {
+    let chars = password.chars().count();
+    (chars < ADVISED_PASSWORD_CHARS).then(|| {
+        format!(
+            "warning: the .pfx password has {chars} character(s): whoever copies the .pfx can \
+             try passwords offline, and it holds the keys of every replica; \
+             {ADVISED_PASSWORD_CHARS} or more (a passphrase) are advised"
+        )
+    })
+}
+
 pub fn run(args: RegisterArgs) -> Result<ExitCode> {
     let server_name = match args.server_name {
         Some(n) => n,
@@ -120,6 +135,9 @@ pub fn run(args: RegisterArgs) -> Result<ExitCode> {
     let password = pfx_password(args.password_file.as_deref(), true)?;
     if password.is_empty() {
         bail!("the .pfx password is empty");
+    }
+    if let Some(warning) = weak_password_warning(&password) {
+        eprintln!("{warning}");
     }
     let (mut credentials, pfx) = register(&args.vault, &server_name, &password, &SystemClock)?;
     credentials.proxy = proxy.as_ref().map(|p| p.record());

@@ -178,6 +178,34 @@ fn export_replaces_an_existing_file_only_with_force() {
         .unwrap();
     assert!(String::from_utf8_lossy(&inside.stderr).contains("inside the store directory"));
     assert!(!store.join("homes/x.raw").exists());
+    // A differencing disk exported over its own parent, even with --force: refused (the
+    // chain would be gone).
+    let base = dir.path().join("base.vhdx");
+    let child = dir.path().join("child.vhdx");
+    run_ok(drplane().args(["vhdx", "create", path_str(&base), "--size", "4M"]));
+    run_ok(drplane().args([
+        "vhdx",
+        "create",
+        path_str(&child),
+        "--parent",
+        path_str(&base),
+    ]));
+    let base_bytes = std::fs::read(&base).unwrap();
+    let over_parent = drplane()
+        .args([
+            "vhdx",
+            "export",
+            path_str(&child),
+            "-o",
+            path_str(&base),
+            "--force",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&over_parent.stderr).contains("a parent the input reads through")
+    );
+    assert!(std::fs::read(&base).unwrap() == base_bytes);
 }
 
 #[test]

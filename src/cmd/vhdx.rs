@@ -459,6 +459,15 @@ fn export(file: &Path, output: &Path, force: bool, threads: usize) -> Result<Exi
         export_raw(&disk, RawTarget::Stream(&mut w), 1, &tick)?
     } else if same_file(file, output) {
         anyhow::bail!("{}: output is the input image", output.display());
+    } else if let Some(parent) = disk.layers()[1..]
+        .iter()
+        .find(|l| same_file(Path::new(&l.name), output))
+    {
+        anyhow::bail!(
+            "{}: output is {}, a parent the input reads through",
+            output.display(),
+            parent.name
+        );
     } else {
         match std::fs::metadata(output).map(|m| m.file_type()) {
             // A pipe or a character device (/dev/null) takes the stream as it comes.

@@ -1465,6 +1465,39 @@ fn a_vms_disks_replicated_together_share_one_nbd_server_drplane_starts() {
         "{}",
         String::from_utf8_lossy(&restored.stderr)
     );
+    // Disabling the machine: a disk that cannot be reached (a mistyped node) leaves every
+    // disk's tracking as it was; then both go.
+    let tracked = |qmp: &Path| -> usize {
+        let mut monitor = Qmp::connect(qmp, Duration::from_secs(10)).unwrap();
+        let nodes = monitor.named_nodes().unwrap();
+        nodes
+            .iter()
+            .flat_map(|n| &n.dirty_bitmaps)
+            .filter(|b| b.name.starts_with("drplane."))
+            .count()
+    };
+    assert_eq!(tracked(&qmp), 2);
+    let disable = |second_node: &str| {
+        drplane()
+            .args(["disable", "--qemu", path_str(&qmp)])
+            .args(["--node", "disk0", "--name", "vm0", "--node", second_node])
+            .args(["--name", "vm1"])
+            .output()
+            .unwrap()
+    };
+    let mistyped = disable("disk9");
+    assert!(
+        !mistyped.status.success() && stderr(&mistyped).contains("disk9"),
+        "{}",
+        stderr(&mistyped)
+    );
+    assert_eq!(
+        tracked(&qmp),
+        2,
+        "a disable that cannot reach every disk changes none"
+    );
+    assert!(disable("disk1").status.success());
+    assert_eq!(tracked(&qmp), 0);
     let _ = child.kill();
     let _ = child.wait();
     for (i, output) in outputs.iter().enumerate() {

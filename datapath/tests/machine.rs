@@ -25,7 +25,7 @@ const SIZE: usize = 16 * 65536;
 const T0: u64 = 1_800_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 
-/// Where the disks' cycles meet: each disk's first freeze waits (up to 5 s) for the other's,
+/// Where the disks' cycles meet: each disk's first freeze waits (up to 20 s) for the other's,
 /// so the most cycles under way at once is 2 only if they run side by side.
 #[derive(Default)]
 struct Meeting {
@@ -38,7 +38,7 @@ impl Meeting {
     fn arrive(&self) {
         self.present.fetch_add(1, Ordering::SeqCst);
         self.arrived.fetch_add(1, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while self.arrived.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -38,12 +38,17 @@ pub fn disable(args: DisableArgs) -> Result<ExitCode> {
             args.name.len()
         );
     }
+    // Every disk is attached first — which takes its lock (a run replicating it is refused,
+    // named) and clears what a killed run left — so a disk that cannot be reached (a mistyped
+    // node) leaves every disk's tracking as it was.
+    let mut attached = Vec::new();
     for (node, name) in args.node.iter().zip(&args.name) {
-        // Attaching takes the disk's lock (a run replicating it is refused, named) and clears
-        // what a killed run left.
         let options = qemu_options(&args.qemu, node, name, None, args.scratch_dir.as_deref());
         let (source, _) = QemuSource::attach(options)
             .with_context(|| format!("QEMU at {} (node {node})", args.qemu.display()))?;
+        attached.push(source);
+    }
+    for ((node, name), source) in args.node.iter().zip(&args.name).zip(attached) {
         let removed = source
             .disable()
             .with_context(|| format!("QEMU at {} (node {node})", args.qemu.display()))?;

@@ -116,10 +116,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             if size == 0 {
                 bail!("--size 0: an empty disk is refused by bench and replicate alike");
             }
-            let folder = match output.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => std::path::Path::new("."),
-            };
+            let folder = super::output_file::folder_of(&output);
             check_room(
                 folder,
                 size,

@@ -44,7 +44,7 @@ fn remove_stopped_runs(dir: &Path, prefix: &str, ours: &Path, command: &str) {
 }
 
 /// The folder a target path is in (`.` for a bare name).
-fn folder_of(target: &Path) -> &Path {
+pub fn folder_of(target: &Path) -> &Path {
     match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -139,6 +139,23 @@ impl OutputFile {
         }
         Ok(())
     }
+}
+
+/// Open block device `path` to overwrite it, exclusively: one that is mounted or held open
+/// exclusively (by another program, or by this one for another output) is refused.
+pub fn open_device_exclusively(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::BUSY.raw_os_error() => anyhow::anyhow!(
+                "{}: in use (mounted, or held open exclusively): not overwritten",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("opening {} to write", path.display())),
+        })
 }
 
 /// What an output names, to tell two outputs apart: a block device by its device number (any

@@ -15,7 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
 use super::blob::Target;
-use super::output_file::{refuse_inside_a_store, OutputFile, OutputIdentity};
+use super::output_file::{
+    open_device_exclusively, refuse_inside_a_store, OutputFile, OutputIdentity,
+};
 use super::points::{choose_machine_point, ReadPoints};
 use super::replicate::Keys;
 
@@ -69,7 +71,6 @@ struct DeviceOutput {
 impl DeviceOutput {
     fn open(args: &RestoreArgs, output: &Path, manifest: &Manifest) -> Result<DeviceOutput> {
         use std::io::{Seek, SeekFrom};
-        use std::os::unix::fs::OpenOptionsExt;
         let device = output.display().to_string();
         if !args.force {
             bail!(
@@ -77,16 +78,7 @@ impl DeviceOutput {
                 manifest.sequence
             );
         }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
-            .open(output)
-            .map_err(|e| match e.raw_os_error() {
-                Some(code) if code == rustix::io::Errno::BUSY.raw_os_error() => anyhow::anyhow!(
-                    "{device}: in use (mounted, or held open exclusively): not overwritten"
-                ),
-                _ => anyhow::Error::new(e).context(format!("opening {device} to write")),
-            })?;
+        let mut file = open_device_exclusively(output)?;
         let size = file
             .seek(SeekFrom::End(0))
             .with_context(|| format!("{device}: its size"))?;

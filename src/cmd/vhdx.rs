@@ -3,7 +3,6 @@
 use indicatif::HumanBytes;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -484,13 +483,7 @@ fn export(file: &Path, output: &Path, force: bool, threads: usize) -> Result<Exi
                         output.display()
                     );
                 }
-                streamed(
-                    OpenOptions::new()
-                        .write(true)
-                        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
-                        .open(output)
-                        .with_context(|| format!("opening {} to write", output.display()))?,
-                )?
+                streamed(super::output_file::open_device_exclusively(output)?)?
             }
             _ => {
                 let out = OutputFile::prepare(output, force, "export")?;

@@ -664,3 +664,58 @@ fn durability_is_power_unless_the_user_opts_out_and_bad_values_are_refused() {
         dp(&args(&s.read_cmd("verify", &s.p(store), "d")));
     }
 }
+
+/// A 7 TiB VHDX with a few blocks written is replicated, restored to a VHDX and verified by
+/// its data, not its size (before, the scan alone kept ~8 GB of per-block tables for such a
+/// disk); one past what a page blob holds (64 TiB) is refused, saying which disks fit, and
+/// nothing is made in the store.
+#[test]
+fn a_huge_sparse_vhdx_replicates_by_its_data_and_one_past_a_page_blob_is_refused() {
+    use vhdx::testing::{pattern, ImageBuilder};
+    let s = Setup::new();
+    let size = 7u64 << 40;
+    let writes = [
+        (0u64, pattern(1, 4096)),
+        (size / 3 / 4096 * 4096, pattern(2, 70_000)),
+        (size - 65536, pattern(3, 65536)),
+    ];
+    let mut image = ImageBuilder::new(size);
+    for (at, bytes) in &writes {
+        image.write(*at, bytes);
+    }
+    let disk = s.p("huge.vhdx");
+    std::fs::write(&disk, image.build()).unwrap();
+    let store = s.p("store");
+    let mut replicate = s.replicate(&disk, &store, "huge");
+    replicate.push("--json".into());
+    let out = dp(&args(&replicate));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["blocks"], size / 65536, "{v}");
+    let mut restore = s.read_cmd("restore", &store, "huge");
+    restore.extend(["-o".into(), s.p("out.vhdx")]);
+    dp(&args(&restore));
+    let restored = vhdx::Disk::open(Path::new(&s.p("out.vhdx"))).unwrap();
+    assert_eq!(restored.virtual_size(), size);
+    for (at, bytes) in &writes {
+        let mut exact = vec![0u8; bytes.len()];
+        restored.read_at(*at, &mut exact).unwrap();
+        assert_eq!(&exact, bytes, "at {at}");
+    }
+    let mut between = vec![0xFFu8; 65536];
+    restored.read_at(size / 2, &mut between).unwrap();
+    assert!(between.iter().all(|&b| b == 0));
+    let out = dp(&args(&s.read_cmd("verify", &store, "huge")));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 point(s) verified, 0 failed"));
+
+    let mut too_big = ImageBuilder::new(64 << 40);
+    too_big.block_size(256 << 20).write(0, &pattern(4, 4096));
+    let big = s.p("big.vhdx");
+    std::fs::write(&big, too_big.build()).unwrap();
+    let err = dp_fails(&args(&s.replicate(&big, &store, "big")));
+    assert!(
+        err.contains("past a page blob's 8 TiB; disks of up to 8727906222080 bytes"),
+        "{err}"
+    );
+    let err = dp_fails(&args(&s.read_cmd("points", &store, "big")));
+    assert!(err.contains("no replica named big"), "{err}");
+}

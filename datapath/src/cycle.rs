@@ -26,7 +26,7 @@ use crate::replica::block_record::{block_digest, BlockCodec, Encoded};
 use crate::replica::disk_replica::{DiskReplica, Layout};
 use crate::replica::error::ReplicaError;
 use crate::replica::manifest::{Consistency, Manifest, ManifestError};
-use crate::replica::merkle::{merkle_root, MerkleTree};
+use crate::replica::merkle::MerkleTree;
 use crate::replica::nonce::NonceSource;
 use crate::replica::staging_log::StagingLog;
 use crate::replica::staging_log_format::{LogHeader, StagingLogError};
@@ -45,6 +45,12 @@ pub trait BlockSource: Sync {
     /// digests, compresses and encrypts that copy: a block written meanwhile is stored as one
     /// of its versions, never as a record whose digest belongs to another.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// The byte ranges `[start, end)` that may hold data, ascending: the rest of the disk is
+    /// known to read as zeros, and a scan examines only these blocks and the ones the replica
+    /// holds as non-zero. `None`: unknown (a scan examines every block).
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        None
+    }
     /// The cycle is done with `[offset, offset+len)`: a mapped source drops those pages from
     /// the process, so the resident set stays bounded however big the disk is.
     fn release(&self, _offset: u64, _len: u64) {}
@@ -65,6 +71,9 @@ impl<T: BlockSource + ?Sized> BlockSource for &T {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         (**self).read_at(offset, buf)
+    }
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        (**self).data_ranges()
     }
     fn release(&self, offset: u64, len: u64) {
         (**self).release(offset, len)
@@ -354,8 +363,8 @@ fn replica_state(
     }
     // The table this process committed with the last point is that point's table: no need to
     // read it back.
-    if let (Some(tree), Some(last)) = (cached, points.last()) {
-        if tree.root() == last.merkle_root && tree.leaves().len() as u64 == layout.blocks() {
+    if let (Some(mut tree), Some(last)) = (cached, points.last()) {
+        if tree.len() == layout.blocks() && tree.root() == last.merkle_root {
             return Ok(ReplicaState {
                 points,
                 table: tree,
@@ -363,15 +372,7 @@ fn replica_state(
             });
         }
     }
-    let zero = |b| zeros.of(b);
-    let resolve = |table: Vec<Option<[u8; 32]>>| -> Vec<[u8; 32]> {
-        table
-            .into_iter()
-            .enumerate()
-            .map(|(b, d)| d.unwrap_or_else(|| zero(b as u64)))
-            .collect()
-    };
-    let stored = MerkleTree::new(digest_key, resolve(replica.load_digest_table()?));
+    let mut stored = zeros.tree(replica.load_digest_table()?);
     let trusted = points
         .last()
         .is_some_and(|last| stored.root() == last.merkle_root);
@@ -384,16 +385,15 @@ fn replica_state(
     }
     let rebuilt = replica.rebuild_digest_table()?;
     // Without points, a rebuild only matters when an interrupted first cycle wrote slots.
-    let repaired = !points.is_empty() || rebuilt.iter().any(Option::is_some);
-    let table = resolve(rebuilt);
+    let repaired = !points.is_empty() || !rebuilt.is_empty();
+    let table = zeros.tree(rebuilt);
     if repaired {
         // Store the whole rebuilt table, so the next point's table matches it again.
-        let pages: BTreeSet<u64> = (0..layout.blocks().div_ceil(ENTRIES_PER_PAGE)).collect();
-        write_table_pages(replica, &table, &pages, &zero)?;
+        store_whole_table(replica, &table, &|b| zeros.of(b))?;
     }
     Ok(ReplicaState {
         points,
-        table: MerkleTree::new(digest_key, table),
+        table,
         rebuilt: repaired,
     })
 }
@@ -445,11 +445,26 @@ impl ZeroDigests {
 
     /// Digest of block `block` when it is all zero.
     fn of(&self, block: u64) -> [u8; 32] {
-        if block + 1 == self.disk_size.div_ceil(u64::from(self.block_size)) {
+        if block + 1 == self.blocks() {
             self.tail
         } else {
             self.full
         }
+    }
+
+    fn blocks(&self) -> u64 {
+        self.disk_size.div_ceil(u64::from(self.block_size))
+    }
+
+    /// The table's tree from its non-zero entries (the rest are zero blocks).
+    fn tree(&self, entries: Vec<(u64, [u8; 32])>) -> MerkleTree {
+        MerkleTree::sparse(
+            &self.digest_key,
+            self.blocks(),
+            self.full,
+            self.tail,
+            entries,
+        )
     }
 }
 
@@ -493,6 +508,15 @@ pub struct CycleCache {
     /// The digests of an all-zero block and of an all-zero last block under the digest key
     /// (hashing 64 KiB of zeros twice each cycle cost the simulator's drill 1% of its CPU).
     zero: Option<ZeroDigests>,
+}
+
+impl CycleCache {
+    /// Pages of [`crate::replica::merkle::PAGE`] nodes the kept table's tree holds (`None`:
+    /// none kept): what the cache costs in memory, which follows the replica's non-zero blocks,
+    /// not the disk's size.
+    pub fn table_pages_held(&self) -> Option<usize> {
+        self.table.as_ref().map(MerkleTree::pages_held)
+    }
 }
 
 /// [`run_cycle`] for a process that runs cycle after cycle on one replica (the agent): `cache`
@@ -561,10 +585,30 @@ fn cycle_inner(
     let blocks = layout.blocks();
     let zero = |b| zeros.of(b);
 
-    let selected = options.selection.blocks(blocks)?;
+    // A scan examines the blocks that may hold data and those the replica holds as non-zero:
+    // every other block is a zero block on both sides. Each block keeps the nonce it had when
+    // every block was examined (its number from the scan's first nonce).
+    let scan = options.selection == Selection::Scan;
+    let selected = if scan {
+        scan_candidates(source, &layout, &table, &zero)
+    } else {
+        options.selection.blocks(blocks)?
+    };
+    let mut nonces = NonceCursor {
+        nonces,
+        by_block: scan,
+        next: 0,
+    };
     let group_len = (GROUP_BYTES / u64::from(layout.block_size)).clamp(2, 128) as usize;
+    let examined_bytes: u64 = selected.iter().map(|&b| layout.block_len(b)).sum();
+    let known_zero_bytes = if scan {
+        layout.disk_size - examined_bytes
+    } else {
+        0
+    };
     let totals = Progress {
-        bytes_total: selected.iter().map(|&b| layout.block_len(b)).sum(),
+        bytes_total: examined_bytes + known_zero_bytes,
+        bytes_done: known_zero_bytes,
         ..Progress::default()
     };
     let mut tally = Tally {
@@ -623,7 +667,7 @@ fn cycle_inner(
             &selected,
             group_len,
             if inline { 1 } else { GROUPS_IN_FLIGHT },
-            nonces,
+            &mut nonces,
             &mut table,
             &mut serial,
             &|| writer.keep_going(),
@@ -636,6 +680,10 @@ fn cycle_inner(
     });
     let groups_ended = Instant::now();
     outcome?;
+    if scan {
+        // The blocks after the last one examined pass their nonces over, as before.
+        nonces.skip_to(blocks)?;
+    }
     if let Some(e) = writer.first_error.lock().expect("error slot").take() {
         return Err(e.into());
     }
@@ -656,7 +704,7 @@ fn cycle_inner(
     let report = CycleReport {
         point,
         blocks,
-        blocks_examined: selected.len() as u64,
+        blocks_examined: if scan { blocks } else { selected.len() as u64 },
         blocks_changed: tally.changed,
         bytes_read: tally.done.bytes_read,
         bytes_changed: tally.bytes_changed,
@@ -895,7 +943,7 @@ impl<Z: Fn(u64) -> [u8; 32]> Settler<'_, '_, Z> {
             tally.done.bytes_done += layout.block_len(e.block);
             tally.done.bytes_read += e.read_len;
             if let Some(encoded) = e.encoded {
-                table.set(e.block as usize, e.digest);
+                table.set(e.block, e.digest);
                 dirty_pages.insert(e.block / ENTRIES_PER_PAGE);
                 tally.changed += 1;
                 tally.bytes_changed += layout.block_len(e.block);
@@ -903,7 +951,7 @@ impl<Z: Fn(u64) -> [u8; 32]> Settler<'_, '_, Z> {
             }
         }
         // Table entries first, then the slots (see `disk_replica`).
-        write_table_pages(self.replica, table.leaves(), &dirty_pages, self.zero)?;
+        write_table_pages(self.replica, table, &dirty_pages, self.zero)?;
         for (block, encoded) in jobs {
             let log_offset = tally.log_end;
             tally.log_end += StagingLog::entry_len(&encoded);
@@ -932,7 +980,7 @@ fn examine_ahead<Z: Fn(u64) -> [u8; 32] + Sync>(
     selected: &[u64],
     group_len: usize,
     depth: usize,
-    nonces: &mut NonceSource,
+    nonces: &mut NonceCursor<'_>,
     table: &mut MerkleTree,
     serial: &mut SerialClock,
     keep_going: &dyn Fn() -> Result<bool, CycleError>,
@@ -1015,6 +1063,81 @@ impl SerialClock {
     }
 }
 
+/// Hands out the cycle's nonces: one per examined block in order, or (a scan) block *b* the
+/// scan's *b*-th, the nonces of the blocks not examined passed over.
+struct NonceCursor<'n> {
+    nonces: &'n mut NonceSource,
+    by_block: bool,
+    /// With `by_block`: the block the next nonce belongs to.
+    next: u64,
+}
+
+impl NonceCursor<'_> {
+    fn for_block(&mut self, block: u64) -> Result<[u8; 12], CycleError> {
+        if self.by_block {
+            self.skip_to(block)?;
+            self.next = block + 1;
+        }
+        self.nonces.next_nonce().ok_or(CycleError::Nonces)
+    }
+
+    /// Pass over the nonces of the blocks before `block` not yet handed out.
+    fn skip_to(&mut self, block: u64) -> Result<(), CycleError> {
+        self.nonces
+            .skip(block.saturating_sub(self.next))
+            .ok_or(CycleError::Nonces)?;
+        self.next = self.next.max(block);
+        Ok(())
+    }
+}
+
+/// The blocks a scan examines, ascending: those `source` may hold data in (all, when it cannot
+/// tell) and those `table` holds as non-zero.
+fn scan_candidates(
+    source: &dyn BlockSource,
+    layout: &Layout,
+    table: &MerkleTree,
+    zero: &impl Fn(u64) -> [u8; 32],
+) -> Vec<u64> {
+    let blocks = layout.blocks();
+    let Some(ranges) = source.data_ranges() else {
+        return (0..blocks).collect();
+    };
+    let block_size = u64::from(layout.block_size);
+    let mut from_source: Vec<u64> = Vec::new();
+    for (start, end) in ranges {
+        let end = end.min(layout.disk_size);
+        if start >= end {
+            continue;
+        }
+        let first = (start / block_size).max(from_source.last().map_or(0, |&b| b + 1));
+        from_source.extend(first..=(end - 1) / block_size);
+    }
+    let mut held = table
+        .held_leaves()
+        .filter(|&(b, d)| d != zero(b))
+        .map(|(b, _)| b)
+        .peekable();
+    // Merge the two ascending lists.
+    let mut out = Vec::with_capacity(from_source.len());
+    let mut from_source = from_source.into_iter().peekable();
+    loop {
+        let next = match (from_source.peek(), held.peek()) {
+            (Some(&a), Some(&b)) if a < b => from_source.next(),
+            (Some(&a), Some(&b)) if b < a => held.next(),
+            (Some(_), Some(_)) => {
+                held.next();
+                from_source.next()
+            }
+            (Some(_), None) => from_source.next(),
+            (None, Some(_)) => held.next(),
+            (None, None) => break,
+        };
+        out.extend(next);
+    }
+    out
+}
+
 /// A group's nonces and the table entries its blocks are compared with, by position.
 type GroupInputs = (Vec<[u8; 12]>, Vec<[u8; 32]>);
 
@@ -1024,14 +1147,14 @@ type GroupInputs = (Vec<[u8; 12]>, Vec<[u8; 32]>);
 /// table.
 fn prepare_group(
     group: &[u64],
-    nonces: &mut NonceSource,
+    nonces: &mut NonceCursor<'_>,
     table: &MerkleTree,
 ) -> Result<GroupInputs, CycleError> {
     let group_nonces = group
         .iter()
-        .map(|_| nonces.next_nonce().ok_or(CycleError::Nonces))
+        .map(|&block| nonces.for_block(block))
         .collect::<Result<_, _>>()?;
-    let known = group.iter().map(|&b| table.leaves()[b as usize]).collect();
+    let known = group.iter().map(|&b| table.get(b)).collect();
     Ok((group_nonces, known))
 }
 
@@ -1112,22 +1235,15 @@ fn recover_staged_cycle(
     let next = points.last().map_or(0, |p| p.sequence + 1);
     if header.sequence == next {
         log.for_each_entry(&header, |block, record| apply_entry(replica, block, record))?;
-        let layout = replica.layout;
-        let zeros = ZeroDigests::new(digest_key, &layout);
-        let zero = |b| zeros.of(b);
-        let table: Vec<[u8; 32]> = replica
-            .rebuild_digest_table()?
-            .into_iter()
-            .enumerate()
-            .map(|(b, d)| d.unwrap_or_else(|| zero(b as u64)))
-            .collect();
+        let zeros = ZeroDigests::new(digest_key, &replica.layout);
+        let root = zeros.tree(replica.rebuild_digest_table()?).root();
         replica.commit_point(
             header.sequence,
             header.sequence,
             header.time_nanos,
             header.consistency,
             identity.key_id.0,
-            merkle_root(digest_key, &table),
+            root,
             digest_key,
         )?;
     }
@@ -1162,30 +1278,62 @@ fn make_room(
     Ok(())
 }
 
+/// Table pages written by one Put Page at most (4 MiB).
+const TABLE_PAGES_PER_WRITE: u64 = pageblob::MAX_PUT_PAGES_BYTES / 512;
+
 /// Write the digest-table pages in `pages` from `table` (zero blocks as all-zero entries).
 fn write_table_pages(
     replica: &DiskReplica<'_>,
-    table: &[[u8; 32]],
+    table: &MerkleTree,
     pages: &BTreeSet<u64>,
     zero: &impl Fn(u64) -> [u8; 32],
 ) -> Result<(), CycleError> {
     let mut pages = pages.iter().copied().peekable();
     while let Some(first) = pages.next() {
         let mut last = first;
-        while pages.peek() == Some(&(last + 1)) {
+        while last - first + 1 < TABLE_PAGES_PER_WRITE && pages.peek() == Some(&(last + 1)) {
             last = pages.next().expect("peeked");
         }
         let start = first * ENTRIES_PER_PAGE;
-        let end = ((last + 1) * ENTRIES_PER_PAGE).min(table.len() as u64);
+        let end = ((last + 1) * ENTRIES_PER_PAGE).min(table.len());
         let entries: Vec<Option<[u8; 32]>> = (start..end)
             .map(|b| {
-                let d = table[b as usize];
+                let d = table.get(b);
                 (d != zero(b)).then_some(d)
             })
             .collect();
         replica.store_digest_entries(start, &entries)?;
     }
     Ok(())
+}
+
+/// Store `table` whole (after a rebuild): the pages holding its non-zero entries are written,
+/// every other page the table blob holds is cleared. What this costs follows the replica's
+/// written blocks, not the disk's size.
+fn store_whole_table(
+    replica: &DiskReplica<'_>,
+    table: &MerkleTree,
+    zero: &impl Fn(u64) -> [u8; 32],
+) -> Result<(), CycleError> {
+    let pages: BTreeSet<u64> = table
+        .held_leaves()
+        .filter(|&(b, d)| d != zero(b))
+        .map(|(b, _)| b / ENTRIES_PER_PAGE)
+        .collect();
+    let page_bytes = ENTRIES_PER_PAGE * crate::replica::disk_replica::DIGEST_ENTRY;
+    for (start, end) in replica.written_digest_ranges()? {
+        // Runs of pages in `start..end` that `pages` leaves out.
+        let mut page = start / page_bytes;
+        let last = end.div_ceil(page_bytes);
+        while page < last {
+            let kept_from = pages.range(page..last).next().copied().unwrap_or(last);
+            if kept_from > page {
+                replica.clear_digest_pages(page * page_bytes, (kept_from - page) * page_bytes)?;
+            }
+            page = kept_from + 1;
+        }
+    }
+    write_table_pages(replica, table, &pages, zero)
 }
 
 /// A VHDX disk (or chain) as a source: unallocated and zero extents are never read.
@@ -1234,6 +1382,27 @@ impl BlockSource for vhdx::Disk {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         vhdx::Disk::read_at(self, offset, buf).map_err(std::io::Error::other)
+    }
+    /// From the block allocation table (and each child's sector bitmaps), a GiB at a time.
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        const PIECE: u64 = 1 << 30;
+        let size = self.virtual_size();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut at = 0;
+        while at < size {
+            let len = (size - at).min(PIECE);
+            for seg in self.map(at, len).ok()? {
+                if seg.kind != vhdx::ExtentKind::Data {
+                    continue;
+                }
+                match ranges.last_mut() {
+                    Some(last) if last.1 == seg.offset => last.1 = seg.offset + seg.len,
+                    _ => ranges.push((seg.offset, seg.offset + seg.len)),
+                }
+            }
+            at += len;
+        }
+        Some(ranges)
     }
     fn release(&self, offset: u64, len: u64) {
         vhdx::Disk::release(self, offset, len)
@@ -1339,6 +1508,9 @@ impl BlockSource for RawSource {
             return Ok(());
         }
         vhdx::ReadAt::read_at(&self.file, offset, head)
+    }
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        Some(self.data.clone())
     }
     fn release(&self, offset: u64, len: u64) {
         let len = len.min(self.size.saturating_sub(offset));

@@ -77,6 +77,26 @@ impl Layout {
     pub fn slot_offset(&self, block: u64) -> u64 {
         block * self.slot_size()
     }
+    /// The data blob's size: a slot per block.
+    pub fn data_blob_size(&self) -> u64 {
+        self.blocks() * self.slot_size()
+    }
+
+    /// An error when the data blob would be past a page blob's largest size
+    /// ([`pageblob::MAX_BLOB_SIZE`], 8 TiB), saying which disks fit.
+    pub fn check_fits(&self) -> Result<(), ReplicaError> {
+        let blob_size = self.blocks().saturating_mul(self.slot_size());
+        if blob_size <= pageblob::MAX_BLOB_SIZE {
+            return Ok(());
+        }
+        Err(ReplicaError::DiskTooLarge {
+            disk_size: self.disk_size,
+            block_size: self.block_size,
+            blob_size,
+            largest: pageblob::MAX_BLOB_SIZE / self.slot_size() * u64::from(self.block_size),
+        })
+    }
+
     /// Bytes of block `block` inside the disk (the last block may be short).
     pub fn block_len(&self, block: u64) -> u64 {
         u64::from(self.block_size).min(self.disk_size - block * u64::from(self.block_size))
@@ -173,6 +193,7 @@ impl<'a> DiskReplica<'a> {
                 why,
             });
         }
+        layout.check_fits()?;
         match store.create_container(container) {
             Ok(()) => {}
             Err(e) if e.code() == Some(ErrorCode::ContainerAlreadyExists) => {}
@@ -181,7 +202,7 @@ impl<'a> DiskReplica<'a> {
         let r = DiskReplica::named(store, container, name, layout);
         let absent = |path: &BlobPath| matches!(store.properties(path, None), Err(e) if e.code() == Some(ErrorCode::BlobNotFound));
         if absent(&r.data) {
-            create_if_absent(store, &r.data, layout.blocks() * layout.slot_size())?;
+            create_if_absent(store, &r.data, layout.data_blob_size())?;
         }
         if absent(&r.digests) {
             let size = (layout.blocks() * DIGEST_ENTRY).next_multiple_of(PAGE_SIZE);
@@ -457,30 +478,45 @@ impl<'a> DiskReplica<'a> {
             .map_err(|e| self.write_error(&self.data, e))
     }
 
-    /// The digest table as stored: entry *i* is block *i*'s keyed digest, or `None` for a zero
-    /// block (an all-zero entry). Reads only the pages that were ever written.
-    pub fn load_digest_table(&self) -> Result<Vec<Option<[u8; 32]>>, ReplicaError> {
-        let blocks = self.layout.blocks() as usize;
-        let mut raw = vec![0u8; blocks * DIGEST_ENTRY as usize];
+    /// The digest table as stored: block *i*'s keyed digest for every block with a non-zero
+    /// entry, ascending (the other blocks are zero blocks: an all-zero entry). Reads only the
+    /// pages that were ever written, a bounded piece at a time: what this costs follows the
+    /// blocks the replica holds, not the disk's size.
+    pub fn load_digest_table(&self) -> Result<Vec<(u64, [u8; 32])>, ReplicaError> {
+        const PIECE: u64 = 1 << 20;
+        let table_end = self.layout.blocks() * DIGEST_ENTRY;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
         for (start, end) in self.written_ranges(&self.digests)? {
-            let end = end.min(raw.len() as u64);
-            if start >= end {
-                continue;
+            let end = end.min(table_end);
+            let mut at = start.next_multiple_of(DIGEST_ENTRY);
+            while at < end {
+                let n = (end - at).min(PIECE);
+                buf.resize(n as usize, 0);
+                self.store.read(&self.digests, None, at, &mut buf)?;
+                for (i, e) in buf.chunks_exact(DIGEST_ENTRY as usize).enumerate() {
+                    let e: [u8; 32] = e.try_into().expect("32 bytes");
+                    if e != [0; 32] {
+                        out.push((at / DIGEST_ENTRY + i as u64, e));
+                    }
+                }
+                at += n;
             }
-            self.store.read(
-                &self.digests,
-                None,
-                start,
-                &mut raw[start as usize..end as usize],
-            )?;
         }
-        Ok(raw
-            .chunks_exact(DIGEST_ENTRY as usize)
-            .map(|e| {
-                let e: [u8; 32] = e.try_into().expect("32 bytes");
-                (e != [0; 32]).then_some(e)
-            })
-            .collect())
+        Ok(out)
+    }
+
+    /// The written ranges of the digest table blob, `(start, end)` in bytes.
+    pub fn written_digest_ranges(&self) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        self.written_ranges(&self.digests)
+    }
+
+    /// Clear `len` bytes of table pages from byte `at` (their blocks read as zero blocks).
+    pub fn clear_digest_pages(&self, at: u64, len: u64) -> Result<(), ReplicaError> {
+        self.store
+            .clear_pages(&self.digests, at, len, &self.fenced())
+            .map_err(|e| self.write_error(&self.digests, e))?;
+        Ok(())
     }
 
     /// Write the table pages holding entries `first..first + entries.len()`.
@@ -511,25 +547,25 @@ impl<'a> DiskReplica<'a> {
     /// a digest nothing matches: the block is sent again. Every slot, not only those the store's
     /// diff from the last point lists: a store may not list a write it never acknowledged (the
     /// emulator after a power cut), and a torn slot trusted here would be in the next point.
-    pub fn rebuild_digest_table(&self) -> Result<Vec<Option<[u8; 32]>>, ReplicaError> {
+    pub fn rebuild_digest_table(&self) -> Result<Vec<(u64, [u8; 32])>, ReplicaError> {
         const UNKNOWN: [u8; 32] = [0xFF; 32];
-        let mut table = vec![None; self.layout.blocks() as usize];
+        let mut table = Vec::new();
         let slot = self.layout.slot_size();
         let mut head = vec![0u8; HEADER_SIZE];
         let mut payload = Vec::new();
+        // Blocks below this one were looked at (a slot may lie across two written ranges).
+        let mut next_block = 0;
         for (start, end) in self.written_ranges(&self.data)? {
-            let first = start / slot;
-            let last = (end - 1) / slot;
-            for block in first..=last.min(self.layout.blocks() - 1) {
-                if table[block as usize].is_some() {
-                    continue;
-                }
+            let first = (start / slot).max(next_block);
+            let last = ((end - 1) / slot).min(self.layout.blocks() - 1);
+            for block in first..=last {
+                next_block = block + 1;
                 self.read_slot_header(block, &mut head)?;
                 if pageblob::is_zero(&head) {
                     continue;
                 }
                 let Ok(header) = SlotHeader::decode(&head) else {
-                    table[block as usize] = Some(UNKNOWN);
+                    table.push((block, UNKNOWN));
                     continue;
                 };
                 let stored = u64::from(header.stored_len);
@@ -543,7 +579,7 @@ impl<'a> DiskReplica<'a> {
                     )?;
                     crc32c::crc32c(&payload) == header.payload_crc
                 };
-                table[block as usize] = Some(if intact { header.digest } else { UNKNOWN });
+                table.push((block, if intact { header.digest } else { UNKNOWN }));
             }
         }
         Ok(table)

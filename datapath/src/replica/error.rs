@@ -36,6 +36,18 @@ pub enum ReplicaError {
     PointTaken { sequence: u64 },
     #[error("replica name {name:?}: {why}")]
     BadName { name: String, why: String },
+    /// The replica's data blob (a slot per block) would be past a page blob's largest size.
+    #[error(
+        "the disk is {disk_size} bytes: its replica's data blob would be {blob_size} bytes (a \
+         slot of 512 + {block_size} bytes per block), past a page blob's 8 TiB; disks of up to \
+         {largest} bytes can be replicated with {block_size}-byte blocks"
+    )]
+    DiskTooLarge {
+        disk_size: u64,
+        block_size: u32,
+        blob_size: u64,
+        largest: u64,
+    },
     /// The replica's points were written with another certificate than the .pfx given: none
     /// authenticates and all name one other thumbprint, or (keys alike) the newest names
     /// another.

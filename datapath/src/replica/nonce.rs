@@ -37,6 +37,32 @@ impl NonceSource {
         self.epoch
     }
 
+    /// Pass over `n` nonces, as `n` calls of [`next_nonce`](Self::next_nonce) would; `None`
+    /// (and this epoch used up) when fewer than `n` are left.
+    pub fn skip(&mut self, n: u64) -> Option<()> {
+        if n == 0 {
+            return Some(());
+        }
+        if self.exhausted {
+            return None;
+        }
+        let end = u64::from(self.next) + n;
+        match end.cmp(&(1u64 << 32)) {
+            std::cmp::Ordering::Less => {
+                self.next = end as u32;
+                Some(())
+            }
+            std::cmp::Ordering::Equal => {
+                self.exhausted = true;
+                Some(())
+            }
+            std::cmp::Ordering::Greater => {
+                self.exhausted = true;
+                None
+            }
+        }
+    }
+
     /// The next nonce, or `None` once the 2^32 nonces of this epoch are used (start a new epoch).
     pub fn next_nonce(&mut self) -> Option<[u8; 12]> {
         if self.exhausted {
@@ -80,5 +106,33 @@ mod tests {
         };
         assert!(s.next_nonce().is_some());
         assert!(s.next_nonce().is_none());
+    }
+
+    #[test]
+    fn skipping_passes_over_the_nonces_that_many_calls_would_take() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut called = NonceSource::new_epoch(&mut rng);
+        let mut skipped = called.clone();
+        for _ in 0..5 {
+            called.next_nonce().unwrap();
+        }
+        skipped.skip(5).unwrap();
+        skipped.skip(0).unwrap();
+        assert_eq!(skipped.next_nonce(), called.next_nonce());
+        let near_end = |next| NonceSource {
+            epoch: 9,
+            next,
+            exhausted: false,
+        };
+        // The last nonce of the epoch can be skipped over; one past it cannot.
+        let mut s = near_end(u32::MAX - 1);
+        assert!(s.skip(2).is_some());
+        assert!(s.next_nonce().is_none());
+        let mut s = near_end(u32::MAX - 1);
+        assert!(s.skip(3).is_none());
+        assert!(s.next_nonce().is_none());
+        let mut s = near_end(u32::MAX - 1);
+        assert!(s.skip(1).is_some());
+        assert_eq!(s.next_nonce().unwrap()[8..], u32::MAX.to_le_bytes());
     }
 }

@@ -3,6 +3,10 @@
 //! in, a group of blocks at a time; the next group is decoded while the caller's sink takes the
 //! last one, in block order. The Merkle root of all the blocks' digests is proven against the
 //! manifest before the restore returns `Ok`, so a caller publishes its output only then.
+//! Only the groups holding a slot the point's snapshot wrote are fetched and decoded; the
+//! blocks between them go to the sink as zero blocks, and the root is proven over the digests
+//! of the blocks with records (the tree reads the others as zero blocks): a big sparse disk
+//! restores in the time and memory its data needs.
 //!
 //! Records are fetched by the pool too ([`Fetch::Parallel`]: one read per record from a store
 //! that answers promptly, a batch of reads per task from one across a network, which the HTTP
@@ -17,7 +21,7 @@ use super::block_record::BlockCodec;
 use super::disk_replica::{block_error, DiskReplica};
 use super::error::ReplicaError;
 use super::manifest::Manifest;
-use super::merkle::merkle_root;
+use super::merkle::MerkleTree;
 use pageblob::StoreError;
 
 /// Bytes of blocks decoded together (at most 128 blocks, at least 2).
@@ -94,21 +98,32 @@ impl DiskReplica<'_> {
         let plan = RestorePlan::new(self, codec, manifest)?;
         let blocks = self.layout.blocks();
         let group = (GROUP_BYTES / u64::from(self.layout.block_size)).clamp(2, 128);
-        let mut digests = Vec::with_capacity(blocks as usize);
+        // The digests of the blocks with records; the others are zero blocks.
+        let mut held = Vec::new();
+        // Blocks before this one went to the sink.
+        let mut sunk_to = 0;
         let mut sink_group = |first: u64, group: Vec<Result<Restored, ReplicaError>>| {
+            let output = |e| StoreError::Io {
+                path: "restore output".into(),
+                source: e,
+            };
+            for block in sunk_to..first {
+                sink(block, None, &plan.zero_digest(block)).map_err(output)?;
+            }
+            sunk_to = sunk_to.max(first);
             for (block, restored) in (first..).zip(group) {
                 let restored = restored?;
-                sink(block, restored.data.as_deref(), &restored.digest).map_err(|e| {
-                    StoreError::Io {
-                        path: "restore output".into(),
-                        source: e,
-                    }
-                })?;
-                digests.push(restored.digest);
+                sink(block, restored.data.as_deref(), &restored.digest).map_err(output)?;
+                if restored.data.is_some() {
+                    held.push((block, restored.digest));
+                }
+                sunk_to = block + 1;
             }
             Ok::<(), ReplicaError>(())
         };
-        let starts: Vec<u64> = (0..blocks).step_by(group as usize).collect();
+        // Only the groups with a slot the snapshot wrote are decoded; the blocks between them
+        // are zero blocks, handed to the sink as such.
+        let starts = plan.groups_with_records(group);
         let range = |start: u64| start..(start + group).min(blocks);
         // The group the sink takes next, and (in order) the records fetched for the one after.
         let mut decoded: Option<(u64, Vec<Result<Restored, ReplicaError>>)> = None;
@@ -141,7 +156,10 @@ impl DiskReplica<'_> {
         if let Some((first, group)) = decoded {
             sink_group(first, group)?;
         }
-        if merkle_root(digest_key, &digests) != manifest.merkle_root {
+        sink_group(blocks, Vec::new())?;
+        let root =
+            MerkleTree::sparse(digest_key, blocks, plan.zero_full, plan.zero_tail, held).root();
+        if root != manifest.merkle_root {
             return Err(ReplicaError::MerkleMismatch {
                 point: manifest.snapshot.clone(),
             });
@@ -222,6 +240,30 @@ impl<'r, 'a> RestorePlan<'r, 'a> {
             .collect()
     }
 
+    /// The digest of `block` when it is a zero block.
+    fn zero_digest(&self, block: u64) -> [u8; 32] {
+        if block + 1 == self.replica.layout.blocks() {
+            self.zero_tail
+        } else {
+            self.zero_full
+        }
+    }
+
+    /// The first blocks of the groups of `group` blocks (the disk's blocks cut in such groups
+    /// from block 0) that hold a slot the snapshot wrote, ascending.
+    fn groups_with_records(&self, group: u64) -> Vec<u64> {
+        let slot = self.replica.layout.slot_size();
+        let blocks = self.replica.layout.blocks();
+        let mut starts: Vec<u64> = Vec::new();
+        for &(start, end) in &self.written {
+            let first = start / slot / group;
+            let last = ((end - 1) / slot).min(blocks.saturating_sub(1)) / group;
+            let from = starts.last().map_or(first, |&s| first.max(s / group + 1));
+            starts.extend((from..=last).map(|g| g * group).filter(|&b| b < blocks));
+        }
+        starts
+    }
+
     /// `None` when the snapshot wrote none of `block`'s slot; else how many bytes from the
     /// slot's start it wrote (they hold the record: one read; 0 when the written pages start
     /// later in the slot).
@@ -294,11 +336,7 @@ impl<'r, 'a> RestorePlan<'r, 'a> {
             }
             None => Ok(Restored {
                 data: None,
-                digest: if block + 1 == self.replica.layout.blocks() {
-                    self.zero_tail
-                } else {
-                    self.zero_full
-                },
+                digest: self.zero_digest(block),
             }),
         }
     }

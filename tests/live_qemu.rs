@@ -527,6 +527,50 @@ fn drplane_killed_mid_cycle_loses_no_change_and_does_not_resync() {
     assert!(replica.restore(2) == daemon.image());
 }
 
+/// A scan of a live qcow2 reads what its allocation status does not promise to be zeros
+/// (`base:allocation` over the frozen view), and a block whose data went — zeroed and unmapped
+/// while QEMU was down, so a resync's view reports it zero — is still found, from the replica's
+/// table, and cleared: both points restore the disk byte-exact.
+#[test]
+fn a_scan_of_a_sparse_qcow2_reads_its_data_and_finds_a_block_that_went() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let disk = new_disk(d, "qcow2");
+    let daemon = Daemon::start(d, &disk, "qcow2");
+    let mut guest = daemon.guest();
+    guest.write(0, &[0x11; 4096]).unwrap();
+    guest.write(20 << 20, &[0x22; 65536]).unwrap();
+    guest.write(SIZE - 65536, &[0x33; 65536]).unwrap();
+    drop(guest);
+    let replica = Replica::new(d);
+    let r = replica.cycle(&daemon, &[]);
+    assert_eq!(r["kind"], "initial", "{r}");
+    // Three blocks' worth, at most a qcow2 cluster (64 KiB) around each write.
+    assert!(r["bytes_read"].as_u64().unwrap() <= 3 * 65536 * 2, "{r}");
+    assert_eq!(r["blocks_changed"], 3, "{r}");
+    assert!(replica.restore(0) == daemon.image());
+
+    // QEMU down: the block at 20 MiB is zeroed and unmapped behind its back; its bitmaps are
+    // gone, so the next cycle is a resync, and the view says that block reads zeros.
+    daemon.stop("-TERM");
+    let zeroed = qemu_io(
+        path_str(&disk),
+        &[format!("write -z -u {} 65536", 20 << 20)],
+    );
+    assert!(zeroed.status.success());
+    let daemon = Daemon::start(d, &disk, "qcow2");
+    let r = replica.cycle(&daemon, &[]);
+    assert_eq!(r["kind"], "resync", "{r}");
+    assert_eq!(
+        r["blocks_changed"], 1,
+        "the block that went is cleared: {r}"
+    );
+    assert!(r["bytes_read"].as_u64().unwrap() <= 2 * 65536 * 2, "{r}");
+    let image = daemon.image();
+    assert!(image[20 << 20..(20 << 20) + 65536].iter().all(|&b| b == 0));
+    assert!(replica.restore(1) == image);
+}
+
 /// A qemu-storage-daemon with the monitor at `qmp`, hosting each of `disks` (path, format) as
 /// node `disk<i>`, and no NBD server at all.
 fn daemon_without_nbd_server(qmp: &Path, disks: &[(&Path, &str)]) -> Child {

@@ -50,6 +50,10 @@ const CHUNK_ERROR_OFFSET: u16 = CHUNK_ERROR_BIT | 2;
 pub const TRANSMISSION_READ_ONLY: u16 = 1 << 1;
 /// `qemu:dirty-bitmap:` extent flag: the range changed.
 pub const STATE_DIRTY: u32 = 1;
+/// The metadata context of allocation: which ranges are holes, which read as zeros.
+pub const BASE_ALLOCATION: &str = "base:allocation";
+/// `base:allocation` extent flag: the range reads as zeros.
+pub const STATE_ZERO: u32 = 2;
 
 /// Largest option reply we read (names and messages are at most 4 KiB by the spec).
 const MAX_OPTION_REPLY: u32 = 64 << 10;
@@ -557,12 +561,24 @@ impl<S: Read + Write> NbdClient<S> {
         end: u64,
         flags: u32,
     ) -> Result<Vec<(u64, u64)>, NbdError> {
+        self.ranges_where(context, start, end, |f| f & flags != 0)
+    }
+
+    /// The ranges of `[start, end)` whose `context` extents' flags `keep` takes, as
+    /// `(offset, length)`, ascending, adjacent ranges merged.
+    pub fn ranges_where(
+        &mut self,
+        context: &str,
+        start: u64,
+        end: u64,
+        keep: impl Fn(u32) -> bool,
+    ) -> Result<Vec<(u64, u64)>, NbdError> {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         let mut at = start;
         while at < end {
             let len = (end - at).min(STATUS_REQUEST_BYTES) as u32;
             for (offset, length, f) in self.block_status(context, at, len)? {
-                if f & flags != 0 {
+                if keep(f) {
                     match ranges.last_mut() {
                         Some((o, l)) if *o + *l == offset => *l += length,
                         _ => ranges.push((offset, length)),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::nbd::{NbdClient, NbdError, STATE_DIRTY};
+use super::nbd::{NbdClient, NbdError, BASE_ALLOCATION, STATE_DIRTY, STATE_ZERO};
 use super::qmp::{
     Action, BitmapAdd, BitmapMerge, BitmapRef, BlockdevBackup, DirtyBitmap, Qmp, QmpError,
 };
@@ -207,6 +207,20 @@ impl BlockSource for NbdView {
 
     fn is_unallocated(&self, _offset: u64, _len: u64) -> bool {
         false
+    }
+
+    /// The ranges the export's `base:allocation` context does not report as reading zeros
+    /// (a scan then reads only those; the NBD spec makes the zero flag the server's promise).
+    /// `None` — every block read — when the server cannot say.
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        let mut client =
+            NbdClient::connect_unix(&self.socket, &self.export, &[BASE_ALLOCATION], self.timeout)
+                .ok()?;
+        let ranges = client
+            .ranges_where(BASE_ALLOCATION, 0, self.size, |f| f & STATE_ZERO == 0)
+            .ok()?;
+        let _ = client.disconnect();
+        Some(ranges.into_iter().map(|(at, len)| (at, at + len)).collect())
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {

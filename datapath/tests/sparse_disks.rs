@@ -250,6 +250,72 @@ fn skipping_the_known_zero_blocks_stores_what_examining_every_block_stores() {
     assert_eq!(nonces[0].next_nonce(), nonces[1].next_nonce());
 }
 
+/// A differencing VHDX over a parent, both sparse: a scan of the chain (its data ranges from
+/// both layers' allocation) stores, byte for byte, what a scan of the same bytes held in memory
+/// (no allocation known: every block examined) stores.
+#[test]
+fn a_scan_of_a_differencing_vhdx_stores_what_a_scan_of_its_bytes_stores() {
+    use vhdx::testing::{pattern, ImageBuilder};
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = ImageBuilder::new(64 * MIB);
+    base.data_write_guid(vhdx::Guid([1; 16]))
+        .write(0, &pattern(1, 300_000))
+        .write(40 * MIB, &pattern(2, 65536));
+    let mut top = ImageBuilder::new(64 * MIB);
+    top.parent(vhdx::Guid([1; 16]), ".\\base.vhdx")
+        .write(MIB + 512, &pattern(3, 1024))
+        .write(50 * MIB, &pattern(4, 200_192));
+    std::fs::write(dir.path().join("base.vhdx"), base.build()).unwrap();
+    std::fs::write(dir.path().join("top.vhdx"), top.build()).unwrap();
+    let chain = vhdx::Disk::open(&dir.path().join("top.vhdx")).unwrap();
+    let bytes = top.expected_content(Some(&base.expected_content(None)));
+    let ranges = BlockSource::data_ranges(&chain).expect("a VHDX knows its allocation");
+    let covered: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    assert!(covered < 16 * MIB, "{ranges:?}");
+    let id = identity();
+    let stores = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let layout = Layout {
+        disk_size: 64 * MIB,
+        block_size: 65536,
+    };
+    let sources: [&dyn BlockSource; 2] = [&chain, &bytes];
+    let mut blobs = Vec::new();
+    for (source, dir) in sources.iter().zip(&stores) {
+        let store = store(dir.path());
+        let replica = DiskReplica::open(&*store, "replicas", "disk", layout).unwrap();
+        let keys = id.disk_keys("disk");
+        let options = CycleOptions {
+            upload_threads: 2,
+            ..CycleOptions::scan(T0)
+        };
+        let mut nonces = NonceSource::for_epoch(3);
+        let report = run_cycle_cached(
+            &replica,
+            *source,
+            &id,
+            &keys,
+            &options,
+            &mut nonces,
+            &|_| {},
+            &mut CycleCache::default(),
+        )
+        .unwrap();
+        blobs.push((
+            report.point.merkle_root,
+            written(&*store, &replica.data),
+            written(&*store, &replica.digests),
+            nonces.next_nonce(),
+        ));
+        let (restored, _) = restored(&replica, &id).unwrap();
+        for (b, data) in restored {
+            let at = (b * 65536) as usize;
+            assert_eq!(data, bytes[at..at + data.len()], "block {b}");
+        }
+    }
+    assert!(blobs[0] == blobs[1], "the two scans stored different bytes");
+}
+
 /// 4 TiB in 64 KiB blocks (2^26 blocks) with four blocks of data: the cycles, the table's
 /// tree, the table blob, its rebuild and the restore all follow those blocks. (Before, a scan
 /// of this disk listed every block, kept a digest and a tree node per block and took 4.8 GB

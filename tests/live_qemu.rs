@@ -1633,6 +1633,24 @@ fn disable_removes_the_change_tracking_from_qemu_and_the_image_and_keeps_every_p
         stderr(&refused)
     );
     assert_eq!(our_bitmaps(&daemon.qmp).len(), 1);
+    // Given another scratch directory, still refused: the lock is beside the QMP socket, not
+    // among the scratch files (there, a run given another directory got through).
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let refused = drplane()
+        .args(["disable", "--qemu", path_str(&daemon.qmp)])
+        .args(["--node", "disk0", "--name", "vm0"])
+        .args(["--scratch-dir", path_str(&elsewhere)])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(&format!("another drplane run (PID {pid})")),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(our_bitmaps(&daemon.qmp).len(), 1);
+    std::fs::remove_dir(&elsewhere).unwrap();
     run_ok(Command::new("kill").args(["-TERM", &pid]));
     assert!(watch.wait().unwrap().success());
 

@@ -154,9 +154,23 @@ impl QemuOptions {
         self.scratch_dir.join(format!("drplane-{}.nbd", self.tag))
     }
 
-    /// Locked by the run attached to this replica's disk (it holds the run's PID).
+    /// Locked by the run attached to this replica's disk (it holds the run's PID): beside the
+    /// QMP socket, where every run and `disable` of this QEMU and replica look whatever
+    /// scratch directory each was given (in the scratch directory two runs given two could
+    /// both attach, each clearing the other's view as a killed run's leftovers); in the
+    /// scratch directory only when the socket's folder cannot be written.
     fn lock_file(&self) -> PathBuf {
-        self.scratch_dir.join(format!("drplane-{}.lock", self.tag))
+        let name = format!("drplane-{}.lock", self.tag);
+        let beside_socket = self
+            .qmp_socket
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if rustix::fs::access(beside_socket, rustix::fs::Access::WRITE_OK).is_ok() {
+            beside_socket.join(name)
+        } else {
+            self.scratch_dir.join(name)
+        }
     }
 }
 
@@ -258,6 +272,8 @@ pub struct QemuSource {
     names: CycleNames,
     /// Held while attached ([`QemuOptions::lock_file`]): one run per replica and QEMU.
     _lock: std::fs::File,
+    /// Where that lock file is.
+    lock_path: PathBuf,
     frozen: Option<Frozen>,
     /// A group's freeze of this disk, waiting for the agent's [`ChangeSource::freeze`]: the
     /// last point it was made for, and the changes.
@@ -286,11 +302,13 @@ impl QemuSource {
     /// Attach to QEMU: connect to its monitor, check the node, and clear what a killed run
     /// left (its fleecing view, job and export). Returns the source and the disk's size.
     pub fn attach(options: QemuOptions) -> Result<(QemuSource, u64), SourceError> {
-        let lock = lock_replica(&options.lock_file(), &options.tag)?;
+        let lock_path = options.lock_file();
+        let lock = lock_replica(&lock_path, &options.tag)?;
         let mut source = QemuSource {
             qmp: None,
             names: CycleNames::of(&options.tag),
             _lock: lock,
+            lock_path,
             options,
             frozen: None,
             joint: None,
@@ -309,7 +327,7 @@ impl QemuSource {
             Err(e) => {
                 // Nothing of this run stays behind (a mistyped QMP socket in `/` left its
                 // lock file there); removed while still held (see `lock_replica`).
-                let _ = std::fs::remove_file(source.options.lock_file());
+                let _ = std::fs::remove_file(&source.lock_path);
                 Err(e)
             }
         }
@@ -331,7 +349,7 @@ impl QemuSource {
         }
         self.qmp = None;
         // Removed while still held, so no run finds it half-gone.
-        let _ = std::fs::remove_file(self.options.lock_file());
+        let _ = std::fs::remove_file(&self.lock_path);
         Ok(names)
     }
 

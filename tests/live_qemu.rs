@@ -1610,10 +1610,11 @@ fn disable_removes_the_change_tracking_from_qemu_and_the_image_and_keeps_every_p
             .collect()
     };
     assert_eq!(our_bitmaps(&daemon.qmp).len(), 1);
-    let disable = || {
+    let disable = |extra: &[&str]| {
         drplane()
             .args(["disable", "--qemu", path_str(&daemon.qmp)])
             .args(["--node", "disk0", "--name", "vm0"])
+            .args(extra)
             .output()
             .unwrap()
     };
@@ -1625,7 +1626,7 @@ fn disable_removes_the_change_tracking_from_qemu_and_the_image_and_keeps_every_p
         assert!(Instant::now() < deadline, "the watch did not attach");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let refused = disable();
+    let refused = disable(&[]);
     assert!(!refused.status.success());
     assert!(
         stderr(&refused).contains(&format!("another drplane run (PID {pid})")),
@@ -1637,12 +1638,7 @@ fn disable_removes_the_change_tracking_from_qemu_and_the_image_and_keeps_every_p
     // among the scratch files (there, a run given another directory got through).
     let elsewhere = d.join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
-    let refused = drplane()
-        .args(["disable", "--qemu", path_str(&daemon.qmp)])
-        .args(["--node", "disk0", "--name", "vm0"])
-        .args(["--scratch-dir", path_str(&elsewhere)])
-        .output()
-        .unwrap();
+    let refused = disable(&["--scratch-dir", path_str(&elsewhere)]);
     assert!(!refused.status.success());
     assert!(
         stderr(&refused).contains(&format!("another drplane run (PID {pid})")),
@@ -1654,7 +1650,7 @@ fn disable_removes_the_change_tracking_from_qemu_and_the_image_and_keeps_every_p
     run_ok(Command::new("kill").args(["-TERM", &pid]));
     assert!(watch.wait().unwrap().success());
 
-    let done = disable();
+    let done = disable(&[]);
     assert!(done.status.success(), "{}", stderr(&done));
     let said = String::from_utf8_lossy(&done.stdout);
     assert!(

@@ -585,32 +585,14 @@ fn cycle_inner(
     let blocks = layout.blocks();
     let zero = |b| zeros.of(b);
 
-    // A scan examines the blocks that may hold data and those the replica holds as non-zero:
-    // every other block is a zero block on both sides. Each block keeps the nonce it had when
-    // every block was examined (its number from the scan's first nonce).
     let scan = options.selection == Selection::Scan;
-    let selected = if scan {
-        scan_candidates(source, &layout, &table, &zero)
-    } else {
-        options.selection.blocks(blocks)?
-    };
+    let (selected, totals) = blocks_to_examine(&options.selection, source, &layout, &table, &zero)?;
     let mut nonces = NonceCursor {
         nonces,
         by_block: scan,
         next: 0,
     };
     let group_len = (GROUP_BYTES / u64::from(layout.block_size)).clamp(2, 128) as usize;
-    let examined_bytes: u64 = selected.iter().map(|&b| layout.block_len(b)).sum();
-    let known_zero_bytes = if scan {
-        layout.disk_size - examined_bytes
-    } else {
-        0
-    };
-    let totals = Progress {
-        bytes_total: examined_bytes + known_zero_bytes,
-        bytes_done: known_zero_bytes,
-        ..Progress::default()
-    };
     let mut tally = Tally {
         done: totals,
         changed: 0,
@@ -1089,6 +1071,37 @@ impl NonceCursor<'_> {
         self.next = self.next.max(block);
         Ok(())
     }
+}
+
+/// The blocks a cycle examines, ascending, and the progress it starts from. A scan examines the
+/// blocks that may hold data and those the replica holds as non-zero ([`scan_candidates`]):
+/// every other block is a zero block on both sides, counted as done. Each keeps the nonce it
+/// had when every block was examined (its number from the scan's first nonce, `NonceCursor`).
+fn blocks_to_examine(
+    selection: &Selection,
+    source: &dyn BlockSource,
+    layout: &Layout,
+    table: &MerkleTree,
+    zero: &impl Fn(u64) -> [u8; 32],
+) -> Result<(Vec<u64>, Progress), CycleError> {
+    let scan = *selection == Selection::Scan;
+    let selected = if scan {
+        scan_candidates(source, layout, table, zero)
+    } else {
+        selection.blocks(layout.blocks())?
+    };
+    let examined_bytes: u64 = selected.iter().map(|&b| layout.block_len(b)).sum();
+    let known_zero_bytes = if scan {
+        layout.disk_size - examined_bytes
+    } else {
+        0
+    };
+    let totals = Progress {
+        bytes_total: examined_bytes + known_zero_bytes,
+        bytes_done: known_zero_bytes,
+        ..Progress::default()
+    };
+    Ok((selected, totals))
 }
 
 /// The blocks a scan examines, ascending: those `source` may hold data in (all, when it cannot

@@ -4,7 +4,8 @@
 //! changes the point holds (a failed cycle leaves them for the next one).
 //!
 //! Implementations: [`AtRestDisk`] (a disk file nobody writes: no tracking, every cycle
-//! compares every block's digest with the replica), [`TrackedDisk`] (a persistent change
+//! compares every block's digest with the replica), [`ReopenedDisk`] (the same for a disk file
+//! written between cycles: opened afresh for each), [`TrackedDisk`] (a persistent change
 //! bitmap fed by the writer's hook: the simulator's Hyper-V host), and
 //! [`crate::live::QemuSource`] (a running QEMU's dirty bitmaps and a fleecing view over NBD).
 //! The agent runs every cycle through this trait, so the CLI and the simulator drive one cycle
@@ -58,6 +59,9 @@ pub enum SourceError {
     },
     #[error("no cycle is open on this source")]
     NotFrozen,
+    /// A disk file at rest could not be opened again for the next cycle.
+    #[error("opening the disk again: {0}")]
+    Reopen(std::io::Error),
 }
 
 /// The disks of one machine, frozen together: every cycle of the group freezes all of them at
@@ -141,6 +145,47 @@ impl<S: BlockSource> ChangeSource for AtRestDisk<S> {
 
     fn view(&self) -> Result<&dyn BlockSource, SourceError> {
         Ok(&self.0)
+    }
+
+    fn thaw(&mut self, _committed: Option<PointRef>) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// A disk file at rest that may be written between cycles (`replicate --disk … --watch`),
+/// opened afresh by `open` at every freeze: what was written since — a VHDX block newly
+/// allocated, data in a sparse file's former hole, a new size — is in the cycle's view. One
+/// handle kept for every cycle read through the allocation it had when opened: a block written
+/// into a hole read as unallocated, and the next point committed without it.
+pub struct ReopenedDisk<F> {
+    open: F,
+    current: Box<dyn BlockSource>,
+}
+
+impl<F: FnMut() -> std::io::Result<Box<dyn BlockSource>>> ReopenedDisk<F> {
+    /// `first`: the disk as `open` gave it last (it is opened again at the first freeze).
+    pub fn new(open: F, first: Box<dyn BlockSource>) -> ReopenedDisk<F> {
+        ReopenedDisk {
+            open,
+            current: first,
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ReopenedDisk<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReopenedDisk({} bytes)", self.current.disk_size())
+    }
+}
+
+impl<F: FnMut() -> std::io::Result<Box<dyn BlockSource>>> ChangeSource for ReopenedDisk<F> {
+    fn freeze(&mut self, _last_point: Option<PointRef>) -> Result<Changes, SourceError> {
+        self.current = (self.open)().map_err(SourceError::Reopen)?;
+        Ok(Changes::Unknown)
+    }
+
+    fn view(&self) -> Result<&dyn BlockSource, SourceError> {
+        Ok(&*self.current)
     }
 
     fn thaw(&mut self, _committed: Option<PointRef>) -> Result<(), SourceError> {
@@ -237,5 +282,42 @@ mod tests {
             vec![1]
         );
         assert!(blocks_touched(&[(5, 0)], 4096, 1 << 20).is_empty());
+    }
+
+    /// A sparse file written into a hole after it was opened: a handle kept from before says
+    /// the new block is unallocated (a scan would commit the point without it); the disk
+    /// opened again at the freeze sees it. One that cannot be opened again fails the freeze.
+    #[test]
+    fn a_reopened_disk_sees_what_was_written_into_a_hole_since() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.raw");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(64 << 20).unwrap();
+        file.write_all_at(&[7; 4096], 0).unwrap();
+        let open = || -> std::io::Result<Box<dyn BlockSource>> {
+            Ok(Box::new(crate::cycle::RawSource::open(&path)?))
+        };
+        let kept = open().unwrap();
+        let mut disk = ReopenedDisk::new(open, open().unwrap());
+        assert_eq!(disk.freeze(None).unwrap(), Changes::Unknown);
+        let hole = 40u64 << 20;
+        // (A file system that reports no holes reads every block either way.)
+        let holes = disk.view().unwrap().is_unallocated(hole, 65536);
+        file.write_all_at(&[9; 65536], hole).unwrap();
+        if holes {
+            assert!(
+                kept.is_unallocated(hole, 65536),
+                "the kept handle's allocation is stale"
+            );
+        }
+        disk.freeze(None).unwrap();
+        let view = disk.view().unwrap();
+        assert!(!view.is_unallocated(hole, 65536));
+        let mut buf = vec![0; 65536];
+        view.read_at(hole, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 9));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(disk.freeze(None), Err(SourceError::Reopen(_))));
     }
 }

@@ -20,7 +20,7 @@ use datapath::registration::VaultCredentials;
 use datapath::replica::manifest::Consistency;
 use datapath::replica::replica_name::replica_name_error;
 use datapath::replicator::{CycleKind, CyclePlan};
-use datapath::source::{AtRestDisk, ChangeSource};
+use datapath::source::{ChangeSource, ReopenedDisk};
 use pageblob::clock::{Clock, SystemClock};
 use pageblob::{PageBlobStore, Profile};
 use rand_chacha::ChaCha8Rng;
@@ -544,15 +544,19 @@ pub fn open_targets(args: &ReplicateArgs) -> Result<Targets> {
 /// `replicate` of one disk (a file, or one QEMU node).
 pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     let (identity, now, stop) = prepare(&mut args)?;
-    let file = match &args.disk {
-        Some(disk) => Some(open_source(disk)?),
-        None => None,
-    };
     let (mut source, disk_size, name): (Box<dyn ChangeSource + '_>, u64, String) =
-        match (&file, args.name.first(), args.live.node.first()) {
-            (Some((file, default_name)), name, _) => {
-                let name = name.cloned().unwrap_or_else(|| default_name.clone());
-                (Box::new(AtRestDisk(&**file)), file.disk_size(), name)
+        match (&args.disk, args.name.first(), args.live.node.first()) {
+            (Some(path), name, _) => {
+                let (file, default_name) = open_source(path)?;
+                let name = name.cloned().unwrap_or(default_name);
+                let size = file.disk_size();
+                // Opened again for every cycle: a --watch sees what was written meanwhile.
+                let reopen = move || {
+                    open_source(path)
+                        .map(|(file, _)| file)
+                        .map_err(|e| std::io::Error::other(format!("{e:#}")))
+                };
+                (Box::new(ReopenedDisk::new(reopen, file)), size, name)
             }
             (None, Some(name), Some(node)) => {
                 let (qemu, size) = args.live.attach(node, name)?;

@@ -2,7 +2,8 @@
 # How the data path scales with threads: `drplane bench --runs RUNS --json` on one kept
 # realistic disk for every pipeline-thread count from 1 to THREADS (default: the cores), and a
 # table of the medians: the initial replication against its bounds (transforms only; with the
-# source reads and the store's writes on the machine's cores), how busy the pipeline's pool kept
+# source reads and the store's writes on the machine's cores; the transforms measured on that
+# many threads at once, which takes the machine's own scaling out), how busy the pipeline's pool kept
 # its threads, the CPU of the other threads (the store's writers) and the share of the cores the
 # process left unused (a serial part shows there), and the restore against its own bound. Then
 # the serial parts from the pipeline's own counters (the cycle's thread settling groups, the
@@ -39,7 +40,7 @@ python3 - "$out" "$counts" "$size" "$runs" <<'PY'
 import json, sys
 out, counts = sys.argv[1], [int(n) for n in sys.argv[2].split()]
 print(f"{sys.argv[3]} realistic disk, medians of {sys.argv[4]} runs")
-print("threads  initial s  CPU s  of bound  with I/O  pool busy  writers s  unused  "
+print("threads  initial s  CPU s  of bound  with I/O  measured  pool busy  writers s  unused  "
       "restore s  of restore bound")
 pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
 for n in counts:
@@ -54,6 +55,7 @@ for n in counts:
     unused = None if unused is None else unused / (cores * wall)
     print(f"{n:7}  {wall:9.2f}  {f.get('initial_cpu_seconds', 0):5.2f}  "
           f"{pct(f.get('pipeline_efficiency')):>8}  {pct(f.get('replication_efficiency')):>8}  "
+          f"{pct(f.get('measured_efficiency')):>8}  "
           f"{pct(busy):>9}  {f.get('initial_other_cpu_seconds', 0):9.2f}  {pct(unused):>6}  "
           f"{f.get('restore_seconds', 0):9.2f}  {pct(f.get('restore_efficiency')):>16}")
 print()

@@ -49,6 +49,8 @@ fn a_generated_disk_is_measured_through_initial_and_delta_cycles_and_verified() 
         "restore_seconds",
         "restore_efficiency",
         "stage_store_write_bytes_per_sec",
+        "measured_bound_bytes_per_sec",
+        "measured_efficiency",
     ] {
         assert!(figures[name].as_f64().unwrap() > 0.0, "{name}: {r}");
     }

@@ -718,4 +718,12 @@ fn a_huge_sparse_vhdx_replicates_by_its_data_and_one_past_a_page_blob_is_refused
     );
     let err = dp_fails(&args(&s.read_cmd("points", &store, "big")));
     assert!(err.contains("no replica named big"), "{err}");
+    // Into a store directory not made yet: refused before it is made.
+    let new_store = s.p("new-store");
+    let err = dp_fails(&args(&s.replicate(&big, &new_store, "big")));
+    assert!(err.contains("past a page blob's 8 TiB"), "{err}");
+    assert!(
+        !Path::new(&new_store).exists(),
+        "a refused disk left a store behind"
+    );
 }

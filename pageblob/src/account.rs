@@ -1481,8 +1481,18 @@ pub struct PageRangeQuery {
 }
 
 impl PageRangeQuery {
-    /// The page of ranges: a walk over the map's extents in the queried range.
+    /// The page of ranges: a walk over the map's extents in the queried range. Its marker is
+    /// the byte offset the next page starts at, as a string.
     pub fn answer(self) -> PageRangeList {
+        let (ranges, next_marker) = self.answer_page();
+        PageRangeList {
+            ranges,
+            next_marker: next_marker.map(|m| m.to_string()),
+        }
+    }
+
+    /// The page of ranges and the byte offset the next page starts at.
+    pub fn answer_page(self) -> (Vec<PageRange>, Option<u64>) {
         let mut ranges = match self.diff {
             None => self.map.valid_ranges(self.start, self.end),
             Some((since, earlier, shrunk)) => {
@@ -1499,9 +1509,6 @@ impl PageRangeQuery {
         } else {
             None
         };
-        PageRangeList {
-            ranges,
-            next_marker,
-        }
+        (ranges, next_marker)
     }
 }

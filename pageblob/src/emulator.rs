@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::account::{Account, Effect};
 
 use super::data_log::{DataLog, Durability, LogAccess, LogReader};
-use super::error::{StoreError, StoreResult};
+use super::error::{ErrorCode, StoreError, StoreResult};
 use super::extent_map::home_offset;
 use super::fs::{OpenMode, RealFs, StoreFile, StoreFs};
 use super::home_file::{incarnation_of, HomeLayout, HomeStripes, StripedHome};
@@ -1086,9 +1086,20 @@ impl PageBlobStore for Emulator {
         snapshot: Option<&str>,
         prev_snapshot: Option<&str>,
         range: Option<(u64, u64)>,
-        marker: Option<u64>,
+        marker: Option<&str>,
         max_results: Option<usize>,
     ) -> StoreResult<PageRangeList> {
+        // This store's markers are byte offsets (`PageRangeQuery::answer`).
+        let marker = marker
+            .map(|m| {
+                m.parse::<u64>().map_err(|_| {
+                    StoreError::service(
+                        ErrorCode::InvalidQueryParameterValue,
+                        format!("{path}: marker {m:?} is not one this store gave"),
+                    )
+                })
+            })
+            .transpose()?;
         // Checked under the lock; the walk over the extents outside it (the map is shared).
         let query = self.lock().account.page_range_query(
             path,
@@ -1260,11 +1271,11 @@ impl PageBlobStore for Emulator {
             let mut marker = None;
             let mut buf = Vec::new();
             loop {
-                let list = inner
+                let (ranges, next_marker) = inner
                     .account
                     .page_range_query(source, Some(&snapshot), prev.as_deref(), None, marker, None)?
-                    .answer();
-                for r in &list.ranges {
+                    .answer_page();
+                for r in &ranges {
                     let mut pos = r.start;
                     while pos <= r.end {
                         let n = (r.end + 1 - pos).min(MAX_PUT_PAGES_BYTES);
@@ -1291,7 +1302,7 @@ impl PageBlobStore for Emulator {
                         pos += n;
                     }
                 }
-                match list.next_marker {
+                match next_marker {
                     Some(m) => marker = Some(m),
                     None => break,
                 }

@@ -3,7 +3,8 @@
 //! ([`emulator`]) that persists them crash-safely under a store directory ([`data_log`],
 //! [`extent_map`], [`fs`], [`store_lock`]), injected faults ([`faults`]), read retries
 //! ([`read_retry`]), disk upload ([`upload`]), opening a store by directory or URL
-//! ([`location`]), and the Blob REST API ([`http`]: the server
+//! ([`location`]), every page range of a listing checked ([`page_listing`]), and the Blob
+//! REST API ([`http`]: the server
 //! behind the `server` feature, the client behind `client`).
 //!
 //! Errors carry Azure's status codes and error-code names ([`error`]), so callers handle the
@@ -29,6 +30,7 @@ pub mod location;
 pub mod lock_holder;
 pub mod memory_fs;
 pub mod names;
+pub mod page_listing;
 pub mod read_retry;
 pub mod store_lock;
 pub mod timestamp;
@@ -203,7 +205,7 @@ pub trait PageBlobStore: Send + Sync {
         snapshot: Option<&str>,
         prev_snapshot: Option<&str>,
         range: Option<(u64, u64)>,
-        marker: Option<u64>,
+        marker: Option<&str>,
         max_results: Option<usize>,
     ) -> StoreResult<PageRangeList>;
     /// Snapshot Blob: returns the snapshot id.
@@ -362,7 +364,7 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
         snapshot: Option<&str>,
         prev_snapshot: Option<&str>,
         range: Option<(u64, u64)>,
-        marker: Option<u64>,
+        marker: Option<&str>,
         max_results: Option<usize>,
     ) -> StoreResult<PageRangeList> {
         (**self).page_ranges(path, snapshot, prev_snapshot, range, marker, max_results)

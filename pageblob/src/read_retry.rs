@@ -155,7 +155,7 @@ impl<S: PageBlobStore> PageBlobStore for ReadRetry<S> {
         snapshot: Option<&str>,
         prev_snapshot: Option<&str>,
         range: Option<(u64, u64)>,
-        marker: Option<u64>,
+        marker: Option<&str>,
         max_results: Option<usize>,
     ) -> StoreResult<PageRangeList> {
         self.again(|| {

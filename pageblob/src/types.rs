@@ -216,8 +216,10 @@ pub struct LeaseAnswer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRangeList {
     pub ranges: Vec<PageRange>,
-    /// Offset to continue from (Azure's opaque `NextMarker`).
-    pub next_marker: Option<u64>,
+    /// Where the listing goes on (Azure's `NextMarker`): opaque, given back unchanged as the
+    /// next call's `marker`. This crate's stores make it the byte offset to continue from;
+    /// Azure's are tokens, not numbers.
+    pub next_marker: Option<String>,
 }
 
 /// One blob (or snapshot) in a listing.

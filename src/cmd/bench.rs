@@ -402,6 +402,7 @@ fn report_json(
     value["initial_bytes_per_sec"] = report.initial_rate().into();
     value["pipeline_bound_bytes_per_sec"] = report.pipeline_bound().into();
     value["pipeline_efficiency"] = report.pipeline_efficiency().into();
+    value["measured_efficiency"] = report.measured_efficiency().into();
     value["replication_bound_bytes_per_sec"] = report.replication_bound().into();
     value["replication_efficiency"] = report.replication_efficiency().into();
     value["restore_bytes_per_sec"] = report.restore_rate().into();
@@ -421,6 +422,7 @@ struct Medians {
     pipeline_bound_bytes_per_sec: Option<f64>,
     pipeline_efficiency: Option<f64>,
     replication_efficiency: Option<f64>,
+    measured_efficiency: Option<f64>,
     /// One per churn level, in order.
     delta_seconds: Vec<f64>,
     restore_seconds: Option<f64>,
@@ -445,6 +447,7 @@ impl Medians {
             pipeline_bound_bytes_per_sec: median_of(reports, BenchReport::pipeline_bound),
             pipeline_efficiency: median_of(reports, BenchReport::pipeline_efficiency),
             replication_efficiency: median_of(reports, BenchReport::replication_efficiency),
+            measured_efficiency: median_of(reports, BenchReport::measured_efficiency),
             delta_seconds: (0..deltas)
                 .map(|i| median(reports.iter().map(|r| r.deltas[i].seconds).collect()))
                 .collect(),
@@ -453,6 +456,18 @@ impl Medians {
             verify_seconds: median_of(reports, |r| r.verify_seconds),
         }
     }
+}
+
+/// ", N% of the measured bound" where the transforms were measured on the pipeline's threads.
+fn measured_text(efficiency: Option<f64>) -> String {
+    efficiency
+        .map(|e| {
+            format!(
+                ", {:.0}% of the bound measured on the threads at once",
+                100.0 * e
+            )
+        })
+        .unwrap_or_default()
 }
 
 fn print_medians(m: &Medians, deltas: &[CycleFigures]) {
@@ -466,6 +481,7 @@ fn print_medians(m: &Medians, deltas: &[CycleFigures]) {
         .replication_efficiency
         .map(|e| format!(", {:.0}% of the bound with I/O", 100.0 * e))
         .unwrap_or_default();
+    let with_io = with_io + &measured_text(m.measured_efficiency);
     println!(
         "median of {} runs: initial replication {:.2} s{cpu}, {} of disk{efficiency}{with_io}{bound}",
         m.runs,
@@ -585,6 +601,15 @@ fn print_report(r: &BenchReport, disk: &str) {
                 r.pipeline_threads,
                 rate(s.pipeline_bound(r.pipeline_threads))
             );
+            if let Some(measured) = r.transforms_on_threads {
+                println!(
+                    "  the same transforms measured on {} thread(s) at once: {} ({:.0}% of {} x one thread)",
+                    r.pipeline_threads,
+                    rate(measured),
+                    100.0 * measured / s.pipeline_bound(r.pipeline_threads),
+                    r.pipeline_threads
+                );
+            }
             if let Some(b) = r.replication_bound() {
                 println!(
                     "  with the source reads and store writes on {} core(s): {}",
@@ -598,9 +623,10 @@ fn print_report(r: &BenchReport, disk: &str) {
     let i = &r.initial;
     let efficiency = match (r.pipeline_efficiency(), r.replication_efficiency()) {
         (Some(p), Some(w)) => format!(
-            " ({:.0}% of the bound, {:.0}% of the bound with I/O)",
+            " ({:.0}% of the bound, {:.0}% of the bound with I/O{})",
             100.0 * p,
-            100.0 * w
+            100.0 * w,
+            measured_text(r.measured_efficiency())
         ),
         (p, _) => efficiency_text(p),
     };

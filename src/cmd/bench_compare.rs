@@ -53,6 +53,8 @@ pub fn figures(r: &BenchReport) -> BTreeMap<String, f64> {
     put("initial_bytes_per_sec", Some(r.initial_rate()));
     put("pipeline_efficiency", r.pipeline_efficiency());
     put("replication_efficiency", r.replication_efficiency());
+    put("measured_efficiency", r.measured_efficiency());
+    put("measured_bound_bytes_per_sec", r.transforms_on_threads);
     for d in &r.deltas {
         let churn = d.churn_percent.unwrap_or(0.0);
         put(&format!("delta_{churn}pct_seconds"), Some(d.seconds));

@@ -266,6 +266,13 @@ impl Target {
         }
     }
 
+    /// Whether opening this target to write would create a store directory (it names a
+    /// directory that is not there yet).
+    pub fn would_create_store(&self) -> bool {
+        let url = self.store.starts_with("http://") || self.store.starts_with("https://");
+        !url && !std::path::Path::new(&self.store).exists()
+    }
+
     pub fn with_store(&self, store: &str) -> Target {
         Target {
             store: store.to_string(),
@@ -385,23 +392,12 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
         } => {
             let store = target.open_reader()?;
             let p = BlobPath::new(&container, &name);
-            let mut all = Vec::new();
-            let mut marker = None;
-            loop {
-                let page = store.page_ranges(
-                    &p,
-                    snapshot.as_deref(),
-                    prev_snapshot.as_deref(),
-                    None,
-                    marker,
-                    None,
-                )?;
-                all.extend(page.ranges);
-                match page.next_marker {
-                    Some(m) => marker = Some(m),
-                    None => break,
-                }
-            }
+            let all = pageblob::page_listing::all_page_ranges(
+                &*store,
+                &p,
+                snapshot.as_deref(),
+                prev_snapshot.as_deref(),
+            )?;
             if json {
                 let v: Vec<_> = all
                     .iter()

@@ -35,7 +35,8 @@ pub fn replicate_machine(mut args: ReplicateArgs) -> Result<ExitCode> {
     for (node, name) in nodes.iter().zip(names) {
         sources.push(args.live.attach(node, name)?);
     }
-    let targets = open_targets(args)?;
+    let sizes: Vec<u64> = sources.iter().map(|(_, size)| *size).collect();
+    let targets = open_targets(args, &sizes)?;
     let mut drivers = Vec::new();
     for ((source, size), name) in sources.iter().zip(names) {
         drivers.push(ReplicationDriver::open(

@@ -17,6 +17,7 @@ use datapath::keys::Identity;
 use datapath::live::{QemuOptions, QemuSource};
 use datapath::policy::{Policy, PolicyOverrides};
 use datapath::registration::VaultCredentials;
+use datapath::replica::disk_replica::Layout;
 use datapath::replica::manifest::Consistency;
 use datapath::replica::replica_name::replica_name_error;
 use datapath::replicator::{CycleKind, CyclePlan};
@@ -495,8 +496,10 @@ pub struct Targets {
     pub policy: Policy,
 }
 
-/// Open the store (and log store) `args` name, and load the policy for its profile.
-pub fn open_targets(args: &ReplicateArgs) -> Result<Targets> {
+/// Open the store (and log store) `args` name, and load the policy for its profile. A store
+/// directory that is not there yet is made only once the disks (of `disk_sizes` bytes) are
+/// known to fit its new replicas: a refused disk leaves nothing behind.
+pub fn open_targets(args: &ReplicateArgs, disk_sizes: &[u64]) -> Result<Targets> {
     let asked = match &args.profile {
         Some(p) => Some(
             Profile::parse(p)
@@ -513,6 +516,16 @@ pub fn open_targets(args: &ReplicateArgs) -> Result<Targets> {
             "--log-store {log} is the target store itself: the replication log goes to another, \
              standard store"
         );
+    }
+    if args.target.would_create_store() {
+        let policy = load_policy(&args.policy, asked.unwrap_or(Profile::Standard))?;
+        for &disk_size in disk_sizes {
+            Layout {
+                disk_size,
+                block_size: policy.block_size,
+            }
+            .check_fits()?;
+        }
     }
     let (store, store_profile) = args.target.open_writer(asked)?;
     let profile = asked.or(store_profile).unwrap_or(Profile::Standard);
@@ -572,7 +585,7 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         log_store,
         profile,
         policy,
-    } = open_targets(&args)?;
+    } = open_targets(&args, &[disk_size])?;
     let mut driver = ReplicationDriver::open(
         AgentTarget {
             snapshot_limit: profile.max_snapshots_per_blob(),

@@ -194,6 +194,13 @@ pub struct BenchReport {
     pub cores: usize,
     /// `None` when the disk holds no non-zero block to time the stages on.
     pub stages: Option<StageRates>,
+    /// Non-zero plain bytes per second the pipeline's threads encode together when each runs
+    /// the pipeline's codec over the stage sample at the same time, nothing shared and no
+    /// hand-off ([`transforms_on_threads`]): the transforms' bound as the machine gives it to
+    /// that many threads at once. [`StageRates::pipeline_bound`] assumes each thread runs as
+    /// fast as one alone; cores that share caches, memory bandwidth or a clock that drops
+    /// with load do not.
+    pub transforms_on_threads: Option<f64>,
     /// Timed with the stages.
     pub io: Option<IoRates>,
     pub initial: CycleFigures,
@@ -229,6 +236,14 @@ impl BenchReport {
     /// Non-zero bytes per second of the initial replication against [`Self::pipeline_bound`].
     pub fn pipeline_efficiency(&self) -> Option<f64> {
         self.pipeline_bound()
+            .map(|bound| self.initial_nonzero_rate() / bound)
+    }
+
+    /// Non-zero bytes per second of the initial replication against
+    /// [`Self::transforms_on_threads`]: what the pipeline's coordination costs, the machine's
+    /// own scaling aside.
+    pub fn measured_efficiency(&self) -> Option<f64> {
+        self.transforms_on_threads
             .map(|bound| self.initial_nonzero_rate() / bound)
     }
 
@@ -582,6 +597,37 @@ fn stage_rates_and_lengths(
     (rates, stored.iter().map(Vec::len).collect())
 }
 
+/// Plain bytes per second the current rayon pool's threads encode together, each running the
+/// pipeline's codec ([`BlockCodec::encode`]: keyed BLAKE3, zstd at `zstd_level`, AES-256-GCM,
+/// CRC-32C) over all of `sample` at the same time; the fastest of [`PASSES`]. The keys are
+/// made for this and dropped (every record is discarded), and each block of each pass and
+/// thread gets its own nonce.
+pub fn transforms_on_threads(sample: &[Vec<u8>], zstd_level: i32) -> f64 {
+    let mut material = [0u8; 64];
+    rand_core::RngCore::fill_bytes(&mut rand_chacha::ChaCha8Rng::from_os_rng(), &mut material);
+    let identity = Identity::from_key_material(
+        crate::keys::KeyId([0; 20]),
+        "CN=bench transforms".into(),
+        &material,
+    );
+    let codec = BlockCodec::new(&identity.disk_keys("transforms"), zstd_level, true);
+    let plain: u64 = sample.iter().map(|b| b.len() as u64).sum();
+    let threads = rayon::current_num_threads();
+    let mut pass = 0u32;
+    best_rate(plain * threads as u64, || {
+        pass += 1;
+        rayon::broadcast(|ctx| {
+            for (i, block) in sample.iter().enumerate() {
+                let mut nonce = [0u8; 12];
+                nonce[..4].copy_from_slice(&pass.to_le_bytes());
+                nonce[4..6].copy_from_slice(&(ctx.index() as u16).to_le_bytes());
+                nonce[6..].copy_from_slice(&(i as u64).to_le_bytes()[..6]);
+                std::hint::black_box(codec.encode(i as u64, 0, block, nonce));
+            }
+        });
+    })
+}
+
 /// What a bench run writes to and reads from.
 #[allow(missing_debug_implementations)]
 pub struct BenchTarget<'a> {
@@ -616,6 +662,8 @@ pub fn run_bench(
             .unzip();
     let timed = (!sample.is_empty())
         .then(|| stage_rates_and_lengths(&sample, config.zstd_level, keys.digest.expose()));
+    let transforms_on_threads =
+        (!sample.is_empty()).then(|| transforms_on_threads(&sample, config.zstd_level));
     drop(sample);
 
     let replica = DiskReplica::open(target.store, target.container, target.name, layout)?;
@@ -725,6 +773,7 @@ pub fn run_bench(
         pipeline_threads: rayon::current_num_threads(),
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         stages,
+        transforms_on_threads,
         io,
         initial,
         deltas,
@@ -966,6 +1015,10 @@ mod tests {
             "{with_io} {transforms}"
         );
         assert_eq!(report.blocks, 384);
+        // The transforms measured on the pool's threads at once, and the cycle against them.
+        let measured = report.transforms_on_threads.unwrap();
+        let efficiency = report.measured_efficiency().unwrap();
+        assert!(measured > 0.0 && efficiency > 0.0 && efficiency.is_finite());
         // The pipeline's own counters of its serial part, and the projection they give.
         let serial = report.initial.serial_cpu_seconds.unwrap();
         assert!(serial > 0.0 && serial <= report.initial.cpu_seconds.unwrap());

@@ -595,18 +595,13 @@ impl<'a> DiskReplica<'a> {
         path: &BlobPath,
         snapshot: Option<&str>,
     ) -> Result<Vec<(u64, u64)>, ReplicaError> {
-        let mut out = Vec::new();
-        let mut marker = None;
-        loop {
-            let list = self
-                .store
-                .page_ranges(path, snapshot, None, None, marker, None)?;
-            out.extend(list.ranges.iter().map(|r| (r.start, r.end + 1)));
-            match list.next_marker {
-                Some(m) => marker = Some(m),
-                None => return Ok(out),
-            }
-        }
+        // Checked whole pages below a page blob's largest size: `end + 1` cannot overflow.
+        Ok(
+            pageblob::page_listing::all_page_ranges(self.store, path, snapshot, None)?
+                .into_iter()
+                .map(|r| (r.start, r.end + 1))
+                .collect(),
+        )
     }
 
     /// Bytes the data blob holds now (its written pages): what the replica costs in storage.
@@ -643,36 +638,23 @@ impl<'a> DiskReplica<'a> {
     ) -> Result<Vec<(u64, u64)>, ReplicaError> {
         let slot = self.layout.slot_size();
         let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut marker = None;
-        loop {
-            let list = self
-                .store
-                .page_ranges(&self.data, snapshot, prev, None, marker, None)?;
-            for r in &list.ranges {
-                let last = (r.end / slot).min(self.layout.blocks().saturating_sub(1));
-                for block in r.start / slot..=last {
-                    let start = block * slot;
-                    let from_start = if r.start <= start {
-                        // `end` is inclusive and the store's word: no overflow on u64::MAX.
-                        r.end.saturating_add(1).min(start + slot) - start
-                    } else {
-                        0
-                    };
-                    match out.last_mut() {
-                        Some((last, known)) if *last == block => *known = (*known).max(from_start),
-                        _ => out.push((block, from_start)),
-                    }
+        // In order and none overlapping (`page_listing` checks), so each block comes once,
+        // or twice in a row when two ranges share its slot.
+        for r in pageblob::page_listing::all_page_ranges(self.store, &self.data, snapshot, prev)? {
+            let last = (r.end / slot).min(self.layout.blocks().saturating_sub(1));
+            for block in r.start / slot..=last {
+                let start = block * slot;
+                let from_start = if r.start <= start {
+                    (r.end + 1).min(start + slot) - start
+                } else {
+                    0
+                };
+                match out.last_mut() {
+                    Some((last, known)) if *last == block => *known = (*known).max(from_start),
+                    _ => out.push((block, from_start)),
                 }
             }
-            match list.next_marker {
-                Some(m) => marker = Some(m),
-                None => break,
-            }
         }
-        // Ranges come in order; a store that answered out of order still gets one entry per
-        // block, with the most it said.
-        out.sort_by_key(|&(block, known)| (block, std::cmp::Reverse(known)));
-        out.dedup_by_key(|&mut (block, _)| block);
         Ok(out)
     }
 

@@ -223,18 +223,10 @@ impl<'a> StagingLog<'a> {
 
     /// Bytes in use, from the blob's page ranges (to clear a log left uncommitted).
     pub fn used_end(&self) -> Result<u64, ReplicaError> {
-        let list = self
-            .store
-            .page_ranges(&self.path, None, None, None, None, None)?;
-        let mut end = list.ranges.last().map_or(0, |r| r.end + 1);
-        let mut marker = list.next_marker;
-        while let Some(m) = marker {
-            let more = self
-                .store
-                .page_ranges(&self.path, None, None, None, Some(m), None)?;
-            end = end.max(more.ranges.last().map_or(0, |r| r.end + 1));
-            marker = more.next_marker;
-        }
-        Ok(end)
+        Ok(
+            pageblob::page_listing::all_page_ranges(self.store, &self.path, None, None)?
+                .last()
+                .map_or(0, |r| r.end + 1),
+        )
     }
 }

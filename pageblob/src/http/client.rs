@@ -666,30 +666,89 @@ fn xml_walk(body: &[u8], mut on: impl FnMut(&[String], &str)) -> StoreResult<()>
     }
 }
 
+/// A Get Page Ranges answer, strictly: every `PageRange` / `ClearRange` has one numeric
+/// `Start` and one numeric `End`, or the answer is refused naming what is wrong (a range
+/// skipped over would read as pages never written). Whether the ranges make sense together
+/// is [`crate::page_listing`]'s to check. `NextMarker` is kept as it came (Azure's is an
+/// opaque token).
 fn parse_page_list(body: &[u8]) -> StoreResult<PageRangeList> {
+    /// A range being read: its kind and the numbers seen so far.
+    struct Partial {
+        cleared: bool,
+        start: Option<u64>,
+        end: Option<u64>,
+    }
+    let bad = |why: String| {
+        StoreError::service(
+            ErrorCode::InvalidXmlDocument,
+            format!("the Get Page Ranges answer {why}"),
+        )
+    };
+    let finish = |p: Partial| match (p.start, p.end) {
+        (Some(start), Some(end)) => Ok(PageRange {
+            start,
+            end,
+            cleared: p.cleared,
+        }),
+        (start, end) => Err(bad(format!(
+            "has a range without its {} (Start {start:?}, End {end:?})",
+            if start.is_none() { "Start" } else { "End" }
+        ))),
+    };
     let mut ranges = Vec::new();
+    let mut partial: Option<Partial> = None;
     let mut next_marker = None;
+    let mut first_error = None;
     xml_walk(body, |path, text| {
+        if first_error.is_some() {
+            return;
+        }
         let n = path.len();
-        if n >= 2 && (path[n - 2] == "PageRange" || path[n - 2] == "ClearRange") {
-            let cleared = path[n - 2] == "ClearRange";
-            match (path[n - 1].as_str(), text.parse::<u64>()) {
-                ("Start", Ok(v)) => ranges.push(PageRange {
-                    start: v,
-                    end: v,
-                    cleared,
-                }),
-                ("End", Ok(v)) => {
-                    if let Some(r) = ranges.last_mut() {
-                        r.end = v;
-                    }
-                }
-                _ => {}
+        let last = path.last().map(String::as_str);
+        let outcome = match last {
+            Some(kind @ ("PageRange" | "ClearRange")) if text.is_empty() => {
+                // A new range begins: the one before must be whole.
+                let done = partial.replace(Partial {
+                    cleared: kind == "ClearRange",
+                    start: None,
+                    end: None,
+                });
+                done.map(finish).transpose().map(|r| ranges.extend(r))
             }
-        } else if path.last().map(String::as_str) == Some("NextMarker") && !text.is_empty() {
-            next_marker = text.parse().ok();
+            Some(field @ ("Start" | "End"))
+                if n >= 2 && matches!(path[n - 2].as_str(), "PageRange" | "ClearRange") =>
+            {
+                match (text.parse::<u64>(), partial.as_mut()) {
+                    _ if text.is_empty() => Ok(()),
+                    (Ok(v), Some(p)) => {
+                        let slot = if field == "Start" {
+                            &mut p.start
+                        } else {
+                            &mut p.end
+                        };
+                        match slot.replace(v) {
+                            None => Ok(()),
+                            Some(_) => Err(bad(format!("has a range with two {field}s"))),
+                        }
+                    }
+                    (Ok(_), None) => Err(bad(format!("has a {field} outside a range"))),
+                    (Err(_), _) => Err(bad(format!("has a range {field} {text:?}, not a number"))),
+                }
+            }
+            Some("NextMarker") if !text.is_empty() => {
+                next_marker = Some(text.to_string());
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = outcome {
+            first_error = Some(e);
         }
     })?;
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    ranges.extend(partial.map(finish).transpose()?);
     Ok(PageRangeList {
         ranges,
         next_marker,
@@ -933,7 +992,7 @@ impl PageBlobStore for HttpStore {
         snapshot: Option<&str>,
         prev_snapshot: Option<&str>,
         range: Option<(u64, u64)>,
-        marker: Option<u64>,
+        marker: Option<&str>,
         max_results: Option<usize>,
     ) -> StoreResult<PageRangeList> {
         let mut q = vec![("comp", "pagelist".to_string())];
@@ -1204,75 +1263,86 @@ mod tests {
         assert!(err.contains("no answer from the endpoint"), "{err}");
         assert!(err.contains(&port.to_string()), "{err}");
     }
-    /// A server that answers Get Blob ranges of a 4096-byte blob as Azure does (a range that
-    /// runs past the end cut there, one that starts past it refused with 416), one request per
-    /// connection, and records each request's method.
-    fn ranged_blob_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    /// A server on a loopback port that answers each request (its number, request line and
+    /// header lines) with what `answer` makes, one request per connection; its endpoint.
+    fn scripted_server(
+        mut answer: impl FnMut(usize, &str, &[String]) -> Vec<u8> + Send + 'static,
+    ) -> String {
         use std::io::{BufRead, BufReader, Write};
-        const SIZE: u64 = 4096;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!(
             "http://127.0.0.1:{}/devstoreaccount1",
             listener.local_addr().unwrap().port()
         );
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = std::sync::Arc::clone(&seen);
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            for (n, stream) in listener.incoming().enumerate() {
                 let Ok(mut stream) = stream else { return };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut line = String::new();
                 reader.read_line(&mut line).unwrap();
-                let method = line.split(' ').next().unwrap_or_default().to_string();
-                let mut range = None;
+                let mut headers = Vec::new();
                 loop {
                     let mut header = String::new();
                     reader.read_line(&mut header).unwrap();
                     if header.trim().is_empty() {
                         break;
                     }
-                    if let Some(v) = header.to_ascii_lowercase().strip_prefix("x-ms-range:") {
-                        let (a, b) = v
-                            .trim()
-                            .trim_start_matches("bytes=")
-                            .split_once('-')
-                            .unwrap();
-                        range = Some((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
-                    }
+                    headers.push(header);
                 }
-                log.lock().unwrap().push(method);
-                let common =
-                    "x-ms-request-id: r\r\nx-ms-version: 2021-08-06\r\nconnection: close\r\n";
-                let answer = match range {
-                    Some((a, _)) if a >= SIZE => format!(
-                        "HTTP/1.1 416 Range Not Satisfiable\r\n{common}x-ms-error-code: InvalidRange\r\ncontent-length: 0\r\n\r\n"
+                let _ = stream.write_all(&answer(n, &line, &headers));
+            }
+        });
+        endpoint
+    }
+
+    /// A server that answers Get Blob ranges of a 4096-byte blob as Azure does (a range that
+    /// runs past the end cut there, one that starts past it refused with 416), one request per
+    /// connection, and records each request's method.
+    fn ranged_blob_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        const SIZE: u64 = 4096;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let endpoint = scripted_server(move |_, line, headers| {
+            let method = line.split(' ').next().unwrap_or_default().to_string();
+            let range = headers.iter().find_map(|header| {
+                let lower = header.to_ascii_lowercase();
+                let (a, b) = lower
+                    .strip_prefix("x-ms-range:")?
+                    .trim()
+                    .trim_start_matches("bytes=")
+                    .split_once('-')?;
+                Some((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()))
+            });
+            log.lock().unwrap().push(method);
+            let common = "x-ms-request-id: r\r\nx-ms-version: 2021-08-06\r\nconnection: close\r\n";
+            match range {
+                Some((a, _)) if a >= SIZE => format!(
+                    "HTTP/1.1 416 Range Not Satisfiable\r\n{common}x-ms-error-code: InvalidRange\r\ncontent-length: 0\r\n\r\n"
+                )
+                .into_bytes(),
+                // A server that answers another range than asked, its length right.
+                Some((100, b)) => {
+                    let mut out = format!(
+                        "HTTP/1.1 206 Partial Content\r\n{common}content-range: bytes 0-{}/{SIZE}\r\ncontent-length: {}\r\n\r\n",
+                        b - 100,
+                        b - 99
                     )
+                    .into_bytes();
+                    out.extend((0..=b - 100).map(|i| (i % 251) as u8));
+                    out
+                }
+                Some((a, b)) => {
+                    let end = b.min(SIZE - 1);
+                    let mut out = format!(
+                        "HTTP/1.1 206 Partial Content\r\n{common}content-range: bytes {a}-{end}/{SIZE}\r\ncontent-length: {}\r\n\r\n",
+                        end - a + 1
+                    )
+                    .into_bytes();
+                    out.extend((a..=end).map(|i| (i % 251) as u8));
+                    out
+                }
+                None => format!("HTTP/1.1 400 Bad Request\r\n{common}content-length: 0\r\n\r\n")
                     .into_bytes(),
-                    // A server that answers another range than asked, its length right.
-                    Some((100, b)) => {
-                        let mut out = format!(
-                            "HTTP/1.1 206 Partial Content\r\n{common}content-range: bytes 0-{}/{SIZE}\r\ncontent-length: {}\r\n\r\n",
-                            b - 100,
-                            b - 99
-                        )
-                        .into_bytes();
-                        out.extend((0..=b - 100).map(|i| (i % 251) as u8));
-                        out
-                    }
-                    Some((a, b)) => {
-                        let end = b.min(SIZE - 1);
-                        let mut out = format!(
-                            "HTTP/1.1 206 Partial Content\r\n{common}content-range: bytes {a}-{end}/{SIZE}\r\ncontent-length: {}\r\n\r\n",
-                            end - a + 1
-                        )
-                        .into_bytes();
-                        out.extend((a..=end).map(|i| (i % 251) as u8));
-                        out
-                    }
-                    None => format!("HTTP/1.1 400 Bad Request\r\n{common}content-length: 0\r\n\r\n")
-                        .into_bytes(),
-                };
-                let _ = stream.write_all(&answer);
             }
         });
         (endpoint, seen)
@@ -1307,6 +1377,83 @@ mod tests {
             err.to_string().contains("Content-Range"),
             "another range is not taken: {err}"
         );
+    }
+
+    /// A server that answers each request with the next of `bodies` (200, XML; the last again
+    /// and again), one request per connection, and records each request's target.
+    fn page_list_server(
+        bodies: Vec<String>,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let endpoint = scripted_server(move |n, line, _| {
+            log.lock()
+                .unwrap()
+                .push(line.split(' ').nth(1).unwrap_or_default().to_string());
+            let body = &bodies[n.min(bodies.len() - 1)];
+            format!(
+                "HTTP/1.1 200 OK\r\nx-ms-request-id: r\r\nx-ms-version: 2021-08-06\r\n\
+                 content-type: application/xml\r\nconnection: close\r\n\
+                 content-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        });
+        (endpoint, seen)
+    }
+
+    fn page_list(inner: &str) -> String {
+        format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>{inner}</PageList>")
+    }
+
+    /// Azure's `NextMarker` is a token, not an offset: it is given back as it came (it was
+    /// parsed as a number, and a token ended the listing after its first answer), and an
+    /// answer whose ranges cannot be read is refused rather than read as fewer ranges.
+    #[test]
+    fn page_list_answers_are_read_strictly_and_opaque_markers_given_back() {
+        let token = "2!72!MDAwMDE2IWJsb2IgKzE=";
+        let (endpoint, seen) = page_list_server(vec![
+            page_list(&format!(
+                "<PageRange><Start>0</Start><End>511</End></PageRange><NextMarker>{token}</NextMarker>"
+            )),
+            page_list("<PageRange><Start>4096</Start><End>8191</End></PageRange><NextMarker />"),
+        ]);
+        let store = HttpStore::new(&endpoint, "devstoreaccount1", b"key");
+        let path = BlobPath::new("c", "b");
+        let all = crate::page_listing::all_page_ranges(&store, &path, None, None).unwrap();
+        assert_eq!(
+            all.iter().map(|r| (r.start, r.end)).collect::<Vec<_>>(),
+            [(0, 511), (4096, 8191)]
+        );
+        let targets = seen.lock().unwrap().clone();
+        assert_eq!(targets.len(), 2, "{targets:?}");
+        let marker = targets[1]
+            .split(['?', '&'])
+            .find_map(|p| p.strip_prefix("marker="))
+            .map(|m| {
+                percent_encoding::percent_decode_str(m)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned()
+            });
+        assert_eq!(marker.as_deref(), Some(token), "{targets:?}");
+
+        for (answer, why) in [
+            ("<PageRange><Start>0x200</Start><End>1023</End></PageRange>", "Start \"0x200\", not a number"),
+            ("<PageRange><Start>0</Start><End>-1</End></PageRange>", "End \"-1\", not a number"),
+            ("<PageRange><Start>0</Start></PageRange><PageRange><Start>1024</Start><End>1535</End></PageRange>", "without its End"),
+            ("<ClearRange><End>511</End></ClearRange>", "without its Start"),
+            ("<PageRange><Start></Start><End>511</End></PageRange>", "without its Start"),
+            ("<PageRange><Start>0</Start><Start>512</Start><End>1023</End></PageRange>", "two Starts"),
+        ] {
+            let (endpoint, _) = page_list_server(vec![page_list(answer)]);
+            let store = HttpStore::new(&endpoint, "devstoreaccount1", b"key");
+            let e = store
+                .page_ranges(&path, None, None, None, None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("InvalidXmlDocument") && e.contains(why), "{answer}: {e}");
+        }
     }
 
     use ureq::unversioned::resolver::{DefaultResolver, Resolver};

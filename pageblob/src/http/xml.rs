@@ -58,8 +58,8 @@ pub fn page_list(list: &PageRangeList) -> String {
                         text(w, "End", &end.to_string())
                     })?;
                 }
-                if let Some(m) = list.next_marker {
-                    text(w, "NextMarker", &m.to_string())?;
+                if let Some(m) = &list.next_marker {
+                    text(w, "NextMarker", m)?;
                 }
                 Ok(())
             })
@@ -310,7 +310,7 @@ mod tests {
                     cleared: true,
                 },
             ],
-            next_marker: Some(1024),
+            next_marker: Some("1024".into()),
         };
         assert_eq!(
             page_list(&list),

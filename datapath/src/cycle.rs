@@ -592,25 +592,8 @@ fn cycle_inner(
         by_block: scan,
         next: 0,
     };
-    let group_len = (GROUP_BYTES / u64::from(layout.block_size)).clamp(2, 128) as usize;
-    let mut tally = Tally {
-        done: totals,
-        changed: 0,
-        bytes_changed: 0,
-        log_end: StagingLog::first_entry(),
-        log_entries: 0,
-    };
-
-    let writer = RecordWriter {
-        replica,
-        limiter: options.throttle_bytes_per_sec.map(RateLimit::new),
-        stop: options.stop.as_deref(),
-        sent: AtomicU64::new(0),
-        failed: AtomicBool::new(false),
-        first_error: Mutex::new(None),
-    };
-    // No writer threads: every store call is made by this thread, in block order.
-    let inline = options.upload_threads == 0;
+    let mut tally = Tally::starting_at(totals);
+    let writer = RecordWriter::new(replica, options);
     let pass = BlockPass {
         source,
         layout: &layout,
@@ -618,48 +601,19 @@ fn cycle_inner(
         codec: &codec,
         sequence,
     };
-    let (tx, rx) = mpsc::sync_channel::<Job>(group_len * (GROUPS_IN_FLIGHT + 1));
-    let rx = Mutex::new(rx);
     let mut serial = SerialClock::new(options.count_serial_cpu);
     let groups_started = Instant::now();
-    let outcome: Result<(), CycleError> = std::thread::scope(|scope| {
-        for _ in 0..options.upload_threads {
-            scope.spawn(|| writer.serve(&rx));
-        }
-        // A group's results are settled on this thread, in group order, while the pool
-        // examines the groups after it; without writer threads (the simulator), one group at a
-        // time: its store calls are made while nothing else runs.
-        let settler = Settler {
-            source,
-            replica,
-            zero: &zero,
-            sent: &writer.sent,
-            progress,
-        };
-        let mut hand_off = |job: Job| {
-            if inline {
-                writer.store(job);
-                true
-            } else {
-                tx.send(job).is_ok()
-            }
-        };
-        let produced = examine_ahead(
-            &pass,
-            &selected,
-            group_len,
-            if inline { 1 } else { GROUPS_IN_FLIGHT },
-            &mut nonces,
-            &mut table,
-            &mut serial,
-            &|| writer.keep_going(),
-            &mut |table, group, examined| {
-                settler.settle(&mut tally, table, group, examined, &mut hand_off)
-            },
-        );
-        drop(tx);
-        produced
-    });
+    let outcome = run_groups(
+        &pass,
+        &selected,
+        options.upload_threads,
+        &writer,
+        progress,
+        &mut nonces,
+        &mut table,
+        &mut tally,
+        &mut serial,
+    );
     let groups_ended = Instant::now();
     outcome?;
     if scan {
@@ -698,6 +652,63 @@ fn cycle_inner(
         tracking_lost: None,
     };
     Ok((report, table))
+}
+
+/// The selected blocks through the pipeline: examined a group at a time on the pool and
+/// settled on this thread in order while the pool examines the groups after it, the changed
+/// blocks' records stored by `upload_threads` writer threads; with none (the simulator), one
+/// group at a time, every store call made by this thread in block order.
+#[allow(clippy::too_many_arguments)]
+fn run_groups<Z: Fn(u64) -> [u8; 32] + Sync>(
+    pass: &BlockPass<'_, Z>,
+    selected: &[u64],
+    upload_threads: usize,
+    writer: &RecordWriter<'_, '_>,
+    progress: &(dyn Fn(&Progress) + Sync),
+    nonces: &mut NonceCursor<'_>,
+    table: &mut MerkleTree,
+    tally: &mut Tally,
+    serial: &mut SerialClock,
+) -> Result<(), CycleError> {
+    let group_len = (GROUP_BYTES / u64::from(pass.layout.block_size)).clamp(2, 128) as usize;
+    let inline = upload_threads == 0;
+    let (tx, rx) = mpsc::sync_channel::<Job>(group_len * (GROUPS_IN_FLIGHT + 1));
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        for _ in 0..upload_threads {
+            scope.spawn(|| writer.serve(&rx));
+        }
+        let settler = Settler {
+            source: pass.source,
+            replica: writer.replica,
+            zero: pass.zero,
+            sent: &writer.sent,
+            progress,
+        };
+        let mut hand_off = |job: Job| {
+            if inline {
+                writer.store(job);
+                true
+            } else {
+                tx.send(job).is_ok()
+            }
+        };
+        let produced = examine_ahead(
+            pass,
+            selected,
+            group_len,
+            if inline { 1 } else { GROUPS_IN_FLIGHT },
+            nonces,
+            table,
+            serial,
+            &|| writer.keep_going(),
+            &mut |table, group, examined| {
+                settler.settle(tally, table, group, examined, &mut hand_off)
+            },
+        );
+        drop(tx);
+        produced
+    })
 }
 
 /// The staged cycle a crash left committed (premium targets) becomes a point, and there is
@@ -740,7 +751,19 @@ struct RecordWriter<'c, 'r> {
     first_error: Mutex<Option<ReplicaError>>,
 }
 
-impl RecordWriter<'_, '_> {
+impl<'c, 'r> RecordWriter<'c, 'r> {
+    /// Stores `replica`'s records as `options` say (throttle, stop flag); nothing sent yet.
+    fn new(replica: &'c DiskReplica<'r>, options: &'c CycleOptions) -> RecordWriter<'c, 'r> {
+        RecordWriter {
+            replica,
+            limiter: options.throttle_bytes_per_sec.map(RateLimit::new),
+            stop: options.stop.as_deref(),
+            sent: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            first_error: Mutex::new(None),
+        }
+    }
+
     fn stopping(&self) -> bool {
         self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
     }
@@ -884,6 +907,20 @@ struct Tally {
     /// Where the next staged entry goes, and how many there are (premium targets).
     log_end: u64,
     log_entries: u64,
+}
+
+impl Tally {
+    /// Nothing changed yet; `done` is the progress before the first group (the blocks not
+    /// examined counted as done).
+    fn starting_at(done: Progress) -> Tally {
+        Tally {
+            done,
+            changed: 0,
+            bytes_changed: 0,
+            log_end: StagingLog::first_entry(),
+            log_entries: 0,
+        }
+    }
 }
 
 /// Settles examined groups on the cycle's thread.

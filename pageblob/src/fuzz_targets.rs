@@ -1,14 +1,48 @@
 //! Bodies of the pageblob cargo-fuzz targets, shared with the stable corpus replay test:
-//! `blob_requests` (HTTP request sequences through the blob server's request handling) and
-//! `store_log` (bytes as a store's log segment, opened by a reader and a writer).
+//! `blob_requests` (HTTP request sequences through the blob server's request handling),
+//! `store_log` (bytes as a store's log segment, opened by a reader and a writer) and
+//! `page_list` (an endpoint's Get Page Ranges answers, as the client reads and joins them).
 
-pub const TARGETS: [&str; 2] = ["blob_requests", "store_log"];
+pub const TARGETS: [&str; 3] = ["blob_requests", "store_log", "page_list"];
 
 pub fn run(name: &str, data: &[u8]) {
     match name {
         "blob_requests" => blob_requests(data),
         "store_log" => store_log(data),
+        "page_list" => page_list(data),
         other => panic!("unknown fuzz target {other}"),
+    }
+}
+
+/// Separates the answers of one `page_list` input.
+pub const ANSWER_SEPARATOR: u8 = 0;
+
+/// `data` as up to 8 Get Page Ranges answers from an endpoint (split at NUL bytes; past them,
+/// an empty answer), read by the HTTP client and joined into one listing as every reader of
+/// ranges joins them. Never a panic or a hang; a listing that is taken holds whole 512-byte
+/// pages below 8 TiB, in order, none overlapping.
+pub fn page_list(data: &[u8]) {
+    use crate::types::{BlobPath, MAX_BLOB_SIZE, PAGE_SIZE};
+    let answers: Vec<&[u8]> = data.split(|&b| b == ANSWER_SEPARATOR).take(8).collect();
+    let mut asked = 0;
+    let joined = crate::page_listing::join_pages(&BlobPath::new("fuzz", "b"), |_| {
+        let body = answers.get(asked).copied().unwrap_or_default();
+        asked += 1;
+        crate::http::client::parse_page_list(body)
+    });
+    assert!(asked <= answers.len() + 1, "{asked} answers asked for");
+    if let Ok(ranges) = joined {
+        for r in &ranges {
+            assert!(
+                r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == PAGE_SIZE - 1,
+                "{r:?}"
+            );
+            assert!(r.start <= r.end && r.end < MAX_BLOB_SIZE, "{r:?}");
+        }
+        assert!(
+            ranges.windows(2).all(|w| w[0].end < w[1].start),
+            "{ranges:?}"
+        );
     }
 }
 
@@ -168,6 +202,18 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ));
     }
     out.push(("store_log", "synced".into(), store_log_seed(&[])));
+    let answer = |inner: &str| {
+        format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>{inner}</PageList>")
+    };
+    let mut paged = answer(
+        "<PageRange><Start>0</Start><End>4095</End></PageRange>\
+         <ClearRange><Start>8192</Start><End>8703</End></ClearRange>\
+         <NextMarker>2!72!MDAwMDE2</NextMarker>",
+    )
+    .into_bytes();
+    paged.push(ANSWER_SEPARATOR);
+    paged.extend(answer("<PageRange><Start>1048576</Start><End>2097151</End></PageRange>").bytes());
+    out.push(("page_list", "two-answers".into(), paged));
     // A power cut's tail: a lost append (zeros), then 7 bytes of a torn one.
     let mut torn = vec![0u8; 300];
     torn.extend_from_slice(b"DPLR\x02\x01\x00");

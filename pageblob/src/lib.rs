@@ -37,7 +37,7 @@ pub mod timestamp;
 pub mod types;
 pub mod upload;
 
-#[cfg(all(any(test, feature = "testing"), feature = "server"))]
+#[cfg(all(any(test, feature = "testing"), feature = "server", feature = "client"))]
 pub mod fuzz_targets;
 
 pub use emulator::Emulator;

@@ -27,7 +27,7 @@ pub fn all_page_ranges<S: PageBlobStore + ?Sized>(
 }
 
 /// The pages `page` answers for each marker (none for the first), joined and checked.
-fn join_pages(
+pub(crate) fn join_pages(
     path: &BlobPath,
     mut page: impl FnMut(Option<&str>) -> StoreResult<PageRangeList>,
 ) -> StoreResult<Vec<PageRange>> {

@@ -199,6 +199,13 @@ async function write(endpoint, profile) {
     );
     const listed = await listAll(blob.listPageRanges());
     eq(listed.length, 3, "listPageRanges items");
+    // A page at a time: the SDK gives each NextMarker back as the next call's marker.
+    const pages = await listAll(blob.listPageRanges().byPage({ maxPageSize: 1 }));
+    eq(
+      pages.map((p) => (p.pageRange || []).map((r) => [r.start, r.end])),
+      [[[0, 4095]], [[8192, MiB - 1]], [[2 * MiB, 2 * MiB + 8191]]],
+      "listPageRanges by page",
+    );
     const got = await readAll(blob, 0, 16384);
     assert(got.subarray(0, 4096).equals(data.subarray(0, 4096)), "first page");
     assert(got.subarray(4096, 8192).equals(Buffer.alloc(4096)), "cleared pages read zeros");

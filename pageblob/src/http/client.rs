@@ -671,7 +671,7 @@ fn xml_walk(body: &[u8], mut on: impl FnMut(&[String], &str)) -> StoreResult<()>
 /// skipped over would read as pages never written). Whether the ranges make sense together
 /// is [`crate::page_listing`]'s to check. `NextMarker` is kept as it came (Azure's is an
 /// opaque token).
-fn parse_page_list(body: &[u8]) -> StoreResult<PageRangeList> {
+pub(crate) fn parse_page_list(body: &[u8]) -> StoreResult<PageRangeList> {
     /// A range being read: its kind and the numbers seen so far.
     struct Partial {
         cleared: bool,

@@ -3,7 +3,8 @@
 //! blocks under way at once (nothing in the pipeline lets one through at a time), the
 //! replica's bytes do not depend on the thread count, every restore gives the disk back with
 //! its blocks in order whichever way the store is read, and a damaged record stops a restore at
-//! the first damaged block, after exactly the blocks before it.
+//! the first damaged block, after exactly the blocks before it. A chain of points verified by
+//! their changes (`point_chain`) passes and fails exactly where full restores do.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use datapath::replica::disk_replica::{DiskReplica, Layout};
 use datapath::replica::error::ReplicaError;
 use datapath::replica::manifest::Manifest;
 use datapath::replica::nonce::NonceSource;
+use datapath::replica::point_chain::PointChain;
 use datapath::replica::restore::Fetch;
 use datapath::replica::slot_header::HEADER_SIZE;
 use pageblob::clock::ManualClock;
@@ -366,6 +368,18 @@ fn small_deltas_do_not_depend_on_the_number_of_threads_either() {
     }
 }
 
+/// Flip a bit of the stored payload of `block`'s record in the live blob (its slot's first
+/// pages written again): the next point holds a damaged record.
+fn damage_payload(store: &dyn PageBlobStore, replica: &DiskReplica<'_>, block: u64) {
+    let at = layout().slot_offset(block);
+    let mut page = vec![0u8; 1024];
+    store.read(&replica.data, None, at, &mut page).unwrap();
+    page[HEADER_SIZE + 100] ^= 0x40;
+    store
+        .put_pages(&replica.data, at, &page, &Conditions::default())
+        .unwrap();
+}
+
 #[test]
 fn a_damaged_record_stops_the_restore_at_the_first_damaged_block() {
     let id = identity();
@@ -377,13 +391,7 @@ fn a_damaged_record_stops_the_restore_at_the_first_damaged_block() {
     // 0), then commit a point that holds them (a cycle that changes nothing).
     let replica = DiskReplica::open(&*store, "replicas", "disk", layout()).unwrap();
     for block in [250u64, 200] {
-        let at = layout().slot_offset(block);
-        let mut page = vec![0u8; 1024];
-        store.read(&replica.data, None, at, &mut page).unwrap();
-        page[HEADER_SIZE + 100] ^= 0x40;
-        store
-            .put_pages(&replica.data, at, &page, &Conditions::default())
-            .unwrap();
+        damage_payload(&*store, &replica, block);
     }
     let keys = id.disk_keys("disk");
     let damaged = run_cycle(
@@ -415,4 +423,65 @@ fn a_damaged_record_stops_the_restore_at_the_first_damaged_block() {
             }
         }
     }
+}
+
+/// Four points: the initial one; one with blocks changed, one zeroed and a new one written;
+/// one that holds a record damaged in the store after point 1 (the slot's pages were
+/// rewritten, so the diff names it); one more change after it. Verified by their changes, each
+/// point passes or fails as its full restore does, decoding only the changed slots after the
+/// first — and the point after the failed one is verified in full, so the damaged record it
+/// inherits is read again.
+#[test]
+fn a_chain_of_points_verified_by_their_changes_passes_and_fails_as_full_restores_do() {
+    let id = identity();
+    let keys = id.disk_keys("disk");
+    let codec = BlockCodec::new(&keys, 1, true);
+    let mut disk = disk();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    replicate(&store, &id, &disk, 2);
+    let replica = DiskReplica::open(&store, "replicas", "disk", layout()).unwrap();
+    let change = |disk: &mut Vec<u8>, blocks: &[(u64, u8)], epoch: u64| {
+        for &(block, fill) in blocks {
+            let at = (block * u64::from(BLOCK)) as usize;
+            disk[at..at + BLOCK as usize].fill(fill);
+        }
+        let options = CycleOptions {
+            selection: Selection::Blocks(blocks.iter().map(|&(b, _)| b).collect()),
+            upload_threads: 2,
+            ..CycleOptions::scan(T0 + epoch)
+        };
+        cycle_of(&replica, &*disk, &id, 2, &options, epoch);
+    };
+    // Block 2 zeroed (its slot cleared), 3 and 40 rewritten, 7 (a zero block) written.
+    change(&mut disk, &[(2, 0), (3, 0x33), (7, 0x77), (40, 0x40)], 10);
+    // Block 250's payload damaged in the store, then a point that holds it.
+    damage_payload(&store, &replica, 250);
+    change(&mut disk, &[], 11);
+    change(&mut disk, &[(5, 0x55)], 12);
+
+    let points = replica.points(keys.digest.expose()).unwrap();
+    assert_eq!(points.len(), 4);
+    let mut chain = PointChain::default();
+    let mut steps = Vec::new();
+    pool(2).install(|| {
+        for point in &points {
+            let full = replica.restore_blocks(&codec, point, keys.digest.expose(), |_, _| Ok(()));
+            let step = replica.verify_in_chain(&codec, point, keys.digest.expose(), &mut chain);
+            match (&full, &step) {
+                (Ok(()), Ok(_)) => {}
+                (
+                    Err(ReplicaError::Block { block: 250, .. }),
+                    Err(ReplicaError::Block { block: 250, .. }),
+                ) => {}
+                other => panic!("point {}: {other:?}", point.sequence),
+            }
+            steps.push(step.ok().map(|s| (s.records_decoded, s.in_full)));
+        }
+    });
+    // Point 0 in full (every stored block: the ones not a multiple of 7); point 1 decodes the
+    // records of 3, 7 and 40 (2's slot was cleared); point 2 fails at block 250; point 3 is
+    // restored in full after it and fails there too.
+    let stored = (0..layout().blocks()).filter(|b| b % 7 != 0).count() as u64;
+    assert_eq!(steps, [Some((stored, true)), Some((3, false)), None, None]);
 }

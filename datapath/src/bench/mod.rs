@@ -599,7 +599,7 @@ fn stage_rates_and_lengths(
 
 /// Plain bytes per second the current rayon pool's threads encode together, each running the
 /// pipeline's codec ([`BlockCodec::encode`]: keyed BLAKE3, zstd at `zstd_level`, AES-256-GCM,
-/// CRC-32C) over all of `sample` at the same time; the fastest of [`PASSES`]. The keys are
+/// CRC-32C) over all of `sample` at the same time; the fastest of three passes. The keys are
 /// made for this and dropped (every record is discarded), and each block of each pass and
 /// thread gets its own nonce.
 pub fn transforms_on_threads(sample: &[Vec<u8>], zstd_level: i32) -> f64 {

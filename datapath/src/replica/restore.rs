@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 
 use super::block_record::BlockCodec;
-use super::disk_replica::{block_error, DiskReplica};
+use super::disk_replica::{block_error, DiskReplica, Layout};
 use super::error::ReplicaError;
 use super::manifest::Manifest;
 use super::merkle::MerkleTree;
@@ -168,6 +168,19 @@ impl DiskReplica<'_> {
     }
 }
 
+/// The digests of a zero block and of a zero last block (which may be short) of `layout`.
+pub(super) fn zero_digests(codec: &BlockCodec, layout: &Layout) -> ([u8; 32], [u8; 32]) {
+    let full = u64::from(layout.block_size);
+    let tail = layout.block_len(layout.blocks().saturating_sub(1));
+    let zero_full = codec.digest(&vec![0u8; full as usize]);
+    let zero_tail = if tail == full {
+        zero_full
+    } else {
+        codec.digest(&vec![0u8; tail as usize])
+    };
+    (zero_full, zero_tail)
+}
+
 /// What every block of one restore needs: the store, which slots the snapshot ever wrote,
 /// and the digests of zero blocks.
 struct RestorePlan<'r, 'a> {
@@ -187,16 +200,8 @@ impl<'r, 'a> RestorePlan<'r, 'a> {
         codec: &'r BlockCodec,
         manifest: &'r Manifest,
     ) -> Result<Self, ReplicaError> {
-        let layout = replica.layout;
         let written = replica.written_ranges_at(&replica.data, Some(&manifest.snapshot))?;
-        let full = u64::from(layout.block_size);
-        let tail = layout.block_len(layout.blocks().saturating_sub(1));
-        let zero_full = codec.digest(&vec![0u8; full as usize]);
-        let zero_tail = if tail == full {
-            zero_full
-        } else {
-            codec.digest(&vec![0u8; tail as usize])
-        };
+        let (zero_full, zero_tail) = zero_digests(codec, &replica.layout);
         Ok(RestorePlan {
             replica,
             codec,

@@ -127,6 +127,18 @@ fn qemu_cycles(over_http: bool) {
         )) && text.contains("records decoded: the oldest point and each one's changes)"),
         "{text}"
     );
+    // One point, as restore names it.
+    let one = dp(&[&verify[..], &["--point", "1", "--json"]].concat());
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(
+        one,
+        serde_json::json!([{"point": 1, "ok": true, "error": null}])
+    );
+    fails_with(
+        &[&verify[..], &["--point", "9"]].concat(),
+        "no point 9: the replica holds 0, 1, 2",
+    );
+    // clap's refusal, which is not one line.
     let no_threads = drplane()
         .args([&verify[..], &["--threads", "0"]].concat())
         .env("DRPLANE_PFX_PASSWORD", PW)

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use datapath::keys::Identity;
 use datapath::replica::block_record::BlockCodec;
@@ -198,6 +198,9 @@ pub struct VerifyArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Verify only this point (a sequence number, `latest` or `latest-app`), restored in full.
+    #[arg(long, conflicts_with = "changes_only")]
+    point: Option<String>,
     /// Restore only the oldest point in full; check each later one from the one before it,
     /// reading and decoding only the slots the store's page-range diff says changed (every
     /// record is still decoded once and every point's Merkle root proven). Without it, every
@@ -219,13 +222,23 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     }
     let codec = BlockCodec::new(&read.keys, 1, true);
     let mut results = Vec::new();
-    let mut bad = read.damaged;
+    // Journal slots that do not decode are points that fail, unless one point was asked for.
+    let damaged = if args.point.is_some() {
+        0
+    } else {
+        read.damaged
+    };
+    let mut bad = damaged;
     let mut chain = PointChain::default();
     let mut decoded = 0;
     let digest_key = read.keys.digest.expose();
+    let chosen = match &args.point {
+        Some(point) => vec![choose_point(&read.points, point)?],
+        None => read.points.clone(),
+    };
     // One pool for all the points.
     args.threads.run(|| -> Result<()> {
-        for manifest in &read.points {
+        for manifest in &chosen {
             let replica = read.replica(manifest)?;
             let outcome = if args.changes_only {
                 replica
@@ -261,7 +274,7 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
         };
         println!(
             "{} point(s) verified, {bad} failed{how}",
-            results.len() + read.damaged
+            results.len() + damaged
         );
     }
     Ok(if bad == 0 {
@@ -288,6 +301,35 @@ pub fn machine_points<'r>(reads: &'r [ReadPoints<'_>]) -> Vec<Vec<&'r Manifest>>
             Some(all)
         })
         .collect()
+}
+
+/// The point `--point` names among a replica's `points`.
+pub fn choose_point(points: &[Manifest], point: &str) -> Result<Manifest> {
+    let manifest = match point {
+        "latest" => points.last().context("the replica has no recovery point")?,
+        "latest-app" => points
+            .iter()
+            .rev()
+            .find(|p| p.consistency == Consistency::Application)
+            .context("the replica has no app-consistent recovery point")?,
+        n => {
+            let seq: u64 = n
+                .parse()
+                .with_context(|| format!("--point {n}: a number, latest or latest-app"))?;
+            points.iter().find(|p| p.sequence == seq).with_context(|| {
+                let held: Vec<String> = points.iter().map(|p| p.sequence.to_string()).collect();
+                let held = match held.as_slice() {
+                    [] => "none".to_string(),
+                    [first, .., last] if held.len() > 12 => {
+                        format!("{} points, {first} to {last}", held.len())
+                    }
+                    all => all.join(", "),
+                };
+                format!("no point {seq}: the replica holds {held} (`drplane points` lists them)")
+            })?
+        }
+    };
+    Ok(manifest.clone())
 }
 
 /// The machine point `point` names (`latest`, `latest-app`, or the first disk's sequence).

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use datapath::replica::block_record::BlockCodec;
 use datapath::replica::disk_replica::DiskReplica;
-use datapath::replica::manifest::{Consistency, Manifest};
+use datapath::replica::manifest::Manifest;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
@@ -18,7 +18,7 @@ use super::blob::Target;
 use super::output_file::{
     open_device_exclusively, refuse_inside_a_store, OutputFile, OutputIdentity,
 };
-use super::points::{choose_machine_point, ReadPoints};
+use super::points::{choose_machine_point, choose_point, ReadPoints};
 use super::replicate::Keys;
 
 #[derive(Debug, Args)]
@@ -224,35 +224,6 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The point `--point` names among a replica's `points`.
-fn choose_point(points: &[Manifest], point: &str) -> Result<Manifest> {
-    let manifest = match point {
-        "latest" => points.last().context("the replica has no recovery point")?,
-        "latest-app" => points
-            .iter()
-            .rev()
-            .find(|p| p.consistency == Consistency::Application)
-            .context("the replica has no app-consistent recovery point")?,
-        n => {
-            let seq: u64 = n
-                .parse()
-                .with_context(|| format!("--point {n}: a number, latest or latest-app"))?;
-            points.iter().find(|p| p.sequence == seq).with_context(|| {
-                let held: Vec<String> = points.iter().map(|p| p.sequence.to_string()).collect();
-                let held = match held.as_slice() {
-                    [] => "none".to_string(),
-                    [first, .., last] if held.len() > 12 => {
-                        format!("{} points, {first} to {last}", held.len())
-                    }
-                    all => all.join(", "),
-                };
-                format!("no point {seq}: the replica holds {held} (`drplane points` lists them)")
-            })?
-        }
-    };
-    Ok(manifest.clone())
 }
 
 /// A disk's point proven, ready to appear.

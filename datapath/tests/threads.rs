@@ -485,3 +485,65 @@ fn a_chain_of_points_verified_by_their_changes_passes_and_fails_as_full_restores
     let stored = (0..layout().blocks()).filter(|b| b % 7 != 0).count() as u64;
     assert_eq!(steps, [Some((stored, true)), Some((3, false)), None, None]);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+    /// Random chains: cycles that rewrite, zero or write blocks (the last one short), and
+    /// maybe a damaged record committed by one of them. Every point passes or fails its
+    /// verification by changes exactly as its full restore does.
+    #[test]
+    fn random_chains_verified_by_their_changes_agree_with_full_restores(
+        cycles in proptest::collection::vec(
+            proptest::collection::vec((0u64..301, proptest::prelude::any::<u8>()), 0..12),
+            1..5,
+        ),
+        damage in proptest::option::of((0usize..4, 0u64..301)),
+    ) {
+        let id = identity();
+        let keys = id.disk_keys("disk");
+        let codec = BlockCodec::new(&keys, 1, true);
+        let mut disk = disk();
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        replicate(&store, &id, &disk, 2);
+        let replica = DiskReplica::open(&store, "replicas", "disk", layout()).unwrap();
+        for (i, writes) in cycles.iter().enumerate() {
+            for &(block, fill) in writes {
+                let at = (block * u64::from(BLOCK)) as usize;
+                let len = layout().block_len(block) as usize;
+                // Every fourth fill is a zero block.
+                disk[at..at + len].fill(if fill % 4 == 0 { 0 } else { fill });
+            }
+            if let Some((at_cycle, block)) = damage {
+                let stored = store.page_ranges(&replica.data, None, None, None, None, None).unwrap();
+                let slot = layout().slot_offset(block);
+                let written = stored.ranges.iter().any(|r| r.start <= slot && slot <= r.end);
+                if at_cycle == i && written {
+                    damage_payload(&store, &replica, block);
+                }
+            }
+            let options = CycleOptions {
+                selection: Selection::Blocks(writes.iter().map(|&(b, _)| b).collect::<std::collections::BTreeSet<_>>().into_iter().collect()),
+                upload_threads: 2,
+                ..CycleOptions::scan(T0 + 1 + i as u64)
+            };
+            cycle_of(&replica, &disk, &id, 2, &options, 20 + i as u64);
+        }
+        let points = replica.points(keys.digest.expose()).unwrap();
+        proptest::prop_assert_eq!(points.len(), cycles.len() + 1);
+        let mut chain = PointChain::default();
+        pool(2).install(|| {
+            for point in &points {
+                let full = replica.restore_blocks(&codec, point, keys.digest.expose(), |_, _| Ok(()));
+                let step = replica.verify_in_chain(&codec, point, keys.digest.expose(), &mut chain);
+                proptest::prop_assert_eq!(
+                    full.as_ref().err().map(ToString::to_string),
+                    step.as_ref().err().map(ToString::to_string),
+                    "point {}", point.sequence
+                );
+            }
+            Ok(())
+        })?;
+    }
+}

@@ -425,14 +425,14 @@ fn a_damaged_record_stops_the_restore_at_the_first_damaged_block() {
     }
 }
 
-/// Four points: the initial one; one with blocks changed, one zeroed and a new one written;
-/// one that holds a record damaged in the store after point 1 (the slot's pages were
-/// rewritten, so the diff names it); one more change after it. Verified by their changes, each
-/// point passes or fails as its full restore does, decoding only the changed slots after the
-/// first — and the point after the failed one is verified in full, so the damaged record it
-/// inherits is read again.
-#[test]
-fn a_chain_of_points_verified_by_their_changes_passes_and_fails_as_full_restores_do() {
+/// The outcome of verifying one point both ways: restored in full, and by its changes.
+type BothWays = (Result<(), String>, Result<(u64, bool), String>);
+
+/// The disk replicated, then one cycle per entry of `cycles` (blocks written with a fill
+/// byte; a fill that is a multiple of 4 writes a zero block), with the payload of
+/// `damage.1`'s record damaged in the store before cycle `damage.0` commits (when its slot
+/// holds one). Every point then verified in full and by its changes, oldest first.
+fn chain_both_ways(cycles: &[Vec<(u64, u8)>], damage: Option<(usize, u64)>) -> Vec<BothWays> {
     let id = identity();
     let keys = id.disk_keys("disk");
     let codec = BlockCodec::new(&keys, 1, true);
@@ -441,49 +441,82 @@ fn a_chain_of_points_verified_by_their_changes_passes_and_fails_as_full_restores
     let store = store(dir.path());
     replicate(&store, &id, &disk, 2);
     let replica = DiskReplica::open(&store, "replicas", "disk", layout()).unwrap();
-    let change = |disk: &mut Vec<u8>, blocks: &[(u64, u8)], epoch: u64| {
-        for &(block, fill) in blocks {
+    for (i, writes) in cycles.iter().enumerate() {
+        for &(block, fill) in writes {
             let at = (block * u64::from(BLOCK)) as usize;
-            disk[at..at + BLOCK as usize].fill(fill);
+            let len = layout().block_len(block) as usize;
+            disk[at..at + len].fill(if fill % 4 == 0 { 0 } else { fill });
         }
-        let options = CycleOptions {
-            selection: Selection::Blocks(blocks.iter().map(|&(b, _)| b).collect()),
-            upload_threads: 2,
-            ..CycleOptions::scan(T0 + epoch)
-        };
-        cycle_of(&replica, &*disk, &id, 2, &options, epoch);
-    };
-    // Block 2 zeroed (its slot cleared), 3 and 40 rewritten, 7 (a zero block) written.
-    change(&mut disk, &[(2, 0), (3, 0x33), (7, 0x77), (40, 0x40)], 10);
-    // Block 250's payload damaged in the store, then a point that holds it.
-    damage_payload(&store, &replica, 250);
-    change(&mut disk, &[], 11);
-    change(&mut disk, &[(5, 0x55)], 12);
-
-    let points = replica.points(keys.digest.expose()).unwrap();
-    assert_eq!(points.len(), 4);
-    let mut chain = PointChain::default();
-    let mut steps = Vec::new();
-    pool(2).install(|| {
-        for point in &points {
-            let full = replica.restore_blocks(&codec, point, keys.digest.expose(), |_, _| Ok(()));
-            let step = replica.verify_in_chain(&codec, point, keys.digest.expose(), &mut chain);
-            match (&full, &step) {
-                (Ok(()), Ok(_)) => {}
-                (
-                    Err(ReplicaError::Block { block: 250, .. }),
-                    Err(ReplicaError::Block { block: 250, .. }),
-                ) => {}
-                other => panic!("point {}: {other:?}", point.sequence),
+        if let Some((_, block)) = damage.filter(|(c, _)| *c == i) {
+            let written = store
+                .page_ranges(&replica.data, None, None, None, None, None)
+                .unwrap()
+                .ranges
+                .iter()
+                .any(|r| (r.start..=r.end).contains(&layout().slot_offset(block)));
+            if written {
+                damage_payload(&store, &replica, block);
             }
-            steps.push(step.ok().map(|s| (s.records_decoded, s.in_full)));
         }
-    });
+        let blocks: std::collections::BTreeSet<u64> = writes.iter().map(|&(b, _)| b).collect();
+        let options = CycleOptions {
+            selection: Selection::Blocks(blocks.into_iter().collect()),
+            upload_threads: 2,
+            ..CycleOptions::scan(T0 + 1 + i as u64)
+        };
+        cycle_of(&replica, &disk, &id, 2, &options, 20 + i as u64);
+    }
+    let points = replica.points(keys.digest.expose()).unwrap();
+    assert_eq!(points.len(), cycles.len() + 1);
+    let mut chain = PointChain::default();
+    pool(2).install(|| {
+        points
+            .iter()
+            .map(|point| {
+                let key = keys.digest.expose();
+                let full = replica.restore_blocks(&codec, point, key, |_, _| Ok(()));
+                let step = replica.verify_in_chain(&codec, point, key, &mut chain);
+                (
+                    full.map_err(|e| e.to_string()),
+                    step.map(|s| (s.records_decoded, s.in_full))
+                        .map_err(|e| e.to_string()),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Four points: the initial one; one with blocks changed, one zeroed and a new one written;
+/// one that holds a record damaged in the store after point 1 (the slot's pages were
+/// rewritten, so the diff names it); one more change after it. Verified by their changes, each
+/// point passes or fails as its full restore does, decoding only the changed slots after the
+/// first — and the point after the failed one is verified in full, so the damaged record it
+/// inherits is read again.
+#[test]
+fn a_chain_of_points_verified_by_their_changes_passes_and_fails_as_full_restores_do() {
+    // Block 2 zeroed (its slot cleared), 3 and 40 rewritten, 7 (a zero block) written; then
+    // block 250's payload damaged and a point that holds it; then block 5 rewritten.
+    let cycles = [
+        vec![(2, 0), (3, 0x33), (7, 0x77), (40, 0x41)],
+        vec![],
+        vec![(5, 0x55)],
+    ];
+    let outcomes = chain_both_ways(&cycles, Some((1, 250)));
+    for (i, (full, by_changes)) in outcomes.iter().enumerate() {
+        match (full, by_changes) {
+            (Ok(()), Ok(_)) => assert!(i < 2, "point {i}"),
+            (Err(a), Err(b)) => assert!(
+                i >= 2 && a == b && a.contains("block 250"),
+                "point {i}: {a} / {b}"
+            ),
+            other => panic!("point {i}: {other:?}"),
+        }
+    }
     // Point 0 in full (every stored block: the ones not a multiple of 7); point 1 decodes the
-    // records of 3, 7 and 40 (2's slot was cleared); point 2 fails at block 250; point 3 is
-    // restored in full after it and fails there too.
+    // records of 3, 7 and 40 (2's slot was cleared).
     let stored = (0..layout().blocks()).filter(|b| b % 7 != 0).count() as u64;
-    assert_eq!(steps, [Some((stored, true)), Some((3, false)), None, None]);
+    assert_eq!(outcomes[0].1, Ok((stored, true)));
+    assert_eq!(outcomes[1].1, Ok((3, false)));
 }
 
 proptest::proptest! {
@@ -500,50 +533,8 @@ proptest::proptest! {
         ),
         damage in proptest::option::of((0usize..4, 0u64..301)),
     ) {
-        let id = identity();
-        let keys = id.disk_keys("disk");
-        let codec = BlockCodec::new(&keys, 1, true);
-        let mut disk = disk();
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
-        replicate(&store, &id, &disk, 2);
-        let replica = DiskReplica::open(&store, "replicas", "disk", layout()).unwrap();
-        for (i, writes) in cycles.iter().enumerate() {
-            for &(block, fill) in writes {
-                let at = (block * u64::from(BLOCK)) as usize;
-                let len = layout().block_len(block) as usize;
-                // Every fourth fill is a zero block.
-                disk[at..at + len].fill(if fill % 4 == 0 { 0 } else { fill });
-            }
-            if let Some((at_cycle, block)) = damage {
-                let stored = store.page_ranges(&replica.data, None, None, None, None, None).unwrap();
-                let slot = layout().slot_offset(block);
-                let written = stored.ranges.iter().any(|r| r.start <= slot && slot <= r.end);
-                if at_cycle == i && written {
-                    damage_payload(&store, &replica, block);
-                }
-            }
-            let options = CycleOptions {
-                selection: Selection::Blocks(writes.iter().map(|&(b, _)| b).collect::<std::collections::BTreeSet<_>>().into_iter().collect()),
-                upload_threads: 2,
-                ..CycleOptions::scan(T0 + 1 + i as u64)
-            };
-            cycle_of(&replica, &disk, &id, 2, &options, 20 + i as u64);
+        for (i, (full, by_changes)) in chain_both_ways(&cycles, damage).into_iter().enumerate() {
+            proptest::prop_assert_eq!(full, by_changes.map(|_| ()), "point {}", i);
         }
-        let points = replica.points(keys.digest.expose()).unwrap();
-        proptest::prop_assert_eq!(points.len(), cycles.len() + 1);
-        let mut chain = PointChain::default();
-        pool(2).install(|| {
-            for point in &points {
-                let full = replica.restore_blocks(&codec, point, keys.digest.expose(), |_, _| Ok(()));
-                let step = replica.verify_in_chain(&codec, point, keys.digest.expose(), &mut chain);
-                proptest::prop_assert_eq!(
-                    full.as_ref().err().map(ToString::to_string),
-                    step.as_ref().err().map(ToString::to_string),
-                    "point {}", point.sequence
-                );
-            }
-            Ok(())
-        })?;
     }
 }

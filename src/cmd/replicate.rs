@@ -192,6 +192,22 @@ pub fn open_source(path: &Path) -> Result<(Box<dyn BlockSource>, String)> {
     }
 }
 
+/// [`open_source`] again, for a cycle after the first: the same disk (`identity`, the default
+/// name it had), or an error. A VHDX replaced under the path by another disk (another Virtual
+/// Disk ID) would otherwise go on into this disk's replica, its points half one disk and half
+/// the other.
+fn reopen_source(path: &Path, identity: &str) -> Result<Box<dyn BlockSource>> {
+    let (disk, now) = open_source(path)?;
+    if now != identity {
+        bail!(
+            "{} is now another disk (Virtual Disk ID {now}, was {identity}): a replica keeps one \
+             disk; replicate the new one under its own --name",
+            path.display()
+        );
+    }
+    Ok(disk)
+}
+
 /// This server's registration: the vault credentials `drplane register` wrote next to the
 /// .pfx (or `--credentials`), which must be the .pfx's. Returns the proxy they were
 /// registered with. Without them the server is not registered and nothing replicates.
@@ -561,12 +577,11 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
         match (&args.disk, args.name.first(), args.live.node.first()) {
             (Some(path), name, _) => {
                 let (file, default_name) = open_source(path)?;
-                let name = name.cloned().unwrap_or(default_name);
+                let name = name.cloned().unwrap_or_else(|| default_name.clone());
                 let size = file.disk_size();
                 // Opened again for every cycle: a --watch sees what was written meanwhile.
                 let reopen = move || {
-                    open_source(path)
-                        .map(|(file, _)| file)
+                    reopen_source(path, &default_name)
                         .map_err(|e| std::io::Error::other(format!("{e:#}")))
                 };
                 (Box::new(ReopenedDisk::new(reopen, file)), size, name)
@@ -645,4 +660,35 @@ pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     }
     source.stop(true)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_opened_again_must_be_the_same_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let vhdx = dir.path().join("d.vhdx");
+        let mut image = vhdx::testing::ImageBuilder::new(8 << 20);
+        std::fs::write(&vhdx, image.build()).unwrap();
+        let (_, id) = open_source(&vhdx).unwrap();
+        assert!(reopen_source(&vhdx, &id).is_ok());
+        // Another disk under the same path: refused, naming both ids.
+        image.disk_id = vhdx::Guid([0xD2; 16]);
+        std::fs::write(&vhdx, image.build()).unwrap();
+        let err = format!("{:#}", reopen_source(&vhdx, &id).err().unwrap());
+        let (_, other) = open_source(&vhdx).unwrap();
+        assert!(
+            err.contains("is now another disk")
+                && err.contains(&format!("Virtual Disk ID {other}, was {id}")),
+            "{err}"
+        );
+        // A raw file is known by its path: rewritten, it is still the disk at that path.
+        let raw = dir.path().join("d.raw");
+        std::fs::write(&raw, vec![1u8; 1 << 20]).unwrap();
+        let (_, name) = open_source(&raw).unwrap();
+        std::fs::write(&raw, vec![2u8; 1 << 20]).unwrap();
+        assert!(reopen_source(&raw, &name).is_ok());
+    }
 }

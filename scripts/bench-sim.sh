@@ -14,10 +14,20 @@ else
   cargo build -q --release -j2 --bin drplane
   bin=$PWD/target/release/drplane
 fi
+# Steal: CPU time the hypervisor gave to other guests while this one had work (the 8th
+# figure of /proc/stat's `cpu` line), as a share of the run's wall time on all cores. A
+# sitting's speed follows it, so each run says how much it had.
+steal_ticks() { awk '/^cpu /{print $9}' /proc/stat; }
+cores=$(nproc)
+tick=$(getconf CLK_TCK)
 speeds=()
 for _ in $(seq "$runs"); do
+  s0=$(steal_ticks); t0=$(date +%s.%N)
   out=$("$bin" sim run scenarios/reference.toml)
+  s1=$(steal_ticks); t1=$(date +%s.%N)
   echo "$out" | grep -E "events in|^speed"
+  awk -v s="$((s1 - s0))" -v hz="$tick" -v t0="$t0" -v t1="$t1" -v c="$cores" \
+    'BEGIN { w = t1 - t0; printf "  steal: %.1f%% of %d cores over %.2f s\n", 100 * s / hz / (w * c), c, w }'
   echo "$out" | grep -q FAILED && { echo "the drill failed its checks"; exit 1; }
   speeds+=("$(echo "$out" | sed -n 's/^speed: \([0-9]*\)x real time.*/\1/p')")
 done

@@ -382,30 +382,38 @@ pub fn batched_put_pages(store: &dyn PageBlobStore, container: &str) {
     assert!(read(store, &fenced, None, 3 * 131_072, 65536) == pattern);
 }
 
-/// `read_batch` reads what `read` reads, from a blob and its snapshot, in any number at once;
-/// a read past the end or of a missing blob fails the batch as it fails alone.
+/// `read_batch` reads what `read` reads, from a blob and its snapshot, in any number at once
+/// (pages never written as zeros, whatever the buffers held); a read past the end or of a
+/// missing blob fails the batch as it fails alone.
 pub fn batched_reads(store: &dyn PageBlobStore, container: &str) {
     let p = BlobPath::new(container, "batched-reads");
-    store.create_page_blob(&p, 1 << 20, 0, &none()).unwrap();
-    let old = bytes(5, 1 << 20);
+    store.create_page_blob(&p, 2 << 20, 0, &none()).unwrap();
+    let mut old = bytes(5, 1 << 20);
     store.put_pages(&p, 0, &old, &none()).unwrap();
     let snapshot = store.snapshot(&p, &none()).unwrap();
     let new = bytes(6, 64 << 10);
     store.put_pages(&p, 128 << 10, &new, &none()).unwrap();
+    // A written piece between unwritten pages after the snapshot was taken.
+    let island = bytes(7, 8 << 10);
+    store.put_pages(&p, 1536 << 10, &island, &none()).unwrap();
+    old.resize(2 << 20, 0);
     let mut want = old.clone();
     want[128 << 10..192 << 10].copy_from_slice(&new);
+    want[1536 << 10..1544 << 10].copy_from_slice(&island);
     // 40 reads of 1..=40 KiB less a byte, spread over the blob, every other one from the
-    // snapshot (more than one pipelined batch).
+    // snapshot (more than one pipelined batch), into buffers holding other bytes.
     let spans: Vec<(u64, usize, bool)> = (0..40u64)
         .map(|i| {
             (
-                (i * 24_571) % (900 << 10),
+                (i * 49_142) % (1900 << 10),
                 (i as usize + 1) * 1024 - 1,
                 i % 2 == 0,
             )
         })
+        // The island with unwritten pages on both sides, from the blob and the snapshot.
+        .chain([(1532 << 10, 16 << 10, false), (1532 << 10, 16 << 10, true)])
         .collect();
-    let mut bufs: Vec<Vec<u8>> = spans.iter().map(|&(_, len, _)| vec![0; len]).collect();
+    let mut bufs: Vec<Vec<u8>> = spans.iter().map(|&(_, len, _)| vec![0xEE; len]).collect();
     let mut reads: Vec<PageRead<'_>> = spans
         .iter()
         .zip(bufs.iter_mut())
@@ -434,7 +442,7 @@ pub fn batched_reads(store: &dyn PageBlobStore, container: &str) {
         PageRead {
             path: &p,
             snapshot: None,
-            offset: (1 << 20) - 2048,
+            offset: (2 << 20) - 2048,
             buf: &mut b,
         },
     ];

@@ -91,6 +91,11 @@ impl Inner {
 /// Times a read copies outside the lock and finds a write got in, before it copies under it.
 const OPTIMISTIC_READ_TRIES: usize = 4;
 
+/// A read planned under the lock, to copy outside it: the runs of stored bytes it takes
+/// (`(blob offset, length, location)`, in order), the log reader, and the home file when a run
+/// lies there.
+type ReadPlan = (Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>);
+
 /// Home files by incarnation, opened on first use.
 struct Homes {
     fs: Arc<dyn StoreFs>,
@@ -597,12 +602,11 @@ impl Emulator {
     }
 
     /// A read's runs with the log reader and the home file they need.
-    #[allow(clippy::type_complexity)]
     fn plan_with_files(
         inner: &mut Inner,
         incarnation: u64,
         runs: Vec<(u64, u64, u64)>,
-    ) -> StoreResult<(Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>)> {
+    ) -> StoreResult<ReadPlan> {
         let home = if runs.iter().any(|(_, _, l)| home_offset(*l).is_some()) {
             inner.homes.file(incarnation)?
         } else {
@@ -613,18 +617,26 @@ impl Emulator {
 
     /// [`Self::plan_read`] once no write in flight touches the home bytes the plan copies;
     /// the plan with the lock still held.
-    #[allow(clippy::type_complexity)]
     fn plan_read_landed(
         &self,
         path: &BlobPath,
         snapshot: Option<&str>,
         offset: u64,
         len: usize,
-    ) -> StoreResult<(
-        MutexGuard<'_, Inner>,
-        (Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>),
-    )> {
-        let mut inner = self.lock();
+    ) -> StoreResult<(MutexGuard<'_, Inner>, ReadPlan)> {
+        self.plan_read_landed_in(self.lock(), path, snapshot, offset, len)
+    }
+
+    /// [`Self::plan_read_landed`] under a lock already held (given back, held again after any
+    /// wait for a landing).
+    fn plan_read_landed_in<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        len: usize,
+    ) -> StoreResult<(MutexGuard<'a, Inner>, ReadPlan)> {
         loop {
             let (incarnation, runs) = inner
                 .account
@@ -862,17 +874,22 @@ fn execute_read(
     offset: u64,
     buf: &mut [u8],
 ) -> StoreResult<()> {
-    buf.fill(0);
+    // The plan's runs are in order and do not overlap; only the pages between them (never
+    // written) are zeroed here, not the whole buffer before it is copied over.
+    let mut set = 0;
     for &(start, len, location) in plan {
         let at = (start - offset) as usize;
+        buf[set.min(at)..at].fill(0);
         let dst = &mut buf[at..at + len as usize];
         match (home_offset(location), home) {
             (Some(h), Some(file)) => read_home(file, h, dst)?,
             // A home file never written (a reader does not create it): zeros.
-            (Some(_), None) => {}
+            (Some(_), None) => dst.fill(0),
             (None, _) => reader.read(location, dst)?,
         }
+        set = set.max(at + len as usize);
     }
+    buf[set..].fill(0);
     Ok(())
 }
 
@@ -1078,6 +1095,36 @@ impl PageBlobStore for Emulator {
         let (_inner, (plan, reader, home)) =
             self.plan_read_landed(path, snapshot, offset, buf.len())?;
         execute_read(&plan, &reader, home.as_deref(), offset, buf)
+    }
+
+    /// The reads planned under one taking of the lock and copied outside it, then checked
+    /// with one more (as [`read`](PageBlobStore::read) does for one; a reader of many small
+    /// pieces, such as a listing of a journal's slot heads, pays two lock round trips in all
+    /// instead of two per piece). Where a write got in, every read is made again on its own.
+    fn read_batch(&self, reads: &mut [PageRead<'_>]) -> StoreResult<()> {
+        if reads.len() > 1 {
+            let mut inner = self.lock();
+            let writes = inner.home_writes;
+            let mut plans = Vec::with_capacity(reads.len());
+            for r in reads.iter() {
+                let plan;
+                (inner, plan) =
+                    self.plan_read_landed_in(inner, r.path, r.snapshot, r.offset, r.buf.len())?;
+                plans.push(plan);
+            }
+            drop(inner);
+            for (r, (plan, reader, home)) in reads.iter_mut().zip(&plans) {
+                execute_read(plan, reader, home.as_deref(), r.offset, r.buf)?;
+            }
+            if plans.iter().all(|(_, _, home)| home.is_none()) || self.lock().home_writes == writes
+            {
+                return Ok(());
+            }
+        }
+        for r in reads.iter_mut() {
+            self.read(r.path, r.snapshot, r.offset, r.buf)?;
+        }
+        Ok(())
     }
 
     fn page_ranges(

@@ -8,7 +8,7 @@ use pageblob::conformance;
 use pageblob::data_log::Durability;
 use pageblob::fs::{HookedFs, RealFs, StoreFs};
 use pageblob::home_file::{HomeLayout, HomeStripes};
-use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, Profile};
+use pageblob::{BlobPath, Conditions, Emulator, PageBlobStore, PageRead, Profile};
 use std::path::Path;
 
 const START: u64 = 1_700_000_000_000_000_000;
@@ -493,12 +493,33 @@ fn concurrent_writes_keep_every_promise(
                     })
                 })
                 .collect();
-            // A reader of the whole blob: whole records only, and never an older write of a
+            // A reader of the whole blob, in one read and then one read per slot in a batch
+            // (`read_batch`) by turns: whole records only, and never an older write of a
             // writer to a slot than one it saw before.
             s.spawn(move || {
                 let mut seen = std::collections::BTreeMap::new();
+                let mut batched = false;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let all = read_all(store, None);
+                    batched = !batched;
+                    let all = if batched {
+                        // Stale bytes in the buffers: a read must set every byte.
+                        let mut all = vec![0xEE; size as usize];
+                        let mut reads: Vec<PageRead<'_>> = all
+                            .chunks_mut(RECORD)
+                            .enumerate()
+                            .map(|(slot, buf)| PageRead {
+                                path: p,
+                                snapshot: None,
+                                offset: (slot * RECORD) as u64,
+                                buf,
+                            })
+                            .collect();
+                        store.read_batch(&mut reads).unwrap();
+                        drop(reads);
+                        all
+                    } else {
+                        read_all(store, None)
+                    };
                     for (slot, record) in all.chunks(RECORD).enumerate() {
                         let slot = slot as u16;
                         if let Some((writer, seq)) = whole_record(record, slot, "base read") {

@@ -1091,21 +1091,37 @@ impl<'a> DiskReplica<'a> {
         };
         let by_head =
             self.journal_reads == JournalReads::SlotHeads && self.store.answers_promptly();
-        let mut head = vec![0u8; JOURNAL_HEAD_BYTES];
+        let mut heads = Vec::new();
         for (start, end) in self.written_ranges(&self.journal)? {
             let slots = start / JOURNAL_SLOT..end.div_ceil(JOURNAL_SLOT).min(JOURNAL_SLOTS);
             if by_head {
-                for at in slots.filter(|at| seen.insert(*at)) {
-                    self.store
-                        .read(&self.journal, None, at * JOURNAL_SLOT, &mut head)?;
-                    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-                    if 4 + len <= head.len() && !pageblob::is_zero(&head) {
-                        take(at, &head)?;
-                    } else {
-                        chunk.resize(JOURNAL_SLOT as usize, 0);
-                        self.store
-                            .read(&self.journal, None, at * JOURNAL_SLOT, &mut chunk)?;
-                        take(at, &chunk)?;
+                // The heads of up to `JOURNAL_READ_SLOTS` slots asked for together.
+                let fresh: Vec<u64> = slots.filter(|at| seen.insert(*at)).collect();
+                for group in fresh.chunks(JOURNAL_READ_SLOTS as usize) {
+                    heads.resize(group.len() * JOURNAL_HEAD_BYTES, 0);
+                    let mut reads: Vec<pageblob::PageRead<'_>> = group
+                        .iter()
+                        .zip(heads.chunks_exact_mut(JOURNAL_HEAD_BYTES))
+                        .map(|(&at, buf)| pageblob::PageRead {
+                            path: &self.journal,
+                            snapshot: None,
+                            offset: at * JOURNAL_SLOT,
+                            buf,
+                        })
+                        .collect();
+                    self.store.read_batch(&mut reads)?;
+                    drop(reads);
+                    for (&at, head) in group.iter().zip(heads.chunks_exact(JOURNAL_HEAD_BYTES)) {
+                        let len =
+                            u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+                        if 4 + len <= head.len() && !pageblob::is_zero(head) {
+                            take(at, head)?;
+                        } else {
+                            chunk.resize(JOURNAL_SLOT as usize, 0);
+                            self.store
+                                .read(&self.journal, None, at * JOURNAL_SLOT, &mut chunk)?;
+                            take(at, &chunk)?;
+                        }
                     }
                 }
                 continue;

@@ -132,7 +132,7 @@ fn qemu_cycles(over_http: bool) {
     let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
     assert_eq!(
         one,
-        serde_json::json!([{"point": 1, "ok": true, "error": null}])
+        serde_json::json!([{"point": 1, "ok": true, "deleted_meanwhile": false, "error": null}])
     );
     fails_with(
         &[&verify[..], &["--point", "9"]].concat(),

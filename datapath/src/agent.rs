@@ -349,7 +349,19 @@ impl<'a> DiskAgent<'a> {
             })
             .collect();
         use std::sync::atomic::Ordering;
-        let doomed = machine.retention(now_nanos, &infos, machine_times);
+        let mut doomed = machine.retention(now_nanos, &infos, machine_times);
+        if !doomed.is_empty() {
+            // Points a reader holds stay (a restore or a verify through an endpoint).
+            let held = self.replica.held_points(now_nanos)?;
+            if !held.is_empty() {
+                doomed = crate::retention::sparing_held(
+                    &infos,
+                    &doomed,
+                    &held,
+                    machine.snapshot_limit(),
+                );
+            }
+        }
         for p in points.iter().filter(|p| doomed.contains(&p.sequence)) {
             if let Err(e) = self.replica.delete_point(p) {
                 self.orphans_possible.store(true, Ordering::Relaxed);

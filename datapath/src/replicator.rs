@@ -199,6 +199,11 @@ impl Replicator {
         &self.policy
     }
 
+    /// The store profile's snapshots per blob, if it caps them.
+    pub fn snapshot_limit(&self) -> Option<usize> {
+        self.snapshot_limit
+    }
+
     /// When the next cycle may start: the schedule's due time, or later while a failed one
     /// backs off (1, 2, 4, 8, 10 minutes, then every 30).
     pub fn next_attempt_nanos(&self) -> u64 {

@@ -100,6 +100,41 @@ pub fn points_to_delete_among(
         .collect()
 }
 
+/// `doomed` (what [`points_to_delete_among`] chose among `points`) less the points `held` by
+/// readers ([`crate::replica::point_hold`]): a held point stays whatever its age. Where a
+/// snapshot limit asks for room, a held point that stays takes the room of the oldest points
+/// not held (never the newest), so the next cycle's snapshot still fits while one is left.
+pub fn sparing_held(
+    points: &[PointInfo],
+    doomed: &[u64],
+    held: &BTreeSet<u64>,
+    snapshot_limit: Option<usize>,
+) -> Vec<u64> {
+    let mut out: Vec<u64> = doomed
+        .iter()
+        .copied()
+        .filter(|s| !held.contains(s))
+        .collect();
+    if let Some(limit) = snapshot_limit {
+        let room = limit.saturating_sub(1).max(1);
+        let newest = points.iter().map(|p| p.sequence).max();
+        let mut live: Vec<u64> = points
+            .iter()
+            .map(|p| p.sequence)
+            .filter(|s| !out.contains(s))
+            .collect();
+        live.sort_unstable();
+        let over = live.len().saturating_sub(room);
+        out.extend(
+            live.into_iter()
+                .filter(|s| !held.contains(s) && Some(*s) != newest)
+                .take(over),
+        );
+    }
+    out.sort_unstable();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +246,46 @@ mod tests {
         let live = kept(&points, &deleted);
         assert_eq!(live.len(), 99);
         assert_eq!(live.last().unwrap().sequence, 199);
+    }
+
+    /// A held point is kept whatever its age; under a snapshot limit the points not held make
+    /// the room (the oldest first, never the newest).
+    #[test]
+    fn held_points_stay_and_others_make_the_room() {
+        let points = every(30, 200, 0);
+        let now = points.last().unwrap().time_nanos;
+        let deleted = points_to_delete(&points, now, 24, None);
+        assert!(deleted.contains(&3) && deleted.contains(&50));
+        let held = BTreeSet::from([3, 50, 198]);
+        let spared = sparing_held(&points, &deleted, &held, None);
+        assert_eq!(
+            spared,
+            deleted
+                .iter()
+                .copied()
+                .filter(|s| *s != 3 && *s != 50)
+                .collect::<Vec<_>>()
+        );
+        // Premium: 100 snapshots, room for 99 live points.
+        let deleted = points_to_delete(&points, now, 24, Some(100));
+        let spared = sparing_held(&points, &deleted, &held, Some(100));
+        let live = kept(&points, &spared);
+        assert_eq!(live.len(), 99);
+        for s in [3, 50, 198, 199] {
+            assert!(live.iter().any(|p| p.sequence == s), "{s} kept");
+        }
+        // The two held old points took the room of the two oldest points the limit kept.
+        let before = kept(&points, &deleted);
+        let dropped: Vec<u64> = before
+            .iter()
+            .map(|p| p.sequence)
+            .filter(|s| !live.iter().any(|p| p.sequence == *s))
+            .collect();
+        assert_eq!(dropped, vec![before[0].sequence, before[1].sequence]);
+        // More held than there is room: every held point stays, the newest too.
+        let all_held: BTreeSet<u64> = (0..150).collect();
+        let spared = sparing_held(&points, &deleted, &all_held, Some(100));
+        assert!(spared.iter().all(|s| *s >= 150 && *s != 199), "{spared:?}");
     }
 
     proptest! {

@@ -395,7 +395,7 @@ fn snapshots_orphaned_while_deletes_fail_are_swept_and_replication_resumes() {
     };
     let snapshots = || {
         emulator
-            .list_blobs("replicas", true)
+            .list_blobs("replicas", "", true)
             .unwrap()
             .iter()
             .filter(|b| b.name == "vm-disk.replica" && b.properties.snapshot.is_some())
@@ -441,4 +441,118 @@ fn snapshots_orphaned_while_deletes_fail_are_swept_and_replication_resumes() {
     );
     // No orphan is left: every snapshot is a live point's.
     assert_eq!(snapshots(), agent.points().unwrap().len());
+}
+
+/// A point a reader holds (`replica::point_hold`) outlives retention for as long as the hold's
+/// lease is renewed, restores byte-exact meanwhile, and goes at the first retention after the
+/// hold is released. A hold whose holder stopped renewing holds nothing once its lease lapses,
+/// and its blob is swept once stale.
+#[test]
+fn a_held_point_outlives_retention_until_it_is_released() {
+    use pageblob::PageBlobStore;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Emulator::open(
+        &dir.path().join("store"),
+        Profile::Standard,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap();
+    let id = identity(&clock);
+    let policy = Policy::from_toml(
+        "copy_frequency_secs = 300\nretention_hours = 1",
+        Profile::Standard,
+    )
+    .unwrap();
+    let (mut agent, resume) = DiskAgent::open(
+        AgentTarget {
+            snapshot_limit: None,
+            store: &store,
+            container: "replicas",
+            name: "vm-disk",
+            log_store: None,
+        },
+        &id,
+        policy.clone(),
+        SIZE,
+        None,
+        true,
+        Box::new(ChaCha8Rng::seed_from_u64(1)),
+    )
+    .unwrap();
+    let mut machine = Replicator::new(policy, None, T0, resume);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut disk = Disk {
+        bytes: vec![0; SIZE as usize],
+        reads: AtomicU64::new(0),
+    };
+    let listed =
+        |agent: &DiskAgent<'_>, seq: u64| agent.points().unwrap().iter().any(|p| p.sequence == seq);
+    let (mut held, mut dead) = (None, None);
+    let mut image_of_0 = None;
+    // Half-minute steps for 2.5 hours: the hold on point 0 renewed every step until minute 120.
+    for step in 0..300u64 {
+        let now = T0 + step * MIN / 2;
+        clock.set(now);
+        if let Some(hold) = &held {
+            if step < 240 {
+                agent.replica.hold_renew(hold).unwrap();
+            }
+        }
+        if step == 240 {
+            agent
+                .replica
+                .release_hold(held.take().expect("held"))
+                .unwrap();
+        }
+        if step % 2 == 0 {
+            workload(&mut disk, &mut rng, 2);
+        }
+        if let Action::RunCycle(plan) = machine.poll(now) {
+            let report = agent
+                .run(&plan, &mut AtRestDisk(&disk), now, &|_| {})
+                .unwrap();
+            if report.point.sequence == 0 {
+                image_of_0 = Some(disk.bytes.clone());
+                held = Some(agent.replica.hold_point(0, &mut rng).unwrap());
+            }
+            if report.point.sequence == 3 {
+                // Taken, never renewed: its holder died.
+                dead = Some(agent.replica.hold_point(3, &mut rng).unwrap());
+            }
+            machine.cycle_finished(
+                now,
+                &CycleOutcome::Committed {
+                    point_time_nanos: report.point.time_nanos,
+                },
+            );
+            agent.apply_retention(&machine, now).unwrap();
+        }
+        if step == 239 {
+            // Two hours on: every point older than an hour is gone but the held one.
+            assert!(listed(&agent, 0), "the held point was deleted");
+            assert!(
+                !listed(&agent, 1) && !listed(&agent, 3),
+                "older points stay"
+            );
+            assert!(
+                restore_point(&agent, &id, 0) == *image_of_0.as_ref().unwrap(),
+                "the held point restores as the disk was"
+            );
+        }
+    }
+    assert!(!listed(&agent, 0), "released, the point went");
+    let dead = dead.expect("taken");
+    assert!(
+        store.properties(&dead.path, None).is_err(),
+        "a dead hold's blob is swept"
+    );
+    let holds = store
+        .list_blobs("replicas", "", false)
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.name.contains(".hold-"))
+        .count();
+    assert_eq!(holds, 0);
 }

@@ -323,7 +323,7 @@ fn deleted_points_leave_the_journal_and_their_snapshots_go() {
     let seqs: Vec<u64> = live.iter().map(|p| p.sequence).collect();
     assert_eq!(seqs, [1, 3, 4]);
     let snapshots = store
-        .list_blobs("replicas", true)
+        .list_blobs("replicas", "", true)
         .unwrap()
         .into_iter()
         .filter(|b| b.name == "disk.replica" && b.properties.snapshot.is_some())
@@ -729,7 +729,7 @@ fn a_cycle_staged_at_the_snapshot_limit_commits_and_the_next_cycle_too() {
         points.iter().map(|p| p.sequence).collect::<Vec<_>>()
     );
     let snapshots = fast
-        .list_blobs("replicas", true)
+        .list_blobs("replicas", "", true)
         .unwrap()
         .into_iter()
         .filter(|b| b.name == "disk.replica" && b.properties.snapshot.is_some())
@@ -818,7 +818,7 @@ fn a_crash_at_every_write_of_a_cycle_at_the_snapshot_limit_never_wedges_the_repl
             .unwrap_or_else(|e| panic!("crash at write {k}: the next cycle failed: {e}"));
         let points = replica.points(keys.digest.expose()).unwrap();
         let snapshots = p
-            .list_blobs("replicas", true)
+            .list_blobs("replicas", "", true)
             .unwrap()
             .into_iter()
             .filter(|b| b.name == "disk.replica" && b.properties.snapshot.is_some())

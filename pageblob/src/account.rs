@@ -1380,11 +1380,20 @@ impl Account {
     pub fn list_blobs(
         &self,
         container: &str,
+        prefix: &str,
         include_snapshots: bool,
         now: u64,
     ) -> StoreResult<Vec<BlobListing>> {
         let mut out = Vec::new();
-        for (name, blob) in &self.container(container)?.blobs {
+        let under = self
+            .container(container)?
+            .blobs
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(name, _)| name.starts_with(prefix));
+        for (name, blob) in under {
             let path = BlobPath::new(container, name);
             if include_snapshots {
                 for id in blob.snapshots.keys() {

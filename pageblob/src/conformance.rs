@@ -128,7 +128,7 @@ pub fn incremental_copy(store: &dyn PageBlobStore, container: &str) {
         ("success", s2.as_str())
     );
     let dest_snapshots = store
-        .list_blobs(container, true)
+        .list_blobs(container, "", true)
         .unwrap()
         .into_iter()
         .filter(|b| b.name == "copy-dest" && b.properties.snapshot.is_some())
@@ -545,7 +545,7 @@ pub fn snapshots_and_diffs(store: &dyn PageBlobStore, container: &str) {
         code(store.read(&p, Some("not-a-time"), 0, &mut [0; 512])),
         ErrorCode::InvalidQueryParameterValue
     );
-    let listed = store.list_blobs(container, true).unwrap();
+    let listed = store.list_blobs(container, "", true).unwrap();
     assert_eq!(listed.iter().filter(|b| b.name == "snaps").count(), 3);
     // Recreating the blob makes diffs against older snapshots meaningless.
     store.create_page_blob(&p, 1 << 20, 0, &none()).unwrap();
@@ -711,6 +711,30 @@ pub fn leases(store: &dyn PageBlobStore, clock: &ManualClock, container: &str) {
         store.properties(&p, None).unwrap().lease_state,
         LeaseStateName::Leased
     );
+    // A listing says so too, and a prefix lists only the names that start with it.
+    store
+        .create_page_blob(&BlobPath::new(container, "leased-not"), 512, 0, &none())
+        .unwrap();
+    let listed_lease = |prefix: &str| -> Vec<(String, LeaseStateName)> {
+        store
+            .list_blobs(container, prefix, false)
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.name, b.properties.lease_state))
+            .collect()
+    };
+    assert_eq!(
+        listed_lease("lease"),
+        [
+            ("lease".to_string(), LeaseStateName::Leased),
+            ("leased-not".to_string(), LeaseStateName::Available)
+        ]
+    );
+    assert_eq!(
+        listed_lease("leased"),
+        [("leased-not".to_string(), LeaseStateName::Available)]
+    );
+    assert!(listed_lease("leasez").is_empty());
     assert_eq!(
         code(store.put_pages(&p, 0, &[1; 512], &none())),
         ErrorCode::LeaseIdMissing
@@ -728,6 +752,10 @@ pub fn leases(store: &dyn PageBlobStore, clock: &ManualClock, container: &str) {
     assert_eq!(
         store.properties(&p, None).unwrap().lease_state,
         LeaseStateName::Expired
+    );
+    assert_eq!(
+        listed_lease("lease")[0],
+        ("lease".to_string(), LeaseStateName::Expired)
     );
     store.put_pages(&p, 0, &[2; 512], &none()).unwrap();
     store.lease(&p, &acquire("c", None), &none()).unwrap();

@@ -91,11 +91,6 @@ impl Inner {
 /// Times a read copies outside the lock and finds a write got in, before it copies under it.
 const OPTIMISTIC_READ_TRIES: usize = 4;
 
-/// A read planned under the lock, to copy outside it: the runs of stored bytes it takes
-/// (`(blob offset, length, location)`, in order), the log reader, and the home file when a run
-/// lies there.
-type ReadPlan = (Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>);
-
 /// Home files by incarnation, opened on first use.
 struct Homes {
     fs: Arc<dyn StoreFs>,
@@ -602,11 +597,12 @@ impl Emulator {
     }
 
     /// A read's runs with the log reader and the home file they need.
+    #[allow(clippy::type_complexity)]
     fn plan_with_files(
         inner: &mut Inner,
         incarnation: u64,
         runs: Vec<(u64, u64, u64)>,
-    ) -> StoreResult<ReadPlan> {
+    ) -> StoreResult<(Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>)> {
         let home = if runs.iter().any(|(_, _, l)| home_offset(*l).is_some()) {
             inner.homes.file(incarnation)?
         } else {
@@ -617,26 +613,18 @@ impl Emulator {
 
     /// [`Self::plan_read`] once no write in flight touches the home bytes the plan copies;
     /// the plan with the lock still held.
+    #[allow(clippy::type_complexity)]
     fn plan_read_landed(
         &self,
         path: &BlobPath,
         snapshot: Option<&str>,
         offset: u64,
         len: usize,
-    ) -> StoreResult<(MutexGuard<'_, Inner>, ReadPlan)> {
-        self.plan_read_landed_in(self.lock(), path, snapshot, offset, len)
-    }
-
-    /// [`Self::plan_read_landed`] under a lock already held (given back, held again after any
-    /// wait for a landing).
-    fn plan_read_landed_in<'a>(
-        &'a self,
-        mut inner: MutexGuard<'a, Inner>,
-        path: &BlobPath,
-        snapshot: Option<&str>,
-        offset: u64,
-        len: usize,
-    ) -> StoreResult<(MutexGuard<'a, Inner>, ReadPlan)> {
+    ) -> StoreResult<(
+        MutexGuard<'_, Inner>,
+        (Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>),
+    )> {
+        let mut inner = self.lock();
         loop {
             let (incarnation, runs) = inner
                 .account
@@ -1097,36 +1085,6 @@ impl PageBlobStore for Emulator {
         execute_read(&plan, &reader, home.as_deref(), offset, buf)
     }
 
-    /// The reads planned under one taking of the lock and copied outside it, then checked
-    /// with one more (as [`read`](PageBlobStore::read) does for one; a reader of many small
-    /// pieces, such as a listing of a journal's slot heads, pays two lock round trips in all
-    /// instead of two per piece). Where a write got in, every read is made again on its own.
-    fn read_batch(&self, reads: &mut [PageRead<'_>]) -> StoreResult<()> {
-        if reads.len() > 1 {
-            let mut inner = self.lock();
-            let writes = inner.home_writes;
-            let mut plans = Vec::with_capacity(reads.len());
-            for r in reads.iter() {
-                let plan;
-                (inner, plan) =
-                    self.plan_read_landed_in(inner, r.path, r.snapshot, r.offset, r.buf.len())?;
-                plans.push(plan);
-            }
-            drop(inner);
-            for (r, (plan, reader, home)) in reads.iter_mut().zip(&plans) {
-                execute_read(plan, reader, home.as_deref(), r.offset, r.buf)?;
-            }
-            if plans.iter().all(|(_, _, home)| home.is_none()) || self.lock().home_writes == writes
-            {
-                return Ok(());
-            }
-        }
-        for r in reads.iter_mut() {
-            self.read(r.path, r.snapshot, r.offset, r.buf)?;
-        }
-        Ok(())
-    }
-
     fn page_ranges(
         &self,
         path: &BlobPath,
@@ -1175,12 +1133,13 @@ impl PageBlobStore for Emulator {
     fn list_blobs(
         &self,
         container: &str,
+        prefix: &str,
         include_snapshots: bool,
     ) -> StoreResult<Vec<BlobListing>> {
         let now = self.now();
         self.lock()
             .account
-            .list_blobs(container, include_snapshots, now)
+            .list_blobs(container, prefix, include_snapshots, now)
     }
 
     fn delete_blob(

@@ -329,10 +329,11 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
     fn list_blobs(
         &self,
         container: &str,
+        prefix: &str,
         include_snapshots: bool,
     ) -> StoreResult<Vec<BlobListing>> {
         self.before(0)?;
-        self.inner.list_blobs(container, include_snapshots)
+        self.inner.list_blobs(container, prefix, include_snapshots)
     }
     fn delete_blob(
         &self,

@@ -210,8 +210,14 @@ pub trait PageBlobStore: Send + Sync {
     ) -> StoreResult<PageRangeList>;
     /// Snapshot Blob: returns the snapshot id.
     fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String>;
-    fn list_blobs(&self, container: &str, include_snapshots: bool)
-        -> StoreResult<Vec<BlobListing>>;
+    /// List Blobs: the blobs of `container` whose names start with `prefix` (`""`: all), in
+    /// name order, with their snapshots when asked; every page of a paged answer.
+    fn list_blobs(
+        &self,
+        container: &str,
+        prefix: &str,
+        include_snapshots: bool,
+    ) -> StoreResult<Vec<BlobListing>>;
     fn delete_blob(
         &self,
         path: &BlobPath,
@@ -375,9 +381,10 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
     fn list_blobs(
         &self,
         container: &str,
+        prefix: &str,
         include_snapshots: bool,
     ) -> StoreResult<Vec<BlobListing>> {
-        (**self).list_blobs(container, include_snapshots)
+        (**self).list_blobs(container, prefix, include_snapshots)
     }
     fn delete_blob(
         &self,

@@ -169,9 +169,10 @@ impl<S: PageBlobStore> PageBlobStore for ReadRetry<S> {
     fn list_blobs(
         &self,
         container: &str,
+        prefix: &str,
         include_snapshots: bool,
     ) -> StoreResult<Vec<BlobListing>> {
-        self.again(|| self.inner.list_blobs(container, include_snapshots))
+        self.again(|| self.inner.list_blobs(container, prefix, include_snapshots))
     }
     fn delete_blob(
         &self,

@@ -107,6 +107,18 @@ impl LeaseStateName {
             LeaseStateName::Broken => "broken",
         }
     }
+
+    /// The state as `x-ms-lease-state` or a listing's `LeaseState` names it; anything else
+    /// (or nothing) is `Available`.
+    pub fn parse(name: &str) -> LeaseStateName {
+        match name {
+            "leased" => LeaseStateName::Leased,
+            "expired" => LeaseStateName::Expired,
+            "breaking" => LeaseStateName::Breaking,
+            "broken" => LeaseStateName::Broken,
+            _ => LeaseStateName::Available,
+        }
+    }
 }
 
 /// `x-ms-lease-duration` of a held lease.

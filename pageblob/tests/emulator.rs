@@ -283,7 +283,7 @@ fn a_reader_leaves_a_torn_tail_alone_and_a_writer_cuts_it() {
     for (tail, listed) in [(bytes[..bytes.len() - 30].to_vec(), 5), (grown, 6)] {
         std::fs::write(&seg, &tail).unwrap();
         let reader = Emulator::open_read_only(dir.path(), false, clock.clone()).unwrap();
-        assert_eq!(reader.list_blobs("cont", true).unwrap().len(), listed);
+        assert_eq!(reader.list_blobs("cont", "", true).unwrap().len(), listed);
         drop(reader);
         assert_eq!(
             std::fs::read(&seg).unwrap(),

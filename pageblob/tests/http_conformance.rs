@@ -588,7 +588,7 @@ fn blob_names_are_refused_or_encoded_as_azure_does() {
         );
     }
     assert!(
-        c.list_blobs("names", false).unwrap().is_empty(),
+        c.list_blobs("names", "", false).unwrap().is_empty(),
         "nothing was created"
     );
     let odd = "odd\u{FFFF}name";
@@ -621,7 +621,7 @@ fn blob_names_are_refused_or_encoded_as_azure_does() {
     assert!(!listing.contains('\u{FFFF}'), "a raw U+FFFF in the XML");
     // Our own client reads the name back decoded.
     let names: Vec<String> = c
-        .list_blobs("names", false)
+        .list_blobs("names", "", false)
         .unwrap()
         .into_iter()
         .map(|b| b.name)

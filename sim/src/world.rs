@@ -747,7 +747,7 @@ impl<'e> World<'e> {
             let snapshots = self
                 .env
                 .emulator
-                .list_blobs(CONTAINER, true)
+                .list_blobs(CONTAINER, "", true)
                 .map_err(|e| SimError::Setup(e.to_string()))?
                 .into_iter()
                 .filter(|b| b.properties.snapshot.is_some() && b.name == blob)
@@ -1196,7 +1196,7 @@ churn_mib_per_hour = 30
         assert!(report.checks.iter().all(|c| c.ok), "{:?}", report.checks);
         let snapshots = env
             .emulator
-            .list_blobs(crate::env::CONTAINER, true)
+            .list_blobs(crate::env::CONTAINER, "", true)
             .unwrap()
             .into_iter()
             .filter(|b| b.name == "vm-os.failback.replica" && b.properties.snapshot.is_some())

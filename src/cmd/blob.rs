@@ -425,7 +425,7 @@ pub fn run(command: BlobCommand) -> Result<ExitCode> {
         } => {
             let store = target.open_reader()?;
             let snaps: Vec<String> = store
-                .list_blobs(&container, true)?
+                .list_blobs(&container, "", true)?
                 .into_iter()
                 .filter(|b| b.name == name)
                 .filter_map(|b| b.properties.snapshot)
@@ -456,7 +456,7 @@ fn ls(target: &Target, container: Option<&str>, as_json: bool) -> Result<ExitCod
             }
         }
         Some(c) => {
-            let blobs = store.list_blobs(c, true)?;
+            let blobs = store.list_blobs(c, "", true)?;
             if as_json {
                 let v: Vec<_> = blobs
                     .iter()

@@ -14,6 +14,7 @@ use datapath::replica::manifest::{Consistency, Manifest};
 use datapath::replica::point_chain::PointChain;
 use pageblob::timestamp::http_date;
 use pageblob::PageBlobStore;
+use rand_core::SeedableRng;
 use serde_json::json;
 
 use super::blob::Target;
@@ -37,7 +38,7 @@ pub struct PointsArgs {
 /// The replicas a store holds, for an error that names one it does not: `: it holds a, b`
 /// (at most 20 named), `: it holds none`, or nothing when they cannot be listed.
 fn replicas_here(store: &dyn PageBlobStore) -> String {
-    let Ok(blobs) = store.list_blobs(REPLICA_CONTAINER, false) else {
+    let Ok(blobs) = store.list_blobs(REPLICA_CONTAINER, "", false) else {
         return String::new();
     };
     let names: Vec<&str> = blobs
@@ -118,6 +119,64 @@ impl<'a> ReadPoints<'a> {
             keys,
             points,
             damaged: damaged.len(),
+        })
+    }
+
+    /// Whether `manifest`'s point is gone since it was listed: no longer in the replica's
+    /// journal (retention clears a point's journal slot first, then deletes its snapshot, so a
+    /// snapshot gone from under a reader is a point no longer listed). A restore that failed
+    /// on such a point met a deletion, not damage. Not known (an error listing): false.
+    pub fn deleted_since_listed(&self, manifest: &Manifest) -> bool {
+        self.replica(manifest)
+            .ok()
+            .and_then(|replica| replica.points(self.keys.digest.expose()).ok())
+            .is_some_and(|now| {
+                !now.iter()
+                    .any(|p| p.sequence == manifest.sequence && p.snapshot == manifest.snapshot)
+            })
+    }
+
+    /// Run `work` with `manifest`'s point held against retention
+    /// (`datapath::replica::point_hold`): a replication running meanwhile through the same
+    /// endpoint leaves the point until `work` is done. Once held, the point must still be
+    /// listed (retention may have deleted it just before): if not, `work` does not run. A
+    /// store directory opened for reading takes no hold and needs none (its readers' lock keeps
+    /// the writer out while they read); an endpoint that refuses one (a read-only SAS) gets a
+    /// warning, and `work` runs without.
+    pub fn while_held<T: Send>(
+        &self,
+        manifest: &Manifest,
+        work: impl FnOnce() -> Result<T> + Send,
+    ) -> Result<T> {
+        let replica = self.replica(manifest)?;
+        let mut rng = rand_chacha::ChaCha8Rng::from_os_rng();
+        let hold = match replica.hold_point(manifest.sequence, &mut rng) {
+            Ok(hold) => hold,
+            Err(datapath::replica::error::ReplicaError::Store(pageblob::StoreError::ReadOnly(
+                _,
+            ))) => {
+                return work();
+            }
+            Err(e) => {
+                eprintln!(
+                    "replica {}: point {} could not be held against retention ({e}): a \
+                     replication running meanwhile may delete it while it is read",
+                    self.name, manifest.sequence
+                );
+                return work();
+            }
+        };
+        datapath::replica::point_hold::while_held(self.store, hold, || {
+            if self.deleted_since_listed(manifest) {
+                bail!(
+                    "point {} of {} was deleted (by the retention of a replication running \
+                     meanwhile) before it could be held: choose a newer point (`drplane points` \
+                     lists them)",
+                    manifest.sequence,
+                    self.name
+                );
+            }
+            work()
         })
     }
 
@@ -212,7 +271,9 @@ pub struct VerifyArgs {
 }
 
 /// Check that every point decrypts, decompresses and matches its Merkle root. Success only
-/// when there is at least one point and nothing at all is damaged.
+/// when at least one point was verified and nothing at all is damaged; a point deleted while
+/// it was being verified (by the retention of a replication running meanwhile) is reported as
+/// such, neither verified nor failed.
 pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let identity = args.keys.load()?;
     let store = args.target.open_reader()?;
@@ -220,68 +281,137 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     if read.points.is_empty() {
         bail!("replica {}: no recovery point to verify", args.name);
     }
-    let codec = BlockCodec::new(&read.keys, 1, true);
-    let mut results = Vec::new();
     // Journal slots that do not decode are points that fail, unless one point was asked for.
     let damaged = if args.point.is_some() {
         0
     } else {
         read.damaged
     };
-    let mut bad = damaged;
-    let mut chain = PointChain::default();
-    let mut decoded = 0;
-    let digest_key = read.keys.digest.expose();
     let chosen = match &args.point {
         Some(point) => vec![choose_point(&read.points, point)?],
         None => read.points.clone(),
     };
     // One pool for all the points.
-    args.threads.run(|| -> Result<()> {
-        for manifest in &chosen {
-            let replica = read.replica(manifest)?;
-            let outcome = if args.changes_only {
-                replica
-                    .verify_in_chain(&codec, manifest, digest_key, &mut chain)
-                    .map(|step| decoded += step.records_decoded)
-            } else {
-                replica.restore_blocks(&codec, manifest, digest_key, |_, _| Ok(()))
-            };
-            if outcome.is_err() {
-                bad += 1;
-            }
-            results.push((manifest.sequence, outcome.err().map(|e| e.to_string())));
-        }
-        Ok(())
-    })??;
+    let checked = args
+        .threads
+        .run(|| verify_listed(&read, &chosen, args.changes_only))??;
+    let count =
+        |want: fn(&Verdict) -> bool| checked.verdicts.iter().filter(|(_, v)| want(v)).count();
+    let bad = damaged + count(|v| matches!(v, Verdict::Failed(_)));
+    let deleted = count(|v| matches!(v, Verdict::Deleted(_)));
+    let verified = count(|v| matches!(v, Verdict::Ok)) + bad;
     if args.json {
-        let v: Vec<_> = results
+        let v: Vec<_> = checked
+            .verdicts
             .iter()
-            .map(|(p, e)| json!({"point": p, "ok": e.is_none(), "error": e}))
+            .map(|(p, verdict)| {
+                let (ok, deleted, error) = match verdict {
+                    Verdict::Ok => (true, false, None),
+                    Verdict::Failed(e) => (false, false, Some(e)),
+                    Verdict::Deleted(e) => (false, true, Some(e)),
+                };
+                json!({"point": p, "ok": ok, "deleted_meanwhile": deleted, "error": error})
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        for (p, e) in &results {
-            match e {
-                None => println!("point {p}: ok"),
-                Some(e) => println!("point {p}: {e}"),
+        for (p, verdict) in &checked.verdicts {
+            match verdict {
+                Verdict::Ok => println!("point {p}: ok"),
+                Verdict::Failed(e) => println!("point {p}: {e}"),
+                Verdict::Deleted(_) => println!(
+                    "point {p}: deleted while it was being verified (the retention of a \
+                     replication running meanwhile): not verified"
+                ),
             }
         }
         let how = if args.changes_only {
-            format!(" ({decoded} records decoded: the oldest point and each one's changes)")
+            format!(
+                " ({} records decoded: the oldest point and each one's changes)",
+                checked.records_decoded
+            )
         } else {
             String::new()
         };
-        println!(
-            "{} point(s) verified, {bad} failed{how}",
-            results.len() + damaged
+        let gone = if deleted > 0 {
+            format!(", {deleted} deleted meanwhile")
+        } else {
+            String::new()
+        };
+        println!("{verified} point(s) verified, {bad} failed{gone}{how}");
+    }
+    if verified == 0 {
+        eprintln!(
+            "replica {}: nothing verified: every point listed was deleted before it could be \
+             (`drplane points` lists the points there are now)",
+            args.name
         );
+        return Ok(ExitCode::FAILURE);
     }
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What `verify` found of one point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    /// Damaged (what failed, and where).
+    Failed(String),
+    /// Its restore failed because the point is gone: deleted since it was listed (the error
+    /// it met). Not a judgement of the replica.
+    Deleted(String),
+}
+
+/// Each of `chosen` (points of `read`, oldest first) and what became of it.
+struct Checked {
+    verdicts: Vec<(u64, Verdict)>,
+    /// Records decoded by `--changes-only`.
+    records_decoded: u64,
+}
+
+/// Verify `chosen`, each restored in full, or (`changes_only`) from the point before it.
+fn verify_listed(
+    read: &ReadPoints<'_>,
+    chosen: &[Manifest],
+    changes_only: bool,
+) -> Result<Checked> {
+    let codec = BlockCodec::new(&read.keys, 1, true);
+    let digest_key = read.keys.digest.expose();
+    let mut chain = PointChain::default();
+    let mut checked = Checked {
+        verdicts: Vec::new(),
+        records_decoded: 0,
+    };
+    for manifest in chosen {
+        let replica = read.replica(manifest)?;
+        let held = read.while_held(manifest, || {
+            Ok(if changes_only {
+                replica
+                    .verify_in_chain(&codec, manifest, digest_key, &mut chain)
+                    .map(|step| step.records_decoded)
+            } else {
+                replica
+                    .restore_blocks(&codec, manifest, digest_key, |_, _| Ok(()))
+                    .map(|()| 0)
+            })
+        });
+        let verdict = match held {
+            Ok(Ok(decoded)) => {
+                checked.records_decoded += decoded;
+                Verdict::Ok
+            }
+            // Deleted before it could be held.
+            Err(e) => Verdict::Deleted(format!("{e:#}")),
+            Ok(Err(e)) if read.deleted_since_listed(manifest) => Verdict::Deleted(e.to_string()),
+            Ok(Err(e)) => Verdict::Failed(e.to_string()),
+        };
+        checked.verdicts.push((manifest.sequence, verdict));
+    }
+    Ok(checked)
 }
 
 /// The machine's points: each time every replica of `reads` has a point at (the disks were
@@ -417,4 +547,99 @@ pub fn print_machine_points(reads: &[ReadPoints<'_>], json: bool) -> Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{verify_listed, ReadPoints, Verdict, REPLICA_CONTAINER};
+    use datapath::cycle::{run_cycle, CycleOptions};
+    use datapath::keys::Identity;
+    use datapath::replica::disk_replica::{DiskReplica, Layout};
+    use datapath::replica::nonce::NonceSource;
+    use pageblob::clock::ManualClock;
+    use pageblob::{Conditions, Emulator, PageBlobStore};
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+    const LAYOUT: Layout = Layout {
+        disk_size: 64 * 4096,
+        block_size: 4096,
+    };
+
+    /// A store with replica "disk" of three points (each cycle rewrites a block).
+    fn three_points(dir: &std::path::Path) -> (Emulator, Identity) {
+        let store = Emulator::open(
+            dir,
+            pageblob::Profile::Standard,
+            pageblob::data_log::Durability::Process,
+            std::sync::Arc::new(ManualClock::new(T0)),
+        )
+        .unwrap();
+        let (_, pfx) =
+            datapath::registration::register("vault", "host", "pw", &ManualClock::new(T0)).unwrap();
+        let id = Identity::from_pfx(&pfx, "pw").unwrap();
+        let keys = id.disk_keys("disk");
+        let replica = DiskReplica::open(&store, REPLICA_CONTAINER, "disk", LAYOUT).unwrap();
+        let mut disk: Vec<u8> = (0..LAYOUT.disk_size).map(|i| (i / 7) as u8).collect();
+        for cycle in 0..3u8 {
+            disk[cycle as usize * 4096] = !cycle;
+            let options = CycleOptions::scan(T0 + u64::from(cycle) * 1_000_000_000);
+            let mut nonces = NonceSource::for_epoch(u64::from(cycle) + 1);
+            run_cycle(&replica, &disk, &id, &keys, &options, &mut nonces, &|_| {}).unwrap();
+        }
+        (store, id)
+    }
+
+    /// A point deleted (as retention deletes one: its journal slot, then its snapshot) after
+    /// `verify` listed it is reported as deleted, not as a damaged point; a listed point whose
+    /// snapshot is missing fails. The restore's error says so too.
+    #[test]
+    fn a_point_deleted_while_verified_is_not_called_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = three_points(dir.path());
+        let read = ReadPoints::open(&store, &id, "disk").unwrap();
+        assert_eq!(read.points.len(), 3);
+        let replica = read.replica(&read.points[0]).unwrap();
+        replica.delete_point(&read.points[0]).unwrap();
+        // The newest point's snapshot gone while its journal slot still lists it: damage.
+        store
+            .delete_blob(
+                &replica.data,
+                Some(&read.points[2].snapshot),
+                None,
+                &Conditions::default(),
+            )
+            .unwrap();
+        for changes_only in [false, true] {
+            let checked = verify_listed(&read, &read.points, changes_only).unwrap();
+            let verdicts: Vec<_> = checked.verdicts.iter().map(|(_, v)| v).collect();
+            assert!(
+                matches!(
+                    verdicts[..],
+                    [Verdict::Deleted(_), Verdict::Ok, Verdict::Failed(_)]
+                ),
+                "changes only: {changes_only}: {verdicts:?}"
+            );
+        }
+        assert!(read.deleted_since_listed(&read.points[0]));
+        assert!(!read.deleted_since_listed(&read.points[1]));
+        assert!(!read.deleted_since_listed(&read.points[2]));
+        let why = |p: usize| {
+            let e = super::super::restore::explain_deleted(
+                &read,
+                &read.points[p],
+                anyhow::anyhow!("BlobNotFound"),
+                "nothing was written to out.raw",
+            );
+            format!("{e:#}")
+        };
+        let deleted = why(0);
+        assert!(
+            deleted.starts_with(
+                "point 0 of disk was deleted while it was being restored (the retention"
+            ) && deleted.contains("nothing was written to out.raw: restore a newer point")
+                && deleted.ends_with("BlobNotFound"),
+            "{deleted}"
+        );
+        assert_eq!(why(2), "BlobNotFound");
+    }
 }

@@ -192,38 +192,94 @@ pub fn restore(args: RestoreArgs) -> Result<ExitCode> {
         [read] => vec![choose_point(&read.points, &args.point)?],
         _ => choose_machine_point(&reads, &args.point)?,
     };
-    // Every disk is proven before any output appears or any device is written.
-    let mut proven = Vec::new();
-    for ((read, manifest), output) in reads.iter().zip(&manifests).zip(&args.output) {
-        proven.push(restore_proven(&args, read, manifest, output)?);
-    }
-    for (((written, read), manifest), output) in proven
-        .into_iter()
-        .zip(&reads)
-        .zip(&manifests)
-        .zip(&args.output)
-    {
-        match written {
-            Proven::File(file) => {
-                file.publish(output, true)?;
-                eprintln!(
-                    "restored point {} ({}) to {}",
-                    manifest.sequence,
-                    manifest.snapshot,
-                    output.display()
-                );
+    // Each disk's point held against retention until it is written out (an endpoint that a
+    // replication writes meanwhile would delete an old one under a long restore).
+    let held: Vec<(&ReadPoints<'_>, &Manifest)> = reads.iter().zip(&manifests).collect();
+    with_holds(
+        &held,
+        Box::new(|| {
+            // Every disk is proven before any output appears or any device is written.
+            let mut proven = Vec::new();
+            for ((read, manifest), output) in reads.iter().zip(&manifests).zip(&args.output) {
+                let written = restore_proven(&args, read, manifest, output).map_err(|e| {
+                    explain_deleted(
+                        read,
+                        manifest,
+                        e,
+                        &format!("nothing was written to {}", output.display()),
+                    )
+                })?;
+                proven.push(written);
             }
-            Proven::Device(pending) => {
-                let PendingDevice {
-                    device,
-                    replica,
-                    codec,
-                } = *pending;
-                device.write(&args, &replica, &codec, manifest, read.keys.digest.expose())?;
+            for (((written, read), manifest), output) in proven
+                .into_iter()
+                .zip(&reads)
+                .zip(&manifests)
+                .zip(&args.output)
+            {
+                match written {
+                    Proven::File(file) => {
+                        file.publish(output, true)?;
+                        eprintln!(
+                            "restored point {} ({}) to {}",
+                            manifest.sequence,
+                            manifest.snapshot,
+                            output.display()
+                        );
+                    }
+                    Proven::Device(pending) => {
+                        let PendingDevice {
+                            device,
+                            replica,
+                            codec,
+                        } = *pending;
+                        device
+                            .write(&args, &replica, &codec, manifest, read.keys.digest.expose())
+                            .map_err(|e| {
+                                explain_deleted(
+                                    read,
+                                    manifest,
+                                    e,
+                                    &format!("{} holds part of it now", output.display()),
+                                )
+                            })?;
+                    }
+                }
             }
-        }
-    }
+            Ok(())
+        }),
+    )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `e`, the failure to restore `manifest` of `read`, said plainly when it is the point's
+/// deletion since it was chosen (by the retention of a replication running meanwhile): a
+/// restore again would fail the same way. `left`: what the output holds now.
+pub(super) fn explain_deleted(
+    read: &ReadPoints<'_>,
+    manifest: &Manifest,
+    e: anyhow::Error,
+    left: &str,
+) -> anyhow::Error {
+    if !read.deleted_since_listed(manifest) {
+        return e;
+    }
+    e.context(format!(
+        "point {} of {} was deleted while it was being restored (the retention of a replication \
+         running meanwhile); {left}: restore a newer point (`drplane points` lists them)",
+        manifest.sequence, read.name
+    ))
+}
+
+/// Run `work` with each of `points` held against retention (`ReadPoints::while_held`).
+fn with_holds<'w>(
+    points: &[(&ReadPoints<'_>, &Manifest)],
+    work: Box<dyn FnOnce() -> Result<()> + Send + 'w>,
+) -> Result<()> {
+    match points.split_first() {
+        None => work(),
+        Some(((read, manifest), rest)) => read.while_held(manifest, move || with_holds(rest, work)),
+    }
 }
 
 /// A disk's point proven, ready to appear.

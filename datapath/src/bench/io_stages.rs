@@ -229,6 +229,6 @@ mod tests {
         let per_record = (HEADER_SIZE + 5000).next_multiple_of(512) as f64;
         assert_eq!(rates.record_ratio, 70.0 * per_record / (70.0 * 16384.0));
         // The scratch blobs are gone.
-        assert!(store.list_blobs("bench", false).unwrap().is_empty());
+        assert!(store.list_blobs("bench", "", false).unwrap().is_empty());
     }
 }

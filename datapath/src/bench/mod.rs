@@ -987,7 +987,7 @@ mod tests {
             });
             let blobs: Vec<String> = t
                 .store
-                .list_blobs("bench", false)
+                .list_blobs("bench", "", false)
                 .unwrap()
                 .into_iter()
                 .map(|b| b.name)

@@ -303,6 +303,47 @@ impl<'a> DiskReplica<'a> {
         self.store
     }
 
+    /// The replica's name (its data blob's, less `.replica`).
+    pub fn name(&self) -> &str {
+        self.data
+            .blob
+            .strip_suffix(".replica")
+            .unwrap_or(&self.data.blob)
+    }
+
+    /// Hold point `sequence` against retention while it is read ([`super::point_hold`]).
+    pub fn hold_point(
+        &self,
+        sequence: u64,
+        rng: &mut dyn rand_core::RngCore,
+    ) -> Result<super::point_hold::PointHold, ReplicaError> {
+        super::point_hold::PointHold::take(
+            self.store,
+            &self.data.container,
+            self.name(),
+            sequence,
+            rng,
+        )
+    }
+
+    /// Renew `hold` on one of this replica's points.
+    pub fn hold_renew(&self, hold: &super::point_hold::PointHold) -> Result<(), ReplicaError> {
+        hold.renew(self.store)
+    }
+
+    /// Let `hold` go.
+    pub fn release_hold(&self, hold: super::point_hold::PointHold) -> Result<(), ReplicaError> {
+        hold.release(self.store)
+    }
+
+    /// The points readers hold now ([`super::point_hold::held_points`]).
+    pub fn held_points(
+        &self,
+        now_nanos: u64,
+    ) -> Result<std::collections::BTreeSet<u64>, ReplicaError> {
+        super::point_hold::held_points(self.store, &self.data.container, self.name(), now_nanos)
+    }
+
     /// Claim the next nonce epoch: read the last one claimed, store its successor, and return
     /// it only once that is stored, so no two claims (across crashes and restarts) ever get
     /// the same epoch. The first claim starts at a random epoch below 2^63 from `rng`.
@@ -980,7 +1021,9 @@ impl<'a> DiskReplica<'a> {
         let referenced: std::collections::BTreeSet<&str> =
             live.iter().map(|m| m.snapshot.as_str()).collect();
         let mut swept = 0;
-        let listed = self.store.list_blobs(&self.data.container, true)?;
+        let listed = self
+            .store
+            .list_blobs(&self.data.container, &self.data.blob, true)?;
         // Still the writer once the snapshots are listed: a writer that takes over later takes
         // its snapshots later, so none of them is in the listing (an unreferenced snapshot of
         // its commit in progress is not an orphan).
@@ -1091,37 +1134,21 @@ impl<'a> DiskReplica<'a> {
         };
         let by_head =
             self.journal_reads == JournalReads::SlotHeads && self.store.answers_promptly();
-        let mut heads = Vec::new();
+        let mut head = vec![0u8; JOURNAL_HEAD_BYTES];
         for (start, end) in self.written_ranges(&self.journal)? {
             let slots = start / JOURNAL_SLOT..end.div_ceil(JOURNAL_SLOT).min(JOURNAL_SLOTS);
             if by_head {
-                // The heads of up to `JOURNAL_READ_SLOTS` slots asked for together.
-                let fresh: Vec<u64> = slots.filter(|at| seen.insert(*at)).collect();
-                for group in fresh.chunks(JOURNAL_READ_SLOTS as usize) {
-                    heads.resize(group.len() * JOURNAL_HEAD_BYTES, 0);
-                    let mut reads: Vec<pageblob::PageRead<'_>> = group
-                        .iter()
-                        .zip(heads.chunks_exact_mut(JOURNAL_HEAD_BYTES))
-                        .map(|(&at, buf)| pageblob::PageRead {
-                            path: &self.journal,
-                            snapshot: None,
-                            offset: at * JOURNAL_SLOT,
-                            buf,
-                        })
-                        .collect();
-                    self.store.read_batch(&mut reads)?;
-                    drop(reads);
-                    for (&at, head) in group.iter().zip(heads.chunks_exact(JOURNAL_HEAD_BYTES)) {
-                        let len =
-                            u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-                        if 4 + len <= head.len() && !pageblob::is_zero(head) {
-                            take(at, head)?;
-                        } else {
-                            chunk.resize(JOURNAL_SLOT as usize, 0);
-                            self.store
-                                .read(&self.journal, None, at * JOURNAL_SLOT, &mut chunk)?;
-                            take(at, &chunk)?;
-                        }
+                for at in slots.filter(|at| seen.insert(*at)) {
+                    self.store
+                        .read(&self.journal, None, at * JOURNAL_SLOT, &mut head)?;
+                    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+                    if 4 + len <= head.len() && !pageblob::is_zero(&head) {
+                        take(at, &head)?;
+                    } else {
+                        chunk.resize(JOURNAL_SLOT as usize, 0);
+                        self.store
+                            .read(&self.journal, None, at * JOURNAL_SLOT, &mut chunk)?;
+                        take(at, &chunk)?;
                     }
                 }
                 continue;

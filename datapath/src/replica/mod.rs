@@ -3,7 +3,8 @@
 //! AES-256-GCM, CRC-32C), where the GCM nonces come from ([`nonce`]), the recovery-point
 //! [`manifest`] and the [`merkle`] tree its root comes from, the replica's blobs
 //! ([`disk_replica`]), how a point comes back ([`restore`]) and how a chain of points is
-//! verified at the cost of what changed ([`point_chain`]), what a replica may be called
+//! verified at the cost of what changed ([`point_chain`]), how a reader holds a point against
+//! retention ([`point_hold`]), what a replica may be called
 //! ([`replica_name`]), the premium [`staging_log`], and the [`fence`] that keeps one writer
 //! per replica. Format: docs/replica-format.md.
 
@@ -17,6 +18,7 @@ pub mod manifest;
 pub mod merkle;
 pub mod nonce;
 pub mod point_chain;
+pub mod point_hold;
 pub mod replica_name;
 pub mod restore;
 pub mod slot_header;

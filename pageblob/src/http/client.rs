@@ -154,13 +154,7 @@ impl Answer {
                 .unwrap_or(0),
             sequence_number: num("x-ms-blob-sequence-number").unwrap_or(0),
             snapshot: snapshot.map(str::to_string),
-            lease_state: match self.header("x-ms-lease-state") {
-                Some("leased") => LeaseStateName::Leased,
-                Some("expired") => LeaseStateName::Expired,
-                Some("breaking") => LeaseStateName::Breaking,
-                Some("broken") => LeaseStateName::Broken,
-                _ => LeaseStateName::Available,
-            },
+            lease_state: LeaseStateName::parse(self.header("x-ms-lease-state").unwrap_or_default()),
             copy: self.header("x-ms-copy-id").map(|id| CopyInfo {
                 id: id.to_string(),
                 source: self
@@ -235,6 +229,9 @@ fn answers_range(a: &Answer, offset: u64, end: u64) -> bool {
         && matches!(content_range(a), Some((first, last, _)) if first == offset && last.checked_add(1) == Some(end))
         && a.body.len() as u64 == end - offset
 }
+
+/// Empty pages of a List Blobs answer taken in a row before the listing is refused as endless.
+const MAX_EMPTY_LIST_PAGES: usize = 64;
 
 fn transport(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Io {
@@ -1032,48 +1029,86 @@ impl PageBlobStore for HttpStore {
     fn list_blobs(
         &self,
         container: &str,
+        prefix: &str,
         include_snapshots: bool,
     ) -> StoreResult<Vec<BlobListing>> {
-        let mut q = vec![
-            ("restype", "container".to_string()),
-            ("comp", "list".to_string()),
-        ];
-        if include_snapshots {
-            q.push(("include", "snapshots".into()));
-        }
-        let a = self.send("GET", &format!("/{container}"), &q, &[], &[])?;
         let mut out: Vec<BlobListing> = Vec::new();
-        xml_walk(&a.body, |path, text| {
-            let Some(last) = path.last().map(String::as_str) else {
-                return;
+        let mut marker: Option<String> = None;
+        let mut seen_markers = std::collections::BTreeSet::new();
+        let mut empty_in_a_row = 0;
+        loop {
+            let mut q = vec![
+                ("restype", "container".to_string()),
+                ("comp", "list".to_string()),
+            ];
+            if !prefix.is_empty() {
+                q.push(("prefix", prefix.to_string()));
+            }
+            if include_snapshots {
+                q.push(("include", "snapshots".into()));
+            }
+            if let Some(m) = &marker {
+                q.push(("marker", m.clone()));
+            }
+            let a = self.send("GET", &format!("/{container}"), &q, &[], &[])?;
+            let before = out.len();
+            let mut next = String::new();
+            xml_walk(&a.body, |path, text| {
+                let Some(last) = path.last().map(String::as_str) else {
+                    return;
+                };
+                if path.len() == 2 && last == "NextMarker" {
+                    next.push_str(text);
+                    return;
+                }
+                let in_blob = path.len() >= 2 && path[path.len() - 2] == "Blob";
+                let in_props = path.len() >= 2 && path[path.len() - 2] == "Properties";
+                if last == "Blob" && text.is_empty() {
+                    out.push(BlobListing {
+                        name: String::new(),
+                        properties: Properties::default(),
+                    });
+                    return;
+                }
+                let Some(b) = out.last_mut() else { return };
+                match (in_blob, in_props, last) {
+                    (true, _, "Name") => b.name.push_str(text),
+                    (true, _, "Snapshot") if !text.is_empty() => {
+                        b.properties.snapshot = Some(text.to_string())
+                    }
+                    (_, true, "Content-Length") => b.properties.size = text.parse().unwrap_or(0),
+                    (_, true, "Etag") => b.properties.etag.push_str(text),
+                    (_, true, "Last-Modified") => {
+                        b.properties.last_modified = parse_http_date(text).unwrap_or(0)
+                    }
+                    (_, true, "x-ms-blob-sequence-number") => {
+                        b.properties.sequence_number = text.parse().unwrap_or(0)
+                    }
+                    (_, true, "LeaseState") => {
+                        b.properties.lease_state = LeaseStateName::parse(text)
+                    }
+                    _ => {}
+                }
+            })?;
+            // Azure answers at most 5,000 entries and a marker to go on from: every page is
+            // taken; a marker given back twice, or page after page of nothing, ends in an
+            // error rather than a listing that never ends.
+            if next.is_empty() {
+                return Ok(out);
+            }
+            empty_in_a_row = if out.len() == before {
+                empty_in_a_row + 1
+            } else {
+                0
             };
-            let in_blob = path.len() >= 2 && path[path.len() - 2] == "Blob";
-            let in_props = path.len() >= 2 && path[path.len() - 2] == "Properties";
-            if last == "Blob" && text.is_empty() {
-                out.push(BlobListing {
-                    name: String::new(),
-                    properties: Properties::default(),
-                });
-                return;
+            if !seen_markers.insert(next.clone()) || empty_in_a_row > MAX_EMPTY_LIST_PAGES {
+                return Err(transport(
+                    "List Blobs",
+                    format!("the listing of {container} does not end (marker {next})"),
+                ));
             }
-            let Some(b) = out.last_mut() else { return };
-            match (in_blob, in_props, last) {
-                (true, _, "Name") => b.name.push_str(text),
-                (true, _, "Snapshot") if !text.is_empty() => {
-                    b.properties.snapshot = Some(text.to_string())
-                }
-                (_, true, "Content-Length") => b.properties.size = text.parse().unwrap_or(0),
-                (_, true, "Etag") => b.properties.etag.push_str(text),
-                (_, true, "Last-Modified") => {
-                    b.properties.last_modified = parse_http_date(text).unwrap_or(0)
-                }
-                (_, true, "x-ms-blob-sequence-number") => {
-                    b.properties.sequence_number = text.parse().unwrap_or(0)
-                }
-                _ => {}
-            }
-        })?;
-        Ok(out)
+            marker = Some(next);
+        }
     }
 
     fn delete_blob(
@@ -1454,6 +1489,79 @@ mod tests {
                 .to_string();
             assert!(e.contains("InvalidXmlDocument") && e.contains(why), "{answer}: {e}");
         }
+    }
+
+    fn blob_list(inner: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults \
+             ServiceEndpoint=\"http://x/devstoreaccount1\" ContainerName=\"c\">{inner}\
+             </EnumerationResults>"
+        )
+    }
+
+    fn listed_blob(name: &str, lease: &str) -> String {
+        format!(
+            "<Blob><Name>{name}</Name><Properties><Content-Length>512</Content-Length>\
+             <LeaseStatus>locked</LeaseStatus><LeaseState>{lease}</LeaseState>\
+             </Properties></Blob>"
+        )
+    }
+
+    /// List Blobs takes every page (Azure answers 5,000 entries at most, then a marker), sends
+    /// the prefix, reads each blob's lease state (a point's hold counts only under a live
+    /// lease), and refuses a listing that never ends.
+    #[test]
+    fn blob_listings_are_taken_whole_with_their_lease_states() {
+        let token = "2!96!MDAwMDQ1IWQuaG9sZC0x";
+        let (endpoint, seen) = page_list_server(vec![
+            blob_list(&format!(
+                "<Prefix>d.hold-</Prefix><Blobs>{}</Blobs><NextMarker>{token}</NextMarker>",
+                listed_blob("d.hold-1-aa", "leased")
+            )),
+            blob_list(&format!(
+                "<Blobs>{}</Blobs><NextMarker />",
+                listed_blob("d.hold-2-bb", "expired")
+            )),
+        ]);
+        let store = HttpStore::new(&endpoint, "devstoreaccount1", b"key");
+        let all = store.list_blobs("c", "d.hold-", false).unwrap();
+        let got: Vec<_> = all
+            .iter()
+            .map(|b| (b.name.as_str(), b.properties.lease_state))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("d.hold-1-aa", LeaseStateName::Leased),
+                ("d.hold-2-bb", LeaseStateName::Expired)
+            ]
+        );
+        let targets = seen.lock().unwrap().clone();
+        assert_eq!(targets.len(), 2, "{targets:?}");
+        assert!(
+            targets.iter().all(|t| t.contains("prefix=d.hold-")),
+            "{targets:?}"
+        );
+        assert!(!targets[0].contains("marker="), "{targets:?}");
+        let marker = targets[1]
+            .split(['?', '&'])
+            .find_map(|p| p.strip_prefix("marker="))
+            .map(|m| {
+                percent_encoding::percent_decode_str(m)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned()
+            });
+        assert_eq!(marker.as_deref(), Some(token), "{targets:?}");
+        // The same marker again and again: refused, not followed for ever.
+        let (endpoint, seen) = page_list_server(vec![blob_list(&format!(
+            "<Blobs>{}</Blobs><NextMarker>{token}</NextMarker>",
+            listed_blob("x", "available")
+        ))]);
+        let store = HttpStore::new(&endpoint, "devstoreaccount1", b"key");
+        let e = store.list_blobs("c", "", false).unwrap_err().to_string();
+        assert!(e.contains("does not end"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 
     use ureq::unversioned::resolver::{DefaultResolver, Resolver};

@@ -1059,7 +1059,7 @@ fn container_request(
         }
         (&Method::GET, Some("container"), Some("list")) => {
             let params = ListParams::from_query(|n| req.q(n))?;
-            let blobs = store.list_blobs(&container, includes(req, "snapshots"))?;
+            let blobs = store.list_blobs(&container, &params.prefix, includes(req, "snapshots"))?;
             let (page, next) = page_blobs(&blobs, &params);
             let xml = xml::blob_list(
                 &service_url,

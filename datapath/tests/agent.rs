@@ -57,6 +57,51 @@ fn workload(disk: &mut Disk, rng: &mut ChaCha8Rng, writes: usize) -> Vec<(u64, u
         .collect()
 }
 
+/// A store in `dir/store` with `profile` on `clock`.
+fn store_in(dir: &std::path::Path, profile: Profile, clock: &Arc<ManualClock>) -> Emulator {
+    Emulator::open(
+        &dir.join("store"),
+        profile,
+        Durability::Process,
+        clock.clone(),
+    )
+    .unwrap()
+}
+
+/// The agent of replica "vm-disk" in `store` (staged in `log` when given), its disk untracked
+/// (an agent seeded 1), with what it resumes from.
+fn untracked_agent<'a>(
+    store: &'a dyn pageblob::PageBlobStore,
+    log: Option<&'a dyn pageblob::PageBlobStore>,
+    id: &'a Identity,
+    policy: &Policy,
+) -> (DiskAgent<'a>, datapath::replicator::Resume) {
+    DiskAgent::open(
+        AgentTarget {
+            snapshot_limit: None,
+            store,
+            container: "replicas",
+            name: "vm-disk",
+            log_store: log,
+        },
+        id,
+        policy.clone(),
+        SIZE,
+        None,
+        true,
+        Box::new(ChaCha8Rng::seed_from_u64(1)),
+    )
+    .unwrap()
+}
+
+/// A disk of zeros.
+fn zero_disk() -> Disk {
+    Disk {
+        bytes: vec![0; SIZE as usize],
+        reads: AtomicU64::new(0),
+    }
+}
+
 fn identity(clock: &ManualClock) -> Identity {
     let (_, pfx) = datapath::registration::register("vault", "host", "pw", clock).unwrap();
     Identity::from_pfx(&pfx, "pw").unwrap()
@@ -82,18 +127,10 @@ fn restore_point(agent: &DiskAgent<'_>, id: &Identity, seq: u64) -> Vec<u8> {
 fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Emulator::open(
-        &dir.path().join("store"),
-        Profile::Premium {
-            snapshot_spacing: false,
-        },
-        Durability::Process,
-        clock.clone(),
-    )
-    .unwrap();
     let profile = Profile::Premium {
         snapshot_spacing: false,
     };
+    let store = store_in(dir.path(), profile, &clock);
     let id = identity(&clock);
     let policy = Policy::from_toml(
         "copy_frequency_secs = 300\nretention_hours = 3\napp_consistent_hours = 1",
@@ -116,10 +153,7 @@ fn hours_of_tracked_replication_with_an_unclean_stop_and_retention() {
         log_store: Some(&log_store),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let mut disk = Disk {
-        bytes: vec![0; SIZE as usize],
-        reads: AtomicU64::new(0),
-    };
+    let mut disk = zero_disk();
     workload(&mut disk, &mut rng, 40);
     // Images of the disk by point sequence, to check restores.
     let mut images: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
@@ -254,13 +288,7 @@ fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
     // tracker trusted: the writes it never saw would never be sent.
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Emulator::open(
-        &dir.path().join("store"),
-        Profile::Standard,
-        Durability::Process,
-        clock.clone(),
-    )
-    .unwrap();
+    let store = store_in(dir.path(), Profile::Standard, &clock);
     let id = identity(&clock);
     let policy = Policy::from_toml("copy_frequency_secs = 300", Profile::Standard).unwrap();
     let bitmap = dir.path().join("vm-disk.ctb");
@@ -287,10 +315,7 @@ fn a_clean_stop_before_the_owed_resync_keeps_it_owed() {
         (agent, resume, tracker)
     };
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let mut disk = Disk {
-        bytes: vec![0; SIZE as usize],
-        reads: AtomicU64::new(0),
-    };
+    let mut disk = zero_disk();
     workload(&mut disk, &mut rng, 10);
     let (mut first, resume, mut tracker) = open();
     let mut machine = Replicator::new(policy.clone(), None, T0, resume);
@@ -351,15 +376,7 @@ fn snapshots_orphaned_while_deletes_fail_are_swept_and_replication_resumes() {
     let profile = Profile::Premium {
         snapshot_spacing: false,
     };
-    let emulator = Arc::new(
-        Emulator::open(
-            &dir.path().join("store"),
-            profile,
-            Durability::Process,
-            clock.clone(),
-        )
-        .unwrap(),
-    );
+    let emulator = Arc::new(store_in(dir.path(), profile, &clock));
     let store = FaultyStore::new(emulator.clone(), FaultConfig::default());
     let log = Emulator::open(
         &dir.path().join("log"),
@@ -371,28 +388,10 @@ fn snapshots_orphaned_while_deletes_fail_are_swept_and_replication_resumes() {
     let id = identity(&clock);
     let policy =
         Policy::from_toml("copy_frequency_secs = 300\nretention_hours = 1", profile).unwrap();
-    let (mut agent, resume) = DiskAgent::open(
-        AgentTarget {
-            snapshot_limit: None,
-            store: &store,
-            container: "replicas",
-            name: "vm-disk",
-            log_store: Some(&log),
-        },
-        &id,
-        policy.clone(),
-        SIZE,
-        None,
-        true,
-        Box::new(ChaCha8Rng::seed_from_u64(1)),
-    )
-    .unwrap();
+    let (mut agent, resume) = untracked_agent(&store, Some(&log), &id, &policy);
     let mut machine = Replicator::new(policy, profile.max_snapshots_per_blob(), T0, resume);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let mut disk = Disk {
-        bytes: vec![0; SIZE as usize],
-        reads: AtomicU64::new(0),
-    };
+    let mut disk = zero_disk();
     let snapshots = || {
         emulator
             .list_blobs("replicas", "", true)
@@ -452,41 +451,17 @@ fn a_held_point_outlives_retention_until_it_is_released() {
     use pageblob::PageBlobStore;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Emulator::open(
-        &dir.path().join("store"),
-        Profile::Standard,
-        Durability::Process,
-        clock.clone(),
-    )
-    .unwrap();
+    let store = store_in(dir.path(), Profile::Standard, &clock);
     let id = identity(&clock);
     let policy = Policy::from_toml(
         "copy_frequency_secs = 300\nretention_hours = 1",
         Profile::Standard,
     )
     .unwrap();
-    let (mut agent, resume) = DiskAgent::open(
-        AgentTarget {
-            snapshot_limit: None,
-            store: &store,
-            container: "replicas",
-            name: "vm-disk",
-            log_store: None,
-        },
-        &id,
-        policy.clone(),
-        SIZE,
-        None,
-        true,
-        Box::new(ChaCha8Rng::seed_from_u64(1)),
-    )
-    .unwrap();
+    let (mut agent, resume) = untracked_agent(&store, None, &id, &policy);
     let mut machine = Replicator::new(policy, None, T0, resume);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let mut disk = Disk {
-        bytes: vec![0; SIZE as usize],
-        reads: AtomicU64::new(0),
-    };
+    let mut disk = zero_disk();
     let listed =
         |agent: &DiskAgent<'_>, seq: u64| agent.points().unwrap().iter().any(|p| p.sequence == seq);
     let (mut held, mut dead) = (None, None);

@@ -1437,6 +1437,19 @@ mod tests {
         (endpoint, seen)
     }
 
+    /// The `marker` a request target carries, percent-decoded.
+    fn marker_sent(target: &str) -> Option<String> {
+        target
+            .split(['?', '&'])
+            .find_map(|p| p.strip_prefix("marker="))
+            .map(|m| {
+                percent_encoding::percent_decode_str(m)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned()
+            })
+    }
+
     fn page_list(inner: &str) -> String {
         format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>{inner}</PageList>")
     }
@@ -1462,16 +1475,11 @@ mod tests {
         );
         let targets = seen.lock().unwrap().clone();
         assert_eq!(targets.len(), 2, "{targets:?}");
-        let marker = targets[1]
-            .split(['?', '&'])
-            .find_map(|p| p.strip_prefix("marker="))
-            .map(|m| {
-                percent_encoding::percent_decode_str(m)
-                    .decode_utf8()
-                    .unwrap()
-                    .into_owned()
-            });
-        assert_eq!(marker.as_deref(), Some(token), "{targets:?}");
+        assert_eq!(
+            marker_sent(&targets[1]).as_deref(),
+            Some(token),
+            "{targets:?}"
+        );
 
         for (answer, why) in [
             ("<PageRange><Start>0x200</Start><End>1023</End></PageRange>", "Start \"0x200\", not a number"),
@@ -1543,16 +1551,11 @@ mod tests {
             "{targets:?}"
         );
         assert!(!targets[0].contains("marker="), "{targets:?}");
-        let marker = targets[1]
-            .split(['?', '&'])
-            .find_map(|p| p.strip_prefix("marker="))
-            .map(|m| {
-                percent_encoding::percent_decode_str(m)
-                    .decode_utf8()
-                    .unwrap()
-                    .into_owned()
-            });
-        assert_eq!(marker.as_deref(), Some(token), "{targets:?}");
+        assert_eq!(
+            marker_sent(&targets[1]).as_deref(),
+            Some(token),
+            "{targets:?}"
+        );
         // The same marker again and again: refused, not followed for ever.
         let (endpoint, seen) = page_list_server(vec![blob_list(&format!(
             "<Blobs>{}</Blobs><NextMarker>{token}</NextMarker>",

@@ -1,6 +1,34 @@
 //! `drplane` command line: argument parsing and output only; the logic lives in the crates.
 
+/// `println!` that does not panic on a closed stdout ([`output`]).
+macro_rules! println {
+    () => {
+        $crate::output::stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that does not panic on a closed stdout ([`output`]).
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that does not panic on a closed stderr ([`output`]).
+macro_rules! eprintln {
+    () => {
+        $crate::output::stderr(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cmd;
+mod output;
 mod progress;
 
 use std::process::ExitCode;

@@ -174,3 +174,25 @@ fn shm_entries() -> Vec<String> {
     names.sort();
     names
 }
+
+/// Output to a reader that went away (`drplane sim run … | head -1`) ends the command as a
+/// shell's tools end, with status 141 and nothing on stderr: std's `println!` panicked there,
+/// with a backtrace.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = temp_dir();
+    let file = file_in(dir.path(), "small.toml");
+    std::fs::write(&file, SMALL_SCENARIO).unwrap();
+    let mut child = drplane()
+        .args(["sim", "run", path_str(&file)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the report is printed (the drill runs first).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

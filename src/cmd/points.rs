@@ -221,20 +221,29 @@ pub fn points(args: PointsArgs) -> Result<ExitCode> {
     }
     let read = ReadPoints::open(&*store, &identity, &args.name[0])?;
     let points = &read.points;
+    // Points a restore or a verify holds now (retention leaves them; a listing that fails,
+    // from a store that cannot list, shows none).
+    let held = datapath::replica::point_hold::held_now(&*store, REPLICA_CONTAINER, &read.name)
+        .unwrap_or_default();
     if args.json {
         let v: Vec<_> = points
             .iter()
-            .map(|p| json!({"point": p.sequence, "time": http_date(p.time_nanos), "snapshot": p.snapshot, "consistency": format!("{:?}", p.consistency).to_lowercase(), "disk_size": p.disk_size}))
+            .map(|p| json!({"point": p.sequence, "time": http_date(p.time_nanos), "snapshot": p.snapshot, "consistency": format!("{:?}", p.consistency).to_lowercase(), "disk_size": p.disk_size, "held": held.contains(&p.sequence)}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for p in points {
             println!(
-                "{:>4}  {}  {}  {:?}",
+                "{:>4}  {}  {}  {:?}{}",
                 p.sequence,
                 http_date(p.time_nanos),
                 p.snapshot,
-                p.consistency
+                p.consistency,
+                if held.contains(&p.sequence) {
+                    "  held (being read)"
+                } else {
+                    ""
+                }
             );
         }
     }

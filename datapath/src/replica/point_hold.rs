@@ -157,12 +157,8 @@ pub fn held_points(
     replica: &str,
     now_nanos: u64,
 ) -> Result<BTreeSet<u64>, ReplicaError> {
-    let prefix = prefix(replica);
     let mut held = BTreeSet::new();
-    for blob in store.list_blobs(container, &prefix, false)? {
-        let Some(sequence) = hold_of(&blob.name, &prefix) else {
-            continue;
-        };
+    for (sequence, blob) in holds(store, container, replica)? {
         if blob.properties.lease_state == LeaseStateName::Leased {
             held.insert(sequence);
         } else if now_nanos.saturating_sub(blob.properties.last_modified) > STALE_AFTER_NANOS {
@@ -175,6 +171,33 @@ pub fn held_points(
         }
     }
     Ok(held)
+}
+
+/// Every hold blob of `replica` in `container`, live or not, with the point it names.
+pub fn holds(
+    store: &dyn PageBlobStore,
+    container: &str,
+    replica: &str,
+) -> Result<Vec<(u64, pageblob::BlobListing)>, ReplicaError> {
+    let prefix = prefix(replica);
+    Ok(store
+        .list_blobs(container, &prefix, false)?
+        .into_iter()
+        .filter_map(|blob| Some((hold_of(&blob.name, &prefix)?, blob)))
+        .collect())
+}
+
+/// The points of `replica` held now, as a reader sees them (nothing swept).
+pub fn held_now(
+    store: &dyn PageBlobStore,
+    container: &str,
+    replica: &str,
+) -> Result<BTreeSet<u64>, ReplicaError> {
+    Ok(holds(store, container, replica)?
+        .into_iter()
+        .filter(|(_, b)| b.properties.lease_state == LeaseStateName::Leased)
+        .map(|(sequence, _)| sequence)
+        .collect())
 }
 
 /// The point a hold blob named `name` holds, when it is exactly `PREFIX SEQUENCE-NONCE`
@@ -229,6 +252,10 @@ mod tests {
         let b = PointHold::take(&store, "replicas", "disk", 9, &mut rng).unwrap();
         let other = PointHold::take(&store, "replicas", "disk-2", 3, &mut rng).unwrap();
         assert_eq!(held(T0), BTreeSet::from([7, 9]));
+        assert_eq!(
+            held_now(&store, "replicas", "disk").unwrap(),
+            BTreeSet::from([7, 9])
+        );
         clock.advance(40 * SEC);
         a.renew(&store).unwrap();
         clock.advance(40 * SEC);

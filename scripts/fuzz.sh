@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(open_image log_replay metadata parent_locator slot_record manifest tracking_bitmap staging_log nbd_replies blob_requests store_log page_list scenario plan_input)
+[ ${#targets[@]} -gt 0 ] || targets=(open_image log_replay metadata parent_locator slot_record manifest tracking_bitmap staging_log nbd_replies blob_requests store_log page_list blob_list scenario plan_input)
 cargo run -q --example write_fuzz_seeds -- fuzz/corpus
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"

@@ -1,15 +1,17 @@
 //! Bodies of the pageblob cargo-fuzz targets, shared with the stable corpus replay test:
 //! `blob_requests` (HTTP request sequences through the blob server's request handling),
 //! `store_log` (bytes as a store's log segment, opened by a reader and a writer) and
-//! `page_list` (an endpoint's Get Page Ranges answers, as the client reads and joins them).
+//! `page_list` (an endpoint's Get Page Ranges answers, as the client reads and joins them) and
+//! `blob_list` (an endpoint's List Blobs answers, as the client reads and pages through them).
 
-pub const TARGETS: [&str; 3] = ["blob_requests", "store_log", "page_list"];
+pub const TARGETS: [&str; 4] = ["blob_requests", "store_log", "page_list", "blob_list"];
 
 pub fn run(name: &str, data: &[u8]) {
     match name {
         "blob_requests" => blob_requests(data),
         "store_log" => store_log(data),
         "page_list" => page_list(data),
+        "blob_list" => blob_list(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -42,6 +44,28 @@ pub fn page_list(data: &[u8]) {
         assert!(
             ranges.windows(2).all(|w| w[0].end < w[1].start),
             "{ranges:?}"
+        );
+    }
+}
+
+/// `data` as up to 8 List Blobs answers from an endpoint (split at NUL bytes; past them, an
+/// empty answer), read by the HTTP client and paged through as `list_blobs` pages. Never a
+/// panic or a hang: the listing ends within the answers given (one more, empty, at most).
+pub fn blob_list(data: &[u8]) {
+    let answers: Vec<&[u8]> = data.split(|&b| b == ANSWER_SEPARATOR).take(8).collect();
+    let mut asked = 0;
+    let listed = crate::http::client::all_blob_pages("fuzz", |_| {
+        let body = answers.get(asked).copied().unwrap_or_default();
+        asked += 1;
+        crate::http::client::parse_blob_list(body)
+    });
+    assert!(asked <= answers.len() + 1, "{asked} answers asked for");
+    if let Ok(blobs) = listed {
+        assert!(
+            blobs.len() <= data.len(),
+            "{} entries from {} bytes",
+            blobs.len(),
+            data.len()
         );
     }
 }
@@ -214,6 +238,32 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     paged.push(ANSWER_SEPARATOR);
     paged.extend(answer("<PageRange><Start>1048576</Start><End>2097151</End></PageRange>").bytes());
     out.push(("page_list", "two-answers".into(), paged));
+    let listing = |inner: &str| {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults \
+             ServiceEndpoint=\"http://127.0.0.1:10000/devstoreaccount1\" \
+             ContainerName=\"replicas\">{inner}</EnumerationResults>"
+        )
+    };
+    let mut pages = listing(
+        "<Prefix>d.hold-</Prefix><Blobs><Blob><Name>d.hold-3-0123456789abcdef</Name>\
+         <Properties><Last-Modified>Mon, 07 Dec 2026 15:13:14 GMT</Last-Modified>\
+         <Etag>\"0x1\"</Etag><Content-Length>512</Content-Length>\
+         <x-ms-blob-sequence-number>0</x-ms-blob-sequence-number><LeaseStatus>locked</LeaseStatus>\
+         <LeaseState>leased</LeaseState></Properties></Blob></Blobs>\
+         <NextMarker>2!96!MDAwMDQ1</NextMarker>",
+    )
+    .into_bytes();
+    pages.push(ANSWER_SEPARATOR);
+    pages.extend(
+        listing(
+            "<Blobs><Blob><Name>d.replica</Name><Snapshot>2026-12-07T15:13:14.0000000Z</Snapshot>\
+             <Properties><LeaseState>available</LeaseState></Properties></Blob></Blobs>\
+             <NextMarker />",
+        )
+        .bytes(),
+    );
+    out.push(("blob_list", "two-pages".into(), pages));
     // A power cut's tail: a lost append (zeros), then 7 bytes of a torn one.
     let mut torn = vec![0u8; 300];
     torn.extend_from_slice(b"DPLR\x02\x01\x00");

@@ -230,6 +230,82 @@ fn answers_range(a: &Answer, offset: u64, end: u64) -> bool {
         && a.body.len() as u64 == end - offset
 }
 
+/// Every page of a List Blobs listing of `container`: `fetch` answers the page after a marker
+/// (`None`: the first) with its entries and the `NextMarker` (empty: the last page). Azure
+/// answers at most 5,000 entries and a marker to go on from; a marker given back twice, or
+/// page after page of nothing, ends in an error rather than a listing that never ends.
+pub(crate) fn all_blob_pages(
+    container: &str,
+    mut fetch: impl FnMut(Option<&str>) -> StoreResult<(Vec<BlobListing>, String)>,
+) -> StoreResult<Vec<BlobListing>> {
+    let mut out = Vec::new();
+    let mut marker: Option<String> = None;
+    let mut seen_markers = std::collections::BTreeSet::new();
+    let mut empty_in_a_row = 0;
+    loop {
+        let (page, next) = fetch(marker.as_deref())?;
+        empty_in_a_row = if page.is_empty() {
+            empty_in_a_row + 1
+        } else {
+            0
+        };
+        out.extend(page);
+        if next.is_empty() {
+            return Ok(out);
+        }
+        if !seen_markers.insert(next.clone()) || empty_in_a_row > MAX_EMPTY_LIST_PAGES {
+            return Err(transport(
+                "List Blobs",
+                format!("the listing of {container} does not end (marker {next})"),
+            ));
+        }
+        marker = Some(next);
+    }
+}
+
+/// One List Blobs answer: its entries (name, snapshot, size, ETag, last modified, sequence
+/// number, lease state) and its `NextMarker` (empty on the last page).
+pub(crate) fn parse_blob_list(body: &[u8]) -> StoreResult<(Vec<BlobListing>, String)> {
+    let mut out: Vec<BlobListing> = Vec::new();
+    let mut next = String::new();
+    xml_walk(body, |path, text| {
+        let Some(last) = path.last().map(String::as_str) else {
+            return;
+        };
+        if path.len() == 2 && last == "NextMarker" {
+            next.push_str(text);
+            return;
+        }
+        let in_blob = path.len() >= 2 && path[path.len() - 2] == "Blob";
+        let in_props = path.len() >= 2 && path[path.len() - 2] == "Properties";
+        if last == "Blob" && text.is_empty() {
+            out.push(BlobListing {
+                name: String::new(),
+                properties: Properties::default(),
+            });
+            return;
+        }
+        let Some(b) = out.last_mut() else { return };
+        match (in_blob, in_props, last) {
+            (true, _, "Name") => b.name.push_str(text),
+            (true, _, "Snapshot") if !text.is_empty() => {
+                b.properties.snapshot = Some(text.to_string())
+            }
+            (_, true, "Content-Length") => b.properties.size = text.parse().unwrap_or(0),
+            (_, true, "Etag") => b.properties.etag.push_str(text),
+            (_, true, "Last-Modified") => {
+                b.properties.last_modified = parse_http_date(text).unwrap_or(0)
+            }
+            (_, true, "x-ms-blob-sequence-number") => {
+                b.properties.sequence_number = text.parse().unwrap_or(0)
+            }
+            (_, true, "LeaseState") => b.properties.lease_state = LeaseStateName::parse(text),
+            _ => {}
+        }
+    })?;
+    Ok((out, next))
+}
+
 /// Empty pages of a List Blobs answer taken in a row before the listing is refused as endless.
 const MAX_EMPTY_LIST_PAGES: usize = 64;
 
@@ -1032,11 +1108,7 @@ impl PageBlobStore for HttpStore {
         prefix: &str,
         include_snapshots: bool,
     ) -> StoreResult<Vec<BlobListing>> {
-        let mut out: Vec<BlobListing> = Vec::new();
-        let mut marker: Option<String> = None;
-        let mut seen_markers = std::collections::BTreeSet::new();
-        let mut empty_in_a_row = 0;
-        loop {
+        all_blob_pages(container, |marker| {
             let mut q = vec![
                 ("restype", "container".to_string()),
                 ("comp", "list".to_string()),
@@ -1047,68 +1119,12 @@ impl PageBlobStore for HttpStore {
             if include_snapshots {
                 q.push(("include", "snapshots".into()));
             }
-            if let Some(m) = &marker {
-                q.push(("marker", m.clone()));
+            if let Some(m) = marker {
+                q.push(("marker", m.to_string()));
             }
             let a = self.send("GET", &format!("/{container}"), &q, &[], &[])?;
-            let before = out.len();
-            let mut next = String::new();
-            xml_walk(&a.body, |path, text| {
-                let Some(last) = path.last().map(String::as_str) else {
-                    return;
-                };
-                if path.len() == 2 && last == "NextMarker" {
-                    next.push_str(text);
-                    return;
-                }
-                let in_blob = path.len() >= 2 && path[path.len() - 2] == "Blob";
-                let in_props = path.len() >= 2 && path[path.len() - 2] == "Properties";
-                if last == "Blob" && text.is_empty() {
-                    out.push(BlobListing {
-                        name: String::new(),
-                        properties: Properties::default(),
-                    });
-                    return;
-                }
-                let Some(b) = out.last_mut() else { return };
-                match (in_blob, in_props, last) {
-                    (true, _, "Name") => b.name.push_str(text),
-                    (true, _, "Snapshot") if !text.is_empty() => {
-                        b.properties.snapshot = Some(text.to_string())
-                    }
-                    (_, true, "Content-Length") => b.properties.size = text.parse().unwrap_or(0),
-                    (_, true, "Etag") => b.properties.etag.push_str(text),
-                    (_, true, "Last-Modified") => {
-                        b.properties.last_modified = parse_http_date(text).unwrap_or(0)
-                    }
-                    (_, true, "x-ms-blob-sequence-number") => {
-                        b.properties.sequence_number = text.parse().unwrap_or(0)
-                    }
-                    (_, true, "LeaseState") => {
-                        b.properties.lease_state = LeaseStateName::parse(text)
-                    }
-                    _ => {}
-                }
-            })?;
-            // Azure answers at most 5,000 entries and a marker to go on from: every page is
-            // taken; a marker given back twice, or page after page of nothing, ends in an
-            // error rather than a listing that never ends.
-            if next.is_empty() {
-                return Ok(out);
-            }
-            empty_in_a_row = if out.len() == before {
-                empty_in_a_row + 1
-            } else {
-                0
-            };
-            if !seen_markers.insert(next.clone()) || empty_in_a_row > MAX_EMPTY_LIST_PAGES {
-                return Err(transport(
-                    "List Blobs",
-                    format!("the listing of {container} does not end (marker {next})"),
-                ));
-            }
-            marker = Some(next);
-        }
+            parse_blob_list(&a.body)
+        })
     }
 
     fn delete_blob(

@@ -232,10 +232,21 @@ fn answers_range(a: &Answer, offset: u64, end: u64) -> bool {
 
 /// Every page of a List Blobs listing of `container`: `fetch` answers the page after a marker
 /// (`None`: the first) with its entries and the `NextMarker` (empty: the last page). Azure
-/// answers at most 5,000 entries and a marker to go on from; a marker given back twice, or
-/// page after page of nothing, ends in an error rather than a listing that never ends.
+/// answers at most 5,000 entries and a marker to go on from; a marker given back twice, page
+/// after page of nothing, more than [`MAX_LISTED_BLOBS`] entries or more than
+/// [`MAX_LIST_PAGES`] pages end in an error rather than a listing that never ends or fills the
+/// memory (an endpoint handing out a new marker with every entry).
 pub(crate) fn all_blob_pages(
     container: &str,
+    fetch: impl FnMut(Option<&str>) -> StoreResult<(Vec<BlobListing>, String)>,
+) -> StoreResult<Vec<BlobListing>> {
+    all_blob_pages_within(container, MAX_LISTED_BLOBS, fetch)
+}
+
+/// [`all_blob_pages`] refusing a listing past `max_entries` entries.
+fn all_blob_pages_within(
+    container: &str,
+    max_entries: usize,
     mut fetch: impl FnMut(Option<&str>) -> StoreResult<(Vec<BlobListing>, String)>,
 ) -> StoreResult<Vec<BlobListing>> {
     let mut out = Vec::new();
@@ -253,10 +264,21 @@ pub(crate) fn all_blob_pages(
         if next.is_empty() {
             return Ok(out);
         }
-        if !seen_markers.insert(next.clone()) || empty_in_a_row > MAX_EMPTY_LIST_PAGES {
+        let endless = if !seen_markers.insert(next.clone()) {
+            Some(format!("marker {next} came back"))
+        } else if empty_in_a_row > MAX_EMPTY_LIST_PAGES {
+            Some(format!("{empty_in_a_row} empty pages in a row"))
+        } else if out.len() > max_entries {
+            Some(format!("over {max_entries} entries"))
+        } else if seen_markers.len() >= MAX_LIST_PAGES {
+            Some(format!("over {MAX_LIST_PAGES} pages"))
+        } else {
+            None
+        };
+        if let Some(why) = endless {
             return Err(transport(
                 "List Blobs",
-                format!("the listing of {container} does not end (marker {next})"),
+                format!("the listing of {container} does not end ({why}; list with a prefix)"),
             ));
         }
         marker = Some(next);
@@ -308,6 +330,11 @@ pub(crate) fn parse_blob_list(body: &[u8]) -> StoreResult<(Vec<BlobListing>, Str
 
 /// Empty pages of a List Blobs answer taken in a row before the listing is refused as endless.
 const MAX_EMPTY_LIST_PAGES: usize = 64;
+/// Entries of one listing before it is refused: a replica lists its own blobs, snapshots and
+/// holds by prefix (a few hundred); ten million entries would hold gigabytes.
+const MAX_LISTED_BLOBS: usize = 10_000_000;
+/// Pages of one listing before it is refused (Azure fills its pages: 5,000 entries each).
+const MAX_LIST_PAGES: usize = 200_000;
 
 fn transport(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Io {
@@ -1581,6 +1608,58 @@ mod tests {
         let e = store.list_blobs("c", "", false).unwrap_err().to_string();
         assert!(e.contains("does not end"), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_listing_that_hands_out_new_markers_for_ever_is_refused() {
+        let entry = || BlobListing {
+            name: "x".into(),
+            properties: Properties::default(),
+        };
+        // One entry and a new marker on every page: refused after MAX_LIST_PAGES pages.
+        let mut pages = 0usize;
+        let e = all_blob_pages("c", |_| {
+            pages += 1;
+            Ok((vec![entry()], format!("m{pages}")))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("does not end") && e.contains("pages"), "{e}");
+        assert_eq!(pages, MAX_LIST_PAGES);
+        // Full pages with new markers: refused once the entries pass the limit (ten million
+        // by default; here a thousand).
+        let mut pages = 0usize;
+        let e = all_blob_pages_within("c", 1000, |_| {
+            pages += 1;
+            Ok((vec![entry(); 100], format!("m{pages}")))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("over 1000 entries"), "{e}");
+        assert_eq!(pages, 11);
+        // Empty pages in a row: refused, though each marker is new.
+        let mut pages = 0usize;
+        let e = all_blob_pages("c", |_| {
+            pages += 1;
+            Ok((Vec::new(), format!("m{pages}")))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("empty pages"), "{e}");
+        assert_eq!(pages, MAX_EMPTY_LIST_PAGES + 1);
+        // A long listing that ends is taken whole.
+        let mut pages = 0usize;
+        let all = all_blob_pages("c", |_| {
+            pages += 1;
+            let next = if pages < 1000 {
+                format!("m{pages}")
+            } else {
+                String::new()
+            };
+            Ok((vec![entry(); 5], next))
+        })
+        .unwrap();
+        assert_eq!(all.len(), 5000);
     }
 
     use ureq::unversioned::resolver::{DefaultResolver, Resolver};

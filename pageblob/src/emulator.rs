@@ -706,6 +706,22 @@ impl Emulator {
         data: &[u8],
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        let (properties, changes) = self.put_pages_in_place_unsynced(path, offset, data, cond)?;
+        if self.durability == Durability::Power {
+            self.sync_through(changes)?;
+        }
+        Ok(properties)
+    }
+
+    /// [`Emulator::put_pages_in_place`] short of the sync: the blob's properties after the
+    /// write and the change count a sync must reach to make it durable.
+    fn put_pages_in_place_unsynced(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<(Properties, u64)> {
         let now = self.now();
         let end = offset.saturating_add(data.len() as u64);
         let (flight, effect, file) = {
@@ -737,17 +753,36 @@ impl Emulator {
             flight,
         };
         let copied = file.write_all_at(data, offset);
-        let (properties, changes) = {
-            let mut inner = landing.land();
-            copied.map_err(|e| home_write_error(path, e))?;
-            Emulator::home_written(&mut inner, flight.incarnation, file);
-            Emulator::commit(&mut inner, effect, &[])?;
-            (inner.account.properties(path, None, now)?, inner.changes)
-        };
-        if self.durability == Durability::Power {
-            self.sync_through(changes)?;
+        let mut inner = landing.land();
+        copied.map_err(|e| home_write_error(path, e))?;
+        Emulator::home_written(&mut inner, flight.incarnation, file);
+        Emulator::commit(&mut inner, effect, &[])?;
+        Ok((inner.account.properties(path, None, now)?, inner.changes))
+    }
+
+    /// A Put Page (`update`) short of the sync: the change count a sync must reach to make it
+    /// durable.
+    fn put_pages_unsynced(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<u64> {
+        if checked_when_planned(cond) {
+            return Ok(self
+                .put_pages_in_place_unsynced(path, offset, data, cond)?
+                .1);
         }
-        Ok(properties)
+        let now = self.now();
+        let mut inner = self.lock_for_write()?;
+        let effect =
+            inner
+                .account
+                .write_pages(path, offset, data.len() as u64, false, cond, now)?;
+        Emulator::write_home(&mut inner, path, offset, data)?;
+        Emulator::commit(&mut inner, effect, &[])?;
+        Ok(inner.changes)
     }
 
     fn now(&self) -> u64 {
@@ -803,8 +838,11 @@ impl Emulator {
             Ok(()) => {
                 *synced = upto;
                 // Evidence that everything so far is synced, for a later open to tell damage
-                // from a power cut's unsynced tail.
-                self.lock_for_write()?.log.append_sync_mark()
+                // from a power cut's unsynced tail. Not a change to wait for writes in flight
+                // (their records are appended after it, and it says how far the sync reached,
+                // not that everything before it was synced): waiting here held every writer
+                // back at every group commit.
+                self.lock_for_change()?.log.append_sync_mark()
             }
             Err(e) => {
                 self.sync_failed
@@ -1039,6 +1077,22 @@ impl PageBlobStore for Emulator {
             Emulator::commit(inner, effect, &[])?;
             inner.account.properties(path, None, now)
         })
+    }
+
+    /// The writes one after another, then (`Durability::Power`) one group commit for all of
+    /// them: each is durable when this returns `Ok`, as the contract asks, and a cycle's
+    /// writers pay a sync per batch of records instead of one per record (an initial
+    /// replication of 11,700 records into a store directory made 46,000 `fdatasync`s). On an
+    /// error the writes made before it are not acknowledged, and need not be durable.
+    fn put_pages_batch(&self, writes: &[PageWrite<'_>], cond: &Conditions) -> StoreResult<()> {
+        let mut changes = 0;
+        for w in writes {
+            changes = changes.max(self.put_pages_unsynced(w.path, w.offset, w.data, cond)?);
+        }
+        if self.durability == Durability::Power && !writes.is_empty() {
+            self.sync_through(changes)?;
+        }
+        Ok(())
     }
 
     fn clear_pages(

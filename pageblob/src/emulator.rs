@@ -956,6 +956,31 @@ impl PageBlobStore for Emulator {
         self.durability == Durability::Process
     }
 
+    /// At power durability, a write with no condition a write changes is applied in place
+    /// and its sync left owed (the group commit `sync_owed` joins); anything else is made
+    /// durable at once, as `put_pages` makes it.
+    fn put_pages_owing_sync(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<(Properties, Option<SyncTicket>)> {
+        if self.durability == Durability::Power && checked_when_planned(cond) {
+            let (properties, changes) =
+                self.put_pages_in_place_unsynced(path, offset, data, cond)?;
+            return Ok((properties, Some(SyncTicket(changes))));
+        }
+        Ok((self.put_pages(path, offset, data, cond)?, None))
+    }
+
+    fn sync_owed(&self, ticket: SyncTicket) -> StoreResult<()> {
+        match self.durability {
+            Durability::Power => self.sync_through(ticket.0),
+            Durability::Process => Ok(()),
+        }
+    }
+
     fn quiesce(&self) {
         if let Access::Writer(Some(lock)) = &self.access {
             // Under the state's lock with no write in flight, so no call of ours is

@@ -254,6 +254,26 @@ pub trait PageBlobStore: Send + Sync {
     fn answers_promptly(&self) -> bool {
         false
     }
+    /// Put Page (`update`) that may leave its durability owed: the write is applied (and
+    /// visible) when this returns, and where the store makes writes durable with a sync it
+    /// may return a ticket instead of waiting for one. **Nothing may acknowledge the write to
+    /// anyone before [`sync_owed`](Self::sync_owed) has paid the ticket.** A server answering
+    /// a connection's pipelined Put Pages uses it to make one sync for the lot. By default the
+    /// write is made durable at once and nothing is owed.
+    fn put_pages_owing_sync(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<(Properties, Option<SyncTicket>)> {
+        Ok((self.put_pages(path, offset, data, cond)?, None))
+    }
+    /// Make every write up to `ticket` durable ([`put_pages_owing_sync`](Self::put_pages_owing_sync)).
+    fn sync_owed(&self, ticket: SyncTicket) -> StoreResult<()> {
+        let _ = ticket;
+        Ok(())
+    }
     /// The caller will make no call for a while (a `--watch` between cycles): a store
     /// directory lets its readers in until the next change. Nothing for other stores.
     fn quiesce(&self) {}
@@ -427,6 +447,18 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
     }
     fn answers_promptly(&self) -> bool {
         (**self).answers_promptly()
+    }
+    fn put_pages_owing_sync(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<(Properties, Option<SyncTicket>)> {
+        (**self).put_pages_owing_sync(path, offset, data, cond)
+    }
+    fn sync_owed(&self, ticket: SyncTicket) -> StoreResult<()> {
+        (**self).sync_owed(ticket)
     }
     fn quiesce(&self) {
         (**self).quiesce()

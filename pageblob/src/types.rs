@@ -142,6 +142,12 @@ impl LeaseDuration {
 /// (which must fit in the socket's receive buffer while the requests are still being written).
 pub const PIPELINE_DEPTH: usize = 32;
 
+/// A sync a store owes for writes it applied without waiting for one
+/// ([`PageBlobStore::put_pages_owing_sync`]); [`PageBlobStore::sync_owed`] pays it. Tickets of
+/// one store are ordered: paying one pays every earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SyncTicket(pub u64);
+
 /// One write of [`PageBlobStore::put_pages_batch`](crate::PageBlobStore::put_pages_batch):
 /// `data` (512-aligned, at most 4 MiB) at `offset` of the blob at `path`.
 #[derive(Clone, Copy, Debug)]

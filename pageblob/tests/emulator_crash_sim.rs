@@ -33,11 +33,21 @@ enum Op {
         slots: [u64; 3],
         seed: u8,
     },
+    /// `put_pages_owing_sync`, acknowledged once `sync_owed` has paid its ticket (as `blob
+    /// serve` answers a pipelined Put Page).
+    PutOwing {
+        slot: u64,
+        seed: u8,
+    },
 }
 
 fn workload() -> Vec<Op> {
     (0..30u64)
         .map(|i| match i % 6 {
+            1 if i % 12 == 7 => Op::PutOwing {
+                slot: i * 7 % SLOTS,
+                seed: i as u8 + 201,
+            },
             0..=2 => Op::Put {
                 slot: i * 7 % SLOTS,
                 slots: 1,
@@ -73,6 +83,7 @@ fn touched(op: &Op) -> Vec<(u64, u64)> {
         Op::Clear { slot } => vec![(slot * SLOT, (slot + 1) * SLOT)],
         Op::Snapshot => Vec::new(),
         Op::PutBatch { slots, .. } => slots.iter().map(|s| (s * SLOT, (s + 1) * SLOT)).collect(),
+        Op::PutOwing { slot, .. } => vec![(slot * SLOT, (slot + 1) * SLOT)],
     }
 }
 
@@ -149,6 +160,10 @@ fn run(fs: &Arc<CrashFs>, layout: HomeLayout, durability: Durability) -> Outcome
                     .collect();
                 store.put_pages_batch(&writes, &none).is_ok()
             }
+            Op::PutOwing { slot, seed } => store
+                .put_pages_owing_sync(&p(), slot * SLOT, &bytes(*seed, SLOT), &none)
+                .and_then(|(_, ticket)| ticket.map_or(Ok(()), |t| store.sync_owed(t)))
+                .is_ok(),
             Op::Snapshot => match store.snapshot(&p(), &none) {
                 Ok(id) => {
                     snaps.push((id, model.clone()));
@@ -167,6 +182,9 @@ fn run(fs: &Arc<CrashFs>, layout: HomeLayout, durability: Durability) -> Outcome
             Op::Clear { slot } => {
                 model[(slot * SLOT) as usize..((slot + 1) * SLOT) as usize].fill(0)
             }
+            Op::PutOwing { slot, seed } => model
+                [(slot * SLOT) as usize..((slot + 1) * SLOT) as usize]
+                .copy_from_slice(&bytes(seed, SLOT)),
             Op::PutBatch { slots, seed } => {
                 for s in slots {
                     model[(s * SLOT) as usize..((s + 1) * SLOT) as usize]

@@ -9,9 +9,18 @@
 //! most [`HOLD_BYTES`] of answers (hyper's own `pipeline_flush` does the
 //! same with a write buffer that has no bound: a client that stops reading a long answer would
 //! have all of it held).
+//!
+//! Answers may also wait for a sync ([`SyncDebt`]): a store at power durability answers a Put
+//! Page before the sync that makes it durable, and the answer leaves only once that sync is
+//! made. hyper reads a connection's next request only after answering the one before, so a
+//! client's 32 pipelined records would otherwise each wait for a sync of their own; this way
+//! the lot shares one. No byte leaves this socket while a sync is owed: an answer sent is a
+//! write made durable.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -19,8 +28,41 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Most bytes of answers held back (about fifty Put Page answers).
 pub const HOLD_BYTES: usize = 16 << 10;
 
-/// `inner` with short writes held back until a read would wait.
-#[derive(Debug)]
+/// Makes the writes up to a ticket durable (a store's `sync_owed`); run on a blocking thread.
+pub type PaySync = Arc<dyn Fn(u64) -> io::Result<()> + Send + Sync>;
+
+/// The sync a connection's store owes before the answers held for it may leave: the highest
+/// ticket owed, and how to pay it.
+#[derive(Default)]
+pub struct SyncDebt {
+    owed: Mutex<Option<(u64, PaySync)>>,
+}
+
+impl std::fmt::Debug for SyncDebt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("SyncDebt")
+            .field("owed", &owed.as_ref().map(|(ticket, _)| *ticket))
+            .finish()
+    }
+}
+
+impl SyncDebt {
+    /// Owe `ticket` (and every earlier one), paid with `pay`.
+    pub fn owe(&self, ticket: u64, pay: PaySync) {
+        let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        if owed.as_ref().is_none_or(|(t, _)| *t < ticket) {
+            *owed = Some((ticket, pay));
+        }
+    }
+
+    fn take(&self) -> Option<(u64, PaySync)> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// `inner` with short writes held back until a read would wait, and every write until the
+/// sync owed is paid.
 pub struct CoalescingIo<T> {
     inner: T,
     /// Written by the server, not yet sent.
@@ -33,10 +75,30 @@ pub struct CoalescingIo<T> {
     ahead: Vec<u8>,
     /// The read that filled `ahead` met the end of the stream or an error (given next).
     ahead_end: Option<io::Result<()>>,
+    /// What the store owes before anything is sent.
+    debt: Arc<SyncDebt>,
+    /// A sync being made (on a blocking thread) before what is held may leave.
+    paying: Option<tokio::task::JoinHandle<io::Result<()>>>,
+}
+
+impl<T> std::fmt::Debug for CoalescingIo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoalescingIo")
+            .field("held", &self.held.len())
+            .field("ahead", &self.ahead.len())
+            .field("debt", &self.debt)
+            .field("paying", &self.paying.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> CoalescingIo<T> {
     pub fn new(inner: T) -> CoalescingIo<T> {
+        CoalescingIo::owing(inner, Arc::default())
+    }
+
+    /// Sending nothing while `debt` is owed.
+    pub fn owing(inner: T, debt: Arc<SyncDebt>) -> CoalescingIo<T> {
         CoalescingIo {
             inner,
             held: Vec::new(),
@@ -44,13 +106,34 @@ impl<T> CoalescingIo<T> {
             passing: false,
             ahead: Vec::new(),
             ahead_end: None,
+            debt,
+            paying: None,
+        }
+    }
+
+    /// Pay what is owed: ready once no sync is owed (a failed sync is an error: nothing held
+    /// is sent, and the connection ends).
+    fn poll_pay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(paying) = &mut self.paying {
+                let paid = ready!(Pin::new(paying).poll(cx));
+                self.paying = None;
+                paid.map_err(io::Error::other)??;
+            }
+            match self.debt.take() {
+                None => return Poll::Ready(Ok(())),
+                Some((ticket, pay)) => {
+                    self.paying = Some(tokio::task::spawn_blocking(move || pay(ticket)));
+                }
+            }
         }
     }
 }
 
 impl<T: AsyncWrite + Unpin> CoalescingIo<T> {
-    /// Send everything held.
+    /// Send everything held, once what is owed is paid.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pay(cx))?;
         while self.sent < self.held.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[self.sent..]))?;
             if n == 0 {
@@ -223,5 +306,59 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"bye");
+    }
+
+    /// Answers held while a sync is owed leave only once it is paid, all together; a sync that
+    /// fails sends nothing and ends the connection's writes with its error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_owed_a_sync_leave_only_once_it_is_made() {
+        let (server_end, mut client) = tokio::io::duplex(1 << 20);
+        let debt = Arc::new(SyncDebt::default());
+        let mut server = CoalescingIo::owing(server_end, Arc::clone(&debt));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        let paid = Arc::new(Mutex::new(Vec::new()));
+        let pay: PaySync = {
+            let (released, paid) = (Arc::clone(&released), Arc::clone(&paid));
+            Arc::new(move |ticket| {
+                released.lock().unwrap().recv().unwrap();
+                paid.lock().unwrap().push(ticket);
+                Ok(())
+            })
+        };
+        debt.owe(3, Arc::clone(&pay));
+        debt.owe(2, Arc::clone(&pay)); // an earlier ticket: 3 still owed
+        server.write_all(b"a1").await.unwrap();
+        debt.owe(7, Arc::clone(&pay));
+        server.write_all(b"a2").await.unwrap();
+        let flushing = tokio::spawn(async move {
+            server.flush().await.unwrap();
+            server
+        });
+        let mut probe = [0u8; 8];
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            client.read(&mut probe),
+        )
+        .await;
+        assert!(early.is_err(), "an answer left before its sync was made");
+        release.send(()).unwrap();
+        let mut server = flushing.await.unwrap();
+        let got = client.read(&mut probe).await.unwrap();
+        assert_eq!(&probe[..got], b"a1a2");
+        assert_eq!(
+            *paid.lock().unwrap(),
+            [7],
+            "one sync, for the highest ticket"
+        );
+        // A sync that fails: what is held never leaves.
+        debt.owe(8, Arc::new(|_| Err(io::Error::other("the disk is gone"))));
+        server.write_all(b"a3").await.unwrap();
+        let e = server.flush().await.unwrap_err();
+        assert!(e.to_string().contains("the disk is gone"), "{e}");
+        drop(server);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
     }
 }

@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use super::coalescing_io::CoalescingIo;
+use super::coalescing_io::{CoalescingIo, PaySync, SyncDebt};
 
 /// Bounds on what clients may hold of the server.
 #[derive(Clone, Debug)]
@@ -87,6 +87,8 @@ pub struct Connection {
     epoch: Instant,
     /// The client's address (a SAS may name the addresses it is good from).
     peer: std::net::IpAddr,
+    /// The sync owed before this connection's answers may leave.
+    debt: Arc<SyncDebt>,
 }
 
 impl Connection {
@@ -100,6 +102,7 @@ impl Connection {
             close: Notify::new(),
             epoch,
             peer,
+            debt: Arc::default(),
         };
         c.touch();
         c
@@ -108,6 +111,12 @@ impl Connection {
     /// The client's IP address.
     pub fn peer(&self) -> std::net::IpAddr {
         self.peer
+    }
+
+    /// The answers on this connection from now on leave only once the store's writes up to
+    /// `ticket` are durable (`pay` makes them so).
+    pub fn owe_sync(&self, ticket: u64, pay: PaySync) {
+        self.debt.owe(ticket, pay);
     }
 
     /// A request on this connection carried the account's key.
@@ -314,7 +323,10 @@ async fn serve_connection<S, F>(
     });
     let served = hyper::server::conn::http1::Builder::new()
         .max_buf_size(max_head.max(READ_BUFFER_BYTES))
-        .serve_connection(hyper_util::rt::TokioIo::new(CoalescingIo::new(tcp)), svc);
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(CoalescingIo::owing(tcp, Arc::clone(&conn.debt))),
+            svc,
+        );
     tokio::pin!(served);
     let mut closing = false;
     loop {

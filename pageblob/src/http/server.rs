@@ -202,13 +202,31 @@ async fn answer(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Re
         }
     }
     if is_small_put_page(&parts, buf.len()) && state.store.answers_promptly() {
-        let response = respond(&state, &parts.method, &parts.uri, &parts.headers, &buf);
+        let response = respond(
+            &state,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            &buf,
+            None,
+        );
         state.buffers.give(buf);
         return finish(response, request_id, &version, &state);
     }
+    // On a connection, a Put Page's sync may be left owed: the connection's socket holds its
+    // answer until the sync is made, and meanwhile reads the client's next request.
+    let owed = conn.as_ref().map(|_| Arc::new(OwedSync::default()));
     let st = Arc::clone(&state);
+    let owed_there = owed.clone();
     let response = tokio::task::spawn_blocking(move || {
-        let response = respond(&st, &parts.method, &parts.uri, &parts.headers, &buf);
+        let response = respond(
+            &st,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            &buf,
+            owed_there.as_deref(),
+        );
         st.buffers.give(buf);
         response
     })
@@ -219,7 +237,34 @@ async fn answer(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Re
             "request handler failed",
         ))
     });
+    if let (Some(conn), Some(ticket)) = (&conn, owed.and_then(|o| o.take())) {
+        let store = Arc::clone(&state.store);
+        conn.owe_sync(
+            ticket.0,
+            Arc::new(move |t| {
+                store
+                    .sync_owed(SyncTicket(t))
+                    .map_err(std::io::Error::other)
+            }),
+        );
+    }
     finish(response, request_id, &version, &state)
+}
+
+/// The sync a request's Put Page left owed (`PageBlobStore::put_pages_owing_sync`), for its
+/// connection to make before the answer leaves.
+#[derive(Debug, Default)]
+struct OwedSync(std::sync::Mutex<Option<SyncTicket>>);
+
+impl OwedSync {
+    fn note(&self, ticket: Option<SyncTicket>) {
+        let mut owed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *owed = (*owed).max(ticket);
+    }
+
+    fn take(&self) -> Option<SyncTicket> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// `x-ms-sequence-number-action` (with `x-ms-blob-sequence-number` where it needs one),
@@ -641,18 +686,21 @@ fn dispatch(
 ) -> Response {
     let req = Req::of(uri, headers);
     match authenticate(state, method, uri.path(), &req, None) {
-        Ok(()) => respond(state, method, uri, headers, body),
+        Ok(()) => respond(state, method, uri, headers, body, None),
         Err(e) => error_response(&e),
     }
 }
 
 /// Answer an authenticated request.
+/// The answer to one authenticated request; a Put Page may leave its sync in `owed` (`None`:
+/// every write durable before the answer).
 fn respond(
     state: &AppState,
     method: &Method,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
+    owed: Option<&OwedSync>,
 ) -> Response {
     let req = Req::of(uri, headers);
     let structured = req.header("x-ms-structured-body").is_some();
@@ -660,7 +708,7 @@ fn respond(
         let body = decoded.as_deref().unwrap_or(body);
         check_content_md5(&req, body)?;
         check_content_crc64(&req, body)?;
-        route(state, method, uri.path(), &req, body)
+        route(state, method, uri.path(), &req, body, owed)
     });
     match answer {
         Ok(mut r) => {
@@ -937,6 +985,7 @@ fn route(
     path: &str,
     req: &Req<'_>,
     body: &[u8],
+    owed: Option<&OwedSync>,
 ) -> Result<Response, StoreError> {
     let (container, blob) = resource_names(state, path)?;
     let store = &*state.store;
@@ -958,6 +1007,7 @@ fn route(
         p,
         cond,
         snapshot,
+        owed,
     };
     match (method, comp) {
         (&Method::PUT, None) => call.put_blob(),
@@ -1120,6 +1170,8 @@ struct BlobCall<'a> {
     p: BlobPath,
     cond: Conditions,
     snapshot: Option<String>,
+    /// Where a Put Page may leave its sync owed.
+    owed: Option<&'a OwedSync>,
 }
 
 impl BlobCall<'_> {
@@ -1176,6 +1228,7 @@ impl BlobCall<'_> {
             p,
             cond,
             snapshot,
+            owed,
             ..
         } = self;
         refuse_snapshot(&p, snapshot.as_deref())?;
@@ -1202,7 +1255,14 @@ impl BlobCall<'_> {
                         format!("{} body bytes for a {len}-byte range", body.len()),
                     ));
                 }
-                store.put_pages(&p, start, body, &cond)?
+                match owed {
+                    Some(owed) => {
+                        let (props, ticket) = store.put_pages_owing_sync(&p, start, body, &cond)?;
+                        owed.note(ticket);
+                        props
+                    }
+                    None => store.put_pages(&p, start, body, &cond)?,
+                }
             }
             Some("clear") => store.clear_pages(&p, start, len, &cond)?,
             Some(other) => {
@@ -1233,6 +1293,7 @@ impl BlobCall<'_> {
             p,
             cond,
             snapshot,
+            ..
         } = self;
         // An open-ended range (`bytes=0-`, what the JS SDK sends) runs to the blob's end.
         let range = req
@@ -1482,6 +1543,7 @@ impl BlobCall<'_> {
             p,
             cond,
             snapshot,
+            ..
         } = self;
         let props = store.properties(&p, snapshot.as_deref())?;
         if let Some(not_modified) = check_read_conditions(&props, &cond)? {

@@ -143,8 +143,9 @@ impl LeaseDuration {
 pub const PIPELINE_DEPTH: usize = 32;
 
 /// A sync a store owes for writes it applied without waiting for one
-/// ([`PageBlobStore::put_pages_owing_sync`]); [`PageBlobStore::sync_owed`] pays it. Tickets of
-/// one store are ordered: paying one pays every earlier one.
+/// ([`put_pages_owing_sync`](crate::PageBlobStore::put_pages_owing_sync));
+/// [`sync_owed`](crate::PageBlobStore::sync_owed) pays it. Tickets of one store are ordered:
+/// paying one pays every earlier one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SyncTicket(pub u64);
 

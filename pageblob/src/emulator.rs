@@ -699,22 +699,8 @@ impl Emulator {
     /// the home file outside it (so writers of other ranges copy side by side instead of one
     /// after another), then logged and applied under the lock. Until it lands, no other
     /// write of those bytes starts, no read copies them, and every other change waits.
-    fn put_pages_in_place(
-        &self,
-        path: &BlobPath,
-        offset: u64,
-        data: &[u8],
-        cond: &Conditions,
-    ) -> StoreResult<Properties> {
-        let (properties, changes) = self.put_pages_in_place_unsynced(path, offset, data, cond)?;
-        if self.durability == Durability::Power {
-            self.sync_through(changes)?;
-        }
-        Ok(properties)
-    }
-
-    /// [`Emulator::put_pages_in_place`] short of the sync: the blob's properties after the
-    /// write and the change count a sync must reach to make it durable.
+    /// Returns the blob's properties after the write and the change count a sync must reach
+    /// to make it durable (none is made here).
     fn put_pages_in_place_unsynced(
         &self,
         path: &BlobPath,
@@ -760,19 +746,17 @@ impl Emulator {
         Ok((inner.account.properties(path, None, now)?, inner.changes))
     }
 
-    /// A Put Page (`update`) short of the sync: the change count a sync must reach to make it
-    /// durable.
+    /// A Put Page (`update`) short of the sync: the blob's properties after it and the change
+    /// count a sync must reach to make it durable.
     fn put_pages_unsynced(
         &self,
         path: &BlobPath,
         offset: u64,
         data: &[u8],
         cond: &Conditions,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<(Properties, u64)> {
         if checked_when_planned(cond) {
-            return Ok(self
-                .put_pages_in_place_unsynced(path, offset, data, cond)?
-                .1);
+            return self.put_pages_in_place_unsynced(path, offset, data, cond);
         }
         let now = self.now();
         let mut inner = self.lock_for_write()?;
@@ -782,7 +766,7 @@ impl Emulator {
                 .write_pages(path, offset, data.len() as u64, false, cond, now)?;
         Emulator::write_home(&mut inner, path, offset, data)?;
         Emulator::commit(&mut inner, effect, &[])?;
-        Ok(inner.changes)
+        Ok((inner.account.properties(path, None, now)?, inner.changes))
     }
 
     fn now(&self) -> u64 {
@@ -967,8 +951,7 @@ impl PageBlobStore for Emulator {
         cond: &Conditions,
     ) -> StoreResult<(Properties, Option<SyncTicket>)> {
         if self.durability == Durability::Power && checked_when_planned(cond) {
-            let (properties, changes) =
-                self.put_pages_in_place_unsynced(path, offset, data, cond)?;
+            let (properties, changes) = self.put_pages_unsynced(path, offset, data, cond)?;
             return Ok((properties, Some(SyncTicket(changes))));
         }
         Ok((self.put_pages(path, offset, data, cond)?, None))
@@ -1089,19 +1072,11 @@ impl PageBlobStore for Emulator {
         data: &[u8],
         cond: &Conditions,
     ) -> StoreResult<Properties> {
-        if checked_when_planned(cond) {
-            return self.put_pages_in_place(path, offset, data, cond);
+        let (properties, changes) = self.put_pages_unsynced(path, offset, data, cond)?;
+        if self.durability == Durability::Power {
+            self.sync_through(changes)?;
         }
-        let now = self.now();
-        self.change(|inner| {
-            let effect =
-                inner
-                    .account
-                    .write_pages(path, offset, data.len() as u64, false, cond, now)?;
-            Emulator::write_home(inner, path, offset, data)?;
-            Emulator::commit(inner, effect, &[])?;
-            inner.account.properties(path, None, now)
-        })
+        Ok(properties)
     }
 
     /// The writes one after another, then (`Durability::Power`) one group commit for all of
@@ -1112,7 +1087,7 @@ impl PageBlobStore for Emulator {
     fn put_pages_batch(&self, writes: &[PageWrite<'_>], cond: &Conditions) -> StoreResult<()> {
         let mut changes = 0;
         for w in writes {
-            changes = changes.max(self.put_pages_unsynced(w.path, w.offset, w.data, cond)?);
+            changes = changes.max(self.put_pages_unsynced(w.path, w.offset, w.data, cond)?.1);
         }
         if self.durability == Durability::Power && !writes.is_empty() {
             self.sync_through(changes)?;

@@ -237,16 +237,8 @@ async fn answer(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Re
             "request handler failed",
         ))
     });
-    if let (Some(conn), Some(ticket)) = (&conn, owed.and_then(|o| o.take())) {
-        let store = Arc::clone(&state.store);
-        conn.owe_sync(
-            ticket.0,
-            Arc::new(move |t| {
-                store
-                    .sync_owed(SyncTicket(t))
-                    .map_err(std::io::Error::other)
-            }),
-        );
+    if let (Some(conn), Some(owed)) = (&conn, owed) {
+        owed.hand_to(conn, &state.store);
     }
     finish(response, request_id, &version, &state)
 }
@@ -262,8 +254,20 @@ impl OwedSync {
         *owed = (*owed).max(ticket);
     }
 
-    fn take(&self) -> Option<SyncTicket> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// The connection owes the sync noted here (if any), paid by `store`.
+    fn hand_to(&self, conn: &Connection, store: &Arc<dyn PageBlobStore>) {
+        let Some(ticket) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let store = Arc::clone(store);
+        conn.owe_sync(
+            ticket.0,
+            Arc::new(move |t| {
+                store
+                    .sync_owed(SyncTicket(t))
+                    .map_err(std::io::Error::other)
+            }),
+        );
     }
 }
 
@@ -691,7 +695,6 @@ fn dispatch(
     }
 }
 
-/// Answer an authenticated request.
 /// The answer to one authenticated request; a Put Page may leave its sync in `owed` (`None`:
 /// every write durable before the answer).
 fn respond(

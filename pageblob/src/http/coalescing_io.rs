@@ -79,6 +79,9 @@ pub struct CoalescingIo<T> {
     debt: Arc<SyncDebt>,
     /// A sync being made (on a blocking thread) before what is held may leave.
     paying: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    /// A sync failed: nothing is sent from then on (a later flush or shutdown would otherwise
+    /// send answers to writes that were never made durable).
+    sync_failed: bool,
 }
 
 impl<T> std::fmt::Debug for CoalescingIo<T> {
@@ -108,6 +111,7 @@ impl<T> CoalescingIo<T> {
             ahead_end: None,
             debt,
             paying: None,
+            sync_failed: false,
         }
     }
 
@@ -115,10 +119,20 @@ impl<T> CoalescingIo<T> {
     /// is sent, and the connection ends).
     fn poll_pay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            if self.sync_failed {
+                return Poll::Ready(Err(io::Error::other(
+                    "a sync failed: the answers it held are never sent",
+                )));
+            }
             if let Some(paying) = &mut self.paying {
                 let paid = ready!(Pin::new(paying).poll(cx));
                 self.paying = None;
-                paid.map_err(io::Error::other)??;
+                if let Err(e) = paid.map_err(io::Error::other).and_then(|r| r) {
+                    self.sync_failed = true;
+                    self.held.clear();
+                    self.sent = 0;
+                    return Poll::Ready(Err(e));
+                }
             }
             match self.debt.take() {
                 None => return Poll::Ready(Ok(())),
@@ -356,6 +370,9 @@ mod tests {
         server.write_all(b"a3").await.unwrap();
         let e = server.flush().await.unwrap_err();
         assert!(e.to_string().contains("the disk is gone"), "{e}");
+        // Nor after it: a shutdown (or anything written later) sends nothing.
+        assert!(server.write_all(b"a4").await.is_err() || server.flush().await.is_err());
+        assert!(server.shutdown().await.is_err());
         drop(server);
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();

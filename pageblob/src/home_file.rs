@@ -1,5 +1,5 @@
 //! A blob incarnation's home bytes striped over several sparse files (stores of format 2):
-//! chunk *c* of the blob (1 MiB by default) lives in `homes/<incarnation>.<c mod files>.data`,
+//! chunk *c* of the blob (4 MiB by default) lives in `homes/<incarnation>.<c mod files>.data`,
 //! at its own blob offset. A file's buffered writes are serialized by the kernel (its inode
 //! lock: on ext4 two threads write 64 KiB records into one file no faster than one), so writers
 //! of different chunks copy into different files side by side. Format-1 stores keep one file
@@ -10,6 +10,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -24,10 +25,15 @@ pub struct HomeStripes {
 }
 
 impl HomeStripes {
-    /// What a store made in a directory uses: 8 files, 1 MiB chunks.
+    /// What a store made in a directory uses: 8 files, 4 MiB chunks. Writers of different
+    /// chunks copy side by side; at power durability each group commit syncs the stripes
+    /// written since the last one, and each of those that holds new blocks costs a journal
+    /// commit of its own, so a chunk holds a whole batch of replication records (32 × 64 KiB
+    /// slots): with 1 MiB chunks a commit synced most of the 8 files (replication through
+    /// `blob serve` at power: 3.9–4.5 s against 3.4–3.7 s).
     pub const DEFAULT: HomeStripes = HomeStripes {
         files: 8,
-        chunk_bytes: 1 << 20,
+        chunk_bytes: 4 << 20,
     };
 
     /// Why these are not a layout this build writes and reads, if they are not: 2–64 files,
@@ -87,6 +93,9 @@ pub struct StripedHome {
     /// Make a newly created stripe's name durable (`Durability::Power`).
     sync_created: bool,
     stripes: Mutex<Vec<Option<Arc<dyn StoreFile>>>>,
+    /// Bit *k*: stripe *k* was written or cut since its last sync (set after the write, so a
+    /// sync that clears it first and misses the write leaves it set for the next).
+    unsynced: AtomicU64,
 }
 
 impl std::fmt::Debug for StripedHome {
@@ -114,6 +123,7 @@ impl StripedHome {
             writable,
             sync_created,
             stripes: Mutex::new(vec![None; stripes_of.files as usize]),
+            unsynced: AtomicU64::new(0),
         }
     }
 
@@ -146,12 +156,6 @@ impl StripedHome {
         }
         stripes[stripe as usize] = Some(Arc::clone(&file));
         Ok(Some(file))
-    }
-
-    /// The stripes opened so far.
-    fn opened(&self) -> Vec<Arc<dyn StoreFile>> {
-        let stripes = self.stripes.lock().unwrap_or_else(|p| p.into_inner());
-        stripes.iter().flatten().cloned().collect()
     }
 }
 
@@ -188,6 +192,7 @@ impl StoreFile for StripedHome {
                 .stripe(stripe)?
                 .ok_or_else(|| io::Error::other("a read-only home is not written"))?;
             file.write_all_at(&buf[..n], offset)?;
+            self.unsynced.fetch_or(1 << stripe, Ordering::SeqCst);
             buf = &buf[n..];
             offset += n as u64;
         }
@@ -211,14 +216,30 @@ impl StoreFile for StripedHome {
             if let Some(file) = self.stripe_if_there(stripe)? {
                 if file.len()? > len {
                     file.set_len(len)?;
+                    self.unsynced.fetch_or(1 << stripe, Ordering::SeqCst);
                 }
             }
         }
         Ok(())
     }
 
+    /// Syncs the stripes written or cut since their last sync: an idle stripe's `fdatasync`
+    /// is cheap, but each one holding new blocks costs a journal commit of its own.
     fn sync_data(&self) -> io::Result<()> {
-        self.opened().iter().try_for_each(|f| f.sync_data())
+        let unsynced = self.unsynced.swap(0, Ordering::SeqCst);
+        let stripes: Vec<_> = {
+            let stripes = self.stripes.lock().unwrap_or_else(|p| p.into_inner());
+            (0..stripes.len())
+                .filter(|k| unsynced & (1 << k) != 0)
+                .filter_map(|k| stripes[k].clone())
+                .collect()
+        };
+        let synced = stripes.iter().try_for_each(|f| f.sync_data());
+        if synced.is_err() {
+            // Not synced after all: the next sync tries them again.
+            self.unsynced.fetch_or(unsynced, Ordering::SeqCst);
+        }
+        synced
     }
 }
 
@@ -282,6 +303,128 @@ mod tests {
         }
         assert_eq!(home.len().unwrap(), b_at + b.len() as u64);
         assert!(reader.write_all_at(&[1; 512], 0).is_err());
+    }
+
+    /// A file system that counts each file's `sync_data` calls.
+    struct CountingFs {
+        inner: Arc<crate::memory_fs::CrashFs>,
+        syncs: Arc<Mutex<std::collections::BTreeMap<PathBuf, u32>>>,
+    }
+
+    struct CountingFile {
+        inner: Arc<dyn StoreFile>,
+        path: PathBuf,
+        syncs: Arc<Mutex<std::collections::BTreeMap<PathBuf, u32>>>,
+    }
+
+    impl StoreFile for CountingFile {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.inner.write_all_at(buf, offset)
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            *self
+                .syncs
+                .lock()
+                .unwrap()
+                .entry(self.path.clone())
+                .or_default() += 1;
+            self.inner.sync_data()
+        }
+    }
+
+    impl StoreFs for CountingFs {
+        fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StoreFile>> {
+            Ok(Arc::new(CountingFile {
+                inner: self.inner.open(path, mode)?,
+                path: path.to_path_buf(),
+                syncs: Arc::clone(&self.syncs),
+            }))
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.inner.exists(path)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            self.inner.remove(path)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.inner.list(dir)
+        }
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.inner.create_dir_all(dir)
+        }
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            self.inner.read(path)
+        }
+        fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+            self.inner.write_atomic(path, bytes)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.inner.sync_dir(dir)
+        }
+    }
+
+    #[test]
+    fn a_sync_covers_the_stripes_written_or_cut_since_the_last_and_no_others() {
+        let crash = crate::memory_fs::CrashFs::new();
+        let syncs = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let fs: Arc<dyn StoreFs> = Arc::new(CountingFs {
+            inner: Arc::clone(&crash),
+            syncs: Arc::clone(&syncs),
+        });
+        let layout = HomeStripes {
+            files: 4,
+            chunk_bytes: 4096,
+        };
+        let dir = Path::new("/store/homes");
+        fs.create_dir_all(dir).unwrap();
+        let home = StripedHome::new(layout, Arc::clone(&fs), dir, 3, true, true);
+        let counts = || -> Vec<u32> {
+            let syncs = syncs.lock().unwrap();
+            (0..4)
+                .map(|k| syncs.get(&home.path(k)).copied().unwrap_or(0))
+                .collect()
+        };
+        // Chunks 0 and 1 (one write across them) and chunk 7 (stripe 3).
+        let a = pattern(4096, 1);
+        home.write_all_at(&a, 2048).unwrap();
+        let b = pattern(1024, 2);
+        home.write_all_at(&b, 7 * 4096).unwrap();
+        home.sync_data().unwrap();
+        assert_eq!(counts(), [1, 1, 0, 1]);
+        // Nothing written since: nothing to sync.
+        home.sync_data().unwrap();
+        assert_eq!(counts(), [1, 1, 0, 1]);
+        // Chunk 5 (stripe 1) only.
+        let c = pattern(512, 3);
+        home.write_all_at(&c, 5 * 4096).unwrap();
+        home.sync_data().unwrap();
+        assert_eq!(counts(), [1, 2, 0, 1]);
+        // What was synced survives a power cut; a write after the last sync need not.
+        home.write_all_at(&pattern(512, 4), 4096 * 6).unwrap();
+        crash.restart_after_power_loss();
+        let reader = StripedHome::new(layout, Arc::clone(&fs), dir, 3, false, false);
+        let mut all = vec![0u8; 8 * 4096];
+        let mut done = 0;
+        while done < all.len() {
+            done += reader.read_at(&mut all[done..], done as u64).unwrap();
+        }
+        assert!(all[2048..2048 + a.len()] == a[..]);
+        assert!(all[7 * 4096..7 * 4096 + b.len()] == b[..]);
+        assert!(all[5 * 4096..5 * 4096 + c.len()] == c[..]);
+        // Cutting the home short changes only the stripes that held bytes past the cut.
+        let home = StripedHome::new(layout, Arc::clone(&fs), dir, 3, true, true);
+        home.set_len(4096 + 100).unwrap();
+        home.sync_data().unwrap();
+        assert_eq!(counts(), [1, 3, 0, 2]);
     }
 
     #[test]

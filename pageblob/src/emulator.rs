@@ -645,7 +645,12 @@ impl Emulator {
     /// log (copy-on-write). The write record follows the data, so a crash in between leaves an
     /// unacknowledged write that may or may not show — never a snapshot that changed.
     fn write_home(inner: &mut Inner, path: &BlobPath, offset: u64, data: &[u8]) -> StoreResult<()> {
-        let (incarnation, file) = Emulator::prepare_home_write(inner, path, offset, data.len())?;
+        let (incarnation, file, relocated) =
+            Emulator::prepare_home_write(inner, path, offset, data.len())?;
+        if relocated && inner.homes.durability == Durability::Power {
+            // The preserved bytes must be on disk before the overwrite can be.
+            inner.log.sync()?;
+        }
         file.write_all_at(data, offset)
             .map_err(|e| home_write_error(path, e))?;
         Emulator::home_written(inner, incarnation, file);
@@ -654,23 +659,19 @@ impl Emulator {
 
     /// Before bytes are written in place: the snapshots that still read the bytes they replace
     /// get a copy in the log, and reads that copied home bytes meanwhile will copy again. The
-    /// incarnation and its home file.
+    /// incarnation, its home file, and whether bytes were copied to the log — at power
+    /// durability the caller syncs the log before the overwrite.
     fn prepare_home_write(
         inner: &mut Inner,
         path: &BlobPath,
         offset: u64,
         len: usize,
-    ) -> StoreResult<(u64, Arc<dyn StoreFile>)> {
+    ) -> StoreResult<(u64, Arc<dyn StoreFile>, bool)> {
         let incarnation = inner.account.incarnation(path)?;
         let file = inner.homes.file_for_write(incarnation)?;
-        if Emulator::relocate_shared(inner, path, offset, len, &*file)?
-            && inner.homes.durability == Durability::Power
-        {
-            // The preserved bytes must be on disk before the overwrite can be.
-            inner.log.sync()?;
-        }
+        let relocated = Emulator::relocate_shared(inner, path, offset, len, &*file)?;
         inner.home_writes += 1;
-        Ok((incarnation, file))
+        Ok((incarnation, file, relocated))
     }
 
     /// Before home bytes are overwritten: the ones snapshots still read from home copied to
@@ -762,7 +763,7 @@ impl Emulator {
     ) -> StoreResult<(Properties, u64)> {
         let now = self.now();
         let end = offset.saturating_add(data.len() as u64);
-        let (flight, effect, file) = {
+        let (flight, effect, file, relocation_synced_by) = {
             let inner = self.lock_for_change()?;
             let mut checked = None;
             let mut inner = self.wait_for_flights(inner, |inner| {
@@ -776,7 +777,7 @@ impl Emulator {
                     || matches!(&checked, Some(Ok((_, incarnation))) if inner.in_flight_over(*incarnation, offset, end))
             });
             let (effect, _) = checked.expect("checked at least once")?;
-            let (incarnation, file) =
+            let (incarnation, file, relocated) =
                 Emulator::prepare_home_write(&mut inner, path, offset, data.len())?;
             let flight = HomeFlight {
                 incarnation,
@@ -784,12 +785,21 @@ impl Emulator {
                 end,
             };
             inner.in_flight.push(flight);
-            (flight, effect, file)
+            let relocation_synced_by =
+                (relocated && self.durability == Durability::Power).then_some(inner.changes);
+            (flight, effect, file, relocation_synced_by)
         };
         let landing = Landing {
             emulator: self,
             flight,
         };
+        if let Some(changes) = relocation_synced_by {
+            // The preserved bytes must be on disk before the overwrite can be: synced by the
+            // group commit, outside the lock (the flight keeps writes of this range and
+            // changes that wait for writes in flight out meanwhile). Under the lock each such
+            // write held every other back for its sync: a delta through `blob serve`.
+            self.sync_through(changes)?;
+        }
         let copied = file.write_all_at(data, offset);
         let mut inner = landing.land();
         copied.map_err(|e| home_write_error(path, e))?;

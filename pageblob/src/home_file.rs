@@ -191,8 +191,10 @@ impl StoreFile for StripedHome {
             let file = self
                 .stripe(stripe)?
                 .ok_or_else(|| io::Error::other("a read-only home is not written"))?;
-            file.write_all_at(&buf[..n], offset)?;
+            let written = file.write_all_at(&buf[..n], offset);
+            // Even after a failed write: whatever part of it reached the file is synced too.
             self.unsynced.fetch_or(1 << stripe, Ordering::SeqCst);
+            written?;
             buf = &buf[n..];
             offset += n as u64;
         }

@@ -69,9 +69,10 @@ pub struct DiskAgent<'a> {
     /// replication or resync) has committed since: until one does, a clean stop must not mark
     /// the tracker trusted, or the writes it never saw would never be sent.
     resync_owed: bool,
-    /// A point deletion failed half-way (journal slot cleared, snapshot left) or the blob hit
-    /// its snapshot limit: unreferenced snapshots may be using up the limit, and the next
-    /// retention sweeps them (a running agent would otherwise never free them).
+    /// A point deletion failed half-way (journal slot cleared, snapshot left), a deleted
+    /// point's snapshot was kept for a reader holding it, or the blob hit its snapshot limit:
+    /// unreferenced snapshots may be using up the limit, and the next retention sweeps them
+    /// (a running agent would otherwise never free them).
     orphans_possible: std::sync::atomic::AtomicBool,
     /// Snapshots the store allows per blob.
     snapshot_limit: Option<usize>,
@@ -160,7 +161,7 @@ impl<'a> DiskAgent<'a> {
             Some(log) => replica.with_staging(log, LOG_CONTAINER, target.name)?,
             None => replica,
         };
-        replica.sweep_orphans(&existing)?;
+        let sweep = replica.sweep_orphans(&existing)?;
         let resync_owed = tracking_untrusted.is_some();
         let resume = Resume {
             last_point_nanos: existing.last().map(|p| p.time_nanos),
@@ -188,7 +189,7 @@ impl<'a> DiskAgent<'a> {
                 simulated: false,
                 table: Default::default(),
                 resync_owed,
-                orphans_possible: Default::default(),
+                orphans_possible: (sweep.spared_for_readers > 0).into(),
             },
             resume,
         ))
@@ -340,14 +341,7 @@ impl<'a> DiskAgent<'a> {
         machine_times: Option<&std::collections::BTreeSet<u64>>,
     ) -> Result<Vec<u64>, ReplicaError> {
         let points = self.points()?;
-        let infos: Vec<PointInfo> = points
-            .iter()
-            .map(|p| PointInfo {
-                sequence: p.sequence,
-                time_nanos: p.time_nanos,
-                consistency: p.consistency,
-            })
-            .collect();
+        let infos: Vec<PointInfo> = points.iter().map(PointInfo::of).collect();
         use std::sync::atomic::Ordering;
         let mut doomed = machine.retention(now_nanos, &infos, machine_times);
         if !doomed.is_empty() {
@@ -362,8 +356,17 @@ impl<'a> DiskAgent<'a> {
                 );
             }
         }
-        for p in points.iter().filter(|p| doomed.contains(&p.sequence)) {
-            if let Err(e) = self.replica.delete_point(p) {
+        let doomed_points: Vec<&Manifest> = points
+            .iter()
+            .filter(|p| doomed.contains(&p.sequence))
+            .collect();
+        match self.replica.delete_points(&doomed_points) {
+            // A held point's snapshot stays until its reader lets go: a sweep takes it then.
+            Ok(deletion) if !deletion.kept_for_readers.is_empty() => {
+                self.orphans_possible.store(true, Ordering::Relaxed)
+            }
+            Ok(_) => {}
+            Err(e) => {
                 self.orphans_possible.store(true, Ordering::Relaxed);
                 return Err(e);
             }
@@ -373,8 +376,9 @@ impl<'a> DiskAgent<'a> {
                 .into_iter()
                 .filter(|p| !doomed.contains(&p.sequence))
                 .collect();
-            self.replica.sweep_orphans(&live)?;
-            self.orphans_possible.store(false, Ordering::Relaxed);
+            let sweep = self.replica.sweep_orphans(&live)?;
+            self.orphans_possible
+                .store(sweep.spared_for_readers > 0, Ordering::Relaxed);
         }
         Ok(doomed)
     }

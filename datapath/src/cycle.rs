@@ -1301,10 +1301,10 @@ fn recover_staged_cycle(
     Ok(())
 }
 
-/// Delete the oldest points (never the newest) until one more snapshot fits under `limit`, as
-/// retention's own limit rule does; snapshots no point refers to go first. Without this, a
-/// cycle that a crash left staged at the limit could never commit (409 SnapshotCountExceeded
-/// on every retry, and retention runs only after a commit).
+/// Delete the oldest points (never the newest, nor one a reader holds) until one more snapshot
+/// fits under `limit`, as retention's own limit rule does; snapshots no point refers to go
+/// first. Without this, a cycle that a crash left staged at the limit could never commit (409
+/// SnapshotCountExceeded on every retry, and retention runs only after a commit).
 fn make_room(
     replica: &DiskReplica<'_>,
     digest_key: &[u8; 32],
@@ -1318,13 +1318,15 @@ fn make_room(
         return Ok(());
     }
     replica.sweep_orphans(&points)?;
-    let excess = (points.len() + 1).saturating_sub(limit);
-    for p in points
+    let held = replica.held_now()?;
+    let infos: Vec<crate::retention::PointInfo> =
+        points.iter().map(crate::retention::PointInfo::of).collect();
+    let doomed = crate::retention::sparing_held(&infos, &[], &held, Some(limit));
+    let doomed: Vec<&Manifest> = points
         .iter()
-        .take(excess.min(points.len().saturating_sub(1)))
-    {
-        replica.delete_point(p)?;
-    }
+        .filter(|p| doomed.contains(&p.sequence))
+        .collect();
+    replica.delete_points(&doomed)?;
     Ok(())
 }
 

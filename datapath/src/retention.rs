@@ -24,6 +24,17 @@ pub struct PointInfo {
     pub consistency: Consistency,
 }
 
+impl PointInfo {
+    /// What retention needs of `manifest`.
+    pub fn of(manifest: &crate::replica::manifest::Manifest) -> PointInfo {
+        PointInfo {
+            sequence: manifest.sequence,
+            time_nanos: manifest.time_nanos,
+            consistency: manifest.consistency,
+        }
+    }
+}
+
 /// Sequences of the points to delete, ascending. `points` may be in any order.
 pub fn points_to_delete(
     points: &[PointInfo],

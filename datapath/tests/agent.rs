@@ -108,19 +108,27 @@ fn identity(clock: &ManualClock) -> Identity {
 }
 
 fn restore_point(agent: &DiskAgent<'_>, id: &Identity, seq: u64) -> Vec<u8> {
-    let keys = id.disk_keys("vm-disk");
-    let codec = BlockCodec::new(&keys, 1, true);
     let points = agent.points().unwrap();
     let point = points.iter().find(|p| p.sequence == seq).unwrap();
+    restore_manifest(agent, id, point).unwrap()
+}
+
+/// The image of the point `manifest` describes, listed or not.
+fn restore_manifest(
+    agent: &DiskAgent<'_>,
+    id: &Identity,
+    manifest: &datapath::replica::manifest::Manifest,
+) -> Result<Vec<u8>, datapath::replica::error::ReplicaError> {
+    let keys = id.disk_keys("vm-disk");
+    let codec = BlockCodec::new(&keys, 1, true);
     let mut out = Vec::new();
     agent
         .replica
-        .restore(&codec, point, keys.digest.expose(), |_, b| {
+        .restore(&codec, manifest, keys.digest.expose(), |_, b| {
             out.extend_from_slice(b);
             Ok(())
-        })
-        .unwrap();
-    out
+        })?;
+    Ok(out)
 }
 
 #[test]
@@ -530,4 +538,161 @@ fn a_held_point_outlives_retention_until_it_is_released() {
         .filter(|b| b.name.contains(".hold-"))
         .count();
     assert_eq!(holds, 0);
+}
+
+/// A reader that takes its hold in the instant between retention's listing of holds and its
+/// deletion (a hold taken, its point still listed: the reader goes on) keeps its point: the
+/// point is unlisted but its snapshot stays, restores byte-exact, outlives an agent started
+/// meanwhile and later retentions, and is swept once the reader lets go.
+#[test]
+fn a_hold_confirmed_while_retention_deletes_its_point_keeps_the_point_readable() {
+    use datapath::retention::PointInfo;
+    use pageblob::faults::{FaultConfig, FaultyStore};
+    use pageblob::PageBlobStore;
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(FaultyStore::new(
+        store_in(dir.path(), Profile::Standard, &clock),
+        FaultConfig::default(),
+    ));
+    let id = identity(&clock);
+    let digest_key = *id.disk_keys("vm-disk").digest.expose();
+    let policy = Policy::from_toml(
+        "copy_frequency_secs = 300\nretention_hours = 1",
+        Profile::Standard,
+    )
+    .unwrap();
+    let (mut agent, resume) = untracked_agent(&*store, None, &id, &policy);
+    let mut machine = Replicator::new(policy.clone(), None, T0, resume);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut disk = zero_disk();
+    let snapshots_of = |store: &dyn PageBlobStore| -> Vec<String> {
+        store
+            .list_blobs("replicas", "vm-disk.replica", true)
+            .unwrap()
+            .into_iter()
+            .filter_map(|b| b.properties.snapshot)
+            .collect()
+    };
+    // The reader: holds point 0 and checks it is still listed, as `restore` does.
+    type Reader = (datapath::replica::point_hold::PointHold, bool);
+    let reader: Arc<Mutex<Option<Reader>>> = Arc::default();
+    let (mut point_0, mut image_0) = (None, None);
+    let mut armed = false;
+    for step in 0..40u64 {
+        let now = T0 + step * 5 * MIN;
+        clock.set(now);
+        workload(&mut disk, &mut rng, 2);
+        let Action::RunCycle(plan) = machine.poll(now) else {
+            continue;
+        };
+        let report = agent
+            .run(&plan, &mut AtRestDisk(&disk), now, &|_| {})
+            .unwrap();
+        if report.point.sequence == 0 {
+            point_0 = Some(report.point.clone());
+            image_0 = Some(disk.bytes.clone());
+        }
+        machine.cycle_finished(
+            now,
+            &CycleOutcome::Committed {
+                point_time_nanos: report.point.time_nanos,
+            },
+        );
+        let infos: Vec<PointInfo> = agent.points().unwrap().iter().map(PointInfo::of).collect();
+        if !armed && machine.retention(now, &infos, None).first() == Some(&0) {
+            // This retention deletes point 0: the reader comes just before its journal slot
+            // is cleared, after retention listed the holds (there were none).
+            armed = true;
+            let (store2, reader2) = (Arc::clone(&store), Arc::clone(&reader));
+            let layout = agent.replica.layout;
+            store.before_write_to("vm-disk.journal", move || {
+                let mut rng = ChaCha8Rng::seed_from_u64(4);
+                let hold = datapath::replica::point_hold::PointHold::take(
+                    &*store2, "replicas", "vm-disk", 0, &mut rng,
+                )
+                .unwrap();
+                let view = datapath::replica::disk_replica::DiskReplica::open_existing(
+                    &*store2, "replicas", "vm-disk", layout,
+                )
+                .unwrap();
+                let listed = view
+                    .points(&digest_key)
+                    .unwrap()
+                    .iter()
+                    .any(|p| p.sequence == 0);
+                *reader2.lock().unwrap() = Some((hold, listed));
+            });
+        }
+        let before = snapshots_of(&*store);
+        let deleted = agent.apply_retention(&machine, now).unwrap();
+        if armed && deleted.contains(&0) {
+            let point_0 = point_0.as_ref().unwrap();
+            let (hold, listed) = reader.lock().unwrap().take().expect("the reader came");
+            assert!(listed, "the reader found point 0 listed once it held it");
+            assert!(
+                !agent.points().unwrap().iter().any(|p| p.sequence == 0),
+                "point 0 is no longer listed"
+            );
+            assert!(
+                snapshots_of(&*store).contains(&point_0.snapshot)
+                    && before.contains(&point_0.snapshot),
+                "the held point's snapshot stays"
+            );
+            assert!(
+                restore_manifest(&agent, &id, point_0).unwrap() == *image_0.as_ref().unwrap(),
+                "the reader restores its point as the disk was"
+            );
+            // Another hour of cycles, and an agent started meanwhile: the reader still holds.
+            for later in 1..=12u64 {
+                let now = now + later * 5 * MIN;
+                clock.set(now);
+                agent.replica.hold_renew(&hold).unwrap();
+                workload(&mut disk, &mut rng, 2);
+                if let Action::RunCycle(plan) = machine.poll(now) {
+                    let report = agent
+                        .run(&plan, &mut AtRestDisk(&disk), now, &|_| {})
+                        .unwrap();
+                    machine.cycle_finished(
+                        now,
+                        &CycleOutcome::Committed {
+                            point_time_nanos: report.point.time_nanos,
+                        },
+                    );
+                    agent.apply_retention(&machine, now).unwrap();
+                }
+            }
+            drop(agent);
+            let (restarted, _) = untracked_agent(&*store, None, &id, &policy);
+            assert!(
+                snapshots_of(&*store).contains(&point_0.snapshot),
+                "no sweep takes a snapshot a reader holds"
+            );
+            assert!(
+                restore_manifest(&restarted, &id, point_0).unwrap() == *image_0.as_ref().unwrap()
+            );
+            // Let go: the next retention sweeps the snapshot.
+            restarted.replica.release_hold(hold).unwrap();
+            drop(restarted);
+            let (restarted, _) = untracked_agent(&*store, None, &id, &policy);
+            assert!(
+                !snapshots_of(&*store).contains(&point_0.snapshot),
+                "released, the snapshot is swept"
+            );
+            let live: Vec<String> = restarted
+                .points()
+                .unwrap()
+                .into_iter()
+                .map(|p| p.snapshot)
+                .collect();
+            let mut all = snapshots_of(&*store);
+            all.sort();
+            let mut live_sorted = live.clone();
+            live_sorted.sort();
+            assert_eq!(all, live_sorted, "every snapshot left is a listed point's");
+            return;
+        }
+    }
+    panic!("retention never deleted point 0");
 }

@@ -334,7 +334,7 @@ fn deleted_points_leave_the_journal_and_their_snapshots_go() {
     }
     // An orphan snapshot (a crash between snapshot and manifest) is swept.
     store.snapshot(&replica.data, &Default::default()).unwrap();
-    assert_eq!(replica.sweep_orphans(&live).unwrap(), 1);
+    assert_eq!(replica.sweep_orphans(&live).unwrap().swept, 1);
     // The next point continues the sequence.
     churn(&mut disk, &mut rng, 2);
     let r = cycle_on(&replica, &disk, &id, &mut nonces, Selection::Scan, 9).unwrap();
@@ -716,18 +716,24 @@ fn a_cycle_staged_at_the_snapshot_limit_commits_and_the_next_cycle_too() {
             panic!("seed {seed}: the cycle met no fault");
         }
     }
+    // A reader holds the oldest point meanwhile.
+    let hold = replica
+        .hold_point(0, &mut ChaCha8Rng::seed_from_u64(45))
+        .unwrap();
     // The next run completes the staged point and commits its own, within the limit.
     churn(&mut disk, &mut rng, 3);
     let report = run(&replica, &disk, &mut nonces, 100).unwrap();
     let points = replica.points(keys.digest.expose()).unwrap();
     assert_eq!(report.point.sequence, 100);
-    // Point 0 made room; 1-99 and the new point 100 fill the limit exactly.
-    assert_eq!(
-        points.len(),
-        100,
-        "{:?}",
-        points.iter().map(|p| p.sequence).collect::<Vec<_>>()
+    // Point 1, the oldest not held, made room; 0, 2-99 and the new point 100 fill the limit
+    // exactly.
+    let sequences: Vec<u64> = points.iter().map(|p| p.sequence).collect();
+    assert_eq!(points.len(), 100, "{sequences:?}");
+    assert!(
+        sequences.contains(&0) && !sequences.contains(&1),
+        "{sequences:?}"
     );
+    replica.release_hold(hold).unwrap();
     let snapshots = fast
         .list_blobs("replicas", "", true)
         .unwrap()

@@ -2,7 +2,8 @@
 //! operation (nothing applied), 500 OperationTimedOut after a write was applied (the caller
 //! cannot tell), torn Put Page writes (a prefix of the pages applied, then 500), added latency
 //! and a bandwidth cap. Off unless configured; the same seed and
-//! call sequence always draw the same faults.
+//! call sequence always draw the same faults. A test can also put another client's requests at
+//! an exact point among this one's ([`FaultyStore::before_write_to`]).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -49,7 +50,12 @@ pub struct FaultyStore<S> {
     reads: std::sync::atomic::AtomicU64,
     /// `put_pages_batch` calls, all told.
     batches: std::sync::atomic::AtomicU64,
+    /// What to run just before the next write to a blob of this name.
+    interleaved: Mutex<Option<Interleaved>>,
 }
+
+/// [`FaultyStore::before_write_to`]'s blob name and what to run.
+type Interleaved = (String, Box<dyn FnOnce() + Send>);
 
 impl<S> std::fmt::Debug for FaultyStore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,6 +76,29 @@ impl<S: PageBlobStore> FaultyStore<S> {
             writes: Default::default(),
             reads: Default::default(),
             batches: Default::default(),
+            interleaved: Mutex::new(None),
+        }
+    }
+
+    /// Run `action` once, just before the next write to blob `name` (of any container) goes
+    /// to the store: how a test puts another client's requests (a reader taking a hold, say)
+    /// at an exact point among this store's caller's. `action` may call this store itself.
+    pub fn before_write_to(&self, name: &str, action: impl FnOnce() + Send + 'static) {
+        *self.interleaved.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((name.to_owned(), Box::new(action)));
+    }
+
+    /// Before a write to `path`: the interleaved action, if it waits for this blob.
+    fn interleave(&self, path: &BlobPath) {
+        let action = {
+            let mut slot = self.interleaved.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some((name, _)) if *name == path.blob => slot.take().map(|(_, action)| action),
+                _ => None,
+            }
+        };
+        if let Some(action) = action {
+            action();
         }
     }
 
@@ -202,6 +231,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         cond: &Conditions,
         headers: &BlobHeaders,
     ) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(0)?;
         let r = self
             .inner
@@ -214,6 +244,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         metadata: &Metadata,
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(0)?;
         let r = self.inner.set_metadata(path, metadata, cond);
         self.after_write(r)
@@ -224,6 +255,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         content: &ContentHeaders,
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(0)?;
         let r = self.inner.set_content_headers(path, content, cond);
         self.after_write(r)
@@ -234,6 +266,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         changes: &crate::blob_headers::PropertyChanges,
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(0)?;
         let r = self.inner.set_properties(path, changes, cond);
         self.after_write(r)
@@ -249,6 +282,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         sequence_number: u64,
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(0)?;
         let r = self
             .inner
@@ -262,6 +296,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         data: &[u8],
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(data.len())?;
         let pages = data.len() / PAGE_SIZE as usize;
         if pages > 1 && self.draw(self.config().torn_write) {
@@ -292,6 +327,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         len: u64,
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(0)?;
         let r = self.inner.clear_pages(path, offset, len, cond);
         self.after_write(r)
@@ -322,6 +358,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
             .page_ranges(path, snapshot, prev_snapshot, range, marker, max_results)
     }
     fn snapshot(&self, path: &BlobPath, cond: &Conditions) -> StoreResult<String> {
+        self.interleave(path);
         self.before(0)?;
         let r = self.inner.snapshot(path, cond);
         self.after_write(r)
@@ -342,6 +379,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         delete_snapshots: Option<DeleteSnapshots>,
         cond: &Conditions,
     ) -> StoreResult<()> {
+        self.interleave(path);
         self.before(0)?;
         if self.config().refuse_deletes {
             return Err(StoreError::service(
@@ -355,6 +393,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         self.after_write(r)
     }
     fn resize(&self, path: &BlobPath, size: u64, cond: &Conditions) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(0)?;
         let r = self.inner.resize(path, size, cond);
         self.after_write(r)
@@ -365,6 +404,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         action: SequenceNumberAction,
         cond: &Conditions,
     ) -> StoreResult<Properties> {
+        self.interleave(path);
         self.before(0)?;
         let r = self.inner.set_sequence_number(path, action, cond);
         self.after_write(r)
@@ -379,6 +419,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         action: &LeaseAction,
         cond: &Conditions,
     ) -> StoreResult<LeaseAnswer> {
+        self.interleave(path);
         self.before(0)?;
         let r = self.inner.lease(path, action, cond);
         self.after_write(r)
@@ -389,6 +430,7 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
         source: &BlobPath,
         snapshot: Option<&str>,
     ) -> StoreResult<CopyInfo> {
+        self.interleave(dest);
         self.before(0)?;
         let r = self.inner.incremental_copy(dest, source, snapshot);
         self.after_write(r)
@@ -445,5 +487,49 @@ mod tests {
             FaultConfig::default(),
         );
         assert!(!synced.answers_promptly(), "every write is synced");
+    }
+
+    #[test]
+    fn an_interleaved_action_runs_once_just_before_the_next_write_to_its_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::new(
+            emulator(dir.path(), Durability::Process),
+            FaultConfig::default(),
+        ));
+        let cond = Conditions::default();
+        store.create_container("box").unwrap();
+        let (a, b) = (BlobPath::new("box", "a"), BlobPath::new("box", "b"));
+        store.create_page_blob(&a, 1024, 0, &cond).unwrap();
+        store.create_page_blob(&b, 1024, 0, &cond).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (inner, log) = (Arc::clone(&store), Arc::clone(&seen));
+        store.before_write_to("b", move || {
+            // Another client's write, with what it saw of "b" before this one's.
+            let mut page = [0u8; 512];
+            inner
+                .read(&BlobPath::new("box", "b"), None, 0, &mut page)
+                .unwrap();
+            inner
+                .put_pages(
+                    &BlobPath::new("box", "a"),
+                    0,
+                    &[2; 512],
+                    &Conditions::default(),
+                )
+                .unwrap();
+            log.lock().unwrap().push(page[0]);
+        });
+        store.put_pages(&a, 0, &[1; 512], &cond).unwrap();
+        assert!(seen.lock().unwrap().is_empty(), "a write to another blob");
+        store.put_pages(&b, 0, &[3; 512], &cond).unwrap();
+        store.put_pages(&b, 0, &[4; 512], &cond).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![0],
+            "once, before the first write to b"
+        );
+        let mut page = [0u8; 512];
+        store.read(&a, None, 0, &mut page).unwrap();
+        assert_eq!(page[0], 2, "the action's own write went through");
     }
 }

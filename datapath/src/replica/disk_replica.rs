@@ -344,6 +344,11 @@ impl<'a> DiskReplica<'a> {
         super::point_hold::held_points(self.store, &self.data.container, self.name(), now_nanos)
     }
 
+    /// The points readers hold now ([`super::point_hold::held_now`]: nothing swept).
+    pub fn held_now(&self) -> Result<std::collections::BTreeSet<u64>, ReplicaError> {
+        super::point_hold::held_now(self.store, &self.data.container, self.name())
+    }
+
     /// Claim the next nonce epoch: read the last one claimed, store its successor, and return
     /// it only once that is stored, so no two claims (across crashes and restarts) ever get
     /// the same epoch. The first claim starts at a random epoch below 2^63 from `rng`.
@@ -950,21 +955,46 @@ impl<'a> DiskReplica<'a> {
         Ok(manifest)
     }
 
-    /// Delete a point: its journal slot is cleared first (the point is gone), then its
-    /// snapshot. A crash in between leaves an orphan snapshot that `sweep_orphans` removes.
-    pub fn delete_point(&self, manifest: &Manifest) -> Result<(), ReplicaError> {
-        let slot = manifest.sequence % JOURNAL_SLOTS;
-        self.change_journal(
-            |cond| {
-                self.store
-                    .clear_pages(&self.journal, slot * JOURNAL_SLOT, JOURNAL_SLOT, cond)
-            },
-            |_, points| {
-                points.retain(|p| p.sequence % JOURNAL_SLOTS != slot);
-                true
-            },
-        )?;
-        self.delete_snapshot(&manifest.snapshot)
+    /// Delete a point ([`delete_points`](Self::delete_points) of one).
+    pub fn delete_point(&self, manifest: &Manifest) -> Result<Deletion, ReplicaError> {
+        self.delete_points(&[manifest])
+    }
+
+    /// Delete `points`: their journal slots are cleared first (the points are gone), then the
+    /// replica's holds are listed, then the snapshot of each point no live hold names is
+    /// deleted. A reader takes its hold and then checks its point is still listed
+    /// ([`super::point_hold`]), so a reader that found it listed took its hold before the
+    /// slot was cleared, and the listing here sees that hold: its point's snapshot stays,
+    /// unlisted, until the reader lets go (`sweep_orphans` removes it then). A crash in
+    /// between leaves orphan snapshots that `sweep_orphans` removes.
+    pub fn delete_points(&self, points: &[&Manifest]) -> Result<Deletion, ReplicaError> {
+        let mut deletion = Deletion::default();
+        if points.is_empty() {
+            return Ok(deletion);
+        }
+        for manifest in points {
+            let slot = manifest.sequence % JOURNAL_SLOTS;
+            self.change_journal(
+                |cond| {
+                    self.store
+                        .clear_pages(&self.journal, slot * JOURNAL_SLOT, JOURNAL_SLOT, cond)
+                },
+                |_, points| {
+                    points.retain(|p| p.sequence % JOURNAL_SLOTS != slot);
+                    true
+                },
+            )?;
+        }
+        let held = self.held_now()?;
+        for manifest in points {
+            if held.contains(&manifest.sequence) {
+                deletion.kept_for_readers.push(manifest.sequence);
+            } else {
+                self.delete_snapshot(&manifest.snapshot)?;
+                deletion.deleted.push(manifest.sequence);
+            }
+        }
+        Ok(deletion)
     }
 
     /// Change the journal with `write`. While this handle holds a listing of the points, the
@@ -1016,11 +1046,15 @@ impl<'a> DiskReplica<'a> {
     }
 
     /// Delete snapshots of the data blob that no live point references (left by a crash
-    /// during a cycle's commit or a point's deletion). Returns how many were deleted.
-    pub fn sweep_orphans(&self, live: &[Manifest]) -> Result<usize, ReplicaError> {
+    /// during a cycle's commit or a point's deletion, or kept for a reader by
+    /// [`delete_points`](Self::delete_points)). While a live hold names a point that is not
+    /// among `live`, a reader may still be reading such a snapshot (a hold names its point's
+    /// sequence, not its snapshot), so none is deleted: [`Sweep::spared_for_readers`] says
+    /// how many wait for a later sweep.
+    pub fn sweep_orphans(&self, live: &[Manifest]) -> Result<Sweep, ReplicaError> {
         let referenced: std::collections::BTreeSet<&str> =
             live.iter().map(|m| m.snapshot.as_str()).collect();
-        let mut swept = 0;
+        let mut sweep = Sweep::default();
         let listed = self
             .store
             .list_blobs(&self.data.container, &self.data.blob, true)?;
@@ -1028,16 +1062,30 @@ impl<'a> DiskReplica<'a> {
         // its snapshots later, so none of them is in the listing (an unreferenced snapshot of
         // its commit in progress is not an orphan).
         self.check_fence()?;
-        for listing in listed {
-            let Some(snapshot) = listing.properties.snapshot.as_deref() else {
-                continue;
-            };
-            if listing.name == self.data.blob && !referenced.contains(snapshot) {
-                self.delete_snapshot(snapshot)?;
-                swept += 1;
-            }
+        let orphans: Vec<&str> = listed
+            .iter()
+            .filter(|listing| listing.name == self.data.blob)
+            .filter_map(|listing| listing.properties.snapshot.as_deref())
+            .filter(|snapshot| !referenced.contains(snapshot))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(sweep);
         }
-        Ok(swept)
+        // Listed after the points were (`live`): a hold on a point unlisted before then was
+        // taken before then, so it is in this listing while its lease lives.
+        let held = self.held_now()?;
+        if held
+            .iter()
+            .any(|sequence| !live.iter().any(|m| m.sequence == *sequence))
+        {
+            sweep.spared_for_readers = orphans.len();
+            return Ok(sweep);
+        }
+        for snapshot in orphans {
+            self.delete_snapshot(snapshot)?;
+            sweep.swept += 1;
+        }
+        Ok(sweep)
     }
 
     /// Every live point, oldest first: the journal slots Get Page Ranges reports.
@@ -1178,6 +1226,24 @@ impl<'a> DiskReplica<'a> {
         out.sort_by_key(|m| m.sequence);
         Ok(out)
     }
+}
+
+/// What [`DiskReplica::delete_points`] did with each point (every one of them is unlisted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deletion {
+    /// Points whose snapshots are deleted too.
+    pub deleted: Vec<u64>,
+    /// Points a reader held once they were unlisted: their snapshots stay until it lets go.
+    pub kept_for_readers: Vec<u64>,
+}
+
+/// What [`DiskReplica::sweep_orphans`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Orphan snapshots deleted.
+    pub swept: usize,
+    /// Orphan snapshots left while a reader holds a point no longer listed.
+    pub spared_for_readers: usize,
 }
 
 /// A block of `snapshot` (the blob itself: `None`) that did not decode.

@@ -166,7 +166,17 @@ impl<'a> ReadPoints<'a> {
                 return work();
             }
         };
-        datapath::replica::point_hold::while_held(self.store, hold, || {
+        let failed_renewal = |e: &datapath::replica::error::ReplicaError| {
+            eprintln!(
+                "replica {}: the hold on point {} could not be renewed ({e}): once its lease \
+                 runs out ({} s after the last renewal) a replication running meanwhile may \
+                 delete the point while it is read",
+                self.name,
+                manifest.sequence,
+                datapath::replica::point_hold::HOLD_LEASE_SECS
+            )
+        };
+        datapath::replica::point_hold::while_held(self.store, hold, &failed_renewal, || {
             if self.deleted_since_listed(manifest) {
                 bail!(
                     "point {} of {} was deleted (by the retention of a replication running \

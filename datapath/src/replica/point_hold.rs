@@ -117,11 +117,24 @@ fn guid(b: &[u8; 16]) -> String {
 }
 
 /// Run `work` with `hold` renewed every [`RENEW_EVERY`] by a thread of its own, then release
-/// it. A renewal that fails is retried at the next turn (the lease outlives two missed ones);
-/// the release is best effort (an unreleased hold expires).
+/// it. A renewal that fails is told to `failed_renewal` (the holder's to report: the hold
+/// protects nothing once its lease runs out) and retried at the next turn (the lease outlives
+/// two missed ones); the release is best effort (an unreleased hold expires).
 pub fn while_held<T: Send>(
     store: &dyn PageBlobStore,
     hold: PointHold,
+    failed_renewal: &(dyn Fn(&ReplicaError) + Sync),
+    work: impl FnOnce() -> T + Send,
+) -> T {
+    renewed_every(RENEW_EVERY, store, hold, failed_renewal, work)
+}
+
+/// [`while_held`], renewing every `every`.
+fn renewed_every<T: Send>(
+    every: Duration,
+    store: &dyn PageBlobStore,
+    hold: PointHold,
+    failed_renewal: &(dyn Fn(&ReplicaError) + Sync),
     work: impl FnOnce() -> T + Send,
 ) -> T {
     let done = Mutex::new(false);
@@ -131,11 +144,13 @@ pub fn while_held<T: Send>(
             let mut finished = done.lock().unwrap_or_else(|p| p.into_inner());
             while !*finished {
                 let (guard, timeout) = wake
-                    .wait_timeout(finished, RENEW_EVERY)
+                    .wait_timeout(finished, every)
                     .unwrap_or_else(|p| p.into_inner());
                 finished = guard;
                 if !*finished && timeout.timed_out() {
-                    let _ = hold.renew(store);
+                    if let Err(e) = hold.renew(store) {
+                        failed_renewal(&e);
+                    }
                 }
             }
         });
@@ -318,10 +333,63 @@ mod tests {
         let store = store(dir.path(), &clock);
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let hold = PointHold::take(&store, "replicas", "disk", 4, &mut rng).unwrap();
-        let during = while_held(&store, hold, || {
+        let during = while_held(&store, hold, &|e| panic!("{e}"), || {
             held_points(&store, "replicas", "disk", T0).unwrap()
         });
         assert_eq!(during, BTreeSet::from([4]));
         assert!(store.list_blobs("replicas", "", false).unwrap().is_empty());
+    }
+
+    /// Renewals go on while the work runs; one that fails is told to the holder, each time.
+    #[test]
+    fn a_renewal_that_fails_is_told_to_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = store(dir.path(), &clock);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let hold = PointHold::take(&store, "replicas", "disk", 5, &mut rng).unwrap();
+        let path = hold.path.clone();
+        let failures = Mutex::new(Vec::new());
+        let every = Duration::from_millis(5);
+        renewed_every(
+            every,
+            &store,
+            hold,
+            &|e| failures.lock().unwrap().push(e.to_string()),
+            || {
+                // Renewed: the lease outlives its first 60 s.
+                let renewed = |at: u64| {
+                    std::thread::sleep(40 * every);
+                    clock.set(at);
+                    held_points(&store, "replicas", "disk", at).unwrap() == BTreeSet::from([5])
+                };
+                assert!(renewed(T0 + 50 * SEC) && renewed(T0 + 100 * SEC));
+                assert!(failures.lock().unwrap().is_empty());
+                // Its blob deleted behind the holder's back (by someone who broke the lease):
+                // every renewal fails from then on, and the holder hears of each.
+                store
+                    .lease(
+                        &path,
+                        &LeaseAction::Break {
+                            period_secs: Some(0),
+                        },
+                        &Conditions::default(),
+                    )
+                    .unwrap();
+                store
+                    .delete_blob(&path, None, None, &Conditions::default())
+                    .unwrap();
+                let gone =
+                    |f: &Vec<String>| f.iter().filter(|e| e.contains("BlobNotFound")).count();
+                for _ in 0..2000 {
+                    if gone(&failures.lock().unwrap()) >= 2 {
+                        break;
+                    }
+                    std::thread::sleep(every);
+                }
+                let failures = failures.lock().unwrap();
+                assert!(gone(&failures) >= 2, "{failures:?}");
+            },
+        );
     }
 }

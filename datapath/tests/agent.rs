@@ -696,3 +696,168 @@ fn a_hold_confirmed_while_retention_deletes_its_point_keeps_the_point_readable()
     }
     panic!("retention never deleted point 0");
 }
+
+/// Readers arrive at seeded moments — just before a write to the journal or the data blob,
+/// which puts some between retention's listing of holds and its deletion — each holds a point
+/// (the oldest, half the time), checks it is listed, and reads it one to six cycles later.
+/// Every reader that found its point listed reads it byte-exact, whatever retention did
+/// meanwhile; once all have let go, a restarted agent's sweep leaves no snapshot that is not a
+/// listed point's.
+#[test]
+fn readers_arriving_at_any_moment_read_the_points_they_confirmed() {
+    use datapath::replica::disk_replica::DiskReplica;
+    use datapath::replica::manifest::Manifest;
+    use datapath::replica::point_hold::PointHold;
+    use pageblob::faults::{FaultConfig, FaultyStore};
+    use pageblob::PageBlobStore;
+    use std::sync::Mutex;
+    /// A reader: its hold, the point, whether it found the point listed once it held it, and
+    /// the step it reads at.
+    type Reader = (PointHold, Manifest, bool, u64);
+    let mut kept_for_a_reader = 0;
+    for seed in 0..3u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(FaultyStore::new(
+            store_in(dir.path(), Profile::Standard, &clock),
+            FaultConfig::default(),
+        ));
+        let id = identity(&clock);
+        let digest_key = *id.disk_keys("vm-disk").digest.expose();
+        let policy = Policy::from_toml(
+            "copy_frequency_secs = 300\nretention_hours = 1",
+            Profile::Standard,
+        )
+        .unwrap();
+        let (mut agent, resume) = untracked_agent(&*store, None, &id, &policy);
+        let layout = agent.replica.layout;
+        let mut machine = Replicator::new(policy.clone(), None, T0, resume);
+        let mut rng = ChaCha8Rng::seed_from_u64(100 + seed);
+        let mut disk = zero_disk();
+        let mut images = BTreeMap::new();
+        let readers: Arc<Mutex<Vec<Reader>>> = Arc::default();
+        let listed_now = move |store: &dyn PageBlobStore| -> Vec<Manifest> {
+            DiskReplica::open_existing(store, "replicas", "vm-disk", layout)
+                .unwrap()
+                .points(&digest_key)
+                .unwrap()
+        };
+        let read_and_release = |agent: &DiskAgent<'_>,
+                                images: &BTreeMap<u64, Vec<u8>>,
+                                (hold, point, confirmed, _): Reader,
+                                kept: &mut usize| {
+            if confirmed {
+                let image = restore_manifest(agent, &id, &point).unwrap_or_else(|e| {
+                    panic!(
+                        "seed {seed}: point {} confirmed, then lost: {e}",
+                        point.sequence
+                    )
+                });
+                assert!(
+                    image == images[&point.sequence],
+                    "seed {seed}: point {}",
+                    point.sequence
+                );
+                let still_listed = agent
+                    .points()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p.sequence == point.sequence);
+                *kept += usize::from(!still_listed);
+            }
+            agent.replica.release_hold(hold).unwrap();
+        };
+        for step in 0..60u64 {
+            let now = T0 + step * 5 * MIN;
+            clock.set(now);
+            let due: Vec<Reader> = {
+                let mut all = readers.lock().unwrap();
+                for (hold, ..) in all.iter() {
+                    agent.replica.hold_renew(hold).unwrap();
+                }
+                let (due, rest) = all.drain(..).partition(|r| r.3 <= step);
+                *all = rest;
+                due
+            };
+            for reader in due {
+                read_and_release(&agent, &images, reader, &mut kept_for_a_reader);
+            }
+            workload(&mut disk, &mut rng, 2);
+            if let Action::RunCycle(plan) = machine.poll(now) {
+                let report = agent
+                    .run(&plan, &mut AtRestDisk(&disk), now, &|_| {})
+                    .unwrap();
+                images.insert(report.point.sequence, disk.bytes.clone());
+                machine.cycle_finished(
+                    now,
+                    &CycleOutcome::Committed {
+                        point_time_nanos: report.point.time_nanos,
+                    },
+                );
+            }
+            if rng.next_u32() % 2 == 0 {
+                let blob = ["vm-disk.journal", "vm-disk.replica"][rng.next_u32() as usize % 2];
+                let (store2, readers2) = (Arc::clone(&store), Arc::clone(&readers));
+                let (pick, hold_seed, read_at) = (
+                    rng.next_u64(),
+                    rng.next_u64(),
+                    step + 1 + rng.next_u64() % 6,
+                );
+                store.before_write_to(blob, move || {
+                    let points = listed_now(&*store2);
+                    let Some(oldest) = points.first() else {
+                        return;
+                    };
+                    let point = match pick % 4 {
+                        0 | 1 => oldest.clone(),
+                        _ => points[(pick as usize / 4) % points.len()].clone(),
+                    };
+                    let hold = PointHold::take(
+                        &*store2,
+                        "replicas",
+                        "vm-disk",
+                        point.sequence,
+                        &mut ChaCha8Rng::seed_from_u64(hold_seed),
+                    )
+                    .unwrap();
+                    let confirmed = listed_now(&*store2)
+                        .iter()
+                        .any(|p| p.sequence == point.sequence && p.snapshot == point.snapshot);
+                    readers2
+                        .lock()
+                        .unwrap()
+                        .push((hold, point, confirmed, read_at));
+                });
+            }
+            agent.apply_retention(&machine, now).unwrap();
+        }
+        let left: Vec<Reader> = readers.lock().unwrap().drain(..).collect();
+        for reader in left {
+            read_and_release(&agent, &images, reader, &mut kept_for_a_reader);
+        }
+        drop(agent);
+        let (restarted, _) = untracked_agent(&*store, None, &id, &policy);
+        let mut snapshots: Vec<String> = store
+            .list_blobs("replicas", "vm-disk.replica", true)
+            .unwrap()
+            .into_iter()
+            .filter_map(|b| b.properties.snapshot)
+            .collect();
+        snapshots.sort();
+        let mut listed: Vec<String> = restarted
+            .points()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.snapshot)
+            .collect();
+        listed.sort();
+        assert_eq!(
+            snapshots, listed,
+            "seed {seed}: every snapshot left is a listed point's"
+        );
+    }
+    assert!(
+        kept_for_a_reader > 0,
+        "no reader held a point retention unlisted meanwhile"
+    );
+}

@@ -540,6 +540,83 @@ fn a_held_point_outlives_retention_until_it_is_released() {
     assert_eq!(holds, 0);
 }
 
+/// A store that can put a reader's requests among the agent's (`before_write_to`), in a
+/// temporary folder on a manual clock; a certificate, the disk's digest key, and 5-minute
+/// copies kept for an hour.
+struct HeldFixture {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    store: Arc<pageblob::faults::FaultyStore<Emulator>>,
+    id: Identity,
+    digest_key: [u8; 32],
+    policy: Policy,
+}
+
+impl HeldFixture {
+    fn new() -> HeldFixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(pageblob::faults::FaultyStore::new(
+            store_in(dir.path(), Profile::Standard, &clock),
+            pageblob::faults::FaultConfig::default(),
+        ));
+        let id = identity(&clock);
+        let digest_key = *id.disk_keys("vm-disk").digest.expose();
+        let policy = Policy::from_toml(
+            "copy_frequency_secs = 300\nretention_hours = 1",
+            Profile::Standard,
+        )
+        .unwrap();
+        HeldFixture {
+            _dir: dir,
+            clock,
+            store,
+            id,
+            digest_key,
+            policy,
+        }
+    }
+
+    /// The replica's agent (its disk untracked) and its state machine.
+    fn agent(&self) -> (DiskAgent<'_>, Replicator) {
+        let (agent, resume) = untracked_agent(&*self.store, None, &self.id, &self.policy);
+        (
+            agent,
+            Replicator::new(self.policy.clone(), None, T0, resume),
+        )
+    }
+
+    /// The data blob's snapshots, sorted.
+    fn snapshots(&self) -> Vec<String> {
+        use pageblob::PageBlobStore;
+        let mut all: Vec<String> = self
+            .store
+            .list_blobs("replicas", "vm-disk.replica", true)
+            .unwrap()
+            .into_iter()
+            .filter_map(|b| b.properties.snapshot)
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Every snapshot of the data blob is one of `agent`'s listed points'.
+    fn assert_no_snapshot_left_over(&self, agent: &DiskAgent<'_>, context: &str) {
+        let mut listed: Vec<String> = agent
+            .points()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.snapshot)
+            .collect();
+        listed.sort();
+        assert_eq!(
+            self.snapshots(),
+            listed,
+            "{context}: every snapshot left is a listed point's"
+        );
+    }
+}
+
 /// A reader that takes its hold in the instant between retention's listing of holds and its
 /// deletion (a hold taken, its point still listed: the reader goes on) keeps its point: the
 /// point is unlisted but its snapshot stays, restores byte-exact, outlives an agent started
@@ -547,34 +624,12 @@ fn a_held_point_outlives_retention_until_it_is_released() {
 #[test]
 fn a_hold_confirmed_while_retention_deletes_its_point_keeps_the_point_readable() {
     use datapath::retention::PointInfo;
-    use pageblob::faults::{FaultConfig, FaultyStore};
-    use pageblob::PageBlobStore;
     use std::sync::Mutex;
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let store = Arc::new(FaultyStore::new(
-        store_in(dir.path(), Profile::Standard, &clock),
-        FaultConfig::default(),
-    ));
-    let id = identity(&clock);
-    let digest_key = *id.disk_keys("vm-disk").digest.expose();
-    let policy = Policy::from_toml(
-        "copy_frequency_secs = 300\nretention_hours = 1",
-        Profile::Standard,
-    )
-    .unwrap();
-    let (mut agent, resume) = untracked_agent(&*store, None, &id, &policy);
-    let mut machine = Replicator::new(policy.clone(), None, T0, resume);
+    let fixture = HeldFixture::new();
+    let (store, id, digest_key) = (&fixture.store, &fixture.id, fixture.digest_key);
+    let (mut agent, mut machine) = fixture.agent();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let mut disk = zero_disk();
-    let snapshots_of = |store: &dyn PageBlobStore| -> Vec<String> {
-        store
-            .list_blobs("replicas", "vm-disk.replica", true)
-            .unwrap()
-            .into_iter()
-            .filter_map(|b| b.properties.snapshot)
-            .collect()
-    };
     // The reader: holds point 0 and checks it is still listed, as `restore` does.
     type Reader = (datapath::replica::point_hold::PointHold, bool);
     let reader: Arc<Mutex<Option<Reader>>> = Arc::default();
@@ -582,7 +637,7 @@ fn a_hold_confirmed_while_retention_deletes_its_point_keeps_the_point_readable()
     let mut armed = false;
     for step in 0..40u64 {
         let now = T0 + step * 5 * MIN;
-        clock.set(now);
+        fixture.clock.set(now);
         workload(&mut disk, &mut rng, 2);
         let Action::RunCycle(plan) = machine.poll(now) else {
             continue;
@@ -605,7 +660,7 @@ fn a_hold_confirmed_while_retention_deletes_its_point_keeps_the_point_readable()
             // This retention deletes point 0: the reader comes just before its journal slot
             // is cleared, after retention listed the holds (there were none).
             armed = true;
-            let (store2, reader2) = (Arc::clone(&store), Arc::clone(&reader));
+            let (store2, reader2) = (Arc::clone(store), Arc::clone(&reader));
             let layout = agent.replica.layout;
             store.before_write_to("vm-disk.journal", move || {
                 let mut rng = ChaCha8Rng::seed_from_u64(4);
@@ -625,7 +680,7 @@ fn a_hold_confirmed_while_retention_deletes_its_point_keeps_the_point_readable()
                 *reader2.lock().unwrap() = Some((hold, listed));
             });
         }
-        let before = snapshots_of(&*store);
+        let before = fixture.snapshots();
         let deleted = agent.apply_retention(&machine, now).unwrap();
         if armed && deleted.contains(&0) {
             let point_0 = point_0.as_ref().unwrap();
@@ -636,18 +691,18 @@ fn a_hold_confirmed_while_retention_deletes_its_point_keeps_the_point_readable()
                 "point 0 is no longer listed"
             );
             assert!(
-                snapshots_of(&*store).contains(&point_0.snapshot)
+                fixture.snapshots().contains(&point_0.snapshot)
                     && before.contains(&point_0.snapshot),
                 "the held point's snapshot stays"
             );
             assert!(
-                restore_manifest(&agent, &id, point_0).unwrap() == *image_0.as_ref().unwrap(),
+                restore_manifest(&agent, id, point_0).unwrap() == *image_0.as_ref().unwrap(),
                 "the reader restores its point as the disk was"
             );
             // Another hour of cycles, and an agent started meanwhile: the reader still holds.
             for later in 1..=12u64 {
                 let now = now + later * 5 * MIN;
-                clock.set(now);
+                fixture.clock.set(now);
                 agent.replica.hold_renew(&hold).unwrap();
                 workload(&mut disk, &mut rng, 2);
                 if let Action::RunCycle(plan) = machine.poll(now) {
@@ -664,33 +719,23 @@ fn a_hold_confirmed_while_retention_deletes_its_point_keeps_the_point_readable()
                 }
             }
             drop(agent);
-            let (restarted, _) = untracked_agent(&*store, None, &id, &policy);
+            let (restarted, _) = fixture.agent();
             assert!(
-                snapshots_of(&*store).contains(&point_0.snapshot),
+                fixture.snapshots().contains(&point_0.snapshot),
                 "no sweep takes a snapshot a reader holds"
             );
             assert!(
-                restore_manifest(&restarted, &id, point_0).unwrap() == *image_0.as_ref().unwrap()
+                restore_manifest(&restarted, id, point_0).unwrap() == *image_0.as_ref().unwrap()
             );
             // Let go: the next retention sweeps the snapshot.
             restarted.replica.release_hold(hold).unwrap();
             drop(restarted);
-            let (restarted, _) = untracked_agent(&*store, None, &id, &policy);
+            let (restarted, _) = fixture.agent();
             assert!(
-                !snapshots_of(&*store).contains(&point_0.snapshot),
+                !fixture.snapshots().contains(&point_0.snapshot),
                 "released, the snapshot is swept"
             );
-            let live: Vec<String> = restarted
-                .points()
-                .unwrap()
-                .into_iter()
-                .map(|p| p.snapshot)
-                .collect();
-            let mut all = snapshots_of(&*store);
-            all.sort();
-            let mut live_sorted = live.clone();
-            live_sorted.sort();
-            assert_eq!(all, live_sorted, "every snapshot left is a listed point's");
+            fixture.assert_no_snapshot_left_over(&restarted, "released");
             return;
         }
     }
@@ -708,7 +753,6 @@ fn readers_arriving_at_any_moment_read_the_points_they_confirmed() {
     use datapath::replica::disk_replica::DiskReplica;
     use datapath::replica::manifest::Manifest;
     use datapath::replica::point_hold::PointHold;
-    use pageblob::faults::{FaultConfig, FaultyStore};
     use pageblob::PageBlobStore;
     use std::sync::Mutex;
     /// A reader: its hold, the point, whether it found the point listed once it held it, and
@@ -716,22 +760,10 @@ fn readers_arriving_at_any_moment_read_the_points_they_confirmed() {
     type Reader = (PointHold, Manifest, bool, u64);
     let mut kept_for_a_reader = 0;
     for seed in 0..3u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
-        let store = Arc::new(FaultyStore::new(
-            store_in(dir.path(), Profile::Standard, &clock),
-            FaultConfig::default(),
-        ));
-        let id = identity(&clock);
-        let digest_key = *id.disk_keys("vm-disk").digest.expose();
-        let policy = Policy::from_toml(
-            "copy_frequency_secs = 300\nretention_hours = 1",
-            Profile::Standard,
-        )
-        .unwrap();
-        let (mut agent, resume) = untracked_agent(&*store, None, &id, &policy);
+        let fixture = HeldFixture::new();
+        let (store, id, digest_key) = (&fixture.store, &fixture.id, fixture.digest_key);
+        let (mut agent, mut machine) = fixture.agent();
         let layout = agent.replica.layout;
-        let mut machine = Replicator::new(policy.clone(), None, T0, resume);
         let mut rng = ChaCha8Rng::seed_from_u64(100 + seed);
         let mut disk = zero_disk();
         let mut images = BTreeMap::new();
@@ -747,7 +779,7 @@ fn readers_arriving_at_any_moment_read_the_points_they_confirmed() {
                                 (hold, point, confirmed, _): Reader,
                                 kept: &mut usize| {
             if confirmed {
-                let image = restore_manifest(agent, &id, &point).unwrap_or_else(|e| {
+                let image = restore_manifest(agent, id, &point).unwrap_or_else(|e| {
                     panic!(
                         "seed {seed}: point {} confirmed, then lost: {e}",
                         point.sequence
@@ -769,7 +801,7 @@ fn readers_arriving_at_any_moment_read_the_points_they_confirmed() {
         };
         for step in 0..60u64 {
             let now = T0 + step * 5 * MIN;
-            clock.set(now);
+            fixture.clock.set(now);
             let due: Vec<Reader> = {
                 let mut all = readers.lock().unwrap();
                 for (hold, ..) in all.iter() {
@@ -797,7 +829,7 @@ fn readers_arriving_at_any_moment_read_the_points_they_confirmed() {
             }
             if rng.next_u32() % 2 == 0 {
                 let blob = ["vm-disk.journal", "vm-disk.replica"][rng.next_u32() as usize % 2];
-                let (store2, readers2) = (Arc::clone(&store), Arc::clone(&readers));
+                let (store2, readers2) = (Arc::clone(store), Arc::clone(&readers));
                 let (pick, hold_seed, read_at) = (
                     rng.next_u64(),
                     rng.next_u64(),
@@ -836,25 +868,8 @@ fn readers_arriving_at_any_moment_read_the_points_they_confirmed() {
             read_and_release(&agent, &images, reader, &mut kept_for_a_reader);
         }
         drop(agent);
-        let (restarted, _) = untracked_agent(&*store, None, &id, &policy);
-        let mut snapshots: Vec<String> = store
-            .list_blobs("replicas", "vm-disk.replica", true)
-            .unwrap()
-            .into_iter()
-            .filter_map(|b| b.properties.snapshot)
-            .collect();
-        snapshots.sort();
-        let mut listed: Vec<String> = restarted
-            .points()
-            .unwrap()
-            .into_iter()
-            .map(|p| p.snapshot)
-            .collect();
-        listed.sort();
-        assert_eq!(
-            snapshots, listed,
-            "seed {seed}: every snapshot left is a listed point's"
-        );
+        let (restarted, _) = fixture.agent();
+        fixture.assert_no_snapshot_left_over(&restarted, &format!("seed {seed}"));
     }
     assert!(
         kept_for_a_reader > 0,

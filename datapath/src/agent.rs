@@ -362,7 +362,7 @@ impl<'a> DiskAgent<'a> {
             .collect();
         match self.replica.delete_points(&doomed_points) {
             // A held point's snapshot stays until its reader lets go: a sweep takes it then.
-            Ok(deletion) if !deletion.kept_for_readers.is_empty() => {
+            Ok(kept_for_readers) if !kept_for_readers.is_empty() => {
                 self.orphans_possible.store(true, Ordering::Relaxed)
             }
             Ok(_) => {}

@@ -1318,6 +1318,10 @@ fn make_room(
         return Ok(());
     }
     replica.sweep_orphans(&points)?;
+    if points.len() + 1 == limit {
+        // One more snapshot fits exactly: no point need go, and no holds need listing.
+        return Ok(());
+    }
     let held = replica.held_now()?;
     let infos: Vec<crate::retention::PointInfo> =
         points.iter().map(crate::retention::PointInfo::of).collect();

@@ -956,7 +956,7 @@ impl<'a> DiskReplica<'a> {
     }
 
     /// Delete a point ([`delete_points`](Self::delete_points) of one).
-    pub fn delete_point(&self, manifest: &Manifest) -> Result<Deletion, ReplicaError> {
+    pub fn delete_point(&self, manifest: &Manifest) -> Result<Vec<u64>, ReplicaError> {
         self.delete_points(&[manifest])
     }
 
@@ -965,12 +965,13 @@ impl<'a> DiskReplica<'a> {
     /// deleted. A reader takes its hold and then checks its point is still listed
     /// ([`super::point_hold`]), so a reader that found it listed took its hold before the
     /// slot was cleared, and the listing here sees that hold: its point's snapshot stays,
-    /// unlisted, until the reader lets go (`sweep_orphans` removes it then). A crash in
-    /// between leaves orphan snapshots that `sweep_orphans` removes.
-    pub fn delete_points(&self, points: &[&Manifest]) -> Result<Deletion, ReplicaError> {
-        let mut deletion = Deletion::default();
+    /// unlisted, until the reader lets go (`sweep_orphans` removes it then). Returns the
+    /// points whose snapshots were kept so. A crash in between leaves orphan snapshots that
+    /// `sweep_orphans` removes.
+    pub fn delete_points(&self, points: &[&Manifest]) -> Result<Vec<u64>, ReplicaError> {
+        let mut kept_for_readers = Vec::new();
         if points.is_empty() {
-            return Ok(deletion);
+            return Ok(kept_for_readers);
         }
         for manifest in points {
             let slot = manifest.sequence % JOURNAL_SLOTS;
@@ -988,13 +989,12 @@ impl<'a> DiskReplica<'a> {
         let held = self.held_now()?;
         for manifest in points {
             if held.contains(&manifest.sequence) {
-                deletion.kept_for_readers.push(manifest.sequence);
+                kept_for_readers.push(manifest.sequence);
             } else {
                 self.delete_snapshot(&manifest.snapshot)?;
-                deletion.deleted.push(manifest.sequence);
             }
         }
-        Ok(deletion)
+        Ok(kept_for_readers)
     }
 
     /// Change the journal with `write`. While this handle holds a listing of the points, the
@@ -1226,15 +1226,6 @@ impl<'a> DiskReplica<'a> {
         out.sort_by_key(|m| m.sequence);
         Ok(out)
     }
-}
-
-/// What [`DiskReplica::delete_points`] did with each point (every one of them is unlisted).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Deletion {
-    /// Points whose snapshots are deleted too.
-    pub deleted: Vec<u64>,
-    /// Points a reader held once they were unlisted: their snapshots stay until it lets go.
-    pub kept_for_readers: Vec<u64>,
 }
 
 /// What [`DiskReplica::sweep_orphans`] did.

@@ -521,6 +521,23 @@ impl Emulator {
         inner
     }
 
+    /// [`Self::lock_for_change`] unless it would wait for readers of the store directory to
+    /// let go (the writer paused by `quiesce`): `None` then.
+    fn lock_for_change_without_waiting(&self) -> StoreResult<Option<MutexGuard<'_, Inner>>> {
+        self.check_synced()?;
+        match &self.access {
+            Access::Reader(_) => Err(StoreError::ReadOnly(self.dir.display().to_string())),
+            Access::Writer(lock) => {
+                // Checked under the state's lock: `quiesce` pauses under it too.
+                let inner = self.lock();
+                Ok(lock
+                    .as_ref()
+                    .is_none_or(WriterLock::is_held)
+                    .then_some(inner))
+            }
+        }
+    }
+
     /// [`Self::lock_for_write`] without waiting for the writes in flight.
     fn lock_for_change(&self) -> StoreResult<MutexGuard<'_, Inner>> {
         self.check_synced()?;
@@ -754,19 +771,30 @@ impl Emulator {
     /// write of those bytes starts, no read copies them, and every other change waits.
     /// Returns the blob's properties after the write and the change count a sync must reach
     /// to make it durable (none is made here).
+    ///
+    /// With `wait` false, nothing is done and `None` returned where the write would wait: for
+    /// the store directory's readers, for a write of the same bytes or a change in flight, or
+    /// (`Durability::Power`) for the sync of bytes a snapshot shares, copied aside first.
     fn put_pages_in_place_unsynced(
         &self,
         path: &BlobPath,
         offset: u64,
         data: &[u8],
         cond: &Conditions,
-    ) -> StoreResult<(Properties, u64)> {
+        wait: bool,
+    ) -> StoreResult<Option<(Properties, u64)>> {
         let now = self.now();
         let end = offset.saturating_add(data.len() as u64);
         let (flight, effect, file, relocation_synced_by) = {
-            let inner = self.lock_for_change()?;
+            let inner = match wait {
+                true => self.lock_for_change()?,
+                false => match self.lock_for_change_without_waiting()? {
+                    Some(inner) => inner,
+                    None => return Ok(None),
+                },
+            };
             let mut checked = None;
-            let mut inner = self.wait_for_flights(inner, |inner| {
+            let mut blocked = |inner: &mut Inner| {
                 checked = Some(
                     inner
                         .account
@@ -775,8 +803,23 @@ impl Emulator {
                 );
                 inner.changes_waiting > 0
                     || matches!(&checked, Some(Ok((_, incarnation))) if inner.in_flight_over(*incarnation, offset, end))
-            });
+            };
+            let mut inner = inner;
+            if wait {
+                inner = self.wait_for_flights(inner, blocked);
+            } else if blocked(&mut inner) {
+                return Ok(None);
+            }
             let (effect, _) = checked.expect("checked at least once")?;
+            if !wait
+                && self.durability == Durability::Power
+                && !inner
+                    .account
+                    .snapshots_sharing_home(path, offset, data.len() as u64)
+                    .is_empty()
+            {
+                return Ok(None);
+            }
             let (incarnation, file, relocated) =
                 Emulator::prepare_home_write(&mut inner, path, offset, data.len())?;
             let flight = HomeFlight {
@@ -805,7 +848,10 @@ impl Emulator {
         copied.map_err(|e| home_write_error(path, e))?;
         Emulator::home_written(&mut inner, flight.incarnation, file);
         Emulator::commit(&mut inner, effect, &[])?;
-        Ok((inner.account.properties(path, None, now)?, inner.changes))
+        Ok(Some((
+            inner.account.properties(path, None, now)?,
+            inner.changes,
+        )))
     }
 
     /// A Put Page (`update`) short of the sync: the blob's properties after it and the change
@@ -818,7 +864,8 @@ impl Emulator {
         cond: &Conditions,
     ) -> StoreResult<(Properties, u64)> {
         if checked_when_planned(cond) {
-            return self.put_pages_in_place_unsynced(path, offset, data, cond);
+            let made = self.put_pages_in_place_unsynced(path, offset, data, cond, true)?;
+            return Ok(made.expect("a write that may wait is made"));
         }
         let now = self.now();
         let mut inner = self.lock_for_write()?;
@@ -1017,6 +1064,26 @@ impl PageBlobStore for Emulator {
             return Ok((properties, Some(SyncTicket(changes))));
         }
         Ok((self.put_pages(path, offset, data, cond)?, None))
+    }
+
+    /// At process durability every write is prompt; at power durability, a write with no
+    /// condition a write changes, made in place unless it would wait (its sync is owed).
+    fn try_put_pages_owing_sync(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<Option<(Properties, Option<SyncTicket>)>> {
+        match self.durability {
+            Durability::Process => self
+                .put_pages_owing_sync(path, offset, data, cond)
+                .map(Some),
+            Durability::Power if checked_when_planned(cond) => Ok(self
+                .put_pages_in_place_unsynced(path, offset, data, cond, false)?
+                .map(|(properties, changes)| (properties, Some(SyncTicket(changes))))),
+            Durability::Power => Ok(None),
+        }
     }
 
     fn sync_owed(&self, ticket: SyncTicket) -> StoreResult<()> {

@@ -269,6 +269,24 @@ pub trait PageBlobStore: Send + Sync {
     ) -> StoreResult<(Properties, Option<SyncTicket>)> {
         Ok((self.put_pages(path, offset, data, cond)?, None))
     }
+    /// [`put_pages_owing_sync`](Self::put_pages_owing_sync), made only where it need not wait
+    /// (for a sync, for other calls, for the network), so that an async server may make it on
+    /// its worker: `None` where it would wait, and then nothing was done. By default made
+    /// where the store [answers promptly](Self::answers_promptly), else `None`.
+    fn try_put_pages_owing_sync(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<Option<(Properties, Option<SyncTicket>)>> {
+        match self.answers_promptly() {
+            true => self
+                .put_pages_owing_sync(path, offset, data, cond)
+                .map(Some),
+            false => Ok(None),
+        }
+    }
     /// Make every write up to `ticket` durable ([`put_pages_owing_sync`](Self::put_pages_owing_sync)).
     fn sync_owed(&self, ticket: SyncTicket) -> StoreResult<()> {
         let _ = ticket;
@@ -456,6 +474,15 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
         cond: &Conditions,
     ) -> StoreResult<(Properties, Option<SyncTicket>)> {
         (**self).put_pages_owing_sync(path, offset, data, cond)
+    }
+    fn try_put_pages_owing_sync(
+        &self,
+        path: &BlobPath,
+        offset: u64,
+        data: &[u8],
+        cond: &Conditions,
+    ) -> StoreResult<Option<(Properties, Option<SyncTicket>)>> {
+        (**self).try_put_pages_owing_sync(path, offset, data, cond)
     }
     fn sync_owed(&self, ticket: SyncTicket) -> StoreResult<()> {
         (**self).sync_owed(ticket)

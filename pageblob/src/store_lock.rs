@@ -126,6 +126,11 @@ impl WriterLock {
         }
     }
 
+    /// Whether readers are kept out now (no [`WriterLock::resume`] owed since a pause).
+    pub fn is_held(&self) -> bool {
+        *self.state_held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// About to change files: wait for readers to finish, then keep them out.
     pub fn resume(&self) -> StoreResult<()> {
         let mut held = self.state_held.lock().unwrap_or_else(|p| p.into_inner());

@@ -480,14 +480,24 @@ fn concurrent_writes_keep_every_promise(
                         let mut slot = u16::from(writer % 2);
                         for seq in 1..=writes_each {
                             let record = tagged_record(writer, seq, slot);
-                            store
-                                .put_pages(
-                                    p,
-                                    u64::from(slot) * RECORD as u64,
-                                    &record,
-                                    &Conditions::default(),
-                                )
-                                .unwrap();
+                            let at = u64::from(slot) * RECORD as u64;
+                            let none = Conditions::default();
+                            if writer < 2 {
+                                store.put_pages(p, at, &record, &none).unwrap();
+                            } else {
+                                // As `blob serve` makes a Put Page: without waiting where it
+                                // can, else as a call that may wait; then its sync.
+                                let made = store.try_put_pages_owing_sync(p, at, &record, &none);
+                                let (_, ticket) = match made.unwrap() {
+                                    Some(made) => made,
+                                    None => {
+                                        store.put_pages_owing_sync(p, at, &record, &none).unwrap()
+                                    }
+                                };
+                                if let Some(ticket) = ticket {
+                                    store.sync_owed(ticket).unwrap();
+                                }
+                            }
                             slot = (slot + 2 + 2 * u16::from(writer / 2)) % SLOTS;
                         }
                     })
@@ -763,6 +773,100 @@ fn a_home_file_goes_with_the_last_version_that_reads_it_and_not_before() {
     // The blob goes: no home file is left.
     store.delete_blob(&p, None, None, &none).unwrap();
     assert!(home_incarnations(dir.path()).is_empty());
+}
+
+/// What `blob serve` makes on its async worker (`try_put_pages_owing_sync`): at power
+/// durability a write is made there only if it need not wait — not over bytes a snapshot
+/// shares (they are copied aside and synced before the overwrite), not under a condition a
+/// write changes, not while the writer lets readers in —, and otherwise nothing is done. At
+/// process durability nothing waits.
+#[test]
+fn a_write_that_would_wait_is_not_made_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let none = Conditions::default();
+    let p = BlobPath::new("cont", "disk");
+    let store = Emulator::open(
+        dir.path(),
+        Profile::Standard,
+        Durability::Power,
+        clock.clone(),
+    )
+    .unwrap();
+    store.create_container("cont").unwrap();
+    store.create_page_blob(&p, 1 << 20, 0, &none).unwrap();
+    let read = |snapshot: Option<&str>| {
+        let mut b = vec![0u8; 128 << 10];
+        store.read(&p, snapshot, 0, &mut b).unwrap();
+        b
+    };
+    let (_, ticket) = store
+        .try_put_pages_owing_sync(&p, 0, &[1; 65536], &none)
+        .unwrap()
+        .expect("a write of bytes no snapshot shares is made at once");
+    store
+        .sync_owed(ticket.expect("at power durability the sync is owed"))
+        .unwrap();
+    let snapshot = store.snapshot(&p, &none).unwrap();
+    let before = store.properties(&p, None).unwrap();
+    assert!(
+        store
+            .try_put_pages_owing_sync(&p, 0, &[2; 65536], &none)
+            .unwrap()
+            .is_none(),
+        "a write over bytes the snapshot shares would wait for their sync"
+    );
+    let after = store.properties(&p, None).unwrap();
+    assert_eq!(
+        (after.etag, after.last_modified),
+        (before.etag.clone(), before.last_modified)
+    );
+    assert!(
+        read(None)[..65536].iter().all(|&b| b == 1),
+        "nothing was written"
+    );
+    // Bytes the snapshot does not share are written at once.
+    let (_, ticket) = store
+        .try_put_pages_owing_sync(&p, 65536, &[3; 65536], &none)
+        .unwrap()
+        .expect("bytes the snapshot does not share");
+    store.sync_owed(ticket.unwrap()).unwrap();
+    assert!(read(None)[65536..].iter().all(|&b| b == 3));
+    assert!(read(Some(&snapshot))[65536..].iter().all(|&b| b == 0));
+    // A condition a write changes is checked under the lock, with the write: not here.
+    let if_match = Conditions {
+        if_match: Some(store.properties(&p, None).unwrap().etag),
+        ..Conditions::default()
+    };
+    assert!(store
+        .try_put_pages_owing_sync(&p, 65536, &[4; 512], &if_match)
+        .unwrap()
+        .is_none());
+    // A writer that let readers in (`quiesce`) would wait for them before its next change.
+    store.quiesce();
+    assert!(store
+        .try_put_pages_owing_sync(&p, 65536, &[5; 512], &none)
+        .unwrap()
+        .is_none());
+    store.put_pages(&p, 0, &[6; 512], &none).unwrap();
+    assert!(store
+        .try_put_pages_owing_sync(&p, 65536, &[7; 512], &none)
+        .unwrap()
+        .is_some());
+    assert!(read(Some(&snapshot))[..65536].iter().all(|&b| b == 1));
+    drop(store);
+    // At process durability nothing waits: the same overwrite is made, and nothing is owed.
+    let store = Emulator::open(dir.path(), Profile::Standard, Durability::Process, clock).unwrap();
+    let made = store
+        .try_put_pages_owing_sync(&p, 0, &[8; 65536], &none)
+        .unwrap();
+    assert!(matches!(made, Some((_, None))), "{made:?}");
+    let mut b = vec![0u8; 65536];
+    store.read(&p, Some(&snapshot), 0, &mut b).unwrap();
+    assert!(
+        b[..512].iter().all(|&x| x == 1),
+        "the snapshot keeps its bytes"
+    );
 }
 
 #[test]

@@ -39,6 +39,12 @@ enum Op {
         slot: u64,
         seed: u8,
     },
+    /// As `blob serve` makes a Put Page on its async worker: `try_put_pages_owing_sync`, and
+    /// where that would wait, `put_pages_owing_sync`; acknowledged once its sync is made.
+    TryPutOwing {
+        slot: u64,
+        seed: u8,
+    },
 }
 
 fn workload() -> Vec<Op> {
@@ -47,6 +53,11 @@ fn workload() -> Vec<Op> {
             1 if i % 12 == 7 => Op::PutOwing {
                 slot: i * 7 % SLOTS,
                 seed: i as u8 + 201,
+            },
+            // Slots written before a snapshot (shared: the write would wait) and not.
+            1 | 2 if i % 12 == 1 || i % 12 == 8 => Op::TryPutOwing {
+                slot: i * 7 % SLOTS,
+                seed: i as u8 + 171,
             },
             0..=2 => Op::Put {
                 slot: i * 7 % SLOTS,
@@ -83,7 +94,9 @@ fn touched(op: &Op) -> Vec<(u64, u64)> {
         Op::Clear { slot } => vec![(slot * SLOT, (slot + 1) * SLOT)],
         Op::Snapshot => Vec::new(),
         Op::PutBatch { slots, .. } => slots.iter().map(|s| (s * SLOT, (s + 1) * SLOT)).collect(),
-        Op::PutOwing { slot, .. } => vec![(slot * SLOT, (slot + 1) * SLOT)],
+        Op::PutOwing { slot, .. } | Op::TryPutOwing { slot, .. } => {
+            vec![(slot * SLOT, (slot + 1) * SLOT)]
+        }
     }
 }
 
@@ -164,6 +177,17 @@ fn run(fs: &Arc<CrashFs>, layout: HomeLayout, durability: Durability) -> Outcome
                 .put_pages_owing_sync(&p(), slot * SLOT, &bytes(*seed, SLOT), &none)
                 .and_then(|(_, ticket)| ticket.map_or(Ok(()), |t| store.sync_owed(t)))
                 .is_ok(),
+            Op::TryPutOwing { slot, seed } => {
+                let data = bytes(*seed, SLOT);
+                store
+                    .try_put_pages_owing_sync(&p(), slot * SLOT, &data, &none)
+                    .and_then(|made| match made {
+                        Some(made) => Ok(made),
+                        None => store.put_pages_owing_sync(&p(), slot * SLOT, &data, &none),
+                    })
+                    .and_then(|(_, ticket)| ticket.map_or(Ok(()), |t| store.sync_owed(t)))
+                    .is_ok()
+            }
             Op::Snapshot => match store.snapshot(&p(), &none) {
                 Ok(id) => {
                     snaps.push((id, model.clone()));
@@ -182,7 +206,7 @@ fn run(fs: &Arc<CrashFs>, layout: HomeLayout, durability: Durability) -> Outcome
             Op::Clear { slot } => {
                 model[(slot * SLOT) as usize..((slot + 1) * SLOT) as usize].fill(0)
             }
-            Op::PutOwing { slot, seed } => model
+            Op::PutOwing { slot, seed } | Op::TryPutOwing { slot, seed } => model
                 [(slot * SLOT) as usize..((slot + 1) * SLOT) as usize]
                 .copy_from_slice(&bytes(seed, SLOT)),
             Op::PutBatch { slots, seed } => {

@@ -100,6 +100,24 @@ fn http_client_and_server_pass_the_standard_conformance_suite() {
     conformance::standard_suite(&client(&s, DEV_KEY), &clock, "conformance");
 }
 
+/// At power durability (`blob serve`'s default) a Put Page is made on the server's async
+/// worker where it need not wait and on a blocking thread where it must (bytes a snapshot
+/// shares, conditions a write changes, clears): the suite holds either way.
+#[test]
+fn a_server_at_power_durability_passes_the_standard_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let store = Emulator::open(
+        dir.path(),
+        Profile::Standard,
+        Durability::Power,
+        clock.clone(),
+    )
+    .unwrap();
+    let s = serve_store(Arc::new(store), &clock);
+    conformance::standard_suite(&client(&s, DEV_KEY), &clock, "conformance");
+}
+
 #[test]
 fn http_client_and_server_enforce_the_premium_snapshot_limit() {
     let dir = tempfile::tempdir().unwrap();

@@ -201,17 +201,28 @@ async fn answer(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Re
             )
         }
     }
-    if is_small_put_page(&parts, buf.len()) && state.store.answers_promptly() {
-        let response = respond(
-            &state,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            &buf,
-            None,
-        );
-        state.buffers.give(buf);
-        return finish(response, request_id, &version, &state);
+    if is_small_put_page(&parts, buf.len()) {
+        // On the async worker unless the store would wait: on a connection, the Put Page's
+        // sync is left owed (its answer held until the sync is made); without one, only a
+        // store that answers promptly.
+        let owed = conn.as_ref().map(|_| OwedSync::on_worker());
+        if owed.is_some() || state.store.answers_promptly() {
+            let response = respond(
+                &state,
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                &buf,
+                owed.as_ref(),
+            );
+            if !owed.as_ref().is_some_and(OwedSync::would_wait) {
+                if let (Some(conn), Some(owed)) = (&conn, owed) {
+                    owed.hand_to(conn, &state.store);
+                }
+                state.buffers.give(buf);
+                return finish(response, request_id, &version, &state);
+            }
+        }
     }
     // On a connection, a Put Page's sync may be left owed: the connection's socket holds its
     // answer until the sync is made, and meanwhile reads the client's next request.
@@ -246,17 +257,46 @@ async fn answer(state: Arc<AppState>, conn: Option<Arc<Connection>>, request: Re
 /// The sync a request's Put Page left owed (`PageBlobStore::put_pages_owing_sync`), for its
 /// connection to make before the answer leaves.
 #[derive(Debug, Default)]
-struct OwedSync(std::sync::Mutex<Option<SyncTicket>>);
+struct OwedSync {
+    ticket: std::sync::Mutex<Option<SyncTicket>>,
+    /// Made on the async worker: a Put Page that would wait (for a sync before its write, for
+    /// other calls) is not made here (`PageBlobStore::try_put_pages_owing_sync`) but on a
+    /// blocking thread.
+    on_worker: bool,
+    /// A Put Page was not made because it would wait (its answer is not sent).
+    would_wait: std::sync::atomic::AtomicBool,
+}
 
 impl OwedSync {
+    fn on_worker() -> OwedSync {
+        OwedSync {
+            on_worker: true,
+            ..OwedSync::default()
+        }
+    }
+
     fn note(&self, ticket: Option<SyncTicket>) {
-        let mut owed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut owed = self.ticket.lock().unwrap_or_else(|p| p.into_inner());
         *owed = (*owed).max(ticket);
+    }
+
+    /// The call was not made, as it would wait: the error is never sent, the call is made
+    /// again on a blocking thread.
+    fn waits(&self) -> StoreError {
+        self.would_wait.store(true, Ordering::SeqCst);
+        StoreError::service(
+            ErrorCode::InternalError,
+            "a call that would wait, made again on a blocking thread",
+        )
+    }
+
+    fn would_wait(&self) -> bool {
+        self.would_wait.load(Ordering::SeqCst)
     }
 
     /// The connection owes the sync noted here (if any), paid by `store`.
     fn hand_to(&self, conn: &Connection, store: &Arc<dyn PageBlobStore>) {
-        let Some(ticket) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(ticket) = self.ticket.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
         let store = Arc::clone(store);
@@ -1259,6 +1299,15 @@ impl BlobCall<'_> {
                     ));
                 }
                 match owed {
+                    Some(owed) if owed.on_worker => {
+                        match store.try_put_pages_owing_sync(&p, start, body, &cond)? {
+                            Some((props, ticket)) => {
+                                owed.note(ticket);
+                                props
+                            }
+                            None => return Err(owed.waits()),
+                        }
+                    }
                     Some(owed) => {
                         let (props, ticket) = store.put_pages_owing_sync(&p, start, body, &cond)?;
                         owed.note(ticket);
@@ -1267,7 +1316,13 @@ impl BlobCall<'_> {
                     None => store.put_pages(&p, start, body, &cond)?,
                 }
             }
-            Some("clear") => store.clear_pages(&p, start, len, &cond)?,
+            Some("clear") => match owed {
+                // Clearing is made durable at once: on the worker only where that is prompt.
+                Some(owed) if owed.on_worker && !store.answers_promptly() => {
+                    return Err(owed.waits())
+                }
+                _ => store.clear_pages(&p, start, len, &cond)?,
+            },
             Some(other) => {
                 return Err(bad(
                     ErrorCode::InvalidHeaderValue,

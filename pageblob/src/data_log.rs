@@ -374,12 +374,46 @@ pub struct LogReader {
 
 impl LogReader {
     pub fn read(&self, address: u64, buf: &mut [u8]) -> StoreResult<()> {
+        let read = self.read_with(address, buf, |file, buf, offset| {
+            file.read_exact_at(buf, offset).map(|()| true)
+        })?;
+        debug_assert!(read);
+        Ok(())
+    }
+
+    /// [`read`](Self::read) only if it need not wait for the device (`StoreFile::read_at_if_cached`):
+    /// `false` where it would, and then nothing is promised of `buf`.
+    pub fn read_if_cached(&self, address: u64, buf: &mut [u8]) -> StoreResult<bool> {
+        self.read_with(address, buf, |file, buf, offset| {
+            let mut done = 0;
+            while done < buf.len() {
+                match file.read_at_if_cached(&mut buf[done..], offset + done as u64)? {
+                    None => return Ok(false),
+                    Some(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "read past the end of the file",
+                        ))
+                    }
+                    Some(n) => done += n,
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    fn read_with(
+        &self,
+        address: u64,
+        buf: &mut [u8],
+        read: impl FnOnce(&dyn StoreFile, &mut [u8], u64) -> io::Result<bool>,
+    ) -> StoreResult<bool> {
         let n = (address >> SEGMENT_SHIFT) as usize;
         let offset = address & ((1 << SEGMENT_SHIFT) - 1);
         let file = self.segments.get(n).ok_or_else(|| {
             StoreError::Corrupt(format!("data address {address:#x} names no segment"))
         })?;
-        file.read_exact_at(buf, offset).map_err(|e| StoreError::Io {
+        read(&**file, buf, offset).map_err(|e| StoreError::Io {
             path: format!("segment {n} at {offset}"),
             source: e,
         })

@@ -629,7 +629,7 @@ impl Emulator {
     }
 
     /// [`Self::plan_read`] once no write in flight touches the home bytes the plan copies;
-    /// the plan with the lock still held.
+    /// the plan with the lock still held. With `wait` false, `None` where one does.
     #[allow(clippy::type_complexity)]
     fn plan_read_landed(
         &self,
@@ -637,10 +637,13 @@ impl Emulator {
         snapshot: Option<&str>,
         offset: u64,
         len: usize,
-    ) -> StoreResult<(
-        MutexGuard<'_, Inner>,
-        (Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>),
-    )> {
+        wait: bool,
+    ) -> StoreResult<
+        Option<(
+            MutexGuard<'_, Inner>,
+            (Vec<(u64, u64, u64)>, LogReader, Option<Arc<dyn StoreFile>>),
+        )>,
+    > {
         let mut inner = self.lock();
         loop {
             let (incarnation, runs) = inner
@@ -652,10 +655,38 @@ impl Emulator {
             });
             if !copies_in_flight {
                 let planned = Emulator::plan_with_files(&mut inner, incarnation, runs)?;
-                return Ok((inner, planned));
+                return Ok(Some((inner, planned)));
+            }
+            if !wait {
+                return Ok(None);
             }
             inner = self.wait_for_a_landing(inner);
         }
+    }
+
+    /// Plan under the lock (waiting for writes in flight only when `wait`), copy outside it,
+    /// then check that no in-place write overtook the copy: a snapshot's bytes may still live
+    /// in the home file the base is being written to. `false`: do it again (or, not `wait`,
+    /// it would have waited — for a write in flight or, the file not in memory, the device).
+    fn read_optimistically(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+        wait: bool,
+    ) -> StoreResult<bool> {
+        let Some((inner, (plan, reader, home))) =
+            self.plan_read_landed(path, snapshot, offset, buf.len(), wait)?
+        else {
+            return Ok(false);
+        };
+        let writes = inner.home_writes;
+        drop(inner);
+        if !execute_read_with(&plan, &reader, home.as_deref(), offset, buf, !wait)? {
+            return Ok(false);
+        }
+        Ok(home.is_none() || self.lock().home_writes == writes)
     }
 
     /// Write page data in place, first moving any snapshot's view of those home bytes to the
@@ -993,6 +1024,21 @@ fn execute_read(
     offset: u64,
     buf: &mut [u8],
 ) -> StoreResult<()> {
+    let read = execute_read_with(plan, reader, home, offset, buf, false)?;
+    debug_assert!(read);
+    Ok(())
+}
+
+/// [`execute_read`], only from memory (the page cache) when `cached_only`: `false` where a
+/// file would have to be read from the device, and then nothing is promised of `buf`.
+fn execute_read_with(
+    plan: &[(u64, u64, u64)],
+    reader: &LogReader,
+    home: Option<&dyn StoreFile>,
+    offset: u64,
+    buf: &mut [u8],
+    cached_only: bool,
+) -> StoreResult<bool> {
     // The plan's runs are in order and do not overlap; only the pages between them (never
     // written) are zeroed here, not the whole buffer before it is copied over.
     let mut set = 0;
@@ -1000,35 +1046,63 @@ fn execute_read(
         let at = (start - offset) as usize;
         buf[set.min(at)..at].fill(0);
         let dst = &mut buf[at..at + len as usize];
-        match (home_offset(location), home) {
-            (Some(h), Some(file)) => read_home(file, h, dst)?,
+        let read = match (home_offset(location), home) {
+            (Some(h), Some(file)) => read_home_with(file, h, dst, cached_only)?,
             // A home file never written (a reader does not create it): zeros.
-            (Some(_), None) => dst.fill(0),
-            (None, _) => reader.read(location, dst)?,
+            (Some(_), None) => {
+                dst.fill(0);
+                true
+            }
+            (None, _) if cached_only => reader.read_if_cached(location, dst)?,
+            (None, _) => {
+                reader.read(location, dst)?;
+                true
+            }
+        };
+        if !read {
+            return Ok(false);
         }
         set = set.max(at + len as usize);
     }
     buf[set..].fill(0);
-    Ok(())
+    Ok(true)
 }
 
 /// Read home bytes; past the file's end (never written) they are zeros.
 fn read_home(file: &dyn StoreFile, offset: u64, buf: &mut [u8]) -> StoreResult<()> {
+    let read = read_home_with(file, offset, buf, false)?;
+    debug_assert!(read);
+    Ok(())
+}
+
+/// [`read_home`], only from memory when `cached_only` (`false` where it would wait).
+fn read_home_with(
+    file: &dyn StoreFile,
+    offset: u64,
+    buf: &mut [u8],
+    cached_only: bool,
+) -> StoreResult<bool> {
     let mut done = 0;
     while done < buf.len() {
-        let n = file
-            .read_at(&mut buf[done..], offset + done as u64)
-            .map_err(|e| StoreError::Io {
-                path: "home file".into(),
-                source: e,
-            })?;
-        if n == 0 {
-            buf[done..].fill(0);
-            break;
+        let at = offset + done as u64;
+        let n = match cached_only {
+            true => file.read_at_if_cached(&mut buf[done..], at),
+            false => file.read_at(&mut buf[done..], at).map(Some),
         }
-        done += n;
+        .map_err(|e| StoreError::Io {
+            path: "home file".into(),
+            source: e,
+        })?;
+        match n {
+            None => return Ok(false),
+            Some(0) => {
+                buf[done..].fill(0);
+                break;
+            }
+            Some(n) => done += n,
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Whether a Put Page under `cond` may be checked when it is planned and land later (in
@@ -1255,20 +1329,29 @@ impl PageBlobStore for Emulator {
         // writes), then check that no in-place write overtook the copy: a snapshot's bytes
         // may still live in the home file the base is being written to.
         for _ in 0..OPTIMISTIC_READ_TRIES {
-            let (inner, (plan, reader, home)) =
-                self.plan_read_landed(path, snapshot, offset, buf.len())?;
-            let writes = inner.home_writes;
-            drop(inner);
-            execute_read(&plan, &reader, home.as_deref(), offset, buf)?;
-            if home.is_none() || self.lock().home_writes == writes {
+            if self.read_optimistically(path, snapshot, offset, buf, true)? {
                 return Ok(());
             }
         }
         // Writes keep overtaking: copy under the lock (no write of these bytes is in flight,
         // and none can start while it is held).
-        let (_inner, (plan, reader, home)) =
-            self.plan_read_landed(path, snapshot, offset, buf.len())?;
+        let (_inner, (plan, reader, home)) = self
+            .plan_read_landed(path, snapshot, offset, buf.len(), true)?
+            .expect("a plan that may wait is made");
         execute_read(&plan, &reader, home.as_deref(), offset, buf)
+    }
+
+    /// A read that waits for nothing: no write of the bytes it copies in flight, every byte in
+    /// memory (the page cache), and no in-place write overtaking its copy; else `false` (the
+    /// caller reads as [`read`](PageBlobStore::read) does, on a thread that may wait).
+    fn try_read(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> StoreResult<bool> {
+        self.read_optimistically(path, snapshot, offset, buf, false)
     }
 
     fn page_ranges(

@@ -20,6 +20,15 @@ pub trait StoreFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
 
+    /// [`read_at`](Self::read_at) only if it need not wait for the device: `None` where some
+    /// of the bytes are not in memory (the page cache), and then nothing is promised of `buf`.
+    /// A server's async worker reads this way and hands only what would wait to a blocking
+    /// thread. By default `None`: no read is known not to wait.
+    fn read_at_if_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        let _ = (buf, offset);
+        Ok(None)
+    }
+
     /// Fill `buf` exactly.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut done = 0;
@@ -83,6 +92,29 @@ impl StoreFile for std::fs::File {
     }
     fn sync_data(&self) -> io::Result<()> {
         std::fs::File::sync_data(self)
+    }
+    /// `preadv2` with `RWF_NOWAIT` until `buf` is full or the file ends: the kernel copies
+    /// what the page cache holds and says `EAGAIN` where it would have to read the device.
+    /// A file system that cannot read that way (`EOPNOTSUPP`) is one whose reads may wait.
+    fn read_at_if_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        use rustix::io::{Errno, ReadWriteFlags};
+        let mut done = 0;
+        while done < buf.len() {
+            let mut part = [io::IoSliceMut::new(&mut buf[done..])];
+            match rustix::io::preadv2(
+                self,
+                &mut part,
+                offset + done as u64,
+                ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN | Errno::OPNOTSUPP) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(done))
     }
 }
 
@@ -176,6 +208,9 @@ impl StoreFile for HookedFile {
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+    fn read_at_if_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        self.file.read_at_if_cached(buf, offset)
+    }
 }
 
 impl StoreFs for HookedFs {
@@ -206,5 +241,45 @@ impl StoreFs for HookedFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         RealFs.sync_dir(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file's bytes in the page cache are read without waiting, whole, up to the end; once
+    /// the kernel has dropped them (written back, then `POSIX_FADV_DONTNEED`), the read says
+    /// it would wait — on a file system that reads this way at all (one that cannot says so
+    /// every time, and its reads go to a thread that may wait).
+    #[test]
+    fn a_read_from_the_page_cache_is_made_and_one_from_the_device_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RealFs
+            .open(&dir.path().join("f"), OpenMode::Create)
+            .unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        file.write_all_at(&data, 0).unwrap();
+        let mut buf = vec![0u8; 200_000];
+        match file.read_at_if_cached(&mut buf, 50_000).unwrap() {
+            None => return, // this file system cannot tell: nothing more to check
+            Some(n) => assert_eq!((n, &buf[..n]), (200_000, &data[50_000..250_000])),
+        }
+        // Past the end: what there is.
+        assert_eq!(
+            file.read_at_if_cached(&mut buf, 250_000).unwrap(),
+            Some(50_000)
+        );
+        assert_eq!(&buf[..50_000], &data[250_000..]);
+        assert_eq!(file.read_at_if_cached(&mut buf, 400_000).unwrap(), Some(0));
+        // Written back and dropped from the cache: a read would wait for the device.
+        file.sync_data().unwrap();
+        let plain = std::fs::File::open(dir.path().join("f")).unwrap();
+        rustix::fs::fadvise(&plain, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        assert_eq!(file.read_at_if_cached(&mut buf, 0).unwrap(), None);
+        // A read that may wait brings the bytes back.
+        assert_eq!(file.read_at(&mut buf, 0).unwrap(), 200_000);
+        assert_eq!(file.read_at_if_cached(&mut buf, 0).unwrap(), Some(200_000));
+        assert_eq!(&buf[..], &data[..200_000]);
     }
 }

@@ -163,25 +163,51 @@ fn with_path(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-impl StoreFile for StripedHome {
-    /// Reads up to the end of the chunk at `offset`; bytes its stripe does not hold are zeros
-    /// (never a 0-byte read, which would mean the end of the home).
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+impl StripedHome {
+    /// Up to the end of the chunk at `offset`, read from its stripe with `read` (`None`: the
+    /// read would wait); bytes the stripe does not hold are zeros (never a 0-byte read, which
+    /// would mean the end of the home).
+    fn read_chunk(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        read: impl FnOnce(&dyn StoreFile, &mut [u8], u64) -> io::Result<Option<usize>>,
+    ) -> io::Result<Option<usize>> {
         if buf.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         let (stripe, in_row) = self.stripes_of.chunk_at(offset);
         let n = buf.len().min(usize::try_from(in_row).unwrap_or(usize::MAX));
         let buf = &mut buf[..n];
         let read = match self.stripe(stripe)? {
-            Some(file) => file.read_at(buf, offset)?,
+            Some(file) => match read(&*file, buf, offset)? {
+                Some(read) => read,
+                None => return Ok(None),
+            },
             None => 0,
         };
         if read == 0 {
             buf.fill(0);
-            return Ok(n);
+            return Ok(Some(n));
         }
-        Ok(read)
+        Ok(Some(read))
+    }
+}
+
+impl StoreFile for StripedHome {
+    /// Reads up to the end of the chunk at `offset`; bytes its stripe does not hold are zeros
+    /// (never a 0-byte read, which would mean the end of the home).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let read = self.read_chunk(buf, offset, |file, buf, offset| {
+            file.read_at(buf, offset).map(Some)
+        })?;
+        Ok(read.expect("a read that may wait reads"))
+    }
+
+    fn read_at_if_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        self.read_chunk(buf, offset, |file, buf, offset| {
+            file.read_at_if_cached(buf, offset)
+        })
     }
 
     fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {

@@ -188,6 +188,22 @@ pub trait PageBlobStore: Send + Sync {
         offset: u64,
         buf: &mut [u8],
     ) -> StoreResult<()>;
+    /// [`read`](Self::read), made only where it need not wait (for other calls, for the
+    /// device, for the network), so that an async server may make it on its worker: `false`
+    /// where it would, and then nothing is promised of `buf`. By default made where the store
+    /// [answers promptly](Self::answers_promptly), else `false`.
+    fn try_read(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> StoreResult<bool> {
+        match self.answers_promptly() {
+            true => self.read(path, snapshot, offset, buf).map(|()| true),
+            false => Ok(false),
+        }
+    }
     /// Several reads, each as [`PageBlobStore::read`] makes it: every buffer is filled when
     /// this returns `Ok`. A store may send them together; the HTTP client pipelines them on
     /// one connection. On an error it is not said which buffers were filled: a caller that
@@ -398,6 +414,15 @@ impl<T: PageBlobStore + ?Sized> PageBlobStore for std::sync::Arc<T> {
         buf: &mut [u8],
     ) -> StoreResult<()> {
         (**self).read(path, snapshot, offset, buf)
+    }
+    fn try_read(
+        &self,
+        path: &BlobPath,
+        snapshot: Option<&str>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> StoreResult<bool> {
+        (**self).try_read(path, snapshot, offset, buf)
     }
     fn read_batch(&self, reads: &mut [PageRead<'_>]) -> StoreResult<()> {
         (**self).read_batch(reads)

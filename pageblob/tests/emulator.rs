@@ -869,6 +869,75 @@ fn a_write_that_would_wait_is_not_made_without_waiting() {
     );
 }
 
+/// What `blob serve` reads on its async worker (`try_read`): the same bytes `read` gives, of
+/// the blob and of a snapshot whose bytes moved to the log, while they are in memory; once the
+/// kernel has dropped the store's files from its cache, nothing (the read would wait for the
+/// device). Over the in-memory file system a read never waits.
+#[test]
+fn a_read_without_waiting_reads_what_a_read_reads_or_says_it_would_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let none = Conditions::default();
+    let p = BlobPath::new("cont", "disk");
+    let store = Emulator::open(
+        dir.path(),
+        Profile::Standard,
+        Durability::Power,
+        clock.clone(),
+    )
+    .unwrap();
+    store.create_container("cont").unwrap();
+    store.create_page_blob(&p, 1 << 20, 0, &none).unwrap();
+    store.put_pages(&p, 0, &[1; 65536], &none).unwrap();
+    let snapshot = store.snapshot(&p, &none).unwrap();
+    store.put_pages(&p, 4096, &[2; 8192], &none).unwrap(); // the snapshot's bytes to the log
+    let both = |store: &Emulator, snapshot: Option<&str>| {
+        let mut read = vec![0xEE; 70_000];
+        store.read(&p, snapshot, 1000, &mut read).unwrap();
+        let mut tried = vec![0xDD; 70_000];
+        let made = store.try_read(&p, snapshot, 1000, &mut tried).unwrap();
+        (made, made && tried == read)
+    };
+    for snapshot in [None, Some(snapshot.as_str())] {
+        match both(&store, snapshot) {
+            (true, same) => assert!(same, "{snapshot:?}: the bytes differ"),
+            (false, _) => return, // a file system whose reads cannot be made without waiting
+        }
+    }
+    // Every file of the store written back (power durability) and dropped from the cache.
+    let mut files = vec![dir.path().to_path_buf()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let f = std::fs::File::open(&path).unwrap();
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        }
+    }
+    let mut buf = vec![0u8; 70_000];
+    assert!(!store.try_read(&p, None, 1000, &mut buf).unwrap());
+    assert!(!store.try_read(&p, Some(&snapshot), 1000, &mut buf).unwrap());
+    // Read once the way that may wait, they are in memory again.
+    for snapshot in [None, Some(snapshot.as_str())] {
+        assert_eq!(both(&store, snapshot), (true, true), "{snapshot:?}");
+    }
+    // Memory never waits.
+    let fs: Arc<dyn StoreFs> = Arc::new(pageblob::memory_fs::CrashFs::new());
+    let store = Emulator::open_with_fs_and_layout(
+        fs,
+        Path::new("/store"),
+        Profile::Standard,
+        HomeLayout::Striped(HomeStripes::DEFAULT),
+        Durability::Power,
+        clock,
+    )
+    .unwrap();
+    store.create_container("cont").unwrap();
+    store.create_page_blob(&p, 1 << 20, 0, &none).unwrap();
+    store.put_pages(&p, 0, &[3; 65536], &none).unwrap();
+    assert_eq!(both(&store, None), (true, true));
+}
+
 #[test]
 fn power_durability_passes_the_conformance_suite_too() {
     let dir = tempfile::tempdir().unwrap();

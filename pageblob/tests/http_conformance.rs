@@ -118,6 +118,62 @@ fn a_server_at_power_durability_passes_the_standard_conformance_suite() {
     conformance::standard_suite(&client(&s, DEV_KEY), &clock, "conformance");
 }
 
+/// A Get Blob is made on the server's async worker from memory; one whose bytes the kernel
+/// has dropped from its cache would wait for the device, and is made on a blocking thread
+/// instead: the answer is the same bytes either way.
+#[test]
+fn a_read_of_bytes_no_longer_in_memory_is_answered_all_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let store = Emulator::open(
+        dir.path(),
+        Profile::Standard,
+        Durability::Power,
+        clock.clone(),
+    )
+    .unwrap();
+    let s = serve_store(Arc::new(store), &clock);
+    let c = client(&s, DEV_KEY);
+    c.create_container("cold").unwrap();
+    let p = BlobPath::new("cold", "disk");
+    let none = Conditions::default();
+    c.create_page_blob(&p, 4 << 20, 0, &none).unwrap();
+    let data: Vec<u8> = (0..(3u32 << 20) / 4)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    for (k, chunk) in data.chunks(1 << 20).enumerate() {
+        c.put_pages(&p, (k as u64) << 20, chunk, &none).unwrap();
+    }
+    let snapshot = c.snapshot(&p, &none).unwrap();
+    c.put_pages(&p, 0, &vec![9u8; 1 << 20], &none).unwrap();
+    let read = |snapshot: Option<&str>, len: usize| {
+        let mut back = vec![0u8; len];
+        c.read(&p, snapshot, 0, &mut back).unwrap();
+        back
+    };
+    for round in ["in memory", "dropped from the cache"] {
+        if round != "in memory" {
+            // Written back (power durability), then dropped.
+            let mut files = vec![dir.path().to_path_buf()];
+            while let Some(path) = files.pop() {
+                if path.is_dir() {
+                    files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                } else {
+                    let f = std::fs::File::open(&path).unwrap();
+                    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+                }
+            }
+        }
+        assert!(
+            read(Some(&snapshot), data.len()) == data,
+            "{round}: the snapshot"
+        );
+        let base = read(None, data.len());
+        assert!(base[..1 << 20].iter().all(|&b| b == 9), "{round}: the base");
+        assert!(base[1 << 20..] == data[1 << 20..], "{round}: the base");
+    }
+}
+
 #[test]
 fn http_client_and_server_enforce_the_premium_snapshot_limit() {
     let dir = tempfile::tempdir().unwrap();

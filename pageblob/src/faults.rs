@@ -50,6 +50,8 @@ pub struct FaultyStore<S> {
     reads: std::sync::atomic::AtomicU64,
     /// `put_pages_batch` calls, all told.
     batches: std::sync::atomic::AtomicU64,
+    /// `read_batch` calls made.
+    read_batches: std::sync::atomic::AtomicU64,
     /// What to run just before the next write to a blob of this name.
     interleaved: Mutex<Option<Interleaved>>,
 }
@@ -76,6 +78,7 @@ impl<S: PageBlobStore> FaultyStore<S> {
             writes: Default::default(),
             reads: Default::default(),
             batches: Default::default(),
+            read_batches: Default::default(),
             interleaved: Mutex::new(None),
         }
     }
@@ -121,6 +124,11 @@ impl<S: PageBlobStore> FaultyStore<S> {
     /// Batches of writes (`put_pages_batch` calls) asked of the store so far.
     pub fn batches(&self) -> u64 {
         self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Batches of reads (`read_batch` calls) asked of the store so far.
+    pub fn read_batches(&self) -> u64 {
+        self.read_batches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Faults injected so far.
@@ -343,6 +351,16 @@ impl<S: PageBlobStore> PageBlobStore for FaultyStore<S> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.before(buf.len())?;
         self.inner.read(path, snapshot, offset, buf)
+    }
+    /// Each read as [`read`](PageBlobStore::read) makes it (faults drawn per read), counted as
+    /// one batch.
+    fn read_batch(&self, reads: &mut [PageRead<'_>]) -> StoreResult<()> {
+        self.read_batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for r in reads.iter_mut() {
+            self.read(r.path, r.snapshot, r.offset, r.buf)?;
+        }
+        Ok(())
     }
     fn page_ranges(
         &self,

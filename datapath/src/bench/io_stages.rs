@@ -13,8 +13,8 @@ use crate::replica::disk_replica::Layout;
 use crate::replica::error::ReplicaError;
 use crate::replica::slot_header::HEADER_SIZE;
 use pageblob::{
-    BlobPath, Conditions, DeleteSnapshots, ErrorCode, PageBlobStore, PageWrite, StoreError,
-    MAX_PUT_PAGES_BYTES, PIPELINE_DEPTH,
+    BlobPath, Conditions, DeleteSnapshots, ErrorCode, PageBlobStore, PageRead, PageWrite,
+    StoreError, MAX_PUT_PAGES_BYTES, PIPELINE_DEPTH,
 };
 
 /// Single-thread throughput of the I/O stages.
@@ -171,16 +171,44 @@ fn time_store(
         return Err(ReplicaError::from(e).into());
     }
     // Fetched as a restore fetches a record: with one read of its written pages (the
-    // restore's page ranges say where they end; `DiskReplica::fetch_record_within`).
+    // restore's page ranges say where they end; `DiskReplica::fetch_record_within`) — from a
+    // store that does not answer promptly (across a network) in batches of up to
+    // `PIPELINE_DEPTH` reads, as the restore reads them (`read_batch`: one round trip each).
     let read_from = &passes[passes.len() - 1];
-    let mut buf = vec![0u8; largest];
+    let batch = match store.answers_promptly() {
+        true => 1,
+        false => PIPELINE_DEPTH,
+    };
+    let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; largest]).collect();
+    let offsets: Vec<u64> = records
+        .iter()
+        .scan(0u64, |at, &len| {
+            let this = *at;
+            *at += len;
+            Some(this)
+        })
+        .collect();
     let store_read = best_rate(record_bytes, || {
-        let mut at = 0u64;
-        for &len in records {
-            if let Err(e) = store.read(read_from, None, at, &mut buf[..len as usize]) {
+        for (lens, ats) in records.chunks(batch).zip(offsets.chunks(batch)) {
+            let outcome = match batch {
+                1 => store.read(read_from, None, ats[0], &mut bufs[0][..lens[0] as usize]),
+                _ => {
+                    let mut reads: Vec<PageRead<'_>> = bufs
+                        .iter_mut()
+                        .zip(lens.iter().zip(ats))
+                        .map(|(buf, (&len, &at))| PageRead {
+                            path: read_from,
+                            snapshot: None,
+                            offset: at,
+                            buf: &mut buf[..len as usize],
+                        })
+                        .collect();
+                    store.read_batch(&mut reads)
+                }
+            };
+            if let Err(e) = outcome {
                 error.get_or_insert(e);
             }
-            at += len;
         }
     });
     match error {
@@ -230,5 +258,37 @@ mod tests {
         assert_eq!(rates.record_ratio, 70.0 * per_record / (70.0 * 16384.0));
         // The scratch blobs are gone.
         assert!(store.list_blobs("bench", "", false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn from_a_store_across_a_network_the_read_stage_reads_in_batches_as_a_restore_does() {
+        // A store that does not answer promptly (here: latency): the 70 records are read back
+        // in batches of 32, 32 and 6 (an HTTP store pipelines a batch), as the restore reads
+        // them from such a store.
+        let dir = tempfile::tempdir().unwrap();
+        let emulator = Emulator::open(
+            dir.path(),
+            Profile::Standard,
+            Durability::Process,
+            Arc::new(ManualClock::new(1_700_000_000_000_000_000)),
+        )
+        .unwrap();
+        let config = FaultConfig {
+            latency: std::time::Duration::from_micros(1),
+            ..FaultConfig::default()
+        };
+        let store = FaultyStore::new(emulator, config);
+        assert!(!store.answers_promptly());
+        store.create_container("bench").unwrap();
+        let layout = Layout {
+            disk_size: 128 * 16384,
+            block_size: 16384,
+        };
+        let disk = vec![7u8; layout.disk_size as usize];
+        let blocks: Vec<u64> = (0..70).collect();
+        let scratch = BlobPath::new("bench", "scratch");
+        io_rates(&disk, &layout, &blocks, &[5000; 70], &store, &scratch).unwrap();
+        assert_eq!(store.read_batches(), 3 * PASSES as u64);
+        assert_eq!(store.reads(), 70 * PASSES as u64);
     }
 }

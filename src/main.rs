@@ -89,9 +89,16 @@ fn main() -> ExitCode {
         Command::Sim(c) => cmd::sim::run(c),
         Command::Blob(c) => cmd::blob::run(c),
         Command::Register(a) => cmd::register::run(a),
-        // Several disks of one QEMU are frozen together (their points are one instant).
-        Command::Replicate(a) if a.live.node.len() > 1 => cmd::machine::replicate_machine(*a),
-        Command::Replicate(a) => cmd::replicate::replicate(*a),
+        Command::Replicate(a) => {
+            cmd::replicate::in_replication_pool(a.live.is_live(), move || {
+                // Several disks of one QEMU are frozen together (their points are one instant).
+                match a.live.node.len() > 1 {
+                    true => cmd::machine::replicate_machine(*a),
+                    false => cmd::replicate::replicate(*a),
+                }
+            })
+            .and_then(|replicated| replicated)
+        }
         Command::Disable(a) => cmd::disable::disable(a),
         Command::Points(a) => cmd::points::points(a),
         Command::Restore(a) => cmd::restore::restore(a),

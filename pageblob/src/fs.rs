@@ -244,6 +244,24 @@ impl StoreFs for HookedFs {
     }
 }
 
+/// Every file under `dir` dropped from the page cache (`POSIX_FADV_DONTNEED`; written-back
+/// pages only, so a caller syncs first): for tests of reads that would wait for the device.
+#[cfg(any(test, feature = "testing"))]
+pub fn drop_from_page_cache(dir: &Path) -> io::Result<()> {
+    let mut paths = vec![dir.to_path_buf()];
+    while let Some(path) = paths.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                paths.push(entry?.path());
+            }
+        } else {
+            let file = std::fs::File::open(&path)?;
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,8 +292,7 @@ mod tests {
         assert_eq!(file.read_at_if_cached(&mut buf, 400_000).unwrap(), Some(0));
         // Written back and dropped from the cache: a read would wait for the device.
         file.sync_data().unwrap();
-        let plain = std::fs::File::open(dir.path().join("f")).unwrap();
-        rustix::fs::fadvise(&plain, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        drop_from_page_cache(dir.path()).unwrap();
         assert_eq!(file.read_at_if_cached(&mut buf, 0).unwrap(), None);
         // A read that may wait brings the bytes back.
         assert_eq!(file.read_at(&mut buf, 0).unwrap(), 200_000);

@@ -775,6 +775,17 @@ fn a_home_file_goes_with_the_last_version_that_reads_it_and_not_before() {
     assert!(home_incarnations(dir.path()).is_empty());
 }
 
+/// A store directory at power durability (`blob serve`'s default) in `dir`, holding the empty
+/// 1 MiB page blob `p`.
+fn with_a_blob_at_power(dir: &Path, clock: &Arc<ManualClock>, p: &BlobPath) -> Emulator {
+    let store = Emulator::open(dir, Profile::Standard, Durability::Power, clock.clone()).unwrap();
+    store.create_container(&p.container).unwrap();
+    store
+        .create_page_blob(p, 1 << 20, 0, &Conditions::default())
+        .unwrap();
+    store
+}
+
 /// What `blob serve` makes on its async worker (`try_put_pages_owing_sync`): at power
 /// durability a write is made there only if it need not wait — not over bytes a snapshot
 /// shares (they are copied aside and synced before the overwrite), not under a condition a
@@ -786,15 +797,7 @@ fn a_write_that_would_wait_is_not_made_without_waiting() {
     let clock = Arc::new(ManualClock::new(START));
     let none = Conditions::default();
     let p = BlobPath::new("cont", "disk");
-    let store = Emulator::open(
-        dir.path(),
-        Profile::Standard,
-        Durability::Power,
-        clock.clone(),
-    )
-    .unwrap();
-    store.create_container("cont").unwrap();
-    store.create_page_blob(&p, 1 << 20, 0, &none).unwrap();
+    let store = with_a_blob_at_power(dir.path(), &clock, &p);
     let read = |snapshot: Option<&str>| {
         let mut b = vec![0u8; 128 << 10];
         store.read(&p, snapshot, 0, &mut b).unwrap();
@@ -879,15 +882,7 @@ fn a_read_without_waiting_reads_what_a_read_reads_or_says_it_would_wait() {
     let clock = Arc::new(ManualClock::new(START));
     let none = Conditions::default();
     let p = BlobPath::new("cont", "disk");
-    let store = Emulator::open(
-        dir.path(),
-        Profile::Standard,
-        Durability::Power,
-        clock.clone(),
-    )
-    .unwrap();
-    store.create_container("cont").unwrap();
-    store.create_page_blob(&p, 1 << 20, 0, &none).unwrap();
+    let store = with_a_blob_at_power(dir.path(), &clock, &p);
     store.put_pages(&p, 0, &[1; 65536], &none).unwrap();
     let snapshot = store.snapshot(&p, &none).unwrap();
     store.put_pages(&p, 4096, &[2; 8192], &none).unwrap(); // the snapshot's bytes to the log
@@ -905,15 +900,7 @@ fn a_read_without_waiting_reads_what_a_read_reads_or_says_it_would_wait() {
         }
     }
     // Every file of the store written back (power durability) and dropped from the cache.
-    let mut files = vec![dir.path().to_path_buf()];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else {
-            let f = std::fs::File::open(&path).unwrap();
-            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-        }
-    }
+    pageblob::fs::drop_from_page_cache(dir.path()).unwrap();
     let mut buf = vec![0u8; 70_000];
     assert!(!store.try_read(&p, None, 1000, &mut buf).unwrap());
     assert!(!store.try_read(&p, Some(&snapshot), 1000, &mut buf).unwrap());

@@ -41,7 +41,16 @@ impl Drop for Served {
 }
 
 fn served(dir: &std::path::Path, profile: Profile, clock: &Arc<ManualClock>) -> Served {
-    let store = Emulator::open(dir, profile, Durability::Process, clock.clone()).unwrap();
+    served_at(dir, profile, Durability::Process, clock)
+}
+
+fn served_at(
+    dir: &std::path::Path,
+    profile: Profile,
+    durability: Durability,
+    clock: &Arc<ManualClock>,
+) -> Served {
+    let store = Emulator::open(dir, profile, durability, clock.clone()).unwrap();
     serve_store(Arc::new(store), clock)
 }
 
@@ -107,14 +116,7 @@ fn http_client_and_server_pass_the_standard_conformance_suite() {
 fn a_server_at_power_durability_passes_the_standard_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START));
-    let store = Emulator::open(
-        dir.path(),
-        Profile::Standard,
-        Durability::Power,
-        clock.clone(),
-    )
-    .unwrap();
-    let s = serve_store(Arc::new(store), &clock);
+    let s = served_at(dir.path(), Profile::Standard, Durability::Power, &clock);
     conformance::standard_suite(&client(&s, DEV_KEY), &clock, "conformance");
 }
 
@@ -125,14 +127,7 @@ fn a_server_at_power_durability_passes_the_standard_conformance_suite() {
 fn a_read_of_bytes_no_longer_in_memory_is_answered_all_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START));
-    let store = Emulator::open(
-        dir.path(),
-        Profile::Standard,
-        Durability::Power,
-        clock.clone(),
-    )
-    .unwrap();
-    let s = serve_store(Arc::new(store), &clock);
+    let s = served_at(dir.path(), Profile::Standard, Durability::Power, &clock);
     let c = client(&s, DEV_KEY);
     c.create_container("cold").unwrap();
     let p = BlobPath::new("cold", "disk");
@@ -154,15 +149,7 @@ fn a_read_of_bytes_no_longer_in_memory_is_answered_all_the_same() {
     for round in ["in memory", "dropped from the cache"] {
         if round != "in memory" {
             // Written back (power durability), then dropped.
-            let mut files = vec![dir.path().to_path_buf()];
-            while let Some(path) = files.pop() {
-                if path.is_dir() {
-                    files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-                } else {
-                    let f = std::fs::File::open(&path).unwrap();
-                    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-                }
-            }
+            pageblob::fs::drop_from_page_cache(dir.path()).unwrap();
         }
         assert!(
             read(Some(&snapshot), data.len()) == data,

@@ -228,29 +228,40 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_write_stage_stores_records_in_batches_as_the_writers_do() {
-        // 70 records: batches of 32, 32 and 6 in each pass, as the cycle's writers send them
-        // (an HTTP store pipelines a batch); read back one record per call, as a restore.
-        let dir = tempfile::tempdir().unwrap();
+    /// A store directory in `dir` behind a `FaultyStore` (it counts the calls), with the
+    /// container `bench`.
+    fn store_in(dir: &std::path::Path, config: FaultConfig) -> FaultyStore<Emulator> {
         let emulator = Emulator::open(
-            dir.path(),
+            dir,
             Profile::Standard,
             Durability::Process,
             Arc::new(ManualClock::new(1_700_000_000_000_000_000)),
         )
         .unwrap();
-        let store = FaultyStore::new(emulator, FaultConfig::default());
+        let store = FaultyStore::new(emulator, config);
         store.create_container("bench").unwrap();
+        store
+    }
+
+    /// The I/O stages over 70 records of 5,000 bytes (blocks of 16 KiB).
+    fn seventy_records(store: &FaultyStore<Emulator>) -> IoRates {
         let layout = Layout {
             disk_size: 128 * 16384,
             block_size: 16384,
         };
         let disk = vec![7u8; layout.disk_size as usize];
         let blocks: Vec<u64> = (0..70).collect();
-        let stored_lens = vec![5000usize; 70];
         let scratch = BlobPath::new("bench", "scratch");
-        let rates = io_rates(&disk, &layout, &blocks, &stored_lens, &store, &scratch).unwrap();
+        io_rates(&disk, &layout, &blocks, &[5000; 70], store, &scratch).unwrap()
+    }
+
+    #[test]
+    fn the_write_stage_stores_records_in_batches_as_the_writers_do() {
+        // 70 records: batches of 32, 32 and 6 in each pass, as the cycle's writers send them
+        // (an HTTP store pipelines a batch); read back one record per call, as a restore.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path(), FaultConfig::default());
+        let rates = seventy_records(&store);
         assert_eq!(store.batches(), 3 * PASSES as u64);
         assert_eq!(store.reads(), 70 * PASSES as u64);
         assert!(rates.store_write > 0.0 && rates.store_read > 0.0);
@@ -266,28 +277,13 @@ mod tests {
         // in batches of 32, 32 and 6 (an HTTP store pipelines a batch), as the restore reads
         // them from such a store.
         let dir = tempfile::tempdir().unwrap();
-        let emulator = Emulator::open(
-            dir.path(),
-            Profile::Standard,
-            Durability::Process,
-            Arc::new(ManualClock::new(1_700_000_000_000_000_000)),
-        )
-        .unwrap();
         let config = FaultConfig {
             latency: std::time::Duration::from_micros(1),
             ..FaultConfig::default()
         };
-        let store = FaultyStore::new(emulator, config);
+        let store = store_in(dir.path(), config);
         assert!(!store.answers_promptly());
-        store.create_container("bench").unwrap();
-        let layout = Layout {
-            disk_size: 128 * 16384,
-            block_size: 16384,
-        };
-        let disk = vec![7u8; layout.disk_size as usize];
-        let blocks: Vec<u64> = (0..70).collect();
-        let scratch = BlobPath::new("bench", "scratch");
-        io_rates(&disk, &layout, &blocks, &[5000; 70], &store, &scratch).unwrap();
+        seventy_records(&store);
         assert_eq!(store.read_batches(), 3 * PASSES as u64);
         assert_eq!(store.reads(), 70 * PASSES as u64);
     }

@@ -82,6 +82,16 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
 }
 
+/// `drplane replicate`: one disk, or several disks of one QEMU frozen together (their points
+/// are one instant).
+fn replicate(args: cmd::replicate::ReplicateArgs) -> anyhow::Result<ExitCode> {
+    cmd::replicate::size_replication_pool(args.live.is_live())?;
+    match args.live.node.len() > 1 {
+        true => cmd::machine::replicate_machine(args),
+        false => cmd::replicate::replicate(args),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -89,16 +99,7 @@ fn main() -> ExitCode {
         Command::Sim(c) => cmd::sim::run(c),
         Command::Blob(c) => cmd::blob::run(c),
         Command::Register(a) => cmd::register::run(a),
-        Command::Replicate(a) => {
-            cmd::replicate::in_replication_pool(a.live.is_live(), move || {
-                // Several disks of one QEMU are frozen together (their points are one instant).
-                match a.live.node.len() > 1 {
-                    true => cmd::machine::replicate_machine(*a),
-                    false => cmd::replicate::replicate(*a),
-                }
-            })
-            .and_then(|replicated| replicated)
-        }
+        Command::Replicate(a) => replicate(*a),
         Command::Disable(a) => cmd::disable::disable(a),
         Command::Points(a) => cmd::points::points(a),
         Command::Restore(a) => cmd::restore::restore(a),

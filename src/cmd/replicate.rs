@@ -576,23 +576,21 @@ pub fn open_targets(args: &ReplicateArgs, disk_sizes: &[u64]) -> Result<Targets>
 }
 
 /// `replicate` of one disk (a file, or one QEMU node).
-/// Run a replication (`work`) in the pool its cycles read and encode blocks in: rayon's global
-/// pool (a thread per core) for a disk file; for a live disk (`--qemu`) twice as many threads
-/// as cores, as each block read over NBD waits a round trip to QEMU while the other threads
-/// compute (1 GiB initial replication from qemu-storage-daemon on the 2-core VM: raw 3.05–3.27
-/// → 2.61–2.83 s, VHDX 3.28–3.77 → 2.43–2.77 s; docs/live-replication.md).
-pub fn in_replication_pool<T: Send>(live: bool, work: impl FnOnce() -> T + Send) -> Result<T> {
+/// Size the pool a replication's cycles read and encode blocks in, before anything uses it:
+/// rayon's default (a thread per core) for a disk file; for a live disk (`--qemu`) twice as many
+/// threads as cores, as each block read over NBD waits a round trip to QEMU while the other
+/// threads compute (1 GiB initial replication from qemu-storage-daemon on the 2-core VM: raw
+/// 3.05–3.90 → 2.61–2.96 s, VHDX 3.28–4.24 → 2.43–2.92 s; docs/live-replication.md). The
+/// global pool, so the cycles of a machine's disks (each on a thread of its own) use it too.
+pub fn size_replication_pool(live: bool) -> Result<()> {
     if !live {
-        return Ok(work());
+        return Ok(());
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    Ok(rayon::ThreadPoolBuilder::new()
+    rayon::ThreadPoolBuilder::new()
         .num_threads(2 * cores)
-        // As much stack as the main thread it stands in for (address space until used).
-        .stack_size(8 << 20)
-        .build()
-        .context("the replication's thread pool")?
-        .install(work))
+        .build_global()
+        .context("the replication's thread pool")
 }
 
 pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {

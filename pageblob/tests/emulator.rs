@@ -899,11 +899,13 @@ fn a_read_without_waiting_reads_what_a_read_reads_or_says_it_would_wait() {
             (false, _) => return, // a file system whose reads cannot be made without waiting
         }
     }
-    // Every file of the store written back (power durability) and dropped from the cache.
-    pageblob::fs::drop_from_page_cache(dir.path()).unwrap();
-    let mut buf = vec![0u8; 70_000];
-    assert!(!store.try_read(&p, None, 1000, &mut buf).unwrap());
-    assert!(!store.try_read(&p, Some(&snapshot), 1000, &mut buf).unwrap());
+    // Every file of the store written back (power durability) and dropped from the cache
+    // (where the file system does not keep its files in memory, as tmpfs does).
+    if pageblob::fs::drop_from_page_cache(dir.path()).unwrap() {
+        let mut buf = vec![0u8; 70_000];
+        assert!(!store.try_read(&p, None, 1000, &mut buf).unwrap());
+        assert!(!store.try_read(&p, Some(&snapshot), 1000, &mut buf).unwrap());
+    }
     // Read once the way that may wait, they are in memory again.
     for snapshot in [None, Some(snapshot.as_str())] {
         assert_eq!(both(&store, snapshot), (true, true), "{snapshot:?}");

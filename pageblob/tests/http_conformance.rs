@@ -149,7 +149,7 @@ fn a_read_of_bytes_no_longer_in_memory_is_answered_all_the_same() {
     for round in ["in memory", "dropped from the cache"] {
         if round != "in memory" {
             // Written back (power durability), then dropped.
-            pageblob::fs::drop_from_page_cache(dir.path()).unwrap();
+            let _dropped = pageblob::fs::drop_from_page_cache(dir.path()).unwrap();
         }
         assert!(
             read(Some(&snapshot), data.len()) == data,

@@ -385,20 +385,7 @@ impl LogReader {
     /// `false` where it would, and then nothing is promised of `buf`.
     pub fn read_if_cached(&self, address: u64, buf: &mut [u8]) -> StoreResult<bool> {
         self.read_with(address, buf, |file, buf, offset| {
-            let mut done = 0;
-            while done < buf.len() {
-                match file.read_at_if_cached(&mut buf[done..], offset + done as u64)? {
-                    None => return Ok(false),
-                    Some(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "read past the end of the file",
-                        ))
-                    }
-                    Some(n) => done += n,
-                }
-            }
-            Ok(true)
+            file.read_exact_at_if_cached(buf, offset)
         })
     }
 

@@ -29,21 +29,39 @@ pub trait StoreFile: Send + Sync {
         Ok(None)
     }
 
+    /// [`read_exact_at`](Self::read_exact_at) only if it need not wait for the device
+    /// ([`read_at_if_cached`](Self::read_at_if_cached)): `false` where it would.
+    fn read_exact_at_if_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read_at_if_cached(&mut buf[done..], offset + done as u64)? {
+                None => return Ok(false),
+                Some(0) => return Err(past_the_end()),
+                Some(n) => done += n,
+            }
+        }
+        Ok(true)
+    }
+
     /// Fill `buf` exactly.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
             let n = self.read_at(&mut buf[done..], offset + done as u64)?;
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "read past the end of the file",
-                ));
+                return Err(past_the_end());
             }
             done += n;
         }
         Ok(())
     }
+}
+
+fn past_the_end() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "read past the end of the file",
+    )
 }
 
 /// How a store file is opened.

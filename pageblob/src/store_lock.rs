@@ -126,9 +126,15 @@ impl WriterLock {
         }
     }
 
-    /// Whether readers are kept out now (no [`WriterLock::resume`] owed since a pause).
+    /// Whether readers are kept out now (no [`WriterLock::resume`] owed since a pause). Never
+    /// waits: `false` while another thread is in `pause` or `resume` (which may wait for
+    /// readers to let go).
     pub fn is_held(&self) -> bool {
-        *self.state_held.lock().unwrap_or_else(|p| p.into_inner())
+        match self.state_held.try_lock() {
+            Ok(held) => *held,
+            Err(std::sync::TryLockError::Poisoned(p)) => *p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
     }
 
     /// About to change files: wait for readers to finish, then keep them out.

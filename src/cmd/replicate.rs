@@ -575,7 +575,6 @@ pub fn open_targets(args: &ReplicateArgs, disk_sizes: &[u64]) -> Result<Targets>
     })
 }
 
-/// `replicate` of one disk (a file, or one QEMU node).
 /// Size the pool a replication's cycles read and encode blocks in, before anything uses it:
 /// rayon's default (a thread per core) for a disk file; for a live disk (`--qemu`) twice as many
 /// threads as cores, as each block read over NBD waits a round trip to QEMU while the other
@@ -593,6 +592,7 @@ pub fn size_replication_pool(live: bool) -> Result<()> {
         .context("the replication's thread pool")
 }
 
+/// `replicate` of one disk (a file, or one QEMU node).
 pub fn replicate(mut args: ReplicateArgs) -> Result<ExitCode> {
     let (identity, now, stop) = prepare(&mut args)?;
     let (mut source, disk_size, name): (Box<dyn ChangeSource + '_>, u64, String) =

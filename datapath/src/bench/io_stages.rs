@@ -190,23 +190,17 @@ fn time_store(
         .collect();
     let store_read = best_rate(record_bytes, || {
         for (lens, ats) in records.chunks(batch).zip(offsets.chunks(batch)) {
-            let outcome = match batch {
-                1 => store.read(read_from, None, ats[0], &mut bufs[0][..lens[0] as usize]),
-                _ => {
-                    let mut reads: Vec<PageRead<'_>> = bufs
-                        .iter_mut()
-                        .zip(lens.iter().zip(ats))
-                        .map(|(buf, (&len, &at))| PageRead {
-                            path: read_from,
-                            snapshot: None,
-                            offset: at,
-                            buf: &mut buf[..len as usize],
-                        })
-                        .collect();
-                    store.read_batch(&mut reads)
-                }
-            };
-            if let Err(e) = outcome {
+            let mut reads: Vec<PageRead<'_>> = bufs
+                .iter_mut()
+                .zip(lens.iter().zip(ats))
+                .map(|(buf, (&len, &at))| PageRead {
+                    path: read_from,
+                    snapshot: None,
+                    offset: at,
+                    buf: &mut buf[..len as usize],
+                })
+                .collect();
+            if let Err(e) = store.read_batch(&mut reads) {
                 error.get_or_insert(e);
             }
         }
